@@ -1,0 +1,283 @@
+"""``ab.Agent``: what a user subclasses, and ``@ab.callable``.
+
+An agent is a small stateful server: a JSON ``state``, its own SQL tables, a key-value
+store and a history. The runtime creates agent objects; code outside holds an
+:class:`~agentbook.ref.AgentRef`, never the agent itself (pykka's rule). Every
+framework attribute of an agent object starts with ``_ab_`` so subclasses can't collide
+with them; the public API below mirrors Cloudflare Agents (``on_start``, ``set_state``,
+``sql``, ``broadcast``, ``schedule`` ...).
+
+Handlers run one at a time per agent. Everything one handler writes - state, rows,
+key-value data, outgoing messages - commits together when it returns, or not at all.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from . import jsonvalue
+from .errors import JSONValueError, NotInHandlerError, StateRejectedError
+
+if TYPE_CHECKING:
+    from .mailbox import Instance
+    from .ref import AgentRef
+    from .runtime import Runtime
+
+__all__ = ["Agent", "callable"]
+
+log = logging.getLogger("agentbook")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Latest definition of every agent class, by class name (hot redefinition reads this).
+_classes: dict[str, type[Agent]] = {}
+
+
+@overload
+def callable(fn: F) -> F: ...
+@overload
+def callable(*, description: str | None = None) -> Callable[[F], F]: ...
+
+
+def callable(fn: Any = None, *, description: str | None = None) -> Any:
+    """Mark an agent method as callable from outside the runtime.
+
+    Cells, WebSocket clients and MCP clients may call only methods marked with this
+    decorator (agents may call each other's public methods directly). Use it bare
+    (``@ab.callable``) or with a description (``@ab.callable(description="...")``).
+    """
+
+    def mark(f: F) -> F:
+        f._ab_callable = True  # type: ignore[attr-defined]
+        f._ab_description = description or inspect.getdoc(f) or ""  # type: ignore[attr-defined]
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+class KeyValue(MutableMapping[str, Any]):
+    """The agent's small durable key-value store (``self.kv``); values are JSON.
+
+    Writes join the running handler's transaction, like everything else.
+    """
+
+    __slots__ = ("_agent",)
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def __getitem__(self, key: str) -> Any:
+        store = self._agent._ab_store()
+        rows = store.internal("SELECT value FROM _ab_kv WHERE key = ?", (key,))
+        if not rows:
+            raise KeyError(key)
+        return jsonvalue.loads(rows[0][0])
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if type(key) is not str:
+            raise JSONValueError(f"kv keys are strings, not {type(key).__name__}", "kv")
+        value = jsonvalue.freeze(value, f"kv[{key!r}]")
+        self._agent._ab_write("INSERT OR REPLACE INTO _ab_kv(key, value) VALUES (?, ?)",
+                              (key, jsonvalue.dumps(value)))
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._agent._ab_write("DELETE FROM _ab_kv WHERE key = ?", (key,))
+
+    def __contains__(self, key: object) -> bool:
+        store = self._agent._ab_store()
+        return bool(store.internal("SELECT 1 FROM _ab_kv WHERE key = ?", (key,)))
+
+    def __iter__(self) -> Iterator[str]:
+        store = self._agent._ab_store()
+        return iter([r[0] for r in store.internal("SELECT key FROM _ab_kv ORDER BY key")])
+
+    def __len__(self) -> int:
+        return self._agent._ab_store().internal("SELECT count(*) FROM _ab_kv")[0][0]
+
+    def __repr__(self) -> str:
+        return f"<kv of {self._agent.name!r}: {len(self)} keys>"
+
+
+class Agent:
+    """Base class of every agent.
+
+    Attributes:
+        initial_state: The state a new agent starts with (a JSON value; default ``{}``).
+        name: The agent's name, unique within its class.
+
+    Override the hooks you need: :meth:`on_start`, :meth:`on_error`,
+    :meth:`validate_state_change`, :meth:`on_state_changed`. Mark methods that cells and
+    clients may call with ``@ab.callable``. Methods may be ``async def`` or plain ``def``.
+    """
+
+    initial_state: Any = {}
+
+    _ab_instance: Instance
+    _ab_suspends: set[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        try:
+            cls.initial_state = jsonvalue.freeze(
+                cls.__dict__.get("initial_state", cls.initial_state), f"{cls.__name__}.initial_state"
+            )
+        except JSONValueError as exc:
+            raise JSONValueError(str(exc), exc.path) from None
+        cls._ab_suspends = set()  # methods seen to await real I/O (see mailbox)
+        _classes[cls.__name__] = cls
+
+    # -- identity -----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The agent's name."""
+        return self._ab_instance.key[1]
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime hosting this agent."""
+        return self._ab_instance.runtime
+
+    @property
+    def version(self) -> int:
+        """The version the agent will have once the running handler commits."""
+        return self._ab_instance.version
+
+    def now(self) -> float:
+        """The runtime clock's current time (epoch seconds)."""
+        return self._ab_instance.runtime.clock.now()
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def state(self) -> Any:
+        """The current state: a read-only JSON value. Change it with :meth:`set_state`."""
+        return self._ab_instance.state
+
+    def set_state(self, new_state: Any) -> None:
+        """Replace the whole state with *new_state* (a JSON value).
+
+        Calls :meth:`validate_state_change` first (raise there to refuse) and
+        :meth:`on_state_changed` after. The change commits with the running handler.
+
+        Raises:
+            JSONValueError: *new_state* is not JSON (names the bad path); nothing changes.
+            StateRejectedError: ``validate_state_change`` refused it; nothing changes.
+        """
+        inst = self._ab_instance
+        ctx = inst.require_ctx("set_state")
+        frozen = jsonvalue.freeze(new_state, "state")
+        source = ctx.source
+        try:
+            self.validate_state_change(frozen, source)
+        except Exception as exc:
+            raise StateRejectedError(
+                f"{type(self).__name__}.validate_state_change refused the new state: {exc}"
+            ) from exc
+        inst.state = frozen
+        ctx.state_changed = True
+        self.on_state_changed(frozen, source)
+
+    def validate_state_change(self, state: Any, source: str) -> None:
+        """Hook: raise to refuse a new state. *source* says who set it."""
+
+    def on_state_changed(self, state: Any, source: str) -> None:
+        """Hook: called right after the state changed (inside the same handler)."""
+
+    # -- lifecycle hooks ----------------------------------------------------------------
+    async def on_start(self) -> None:
+        """Hook: runs on every wake, before the first message (create tables here)."""
+
+    async def on_error(self, error: BaseException) -> None:
+        """Hook: a fire-and-forget message (``send``) failed. Logs a warning by default."""
+        log.warning("%s(%r): %s: %s", type(self).__name__, self.name, type(error).__name__, error)
+
+    # -- SQL and key-value data -----------------------------------------------------------
+    def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
+        """Run SQL on the agent's own database, inside the running handler's transaction.
+
+        Values go in as parameters (``?`` or ``:name``), never by string formatting.
+        Returns the rows as dicts. Internal ``_ab_`` tables, ``ATTACH``, ``PRAGMA``
+        (other than schema look-ups) and transaction statements are refused.
+
+        Raises:
+            SQLError: SQLite refused the query (the handler fails unless it catches it).
+        """
+        inst = self._ab_instance
+        ctx = inst.require_ctx("sql")
+        if len(params) == 1 and isinstance(params[0], (dict, list, tuple)):
+            params = params[0] if isinstance(params[0], dict) else tuple(params[0])  # type: ignore[assignment]
+        ctx.capture(inst.store)
+        cursor_rows = inst.store.user_sql_dicts(query, params)
+        return cursor_rows
+
+    @property
+    def kv(self) -> KeyValue:
+        """A small durable key-value store: ``self.kv["k"] = v``, ``self.kv.get("k")``."""
+        return KeyValue(self)
+
+    def _ab_store(self) -> Any:
+        inst = self._ab_instance
+        inst.require_ctx("kv")
+        return inst.store
+
+    def _ab_write(self, query: str, params: tuple) -> None:
+        inst = self._ab_instance
+        ctx = inst.require_ctx("kv")
+        ctx.capture(inst.store)
+        inst.store.internal(query, params)
+
+    # -- other agents, events, life -------------------------------------------------------
+    def ref(self, cls: type[Agent] | str, name: str) -> AgentRef:
+        """A reference to another agent; ``send`` from a handler leaves after the commit."""
+        return self._ab_instance.runtime.get(cls, name)
+
+    def emit(self, type: str, **data: Any) -> None:
+        """Emit a custom observability event (delivered after the commit, if anyone listens)."""
+        inst = self._ab_instance
+        if not inst.runtime.events.active:
+            return
+        payload = jsonvalue.freeze(data, "event")
+        ctx = inst.ctx
+        if ctx is None:
+            inst.runtime._emit(type, inst.key, payload)
+        else:
+            ctx.events.append((type, payload))
+
+    def broadcast(self, message: Any, exclude: tuple | list = ()) -> None:
+        """Send *message* to every connected client (after the commit).
+
+        Connections arrive with the serve path; in a bare kernel this delivers to
+        ``rt.events`` subscribers of ``broadcast``.
+        """
+        inst = self._ab_instance
+        message = jsonvalue.freeze(message, "message")
+        ctx = inst.require_ctx("broadcast")
+        ctx.events.append(("broadcast", {"message": message, "exclude": list(exclude)}))
+
+    def destroy(self) -> None:
+        """Delete this agent and its store once the running handler commits."""
+        self._ab_instance.require_ctx("destroy").destroy = True
+
+    def __repr__(self) -> str:
+        try:
+            return f"<{type(self).__name__} {self.name!r}>"
+        except AttributeError:
+            return f"<{type(self).__name__} (not bound)>"
+
+
+#: Names that belong to the framework: never callable as messages.
+FRAMEWORK_NAMES = frozenset(
+    name for name in dir(Agent) if not name.startswith("__")
+) | {"initial_state"}
+
+
+def method_info(cls: type[Agent], method: str) -> tuple[Callable[..., Any] | None, bool]:
+    """``(function, is_callable)`` for *method* on *cls*, or ``(None, False)``."""
+    fn = getattr(cls, method, None)
+    if fn is None or not inspect.isfunction(fn):
+        return None, False
+    return fn, bool(getattr(fn, "_ab_callable", False))

@@ -1,0 +1,150 @@
+"""Every error agentbook raises, in one tree.
+
+Each message says what went wrong and what to do next, in one sentence.
+
+    AgentbookError
+     ├── UsageError                    the call itself is wrong; fix the code
+     │    ├── UnknownMethodError       (also AttributeError) no such method on the agent
+     │    ├── NotCallableError         the method is private, a framework method, or lacks @ab.callable
+     │    ├── BadArgumentsError        (also TypeError) arguments don't fit the method's signature
+     │    ├── JSONValueError           (also TypeError) a value is not JSON; names its path
+     │    ├── ReadOnlyError            a write through a read-only surface (ref.sql, state copies)
+     │    ├── NotInHandlerError        an agent API used outside one of its handlers
+     │    ├── WouldBlockError          a blocking wait on something only a person can finish
+     │    └── ReentrancyError          an awaited call that would wait for itself (a deadlock)
+     ├── SQLError                      SQLite refused a query; carries SQLite's message
+     ├── StateError
+     │    ├── StateRejectedError       validate_state_change refused the new state
+     │    └── IncompatibleStateError   a redefined class no longer fits the stored state
+     ├── AgentNotFoundError            (also KeyError) no agent by that class and name has been created
+     ├── AgentStartError               on_start raised; the agent did not start
+     ├── StoreError                    the durable store could not do its job
+     │    ├── StoreCorruptError        a store file is damaged; it was moved aside
+     │    ├── StoreFullError           the disk (or the configured size cap) is full
+     │    └── StoreReadOnlyError       the store's folder or file can't be written
+     └── RuntimeClosedError            the runtime was closed; make a new one
+
+Exceptions raised *by a handler* are not wrapped: the caller gets the very exception
+the handler raised, after everything that handler wrote was rolled back.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AgentNotFoundError",
+    "AgentStartError",
+    "AgentbookError",
+    "BadArgumentsError",
+    "IncompatibleStateError",
+    "JSONValueError",
+    "NotCallableError",
+    "NotInHandlerError",
+    "ReadOnlyError",
+    "ReentrancyError",
+    "RuntimeClosedError",
+    "SQLError",
+    "StateError",
+    "StateRejectedError",
+    "StoreCorruptError",
+    "StoreError",
+    "StoreFullError",
+    "StoreReadOnlyError",
+    "UnknownMethodError",
+    "UsageError",
+    "WouldBlockError",
+]
+
+
+class AgentbookError(Exception):
+    """Base class of every error agentbook raises itself."""
+
+
+class UsageError(AgentbookError):
+    """The call is wrong in a way the calling code can fix."""
+
+
+class UnknownMethodError(UsageError, AttributeError):
+    """The agent class has no method of that name."""
+
+
+class NotCallableError(UsageError):
+    """The method exists but may not be called from where it was called."""
+
+
+class BadArgumentsError(UsageError, TypeError):
+    """The arguments do not match the method's signature."""
+
+
+class JSONValueError(UsageError, TypeError):
+    """A state, argument or payload value is not a JSON value.
+
+    Attributes:
+        path: Where the bad value sits, such as ``state["a"][2]``.
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ReadOnlyError(UsageError):
+    """Something tried to write through a read-only surface."""
+
+
+class NotInHandlerError(UsageError):
+    """An agent API that needs a running handler was used outside one."""
+
+
+class WouldBlockError(UsageError):
+    """A blocking wait was asked for something only a person can finish."""
+
+
+class ReentrancyError(UsageError):
+    """An awaited call would wait for an agent that is waiting for it."""
+
+
+class SQLError(AgentbookError):
+    """SQLite refused a query (syntax, missing table, constraint, ...)."""
+
+
+class StateError(AgentbookError):
+    """A problem with an agent's state."""
+
+
+class StateRejectedError(StateError):
+    """``validate_state_change`` rejected the new state; nothing was written."""
+
+
+class IncompatibleStateError(StateError):
+    """A redefined agent class does not fit the state already stored."""
+
+
+class AgentNotFoundError(AgentbookError, KeyError):
+    """No agent with that class and name exists in the store."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we don't want that
+        return str(self.args[0]) if self.args else ""
+
+
+class AgentStartError(AgentbookError):
+    """``on_start`` raised, so the agent could not take the message."""
+
+
+class StoreError(AgentbookError):
+    """The durable store could not complete an operation; nothing was written."""
+
+
+class StoreCorruptError(StoreError):
+    """An agent's store file is damaged."""
+
+
+class StoreFullError(StoreError):
+    """The disk or the store's size cap is full."""
+
+
+class StoreReadOnlyError(StoreError):
+    """The store cannot be written (read-only folder, file or mount)."""
+
+
+class RuntimeClosedError(AgentbookError):
+    """The runtime was closed."""

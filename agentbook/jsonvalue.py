@@ -1,0 +1,169 @@
+"""JSON values: the only thing agentbook stores or sends.
+
+``freeze(value, path)`` checks that *value* is JSON (dicts with ``str`` keys, lists,
+``str`` without lone surrogates, finite numbers, ``bool``, ``None``) and returns a deep,
+read-only copy made of :class:`FrozenDict` and :class:`FrozenList`. A bad value raises
+:class:`~agentbook.errors.JSONValueError` (a ``TypeError``) naming where it sits, before
+anything is written. Tuples are accepted and become lists, as JSON would make them.
+
+Frozen containers are ``dict`` and ``list`` subclasses, so reading, ``json.dumps``,
+``{**state, "k": v}`` and ``list(...)`` all work; mutating them raises
+:class:`~agentbook.errors.ReadOnlyError` telling the user to call ``set_state``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from .errors import JSONValueError, ReadOnlyError
+
+__all__ = ["FrozenDict", "FrozenList", "canonical", "dumps", "freeze", "loads", "thaw"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_MAX_DEPTH = 200
+
+_READ_ONLY_HINT = (
+    "this value is a read-only copy of the agent's state; build a new value and "
+    "call self.set_state(new_state) instead of changing it in place"
+)
+
+
+def _read_only(self: Any, *args: Any, **kwargs: Any) -> Any:
+    raise ReadOnlyError(_READ_ONLY_HINT)
+
+
+class FrozenDict(dict):
+    """A read-only ``dict`` holding JSON values."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __copy__(self) -> dict:
+        return thaw(self)
+
+    def __deepcopy__(self, memo: dict) -> dict:
+        return thaw(self)
+
+    def __reduce__(self) -> Any:
+        return (dict, (thaw(self),))
+
+
+class FrozenList(list):
+    """A read-only ``list`` holding JSON values."""
+
+    __slots__ = ()
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _read_only
+    append = clear = extend = insert = pop = remove = reverse = sort = _read_only
+
+    def __copy__(self) -> list:
+        return thaw(self)
+
+    def __deepcopy__(self, memo: dict) -> list:
+        return thaw(self)
+
+    def __reduce__(self) -> Any:
+        return (list, (thaw(self),))
+
+
+def _bad(path: str, what: str) -> JSONValueError:
+    return JSONValueError(
+        f"{path} is {what}, which is not a JSON value; agentbook stores only JSON "
+        f"(dict with str keys, list, str, int, float, bool, None)",
+        path,
+    )
+
+
+def freeze(value: Any, path: str = "value") -> Any:
+    """Check that *value* is JSON and return a deep read-only copy of it.
+
+    Args:
+        value: The value to check.
+        path: How to name the value in an error, e.g. ``state`` or ``args[0]``.
+
+    Raises:
+        JSONValueError: naming the path of the first value that is not JSON.
+    """
+    return _freeze(value, path, 0, set())
+
+
+def _freeze(v: Any, path: str, depth: int, seen: set[int]) -> Any:
+    t = type(v)
+    if t is str:
+        if not v.isascii() and _SURROGATE.search(v):
+            raise _bad(path, "a string with a lone surrogate (not valid UTF-8)")
+        return v
+    if t is int or t is bool or v is None:
+        return v
+    if t is float:
+        if math.isfinite(v):
+            return v
+        raise _bad(path, f"the float {v!r}")
+    if depth > _MAX_DEPTH:
+        raise JSONValueError(
+            f"{path} is nested more than {_MAX_DEPTH} levels deep; flatten the value", path
+        )
+    if isinstance(v, dict):
+        key = id(v)
+        if key in seen:
+            raise _bad(path, "a reference back to one of its own containers (a cycle)")
+        seen.add(key)
+        out = {}
+        for k, item in v.items():
+            if type(k) is not str:
+                raise _bad(f"{path}[{k!r}]", f"under a {type(k).__name__} key")
+            out[k] = _freeze(item, f"{path}[{k!r}]", depth + 1, seen)
+        seen.discard(key)
+        return FrozenDict(out)
+    if isinstance(v, (list, tuple)):
+        key = id(v)
+        if key in seen:
+            raise _bad(path, "a reference back to one of its own containers (a cycle)")
+        seen.add(key)
+        out_list = FrozenList(_freeze(item, f"{path}[{i}]", depth + 1, seen) for i, item in enumerate(v))
+        seen.discard(key)
+        return out_list
+    if isinstance(v, str):  # str subclasses (enums...) become plain str
+        return _freeze(str(v), path, depth, seen)
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, int):
+        return int(v)
+    if isinstance(v, float):
+        return _freeze(float(v), path, depth, seen)
+    raise _bad(path, f"a {t.__name__}")
+
+
+def thaw(value: Any) -> Any:
+    """Return a plain, mutable deep copy of a JSON value."""
+    if isinstance(value, dict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [thaw(v) for v in value]
+    return value
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_canonical_encoder = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), sort_keys=True
+)
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text of an already-checked value."""
+    return _encoder.encode(value)
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON text (sorted keys, compact): equal values give equal text."""
+    return _canonical_encoder.encode(value)
+
+
+def loads(text: str | None) -> Any:
+    """Parse JSON text into a frozen value (``None`` for ``None``)."""
+    if text is None:
+        return None
+    return freeze(json.loads(text))

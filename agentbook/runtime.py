@@ -1,0 +1,477 @@
+"""``ab.Runtime``: hosts agents, routes messages, hibernates the idle.
+
+A runtime owns a folder (``.agentbook`` by default): ``catalog.db`` plus one SQLite file
+per agent under ``agents/<Class>/``. ``":memory:"`` keeps the same layout in a private
+temporary folder (in ``/dev/shm`` where there is one) that is removed on close: fast,
+and gone when the runtime is.
+
+``rt.get(Cls, name)`` is cheap and starts nothing. The first message wakes the agent
+(opens its file, runs ``on_start``); an idle agent hibernates (its file is closed and
+nothing of it stays in memory) after ``hibernate_after`` seconds, or sooner when more
+than ``max_open`` stores are open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import inspect
+import logging
+import os
+import re
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from . import jsonvalue
+from .agent import FRAMEWORK_NAMES, Agent, _classes, method_info
+from .clock import Clock, SystemClock
+from .errors import (
+    AgentbookError,
+    BadArgumentsError,
+    NotCallableError,
+    ReentrancyError,
+    RuntimeClosedError,
+    StoreCorruptError,
+    StoreError,
+    UnknownMethodError,
+    UsageError,
+)
+from .events import EventBus
+from .mailbox import Envelope, Instance, current_chain
+from .store import Catalog, agent_file
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .ref import AgentRef
+
+__all__ = ["Runtime", "runtime"]
+
+log = logging.getLogger("agentbook")
+
+Key = tuple[str, str]
+_DURABILITY = ("normal", "full")
+_MAX_NAME = 200
+_BAD_NAME = re.compile(r"[\x00-\x1f/\\]|[\ud800-\udfff]")
+
+
+class Runtime:
+    """Hosts agents and their durable stores.
+
+    Args:
+        path: The runtime's folder, or ``":memory:"`` for an ephemeral runtime.
+        durability: ``"normal"`` - a commit survives the process being killed (kernel
+            restart); ``"full"`` - it also survives an OS crash (fsync per commit).
+        clock: Where time comes from; ``ab.VirtualClock()`` for simulations and tests.
+        events: ``False`` switches the event bus off entirely.
+        max_open: How many agent stores may be open at once (file handles stay bounded).
+        hibernate_after: Seconds of idleness after which an agent hibernates.
+        max_batch: How many queued messages may share one commit.
+
+    Example:
+        >>> rt = Runtime(":memory:")
+        >>> ref = rt.get(Counter, "a")      # doctest: +SKIP
+        >>> await ref.increment()           # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ".agentbook",
+        *,
+        durability: str = "normal",
+        clock: Clock | None = None,
+        events: bool = True,
+        max_open: int = 256,
+        hibernate_after: float = 60.0,
+        max_batch: int = 256,
+    ) -> None:
+        if durability not in _DURABILITY:
+            raise UsageError(f"durability must be 'normal' or 'full', not {durability!r}")
+        if max_open < 1 or max_batch < 1:
+            raise UsageError("max_open and max_batch must be at least 1")
+        path = os.fspath(path)
+        self.memory = path == ":memory:"
+        if self.memory:
+            base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
+            self.root = tempfile.mkdtemp(prefix="agentbook-mem-", dir=base)
+            self.durability = "off"
+            atexit.register(shutil.rmtree, self.root, True)
+        else:
+            self.root = os.path.abspath(path)
+            self.durability = durability
+        self.path = path
+        self.clock: Clock = clock or SystemClock()
+        self.events = EventBus(enabled=events)
+        self.max_open = max_open
+        self.hibernate_after = hibernate_after
+        self.max_batch = max_batch
+        self.catalog = Catalog(self.root, "off" if self.memory else durability)
+        self.closed = False
+        self.source = "cell" if "ipykernel" in sys.modules else "script"
+        self._instances: dict[Key, Instance] = {}
+        self._open: OrderedDict[Key, Instance] = OrderedDict()
+        self._unkicked: set[Key] = set()
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._broadcast_hooks: list[Any] = []
+
+    # -- agents -------------------------------------------------------------------------
+    def get(self, cls: type[Agent] | str, name: str) -> AgentRef:
+        """A reference to the agent of class *cls* named *name* (created on first message).
+
+        Cheap: nothing is opened or started until a message arrives.
+        """
+        from .ref import AgentRef
+
+        self._check_open()
+        class_name = _class_name(cls)
+        _check_name(name)
+        return AgentRef(self, class_name, name)
+
+    def spawn(self, cls: type[Agent] | str, name: str | None = None) -> AgentRef:
+        """A reference to a new agent of class *cls* with a fresh unique name."""
+        class_name = _class_name(cls)
+        if name is None:
+            name = f"{class_name.lower()}-{secrets.token_hex(4)}"
+        return self.get(class_name, name)
+
+    def agents(self, cls: type[Agent] | str | None = None) -> pd.DataFrame:
+        """One row per agent: class, name, created, version, awake, parent."""
+        import pandas as pd
+
+        from .store import open_reader
+
+        rows = []
+        for class_name, name, file, created, parent in self.catalog.rows(
+            None if cls is None else _class_name(cls)
+        ):
+            inst = self._instances.get((class_name, name))
+            if inst is not None and inst.store is not None:
+                version = inst.committed[0]
+            else:
+                try:
+                    conn = open_reader(os.path.join(self.root, file))
+                    version = conn.execute("SELECT version FROM _ab_state").fetchall()[0][0]
+                    conn.close()
+                except (AgentbookError, IndexError):
+                    version = None
+            rows.append((class_name, name, pd.Timestamp(created, unit="s", tz="UTC"), version,
+                         inst is not None and inst.store is not None, parent))
+        frame = pd.DataFrame(rows, columns=["class", "name", "created", "version", "awake", "parent"])
+        frame["version"] = frame["version"].astype("Int64")
+        return frame
+
+    def hibernate(self) -> int:
+        """Hibernate every idle agent now; returns how many were put to sleep."""
+        idle = [inst for inst in list(self._open.values()) if not inst.busy]
+        for inst in idle:
+            self._hibernate(inst)
+        return len(idle)
+
+    # -- life ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close every store. Queued messages fail with :class:`RuntimeClosedError`."""
+        if self.closed:
+            return
+        self.closed = True
+        error = RuntimeClosedError("the runtime was closed; create a new ab.Runtime to go on")
+        for inst in list(self._instances.values()):
+            inst._fail_queue(error)
+            if inst.task is not None and not inst.task.done():
+                inst.task.cancel()
+            inst.close()
+        self._instances.clear()
+        self._open.clear()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+        self.catalog.close()
+        if self.memory:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    async def aclose(self) -> None:
+        """Let running handlers finish, then close."""
+        tasks = [i.task for i in self._instances.values() if i.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Runtime:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"{len(self._open)} awake"
+        return f"<agentbook.Runtime {self.path!r} {state}>"
+
+    def _repr_html_(self) -> str:
+        from .reprs import runtime_html
+
+        return runtime_html(self)
+
+    # -- messages (used by AgentRef and the mailbox) --------------------------------------
+    def _prepare(self, key: Key, method: str, args: tuple, kwargs: dict, *,
+                 external: bool, future: bool) -> Envelope:
+        """Check a call completely before anything is queued, and build its envelope."""
+        self._check_open()
+        cls = _classes.get(key[0])
+        if cls is None:
+            raise UsageError(
+                f"no agent class named {key[0]!r} is defined in this process; run the cell "
+                "that defines it first"
+            )
+        fn, is_callable = method_info(cls, method)
+        if fn is None:
+            hint = ""
+            if not hasattr(cls, method):
+                raise UnknownMethodError(
+                    f"{cls.__name__} has no method {method!r}; its callable methods are: "
+                    f"{', '.join(callable_methods(cls)) or '(none)'}{hint}"
+                )
+            raise NotCallableError(f"{cls.__name__}.{method} is not a method")
+        if method.startswith("_") or method in FRAMEWORK_NAMES:
+            raise NotCallableError(
+                f"{cls.__name__}.{method} is private or part of the framework and can't be "
+                "called as a message; add a public @ab.callable method that uses it"
+            )
+        chain = current_chain.get()
+        if external and not chain and not is_callable:
+            raise NotCallableError(
+                f"{cls.__name__}.{method} is not marked @ab.callable, so it can't be called "
+                "from outside the agent; decorate it with @ab.callable"
+            )
+        _check_arity(cls, fn, method, args, kwargs)
+        args = jsonvalue.freeze(args, "args")
+        kwargs = jsonvalue.freeze(kwargs, "kwargs") if kwargs else {}
+        if future and key in chain:
+            raise ReentrancyError(
+                f"{key[0]}({key[1]!r}) is already waiting in this call chain, so awaiting "
+                f"{method}() would wait forever; use ref.send(...) or call the method directly"
+            )
+        source = f"agent:{chain[-1][0]}/{chain[-1][1]}" if chain else self.source
+        return Envelope(method, args, kwargs, jsonvalue.dumps(args),
+                        jsonvalue.dumps(kwargs) if kwargs else None, source, None, chain)
+
+    def _submit(self, key: Key, env: Envelope) -> Any:
+        """Queue *env* and return an awaitable of its result."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return _Deferred(self, key, env)
+        env.future = loop.create_future()
+        self._enqueue(key, env)
+        return env.future
+
+    def _send(self, key: Key, env: Envelope) -> None:
+        """Queue a fire-and-forget message; from a handler it leaves after the commit."""
+        chain = env.chain
+        if chain:
+            inst = self._instances.get(chain[-1])
+            if inst is not None and inst.ctx is not None:
+                inst.ctx.outbox.append((key, env))
+                return
+        self._enqueue(key, env)
+
+    def _enqueue(self, key: Key, env: Envelope) -> None:
+        if self.closed:
+            if env.future is not None and not env.future.done():
+                env.future.set_exception(RuntimeClosedError("the runtime was closed"))
+            return
+        inst = self._instances.get(key)
+        if inst is None:
+            inst = self._instances[key] = Instance(self, key, _classes.get(key[0]))
+        inst.queue.append(env)
+        if inst.task is None:
+            self._kick(inst)
+
+    def _kick(self, inst: Instance) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._unkicked.add(inst.key)
+            return
+        if self._unkicked:
+            pending, self._unkicked = self._unkicked, set()
+            for key in pending:
+                other = self._instances.get(key)
+                if other is not None and other.task is None and other.queue and other is not inst:
+                    other.task = loop.create_task(other.drain())
+        inst.task = loop.create_task(inst.drain())
+
+    # -- bookkeeping called by instances --------------------------------------------------
+    def _path_of(self, key: Key) -> str:
+        return os.path.join(self.root, agent_file(*key))
+
+    def _opened(self, inst: Instance) -> None:
+        self._open[inst.key] = inst
+        if len(self._open) > self.max_open:
+            for other in list(self._open.values()):
+                if len(self._open) <= self.max_open:
+                    break
+                if other is not inst and not other.busy:
+                    self._hibernate(other)
+        if self._sweep_handle is None and not self.memory and self.hibernate_after > 0:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._sweep_handle = loop.call_later(self.hibernate_after, self._sweep)
+
+    def _idle(self, inst: Instance) -> None:
+        if inst.key in self._open:
+            self._open.move_to_end(inst.key)
+        elif not inst.queue and inst.store is None:
+            self._instances.pop(inst.key, None)
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        if self.closed:
+            return
+        cutoff = time.monotonic() - self.hibernate_after
+        for inst in list(self._open.values()):
+            if inst.last_used < cutoff and not inst.busy:
+                self._hibernate(inst)
+        if self._open:
+            loop = asyncio.get_running_loop()
+            self._sweep_handle = loop.call_later(self.hibernate_after, self._sweep)
+
+    def _hibernate(self, inst: Instance) -> None:
+        inst.close()
+        self._open.pop(inst.key, None)
+        if not inst.busy:
+            self._instances.pop(inst.key, None)
+        if self.events.active:
+            self._emit("agent:hibernate", inst.key, {"version": inst.committed[0]})
+
+    def _should_drop(self, exc: BaseException) -> bool:
+        return isinstance(exc, (StoreError, StoreCorruptError))
+
+    def _created(self, inst: Instance) -> None:
+        self.catalog.add(inst.key[0], inst.key[1], agent_file(*inst.key), self.clock.now())
+
+    def _emit(self, type_: str, key: Key, payload: Any) -> None:
+        self.events.emit(type_, key[0], key[1], payload, self.clock.now())
+
+    def _broadcast(self, key: Key, message: Any, exclude: list) -> None:
+        for hook in list(self._broadcast_hooks):
+            hook(key, message, exclude)
+        if self.events.active:
+            self._emit("broadcast", key, {"message": message})
+
+    def _report_error(self, key: Key, env: Envelope, exc: BaseException) -> None:
+        """A fire-and-forget message failed: hand the error to the agent's ``on_error``."""
+        cls = _classes.get(key[0])
+        if cls is None or cls.on_error is Agent.on_error:
+            log.warning("%s(%r).%s failed: %s: %s", key[0], key[1], env.method,
+                        type(exc).__name__, exc)
+            return
+        info = {"type": type(exc).__name__, "message": str(exc), "method": env.method}
+        self._enqueue(key, Envelope("on_error", (exc,), {}, jsonvalue.dumps([info]), None,
+                                    "error"))
+
+    def _destroy_later(self, key: Key) -> None:
+        self._enqueue(key, Envelope("destroy", (), {}, "[]", None, "destroy", op=_destroy_op))
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise RuntimeClosedError("the runtime was closed; create a new ab.Runtime to go on")
+
+
+async def _destroy_op(inst: Instance) -> None:
+    rt = inst.runtime
+    path = rt._path_of(inst.key)
+    inst.close()
+    rt._open.pop(inst.key, None)
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.remove(path + suffix)
+        except FileNotFoundError:
+            pass
+    rt.catalog.remove(*inst.key)
+    inst.version, inst.state, inst.state_json = 0, None, ""
+    inst.committed = (0, None, "")
+    if rt.events.active:
+        rt._emit("destroy", inst.key, {})
+
+
+class _Deferred:
+    """A call made outside any event loop: queued when first awaited."""
+
+    __slots__ = ("env", "key", "rt")
+
+    def __init__(self, rt: Runtime, key: Key, env: Envelope) -> None:
+        self.rt, self.key, self.env = rt, key, env
+
+    def __await__(self) -> Any:
+        return self.rt._submit(self.key, self.env).__await__()
+
+
+def _class_name(cls: type[Agent] | str) -> str:
+    if isinstance(cls, str):
+        return cls
+    if isinstance(cls, type) and issubclass(cls, Agent):
+        return cls.__name__
+    raise UsageError(f"expected an ab.Agent subclass (or its name), got {cls!r}")
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or len(name) > _MAX_NAME or _BAD_NAME.search(name):
+        raise UsageError(
+            f"agent names are non-empty strings of at most {_MAX_NAME} characters without "
+            f"'/', '\\' or control characters; got {name!r}"
+        )
+
+
+def callable_methods(cls: type[Agent]) -> list[str]:
+    """Names of the ``@ab.callable`` methods of *cls*."""
+    return sorted(n for n in dir(cls) if not n.startswith("_") and method_info(cls, n)[1])
+
+
+_arity: dict[Any, tuple] = {}
+
+
+def _check_arity(cls: type, fn: Any, method: str, args: tuple, kwargs: dict) -> None:
+    """Raise :class:`BadArgumentsError` unless ``fn(self, *args, **kwargs)`` would bind."""
+    info = _arity.get(fn)
+    if info is None:
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())[1:]
+        simple = all(p.kind == p.POSITIONAL_OR_KEYWORD for p in params)
+        required = sum(1 for p in params if p.default is p.empty)
+        info = _arity[fn] = (sig, simple, required, len(params))
+    sig, simple, required, total = info
+    if simple and not kwargs and required <= len(args) <= total:
+        return
+    try:
+        sig.bind(None, *args, **kwargs)
+    except TypeError as exc:
+        raise BadArgumentsError(
+            f"{cls.__name__}.{method}{_plain_signature(sig)}: {exc}"
+        ) from None
+
+
+def _plain_signature(sig: inspect.Signature) -> str:
+    params = list(sig.parameters.values())[1:]
+    return str(sig.replace(parameters=params))
+
+
+_default: Runtime | None = None
+
+
+def runtime(path: str | os.PathLike[str] = ".agentbook", **options: Any) -> Runtime:
+    """The process-wide default runtime (created on first use, in ``./.agentbook``)."""
+    global _default
+    if _default is None or _default.closed:
+        _default = Runtime(path, **options)
+    return _default

@@ -1,0 +1,6 @@
+"""Layer 1: the durable truth. One SQLite file per agent plus a rebuildable catalog."""
+
+from .agentstore import AgentStore, open_reader, query_reader, translate_error
+from .catalog import Catalog, agent_file
+
+__all__ = ["AgentStore", "Catalog", "agent_file", "open_reader", "query_reader", "translate_error"]

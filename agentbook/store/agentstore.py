@@ -1,0 +1,343 @@
+"""One agent's durable store: a single SQLite file, like a Durable Object's database.
+
+Layout and why: each agent owns one SQLite file (``agents/<Class>/<name>.db``) in WAL
+mode. Its state, its own tables (named as the agent likes), its key-value data, its
+schedules and its history live in that one file, so everything a handler writes commits
+in one SQLite transaction, atomically, with no cross-file protocol. A hibernated agent
+is one closed file and costs no memory; 100 000 agents are 100 000 small files. New
+stores are written from a pre-built template (one file write instead of a dozen DDL
+statements), which keeps creation cheap.
+
+Writes happen on one connection (the agent's mailbox is the only writer). Reads from
+outside (``ref.sql``, ``ref.history``) use a second, read-only connection that sees the
+last commit and never waits for a running handler.
+
+Every version's row changes are captured with SQLite's session extension (through
+``apsw``): an invertible changeset per version, the basis of rewind and fork.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import apsw
+
+from ..errors import (
+    ReadOnlyError,
+    SQLError,
+    StoreCorruptError,
+    StoreError,
+    StoreFullError,
+    StoreReadOnlyError,
+)
+from .schema import INTERNAL_PREFIX, MIGRATIONS, UNTRACKED_TABLES
+
+__all__ = ["AgentStore", "translate_error"]
+
+_OPEN_RW = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+_OPEN_RO = apsw.SQLITE_OPEN_READONLY
+_SYNC = {"normal": "NORMAL", "full": "FULL", "off": "OFF"}
+
+_template_cache: bytes | None = None
+
+
+def _template() -> bytes:
+    """Bytes of an empty store with every migration applied, in WAL mode."""
+    global _template_cache
+    if _template_cache is None:
+        conn = apsw.Connection(":memory:")
+        conn.execute("PRAGMA page_size=4096")
+        _migrate(conn)
+        data = bytearray(conn.serialize("main"))
+        conn.close()
+        data[18] = data[19] = 2  # file format 2 = WAL
+        _template_cache = bytes(data)
+    return _template_cache
+
+
+def _migrate(conn: apsw.Connection) -> None:
+    have = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    for index, (name, sql) in enumerate(MIGRATIONS):
+        if index < have:
+            continue
+        with conn:
+            conn.execute(sql)
+            conn.execute(
+                "INSERT INTO _ab_migrations(name, applied) VALUES (?, ?)", (name, time.time())
+            )
+            conn.execute(f"PRAGMA user_version={index + 1}")
+
+
+def translate_error(exc: BaseException, path: str = "", *, writing: bool = True) -> Exception:
+    """Turn an ``apsw`` exception into agentbook's typed error (others pass through)."""
+    where = f" ({path})" if path else ""
+    if isinstance(exc, apsw.FullError):
+        return StoreFullError(
+            f"the store is full{where}: free disk space (or raise the size cap) and send "
+            "the message again; nothing was written"
+        )
+    if isinstance(exc, apsw.ReadOnlyError):
+        if not writing:
+            return ReadOnlyError(
+                "this SQL is read-only: ref.sql and at(...).sql only query; change the "
+                "agent's tables inside one of its handlers with self.sql(...)"
+            )
+        return StoreReadOnlyError(
+            f"the store can't be written{where}: make its folder writable, or open the "
+            "runtime on another path; nothing was written"
+        )
+    if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
+        return StoreCorruptError(
+            f"the store file is damaged{where}: {exc}; restore it from a backup or "
+            "remove the file"
+        )
+    if isinstance(exc, apsw.AuthError):
+        return SQLError(
+            f"not allowed: {exc}. Agent SQL may use the agent's own tables only "
+            "(no _ab_ tables, ATTACH, PRAGMA or transaction statements)"
+        )
+    if isinstance(exc, (apsw.SQLError, apsw.ConstraintError, apsw.MismatchError, apsw.RangeError)):
+        return SQLError(str(exc).removeprefix("SQLError: "))
+    if isinstance(exc, (apsw.IOError, apsw.CantOpenError, apsw.BusyError, apsw.LockedError)):
+        return StoreError(f"the store could not be used{where}: {exc}")
+    return exc  # type: ignore[return-value]
+
+
+_ALLOWED_PRAGMAS = frozenset(
+    {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
+     "table_list", "function_list", "collation_list"}
+)
+
+
+def _user_authorizer(op: int, p1: Any, p2: Any, db: Any, trigger: Any) -> int:
+    """What an agent's own SQL may do: anything to its own tables, nothing else."""
+    if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH, apsw.SQLITE_TRANSACTION,
+              apsw.SQLITE_SAVEPOINT):
+        return apsw.SQLITE_DENY
+    if op == apsw.SQLITE_PRAGMA:
+        return apsw.SQLITE_OK if str(p1).lower() in _ALLOWED_PRAGMAS else apsw.SQLITE_DENY
+    if op == apsw.SQLITE_FUNCTION and str(p2).lower() in ("load_extension", "readfile", "writefile"):
+        return apsw.SQLITE_DENY
+    for name in (p1, p2):
+        if isinstance(name, str) and name.startswith(INTERNAL_PREFIX) and op != apsw.SQLITE_FUNCTION:
+            return apsw.SQLITE_DENY
+    return apsw.SQLITE_OK
+
+
+def _track_table(name: str) -> bool:
+    return name not in UNTRACKED_TABLES
+
+
+class AgentStore:
+    """The durable store of one agent.
+
+    Args:
+        path: The SQLite file.
+        durability: ``"normal"`` (survives a killed process), ``"full"`` (also survives
+            an OS crash, fsync on every commit) or ``"off"`` (ephemeral stores).
+    """
+
+    __slots__ = ("_reader", "conn", "durability", "path")
+
+    def __init__(self, path: str, durability: str = "normal") -> None:
+        self.path = path
+        self.durability = durability
+        self._reader: apsw.Connection | None = None
+        fresh = not os.path.exists(path)
+        try:
+            if fresh:
+                _write_atomically(path, _template())
+            self.conn = apsw.Connection(path, flags=_OPEN_RW)
+            self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
+            if not fresh:
+                version = self.conn.execute("PRAGMA user_version").fetchall()[0][0]
+                if version < len(MIGRATIONS):
+                    _migrate(self.conn)
+        except apsw.Error as exc:
+            raise translate_error(exc, path) from None
+
+    # -- identity and state -------------------------------------------------------------
+    def meta(self) -> dict[str, str]:
+        """The store's metadata (class, name, created, parent, ...)."""
+        return dict(self.conn.execute("SELECT key, value FROM _ab_meta").fetchall())
+
+    def set_meta(self, items: dict[str, str]) -> None:
+        """Write metadata rows (inside the caller's transaction)."""
+        self.conn.executemany(
+            "INSERT OR REPLACE INTO _ab_meta(key, value) VALUES (?, ?)", list(items.items())
+        )
+
+    def load_state(self) -> tuple[int, str] | None:
+        """``(version, state_json)`` of the last commit, or ``None`` for a new store."""
+        rows = self.conn.execute("SELECT version, state FROM _ab_state WHERE id = 1").fetchall()
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def write_state(self, version: int, state_json: str) -> None:
+        """Record the current version and state (inside the caller's transaction)."""
+        self.conn.execute(
+            "INSERT OR REPLACE INTO _ab_state(id, version, state) VALUES (1, ?, ?)",
+            (version, state_json),
+        )
+
+    # -- transactions -------------------------------------------------------------------
+    def begin(self) -> None:
+        """Start the write transaction of a batch of messages."""
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def savepoint(self) -> None:
+        """Open the savepoint of one message inside the batch."""
+        self.conn.execute("SAVEPOINT ab_msg")
+
+    def release(self) -> None:
+        """Keep one message's writes (they commit with the batch)."""
+        self.conn.execute("RELEASE ab_msg")
+
+    def rollback_message(self) -> None:
+        """Undo one message's writes, keeping the rest of the batch."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK TO ab_msg")
+            self.conn.execute("RELEASE ab_msg")
+
+    def commit(self) -> None:
+        """Make the batch durable."""
+        self.conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Undo the whole batch (SQLite may already have rolled back after an I/O error)."""
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def schema_version(self) -> int:
+        """SQLite's schema cookie: changes whenever any table or index is created or dropped."""
+        return self.conn.execute("PRAGMA schema_version").fetchall()[0][0]
+
+    def user_schema(self) -> str:
+        """The SQL that creates the agent's own tables, indexes, views and triggers."""
+        rows = self.conn.execute(
+            "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE '\\_ab\\_%' "
+            "ESCAPE '\\' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+        ).fetchall()
+        return ";\n".join(r[0] for r in rows)
+
+    def total_changes(self) -> int:
+        """Rows changed on the writer connection since it opened."""
+        return self.conn.total_changes()
+
+    # -- changesets ---------------------------------------------------------------------
+    def start_capture(self) -> apsw.Session:
+        """Start recording row changes to every tracked table."""
+        session = apsw.Session(self.conn, "main")
+        session.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)
+        session.table_filter(_track_table)
+        session.attach(None)
+        return session
+
+    @staticmethod
+    def finish_capture(session: apsw.Session) -> bytes | None:
+        """The changeset recorded since :meth:`start_capture` (``None`` when empty)."""
+        try:
+            data = session.changeset()
+        finally:
+            session.close()
+        return data or None
+
+    # -- history ------------------------------------------------------------------------
+    def append_history(self, row: tuple) -> None:
+        """Insert one version row (columns in :data:`HISTORY_COLUMNS` order)."""
+        self.conn.execute(
+            "INSERT INTO _ab_history(version, ts, method, args, kwargs, source, duration_ms,"
+            " outcome, error, result, state, changes, schema)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            row,
+        )
+
+    # -- the agent's own SQL ------------------------------------------------------------
+    def user_sql_dicts(self, query: str, params: Any) -> list[dict[str, Any]]:
+        """Run the agent's own SQL on the writer connection, inside its transaction.
+
+        Returns the rows as dicts. The authorizer keeps it to the agent's own tables.
+        """
+        conn = self.conn
+        conn.authorizer = _user_authorizer
+        try:
+            cursor = conn.execute(query, params, can_cache=False)
+            try:
+                names = [d[0] for d in cursor.description]
+            except apsw.ExecutionCompleteError:  # no rows (or not a query)
+                return []
+            return [dict(zip(names, row)) for row in cursor.fetchall()]
+        except apsw.Error as exc:
+            raise translate_error(exc, self.path) from None
+        finally:
+            conn.authorizer = None
+
+    def internal(self, query: str, params: tuple = ()) -> list[tuple]:
+        """Run agentbook's own SQL on the writer connection."""
+        return self.conn.execute(query, params).fetchall()
+
+    # -- reads from outside -------------------------------------------------------------
+    def reader(self) -> apsw.Connection:
+        """A read-only connection that sees the last commit."""
+        if self._reader is None:
+            self._reader = open_reader(self.path)
+        return self._reader
+
+    # -- life ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close both connections (a running transaction is rolled back)."""
+        for conn in (self._reader, getattr(self, "conn", None)):
+            if conn is not None:
+                try:
+                    conn.close(True)
+                except apsw.Error:
+                    pass
+        self._reader = None
+
+    def __repr__(self) -> str:
+        return f"<AgentStore {self.path}>"
+
+
+def open_reader(path: str) -> apsw.Connection:
+    """Open a read-only connection to a store file."""
+    try:
+        return apsw.Connection(path, flags=_OPEN_RO)
+    except apsw.Error as exc:
+        raise translate_error(exc, path, writing=False) from None
+
+
+@contextmanager
+def reading(conn: apsw.Connection, path: str = "") -> Iterator[apsw.Connection]:
+    """Run user queries on a reader with the user authorizer and typed errors."""
+    conn.authorizer = _user_authorizer
+    try:
+        yield conn
+    except apsw.Error as exc:
+        raise translate_error(exc, path, writing=False) from None
+    finally:
+        conn.authorizer = None
+
+
+def query_reader(conn: apsw.Connection, query: str, params: tuple, path: str = "") -> tuple[list[str], list[tuple]]:
+    """Run a user's read-only query; return column names and rows."""
+    with reading(conn, path):
+        cursor = conn.execute(query, params, can_cache=False)
+        try:
+            names = [d[0] for d in cursor.description]
+        except apsw.ExecutionCompleteError:  # no rows: ask SQLite for the columns alone
+            import apsw.ext
+
+            info = apsw.ext.query_info(conn, query, params)
+            return [d[0] for d in (info.description or ())], []
+        return names, cursor.fetchall()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)

@@ -1,0 +1,174 @@
+"""The runtime catalog: which agents exist, where their files are, what failed.
+
+The catalog is a convenience index (``catalog.db`` in the runtime's folder). The truth
+is the agent files themselves: :meth:`Catalog.rebuild` recreates the index by reading
+each file's metadata, so a lost or stale catalog costs nothing but a scan.
+
+Failed handlers are journaled here rather than in the agent's own store: a handler that
+raises leaves the agent's file exactly as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from collections.abc import Iterator
+
+import apsw
+
+from .agentstore import _SYNC, translate_error
+
+__all__ = ["Catalog", "agent_file"]
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS agents(
+    class TEXT NOT NULL,
+    name TEXT NOT NULL,
+    file TEXT NOT NULL,
+    created REAL NOT NULL,
+    parent TEXT,
+    PRIMARY KEY (class, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS failures(
+    id INTEGER PRIMARY KEY,
+    class TEXT NOT NULL,
+    name TEXT NOT NULL,
+    ts REAL NOT NULL,
+    method TEXT NOT NULL,
+    args TEXT,
+    kwargs TEXT,
+    source TEXT,
+    duration_ms REAL,
+    error TEXT,
+    at_version INTEGER
+);
+CREATE INDEX IF NOT EXISTS failures_by_agent ON failures(class, name, ts);
+"""
+
+
+def agent_file(class_name: str, name: str) -> str:
+    """Path of an agent's store, relative to the runtime folder.
+
+    Names that are plain (letters, digits, ``.``, ``_``, ``-``; up to 100 characters)
+    are used as they are, so a person can find ``agents/Support/alice.db``; any other
+    name is stored under a hash of itself (the real name is inside the file).
+    """
+    if _SAFE_NAME.fullmatch(name) and not name.endswith(".tmp"):
+        stem = name
+    else:
+        stem = "~" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return os.path.join("agents", class_name, stem + ".db")
+
+
+class Catalog:
+    """Index of the agents in one runtime folder."""
+
+    def __init__(self, root: str, durability: str = "normal") -> None:
+        self.root = root
+        self.path = os.path.join(root, "catalog.db")
+        try:
+            os.makedirs(root, exist_ok=True)
+            self.conn = apsw.Connection(self.path)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
+            with self.conn:
+                self.conn.execute(_SCHEMA)
+        except apsw.Error as exc:
+            raise translate_error(exc, self.path) from None
+        except PermissionError as exc:
+            raise translate_error(apsw.ReadOnlyError(str(exc)), root) from None
+
+    def add(self, class_name: str, name: str, file: str, created: float, parent: str | None = None) -> None:
+        """Record a new agent."""
+        try:
+            self.conn.execute(
+                "INSERT OR IGNORE INTO agents(class, name, file, created, parent) VALUES (?,?,?,?,?)",
+                (class_name, name, file, created, parent),
+            )
+        except apsw.Error as exc:
+            raise translate_error(exc, self.path) from None
+
+    def remove(self, class_name: str, name: str) -> None:
+        """Forget an agent."""
+        self.conn.execute("DELETE FROM agents WHERE class = ? AND name = ?", (class_name, name))
+
+    def rows(self, class_name: str | None = None) -> list[tuple]:
+        """``(class, name, file, created, parent)`` for every known agent."""
+        if class_name is None:
+            return self.conn.execute(
+                "SELECT class, name, file, created, parent FROM agents ORDER BY created"
+            ).fetchall()
+        return self.conn.execute(
+            "SELECT class, name, file, created, parent FROM agents WHERE class = ? ORDER BY created",
+            (class_name,),
+        ).fetchall()
+
+    def count(self) -> int:
+        """How many agents are known."""
+        return self.conn.execute("SELECT count(*) FROM agents").fetchall()[0][0]
+
+    def record_failure(self, row: tuple) -> None:
+        """Journal one failed handler (class, name, ts, method, args, kwargs, source,
+        duration_ms, error, at_version)."""
+        try:
+            self.conn.execute(
+                "INSERT INTO failures(class, name, ts, method, args, kwargs, source, duration_ms,"
+                " error, at_version) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                row,
+            )
+        except apsw.Error:
+            pass  # a full disk must not turn one failure into two
+
+    def failures(self, class_name: str, name: str, limit: int = 100) -> list[tuple]:
+        """The agent's most recent failures, newest first."""
+        return self.conn.execute(
+            "SELECT ts, method, args, kwargs, source, duration_ms, error, at_version FROM failures"
+            " WHERE class = ? AND name = ? ORDER BY ts DESC, id DESC LIMIT ?",
+            (class_name, name, limit),
+        ).fetchall()
+
+    def scan_files(self) -> Iterator[str]:
+        """Every agent store file under the runtime folder."""
+        base = os.path.join(self.root, "agents")
+        if not os.path.isdir(base):
+            return
+        for class_dir in sorted(os.scandir(base), key=lambda e: e.name):
+            if not class_dir.is_dir():
+                continue
+            for entry in os.scandir(class_dir.path):
+                if entry.name.endswith(".db"):
+                    yield entry.path
+
+    def rebuild(self) -> int:
+        """Recreate the agent index from the store files; returns how many were found."""
+        found = 0
+        with self.conn:
+            self.conn.execute("DELETE FROM agents")
+            for path in self.scan_files():
+                try:
+                    reader = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+                    meta = dict(reader.execute("SELECT key, value FROM _ab_meta").fetchall())
+                    reader.close()
+                except apsw.Error:
+                    continue
+                if "class" not in meta or "name" not in meta:
+                    continue
+                rel = os.path.relpath(path, self.root)
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO agents(class, name, file, created, parent) VALUES (?,?,?,?,?)",
+                    (meta["class"], meta["name"], rel, float(meta.get("created", time.time())),
+                     meta.get("parent")),
+                )
+                found += 1
+        return found
+
+    def close(self) -> None:
+        """Close the catalog."""
+        try:
+            self.conn.close(True)
+        except apsw.Error:
+            pass

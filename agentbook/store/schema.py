@@ -1,0 +1,50 @@
+"""The tables agentbook keeps inside every agent's store, as named migrations.
+
+Every internal table starts with ``_ab_``; an agent's own SQL can neither read nor write
+them (the authorizer in :mod:`agentbook.store.agentstore` refuses), so no handler can
+forge a history row or an approval. Migrations are applied in order, each together with
+its bookkeeping row in one transaction (sqlite-utils' habit); ``PRAGMA user_version``
+holds how many are applied, so opening an up-to-date store costs one read.
+"""
+
+from __future__ import annotations
+
+__all__ = ["INTERNAL_PREFIX", "MIGRATIONS", "UNTRACKED_TABLES"]
+
+INTERNAL_PREFIX = "_ab_"
+
+#: Internal tables whose changes are *not* part of a version's changeset: they are the
+#: record of versions itself. Everything else (the agent's own tables, its key-value
+#: data, its schedules...) is captured, so time travel can restore it.
+UNTRACKED_TABLES = frozenset({"_ab_meta", "_ab_state", "_ab_history", "_ab_migrations"})
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_core",
+        """
+        CREATE TABLE _ab_migrations(name TEXT PRIMARY KEY, applied REAL NOT NULL) WITHOUT ROWID;
+        CREATE TABLE _ab_meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+        CREATE TABLE _ab_state(
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            version INTEGER NOT NULL,
+            state TEXT NOT NULL
+        );
+        CREATE TABLE _ab_history(
+            version INTEGER PRIMARY KEY,   -- 1, 2, 3 ... per agent
+            ts REAL NOT NULL,              -- when the handler started (runtime clock, epoch s)
+            method TEXT NOT NULL,
+            args TEXT NOT NULL,            -- JSON array of positional arguments
+            kwargs TEXT,                   -- JSON object of keyword arguments, NULL if none
+            source TEXT NOT NULL,          -- cell, agent:Class/name, schedule:ID, http, ...
+            duration_ms REAL NOT NULL,
+            outcome TEXT NOT NULL,         -- ok
+            error TEXT,
+            result TEXT,                   -- JSON of the return value when it is JSON
+            state TEXT,                    -- JSON state after; NULL when unchanged
+            changes BLOB,                  -- SQLite session changeset of this version's rows
+            schema TEXT                    -- the agent's own schema after; NULL when unchanged
+        );
+        CREATE TABLE _ab_kv(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        """,
+    ),
+]
