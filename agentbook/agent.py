@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import jsonvalue
-from .errors import JSONValueError, NotInHandlerError, StateRejectedError
+from .errors import JSONValueError, StateRejectedError
 
 if TYPE_CHECKING:
     from .mailbox import Instance
@@ -144,7 +144,7 @@ class Agent:
 
     @property
     def version(self) -> int:
-        """The version the agent will have once the running handler commits."""
+        """The agent's latest version; the running handler, once committed, is ``version + 1``."""
         return self._ab_instance.version
 
     def now(self) -> float:

@@ -127,7 +127,7 @@ def _freeze(v: Any, path: str, depth: int, seen: set[int]) -> Any:
         seen.discard(key)
         return out_list
     if isinstance(v, str):  # str subclasses (enums...) become plain str
-        return _freeze(str(v), path, depth, seen)
+        return _freeze(str.__str__(v), path, depth, seen)
     if isinstance(v, bool):
         return bool(v)
     if isinstance(v, int):

@@ -26,13 +26,13 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import jsonvalue
+from .agent import _classes
 from .errors import (
     AgentbookError,
     AgentStartError,
     IncompatibleStateError,
     NotInHandlerError,
 )
-from .agent import _classes
 from .store import AgentStore
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def _resume(coro: Any, yielded: Any) -> Any:
         except GeneratorExit:
             coro.close()
             raise
-        except BaseException as exc:  # noqa: BLE001 - forwarded into the handler
+        except BaseException as exc:
             try:
                 yielded = coro.throw(exc)
             except StopIteration as stop:
@@ -243,7 +243,7 @@ class Instance:
             return
         store = self.store
         assert store is not None
-        done: list[tuple[Envelope, bool, Any, HandlerContext, float, float]] = []
+        done: list[tuple[Envelope, bool, Any, HandlerContext, float, float, int]] = []
         taken: list[Envelope] = []
         started_now = False
         try:
@@ -304,18 +304,18 @@ class Instance:
         if self.fresh:
             self.fresh = False
             rt._created(self)
-        for env, ok, value, ctx, ts, duration in done:
+        for env, ok, value, ctx, ts, duration, version in done:
             if ok:
                 self._deliver_success(env, value, ctx)
             else:
-                self._deliver_failure(env, value, duration, ts)
+                self._deliver_failure(env, value, duration, ts, version)
 
     def _check_compatible(self, cls: type[Agent]) -> None:
         if self.fresh:
             return
-        want = type(cls.initial_state)
-        have = type(self.state)
-        if issubclass(want, dict) != issubclass(have, dict) or issubclass(want, list) != issubclass(have, list):
+        if _kind(cls.initial_state) != _kind(self.state) and (
+            isinstance(cls.initial_state, (dict, list)) or isinstance(self.state, (dict, list))
+        ):
             raise IncompatibleStateError(
                 f"{cls.__name__}.initial_state is a {_kind(cls.initial_state)} but the stored "
                 f"state of {self.key[1]!r} is a {_kind(self.state)}; keep the same shape, or "
@@ -429,7 +429,7 @@ class Instance:
             ))
             if not lone:
                 store.release()
-            return (env, True, result, ctx, ts, duration)
+            return (env, True, result, ctx, ts, duration, self.version)
         except BaseException as exc:
             duration = (time.perf_counter() - t0) * 1000
             if ctx.session is not None:
@@ -445,7 +445,7 @@ class Instance:
             self.version, self.state, self.state_json = before
             if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
                 raise
-            return (env, False, _translate(exc, store), ctx, ts, duration)
+            return (env, False, _translate(exc, store), ctx, ts, duration, self.version)
         finally:
             current_chain.reset(token)
             self.ctx = None
@@ -475,11 +475,13 @@ class Instance:
             else:
                 rt._emit(type_, self.key, payload)
 
-    def _deliver_failure(self, env: Envelope, exc: BaseException, duration: float, ts: float) -> None:
+    def _deliver_failure(self, env: Envelope, exc: BaseException, duration: float, ts: float,
+                         at_version: int | None = None) -> None:
         rt = self.runtime
         rt.catalog.record_failure((
             self.key[0], self.key[1], ts, env.method, env.args_json, env.kwargs_json,
-            env.source, duration, f"{type(exc).__name__}: {exc}", self.committed[0],
+            env.source, duration, f"{type(exc).__name__}: {exc}",
+            self.committed[0] if at_version is None else at_version,
         ))
         if rt.events.active:
             rt._emit("rpc:error", self.key, {"method": env.method, "error": str(exc),

@@ -192,10 +192,13 @@ class AgentRef:
             lo = rows[-1][1] if len(rows) == limit else float("-inf")
             hi = rows[0][1] if before is not None and rows else float("inf")
             lo, hi = max(lo, since_f or lo), min(hi, until_f or hi)
-            for ts, m, a, k, src, d, e, _at in self._ab_rt.catalog.failures(*self._ab_key, limit):
+            order = {id(r): r[0] for r in records}
+            for ts, m, a, k, src, d, e, at in self._ab_rt.catalog.failures(*self._ab_key, limit):
                 if lo <= ts <= hi and (method is None or m == method):
-                    records.append((None, ts, m, _j(a), _j(k), src, d, "error", e, None, None))
-            records.sort(key=lambda r: (r[1], r[0] if r[0] is not None else 0), reverse=True)
+                    row = (None, ts, m, _j(a), _j(k), src, d, "error", e, None, None)
+                    order[id(row)] = at + 0.5  # it happened after version `at`, before the next
+                    records.append(row)
+            records.sort(key=lambda r: order[id(r)], reverse=True)
         frame = pd.DataFrame.from_records(
             records,
             columns=["version", "ts", "method", "args", "kwargs", "source", "duration_ms",

@@ -1,8 +1,8 @@
 """Blocking forms of agentbook's awaitables, for scripts and quick cells.
 
 ``ab.run(awaitable)`` waits for it and returns its result. Outside any event loop it
-uses one private loop per thread (kept, so agents' background work goes on between
-calls). Inside a running loop (a Jupyter cell) it nests with ``nest_asyncio`` - prefer
+uses one private loop for the process (kept, so agents' background work goes on between
+calls, and closed at exit). Inside a running loop (a Jupyter cell) it nests with ``nest_asyncio`` - prefer
 plain ``await`` there. It refuses to wait on anything only a person can finish (an
 approval decision): that would freeze the kernel that has to receive the click.
 """
@@ -10,7 +10,7 @@ approval decision): that would freeze the kernel that has to receive the click.
 from __future__ import annotations
 
 import asyncio
-import threading
+import atexit
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -19,7 +19,15 @@ from .errors import WouldBlockError
 __all__ = ["run"]
 
 T = TypeVar("T")
-_local = threading.local()
+_private_loop: asyncio.AbstractEventLoop | None = None
+
+
+def _close_private_loop() -> None:
+    if _private_loop is not None and not _private_loop.is_closed():
+        _private_loop.close()
+
+
+atexit.register(_close_private_loop)
 
 
 def run(awaitable: Awaitable[T]) -> T:
@@ -39,10 +47,10 @@ def run(awaitable: Awaitable[T]) -> T:
     except RuntimeError:
         loop = None
     if loop is None:
-        loop = getattr(_local, "loop", None)
-        if loop is None or loop.is_closed():
-            loop = _local.loop = asyncio.new_event_loop()
-        return loop.run_until_complete(_wrap(awaitable))
+        global _private_loop
+        if _private_loop is None or _private_loop.is_closed():
+            _private_loop = asyncio.new_event_loop()
+        return _private_loop.run_until_complete(_wrap(awaitable))
     import nest_asyncio
 
     nest_asyncio.apply(loop)

@@ -269,7 +269,7 @@ class AgentStore:
                 names = [d[0] for d in cursor.description]
             except apsw.ExecutionCompleteError:  # no rows (or not a query)
                 return []
-            return [dict(zip(names, row)) for row in cursor.fetchall()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
         finally:
@@ -321,16 +321,18 @@ def reading(conn: apsw.Connection, path: str = "") -> Iterator[apsw.Connection]:
         conn.authorizer = None
 
 
-def query_reader(conn: apsw.Connection, query: str, params: tuple, path: str = "") -> tuple[list[str], list[tuple]]:
+def query_reader(
+    conn: apsw.Connection, query: str, params: tuple, path: str = ""
+) -> tuple[list[str], list[tuple]]:
     """Run a user's read-only query; return column names and rows."""
     with reading(conn, path):
         cursor = conn.execute(query, params, can_cache=False)
         try:
             names = [d[0] for d in cursor.description]
         except apsw.ExecutionCompleteError:  # no rows: ask SQLite for the columns alone
-            import apsw.ext
+            from apsw import ext
 
-            info = apsw.ext.query_info(conn, query, params)
+            info = ext.query_info(conn, query, params)
             return [d[0] for d in (info.description or ())], []
         return names, cursor.fetchall()
 

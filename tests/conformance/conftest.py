@@ -1,0 +1,51 @@
+"""The conformance suite runs every semantic invariant of SPEC §2 against each kind of
+runtime: durable files (normal and full durability) and ephemeral (":memory:").
+A new backend (Ray) adds itself to ``KINDS``."""
+
+from __future__ import annotations
+
+import pytest
+
+import agentbook as ab
+
+KINDS = ["file", "file-full", "memory"]
+
+
+def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Runtime:
+    if kind == "file":
+        return ab.Runtime(folder, clock=clock, **options)
+    if kind == "file-full":
+        return ab.Runtime(folder, durability="full", clock=clock, **options)
+    if kind == "memory":
+        return ab.Runtime(":memory:", clock=clock, **options)
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=KINDS)
+def kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def crt(kind, tmp_path, clock):
+    """A runtime of each kind."""
+    runtime = make_runtime(kind, tmp_path / "store", clock)
+    yield runtime
+    await runtime.aclose()
+
+
+@pytest.fixture
+def reopen(kind, tmp_path, clock):
+    """Open a second runtime on the same store (a restart), for durable kinds."""
+    opened = []
+
+    def _reopen(**options) -> ab.Runtime:
+        if kind == "memory":
+            pytest.skip("':memory:' runtimes are ephemeral by design")
+        runtime = make_runtime(kind, tmp_path / "store", clock, **options)
+        opened.append(runtime)
+        return runtime
+
+    yield _reopen
+    for runtime in opened:
+        runtime.close()
