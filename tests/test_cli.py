@@ -1,0 +1,198 @@
+"""The ``agentbook`` command line, on stores written by a real runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import types
+
+import pytest
+
+import agentbook as ab
+from agentbook.cli import main
+
+
+class CliDesk(ab.Agent):
+    """A tiny agent whose store the CLI reads (the CLI itself never imports this class)."""
+
+    initial_state = {"items": 0}
+
+    async def on_start(self):
+        self.sql("CREATE TABLE IF NOT EXISTS items(id INTEGER PRIMARY KEY, text TEXT)")
+
+    @ab.callable
+    async def add(self, text: str) -> int:
+        self.sql("INSERT INTO items(text) VALUES (?)", text)
+        self.set_state({"items": self.state["items"] + 1})
+        return self.state["items"]
+
+    @ab.callable
+    async def fail(self) -> None:
+        self.set_state({"items": -1})
+        raise ValueError("desk is closed")
+
+
+async def _fill(path) -> None:
+    rt = ab.Runtime(path)
+    desk = rt.get(CliDesk, "front")
+    await desk.add("pen")
+    await desk.add("paper")
+    with pytest.raises(ValueError):
+        await desk.fail()
+    await rt.get(CliDesk, "back").add("stapler")
+    await rt.aclose()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """The folder of a store with CliDesk/front (versions 1-3, one failure) and CliDesk/back."""
+    path = tmp_path / "s"
+    asyncio.run(_fill(path))
+    return str(path)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, out: str, err: str, *words: str) -> None:
+    assert code == 2
+    assert out == ""
+    assert err.startswith("agentbook: error: ") and err.count("\n") == 1, err
+    for word in words:
+        assert word in err
+
+
+def test_ls_lists_every_agent_with_its_version(store, capsys):
+    code, out, _ = run(capsys, "ls", "--path", store)
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["class", "name", "version", "created"]
+    assert sorted(r.split()[:3] for r in rows) == [["CliDesk", "back", "2"],
+                                                   ["CliDesk", "front", "3"]]
+
+
+def test_show_prints_state_version_file_and_tables(store, capsys):
+    code, out, _ = run(capsys, "show", "CliDesk/front", "--path", store)
+    assert code == 0
+    assert "version  3" in out
+    assert os.path.join(store, "agents", "CliDesk", "front.db") in out
+    assert '"items": 2' in out  # the failed handler's state was not kept
+    assert "items  2 rows" in out
+
+
+def test_history_prints_versions_newest_first_with_the_failure(store, capsys):
+    code, out, _ = run(capsys, "history", "CliDesk/front", "--path", store)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split()[:3] == ["version", "ts", "source"]
+    assert "fail()" in lines[1] and "ValueError: desk is closed" in lines[1]
+    assert [line.split()[0] for line in lines[2:]] == ["3", "2", "1"]
+    assert 'add("paper")' in lines[2] and '{"items": 2}' in lines[2]
+
+
+def test_history_pages_with_limit_and_before(store, capsys):
+    code, out, _ = run(capsys, "history", "CliDesk/front", "--path", store,
+                       "--limit", "1", "--before", "3")
+    assert code == 0
+    rows = [line for line in out.splitlines()[1:] if line.split()[0].isdigit()]
+    assert [r.split()[0] for r in rows] == ["2"]
+
+
+def test_sql_prints_the_rows_of_one_agent(store, capsys):
+    code, out, _ = run(capsys, "sql", "CliDesk/front", "SELECT id, text FROM items ORDER BY id",
+                       "--path", store)
+    assert code == 0
+    assert out.splitlines() == ["id  text", " 1  pen", " 2  paper", "(2 rows)"]
+
+
+def test_sql_refuses_a_write_with_one_line(store, capsys):
+    code, out, err = run(capsys, "sql", "CliDesk/front", "DELETE FROM items", "--path", store)
+    assert_one_line_error(code, out, err, "read-only")
+    code, out, _ = run(capsys, "sql", "CliDesk/front", "SELECT count(*) AS n FROM items",
+                       "--path", store)
+    assert out.splitlines()[1].strip() == "2"
+
+
+def test_sql_reports_malformed_sql_in_one_line(store, capsys):
+    assert_one_line_error(*run(capsys, "sql", "CliDesk/front", "SELEC * FROM items",
+                               "--path", store), "syntax error")
+
+
+def test_sql_without_an_agent_says_to_name_one(store, capsys):
+    assert_one_line_error(*run(capsys, "sql", "SELECT 1", "--path", store), "CLASS/NAME")
+
+
+def test_unknown_agent_is_one_line_error(store, capsys):
+    assert_one_line_error(*run(capsys, "show", "CliDesk/nobody", "--path", store),
+                          "CliDesk/nobody", "agentbook ls")
+    assert_one_line_error(*run(capsys, "history", "Nope/front", "--path", store), "Nope/front")
+
+
+def test_target_without_a_class_is_one_line_error(store, capsys):
+    assert_one_line_error(*run(capsys, "show", "front", "--path", store), "CLASS/NAME")
+
+
+def test_missing_folder_is_an_error_and_is_not_created(tmp_path, capsys):
+    missing = tmp_path / "nothing-here"
+    assert_one_line_error(*run(capsys, "ls", "--path", str(missing)), "does not exist")
+    assert not missing.exists()
+
+
+def test_a_folder_without_a_store_is_left_untouched(tmp_path, capsys):
+    assert_one_line_error(*run(capsys, "ls", "--path", str(tmp_path)), "no agentbook store")
+    assert os.listdir(tmp_path) == []
+
+
+def test_demo_runs_offline_on_a_temporary_store(capsys, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "demo")
+    assert code == 0 and err == ""
+    assert "raised ValueError: no open ticket #7 (nothing kept)" in out
+    assert "{'open': 1, 'closed': 1}" in out
+    assert "3 agents, 8 versions, 1 failed call rolled back" in out.splitlines()[-1]
+    assert os.listdir(tmp_path) == []
+
+
+def test_demo_keeps_its_store_with_path_for_the_read_commands(tmp_path, capsys):
+    path = str(tmp_path / "demo")
+    assert run(capsys, "demo", "--path", path)[0] == 0
+    code, out, _ = run(capsys, "show", "Support/alice", "--path", path)
+    assert code == 0 and "version  4" in out and "tickets  2 rows" in out
+    assert_one_line_error(*run(capsys, "demo", "--path", path), "empty folder")
+
+
+def test_bench_says_so_when_the_suite_is_missing(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "agentbook.bench", None)
+    assert_one_line_error(*run(capsys, "bench", "--quick"), "agentbook.bench")
+
+
+def test_bench_hands_every_argument_to_the_suite(capsys, monkeypatch):
+    seen = []
+    fake = types.ModuleType("agentbook.bench")
+    fake.main = lambda argv: seen.append(argv) or 0
+    monkeypatch.setitem(sys.modules, "agentbook.bench", fake)
+    assert main(["bench", "--quick", "--json", "x.json"]) == 0
+    assert seen == [["--quick", "--json", "x.json"]]
+
+
+def test_python_dash_m_agentbook_reads_the_store(store):
+    done = subprocess.run([sys.executable, "-m", "agentbook", "ls", "--path", store],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "front" in done.stdout and "back" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "agentbook", "show", "CliDesk/none",
+                           "--path", store], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.startswith("agentbook: error: ") and done.stderr.count("\n") == 1
+
+
+def test_importing_the_cli_does_not_import_pandas():
+    code = "import sys, agentbook.cli; print('pandas' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "False", done.stderr
