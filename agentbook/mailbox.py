@@ -18,21 +18,14 @@ suspend start a batch of their own, so a quick call never waits behind a slow on
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import inspect
 import time
-import types
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from . import jsonvalue
+from . import firing, jsonvalue
 from .agent import _classes
-from .errors import (
-    AgentbookError,
-    AgentStartError,
-    IncompatibleStateError,
-    NotInHandlerError,
-)
+from .errors import AgentStartError, IncompatibleStateError, NotInHandlerError
+from .handler import HandlerContext, Outcome, current_chain, run_message, run_start, translate
 from .store import AgentStore
 
 if TYPE_CHECKING:
@@ -41,21 +34,19 @@ if TYPE_CHECKING:
 
 __all__ = ["Envelope", "Instance", "current_chain"]
 
-#: Keys of the agents whose handlers are awaiting, up the current call chain.
-current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
-
 Key = tuple[str, str]
+_FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 
 
 class Envelope:
-    """One message: a method call, or an internal operation run in mailbox order."""
+    """One message: a method call, a scheduled run, or an internal operation."""
 
-    __slots__ = ("args", "args_json", "chain", "future", "kwargs", "kwargs_json", "method",
-                 "op", "source")
+    __slots__ = ("args", "args_json", "chain", "future", "kwargs", "kwargs_json", "label",
+                 "method", "op", "sched", "source")
 
     def __init__(self, method: str, args: tuple, kwargs: dict, args_json: str,
                  kwargs_json: str | None, source: str, future: asyncio.Future | None = None,
-                 chain: tuple = (), op: Any = None) -> None:
+                 chain: tuple = (), op: Any = None, label: str | None = None) -> None:
         self.method = method
         self.args = args
         self.kwargs = kwargs
@@ -64,51 +55,12 @@ class Envelope:
         self.source = source
         self.future = future
         self.chain = chain
+        #: An ``async op(instance)`` run alone, in mailbox order (destroy, rewind...).
         self.op = op
-
-
-class HandlerContext:
-    """What one running handler has written or wants to send, until its commit."""
-
-    __slots__ = ("destroy", "events", "outbox", "schema_before", "session", "source",
-                 "state_changed", "suspended")
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.session: Any = None
-        self.schema_before = 0
-        self.state_changed = False
-        self.suspended = False
-        self.destroy = False
-        self.outbox: list[tuple[Key, Envelope]] = []
-        self.events: list[tuple[str, Any]] = []
-
-    def capture(self, store: AgentStore) -> None:
-        """Start recording row changes (once per handler, at its first SQL write)."""
-        if self.session is None:
-            self.schema_before = store.schema_version()
-            self.session = store.start_capture()
-
-
-@types.coroutine
-def _resume(coro: Any, yielded: Any) -> Any:
-    """Go on awaiting *coro* after we drove its first step by hand."""
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
+        #: The name recorded in history, when it differs from ``method``.
+        self.label = label
+        #: The ``_ab_schedules`` row of a scheduled run.
+        self.sched: tuple | None = None
 
 
 class Instance:
@@ -135,8 +87,8 @@ class Instance:
         self.committed: tuple[int, Any, str] = (0, None, "")
         self.last_used = time.monotonic()
 
-    # -- helpers for Agent methods ------------------------------------------------------
     def require_ctx(self, what: str) -> HandlerContext:
+        """The running handler's context, or a helpful error."""
         ctx = self.ctx
         if ctx is None:
             raise NotInHandlerError(
@@ -147,33 +99,36 @@ class Instance:
 
     @property
     def busy(self) -> bool:
+        """Whether a drain is running or messages wait."""
         return self.task is not None or bool(self.queue)
 
     # -- opening ------------------------------------------------------------------------
     def open(self) -> None:
-        """Open the store and load the committed state (creating a new agent if needed)."""
+        """Open the store and load the committed state (a new agent if there is none)."""
         if self.store is not None:
             return
         rt = self.runtime
         store = AgentStore(rt._path_of(self.key), rt.durability)
         try:
             loaded = store.load_state()
-            cls = self.cls
             if loaded is None:
                 self.fresh = True
-                initial = cls.initial_state if cls is not None else {}
+                initial = self.cls.initial_state if self.cls is not None else {}
                 self.version, self.state = 0, initial
                 self.state_json = jsonvalue.dumps(initial)
             else:
                 self.fresh = False
                 self.version, self.state_json = loaded
                 self.state = jsonvalue.loads(self.state_json)
+            due = None if self.fresh else firing.next_due(store)
         except BaseException:
             store.close()
             raise
         self.store = store
         self.committed = (self.version, self.state, self.state_json)
         rt._opened(self)
+        if due is not None:
+            rt.timers.set(self.key, due)
 
     def close(self) -> None:
         """Hibernate: drop the agent object and close the store."""
@@ -189,8 +144,7 @@ class Instance:
         try:
             while self.queue and not self.runtime.closed:
                 if self.queue[0].op is not None:
-                    env = self.queue.popleft()
-                    await self._run_op(env)
+                    await self._run_op(self.queue.popleft())
                 else:
                     await self._batch()
         finally:
@@ -204,7 +158,7 @@ class Instance:
         except BaseException as exc:
             if env.future is not None and not env.future.done():
                 env.future.set_exception(exc)
-            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
+            if isinstance(exc, _FATAL):
                 raise
         else:
             if env.future is not None and not env.future.done():
@@ -219,12 +173,14 @@ class Instance:
             )
         return cls
 
-    def _fail_queue(self, exc: BaseException, count: int | None = None) -> None:
-        """Fail queued messages (all, or the first *count*) with *exc*."""
-        n = len(self.queue) if count is None else min(count, len(self.queue))
-        failed = [self.queue.popleft() for _ in range(n)]
+    def _fail_queue(self, exc: BaseException) -> None:
+        """Fail every queued message with *exc* (ticks are dropped: rows stay due)."""
+        failed = list(self.queue)
+        self.queue.clear()
+        now = self.runtime.clock.now()
         for env in failed:
-            self._deliver_failure(env, exc, 0.0, self.runtime.clock.now())
+            if env.method != firing.TICK:
+                self._deliver_failure(env, exc, 0.0, now)
 
     async def _batch(self) -> None:
         rt = self.runtime
@@ -236,45 +192,52 @@ class Instance:
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
-            exc = _translate(exc, self.store)
-            self._fail_queue(exc)
-            if self.store is not None and rt._should_drop(exc):
+            err = translate(exc, self.store)
+            self._fail_queue(err)
+            if self.store is not None and rt._should_drop(err):
                 rt._hibernate(self)
             return
         store = self.store
         assert store is not None
-        done: list[tuple[Envelope, bool, Any, HandlerContext, float, float, int]] = []
+        done: list[Outcome] = []
         taken: list[Envelope] = []
-        started_now = False
+        started: HandlerContext | None = None
+        scheduled = False
         try:
             store.begin()
             if self.fresh:
                 store.set_meta({"class": self.key[0], "name": self.key[1],
-                                "created": repr(rt.clock.now()),
-                                "initial_state": self.state_json})
+                                "created": repr(rt.clock.now()), "initial_state": self.state_json})
                 store.write_state(0, self.state_json)
             if cls is not self.started:
-                await self._start(cls)
-                started_now = True
+                started = await run_start(self, cls)
             suspends = cls.__dict__.get("_ab_suspends")
             while self.queue and len(taken) < rt.max_batch:
                 env = self.queue[0]
                 if env.op is not None:
                     break
+                if env.method == firing.TICK:
+                    self.queue.popleft()
+                    scheduled = True
+                    firing.expand_due(self)
+                    continue
                 if taken and suspends is not None and env.method in suspends:
                     break
                 self.queue.popleft()
                 # A lone message needs no savepoint: if it fails, the whole (otherwise
                 # empty) transaction is rolled back instead. Saves two statements.
-                lone = not taken and not self.queue and not started_now and not self.fresh
+                lone = (not taken and not self.queue and started is None and not self.fresh
+                        and env.sched is None)
                 taken.append(env)
-                outcome = await self._handle(env, cls, lone)
+                outcome = await run_message(self, env, cls, lone)
                 done.append(outcome)
-                if lone and not outcome[1]:
+                scheduled = scheduled or outcome.ctx.sched_dirty or env.sched is not None
+                if (lone and not outcome.ok) or outcome.ctx.suspended:
                     break
-                if outcome[3].suspended:
-                    break
+            due = firing.next_due(store) if scheduled else None
             if store.conn.in_transaction:
+                if scheduled:
+                    rt.timers.index_before_commit(self.key, due)
                 if self.state_json != self.committed[2] or self.fresh:
                     store.write_state(self.version, self.state_json)
                 store.commit()
@@ -285,17 +248,20 @@ class Instance:
             except Exception:
                 pass
             self.version, self.state, self.state_json = self.committed
-            if started_now:
+            if started is not None:
                 self.started = None
-            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
-                self.queue.extendleft(reversed(taken))  # not delivered: try again later
+            if isinstance(exc, _FATAL):
+                self.queue.extendleft(reversed([e for e in taken if e.sched is None]))
                 raise
-            err = _translate(exc, store)
+            err = translate(exc, store)
             if isinstance(exc, AgentStartError):
                 self._fail_queue(err)
             now = rt.clock.now()
             for env in taken:
-                self._deliver_failure(env, err, 0.0, now)
+                if env.sched is None:
+                    self._deliver_failure(env, err, 0.0, now)
+            if scheduled and self.store is not None:
+                rt.timers.set(self.key, firing.next_due(store))
             if rt._should_drop(err):
                 rt._hibernate(self)
             return
@@ -304,11 +270,20 @@ class Instance:
         if self.fresh:
             self.fresh = False
             rt._created(self)
-        for env, ok, value, ctx, ts, duration, version in done:
-            if ok:
-                self._deliver_success(env, value, ctx)
+        if scheduled:
+            rt.timers.set(self.key, due)
+            if not taken:  # a tick found nothing due (a stale index entry)
+                rt.timers.index_exact([(self.key, due)])
+        if started is not None:
+            self._deliver_start(started)
+        for outcome in done:
+            if outcome.ok:
+                self._deliver_success(outcome)
+            elif outcome.recorded is not None:
+                rt._scheduled_failure(self.key, outcome)
             else:
-                self._deliver_failure(env, value, duration, ts, version)
+                self._deliver_failure(outcome.env, outcome.value, outcome.duration, outcome.ts,
+                                      outcome.version)
 
     def _check_compatible(self, cls: type[Agent]) -> None:
         if self.fresh:
@@ -322,152 +297,34 @@ class Instance:
                 "use a new class name for the new design"
             )
 
-    async def _start(self, cls: type[Agent]) -> None:
-        """Make the agent object and run ``on_start`` (its writes become a version)."""
-        rt = self.runtime
-        agent = cls.__new__(cls)
-        agent._ab_instance = self
-        agent.__init__()
-        self.agent = agent
-        self.cls = cls
-        store = self.store
-        assert store is not None
-        ctx = HandlerContext("start")
-        ctx.capture(store)
-        store.savepoint()
-        self.ctx = ctx
-        ts = rt.clock.now()
-        t0 = time.perf_counter()
-        before = self.state_json
-        try:
-            result = agent.on_start()
-            if inspect.isawaitable(result):
-                await result
-            changes = store.finish_capture(ctx.session)
-            ctx.session = None
-            schema_changed = store.schema_version() != ctx.schema_before
-            if ctx.state_changed:
-                self.state_json = jsonvalue.dumps(self.state)
-            state_changed = self.state_json != before
-            if changes or schema_changed or state_changed:
-                self.version += 1
-                store.append_history((
-                    self.version, ts, "on_start", "[]", None, "start",
-                    (time.perf_counter() - t0) * 1000, "ok", None, None,
-                    self.state_json if state_changed else None, changes,
-                    store.user_schema() if schema_changed else None,
-                ))
-            store.release()
-        except BaseException as exc:
-            if ctx.session is not None:
-                ctx.session.close()
-            store.rollback_message()
-            self.agent = None
-            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
-                raise
-            error = AgentStartError(
-                f"{cls.__name__}({self.key[1]!r}).on_start raised {type(exc).__name__}: {exc}; "
-                "fix on_start and send the message again"
-            )
-            error.__cause__ = exc
-            raise error from exc
-        finally:
-            self.ctx = None
-        self.started = cls
-        if ctx.events or rt.events.active:
-            rt._emit("agent:start", self.key, {"version": self.version})
-            self._flush_events(ctx)
-
-    async def _handle(self, env: Envelope, cls: type[Agent], lone: bool = False) -> tuple:
-        """Run one message inside its savepoint (or, *lone*, as the whole transaction);
-        returns the outcome for delivery."""
-        rt = self.runtime
-        store = self.store
-        assert store is not None and self.agent is not None
-        ctx = HandlerContext(env.source)
-        before = (self.version, self.state, self.state_json)
-        if not lone:
-            store.savepoint()
-        self.ctx = ctx
-        token = current_chain.set((*env.chain, self.key))
-        ts = rt.clock.now()
-        t0 = time.perf_counter()
-        try:
-            fn = getattr(self.agent, env.method)
-            result = fn(*env.args, **env.kwargs)
-            if type(result) is types.CoroutineType:
-                try:
-                    yielded = result.send(None)
-                except StopIteration as stop:
-                    result = stop.value
-                else:
-                    ctx.suspended = True
-                    cls.__dict__["_ab_suspends"].add(env.method)
-                    result = await _resume(result, yielded)
-            elif inspect.isawaitable(result):
-                ctx.suspended = True
-                result = await result
-            duration = (time.perf_counter() - t0) * 1000
-            changes = schema = None
-            if ctx.session is not None:
-                changes = store.finish_capture(ctx.session)
-                ctx.session = None
-                if store.schema_version() != ctx.schema_before:
-                    schema = store.user_schema()
-            state_col = None
-            if ctx.state_changed:
-                text = jsonvalue.dumps(self.state)
-                if text != self.state_json:
-                    self.state_json = state_col = text
-                else:
-                    ctx.state_changed = False
-            result_json = _result_json(result)
-            self.version += 1
-            store.append_history((
-                self.version, ts, env.method, env.args_json, env.kwargs_json, env.source,
-                duration, "ok", None, result_json, state_col, changes, schema,
-            ))
-            if not lone:
-                store.release()
-            return (env, True, result, ctx, ts, duration, self.version)
-        except BaseException as exc:
-            duration = (time.perf_counter() - t0) * 1000
-            if ctx.session is not None:
-                ctx.session.close()
-                ctx.session = None
-            try:
-                if lone:
-                    store.rollback()
-                else:
-                    store.rollback_message()
-            except Exception:
-                pass
-            self.version, self.state, self.state_json = before
-            if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt, SystemExit)):
-                raise
-            return (env, False, _translate(exc, store), ctx, ts, duration, self.version)
-        finally:
-            current_chain.reset(token)
-            self.ctx = None
-
     # -- the output gate ----------------------------------------------------------------
-    def _deliver_success(self, env: Envelope, result: Any, ctx: HandlerContext) -> None:
+    def _deliver_start(self, ctx: HandlerContext) -> None:
         rt = self.runtime
+        if rt.events.active:
+            rt._emit("agent:start", self.key, {"version": self.version})
+        self._flush(ctx)
+
+    def _deliver_success(self, outcome: Outcome) -> None:
+        rt = self.runtime
+        env, ctx = outcome.env, outcome.ctx
         fut = env.future
         if fut is not None and not fut.done():
-            fut.set_result(result)
+            fut.set_result(outcome.value)
         for key, out in ctx.outbox:
             rt._enqueue(key, out)
         if rt.events.active:
-            rt._emit("rpc", self.key, {"method": env.method, "version": self.version,
-                                       "source": env.source})
+            if env.sched is not None:
+                rt._emit_scheduled("execute", self.key, env, outcome.version)
+            else:
+                rt._emit("rpc", self.key, {"method": env.method, "version": outcome.version,
+                                           "source": env.source})
             if ctx.state_changed:
                 rt._emit("state:update", self.key, {"state": self.state, "source": env.source})
-        self._flush_events(ctx)
+        self._flush(ctx)
         if ctx.destroy:
             rt._destroy_later(self.key)
 
-    def _flush_events(self, ctx: HandlerContext) -> None:
+    def _flush(self, ctx: HandlerContext) -> None:
         rt = self.runtime
         for type_, payload in ctx.events:
             if type_ == "broadcast":
@@ -494,27 +351,9 @@ class Instance:
             rt._report_error(self.key, env, exc)
 
 
-def _result_json(value: Any) -> str | None:
-    if value is None:
-        return None
-    try:
-        return jsonvalue.dumps(jsonvalue.freeze(value, "result"))
-    except (TypeError, ValueError):
-        return None
-
-
 def _kind(value: Any) -> str:
     if isinstance(value, dict):
         return "dict"
     if isinstance(value, list):
         return "list"
     return type(value).__name__
-
-
-def _translate(exc: BaseException, store: AgentStore | None) -> BaseException:
-    """apsw errors become typed agentbook errors; everything else passes unchanged."""
-    if isinstance(exc, AgentbookError) or not type(exc).__module__.startswith("apsw"):
-        return exc
-    from .store import translate_error
-
-    return translate_error(exc, store.path if store is not None else "")

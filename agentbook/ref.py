@@ -210,6 +210,21 @@ class AgentRef:
         frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
         return frame
 
+    def schedules(self) -> pd.DataFrame:
+        """The agent's pending schedules and queued work, soonest first."""
+        import pandas as pd
+
+        from .scheduler import select
+
+        with self._reading(missing_ok=True) as conn:
+            items = [] if conn is None else select(conn)
+        return pd.DataFrame.from_records(
+            [(s.id, s.callback, s.type, pd.Timestamp(s.time), s.cron, s.interval,
+              jsonvalue.thaw(s.payload), s.attempt, s.occurrence, s.last_error) for s in items],
+            columns=["id", "callback", "type", "time", "cron", "interval", "payload", "attempt",
+                     "occurrence", "last_error"],
+        )
+
     def failures(self, limit: int = 100) -> pd.DataFrame:
         """Recent handlers of this agent that raised (nothing of them was kept)."""
         import pandas as pd

@@ -247,11 +247,12 @@ class AgentStore:
 
     # -- history ------------------------------------------------------------------------
     def append_history(self, row: tuple) -> None:
-        """Insert one version row (columns in :data:`HISTORY_COLUMNS` order)."""
+        """Insert one version row: (version, ts, method, args, kwargs, source, duration_ms,
+        outcome, error, result, state, changes, schema, due, occurrence)."""
         self.conn.execute(
             "INSERT INTO _ab_history(version, ts, method, args, kwargs, source, duration_ms,"
-            " outcome, error, result, state, changes, schema)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " outcome, error, result, state, changes, schema, due, occurrence)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             row,
         )
 

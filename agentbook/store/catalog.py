@@ -47,6 +47,27 @@ CREATE TABLE IF NOT EXISTS failures(
     at_version INTEGER
 );
 CREATE INDEX IF NOT EXISTS failures_by_agent ON failures(class, name, ts);
+-- The earliest time each agent may have something due. Never later than the truth
+-- (written before the agent's commit when a schedule moves earlier), so a restart wakes
+-- every agent that has work; a stale, too-early entry only costs one spurious wake.
+CREATE TABLE IF NOT EXISTS timers(
+    class TEXT NOT NULL,
+    name TEXT NOT NULL,
+    due REAL NOT NULL,
+    PRIMARY KEY (class, name)
+) WITHOUT ROWID;
+-- An index of the dead letters kept in the agents' own stores.
+CREATE TABLE IF NOT EXISTS dead_letters(
+    id TEXT PRIMARY KEY,
+    class TEXT NOT NULL,
+    name TEXT NOT NULL,
+    callback TEXT NOT NULL,
+    payload TEXT,
+    type TEXT,
+    attempts INTEGER,
+    error TEXT,
+    failed_at REAL
+) WITHOUT ROWID;
 """
 
 
@@ -130,6 +151,51 @@ class Catalog:
             " WHERE class = ? AND name = ? ORDER BY ts DESC, id DESC LIMIT ?",
             (class_name, name, limit),
         ).fetchall()
+
+    # -- timers and dead letters --------------------------------------------------------
+    def timers(self) -> list[tuple[str, str, float]]:
+        """Every ``(class, name, due)`` of the timer index."""
+        return self.conn.execute("SELECT class, name, due FROM timers").fetchall()
+
+    def set_timers(self, rows: list[tuple[str, str, float | None]]) -> None:
+        """Write timer index entries (``due=None`` removes one), in one transaction."""
+        try:
+            with self.conn:
+                for class_name, name, due in rows:
+                    if due is None:
+                        self.conn.execute("DELETE FROM timers WHERE class = ? AND name = ?",
+                                          (class_name, name))
+                    else:
+                        self.conn.execute("INSERT OR REPLACE INTO timers VALUES (?, ?, ?)",
+                                          (class_name, name, due))
+        except apsw.Error as exc:
+            raise translate_error(exc, self.path) from None
+
+    def add_dead_letters(self, rows: list[tuple]) -> None:
+        """Index dead letters: (id, class, name, callback, payload, type, attempts, error,
+        failed_at)."""
+        with self.conn:
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO dead_letters VALUES (?,?,?,?,?,?,?,?,?)", rows
+            )
+
+    def dead_letters(self) -> list[tuple]:
+        """All indexed dead letters, oldest first."""
+        return self.conn.execute(
+            "SELECT id, class, name, callback, payload, type, attempts, error, failed_at"
+            " FROM dead_letters ORDER BY failed_at, id"
+        ).fetchall()
+
+    def dead_letter(self, letter_id: str) -> tuple | None:
+        """``(class, name)`` of one dead letter, or ``None``."""
+        rows = self.conn.execute(
+            "SELECT class, name FROM dead_letters WHERE id = ?", (letter_id,)
+        ).fetchall()
+        return rows[0] if rows else None
+
+    def remove_dead_letter(self, letter_id: str) -> None:
+        """Forget one dead letter in the index."""
+        self.conn.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
 
     def scan_files(self) -> Iterator[str]:
         """Every agent store file under the runtime folder."""

@@ -42,9 +42,45 @@ MIGRATIONS: list[tuple[str, str]] = [
             result TEXT,                   -- JSON of the return value when it is JSON
             state TEXT,                    -- JSON state after; NULL when unchanged
             changes BLOB,                  -- SQLite session changeset of this version's rows
-            schema TEXT                    -- the agent's own schema after; NULL when unchanged
+            schema TEXT,                   -- the agent's own schema after; NULL when unchanged
+            due REAL,                      -- scheduled runs: when the occurrence was due
+            occurrence TEXT                -- scheduled runs: the stable occurrence id
         );
         CREATE TABLE _ab_kv(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+        """,
+    ),
+    (
+        "0002_schedules",
+        """
+        CREATE TABLE _ab_schedules(
+            seq INTEGER PRIMARY KEY,       -- creation order (FIFO for queues)
+            id TEXT NOT NULL UNIQUE,
+            callback TEXT NOT NULL,
+            payload TEXT NOT NULL,         -- JSON
+            type TEXT NOT NULL,            -- delayed | scheduled | cron | interval | queue
+            due REAL NOT NULL,             -- next due time (epoch s)
+            cron TEXT,
+            interval REAL,
+            tz TEXT,
+            attempt INTEGER NOT NULL DEFAULT 0,     -- failed attempts of this occurrence
+            occurrence INTEGER NOT NULL DEFAULT 0,  -- occurrences completed so far
+            missed TEXT NOT NULL DEFAULT 'once',
+            retry TEXT,                    -- JSON [max_attempts, base, max_delay, jitter]
+            last_error TEXT,
+            created REAL NOT NULL
+        );
+        CREATE INDEX _ab_schedules_due ON _ab_schedules(due, seq);
+        CREATE TABLE _ab_dead_letters(
+            id TEXT PRIMARY KEY,
+            schedule_id TEXT NOT NULL,
+            occurrence TEXT NOT NULL,
+            callback TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            type TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            error TEXT,
+            failed_at REAL NOT NULL
+        ) WITHOUT ROWID;
         """,
     ),
 ]

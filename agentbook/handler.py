@@ -1,0 +1,284 @@
+"""Running one handler inside the mailbox's transaction.
+
+:func:`run_message` runs a message in its own savepoint and appends its version row;
+:func:`run_start` does the same for ``on_start``. Both drive the handler's coroutine by
+hand for its first step, so a handler that never actually suspends finishes without a
+trip through the event loop, and one that does is noticed (the mailbox then commits
+sooner, so quick calls don't wait behind slow ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+import types
+from typing import TYPE_CHECKING, Any
+
+from . import firing, jsonvalue
+from .errors import AgentbookError, AgentStartError
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .mailbox import Envelope, Instance
+    from .scheduler import Occurrence
+    from .store import AgentStore
+
+__all__ = ["HandlerContext", "Outcome", "current_chain", "run_message", "run_start"]
+
+#: Keys of the agents whose handlers are awaiting, up the current call chain.
+current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
+
+_FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
+
+
+class HandlerContext:
+    """What one running handler has written or wants to send, until its commit."""
+
+    __slots__ = ("destroy", "events", "occurrence", "outbox", "sched_dirty", "schema_before",
+                 "session", "source", "state_changed", "suspended")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.session: Any = None
+        self.schema_before = 0
+        self.state_changed = False
+        self.suspended = False
+        self.destroy = False
+        self.sched_dirty = False
+        self.occurrence: Occurrence | None = None
+        self.outbox: list[tuple[Any, Envelope]] = []
+        self.events: list[tuple[str, Any]] = []
+
+    def capture(self, store: AgentStore) -> None:
+        """Start recording row changes (once per handler, at its first SQL write)."""
+        if self.session is None:
+            self.schema_before = store.schema_version()
+            self.session = store.start_capture()
+
+    def finish(self, store: AgentStore) -> tuple[bytes | None, str | None]:
+        """The changeset and (if the schema changed) the new schema; ends capture."""
+        if self.session is None:
+            return None, None
+        changes = store.finish_capture(self.session)
+        self.session = None
+        schema = store.user_schema() if store.schema_version() != self.schema_before else None
+        return changes, schema
+
+    def drop(self) -> None:
+        """Forget the capture of a handler that failed."""
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+class Outcome:
+    """What happened to one message, kept until the batch commits."""
+
+    __slots__ = ("ctx", "duration", "env", "ok", "recorded", "ts", "value", "version")
+
+    def __init__(self, env: Envelope, ok: bool, value: Any, ctx: HandlerContext, ts: float,
+                 duration: float, version: int, recorded: Any = None) -> None:
+        self.env, self.ok, self.value, self.ctx = env, ok, value, ctx
+        self.ts, self.duration, self.version = ts, duration, version
+        #: For scheduled messages that failed: ("retry"|"dead", dead letter row or None).
+        self.recorded = recorded
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Any:
+    """Go on awaiting *coro* after its first step was driven by hand."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # forwarded into the handler
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _invoke(result: Any, ctx: HandlerContext, cls: type, method: str) -> Any:
+    if type(result) is types.CoroutineType:
+        try:
+            yielded = result.send(None)
+        except StopIteration as stop:
+            return stop.value
+        ctx.suspended = True
+        cls.__dict__["_ab_suspends"].add(method)
+        return await _resume(result, yielded)
+    if inspect.isawaitable(result):
+        ctx.suspended = True
+        return await result
+    return result
+
+
+async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
+    """Make the agent object and run ``on_start``; its writes (if any) become a version."""
+    rt = inst.runtime
+    agent = cls.__new__(cls)
+    agent._ab_instance = inst
+    agent.__init__()
+    inst.agent = agent
+    inst.cls = cls
+    store = inst.store
+    assert store is not None
+    ctx = HandlerContext("start")
+    ctx.capture(store)
+    store.savepoint()
+    inst.ctx = ctx
+    ts = rt.clock.now()
+    t0 = time.perf_counter()
+    before = inst.state_json
+    try:
+        await _invoke(agent.on_start(), ctx, cls, "on_start")
+        changes, schema = ctx.finish(store)
+        if ctx.state_changed:
+            inst.state_json = jsonvalue.dumps(inst.state)
+        state_changed = inst.state_json != before
+        if changes or schema or state_changed:
+            inst.version += 1
+            store.append_history((
+                inst.version, ts, "on_start", "[]", None, "start",
+                (time.perf_counter() - t0) * 1000, "ok", None, None,
+                inst.state_json if state_changed else None, changes, schema, None, None,
+            ))
+        store.release()
+    except BaseException as exc:
+        ctx.drop()
+        store.rollback_message()
+        inst.agent = None
+        if isinstance(exc, _FATAL):
+            raise
+        error = AgentStartError(
+            f"{cls.__name__}({inst.key[1]!r}).on_start raised {type(exc).__name__}: {exc}; "
+            "fix on_start and send the message again"
+        )
+        raise error from exc
+    finally:
+        inst.ctx = None
+    inst.started = cls
+    return ctx
+
+
+async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: bool) -> Outcome:
+    """Run one message inside its savepoint (or, *lone*, as the whole transaction)."""
+    rt = inst.runtime
+    store = inst.store
+    assert store is not None and inst.agent is not None
+    ctx = HandlerContext(env.source)
+    sched = env.sched
+    if sched is not None:
+        ctx.occurrence = firing.occurrence_of(env)
+    before = (inst.version, inst.state, inst.state_json)
+    if not lone:
+        store.savepoint()
+    inst.ctx = ctx
+    token = current_chain.set((*env.chain, inst.key))
+    ts = rt.clock.now()
+    t0 = time.perf_counter()
+    outcome_label = "ok"
+    try:
+        if sched is not None and firing.skip_if_missed(inst, ctx, env):
+            result, outcome_label = None, "skipped"
+        else:
+            fn = getattr(inst.agent, env.method)
+            result = await _invoke(fn(*env.args, **env.kwargs), ctx, cls, env.method)
+            if sched is not None:
+                firing.after_success(inst, ctx, env)
+        duration = (time.perf_counter() - t0) * 1000
+        changes, schema = ctx.finish(store)
+        state_col = None
+        if ctx.state_changed:
+            text = jsonvalue.dumps(inst.state)
+            if text != inst.state_json:
+                inst.state_json = state_col = text
+            else:
+                ctx.state_changed = False
+        inst.version += 1
+        store.append_history((
+            inst.version, ts, env.label or env.method, env.args_json, env.kwargs_json, env.source,
+            duration, outcome_label, None, _result_json(result), state_col, changes, schema,
+            *_sched_cols(ctx),
+        ))
+        if not lone:
+            store.release()
+        return Outcome(env, True, result, ctx, ts, duration, inst.version)
+    except BaseException as exc:
+        duration = (time.perf_counter() - t0) * 1000
+        ctx.drop()
+        try:
+            if lone:
+                store.rollback()
+            else:
+                store.rollback_message()
+        except Exception:
+            pass
+        inst.version, inst.state, inst.state_json = before
+        if isinstance(exc, _FATAL):
+            raise
+        error = translate(exc, store)
+        recorded = None
+        if sched is not None:
+            recorded = _record_failure(inst, env, error, ts, duration)
+        return Outcome(env, False, error, ctx, ts, duration, inst.version, recorded)
+    finally:
+        current_chain.reset(token)
+        inst.ctx = None
+
+
+def _record_failure(inst: Instance, env: Envelope, error: BaseException, ts: float,
+                    duration: float) -> Any:
+    """A scheduled attempt failed: record the retry or dead letter as a version."""
+    store = inst.store
+    assert store is not None
+    text = f"{type(error).__name__}: {error}"
+    ctx = HandlerContext(env.source)
+    ctx.occurrence = firing.occurrence_of(env)
+    store.savepoint()
+    try:
+        label, letter = firing.after_failure(inst, ctx, env, text)
+        changes, schema = ctx.finish(store)
+        inst.version += 1
+        store.append_history((
+            inst.version, ts, env.label or env.method, env.args_json, env.kwargs_json,
+            env.source, duration, label, text, None, None, changes, schema, *_sched_cols(ctx),
+        ))
+        store.release()
+    except BaseException:
+        ctx.drop()
+        store.rollback_message()
+        raise
+    return (label, letter)
+
+
+def _sched_cols(ctx: HandlerContext) -> tuple[float | None, str | None]:
+    occ = ctx.occurrence
+    return (None, None) if occ is None else (occ.due, occ.id)
+
+
+def _result_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    try:
+        return jsonvalue.dumps(jsonvalue.freeze(value, "result"))
+    except (TypeError, ValueError):
+        return None
+
+
+def translate(exc: BaseException, store: AgentStore | None) -> BaseException:
+    """apsw errors become typed agentbook errors; everything else passes unchanged."""
+    if isinstance(exc, AgentbookError) or not type(exc).__module__.startswith("apsw"):
+        return exc
+    from .store import translate_error
+
+    return translate_error(exc, store.path if store is not None else "")
