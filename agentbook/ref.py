@@ -175,7 +175,8 @@ class AgentRef:
         Returns:
             A DataFrame with columns ``agent`` (class), ``name``, ``version``, ``ts``,
             ``method``, ``args``, ``kwargs``, ``source``, ``duration_ms``, ``outcome``,
-            ``error``, ``result``, ``state`` (the state after that version).
+            ``error``, ``result``, ``state`` (the state after that version), and for
+            scheduled runs ``due`` (when it was planned) and ``occurrence``.
         """
         import pandas as pd
 
@@ -185,8 +186,8 @@ class AgentRef:
                 conn, limit=limit, before=before, method=method, since=since_f, until=until_f
             )
         records = [
-            (v, ts, m, _j(a), _j(k), src, d, o, e, _j(r), _j(s))
-            for (v, ts, m, a, k, src, d, o, e, r, s) in rows
+            (v, ts, m, _j(a), _j(k), src, d, o, e, _j(r), _j(s), due, occ)
+            for (v, ts, m, a, k, src, d, o, e, r, s, due, occ) in rows
         ]
         if failures and (method is None or records is not None):
             lo = rows[-1][1] if len(rows) == limit else float("-inf")
@@ -195,19 +196,21 @@ class AgentRef:
             order = {id(r): r[0] for r in records}
             for ts, m, a, k, src, d, e, at in self._ab_rt.catalog.failures(*self._ab_key, limit):
                 if lo <= ts <= hi and (method is None or m == method):
-                    row = (None, ts, m, _j(a), _j(k), src, d, "error", e, None, None)
+                    row = (None, ts, m, _j(a), _j(k), src, d, "error", e, None, None, None, None)
                     order[id(row)] = at + 0.5  # it happened after version `at`, before the next
                     records.append(row)
             records.sort(key=lambda r: order[id(r)], reverse=True)
         frame = pd.DataFrame.from_records(
             records,
             columns=["version", "ts", "method", "args", "kwargs", "source", "duration_ms",
-                     "outcome", "error", "result", "state"],
+                     "outcome", "error", "result", "state", "due", "occurrence"],
         )
+        frame["result"] = pd.Series([r[9] for r in records], dtype=object, index=frame.index)
         frame.insert(0, "name", self._ab_key[1])
         frame.insert(0, "agent", self._ab_key[0])
         frame["version"] = frame["version"].astype("Int64")
         frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
+        frame["due"] = pd.to_datetime(frame["due"].astype("float64"), unit="s", utc=True)
         return frame
 
     def schedules(self) -> pd.DataFrame:

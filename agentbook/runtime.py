@@ -178,6 +178,13 @@ class Runtime:
             self._hibernate(inst)
         return len(idle)
 
+    @property
+    def plot(self) -> Any:
+        """Matplotlib figures of what the agents did: ``rt.plot.schedule()``, ..."""
+        from .plots import Plots
+
+        return Plots(self)
+
     # -- schedules ------------------------------------------------------------------------
     def dead_letters(self) -> pd.DataFrame:
         """Scheduled and queued work that failed every attempt, across all agents."""

@@ -13,7 +13,7 @@ __all__ = ["COLUMNS", "read_history", "state_at"]
 
 #: Columns of ``ref.history()`` (after ``class`` and ``name`` are prepended).
 COLUMNS = ["version", "ts", "method", "args", "kwargs", "source", "duration_ms", "outcome",
-           "error", "result", "state"]
+           "error", "result", "state", "due", "occurrence"]
 
 
 def read_history(
@@ -41,7 +41,7 @@ def read_history(
         params.append(until)
     sql = (
         "SELECT version, ts, method, args, kwargs, source, duration_ms, outcome, error, result,"
-        " state FROM _ab_history"
+        " state, due, occurrence FROM _ab_history"
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY version DESC LIMIT ?"
     )
@@ -55,7 +55,7 @@ def read_history(
     for row in reversed(rows):
         if row[10] is not None:
             current = row[10]
-        out.append((*row[:10], current))
+        out.append((*row[:10], current, row[11], row[12]))
     out.reverse()
     return out
 
