@@ -15,11 +15,18 @@
 """
 
 from .agent import Agent, callable
+from .approvals import Approval, Approvals
 from .clock import SystemClock, VirtualClock
 from .errors import (
     AgentbookError,
     AgentNotFoundError,
     AgentStartError,
+    ApprovalDecidedError,
+    ApprovalError,
+    ApprovalExpiredError,
+    ApprovalForbiddenError,
+    ApprovalNotFoundError,
+    ApprovalTamperedError,
     BadArgumentsError,
     IncompatibleStateError,
     JSONValueError,
@@ -42,6 +49,7 @@ from .errors import (
 from .events import EventBus
 from .ref import AgentRef
 from .runtime import Runtime, runtime
+from .scheduler import Occurrence, Retry, Schedule, ScheduleError
 from .sync import run
 
 __version__ = "0.1.0"
@@ -52,17 +60,29 @@ __all__ = [
     "AgentRef",
     "AgentStartError",
     "AgentbookError",
+    "Approval",
+    "ApprovalDecidedError",
+    "ApprovalError",
+    "ApprovalExpiredError",
+    "ApprovalForbiddenError",
+    "ApprovalNotFoundError",
+    "ApprovalTamperedError",
+    "Approvals",
     "BadArgumentsError",
     "EventBus",
     "IncompatibleStateError",
     "JSONValueError",
     "NotCallableError",
     "NotInHandlerError",
+    "Occurrence",
     "ReadOnlyError",
     "ReentrancyError",
+    "Retry",
     "Runtime",
     "RuntimeClosedError",
     "SQLError",
+    "Schedule",
+    "ScheduleError",
     "StateError",
     "StateRejectedError",
     "StoreCorruptError",

@@ -16,15 +16,15 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, TypeVar, overload
-
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import jsonvalue, scheduler
 from .errors import JSONValueError, StateRejectedError
 from .scheduler import Occurrence, Retry, Schedule, ScheduleError, resolve_when
 
 if TYPE_CHECKING:
+    from .approvals import Approval
     from .mailbox import Instance
     from .ref import AgentRef
     from .runtime import Runtime
@@ -330,6 +330,53 @@ class Agent:
         for idempotent calls to the outside world). ``None`` otherwise."""
         ctx = self._ab_instance.ctx
         return None if ctx is None else ctx.occurrence
+
+    # -- human in the loop ----------------------------------------------------------------
+    async def request_approval(
+        self,
+        method: str,
+        args: dict | list | None = None,
+        *,
+        summary: str,
+        side_effects: list[str] | None = None,
+        expires_in: float | None = None,
+        approvers: list[str] | None = None,
+    ) -> Approval:
+        """Propose an action for a person to approve; returns at once.
+
+        The pending approval commits with this handler. When a person approves it (in the
+        ``rt.approvals`` inbox, or ``rt.approvals.approve(id)``), *method* runs once with
+        exactly *args*, as a handler of this agent. Rejection or expiry never run it.
+
+        Args:
+            method: A public method of this agent (it need not be ``@ab.callable``, and is
+                better not: then only an approval can run it).
+            args: Keyword arguments (a dict) or positional ones (a list); JSON values.
+            summary: One line a person reads before deciding.
+            side_effects: What approving will do in the world, one line each.
+            expires_in: Seconds until the approval expires (``None``: never).
+            approvers: Who may decide (names given as ``by=``); ``None``: anyone.
+        """
+        from . import approvals
+
+        inst = self._ab_instance
+        ctx = inst.require_ctx("request_approval")
+        return approvals.request(inst, ctx, method, [] if args is None else args, summary,
+                                 side_effects or [], expires_in, approvers)
+
+    def _ab_reject_approval(self, approval_id: str, by: str, reason: str | None) -> None:
+        from . import approvals
+
+        inst = self._ab_instance
+        approvals.decide_without_running(inst, inst.require_ctx("reject"), approval_id,
+                                         "rejected", by, reason)
+
+    def _ab_expire_approval(self, approval_id: str) -> None:
+        from . import approvals
+
+        inst = self._ab_instance
+        approvals.decide_without_running(inst, inst.require_ctx("expire"), approval_id,
+                                         "expired", None, "expired")
 
     def _ab_retry_dead_letter(self, letter_id: str) -> None:
         inst = self._ab_instance

@@ -16,6 +16,12 @@ Each message says what went wrong and what to do next, in one sentence.
      ├── StateError
      │    ├── StateRejectedError       validate_state_change refused the new state
      │    └── IncompatibleStateError   a redefined class no longer fits the stored state
+     ├── ApprovalError                 a decision on an approval can't be made
+     │    ├── ApprovalNotFoundError    (also KeyError) no approval has that id
+     │    ├── ApprovalDecidedError     it was already approved, rejected or expired
+     │    ├── ApprovalExpiredError     its time ran out; ask the agent again
+     │    ├── ApprovalForbiddenError   the person deciding is not among its approvers
+     │    └── ApprovalTamperedError    its stored action no longer matches what was approved
      ├── AgentNotFoundError            (also KeyError) no agent by that class and name has been created
      ├── AgentStartError               on_start raised; the agent did not start
      ├── StoreError                    the durable store could not do its job
@@ -34,6 +40,12 @@ __all__ = [
     "AgentNotFoundError",
     "AgentStartError",
     "AgentbookError",
+    "ApprovalDecidedError",
+    "ApprovalError",
+    "ApprovalExpiredError",
+    "ApprovalForbiddenError",
+    "ApprovalNotFoundError",
+    "ApprovalTamperedError",
     "BadArgumentsError",
     "IncompatibleStateError",
     "JSONValueError",
@@ -117,6 +129,33 @@ class StateRejectedError(StateError):
 
 class IncompatibleStateError(StateError):
     """A redefined agent class does not fit the state already stored."""
+
+
+class ApprovalError(AgentbookError):
+    """A decision on an approval can't be made; nothing ran."""
+
+
+class ApprovalNotFoundError(ApprovalError, KeyError):
+    """No approval has that id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class ApprovalDecidedError(ApprovalError):
+    """The approval was already decided; a decision is made once."""
+
+
+class ApprovalExpiredError(ApprovalError):
+    """The approval expired before it was approved."""
+
+
+class ApprovalForbiddenError(ApprovalError):
+    """The person deciding is not among the approval's approvers."""
+
+
+class ApprovalTamperedError(ApprovalError):
+    """The stored action doesn't match the one that was requested (changed arguments)."""
 
 
 class AgentNotFoundError(AgentbookError, KeyError):

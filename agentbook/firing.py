@@ -45,7 +45,8 @@ def expand_due(inst: Instance) -> int:
         payload = jsonvalue.loads(payload_json)
         args: tuple = (payload,) if _takes_payload(cls, callback, payload) else ()
         source = f"{'queue' if type_ == 'queue' else 'schedule'}:{sid}"
-        env = Envelope(callback, args, {}, jsonvalue.dumps(list(args)), None, source)
+        label = callback[4:] if callback.startswith("_ab_") else None
+        env = Envelope(callback, args, {}, jsonvalue.dumps(list(args)), None, source, label=label)
         env.sched = row
         envs.append(env)
     inst.queue.extendleft(reversed(envs))

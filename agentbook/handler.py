@@ -16,7 +16,7 @@ import time
 import types
 from typing import TYPE_CHECKING, Any
 
-from . import firing, jsonvalue
+from . import approvals, firing, jsonvalue
 from .errors import AgentbookError, AgentStartError
 
 if TYPE_CHECKING:
@@ -36,8 +36,8 @@ _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 class HandlerContext:
     """What one running handler has written or wants to send, until its commit."""
 
-    __slots__ = ("destroy", "events", "occurrence", "outbox", "sched_dirty", "schema_before",
-                 "session", "source", "state_changed", "suspended")
+    __slots__ = ("approvals", "destroy", "events", "occurrence", "outbox", "sched_dirty",
+                 "schema_before", "session", "source", "state_changed", "suspended")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -50,6 +50,8 @@ class HandlerContext:
         self.occurrence: Occurrence | None = None
         self.outbox: list[tuple[Any, Envelope]] = []
         self.events: list[tuple[str, Any]] = []
+        #: Approval requests and decisions, announced after the commit.
+        self.approvals: list[tuple[str, tuple]] = []
 
     def capture(self, store: AgentStore) -> None:
         """Start recording row changes (once per handler, at its first SQL write)."""
@@ -191,6 +193,8 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         if sched is not None and firing.skip_if_missed(inst, ctx, env):
             result, outcome_label = None, "skipped"
         else:
+            if env.approval is not None:
+                approvals.claim(inst, ctx, env)
             fn = getattr(inst.agent, env.method)
             result = await _invoke(fn(*env.args, **env.kwargs), ctx, cls, env.method)
             if sched is not None:
@@ -204,10 +208,13 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
                 inst.state_json = state_col = text
             else:
                 ctx.state_changed = False
+        result_json = _result_json(result)
+        if env.approval is not None:
+            approvals.record_result(inst, env, result_json)
         inst.version += 1
         store.append_history((
             inst.version, ts, env.label or env.method, env.args_json, env.kwargs_json, env.source,
-            duration, outcome_label, None, _result_json(result), state_col, changes, schema,
+            duration, outcome_label, None, result_json, state_col, changes, schema,
             *_sched_cols(ctx),
         ))
         if not lone:
@@ -227,8 +234,12 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         if isinstance(exc, _FATAL):
             raise
         error = translate(exc, store)
+        for kind, data in ctx.approvals:
+            if kind == "request":
+                inst.runtime.approvals._forget(data[0])
         recorded = None
-        if sched is not None:
+        claimed = any(kind == "approve" for kind, _ in ctx.approvals)
+        if sched is not None or claimed:
             recorded = _record_failure(inst, env, error, ts, duration)
         return Outcome(env, False, error, ctx, ts, duration, inst.version, recorded)
     finally:
@@ -238,15 +249,19 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
 
 def _record_failure(inst: Instance, env: Envelope, error: BaseException, ts: float,
                     duration: float) -> Any:
-    """A scheduled attempt failed: record the retry or dead letter as a version."""
+    """A scheduled attempt or an approved method failed: record the retry, the dead letter
+    or the consumed approval as a version of its own."""
     store = inst.store
     assert store is not None
     text = f"{type(error).__name__}: {error}"
     ctx = HandlerContext(env.source)
-    ctx.occurrence = firing.occurrence_of(env)
     store.savepoint()
     try:
-        label, letter = firing.after_failure(inst, ctx, env, text)
+        if env.sched is not None:
+            ctx.occurrence = firing.occurrence_of(env)
+            label, letter = firing.after_failure(inst, ctx, env, text)
+        else:
+            label, letter = "error", approvals.record_failure(inst, ctx, env, text)
         changes, schema = ctx.finish(store)
         inst.version += 1
         store.append_history((

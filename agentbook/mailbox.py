@@ -41,8 +41,8 @@ _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 class Envelope:
     """One message: a method call, a scheduled run, or an internal operation."""
 
-    __slots__ = ("args", "args_json", "chain", "future", "kwargs", "kwargs_json", "label",
-                 "method", "op", "sched", "source")
+    __slots__ = ("approval", "args", "args_json", "chain", "future", "kwargs", "kwargs_json",
+                 "label", "method", "op", "sched", "source")
 
     def __init__(self, method: str, args: tuple, kwargs: dict, args_json: str,
                  kwargs_json: str | None, source: str, future: asyncio.Future | None = None,
@@ -61,6 +61,8 @@ class Envelope:
         self.label = label
         #: The ``_ab_schedules`` row of a scheduled run.
         self.sched: tuple | None = None
+        #: ``(approval id, who)`` when this message runs an approved action.
+        self.approval: tuple[str, str] | None = None
 
 
 class Instance:
@@ -227,7 +229,7 @@ class Instance:
                 # A lone message needs no savepoint: if it fails, the whole (otherwise
                 # empty) transaction is rolled back instead. Saves two statements.
                 lone = (not taken and not self.queue and started is None and not self.fresh
-                        and env.sched is None)
+                        and env.sched is None and env.approval is None)
                 taken.append(env)
                 outcome = await run_message(self, env, cls, lone)
                 done.append(outcome)
@@ -254,6 +256,10 @@ class Instance:
                 self.queue.extendleft(reversed([e for e in taken if e.sched is None]))
                 raise
             err = translate(exc, store)
+            for outcome in done:
+                for kind, data in outcome.ctx.approvals:
+                    if kind == "request":
+                        rt.approvals._forget(data[0])
             if isinstance(exc, AgentStartError):
                 self._fail_queue(err)
             now = rt.clock.now()
@@ -279,9 +285,11 @@ class Instance:
         for outcome in done:
             if outcome.ok:
                 self._deliver_success(outcome)
-            elif outcome.recorded is not None:
+            elif outcome.recorded is not None and outcome.env.sched is not None:
                 rt._scheduled_failure(self.key, outcome)
             else:
+                if outcome.recorded is not None:  # an approved method failed: consumed
+                    rt.approvals._after_commit(self.key, "failed", outcome.recorded[1])
                 self._deliver_failure(outcome.env, outcome.value, outcome.duration, outcome.ts,
                                       outcome.version)
 
@@ -312,6 +320,8 @@ class Instance:
             fut.set_result(outcome.value)
         for key, out in ctx.outbox:
             rt._enqueue(key, out)
+        for kind, data in ctx.approvals:
+            rt.approvals._after_commit(self.key, kind, data)
         if rt.events.active:
             if env.sched is not None:
                 rt._emit_scheduled("execute", self.key, env, outcome.version)

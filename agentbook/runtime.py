@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import inspect
 import logging
 import os
 import re
@@ -28,22 +27,20 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from . import jsonvalue
-from .agent import FRAMEWORK_NAMES, Agent, _classes, method_info
+from .agent import Agent, _classes
+from .approvals import Approvals
+from .calls import prepare
 from .clock import Clock, SystemClock
 from .errors import (
     AgentbookError,
-    BadArgumentsError,
-    NotCallableError,
-    ReentrancyError,
     RuntimeClosedError,
     StoreCorruptError,
     StoreError,
-    UnknownMethodError,
     UsageError,
 )
 from .events import EventBus
 from .firing import TICK
-from .mailbox import Envelope, Instance, current_chain
+from .mailbox import Envelope, Instance
 from .store import Catalog, agent_file
 from .timers import Timers
 
@@ -120,6 +117,7 @@ class Runtime:
         self._unkicked: set[Key] = set()
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._broadcast_hooks: list[Any] = []
+        self._approvals: Approvals | None = None
         self.timers = Timers(self)
         self.timers.load()
         if hasattr(self.clock, "add_settler"):
@@ -177,6 +175,14 @@ class Runtime:
         for inst in idle:
             self._hibernate(inst)
         return len(idle)
+
+    @property
+    def approvals(self) -> Approvals:
+        """The approval inbox: displayed, a widget with Approve / Reject buttons;
+        ``.pending()``, ``.approve(id)``, ``.reject(id, reason)``, ``.history()`` in code."""
+        if self._approvals is None:
+            self._approvals = Approvals(self)
+        return self._approvals
 
     @property
     def plot(self) -> Any:
@@ -333,43 +339,7 @@ class Runtime:
                  external: bool, future: bool) -> Envelope:
         """Check a call completely before anything is queued, and build its envelope."""
         self._check_open()
-        cls = _classes.get(key[0])
-        if cls is None:
-            raise UsageError(
-                f"no agent class named {key[0]!r} is defined in this process; run the cell "
-                "that defines it first"
-            )
-        fn, is_callable = method_info(cls, method)
-        if fn is None:
-            hint = ""
-            if not hasattr(cls, method):
-                raise UnknownMethodError(
-                    f"{cls.__name__} has no method {method!r}; its callable methods are: "
-                    f"{', '.join(callable_methods(cls)) or '(none)'}{hint}"
-                )
-            raise NotCallableError(f"{cls.__name__}.{method} is not a method")
-        if method.startswith("_") or method in FRAMEWORK_NAMES:
-            raise NotCallableError(
-                f"{cls.__name__}.{method} is private or part of the framework and can't be "
-                "called as a message; add a public @ab.callable method that uses it"
-            )
-        chain = current_chain.get()
-        if external and not chain and not is_callable:
-            raise NotCallableError(
-                f"{cls.__name__}.{method} is not marked @ab.callable, so it can't be called "
-                "from outside the agent; decorate it with @ab.callable"
-            )
-        _check_arity(cls, fn, method, args, kwargs)
-        args = jsonvalue.freeze(args, "args")
-        kwargs = jsonvalue.freeze(kwargs, "kwargs") if kwargs else {}
-        if future and key in chain:
-            raise ReentrancyError(
-                f"{key[0]}({key[1]!r}) is already waiting in this call chain, so awaiting "
-                f"{method}() would wait forever; use ref.send(...) or call the method directly"
-            )
-        source = f"agent:{chain[-1][0]}/{chain[-1][1]}" if chain else self.source
-        return Envelope(method, args, kwargs, jsonvalue.dumps(args),
-                        jsonvalue.dumps(kwargs) if kwargs else None, source, None, chain)
+        return prepare(self.source, key, method, args, kwargs, external=external, future=future)
 
     def _submit(self, key: Key, env: Envelope) -> Any:
         """Queue *env* and return an awaitable of its result."""
@@ -542,39 +512,6 @@ def _check_name(name: Any) -> None:
             f"agent names are non-empty strings of at most {_MAX_NAME} characters without "
             f"'/', '\\' or control characters; got {name!r}"
         )
-
-
-def callable_methods(cls: type[Agent]) -> list[str]:
-    """Names of the ``@ab.callable`` methods of *cls*."""
-    return sorted(n for n in dir(cls) if not n.startswith("_") and method_info(cls, n)[1])
-
-
-_arity: dict[Any, tuple] = {}
-
-
-def _check_arity(cls: type, fn: Any, method: str, args: tuple, kwargs: dict) -> None:
-    """Raise :class:`BadArgumentsError` unless ``fn(self, *args, **kwargs)`` would bind."""
-    info = _arity.get(fn)
-    if info is None:
-        sig = inspect.signature(fn)
-        params = list(sig.parameters.values())[1:]
-        simple = all(p.kind == p.POSITIONAL_OR_KEYWORD for p in params)
-        required = sum(1 for p in params if p.default is p.empty)
-        info = _arity[fn] = (sig, simple, required, len(params))
-    sig, simple, required, total = info
-    if simple and not kwargs and required <= len(args) <= total:
-        return
-    try:
-        sig.bind(None, *args, **kwargs)
-    except TypeError as exc:
-        raise BadArgumentsError(
-            f"{cls.__name__}.{method}{_plain_signature(sig)}: {exc}"
-        ) from None
-
-
-def _plain_signature(sig: inspect.Signature) -> str:
-    params = list(sig.parameters.values())[1:]
-    return str(sig.replace(parameters=params))
 
 
 _default: Runtime | None = None

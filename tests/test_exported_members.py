@@ -9,6 +9,9 @@ def test_all_is_sorted_and_complete():
     assert ab.__all__ == sorted(ab.__all__)
     assert set(ab.__all__) == {
         "Agent", "AgentNotFoundError", "AgentRef", "AgentStartError", "AgentbookError",
+        "Approval", "ApprovalDecidedError", "ApprovalError", "ApprovalExpiredError",
+        "ApprovalForbiddenError", "ApprovalNotFoundError", "ApprovalTamperedError", "Approvals",
+        "Occurrence", "Retry", "Schedule", "ScheduleError",
         "BadArgumentsError", "EventBus", "IncompatibleStateError", "JSONValueError",
         "NotCallableError", "NotInHandlerError", "ReadOnlyError", "ReentrancyError", "Runtime",
         "RuntimeClosedError", "SQLError", "StateError", "StateRejectedError",

@@ -56,6 +56,25 @@ CREATE TABLE IF NOT EXISTS timers(
     due REAL NOT NULL,
     PRIMARY KEY (class, name)
 ) WITHOUT ROWID;
+-- An index of the approvals kept in the agents' own stores, for the inbox. Written
+-- before the agent's commit when requested (a superset), after it when decided.
+CREATE TABLE IF NOT EXISTS approvals(
+    id TEXT PRIMARY KEY,
+    class TEXT NOT NULL,
+    name TEXT NOT NULL,
+    method TEXT NOT NULL,
+    args TEXT NOT NULL,
+    kwargs TEXT NOT NULL,
+    summary TEXT NOT NULL,
+    side_effects TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL,
+    status TEXT NOT NULL,
+    decided_by TEXT,
+    decided_at REAL,
+    reason TEXT
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals(status, created);
 -- An index of the dead letters kept in the agents' own stores.
 CREATE TABLE IF NOT EXISTS dead_letters(
     id TEXT PRIMARY KEY,
@@ -170,6 +189,50 @@ class Catalog:
                                           (class_name, name, due))
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
+
+    _APPROVAL_COLS = ("id, class, name, method, args, kwargs, summary, side_effects, created,"
+                      " expires, status, decided_by, decided_at, reason")
+
+    def index_approval(self, row: tuple) -> None:
+        """Index a requested approval (columns of ``_APPROVAL_COLS``)."""
+        try:
+            with self.conn:
+                self.conn.execute(
+                    f"INSERT OR REPLACE INTO approvals({self._APPROVAL_COLS})"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+        except apsw.Error as exc:
+            raise translate_error(exc, self.path) from None
+
+    def decide_approval(self, approval_id: str, status: str, by: str | None, at: float | None,
+                        reason: str | None) -> None:
+        """Record a decision in the index."""
+        with self.conn:
+            self.conn.execute(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ?"
+                " WHERE id = ?", (status, by, at, reason, approval_id))
+
+    def drop_approval(self, approval_id: str) -> None:
+        """Forget an index entry whose approval never committed."""
+        self.conn.execute("DELETE FROM approvals WHERE id = ?", (approval_id,))
+
+    def approvals(self, status: str | None = None, pending_only: bool = False) -> list[tuple]:
+        """Index rows (``_APPROVAL_COLS``), oldest first."""
+        if pending_only or status == "pending":
+            return self.conn.execute(
+                f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE status = 'pending'"
+                " ORDER BY created, id").fetchall()
+        if status is None:
+            return self.conn.execute(
+                f"SELECT {self._APPROVAL_COLS} FROM approvals ORDER BY created, id").fetchall()
+        return self.conn.execute(
+            f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE status = ? ORDER BY created, id",
+            (status,)).fetchall()
+
+    def approval(self, approval_id: str) -> tuple | None:
+        """One index row, or ``None``."""
+        rows = self.conn.execute(
+            f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE id = ?", (approval_id,)).fetchall()
+        return rows[0] if rows else None
 
     def add_dead_letters(self, rows: list[tuple]) -> None:
         """Index dead letters: (id, class, name, callback, payload, type, attempts, error,

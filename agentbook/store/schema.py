@@ -16,7 +16,10 @@ INTERNAL_PREFIX = "_ab_"
 #: Internal tables whose changes are *not* part of a version's changeset: they are the
 #: record of versions itself. Everything else (the agent's own tables, its key-value
 #: data, its schedules...) is captured, so time travel can restore it.
-UNTRACKED_TABLES = frozenset({"_ab_meta", "_ab_state", "_ab_history", "_ab_migrations"})
+#: Approvals are untracked too, so that no rewind can ever bring a decided approval back.
+UNTRACKED_TABLES = frozenset(
+    {"_ab_meta", "_ab_state", "_ab_history", "_ab_migrations", "_ab_approvals"}
+)
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -80,6 +83,32 @@ MIGRATIONS: list[tuple[str, str]] = [
             attempts INTEGER NOT NULL,
             error TEXT,
             failed_at REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        "0003_approvals",
+        """
+        CREATE TABLE _ab_approvals(
+            id TEXT PRIMARY KEY,
+            method TEXT NOT NULL,
+            args TEXT NOT NULL,            -- JSON array of positional arguments
+            kwargs TEXT NOT NULL,          -- JSON object of keyword arguments
+            nonce TEXT NOT NULL,
+            digest TEXT NOT NULL,          -- sha256 over agent, method, arguments, nonce, expiry
+            summary TEXT NOT NULL,
+            side_effects TEXT NOT NULL,    -- JSON array of strings
+            approvers TEXT,                -- JSON array, NULL = anyone
+            created REAL NOT NULL,
+            expires REAL,                  -- NULL = never
+            status TEXT NOT NULL,          -- pending | approved | failed | rejected | expired | cancelled
+            decided_by TEXT,
+            decided_at REAL,
+            reason TEXT,
+            result TEXT,
+            error TEXT,
+            expiry_schedule TEXT,
+            requested_at_version INTEGER NOT NULL
         ) WITHOUT ROWID;
         """,
     ),
