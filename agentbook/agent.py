@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 from collections.abc import Callable, Iterator, MutableMapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -34,6 +35,12 @@ __all__ = ["Agent", "callable"]
 log = logging.getLogger("agentbook")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_SCHEMA_CHANGE = re.compile(r"\b(DROP|ALTER)\b", re.IGNORECASE)
+_DROPPED = re.compile(
+    r"\bDROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?((?:\"[^\"]+\")|(?:`[^`]+`)|(?:\[[^\]]+\])|[\w]+)",
+    re.IGNORECASE,
+)
 
 #: Latest definition of every agent class, by class name (hot redefinition reads this).
 _classes: dict[str, type[Agent]] = {}
@@ -151,8 +158,27 @@ class Agent:
         return self._ab_instance.version
 
     def now(self) -> float:
-        """The runtime clock's current time (epoch seconds)."""
-        return self._ab_instance.runtime.clock.now()
+        """The runtime clock's current time (epoch seconds); while a step is replayed, the
+        time it originally ran."""
+        inst = self._ab_instance
+        ctx = inst.ctx
+        if ctx is not None and ctx.replay is not None:
+            return ctx.replay.ts
+        return inst.runtime.clock.now()
+
+    async def effect(self, key: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call *fn* (sync or async) and journal its JSON result in this version's history.
+
+        Use it for everything that would not come out the same twice: model and tool calls,
+        HTTP, random numbers. Replays serve the journaled result instead of calling again
+        (unless told otherwise), which is what makes "what if" replays exact and free.
+
+        Returns:
+            The result, as a read-only JSON value.
+        """
+        from .replay import run_effect
+
+        return await run_effect(self._ab_instance.require_ctx("effect"), key, fn, args, kwargs)
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -213,9 +239,16 @@ class Agent:
         ctx = inst.require_ctx("sql")
         if len(params) == 1 and isinstance(params[0], (dict, list, tuple)):
             params = params[0] if isinstance(params[0], dict) else tuple(params[0])  # type: ignore[assignment]
-        ctx.capture(inst.store)
-        cursor_rows = inst.store.user_sql_dicts(query, params)
-        return cursor_rows
+        store = inst.store
+        ctx.capture(store)
+        if _SCHEMA_CHANGE.search(query):
+            for table in _DROPPED.findall(query):  # keep the rows, so time travel can restore them
+                name = table.strip('"`[]')
+                if store.internal("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?",
+                                  (name,)):
+                    store.user_sql_dicts(f'DELETE FROM "{name}"', ())
+            ctx.cut(store)
+        return store.user_sql_dicts(query, params)
 
     @property
     def kv(self) -> KeyValue:
@@ -377,6 +410,12 @@ class Agent:
         inst = self._ab_instance
         approvals.decide_without_running(inst, inst.require_ctx("expire"), approval_id,
                                          "expired", None, "expired")
+
+    def _ab_rewind(self, version: int) -> dict:
+        from .rewind import rewind_in_place
+
+        inst = self._ab_instance
+        return rewind_in_place(inst, inst.require_ctx("rewind"), version)
 
     def _ab_retry_dead_letter(self, letter_id: str) -> None:
         inst = self._ab_instance

@@ -22,6 +22,9 @@ Each message says what went wrong and what to do next, in one sentence.
      │    ├── ApprovalExpiredError     its time ran out; ask the agent again
      │    ├── ApprovalForbiddenError   the person deciding is not among its approvers
      │    └── ApprovalTamperedError    its stored action no longer matches what was approved
+     ├── TimeTravelError
+     │    ├── VersionNotFoundError     (also LookupError) no such version, or it was pruned
+     │    └── ReplayError              a replayed step needs an effect that was never journaled
      ├── AgentNotFoundError            (also KeyError) no agent by that class and name has been created
      ├── AgentStartError               on_start raised; the agent did not start
      ├── StoreError                    the durable store could not do its job
@@ -53,6 +56,7 @@ __all__ = [
     "NotInHandlerError",
     "ReadOnlyError",
     "ReentrancyError",
+    "ReplayError",
     "RuntimeClosedError",
     "SQLError",
     "StateError",
@@ -61,8 +65,10 @@ __all__ = [
     "StoreError",
     "StoreFullError",
     "StoreReadOnlyError",
+    "TimeTravelError",
     "UnknownMethodError",
     "UsageError",
+    "VersionNotFoundError",
     "WouldBlockError",
 ]
 
@@ -156,6 +162,18 @@ class ApprovalForbiddenError(ApprovalError):
 
 class ApprovalTamperedError(ApprovalError):
     """The stored action doesn't match the one that was requested (changed arguments)."""
+
+
+class TimeTravelError(AgentbookError):
+    """A time-travel operation can't be done."""
+
+
+class VersionNotFoundError(TimeTravelError, LookupError):
+    """The agent has no such version (not yet, or it was pruned)."""
+
+
+class ReplayError(TimeTravelError):
+    """A replayed step called an effect whose result was never journaled."""
 
 
 class AgentNotFoundError(AgentbookError, KeyError):

@@ -36,13 +36,16 @@ _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 class HandlerContext:
     """What one running handler has written or wants to send, until its commit."""
 
-    __slots__ = ("approvals", "destroy", "events", "occurrence", "outbox", "sched_dirty",
-                 "schema_before", "session", "source", "state_changed", "suspended")
+    __slots__ = ("approvals", "destroy", "effects", "events", "occurrence", "outbox", "replay",
+                 "sched_dirty", "schema_before", "segments", "session", "source",
+                 "state_changed", "suspended")
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.session: Any = None
-        self.schema_before = 0
+        self.schema_before: int | None = None
+        #: Changesets already taken (a schema change such as DROP TABLE ends a session).
+        self.segments: list[bytes] = []
         self.state_changed = False
         self.suspended = False
         self.destroy = False
@@ -52,20 +55,45 @@ class HandlerContext:
         self.events: list[tuple[str, Any]] = []
         #: Approval requests and decisions, announced after the commit.
         self.approvals: list[tuple[str, tuple]] = []
+        #: The effect journal of this handler: ``[[key, result], ...]``.
+        self.effects: list[list] = []
+        #: While replaying: the journal to serve, and the options (see timetravel.replay).
+        self.replay: Any = None
 
     def capture(self, store: AgentStore) -> None:
         """Start recording row changes (once per handler, at its first SQL write)."""
         if self.session is None:
-            self.schema_before = store.schema_version()
+            if self.schema_before is None:
+                self.schema_before = store.schema_version()
             self.session = store.start_capture()
+
+    def cut(self, store: AgentStore) -> None:
+        """Take the changes so far before a statement that drops or alters a table (a
+        session can't outlive a schema change of a table it watches)."""
+        if self.session is not None:
+            changes = store.finish_capture(self.session)
+            self.session = None
+            if changes:
+                self.segments.append(changes)
 
     def finish(self, store: AgentStore) -> tuple[bytes | None, str | None]:
         """The changeset and (if the schema changed) the new schema; ends capture."""
-        if self.session is None:
+        if self.schema_before is None:
             return None, None
-        changes = store.finish_capture(self.session)
-        self.session = None
+        self.cut(store)
+        changes = None
+        if len(self.segments) == 1:
+            changes = self.segments[0]
+        elif self.segments:
+            import apsw
+
+            builder = apsw.ChangesetBuilder()
+            for part in self.segments:
+                builder.add(part)
+            changes = builder.output() or None
+        self.segments = []
         schema = store.user_schema() if store.schema_version() != self.schema_before else None
+        self.schema_before = None
         return changes, schema
 
     def drop(self) -> None:
@@ -153,6 +181,7 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
                 inst.version, ts, "on_start", "[]", None, "start",
                 (time.perf_counter() - t0) * 1000, "ok", None, None,
                 inst.state_json if state_changed else None, changes, schema, None, None,
+                _effects_json(ctx),
             ))
         store.release()
     except BaseException as exc:
@@ -181,6 +210,9 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
     sched = env.sched
     if sched is not None:
         ctx.occurrence = firing.occurrence_of(env)
+    if env.replay is not None:
+        ctx.replay = env.replay
+        ctx.occurrence = env.replay.occurrence
     before = (inst.version, inst.state, inst.state_json)
     if not lone:
         store.savepoint()
@@ -215,7 +247,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         store.append_history((
             inst.version, ts, env.label or env.method, env.args_json, env.kwargs_json, env.source,
             duration, outcome_label, None, result_json, state_col, changes, schema,
-            *_sched_cols(ctx),
+            *_sched_cols(ctx), _effects_json(ctx),
         ))
         if not lone:
             store.release()
@@ -267,6 +299,7 @@ def _record_failure(inst: Instance, env: Envelope, error: BaseException, ts: flo
         store.append_history((
             inst.version, ts, env.label or env.method, env.args_json, env.kwargs_json,
             env.source, duration, label, text, None, None, changes, schema, *_sched_cols(ctx),
+            None,
         ))
         store.release()
     except BaseException:
@@ -274,6 +307,10 @@ def _record_failure(inst: Instance, env: Envelope, error: BaseException, ts: flo
         store.rollback_message()
         raise
     return (label, letter)
+
+
+def _effects_json(ctx: HandlerContext) -> str | None:
+    return jsonvalue.dumps(ctx.effects) if ctx.effects else None
 
 
 def _sched_cols(ctx: HandlerContext) -> tuple[float | None, str | None]:

@@ -42,7 +42,7 @@ class Envelope:
     """One message: a method call, a scheduled run, or an internal operation."""
 
     __slots__ = ("approval", "args", "args_json", "chain", "future", "kwargs", "kwargs_json",
-                 "label", "method", "op", "sched", "source")
+                 "label", "method", "op", "replay", "sched", "source")
 
     def __init__(self, method: str, args: tuple, kwargs: dict, args_json: str,
                  kwargs_json: str | None, source: str, future: asyncio.Future | None = None,
@@ -63,6 +63,8 @@ class Envelope:
         self.sched: tuple | None = None
         #: ``(approval id, who)`` when this message runs an approved action.
         self.approval: tuple[str, str] | None = None
+        #: A :class:`~agentbook.replay.ReplayStep` when this message replays a version.
+        self.replay: Any = None
 
 
 class Instance:
@@ -229,7 +231,7 @@ class Instance:
                 # A lone message needs no savepoint: if it fails, the whole (otherwise
                 # empty) transaction is rolled back instead. Saves two statements.
                 lone = (not taken and not self.queue and started is None and not self.fresh
-                        and env.sched is None and env.approval is None)
+                        and env.sched is None and env.approval is None and env.replay is None)
                 taken.append(env)
                 outcome = await run_message(self, env, cls, lone)
                 done.append(outcome)
@@ -240,7 +242,7 @@ class Instance:
             if store.conn.in_transaction:
                 if scheduled:
                     rt.timers.index_before_commit(self.key, due)
-                if self.state_json != self.committed[2] or self.fresh:
+                if self.version != self.committed[0] or self.fresh:
                     store.write_state(self.version, self.state_json)
                 store.commit()
         except BaseException as exc:

@@ -486,6 +486,34 @@ async def _destroy_op(inst: Instance) -> None:
         rt._emit("destroy", inst.key, {})
 
 
+async def _prune_op(inst: Instance, before: int, vacuum: bool) -> int:
+    from .store.history import state_at
+    from .timetravel import check_version, schema_at
+
+    inst.open()
+    store = inst.store
+    conn = store.conn
+    key = inst.key
+    before = check_version(conn, before, f"{key[0]}({key[1]!r})")
+    store.begin()
+    try:
+        conn.execute("UPDATE _ab_history SET state = ? WHERE version = ? AND state IS NULL",
+                     (state_at(conn, before), before))
+        conn.execute("UPDATE _ab_history SET schema = ? WHERE version = ? AND schema IS NULL",
+                     (schema_at(conn, before), before))
+        dropped = conn.execute("SELECT count(*) FROM _ab_history WHERE version < ?",
+                               (before,)).fetchall()[0][0]
+        conn.execute("DELETE FROM _ab_history WHERE version < ?", (before,))
+        store.set_meta({"first_version": str(before)})
+        store.commit()
+    except BaseException:
+        store.rollback()
+        raise
+    if vacuum:
+        conn.execute("VACUUM")
+    return dropped
+
+
 class _Deferred:
     """A call made outside any event loop: queued when first awaited."""
 

@@ -216,12 +216,9 @@ class AgentStore:
         return self.conn.execute("PRAGMA schema_version").fetchall()[0][0]
 
     def user_schema(self) -> str:
-        """The SQL that creates the agent's own tables, indexes, views and triggers."""
-        rows = self.conn.execute(
-            "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND name NOT LIKE '\\_ab\\_%' "
-            "ESCAPE '\\' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
-        ).fetchall()
-        return ";\n".join(r[0] for r in rows)
+        """The agent's own tables, indexes, views and triggers, as JSON
+        ``[[type, name, table, sql], ...]`` in creation order."""
+        return user_schema(self.conn)
 
     def total_changes(self) -> int:
         """Rows changed on the writer connection since it opened."""
@@ -248,11 +245,11 @@ class AgentStore:
     # -- history ------------------------------------------------------------------------
     def append_history(self, row: tuple) -> None:
         """Insert one version row: (version, ts, method, args, kwargs, source, duration_ms,
-        outcome, error, result, state, changes, schema, due, occurrence)."""
+        outcome, error, result, state, changes, schema, due, occurrence, effects)."""
         self.conn.execute(
             "INSERT INTO _ab_history(version, ts, method, args, kwargs, source, duration_ms,"
-            " outcome, error, result, state, changes, schema, due, occurrence)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " outcome, error, result, state, changes, schema, due, occurrence, effects)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             row,
         )
 
@@ -300,6 +297,17 @@ class AgentStore:
 
     def __repr__(self) -> str:
         return f"<AgentStore {self.path}>"
+
+
+def user_schema(conn: apsw.Connection, db: str = "main") -> str:
+    """JSON ``[[type, name, table, sql], ...]`` of the agent's own schema objects."""
+    import json
+
+    rows = conn.execute(
+        f"SELECT type, name, tbl_name, sql FROM {db}.sqlite_schema WHERE sql IS NOT NULL"
+        " AND name NOT LIKE '\\_ab\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
+    ).fetchall()
+    return json.dumps([list(r) for r in rows])
 
 
 def open_reader(path: str) -> apsw.Connection:

@@ -47,7 +47,8 @@ MIGRATIONS: list[tuple[str, str]] = [
             changes BLOB,                  -- SQLite session changeset of this version's rows
             schema TEXT,                   -- the agent's own schema after; NULL when unchanged
             due REAL,                      -- scheduled runs: when the occurrence was due
-            occurrence TEXT                -- scheduled runs: the stable occurrence id
+            occurrence TEXT,               -- scheduled runs: the stable occurrence id
+            effects TEXT                   -- JSON journal of recorded effects, for replay
         );
         CREATE TABLE _ab_kv(key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
         """,
