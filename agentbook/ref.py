@@ -315,6 +315,13 @@ class AgentRef:
                        op=lambda inst: _prune_op(inst, before, vacuum))
         return await rt._submit(self._ab_key, env)
 
+    def timeline(self) -> Any:
+        """A widget to scrub through this agent's versions: state, the step's input and
+        duration, and buttons to fork or rewind there."""
+        from .widgets.timeline import timeline_widget
+
+        return timeline_widget(self)
+
     def history_range(self) -> tuple[int, int]:
         """``(first, newest)``: the versions time travel can reach."""
         from .timetravel import bounds
