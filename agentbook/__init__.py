@@ -57,6 +57,13 @@ from .sync import run
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext agentbook``: the ``%agents`` and ``%%sql`` magics."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)
+
 __all__ = [
     "Agent",
     "AgentNotFoundError",

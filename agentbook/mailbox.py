@@ -275,6 +275,7 @@ class Instance:
             return
         # Durable from here on: the output gate opens.
         self.committed = (self.version, self.state, self.state_json)
+        rt._dirty.add(self.key)
         if self.fresh:
             self.fresh = False
             rt._created(self)

@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -118,8 +119,13 @@ class Runtime:
         self._sweep_handle: asyncio.TimerHandle | None = None
         self._broadcast_hooks: list[Any] = []
         self._approvals: Approvals | None = None
+        self._analytics: Any = None
+        #: Agents that committed since the DuckDB views last caught up.
+        self._dirty: set[Key] = set()
         self.timers = Timers(self)
         self.timers.load()
+        global _latest
+        _latest = weakref.ref(self)
         if hasattr(self.clock, "add_settler"):
             self.clock.add_settler(self)
 
@@ -183,6 +189,36 @@ class Runtime:
         if self._approvals is None:
             self._approvals = Approvals(self)
         return self._approvals
+
+    @property
+    def db(self) -> Any:
+        """The DuckDB connection holding the views (``agents``, ``history``, ``events``,
+        ``schedules``, ``approvals``, ``dead_letters``, ``messages``, ``tool_calls``).
+        Call :meth:`sql` (or ``rt.analytics.catch_up()``) to bring them up to date."""
+        return self.analytics.db
+
+    @property
+    def analytics(self) -> Any:
+        """The DuckDB projection behind :attr:`db` and :meth:`sql`."""
+        if self._analytics is None:
+            from .analytics import Analytics
+
+            self._analytics = Analytics(self)
+        return self._analytics
+
+    def sql(self, query: str, params: Any = None) -> pd.DataFrame:
+        """Run a DuckDB query over every agent's history, state, schedules, approvals and
+        events (caught up first); returns a DataFrame.
+
+        Example:
+            >>> rt.sql("SELECT agent, method, quantile_cont(duration_ms, .99) AS p99"
+            ...        " FROM history GROUP BY ALL")  # doctest: +SKIP
+        """
+        return self.analytics.sql(query, params)
+
+    def capture_events(self, on: bool = True) -> None:
+        """Copy observability events into the ``events`` view from now on (or stop)."""
+        self.analytics.capture_events(on)
 
     @property
     def plot(self) -> Any:
@@ -543,6 +579,15 @@ def _check_name(name: Any) -> None:
 
 
 _default: Runtime | None = None
+_latest: weakref.ref[Runtime] | None = None
+
+
+def current_runtime() -> Runtime:
+    """The runtime made most recently in this process that is still open, or the default."""
+    latest = _latest() if _latest is not None else None
+    if latest is not None and not latest.closed:
+        return latest
+    return runtime()
 
 
 def runtime(path: str | os.PathLike[str] = ".agentbook", **options: Any) -> Runtime:
