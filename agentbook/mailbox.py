@@ -239,6 +239,8 @@ class Instance:
                 if (lone and not outcome.ok) or outcome.ctx.suspended:
                     break
             due = firing.next_due(store) if scheduled else None
+            if self.fresh and store.conn.in_transaction:
+                rt._created(self)  # before the commit: the catalog is a superset of the stores
             if store.conn.in_transaction:
                 if scheduled:
                     rt.timers.index_before_commit(self.key, due)
@@ -276,9 +278,7 @@ class Instance:
         # Durable from here on: the output gate opens.
         self.committed = (self.version, self.state, self.state_json)
         rt._dirty.add(self.key)
-        if self.fresh:
-            self.fresh = False
-            rt._created(self)
+        self.fresh = False
         if scheduled:
             rt.timers.set(self.key, due)
             if not taken:  # a tick found nothing due (a stale index entry)

@@ -348,7 +348,7 @@ def query_reader(
 
 def _write_atomically(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.tmp"  # one name: a file left by a crash is overwritten next time
     with open(tmp, "wb") as fh:
         fh.write(data)
     os.replace(tmp, path)
