@@ -25,6 +25,13 @@ Each message says what went wrong and what to do next, in one sentence.
      ├── TimeTravelError
      │    ├── VersionNotFoundError     (also LookupError) no such version, or it was pruned
      │    └── ReplayError              a replayed step needs an effect that was never journaled
+     ├── ModelError                    a model provider failed; carries the provider's message
+     │    ├── ModelAuthError           the key is missing or refused
+     │    ├── ModelRateLimitError      the provider said slow down
+     │    ├── ModelTimeoutError        no answer in time
+     │    ├── ModelResponseError       the answer (or its stream) was malformed
+     │    └── ModelNotInstalledError   the provider's SDK is not installed; says what to install
+     ├── ToolError                     a tool is misdeclared or was called wrongly
      ├── AgentNotFoundError            (also KeyError) no agent by that class and name has been created
      ├── AgentStartError               on_start raised; the agent did not start
      ├── StoreError                    the durable store could not do its job
@@ -52,6 +59,12 @@ __all__ = [
     "BadArgumentsError",
     "IncompatibleStateError",
     "JSONValueError",
+    "ModelAuthError",
+    "ModelError",
+    "ModelNotInstalledError",
+    "ModelRateLimitError",
+    "ModelResponseError",
+    "ModelTimeoutError",
     "NotCallableError",
     "NotInHandlerError",
     "ReadOnlyError",
@@ -66,6 +79,7 @@ __all__ = [
     "StoreFullError",
     "StoreReadOnlyError",
     "TimeTravelError",
+    "ToolError",
     "UnknownMethodError",
     "UsageError",
     "VersionNotFoundError",
@@ -174,6 +188,39 @@ class VersionNotFoundError(TimeTravelError, LookupError):
 
 class ReplayError(TimeTravelError):
     """A replayed step called an effect whose result was never journaled."""
+
+
+class ModelError(AgentbookError):
+    """A model call failed. ``provider`` names the provider; the message is theirs."""
+
+    def __init__(self, message: str, provider: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.status = status
+
+
+class ModelAuthError(ModelError):
+    """The provider refused the key (or none was given)."""
+
+
+class ModelRateLimitError(ModelError):
+    """The provider is rate limiting; try again later."""
+
+
+class ModelTimeoutError(ModelError):
+    """The provider did not answer in time."""
+
+
+class ModelResponseError(ModelError):
+    """The provider's answer or stream could not be understood."""
+
+
+class ModelNotInstalledError(ModelError, ImportError):
+    """The provider's SDK is an optional extra that is not installed."""
+
+
+class ToolError(AgentbookError):
+    """A tool is declared wrongly (e.g. a parameter without a JSON type)."""
 
 
 class AgentNotFoundError(AgentbookError, KeyError):
