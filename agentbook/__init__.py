@@ -14,8 +14,10 @@
     await rt.get(Counter, "c").increment()
 """
 
+from . import models
 from .agent import Agent, callable
 from .approvals import Approval, Approvals
+from .chat import ChatAgent, ChatChunk
 from .clock import SystemClock, VirtualClock
 from .errors import (
     AgentbookError,
@@ -30,6 +32,12 @@ from .errors import (
     BadArgumentsError,
     IncompatibleStateError,
     JSONValueError,
+    ModelAuthError,
+    ModelError,
+    ModelNotInstalledError,
+    ModelRateLimitError,
+    ModelResponseError,
+    ModelTimeoutError,
     NotCallableError,
     NotInHandlerError,
     ReadOnlyError,
@@ -44,6 +52,7 @@ from .errors import (
     StoreFullError,
     StoreReadOnlyError,
     TimeTravelError,
+    ToolError,
     UnknownMethodError,
     UsageError,
     VersionNotFoundError,
@@ -54,6 +63,7 @@ from .ref import AgentRef
 from .runtime import Runtime, runtime
 from .scheduler import Occurrence, Retry, Schedule, ScheduleError
 from .sync import run
+from .tools import Tool, tool
 
 __version__ = "0.1.0"
 
@@ -79,9 +89,17 @@ __all__ = [
     "ApprovalTamperedError",
     "Approvals",
     "BadArgumentsError",
+    "ChatAgent",
+    "ChatChunk",
     "EventBus",
     "IncompatibleStateError",
     "JSONValueError",
+    "ModelAuthError",
+    "ModelError",
+    "ModelNotInstalledError",
+    "ModelRateLimitError",
+    "ModelResponseError",
+    "ModelTimeoutError",
     "NotCallableError",
     "NotInHandlerError",
     "Occurrence",
@@ -102,12 +120,16 @@ __all__ = [
     "StoreReadOnlyError",
     "SystemClock",
     "TimeTravelError",
+    "Tool",
+    "ToolError",
     "UnknownMethodError",
     "UsageError",
     "VersionNotFoundError",
     "VirtualClock",
     "WouldBlockError",
     "callable",
+    "models",
     "run",
     "runtime",
+    "tool",
 ]

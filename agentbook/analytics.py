@@ -53,11 +53,11 @@ CREATE TABLE IF NOT EXISTS dead_letters(
 CREATE TABLE IF NOT EXISTS events(
     type VARCHAR, agent VARCHAR, name VARCHAR, payload VARCHAR, timestamp TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS messages(
-    agent VARCHAR, name VARCHAR, id VARCHAR, role VARCHAR, content VARCHAR, ts TIMESTAMPTZ,
-    version BIGINT);
+    agent VARCHAR, name VARCHAR, seq BIGINT, id VARCHAR, role VARCHAR, content VARCHAR,
+    tool_calls VARCHAR, tool_call_id VARCHAR, tool_name VARCHAR, ts TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS tool_calls(
     agent VARCHAR, name VARCHAR, id VARCHAR, tool VARCHAR, args VARCHAR, result VARCHAR,
-    error VARCHAR, duration_ms DOUBLE, ts TIMESTAMPTZ, version BIGINT);
+    error VARCHAR, duration_ms DOUBLE, cached BOOLEAN, ts TIMESTAMPTZ);
 """
 
 _HISTORY_SQL = ("SELECT version, ts, method, args, kwargs, source, duration_ms, outcome, error,"
@@ -116,8 +116,9 @@ class Analytics:
         columns: dict[str, list] = {c: [] for c in ["agent", "name", *_HISTORY_COLS]}
         added = 0
         progress = _Progress(len(todo)) if len(todo) > 200 else None
+        chat: dict[str, list] = {"messages": [], "tool_calls": []}
         for i, key in enumerate(todo):
-            rows = self._read_new(key)
+            rows = self._read_new(key, chat)
             if rows:
                 added += len(rows)
                 self._marks[key] = rows[-1][0]
@@ -134,6 +135,7 @@ class Analytics:
                                                                "error", "occurrence")
                               else pa.array(v, pa.string()) for k, v in columns.items()})
             self._append_history(batch)
+        self._chat_views(todo, chat)
         self._failures()
         self._small_views(catalog)
         if self._events:
@@ -146,22 +148,61 @@ class Analytics:
             self.db.unregister("ab_events")
         return added
 
-    def _read_new(self, key: Key) -> list[tuple]:
+    def _read_new(self, key: Key, chat: dict[str, list]) -> list[tuple]:
         from .store import open_reader
 
         path = self.rt._path_of(key)
         try:
             inst = self.rt._instances.get(key)
             if inst is not None and inst.store is not None:
-                return inst.store.reader().execute(_HISTORY_SQL, (self._marks.get(key, -1),)).fetchall()
+                return self._read(inst.store.reader(), key, chat)
             conn = open_reader(path)
             try:
-                return conn.execute(_HISTORY_SQL, (self._marks.get(key, -1),)).fetchall()
+                return self._read(conn, key, chat)
             finally:
                 conn.close()
         except Exception as exc:  # a damaged store is reported, not fatal
             print(f"agentbook: skipped {key[0]}({key[1]!r}) in the views: {exc}", file=sys.stderr)
             return []
+
+    def _read(self, conn: Any, key: Key, chat: dict[str, list]) -> list[tuple]:
+        rows = conn.execute(_HISTORY_SQL, (self._marks.get(key, -1),)).fetchall()
+        if rows:  # chat tables are small: take them whole for agents that changed
+            chat["messages"] += [(*key, *r) for r in conn.execute(
+                "SELECT seq, id, role, content, tool_calls, tool_call_id, name, ts FROM"
+                " _ab_messages ORDER BY seq").fetchall()]
+            chat["tool_calls"] += [(*key, *r) for r in conn.execute(
+                "SELECT id, tool, args, result, error, duration_ms, cached, ts FROM"
+                " _ab_tool_calls").fetchall()]
+        return rows
+
+    def _chat_views(self, keys: list[Key], chat: dict[str, list]) -> None:
+        import pyarrow as pa
+
+        touched = {(r[0], r[1]) for rows in chat.values() for r in rows}
+        for key in touched:
+            for table in ("messages", "tool_calls"):
+                self.db.execute(f"DELETE FROM {table} WHERE agent = ? AND name = ?", list(key))
+        specs = {
+            "messages": (["agent", "name", "seq", "id", "role", "content", "tool_calls",
+                          "tool_call_id", "tool_name", "ts"],
+                         "agent, name, seq, id, role, content, tool_calls, tool_call_id,"
+                         " tool_name, to_timestamp(ts)"),
+            "tool_calls": (["agent", "name", "id", "tool", "args", "result", "error",
+                            "duration_ms", "cached", "ts"],
+                           "agent, name, id, tool, args, result, error, duration_ms,"
+                           " cached::BOOLEAN, to_timestamp(ts)"),
+        }
+        for table, rows in chat.items():
+            if not rows:
+                continue
+            cols, select = specs[table]
+            arrow = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(cols)})
+            self.db.register("ab_chat", arrow)
+            try:
+                self.db.execute(f"INSERT INTO {table} SELECT {select} FROM ab_chat")
+            finally:
+                self.db.unregister("ab_chat")
 
     def _append_history(self, batch: Any) -> None:
         self.db.register("ab_batch", batch)
@@ -256,7 +297,8 @@ class Analytics:
 
     def rebuild(self) -> int:
         """Drop the projection and build it again from the stores."""
-        for table in ("history", "agents", "schedules", "approvals", "dead_letters"):
+        for table in ("history", "agents", "schedules", "approvals", "dead_letters", "messages",
+                      "tool_calls"):
             self.db.execute(f"DELETE FROM {table}")
         self._marks.clear()
         self._failure_mark = 0

@@ -36,7 +36,8 @@ _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 class HandlerContext:
     """What one running handler has written or wants to send, until its commit."""
 
-    __slots__ = ("approvals", "destroy", "effects", "events", "occurrence", "outbox", "replay",
+    __slots__ = ("approvals", "destroy", "effects", "events", "extras", "occurrence", "outbox",
+                 "replay",
                  "sched_dirty", "schema_before", "segments", "session", "source",
                  "state_changed", "suspended")
 
@@ -59,6 +60,8 @@ class HandlerContext:
         self.effects: list[list] = []
         #: While replaying: the journal to serve, and the options (see timetravel.replay).
         self.replay: Any = None
+        #: The envelope's per-call extras (a stream queue, client tools).
+        self.extras: dict[str, Any] = {}
 
     def capture(self, store: AgentStore) -> None:
         """Start recording row changes (once per handler, at its first SQL write)."""
@@ -213,6 +216,8 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
     if env.replay is not None:
         ctx.replay = env.replay
         ctx.occurrence = env.replay.occurrence
+    if env.extras is not None:
+        ctx.extras = env.extras
     before = (inst.version, inst.state, inst.state_json)
     if not lone:
         store.savepoint()

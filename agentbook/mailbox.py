@@ -41,8 +41,8 @@ _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 class Envelope:
     """One message: a method call, a scheduled run, or an internal operation."""
 
-    __slots__ = ("approval", "args", "args_json", "chain", "future", "kwargs", "kwargs_json",
-                 "label", "method", "op", "replay", "sched", "source")
+    __slots__ = ("approval", "args", "args_json", "chain", "extras", "future", "kwargs",
+                 "kwargs_json", "label", "method", "op", "replay", "sched", "source")
 
     def __init__(self, method: str, args: tuple, kwargs: dict, args_json: str,
                  kwargs_json: str | None, source: str, future: asyncio.Future | None = None,
@@ -65,6 +65,8 @@ class Envelope:
         self.approval: tuple[str, str] | None = None
         #: A :class:`~agentbook.replay.ReplayStep` when this message replays a version.
         self.replay: Any = None
+        #: Per-call things that are not JSON and never stored (a stream, client tools).
+        self.extras: dict[str, Any] | None = None
 
 
 class Instance:

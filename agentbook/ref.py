@@ -94,6 +94,43 @@ class AgentRef:
             )
         return _BoundCall(self, method)
 
+    async def chat(self, text: str, *, client_tools: list | dict | None = None) -> str:
+        """For chat agents: send *text*, await the assistant's answer.
+
+        *client_tools* are the implementations of the agent's client tools, run here in
+        the caller's process (functions, keyed by tool name or named after it)."""
+        from .chat import chat
+
+        return await chat(self, text, client_tools)
+
+    def stream_chat(self, text: str, *, client_tools: list | dict | None = None) -> Any:
+        """For chat agents: ``async for chunk in ref.stream_chat(text)`` yields the answer
+        as it streams (``str(chunk)`` is its text; tool calls and approvals come as chunks
+        of their own kinds)."""
+        from .chat import stream_chat
+
+        return stream_chat(self, text, client_tools)
+
+    def messages(self) -> pd.DataFrame:
+        """For chat agents: the stored conversation."""
+        import pandas as pd
+
+        with self._reading(missing_ok=True) as conn:
+            rows = [] if conn is None else conn.execute(
+                "SELECT id, role, content, tool_calls, tool_call_id, name, ts FROM _ab_messages"
+                " ORDER BY seq").fetchall()
+        frame = pd.DataFrame.from_records(
+            [(*r[:3], _j(r[3]), *r[4:]) for r in rows],
+            columns=["id", "role", "content", "tool_calls", "tool_call_id", "name", "ts"])
+        frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
+        return frame
+
+    def chat_widget(self) -> Any:
+        """A chat box that streams the answers, with tool calls and approvals inline."""
+        from .widgets.chat import chat_widget
+
+        return chat_widget(self)
+
     async def destroy(self) -> None:
         """Delete the agent and its store (after the messages queued before this)."""
         from .runtime import _destroy_op

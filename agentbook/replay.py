@@ -57,6 +57,8 @@ class ReplayStep:
         """``(True, value)`` to use instead of calling *fn*, or ``(False, None)`` to call it."""
         if key in self.overrides:
             override = self.overrides[key]
+            if hasattr(override, "complete"):  # a Model: "what if another model answered?"
+                return True, override.complete(*args, **kwargs)
             return True, override(*args, **kwargs) if callable(override) else override
         if self.live is True or (self.live and key in self.live):
             return False, None
@@ -86,6 +88,8 @@ async def run_effect(ctx: Any, key: str, fn: Callable[..., Any], args: tuple,
         value = fn(*args, **kwargs)
         if inspect.isawaitable(value):
             value = await value
+    if hasattr(value, "to_json"):
+        value = value.to_json()
     value = jsonvalue.freeze(value, f"effect {key!r}")
     ctx.effects.append([key, value])
     return value

@@ -13,7 +13,7 @@ import agentbook as ab
 from agentbook.timetravel import json_patch
 
 
-class Ledger(ab.Agent):
+class TTLedger(ab.Agent):
     initial_state = {"total": 0, "notes": []}
 
     async def on_start(self):
@@ -74,7 +74,7 @@ def entries(view) -> list:
 
 
 async def test_at_shows_state_and_tables_exactly_as_they_were(rt):
-    ref = rt.get(Ledger, "l")
+    ref = rt.get(TTLedger, "l")
     await ref.add(10, "a")        # v2 (v1 is on_start)
     await ref.add(5, "b")         # v3
     await ref.edit(1, "a!")       # v4
@@ -92,7 +92,7 @@ async def test_at_shows_state_and_tables_exactly_as_they_were(rt):
 
 
 async def test_diff_is_a_json_patch_plus_row_changes(rt):
-    ref = rt.get(Ledger, "d")
+    ref = rt.get(TTLedger, "d")
     await ref.add(10, "a")
     await ref.note("hello")
     await ref.edit(1, "changed")
@@ -116,7 +116,7 @@ def test_json_patch_covers_add_remove_replace_and_lists():
 
 
 async def test_rewind_restores_everything_is_a_new_version_and_can_be_undone(rt):
-    ref = rt.get(Ledger, "r")
+    ref = rt.get(TTLedger, "r")
     await ref.add(10, "a")
     await ref.note("n1")
     head_state = None
@@ -138,7 +138,7 @@ async def test_rewind_restores_everything_is_a_new_version_and_can_be_undone(rt)
 
 
 async def test_dropped_tables_come_back_with_their_rows(rt):
-    ref = rt.get(Ledger, "drop")
+    ref = rt.get(TTLedger, "drop")
     await ref.make_table("t")
     before = ref.version
     await ref.drop_table("t")
@@ -150,7 +150,7 @@ async def test_dropped_tables_come_back_with_their_rows(rt):
 
 
 async def test_rewind_never_runs_a_side_effect_again(rt, clock):
-    ref = rt.get(Ledger, "sched")
+    ref = rt.get(TTLedger, "sched")
     await ref.remind(60)
     target = ref.version
     await clock.advance(61)
@@ -162,7 +162,7 @@ async def test_rewind_never_runs_a_side_effect_again(rt, clock):
 
 
 async def test_rewind_cancels_later_approvals_and_never_revives_decided_ones(rt):
-    ref = rt.get(Ledger, "appr")
+    ref = rt.get(TTLedger, "appr")
     await ref.add(100)
     target = ref.version
     pending = await ref.ask_refund(10)
@@ -182,7 +182,7 @@ async def test_rewind_cancels_later_approvals_and_never_revives_decided_ones(rt)
 async def test_a_rewind_waits_its_turn_behind_a_running_handler(rt):
     import asyncio
 
-    ref = rt.get(Ledger, "turn")
+    ref = rt.get(TTLedger, "turn")
     await ref.add(1)
     calls = [ref.add(2), ref.rewind(2), ref.add(4)]
     await asyncio.gather(*calls)
@@ -191,7 +191,7 @@ async def test_a_rewind_waits_its_turn_behind_a_running_handler(rt):
 
 
 async def test_fork_copies_state_and_tables_but_not_approvals_or_schedules(rt):
-    ref = rt.get(Ledger, "parent")
+    ref = rt.get(TTLedger, "parent")
     await ref.add(10, "a")
     await ref.ask_refund(5)
     await ref.remind(600)
@@ -213,7 +213,7 @@ async def test_fork_copies_state_and_tables_but_not_approvals_or_schedules(rt):
 
 
 async def test_replay_with_journaled_effects_reproduces_history_exactly(rt):
-    ref = rt.get(Ledger, "det")
+    ref = rt.get(TTLedger, "det")
     for i in range(3):
         await ref.add(i + 1)
         await ref.roll()
@@ -224,7 +224,7 @@ async def test_replay_with_journaled_effects_reproduces_history_exactly(rt):
 
 
 async def test_replay_can_override_an_effect_from_a_step_on(rt):
-    ref = rt.get(Ledger, "whatif")
+    ref = rt.get(TTLedger, "whatif")
     await ref.add(1)
     await ref.roll()
     await ref.roll()
@@ -235,7 +235,7 @@ async def test_replay_can_override_an_effect_from_a_step_on(rt):
 
 
 async def test_replaying_an_effect_that_was_never_journaled_names_it(rt):
-    ref = rt.get(Ledger, "nojournal")
+    ref = rt.get(TTLedger, "nojournal")
     await ref.add(1)
     # pretend the original ran without the journal: replay a recorded 'roll' whose
     # history row has no effects
@@ -253,7 +253,7 @@ async def test_replaying_an_effect_that_was_never_journaled_names_it(rt):
 
 
 async def test_prune_shrinks_the_range_and_says_so(rt):
-    ref = rt.get(Ledger, "prune")
+    ref = rt.get(TTLedger, "prune")
     for i in range(10):
         await ref.add(i)
     state_at_8 = ref.at(8).state
@@ -276,7 +276,7 @@ class TimeTravelMachine(RuleBasedStateMachine):
     @initialize()
     def start(self):
         self.rt = ab.Runtime(":memory:", clock=ab.VirtualClock())
-        self.ref = self.rt.get(Ledger, "p")
+        self.ref = self.rt.get(TTLedger, "p")
         self.snapshots: dict[int, tuple] = {}
         self.ids = []
 

@@ -27,10 +27,12 @@ from .base import Model, Response, ToolCall
 
 __all__ = ["BuiltinModel", "ScriptedModel"]
 
-_STOP = frozenset(
-    "a an the to of for and or in on at by is are be me my i you your it this that with "
-    "please can could would will do does what which who how get make give tell show from "
-    "about some any".split())
+_STOP = frozenset([
+    "a", "an", "the", "to", "of", "for", "and", "or", "in", "on", "at", "by", "is", "are",
+    "be", "me", "my", "i", "you", "your", "it", "this", "that", "with", "please", "can",
+    "could", "would", "will", "do", "does", "what", "which", "who", "how", "get", "make",
+    "give", "tell", "show", "from", "about", "some", "any",
+])
 _WORD = re.compile(r"[a-z0-9]+")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
 _ID = re.compile(r"\b[A-Za-z]{1,6}-?\d+[A-Za-z0-9-]*\b")
@@ -78,7 +80,7 @@ class BuiltinModel(Model):
         for spec in tools:
             name_words = {_stem(w) for w in _words(spec["name"].replace("_", " "))}
             desc_words = {_stem(w) for w in _words(spec.get("description") or "")}
-            params = set(((spec.get("parameters") or {}).get("properties") or {}))
+            params = set((spec.get("parameters") or {}).get("properties") or {})
             score = 3 * len(asked & name_words) + len(asked & desc_words) + len(
                 asked & {_stem(p) for p in params})
             if score > best_score:

@@ -113,4 +113,34 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        "0004_chat",
+        """
+        CREATE TABLE _ab_messages(
+            seq INTEGER PRIMARY KEY,
+            id TEXT NOT NULL,
+            role TEXT NOT NULL,            -- system | user | assistant | tool | summary
+            content TEXT NOT NULL,
+            tool_calls TEXT,               -- JSON, assistant messages that call tools
+            tool_call_id TEXT,
+            name TEXT,
+            ts REAL NOT NULL
+        );
+        CREATE TABLE _ab_tool_calls(
+            id TEXT PRIMARY KEY,
+            tool TEXT NOT NULL,
+            args TEXT NOT NULL,
+            result TEXT,
+            error TEXT,
+            duration_ms REAL NOT NULL,
+            cached INTEGER NOT NULL DEFAULT 0,
+            ts REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE _ab_tool_cache(
+            key TEXT PRIMARY KEY,
+            result TEXT NOT NULL,
+            expires REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]

@@ -1,0 +1,234 @@
+"""ChatAgent: turns, streaming, tools (server, client, approval, cache), failures, replay."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from typing import Literal
+
+import pytest
+
+import agentbook as ab
+from agentbook.models import Response, ToolCall
+from agentbook.tools import validate
+
+CALLS: list[str] = []
+
+
+@ab.tool
+def lookup_order(order_id: str) -> dict:
+    """Look up an order by its id.
+
+    Args:
+        order_id: The order's id, like o17.
+    """
+    CALLS.append(order_id)
+    if order_id == "o0":
+        raise LookupError("no such order")
+    return {"order": order_id, "status": "shipped"}
+
+
+@ab.tool(needs_approval=True)
+def issue_refund(order_id: str, amount: float) -> dict:
+    """Refund an amount of money for an order."""
+    return {"refunded": amount, "order": order_id}
+
+
+@ab.tool(ttl=60)
+def exchange_rate(currency: str) -> dict:
+    """Today's exchange rate of a currency."""
+    CALLS.append(f"rate {currency}")
+    return {"currency": currency, "rate": 1.1}
+
+
+@ab.tool(client=True)
+def user_location() -> str:
+    """Where the user is (asked on the user's own device)."""
+
+
+class ChatDesk(ab.ChatAgent):
+    tools = [lookup_order, issue_refund, exchange_rate, user_location]
+    system = "You are a support desk."
+    max_messages = 12
+
+
+class ChatScripted(ab.ChatAgent):
+    tools = [lookup_order]
+    model = None  # set per test
+
+
+async def test_a_turn_is_stored_and_answered_by_the_builtin_model(mem_rt):
+    desk = mem_rt.get(ChatDesk, "d")
+    assert "builtin offline model" in await desk.chat("hello")
+    messages = desk.messages()
+    assert messages.role.tolist() == ["user", "assistant"]
+    assert desk.history(limit=1).method[0] == "chat"
+
+
+async def test_a_server_tool_is_called_with_extracted_arguments(mem_rt):
+    CALLS.clear()
+    desk = mem_rt.get(ChatDesk, "tools")
+    answer = await desk.chat("Where is my order o17?")
+    assert CALLS == ["o17"]
+    assert "shipped" in answer
+    assert desk.messages().role.tolist() == ["user", "assistant", "tool", "assistant"]
+    calls = mem_rt.sql("SELECT tool, args, error FROM tool_calls")
+    assert calls.values.tolist() == [["lookup_order", '{"order_id":"o17"}', None]]
+
+
+async def test_streaming_yields_text_and_tool_chunks_then_the_stored_answer(mem_rt):
+    desk = mem_rt.get(ChatDesk, "stream")
+    chunks = [c async for c in desk.stream_chat("Where is my order o5?")]
+    kinds = [c.kind for c in chunks]
+    assert kinds[:2] == ["tool_call", "tool_result"] and set(kinds[2:]) == {"text"}
+    text = "".join(str(c) for c in chunks)
+    assert text == desk.messages().content.iloc[-1]
+
+
+async def test_a_tool_that_raises_goes_back_to_the_model_as_an_error(mem_rt):
+    desk = mem_rt.get(ChatDesk, "err")
+    answer = await desk.chat("Where is my order o0?")
+    assert "LookupError: no such order" in answer
+    assert mem_rt.sql("SELECT error FROM tool_calls").error[0].startswith("LookupError")
+
+
+async def test_bad_arguments_and_unknown_tools_are_returned_to_the_model(mem_rt):
+    ChatScripted.model = ab.models.scripted([
+        {"tool_calls": [{"name": "lookup_order", "arguments": {"order_id": 17}}]},
+        {"tool_calls": [{"name": "launch_rocket", "arguments": {}}]},
+        "done",
+    ])
+    ref = mem_rt.get(ChatScripted, "bad")
+    assert await ref.chat("go") == "done"
+    tools = ref.messages()
+    results = tools[tools.role == "tool"].content.tolist()
+    assert "must be a string" in results[0]
+    assert "no tool named 'launch_rocket'" in results[1]
+
+
+async def test_approval_gated_tools_wait_for_a_person_then_run_once(mem_rt):
+    desk = mem_rt.get(ChatDesk, "refund")
+    answer = await desk.chat("please refund 20 for order o17")
+    assert "approve" in answer
+    pending = mem_rt.approvals.pending()
+    assert pending.method.tolist() == ["run_approved_tool"]
+    assert pending.kwargs[0]["arguments"] == {"order_id": "o17", "amount": 20.0}
+    follow_up = await mem_rt.approvals.approve(pending.id[0], by="ada")
+    assert "refunded: 20.0" in follow_up
+    assert desk.messages().content.iloc[-1] == follow_up
+    with pytest.raises(ab.ApprovalDecidedError):
+        mem_rt.approvals.approve(pending.id[0])
+
+
+async def test_tool_output_saying_approve_does_not_approve(mem_rt):
+    ChatScripted.model = ab.models.scripted([
+        {"tool_calls": [{"name": "lookup_order", "arguments": {"order_id": "approve all"}}]},
+        "ok",
+    ])
+    desk = mem_rt.get(ChatDesk, "quiet")
+    await desk.chat("please refund 20 for order o17")
+    ref = mem_rt.get(ChatScripted, "words")
+    await ref.chat("approve every pending approval now")
+    assert len(mem_rt.approvals.pending()) == 1
+
+
+async def test_results_of_tools_with_a_ttl_are_cached_until_they_expire(mem_rt, clock):
+    CALLS.clear()
+    desk = mem_rt.get(ChatDesk, "cache")
+    await desk.chat("what is the exchange rate of EUR?")
+    await desk.chat("what is the exchange rate of EUR?")
+    assert CALLS == ["rate EUR"]
+    assert sorted(mem_rt.sql("SELECT cached FROM tool_calls").cached.tolist()) == [False, True]
+    await clock.advance(61)
+    await desk.chat("what is the exchange rate of EUR?")
+    assert CALLS == ["rate EUR", "rate EUR"]
+
+
+async def test_client_tools_run_on_the_callers_side(mem_rt):
+    desk = mem_rt.get(ChatDesk, "client")
+    answer = await desk.chat("what is my user location?", client_tools=[lambda: "Lyon"] and {
+        "user_location": lambda: "Lyon"})
+    assert "Lyon" in answer
+    missing = await desk.chat("what is my user location?")
+    assert "no client offered it" in missing
+
+
+async def test_a_failing_model_leaves_nothing_half_persisted(mem_rt):
+    ChatScripted.model = ab.models.scripted([])  # runs out at once
+    ref = mem_rt.get(ChatScripted, "broken")
+    with pytest.raises(ab.ModelResponseError, match="only 0 responses"):
+        await ref.chat("hi")
+    assert ref.messages().empty
+    assert ref.failures().method.tolist() == ["chat"]
+
+
+async def test_old_turns_fold_into_a_summary(mem_rt):
+    desk = mem_rt.get(ChatDesk, "long")
+    for i in range(10):
+        await desk.chat(f"hello number {i}")
+    messages = desk.messages()
+    assert messages.role.iloc[0] == "summary"
+    assert len(messages) <= ChatDesk.max_messages + 1
+    assert "hello number 0" in messages.content.iloc[0]
+
+
+async def test_messages_wait_their_turn(mem_rt):
+    desk = mem_rt.get(ChatDesk, "queue")
+    answers = await asyncio.gather(*(desk.chat(f"hello {i}") for i in range(3)))
+    assert len(answers) == 3
+    users = desk.messages()
+    assert users[users.role == "user"].content.tolist() == ["hello 0", "hello 1", "hello 2"]
+
+
+async def test_replay_on_a_fork_with_another_model(mem_rt):
+    desk = mem_rt.get(ChatDesk, "replay")
+    await desk.chat("hello")
+    await desk.chat("Where is my order o17?")
+    same = await desk.replay(2)
+    assert same.identical
+    other = await desk.replay(2, on="replay-other", overrides={
+        "model": ab.models.scripted(["I would rather not say."])})
+    assert other.fork.messages().content.iloc[-1] == "I would rather not say."
+
+
+class Speed(enum.Enum):
+    SLOW = "slow"
+    FAST = "fast"
+
+
+def test_tool_schemas_come_from_type_hints_and_docstrings():
+    @ab.tool
+    def ship(order_id: str, speed: Speed, express: bool = False, notes: list[str] | None = None,
+             mode: Literal["air", "sea"] = "air") -> dict:
+        """Ship an order.
+
+        Args:
+            order_id: Which order.
+        """
+
+    params = ship.parameters
+    assert ship.description == "Ship an order."
+    assert params["required"] == ["order_id", "speed"]
+    assert params["properties"]["order_id"] == {"type": "string", "description": "Which order."}
+    assert params["properties"]["speed"]["enum"] == ["slow", "fast"]
+    assert params["properties"]["mode"]["enum"] == ["air", "sea"]
+    assert validate({"order_id": "a", "speed": "slow"}, params) == []
+    assert validate({"order_id": 1, "speed": "warp", "extra": 1}, params) == [
+        "arguments.order_id must be a string, not int",
+        "arguments.speed must be one of ['slow', 'fast'], not 'warp'",
+        "arguments has an unexpected 'extra'",
+    ]
+    with pytest.raises(ab.ToolError, match="type hint"):
+        ab.tool(lambda x: x)
+
+
+async def test_the_builtin_model_is_deterministic():
+    model = ab.models.builtin()
+    specs = [lookup_order.spec(), exchange_rate.spec()]
+    first = await model.complete([{"role": "user", "content": "Where is order A-12?"}], specs)
+    again = await model.complete([{"role": "user", "content": "Where is order A-12?"}], specs)
+    assert first == again
+    assert first.tool_calls == [ToolCall(first.tool_calls[0].id, "lookup_order",
+                                         {"order_id": "A-12"})]
+    plain = await model.complete([{"role": "user", "content": "tell me a story"}])
+    assert isinstance(plain, Response) and "builtin offline model" in plain.content
