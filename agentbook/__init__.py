@@ -68,6 +68,15 @@ from .tools import Tool, tool
 __version__ = "0.1.0"
 
 
+async def connect(url: str, *, token: str | None = None, **options: object) -> object:
+    """Connect to an agent served by ``rt.serve()`` (``url`` is its route, e.g.
+    ``http://127.0.0.1:8000/agents/support/alice``): a client with ``call``, ``state``,
+    ``set_state``, ``on_state`` and ``close``, speaking Cloudflare's agents protocol."""
+    from .serve.client import connect as _connect
+
+    return await _connect(url, token=token, **options)
+
+
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext agentbook``: the ``%agents`` and ``%%sql`` magics."""
     from .magics import load_ipython_extension as load
@@ -128,6 +137,7 @@ __all__ = [
     "VirtualClock",
     "WouldBlockError",
     "callable",
+    "connect",
     "models",
     "run",
     "runtime",

@@ -52,17 +52,20 @@ def callable(fn: F) -> F: ...
 def callable(*, description: str | None = None) -> Callable[[F], F]: ...
 
 
-def callable(fn: Any = None, *, description: str | None = None) -> Any:
+def callable(fn: Any = None, *, description: str | None = None, streaming: bool = False) -> Any:
     """Mark an agent method as callable from outside the runtime.
 
     Cells, WebSocket clients and MCP clients may call only methods marked with this
     decorator (agents may call each other's public methods directly). Use it bare
-    (``@ab.callable``) or with a description (``@ab.callable(description="...")``).
+    (``@ab.callable``) or with options (``@ab.callable(description="...")``).
+    ``streaming=True`` methods take a ``stream`` first argument and may
+    ``stream.send(chunk)`` partial results before returning (WebSocket RPC streams them).
     """
 
     def mark(f: F) -> F:
         f._ab_callable = True  # type: ignore[attr-defined]
         f._ab_description = description or inspect.getdoc(f) or ""  # type: ignore[attr-defined]
+        f._ab_streaming = streaming  # type: ignore[attr-defined]
         return f
 
     return mark(fn) if fn is not None else mark
@@ -219,6 +222,30 @@ class Agent:
     # -- lifecycle hooks ----------------------------------------------------------------
     async def on_start(self) -> None:
         """Hook: runs on every wake, before the first message (create tables here)."""
+
+    # -- the serve path (connections; see agentbook.serve) --------------------------------
+    async def on_request(self, request: Any) -> Any:
+        """Hook: an HTTP request to ``/agents/{class}/{name}``. Return a dict or list (sent
+        as JSON), a str, or a Starlette ``Response``. By default ``GET`` returns the state."""
+        if getattr(request, "method", "GET") == "GET":
+            return {"name": self.name, "state": jsonvalue.thaw(self.state)}
+        return None
+
+    async def on_connect(self, connection: Any, ctx: Any) -> None:
+        """Hook: a WebSocket client connected (``connection.set_readonly(True)`` to make it
+        read-only; ``ctx.request`` has the headers)."""
+
+    async def on_message(self, connection: Any, message: Any) -> None:
+        """Hook: a WebSocket message that is not part of the agents protocol."""
+
+    async def on_close(self, connection: Any, code: int, reason: str) -> None:
+        """Hook: a WebSocket client went away."""
+
+    @property
+    def connections(self) -> list[Any]:
+        """The agent's open WebSocket connections (empty when nothing is served)."""
+        server = self._ab_instance.runtime._server
+        return [] if server is None else server.connections_of(self._ab_instance.key)
 
     async def on_error(self, error: BaseException) -> None:
         """Hook: a fire-and-forget message (``send``) failed. Logs a warning by default."""

@@ -120,6 +120,8 @@ class Runtime:
         self._broadcast_hooks: list[Any] = []
         self._approvals: Approvals | None = None
         self._analytics: Any = None
+        #: The running server (``rt.serve()``), if any.
+        self._server: Any = None
         #: Agents that committed since the DuckDB views last caught up.
         self._dirty: set[Key] = set()
         self.timers = Timers(self)
@@ -215,6 +217,17 @@ class Runtime:
             ...        " FROM history GROUP BY ALL")  # doctest: +SKIP
         """
         return self.analytics.sql(query, params)
+
+    def serve(self, port: int = 0, *, host: str = "127.0.0.1", token: str | None = None,
+              allow_remote: bool = False, mcp: bool = False, **options: Any) -> Any:
+        """Serve the agents over HTTP and WebSocket (Cloudflare's agents protocol), in the
+        background on the running event loop; returns a handle with ``url``, ``token``
+        and ``stop()``. Binds 127.0.0.1 unless ``allow_remote=True`` (and a token).
+        ``mcp=True`` also serves each agent's callable methods as MCP tools."""
+        from .serve import serve
+
+        return serve(self, port=port, host=host, token=token, allow_remote=allow_remote,
+                     mcp=mcp, **options)
 
     def capture_events(self, on: bool = True) -> None:
         """Copy observability events into the ``events`` view from now on (or stop)."""
