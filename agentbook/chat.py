@@ -136,7 +136,7 @@ class _Turn:
         self.store = self.inst.store
         self.stream: asyncio.Queue | None = self.ctx.extras.get("stream")
         self.client_tools: dict[str, Callable] = self.ctx.extras.get("client_tools") or {}
-        self.tools = type(agent)._ab_tools()
+        self.tools = dict(type(agent)._ab_tools())
 
     def emit(self, kind: str, **data: Any) -> None:
         if self.inst.runtime.events.active:
@@ -162,6 +162,12 @@ class _Turn:
 
     async def loop(self) -> str:
         agent = self.agent
+        if self.store.internal("SELECT 1 FROM _ab_mcp_servers LIMIT 1"):
+            for mcp_tool in await agent.mcp.chat_tools():  # MCP tools join, prefixed on clashes
+                name = mcp_tool.name if mcp_tool.name not in self.tools else \
+                    f"{mcp_tool.server}_{mcp_tool.name}"
+                mcp_tool.name = name
+                self.tools[name] = mcp_tool
         specs = [t.spec() for t in self.tools.values()]
         final = ""
         for step in range(agent.max_steps):

@@ -122,6 +122,8 @@ class Runtime:
         self._analytics: Any = None
         #: The running server (``rt.serve()``), if any.
         self._server: Any = None
+        #: MCP client connections of awake agents (agentbook.mcp), made on first use.
+        self._mcp: Any = None
         #: Agents that committed since the DuckDB views last caught up.
         self._dirty: set[Key] = set()
         self.timers = Timers(self)
@@ -340,6 +342,8 @@ class Runtime:
         except AgentbookError:
             pass
         self.timers.close()
+        if self._mcp is not None:
+            self._mcp.close_all()
         self.closed = True
         error = RuntimeClosedError("the runtime was closed; create a new ab.Runtime to go on")
         for inst in list(self._instances.values()):
@@ -475,6 +479,8 @@ class Runtime:
             self._sweep_handle = loop.call_later(self.hibernate_after, self._sweep)
 
     def _hibernate(self, inst: Instance) -> None:
+        if self._mcp is not None:
+            self._mcp.close_agent(inst.key)
         inst.close()
         self._open.pop(inst.key, None)
         if not inst.busy:

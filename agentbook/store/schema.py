@@ -17,8 +17,10 @@ INTERNAL_PREFIX = "_ab_"
 #: record of versions itself. Everything else (the agent's own tables, its key-value
 #: data, its schedules...) is captured, so time travel can restore it.
 #: Approvals are untracked too, so that no rewind can ever bring a decided approval back.
+#: Secrets (MCP credentials and the like) are untracked as well: never in a changeset, so
+#: never in history or a fork.
 UNTRACKED_TABLES = frozenset(
-    {"_ab_meta", "_ab_state", "_ab_history", "_ab_migrations", "_ab_approvals"}
+    {"_ab_meta", "_ab_state", "_ab_history", "_ab_migrations", "_ab_approvals", "_ab_secrets"}
 )
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -140,6 +142,24 @@ MIGRATIONS: list[tuple[str, str]] = [
             key TEXT PRIMARY KEY,
             result TEXT NOT NULL,
             expires REAL NOT NULL
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        "0005_mcp",
+        """
+        CREATE TABLE _ab_mcp_servers(
+            name TEXT PRIMARY KEY,
+            transport TEXT NOT NULL,       -- stdio | http
+            target TEXT NOT NULL,          -- JSON: a URL, or a command list
+            secret_names TEXT NOT NULL,    -- JSON: which headers/env values are in _ab_secrets
+            created REAL NOT NULL
+        ) WITHOUT ROWID;
+        CREATE TABLE _ab_secrets(
+            scope TEXT NOT NULL,           -- e.g. mcp:<server name>
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (scope, key)
         ) WITHOUT ROWID;
         """,
     ),
