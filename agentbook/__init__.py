@@ -32,6 +32,7 @@ from .errors import (
     BadArgumentsError,
     IncompatibleStateError,
     JSONValueError,
+    LimitError,
     ModelAuthError,
     ModelError,
     ModelNotInstalledError,
@@ -62,6 +63,7 @@ from .events import EventBus
 from .ref import AgentRef
 from .runtime import Runtime, runtime
 from .scheduler import Occurrence, Retry, Schedule, ScheduleError
+from .secrets import Secret
 from .sync import run
 from .tools import Tool, tool
 
@@ -103,6 +105,7 @@ __all__ = [
     "EventBus",
     "IncompatibleStateError",
     "JSONValueError",
+    "LimitError",
     "ModelAuthError",
     "ModelError",
     "ModelNotInstalledError",
@@ -121,6 +124,7 @@ __all__ = [
     "SQLError",
     "Schedule",
     "ScheduleError",
+    "Secret",
     "StateError",
     "StateRejectedError",
     "StoreCorruptError",

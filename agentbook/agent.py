@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from .mailbox import Instance
     from .ref import AgentRef
     from .runtime import Runtime
+    from .secrets import SecretStore
 
 __all__ = ["Agent", "callable"]
 
@@ -276,6 +277,14 @@ class Agent:
                     store.user_sql_dicts(f'DELETE FROM "{name}"', ())
             ctx.cut(store)
         return store.user_sql_dicts(query, params)
+
+    @property
+    def secrets(self) -> SecretStore:
+        """The agent's secrets (API keys, tokens): ``self.secrets["openai"] = ab.Secret(...)``.
+        Kept apart from state and history; never copied to forks."""
+        from .secrets import SecretStore
+
+        return SecretStore(self)
 
     @property
     def kv(self) -> KeyValue:

@@ -37,6 +37,7 @@ from .errors import (
     ApprovalTamperedError,
     UsageError,
 )
+from .faults import crash_point
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -214,6 +215,7 @@ def claim(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
                                     "was requested; it was not run")
     store.internal("UPDATE _ab_approvals SET status = 'approved', decided_by = ?, decided_at = ?"
                    " WHERE id = ?", (by, now, approval_id))
+    crash_point("mid-approval")
     _drop_expiry(inst, ctx, expiry)
     env.method = method
     env.args = tuple(jsonvalue.loads(args))

@@ -10,6 +10,7 @@ Each message says what went wrong and what to do next, in one sentence.
      │    ├── JSONValueError           (also TypeError) a value is not JSON; names its path
      │    ├── ReadOnlyError            a write through a read-only surface (ref.sql, state copies)
      │    ├── NotInHandlerError        an agent API used outside one of its handlers
+     │    ├── LimitError               a payload, state or queue is over its configured limit
      │    ├── WouldBlockError          a blocking wait on something only a person can finish
      │    └── ReentrancyError          an awaited call that would wait for itself (a deadlock)
      ├── SQLError                      SQLite refused a query; carries SQLite's message
@@ -59,6 +60,7 @@ __all__ = [
     "BadArgumentsError",
     "IncompatibleStateError",
     "JSONValueError",
+    "LimitError",
     "ModelAuthError",
     "ModelError",
     "ModelNotInstalledError",
@@ -121,6 +123,10 @@ class JSONValueError(UsageError, TypeError):
 
 class ReadOnlyError(UsageError):
     """Something tried to write through a read-only surface."""
+
+
+class LimitError(UsageError):
+    """A payload, a state or an agent's queue is over its configured limit."""
 
 
 class NotInHandlerError(UsageError):

@@ -13,6 +13,7 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from . import jsonvalue
+from .faults import crash_point
 from .scheduler import ROW_SQL, Occurrence, Retry, new_id, next_after_run, was_missed
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ def after_success(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
     ctx.capture(store)
     ctx.sched_dirty = True
     _advance(inst, env.sched, inst.runtime.clock.now())
+    crash_point("mid-schedule-fire")
 
 
 def _advance(inst: Instance, row: tuple, now: float) -> None:

@@ -242,6 +242,13 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         if ctx.state_changed:
             text = jsonvalue.dumps(inst.state)
             if text != inst.state_json:
+                if len(text) > inst.runtime.max_state_bytes:
+                    from .errors import LimitError
+
+                    raise LimitError(
+                        f"the new state is {len(text)} bytes of JSON; the limit is "
+                        f"{inst.runtime.max_state_bytes} (ab.Runtime(max_state_bytes=...)); "
+                        "keep big data in the agent's SQL tables")
                 inst.state_json = state_col = text
             else:
                 ctx.state_changed = False

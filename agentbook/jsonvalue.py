@@ -134,6 +134,8 @@ def _freeze(v: Any, path: str, depth: int, seen: set[int]) -> Any:
         return int(v)
     if isinstance(v, float):
         return _freeze(float(v), path, depth, seen)
+    if t.__name__ == "Secret" and hasattr(v, "reveal"):
+        return v  # kept as it is; written as {"$secret": name} (see agentbook.secrets)
     raise _bad(path, f"a {t.__name__}")
 
 
@@ -146,9 +148,16 @@ def thaw(value: Any) -> Any:
     return value
 
 
-_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+def _redact(value: Any) -> Any:
+    if hasattr(value, "reveal") and hasattr(value, "to_json"):
+        return value.to_json()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                            default=_redact)
 _canonical_encoder = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":"), sort_keys=True
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), sort_keys=True, default=_redact
 )
 
 

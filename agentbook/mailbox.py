@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import firing, jsonvalue
 from .agent import _classes
-from .errors import AgentStartError, IncompatibleStateError, NotInHandlerError
+from .errors import AgentStartError, IncompatibleStateError, NotInHandlerError, StoreCorruptError
+from .faults import crash_point
 from .handler import HandlerContext, Outcome, current_chain, run_message, run_start, translate
 from .store import AgentStore
 
@@ -114,8 +115,15 @@ class Instance:
         if self.store is not None:
             return
         rt = self.runtime
-        store = AgentStore(rt._path_of(self.key), rt.durability)
+        held = rt.catalog.quarantined(*self.key)
+        if held is not None:
+            raise StoreCorruptError(
+                f"{self.key[0]}({self.key[1]!r})'s store was found damaged and moved to {held[0]}"
+                " ; it won't start until the file is restored and `agentbook doctor` releases it")
+        store = None
         try:
+            store = AgentStore(rt._path_of(self.key), rt.durability)
+            store.set_size_cap(rt.max_store_bytes)
             loaded = store.load_state()
             if loaded is None:
                 self.fresh = True
@@ -127,8 +135,12 @@ class Instance:
                 self.version, self.state_json = loaded
                 self.state = jsonvalue.loads(self.state_json)
             due = None if self.fresh else firing.next_due(store)
-        except BaseException:
-            store.close()
+        except BaseException as exc:
+            if store is not None:
+                store.close()
+            err = translate(exc, store)
+            if isinstance(err, StoreCorruptError):
+                raise rt._quarantine(self.key, err) from None
             raise
         self.store = store
         self.committed = (self.version, self.state, self.state_json)
@@ -248,6 +260,7 @@ class Instance:
                     rt.timers.index_before_commit(self.key, due)
                 if self.version != self.committed[0] or self.fresh:
                     store.write_state(self.version, self.state_json)
+                crash_point("before-commit")
                 store.commit()
         except BaseException as exc:
             # Start failure, commit failure or cancellation: the whole batch is undone.
@@ -278,6 +291,7 @@ class Instance:
                 rt._hibernate(self)
             return
         # Durable from here on: the output gate opens.
+        crash_point("after-commit-before-reply")
         self.committed = (self.version, self.state, self.state_json)
         rt._dirty.add(self.key)
         self.fresh = False

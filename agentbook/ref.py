@@ -359,6 +359,18 @@ class AgentRef:
 
         return timeline_widget(self)
 
+    def verify(self) -> dict[str, Any]:
+        """Check the agent's store: SQLite's integrity check and the history's hash chain.
+
+        Returns ``{"ok": bool, "quick_check": str, "first_bad_version": int | None}``."""
+        from .store.agentstore import verify_chain
+
+        with self._reading() as conn:
+            check = conn.execute("PRAGMA quick_check").fetchall()[0][0]
+            bad = verify_chain(conn)
+        return {"ok": check == "ok" and bad is None, "quick_check": check,
+                "first_bad_version": bad}
+
     def history_range(self) -> tuple[int, int]:
         """``(first, newest)``: the versions time travel can reach."""
         from .timetravel import bounds

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import jsonvalue
+from .faults import crash_point
 from .firing import _advance
 from .scheduler import ROW_SQL
 from .store.history import state_at
@@ -37,6 +38,7 @@ def rewind_in_place(inst: Instance, ctx: HandlerContext, version: Any) -> dict[s
         "SELECT occurrence FROM _ab_history WHERE version > ? AND occurrence IS NOT NULL"
         " AND outcome IN ('ok', 'dead', 'skipped')", (version,)).fetchall()}
     undo_to(conn, version, before_drop=lambda: ctx.cut(store))
+    crash_point("mid-rewind")
     now = inst.runtime.clock.now()
     for row in store.internal(ROW_SQL):
         if f"{row[0]}:{row[9]}" in ran:  # this occurrence already ran after the target

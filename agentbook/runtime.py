@@ -34,6 +34,7 @@ from .calls import prepare
 from .clock import Clock, SystemClock
 from .errors import (
     AgentbookError,
+    LimitError,
     RuntimeClosedError,
     StoreCorruptError,
     StoreError,
@@ -72,6 +73,10 @@ class Runtime:
         max_open: How many agent stores may be open at once (file handles stay bounded).
         hibernate_after: Seconds of idleness after which an agent hibernates.
         max_batch: How many queued messages may share one commit.
+        max_payload_bytes: Largest arguments of one call, as JSON.
+        max_state_bytes: Largest state of one agent, as JSON.
+        max_queue: Most messages waiting for one agent before callers are refused.
+        max_store_bytes: A size cap for each agent's store file (``None``: the disk).
 
     Example:
         >>> rt = Runtime(":memory:")
@@ -89,6 +94,10 @@ class Runtime:
         max_open: int = 256,
         hibernate_after: float = 60.0,
         max_batch: int = 256,
+        max_payload_bytes: int = 1 << 20,
+        max_state_bytes: int = 16 << 20,
+        max_queue: int = 100_000,
+        max_store_bytes: int | None = None,
     ) -> None:
         if durability not in _DURABILITY:
             raise UsageError(f"durability must be 'normal' or 'full', not {durability!r}")
@@ -110,6 +119,10 @@ class Runtime:
         self.max_open = max_open
         self.hibernate_after = hibernate_after
         self.max_batch = max_batch
+        self.max_payload_bytes = max_payload_bytes
+        self.max_state_bytes = max_state_bytes
+        self.max_queue = max_queue
+        self.max_store_bytes = max_store_bytes
         self.catalog = Catalog(self.root, "off" if self.memory else durability)
         self.closed = False
         self.source = "cell" if "ipykernel" in sys.modules else "script"
@@ -392,7 +405,19 @@ class Runtime:
                  external: bool, future: bool) -> Envelope:
         """Check a call completely before anything is queued, and build its envelope."""
         self._check_open()
-        return prepare(self.source, key, method, args, kwargs, external=external, future=future)
+        env = prepare(self.source, key, method, args, kwargs, external=external, future=future)
+        size = len(env.args_json) + len(env.kwargs_json or "")
+        if size > self.max_payload_bytes:
+            raise LimitError(
+                f"the arguments of {method}() are {size} bytes of JSON; the limit is "
+                f"{self.max_payload_bytes} (ab.Runtime(max_payload_bytes=...)); store big data "
+                "in the agent's SQL tables instead")
+        inst = self._instances.get(key)
+        if inst is not None and len(inst.queue) >= self.max_queue:
+            raise LimitError(
+                f"{key[0]}({key[1]!r}) already has {len(inst.queue)} messages waiting (the limit"
+                " is ab.Runtime(max_queue=...)); slow down, or await the calls you make")
+        return env
 
     def _submit(self, key: Key, env: Envelope) -> Any:
         """Queue *env* and return an awaitable of its result."""
@@ -490,6 +515,21 @@ class Runtime:
 
     def _should_drop(self, exc: BaseException) -> bool:
         return isinstance(exc, (StoreError, StoreCorruptError))
+
+    def _quarantine(self, key: Key, exc: BaseException) -> StoreCorruptError:
+        """Move a damaged store aside; the agent refuses to start until it is restored."""
+        path = self._path_of(key)
+        folder = os.path.join(self.root, "quarantine")
+        os.makedirs(folder, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        moved = os.path.join(folder, f"{key[0]}.{os.path.basename(path)}.{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.replace(path + suffix, moved + suffix)
+        self.catalog.quarantine(key[0], key[1], moved, str(exc), self.clock.now())
+        return StoreCorruptError(
+            f"{key[0]}({key[1]!r})'s store is damaged ({exc}); it was moved to {moved} and "
+            "the agent won't start until it is restored (agentbook doctor --check-stores)")
 
     def _created(self, inst: Instance) -> None:
         self.catalog.add(inst.key[0], inst.key[1], agent_file(*inst.key), self.clock.now())

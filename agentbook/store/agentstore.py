@@ -18,6 +18,7 @@ Every version's row changes are captured with SQLite's session extension (throug
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -141,12 +142,13 @@ class AgentStore:
             an OS crash, fsync on every commit) or ``"off"`` (ephemeral stores).
     """
 
-    __slots__ = ("_reader", "conn", "durability", "path")
+    __slots__ = ("_chain", "_reader", "conn", "durability", "path")
 
     def __init__(self, path: str, durability: str = "normal") -> None:
         self.path = path
         self.durability = durability
         self._reader: apsw.Connection | None = None
+        self._chain: str | None = None  # hash of the newest history row, when known
         fresh = not os.path.exists(path)
         try:
             if fresh:
@@ -159,6 +161,12 @@ class AgentStore:
                     _migrate(self.conn)
         except apsw.Error as exc:
             raise translate_error(exc, path) from None
+
+    def set_size_cap(self, max_bytes: int | None) -> None:
+        """Cap the file's size (a full cap raises :class:`StoreFullError`)."""
+        if max_bytes:
+            pages = max(16, max_bytes // 4096)
+            self.conn.execute(f"PRAGMA max_page_count = {int(pages)}")
 
     # -- identity and state -------------------------------------------------------------
     def meta(self) -> dict[str, str]:
@@ -198,6 +206,7 @@ class AgentStore:
 
     def rollback_message(self) -> None:
         """Undo one message's writes, keeping the rest of the batch."""
+        self._chain = None
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK TO ab_msg")
             self.conn.execute("RELEASE ab_msg")
@@ -208,6 +217,7 @@ class AgentStore:
 
     def rollback(self) -> None:
         """Undo the whole batch (SQLite may already have rolled back after an I/O error)."""
+        self._chain = None
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 
@@ -246,12 +256,19 @@ class AgentStore:
     def append_history(self, row: tuple) -> None:
         """Insert one version row: (version, ts, method, args, kwargs, source, duration_ms,
         outcome, error, result, state, changes, schema, due, occurrence, effects)."""
+        prev = self._chain
+        if prev is None:
+            rows = self.conn.execute(
+                "SELECT chain FROM _ab_history ORDER BY version DESC LIMIT 1").fetchall()
+            prev = (rows[0][0] or "") if rows else ""
+        chain = chain_hash(prev, row)
         self.conn.execute(
             "INSERT INTO _ab_history(version, ts, method, args, kwargs, source, duration_ms,"
-            " outcome, error, result, state, changes, schema, due, occurrence, effects)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            row,
+            " outcome, error, result, state, changes, schema, due, occurrence, effects, chain)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (*row, chain),
         )
+        self._chain = chain
 
     # -- the agent's own SQL ------------------------------------------------------------
     def user_sql_dicts(self, query: str, params: Any) -> list[dict[str, Any]]:
@@ -308,6 +325,38 @@ def user_schema(conn: apsw.Connection, db: str = "main") -> str:
         " AND name NOT LIKE '\\_ab\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
     ).fetchall()
     return json.dumps([list(r) for r in rows])
+
+
+def chain_hash(prev: str, row: tuple) -> str:
+    """The hash-chain link of one history row (the row without its chain column)."""
+    h = hashlib.sha256(prev.encode())
+    for value in row:
+        h.update(b"\x1f")
+        if isinstance(value, bytes):
+            h.update(value)
+        elif value is not None:
+            h.update(repr(value).encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def verify_chain(conn: apsw.Connection) -> int | None:
+    """The first version whose row no longer matches its hash chain, or ``None`` if all
+    do (rows written before the chain existed are skipped)."""
+    pruned = conn.execute("SELECT 1 FROM _ab_meta WHERE key = 'first_version'").fetchall()
+    prev: str | None = None if pruned else ""  # a pruned history starts at a trusted row
+    for row in conn.execute(
+        "SELECT version, ts, method, args, kwargs, source, duration_ms, outcome, error, result,"
+        " state, changes, schema, due, occurrence, effects, chain FROM _ab_history"
+        " ORDER BY version"
+    ):
+        stored = row[-1]
+        if stored is None:
+            prev = None
+            continue
+        if prev is not None and chain_hash(prev, row[:-1]) != stored:
+            return row[0]
+        prev = stored
+    return None
 
 
 def open_reader(path: str) -> apsw.Connection:

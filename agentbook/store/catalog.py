@@ -75,6 +75,15 @@ CREATE TABLE IF NOT EXISTS approvals(
     reason TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals(status, created);
+-- Agents whose store was found damaged and moved aside.
+CREATE TABLE IF NOT EXISTS quarantine(
+    class TEXT NOT NULL,
+    name TEXT NOT NULL,
+    file TEXT NOT NULL,
+    reason TEXT,
+    ts REAL NOT NULL,
+    PRIMARY KEY (class, name)
+) WITHOUT ROWID;
 -- An index of the dead letters kept in the agents' own stores.
 CREATE TABLE IF NOT EXISTS dead_letters(
     id TEXT PRIMARY KEY,
@@ -259,6 +268,23 @@ class Catalog:
     def remove_dead_letter(self, letter_id: str) -> None:
         """Forget one dead letter in the index."""
         self.conn.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+
+    def quarantine(self, class_name: str, name: str, file: str, reason: str, ts: float) -> None:
+        """Record that an agent's store was moved aside."""
+        with self.conn:
+            self.conn.execute("INSERT OR REPLACE INTO quarantine VALUES (?,?,?,?,?)",
+                              (class_name, name, file, reason, ts))
+
+    def quarantined(self, class_name: str, name: str) -> tuple | None:
+        """``(file, reason, ts)`` if the agent's store is quarantined."""
+        rows = self.conn.execute("SELECT file, reason, ts FROM quarantine WHERE class = ? AND"
+                                 " name = ?", (class_name, name)).fetchall()
+        return rows[0] if rows else None
+
+    def release(self, class_name: str, name: str) -> None:
+        """Forget a quarantine (after the store was restored)."""
+        self.conn.execute("DELETE FROM quarantine WHERE class = ? AND name = ?",
+                          (class_name, name))
 
     def scan_files(self) -> Iterator[str]:
         """Every agent store file under the runtime folder."""

@@ -163,4 +163,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        "0006_history_chain",
+        """
+        -- A hash chain over history: each row's hash covers the previous one, so a changed
+        -- byte anywhere in a row is detected even where SQLite's own checks cannot see it.
+        ALTER TABLE _ab_history ADD COLUMN chain TEXT;
+        """,
+    ),
 ]
