@@ -256,7 +256,7 @@ async def test_schedule_events_use_cloudflare_names(rt, clock):
 
 async def test_many_hibernated_agents_are_woken_on_time(tmp_path, clock):
     rt = ab.Runtime(tmp_path / "many", clock=clock, max_open=50)
-    n = 500
+    n = 200
     for i in range(n):
         await rt.get(Reminder, f"a{i}").remind_in(60 + i % 7, f"t{i}")
     rt.hibernate()
@@ -264,7 +264,7 @@ async def test_many_hibernated_agents_are_woken_on_time(tmp_path, clock):
     await clock.advance(30)
     assert rt.get(Reminder, "a0").state["fired"] == []
     await clock.advance(60)
-    for i in range(0, n, 37):
+    for i in range(0, n, 13):
         fired = rt.get(Reminder, f"a{i}").state["fired"]
         assert fired == [[f"t{i}", T0 + 60 + i % 7]]
     assert len(rt._open) <= 50
