@@ -253,12 +253,13 @@ class Agent:
         log.warning("%s(%r): %s: %s", type(self).__name__, self.name, type(error).__name__, error)
 
     # -- SQL and key-value data -----------------------------------------------------------
-    def sql(self, query: str, *params: Any) -> list[dict[str, Any]]:
+    def sql(self, query: str, *params: Any, readonly: bool = False) -> list[dict[str, Any]]:
         """Run SQL on the agent's own database, inside the running handler's transaction.
 
         Values go in as parameters (``?`` or ``:name``), never by string formatting.
         Returns the rows as dicts. Internal ``_ab_`` tables, ``ATTACH``, ``PRAGMA``
         (other than schema look-ups) and transaction statements are refused.
+        ``readonly=True`` allows queries only: use it for SQL written by a model or a user.
 
         Raises:
             SQLError: SQLite refused the query (the handler fails unless it catches it).
@@ -268,6 +269,8 @@ class Agent:
         if len(params) == 1 and isinstance(params[0], (dict, list, tuple)):
             params = params[0] if isinstance(params[0], dict) else tuple(params[0])  # type: ignore[assignment]
         store = inst.store
+        if readonly:
+            return store.user_sql_dicts(query, params, readonly=True)
         ctx.capture(store)
         if _SCHEMA_CHANGE.search(query):
             for table in _DROPPED.findall(query):  # keep the rows, so time travel can restore them

@@ -129,6 +129,17 @@ def _user_authorizer(op: int, p1: Any, p2: Any, db: Any, trigger: Any) -> int:
     return apsw.SQLITE_OK
 
 
+_READ_OPS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION,
+                       apsw.SQLITE_RECURSIVE})
+
+
+def _readonly_authorizer(op: int, p1: Any, p2: Any, db: Any, trigger: Any) -> int:
+    """Queries only: for SQL that came from a model or a user's text."""
+    if op not in _READ_OPS:
+        return apsw.SQLITE_DENY
+    return _user_authorizer(op, p1, p2, db, trigger)
+
+
 def _track_table(name: str) -> bool:
     return name not in UNTRACKED_TABLES
 
@@ -271,13 +282,14 @@ class AgentStore:
         self._chain = chain
 
     # -- the agent's own SQL ------------------------------------------------------------
-    def user_sql_dicts(self, query: str, params: Any) -> list[dict[str, Any]]:
+    def user_sql_dicts(self, query: str, params: Any, readonly: bool = False) -> list[dict[str, Any]]:
         """Run the agent's own SQL on the writer connection, inside its transaction.
 
-        Returns the rows as dicts. The authorizer keeps it to the agent's own tables.
+        Returns the rows as dicts. The authorizer keeps it to the agent's own tables (and,
+        *readonly*, to queries).
         """
         conn = self.conn
-        conn.authorizer = _user_authorizer
+        conn.authorizer = _readonly_authorizer if readonly else _user_authorizer
         try:
             cursor = conn.execute(query, params, can_cache=False)
             try:
