@@ -39,7 +39,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _SCHEMA_CHANGE = re.compile(r"\b(DROP|ALTER)\b", re.IGNORECASE)
 _DROPPED = re.compile(
-    r"\bDROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?((?:\"[^\"]+\")|(?:`[^`]+`)|(?:\[[^\]]+\])|[\w]+)",
+    r"\bDROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:(?:main|\"main\")\s*\.\s*)?"
+    r"(\"(?:[^\"]|\"\")+\"|`[^`]+`|\[[^\]]+\]|\w+)",
     re.IGNORECASE,
 )
 
@@ -274,10 +275,11 @@ class Agent:
         ctx.capture(store)
         if _SCHEMA_CHANGE.search(query):
             for table in _DROPPED.findall(query):  # keep the rows, so time travel can restore them
-                name = table.strip('"`[]')
+                name = table[1:-1].replace('""', '"') if table[:1] in '"`[' else table
                 if store.internal("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?",
                                   (name,)):
-                    store.user_sql_dicts(f'DELETE FROM "{name}"', ())
+                    quoted = name.replace('"', '""')
+                    store.user_sql_dicts(f'DELETE FROM "{quoted}"', ())
             ctx.cut(store)
         return store.user_sql_dicts(query, params)
 
@@ -460,14 +462,16 @@ class Agent:
         inst = self._ab_instance
         ctx = inst.require_ctx("retry_dead_letter")
         rows = inst.store.internal(
-            "SELECT callback, payload, type FROM _ab_dead_letters WHERE id = ?", (letter_id,))
+            "SELECT callback, payload, type, retry FROM _ab_dead_letters WHERE id = ?",
+            (letter_id,))
         if not rows:
             raise ScheduleError(f"no dead letter has id {letter_id!r}")
-        callback, payload, _ = rows[0]
+        callback, payload, _, retry = rows[0]
         ctx.capture(inst.store)
         inst.store.internal("DELETE FROM _ab_dead_letters WHERE id = ?", (letter_id,))
         now = inst.runtime.clock.now()
-        self._ab_insert(ctx, "queue", now, callback, jsonvalue.loads(payload), now)
+        self._ab_insert(ctx, "queue", now, callback, jsonvalue.loads(payload), now,
+                        retry=Retry.from_json(retry))
 
     def _ab_drop_dead_letter(self, letter_id: str) -> None:
         inst = self._ab_instance

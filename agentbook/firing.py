@@ -69,7 +69,8 @@ def _takes_payload(cls: Any, callback: str, payload: Any) -> bool:
 def occurrence_of(env: Envelope) -> Occurrence:
     """The :class:`Occurrence` a scheduled envelope runs for."""
     row = env.sched
-    sid, type_, due, attempt, occ = row[0], row[3], row[4], row[8], row[9]
+    sid, type_, attempt, occ = row[0], row[3], row[8], row[9]
+    due = row[14] if row[14] is not None else row[4]  # a retry keeps the first due time
     return Occurrence(f"{sid}:{occ}", sid, attempt + 1, due, type_)
 
 
@@ -93,8 +94,8 @@ def _advance(inst: Instance, row: tuple, now: float) -> None:
         store.internal("DELETE FROM _ab_schedules WHERE id = ?", (sid,))
     else:
         store.internal(
-            "UPDATE _ab_schedules SET due = ?, attempt = 0, occurrence = ?, last_error = NULL"
-            " WHERE id = ?",
+            "UPDATE _ab_schedules SET due = ?, attempt = 0, occurrence = ?, last_error = NULL,"
+            " occurrence_due = NULL WHERE id = ?",
             (nxt, occ + 1, sid),
         )
 
@@ -133,15 +134,16 @@ def after_failure(inst: Instance, ctx: HandlerContext, env: Envelope, error: str
     occurrence_id = f"{sid}:{occ}"
     if attempts < retry.max_attempts:
         store.internal(
-            "UPDATE _ab_schedules SET due = ?, attempt = ?, last_error = ? WHERE id = ?",
-            (now + retry.delay(attempts, occurrence_id), attempts, error, sid),
+            "UPDATE _ab_schedules SET due = ?, attempt = ?, last_error = ?,"
+            " occurrence_due = coalesce(occurrence_due, ?) WHERE id = ?",
+            (now + retry.delay(attempts, occurrence_id), attempts, error, row[4], sid),
         )
         return "retry", None
     letter_id = new_id()
     store.internal(
         "INSERT INTO _ab_dead_letters(id, schedule_id, occurrence, callback, payload, type,"
-        " attempts, error, failed_at) VALUES (?,?,?,?,?,?,?,?,?)",
-        (letter_id, sid, occurrence_id, row[1], row[2], type_, attempts, error, now),
+        " attempts, error, failed_at, retry) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (letter_id, sid, occurrence_id, row[1], row[2], type_, attempts, error, now, retry_json),
     )
     _advance(inst, row, now)
     key = inst.key

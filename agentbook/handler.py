@@ -90,10 +90,15 @@ class HandlerContext:
         elif self.segments:
             import apsw
 
-            builder = apsw.ChangesetBuilder()
-            for part in self.segments:
-                builder.add(part)
-            changes = builder.output() or None
+            try:
+                builder = apsw.ChangesetBuilder()
+                for part in self.segments:
+                    builder.add(part)
+                changes = builder.output() or None
+            except apsw.Error:  # a table changed shape in between: keep the pieces apart
+                from .timetravel import frame_segments
+
+                changes = frame_segments(self.segments)
         self.segments = []
         schema = store.user_schema() if store.schema_version() != self.schema_before else None
         self.schema_before = None
@@ -236,6 +241,8 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
             result = await _invoke(fn(*env.args, **env.kwargs), ctx, cls, env.method)
             if sched is not None:
                 firing.after_success(inst, ctx, env)
+            if ctx.replay is not None:
+                ctx.outbox.clear()  # a replay never messages the real world again
         duration = (time.perf_counter() - t0) * 1000
         changes, schema = ctx.finish(store)
         state_col = None

@@ -228,7 +228,7 @@ class AgentRef:
             (v, ts, m, _j(a), _j(k), src, d, o, e, _j(r), _j(s), due, occ)
             for (v, ts, m, a, k, src, d, o, e, r, s, due, occ) in rows
         ]
-        if failures and (method is None or records is not None):
+        if failures:
             lo = rows[-1][1] if len(rows) == limit else float("-inf")
             hi = rows[0][1] if before is not None and rows else float("inf")
             lo, hi = max(lo, since_f or lo), min(hi, until_f or hi)

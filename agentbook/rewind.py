@@ -54,6 +54,7 @@ def rewind_in_place(inst: Instance, ctx: HandlerContext, version: Any) -> dict[s
         conn.execute("UPDATE _ab_approvals SET status = 'cancelled', decided_at = ?, reason = ?"
                      " WHERE id = ?", (now, reason, approval_id))
         ctx.approvals.append(("cancelled", (approval_id, "cancelled", None, now, reason)))
+    inst.started = None  # on_start runs again at the next message (its tables may be gone)
     ctx.events.append(("timetravel:rewind", {"to": version, "from": head,
                                              "cancelled_approvals": cancelled}))
     return {"rewound_to": version, "from": head, "cancelled_approvals": cancelled}

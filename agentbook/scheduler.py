@@ -146,12 +146,12 @@ class Occurrence:
 
 # Column order of _ab_schedules rows as read by ROW_SQL.
 ROW_SQL = ("SELECT id, callback, payload, type, due, cron, interval, tz, attempt, occurrence,"
-           " missed, retry, last_error, seq FROM _ab_schedules")
+           " missed, retry, last_error, seq, occurrence_due FROM _ab_schedules")
 
 
 def row_to_schedule(row: tuple) -> Schedule:
     """A :class:`Schedule` from a row of :data:`ROW_SQL`."""
-    sid, callback, payload, type_, due, cron, interval, _tz, attempt, occ, missed, retry, err, _ = row
+    sid, callback, payload, type_, due, cron, interval, _tz, attempt, occ, missed, retry, err, *_ = row
     return Schedule(sid, callback, jsonvalue.loads(payload), type_,
                     datetime.fromtimestamp(due, timezone.utc), cron, interval, attempt, occ,
                     missed, Retry.from_json(retry), err)

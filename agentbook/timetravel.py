@@ -74,8 +74,32 @@ def _undo(conn: apsw.Connection, changesets: list[bytes], target: str,
     """Apply inverted *changesets* (newest first) and reconcile the schema to *target*."""
     _create_missing(conn, target, tables_only=True)
     for changes in changesets:
-        apsw.Changeset.apply(apsw.Changeset.invert(changes), conn, conflict=_resolve)
+        for part in reversed(segments(changes)):
+            apsw.Changeset.apply(apsw.Changeset.invert(part), conn, conflict=_resolve)
     _reconcile(conn, target, before_drop)
+
+
+_FRAMED = b"\x00abseg"
+
+
+def frame_segments(parts: list[bytes]) -> bytes:
+    """One blob from changesets that can't be merged (a table's schema changed between)."""
+    out = bytearray(_FRAMED)
+    for part in parts:
+        out += len(part).to_bytes(4, "big") + part
+    return bytes(out)
+
+
+def segments(blob: bytes) -> list[bytes]:
+    """The changesets in a version's ``changes`` blob, in the order they were recorded."""
+    if not blob.startswith(_FRAMED):
+        return [blob]
+    parts, i = [], len(_FRAMED)
+    while i < len(blob):
+        size = int.from_bytes(blob[i:i + 4], "big")
+        parts.append(blob[i + 4:i + 4 + size])
+        i += 4 + size
+    return parts
 
 
 def _changesets_above(conn: apsw.Connection, version: int, db: str = "main") -> list[bytes]:
@@ -107,16 +131,44 @@ def _create_missing(conn: apsw.Connection, target: str, tables_only: bool) -> No
 
 
 def _reconcile(conn: apsw.Connection, target: str, before_drop: Any = None) -> None:
+    """Make the agent's schema objects exactly *target*. A table whose definition changed
+    (ALTER TABLE) is rebuilt keeping the rows of the columns both definitions share."""
     want = {obj[1]: obj for obj in json.loads(target)}
     current = {obj[1]: obj for obj in json.loads(user_schema(conn))}
+    rebuild: list[str] = []
     for name, (type_, _n, _t, sql) in current.items():
-        if name not in want or want[name][3] != sql:
-            if type_ == "table":
-                conn.execute(f'DELETE FROM "{name}"')  # recorded, so the rewind can be undone
-            if before_drop is not None:
-                before_drop()
-            conn.execute(f'DROP {type_.upper()} IF EXISTS "{name}"')
+        if name in want and want[name][3] == sql:
+            continue
+        if before_drop is not None:
+            before_drop()
+        if type_ == "table" and name in want and want[name][0] == "table":
+            conn.execute(f'ALTER TABLE "{name}" RENAME TO "_ab_rebuild_{name}"')
+            rebuild.append(name)
+            continue
+        if type_ == "table":
+            conn.execute(f'DELETE FROM "{name}"')  # recorded, so the rewind can be undone
+        conn.execute(f'DROP {type_.upper()} IF EXISTS "{name}"')
+    _create_missing(conn, target, tables_only=True)
+    for name in rebuild:
+        old_cols = [r[1] for r in conn.execute(f'PRAGMA table_info("_ab_rebuild_{name}")')]
+        new_cols = {r[1] for r in conn.execute(f'PRAGMA table_info("{name}")')}
+        shared = ", ".join(f'"{c}"' for c in old_cols if c in new_cols)
+        if shared:
+            conn.execute(f'INSERT INTO "{name}"({shared}) SELECT {shared} FROM "_ab_rebuild_{name}"')
+        if before_drop is not None:
+            before_drop()
+        conn.execute(f'DROP TABLE "_ab_rebuild_{name}"')
     _create_missing(conn, target, tables_only=False)
+
+
+def _copy_table(mem: apsw.Connection, name: str, sql: str, src: str = "src") -> None:
+    """Copy a table's rows, rowids included (rowid tables without a declared key need
+    them for changesets to find their rows)."""
+    if "WITHOUT ROWID" in sql.upper():
+        mem.execute(f'INSERT INTO main."{name}" SELECT * FROM {src}."{name}"')
+        return
+    cols = ", ".join(f'"{r[1]}"' for r in mem.execute(f'PRAGMA {src}.table_info("{name}")'))
+    mem.execute(f'INSERT INTO main."{name}"(rowid, {cols}) SELECT rowid, {cols} FROM {src}."{name}"')
 
 
 def materialize(path: str, version: int, who: str) -> apsw.Connection:
@@ -137,7 +189,7 @@ def materialize(path: str, version: int, who: str) -> apsw.Connection:
         for type_, name, _t, sql in tracked:
             if type_ == "table":
                 mem.execute(sql)
-                mem.execute(f'INSERT INTO main."{name}" SELECT * FROM src."{name}"')
+                _copy_table(mem, name, sql)
         for type_, _name, _t, sql in tracked:
             if type_ != "table":
                 mem.execute(sql)
@@ -283,7 +335,8 @@ def changes_between(conn: apsw.Connection, a: int, b: int) -> pd.DataFrame:
     if rows:
         builder = apsw.ChangesetBuilder()
         for (changes,) in rows:
-            builder.add(changes)
+            for part in segments(changes):
+                builder.add(part)
         merged = builder.output()
         for change in apsw.Changeset.iter(merged):
             if change.name in UNTRACKED_TABLES:

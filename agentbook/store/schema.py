@@ -171,4 +171,13 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE _ab_history ADD COLUMN chain TEXT;
         """,
     ),
+    (
+        "0007_retry_details",
+        """
+        -- A dead letter keeps its retry policy (retrying it uses the same one), and a
+        -- retried occurrence keeps the time it was first due.
+        ALTER TABLE _ab_dead_letters ADD COLUMN retry TEXT;
+        ALTER TABLE _ab_schedules ADD COLUMN occurrence_due REAL;
+        """,
+    ),
 ]
