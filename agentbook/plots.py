@@ -32,8 +32,9 @@ __all__ = ["Plots"]
 _PAGE = 1000
 #: Up to this many agents, ``schedule()`` draws one row per agent and method.
 _FEW_AGENTS = 5
-#: Columns of :func:`_scheduled_runs` (and of the DuckDB view that may replace it).
-_RUN_COLUMNS = ["agent", "name", "method", "due", "ts", "lateness_s", "outcome"]
+#: Columns and dtypes of :func:`_scheduled_runs` (and of the DuckDB view that may replace it).
+_RUN_COLUMNS = {"agent": "str", "name": "str", "method": "str", "due": "datetime64[ns, UTC]",
+                "ts": "datetime64[ns, UTC]", "lateness_s": "float64", "outcome": "str"}
 
 #: How each outcome of a scheduled run is drawn at the time it ran:
 #: ``outcome: (marker, colour, hollow, size, legend text)``.
@@ -133,18 +134,11 @@ def _scheduled_runs(rt: Runtime, agents: AgentSelection, since: When, until: Whe
                 break
             before = int(page["version"].min())
     if not frames:
-        return pd.DataFrame({
-            "agent": pd.Series(dtype=str), "name": pd.Series(dtype=str),
-            "method": pd.Series(dtype=str), "due": pd.Series(dtype="datetime64[ns, UTC]"),
-            "ts": pd.Series(dtype="datetime64[ns, UTC]"), "lateness_s": pd.Series(dtype=float),
-            "outcome": pd.Series(dtype=str),
-        })
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _RUN_COLUMNS.items()})
     runs = pd.concat(frames, ignore_index=True)
-    runs["due"] = pd.to_datetime(runs["due"], utc=True).astype("datetime64[ns, UTC]")
-    runs["ts"] = pd.to_datetime(runs["ts"], utc=True).astype("datetime64[ns, UTC]")
     runs["lateness_s"] = (runs["ts"] - runs["due"]).dt.total_seconds()
     runs = runs.sort_values(["ts", "due"], kind="stable", ignore_index=True)
-    return runs[_RUN_COLUMNS]
+    return runs[list(_RUN_COLUMNS)].astype(_RUN_COLUMNS)
 
 
 def _agent_keys(rt: Runtime, agents: AgentSelection) -> list[tuple[str, str]]:
