@@ -352,6 +352,13 @@ class AgentRef:
                        op=lambda inst: _prune_op(inst, before, vacuum))
         return await rt._submit(self._ab_key, env)
 
+    def widget(self) -> Any:
+        """A live inspector: state as a tree, recent events, schedules, pending approvals.
+        It updates while the agent works, and costs nothing until it is made."""
+        from .widgets.inspector import inspector_widget
+
+        return inspector_widget(self)
+
     def timeline(self) -> Any:
         """A widget to scrub through this agent's versions: state, the step's input and
         duration, and buttons to fork or rewind there."""
