@@ -341,14 +341,8 @@ def user_schema(conn: apsw.Connection, db: str = "main") -> str:
 
 def chain_hash(prev: str, row: tuple) -> str:
     """The hash-chain link of one history row (the row without its chain column)."""
-    h = hashlib.sha256(prev.encode())
-    for value in row:
-        h.update(b"\x1f")
-        if isinstance(value, bytes):
-            h.update(value)
-        elif value is not None:
-            h.update(repr(value).encode("utf-8", "surrogatepass"))
-    return h.hexdigest()
+    return hashlib.sha256(
+        prev.encode() + repr(row).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def verify_chain(conn: apsw.Connection) -> int | None:
