@@ -353,6 +353,8 @@ class _Progress:
         if self.bar is not None:
             self.bar.value = done
             return
+        if not sys.stderr.isatty():
+            return
         now = time.monotonic()
         if now - self.last > 0.5 or done == self.total:
             self.last = now
@@ -362,5 +364,5 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif time.monotonic() - self.start > 0.5:
+        elif time.monotonic() - self.start > 0.5 and sys.stderr.isatty():
             sys.stderr.write("\n")

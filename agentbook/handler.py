@@ -228,7 +228,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         store.savepoint()
     inst.ctx = ctx
     token = current_chain.set((*env.chain, inst.key))
-    ts = rt.clock.now()
+    ts = rt.clock.now() if env.replay is None else env.replay.ts  # a replayed step keeps its time
     t0 = time.perf_counter()
     outcome_label = "ok"
     try:
