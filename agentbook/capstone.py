@@ -123,13 +123,11 @@ async def simulate(rt: Any, customers: int = 1000, days: int = 7,
     fork_version = None
     for day in range(days):
         await clock.advance(DAY - 3600)
-        decided = 0
         for approval in rt.approvals.list("pending"):  # the supervisor, each evening
             if approval.kwargs["amount"] <= 150:
                 await rt.approvals.approve(approval.id, by="supervisor")
             else:
                 await rt.approvals.reject(approval.id, "over the evening limit", by="supervisor")
-            decided += 1
         await clock.advance(3600)
         if day == days // 2 - 1:
             fork_version = desk.version
