@@ -103,7 +103,7 @@ class Analytics:
         rt = self.rt
         catalog = rt.catalog.rows()
         known = {(c, n) for c, n, *_ in catalog}
-        if not self._primed:
+        if not self._primed or rt._router is not None:  # commits elsewhere: look at all
             todo = [(c, n) for c, n, *_ in catalog]
             self._primed = True
         else:

@@ -129,7 +129,8 @@ class Approval:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
         from .widgets.approvals import approval_widget
 
-        return approval_widget(self._rt, self.id)._repr_mimebundle_(include, exclude)
+        return approval_widget(self._rt, self.id)._repr_mimebundle_(include=include,
+                                                                    exclude=exclude)
 
 
 # -- inside the agent (called by Agent.request_approval and the mailbox) ----------------
@@ -298,13 +299,17 @@ class Approvals:
                                         "rt.approvals.pending()")
         return Approval(self._rt, row)
 
-    def list(self, status: str | None = "pending") -> list[Approval]:
-        """Approvals with *status* (``None`` for all), oldest first; pending ones that ran
-        out of time are left out of ``"pending"``."""
+    def list(self, status: str | None = "pending", *, limit: int | None = None,
+             newest_first: bool = False) -> list[Approval]:
+        """Approvals with *status* (``None`` for all), in the order they were requested
+        (``newest_first`` reverses it); pending ones that ran out of time are left out of
+        ``"pending"``. ``limit`` keeps the first *limit*."""
         out = [Approval(self._rt, row) for row in self._rt.catalog.approvals(status)]
         if status == "pending":
             out = [a for a in out if a.pending]
-        return out
+        if newest_first:
+            out.reverse()
+        return out if limit is None else out[:limit]
 
     def pending(self) -> pd.DataFrame:
         """Pending approvals across all agents, as a DataFrame."""
@@ -368,8 +373,13 @@ class Approvals:
                 fut.set_result(self.get(approval_id))
 
     def _forget(self, approval_id: str) -> None:
-        """A request rolled back: drop its index entry."""
+        """A request rolled back: drop its index entry (and tell any open inbox)."""
+        row = self._rt.catalog.approval(approval_id)
         self._rt.catalog.drop_approval(approval_id)
+        if row is not None and self._rt.events.active:
+            self._rt._emit("approval:cancel", (row[1], row[2]),
+                           {"id": approval_id, "status": "rolled back", "by": None,
+                            "reason": "the handler that asked for it failed"})
 
     async def _wait(self, approval_id: str) -> Approval:
         approval = self.get(approval_id)
@@ -397,7 +407,7 @@ class Approvals:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
         from .widgets.approvals import inbox_widget
 
-        return inbox_widget(self._rt)._repr_mimebundle_(include, exclude)
+        return inbox_widget(self._rt)._repr_mimebundle_(include=include, exclude=exclude)
 
 
 def _ts(value: float | None) -> datetime | None:

@@ -115,6 +115,11 @@ class Instance:
         if self.store is not None:
             return
         rt = self.runtime
+        if rt._lease is not None and not rt._holds_lease(self.key):
+            from .errors import StoreError
+
+            raise StoreError(f"{self.key[0]}({self.key[1]!r}) belongs to a shard another host"
+                             " holds; the message was not run here")
         held = rt.catalog.quarantined(*self.key)
         if held is not None:
             raise StoreCorruptError(

@@ -77,6 +77,11 @@ class Runtime:
         max_state_bytes: Largest state of one agent, as JSON.
         max_queue: Most messages waiting for one agent before callers are refused.
         max_store_bytes: A size cap for each agent's store file (``None``: the disk).
+        backend: ``"local"`` (this process) or ``"ray"`` (agents hosted by Ray actors;
+            see :mod:`agentbook.backends.ray`).
+        address: The Ray cluster to join (``None``: start or reuse a local one).
+        hosts: How many Ray actors host agents.
+        shards: Virtual shards that agents hash onto (fixed for a store folder).
 
     Example:
         >>> rt = Runtime(":memory:")
@@ -98,6 +103,10 @@ class Runtime:
         max_state_bytes: int = 16 << 20,
         max_queue: int = 100_000,
         max_store_bytes: int | None = None,
+        backend: str = "local",
+        address: str | None = None,
+        hosts: int = 2,
+        shards: int = 64,
     ) -> None:
         if durability not in _DURABILITY:
             raise UsageError(f"durability must be 'normal' or 'full', not {durability!r}")
@@ -137,9 +146,19 @@ class Runtime:
         self._server: Any = None
         #: MCP client connections of awake agents (agentbook.mcp), made on first use.
         self._mcp: Any = None
+        #: Routes messages to other processes (the Ray backend), or ``None``.
+        self._router: Any = None
+        #: ``(host id, shards)`` on a Ray host: it opens only agents of shards it leases.
+        self._lease: tuple[str, int] | None = None
+        if backend not in ("local", "ray"):
+            raise UsageError(f"backend is 'local' or 'ray', not {backend!r}")
         #: Agents that committed since the DuckDB views last caught up.
         self._dirty: set[Key] = set()
         self.timers = Timers(self)
+        if backend == "ray":
+            from .backends.ray import start
+
+            self._router = start(self, address, hosts, shards)
         self.timers.load()
         global _latest
         _latest = weakref.ref(self)
@@ -197,6 +216,8 @@ class Runtime:
         idle = [inst for inst in list(self._open.values()) if not inst.busy]
         for inst in idle:
             self._hibernate(inst)
+        if self._router is not None and self._router.index is None:
+            return len(idle) + self._router.hibernate()
         return len(idle)
 
     @property
@@ -297,6 +318,8 @@ class Runtime:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        if self._router is not None:
+            await self._router.settle()
         while True:
             for _ in range(2):
                 await asyncio.sleep(0)
@@ -310,8 +333,23 @@ class Runtime:
                 return
             await asyncio.wait(tasks, timeout=remaining)
 
+    def _owns(self, key: Key) -> bool:
+        """Whether this process runs *key* (always, without a router)."""
+        return self._router is None or self._router.owns(key)
+
+    def _holds_lease(self, key: Key) -> bool:
+        """On a Ray host: whether this host holds the lease of *key*'s shard."""
+        if self._lease is None:
+            return True
+        from .backends.ray import shard_of
+
+        host_id, shards = self._lease
+        return self.catalog.lease_holder(shard_of(key, shards)) == host_id
+
     def _tick(self, key: Key) -> None:
         """The timer says *key* has something due: wake it with a tick message."""
+        if not self._owns(key):
+            return
         inst = self._instances.get(key)
         if inst is not None and any(e.method == TICK for e in inst.queue):
             return
@@ -357,6 +395,10 @@ class Runtime:
         self.timers.close()
         if self._mcp is not None:
             self._mcp.close_all()
+        if self._router is not None and self._router.index is None:
+            self._router.shutdown()
+        if self.events.active:
+            self.events.emit("runtime:close", None, None, {"path": self.path}, self.clock.now())
         self.closed = True
         error = RuntimeClosedError("the runtime was closed; create a new ab.Runtime to go on")
         for inst in list(self._instances.values()):
@@ -443,6 +485,9 @@ class Runtime:
         if self.closed:
             if env.future is not None and not env.future.done():
                 env.future.set_exception(RuntimeClosedError("the runtime was closed"))
+            return
+        if self._router is not None and not self._router.owns(key):
+            self._router.forward(key, env)
             return
         inst = self._instances.get(key)
         if inst is None:

@@ -41,12 +41,22 @@ class Timers:
         self._pending_arm = False
 
     def load(self) -> None:
-        """Load the durable index (at runtime start)."""
+        """Load the durable index (at runtime start): the entries of agents this process
+        runs (on the Ray backend, a host's own shards; the driver runs none)."""
         for class_name, name, due in self.rt.catalog.timers():
             key = (class_name, name)
+            if not self.rt._owns(key):
+                continue
             self._indexed[key] = due
             self._set(key, due)
         self.rearm()
+
+    def reload(self) -> None:
+        """Forget everything in memory and load the index again."""
+        self._heap.clear()
+        self._due.clear()
+        self._indexed.clear()
+        self.load()
 
     def next_due(self, key: Key) -> float | None:
         """The in-memory next due time of an agent, if any."""

@@ -165,6 +165,7 @@ class AgentStore:
             if fresh:
                 _write_atomically(path, _template())
             self.conn = apsw.Connection(path, flags=_OPEN_RW)
+            self.conn.set_busy_timeout(5_000)
             self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
             if not fresh:
                 version = self.conn.execute("PRAGMA user_version").fetchall()[0][0]

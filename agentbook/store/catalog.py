@@ -73,8 +73,14 @@ CREATE TABLE IF NOT EXISTS approvals(
     decided_by TEXT,
     decided_at REAL,
     reason TEXT
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals(status, created);
+-- Which host (on the Ray backend) may open the agents of each shard.
+CREATE TABLE IF NOT EXISTS leases(
+    shard INTEGER PRIMARY KEY,
+    host TEXT NOT NULL,
+    ts REAL NOT NULL
+);
 -- Agents whose store was found damaged and moved aside.
 CREATE TABLE IF NOT EXISTS quarantine(
     class TEXT NOT NULL,
@@ -122,6 +128,7 @@ class Catalog:
         try:
             os.makedirs(root, exist_ok=True)
             self.conn = apsw.Connection(self.path)
+            self.conn.set_busy_timeout(10_000)  # several processes may share a catalog
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
             with self.conn:
@@ -207,7 +214,7 @@ class Catalog:
         try:
             with self.conn:
                 self.conn.execute(
-                    f"INSERT OR REPLACE INTO approvals({self._APPROVAL_COLS})"
+                    f"INSERT OR IGNORE INTO approvals({self._APPROVAL_COLS})"
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
@@ -229,12 +236,12 @@ class Catalog:
         if pending_only or status == "pending":
             return self.conn.execute(
                 f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE status = 'pending'"
-                " ORDER BY created, id").fetchall()
+                " ORDER BY created, rowid").fetchall()
         if status is None:
             return self.conn.execute(
-                f"SELECT {self._APPROVAL_COLS} FROM approvals ORDER BY created, id").fetchall()
+                f"SELECT {self._APPROVAL_COLS} FROM approvals ORDER BY created, rowid").fetchall()
         return self.conn.execute(
-            f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE status = ? ORDER BY created, id",
+            f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE status = ? ORDER BY created, rowid",
             (status,)).fetchall()
 
     def approval(self, approval_id: str) -> tuple | None:
@@ -268,6 +275,17 @@ class Catalog:
     def remove_dead_letter(self, letter_id: str) -> None:
         """Forget one dead letter in the index."""
         self.conn.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+
+    def take_leases(self, shards: list[int], host: str) -> None:
+        """Make *host* the holder of *shards* (a restarted host takes its shards back)."""
+        with self.conn:
+            self.conn.executemany("INSERT OR REPLACE INTO leases VALUES (?, ?, ?)",
+                                  [(s, host, time.time()) for s in shards])
+
+    def lease_holder(self, shard: int) -> str | None:
+        """The host holding *shard*."""
+        rows = self.conn.execute("SELECT host FROM leases WHERE shard = ?", (shard,)).fetchall()
+        return rows[0][0] if rows else None
 
     def quarantine(self, class_name: str, name: str, file: str, reason: str, ts: float) -> None:
         """Record that an agent's store was moved aside."""

@@ -8,7 +8,7 @@ import pytest
 
 import agentbook as ab
 
-KINDS = ["file", "file-full", "memory"]
+KINDS = ["file", "file-full", "memory", "ray"]
 
 
 def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Runtime:
@@ -18,11 +18,29 @@ def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Run
         return ab.Runtime(folder, durability="full", clock=clock, **options)
     if kind == "memory":
         return ab.Runtime(":memory:", clock=clock, **options)
+    if kind == "ray":
+        return ab.Runtime(folder, backend="ray", hosts=2, shards=8, **options)
     raise ValueError(kind)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray for the whole session (starting it costs seconds)."""
+    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed")
+    import os
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="agentbook")
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(params=KINDS)
 def kind(request) -> str:
+    if request.param == "ray":
+        if request.node.get_closest_marker("local_only"):
+            pytest.skip(request.node.get_closest_marker("local_only").args[0])
+        request.getfixturevalue("ray_cluster")
     return request.param
 
 

@@ -22,6 +22,7 @@ from .agents import (
 
 
 # -- 1. Identity -----------------------------------------------------------------------
+@pytest.mark.local_only("counts on_start calls in this process")
 async def test_get_returns_the_same_agent_and_starts_nothing(crt):
     before = ConfCounter.starts
     a1, a2 = crt.get(ConfCounter, "alice"), crt.get(ConfCounter, "alice")
@@ -34,6 +35,7 @@ async def test_get_returns_the_same_agent_and_starts_nothing(crt):
     assert ConfCounter.starts == before + 1
 
 
+@pytest.mark.local_only("counts on_start calls in this process")
 async def test_on_start_runs_before_the_first_message_and_on_every_wake(crt):
     ref = crt.get(ConfCounter, "waker")
     before = ConfCounter.starts
@@ -55,6 +57,7 @@ async def test_spawn_gives_fresh_unique_names(crt):
 
 
 # -- 2. One at a time ------------------------------------------------------------------
+@pytest.mark.local_only("the test's gate is an asyncio.Event in this process")
 async def test_handlers_of_one_agent_never_overlap(crt):
     ConfSlow.gates["g1"] = gate = asyncio.Event()
     ref = crt.get(ConfSlow, "s")
@@ -70,6 +73,7 @@ async def test_handlers_of_one_agent_never_overlap(crt):
     assert ref.state == {"running": 0, "max": 1, "done": 6}
 
 
+@pytest.mark.local_only("the test's gate is an asyncio.Event in this process")
 async def test_reads_from_outside_never_wait_for_a_running_handler(crt):
     ConfSlow.gates["g2"] = gate = asyncio.Event()
     ref = crt.get(ConfSlow, "reader")
@@ -139,6 +143,7 @@ async def test_non_json_state_is_refused_before_anything_is_written(crt):
     assert await ref.inc() == 2
 
 
+@pytest.mark.local_only("records hook calls in this process")
 async def test_validate_state_change_can_refuse_and_on_state_changed_sees_the_source(crt):
     ConfValidated.changes.clear()
     ref = crt.get(ConfValidated, "wallet")
@@ -150,6 +155,7 @@ async def test_validate_state_change_can_refuse_and_on_state_changed_sees_the_so
 
 
 # -- 4. Output gate --------------------------------------------------------------------
+@pytest.mark.local_only("events are not forwarded from Ray hosts")
 async def test_events_and_sends_leave_only_after_the_commit_is_durable(crt):
     seen = []
     ref = crt.get(ConfCaller, "teller")
@@ -240,6 +246,7 @@ async def test_history_has_the_spec_columns_and_contiguous_versions(crt):
     assert hist.agent.unique().tolist() == ["ConfCounter"]
 
 
+@pytest.mark.local_only("Ray hosts keep the wall clock; the virtual clock lives in one process")
 async def test_history_pages_by_version_and_filters(crt, clock):
     ref = crt.get(ConfCounter, "pages")
     for _ in range(25):
@@ -256,6 +263,7 @@ async def test_history_pages_by_version_and_filters(crt, clock):
 
 
 # -- 8/9. Hibernation keeps everything --------------------------------------------------
+@pytest.mark.local_only("inspects the runtime's open stores in this process")
 async def test_idle_agents_hibernate_and_wake_with_state_kept(crt):
     refs = [crt.get(ConfCounter, f"h{i}") for i in range(5)]
     for ref in refs:
@@ -267,6 +275,7 @@ async def test_idle_agents_hibernate_and_wake_with_state_kept(crt):
     assert await refs[0].inc() == 3
 
 
+@pytest.mark.local_only("inspects the runtime's open stores in this process")
 async def test_open_stores_stay_bounded(kind, tmp_path, clock):
     from .conftest import make_runtime
 
@@ -291,6 +300,7 @@ async def test_awaited_calls_between_agents_and_cycles_are_refused(crt):
     assert await caller.ask("answerer") == 3  # still healthy
 
 
+@pytest.mark.local_only("on_error runs later on the host; the test waits by turning this loop")
 async def test_errors_of_fire_and_forget_messages_reach_on_error(crt):
     ref = crt.get(ConfErrors, "e")
     ref.send("fail")
@@ -314,6 +324,7 @@ async def test_the_key_value_store_is_durable_json_and_transactional(crt):
         await ref.drop("zzz")
 
 
+@pytest.mark.local_only("Ray does not carry __cause__ across processes")
 async def test_on_start_failure_is_typed_and_other_agents_keep_working(crt):
     ConfBadStart.fail = True
     bad = crt.get(ConfBadStart, "b")
