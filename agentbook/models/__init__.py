@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import anthropic as _anthropic  # noqa: F401  (so these names stay the factories below)
+from . import gemini as _gemini  # noqa: F401
+from . import openai as _openai  # noqa: F401
 from .base import Chunk, Model, Response, ToolCall
 from .builtin import BuiltinModel, ScriptedModel
 
@@ -43,7 +46,7 @@ def openai_compatible(base_url: str, model: str, **options: Any) -> Model:
     return OpenAIModel(model, base_url=base_url, provider="openai-compatible", **options)
 
 
-def anthropic(model: str = "claude-sonnet-4-5", **options: Any) -> Model:
+def anthropic(model: str = "claude-sonnet-4-6", **options: Any) -> Model:
     """An Anthropic model through the official ``anthropic`` SDK."""
     from .anthropic import AnthropicModel
 

@@ -99,5 +99,8 @@ class Model:
             yield Chunk(word if i == 0 else " " + word)
         yield Chunk("", response)
 
+    async def aclose(self) -> None:
+        """Release the model's connections (a no-op for models that hold none)."""
+
     def __repr__(self) -> str:
         return f"<{self.provider} model {self.name!r}>"
