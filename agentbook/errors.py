@@ -33,6 +33,7 @@ Each message says what went wrong and what to do next, in one sentence.
      │    ├── ModelResponseError       the answer (or its stream) was malformed
      │    └── ModelNotInstalledError   the provider's SDK is not installed; says what to install
      ├── ToolError                     a tool is misdeclared or was called wrongly
+     ├── HostUnavailableError          (Ray backend) the agent's host restarted mid-call
      ├── AgentNotFoundError            (also KeyError) no agent by that class and name has been created
      ├── AgentStartError               on_start raised; the agent did not start
      ├── StoreError                    the durable store could not do its job
@@ -58,6 +59,7 @@ __all__ = [
     "ApprovalNotFoundError",
     "ApprovalTamperedError",
     "BadArgumentsError",
+    "HostUnavailableError",
     "IncompatibleStateError",
     "JSONValueError",
     "LimitError",
@@ -227,6 +229,12 @@ class ModelNotInstalledError(ModelError, ImportError):
 
 class ToolError(AgentbookError):
     """A tool is declared wrongly (e.g. a parameter without a JSON type)."""
+
+
+class HostUnavailableError(AgentbookError):
+    """The Ray host running the agent died or restarted during the call: the message may
+    or may not have run. Check ``ref.version`` / ``ref.history()`` and send it again if
+    needed (its effects, if any, were committed exactly once)."""
 
 
 class AgentNotFoundError(AgentbookError, KeyError):

@@ -28,7 +28,7 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
-from ..errors import StoreError, UsageError
+from ..errors import HostUnavailableError, StoreError, UsageError
 
 if TYPE_CHECKING:
     from ..mailbox import Envelope
@@ -120,17 +120,40 @@ class RayRouter:
             if env.future is not None and not env.future.done():
                 env.future.set_exception(exc)
             return
-        task = asyncio.ensure_future(self._settle(ref, env))
+        task = asyncio.ensure_future(self._settle(ref, env, key, index))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _settle(self, ref: Any, env: Envelope) -> None:
+    async def _settle(self, ref: Any, env: Envelope, key: Key, index: int,
+                      resent: bool = False) -> None:
         fut = env.future
         try:
             text = await ref
+        except _ClassMissing:
+            # The host restarted and lost the classes it was sent: send again, once.
+            self._sent = {k: v for k, v in self._sent.items() if k[0] != index}
+            if not resent:
+                from ..agent import _classes
+
+                host = self.handle(index)
+                host.register.remote(_classes[key[0]])
+                self._sent[(index, key[0])] = _classes[key[0]]
+                spec = _spec(env)
+                spec["sender"], spec["seq"] = self.sender, self._seq.get(index, 0)
+                self._seq[index] = spec["seq"] + 1
+                await self._settle(host.deliver.remote(key[0], key[1], spec), env, key, index,
+                                   True)
+                return
+            raise
         except BaseException as exc:  # the handler's own exception comes back as it was
             cause = getattr(exc, "cause", None)
             error = cause if isinstance(cause, BaseException) else exc
+            if type(exc).__name__ in ("ActorUnavailableError", "ActorDiedError",
+                                      "RayActorError"):
+                self._sent = {k: v for k, v in self._sent.items() if k[0] != index}
+                error = HostUnavailableError(
+                    f"the host running this agent restarted during {env.method}(); it may or "
+                    "may not have run - check ref.version or ref.history() and send again")
             if fut is not None and not fut.done():
                 fut.set_exception(error)
             return
@@ -198,6 +221,9 @@ class AgentHost:
         self.rt.timers.reload()
         self._expected: dict[str, int] = {}
         self._waiting: dict[tuple[str, int], asyncio.Future] = {}
+        # After a restart, messages in flight died with the old process: take senders'
+        # numbering up from whatever arrives first.
+        self._restarted = bool(_ray().get_runtime_context().was_current_actor_reconstructed)
 
     async def ready(self) -> int:
         """The host's process id, once it can take messages."""
@@ -217,11 +243,18 @@ class AgentHost:
 
         self.rt.timers.arm_if_pending()
         sender, seq = spec["sender"], spec["seq"]
+        if self._restarted and sender not in self._expected:
+            self._expected[sender] = seq
         if self._expected.get(sender, 0) != seq:  # wait for the messages sent before this one
             fut = asyncio.get_running_loop().create_future()
             self._waiting[(sender, seq)] = fut
             await fut
         key = (class_name, name)
+        from ..agent import _classes
+
+        if class_name not in _classes:
+            self._next(sender, seq)  # let later messages through meanwhile
+            raise _ClassMissing(class_name)
         env = Envelope(spec["method"], tuple(jsonvalue.loads(spec["args"]) or ()),
                        dict(jsonvalue.loads(spec["kwargs"]) or {}), spec["args"], spec["kwargs"],
                        spec["source"], chain=tuple(tuple(k) for k in spec["chain"]),
@@ -259,6 +292,10 @@ class AgentHost:
     async def check(self, class_name: str, name: str) -> bool:
         """Whether this host holds the lease of *key*'s shard (for tests)."""
         return self.rt._holds_lease((class_name, name))
+
+
+class _ClassMissing(Exception):
+    """A host was asked to run an agent whose class it has not been sent (yet)."""
 
 
 def check_lease(rt: Runtime, key: Key) -> None:

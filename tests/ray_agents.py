@@ -1,0 +1,28 @@
+"""Agents for the Ray backend tests (importable by the host processes too)."""
+
+from __future__ import annotations
+
+import os
+
+import agentbook as ab
+
+
+class RayTally(ab.Agent):
+    initial_state = {"n": 0, "pid": 0}
+
+    async def on_start(self):
+        self.sql("CREATE TABLE IF NOT EXISTS marks(id TEXT PRIMARY KEY)")
+
+    @ab.callable
+    async def mark(self, mark_id: str) -> int:
+        self.sql("INSERT INTO marks VALUES (?)", mark_id)
+        self.set_state({"n": self.state["n"] + 1, "pid": os.getpid()})
+        return self.state["n"]
+
+    @ab.callable
+    async def pass_on(self, other: str, mark_id: str) -> None:
+        self.ref(RayTally, other).send("mark", mark_id)
+
+    @ab.callable
+    async def ask(self, other: str, mark_id: str) -> int:
+        return await self.ref(RayTally, other).mark(mark_id)
