@@ -94,6 +94,19 @@ __all__ = [
 class AgentbookError(Exception):
     """Base class of every error agentbook raises itself."""
 
+    def _render_traceback_(self) -> list[str]:
+        """In IPython: one short line instead of a traceback through agentbook's insides
+        (set ``agentbook.errors.SHORT_TRACEBACKS = False`` for the full one)."""
+        if not SHORT_TRACEBACKS:
+            import traceback
+
+            return traceback.format_exception(type(self), self, self.__traceback__)
+        return [f"\x1b[31m{type(self).__name__}\x1b[0m: {self}"]
+
+
+#: Show agentbook's own errors in notebooks as one line (set False to debug agentbook).
+SHORT_TRACEBACKS = True
+
 
 class UsageError(AgentbookError):
     """The call is wrong in a way the calling code can fix."""
