@@ -46,6 +46,14 @@ _DROPPED = re.compile(
 
 #: Latest definition of every agent class, by class name (hot redefinition reads this).
 _classes: dict[str, type[Agent]] = {}
+#: Latest definition of every agent class, by where it is defined: a class redefined in
+#: the same module (re-running a cell) replaces its earlier self, and only that.
+_lineage: dict[tuple[str, str], type[Agent]] = {}
+
+
+def latest(cls: type[Agent]) -> type[Agent]:
+    """The newest definition of *cls* (same module and class name)."""
+    return _lineage.get((cls.__module__, cls.__name__), cls)
 
 
 @overload
@@ -145,6 +153,7 @@ class Agent:
             raise JSONValueError(str(exc), exc.path) from None
         cls._ab_suspends = set()  # methods seen to await real I/O (see mailbox)
         _classes[cls.__name__] = cls
+        _lineage[(cls.__module__, cls.__name__)] = cls
 
     # -- identity -----------------------------------------------------------------------
     @property

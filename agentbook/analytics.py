@@ -14,6 +14,7 @@ chat agents). They are for reading: ``rt.sql`` refuses anything but queries.
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import time
@@ -60,11 +61,15 @@ CREATE TABLE IF NOT EXISTS tool_calls(
     error VARCHAR, duration_ms DOUBLE, cached BOOLEAN, ts TIMESTAMPTZ);
 """
 
-_HISTORY_SQL = ("SELECT version, ts, method, args, kwargs, source, duration_ms, outcome, error,"
-                " result, state, due, occurrence FROM _ab_history WHERE version > ?"
-                " ORDER BY version")
-_HISTORY_COLS = ["version", "ts", "method", "args", "kwargs", "source", "duration_ms", "outcome",
-                 "error", "result", "state", "due", "occurrence"]
+#: The text columns of a history row travel packed in one JSON array per row (SQLite's
+#: json_array, in C) and DuckDB unpacks them (json_extract_string, in C): one Python
+#: object per row instead of nine, and one Arrow string column instead of nine.
+_TEXT_COLS = ["method", "args", "kwargs", "source", "outcome", "error", "result", "state",
+              "occurrence"]
+_HISTORY_SQL = ("SELECT version, ts, duration_ms, due, json_array(" + ", ".join(_TEXT_COLS)
+                + ") FROM _ab_history WHERE version > ? ORDER BY version")
+_NUMBER_COLS = ["version", "ts", "duration_ms", "due"]
+_UNPACK = ", ".join(f"'$[{i}]'" for i in range(len(_TEXT_COLS)))
 
 
 class Analytics:
@@ -81,6 +86,9 @@ class Analytics:
         self._events: list[tuple] = []
         self._unsubscribe: Any = None
         self._primed = False
+        #: Per agent: ``(version, state, schedule rows)`` for the small views, read on the
+        #: same connection as the agent's new history rows.
+        self._small: dict[Key, tuple[Any, Any, list[tuple]]] = {}
 
     # -- events ---------------------------------------------------------------------------
     def capture_events(self, on: bool = True) -> None:
@@ -113,31 +121,27 @@ class Analytics:
         for key in gone:
             self.db.execute("DELETE FROM history WHERE agent = ? AND name = ?", list(key))
             del self._marks[key]
-        columns: dict[str, list] = {c: [] for c in ["agent", "name", *_HISTORY_COLS]}
+        columns: dict[str, list] = {c: [] for c in [*_NUMBER_COLS, "packed"]}
+        read: list[tuple[Key, int]] = []  # (agent, rows read), in the order of the rows
         added = 0
         progress = _Progress(len(todo)) if len(todo) > 200 else None
         chat: dict[str, list] = {"messages": [], "tool_calls": []}
-        for i, key in enumerate(todo):
-            rows = self._read_new(key, chat)
-            if rows:
-                added += len(rows)
-                self._marks[key] = rows[-1][0]
-                columns["agent"].extend([key[0]] * len(rows))
-                columns["name"].extend([key[1]] * len(rows))
-                for col, values in zip(_HISTORY_COLS, zip(*rows, strict=True), strict=True):
-                    columns[col].extend(values)
-            if progress is not None:
-                progress.update(i + 1)
-        if progress is not None:
-            progress.close()
-        if added:
-            batch = pa.table({k: pa.array(v) if k not in ("args", "kwargs", "result", "state",
-                                                               "error", "occurrence")
-                              else pa.array(v, pa.string()) for k, v in columns.items()})
-            self._append_history(batch)
+        paused = gc.isenabled() and len(todo) > 1
+        if paused:  # millions of row tuples: no cyclic GC passes over them while reading
+            gc.disable()
+        try:
+            self._collect(todo, columns, read, chat, progress)
+            added = len(columns["version"])
+            if added:
+                batch = _arrow_batch(columns, read)
+                del columns
+                self._append_history(batch)
+        finally:
+            if paused:
+                gc.enable()
         self._chat_views(todo, chat)
         self._failures()
-        self._small_views(catalog)
+        self._small_views(catalog, todo, gone)
         if self._events:
             events, self._events = self._events, []
             table = pa.table({k: pa.array([e[i] for e in events]) for i, k in
@@ -147,6 +151,21 @@ class Analytics:
                             " to_timestamp(timestamp) FROM ab_events")
             self.db.unregister("ab_events")
         return added
+
+    def _collect(self, todo: list[Key], columns: dict[str, list], read: list[tuple[Key, int]],
+                 chat: dict[str, list], progress: _Progress | None) -> None:
+        """Read the new history rows of *todo* into *columns* (one list per column)."""
+        for i, key in enumerate(todo):
+            rows = self._read_new(key, chat)
+            if rows:
+                self._marks[key] = rows[-1][0]
+                read.append((key, len(rows)))
+                for values, col in zip(zip(*rows, strict=True), columns.values(), strict=True):
+                    col.extend(values)
+            if progress is not None:
+                progress.update(i + 1)
+        if progress is not None:
+            progress.close()
 
     def _read_new(self, key: Key, chat: dict[str, list]) -> list[tuple]:
         from .store import open_reader
@@ -162,10 +181,12 @@ class Analytics:
             finally:
                 conn.close()
         except Exception as exc:  # a damaged store is reported, not fatal
+            self._small.pop(key, None)
             print(f"agentbook: skipped {key[0]}({key[1]!r}) in the views: {exc}", file=sys.stderr)
             return []
 
     def _read(self, conn: Any, key: Key, chat: dict[str, list]) -> list[tuple]:
+        self._small[key] = _read_small(conn, key)
         rows = conn.execute(_HISTORY_SQL, (self._marks.get(key, -1),)).fetchall()
         if rows:  # chat tables are small: take them whole for agents that changed
             chat["messages"] += [(*key, *r) for r in conn.execute(
@@ -206,12 +227,13 @@ class Analytics:
 
     def _append_history(self, batch: Any) -> None:
         self.db.register("ab_batch", batch)
-        try:
+        try:  # t[1] .. t[9]: the text columns, in the order of _TEXT_COLS
             self.db.execute(
-                "INSERT INTO history SELECT agent, name, version, to_timestamp(ts), method, args,"
-                " kwargs, source, duration_ms, outcome, error, result, state,"
-                " CASE WHEN due IS NULL THEN NULL ELSE to_timestamp(due) END, occurrence,"
-                " CASE WHEN due IS NULL THEN NULL ELSE ts - due END FROM ab_batch")
+                "INSERT INTO history SELECT agent, name, version, to_timestamp(ts), t[1], t[2],"
+                " t[3], t[4], duration_ms, t[5], t[6], t[7], t[8],"
+                " CASE WHEN due IS NULL THEN NULL ELSE to_timestamp(due) END, t[9],"
+                " CASE WHEN due IS NULL THEN NULL ELSE ts - due END"
+                f" FROM (SELECT *, json_extract_string(packed, [{_UNPACK}]) AS t FROM ab_batch)")
         finally:
             self.db.unregister("ab_batch")
 
@@ -233,41 +255,46 @@ class Analytics:
             " source, duration_ms, 'error', error, NULL, NULL, NULL, NULL, NULL FROM ab_failures")
         self.db.unregister("ab_failures")
 
-    def _small_views(self, catalog: list[tuple]) -> None:
-        """Views with one row per agent, approval or schedule: rebuilt each time."""
-        from .scheduler import select
+    def _small_views(self, catalog: list[tuple], todo: list, gone: list) -> None:
+        """Views with one row per agent or schedule, from what :meth:`_read` kept for each
+        agent; an agent not read yet (its store could not be opened) is tried here."""
         from .store import open_reader
 
         rt = self.rt
-        agents, scheds = [], []
-        for class_name, name, _file, created, parent in catalog:
-            key = (class_name, name)
-            inst = rt._instances.get(key)
-            try:
-                if inst is not None and inst.store is not None:
-                    conn, close = inst.store.reader(), False
-                else:
-                    conn, close = open_reader(rt._path_of(key)), True
-                try:
-                    state = conn.execute("SELECT version, state FROM _ab_state").fetchall()
-                    for s in select(conn):
-                        scheds.append((class_name, name, s.id, s.callback, s.type, s.due, s.cron,
-                                       s.interval, s.attempt, s.occurrence,
-                                       json.dumps(s.payload), s.last_error))
-                finally:
-                    if close:
-                        conn.close()
-            except Exception:
-                state = []
-            version, state_json = state[0] if state else (None, None)
-            agents.append((class_name, name, version, created, parent, state_json))
-        self._replace("agents", agents, ["agent", "name", "version", "created", "parent", "state"],
-                      "agent, name, version, to_timestamp(created), parent, state")
-        self._replace("schedules", scheds, ["agent", "name", "id", "callback", "type", "due",
-                                            "cron", "interval", "attempt", "occurrence", "payload",
-                                            "last_error"],
-                      'agent, name, id, callback, type, to_timestamp(due), cron, "interval",'
-                      " attempt, occurrence, payload, last_error")
+        for key in gone:
+            self._small.pop(key, None)
+        if todo or gone:
+            agents, scheds = [], []
+            for class_name, name, _file, created, parent in catalog:
+                key = (class_name, name)
+                if key not in self._small:
+                    try:
+                        inst = rt._instances.get(key)
+                        if inst is not None and inst.store is not None:
+                            self._small[key] = _read_small(inst.store.reader(), key)
+                        else:
+                            conn = open_reader(rt._path_of(key))
+                            try:
+                                self._small[key] = _read_small(conn, key)
+                            finally:
+                                conn.close()
+                    except Exception:
+                        pass
+                version, state_json, rows = self._small.get(key, (None, None, []))
+                agents.append((class_name, name, version, created, parent, state_json))
+                scheds.extend(rows)
+            self._replace("agents", agents,
+                          ["agent", "name", "version", "created", "parent", "state"],
+                          "agent, name, version, to_timestamp(created), parent, state")
+            self._replace("schedules", scheds, ["agent", "name", "id", "callback", "type", "due",
+                                                "cron", "interval", "attempt", "occurrence",
+                                                "payload", "last_error"],
+                          'agent, name, id, callback, type, to_timestamp(due), cron, "interval",'
+                          " attempt, occurrence, payload, last_error")
+        self._catalog_views()
+
+    def _catalog_views(self) -> None:
+        rt = self.rt
         approvals = rt.catalog.approvals(None)
         self._replace("approvals", approvals,
                       ["id", "agent", "name", "method", "args", "kwargs", "summary",
@@ -301,6 +328,7 @@ class Analytics:
                       "tool_calls"):
             self.db.execute(f"DELETE FROM {table}")
         self._marks.clear()
+        self._small.clear()
         self._failure_mark = 0
         self._primed = False
         return self.catch_up()
@@ -324,6 +352,42 @@ class Analytics:
             return self.db.execute(query, params).df()
         except duckdb.Error as exc:
             raise SQLError(_short(exc)) from None
+
+
+def _read_small(conn: Any, key: Key) -> tuple[Any, Any, list[tuple]]:
+    """An agent's row of the ``agents`` view (version, state) and its ``schedules`` rows."""
+    from .scheduler import select
+
+    state = conn.execute("SELECT version, state FROM _ab_state").fetchall()
+    version, state_json = state[0] if state else (None, None)
+    scheds = [(*key, s.id, s.callback, s.type, s.due, s.cron, s.interval, s.attempt,
+               s.occurrence, json.dumps(s.payload), s.last_error) for s in select(conn)]
+    return version, state_json, scheds
+
+
+def _arrow_batch(columns: dict[str, list], read: list[tuple[Key, int]]) -> Any:
+    """The rows read, as an Arrow table; ``agent`` and ``name`` are dictionary-encoded
+    (one entry per agent, not one string per row)."""
+    import numpy as np
+    import pyarrow as pa
+
+    counts = np.array([n for _, n in read], dtype=np.int64)
+    classes = sorted({key[0] for key, _ in read})
+    which = {c: i for i, c in enumerate(classes)}
+    per_agent = np.arange(len(read), dtype=np.int32)
+    class_of = np.array([which[key[0]] for key, _ in read], dtype=np.int32)
+    real = pa.float64()
+    return pa.table({
+        "agent": pa.DictionaryArray.from_arrays(pa.array(np.repeat(class_of, counts)),
+                                                pa.array(classes, pa.string())),
+        "name": pa.DictionaryArray.from_arrays(pa.array(np.repeat(per_agent, counts)),
+                                               pa.array([key[1] for key, _ in read], pa.string())),
+        "version": pa.array(columns["version"], pa.int64()),
+        "ts": pa.array(columns["ts"], real),
+        "duration_ms": pa.array(columns["duration_ms"], real),
+        "due": pa.array(columns["due"], real),
+        "packed": pa.array(columns["packed"], pa.string()),
+    })
 
 
 def _short(exc: Exception) -> str:

@@ -10,7 +10,7 @@ import inspect
 from typing import Any
 
 from . import jsonvalue
-from .agent import FRAMEWORK_NAMES, Agent, _classes, method_info
+from .agent import FRAMEWORK_NAMES, Agent, method_info
 from .errors import BadArgumentsError, NotCallableError, ReentrancyError, UnknownMethodError, UsageError
 from .handler import current_chain
 from .mailbox import Envelope
@@ -20,8 +20,8 @@ __all__ = ["callable_methods", "check_arguments", "prepare"]
 Key = tuple[str, str]
 
 
-def prepare(source: str, key: Key, method: str, args: tuple, kwargs: dict, *,
-            external: bool, future: bool) -> Envelope:
+def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: tuple,
+            kwargs: dict, *, external: bool, future: bool) -> Envelope:
     """Check a call to *key* and build its envelope.
 
     Args:
@@ -30,7 +30,6 @@ def prepare(source: str, key: Key, method: str, args: tuple, kwargs: dict, *,
             caller is another agent's handler).
         future: The caller awaits the result (so a cycle would deadlock).
     """
-    cls = _classes.get(key[0])
     if cls is None:
         raise UsageError(
             f"no agent class named {key[0]!r} is defined in this process; run the cell "

@@ -23,7 +23,6 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import firing, jsonvalue
-from .agent import _classes
 from .errors import AgentStartError, IncompatibleStateError, NotInHandlerError, StoreCorruptError
 from .faults import crash_point
 from .handler import HandlerContext, Outcome, current_chain, run_message, run_start, translate
@@ -188,7 +187,7 @@ class Instance:
                 env.future.set_result(result)
 
     def _current_class(self) -> type[Agent]:
-        cls = _classes.get(self.key[0], self.cls)
+        cls = self.runtime._class_for(self.key[0]) or self.cls
         if cls is None:
             raise AgentStartError(
                 f"no agent class named {self.key[0]!r} is defined in this process; run the "

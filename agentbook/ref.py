@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from . import jsonvalue
-from .agent import _classes
 from .errors import AgentNotFoundError, UnknownMethodError, UsageError
 from .mailbox import Envelope
 from .store import open_reader, query_reader
@@ -87,7 +86,7 @@ class AgentRef:
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
-        cls = _classes.get(self._ab_key[0])
+        cls = self._ab_rt._class_for(self._ab_key[0])
         if cls is not None and not hasattr(cls, method):
             raise UnknownMethodError(
                 f"{cls.__name__} has no method {method!r}"
@@ -155,11 +154,11 @@ class AgentRef:
             return inst.committed[1]
         with self._reading(missing_ok=True) as conn:
             if conn is None:
-                cls = _classes.get(self._ab_key[0])
+                cls = self._ab_rt._class_for(self._ab_key[0])
                 return cls.initial_state if cls is not None else None
             rows = conn.execute("SELECT state FROM _ab_state WHERE id = 1").fetchall()
             if not rows:
-                cls = _classes.get(self._ab_key[0])
+                cls = self._ab_rt._class_for(self._ab_key[0])
                 return cls.initial_state if cls is not None else None
             return jsonvalue.loads(rows[0][0])
 

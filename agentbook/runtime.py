@@ -28,7 +28,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from . import jsonvalue
-from .agent import Agent, _classes
+from .agent import Agent, _classes, latest
 from .approvals import Approvals
 from .calls import prepare
 from .clock import Clock, SystemClock
@@ -136,6 +136,8 @@ class Runtime:
         self.closed = False
         self.source = "cell" if "ipykernel" in sys.modules else "script"
         self._instances: dict[Key, Instance] = {}
+        #: The class this runtime was given for each class name (see :meth:`_class_for`).
+        self._classes: dict[str, type[Agent]] = {}
         self._open: OrderedDict[Key, Instance] = OrderedDict()
         self._unkicked: set[Key] = set()
         self._sweep_handle: asyncio.TimerHandle | None = None
@@ -176,6 +178,8 @@ class Runtime:
         self._check_open()
         class_name = _class_name(cls)
         _check_name(name)
+        if not isinstance(cls, str):
+            self._classes[class_name] = cls
         return AgentRef(self, class_name, name)
 
     def spawn(self, cls: type[Agent] | str, name: str | None = None) -> AgentRef:
@@ -333,6 +337,12 @@ class Runtime:
                 return
             await asyncio.wait(tasks, timeout=remaining)
 
+    def _class_for(self, class_name: str) -> type[Agent] | None:
+        """The agent class for *class_name*: the newest definition of the class this
+        runtime was given by ``get``/``spawn``, else the newest class of that name."""
+        cls = self._classes.get(class_name)
+        return latest(cls) if cls is not None else _classes.get(class_name)
+
     def _owns(self, key: Key) -> bool:
         """Whether this process runs *key* (always, without a router)."""
         return self._router is None or self._router.owns(key)
@@ -447,7 +457,8 @@ class Runtime:
                  external: bool, future: bool) -> Envelope:
         """Check a call completely before anything is queued, and build its envelope."""
         self._check_open()
-        env = prepare(self.source, key, method, args, kwargs, external=external, future=future)
+        env = prepare(self.source, key, self._class_for(key[0]), method, args, kwargs,
+                      external=external, future=future)
         size = len(env.args_json) + len(env.kwargs_json or "")
         if size > self.max_payload_bytes:
             raise LimitError(
@@ -491,7 +502,7 @@ class Runtime:
             return
         inst = self._instances.get(key)
         if inst is None:
-            inst = self._instances[key] = Instance(self, key, _classes.get(key[0]))
+            inst = self._instances[key] = Instance(self, key, self._class_for(key[0]))
         inst.queue.append(env)
         if inst.task is None:
             self._kick(inst)
@@ -590,7 +601,7 @@ class Runtime:
 
     def _report_error(self, key: Key, env: Envelope, exc: BaseException) -> None:
         """A fire-and-forget message failed: hand the error to the agent's ``on_error``."""
-        cls = _classes.get(key[0])
+        cls = self._class_for(key[0])
         if cls is None or cls.on_error is Agent.on_error:
             log.warning("%s(%r).%s failed: %s: %s", key[0], key[1], env.method,
                         type(exc).__name__, exc)

@@ -102,11 +102,9 @@ class RayRouter:
 
     def forward(self, key: Key, env: Envelope) -> None:
         """Send *env* to its host; resolve its future with the host's answer."""
-        from ..agent import _classes
-
         index = self.host_of(key)
         host = self.handle(index)
-        cls = _classes.get(key[0])
+        cls = self.rt._class_for(key[0])
         if cls is not None and self._sent.get((index, key[0])) is not cls:
             host.register.remote(cls)  # runs before the delivery below (same caller, in order)
             self._sent[(index, key[0])] = cls
@@ -133,11 +131,10 @@ class RayRouter:
             # The host restarted and lost the classes it was sent: send again, once.
             self._sent = {k: v for k, v in self._sent.items() if k[0] != index}
             if not resent:
-                from ..agent import _classes
-
                 host = self.handle(index)
-                host.register.remote(_classes[key[0]])
-                self._sent[(index, key[0])] = _classes[key[0]]
+                cls = self.rt._class_for(key[0])
+                host.register.remote(cls)
+                self._sent[(index, key[0])] = cls
                 spec = _spec(env)
                 spec["sender"], spec["seq"] = self.sender, self._seq.get(index, 0)
                 self._seq[index] = spec["seq"] + 1
@@ -232,9 +229,11 @@ class AgentHost:
 
     async def register(self, cls: type) -> None:
         """A (possibly redefined) agent class arrived from the driver."""
-        from ..agent import _classes
+        from ..agent import _classes, _lineage
 
         _classes[cls.__name__] = cls
+        _lineage[(cls.__module__, cls.__name__)] = cls
+        self.rt._classes[cls.__name__] = cls
 
     async def deliver(self, class_name: str, name: str, spec: dict[str, Any]) -> str | None:
         """Run one forwarded message; returns its result as JSON text."""

@@ -132,11 +132,24 @@ class Catalog:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
             with self.conn:
+                self._upgrade()
                 self.conn.execute(_SCHEMA)
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
         except PermissionError as exc:
             raise translate_error(apsw.ReadOnlyError(str(exc)), root) from None
+
+    def _upgrade(self) -> None:
+        """Catalogs from before approvals kept their request order had a WITHOUT ROWID
+        approvals table: rebuild it as a rowid table (same rows)."""
+        rows = self.conn.execute(
+            "SELECT sql FROM sqlite_schema WHERE name = 'approvals'").fetchall()
+        if rows and "WITHOUT ROWID" in rows[0][0].upper():
+            self.conn.execute("ALTER TABLE approvals RENAME TO approvals_old")
+            self.conn.execute("DROP INDEX IF EXISTS approvals_by_status")
+            self.conn.execute(_SCHEMA)
+            self.conn.execute("INSERT INTO approvals SELECT * FROM approvals_old ORDER BY created")
+            self.conn.execute("DROP TABLE approvals_old")
 
     def add(self, class_name: str, name: str, file: str, created: float, parent: str | None = None) -> None:
         """Record a new agent."""
