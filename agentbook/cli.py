@@ -3,6 +3,7 @@
     agentbook ls [--path P]                          the agents in a store
     agentbook show CLASS/NAME [--path P]             one agent: state, version, file, tables
     agentbook history CLASS/NAME [--limit N] [--before V]
+    agentbook sql "SELECT ..." [--csv | --json]      DuckDB over the views of every agent
     agentbook sql CLASS/NAME "SELECT ..."            a read-only query on one agent's tables
     agentbook demo [--path P]                        the quickstart, headless, offline
     agentbook bench [...]                            the benchmark suite (agentbook.bench)
@@ -20,6 +21,7 @@ import json
 import math
 import numbers
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -98,10 +100,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--before", type=int, metavar="V", help="only versions below V (the next page)")
     path_option(p)
 
-    p = command("sql", _sql, "run a read-only SQL query on an agent's own tables",
-                usage="agentbook sql [-h] [--path P] [CLASS/NAME] QUERY")
-    p.add_argument("target", metavar="CLASS/NAME", help="the agent whose tables to query")
+    p = command("sql", _sql, "run a read-only SQL query: DuckDB over the views of every agent "
+                "(agents, history, schedules, approvals, dead_letters, messages, tool_calls), "
+                "or, with CLASS/NAME, SQLite over that agent's own tables",
+                usage="agentbook sql [-h] [--path P] [--csv | --json] [CLASS/NAME] QUERY")
+    p.add_argument("target", metavar="CLASS/NAME",
+                   help="the agent whose own tables to query (leave out for the views)")
     p.add_argument("query", nargs="?", metavar="QUERY", help="one SELECT statement")
+    form = p.add_mutually_exclusive_group()
+    form.add_argument("--csv", dest="form", action="store_const", const="csv",
+                      help="print CSV (a header line, then one line per row)")
+    form.add_argument("--json", dest="form", action="store_const", const="json",
+                      help="print a JSON array with one object per row")
     path_option(p)
 
     p = command("demo", _demo, "run the quickstart in this terminal (offline, no keys)")
@@ -226,10 +236,24 @@ def _sql(args: argparse.Namespace) -> None:
     target, query = args.target, args.query
     if query is None:  # a lone argument is the query
         target, query = None, target
+        if _AGENT.fullmatch(query.strip()):
+            raise UsageError(f"give a query after the agent: agentbook sql {query.strip()} "
+                             '"SELECT ..." (or a query alone, for the views of every agent)')
     with open_store(args.path) as rt:
         frame = _sql_one_agent(rt, target, query) if target else _sql_all_agents(rt, query)
-    _print_table(list(frame.columns), _rows(frame), null="NULL")
-    print(f"({len(frame)} row{'' if len(frame) == 1 else 's'})")
+    if args.form == "csv":
+        sys.stdout.write(frame.to_csv(index=False))
+    elif args.form == "json":
+        records = [dict(zip(frame.columns, (_json_value(v) for v in row), strict=True))
+                   for row in frame.itertuples(index=False, name=None)]
+        print(json.dumps(records, ensure_ascii=False, indent=1))
+    else:
+        _print_table(list(frame.columns), _rows(frame), null="NULL")
+        print(f"({len(frame)} row{'' if len(frame) == 1 else 's'})")
+
+
+#: A lone ``agentbook sql`` argument that names an agent rather than a query.
+_AGENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*/\S+")
 
 
 def _sql_one_agent(rt: Runtime, target: str, query: str) -> pd.DataFrame:
@@ -237,8 +261,27 @@ def _sql_one_agent(rt: Runtime, target: str, query: str) -> pd.DataFrame:
 
 
 def _sql_all_agents(rt: Runtime, query: str) -> pd.DataFrame:
-    raise UsageError("queries across agents are not available yet; name one agent: "
-                     'agentbook sql CLASS/NAME "SELECT ..."')
+    """DuckDB over the views of every agent in the store (``rt.sql``)."""
+    return rt.sql(query)
+
+
+def _json_value(value: Any) -> Any:
+    """A DataFrame cell as JSON: times in ISO 8601 UTC, missing values null."""
+    if _missing(value):
+        return None
+    if isinstance(value, datetime):  # the views' times are UTC; a naive one stays as it is
+        if value.tzinfo is not None:
+            value = value.astimezone(timezone.utc)
+        return value.isoformat().replace("+00:00", "Z")
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):  # numpy scalars
+        return value.item()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "ndarray":
+        return [_json_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_value(v) for k, v in value.items()}
+    return value
 
 
 # -- the other commands -----------------------------------------------------------------------

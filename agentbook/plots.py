@@ -1,9 +1,11 @@
 """``rt.plot``: matplotlib figures of what a runtime's agents did.
 
-A face over committed data: every plot reads through layer-2 APIs (``rt.agents()``,
-``ref.history()``), never an agent's store. Gathering and drawing are kept apart - each
-plot gets its rows from one private function returning a DataFrame - so the data source
-can move to the DuckDB views without touching the drawing.
+A face over committed data, never an agent's store: every figure reads the DuckDB views
+(``rt.analytics``), so a thousand agents or a million history rows cost a query, not a
+store opened per agent or a million Python objects. Gathering and drawing are kept apart
+(each figure gets its rows from private functions returning DataFrames), so tests can
+check the data and the artists separately. ``latency()``, ``throughput()`` and
+``queue_wait()`` are gathered and drawn in :mod:`agentbook.plots_sql`.
 
 matplotlib is imported only when a plot is drawn, and only ``matplotlib.figure.Figure``
 is used, never ``pyplot``: figures don't pile up in pyplot's registry, nothing depends on
@@ -16,7 +18,7 @@ from __future__ import annotations
 import functools
 import io
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,11 +30,9 @@ if TYPE_CHECKING:
 
 __all__ = ["Plots"]
 
-#: Rows per ``history()`` page when gathering runs.
-_PAGE = 1000
 #: Up to this many agents, ``schedule()`` draws one row per agent and method.
 _FEW_AGENTS = 5
-#: Columns and dtypes of :func:`_scheduled_runs` (and of the DuckDB view that may replace it).
+#: Columns and dtypes of :func:`_scheduled_runs`.
 _RUN_COLUMNS = {"agent": "str", "name": "str", "method": "str", "due": "datetime64[ns, UTC]",
                 "ts": "datetime64[ns, UTC]", "lateness_s": "float64", "outcome": "str"}
 
@@ -65,7 +65,8 @@ class Plots:
         self.runtime = runtime
 
     def __repr__(self) -> str:
-        return f"<agentbook plots of {self.runtime!r}: schedule()>"
+        return (f"<agentbook plots of {self.runtime!r}: latency(), throughput(), schedule(), "
+                "queue_wait()>")
 
     def schedule(
         self,
@@ -107,37 +108,129 @@ class Plots:
         _draw_schedule(ax, runs, labels, since, until)
         return fig
 
+    def latency(
+        self,
+        by: str = "method",
+        agents: AgentSelection = None,
+        ax: Axes | None = None,
+        since: When = None,
+        until: When = None,
+        top: int = 12,
+    ) -> Figure:
+        """How long handlers took: the distribution and p50 / p95 / p99, per group.
+
+        One row per group, slowest (by p99) on top: a histogram of durations on a log
+        scale, with markers at the median (white dot), p95 (orange square) and p99 (red
+        diamond); the numbers are written beside each row. Failed runs count (they took
+        time too); skipped scheduled ticks don't (nothing ran).
+
+        Args:
+            by: Group by ``"method"`` (``Class.method``, the default), ``"agent"``
+                (``Class/name``), ``"class"``, ``"name"``, ``"source"`` (``cell``,
+                ``schedule``, ``queue``, ``agent`` ...) or ``"outcome"``.
+            agents: Which agents, as in :meth:`schedule`.
+            ax: Axes to draw on; by default a new figure is made.
+            since: Only runs that started at or after this time (epoch seconds or a datetime).
+            until: Only runs that started before this time.
+            top: Draw at most this many groups, the slowest by p99 (the title says how
+                many there were).
+
+        Returns:
+            The figure (``ax``'s figure when ``ax`` is given).
+
+        Example:
+            >>> rt.plot.latency(by="agent", top=10)   # doctest: +SKIP
+        """
+        from .plots_sql import draw_latency
+
+        return draw_latency(self.runtime, by, agents, ax, since, until, top)
+
+    def throughput(
+        self,
+        agents: AgentSelection = None,
+        ax: Axes | None = None,
+        since: When = None,
+        until: When = None,
+        every: float | timedelta | None = None,
+    ) -> Figure:
+        """Versions committed per second over time, one line per agent class.
+
+        Time is cut into equal bins (a "nice" width giving at most 60 of them, or
+        ``every``); each line is a class's versions in a bin divided by the bin's width.
+        Up to eight classes are drawn, the busiest first; the others are summed as "other".
+
+        Args:
+            agents: Which agents, as in :meth:`schedule`.
+            ax: Axes to draw on; by default a new figure is made.
+            since: Only versions committed at or after this time.
+            until: Only versions committed before this time.
+            every: The bin width, in seconds or as a ``timedelta``.
+
+        Returns:
+            The figure (``ax``'s figure when ``ax`` is given).
+        """
+        from .plots_sql import draw_throughput
+
+        return draw_throughput(self.runtime, agents, ax, since, until, every)
+
+    def queue_wait(
+        self,
+        by: str = "method",
+        agents: AgentSelection = None,
+        ax: Axes | None = None,
+        since: When = None,
+        until: When = None,
+        retries: bool = False,
+        top: int = 12,
+    ) -> Figure:
+        """How long queued work (``self.queue(...)``) waited before it started.
+
+        The wait of a queued item is ``ts - due`` of its history row: from the moment the
+        handler that queued it ran (``due``) to the moment the item's own run started
+        (``ts``), on the runtime's clock. Drawn like :meth:`latency`; waits of zero (all first
+        attempts, on a virtual clock that stands still) get a grey bar of their own at ``0``.
+
+        Only queued work is covered: a plain message's wait in the mailbox is not recorded.
+
+        Args:
+            by: Group as in :meth:`latency` (default ``Class.method``).
+            agents: Which agents, as in :meth:`schedule`.
+            ax: Axes to draw on; by default a new figure is made.
+            since: Only runs that started at or after this time.
+            until: Only runs that started before this time.
+            retries: Also count retried attempts (their wait runs from when the item was
+                first queued, so it includes the backoff). By default only first attempts.
+            top: Draw at most this many groups, the longest waits (p99) first.
+
+        Returns:
+            The figure (``ax``'s figure when ``ax`` is given).
+        """
+        from .plots_sql import draw_queue_wait
+
+        return draw_queue_wait(self.runtime, by, agents, ax, since, until, retries, top)
+
 
 # -- data ----------------------------------------------------------------------------------
 def _scheduled_runs(rt: Runtime, agents: AgentSelection, since: When, until: When) -> pd.DataFrame:
     """Every scheduled or queued run of the selected agents, oldest first.
 
     A run is a history row whose ``due`` is set: one per attempt (``ok``, ``retry``,
-    ``dead``) or skipped tick (``skipped``). Reads pages of ``ref.history()`` only.
+    ``dead``) or skipped tick (``skipped``). Read from the DuckDB ``history`` view: one
+    query, however many agents (paging each agent's ``ref.history()`` took seconds for
+    a thousand of them).
 
     Returns:
         A DataFrame with :data:`_RUN_COLUMNS`: ``due`` and ``ts`` are UTC timestamps,
         ``lateness_s`` is ``ts - due`` in seconds.
     """
-    import pandas as pd
+    from .plots_sql import _filters, _views
 
-    frames = []
-    for class_name, name in _agent_keys(rt, agents):
-        ref = rt.get(class_name, name)
-        before = None
-        while True:
-            page = ref.history(limit=_PAGE, before=before, since=since, until=until, failures=False)
-            runs = page[page["due"].notna()]
-            if not runs.empty:
-                frames.append(runs[["agent", "name", "method", "due", "ts", "outcome"]])
-            if len(page) < _PAGE:
-                break
-            before = int(page["version"].min())
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in _RUN_COLUMNS.items()})
-    runs = pd.concat(frames, ignore_index=True)
+    where, params = _filters(rt, agents, since, until)
+    conditions = " AND ".join(["due IS NOT NULL", "version IS NOT NULL", *where])
+    runs = _views(rt).execute(
+        f"SELECT agent, name, method, due, ts, outcome FROM history WHERE {conditions}"
+        " ORDER BY ts, due, agent, name, version", params).df()
     runs["lateness_s"] = (runs["ts"] - runs["due"]).dt.total_seconds()
-    runs = runs.sort_values(["ts", "due"], kind="stable", ignore_index=True)
     return runs[list(_RUN_COLUMNS)].astype(_RUN_COLUMNS)
 
 

@@ -123,10 +123,6 @@ def test_sql_reports_malformed_sql_in_one_line(store, capsys):
                                "--path", store), "syntax error")
 
 
-def test_sql_without_an_agent_says_to_name_one(store, capsys):
-    assert_one_line_error(*run(capsys, "sql", "SELECT 1", "--path", store), "CLASS/NAME")
-
-
 def test_unknown_agent_is_one_line_error(store, capsys):
     assert_one_line_error(*run(capsys, "show", "CliDesk/nobody", "--path", store),
                           "CliDesk/nobody", "agentbook ls")
@@ -196,3 +192,62 @@ def test_importing_the_cli_does_not_import_pandas():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.stdout.strip() == "False", done.stderr
+
+
+# -- agentbook sql "..." : DuckDB over the views of every agent ---------------------------------
+def test_sql_without_an_agent_queries_the_views_of_every_agent(store, capsys):
+    code, out, _ = run(capsys, "sql", "SELECT name, count(*) AS versions FROM history"
+                       " WHERE version IS NOT NULL GROUP BY name ORDER BY name", "--path", store)
+    assert code == 0
+    assert out.splitlines() == ["name   versions", "back          2", "front         3", "(2 rows)"]
+    code, out, _ = run(capsys, "sql", "SELECT name, outcome, error FROM history"
+                       " WHERE outcome = 'error'", "--path", store)
+    assert out.splitlines()[1].split(None, 2) == ["front", "error", "ValueError: desk is closed"]
+    code, out, _ = run(capsys, "sql", "SELECT name, state->>'items' AS items FROM agents"
+                       " ORDER BY name", "--path", store)
+    assert out.splitlines()[1:3] == ["back   1", "front  2"]
+
+
+def test_sql_prints_csv_and_json(store, capsys):
+    import csv
+    import io
+    import json
+
+    query = ("SELECT name, version, ts, duration_ms > 0 AS timed, args FROM history"
+             " WHERE version = 2 ORDER BY name")
+    code, out, _ = run(capsys, "sql", query, "--path", store, "--csv")
+    assert code == 0
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["name", "version", "ts", "timed", "args"]
+    assert [r[0] for r in rows[1:]] == ["back", "front"]
+    assert rows[2][2].endswith("+00:00") and rows[2][3] == "True" and rows[2][4] == '["pen"]'
+    code, out, _ = run(capsys, "sql", query, "--path", store, "--json")
+    data = json.loads(out)
+    assert [d["name"] for d in data] == ["back", "front"]
+    assert data[1]["version"] == 2 and data[1]["timed"] is True and data[1]["args"] == '["pen"]'
+    assert data[1]["ts"].endswith("Z") and data[1]["ts"][10] == "T"
+    code, out, _ = run(capsys, "sql", "CliDesk/front", "SELECT id, text FROM items ORDER BY id",
+                       "--path", store, "--json")
+    assert json.loads(out) == [{"id": 1, "text": "pen"}, {"id": 2, "text": "paper"}]
+    with pytest.raises(SystemExit) as info:  # argparse: one or the other
+        main(["sql", query, "--csv", "--json", "--path", store])
+    assert info.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+def test_sql_over_the_views_refuses_writes_and_bad_sql_in_one_line(store, capsys):
+    assert_one_line_error(*run(capsys, "sql", "DELETE FROM history", "--path", store),
+                          "only reads")
+    assert_one_line_error(*run(capsys, "sql", "SELECT * FROM nowhere", "--path", store),
+                          "nowhere")
+    assert_one_line_error(*run(capsys, "sql", "SELEC 1", "--path", store), "syntax error")
+
+
+def test_sql_with_only_an_agent_asks_for_the_query(store, capsys):
+    assert_one_line_error(*run(capsys, "sql", "CliDesk/front", "--path", store),
+                          "give a query after the agent")
+
+
+def test_sql_on_a_missing_store_is_one_line_and_creates_nothing(tmp_path, capsys):
+    assert_one_line_error(*run(capsys, "sql", "SELECT 1", "--path", str(tmp_path / "none")),
+                          "no agentbook store")
+    assert not (tmp_path / "none").exists()

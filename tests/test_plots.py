@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import agentbook as ab
-from agentbook import plots
+from agentbook import plots, plots_sql
 from agentbook.scheduler import Retry
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
@@ -172,17 +172,18 @@ def test_durations_read_like_a_person_wrote_them():
         "0 s", "250 ms", "1 s", "12 s", "1.5 min", "3.2 h", "3 d"]
 
 
-async def test_scheduled_runs_frame_has_the_swappable_columns_and_pages_through_history(
-        mem_rt, clock, monkeypatch):
+async def test_scheduled_runs_frame_has_the_columns_and_rows_of_the_history(mem_rt, clock):
     await _busy_week(mem_rt, clock)
     whole = plots._scheduled_runs(mem_rt, None, None, None)
     assert list(whole.columns) == ["agent", "name", "method", "due", "ts", "lateness_s", "outcome"]
     assert (whole.lateness_s == (whole.ts - whole.due).dt.total_seconds()).all()
     assert whole.ts.is_monotonic_increasing
-    assert len(whole) == len(_runs_from_history(mem_rt))
-    monkeypatch.setattr(plots, "_PAGE", 4)  # many small pages via before=
-    paged = plots._scheduled_runs(mem_rt, None, None, None)
-    pd.testing.assert_frame_equal(paged, whole)
+    runs = _runs_from_history(mem_rt)
+    key = ["agent", "name", "method", "outcome"]
+    assert sorted(whole[key].itertuples(index=False)) == sorted(runs[key].itertuples(index=False))
+    assert sorted(whole.due) == sorted(runs.due) and sorted(whole.ts) == sorted(runs.ts)
+    empty = plots._scheduled_runs(mem_rt, "Nobody", None, None)
+    assert empty.empty and list(empty.dtypes.astype(str)) == list(whole.dtypes.astype(str))
 
 
 async def test_many_agents_share_one_row_per_class_and_method(mem_rt, clock):
@@ -281,3 +282,232 @@ def test_importing_agentbook_and_its_plots_does_not_import_matplotlib():
     code = ("import sys, agentbook, agentbook.plots; "
             "assert 'matplotlib' not in sys.modules and 'pandas' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# -- latency, throughput, queue wait (drawn from the DuckDB views) ----------------------------
+class Flaky(ab.Agent):
+    """Handlers that fail (they count in latency) and one that is slow on purpose."""
+
+    @ab.callable
+    async def boom(self) -> None:
+        raise ValueError("boom")
+
+    @ab.callable
+    async def crunch(self, n: int) -> int:
+        return sum(range(n))
+
+
+def _history_of_all(rt: ab.Runtime, failures: bool = True) -> pd.DataFrame:
+    frames = [rt.get(c, n).history(limit=100_000, failures=failures)
+              for c, n in zip(rt.agents()["class"], rt.agents()["name"], strict=True)]
+    return pd.concat(frames, ignore_index=True)
+
+
+def _rows(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_yticklabels()]
+
+
+def _marks(ax, gid: str) -> dict[str, float]:
+    """Row label -> x of the percentile marker *gid* on that row."""
+    rows = _rows(ax)
+    return {rows[int(y)]: float(x) for x, y in _by_gid(ax, gid).get_offsets()}
+
+
+def _ridges(ax, gid: str = "hist") -> list:
+    return [p for p in ax.patches if p.get_gid() == gid]
+
+
+async def test_latency_marks_p50_p95_p99_of_each_method_slowest_first(mem_rt, clock):
+    import numpy as np
+
+    await _busy_week(mem_rt, clock)
+    flaky = mem_rt.get(Flaky, "f")
+    for n in (10, 10_000, 100_000):
+        await flaky.crunch(n)
+    with pytest.raises(ValueError):
+        await flaky.boom()
+    history = _history_of_all(mem_rt)
+    ran = history[history.outcome != "skipped"]
+    seconds = (ran.duration_ms / 1000).groupby(ran.agent + "." + ran.method)
+
+    ax = mem_rt.plot.latency().axes[0]
+    p99 = seconds.quantile(0.99)
+    assert _rows(ax) == sorted(p99.index, key=lambda label: (-p99[label], label))
+    for gid, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        want = seconds.quantile(q)
+        got = _marks(ax, gid)
+        assert got == pytest.approx(want.to_dict(), rel=1e-9), gid
+    assert "Flaky.boom" in _rows(ax), "failed runs took time too"
+    assert (history.outcome == "skipped").sum() == 2, "and skipped ticks are left out"
+    # each row's ridge is the histogram of that row's durations over the shared log bins
+    ridges = _ridges(ax)
+    assert len(ridges) == len(_rows(ax))
+    for i, (ridge, label) in enumerate(zip(ridges, _rows(ax), strict=True)):
+        heights, edges, base = ridge.get_data()
+        assert base == pytest.approx(i + 0.4)
+        counts, _ = np.histogram(seconds.get_group(label), bins=edges)
+        assert np.allclose((base - heights) / (base - heights).max(), counts / counts.max())
+    numbers = [t.get_text() for t in ax.texts if t.get_gid() == "numbers"]
+    assert numbers[0].startswith("p50 ") and f"({seconds.size().max():,})" in "".join(numbers)
+    assert ax.get_xscale() == "log"
+    assert ax.get_title(loc="left") == f"Handler duration by method · {len(ran):,} runs"
+
+
+async def test_latency_by_agent_keeps_the_top_rows_and_says_how_many_there_were(mem_rt, clock):
+    await _busy_week(mem_rt, clock)
+    history = _history_of_all(mem_rt)
+    ran = history[history.outcome != "skipped"]
+    p99 = (ran.duration_ms / 1000).groupby(ran.agent + "/" + ran.name).quantile(0.99)
+    ax = mem_rt.plot.latency(by="agent", top=2).axes[0]
+    assert _rows(ax) == list(p99.sort_values(ascending=False).index[:2])
+    assert ax.get_title(loc="left").endswith("· the 2 highest p99 of 3 agents")
+    assert _marks(ax, "p99") == pytest.approx(p99.sort_values(ascending=False)[:2].to_dict())
+    by_class = mem_rt.plot.latency(by="class").axes[0]
+    assert sorted(_rows(by_class)) == ["Reminders", "Uploads"]
+    by_source = mem_rt.plot.latency(by="source").axes[0]
+    assert sorted(_rows(by_source)) == sorted({s.split(":")[0] for s in ran.source})
+    with pytest.raises(ab.UsageError, match="by= takes one of"):
+        mem_rt.plot.latency(by="colour")
+    with pytest.raises(ab.UsageError, match="top="):
+        mem_rt.plot.latency(top=0)
+
+
+async def test_latency_selects_agents_and_a_time_range(mem_rt, clock):
+    await _busy_week(mem_rt, clock)
+    alice = mem_rt.get(Reminders, "alice")
+    history = alice.history(limit=1000)
+    window = history[(history.ts >= pd.Timestamp(T0 + 3600, unit="s", tz="UTC"))
+                     & (history.ts < pd.Timestamp(T0 + DAY, unit="s", tz="UTC"))
+                     & (history.outcome != "skipped")]
+    ax = mem_rt.plot.latency(agents=alice, since=T0 + 3600, until=T0 + DAY).axes[0]
+    want = (window.duration_ms / 1000).groupby("Reminders." + window.method).quantile(0.5)
+    assert _marks(ax, "p50") == pytest.approx(want.to_dict())
+    assert ax.get_title(loc="left").endswith(f"· {len(window)} runs")
+    empty = mem_rt.plot.latency(since=T0 + 30 * DAY).axes[0]
+    assert [t.get_text() for t in empty.texts] == ["no handler runs in this time range"]
+
+
+async def test_throughput_counts_versions_per_class_in_each_bin(mem_rt, clock):
+    import numpy as np
+
+    await _busy_week(mem_rt, clock)
+    versions = _history_of_all(mem_rt, failures=False)
+    ax = mem_rt.plot.throughput().axes[0]
+    lines = {p.get_label(): p for p in ax.patches if p.get_gid() == "rate"}
+    assert list(lines) == ["Reminders", "Uploads"], "busiest class first"
+    width = 7200.0  # 3.5 days: the narrowest width with at most 60 bins
+    assert ax.get_title(loc="left") == (f"Versions per second · {len(versions)} versions · peak "
+                                        f"{_peak(versions, width):.3g}/s · bins of 2 h")
+    for cls, line in lines.items():
+        rates, edges, _ = line.get_data()
+        assert np.allclose(np.diff(edges), width / DAY)
+        starts = np.round(edges[:-1] * DAY).astype(int)
+        ts = np.array([t.timestamp() for t in versions[versions.agent == cls].ts])
+        want = {int(b * width): n / width for b, n in
+                zip(*np.unique(np.floor(ts / width), return_counts=True), strict=True)}
+        assert dict(zip(starts.tolist(), rates.tolist(), strict=True)) == pytest.approx(
+            {s: want.get(s, 0.0) for s in starts.tolist()})
+        assert rates.sum() * width == pytest.approx((versions.agent == cls).sum())
+    total = next(p for p in ax.patches if p.get_gid() == "total")
+    assert np.allclose(total.get_data()[0], sum(p.get_data()[0] for p in lines.values()))
+
+
+def _peak(versions: pd.DataFrame, width: float) -> float:
+    import numpy as np
+
+    bins = np.floor(np.array([t.timestamp() for t in versions.ts]) / width)
+    return np.unique(bins, return_counts=True)[1].max() / width
+
+
+async def test_throughput_bins_by_every_and_filters(mem_rt, clock):
+    from datetime import timedelta
+
+    import numpy as np
+
+    await _busy_week(mem_rt, clock)
+    ax = mem_rt.plot.throughput(agents=Uploads, every=timedelta(minutes=1)).axes[0]
+    (line,) = [p for p in ax.patches if p.get_gid() == "rate"]
+    rates, edges, _ = line.get_data()
+    assert line.get_label() == "Uploads" and not [p for p in ax.patches if p.get_gid() == "total"]
+    assert np.allclose(np.diff(edges), 60 / DAY)
+    uploads = mem_rt.get(Uploads, "jobs").history(limit=1000, failures=False)
+    assert rates.sum() * 60 == pytest.approx(len(uploads))
+    assert "bins of 1 min" in ax.get_title(loc="left")
+    with pytest.raises(ab.UsageError, match="every="):
+        mem_rt.plot.throughput(every=0)
+
+
+async def test_throughput_sums_the_quiet_classes_as_other(mem_rt, monkeypatch):
+    monkeypatch.setattr(plots_sql, "_MAX_LINES", 2)
+    await mem_rt.get(Reminders, "a").hello()
+    await mem_rt.get(Reminders, "b").hello()
+    await mem_rt.get(Uploads, "u").enqueue([])
+    await mem_rt.get(Flaky, "f").crunch(1)
+    ax = mem_rt.plot.throughput().axes[0]
+    lines = {p.get_label(): p.get_data()[0].sum() for p in ax.patches if p.get_gid() == "rate"}
+    assert list(lines) == ["Reminders", "other"]
+    assert lines["Reminders"] == 2 and lines["other"] == 2  # one bin of 1 s
+
+
+async def test_queue_wait_is_the_time_from_queued_to_first_attempt(mem_rt, clock):
+    await _busy_week(mem_rt, clock)
+    ax = mem_rt.plot.queue_wait().axes[0]
+    assert _rows(ax) == ["Uploads.upload"]
+    # on the virtual clock a queued item starts at the instant it was queued
+    (zeros,) = _ridges(ax, "zeros")
+    assert zeros.get_data()[0] == pytest.approx([0.4 - 0.8]), "a full-height bar"
+    assert [t.get_text() for t in ax.texts if t.get_gid() == "zero share"] == ["100%"]
+    assert _ridges(ax)[0].get_data()[0] == pytest.approx([0.4] * plots_sql._BINS), "no others"
+    assert {gid: _marks(ax, gid)["Uploads.upload"] for gid in ("p50", "p99")} == {
+        "p50": ax.get_xticks()[0], "p99": ax.get_xticks()[0]}
+    assert ax.get_xticklabels()[0].get_text() == "0"
+    assert ax.get_title(loc="left") == "Queue wait by method · 3 runs"
+
+
+async def test_queue_wait_with_retries_counts_the_backoff(mem_rt, clock):
+    import numpy as np
+
+    await _busy_week(mem_rt, clock)
+    runs = mem_rt.get(Uploads, "jobs").history(limit=100, failures=False)
+    runs = runs[runs.source.str.startswith("queue:")]
+    waits = (runs.ts - runs.due).dt.total_seconds()
+    assert sorted(waits) == [0, 0, 0, 60, 60, 180], "retries wait 60 s, then 120 s more"
+    ax = mem_rt.plot.queue_wait(retries=True).axes[0]
+    assert _marks(ax, "p99")["Uploads.upload"] == pytest.approx(np.quantile(waits, 0.99))
+    assert _marks(ax, "p50")["Uploads.upload"] == pytest.approx(np.quantile(waits, 0.5))
+    heights, edges, base = _ridges(ax)[0].get_data()
+    counts, _ = np.histogram(waits[waits > 0], bins=edges)
+    assert np.allclose((base - heights) / 0.8, counts / counts.max())
+    assert [t.get_text() for t in ax.texts if t.get_gid() == "zero share"] == ["50%"]
+    assert ax.get_title(loc="left") == "Queue wait, every attempt, by method · 6 runs"
+    texts = [t.get_text() for t in ax.texts if t.get_gid() == "numbers"]
+    assert texts == ["p50 30 s · p95 2.5 min · p99 2.9 min  (6)"]
+
+
+async def test_every_new_plot_honours_ax_and_says_when_there_is_nothing(mem_rt, clock):
+    from matplotlib.figure import Figure
+
+    for draw, empty in ((mem_rt.plot.latency, "no handler runs yet"),
+                        (mem_rt.plot.throughput, "no versions yet"),
+                        (mem_rt.plot.queue_wait, "no queued runs yet")):
+        assert [t.get_text() for t in draw().axes[0].texts] == [empty]
+    await _busy_week(mem_rt, clock)
+    mine = Figure(figsize=(12, 4))
+    axes = mine.subplots(1, 3)
+    assert mem_rt.plot.latency(ax=axes[0]) is mine
+    assert mem_rt.plot.throughput(ax=axes[1]) is mine
+    assert mem_rt.plot.queue_wait(ax=axes[2]) is mine
+    assert len(mine.axes) == 3 and _ridges(axes[0]) and _ridges(axes[2])
+
+
+async def test_new_figures_render_with_agg_without_pyplot(rt, clock):
+    from matplotlib import _pylab_helpers
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    await _busy_week(rt, clock)
+    managers = _pylab_helpers.Gcf.get_num_fig_managers()
+    for fig in (rt.plot.latency(), rt.plot.throughput(), rt.plot.queue_wait(retries=True)):
+        assert isinstance(fig, plots._figure_class())
+        FigureCanvasAgg(fig).draw()
+        assert fig._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")
+    assert _pylab_helpers.Gcf.get_num_fig_managers() == managers
