@@ -114,10 +114,17 @@ def _parser() -> argparse.ArgumentParser:
                       help="print a JSON array with one object per row")
     path_option(p)
 
-    p = command("demo", _demo, "run the quickstart in this terminal (offline, no keys)")
+    p = command("demo", _demo, "a simulated support desk for a week, in this terminal "
+                               "(offline, no keys)")
     p.add_argument("--path", metavar="P",
                    help="keep the demo's store in this new or empty folder (default: a "
                         "temporary one, removed afterwards)")
+    p.add_argument("--customers", type=int, default=1000, help="simulated customers (1000)")
+    p.add_argument("--days", type=int, default=7, help="simulated days (7)")
+    p.add_argument("--plots", metavar="DIR", default=".",
+                   help="where the PNG plots go (default: here); '' for none")
+    p.add_argument("--quick", action="store_true",
+                   help="the three-agent quickstart instead of the week")
 
     command("bench", lambda args: _bench([]), "run the benchmark suite (agentbook bench -h)")
     return parser
@@ -303,9 +310,18 @@ def _bench(argv: list[str]) -> int:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demo import run_demo
+    if args.quick:
+        from .demo import run_demo
 
-    run_demo(args.path)
+        run_demo(args.path)
+        return
+    from .capstone import run_capstone
+
+    if args.customers < 1 or args.days < 2:
+        raise UsageError("the week needs at least 1 customer and 2 days")
+    if args.path is not None and os.path.exists(args.path) and os.listdir(args.path):
+        raise UsageError(f"{args.path} is not empty; give a new or empty folder")
+    run_capstone(args.customers, args.days, path=args.path, plots_dir=args.plots or None)
 
 
 # -- printing ---------------------------------------------------------------------------------

@@ -144,9 +144,9 @@ def test_a_folder_without_a_store_is_left_untouched(tmp_path, capsys):
     assert os.listdir(tmp_path) == []
 
 
-def test_demo_runs_offline_on_a_temporary_store(capsys, monkeypatch, tmp_path):
+def test_demo_quick_runs_offline_on_a_temporary_store(capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "demo")
+    code, out, err = run(capsys, "demo", "--quick")
     assert code == 0 and err == ""
     assert "raised ValueError: no open ticket #7 (nothing kept)" in out
     assert "{'open': 1, 'closed': 1}" in out
@@ -156,10 +156,21 @@ def test_demo_runs_offline_on_a_temporary_store(capsys, monkeypatch, tmp_path):
 
 def test_demo_keeps_its_store_with_path_for_the_read_commands(tmp_path, capsys):
     path = str(tmp_path / "demo")
-    assert run(capsys, "demo", "--path", path)[0] == 0
+    assert run(capsys, "demo", "--quick", "--path", path)[0] == 0
     code, out, _ = run(capsys, "show", "Support/alice", "--path", path)
     assert code == 0 and "version  4" in out and "tickets  2 rows" in out
-    assert_one_line_error(*run(capsys, "demo", "--path", path), "empty folder")
+    assert_one_line_error(*run(capsys, "demo", "--quick", "--path", path), "empty folder")
+
+
+def test_demo_simulates_a_week_and_writes_its_plots(capsys, tmp_path):
+    plots = tmp_path / "plots"
+    code, out, _ = run(capsys, "demo", "--customers", "40", "--days", "3", "--plots", str(plots))
+    assert code == 0
+    assert "A week of 40 customers" in out and "What if refunds were generous" in out
+    assert "tickets per day" in out and "approvals" in out
+    assert sorted(os.listdir(plots)) == ["agentbook-latency.png", "agentbook-schedule.png",
+                                         "agentbook-throughput.png"]
+    assert_one_line_error(*run(capsys, "demo", "--days", "1"), "at least")
 
 
 def test_bench_says_so_when_the_suite_is_missing(capsys, monkeypatch):
