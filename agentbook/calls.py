@@ -18,6 +18,7 @@ from .mailbox import Envelope
 __all__ = ["callable_methods", "check_arguments", "prepare"]
 
 Key = tuple[str, str]
+_NO_ARGS = jsonvalue.FrozenList()
 
 
 def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: tuple,
@@ -55,7 +56,11 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
             "from outside the agent; decorate it with @ab.callable"
         )
     check_arguments(cls, fn, method, args, kwargs)
-    args = jsonvalue.freeze(args, "args")
+    if args:
+        args = jsonvalue.freeze(args, "args")
+        args_json = jsonvalue.dumps(args)
+    else:
+        args, args_json = _NO_ARGS, "[]"
     kwargs = jsonvalue.freeze(kwargs, "kwargs") if kwargs else {}
     if future and key in chain:
         raise ReentrancyError(
@@ -63,7 +68,7 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
             f"{method}() would wait forever; use ref.send(...) or call the method directly"
         )
     origin = f"agent:{chain[-1][0]}/{chain[-1][1]}" if chain else source
-    return Envelope(method, args, kwargs, jsonvalue.dumps(args),
+    return Envelope(method, args, kwargs, args_json,
                     jsonvalue.dumps(kwargs) if kwargs else None, origin, None, chain)
 
 

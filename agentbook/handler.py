@@ -162,6 +162,8 @@ async def _invoke(result: Any, ctx: HandlerContext, cls: type, method: str) -> A
 
 async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
     """Make the agent object and run ``on_start``; its writes (if any) become a version."""
+    from .agent import Agent
+
     rt = inst.runtime
     agent = cls.__new__(cls)
     agent._ab_instance = inst
@@ -171,6 +173,9 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
     store = inst.store
     assert store is not None
     ctx = HandlerContext("start")
+    if cls.on_start is Agent.on_start:  # nothing to run, nothing to record
+        inst.started = cls
+        return ctx
     ctx.capture(store)
     store.savepoint()
     inst.ctx = ctx
@@ -337,9 +342,18 @@ def _sched_cols(ctx: HandlerContext) -> tuple[float | None, str | None]:
     return (None, None) if occ is None else (occ.due, occ.id)
 
 
+_SCALARS = (int, str, bool)
+
+
 def _result_json(value: Any) -> str | None:
     if value is None:
         return None
+    if type(value) in _SCALARS:  # the common case, without a freeze
+        try:
+            return jsonvalue.dumps(value) if type(value) is not str or value.isascii() \
+                else jsonvalue.dumps(jsonvalue.freeze(value, "result"))
+        except (TypeError, ValueError):
+            return None
     try:
         return jsonvalue.dumps(jsonvalue.freeze(value, "result"))
     except (TypeError, ValueError):

@@ -297,7 +297,8 @@ class Instance:
         # Durable from here on: the output gate opens.
         crash_point("after-commit-before-reply")
         self.committed = (self.version, self.state, self.state_json)
-        rt._dirty.add(self.key)
+        if rt._analytics is not None:  # only a projection that exists needs to know
+            rt._dirty.add(self.key)
         self.fresh = False
         if scheduled:
             rt.timers.set(self.key, due)

@@ -4,8 +4,9 @@ Layout and why: each agent owns one SQLite file (``agents/<Class>/<name>.db``) i
 mode. Its state, its own tables (named as the agent likes), its key-value data, its
 schedules and its history live in that one file, so everything a handler writes commits
 in one SQLite transaction, atomically, with no cross-file protocol. A hibernated agent
-is one closed file and costs no memory; 100 000 agents are 100 000 small files. New
-stores are written from a pre-built template (one file write instead of a dozen DDL
+is one closed file and costs no memory; 100 000 agents are 100 000 small files (1 KB
+pages keep an empty store at 24 KB; measured, they cost no speed for agent-sized data).
+New stores are written from a pre-built template (one file write instead of a dozen DDL
 statements), which keeps creation cheap.
 
 Writes happen on one connection (the agent's mailbox is the only writer). Reads from
@@ -51,7 +52,7 @@ def _template() -> bytes:
     global _template_cache
     if _template_cache is None:
         conn = apsw.Connection(":memory:")
-        conn.execute("PRAGMA page_size=4096")
+        conn.execute("PRAGMA page_size=1024")  # most agents are small: an empty store is 24 KB
         _migrate(conn)
         data = bytearray(conn.serialize("main"))
         conn.close()
@@ -177,7 +178,8 @@ class AgentStore:
     def set_size_cap(self, max_bytes: int | None) -> None:
         """Cap the file's size (a full cap raises :class:`StoreFullError`)."""
         if max_bytes:
-            pages = max(16, max_bytes // 4096)
+            page = self.conn.execute("PRAGMA page_size").fetchall()[0][0]
+            pages = max(32, max_bytes // page)
             self.conn.execute(f"PRAGMA max_page_count = {int(pages)}")
 
     # -- identity and state -------------------------------------------------------------

@@ -1,0 +1,190 @@
+"""Floors: the work of each benchmark written by hand with the same libraries.
+
+A floor is what a careful programmer would write without agentbook: ``apsw`` (the SQLite
+binding agentbook itself uses), WAL mode, ``synchronous=NORMAL``, the same layout idea
+(one state row per agent, one history row per message carrying the time, method,
+arguments and the state after as JSON), and nothing else: no mailbox, no savepoints,
+no change capture, no events. agentbook is measured against these in the same run.
+
+Floors run synchronously (no event loop): they are the fastest honest way to do the
+work, which is what a floor should be.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+import apsw
+
+__all__ = ["HandAgent", "HandRoundRobin", "LazyRegistry", "create_hand_file"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS state(
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    version INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history(
+    version INTEGER PRIMARY KEY,
+    ts REAL NOT NULL,
+    method TEXT NOT NULL,
+    args TEXT NOT NULL,
+    state TEXT
+);
+"""
+_UPDATE = "UPDATE state SET version = ?, state = ? WHERE id = 1"
+_INSERT = "INSERT INTO history(version, ts, method, args, state) VALUES (?, ?, ?, ?, ?)"
+_dumps = json.dumps
+
+
+def _open(path: str, synchronous: str = "NORMAL") -> apsw.Connection:
+    conn = apsw.Connection(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={synchronous}")
+    return conn
+
+
+def create_hand_file(path: str, synchronous: str = "NORMAL") -> None:
+    """Create one agent's file by hand: schema, state row, first history row; close it.
+
+    This is the floor of agent creation (and of disk per agent).
+    """
+    conn = _open(path, synchronous)
+    conn.execute(_SCHEMA)
+    state = _dumps({"n": 1})
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO state(id, version, state) VALUES (1, 1, ?)", (state,))
+    conn.execute(_INSERT, (1, time.time(), "inc", "[]", state))
+    conn.execute("COMMIT")
+    conn.close()
+
+
+class HandAgent:
+    """One agent as a single SQLite file, written by hand.
+
+    Args:
+        path: The SQLite file (created with the floor's schema).
+        synchronous: ``"NORMAL"`` (durable against a killed process) or ``"FULL"``.
+    """
+
+    def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
+        self.conn = _open(path, synchronous)
+        self.conn.execute(_SCHEMA)
+        rows = self.conn.execute("SELECT version, state FROM state").fetchall()
+        if not rows:
+            self.conn.execute("INSERT INTO state(id, version, state) VALUES (1, 0, ?)",
+                              (_dumps({"n": 0}),))
+            rows = [(0, _dumps({"n": 0}))]
+        self.version: int = rows[0][0]
+        self.state: dict[str, Any] = json.loads(rows[0][1])
+
+    def messages(self, count: int) -> None:
+        """*count* messages, each its own transaction: UPDATE state + INSERT history, COMMIT."""
+        conn = self.conn
+        execute = conn.execute
+        args = _dumps([])
+        for _ in range(count):
+            self.state = {"n": self.state["n"] + 1}
+            text = _dumps(self.state)
+            self.version += 1
+            execute("BEGIN IMMEDIATE")
+            execute(_UPDATE, (self.version, text))
+            execute(_INSERT, (self.version, time.time(), "inc", args, text))
+            execute("COMMIT")
+
+    def burst(self, count: int, batch: int) -> None:
+        """*count* queued messages drained *batch* at a time, one commit per batch.
+
+        Every message still gets its own history row (with the state after it); the
+        state row is written once per batch.
+        """
+        execute = self.conn.execute
+        queue = deque(("inc", _dumps([])) for _ in range(count))
+        while queue:
+            execute("BEGIN IMMEDIATE")
+            text = ""
+            for _ in range(min(batch, len(queue))):
+                method, args = queue.popleft()
+                self.state = {"n": self.state["n"] + 1}
+                text = _dumps(self.state)
+                self.version += 1
+                execute(_INSERT, (self.version, time.time(), method, args, text))
+            execute(_UPDATE, (self.version, text))
+            execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the file."""
+        self.conn.close()
+
+
+class HandRoundRobin:
+    """Many agents, one file each, at most *max_open* files open (least recently used
+    closed first), one transaction per message.
+
+    Args:
+        folder: Where the files live (created).
+        count: How many agents.
+        max_open: How many files may be open at once (the runtime's ``max_open``).
+    """
+
+    def __init__(self, folder: str, count: int, max_open: int) -> None:
+        os.makedirs(folder, exist_ok=True)
+        self.paths = [os.path.join(folder, f"agent-{i}.db") for i in range(count)]
+        for path in self.paths:
+            create_hand_file(path)
+        self.max_open = max_open
+        self.open: OrderedDict[int, list[Any]] = OrderedDict()
+
+    def _get(self, i: int) -> list[Any]:
+        entry = self.open.get(i)
+        if entry is not None:
+            self.open.move_to_end(i)
+            return entry
+        conn = apsw.Connection(self.paths[i], flags=apsw.SQLITE_OPEN_READWRITE)
+        conn.execute("PRAGMA synchronous=NORMAL")
+        version, text = conn.execute("SELECT version, state FROM state").fetchall()[0]
+        entry = self.open[i] = [conn, version, json.loads(text)]
+        while len(self.open) > self.max_open:
+            _, (old, _, _) = self.open.popitem(last=False)
+            old.close()
+        return entry
+
+    def messages(self, count: int, start: int = 0) -> None:
+        """*count* messages to agents ``start, start+1, ...`` (modulo the agent count)."""
+        n_agents = len(self.paths)
+        args = _dumps([])
+        for k in range(start, start + count):
+            entry = self._get(k % n_agents)
+            conn = entry[0]
+            entry[2] = {"n": entry[2]["n"] + 1}
+            text = _dumps(entry[2])
+            entry[1] += 1
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(_UPDATE, (entry[1], text))
+            conn.execute(_INSERT, (entry[1], time.time(), "inc", args, text))
+            conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close every open file."""
+        for conn, _, _ in self.open.values():
+            conn.close()
+        self.open.clear()
+
+
+class LazyRegistry:
+    """The memory floor: agents known by name with their state, nothing else in memory.
+
+    The cheapest in-memory representation of an idle actor (a name and its state), the
+    "lazy actor" line of BENCH.md. A hibernated agentbook agent should cost no more.
+    """
+
+    def __init__(self) -> None:
+        self.agents: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add(self, class_name: str, name: str, state: dict[str, Any]) -> None:
+        """Remember one agent."""
+        self.agents[(class_name, name)] = state
