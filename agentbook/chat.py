@@ -102,6 +102,7 @@ class ChatAgent(Agent):
     async def run_approved_tool(self, tool: str, arguments: dict, call_id: str) -> str:
         """Run a tool a person approved, then let the model follow up (approval target)."""
         turn = _Turn(self)
+        await turn.join_mcp()
         call = {"id": f"{call_id}-approved", "name": tool, "arguments": dict(arguments)}
         turn.store_message({"role": "assistant", "content": "", "tool_calls": [call]})
         result = await turn.execute(call, approved=True)
@@ -137,6 +138,7 @@ class _Turn:
         self.stream: asyncio.Queue | None = self.ctx.extras.get("stream")
         self.client_tools: dict[str, Callable] = self.ctx.extras.get("client_tools") or {}
         self.tools = dict(type(agent)._ab_tools())
+        self.mcp_joined = False
 
     def emit(self, kind: str, **data: Any) -> None:
         if self.inst.runtime.events.active:
@@ -160,14 +162,20 @@ class _Turn:
         self.emit("chat:message", role="user", content=text)
         return await self.loop()
 
+    async def join_mcp(self) -> None:
+        """The agent's MCP tools join this turn's tools (once), prefixed on name clashes."""
+        if self.mcp_joined or not self.store.internal("SELECT 1 FROM _ab_mcp_servers LIMIT 1"):
+            return
+        self.mcp_joined = True
+        for mcp_tool in await self.agent.mcp.chat_tools():
+            name = mcp_tool.name if mcp_tool.name not in self.tools else \
+                f"{mcp_tool.server}_{mcp_tool.name}"
+            mcp_tool.name = name
+            self.tools[name] = mcp_tool
+
     async def loop(self) -> str:
         agent = self.agent
-        if self.store.internal("SELECT 1 FROM _ab_mcp_servers LIMIT 1"):
-            for mcp_tool in await agent.mcp.chat_tools():  # MCP tools join, prefixed on clashes
-                name = mcp_tool.name if mcp_tool.name not in self.tools else \
-                    f"{mcp_tool.server}_{mcp_tool.name}"
-                mcp_tool.name = name
-                self.tools[name] = mcp_tool
+        await self.join_mcp()
         specs = [t.spec() for t in self.tools.values()]
         final = ""
         for step in range(agent.max_steps):

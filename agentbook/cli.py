@@ -5,7 +5,8 @@
     agentbook history CLASS/NAME [--limit N] [--before V]
     agentbook sql "SELECT ..." [--csv | --json]      DuckDB over the views of every agent
     agentbook sql CLASS/NAME "SELECT ..."            a read-only query on one agent's tables
-    agentbook demo [--path P]                        the quickstart, headless, offline
+    agentbook demo [--customers N] [--days D]         a simulated week of a support desk, offline
+    agentbook mcp MODULE:ATTR --agent CLASS/NAME      serve one agent as an MCP server (stdio)
     agentbook bench [...]                            the benchmark suite (agentbook.bench)
 
 Read commands open a store that exists and never create one; they work without the
@@ -127,6 +128,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="the three-agent quickstart instead of the week")
 
     command("bench", lambda args: _bench([]), "run the benchmark suite (agentbook bench -h)")
+    p = command("mcp", _mcp, "serve one agent's @ab.callable methods as MCP tools over stdio")
+    p.add_argument("app", metavar="MODULE:ATTR",
+                   help="an ab.Runtime, an agent class, or a function returning a runtime")
+    p.add_argument("--agent", required=True, metavar="CLASS/NAME",
+                   help="the agent to serve, such as Support/alice")
+    path_option(p)
     return parser
 
 
@@ -307,6 +314,12 @@ def _bench(argv: list[str]) -> int:
         raise UsageError("agentbook.bench has no main(argv) to run; the benchmark suite is "
                          "not finished in this install")
     return run(argv) or 0
+
+
+def _mcp(args: argparse.Namespace) -> int:
+    from .mcp.stdio import run
+
+    return run(args.app, args.agent, args.path)
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -151,6 +151,10 @@ class Instance:
         rt._opened(self)
         if due is not None:
             rt.timers.set(self.key, due)
+        if not self.fresh and store.internal("SELECT 1 FROM _ab_mcp_servers LIMIT 1"):
+            from .mcp.agentside import wake
+
+            wake(self)  # reconnect its MCP servers in the background (never waits or raises)
 
     def close(self) -> None:
         """Hibernate: drop the agent object and close the store."""

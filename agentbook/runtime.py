@@ -430,6 +430,8 @@ class Runtime:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.close()
+        if self._mcp is not None:
+            await self._mcp.wait_closed()
 
     def __enter__(self) -> Runtime:
         return self

@@ -211,10 +211,11 @@ async def test_pending_approvals_survive_a_restart_with_the_same_id_and_expiry(t
     expires = rt.approvals.get(approval_id).expires
     rt.close()  # or the kernel dies: the approval was committed with the handler
     rt2 = ab.Runtime(path, clock=clock)
+    desk = rt2.get(Desk, "restart")  # (re-)running the cell that defines and uses the agent
     again = rt2.approvals.get(approval_id)
     assert again.status == "pending" and again.expires == expires
     assert await rt2.approvals.approve(approval_id) == "refunded o8"
-    assert rt2.get(Desk, "restart").state == {"refunded": ["o8"]}
+    assert desk.state == {"refunded": ["o8"]}
     await rt2.aclose()
 
 
