@@ -7,6 +7,7 @@
     agentbook sql CLASS/NAME "SELECT ..."            a read-only query on one agent's tables
     agentbook demo [--customers N] [--days D]         a simulated week of a support desk, offline
     agentbook mcp MODULE:ATTR --agent CLASS/NAME      serve one agent as an MCP server (stdio)
+    agentbook serve MODULE[:ATTR] [--port P]         agents over HTTP/WebSocket
     agentbook bench [...]                            the benchmark suite (agentbook.bench)
 
 Read commands open a store that exists and never create one; they work without the
@@ -48,6 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: The arguments after the program name (``sys.argv[1:]`` when ``None``).
     """
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given and given[0] == "serve":  # agentbook.serve.cli parses its own arguments
+        from .serve.cli import main as serve_main
+
+        return serve_main(given[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":  # the suite parses its own arguments
         return _guarded(lambda: _bench(argv[1:]))

@@ -39,7 +39,7 @@ class HandlerContext:
     __slots__ = ("approvals", "destroy", "effects", "events", "extras", "occurrence", "outbox",
                  "replay",
                  "sched_dirty", "schema_before", "segments", "session", "source",
-                 "state_changed", "suspended")
+                 "state_after", "state_changed", "suspended")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -48,6 +48,8 @@ class HandlerContext:
         #: Changesets already taken (a schema change such as DROP TABLE ends a session).
         self.segments: list[bytes] = []
         self.state_changed = False
+        #: The state this handler left (set when it changed the state).
+        self.state_after: Any = None
         self.suspended = False
         self.destroy = False
         self.sched_dirty = False
@@ -262,6 +264,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
                         f"{inst.runtime.max_state_bytes} (ab.Runtime(max_state_bytes=...)); "
                         "keep big data in the agent's SQL tables")
                 inst.state_json = state_col = text
+                ctx.state_after = inst.state
             else:
                 ctx.state_changed = False
         result_json = _result_json(result)

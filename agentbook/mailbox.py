@@ -357,7 +357,9 @@ class Instance:
                 rt._emit("rpc", self.key, {"method": env.method, "version": outcome.version,
                                            "source": env.source})
             if ctx.state_changed:
-                rt._emit("state:update", self.key, {"state": self.state, "source": env.source})
+                rt._emit("state:update", self.key, {"state": ctx.state_after,
+                                                    "source": env.source,
+                                                    "version": outcome.version})
         self._flush(ctx)
         if ctx.destroy:
             rt._destroy_later(self.key)

@@ -38,7 +38,8 @@ __all__ = ["ReplayResult", "ReplayStep", "fork", "replay"]
 
 #: History labels of internal versions that replay does not re-run.
 _INTERNAL = frozenset({"on_start", "rewind", "fork", "reject_approval", "expire_approval",
-                       "retry_dead_letter", "drop_dead_letter"})
+                       "retry_dead_letter", "drop_dead_letter", "on_connect", "on_message",
+                       "on_close", "on_request"})
 
 
 @dataclass

@@ -407,6 +407,11 @@ class Runtime:
             self._mcp.close_all()
         if self._router is not None and self._router.index is None:
             self._router.shutdown()
+        if self._server is not None:
+            try:
+                self._server.stop()
+            except Exception:
+                pass
         if self.events.active:
             self.events.emit("runtime:close", None, None, {"path": self.path}, self.clock.now())
         self.closed = True

@@ -1,0 +1,134 @@
+"""The Starlette application: routes, and HTTP requests to agents.
+
+    GET  /                          which agent classes are served
+    POST /_agentbook/ticket         a one-time connect ticket (needs the token)
+    ANY  /agents/{class}/{name}     HTTP: the agent's ``on_request``
+    WS   /agents/{class}/{name}     WebSocket: see :mod:`agentbook.serve.session`
+
+``{class}`` is the class name in kebab case (``SupportAgent`` -> ``support-agent``), as
+Cloudflare's client writes it; the exact class name works too. ``on_request`` runs as
+a handler in the agent's mailbox (one at a time, its writes committed); an agent that
+doesn't override it answers ``GET`` with its state, read without waiting.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route, WebSocketRoute
+
+from .. import jsonvalue
+from ..agent import Agent, _classes
+from ..errors import AgentbookError, UsageError
+from ..mailbox import Envelope
+from .auth import TICKET_PATH
+from .gate import OWN, released
+from .protocol import encode, encode_value
+from .session import AgentSocket
+
+if TYPE_CHECKING:
+    from .handle import Server
+
+__all__ = ["build_app"]
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def build_app(server: Server, *, mcp: bool = False) -> Starlette:
+    """The ASGI app serving *server*'s runtime (the :class:`~.auth.Guard` goes around it)."""
+
+    async def index(request: Request) -> Response:
+        return _json(200, {"agents": server.routes(), "ticket": TICKET_PATH,
+                           "protocol": "cloudflare-agents"})
+
+    async def ticket(request: Request) -> Response:
+        return _json(200, {"ticket": server.ticket(), "expires_in": server.auth.ticket_ttl})
+
+    async def agent(request: Request) -> Response:
+        return await _agent_request(server, request)
+
+    routes: list[Any] = [
+        Route("/", index, methods=["GET"]),
+        Route(TICKET_PATH, ticket, methods=["POST"]),
+        Route("/agents/{agent}/{name}", agent, methods=_METHODS),
+        WebSocketRoute("/agents/{agent}/{name}", AgentSocket(server)),
+    ]
+    if mcp:
+        try:
+            from ..mcp import asgi_app  # type: ignore[import-not-found]
+        except ImportError:
+            raise UsageError("mcp=True needs agentbook's MCP server (agentbook.mcp), which "
+                             "this installation does not have") from None
+        routes.append(Mount("/mcp", app=asgi_app(server.rt)))
+    return Starlette(routes=routes)
+
+
+async def _agent_request(server: Server, request: Request) -> Response:
+    rt = server.rt
+    class_name = server.resolve(request.path_params["agent"])
+    if class_name is None:
+        return _json(404, {"error": f"no agent class is served as {request.path_params['agent']!r}; "
+                                    f"served: {', '.join(server.routes()) or '(none)'}"})
+    try:
+        ref = rt.get(class_name, request.path_params["name"])
+    except AgentbookError as exc:
+        return _json(400, {"error": str(exc)})
+    cls = _classes[class_name]
+    if cls.on_request is Agent.on_request:
+        if request.method in ("GET", "HEAD"):
+            return _json(200, {"name": ref.name, "state": ref.state})
+        return _json(405, {"error": f"{class_name} has no on_request hook; GET returns its "
+                                    "state, and WebSocket clients can call its methods"},
+                     headers={"allow": "GET, HEAD"})
+    if not await _read_body(request, server.max_message):
+        return _json(413, {"error": f"the body is over the limit of {server.max_message} bytes"})
+    env = Envelope("on_request", (request,), {},
+                   encode([{"method": request.method, "path": request.url.path}]), None,
+                   f"http:{request.method}", label="on_request")
+    env.extras = {OWN: True}
+    try:
+        result = await rt._submit(ref._ab_key, env)
+    except Exception as exc:
+        return _json(500, {"error": str(exc), "errorType": type(exc).__name__})
+    released(env)
+    return _response(result)
+
+
+async def _read_body(request: Request, limit: int) -> bool:
+    """Read the body up front (so the hook never waits on the network); ``False`` if too big."""
+    try:
+        if int(request.headers.get("content-length") or 0) > limit:
+            return False
+    except ValueError:
+        return False
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return False
+        chunks.append(chunk)
+    request._body = b"".join(chunks)
+    return True
+
+
+def _response(result: Any) -> Response:
+    if isinstance(result, Response):
+        return result
+    if result is None:
+        return Response(status_code=204)
+    if isinstance(result, str):
+        return Response(result, media_type="text/plain; charset=utf-8")
+    if isinstance(result, (bytes, bytearray)):
+        return Response(bytes(result), media_type="application/octet-stream")
+    try:
+        return Response(encode_value(result, "response"), media_type="application/json")
+    except (TypeError, ValueError) as exc:
+        return _json(500, {"error": f"on_request returned something that is not JSON: {exc}"})
+
+
+def _json(status: int, body: Any, headers: dict | None = None) -> Response:
+    return Response(encode(jsonvalue.freeze(body, "response")), status_code=status,
+                    media_type="application/json", headers=headers)

@@ -1,0 +1,311 @@
+"""``rt.serve()``: start the server in the background and hand back a :class:`Server`.
+
+The socket is bound at once (so ``server.url`` is known even with ``port=0``), then
+uvicorn serves the Starlette app as a task on the running event loop - the kernel's,
+in a notebook - without touching signal handlers or logging configuration.
+
+The server keeps the open connections per agent. Committed state changes reach them
+through ``rt.events`` (``state:update``, subscribed only while someone is connected) and
+``self.broadcast`` through the runtime's broadcast hooks; both run synchronously at the
+output gate, so every client sees every change, in commit order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from ..agent import Agent, _classes
+from ..errors import UsageError
+from .auth import TICKET_PATH, Auth, Guard, check_bind, redact_uvicorn_logs
+from .protocol import STATE, Connection, encode, kebab
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
+
+__all__ = ["Server", "serve"]
+
+log = logging.getLogger("agentbook.serve")
+
+Key = tuple[str, str]
+
+
+class Server:
+    """A running server (what ``rt.serve()`` returns).
+
+    Attributes:
+        url: ``http://127.0.0.1:PORT``.
+        token: The secret clients send (``Authorization: Bearer <token>``). Never shown
+            in the server's ``repr``.
+        port: The port it listens on.
+    """
+
+    def __init__(self, rt: Runtime, auth: Auth, host: str, port: int,
+                 classes: Iterable[type[Agent] | str] | None, max_message: int) -> None:
+        self.rt = rt
+        self.auth = auth
+        self.host = host
+        self.port = port
+        self.max_message = max_message
+        self._allowed = None if classes is None else {
+            c if isinstance(c, str) else c.__name__ for c in classes}
+        self._conns: dict[Key, dict[str, Connection]] = {}
+        #: The state object last sent per agent: one batch's events may repeat it.
+        self._sent: dict[Key, Any] = {}
+        self._count = 0
+        self._unsubscribe: Any = None
+        self._routes: tuple[int, dict[str, str]] = (-1, {})
+        self._uvicorn: Any = None
+        self._task: asyncio.Task | None = None
+        self._stopping: asyncio.Task | None = None
+
+    # -- the public handle ---------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """The server's base URL."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def token(self) -> str:
+        """The token clients must send."""
+        return self.auth.token
+
+    @property
+    def running(self) -> bool:
+        """Whether the server is serving (not stopped or stopping)."""
+        return self._task is not None and not self._task.done() and self._stopping is None
+
+    def url_for(self, agent: type[Agent] | str, name: str) -> str:
+        """The HTTP URL of one agent (``ab.connect`` takes it; ``ws://`` is the same path)."""
+        class_name = agent if isinstance(agent, str) else agent.__name__
+        return f"{self.url}/agents/{kebab(class_name)}/{quote(name, safe='')}"
+
+    def ticket(self) -> str:
+        """A one-time ticket for a client that cannot send headers (``?ticket=...``)."""
+        return self.auth.issue()
+
+    def connections_of(self, key: Key) -> list[Connection]:
+        """The open connections to agent *key* ``(class name, name)``."""
+        conns = self._conns.get(key)
+        return [] if not conns else [c for c in conns.values() if not c.closed]
+
+    @property
+    def connections(self) -> int:
+        """How many WebSocket clients are connected."""
+        return self._count
+
+    def stop(self) -> asyncio.Task:
+        """Stop serving: open connections are closed (1012), then the socket.
+
+        Returns a task; ``await server.stop()`` waits until everything is closed."""
+        if self._stopping is None:
+            if self._uvicorn is not None:
+                self._uvicorn.should_exit = True
+            self._stopping = asyncio.ensure_future(self._stopped())
+        return self._stopping
+
+    async def wait(self) -> None:
+        """Wait until the server stops (for scripts and the CLI)."""
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (f"<agentbook server {self.url} {state}, {self._count} connections; "
+                "token in server.token>")
+
+    def _repr_html_(self) -> str:
+        return (f"<div><b>agentbook server</b> at <code>{self.url}</code> "
+                f"({'running' if self.running else 'stopped'}, {self._count} connections; "
+                "the token is in <code>server.token</code>)</div>")
+
+    # -- routing -------------------------------------------------------------------------
+    def resolve(self, segment: str) -> str | None:
+        """The class name a URL segment names (its kebab-case form, or the name itself)."""
+        size, table = self._routes
+        if size != len(_classes):
+            table = {}
+            for name in _classes:
+                if self._allowed is None or name in self._allowed:
+                    table.setdefault(kebab(name), name)
+                    table[name] = name
+            self._routes = (len(_classes), table)
+        return table.get(segment)
+
+    def routes(self) -> list[str]:
+        """The kebab-case names of the agent classes this server routes to."""
+        self.resolve("")
+        return sorted({kebab(name) for name in self._routes[1].values()})
+
+    # -- connections ----------------------------------------------------------------------
+    def add(self, conn: Connection) -> None:
+        """Register an accepted connection (it gets every state change from now on)."""
+        self._conns.setdefault(conn.agent, {})[conn.id] = conn
+        self._count += 1
+        if self._unsubscribe is None:
+            self._unsubscribe = self.rt.events.subscribe(self._on_state, types="state:update")
+
+    def remove(self, conn: Connection) -> None:
+        """Forget a connection that went away."""
+        conns = self._conns.get(conn.agent)
+        if conns is None or conns.get(conn.id) is not conn:
+            return
+        del conns[conn.id]
+        if not conns:
+            del self._conns[conn.agent]
+            self._sent.pop(conn.agent, None)
+        self._count -= 1
+        if self._count == 0 and self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+    def _on_state(self, event: dict) -> None:
+        key = (event["agent"], event["name"])
+        conns = self._conns.get(key)
+        state = event["payload"]["state"]
+        if conns and self._sent.get(key) is not state:
+            self._sent[key] = state
+            text = encode({"type": STATE, "state": state})
+            for conn in list(conns.values()):
+                conn.frame(text)
+
+    def _on_broadcast(self, key: Key, message: Any, exclude: list) -> None:
+        conns = self._conns.get(key)
+        if not conns:
+            return
+        skip = {getattr(e, "id", e) for e in exclude}
+        text = message if isinstance(message, str) else encode(message)
+        for conn in list(conns.values()):
+            if conn.id not in skip:
+                conn.frame(text)
+
+    async def _stopped(self) -> None:
+        try:
+            if self._task is not None:
+                await asyncio.shield(self._task)
+        except Exception:
+            pass  # already logged by _report_crash
+        finally:
+            self._detach()
+
+    def _detach(self) -> None:
+        hooks = self.rt._broadcast_hooks
+        if self._on_broadcast in hooks:
+            hooks.remove(self._on_broadcast)
+        if self.rt._server is self:
+            self.rt._server = None
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+
+
+def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | None = None,
+          allow_remote: bool = False, mcp: bool = False, allow_origins: Iterable[str] = (),
+          allow_hosts: Iterable[str] = (), classes: Iterable[type[Agent] | str] | None = None,
+          ticket_ttl: float = 30.0, max_message: int = 1 << 20, compression: bool = False,
+          log_level: str = "warning") -> Server:
+    """Serve *rt*'s agents over HTTP and WebSocket in the background (see ``rt.serve``).
+
+    Args:
+        rt: The runtime whose agents are served.
+        port: The port; ``0`` picks a free one (read ``server.url``).
+        host: The address to bind; loopback unless ``allow_remote``.
+        token: The secret clients send; a random one when ``None``.
+        allow_remote: Allow binding beyond loopback (needs a ``token`` you chose).
+        mcp: Also serve the agents' callable methods as MCP tools at ``/mcp``.
+        allow_origins: Browser origins (``"http://localhost:5173"``) allowed besides the
+            server's own; ``"*"`` allows any.
+        allow_hosts: ``Host`` names accepted besides loopback and *host* (``"*"``: any).
+        classes: Serve only these agent classes (default: every class defined).
+        ticket_ttl: Seconds a connect ticket stays valid.
+        max_message: Largest WebSocket message or HTTP body accepted, in bytes.
+        compression: Negotiate permessage-deflate (off: loopback doesn't need it).
+        log_level: uvicorn's log level.
+
+    Returns:
+        The running :class:`Server`.
+
+    Raises:
+        UsageError: not called from a running event loop, already serving, or a remote
+            bind without ``allow_remote`` and a token.
+    """
+    check_bind(host, allow_remote, token)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise UsageError("rt.serve() runs in the background of a running event loop: call it "
+                         "from a notebook cell or async code, or use `agentbook serve`") from None
+    if rt._server is not None and rt._server.running:
+        raise UsageError(f"this runtime is already served at {rt._server.url}; "
+                         "stop it first (await server.stop())")
+    rt._check_open()
+    try:
+        import uvicorn
+    except ImportError:
+        raise UsageError("serving needs starlette and uvicorn: pip install 'agentbook[serve]'") from None
+    from .app import build_app
+
+    auth = Auth(token, rt.clock, ticket_ttl)
+    server = Server(rt, auth, host, 0, classes, max_message)
+    app = build_app(server, mcp=mcp)
+    try:
+        sock = _listen(host, port)
+    except OSError as exc:
+        raise UsageError(f"can't listen on {host}:{port}: {exc.strerror}; pick another port") from None
+    server.port = sock.getsockname()[1]
+    guard = Guard(app, auth, server.port, [host, *allow_hosts], allow_origins)
+    config = uvicorn.Config(
+        guard, lifespan="off", log_config=None, log_level=log_level, access_log=False,
+        ws="websockets-sansio", ws_max_size=max(4 * max_message, 1 << 16),
+        ws_per_message_deflate=compression, proxy_headers=False, server_header=False,
+        timeout_graceful_shutdown=5,
+    )
+    redact_uvicorn_logs()
+    server._uvicorn = _quiet_uvicorn()(config)
+    server._task = loop.create_task(server._uvicorn.serve(sockets=[sock]))
+    server._task.add_done_callback(_report_crash)
+    rt._server = server
+    rt._broadcast_hooks.append(server._on_broadcast)
+    log.info("serving %s (tickets at %s)", server.url, TICKET_PATH)
+    return server
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket. Made with ``IPPROTO_TCP`` so that asyncio switches Nagle off
+    on every accepted connection (``socket.create_server`` leaves the protocol at 0, and a
+    state frame followed by an RPC result would then wait for a delayed ACK: 40 ms)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _report_crash(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the agentbook server stopped with an error", exc_info=task.exception())
+
+
+def _quiet_uvicorn() -> type:
+    import uvicorn
+
+    class Quiet(uvicorn.Server):
+        """uvicorn without its signal handlers (the kernel owns SIGINT)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Any:
+            yield
+
+    return Quiet
