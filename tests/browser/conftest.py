@@ -32,7 +32,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 REPO = Path(__file__).resolve().parents[2]
-NOTEBOOK = REPO / "notebooks" / "03_human_in_the_loop.ipynb"
+NOTEBOOK = REPO / "notebooks" / "04_human_in_the_loop.ipynb"
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 

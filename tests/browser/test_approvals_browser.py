@@ -1,6 +1,6 @@
 """Approve and reject by clicking in real browsers, then check the kernel and the store.
 
-``notebooks/03_human_in_the_loop.ipynb`` runs in JupyterLab (Run All) and in Voila; a
+``notebooks/04_human_in_the_loop.ipynb`` runs in JupyterLab (Run All) and in Voila; a
 person's clicks on the inbox's Approve and Reject buttons must reach the kernel, run the
 approved refund exactly once and record the rejection with its reason, durably.
 """
