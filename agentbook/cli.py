@@ -7,6 +7,7 @@
     agentbook sql CLASS/NAME "SELECT ..."            a read-only query on one agent's tables
     agentbook demo [--customers N] [--days D]         a simulated week of a support desk, offline
     agentbook mcp MODULE:ATTR --agent CLASS/NAME      serve one agent as an MCP server (stdio)
+    agentbook doctor [--check-stores] [--path P]     check the environment and the stores
     agentbook serve MODULE[:ATTR] [--port P]         agents over HTTP/WebSocket
     agentbook bench [...]                            the benchmark suite (agentbook.bench)
 
@@ -134,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="the three-agent quickstart instead of the week")
 
     command("bench", lambda args: _bench([]), "run the benchmark suite (agentbook bench -h)")
+    p = command("doctor", _doctor, "check the environment (and with --check-stores, every "
+                                   "store) and say what to fix")
+    p.add_argument("--check-stores", action="store_true",
+                   help="also check every store in --path: integrity and history hash chains")
+    path_option(p)
     p = command("mcp", _mcp, "serve one agent's @ab.callable methods as MCP tools over stdio")
     p.add_argument("app", metavar="MODULE:ATTR",
                    help="an ab.Runtime, an agent class, or a function returning a runtime")
@@ -320,6 +326,23 @@ def _bench(argv: list[str]) -> int:
         raise UsageError("agentbook.bench has no main(argv) to run; the benchmark suite is "
                          "not finished in this install")
     return run(argv) or 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .envcheck import check_environment, format_checks
+
+    checks = check_environment(args.path)
+    print(format_checks(checks))
+    status = 1 if any(c["required"] and not c["ok"] for c in checks) else 0
+    if args.check_stores:
+        from .doctor import check_stores, exit_status, format_report
+
+        if not os.path.isdir(args.path):
+            raise UsageError(f"no store folder at {args.path}; give --path the runtime's folder")
+        results = check_stores(args.path)
+        print(format_report(results))
+        status = max(status, exit_status(results))
+    return status
 
 
 def _mcp(args: argparse.Namespace) -> int:
