@@ -63,7 +63,7 @@ def check_environment(path: str = ".agentbook") -> list[dict[str, Any]]:
     add(widgets is not None and _tuple(widgets) >= (8,), "ipywidgets", widgets or "not installed",
         "pip install 'ipywidgets>=8'")
     lab = _version("jupyterlab") or _version("notebook") or _version("voila")
-    add(lab is not None, "a widgets front end", lab and f"found ({lab})" or "none found",
+    add(lab is not None, "a widgets front end", (lab and f"found ({lab})") or "none found",
         "pip install jupyterlab (or notebook 7, or voila) to click the approval inbox",
         required=False)
     apsw_version = _version("apsw")

@@ -20,9 +20,17 @@ from typing import Any
 
 import agentbook as ab
 
+from .analytics import bench_analytics
+from .approval import bench_approvals
+from .chatbench import bench_chat
+from .cron import bench_cron_day, bench_lateness
 from .floors import HandAgent, HandRoundRobin
+from .raybench import NAMES as RAY_NAMES
+from .raybench import bench_ray
 from .report import Result, Target
+from .schedules import bench_schedules
 from .timing import Sizes, check, interleave, rate
+from .travel import bench_time_travel
 
 __all__ = ["GROUPS", "BenchCounter", "Sizes", "run_suite", "select_groups"]
 
@@ -253,6 +261,16 @@ GROUPS: dict[str, tuple[Callable[[Sizes, str], Awaitable[list[Result]]], tuple[s
     "hibernated_memory": (bench_memory, ("hibernated_memory", "hibernated_disk", "agent_creation")),
     "events_overhead": (bench_events, ("events_overhead",)),
     "import_time": (bench_import, ("import_time",)),
+    "schedules": (bench_schedules, ("schedules_pending_memory", "schedule_add_cost")),
+    "cron_day_firings": (bench_cron_day, ("cron_day_firings",)),
+    "lateness_real_clock": (bench_lateness, ("lateness_real_clock_p50",
+                                             "lateness_real_clock_p99")),
+    "approval_round_trip": (bench_approvals, ("approval_round_trip", "approval_vs_langgraph")),
+    "time_travel": (bench_time_travel, ("at_state_ms", "at_sql_ms", "rewind_ms", "fork_ms",
+                                        "at_state_vs_langgraph", "at_state_vs_langgraph_filter")),
+    "ray_msgs": (bench_ray, RAY_NAMES),
+    "chat_turn": (bench_chat, ("chat_turn",)),
+    "analytics": (bench_analytics, ("catchup_rows_per_s", "p99_by_method_ms")),
 }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import apsw
 
-__all__ = ["HandAgent", "HandRoundRobin", "LazyRegistry", "create_hand_file"]
+__all__ = ["HandAgent", "HandApproval", "HandRoundRobin", "LazyRegistry", "create_hand_file"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state(
@@ -119,6 +119,56 @@ class HandAgent:
     def close(self) -> None:
         """Close the file."""
         self.conn.close()
+
+
+class HandApproval(HandAgent):
+    """A durable approval written by hand: three commits per round trip.
+
+    1. the request: a pending approval row (the exact arguments, under a SHA-256 digest)
+       and a history row;
+    2. the decision: the row is marked approved, only if it is still pending;
+    3. the approved method: the state row, a history row and the approval's result.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.conn.execute("CREATE TABLE IF NOT EXISTS approvals(id TEXT PRIMARY KEY, method TEXT,"
+                          " args TEXT, digest TEXT, status TEXT, decided_by TEXT,"
+                          " decided_at REAL, result TEXT)")
+        self.count = 0
+
+    def round_trip(self, amount: int = 1) -> int:
+        """Request, approve, run ``refund(amount)``; returns the new total."""
+        import hashlib
+
+        execute = self.conn.execute
+        self.count += 1
+        approval_id = f"ap-{self.count}"
+        args = _dumps({"amount": amount})
+        digest = hashlib.sha256(f"refund{args}".encode()).hexdigest()
+        execute("BEGIN IMMEDIATE")
+        execute("INSERT INTO approvals(id, method, args, digest, status) VALUES (?,?,?,?,'pending')",
+                (approval_id, "refund", args, digest))
+        self.version += 1
+        execute(_INSERT, (self.version, time.time(), "propose", args, None))
+        execute("COMMIT")
+        execute("BEGIN IMMEDIATE")
+        execute("UPDATE approvals SET status = 'approved', decided_by = ?, decided_at = ?"
+                " WHERE id = ? AND status = 'pending'", ("bench", time.time(), approval_id))
+        execute("COMMIT")
+        execute("BEGIN IMMEDIATE")
+        method, stored, check = execute("SELECT method, args, digest FROM approvals WHERE id = ?",
+                                        (approval_id,)).fetchall()[0]
+        if hashlib.sha256(f"{method}{stored}".encode()).hexdigest() != check:
+            raise RuntimeError("tampered approval")
+        self.state = {"n": self.state["n"] + json.loads(stored)["amount"]}
+        text = _dumps(self.state)
+        self.version += 1
+        execute(_UPDATE, (self.version, text))
+        execute(_INSERT, (self.version, time.time(), method, stored, text))
+        execute("UPDATE approvals SET result = ? WHERE id = ?", (str(self.state["n"]), approval_id))
+        execute("COMMIT")
+        return self.state["n"]
 
 
 class HandRoundRobin:
