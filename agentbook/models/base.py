@@ -93,10 +93,13 @@ class Model:
                      tools: list[dict[str, Any]] | None = None,
                      **options: Any) -> AsyncIterator[Chunk]:
         """Answer *messages* piece by piece; the last chunk carries the full response."""
+        import asyncio
+
         response = await self.complete(messages, tools, **options)
         words = response.content.split(" ")
         for i, word in enumerate(words):
             yield Chunk(word if i == 0 else " " + word)
+            await asyncio.sleep(0)  # let a chat box draw each word
         yield Chunk("", response)
 
     async def aclose(self) -> None:

@@ -34,7 +34,7 @@ _STOP = frozenset([
     "give", "tell", "show", "from", "about", "some", "any",
 ])
 _WORD = re.compile(r"[a-z0-9]+")
-_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?(?![\w.])")
+_NUMBER = re.compile(r"(?<![\w.-])-?\d+(?:\.\d+)?(?![\w.])")  # not the digits of "o-17"
 _ID = re.compile(r"\b[A-Za-z]{1,6}-?\d+[A-Za-z0-9-]*\b")
 _QUOTED = re.compile(r"[\"“']([^\"”']+)[\"”']")
 
