@@ -1,9 +1,13 @@
 """Notebook faces of agentbook: ipywidgets views over the runtime's state.
 
-Imported lazily (``rt.approvals`` displayed, ``ref.widget()``), so ``import agentbook``
-never pays for ipywidgets.
+Imported lazily (``rt.approvals`` displayed, ``ref.widget()``, ``ref.timeline()``,
+``ref.chat_widget()``), so ``import agentbook`` never pays for ipywidgets.
 """
 
 from .approvals import ApprovalInbox, approval_widget, inbox_widget
+from .chat import ChatWidget, chat_widget
+from .inspector import inspector_widget
+from .timeline import TimelineWidget, timeline_widget
 
-__all__ = ["ApprovalInbox", "approval_widget", "inbox_widget"]
+__all__ = ["ApprovalInbox", "ChatWidget", "TimelineWidget", "approval_widget", "chat_widget",
+           "inbox_widget", "inspector_widget", "timeline_widget"]
