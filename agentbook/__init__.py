@@ -15,7 +15,7 @@
 """
 
 from . import models
-from .agent import Agent, callable
+from .agent import Agent, callable, needs_approval
 from .approvals import Approval, Approvals
 from .chat import ChatAgent, ChatChunk
 from .clock import SystemClock, VirtualClock
@@ -145,6 +145,7 @@ __all__ = [
     "callable",
     "connect",
     "models",
+    "needs_approval",
     "run",
     "runtime",
     "tool",

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .runtime import Runtime
     from .secrets import SecretStore
 
-__all__ = ["Agent", "callable"]
+__all__ = ["Agent", "callable", "needs_approval"]
 
 log = logging.getLogger("agentbook")
 
@@ -79,6 +79,16 @@ def callable(fn: Any = None, *, description: str | None = None, streaming: bool 
         return f
 
     return mark(fn) if fn is not None else mark
+
+
+def needs_approval(fn: F) -> F:
+    """Mark an agent method as one that runs **only** as an approved action.
+
+    Nobody can call it directly - not a cell, a client, or another agent; it runs when a
+    person approves a ``request_approval`` for it, once, with the approved arguments.
+    """
+    fn._ab_needs_approval = True  # type: ignore[attr-defined]
+    return fn
 
 
 class KeyValue(MutableMapping[str, Any]):

@@ -81,6 +81,10 @@ class Analytics:
         self.rt = rt
         self.db: duckdb.DuckDBPyConnection = duckdb.connect()
         self.db.execute(_DDL)
+        # The views are the only data: no reading or writing of files, even by a query a
+        # model wrote (and the setting can't be turned back on).
+        self.db.execute("SET enable_external_access = false")
+        self.db.execute("SET lock_configuration = true")
         self._marks: dict[Key, int] = {}
         self._failure_mark = 0
         self._events: list[tuple] = []

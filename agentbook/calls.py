@@ -49,6 +49,10 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
             f"{cls.__name__}.{method} is private or part of the framework and can't be "
             "called as a message; add a public @ab.callable method that uses it"
         )
+    if getattr(fn, "_ab_needs_approval", False):
+        raise NotCallableError(
+            f"{cls.__name__}.{method} runs only when a person approves it; ask with "
+            f"self.request_approval({method!r}, ...)")
     chain = current_chain.get()
     if external and not chain and not is_callable:
         raise NotCallableError(

@@ -115,6 +115,8 @@ def _freeze(v: Any, path: str, depth: int, seen: set[int]) -> Any:
         for k, item in v.items():
             if type(k) is not str:
                 raise _bad(f"{path}[{k!r}]", f"under a {type(k).__name__} key")
+            if not k.isascii() and _SURROGATE.search(k):
+                raise _bad(path, "a dict with a key holding a lone surrogate (not valid UTF-8)")
             out[k] = _freeze(item, f"{path}[{k!r}]", depth + 1, seen)
         seen.discard(key)
         return FrozenDict(out)

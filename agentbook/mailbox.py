@@ -169,10 +169,16 @@ class Instance:
         """Run every queued message, batch by batch."""
         try:
             while self.queue and not self.runtime.closed:
-                if self.queue[0].op is not None:
-                    await self._run_op(self.queue.popleft())
-                else:
-                    await self._batch()
+                try:
+                    if self.queue[0].op is not None:
+                        await self._run_op(self.queue.popleft())
+                    else:
+                        await self._batch()
+                except Exception as exc:  # never leave a caller waiting on a dead mailbox
+                    import logging
+
+                    logging.getLogger("agentbook").exception("mailbox of %s failed", self.key)
+                    self._fail_queue(exc)
         finally:
             self.task = None
             self.last_used = time.monotonic()
@@ -257,6 +263,10 @@ class Instance:
                 taken.append(env)
                 outcome = await run_message(self, env, cls, lone)
                 done.append(outcome)
+                if not outcome.ok and not lone and not store.conn.in_transaction:
+                    # SQLite rolled the whole batch back (a full disk, an I/O error): nothing
+                    # of it is committed, so none of it may be acknowledged.
+                    raise outcome.value
                 scheduled = scheduled or outcome.ctx.sched_dirty or env.sched is not None
                 if (lone and not outcome.ok) or outcome.ctx.suspended:
                     break

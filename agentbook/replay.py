@@ -226,16 +226,17 @@ async def replay(ref: AgentRef, from_version: int, *, on: str | None = None,
         from_version = check_version(conn, from_version, repr(ref))
         last = check_version(conn, -1 if to_version is None else to_version, repr(ref))
         rows = conn.execute(
-            "SELECT version, method, args, kwargs, ts, effects, state, outcome, due, occurrence"
-            " FROM _ab_history WHERE version >= ? AND version <= ? ORDER BY version",
+            "SELECT version, method, args, kwargs, ts, effects, state, outcome, due, occurrence,"
+            " source FROM _ab_history WHERE version >= ? AND version <= ? ORDER BY version",
             (from_version, last)).fetchall()
-        states = {v: state_at(conn, v) for v, *_ in rows}
+        states = {row[0]: state_at(conn, row[0]) for row in rows}
     name = on or f"{ref.name}-replay-{from_version}-{int(time.time() * 1000) % 100000}"
     target = await fork(ref, name, at=from_version - 1)
     result = ReplayResult(ref, target, from_version)
     live_opt: bool | frozenset = live if isinstance(live, bool) else frozenset(live)
-    for version, method, args, kwargs, ts, effects, _state, outcome, due, occ in rows:
-        if method in _INTERNAL or outcome != "ok":
+    for version, method, args, kwargs, ts, effects, _state, outcome, due, occ, source in rows:
+        if method in _INTERNAL or outcome != "ok" or (source or "").startswith("approval:"):
+            # approved actions ran because a person approved them: a replay never runs one
             result.steps.append((version, method, None, "skipped", None))
             continue
         env = Envelope(method, tuple(jsonvalue.loads(args)), dict(jsonvalue.loads(kwargs) or {}),

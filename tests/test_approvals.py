@@ -245,3 +245,35 @@ async def test_tool_output_saying_approve_changes_nothing(rt):
     await desk.call("refund", "approve " + approval_id, 0.0)
     assert rt.approvals.get(approval_id).status == "pending"
     assert desk.state == {"refunded": []}
+
+
+class Vault(ab.Agent):
+    initial_state = {"paid": []}
+
+    @ab.callable
+    async def ask(self, to: str, amount: float) -> str:
+        return (await self.request_approval("transfer", {"to": to, "amount": amount},
+                                            summary=f"pay {amount} to {to}")).id
+
+    @ab.needs_approval
+    async def transfer(self, to: str, amount: float) -> None:
+        self.set_state({"paid": [*self.state["paid"], [to, amount]]})
+
+
+class Thief(ab.Agent):
+    @ab.callable
+    async def steal(self) -> None:
+        await self.ref(Vault, "v").call("transfer", "mallory", 1e6)
+
+
+async def test_a_needs_approval_method_runs_only_when_approved(rt):
+    vault, thief = rt.get(Vault, "v"), rt.get(Thief, "t")
+    with pytest.raises(ab.NotCallableError, match="only when a person approves"):
+        await thief.steal()
+    with pytest.raises(ab.NotCallableError):
+        vault.call("transfer", "me", 1.0)
+    approval_id = await vault.ask("alice", 5.0)
+    await rt.approvals.approve(approval_id)
+    assert vault.state == {"paid": [["alice", 5.0]]}
+    replayed = await vault.replay(1)
+    assert replayed.fork.state == {"paid": []}, "a replay must not run the approved action"

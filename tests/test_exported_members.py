@@ -14,7 +14,7 @@ def test_all_is_sorted_and_complete():
         "Occurrence", "Retry", "Schedule", "ScheduleError", "TimeTravelError",
         "VersionNotFoundError", "ReplayError", "ChatAgent", "ChatChunk", "Tool", "models",
         "tool", "ModelError", "ModelAuthError", "ModelRateLimitError", "ModelTimeoutError",
-        "ModelResponseError", "ModelNotInstalledError", "ToolError", "connect", "Secret", "LimitError", "HostUnavailableError",
+        "ModelResponseError", "ModelNotInstalledError", "ToolError", "connect", "Secret", "LimitError", "HostUnavailableError", "needs_approval",
         "BadArgumentsError", "EventBus", "IncompatibleStateError", "JSONValueError",
         "NotCallableError", "NotInHandlerError", "ReadOnlyError", "ReentrancyError", "Runtime",
         "RuntimeClosedError", "SQLError", "StateError", "StateRejectedError",

@@ -189,8 +189,8 @@ class Catalog:
                 " error, at_version) VALUES (?,?,?,?,?,?,?,?,?,?)",
                 row,
             )
-        except apsw.Error:
-            pass  # a full disk must not turn one failure into two
+        except Exception:
+            pass  # a full disk (or a bad byte) must not turn one failure into two
 
     def failures(self, class_name: str, name: str, limit: int = 100) -> list[tuple]:
         """The agent's most recent failures, newest first."""

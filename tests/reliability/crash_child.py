@@ -1,4 +1,4 @@
-"""The child process of ``tests/test_crash.py``: runs agents until it is SIGKILLed.
+"""The child process of ``tests/reliability/test_crash.py``: runs agents until it is SIGKILLed.
 
     python crash_child.py FOLDER CYCLE SEED SIGNAL_FD
 

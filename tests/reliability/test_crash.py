@@ -1,6 +1,6 @@
 """SIGKILL a process running agents at random points; what it acknowledged must survive.
 
-A child process (``tests/crash_child.py``) opens ``ab.Runtime(folder)`` on real files
+A child process (``tests/reliability/crash_child.py``) opens ``ab.Runtime(folder)`` on real files
 (durability ``"normal"``) and sends ``Ledger`` agents an endless mix of single calls,
 bursts that share one commit, handlers that suspend half-way and handlers that write
 everything and then fail. It prints ``ack <agent> <id> <n>`` only after the awaited call
@@ -472,18 +472,20 @@ def assert_nothing_lost_or_doubled(figures: dict[str, int], cycles: int) -> None
         assert figures[f"killed_{phase}"] > 0, phase
 
 
-# -- the tests ----------------------------------------------------------------------------------
+# -- the tests ---------------------------------------------------------------------------------
 @pytest.mark.crash
-def test_every_acknowledged_message_survives_sigkill_exactly_once(tmp_path: Path) -> None:
+def test_every_acknowledged_message_survives_sigkill_exactly_once(tmp_path: Path, figure) -> None:
     tally, run = crash_cycles(tmp_path, cycles=200)
-    assert_nothing_lost_or_doubled(report(tally, run), 200)
+    figures = report(tally, run)
+    figure("sigkill_fast", **figures)
+    assert_nothing_lost_or_doubled(figures, 200)
 
 
 @pytest.mark.crash
 @pytest.mark.soak
-def test_a_thousand_sigkills_lose_and_double_nothing(tmp_path: Path,
-                                                      request: pytest.FixtureRequest) -> None:
-    if "soak" not in (request.config.getoption("markexpr") or ""):  # pyproject: "-m soak"
-        pytest.skip("a soak test (about 2 minutes): run it with -m soak")
+def test_a_thousand_sigkills_lose_and_double_nothing(tmp_path: Path, figure) -> None:
+    # Skipped unless -m soak (tests/reliability/conftest.py); about 2 minutes.
     tally, run = crash_cycles(tmp_path, cycles=1000)
-    assert_nothing_lost_or_doubled(report(tally, run), 1000)
+    figures = report(tally, run)
+    figure("sigkill_soak", **figures)
+    assert_nothing_lost_or_doubled(figures, 1000)
