@@ -110,16 +110,13 @@ async def bench_ray(sz: Sizes, folder: str) -> list[Result]:
     except ImportError:
         return _skip("Ray is not installed; pip install 'agentbook[ray]' to measure the backend")
     started = not ray.is_initialized()
+    init = "Ray was already running"
     if started:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         t0 = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  namespace="agentbook")
-        if sz.progress:
-            import sys
-
-            print(f"  ray.init took {time.perf_counter() - t0:.1f} s", file=sys.stderr,
-                  flush=True)
+        init = f"ray.init took {time.perf_counter() - t0:.1f} s"
     rt = None
     bare = None
     try:
@@ -127,7 +124,7 @@ async def bench_ray(sz: Sizes, folder: str) -> list[Result]:
                         durability="normal")
         bare = ray.remote(num_cpus=0)(BareHost).remote(os.path.join(folder, "bare.db"))
         await bare.ready.remote()
-        return await _measure(sz, rt, bare)
+        return await _measure(sz, rt, bare, init)
     finally:
         if rt is not None:
             rt.close()
@@ -137,7 +134,7 @@ async def bench_ray(sz: Sizes, folder: str) -> list[Result]:
             ray.shutdown()
 
 
-async def _measure(sz: Sizes, rt: ab.Runtime, bare: Any) -> list[Result]:
+async def _measure(sz: Sizes, rt: ab.Runtime, bare: Any, init: str) -> list[Result]:
     from .core import BenchCounter
 
     router = rt._router
@@ -165,8 +162,9 @@ async def _measure(sz: Sizes, rt: ab.Runtime, bare: Any) -> list[Result]:
 
     import ray
 
-    pids = [os.getpid()] + [ray.get(router.handle(i).ready.remote()) for i in range(2)]
-    busy: dict[str, list[float]] = {}  # side -> [wall s, driver cpu s, host 0, host 1]
+    pids = [os.getpid(), *(ray.get(router.handle(i).ready.remote()) for i in range(2)),
+            await bare.ready.remote()]
+    busy: dict[str, list[float]] = {}  # side -> [wall s, cpu s of: driver, host 0, 1, bare]
 
     def flight(label: str, call: Any) -> Any:
         async def side() -> float:
@@ -199,7 +197,7 @@ async def _measure(sz: Sizes, rt: ab.Runtime, bare: Any) -> list[Result]:
         Result.from_rounds(
             NAMES[0], "msg/s", seq, Target("ratio", ">=", 0.8),
             f"{n} sequential awaited ref.inc()/round to {where}; floor: the same calls to one "
-            "bare async Ray actor, apsw commit per call (state row + history row)"),
+            f"bare async Ray actor, apsw commit per call (state row + history row); {init}"),
         Result.from_rounds(
             NAMES[1], "msg/s", [(r[0], r[1]) for r in rounds], Target("ratio", ">=", 0.8),
             f"{m} calls/round, {_WIDTH} in flight, to {where}; floor: the same to the bare "
@@ -208,7 +206,7 @@ async def _measure(sz: Sizes, rt: ab.Runtime, bare: Any) -> list[Result]:
             NAMES[2], "msg/s", [(r[2], r[0]) for r in rounds], None,
             f"{m} calls/round, {_WIDTH} in flight: to {_AGENTS} agents spread over 2 hosts "
             f"(value) vs all on host 0 (floor); the machine's 2 cores run the driver too. "
-            f"CPU, % of a core, driver/host 0/host 1 - {cores}"),
+            f"CPU, % of a core, driver/host 0/host 1/bare actor - {cores}"),
     ]
     results.append(await _memory(sz, rt))
     return results

@@ -180,4 +180,11 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE _ab_schedules ADD COLUMN occurrence_due REAL;
         """,
     ),
+    (
+        "0008_schema_index",
+        """
+        -- "The schema as of version k" is an index look-up, however long the history.
+        CREATE INDEX _ab_history_schema ON _ab_history(version) WHERE schema IS NOT NULL;
+        """,
+    ),
 ]
