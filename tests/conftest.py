@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import sys
 
 import pytest
 
@@ -45,3 +47,24 @@ async def mem_rt(clock):
     runtime = ab.Runtime(":memory:", clock=clock)
     yield runtime
     await runtime.aclose()
+
+
+@pytest.fixture(scope="module")
+def kernel_name(tmp_path_factory):
+    """A kernelspec named ``python3`` that runs this interpreter, first on Jupyter's path.
+
+    Whatever ``python3`` kernels the machine has elsewhere, notebooks and kernel tests run
+    with the environment the tests run in.
+    """
+    root = tmp_path_factory.mktemp("jupyter")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(root))
+        mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quiet the debugger's warning
+        yield "python3"

@@ -8,7 +8,6 @@ uses the default store leaves its ``.agentbook`` there, not in the repository.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,27 +15,6 @@ import pytest
 pytestmark = pytest.mark.notebook
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
-
-
-@pytest.fixture(scope="module")
-def kernel_name(tmp_path_factory):
-    """A kernelspec named ``python3`` that runs this interpreter, first on Jupyter's path.
-
-    Whatever ``python3`` kernels the machine has elsewhere, the notebooks run with the
-    environment the tests run in.
-    """
-    root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(root))
-        mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quiet the debugger's warning
-        yield "python3"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -218,7 +219,7 @@ async def test_work_that_always_fails_is_dead_lettered_and_can_be_retried_or_dro
     # delays were 10 s then 20 s (exponential, no jitter)
     retries = ref.history(limit=20, failures=False)
     x_times = sorted(retries[retries.args.astype(str) == "['x']"].ts)
-    assert [(b - a).total_seconds() for a, b in zip(x_times, x_times[1:])] == [10, 20]
+    assert [(b - a).total_seconds() for a, b in itertools.pairwise(x_times)] == [10, 20]
     x_id = letters[letters.payload == "x"].id.iloc[0]
     y_id = letters[letters.payload == "y"].id.iloc[0]
     Worker.flaky_until = {}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 
 import pytest
 
@@ -250,21 +249,6 @@ print(json.dumps({"first": rt.approvals.get(first).status,
                   "state": desk.state}))
 """,
 ]
-
-
-@pytest.fixture(scope="module")
-def kernel_name(tmp_path_factory):
-    """A ``python3`` kernelspec that runs this interpreter (see test_notebooks.py)."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)", "language": "python"}))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(root))
-        mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        yield "python3"
 
 
 @pytest.mark.notebook

@@ -11,7 +11,6 @@ import html
 import itertools
 import json
 import re
-import sys
 
 import ipywidgets as w
 import pytest
@@ -306,21 +305,6 @@ await rt.settle()
 print(json.dumps({{"messages": desk.messages()[["role", "content"]].values.tolist(),
                   "ran": RAN, "error": box.last_error}}))
 """
-
-
-@pytest.fixture(scope="module")
-def kernel_name(tmp_path_factory):
-    """A ``python3`` kernelspec that runs this interpreter (see test_notebooks.py)."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)", "language": "python"}))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(root))
-        mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        yield "python3"
 
 
 @pytest.mark.notebook

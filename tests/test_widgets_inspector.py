@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import html
-import json
 import re
-import sys
 
 import pytest
 
@@ -302,21 +300,6 @@ await asyncio.sleep(0.5)  # the inspector's timer fires between cells too; here,
 print(inspector.state_html.model_id)
 """,
 ]
-
-
-@pytest.fixture(scope="module")
-def kernel_name(tmp_path_factory):
-    """A ``python3`` kernelspec that runs this interpreter (see test_notebooks.py)."""
-    root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)", "language": "python"}))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JUPYTER_PATH", str(root))
-        mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-        yield "python3"
 
 
 @pytest.mark.notebook

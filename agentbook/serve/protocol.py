@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import types
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -236,6 +235,8 @@ class Connection:
     async def _finish(self, coro: Any, yielded: Any) -> None:
         """Complete a write that had to wait for the socket, then the ones queued behind it."""
         try:
+            from ..handler import _resume
+
             await _resume(coro, yielded)
             while self._busy:
                 await self._send(self._busy.popleft())
@@ -290,24 +291,3 @@ class Stream:
             return False
         self._error = str(message)
         return True
-
-
-@types.coroutine
-def _resume(coro: Any, yielded: Any) -> Any:
-    """Go on awaiting *coro* after its first step was driven by hand."""
-    while True:
-        try:
-            sent = yield yielded
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as exc:
-            try:
-                yielded = coro.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-        else:
-            try:
-                yielded = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
