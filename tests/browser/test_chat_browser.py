@@ -30,12 +30,12 @@ def test_typing_streaming_and_approving_in_the_chat_box_in_jupyterlab(lab, page)
 
     shutil.copy(NOTEBOOK, lab.root / NOTEBOOK.name)  # the session's Lab serves its root folder
     page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
-    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=150_000)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     outputs = page.locator(".jp-OutputArea-output")
     # The exercise's solution is the last code cell: everything ran once it printed.
-    expect(outputs.get_by_text("carrier: DHL, expected: Friday")).to_be_visible(timeout=60_000)
+    expect(outputs.get_by_text("carrier: DHL, expected: Friday")).to_be_visible(timeout=150_000)
     expect(outputs.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']")
            ).to_have_count(0)
 

@@ -19,14 +19,14 @@ def test_the_quickstart_runs_top_to_bottom_in_jupyterlab(lab, page):
 
     shutil.copy(NOTEBOOK, lab.root / NOTEBOOK.name)
     page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
-    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=150_000)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     outputs = page.locator(".jp-OutputArea-output")
     # the exercise's solution (a collapsed cell) prints one line per agent
-    expect(outputs.get_by_text("alice: 1 open")).to_be_visible(timeout=60_000)
+    expect(outputs.get_by_text("alice: 1 open")).to_be_visible(timeout=150_000)
     expect(outputs.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']")
            ).to_have_count(0)
-    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=150_000)
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
     expect(errors).to_have_count(0)
