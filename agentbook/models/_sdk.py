@@ -26,6 +26,7 @@ from ..errors import (
     ModelResponseError,
     ModelTimeoutError,
 )
+from .base import Model
 
 __all__ = ["ClientCache", "Phase", "Secret", "api_error", "arguments", "check_installed",
            "key_from", "label", "require", "timed_out", "translated", "transport_error"]
@@ -209,3 +210,29 @@ def translated(translate: Callable[[Exception, Phase], ModelError | None]) -> It
         if error is None:
             raise
         raise error from exc
+
+
+class SDKModel(Model):
+    """What the SDK-backed models share: a per-loop client cache that is never pickled
+    (a copy reconnects), and ``aclose``."""
+
+    _clients: ClientCache
+
+    def _connect(self) -> Any:
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_clients": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._clients = ClientCache(self._connect)
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections this model holds (it reconnects if used again)."""
+        client = self._clients.take()
+        if client is not None:
+            await self._close_client(client)
+
+    async def _close_client(self, client: Any) -> None:
+        await client.close()

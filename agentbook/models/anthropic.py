@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ModelAuthError, ModelError, ModelResponseError
 from . import _sdk
-from .base import Chunk, Model, Response, ToolCall
+from .base import Chunk, Response, ToolCall
 
 __all__ = ["AnthropicModel"]
 
@@ -24,7 +24,7 @@ _AUTH = {"authentication_error", "permission_error"}
 _RATE = {"rate_limit_error"}
 
 
-class AnthropicModel(Model):
+class AnthropicModel(_sdk.SDKModel):
     """A Claude model through Anthropic's Messages API.
 
     Args:
@@ -58,19 +58,6 @@ class AnthropicModel(Model):
     def __repr__(self) -> str:
         where = f" at {self.base_url}" if self.base_url else ""
         return f"<anthropic model {self.name!r}{where}>"
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_clients": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._clients = _sdk.ClientCache(self._connect)
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections this model holds (it reconnects if used again)."""
-        client = self._clients.take()
-        if client is not None:
-            await client.close()
 
     async def complete(self, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None = None, **options: Any) -> Response:

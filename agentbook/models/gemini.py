@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ModelAuthError, ModelError, ModelResponseError
 from . import _sdk
-from .base import Chunk, Model, Response, ToolCall
+from .base import Chunk, Response, ToolCall
 
 __all__ = ["GeminiModel"]
 
@@ -33,7 +33,7 @@ _SKIP_SIGNATURE = base64.urlsafe_b64decode("skip_thought_signature_validator")
 _REMEMBERED = 4096
 
 
-class GeminiModel(Model):
+class GeminiModel(_sdk.SDKModel):
     """A Gemini model through the Gemini Developer API.
 
     Args:
@@ -66,19 +66,9 @@ class GeminiModel(Model):
         where = f" at {self.base_url}" if self.base_url else ""
         return f"<gemini model {self.name!r}{where}>"
 
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_clients": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._clients = _sdk.ClientCache(self._connect)
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections this model holds (it reconnects if used again)."""
-        client = self._clients.take()
-        if client is not None:
-            await client.aio.aclose()
-            client.close()
+    async def _close_client(self, client: Any) -> None:
+        await client.aio.aclose()
+        client.close()
 
     async def complete(self, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None = None, **options: Any) -> Response:

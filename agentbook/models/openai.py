@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import ModelAuthError, ModelError, ModelResponseError
 from . import _sdk
-from .base import Chunk, Model, Response, ToolCall
+from .base import Chunk, Response, ToolCall
 
 __all__ = ["OpenAIModel"]
 
@@ -20,7 +20,7 @@ _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls",
            "function_call": "tool_calls", "content_filter": "content_filter"}
 
 
-class OpenAIModel(Model):
+class OpenAIModel(_sdk.SDKModel):
     """A chat model served by OpenAI, or by any host that speaks its Chat Completions API.
 
     Args:
@@ -53,21 +53,6 @@ class OpenAIModel(Model):
     def __repr__(self) -> str:
         where = f" at {self.base_url}" if self.base_url else ""
         return f"<{self.provider} model {self.name!r}{where}>"
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_clients"] = None
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._clients = _sdk.ClientCache(self._connect)
-
-    async def aclose(self) -> None:
-        """Close the HTTP connections this model holds (it reconnects if used again)."""
-        client = self._clients.take()
-        if client is not None:
-            await client.close()
 
     async def complete(self, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None = None, **options: Any) -> Response:
