@@ -18,6 +18,17 @@ def first_line(obj: object) -> str:
     return doc.split("\n\n")[0].replace("\n", " ").strip()
 
 
+def members(cls: type) -> dict[str, object]:
+    """The class's own members and those of its mixins; what a documented base class has
+    is documented there (``ChatAgent`` lists only what ``Agent`` has not)."""
+    inherited = {k for base in cls.__mro__[1:] if base in CLASSES for k in base.__mro__}
+    found: dict[str, object] = {}
+    for klass in reversed(cls.__mro__):
+        if klass.__module__.startswith("agentbook") and klass not in inherited:
+            found.update(vars(klass))
+    return found
+
+
 def main() -> None:
     out = ["# agentbook API", "",
            "Generated from the docstrings by `python docs/make_api.py`; `help(ab.X)` has the rest.",
@@ -27,7 +38,7 @@ def main() -> None:
     for cls in CLASSES:
         out += ["", f"## `{cls.__name__}`", "", first_line(cls), "", "| member | what it does |",
                 "|---|---|"]
-        for name, member in sorted(vars(cls).items()):
+        for name, member in sorted(members(cls).items()):
             if name.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
                 continue
             kind = "property" if isinstance(member, property) else "method"

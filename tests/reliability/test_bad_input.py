@@ -707,9 +707,8 @@ def test_a_key_whose_repr_raises_is_still_a_json_value_error(tmp_path: Path, fig
 
 
 def test_emit_checks_its_values_even_when_nobody_listens(tmp_path: Path) -> None:
-    """``emit`` of a non-JSON value is accepted silently while nobody subscribes to
-    events (``events.active`` is false) and refused once someone does: the same handler
-    commits or fails depending on whether a widget is open."""
+    """``emit`` of a non-JSON value is refused whether or not anyone subscribes to events:
+    the same handler must not commit or fail depending on whether a widget is open."""
 
     async def main() -> bool:
         rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock())
@@ -725,5 +724,4 @@ def test_emit_checks_its_values_even_when_nobody_listens(tmp_path: Path) -> None
             await rt.aclose()
         return False
 
-    if not asyncio.run(main()):
-        pytest.xfail("product bug: Agent.emit only checks its data for JSON when someone listens")
+    assert asyncio.run(main()), "emit accepted a non-JSON value because nobody listened"
