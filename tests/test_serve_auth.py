@@ -28,6 +28,14 @@ served = serve_agents.served  # the fixture (pytest finds it by this name)
 PATH = "/agents/serve-counter/a"
 
 
+@pytest.fixture(autouse=True)
+def _auth_case(request, record_property) -> None:
+    """Each test here is a case of the serve-path auth matrix in the reliability summary
+    (tests/reliability/conftest.py): a failed case counts there as a bypass."""
+    record_property("agentbook_figure", {"name": f"serve_auth_matrix:{request.node.name}",
+                                         "cases": 1})
+
+
 def client(server, **headers) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=server.url, headers=headers, trust_env=False)
 
