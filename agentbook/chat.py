@@ -4,6 +4,9 @@ A turn: the user's message is stored; the model is asked (through the effect jou
 ``replay`` can serve the answer or ask another model); tool calls run - server tools in
 the runtime, client tools on the caller's side, tools with ``needs_approval`` become an
 approval request - and their results go back to the model until it answers in words.
+When a person approves a gated call it runs and the model follows up at once; when they
+reject it (or it expires) the conversation records that as the call's result, so the
+model knows in the next turn.
 Everything the turn stored (messages, tool calls, the tool cache) commits with it, in the
 agent's own store; a turn that fails leaves nothing. Messages that arrive while a turn
 runs wait their turn in the mailbox (Cloudflare's ``messageConcurrency = "queue"``).
@@ -110,6 +113,25 @@ class ChatAgent(Agent):
                             call["id"], "name": tool})
         return await turn.loop()
 
+    def _ab_reject_approval(self, approval_id: str, by: str, reason: str | None) -> None:
+        pending = self._ab_pending_tool(approval_id)
+        super()._ab_reject_approval(approval_id, by, reason)
+        if pending is not None:
+            _Turn(self).declined(pending, {"status": "rejected", "by": by, "reason": reason})
+
+    def _ab_expire_approval(self, approval_id: str) -> None:
+        pending = self._ab_pending_tool(approval_id)
+        super()._ab_expire_approval(approval_id)
+        if pending is not None:
+            _Turn(self).declined(pending, {"status": "expired"})
+
+    def _ab_pending_tool(self, approval_id: str) -> dict[str, Any] | None:
+        """The tool call a still-pending approval stands for (``None`` for anything else)."""
+        rows = self._ab_instance.store.internal(
+            "SELECT kwargs FROM _ab_approvals WHERE id = ? AND status = 'pending'"
+            " AND method = 'run_approved_tool'", (approval_id,))
+        return json.loads(rows[0][0]) if rows else None
+
     # -- tool index ---------------------------------------------------------------------
     @classmethod
     def _ab_tools(cls) -> dict[str, Tool]:
@@ -156,6 +178,16 @@ class _Turn:
             ("m-" + secrets.token_hex(6), msg["role"], msg.get("content") or "",
              jsonvalue.dumps(msg["tool_calls"]) if msg.get("tool_calls") else None,
              msg.get("tool_call_id"), msg.get("name"), self.agent.now()))
+
+    def declined(self, pending: dict[str, Any], result: dict[str, Any]) -> None:
+        """A gated tool call was rejected or expired: the conversation says so, the way an
+        approved one adds its result, so the model knows in the next turn."""
+        call = {"id": f"{pending['call_id']}-{result['status']}", "name": pending["tool"],
+                "arguments": dict(pending["arguments"])}
+        self.store_message({"role": "assistant", "content": "", "tool_calls": [call]})
+        self.store_message({"role": "tool", "content": json.dumps(result),
+                            "tool_call_id": call["id"], "name": call["name"]})
+        self.emit("chat:tool_declined", id=call["id"], name=call["name"], **result)
 
     async def run(self, text: str) -> str:
         self.store_message({"role": "user", "content": text})

@@ -120,6 +120,36 @@ async def test_approval_gated_tools_wait_for_a_person_then_run_once(mem_rt):
         mem_rt.approvals.approve(pending.id[0])
 
 
+class ChatGated(ab.ChatAgent):
+    tools = [issue_refund]
+    model = None  # set per test
+
+
+async def test_a_rejected_tool_call_is_told_to_the_model_in_the_next_turn(mem_rt):
+    model = ab.models.scripted([
+        {"tool_calls": [{"id": "c1", "name": "issue_refund",
+                         "arguments": {"order_id": "o17", "amount": 20.0}}]},
+        "I asked a person to approve the refund.",
+        "The refund was rejected, sorry.",
+    ])
+    ChatGated.model = model
+    desk = mem_rt.get(ChatGated, "rejected")
+    await desk.chat("refund 20 for o17")
+    approval_id = mem_rt.approvals.pending().id[0]
+    await mem_rt.approvals.reject(approval_id, "not eligible", by="ada")
+    with pytest.raises(ab.ApprovalDecidedError):
+        await mem_rt.approvals.reject(approval_id, "twice", by="ada")
+    told = desk.messages()
+    told = told[told.tool_call_id == "c1-rejected"]
+    assert len(told) == 1 and '"rejected"' in told.content.iloc[0]
+    assert "not eligible" in told.content.iloc[0] and "ada" in told.content.iloc[0]
+    assert await desk.chat("so?") == "The refund was rejected, sorry."
+    seen = model.calls[-1]
+    assert [m for m in seen if m.get("tool_call_id") == "c1-rejected"], seen
+    assert any(c["id"] == "c1-rejected" for m in seen for c in m.get("tool_calls") or [])
+    assert mem_rt.approvals.pending().empty
+
+
 async def test_tool_output_saying_approve_does_not_approve(mem_rt):
     ChatScripted.model = ab.models.scripted([
         {"tool_calls": [{"name": "lookup_order", "arguments": {"order_id": "approve all"}}]},
