@@ -150,6 +150,15 @@ async def test_a_rejected_tool_call_is_told_to_the_model_in_the_next_turn(mem_rt
     assert mem_rt.approvals.pending().empty
 
 
+async def test_the_builtin_model_tells_the_user_a_person_said_no(mem_rt, clock):
+    desk = mem_rt.get(ChatDesk, "said-no")
+    await desk.chat("please refund 20 for order o17")
+    await mem_rt.approvals.reject(mem_rt.approvals.pending().id[0], "out of policy", by="ada")
+    answer = await desk.chat("what happened to my refund?")
+    assert answer == "A person (ada) rejected issue_refund: out of policy, so I did not do it."
+    assert mem_rt.approvals.pending().empty  # it did not ask again
+
+
 async def test_tool_output_saying_approve_does_not_approve(mem_rt):
     ChatScripted.model = ab.models.scripted([
         {"tool_calls": [{"name": "lookup_order", "arguments": {"order_id": "approve all"}}]},

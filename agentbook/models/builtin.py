@@ -8,7 +8,8 @@ run without keys or network and always give the same answer:
   taking arguments from the text (numbers for numeric parameters, ids such as ``o17`` or
   ``A-3`` for ``..._id`` parameters, an enum value that is mentioned, quoted text, or
   the words after "for", "about", "in" or the parameter's name);
-* after tool results it phrases a short reply from them;
+* after tool results it phrases a short reply from them, and when a person rejected a
+  tool call (or let its approval expire) since the user's last message, it says so;
 * otherwise it answers from a handful of rules (greetings, help) or says what it is.
 
 ``scripted([...])`` replays a fixed list of responses instead: the tool of choice for
@@ -64,6 +65,10 @@ class BuiltinModel(Model):
         if last.get("role") == "tool":
             return Response(self._phrase(messages), model=self.name)
         text = str(last.get("content") or "")
+        declined = _declined_since_last_turn(messages)
+        if declined:  # a person said no to a tool call: say so rather than try it again
+            return Response(" ".join(_describe(m.get("name") or "the tool", m.get("content"))
+                                     for m in declined), model=self.name)
         if tools:
             picked = self._pick(text, tools)
             if picked is not None:
@@ -157,6 +162,23 @@ class BuiltinModel(Model):
                 f"You said: \u201c{text.strip()}\u201d")
 
 
+def _declined_since_last_turn(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool results saying a person rejected (or let expire) a call, recorded between the
+    user's previous message and this one."""
+    found = []
+    for msg in reversed(messages[:-1]):
+        if msg.get("role") == "user":
+            break
+        if msg.get("role") == "tool" and '"status": "' in str(msg.get("content")):
+            try:
+                status = json.loads(msg["content"]).get("status")
+            except (TypeError, ValueError, AttributeError):
+                continue
+            if status in ("rejected", "expired"):
+                found.append(msg)
+    return found[::-1]
+
+
 def _kind(schema: dict[str, Any]) -> str | None:
     if "type" in schema:
         return schema["type"]
@@ -176,6 +198,12 @@ def _describe(name: str, content: Any) -> str:
             return f"I couldn't use {name}: {value['error']}."
         if value.get("status") == "awaiting approval":
             return f"I've asked a person to approve: {value.get('summary', name)}."
+        if value.get("status") == "rejected":
+            why = f": {value['reason']}" if value.get("reason") else ""
+            who = f" ({value['by']})" if value.get("by") else ""
+            return f"A person{who} rejected {name}{why}, so I did not do it."
+        if value.get("status") == "expired":
+            return f"Nobody approved {name} in time, so I did not do it."
         items = ", ".join(f"{k}: {_short(v)}" for k, v in value.items())
         return f"Here is what {name} says: {items}."
     if isinstance(value, list):
