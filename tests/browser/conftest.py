@@ -1,9 +1,10 @@
 """Headless Chromium against a real JupyterLab server and a real Voila server.
 
 One JupyterLab server per session (its own process group, token, root folder, settings,
-workspaces and runtime folders, all temporary); one Chromium per session, a fresh page
-per test. Servers and kernels run this very interpreter. A failing test leaves a
-screenshot in ``tests/artifacts/``.
+workspaces and runtime folders, all temporary); one Chromium per module, a fresh page
+per test, and each test opens its notebook in a workspace of its own (see ``lab.py``).
+Servers and kernels run this very interpreter. A failing test leaves a screenshot, the
+page's HTML, the browser console and the Lab server's log in ``tests/artifacts/``.
 
 Skipped with a message when Playwright or ``/usr/bin/chromium`` is missing
 (``apt-get install -y chromium``; ``playwright install`` can't download browsers here).
@@ -79,7 +80,7 @@ def stop_group(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="session")
 def jupyter_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Environment for servers: a ``python3`` kernelspec running this interpreter,
-    private settings (no news pop-up), workspaces and runtime folders."""
+    private settings (no news pop-up) and runtime folder."""
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
@@ -96,14 +97,13 @@ def jupyter_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     settings.mkdir(parents=True)
     (settings / "notification.jupyterlab-settings").write_text(
         json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    for sub in ("workspaces", "runtime", "config"):
+    for sub in ("runtime", "config"):
         (base / sub).mkdir()
     return {**os.environ,
             "JUPYTER_PATH": str(base / "share"),
             "JUPYTER_CONFIG_DIR": str(base / "config"),
             "JUPYTER_RUNTIME_DIR": str(base / "runtime"),
             "JUPYTERLAB_SETTINGS_DIR": str(base / "settings"),
-            "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces"),
             "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 
 
@@ -116,6 +116,7 @@ class Lab:
     root: Path
     store: Path
     runtime_dir: Path
+    log: Path
 
     def api(self, path: str, method: str = "GET") -> object:
         request = urllib.request.Request(f"{self.url}{path}", method=method,
@@ -132,10 +133,12 @@ def lab(tmp_path_factory: pytest.TempPathFactory, jupyter_env: dict[str, str]) -
     base = tmp_path_factory.mktemp("lab")
     root, store = base / "root", base / "store"
     root.mkdir()
+    (base / "workspaces").mkdir()
     shutil.copy(NOTEBOOK, root / NOTEBOOK.name)
     port, token = free_port(), secrets.token_hex(16)
     log = base / "lab.log"
-    env = {**jupyter_env, "AGENTBOOK_DEMO_STORE": str(store)}
+    env = {**jupyter_env, "AGENTBOOK_DEMO_STORE": str(store),
+           "JUPYTERLAB_WORKSPACES_DIR": str(base / "workspaces")}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root",
@@ -146,7 +149,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory, jupyter_env: dict[str, str]) -
     try:
         wait_for_port(port, proc, log)
         yield Lab(f"http://127.0.0.1:{port}", token, root, store,
-                  Path(jupyter_env["JUPYTER_RUNTIME_DIR"]))
+                  Path(jupyter_env["JUPYTER_RUNTIME_DIR"]), log)
     finally:
         stop_group(proc)
 
@@ -165,9 +168,13 @@ def browser(jupyter_env: dict[str, str]) -> Iterator[object]:
 
 @pytest.fixture
 def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
-    """A fresh page; its screenshot goes to tests/artifacts/ when the test fails."""
+    """A fresh page; when the test fails, its screenshot, HTML and console (and the Lab's
+    log, if the test used the Lab) go to tests/artifacts/."""
     context = browser.new_context(viewport={"width": 1280, "height": 1000})
     page = context.new_page()
+    console: list[str] = []
+    page.on("console", lambda msg: console.append(f"{msg.type}: {msg.text}"))
+    page.on("pageerror", lambda error: console.append(f"pageerror: {error}"))
     page.set_default_timeout(30_000)
     yield page
     report = getattr(request.node, "rep_call", None)
@@ -175,4 +182,9 @@ def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
         (ARTIFACTS / f"{request.node.name}.html").write_text(page.content(), encoding="utf-8")
+        (ARTIFACTS / f"{request.node.name}.console.txt").write_text("\n".join(console),
+                                                                    encoding="utf-8")
+        if "lab" in request.fixturenames:
+            shutil.copy(request.getfixturevalue("lab").log,
+                        ARTIFACTS / f"{request.node.name}.lab.log")
     context.close()

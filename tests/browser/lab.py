@@ -1,20 +1,42 @@
-"""Driving a JupyterLab page the way a person does."""
+"""Driving a JupyterLab page the way a person does.
+
+Every test opens its notebook in a workspace of its own. JupyterLab saves the open tabs
+in the workspace on the server, and ``/lab/tree/NAME`` opens NAME in the *default*
+workspace: a later test's page would restore every notebook an earlier test had open
+(and start a kernel for each). The status bar could then say "Idle" for another
+notebook, Run All would race this notebook's kernel start (the "Select Kernel" dialog
+then blocks the page), and ``.jp-InputPrompt`` look-ups would see the other notebooks'
+cells.
+"""
 
 from __future__ import annotations
 
+import secrets
 
-def run_all(page) -> None:
-    """Run All Cells, and make sure it took: with other notebooks open, the status bar can
-    say "Idle" before this notebook's kernel is connected, and a click then does nothing."""
+
+def open_notebook(page, lab, name: str) -> None:
+    """Open notebook ``name`` (in the Lab's root folder) alone in a fresh workspace and
+    wait until its own kernel is connected and idle."""
     from playwright.sync_api import expect
 
-    prompts = page.locator(".jp-CodeCell .jp-InputPrompt")
-    for _ in range(8):
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
-        try:
-            expect(prompts.first).not_to_have_text("[ ]:", timeout=10_000)
-            return
-        except AssertionError:
-            continue
-    raise AssertionError("Run All Cells never started the notebook")
+    workspace = f"test-{secrets.token_hex(6)}"
+    page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{name}?token={lab.token}")
+    # The toolbar says idle before a kernel exists; the status bar waits for the kernel.
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=150_000)
+    expect(page.locator(".jp-NotebookPanel")).to_have_count(1)  # nothing else restored
+    expect(page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current .lm-TabBar-tabLabel")
+           ).to_have_text(name)
+    sessions = [s for s in lab.api("/api/sessions") if s["path"] == name]
+    assert len(sessions) == 1 and sessions[0]["kernel"], sessions
+
+
+def run_all(page) -> None:
+    """Run All Cells once (from the Run menu) and check that it took: the first code
+    cell is queued or has run. Never clicks twice: a second Run All would run the
+    notebook twice."""
+    from playwright.sync_api import expect
+
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    first = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt").first
+    expect(first).not_to_have_text("[ ]:", timeout=60_000)

@@ -22,6 +22,7 @@ import pytest
 import agentbook as ab
 
 from .conftest import ARTIFACTS, NOTEBOOK, REPO, free_port, stop_group, wait_for_port
+from .lab import open_notebook, run_all
 
 pytestmark = pytest.mark.browser
 
@@ -129,11 +130,8 @@ def wait_for(get: Callable[[], object], ok: Callable[[object], bool], timeout: f
 def test_approve_and_reject_by_clicking_in_jupyterlab(lab, page):
     from playwright.sync_api import expect
 
-    page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
-    # The toolbar says idle before a kernel exists; the status bar waits for the kernel.
-    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=60_000)
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
+    open_notebook(page, lab, NOTEBOOK.name)
+    run_all(page)
     # The exercise's solution is the last code cell: everything ran once it printed.
     outputs = page.locator(".jp-OutputArea-output")
     expect(outputs.locator("td", has_text="parcel was delivered, see tracking")

@@ -16,7 +16,7 @@ import pytest
 import agentbook as ab
 
 from .conftest import ARTIFACTS, REPO
-from .lab import run_all
+from .lab import open_notebook, run_all
 from .test_approvals_browser import evaluate, wait_for
 
 pytestmark = pytest.mark.browser
@@ -25,16 +25,12 @@ NOTEBOOK = REPO / "notebooks" / "07_chat_and_tools.ipynb"
 DOCS_IMAGE = REPO / "docs" / "img" / "chat.png"
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "flaky here: after another notebook ran in the same JupyterLab, Run All sometimes never "
-    "starts this notebook's kernel (cells stay at [ ]); passes when run on its own"))
 def test_typing_streaming_and_approving_in_the_chat_box_in_jupyterlab(lab, page):
     from jupyter_client import BlockingKernelClient
     from playwright.sync_api import expect
 
     shutil.copy(NOTEBOOK, lab.root / NOTEBOOK.name)  # the session's Lab serves its root folder
-    page.goto(f"{lab.url}/lab/tree/{NOTEBOOK.name}?token={lab.token}")
-    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=150_000)
+    open_notebook(page, lab, NOTEBOOK.name)
     run_all(page)
     outputs = page.locator(".jp-OutputArea-output")
     # The exercise's solution is the last code cell: everything ran once it printed.
@@ -53,7 +49,8 @@ def test_typing_streaming_and_approving_in_the_chat_box_in_jupyterlab(lab, page)
 
     field.fill("Please refund 19.99 for order o-1002")
     chat.get_by_role("button", name="Send").click()  # its name starts with the icon's glyph
-    row = chat.locator(".agentbook-chat-approval", has_text="o-1002")
+    # the notebook rejected an earlier refund for o-1002 in code: this one is the last row
+    row = chat.locator(".agentbook-chat-approval", has_text="o-1002").last
     approve = row.get_by_role("button", name="Approve", exact=True)
     expect(approve).to_be_enabled()  # enabled once the turn committed
     expect(chat.locator(".agentbook-chat-assistant").last).to_contain_text(
@@ -93,9 +90,11 @@ def test_typing_streaming_and_approving_in_the_chat_box_in_jupyterlab(lab, page)
                       "name = 'desk' AND tool = 'refund_order' AND args LIKE '%o-1002%'")
         assert rows.to_dict("records") == [{"args": '{"order_id":"o-1002","amount":19.99}',
                                             "error": None}]
-        (approval,) = [a for a in rt.approvals.list(None)  # the session's store is shared
-                       if (a.agent, a.name) == ("SupportChat", "desk") and "o-1002" in a.summary]
-        assert approval.status == "approved" and approval.decided_by  # the OS user clicked
+        o_1002 = {a.status: a for a in rt.approvals.list(None)  # the session's store is shared
+                  if (a.agent, a.name) == ("SupportChat", "desk") and "o-1002" in a.summary}
+        assert sorted(o_1002) == ["approved", "rejected"]  # the notebook rejected the first
+        approval = o_1002["approved"]
+        assert approval.decided_by and approval.decided_by != "notebook"  # the OS user clicked
         desk = rt.get("SupportChat", "desk")
         assert f"approval:{approval.id}" in set(desk.history(limit=3).source)
     finally:
