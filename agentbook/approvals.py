@@ -15,47 +15,30 @@ Rejection and expiry are recorded and never run anything.
 
 Approvals live in a table that time travel does not track, so no rewind can bring a
 decided approval back, and an agent's own SQL can't read or forge them. The runtime
-keeps an index of them in its catalog for the inbox; the agent's store is the truth.
+keeps an index of them in its catalog for the inbox; the agent's store is the truth, and
+the index is checked against it after a crash (:mod:`agentbook.approvals_index`). Other
+agents can't call a method an approval guards; a replay never asks a person (a request it
+re-runs is recorded on the fork as ``cancelled``) and never re-runs an approved method.
 """
 
 from __future__ import annotations
 
 import asyncio
 import getpass
-import hashlib
-import hmac
-import secrets
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from . import jsonvalue
-from .errors import (
-    ApprovalDecidedError,
-    ApprovalExpiredError,
-    ApprovalForbiddenError,
-    ApprovalNotFoundError,
-    ApprovalTamperedError,
-    UsageError,
-)
-from .faults import crash_point
+from .approvals_store import claim, decide_without_running, record_failure, record_result, request
+from .errors import ApprovalDecidedError, ApprovalNotFoundError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from .handler import HandlerContext
-    from .mailbox import Envelope, Instance
     from .runtime import Runtime
 
-__all__ = ["Approval", "Approvals"]
-
-_ROW = ("SELECT method, args, kwargs, nonce, digest, approvers, expires, status, decided_by,"
-        " expiry_schedule FROM _ab_approvals WHERE id = ?")
-
-
-def _digest(key: tuple[str, str], method: str, args: str, kwargs: str, nonce: str,
-            expires: float | None) -> str:
-    text = jsonvalue.canonical([key[0], key[1], method, args, kwargs, nonce, expires])
-    return hashlib.sha256(text.encode()).hexdigest()
+__all__ = ["Approval", "Approvals", "claim", "decide_without_running", "record_failure",
+           "record_result", "request"]
 
 
 def default_person() -> str:
@@ -131,146 +114,6 @@ class Approval:
 
         return approval_widget(self._rt, self.id)._repr_mimebundle_(include=include,
                                                                     exclude=exclude)
-
-
-# -- inside the agent (called by Agent.request_approval and the mailbox) ----------------
-def request(inst: Instance, ctx: HandlerContext, method: str, args: Any, summary: str,
-            side_effects: list, expires_in: float | None, approvers: list | None) -> Approval:
-    """Write a pending approval in the running handler's transaction."""
-    from .agent import FRAMEWORK_NAMES, method_info
-    from .calls import check_arguments
-    from .scheduler import insert
-
-    cls = type(inst.agent)
-    fn, _ = method_info(cls, method)
-    if fn is None or method.startswith("_") or method in FRAMEWORK_NAMES:
-        raise UsageError(f"{cls.__name__} has no public method {method!r} to ask approval for")
-    if isinstance(args, dict):
-        pos, kw = (), args
-    elif isinstance(args, (list, tuple)):
-        pos, kw = tuple(args), {}
-    else:
-        raise UsageError("args is a dict of keyword arguments or a list of positional ones")
-    check_arguments(cls, fn, method, pos, kw)
-    pos_json = jsonvalue.dumps(jsonvalue.freeze(list(pos), "args"))
-    kw_json = jsonvalue.dumps(jsonvalue.freeze(kw, "args"))
-    if not isinstance(summary, str) or not summary.strip():
-        raise UsageError("request_approval needs a summary= a person can read")
-    effects = jsonvalue.freeze([str(s) for s in (side_effects or [])], "side_effects")
-    if approvers is not None:
-        approvers = [str(a) for a in approvers]
-    now = inst.runtime.clock.now()
-    expires = None
-    if expires_in is not None:
-        if not isinstance(expires_in, (int, float)) or expires_in <= 0:
-            raise UsageError(f"expires_in is a positive number of seconds, not {expires_in!r}")
-        expires = now + float(expires_in)
-    approval_id = "ap-" + secrets.token_hex(8)
-    nonce = secrets.token_hex(16)
-    store = inst.store
-    ctx.capture(store)
-    expiry = None
-    if expires is not None:
-        ctx.sched_dirty = True
-        expiry = insert(store, "scheduled", expires, "_ab_expire_approval", approval_id, now).id
-    store.internal(
-        "INSERT INTO _ab_approvals(id, method, args, kwargs, nonce, digest, summary, side_effects,"
-        " approvers, created, expires, status, expiry_schedule, requested_at_version)"
-        " VALUES (?,?,?,?,?,?,?,?,?,?,?,'pending',?,?)",
-        (approval_id, method, pos_json, kw_json, nonce,
-         _digest(inst.key, method, pos_json, kw_json, nonce, expires), summary,
-         jsonvalue.dumps(effects), None if approvers is None else jsonvalue.dumps(approvers),
-         now, expires, expiry, inst.version),
-    )
-    row = (approval_id, inst.key[0], inst.key[1], method, pos_json, kw_json, summary,
-           jsonvalue.dumps(effects), now, expires, "pending", None, None, None)
-    inst.runtime.catalog.index_approval(row)  # before the commit: the index is a superset
-    ctx.approvals.append(("request", row))
-    return Approval(inst.runtime, row)
-
-
-def claim(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
-    """Check an approval in the mailbox and mark it approved; set up *env* to run its
-    method with the stored arguments. Raises a typed error (and writes nothing) if the
-    approval can't be approved."""
-    approval_id, by = env.approval
-    store = inst.store
-    rows = store.internal(_ROW, (approval_id,))
-    if not rows:
-        raise ApprovalNotFoundError(f"no approval {approval_id!r} in {inst.key[0]}({inst.key[1]!r})")
-    method, args, kwargs, nonce, digest, approvers, expires, status, decided_by, expiry = rows[0]
-    now = inst.runtime.clock.now()
-    if status != "pending":
-        who = f" by {decided_by}" if decided_by else ""
-        raise ApprovalDecidedError(f"approval {approval_id} was already {status}{who}; "
-                                   "a decision is made once")
-    if expires is not None and now >= expires:
-        raise ApprovalExpiredError(f"approval {approval_id} expired; ask the agent to propose "
-                                   "it again")
-    if approvers is not None and by not in jsonvalue.loads(approvers):
-        raise ApprovalForbiddenError(f"{by!r} may not decide approval {approval_id}; its "
-                                     f"approvers are {', '.join(jsonvalue.loads(approvers))}")
-    expected = _digest(inst.key, method, args, kwargs, nonce, expires)
-    if not hmac.compare_digest(expected, digest):
-        raise ApprovalTamperedError(f"approval {approval_id} does not match the action that "
-                                    "was requested; it was not run")
-    store.internal("UPDATE _ab_approvals SET status = 'approved', decided_by = ?, decided_at = ?"
-                   " WHERE id = ?", (by, now, approval_id))
-    crash_point("mid-approval")
-    _drop_expiry(inst, ctx, expiry)
-    env.method = method
-    env.args = tuple(jsonvalue.loads(args))
-    env.kwargs = dict(jsonvalue.loads(kwargs))
-    env.args_json = args
-    env.kwargs_json = None if kwargs == "{}" else kwargs
-    ctx.approvals.append(("approve", (approval_id, "approved", by, now, None)))
-
-
-def record_result(inst: Instance, env: Envelope, result_json: str | None) -> None:
-    """Keep the approved method's result on the approval."""
-    inst.store.internal("UPDATE _ab_approvals SET result = ? WHERE id = ?",
-                        (result_json, env.approval[0]))
-
-
-def record_failure(inst: Instance, ctx: HandlerContext, env: Envelope, error: str) -> tuple:
-    """The approved method raised: the approval is consumed as ``failed``."""
-    approval_id, by = env.approval
-    now = inst.runtime.clock.now()
-    rows = inst.store.internal("SELECT expiry_schedule FROM _ab_approvals WHERE id = ?",
-                               (approval_id,))
-    inst.store.internal(
-        "UPDATE _ab_approvals SET status = 'failed', decided_by = ?, decided_at = ?, error = ?"
-        " WHERE id = ?", (by, now, error, approval_id))
-    _drop_expiry(inst, ctx, rows[0][0] if rows else None)
-    return (approval_id, "failed", by, now, error)
-
-
-def decide_without_running(inst: Instance, ctx: HandlerContext, approval_id: str, status: str,
-                           by: str | None, reason: str | None) -> None:
-    """Reject or expire a pending approval (from an internal handler)."""
-    rows = inst.store.internal(_ROW, (approval_id,))
-    if not rows:
-        raise ApprovalNotFoundError(f"no approval {approval_id!r} in {inst.key[0]}({inst.key[1]!r})")
-    current, decided_by, expiry = rows[0][7], rows[0][8], rows[0][9]
-    if current != "pending":
-        if status == "expired":
-            return  # decided meanwhile: nothing to expire
-        who = f" by {decided_by}" if decided_by else ""
-        raise ApprovalDecidedError(f"approval {approval_id} was already {current}{who}; "
-                                   "a decision is made once")
-    now = inst.runtime.clock.now()
-    inst.store.internal("UPDATE _ab_approvals SET status = ?, decided_by = ?, decided_at = ?,"
-                        " reason = ? WHERE id = ?", (status, by, now, reason, approval_id))
-    if status != "expired":
-        _drop_expiry(inst, ctx, expiry)
-    ctx.approvals.append((status, (approval_id, status, by, now, reason)))
-
-
-def _drop_expiry(inst: Instance, ctx: HandlerContext, schedule_id: str | None) -> None:
-    if schedule_id:
-        ctx.capture(inst.store)
-        ctx.sched_dirty = True
-        inst.store.internal("DELETE FROM _ab_schedules WHERE id = ?", (schedule_id,))
 
 
 # -- the inbox (rt.approvals) -----------------------------------------------------------
@@ -356,6 +199,9 @@ class Approvals:
     def _after_commit(self, key: tuple[str, str], kind: str, data: tuple) -> None:
         """Called by the mailbox once a request or decision is durable."""
         rt = self._rt
+        if kind == "replayed":
+            rt.catalog.index_approval(data)
+            return
         if kind == "request":
             if rt.events.active:
                 payload = {"id": data[0], "method": data[3], "summary": data[6],
@@ -374,7 +220,7 @@ class Approvals:
 
     def _forget(self, approval_id: str) -> None:
         """A request rolled back: drop its index entry (and tell any open inbox)."""
-        row = self._rt.catalog.approval(approval_id)
+        row = self._rt.catalog.approval(approval_id, sync=False)
         self._rt.catalog.drop_approval(approval_id)
         if row is not None and self._rt.events.active:
             self._rt._emit("approval:cancel", (row[1], row[2]),

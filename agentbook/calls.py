@@ -11,6 +11,7 @@ from typing import Any
 
 from . import jsonvalue
 from .agent import FRAMEWORK_NAMES, Agent, method_info
+from .approvals_index import GUARDED
 from .errors import BadArgumentsError, NotCallableError, ReentrancyError, UnknownMethodError, UsageError
 from .handler import current_chain
 from .mailbox import Envelope
@@ -49,11 +50,13 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
             f"{cls.__name__}.{method} is private or part of the framework and can't be "
             "called as a message; add a public @ab.callable method that uses it"
         )
-    if getattr(fn, "_ab_needs_approval", False):
-        raise NotCallableError(
-            f"{cls.__name__}.{method} runs only when a person approves it; ask with "
-            f"self.request_approval({method!r}, ...)")
     chain = current_chain.get()
+    if getattr(fn, "_ab_needs_approval", False) or (
+            chain and chain[-1] != key and method in GUARDED.get(key[0], ())):
+        # (another agent may not call a method that approvals guard: only an approval runs it)
+        raise NotCallableError(
+            f"{cls.__name__}.{method} runs only when a person approves it; have "
+            f"{cls.__name__} ask with self.request_approval({method!r}, ...)")
     if external and not chain and not is_callable:
         raise NotCallableError(
             f"{cls.__name__}.{method} is not marked @ab.callable, so it can't be called "

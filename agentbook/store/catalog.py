@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS timers(
     PRIMARY KEY (class, name)
 ) WITHOUT ROWID;
 -- An index of the approvals kept in the agents' own stores, for the inbox. Written
--- before the agent's commit when requested (a superset), after it when decided.
+-- before the agent's commit when requested, after it when decided; the stores are the
+-- truth, and pending rows are checked against them (agentbook.approvals_index).
 CREATE TABLE IF NOT EXISTS approvals(
     id TEXT PRIMARY KEY,
     class TEXT NOT NULL,
@@ -75,6 +76,7 @@ CREATE TABLE IF NOT EXISTS approvals(
     reason TEXT
 );
 CREATE INDEX IF NOT EXISTS approvals_by_status ON approvals(status, created);
+CREATE INDEX IF NOT EXISTS approvals_by_method ON approvals(class, method);
 -- Which host (on the Ray backend) may open the agents of each shard.
 CREATE TABLE IF NOT EXISTS leases(
     shard INTEGER PRIMARY KEY,
@@ -133,7 +135,17 @@ class Catalog:
             self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
             with self.conn:
                 self._upgrade()
+                fresh = not self.conn.execute(
+                    "SELECT 1 FROM sqlite_schema WHERE name = 'approvals'").fetchall()
                 self.conn.execute(_SCHEMA)
+            #: Agents whose pending approval rows to check against their stores on the
+            #: next read of the index (``None``: every agent; see approvals_index).
+            self._approvals_recheck: set[tuple[str, str]] | None = None
+            #: A new approval index next to existing agent files: re-read every store.
+            self._approvals_scan = fresh and os.path.isdir(os.path.join(root, "agents"))
+            from ..approvals_index import load_guarded
+
+            load_guarded(self)
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
         except PermissionError as exc:
@@ -224,6 +236,9 @@ class Catalog:
 
     def index_approval(self, row: tuple) -> None:
         """Index a requested approval (columns of ``_APPROVAL_COLS``)."""
+        from ..approvals_index import guard
+
+        guard(row[1], row[3])
         try:
             with self.conn:
                 self.conn.execute(
@@ -231,6 +246,13 @@ class Catalog:
                     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
+
+    def sync_approvals(self) -> None:
+        """Check the index against the stores where it may be wrong (after a crash): once
+        per catalog, then only agents that were busy writing at the time."""
+        from ..approvals_index import sync
+
+        sync(self)
 
     def decide_approval(self, approval_id: str, status: str, by: str | None, at: float | None,
                         reason: str | None) -> None:
@@ -246,6 +268,8 @@ class Catalog:
 
     def approvals(self, status: str | None = None, pending_only: bool = False) -> list[tuple]:
         """Index rows (``_APPROVAL_COLS``), oldest first."""
+        if self._approvals_recheck != set():
+            self.sync_approvals()
         if pending_only or status == "pending":
             return self.conn.execute(
                 f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE status = 'pending'"
@@ -257,10 +281,17 @@ class Catalog:
             f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE status = ? ORDER BY created, rowid",
             (status,)).fetchall()
 
-    def approval(self, approval_id: str) -> tuple | None:
-        """One index row, or ``None``."""
-        rows = self.conn.execute(
-            f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE id = ?", (approval_id,)).fetchall()
+    def approval(self, approval_id: str, sync: bool = True) -> tuple | None:
+        """One index row, or ``None`` (also for an id that is not a string)."""
+        if not isinstance(approval_id, str):
+            return None
+        if sync and self._approvals_recheck != set():
+            self.sync_approvals()
+        try:
+            rows = self.conn.execute(f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE id = ?",
+                                     (approval_id,)).fetchall()
+        except UnicodeError:  # a lone surrogate: no id looks like that
+            return None
         return rows[0] if rows else None
 
     def add_dead_letters(self, rows: list[tuple]) -> None:
@@ -330,7 +361,8 @@ class Catalog:
                     yield entry.path
 
     def rebuild(self) -> int:
-        """Recreate the agent index from the store files; returns how many were found."""
+        """Recreate the agent index from the store files (and index any approval they hold
+        that the approval index lacks); returns how many agents were found."""
         found = 0
         with self.conn:
             self.conn.execute("DELETE FROM agents")
@@ -350,6 +382,7 @@ class Catalog:
                      meta.get("parent")),
                 )
                 found += 1
+        self._approvals_scan = True
         return found
 
     def close(self) -> None:

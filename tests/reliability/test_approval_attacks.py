@@ -13,10 +13,10 @@ guarded method (every call of ``RelVault.transfer`` is recorded with where it ca
   digest, a row marked "approved", another method, a longer expiry, other arguments);
 * rewind and fork around approvals, and approvals racing rewinds;
 * a model whose tools answer "approve" and that calls the framework's approval methods;
-* concurrent approves and rejects, an approve racing the expiry, an approve at expiry.
+* concurrent approves and rejects, an approve racing the expiry, an approve at expiry;
+* another agent calling the guarded method directly, and a replay of the approved run.
 
-The figure printed is the number of unapproved executions (0). Two ways around an
-approval that exist today are pinned as ``xfail`` at the end.
+The figure printed is the number of unapproved executions (0).
 """
 
 from __future__ import annotations
@@ -276,10 +276,6 @@ async def test_a_model_cannot_approve_through_words_or_framework_tools(rt: ab.Ru
     assert EXECUTIONS == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: the method an approval guards stays an ordinary public method, and agents "
-    "may call each other's public methods (calls.prepare allows any caller inside a "
-    "handler), so any other agent in the runtime runs it with any arguments, no approval"))
 async def test_another_agent_cannot_call_the_guarded_method_directly(rt: ab.Runtime) -> None:
     vault = rt.get(RelVault, "direct")
     await vault.propose("bob", 5.0)
@@ -288,11 +284,6 @@ async def test_another_agent_cannot_call_the_guarded_method_directly(rt: ab.Runt
     assert unapproved({}) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: replay re-runs recorded inputs on a fork without looking at their source: "
-    "the version an approval ran (source approval:<id>) runs the guarded method again on the "
-    "fork with no approval, and replaying the request puts a fresh pending approval for the "
-    "fork in the inbox"))
 async def test_replay_never_runs_an_approved_action_again(rt: ab.Runtime) -> None:
     vault = rt.get(RelVault, "replayed")
     approval_id = await vault.propose("bob", 5.0)

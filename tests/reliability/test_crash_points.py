@@ -211,11 +211,6 @@ async def _finish_in_a_fresh_runtime(folder: Path, scenario: str, point: str, ar
 
 
 @pytest.mark.crash
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: the catalog's approval index is written before the agent's commit (a "
-    "request) and after it (a decision) and never reconciled with the stores, so a crash in "
-    "between leaves a phantom or stale 'pending' approval in rt.approvals and the approvals "
-    "view that no decision can clear"))
 @pytest.mark.parametrize(("scenario", "point"), [("ask", "before-commit"),
                                                  ("approval", "after-commit-before-reply")])
 async def test_the_inbox_agrees_with_the_stores_after_a_crash(tmp_path: Path, scenario: str,
