@@ -364,9 +364,14 @@ def _result_json(value: Any) -> str | None:
 
 
 def translate(exc: BaseException, store: AgentStore | None) -> BaseException:
-    """apsw errors become typed agentbook errors; everything else passes unchanged."""
+    """apsw errors become typed agentbook errors; everything else passes unchanged.
+
+    With *store*, a read-only or damaged store is also marked ``store.broken`` (the
+    mailbox then closes it, and quarantines a damaged one)."""
     if isinstance(exc, AgentbookError) or not type(exc).__module__.startswith("apsw"):
         return exc
+    if store is not None:
+        return store.translate(exc)
     from .store import translate_error
 
-    return translate_error(exc, store.path if store is not None else "")
+    return translate_error(exc, "")

@@ -26,7 +26,7 @@ from . import firing, jsonvalue
 from .errors import AgentStartError, IncompatibleStateError, NotInHandlerError, StoreCorruptError
 from .faults import crash_point
 from .handler import HandlerContext, Outcome, current_chain, run_message, run_start, translate
-from .store import AgentStore
+from .store import AgentStore, health
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -121,13 +121,12 @@ class Instance:
                              " holds; the message was not run here")
         held = rt.catalog.quarantined(*self.key)
         if held is not None:
-            raise StoreCorruptError(
-                f"{self.key[0]}({self.key[1]!r})'s store was found damaged and moved to {held[0]}"
-                " ; it won't start until the file is restored and `agentbook doctor` releases it")
+            raise health.refused(self.key, held)
         store = None
         try:
             store = AgentStore(rt._path_of(self.key), rt.durability)
             store.set_size_cap(rt.max_store_bytes)
+            store.query_seconds = rt.max_query_seconds
             loaded = store.load_state()
             if loaded is None:
                 self.fresh = True
@@ -144,7 +143,7 @@ class Instance:
                 store.close()
             err = translate(exc, store)
             if isinstance(err, StoreCorruptError):
-                raise rt._quarantine(self.key, err) from None
+                raise health.quarantine(rt, self.key, err) from None
             raise
         self.store = store
         self.committed = (self.version, self.state, self.state_json)
@@ -270,6 +269,8 @@ class Instance:
                 scheduled = scheduled or outcome.ctx.sched_dirty or env.sched is not None
                 if (lone and not outcome.ok) or outcome.ctx.suspended:
                     break
+            if store.broken is not None:  # it went read-only or was found damaged
+                raise store.broken
             due = firing.next_due(store) if scheduled else None
             if self.fresh and store.conn.in_transaction:
                 rt._created(self)  # before the commit: the catalog is a superset of the stores
@@ -293,6 +294,8 @@ class Instance:
                 self.queue.extendleft(reversed([e for e in taken if e.sched is None]))
                 raise
             err = translate(exc, store)
+            if store.broken is not None:  # close it (no more writes go in); quarantine damage
+                err = health.retire(self, store.broken)
             for outcome in done:
                 for kind, data in outcome.ctx.approvals:
                     if kind == "request":
@@ -305,7 +308,7 @@ class Instance:
                     self._deliver_failure(env, err, 0.0, now)
             if scheduled and self.store is not None:
                 rt.timers.set(self.key, firing.next_due(store))
-            if rt._should_drop(err):
+            if self.store is not None and rt._should_drop(err):
                 rt._hibernate(self)
             return
         # Durable from here on: the output gate opens.

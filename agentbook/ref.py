@@ -14,10 +14,12 @@ from collections.abc import Awaitable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import apsw
+
 from . import jsonvalue
-from .errors import AgentNotFoundError, UnknownMethodError, UsageError
+from .errors import AgentNotFoundError, StoreCorruptError, UnknownMethodError, UsageError
 from .mailbox import Envelope
-from .store import open_reader, query_reader
+from .store import health, open_reader, query_reader
 from .store.history import read_history, state_at
 
 if TYPE_CHECKING:
@@ -368,12 +370,25 @@ class AgentRef:
     def verify(self) -> dict[str, Any]:
         """Check the agent's store: SQLite's integrity check and the history's hash chain.
 
-        Returns ``{"ok": bool, "quick_check": str, "first_bad_version": int | None}``."""
+        Returns ``{"ok": bool, "quick_check": str, "first_bad_version": int | None}``;
+        ``quick_check`` is SQLite's message when a damaged page stops the check itself.
+
+        Raises:
+            StoreCorruptError: the store was quarantined (the message says where it went).
+        """
         from .store.agentstore import verify_chain
 
+        bad = None
         with self._reading() as conn:
-            check = conn.execute("PRAGMA quick_check").fetchall()[0][0]
-            bad = verify_chain(conn)
+            try:
+                check = conn.execute("PRAGMA quick_check").fetchall()[0][0]
+            except apsw.Error as exc:  # a damaged page can stop the check itself
+                check = f"{type(exc).__name__}: {exc}"
+            try:
+                bad = verify_chain(conn)
+            except apsw.Error as exc:
+                if check == "ok":
+                    check = f"{type(exc).__name__}: {exc}"
         return {"ok": check == "ok" and bad is None, "quick_check": check,
                 "first_bad_version": bad}
 
@@ -439,19 +454,34 @@ class _Reading:
             self.conn = inst.store.reader()
             return self.conn
         path = rt._path_of(key)
-        if not os.path.exists(path):
+        try:
+            size = os.stat(path).st_size
+        except FileNotFoundError:
+            held = rt.catalog.quarantined(*key)
+            if held is not None:
+                raise health.refused(key, held) from None
             if self.missing_ok:
                 return None
             raise AgentNotFoundError(
                 f"{key[0]}({key[1]!r}) has no store yet: it is created by its first message"
-            )
+            ) from None
+        if size < health.HEADER_BYTES:
+            raise StoreCorruptError(
+                f"{key[0]}({key[1]!r})'s store is damaged ({path} is {size} bytes, too short "
+                "to be a database); its next message moves it to quarantine "
+                "(agentbook doctor --check-stores)")
         self.conn = open_reader(path)
         self.close = True
         return self.conn
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if self.close and self.conn is not None:
             self.conn.close()
+        if exc_type is not None and issubclass(exc_type, apsw.Error):  # a typed error instead
+            from .store import translate_error
+
+            raise translate_error(exc, self.ref._ab_rt._path_of(self.ref._ab_key),
+                                  writing=False) from None
 
 
 class _BoundCall:

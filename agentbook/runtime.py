@@ -77,6 +77,9 @@ class Runtime:
         max_state_bytes: Largest state of one agent, as JSON.
         max_queue: Most messages waiting for one agent before callers are refused.
         max_store_bytes: A size cap for each agent's store file (``None``: the disk).
+        max_query_seconds: How long one read-only query (``self.sql(..., readonly=True)``,
+            e.g. SQL a model wrote) may run before it is stopped with an ``SQLError``
+            (``None``: no limit).
         backend: ``"local"`` (this process) or ``"ray"`` (agents hosted by Ray actors;
             see :mod:`agentbook.backends.ray`).
         address: The Ray cluster to join (``None``: start or reuse a local one).
@@ -103,6 +106,7 @@ class Runtime:
         max_state_bytes: int = 16 << 20,
         max_queue: int = 100_000,
         max_store_bytes: int | None = None,
+        max_query_seconds: float | None = 0.5,
         backend: str = "local",
         address: str | None = None,
         hosts: int = 2,
@@ -132,6 +136,7 @@ class Runtime:
         self.max_state_bytes = max_state_bytes
         self.max_queue = max_queue
         self.max_store_bytes = max_store_bytes
+        self.max_query_seconds = max_query_seconds
         self.catalog = Catalog(self.root, "off" if self.memory else durability)
         self.closed = False
         self.source = "cell" if "ipykernel" in sys.modules else "script"
@@ -581,18 +586,9 @@ class Runtime:
 
     def _quarantine(self, key: Key, exc: BaseException) -> StoreCorruptError:
         """Move a damaged store aside; the agent refuses to start until it is restored."""
-        path = self._path_of(key)
-        folder = os.path.join(self.root, "quarantine")
-        os.makedirs(folder, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        moved = os.path.join(folder, f"{key[0]}.{os.path.basename(path)}.{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(path + suffix):
-                os.replace(path + suffix, moved + suffix)
-        self.catalog.quarantine(key[0], key[1], moved, str(exc), self.clock.now())
-        return StoreCorruptError(
-            f"{key[0]}({key[1]!r})'s store is damaged ({exc}); it was moved to {moved} and "
-            "the agent won't start until it is restored (agentbook doctor --check-stores)")
+        from .store.health import quarantine
+
+        return quarantine(self, key, exc)
 
     def _created(self, inst: Instance) -> None:
         self.catalog.add(inst.key[0], inst.key[1], agent_file(*inst.key), self.clock.now())

@@ -36,6 +36,7 @@ from ..errors import (
     StoreFullError,
     StoreReadOnlyError,
 )
+from . import health
 from .schema import INTERNAL_PREFIX, MIGRATIONS, UNTRACKED_TABLES
 
 __all__ = ["AgentStore", "translate_error"]
@@ -43,6 +44,13 @@ __all__ = ["AgentStore", "translate_error"]
 _OPEN_RW = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
 _OPEN_RO = apsw.SQLITE_OPEN_READONLY
 _SYNC = {"normal": "NORMAL", "full": "FULL", "off": "OFF"}
+#: Default time budget of one read-only (model-written) query, seconds.
+QUERY_SECONDS = 0.5
+#: How many SQLite VM steps run between two looks at a read-only query's clock.
+_PROGRESS_STEPS = 1000
+#: What apsw raises for SQL text or values SQLite can't take (NUL, lone surrogates,
+#: integers beyond 64 bits).
+_BAD_INPUT = (ValueError, OverflowError)
 
 _template_cache: bytes | None = None
 
@@ -97,13 +105,23 @@ def translate_error(exc: BaseException, path: str = "", *, writing: bool = True)
             f"the store file is damaged{where}: {exc}; restore it from a backup or "
             "remove the file"
         )
+    if isinstance(exc, apsw.CantOpenError) and path and health.read_only_cause(path):
+        return StoreReadOnlyError(
+            f"the store can't be written{where}: make its folder writable, or open the "
+            "runtime on another path; nothing was written"
+        )
     if isinstance(exc, apsw.AuthError):
         return SQLError(
             f"not allowed: {exc}. Agent SQL may use the agent's own tables only "
             "(no _ab_ tables, ATTACH, PRAGMA or transaction statements)"
         )
-    if isinstance(exc, (apsw.SQLError, apsw.ConstraintError, apsw.MismatchError, apsw.RangeError)):
+    if isinstance(exc, (apsw.SQLError, apsw.ConstraintError, apsw.MismatchError, apsw.RangeError,
+                        apsw.BindingsError, apsw.TooBigError)):
         return SQLError(str(exc).removeprefix("SQLError: "))
+    if isinstance(exc, apsw.InterruptError):
+        return SQLError(f"the query was interrupted: {exc}")
+    if isinstance(exc, _BAD_INPUT) and not isinstance(exc, apsw.Error):
+        return SQLError(f"SQLite can't take this SQL or value: {exc}")
     if isinstance(exc, (apsw.IOError, apsw.CantOpenError, apsw.BusyError, apsw.LockedError)):
         return StoreError(f"the store could not be used{where}: {exc}")
     return exc  # type: ignore[return-value]
@@ -154,18 +172,28 @@ class AgentStore:
             an OS crash, fsync on every commit) or ``"off"`` (ephemeral stores).
     """
 
-    __slots__ = ("_chain", "_reader", "conn", "durability", "path")
+    __slots__ = ("_chain", "_reader", "broken", "conn", "durability", "path", "query_seconds")
 
     def __init__(self, path: str, durability: str = "normal") -> None:
         self.path = path
         self.durability = durability
         self._reader: apsw.Connection | None = None
         self._chain: str | None = None  # hash of the newest history row, when known
-        fresh = not os.path.exists(path)
+        #: The typed error that made this store unusable while it was open (it went
+        #: read-only or was found damaged): the mailbox then closes it.
+        self.broken: Exception | None = None
+        #: The time budget of one read-only query (``None``: no budget).
+        self.query_seconds: float | None = QUERY_SECONDS
+        fresh = health.check_file(path)  # (a file too short to be a database is damage)
         try:
             if fresh:
                 _write_atomically(path, _template())
             self.conn = apsw.Connection(path, flags=_OPEN_RW)
+            if self.conn.readonly("main"):  # SQLite fell back to read-only: say so now
+                self.conn.close()
+                raise StoreReadOnlyError(
+                    f"the store can't be written ({path}): make it and its folder writable, "
+                    "or open the runtime on another path; nothing was written")
             self.conn.set_busy_timeout(5_000)
             self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
             if not fresh:
@@ -173,7 +201,20 @@ class AgentStore:
                 if version < len(MIGRATIONS):
                     _migrate(self.conn)
         except apsw.Error as exc:
+            self.close()
             raise translate_error(exc, path) from None
+
+    def translate(self, exc: BaseException) -> BaseException:
+        """The typed error of *exc*, an ``apsw`` error met while this store was in use.
+
+        Read-only and damage errors also mark the store :attr:`broken` - damage only if
+        SQLite's own check of the store agrees (a corrupt error may also come from a
+        malformed changeset, or from another connection a handler opened)."""
+        err = translate_error(exc, self.path)
+        if isinstance(err, StoreReadOnlyError) or (
+                isinstance(err, StoreCorruptError) and health.confirm_damage(self.conn)):
+            self.broken = err
+        return err
 
     def set_size_cap(self, max_bytes: int | None) -> None:
         """Cap the file's size (a full cap raises :class:`StoreFullError`)."""
@@ -293,6 +334,10 @@ class AgentStore:
         """
         conn = self.conn
         conn.authorizer = _readonly_authorizer if readonly else _user_authorizer
+        budget = self.query_seconds if readonly else None
+        if budget:
+            deadline = time.monotonic() + budget
+            conn.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_STEPS)
         try:
             cursor = conn.execute(query, params, can_cache=False)
             try:
@@ -300,10 +345,21 @@ class AgentStore:
             except apsw.ExecutionCompleteError:  # no rows (or not a query)
                 return []
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-        except apsw.Error as exc:
-            raise translate_error(exc, self.path) from None
+        except (apsw.Error, *_BAD_INPUT) as exc:
+            failure: BaseException = exc
         finally:
             conn.authorizer = None
+            if budget:
+                conn.set_progress_handler(None)
+        # (translated with the authorizer and the budget off: it may check the store)
+        if isinstance(failure, apsw.InterruptError) and budget and time.monotonic() > deadline:
+            raise SQLError(
+                f"the query took longer than {budget:g} s and was stopped; make it cheaper "
+                "(a LIMIT, an index, fewer rows) or raise the budget with "
+                "ab.Runtime(max_query_seconds=...)") from None
+        if isinstance(failure, apsw.Error):
+            raise self.translate(failure) from None
+        raise translate_error(failure, self.path) from None
 
     def internal(self, query: str, params: tuple = ()) -> list[tuple]:
         """Run agentbook's own SQL on the writer connection."""
@@ -393,20 +449,32 @@ def query_reader(
 ) -> tuple[list[str], list[tuple]]:
     """Run a user's read-only query; return column names and rows."""
     with reading(conn, path):
-        cursor = conn.execute(query, params, can_cache=False)
         try:
-            names = [d[0] for d in cursor.description]
-        except apsw.ExecutionCompleteError:  # no rows: ask SQLite for the columns alone
-            from apsw import ext
+            cursor = conn.execute(query, params, can_cache=False)
+            try:
+                names = [d[0] for d in cursor.description]
+            except apsw.ExecutionCompleteError:  # no rows: ask SQLite for the columns alone
+                from apsw import ext
 
-            info = ext.query_info(conn, query, params)
-            return [d[0] for d in (info.description or ())], []
-        return names, cursor.fetchall()
+                info = ext.query_info(conn, query, params)
+                return [d[0] for d in (info.description or ())], []
+            return names, cursor.fetchall()
+        except _BAD_INPUT as exc:
+            raise translate_error(exc, path) from None
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """Write a new store file whole (or not at all); a full disk or a read-only folder
+    becomes its typed error, and no partial file stays behind."""
     tmp = f"{path}.tmp"  # one name: a file left by a crash is overwritten next time
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise health.os_error(exc, path) from None

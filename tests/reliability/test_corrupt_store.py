@@ -13,9 +13,11 @@
 * A read-only store folder or file - a read-only bind mount (root included; where this
   process may mount), ``chmod`` (when not root) - gives a typed error and everything works
   again once it is writable. Where neither is possible, the typed translation of SQLite's
-  read-only and full errors is checked directly, through the mailbox.
-
-Gaps found are pinned by the ``xfail`` tests (see their reasons).
+  read-only and full errors is checked directly, through the mailbox. A store SQLite
+  would open read-only is refused and closed, so it recovers by itself.
+* A store file truncated to nothing, and damage found while an agent runs, are
+  quarantined too; reads of a quarantined agent say so; ``ref.verify()`` reports a page
+  that stops SQLite's own check instead of raising.
 """
 
 from __future__ import annotations
@@ -235,23 +237,24 @@ async def test_a_real_disk_that_fills_up_gives_typed_errors_and_recovers(tmp_pat
 
 
 @needs_mount
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a new agent's store is written from the template with plain file I/O "
-    "(_write_atomically), and its OSError (ENOSPC) is not translated: creating an agent on a "
-    "full disk raises a raw OSError, not StoreFullError (and leaves <name>.db.tmp behind)"))
 async def test_creating_an_agent_on_a_full_disk_is_a_store_full_error(tmp_path: Path, clock) -> None:
+    """A new agent's store is written from the template with plain file I/O: its ENOSPC
+    is a StoreFullError too, no half-written file stays, and it works once there is room."""
     with storeutil.tmpfs("1m") as disk:
         rt = ab.Runtime(disk / "store", clock=clock)
         await rt.get(RelSafe, "first").inc()
         filler = disk / "filler"
         with pytest.raises(OSError), open(filler, "wb") as fh:
             fh.write(b"x" * (2 << 20))
+        folder = disk / "store" / "agents" / "RelSafe"
         try:
-            with pytest.raises(ab.StoreFullError):
+            with pytest.raises(ab.StoreFullError, match="free disk space"):
                 await rt.get(RelSafe, "newcomer").inc()
+            assert sorted(p.name for p in folder.iterdir() if p.name.startswith("newcomer")) == []
         finally:
             filler.unlink()
-            await rt.aclose()
+        assert await rt.get(RelSafe, "newcomer").inc() == 1
+        await rt.aclose()
 
 
 def _readonly_ways() -> list:
@@ -319,7 +322,6 @@ async def test_a_read_only_store_gives_a_typed_error_writes_nothing_and_recovers
         if target == "file":  # the other stores in the folder are writable
             assert await rt.get(RelSafe, "good1").inc() == 31
     assert storeutil.dump(path) == before
-    rt.hibernate()  # (the xfail test below: without this a store opened read-only stays so)
     assert await ref.inc() == 31, "writable again: the next message works"
     assert ref.verify()["ok"] and await rt.get(RelSafe, "good2").inc() == 31
     figure(f"corrupt_store:read-only {target} ({way})", cases=1, untyped=untyped,
@@ -328,29 +330,35 @@ async def test_a_read_only_store_gives_a_typed_error_writes_nothing_and_recovers
 
 
 @pytest.mark.parametrize("way", _readonly_ways())
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a read-only store *folder* where SQLite can't create the -wal/-shm of a "
-    "WAL store (SQLITE_CANTOPEN) is reported as a generic StoreError ('unable to open "
-    "database file'), not StoreReadOnlyError; a read-only runtime folder too"))
 async def test_a_read_only_store_folder_is_a_store_read_only_error(tmp_path: Path, clock,
                                                                   way: str) -> None:
+    """A read-only folder where SQLite can't make the -wal/-shm of a WAL store
+    (SQLITE_CANTOPEN) is a StoreReadOnlyError, and so is a read-only runtime folder, for
+    an agent that has a store and for a new one."""
     rt, ref, _, readonly = await _read_only_setup(tmp_path, clock, "folder")
     try:
-        with _ReadOnly(way, readonly), pytest.raises(ab.StoreReadOnlyError):
+        with _ReadOnly(way, readonly), pytest.raises(ab.StoreReadOnlyError, match="writable"):
             await ref.inc()
+        rt.hibernate()
+        with _ReadOnly(way, tmp_path / "store"):
+            with pytest.raises(ab.StoreReadOnlyError):
+                await ref.inc()
+            with pytest.raises(ab.StoreReadOnlyError):
+                await rt.get(RelSafe, "newcomer").inc()
+            with pytest.raises(ab.StoreError):  # SQLite can't make the -shm to read either
+                ref.state  # noqa: B018 - the read is the test
+        assert await ref.inc() == 31 and await rt.get(RelSafe, "newcomer").inc() == 1
     finally:
         await rt.aclose()
 
 
 @pytest.mark.parametrize("target", READ_ONLY_TARGETS[1:])
 @pytest.mark.parametrize("way", _readonly_ways())
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a store that SQLite opened read-only (its file, or its folder with the "
-    "-wal/-shm already there, was read-only) stays open read-only: the handler's "
-    "StoreReadOnlyError does not close it, so the agent keeps failing after the store is "
-    "writable again, until it hibernates or the runtime restarts"))
 async def test_a_read_only_store_recovers_by_itself(tmp_path: Path, clock, way: str,
                                                     target: str) -> None:
+    """A store SQLite would open read-only (its file, or its folder with the -wal/-shm
+    already there, is read-only) is refused and closed, not kept open read-only: the next
+    message after it is writable again works, without a hibernate or a restart."""
     rt, ref, _, readonly = await _read_only_setup(tmp_path, clock, target)
     try:
         with _ReadOnly(way, readonly), pytest.raises(ab.StoreReadOnlyError):
@@ -401,43 +409,75 @@ async def test_sqlites_errors_become_typed_errors_in_the_mailbox(tmp_path: Path,
     await rt.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: SQLite takes a 0-byte file for a new, empty database, so a store file "
-    "truncated to nothing is silently recreated: the agent starts over at version 0 and "
-    "its whole history is gone, with no error and no quarantine (the new store is not even "
-    "in WAL mode: it was migrated, not written from the template)"))
-async def test_a_store_truncated_to_nothing_is_refused_not_recreated(tmp_path: Path, clock) -> None:
+@pytest.mark.parametrize("size", [0, 50])
+async def test_a_store_truncated_to_nothing_is_refused_not_recreated(tmp_path: Path, clock,
+                                                                   size: int) -> None:
+    """SQLite takes a 0-byte file for a new, empty database: a store file truncated to
+    nothing (or to less than SQLite's header) must not start the agent over at version 0;
+    it is quarantined like the other damage."""
     rt = await _three_agents(tmp_path / "store", clock, pad=10)
-    path = Path(rt._path_of(rt.get(RelSafe, "bad")._ab_key))
-    _damage(path, "empty")
+    ref = rt.get(RelSafe, "bad")
+    path = Path(rt._path_of(ref._ab_key))
+    path.write_bytes(path.read_bytes()[:size])
     try:
-        with pytest.raises(ab.StoreCorruptError):
-            await rt.get(RelSafe, "bad").inc()
+        with pytest.raises(ab.StoreCorruptError, match="too short"):
+            ref.state  # noqa: B018 - a read says so too (and moves nothing)
+        assert path.exists()
+        with pytest.raises(ab.StoreCorruptError, match="quarantine") as caught:
+            await ref.inc()
+        assert "doctor" in str(caught.value) and not path.exists()
+        held = rt.catalog.quarantined("RelSafe", "bad")
+        assert held is not None and Path(held[0]).stat().st_size == size
+        with pytest.raises(ab.StoreCorruptError, match="won't start"):
+            await ref.inc()
+        assert not path.exists(), "a refused agent must not get a fresh, empty store"
+        assert await rt.get(RelSafe, "good1").inc() == 31
     finally:
         await rt.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: damage found while an agent runs (a bad page its open did not read) "
-    "fails that message with StoreCorruptError, but the store is neither quarantined nor "
-    "closed: the agent goes on acknowledging writes into the damaged file"))
 async def test_damage_found_while_running_quarantines_the_store(tmp_path: Path, clock) -> None:
-    rt, _ = await _damaged_data_page(tmp_path, clock)
+    """Damage found while an agent runs (a bad page its open did not read) fails that
+    message, closes the store and quarantines it: no more writes go into the damaged file."""
+    rt, path = await _damaged_data_page(tmp_path, clock)
     ref = rt.get(RelSafe, "bad")
     try:
-        with pytest.raises(ab.StoreCorruptError):
+        assert await ref.note("opens the store; reads no page of items") is None
+        with pytest.raises(ab.StoreCorruptError, match="quarantine"):
             await ref.count()  # reads every page of items: finds the damage
-        with pytest.raises(ab.StoreCorruptError):
+        assert not path.exists() and rt.catalog.quarantined("RelSafe", "bad") is not None
+        assert ("RelSafe", "bad") not in rt._open
+        with pytest.raises(ab.StoreCorruptError, match="won't start"):
             await ref.inc()  # ... so no more writes may go in
+        assert await rt.get(RelSafe, "good1").inc() == 31
     finally:
         await rt.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: ref.verify() runs PRAGMA quick_check through a raw connection, and on a "
-    "damaged page SQLite raises SQLITE_CORRUPT instead of returning rows, so verify() "
-    "raises apsw.CorruptError instead of returning {'ok': False, ...}"))
+async def test_a_corrupt_error_from_elsewhere_does_not_quarantine_a_sound_store(
+        tmp_path: Path, clock, monkeypatch) -> None:
+    """SQLITE_CORRUPT can also come from a malformed changeset or a connection a handler
+    opened itself: the message fails, but a store SQLite's own check finds sound stays."""
+    rt = ab.Runtime(tmp_path / "store", clock=clock)
+    ref = rt.get(RelSafe, "sound")
+    await ref.inc()
+    from agentbook.store.agentstore import AgentStore
+
+    def corrupt_commit(self: AgentStore) -> None:
+        raise apsw.CorruptError("database disk image is malformed")
+
+    monkeypatch.setattr(AgentStore, "commit", corrupt_commit)
+    with pytest.raises(ab.StoreCorruptError):
+        await ref.inc()
+    monkeypatch.undo()
+    assert rt.catalog.quarantined("RelSafe", "sound") is None
+    assert await ref.inc() == 2 and ref.verify()["ok"]
+    await rt.aclose()
+
+
 async def test_verify_reports_a_damaged_page_instead_of_raising(tmp_path: Path, clock) -> None:
+    """On a damaged page SQLite's quick_check may raise SQLITE_CORRUPT instead of
+    returning rows: verify() still answers, with ok False and SQLite's message."""
     rt, _ = await _damaged_data_page(tmp_path, clock)
     try:
         verdict = rt.get(RelSafe, "bad").verify()
@@ -446,20 +486,23 @@ async def test_verify_reports_a_damaged_page_instead_of_raising(tmp_path: Path, 
         await rt.aclose()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: reads from outside (ref.state, ref.version, ref.history, ref.verify) of a "
-    "quarantined agent find no file and answer as if the agent were new (initial state, "
-    "version 0, 'has no store yet: it is created by its first message') instead of saying "
-    "it is quarantined"))
 async def test_reads_of_a_quarantined_agent_say_so(tmp_path: Path, clock) -> None:
+    """Reads from outside of a quarantined agent find no file: they must say it is
+    quarantined (and where the file went), not answer as if the agent were new."""
     rt = await _three_agents(tmp_path / "store", clock, pad=10)
     ref = rt.get(RelSafe, "bad")
     _damage(Path(rt._path_of(ref._ab_key)), "garbage header")
     try:
         with pytest.raises(ab.StoreCorruptError):
             await ref.inc()
-        with pytest.raises(ab.StoreCorruptError):
-            ref.state  # noqa: B018 - the read is the test
+        moved = rt.catalog.quarantined("RelSafe", "bad")[0]
+        reads = {"state": lambda: ref.state, "version": lambda: ref.version,
+                 "history": ref.history, "verify": ref.verify,
+                 "sql": lambda: ref.sql("SELECT * FROM items")}
+        for what, read in reads.items():
+            with pytest.raises(ab.StoreCorruptError, match="doctor") as caught:
+                read()
+            assert moved in str(caught.value), what
     finally:
         await rt.aclose()
 

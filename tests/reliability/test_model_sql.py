@@ -195,16 +195,39 @@ async def test_the_model_cannot_read_secrets_or_approvals_by_any_route(rt: ab.Ru
     assert leaks == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product gap: readonly=True has no time or step budget (no progress handler), so a "
-    "model's runaway query (an unbounded recursive CTE) blocks the event loop - the whole "
-    "kernel - until something interrupts it; the interruption then surfaces as a raw "
-    "apsw.InterruptError, not an SQLError"))
+RUNAWAY = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+           "SELECT count(*) FROM c")
+
+
 async def test_a_runaway_query_is_stopped_by_the_runtime(rt: ab.Runtime, analyst: ab.AgentRef) -> None:
-    runaway = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
-               "SELECT count(*) FROM c")
-    _, seconds = await analyst.model_sql_with_watchdog(runaway, 1.5)
+    """A model's runaway query (an unbounded recursive CTE) would block the event loop -
+    the whole kernel: readonly=True queries run on a time budget
+    (``ab.Runtime(max_query_seconds=...)``, well under a second by default)."""
+    _, seconds = await analyst.model_sql_with_watchdog(RUNAWAY, 1.5)
     assert seconds < 1.0, f"the query ran {seconds:.1f} s until the test's own watchdog fired"
+    version = analyst.version
+    with pytest.raises(ab.SQLError, match="max_query_seconds"):
+        await analyst.model_sql(RUNAWAY)
+    assert analyst.version == version, "the failed handler wrote nothing"
+    assert len(await analyst.model_sql("SELECT id FROM orders")) == 3
+
+
+async def test_the_query_budget_is_configurable(tmp_path: Path, clock) -> None:
+    rt = ab.Runtime(tmp_path / "store", clock=clock, max_query_seconds=0.05)
+    ref = rt.get(RelAnalyst, "model")
+    await ref.seed()
+    started = time.monotonic()
+    with pytest.raises(ab.SQLError, match="0.05 s"):
+        await ref.model_sql(RUNAWAY)
+    assert time.monotonic() - started < 0.5
+    # a bounded query that takes a while is fine with a bigger budget (or none)
+    slow = ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) "
+            "SELECT count(*) AS n FROM c")
+    for budget in (30.0, None):
+        rt.max_query_seconds = budget
+        rt.hibernate()
+        assert await ref.model_sql(slow) == [{"n": 300000}]
+    await rt.aclose()
 
 
 async def test_the_analytics_views_cannot_read_local_files(rt: ab.Runtime, analyst: ab.AgentRef,
