@@ -90,3 +90,62 @@ async def test_a_killed_host_comes_back_and_nothing_committed_is_lost(ray_rt, ra
     marks = {r.name: sorted(r.sql("SELECT id FROM marks").id) for r in refs}
     assert all(m == ["after", "before"] for m in marks.values()), marks
     assert all(r.state["n"] == 2 for r in refs)
+
+
+async def _hosts_listening(rt, ray_cluster) -> list[bool]:
+    router = rt._router
+    return [await router.handle(i).listening.remote() for i in range(router.hosts)]
+
+
+async def test_host_events_reach_the_driver_only_while_someone_listens(ray_rt, ray_cluster):
+    refs = [ray_rt.get(RayTally, f"e{i}") for i in range(8)]
+    await refs[0].mark("quiet")  # nobody listens: the hosts' buses stay inactive
+    assert await _hosts_listening(ray_rt, ray_cluster) == [False, False]
+    seen = []
+    unsubscribe = ray_rt.events.subscribe(seen.append, types=["rpc", "state:update"])
+    for r in refs:
+        await r.mark("heard")
+    for _ in range(300):
+        if len({e["name"] for e in seen if e["type"] == "state:update"}) == 8:
+            break
+        await asyncio.sleep(0.02)
+    updates = [e for e in seen if e["type"] == "state:update"]
+    assert {e["name"] for e in updates} == {r.name for r in refs}, seen
+    assert {e["type"] for e in seen} <= {"rpc", "state:update"}
+    assert all(e["agent"] == "RayTally" and isinstance(e["timestamp"], int) for e in seen)
+    assert await _hosts_listening(ray_rt, ray_cluster) == [True, True]
+    hosts = {ray_rt._router.host_of(r._ab_key) for r in refs}
+    assert hosts == {0, 1}, "events came from both hosts"
+
+    unsubscribe()
+    for _ in range(300):
+        if await _hosts_listening(ray_rt, ray_cluster) == [False, False]:
+            break
+        await asyncio.sleep(0.02)
+    assert await _hosts_listening(ray_rt, ray_cluster) == [False, False]
+    count = len(seen)
+    await refs[1].mark("unheard")
+    await asyncio.sleep(0.2)
+    assert len(seen) == count
+
+    again = []
+    unsubscribe = ray_rt.events.subscribe(again.append, agent=refs[2])  # a second spell
+    await refs[2].mark("again")
+    await refs[3].mark("other")
+    for _ in range(300):
+        if any(e["type"] == "state:update" for e in again):
+            break
+        await asyncio.sleep(0.02)
+    assert {e["name"] for e in again} == {refs[2].name}
+    unsubscribe()
+
+
+async def test_answers_settle_in_batches_and_in_order(ray_rt):
+    refs = [ray_rt.get(RayTally, f"b{i}") for i in range(4)]
+    calls = [refs[i % 4].mark(f"m{i}") for i in range(200)]
+    results = await asyncio.gather(*calls)
+    assert results == [i // 4 + 1 for i in range(200)]
+    sends = [refs[0].mark(f"s{i}") for i in range(3)]
+    await ray_rt.settle()
+    assert all(f.done() for f in sends)
+    assert refs[0].state["n"] == 53

@@ -10,10 +10,13 @@ write one agent. A host that dies is restarted by Ray and takes its shards back;
 committed is lost, because everything committed is in the stores.
 
 The driver (the notebook) keeps the same API: messages are forwarded to the owning host
-(arguments travel as JSON text), reads (``state``, ``sql``, ``history``, ``at``, the
-DuckDB views, the approval inbox) go straight to the stores. Agents on different hosts
-message each other through the same forwarding. Not forwarded: streaming chat and client
-tools (use ``ref.chat``), and observability events (subscribe on the hosts' runtimes).
+(one Ray call each; the envelope and its arguments travel as JSON text), and the answers
+are settled on the driver's event loop in batches, without a task per message. Reads
+(``state``, ``sql``, ``history``, ``at``, the DuckDB views, the approval inbox) go
+straight to the stores. Agents on different hosts message each other through the same
+forwarding. While someone subscribes to the driver's ``rt.events``, the hosts' events are
+relayed to it (a long poll per host, JSON batches); with nobody listening the hosts'
+buses stay inactive. Not forwarded: streaming chat and client tools (use ``ref.chat``).
 
 Ray ships agent classes to the hosts (defined in a notebook, they travel by value); the
 agents' data never travels pickled.
@@ -22,21 +25,28 @@ agents' data never travels pickled.
 from __future__ import annotations
 
 import asyncio
+import json as _json
+import logging
 import os
 import uuid
 import zlib
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..errors import HostUnavailableError, StoreError, UsageError
+from ..mailbox import Envelope
 
 if TYPE_CHECKING:
-    from ..mailbox import Envelope
     from ..runtime import Runtime
 
 __all__ = ["RayRouter", "shard_of"]
 
+#: Events a host keeps for the driver's next poll, at most.
+_MAX_EVENTS = 100_000
+
 Key = tuple[str, str]
+log = logging.getLogger("agentbook.ray")
 
 
 def shard_of(key: Key, shards: int) -> int:
@@ -52,8 +62,8 @@ def _ray() -> Any:
     return ray
 
 
-def _spec(env: Envelope) -> dict[str, Any]:
-    """What travels to a host for one envelope (JSON text, plus a replay step if any)."""
+def _head(env: Envelope) -> list[Any]:
+    """The envelope's fields that travel to a host, besides its argument texts."""
     if env.extras:
         raise UsageError("streaming chat and client tools don't cross Ray hosts yet; "
                          "use `await ref.chat(text)`")
@@ -62,10 +72,52 @@ def _spec(env: Envelope) -> dict[str, Any]:
         op = env.label or env.method
         if op not in ("destroy", "prune"):
             raise UsageError(f"{op} is not supported on the Ray backend")
-    return {"method": env.method, "args": env.args_json, "kwargs": env.kwargs_json,
-            "source": env.source, "chain": [list(k) for k in env.chain], "label": env.label,
-            "approval": list(env.approval) if env.approval else None, "op": op,
-            "future": env.future is not None, "replay": env.replay}
+    return [env.method, env.source, [list(k) for k in env.chain] if env.chain else None,
+            env.label, list(env.approval) if env.approval else None, op,
+            env.future is not None]
+
+
+class _Inbox:
+    """Answers of forwarded messages, handed from Ray's threads to one event loop.
+
+    Ray completes an ObjectRef on one of its own threads; rather than a task (or an
+    asyncio future and a thread-safe wake-up) per message, answers are queued here and the
+    loop is woken once per batch: everything that arrived by then is settled in one go.
+    """
+
+    __slots__ = ("armed", "done", "idle", "loop", "pending", "router")
+
+    def __init__(self, router: RayRouter, loop: asyncio.AbstractEventLoop) -> None:
+        self.router = router
+        self.loop = loop
+        self.done: deque[tuple[Any, ...]] = deque()
+        self.armed = False
+        self.pending = 0  # forwarded, not settled yet (touched on the loop's thread only)
+        self.idle: asyncio.Future | None = None
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        """Called on a Ray thread when an answer is in."""
+        self.done.append(item)
+        if not self.armed:
+            self.armed = True
+            try:
+                self.loop.call_soon_threadsafe(self.drain)
+            except RuntimeError:  # the loop was closed: nobody waits for these any more
+                pass
+
+    def drain(self) -> None:
+        self.armed = False  # before popping: an answer put from now on wakes us again
+        done, settle = self.done, self.router._settle
+        while done:
+            try:
+                self.pending -= settle(self, *done.popleft())
+            except Exception:  # never leave the other answers behind
+                log.exception("settling a message forwarded to a Ray host failed")
+                self.pending -= 1
+        if self.pending <= 0 and self.idle is not None:
+            if not self.idle.done():
+                self.idle.set_result(None)
+            self.idle = None
 
 
 class RayRouter:
@@ -80,11 +132,12 @@ class RayRouter:
         self.index = index  # None on the driver: it owns nothing
         self._handles: dict[int, Any] = {}
         self._sent: dict[tuple[int, str], Any] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._inbox: _Inbox | None = None
         # Ray may start an async actor's calls out of order: number them per host, and the
         # host queues them in that order, so each agent sees its messages in order.
         self.sender = uuid.uuid4().hex
         self._seq: dict[int, int] = {}
+        self.events: _EventRelay | None = None  # the driver's: host events while listened to
 
     def host_of(self, key: Key) -> int:
         """Which host owns *key*."""
@@ -100,71 +153,92 @@ class RayRouter:
                                                     namespace="agentbook")
         return self._handles[index]
 
+    def _inbox_here(self) -> _Inbox | None:
+        inbox = self._inbox
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None  # no loop (a script's top level): answers have nowhere to go
+        if inbox is None or inbox.loop is not loop:
+            inbox = self._inbox = _Inbox(self, loop)
+        return inbox
+
     def forward(self, key: Key, env: Envelope) -> None:
         """Send *env* to its host; resolve its future with the host's answer."""
-        index = self.host_of(key)
-        host = self.handle(index)
-        cls = self.rt._class_for(key[0])
-        if cls is not None and self._sent.get((index, key[0])) is not cls:
-            host.register.remote(cls)  # runs before the delivery below (same caller, in order)
-            self._sent[(index, key[0])] = cls
         try:
-            spec = _spec(env)
-            spec["sender"] = self.sender
-            spec["seq"] = self._seq.get(index, 0)
-            self._seq[index] = spec["seq"] + 1
-            ref = host.deliver.remote(key[0], key[1], spec)
+            head = _head(env)
         except UsageError as exc:
             if env.future is not None and not env.future.done():
                 env.future.set_exception(exc)
             return
-        task = asyncio.ensure_future(self._settle(ref, env, key, index))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        inbox = self._inbox_here()
+        if self.events is not None and inbox is not None:
+            self.events.poll()
+        self._send(key, env, head, inbox, False)
 
-    async def _settle(self, ref: Any, env: Envelope, key: Key, index: int,
-                      resent: bool = False) -> None:
+    def _send(self, key: Key, env: Envelope, head: list[Any], inbox: _Inbox | None,
+              resent: bool) -> None:
+        index = self.host_of(key)
+        host = self._handles.get(index) or self.handle(index)
+        cls = self.rt._class_for(key[0])
+        if cls is not None and self._sent.get((index, key[0])) is not cls:
+            host.register.remote(cls)  # runs before the delivery below (same caller, in order)
+            self._sent[(index, key[0])] = cls
+        seq = self._seq.get(index, 0)
+        self._seq[index] = seq + 1
+        # One text: the head (JSON), then the argument texts exactly as they were checked.
+        text = "\n".join((jsonvalue.dumps([key[0], key[1], self.sender, seq, *head]),
+                          env.args_json, env.kwargs_json or ""))
+        args = (text,) if env.replay is None else (text, env.replay)
+        ref = host.deliver.remote(*args)
+        if inbox is None:
+            return
+        if not resent:
+            inbox.pending += 1
+        put = inbox.put
+        ref.future().add_done_callback(lambda f: put((f, env, key, index, head, resent)))
+
+    def _settle(self, inbox: _Inbox, done: Any, env: Envelope, key: Key, index: int,
+                head: list[Any], resent: bool) -> int:
+        """Hand one answer to its caller (on the loop); 1 when the message is settled."""
         fut = env.future
-        try:
-            text = await ref
-        except _ClassMissing:
+        exc = done.exception()
+        if exc is None:
+            if fut is not None and not fut.done():
+                text = done.result()
+                fut.set_result(None if text is None else jsonvalue.loads(text))
+            return 1
+        if isinstance(exc, _ClassMissing):
             # The host restarted and lost the classes it was sent: send again, once.
             self._sent = {k: v for k, v in self._sent.items() if k[0] != index}
             if not resent:
-                host = self.handle(index)
-                cls = self.rt._class_for(key[0])
-                host.register.remote(cls)
-                self._sent[(index, key[0])] = cls
-                spec = _spec(env)
-                spec["sender"], spec["seq"] = self.sender, self._seq.get(index, 0)
-                self._seq[index] = spec["seq"] + 1
-                await self._settle(host.deliver.remote(key[0], key[1], spec), env, key, index,
-                                   True)
-                return
-            raise
-        except BaseException as exc:  # the handler's own exception comes back as it was
-            cause = getattr(exc, "cause", None)
-            error = cause if isinstance(cause, BaseException) else exc
-            if type(exc).__name__ in ("ActorUnavailableError", "ActorDiedError",
-                                      "RayActorError"):
-                self._sent = {k: v for k, v in self._sent.items() if k[0] != index}
-                error = HostUnavailableError(
-                    f"the host running this agent restarted during {env.method}(); it may or "
-                    "may not have run - check ref.version or ref.history() and send again")
-            if fut is not None and not fut.done():
-                fut.set_exception(error)
-            return
+                self._send(key, env, head, inbox, True)
+                return 0
+        # The handler's own exception comes back as it was.
+        cause = getattr(exc, "cause", None)
+        error = cause if isinstance(cause, BaseException) else exc
+        if type(exc).__name__ in ("ActorUnavailableError", "ActorDiedError", "RayActorError"):
+            self._sent = {k: v for k, v in self._sent.items() if k[0] != index}
+            error = HostUnavailableError(
+                f"the host running this agent restarted during {env.method}(); it may or "
+                "may not have run - check ref.version or ref.history() and send again")
         if fut is not None and not fut.done():
-            fut.set_result(None if text is None else jsonvalue.loads(text))
+            fut.set_exception(error)
+        return 1
 
     async def settle(self) -> None:
         """Wait for the answers of forwarded messages."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        inbox = self._inbox_here()
+        while inbox is not None and inbox.pending > 0:
+            if inbox.idle is None:
+                inbox.idle = inbox.loop.create_future()
+            await inbox.idle
 
     def shutdown(self) -> None:
         """Stop the host actors (the driver's runtime is closing)."""
         ray = _ray()
+        if self.events is not None:
+            self.events.close()
         for index in range(self.hosts):
             try:
                 ray.kill(self.handle(index), no_restart=True)
@@ -175,6 +249,111 @@ class RayRouter:
         """Hibernate idle agents on every host."""
         ray = _ray()
         return sum(ray.get([self.handle(i).hibernate.remote() for i in range(self.hosts)]))
+
+
+class _EventRelay:
+    """On the driver: events of the agents on the hosts, while someone listens here.
+
+    While the driver's ``rt.events`` has a subscriber, one long poll per host
+    (``AgentHost.events``) brings that host's events over in batches, as JSON text, and
+    they are emitted on the driver's bus with their own timestamps. The first subscriber
+    starts a listening spell: each host is sent ``listen``, numbered like the messages, so
+    it subscribes to its own bus before it takes in any message sent after the subscribe
+    (a restarted host subscribes again on its next poll). When the last driver subscriber
+    goes, the hosts are told to unsubscribe (``mute``), so with nobody listening a host's
+    bus is inactive and events cost nothing there, as everywhere. Spells are numbered, so
+    a late ``mute`` can't silence a newer spell. Host events arrive a little after the
+    results of the calls that caused them, not in step with them.
+    """
+
+    def __init__(self, router: RayRouter) -> None:
+        self.router = router
+        self.bus = router.rt.events
+        self.spell = 0
+        self.tasks: list[asyncio.Task] = []
+        watch = getattr(self.bus, "watch", None)
+        if watch is not None:  # EventBus.watch(callback): called when `active` changes
+            watch(self.changed)
+        else:
+            self._wrap_subscribe()
+
+    def _wrap_subscribe(self) -> None:
+        bus, subscribe, changed = self.bus, self.bus.subscribe, self.changed
+
+        def subscribed(callback: Any, types: Any = None, agent: Any = None) -> Any:
+            unsubscribe = subscribe(callback, types, agent)
+            changed()
+
+            def unsubscribed() -> None:
+                unsubscribe()
+                changed()
+
+            return unsubscribed
+
+        subscribed.__doc__ = subscribe.__doc__
+        bus.subscribe = subscribed
+
+    def changed(self) -> None:
+        if self.bus.active:
+            self.poll()
+        elif self.tasks:
+            self.close(mute=True)
+
+    def poll(self) -> None:
+        """Start the polls if someone listens and they don't run (needs a running loop)."""
+        if self.tasks or not self.bus.active or self.router.rt.closed:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # started by the next message forwarded from a running loop
+        self.spell += 1
+        router = self.router
+        for index in range(router.hosts):  # numbered like messages: in before the next one
+            seq = router._seq.get(index, 0)
+            router._seq[index] = seq + 1
+            router.handle(index).listen.remote(router.sender, seq, self.spell)
+        self.tasks = [asyncio.ensure_future(self._pump(i, self.spell))
+                      for i in range(router.hosts)]
+
+    def close(self, mute: bool = False) -> None:
+        tasks, self.tasks = self.tasks, []
+        for task in tasks:
+            task.cancel()
+        if mute:
+            for index in range(self.router.hosts):
+                try:
+                    self.router.handle(index).mute.remote(self.spell)
+                except Exception:  # a host that is gone holds no subscription
+                    pass
+
+    async def _pump(self, index: int, spell: int) -> None:
+        bus = self.bus
+        while bus.active and not self.router.rt.closed:
+            try:
+                text = await self.router.handle(index).events.remote(spell)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the host restarted: its next poll subscribes it again
+                await asyncio.sleep(0.5)
+                continue
+            if text is None:  # muted: this spell is over
+                return
+            for type_, agent, name, payload, timestamp in _json.loads(text):
+                if not bus.active:
+                    return
+                bus.emit(type_, agent, name, payload, timestamp / 1000)
+
+
+def _event_default(value: Any) -> Any:
+    try:
+        return jsonvalue._redact(value)
+    except TypeError:
+        return repr(value)
+
+
+_event_encoder = _json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
+                                   default=_event_default)
 
 
 def start(rt: Runtime, address: str | None, hosts: int, shards: int) -> RayRouter:
@@ -197,6 +376,7 @@ def start(rt: Runtime, address: str | None, hosts: int, shards: int) -> RayRoute
     ray.get([h.ready.remote() for h in handles])
     router = RayRouter(rt, hosts, shards, prefix)
     router._handles = dict(enumerate(handles))
+    router.events = _EventRelay(router)
     return router
 
 
@@ -218,6 +398,12 @@ class AgentHost:
         self.rt.timers.reload()
         self._expected: dict[str, int] = {}
         self._waiting: dict[tuple[str, int], asyncio.Future] = {}
+        # Events relayed to the driver while someone listens there (see _EventRelay).
+        self._spell = 0
+        self._unlisten: Any = None
+        self._buffer: list[tuple] = []
+        self._wake: asyncio.Future | None = None
+
         # After a restart, messages in flight died with the old process: take senders'
         # numbering up from whatever arrives first.
         self._restarted = bool(_ray().get_runtime_context().was_current_actor_reconstructed)
@@ -235,38 +421,36 @@ class AgentHost:
         _lineage[(cls.__module__, cls.__name__)] = cls
         self.rt._classes[cls.__name__] = cls
 
-    async def deliver(self, class_name: str, name: str, spec: dict[str, Any]) -> str | None:
-        """Run one forwarded message; returns its result as JSON text."""
-        from ..mailbox import Envelope
-        from ..runtime import _destroy_op, _prune_op
-
+    async def deliver(self, text: str, replay: Any = None) -> str | None:
+        """Run one forwarded message (see ``RayRouter._send``); returns its result as JSON
+        text."""
+        head, args_json, kwargs_json = text.split("\n", 2)
+        (class_name, name, sender, seq, method, source, chain, label, approval, op,
+         future) = _json.loads(head)
         self.rt.timers.arm_if_pending()
-        sender, seq = spec["sender"], spec["seq"]
-        if self._restarted and sender not in self._expected:
-            self._expected[sender] = seq
-        if self._expected.get(sender, 0) != seq:  # wait for the messages sent before this one
-            fut = asyncio.get_running_loop().create_future()
-            self._waiting[(sender, seq)] = fut
-            await fut
-        key = (class_name, name)
-        from ..agent import _classes
-
-        if class_name not in _classes:
+        if self._expected.get(sender, 0) != seq or self._restarted:
+            await self._turn(sender, seq)
+        if class_name not in _agent_classes():
             self._next(sender, seq)  # let later messages through meanwhile
             raise _ClassMissing(class_name)
-        env = Envelope(spec["method"], tuple(jsonvalue.loads(spec["args"]) or ()),
-                       dict(jsonvalue.loads(spec["kwargs"]) or {}), spec["args"], spec["kwargs"],
-                       spec["source"], chain=tuple(tuple(k) for k in spec["chain"]),
-                       label=spec["label"])
-        if spec["approval"]:
-            env.approval = tuple(spec["approval"])
-        env.replay = spec["replay"]
-        if spec["op"] == "destroy":
-            env.op = _destroy_op
-        elif spec["op"] == "prune":
-            before, vacuum = env.args
-            env.op = lambda inst: _prune_op(inst, before, vacuum)
-        if not spec["future"]:
+        kwargs_json = kwargs_json or None
+        env = Envelope(method, tuple(jsonvalue.loads(args_json) or ()),
+                        dict(jsonvalue.loads(kwargs_json) or {}), args_json, kwargs_json,
+                        source, chain=tuple(tuple(k) for k in chain) if chain else (),
+                        label=label)
+        if approval:
+            env.approval = tuple(approval)
+        env.replay = replay
+        if op is not None:
+            from ..runtime import _destroy_op, _prune_op
+
+            if op == "destroy":
+                env.op = _destroy_op
+            else:  # prune
+                before, vacuum = env.args
+                env.op = lambda inst: _prune_op(inst, before, vacuum)
+        key = (class_name, name)
+        if not future:
             self.rt._enqueue(key, env)
             self._next(sender, seq)
             return None
@@ -278,11 +462,76 @@ class AgentHost:
         except (TypeError, ValueError):
             return None
 
+    async def _turn(self, sender: str, seq: int) -> None:
+        """Wait until the calls *sender* numbered before *seq* were taken in."""
+        if self._restarted and sender not in self._expected:
+            self._expected[sender] = seq
+        if self._expected.get(sender, 0) != seq:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiting[(sender, seq)] = fut
+            await fut
+
     def _next(self, sender: str, seq: int) -> None:
         self._expected[sender] = seq + 1
+        if not self._waiting:
+            return
         fut = self._waiting.pop((sender, seq + 1), None)
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    async def listen(self, sender: str, seq: int, spell: int) -> None:
+        """Someone listens on the driver: collect events for its polls, from this point of
+        the driver's messages on (numbered like them)."""
+        await self._turn(sender, seq)
+        self._listen(spell)
+        self._next(sender, seq)
+
+    def _listen(self, spell: int) -> None:
+        if spell > self._spell:
+            self._spell = spell
+            self._buffer.clear()
+            if self._unlisten is None:
+                self._unlisten = self.rt.events.subscribe(self._collect)
+
+    async def events(self, spell: int) -> str | None:
+        """The driver's long poll: this host's events since the last poll, as JSON text
+        (waits for at least one); ``None`` once the driver's listening *spell* is over."""
+        if spell < self._spell or (spell == self._spell and self._unlisten is None):
+            return None
+        self._listen(spell)  # after a restart, the first poll subscribes again
+        while not self._buffer:
+            if self._wake is None or self._wake.done():  # one wake-up for every poll waiting
+                self._wake = asyncio.get_running_loop().create_future()
+            await self._wake
+            if self._unlisten is None or spell != self._spell:
+                return None
+        batch, self._buffer = self._buffer, []
+        return _event_encoder.encode(batch)
+
+    async def mute(self, spell: int) -> None:
+        """Nobody listens on the driver any more: stop collecting events."""
+        if spell < self._spell:
+            return
+        self._spell = spell
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
+        self._buffer = []
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    async def listening(self) -> bool:
+        """Whether this host collects events for the driver (for tests)."""
+        return self._unlisten is not None and self.rt.events.active
+
+    def _collect(self, event: dict[str, Any]) -> None:
+        buffer = self._buffer
+        if len(buffer) >= _MAX_EVENTS:  # the driver stopped polling: keep the newest
+            del buffer[:len(buffer) // 2]
+        buffer.append((event["type"], event["agent"], event["name"], event["payload"],
+                       event["timestamp"]))
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def hibernate(self) -> int:
         """Hibernate this host's idle agents."""
@@ -291,6 +540,12 @@ class AgentHost:
     async def check(self, class_name: str, name: str) -> bool:
         """Whether this host holds the lease of *key*'s shard (for tests)."""
         return self.rt._holds_lease((class_name, name))
+
+
+def _agent_classes() -> dict[str, type]:
+    from ..agent import _classes
+
+    return _classes
 
 
 class _ClassMissing(Exception):
