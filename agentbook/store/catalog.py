@@ -148,8 +148,10 @@ class Catalog:
             load_guarded(self)
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
-        except PermissionError as exc:
-            raise translate_error(apsw.ReadOnlyError(str(exc)), root) from None
+        except OSError as exc:  # the folder can't be made: read-only, full, ...
+            from .health import os_error
+
+            raise os_error(exc, root) from None
 
     def _upgrade(self) -> None:
         """Catalogs from before approvals kept their request order had a WITHOUT ROWID

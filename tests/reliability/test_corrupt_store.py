@@ -352,6 +352,16 @@ async def test_a_read_only_store_folder_is_a_store_read_only_error(tmp_path: Pat
         await rt.aclose()
 
 
+@pytest.mark.parametrize("way", _readonly_ways())
+def test_a_runtime_in_a_folder_that_cannot_be_made_is_a_store_read_only_error(
+        tmp_path: Path, clock, way: str) -> None:
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    with _ReadOnly(way, parent), pytest.raises(ab.StoreReadOnlyError, match="writable"):
+        ab.Runtime(parent / "new-subfolder", clock=clock)
+    assert not (parent / "new-subfolder").exists()
+
+
 @pytest.mark.parametrize("target", READ_ONLY_TARGETS[1:])
 @pytest.mark.parametrize("way", _readonly_ways())
 async def test_a_read_only_store_recovers_by_itself(tmp_path: Path, clock, way: str,
