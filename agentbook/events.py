@@ -65,6 +65,19 @@ class EventBus:
         self.enabled = enabled
         #: True when at least one subscriber exists; producers check this first.
         self.active = False
+        self._watchers: list[Callable[[], None]] = []
+
+    def watch(self, callback: Callable[[], None]) -> None:
+        """Call *callback* (no arguments) after each subscribe and unsubscribe, when
+        :attr:`active` may have changed (a backend starts or stops relaying events)."""
+        self._watchers.append(callback)
+
+    def _changed(self) -> None:
+        for watcher in list(self._watchers):
+            try:
+                watcher()
+            except Exception:
+                log.exception("event bus watcher %r failed", watcher)
 
     def subscribe(
         self,
@@ -87,6 +100,8 @@ class EventBus:
         sub = _Subscription(callback, types, agent)
         self._subs.append(sub)
         self.active = self.enabled
+        if self._watchers:
+            self._changed()
 
         def unsubscribe() -> None:
             try:
@@ -94,6 +109,8 @@ class EventBus:
             except ValueError:
                 pass
             self.active = self.enabled and bool(self._subs)
+            if self._watchers:
+                self._changed()
 
         return unsubscribe
 

@@ -271,27 +271,7 @@ class _EventRelay:
         self.bus = router.rt.events
         self.spell = 0
         self.tasks: list[asyncio.Task] = []
-        watch = getattr(self.bus, "watch", None)
-        if watch is not None:  # EventBus.watch(callback): called when `active` changes
-            watch(self.changed)
-        else:
-            self._wrap_subscribe()
-
-    def _wrap_subscribe(self) -> None:
-        bus, subscribe, changed = self.bus, self.bus.subscribe, self.changed
-
-        def subscribed(callback: Any, types: Any = None, agent: Any = None) -> Any:
-            unsubscribe = subscribe(callback, types, agent)
-            changed()
-
-            def unsubscribed() -> None:
-                unsubscribe()
-                changed()
-
-            return unsubscribed
-
-        subscribed.__doc__ = subscribe.__doc__
-        bus.subscribe = subscribed
+        self.bus.watch(self.changed)  # called when `active` may have changed
 
     def changed(self) -> None:
         if self.bus.active:

@@ -155,7 +155,7 @@ async def test_validate_state_change_can_refuse_and_on_state_changed_sees_the_so
 
 
 # -- 4. Output gate --------------------------------------------------------------------
-@pytest.mark.local_only("events are not forwarded from Ray hosts")
+@pytest.mark.local_only("events and sends from Ray hosts arrive a moment later, not within a few loop turns")
 async def test_events_and_sends_leave_only_after_the_commit_is_durable(crt):
     seen = []
     ref = crt.get(ConfCaller, "teller")
