@@ -231,8 +231,9 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
     if env.extras is not None:
         ctx.extras = env.extras
     before = (inst.version, inst.state, inst.state_json)
-    if not lone:
-        store.savepoint()
+    if not lone:  # a user's method: the savepoint waits for its first write
+        store.savepoint(lazy=sched is None and env.approval is None and env.replay is None
+                        and not env.method.startswith("_ab_"))
     inst.ctx = ctx
     token = current_chain.set((*env.chain, inst.key))
     ts = rt.clock.now() if env.replay is None else env.replay.ts  # a replayed step keeps its time
@@ -346,11 +347,14 @@ def _sched_cols(ctx: HandlerContext) -> tuple[float | None, str | None]:
 
 
 _SCALARS = (int, str, bool)
+_SAFE_INT = 1 << 60
 
 
 def _result_json(value: Any) -> str | None:
     if value is None:
         return None
+    if type(value) is int and -_SAFE_INT < value < _SAFE_INT:
+        return repr(value)  # what json.dumps writes, without an encoder
     if type(value) in _SCALARS:  # the common case, without a freeze
         try:
             return jsonvalue.dumps(value) if type(value) is not str or value.isascii() \

@@ -172,13 +172,15 @@ class AgentStore:
             an OS crash, fsync on every commit) or ``"off"`` (ephemeral stores).
     """
 
-    __slots__ = ("_chain", "_reader", "broken", "conn", "durability", "path", "query_seconds")
+    __slots__ = ("_chain", "_reader", "_sp", "broken", "conn", "durability", "path", "query_seconds")
 
     def __init__(self, path: str, durability: str = "normal") -> None:
         self.path = path
         self.durability = durability
         self._reader: apsw.Connection | None = None
         self._chain: str | None = None  # hash of the newest history row, when known
+        #: The message savepoint: 0 none, 1 wanted (opened before the first write), 2 open.
+        self._sp = 0
         #: The typed error that made this store unusable while it was open (it went
         #: read-only or was found damaged): the mailbox then closes it.
         self.broken: Exception | None = None
@@ -251,18 +253,35 @@ class AgentStore:
         """Start the write transaction of a batch of messages."""
         self.conn.execute("BEGIN IMMEDIATE")
 
-    def savepoint(self) -> None:
-        """Open the savepoint of one message inside the batch."""
+    def savepoint(self, lazy: bool = False) -> None:
+        """Open the savepoint of one message inside the batch.
+
+        *lazy*: open it only if the message writes through :meth:`internal` or
+        :meth:`user_sql_dicts`; a handler that changes nothing but its state (kept in
+        memory until the batch commits) and its history row never needs one, and a failed
+        statement undoes itself.
+        """
+        if lazy:
+            self._sp = 1
+        else:
+            self.conn.execute("SAVEPOINT ab_msg")
+            self._sp = 2
+
+    def _open_savepoint(self) -> None:
         self.conn.execute("SAVEPOINT ab_msg")
+        self._sp = 2
 
     def release(self) -> None:
         """Keep one message's writes (they commit with the batch)."""
-        self.conn.execute("RELEASE ab_msg")
+        if self._sp == 2:
+            self.conn.execute("RELEASE ab_msg")
+        self._sp = 0
 
     def rollback_message(self) -> None:
         """Undo one message's writes, keeping the rest of the batch."""
         self._chain = None
-        if self.conn.in_transaction:
+        opened, self._sp = self._sp == 2, 0
+        if opened and self.conn.in_transaction:
             self.conn.execute("ROLLBACK TO ab_msg")
             self.conn.execute("RELEASE ab_msg")
 
@@ -273,6 +292,7 @@ class AgentStore:
     def rollback(self) -> None:
         """Undo the whole batch (SQLite may already have rolled back after an I/O error)."""
         self._chain = None
+        self._sp = 0
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 
@@ -333,6 +353,8 @@ class AgentStore:
         *readonly*, to queries).
         """
         conn = self.conn
+        if self._sp == 1 and not readonly:
+            self._open_savepoint()
         conn.authorizer = _readonly_authorizer if readonly else _user_authorizer
         budget = self.query_seconds if readonly else None
         if budget:
@@ -363,6 +385,8 @@ class AgentStore:
 
     def internal(self, query: str, params: tuple = ()) -> list[tuple]:
         """Run agentbook's own SQL on the writer connection."""
+        if self._sp == 1 and not query.startswith("SELECT"):
+            self._open_savepoint()
         return self.conn.execute(query, params).fetchall()
 
     # -- reads from outside -------------------------------------------------------------

@@ -1,0 +1,76 @@
+"""The mailbox's batches: messages waiting together share one transaction, and each one's
+writes stand or fall on their own (the savepoint of a message opens at its first write)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import agentbook as ab
+
+
+class Batched(ab.Agent):
+    initial_state = {"n": 0, "log": []}
+
+    async def on_start(self) -> None:
+        self.sql("CREATE TABLE IF NOT EXISTS rows(tag TEXT)")
+
+    @ab.callable
+    async def step(self, tag: str, how: str) -> str:
+        """*how*: ``state`` (state only), ``sql``, ``kv``, ``schedule``, each optionally
+        followed by ``-fail`` (raise after writing), or ``fail`` (raise, writing nothing)."""
+        kind, _, fails = how.partition("-")
+        if kind == "fail":
+            raise ValueError(f"{tag} failed before writing")
+        self.set_state({"n": self.state["n"] + 1, "log": [*self.state["log"], tag]})
+        if kind == "sql":
+            self.sql("INSERT INTO rows(tag) VALUES (?)", tag)
+        elif kind == "kv":
+            self.kv[tag] = True
+        elif kind == "schedule":
+            await self.schedule(3600, "noop", tag)
+        if fails:
+            raise ValueError(f"{tag} failed after writing")
+        return tag
+
+    @ab.callable
+    async def noop(self, tag: str) -> None:
+        pass
+
+    @ab.callable
+    async def tables(self) -> dict:
+        return {"rows": [r["tag"] for r in self.sql("SELECT tag FROM rows ORDER BY rowid")],
+                "kv": sorted(self.kv), "schedules": [s.payload for s in self.get_schedules()]}
+
+
+PLAN = [("a", "state"), ("b", "sql-fail"), ("c", "sql"), ("d", "fail"), ("e", "kv-fail"),
+        ("f", "kv"), ("g", "schedule-fail"), ("h", "schedule"), ("i", "state-fail"),
+        ("j", "state")]
+
+
+@pytest.mark.parametrize("where", ["files", ":memory:"])
+async def test_each_message_of_a_batch_stands_or_falls_on_its_own(where, tmp_path, clock):
+    rt = ab.Runtime(tmp_path / "store" if where == "files" else where, clock=clock)
+    try:
+        await _run_the_plan(rt)
+    finally:
+        await rt.aclose()
+
+
+async def _run_the_plan(rt: ab.Runtime) -> None:
+    ref = rt.get(Batched, "b")
+    await ref.tables()  # started: the next messages share one batch
+    version = ref.version
+    calls = [ref.step(tag, how) for tag, how in PLAN]  # queued before any runs
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    ok = [tag for (tag, how), r in zip(PLAN, results, strict=True) if r == tag]
+    assert ok == ["a", "c", "f", "h", "j"]
+    assert all(isinstance(r, ValueError) for r in results if r not in ok)
+    assert ref.state == {"n": 5, "log": ["a", "c", "f", "h", "j"]}
+    assert await ref.tables() == {"rows": ["c"], "kv": ["f"], "schedules": ["h"]}
+    history = ref.history(limit=20)
+    steps = history[history.method == "step"]
+    assert sorted(steps.outcome) == ["error"] * 5 + ["ok"] * 5  # failures are listed too
+    assert ref.version == version + 5 + 1  # versions: the five that worked + tables()
+    assert ref.verify()["ok"]
