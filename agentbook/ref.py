@@ -134,11 +134,11 @@ class AgentRef:
 
     async def destroy(self) -> None:
         """Delete the agent and its store (after the messages queued before this)."""
-        from .runtime import _destroy_op
+        from .ops import destroy_op
 
         rt = self._ab_rt
         rt._check_open()
-        env = Envelope("destroy", (), {}, "[]", None, rt.source, op=_destroy_op)
+        env = Envelope("destroy", (), {}, "[]", None, rt.source, op=destroy_op)
         await rt._submit(self._ab_key, env)
 
     @property
@@ -339,7 +339,7 @@ class AgentRef:
         """Forget history older than version *before* (or keep only the last *keep_last*
         versions); time travel then reaches back to *before* and no further. ``vacuum``
         also gives the space back to the disk. Returns how many versions were dropped."""
-        from .runtime import _prune_op
+        from .ops import prune_op
 
         if (before is None) == (keep_last is None):
             raise UsageError("pass exactly one of before= or keep_last=")
@@ -350,7 +350,7 @@ class AgentRef:
         rt = self._ab_rt
         rt._check_open()
         env = Envelope("prune", (), {}, "[]", None, rt.source,
-                       op=lambda inst: _prune_op(inst, before, vacuum))
+                       op=lambda inst: prune_op(inst, before, vacuum))
         return await rt._submit(self._ab_key, env)
 
     def widget(self) -> Any:

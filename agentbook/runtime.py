@@ -41,13 +41,14 @@ from .errors import (
     UsageError,
 )
 from .events import EventBus
-from .firing import TICK
 from .mailbox import Envelope, Instance
+from .ops import destroy_op
+from .runtime_schedules import SchedulesMixin
+from .runtime_views import ViewsMixin
 from .store import Catalog, agent_file
 from .timers import Timers
 
 if TYPE_CHECKING:
-    import pandas as pd
 
     from .ref import AgentRef
 
@@ -61,7 +62,7 @@ _MAX_NAME = 200
 _BAD_NAME = re.compile(r"[\x00-\x1f/\\]|[\ud800-\udfff]")
 
 
-class Runtime:
+class Runtime(ViewsMixin, SchedulesMixin):
     """Hosts agents and their durable stores.
 
     Args:
@@ -194,32 +195,6 @@ class Runtime:
             name = f"{class_name.lower()}-{secrets.token_hex(4)}"
         return self.get(class_name, name)
 
-    def agents(self, cls: type[Agent] | str | None = None) -> pd.DataFrame:
-        """One row per agent: class, name, created, version, awake, parent."""
-        import pandas as pd
-
-        from .store import open_reader
-
-        rows = []
-        for class_name, name, file, created, parent in self.catalog.rows(
-            None if cls is None else _class_name(cls)
-        ):
-            inst = self._instances.get((class_name, name))
-            if inst is not None and inst.store is not None:
-                version = inst.committed[0]
-            else:
-                try:
-                    conn = open_reader(os.path.join(self.root, file))
-                    version = conn.execute("SELECT version FROM _ab_state").fetchall()[0][0]
-                    conn.close()
-                except (AgentbookError, IndexError):
-                    version = None
-            rows.append((class_name, name, pd.Timestamp(created, unit="s", tz="UTC"), version,
-                         inst is not None and inst.store is not None, parent))
-        frame = pd.DataFrame(rows, columns=["class", "name", "created", "version", "awake", "parent"])
-        frame["version"] = frame["version"].astype("Int64")
-        return frame
-
     def hibernate(self) -> int:
         """Hibernate every idle agent now; returns how many were put to sleep."""
         idle = [inst for inst in list(self._open.values()) if not inst.busy]
@@ -228,119 +203,6 @@ class Runtime:
         if self._router is not None and self._router.index is None:
             return len(idle) + self._router.hibernate()
         return len(idle)
-
-    @property
-    def approvals(self) -> Approvals:
-        """The approval inbox: displayed, a widget with Approve / Reject buttons;
-        ``.pending()``, ``.approve(id)``, ``.reject(id, reason)``, ``.history()`` in code."""
-        if self._approvals is None:
-            self._approvals = Approvals(self)
-        return self._approvals
-
-    @property
-    def db(self) -> Any:
-        """The DuckDB connection holding the views (``agents``, ``history``, ``events``,
-        ``schedules``, ``approvals``, ``dead_letters``, ``messages``, ``tool_calls``).
-        Call :meth:`sql` (or ``rt.analytics.catch_up()``) to bring them up to date."""
-        return self.analytics.db
-
-    @property
-    def analytics(self) -> Any:
-        """The DuckDB projection behind :attr:`db` and :meth:`sql`."""
-        if self._analytics is None:
-            from .analytics import Analytics
-
-            self._analytics = Analytics(self)
-        return self._analytics
-
-    def sql(self, query: str, params: Any = None) -> pd.DataFrame:
-        """Run a DuckDB query over every agent's history, state, schedules, approvals and
-        events (caught up first); returns a DataFrame.
-
-        Example:
-            >>> rt.sql("SELECT agent, method, quantile_cont(duration_ms, .99) AS p99"
-            ...        " FROM history GROUP BY ALL")  # doctest: +SKIP
-        """
-        return self.analytics.sql(query, params)
-
-    def serve(self, port: int = 0, *, host: str = "127.0.0.1", token: str | None = None,
-              allow_remote: bool = False, mcp: bool = False, **options: Any) -> Any:
-        """Serve the agents over HTTP and WebSocket (Cloudflare's agents protocol), in the
-        background on the running event loop; returns a handle with ``url``, ``token``
-        and ``stop()``. Binds 127.0.0.1 unless ``allow_remote=True`` (and a token).
-        ``mcp=True`` also serves each agent's callable methods as MCP tools."""
-        from .serve import serve
-
-        return serve(self, port=port, host=host, token=token, allow_remote=allow_remote,
-                     mcp=mcp, **options)
-
-    def capture_events(self, on: bool = True) -> None:
-        """Copy observability events into the ``events`` view from now on (or stop)."""
-        self.analytics.capture_events(on)
-
-    @property
-    def plot(self) -> Any:
-        """Matplotlib figures of what the agents did: ``rt.plot.schedule()``, ..."""
-        from .plots import Plots
-
-        return Plots(self)
-
-    # -- schedules ------------------------------------------------------------------------
-    def dead_letters(self) -> pd.DataFrame:
-        """Scheduled and queued work that failed every attempt, across all agents."""
-        import pandas as pd
-
-        frame = pd.DataFrame.from_records(
-            self.catalog.dead_letters(),
-            columns=["id", "agent", "name", "callback", "payload", "type", "attempts", "error",
-                     "failed_at"],
-        )
-        frame["payload"] = [jsonvalue.loads(p) for p in frame["payload"]]
-        frame["failed_at"] = pd.to_datetime(frame["failed_at"].astype("float64"), unit="s", utc=True)
-        return frame
-
-    async def retry_dead_letter(self, letter_id: str) -> None:
-        """Queue a dead letter's work again on its agent (a fresh set of attempts)."""
-        await self._dead_letter_op(letter_id, "_ab_retry_dead_letter", "retry_dead_letter")
-
-    async def drop_dead_letter(self, letter_id: str) -> None:
-        """Forget a dead letter for good."""
-        await self._dead_letter_op(letter_id, "_ab_drop_dead_letter", "drop_dead_letter")
-
-    async def _dead_letter_op(self, letter_id: str, method: str, label: str) -> None:
-        from .scheduler import ScheduleError
-
-        self._check_open()
-        where = self.catalog.dead_letter(letter_id)
-        if where is None:
-            raise ScheduleError(f"no dead letter has id {letter_id!r}; see rt.dead_letters()")
-        env = Envelope(method, (letter_id,), {}, jsonvalue.dumps([letter_id]), None, self.source,
-                       label=label)
-        await self._submit(tuple(where), env)
-        self.catalog.remove_dead_letter(letter_id)
-
-    async def settle(self, timeout: float = 10.0) -> None:
-        """Wait until no agent has work running or queued (at most *timeout* real seconds).
-
-        ``VirtualClock.advance`` calls this after each timer, so simulated time only moves
-        on once the work due at the current instant is done.
-        """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        if self._router is not None:
-            await self._router.settle()
-        while True:
-            for _ in range(2):
-                await asyncio.sleep(0)
-            tasks = [i.task for i in self._instances.values() if i.task is not None]
-            if not tasks:
-                if any(i.queue for i in self._instances.values()):
-                    continue
-                return
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            await asyncio.wait(tasks, timeout=remaining)
 
     def _class_for(self, class_name: str) -> type[Agent] | None:
         """The agent class for *class_name*: the newest definition of the class this
@@ -360,34 +222,6 @@ class Runtime:
 
         host_id, shards = self._lease
         return self.catalog.lease_holder(shard_of(key, shards)) == host_id
-
-    def _tick(self, key: Key) -> None:
-        """The timer says *key* has something due: wake it with a tick message."""
-        if not self._owns(key):
-            return
-        inst = self._instances.get(key)
-        if inst is not None and any(e.method == TICK for e in inst.queue):
-            return
-        self._enqueue(key, Envelope(TICK, (), {}, "[]", None, "timer"))
-
-    def _scheduled_failure(self, key: Key, outcome: Any) -> None:
-        label, letter = outcome.recorded
-        env = outcome.env
-        if letter is not None:
-            self.catalog.add_dead_letters([letter])
-        if self.events.active:
-            self._emit_scheduled("retry" if label == "retry" else "error", key, env,
-                                 outcome.version, str(outcome.value))
-
-    def _emit_scheduled(self, what: str, key: Key, env: Envelope, version: int,
-                        error: str | None = None) -> None:
-        row = env.sched
-        kind = "queue" if row[3] == "queue" else "schedule"
-        payload = {"id": row[0], "callback": row[1], "type": row[3], "due": row[4],
-                   "occurrence": f"{row[0]}:{row[9]}", "attempt": row[8] + 1, "version": version}
-        if error is not None:
-            payload["error"] = error
-        self._emit(f"{kind}:{what}", key, payload)
 
     # -- life ---------------------------------------------------------------------------
     def close(self) -> None:
@@ -614,58 +448,11 @@ class Runtime:
                                     "error"))
 
     def _destroy_later(self, key: Key) -> None:
-        self._enqueue(key, Envelope("destroy", (), {}, "[]", None, "destroy", op=_destroy_op))
+        self._enqueue(key, Envelope("destroy", (), {}, "[]", None, "destroy", op=destroy_op))
 
     def _check_open(self) -> None:
         if self.closed:
             raise RuntimeClosedError("the runtime was closed; create a new ab.Runtime to go on")
-
-
-async def _destroy_op(inst: Instance) -> None:
-    rt = inst.runtime
-    path = rt._path_of(inst.key)
-    inst.close()
-    rt._open.pop(inst.key, None)
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.remove(path + suffix)
-        except FileNotFoundError:
-            pass
-    rt.catalog.remove(*inst.key)
-    rt.timers.set(inst.key, None)
-    rt.timers.index_exact([(inst.key, None)])
-    inst.version, inst.state, inst.state_json = 0, None, ""
-    inst.committed = (0, None, "")
-    if rt.events.active:
-        rt._emit("destroy", inst.key, {})
-
-
-async def _prune_op(inst: Instance, before: int, vacuum: bool) -> int:
-    from .store.history import state_at
-    from .timetravel import check_version, schema_at
-
-    inst.open()
-    store = inst.store
-    conn = store.conn
-    key = inst.key
-    before = check_version(conn, before, f"{key[0]}({key[1]!r})")
-    store.begin()
-    try:
-        conn.execute("UPDATE _ab_history SET state = ? WHERE version = ? AND state IS NULL",
-                     (state_at(conn, before), before))
-        conn.execute("UPDATE _ab_history SET schema = ? WHERE version = ? AND schema IS NULL",
-                     (schema_at(conn, before), before))
-        dropped = conn.execute("SELECT count(*) FROM _ab_history WHERE version < ?",
-                               (before,)).fetchall()[0][0]
-        conn.execute("DELETE FROM _ab_history WHERE version < ?", (before,))
-        store.set_meta({"first_version": str(before)})
-        store.commit()
-    except BaseException:
-        store.rollback()
-        raise
-    if vacuum:
-        conn.execute("VACUUM")
-    return dropped
 
 
 class _Deferred:

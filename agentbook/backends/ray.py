@@ -422,13 +422,13 @@ class AgentHost:
             env.approval = tuple(approval)
         env.replay = replay
         if op is not None:
-            from ..runtime import _destroy_op, _prune_op
+            from ..ops import destroy_op, prune_op
 
             if op == "destroy":
-                env.op = _destroy_op
+                env.op = destroy_op
             else:  # prune
                 before, vacuum = env.args
-                env.op = lambda inst: _prune_op(inst, before, vacuum)
+                env.op = lambda inst: prune_op(inst, before, vacuum)
         key = (class_name, name)
         if not future:
             self.rt._enqueue(key, env)
