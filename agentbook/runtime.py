@@ -115,8 +115,10 @@ class Runtime(ViewsMixin, SchedulesMixin):
     ) -> None:
         if durability not in _DURABILITY:
             raise UsageError(f"durability must be 'normal' or 'full', not {durability!r}")
-        if max_open < 1 or max_batch < 1:
-            raise UsageError("max_open and max_batch must be at least 1")
+        _check_limits(max_open=max_open, max_batch=max_batch, max_payload_bytes=max_payload_bytes,
+                      max_state_bytes=max_state_bytes, max_queue=max_queue,
+                      max_store_bytes=max_store_bytes, hibernate_after=hibernate_after,
+                      max_query_seconds=max_query_seconds)
         path = os.fspath(path)
         self.memory = path == ":memory:"
         if self.memory:
@@ -473,6 +475,23 @@ def _class_name(cls: type[Agent] | str) -> str:
     if isinstance(cls, type) and issubclass(cls, Agent):
         return cls.__name__
     raise UsageError(f"expected an ab.Agent subclass (or its name), got {cls!r}")
+
+
+def _check_limits(**limits: Any) -> None:
+    """Counts and sizes are positive ints; times are non-negative numbers of seconds; the
+    store cap and the query budget may be ``None`` (no limit)."""
+    for name, value in limits.items():
+        if value is None and name in ("max_store_bytes", "max_query_seconds"):
+            continue
+        if name in ("hibernate_after", "max_query_seconds"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+                0 <= value < float("inf") and (value > 0 or name == "hibernate_after")
+            what = "a positive number of seconds" + (" (or None)" if "query" in name else "")
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            what = "a positive int" + (" (or None)" if name == "max_store_bytes" else "")
+        if not ok:
+            raise UsageError(f"ab.Runtime({name}=...) must be {what}, not {value!r}")
 
 
 def _check_name(name: Any) -> None:
