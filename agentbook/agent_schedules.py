@@ -70,14 +70,11 @@ class SchedulingMixin:
         """
         inst = self._ab_instance
         ctx = inst.require_ctx("schedule_every")
-        interval = seconds.total_seconds() if isinstance(seconds, timedelta) else seconds
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0 \
-                or interval == float("inf"):
-            raise ScheduleError(f"an interval must be a positive number of seconds, not {seconds!r}")
+        interval = scheduler.check_interval(seconds)
         scheduler.check_callback(type(self), callback, payload)
         now = inst.runtime.clock.now()
         return self._ab_insert(ctx, "interval", now + interval, callback, payload, now,
-                               interval=float(interval), retry=Retry.coerce(retry), missed=missed)
+                               interval=interval, retry=Retry.coerce(retry), missed=missed)
 
     async def queue(self, callback: str, payload: Any = None, *,
                     retry: Retry | dict | int | None = None) -> Schedule:

@@ -9,12 +9,11 @@ the retry (or the dead letter) as a version of its own.
 
 from __future__ import annotations
 
-import inspect
 from typing import TYPE_CHECKING, Any
 
 from . import jsonvalue
 from .faults import crash_point
-from .scheduler import ROW_SQL, Occurrence, Retry, new_id, next_after_run, was_missed
+from .scheduler import ROW_SQL, Occurrence, Retry, new_id, next_after_run, takes_payload, was_missed
 
 if TYPE_CHECKING:
     from .mailbox import Envelope, HandlerContext, Instance
@@ -59,11 +58,9 @@ def _takes_payload(cls: Any, callback: str, payload: Any) -> bool:
     if fn is None:
         return payload is not None
     try:
-        params = list(inspect.signature(fn).parameters.values())[1:]
-    except (TypeError, ValueError):
+        return takes_payload(fn)  # cached per function
+    except TypeError:  # an unhashable callable
         return True
-    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-               for p in params)
 
 
 def occurrence_of(env: Envelope) -> Occurrence:

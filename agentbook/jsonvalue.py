@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
+from functools import lru_cache
 from typing import Any
 
 from .errors import JSONValueError, ReadOnlyError
@@ -24,6 +26,9 @@ __all__ = ["FrozenDict", "FrozenList", "canonical", "dumps", "freeze", "loads", 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_DEPTH = 200
+#: Ints of at most this many bits have at most 640 digits: JSON text under any limit of
+#: ``sys.set_int_max_str_digits`` (640 is the lowest one). Longer ints are checked.
+_SHORT_INT_BITS = 2126
 
 _READ_ONLY_HINT = (
     "this value is a read-only copy of the agent's state; build a new value and "
@@ -96,7 +101,13 @@ def _freeze(v: Any, path: str, depth: int, seen: set[int]) -> Any:
         if not v.isascii() and _SURROGATE.search(v):
             raise _bad(path, "a string with a lone surrogate (not valid UTF-8)")
         return v
-    if t is int or t is bool or v is None:
+    if t is int:
+        if v.bit_length() > _SHORT_INT_BITS and _too_many_digits(v):
+            raise JSONValueError(
+                f"{path} is an int of over {sys.get_int_max_str_digits()} digits, too long for "
+                "JSON text; store it as a string, e.g. hex(n)", path)
+        return v
+    if t is bool or v is None:
         return v
     if t is float:
         if math.isfinite(v):
@@ -114,7 +125,7 @@ def _freeze(v: Any, path: str, depth: int, seen: set[int]) -> Any:
         out = {}
         for k, item in v.items():
             if type(k) is not str:
-                raise _bad(f"{path}[{k!r}]", f"under a {type(k).__name__} key")
+                raise _bad(f"{path}[{_safe_repr(k)}]", f"under a {type(k).__name__} key")
             if not k.isascii() and _SURROGATE.search(k):
                 raise _bad(path, "a dict with a key holding a lone surrogate (not valid UTF-8)")
             out[k] = _freeze(item, f"{path}[{k!r}]", depth + 1, seen)
@@ -133,12 +144,32 @@ def _freeze(v: Any, path: str, depth: int, seen: set[int]) -> Any:
     if isinstance(v, bool):
         return bool(v)
     if isinstance(v, int):
-        return int(v)
+        return _freeze(int(v), path, depth, seen)
     if isinstance(v, float):
         return _freeze(float(v), path, depth, seen)
     if t.__name__ == "Secret" and hasattr(v, "reveal"):
         return v  # kept as it is; written as {"$secret": name} (see agentbook.secrets)
     raise _bad(path, f"a {t.__name__}")
+
+
+def _too_many_digits(v: int) -> bool:
+    """Whether ``str(v)`` would pass Python's limit on int digits (``json.dumps`` too)."""
+    limit = sys.get_int_max_str_digits()
+    return limit > 0 and abs(v) >= _power_of_ten(limit)
+
+
+@lru_cache(maxsize=4)
+def _power_of_ten(n: int) -> int:
+    return 10**n
+
+
+def _safe_repr(value: Any) -> str:
+    """``repr(value)``, cut to 60 characters; its type's name if ``repr`` fails."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<{type(value).__name__}>"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def thaw(value: Any) -> Any:
@@ -164,13 +195,28 @@ _canonical_encoder = json.JSONEncoder(
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text of an already-checked value."""
-    return _encoder.encode(value)
+    """Compact JSON text of an already-checked value.
+
+    Raises:
+        JSONValueError: the value was not checked and is not JSON (NaN, a huge int...).
+    """
+    try:
+        return _encoder.encode(value)
+    except ValueError as exc:
+        raise _unencodable(value, exc) from None
 
 
 def canonical(value: Any) -> str:
     """Canonical JSON text (sorted keys, compact): equal values give equal text."""
-    return _canonical_encoder.encode(value)
+    try:
+        return _canonical_encoder.encode(value)
+    except ValueError as exc:
+        raise _unencodable(value, exc) from None
+
+
+def _unencodable(value: Any, exc: ValueError) -> JSONValueError:
+    return JSONValueError(f"{_safe_repr(value)} is not a JSON value ({exc}); use finite floats "
+                          f"and ints of at most {sys.get_int_max_str_digits()} digits", "value")
 
 
 def loads(text: str | None) -> Any:

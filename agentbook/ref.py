@@ -305,8 +305,11 @@ class AgentRef:
         """Put the agent back as it was after *version*: state, its tables, key-value data
         and schedules. Recorded as a new version (so it can be undone); nothing runs again;
         pending approvals requested since are cancelled. Waits its turn in the mailbox."""
+        from .timetravel import check_version_type
+
         rt = self._ab_rt
         rt._check_open()
+        version = check_version_type(version, repr(self))
         env = Envelope("_ab_rewind", (version,), {}, jsonvalue.dumps([version]), None,
                        rt.source, label="rewind")
         return rt._submit(self._ab_key, env)

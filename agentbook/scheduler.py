@@ -20,14 +20,19 @@ after now (``missed="once"``); ``missed="skip"`` runs nothing for missed ticks;
 fire once.
 
 Cron strings have five fields and are evaluated in UTC unless ``tz=`` names a zone.
+Delays and intervals are at most :data:`MAX_SECONDS` (1 000 years); intervals are at
+least :data:`MIN_INTERVAL` (1 ms), so every occurrence moves the clock forward.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import secrets
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 from . import jsonvalue
@@ -36,6 +41,12 @@ from .errors import UsageError
 __all__ = ["Occurrence", "Retry", "Schedule", "ScheduleError"]
 
 MISSED_POLICIES = ("once", "skip", "all")
+#: The longest delay or interval, in seconds: 1 000 years.
+MAX_SECONDS = 1000 * 365.25 * 86400
+#: The shortest interval, in seconds: 1 ms.
+MIN_INTERVAL = 0.001
+#: The latest due time a schedule can have (epoch seconds): the end of the year 9999.
+MAX_DUE = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
 
 
 class ScheduleError(UsageError, ValueError):
@@ -173,6 +184,9 @@ def resolve_when(when: Any, now: float, tz: str | None) -> tuple[str, float, str
     if isinstance(when, (int, float)):
         if when != when or when < 0 or when == float("inf"):
             raise ScheduleError(f"a delay must be a finite number of seconds >= 0, not {when!r}")
+        if when > MAX_SECONDS:
+            raise ScheduleError(f"a delay of {_short(when)} seconds is too long: the most is "
+                                f"{MAX_SECONDS:.0f} (1 000 years); pick a nearer time")
         return "delayed", now + float(when), None
     if isinstance(when, timedelta):
         return resolve_when(when.total_seconds(), now, tz)
@@ -194,11 +208,59 @@ def resolve_when(when: Any, now: float, tz: str | None) -> tuple[str, float, str
     )
 
 
+def check_interval(seconds: Any) -> float:
+    """The interval of ``schedule_every`` in seconds, checked.
+
+    Raises:
+        ScheduleError: not a number, not finite, shorter than :data:`MIN_INTERVAL` or
+            longer than :data:`MAX_SECONDS`.
+    """
+    interval = seconds.total_seconds() if isinstance(seconds, timedelta) else seconds
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) \
+            or not interval > 0 or interval == float("inf"):
+        raise ScheduleError(f"an interval must be a positive number of seconds, not {_short(seconds)}")
+    if interval < MIN_INTERVAL:
+        raise ScheduleError(f"an interval of {interval!r} seconds is too short: the least is "
+                            f"{MIN_INTERVAL} (1 ms)")
+    if interval > MAX_SECONDS:
+        raise ScheduleError(f"an interval of {_short(interval)} seconds is too long: the most "
+                            f"is {MAX_SECONDS:.0f} (1 000 years)")
+    return float(interval)
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a number, cut short (an int can have thousands of digits)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"{'-' if value < 0 else ''}~10**{int(value.bit_length() * 0.30103)}"
+    return repr(value)
+
+
 def next_cron(expr: str, after: float, tz: str | None) -> float:
     """The first tick of cron *expr* strictly after *after* (epoch seconds)."""
+    if tz is not None and not isinstance(tz, str):
+        raise ScheduleError(f"tz is a time zone name like 'Europe/Paris', not {tz!r}")
+    return _next_tick(expr.strip(), after, tz)
+
+
+@lru_cache(maxsize=4096)
+def _next_tick(expr: str, after: float, tz: str | None) -> float:
+    """:func:`next_cron`, remembered: agents that share a cron string fire at the same
+    instants and ask for the same next tick."""
+    cron, lock = _parsed_cron(expr, tz)
+    try:
+        start = datetime.fromtimestamp(after, cron.tzinfo)
+        with lock:  # the parsed croniter is shared: get_next sets its current time
+            return float(cron.get_next(float, start_time=start))
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise ScheduleError(f"{expr!r} is not a valid cron string: {exc}") from None
+
+
+@lru_cache(maxsize=512)
+def _parsed_cron(expr: str, tz: str | None) -> tuple[Any, threading.Lock]:
+    """A parsed croniter for *expr* in zone *tz* (parsing is most of a firing's cost), and
+    the lock that guards its state. Bad strings raise, so they are never cached."""
     from croniter import croniter
 
-    expr = expr.strip()
     if len(expr.split()) != 5:
         raise ScheduleError(
             f"{expr!r} is not a five-field cron string (minute hour day month weekday), "
@@ -206,8 +268,7 @@ def next_cron(expr: str, after: float, tz: str | None) -> float:
         )
     zone = _zone(tz)
     try:
-        start = datetime.fromtimestamp(after, zone)
-        return float(croniter(expr, start).get_next(float))
+        return croniter(expr, datetime.fromtimestamp(0, zone)), threading.Lock()
     except (ValueError, KeyError, TypeError) as exc:
         raise ScheduleError(f"{expr!r} is not a valid cron string: {exc}") from None
 
@@ -234,8 +295,10 @@ def next_after_run(type_: str, due: float, now: float, cron: str | None, interva
     if type_ == "interval":
         assert interval is not None
         if missed == "all":
-            return due + interval
-        return max(due + interval, now + interval) if now > due + interval else due + interval
+            nxt = due + interval
+        else:
+            nxt = max(due + interval, now + interval) if now > due + interval else due + interval
+        return nxt if nxt <= MAX_DUE else None  # no tick after the year 9999: it ends
     return None
 
 
@@ -267,15 +330,22 @@ def check_callback(cls: type, callback: Any, payload: Any) -> None:
             f"{cls.__name__}.{callback} is private or part of the framework; schedule a public "
             "method of your agent"
         )
-    import inspect
-
-    params = list(inspect.signature(fn).parameters.values())[1:]
-    takes = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
-                for p in params)
-    if payload is not None and not takes:
+    if payload is not None and not takes_payload(fn):
         raise ScheduleError(
             f"{cls.__name__}.{callback}() takes no payload; add a parameter or drop the payload"
         )
+
+
+@lru_cache(maxsize=4096)
+def takes_payload(fn: Any) -> bool:
+    """Whether method *fn* takes a positional argument after ``self`` (cached per function:
+    ``inspect.signature`` is slow)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())[1:]
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+               for p in params)
 
 
 def insert(store: Any, type_: str, due: float, callback: str, payload: Any, now: float, *,
@@ -284,6 +354,11 @@ def insert(store: Any, type_: str, due: float, callback: str, payload: Any, now:
     """Write one schedule row (inside the running handler's transaction)."""
     if missed not in MISSED_POLICIES:
         raise ScheduleError(f"missed must be one of {MISSED_POLICIES}, not {missed!r}")
+    if interval is not None:
+        interval = check_interval(interval)
+    if not due <= MAX_DUE:
+        raise ScheduleError(f"a schedule due at epoch {due!r} is past the year 9999, the latest "
+                            "a schedule can be due; pick a nearer time")
     payload = jsonvalue.freeze(payload, "payload")
     retry = retry or Retry()
     sid = new_id()

@@ -55,17 +55,29 @@ def bounds(conn: apsw.Connection, db: str = "main") -> tuple[int, int]:
     return (int(first_rows[0][0]) if first_rows else 0), head
 
 
+def check_version_type(version: Any, who: str) -> int:
+    """*version* as a plain int, or a :class:`VersionNotFoundError` (for a float - even
+    ``inf`` or ``nan`` -, a bool, a string...) before anything else looks at it."""
+    if isinstance(version, bool) or not isinstance(version, int):
+        shown = repr(version) if isinstance(version, float) else type(version).__name__
+        raise VersionNotFoundError(
+            f"versions of {who} are whole numbers (-1 is the newest), not {shown}")
+    return int(version)
+
+
 def check_version(conn: apsw.Connection, version: Any, who: str, db: str = "main") -> int:
     """The version as an int, or a :class:`VersionNotFoundError` saying what exists."""
     first, head = bounds(conn, db)
     if isinstance(version, bool) or not isinstance(version, int):
         raise VersionNotFoundError(f"versions are whole numbers; {who} has versions {first}..{head}")
+    version = int(version)
     if version < 0:
         version = head + 1 + version  # -1 is head
     if version > head or version < first:
         pruned = " (older versions were pruned)" if first else ""
+        shown = version if abs(version) < 2**63 else "that big"  # str() of a huge int raises
         raise VersionNotFoundError(
-            f"{who} has no version {version}: its history covers {first}..{head}{pruned}")
+            f"{who} has no version {shown}: its history covers {first}..{head}{pruned}")
     return version
 
 

@@ -20,8 +20,8 @@ Handlers that *accept* the bad input raise ``Accepted`` afterwards (so nothing c
 either way) and the test decides whether accepting was right (a random string that
 happens to be valid SQL or a valid cron string) or a bug.
 
-Known gaps of the product are kept out of the random strategies and pinned by the
-``xfail`` tests at the end (see their reasons).
+Edge cases the random strategies rarely reach (each was a bug once, now fixed) have a test
+of their own at the end.
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def _without_history(snapshot: tuple[int, dict, list]) -> tuple:
 @contextmanager
 def harness(tmp_path: Path, figure: Callable[..., None] | None, part: str) -> Iterator[Harness]:
     """A :class:`Harness`; its counts become the ``bad_input`` figure unless *figure* is
-    ``None`` (the xfail tests of known gaps don't count)."""
+    ``None``."""
     h = Harness(tmp_path / "store")
     try:
         yield h
@@ -249,7 +249,7 @@ bad_leaves = st.one_of(
     st.builds(object), st.just(print), st.just(RelVictim), lone_surrogates,
     st.dictionaries(st.one_of(st.integers(), st.booleans(), st.none(), st.tuples(st.integers())),
                     st.integers(), min_size=1, max_size=2),
-)  # lone surrogates in dict *keys*: see the xfail test at the end
+)  # lone surrogates in dict *keys*: see the edge-case test at the end
 
 
 def _embed(value: Any, leaf: Any, where: int) -> Any:
@@ -599,45 +599,35 @@ def test_bad_input_soak(tmp_path: Path, figure, test: Callable, monkeypatch) -> 
     test(tmp_path, figure)
 
 
-# -- known gaps -------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: schedule(1e20) and schedule_every(1e20) raise OverflowError (from "
-    "datetime.fromtimestamp in Schedule) instead of a ScheduleError"))
+# -- edge cases (each was a bug the suite found) ----------------------------------------------
 def test_delays_too_far_in_the_future_are_a_schedule_error(tmp_path: Path, figure) -> None:
-    with harness(tmp_path, None, "far future") as h:
+    with harness(tmp_path, figure, "far future") as h:
         for where, bad in (("when", 1e20), ("interval", 1e20), ("when", 10**400)):
             RelVictim.pending = bad
             h.check(lambda where=where: h.ref.use(where))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: schedule_every(1e-300) is accepted, but now + 1e-300 == now, so the "
-    "interval never moves: it fires again and again at the same instant (a VirtualClock "
-    "advance never returns; a real clock commits in a tight loop)"))
 def test_an_interval_too_small_to_move_the_clock_is_refused(tmp_path: Path, figure) -> None:
-    with harness(tmp_path, None, "tiny interval") as h:
+    with harness(tmp_path, figure, "tiny interval") as h:
         RelVictim.pending = 1e-300
         h.check(lambda: h.ref.use("interval"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: an int over 4300 digits passes jsonvalue.freeze, then json.dumps raises "
-    "ValueError (Python's int max str digits) instead of a JSONValueError"))
 def test_integers_too_long_for_json_text_are_a_json_value_error(tmp_path: Path, figure) -> None:
-    with harness(tmp_path, None, "huge int") as h:
+    with harness(tmp_path, figure, "huge int") as h:
         h.check(lambda: h.ref.echo(10**5000))
 
 
 def test_a_lone_surrogate_in_a_key_is_refused_and_never_hangs_the_caller(tmp_path: Path,
                                                                         figure) -> None:
-    with harness(tmp_path, None, "surrogate key") as h:
+    with harness(tmp_path, figure, "surrogate key") as h:
         h.timeout = 2.0
         h.check(lambda: h.ref.echo({"\ud800": 0}))
 
 
 @pytest.mark.parametrize("where", ["sql_param", "approval_id"])
 def test_an_integer_too_big_for_sqlite_is_an_sql_error(tmp_path: Path, figure, where: str) -> None:
-    with harness(tmp_path, None, "big int param") as h:
+    with harness(tmp_path, figure, "big int param") as h:
         RelVictim.pending = 2**64
         if where == "sql_param":
             h.check(lambda: h.ref.use("sql_param"))
@@ -647,30 +637,28 @@ def test_an_integer_too_big_for_sqlite_is_an_sql_error(tmp_path: Path, figure, w
 
 @pytest.mark.parametrize("params", [(), (1, 2), ({"a": 1},)], ids=["none", "two", "dict"])
 def test_wrong_parameter_bindings_are_an_sql_error(tmp_path: Path, figure, params: tuple) -> None:
-    with harness(tmp_path, None, "bindings") as h:
+    with harness(tmp_path, figure, "bindings") as h:
         error = h.check(lambda: h.ref.sql("SELECT * FROM items WHERE id = ?", *params))
         assert isinstance(error, ab.SQLError), error
 
 
 @pytest.mark.parametrize("text", ["SELECT 1 \x00", "SELECT '\ud800'"], ids=["nul", "surrogate"])
 @pytest.mark.parametrize("where", ["sql", "sql_readonly", "outside"])
-def test_sql_text_that_sqlite_cannot_take_is_an_sql_error(tmp_path: Path, where: str,
+def test_sql_text_that_sqlite_cannot_take_is_an_sql_error(tmp_path: Path, figure, where: str,
                                                           text: str) -> None:
-    with harness(tmp_path, None, "sql text") as h:
+    with harness(tmp_path, figure, "sql text") as h:
         RelVictim.pending = text
         call = (lambda: h.ref.sql(text)) if where == "outside" else (lambda: h.ref.use(where))
         error = h.check(call)
         assert isinstance(error, ab.SQLError), error
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: ref.rewind(float('inf')) (or nan) raises ValueError from jsonvalue.dumps "
-    "before the version is checked, not a VersionNotFoundError"))
 @pytest.mark.parametrize("version", [math.inf, math.nan])
-def test_rewind_to_a_version_that_is_not_a_number_is_a_typed_error(tmp_path: Path,
+def test_rewind_to_a_version_that_is_not_a_number_is_a_typed_error(tmp_path: Path, figure,
                                                                    version: float) -> None:
-    with harness(tmp_path, None, "rewind inf") as h:
-        h.check(lambda: h.ref.rewind(version))
+    with harness(tmp_path, figure, "rewind inf") as h:
+        error = h.check(lambda: h.ref.rewind(version))
+        assert isinstance(error, ab.VersionNotFoundError), error
 
 
 class _EvilKey:
@@ -681,11 +669,8 @@ class _EvilKey:
         return 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: jsonvalue names a bad dict key with repr(key) while building the "
-    "JSONValueError, so a key whose repr raises escapes as that exception"))
 def test_a_key_whose_repr_raises_is_still_a_json_value_error(tmp_path: Path, figure) -> None:
-    with harness(tmp_path, None, "evil key") as h:
+    with harness(tmp_path, figure, "evil key") as h:
         h.check(lambda: h.ref.echo({_EvilKey(): 1}))
 
 
