@@ -187,6 +187,11 @@ def _redact(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
+try:
+    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import encode_basestring as _c_string
+except ImportError:  # pragma: no cover - a Python without json's C speedups
+    _c_make_encoder = None
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
                             default=_redact)
 _canonical_encoder = json.JSONEncoder(
@@ -201,7 +206,12 @@ def dumps(value: Any) -> str:
         JSONValueError: the value was not checked and is not JSON (NaN, a huge int...).
     """
     try:
-        return _encoder.encode(value)
+        if _c_make_encoder is None:
+            return _encoder.encode(value)
+        # json's own C encoder, made directly: what JSONEncoder.encode does, minus its
+        # per-call Python set-up (a third of the time of a small state's text)
+        return "".join(_c_make_encoder({}, _redact, _c_string, None, ":", ",", False, False,
+                                       False)(value, 0))
     except ValueError as exc:
         raise _unencodable(value, exc) from None
 

@@ -23,7 +23,13 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from . import firing, jsonvalue
-from .errors import AgentStartError, IncompatibleStateError, NotInHandlerError, StoreCorruptError
+from .errors import (
+    AgentStartError,
+    IncompatibleStateError,
+    NotInHandlerError,
+    StoreCorruptError,
+    StoreError,
+)
 from .faults import crash_point
 from .handler import HandlerContext, Outcome, current_chain, run_message, run_start, translate
 from .store import AgentStore, health
@@ -262,10 +268,14 @@ class Instance:
                 taken.append(env)
                 outcome = await run_message(self, env, cls, lone)
                 done.append(outcome)
-                if not outcome.ok and not lone and not store.conn.in_transaction:
-                    # SQLite rolled the whole batch back (a full disk, an I/O error): nothing
-                    # of it is committed, so none of it may be acknowledged.
-                    raise outcome.value
+                if not store.conn.in_transaction and not (lone and not outcome.ok):
+                    # SQLite rolled the whole batch back (a full disk, an I/O error), even if
+                    # the handler caught the error: nothing of it is committed, so none of it
+                    # may be acknowledged.
+                    raise outcome.value if not outcome.ok else store.lost or StoreError(
+                        f"{self.key[0]}({self.key[1]!r})'s store lost its transaction (SQLite "
+                        "rolled it back after an error the handler caught); nothing of this "
+                        "batch was kept: send the messages again")
                 scheduled = scheduled or outcome.ctx.sched_dirty or env.sched is not None
                 if (lone and not outcome.ok) or outcome.ctx.suspended:
                     break

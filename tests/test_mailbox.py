@@ -74,3 +74,54 @@ async def _run_the_plan(rt: ab.Runtime) -> None:
     assert sorted(steps.outcome) == ["error"] * 5 + ["ok"] * 5  # failures are listed too
     assert ref.version == version + 5 + 1  # versions: the five that worked + tables()
     assert ref.verify()["ok"]
+
+
+class Filler(ab.Agent):
+    initial_state = {"notes": 0}
+
+    async def on_start(self) -> None:
+        self.sql("CREATE TABLE IF NOT EXISTS blobs(v BLOB)")
+
+    @ab.callable
+    async def note(self, text: str) -> int:
+        """Changes the state only: its history row (with *text*) waits for the commit."""
+        self.set_state({"notes": self.state["notes"] + 1})
+        return self.state["notes"]
+
+    @ab.callable
+    async def stuff(self, size: int) -> str:
+        """Writes *size* bytes and swallows the store's error: the handler "succeeds"."""
+        try:
+            self.sql("INSERT INTO blobs(v) VALUES (zeroblob(?))", size)
+        except ab.StoreError as exc:
+            return f"caught {type(exc).__name__}"
+        return "stored"
+
+    @ab.callable
+    async def count(self) -> int:
+        return self.sql("SELECT count(*) AS n FROM blobs")[0]["n"]
+
+
+@pytest.mark.parametrize("full_at", ["earlier rows", "own write"])
+async def test_a_full_store_fails_the_whole_batch_even_when_a_handler_swallows_it(
+        tmp_path, clock, full_at):
+    """The rows of earlier messages in a batch go in just before a later message writes;
+    if the store is full right then (or at that message's own write), none of the batch
+    may be acknowledged, even though the writing handler caught the error and returned."""
+    cap = 256 * 1024
+    note = cap // 2 if full_at == "earlier rows" else cap // 3
+    rt = ab.Runtime(tmp_path / "store", clock=clock, max_store_bytes=cap)
+    try:
+        ref = rt.get(Filler, "f")
+        await ref.count()
+        before = (ref.version, ref.state)
+        results = await asyncio.gather(ref.note("x" * note), ref.note("y" * note),
+                                       ref.stuff(cap // 2), return_exceptions=True)
+        acknowledged = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, BaseException)]
+        assert all(isinstance(r, ab.StoreFullError) for r in refused), results
+        assert acknowledged == [] and (ref.version, ref.state) == before  # nothing was kept
+        assert await ref.note("after") == ref.state["notes"]  # the agent works on
+        assert ref.verify()["ok"]
+    finally:
+        await rt.aclose()

@@ -55,6 +55,12 @@ _BAD_INPUT = (ValueError, OverflowError)
 _template_cache: bytes | None = None
 
 
+_INSERT_HISTORY = (
+    "INSERT INTO _ab_history(version, ts, method, args, kwargs, source, duration_ms, outcome,"
+    " error, result, state, changes, schema, due, occurrence, effects, chain)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+
+
 def _template() -> bytes:
     """Bytes of an empty store with every migration applied, in WAL mode."""
     global _template_cache
@@ -172,7 +178,8 @@ class AgentStore:
             an OS crash, fsync on every commit) or ``"off"`` (ephemeral stores).
     """
 
-    __slots__ = ("_chain", "_reader", "_sp", "broken", "conn", "durability", "path", "query_seconds")
+    __slots__ = ("_chain", "_pending", "_reader", "_sp", "broken", "conn", "durability", "lost",
+                 "path", "query_seconds")
 
     def __init__(self, path: str, durability: str = "normal") -> None:
         self.path = path
@@ -181,9 +188,14 @@ class AgentStore:
         self._chain: str | None = None  # hash of the newest history row, when known
         #: The message savepoint: 0 none, 1 wanted (opened before the first write), 2 open.
         self._sp = 0
+        #: History rows appended but not yet inserted: they go in with one executemany
+        #: before the commit, or before anything else writes (see :meth:`_flush`).
+        self._pending: list[tuple] = []
         #: The typed error that made this store unusable while it was open (it went
         #: read-only or was found damaged): the mailbox then closes it.
         self.broken: Exception | None = None
+        #: The error after which SQLite rolled back the running batch's transaction.
+        self.lost: Exception | None = None
         #: The time budget of one read-only query (``None``: no budget).
         self.query_seconds: float | None = QUERY_SECONDS
         fresh = health.check_file(path)  # (a file too short to be a database is damage)
@@ -216,6 +228,8 @@ class AgentStore:
         if isinstance(err, StoreReadOnlyError) or (
                 isinstance(err, StoreCorruptError) and health.confirm_damage(self.conn)):
             self.broken = err
+        if isinstance(err, StoreError) and self._sp and not self.conn.in_transaction:
+            self.lost = err  # (inside a batch: SQLite rolled all of it back)
         return err
 
     def set_size_cap(self, max_bytes: int | None) -> None:
@@ -251,6 +265,7 @@ class AgentStore:
     # -- transactions -------------------------------------------------------------------
     def begin(self) -> None:
         """Start the write transaction of a batch of messages."""
+        self.lost = None
         self.conn.execute("BEGIN IMMEDIATE")
 
     def savepoint(self, lazy: bool = False) -> None:
@@ -264,35 +279,58 @@ class AgentStore:
         if lazy:
             self._sp = 1
         else:
-            self.conn.execute("SAVEPOINT ab_msg")
-            self._sp = 2
+            self._open_savepoint()
 
     def _open_savepoint(self) -> None:
+        if self._pending:  # earlier messages' rows must not fall inside this savepoint
+            self._flush()
         self.conn.execute("SAVEPOINT ab_msg")
         self._sp = 2
+
+    def _flush(self) -> None:
+        """Insert the history rows appended so far (one statement for all of them)."""
+        rows, self._pending = self._pending, []
+        try:
+            self.conn.executemany(_INSERT_HISTORY, rows)
+        except BaseException:
+            # some rows of acknowledged-to-be messages may be in, some not: nothing of
+            # this batch may commit (the mailbox fails it all: see in_transaction)
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
 
     def release(self) -> None:
         """Keep one message's writes (they commit with the batch)."""
         if self._sp == 2:
+            if not self.conn.in_transaction:  # SQLite rolled the batch back; the handler went on
+                self._sp = 0
+                raise self.lost or StoreError(
+                    f"the store lost its transaction ({self.path}); nothing of this batch was "
+                    "kept: send the messages again")
             self.conn.execute("RELEASE ab_msg")
         self._sp = 0
 
     def rollback_message(self) -> None:
         """Undo one message's writes, keeping the rest of the batch."""
-        self._chain = None
         opened, self._sp = self._sp == 2, 0
-        if opened and self.conn.in_transaction:
-            self.conn.execute("ROLLBACK TO ab_msg")
-            self.conn.execute("RELEASE ab_msg")
+        if opened:  # (rows appended before it opened were inserted first: see _open_savepoint)
+            self._chain = None
+            self._pending.clear()
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK TO ab_msg")
+                self.conn.execute("RELEASE ab_msg")
 
     def commit(self) -> None:
         """Make the batch durable."""
+        if self._pending:
+            self._flush()
         self.conn.execute("COMMIT")
 
     def rollback(self) -> None:
         """Undo the whole batch (SQLite may already have rolled back after an I/O error)."""
         self._chain = None
         self._sp = 0
+        self._pending.clear()
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 
@@ -337,12 +375,7 @@ class AgentStore:
                 "SELECT chain FROM _ab_history ORDER BY version DESC LIMIT 1").fetchall()
             prev = (rows[0][0] or "") if rows else ""
         chain = chain_hash(prev, row)
-        self.conn.execute(
-            "INSERT INTO _ab_history(version, ts, method, args, kwargs, source, duration_ms,"
-            " outcome, error, result, state, changes, schema, due, occurrence, effects, chain)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (*row, chain),
-        )
+        self._pending.append((*row, chain))
         self._chain = chain
 
     # -- the agent's own SQL ------------------------------------------------------------
@@ -353,8 +386,11 @@ class AgentStore:
         *readonly*, to queries).
         """
         conn = self.conn
-        if self._sp == 1 and not readonly:
-            self._open_savepoint()
+        if (self._sp == 1 and not readonly) or self._pending:
+            try:  # (the batch's history rows go in first, then this message's savepoint)
+                self._open_savepoint() if self._sp == 1 and not readonly else self._flush()
+            except apsw.Error as exc:
+                raise self.translate(exc) from None
         conn.authorizer = _readonly_authorizer if readonly else _user_authorizer
         budget = self.query_seconds if readonly else None
         if budget:
@@ -384,7 +420,10 @@ class AgentStore:
         raise translate_error(failure, self.path) from None
 
     def internal(self, query: str, params: tuple = ()) -> list[tuple]:
-        """Run agentbook's own SQL on the writer connection."""
+        """Run agentbook's own SQL on the writer connection (history rows appended so far
+        go in first, so it sees them)."""
+        if self._pending:
+            self._flush()
         if self._sp == 1 and not query.startswith("SELECT"):
             self._open_savepoint()
         return self.conn.execute(query, params).fetchall()
