@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from .scheduler import Occurrence
     from .store import AgentStore
 
-__all__ = ["HandlerContext", "Outcome", "current_chain", "run_message", "run_start"]
+__all__ = ["HandlerContext", "Outcome", "current_chain", "record_failure", "run_message",
+           "run_start"]
 
 #: Keys of the agents whose handlers are awaiting, up the current call chain.
 current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
@@ -299,15 +300,17 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
                 inst.runtime.approvals._forget(data[0])
         recorded = None
         claimed = any(kind == "approve" for kind, _ in ctx.approvals)
-        if sched is not None or claimed:
-            recorded = _record_failure(inst, env, error, ts, duration)
+        if (sched is not None or claimed) and store.conn.in_transaction:
+            # (a batch SQLite rolled back records nothing: the mailbox fails all of it, and
+            # the occurrence stays due)
+            recorded = record_failure(inst, env, error, ts, duration)
         return Outcome(env, False, error, ctx, ts, duration, inst.version, recorded)
     finally:
         current_chain.reset(token)
         inst.ctx = None
 
 
-def _record_failure(inst: Instance, env: Envelope, error: BaseException, ts: float,
+def record_failure(inst: Instance, env: Envelope, error: BaseException, ts: float,
                     duration: float) -> Any:
     """A scheduled attempt or an approved method failed: record the retry, the dead letter
     or the consumed approval as a version of its own."""

@@ -31,7 +31,15 @@ from .errors import (
     StoreError,
 )
 from .faults import crash_point
-from .handler import HandlerContext, Outcome, current_chain, run_message, run_start, translate
+from .handler import (
+    HandlerContext,
+    Outcome,
+    current_chain,
+    record_failure,
+    run_message,
+    run_start,
+    translate,
+)
 from .store import AgentStore, health
 
 if TYPE_CHECKING:
@@ -316,6 +324,9 @@ class Instance:
             for env in taken:
                 if env.sched is None:
                     self._deliver_failure(env, err, 0.0, now)
+            lost = [e for e in taken if e.sched is not None]
+            if lost and self.store is not None and isinstance(err, StoreError):
+                self._count_lost_attempts(lost, err)
             if scheduled and self.store is not None:
                 rt.timers.set(self.key, firing.next_due(store))
             if self.store is not None and rt._should_drop(err):
@@ -343,6 +354,35 @@ class Instance:
                     rt.approvals._after_commit(self.key, "failed", outcome.recorded[1])
                 self._deliver_failure(outcome.env, outcome.value, outcome.duration, outcome.ts,
                                       outcome.version)
+
+    def _count_lost_attempts(self, envs: list[Envelope], err: BaseException) -> None:
+        """Scheduled runs of a batch that the store lost (a full disk, an I/O error) still
+        count as failed attempts, recorded in a transaction of their own, so their retry
+        policy applies - backoff, then the dead-letter list - instead of firing again at
+        once. If even that can't be written, they stay due as they were."""
+        rt, store = self.runtime, self.store
+        assert store is not None
+        recorded = []
+        try:
+            store.begin()
+            ts = rt.clock.now()
+            for env in envs:
+                recorded.append((env, record_failure(self, env, err, ts, 0.0), self.version))
+            rt.timers.index_before_commit(self.key, firing.next_due(store))
+            store.write_state(self.version, self.state_json)
+            store.commit()
+        except Exception:
+            try:
+                store.rollback()
+            except Exception:
+                pass
+            self.version, self.state, self.state_json = self.committed
+            return
+        self.committed = (self.version, self.state, self.state_json)
+        if rt._analytics is not None:
+            rt._dirty.add(self.key)
+        for env, what, version in recorded:
+            rt._scheduled_failure(self.key, Outcome(env, False, err, None, ts, 0.0, version, what))
 
     def _check_compatible(self, cls: type[Agent]) -> None:
         if self.fresh:

@@ -125,3 +125,75 @@ async def test_a_full_store_fails_the_whole_batch_even_when_a_handler_swallows_i
         assert ref.verify()["ok"]
     finally:
         await rt.aclose()
+
+
+class Stubborn(ab.Agent):
+    initial_state = {}
+
+    async def on_start(self) -> None:
+        self.sql("CREATE TABLE IF NOT EXISTS blobs(v BLOB)")
+        self.sql("CREATE TABLE IF NOT EXISTS log(t TEXT)")
+
+    @ab.callable
+    async def stuff_then_log(self, size: int) -> str:
+        """Swallows the full store's error and writes on: none of it may stay."""
+        try:
+            self.sql("INSERT INTO blobs(v) VALUES (zeroblob(?))", size)
+        except ab.StoreFullError:
+            try:
+                self.sql("INSERT INTO log(t) VALUES ('after the error')")
+            except ab.StoreError:
+                pass
+            try:
+                self.kv["after"] = True
+            except ab.StoreError:
+                pass
+            return "caught"
+        return "stored"
+
+    @ab.callable
+    async def arm(self, size: int) -> None:
+        await self.schedule(0, "fill", size, retry=2)
+
+    async def fill(self, size: int) -> None:
+        self.sql("INSERT INTO blobs(v) VALUES (zeroblob(?))", size)
+
+    @ab.callable
+    async def leftovers(self) -> dict:
+        return {"log": self.sql("SELECT count(*) AS n FROM log")[0]["n"], "kv": list(self.kv),
+                "schedules": len(self.get_schedules())}
+
+
+async def test_nothing_written_after_the_store_lost_the_batch_is_kept(tmp_path, clock):
+    cap = 256 * 1024
+    rt = ab.Runtime(tmp_path / "store", clock=clock, max_store_bytes=cap)
+    try:
+        ref = rt.get(Stubborn, "s")
+        version = (await ref.leftovers(), ref.version)[1]
+        for calls in ([ref.stuff_then_log(cap)], [ref.leftovers(), ref.stuff_then_log(cap)]):
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            assert all(isinstance(r, ab.StoreFullError) for r in results), results
+        assert await ref.leftovers() == {"log": 0, "kv": [], "schedules": 0}
+        assert ref.version == version + 1 and ref.verify()["ok"]
+    finally:
+        await rt.aclose()
+
+
+async def test_a_scheduled_run_that_fills_the_store_retries_then_is_dead_lettered(tmp_path, clock):
+    """Its lost attempts count (in a transaction of their own): it backs off, then goes to
+    the dead letters, instead of firing again at once, forever."""
+    cap = 256 * 1024
+    rt = ab.Runtime(tmp_path / "store", clock=clock, max_store_bytes=cap)
+    try:
+        ref = rt.get(Stubborn, "t")
+        await ref.arm(cap)
+        await clock.advance(600)
+        letters = rt.dead_letters()
+        assert letters.callback.tolist() == ["fill"] and letters.attempts.tolist() == [2]
+        assert "StoreFullError" in letters.error[0]
+        assert (await ref.leftovers())["schedules"] == 0
+        history = ref.history(limit=10)
+        assert history[history.method == "fill"].outcome.tolist() == ["dead", "retry"]
+        assert ref.verify()["ok"]
+    finally:
+        await rt.aclose()

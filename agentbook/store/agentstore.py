@@ -178,7 +178,7 @@ class AgentStore:
             an OS crash, fsync on every commit) or ``"off"`` (ephemeral stores).
     """
 
-    __slots__ = ("_chain", "_pending", "_reader", "_sp", "broken", "conn", "durability", "lost",
+    __slots__ = ("_batch", "_chain", "_pending", "_reader", "_sp", "broken", "conn", "durability", "lost",
                  "path", "query_seconds")
 
     def __init__(self, path: str, durability: str = "normal") -> None:
@@ -196,6 +196,8 @@ class AgentStore:
         self.broken: Exception | None = None
         #: The error after which SQLite rolled back the running batch's transaction.
         self.lost: Exception | None = None
+        #: Inside a batch (between begin and commit/rollback).
+        self._batch = False
         #: The time budget of one read-only query (``None``: no budget).
         self.query_seconds: float | None = QUERY_SECONDS
         fresh = health.check_file(path)  # (a file too short to be a database is damage)
@@ -228,7 +230,7 @@ class AgentStore:
         if isinstance(err, StoreReadOnlyError) or (
                 isinstance(err, StoreCorruptError) and health.confirm_damage(self.conn)):
             self.broken = err
-        if isinstance(err, StoreError) and self._sp and not self.conn.in_transaction:
+        if isinstance(err, StoreError) and self._batch and not self.conn.in_transaction:
             self.lost = err  # (inside a batch: SQLite rolled all of it back)
         return err
 
@@ -267,6 +269,15 @@ class AgentStore:
         """Start the write transaction of a batch of messages."""
         self.lost = None
         self.conn.execute("BEGIN IMMEDIATE")
+        self._batch = True
+
+    def _check_batch(self) -> None:
+        """Inside a batch SQLite rolled back (a full disk, an I/O error), nothing may be
+        written any more: it would commit on its own, outside every transaction."""
+        if self._batch and not self.conn.in_transaction:
+            raise self.lost or StoreError(
+                f"the store lost its transaction ({self.path}); nothing of this batch was "
+                "kept: send the messages again")
 
     def savepoint(self, lazy: bool = False) -> None:
         """Open the savepoint of one message inside the batch.
@@ -282,6 +293,7 @@ class AgentStore:
             self._open_savepoint()
 
     def _open_savepoint(self) -> None:
+        self._check_batch()
         if self._pending:  # earlier messages' rows must not fall inside this savepoint
             self._flush()
         self.conn.execute("SAVEPOINT ab_msg")
@@ -289,6 +301,7 @@ class AgentStore:
 
     def _flush(self) -> None:
         """Insert the history rows appended so far (one statement for all of them)."""
+        self._check_batch()
         rows, self._pending = self._pending, []
         try:
             self.conn.executemany(_INSERT_HISTORY, rows)
@@ -304,9 +317,7 @@ class AgentStore:
         if self._sp == 2:
             if not self.conn.in_transaction:  # SQLite rolled the batch back; the handler went on
                 self._sp = 0
-                raise self.lost or StoreError(
-                    f"the store lost its transaction ({self.path}); nothing of this batch was "
-                    "kept: send the messages again")
+                self._check_batch()
             self.conn.execute("RELEASE ab_msg")
         self._sp = 0
 
@@ -325,12 +336,14 @@ class AgentStore:
         if self._pending:
             self._flush()
         self.conn.execute("COMMIT")
+        self._batch = False
 
     def rollback(self) -> None:
         """Undo the whole batch (SQLite may already have rolled back after an I/O error)."""
         self._chain = None
         self._sp = 0
         self._pending.clear()
+        self._batch = False
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
 
@@ -386,9 +399,13 @@ class AgentStore:
         *readonly*, to queries).
         """
         conn = self.conn
-        if (self._sp == 1 and not readonly) or self._pending:
+        if not readonly:
             try:  # (the batch's history rows go in first, then this message's savepoint)
-                self._open_savepoint() if self._sp == 1 and not readonly else self._flush()
+                self._check_batch()
+                if self._sp == 1:
+                    self._open_savepoint()
+                elif self._pending:
+                    self._flush()
             except apsw.Error as exc:
                 raise self.translate(exc) from None
         conn.authorizer = _readonly_authorizer if readonly else _user_authorizer
@@ -422,6 +439,8 @@ class AgentStore:
     def internal(self, query: str, params: tuple = ()) -> list[tuple]:
         """Run agentbook's own SQL on the writer connection (history rows appended so far
         go in first, so it sees them)."""
+        if self._batch and not self.conn.in_transaction:
+            self._check_batch()
         if self._pending:
             self._flush()
         if self._sp == 1 and not query.startswith("SELECT"):
