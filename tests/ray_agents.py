@@ -26,3 +26,18 @@ class RayTally(ab.Agent):
     @ab.callable
     async def ask(self, other: str, mark_id: str) -> int:
         return await self.ref(RayTally, other).mark(mark_id)
+
+    @ab.callable
+    async def propose(self, amount: int) -> str:
+        approval = await self.request_approval("payout", {"amount": amount},
+                                               summary=f"pay out {amount}")
+        return approval.id
+
+    async def payout(self, amount: int) -> int:
+        """Runs only when a person approves it."""
+        self.set_state({**self.state, "n": self.state["n"] + amount})
+        return self.state["n"]
+
+    @ab.callable
+    async def steal(self, other: str) -> int:
+        return await self.ref(RayTally, other).payout(99)

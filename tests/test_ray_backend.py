@@ -149,3 +149,18 @@ async def test_answers_settle_in_batches_and_in_order(ray_rt):
     await ray_rt.settle()
     assert all(f.done() for f in sends)
     assert refs[0].state["n"] == 53
+
+
+async def test_an_agent_on_another_host_cannot_call_a_guarded_method(ray_rt):
+    """The owner's host checks too: the caller's host may not know yet that an approval
+    guards the method (its catalog opened before the request)."""
+    router = ray_rt._router
+    names = [f"g{i}" for i in range(16)]
+    owner = names[0]
+    thief = next(n for n in names
+                 if router.host_of(("RayTally", n)) != router.host_of(("RayTally", owner)))
+    vault, mallory = ray_rt.get(RayTally, owner), ray_rt.get(RayTally, thief)
+    await vault.propose(5)
+    with pytest.raises(ab.AgentbookError, match="runs only when a person approves it"):
+        await mallory.steal(owner)
+    assert vault.state["n"] == 0

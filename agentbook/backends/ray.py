@@ -109,11 +109,15 @@ class _Inbox:
         self.armed = False  # before popping: an answer put from now on wakes us again
         done, settle = self.done, self.router._settle
         while done:
+            item = done.popleft()
             try:
-                self.pending -= settle(self, *done.popleft())
-            except Exception:  # never leave the other answers behind
+                self.pending -= settle(self, *item)
+            except Exception as exc:  # never leave the other answers (or this caller) behind
                 log.exception("settling a message forwarded to a Ray host failed")
                 self.pending -= 1
+                fut = item[1].future  # (done, env, ...)
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
         if self.pending <= 0 and self.idle is not None:
             if not self.idle.done():
                 self.idle.set_result(None)
@@ -281,8 +285,8 @@ class _EventRelay:
 
     def poll(self) -> None:
         """Start the polls if someone listens and they don't run (needs a running loop)."""
-        if self.tasks or not self.bus.active or self.router.rt.closed:
-            return
+        if any(not t.done() for t in self.tasks) or not self.bus.active or self.router.rt.closed:
+            return  # (polls that ended - e.g. on a bad payload - are started again)
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -430,6 +434,16 @@ class AgentHost:
                 before, vacuum = env.args
                 env.op = lambda inst: prune_op(inst, before, vacuum)
         key = (class_name, name)
+        if env.chain and env.chain[-1] != key and not approval and op is None:
+            from ..approvals_index import GUARDED
+
+            if method in GUARDED.get(class_name, ()):  # this host indexed its approvals
+                self._next(sender, seq)
+                from ..errors import NotCallableError
+
+                raise NotCallableError(
+                    f"{class_name}.{method} runs only when a person approves it; have "
+                    f"{class_name} ask with self.request_approval({method!r}, ...)")
         if not future:
             self.rt._enqueue(key, env)
             self._next(sender, seq)
