@@ -30,7 +30,7 @@ import apsw
 
 from .errors import StoreCorruptError, UsageError
 from .store import agent_file
-from .store.agentstore import verify_chain
+from .store.chain import verify_chain
 
 __all__ = ["check_file", "check_stores", "exit_status", "format_report", "release"]
 

@@ -379,7 +379,7 @@ class AgentRef:
         Raises:
             StoreCorruptError: the store was quarantined (the message says where it went).
         """
-        from .store.agentstore import verify_chain
+        from .store.chain import verify_chain
 
         bad = None
         with self._reading() as conn:

@@ -19,39 +19,37 @@ Every version's row changes are captured with SQLite's session extension (throug
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import apsw
 
 from ..errors import (
-    ReadOnlyError,
     SQLError,
     StoreCorruptError,
     StoreError,
-    StoreFullError,
     StoreReadOnlyError,
 )
 from . import health
-from .schema import INTERNAL_PREFIX, MIGRATIONS, UNTRACKED_TABLES
+from .chain import chain_hash
+from .schema import MIGRATIONS, UNTRACKED_TABLES
+from .sqlaccess import (
+    _BAD_INPUT,
+    open_reader,
+    readonly_authorizer,
+    translate_error,
+    user_authorizer,
+)
 
-__all__ = ["AgentStore", "translate_error"]
+__all__ = ["AgentStore"]
 
 _OPEN_RW = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
-_OPEN_RO = apsw.SQLITE_OPEN_READONLY
 _SYNC = {"normal": "NORMAL", "full": "FULL", "off": "OFF"}
 #: Default time budget of one read-only (model-written) query, seconds.
 QUERY_SECONDS = 0.5
 #: How many SQLite VM steps run between two looks at a read-only query's clock.
 _PROGRESS_STEPS = 1000
-#: What apsw raises for SQL text or values SQLite can't take (NUL, lone surrogates,
-#: integers beyond 64 bits).
-_BAD_INPUT = (ValueError, OverflowError)
-
 _template_cache: bytes | None = None
 
 
@@ -86,83 +84,6 @@ def _migrate(conn: apsw.Connection) -> None:
                 "INSERT INTO _ab_migrations(name, applied) VALUES (?, ?)", (name, time.time())
             )
             conn.execute(f"PRAGMA user_version={index + 1}")
-
-
-def translate_error(exc: BaseException, path: str = "", *, writing: bool = True) -> Exception:
-    """Turn an ``apsw`` exception into agentbook's typed error (others pass through)."""
-    where = f" ({path})" if path else ""
-    if isinstance(exc, apsw.FullError):
-        return StoreFullError(
-            f"the store is full{where}: free disk space (or raise the size cap) and send "
-            "the message again; nothing was written"
-        )
-    if isinstance(exc, apsw.ReadOnlyError):
-        if not writing:
-            return ReadOnlyError(
-                "this SQL is read-only: ref.sql and at(...).sql only query; change the "
-                "agent's tables inside one of its handlers with self.sql(...)"
-            )
-        return StoreReadOnlyError(
-            f"the store can't be written{where}: make its folder writable, or open the "
-            "runtime on another path; nothing was written"
-        )
-    if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
-        return StoreCorruptError(
-            f"the store file is damaged{where}: {exc}; restore it from a backup or "
-            "remove the file"
-        )
-    if isinstance(exc, apsw.CantOpenError) and path and health.read_only_cause(path):
-        return StoreReadOnlyError(
-            f"the store can't be written{where}: make its folder writable, or open the "
-            "runtime on another path; nothing was written"
-        )
-    if isinstance(exc, apsw.AuthError):
-        return SQLError(
-            f"not allowed: {exc}. Agent SQL may use the agent's own tables only "
-            "(no _ab_ tables, ATTACH, PRAGMA or transaction statements)"
-        )
-    if isinstance(exc, (apsw.SQLError, apsw.ConstraintError, apsw.MismatchError, apsw.RangeError,
-                        apsw.BindingsError, apsw.TooBigError)):
-        return SQLError(str(exc).removeprefix("SQLError: "))
-    if isinstance(exc, apsw.InterruptError):
-        return SQLError(f"the query was interrupted: {exc}")
-    if isinstance(exc, _BAD_INPUT) and not isinstance(exc, apsw.Error):
-        return SQLError(f"SQLite can't take this SQL or value: {exc}")
-    if isinstance(exc, (apsw.IOError, apsw.CantOpenError, apsw.BusyError, apsw.LockedError)):
-        return StoreError(f"the store could not be used{where}: {exc}")
-    return exc  # type: ignore[return-value]
-
-
-_ALLOWED_PRAGMAS = frozenset(
-    {"table_info", "table_xinfo", "index_list", "index_info", "index_xinfo", "foreign_key_list",
-     "table_list", "function_list", "collation_list"}
-)
-
-
-def _user_authorizer(op: int, p1: Any, p2: Any, db: Any, trigger: Any) -> int:
-    """What an agent's own SQL may do: anything to its own tables, nothing else."""
-    if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH, apsw.SQLITE_TRANSACTION,
-              apsw.SQLITE_SAVEPOINT):
-        return apsw.SQLITE_DENY
-    if op == apsw.SQLITE_PRAGMA:
-        return apsw.SQLITE_OK if str(p1).lower() in _ALLOWED_PRAGMAS else apsw.SQLITE_DENY
-    if op == apsw.SQLITE_FUNCTION and str(p2).lower() in ("load_extension", "readfile", "writefile"):
-        return apsw.SQLITE_DENY
-    for name in (p1, p2):
-        if isinstance(name, str) and name.startswith(INTERNAL_PREFIX) and op != apsw.SQLITE_FUNCTION:
-            return apsw.SQLITE_DENY
-    return apsw.SQLITE_OK
-
-
-_READ_OPS = frozenset({apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION,
-                       apsw.SQLITE_RECURSIVE})
-
-
-def _readonly_authorizer(op: int, p1: Any, p2: Any, db: Any, trigger: Any) -> int:
-    """Queries only: for SQL that came from a model or a user's text."""
-    if op not in _READ_OPS:
-        return apsw.SQLITE_DENY
-    return _user_authorizer(op, p1, p2, db, trigger)
 
 
 def _track_table(name: str) -> bool:
@@ -408,7 +329,7 @@ class AgentStore:
                     self._flush()
             except apsw.Error as exc:
                 raise self.translate(exc) from None
-        conn.authorizer = _readonly_authorizer if readonly else _user_authorizer
+        conn.authorizer = readonly_authorizer if readonly else user_authorizer
         budget = self.query_seconds if readonly else None
         if budget:
             deadline = time.monotonic() + budget
@@ -478,71 +399,6 @@ def user_schema(conn: apsw.Connection, db: str = "main") -> str:
         " AND name NOT LIKE '\\_ab\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite_%' ORDER BY rowid"
     ).fetchall()
     return json.dumps([list(r) for r in rows])
-
-
-def chain_hash(prev: str, row: tuple) -> str:
-    """The hash-chain link of one history row (the row without its chain column)."""
-    return hashlib.sha256(
-        prev.encode() + repr(row).encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def verify_chain(conn: apsw.Connection) -> int | None:
-    """The first version whose row no longer matches its hash chain, or ``None`` if all
-    do (rows written before the chain existed are skipped)."""
-    pruned = conn.execute("SELECT 1 FROM _ab_meta WHERE key = 'first_version'").fetchall()
-    prev: str | None = None if pruned else ""  # a pruned history starts at a trusted row
-    for row in conn.execute(
-        "SELECT version, ts, method, args, kwargs, source, duration_ms, outcome, error, result,"
-        " state, changes, schema, due, occurrence, effects, chain FROM _ab_history"
-        " ORDER BY version"
-    ):
-        stored = row[-1]
-        if stored is None:
-            prev = None
-            continue
-        if prev is not None and chain_hash(prev, row[:-1]) != stored:
-            return row[0]
-        prev = stored
-    return None
-
-
-def open_reader(path: str) -> apsw.Connection:
-    """Open a read-only connection to a store file."""
-    try:
-        return apsw.Connection(path, flags=_OPEN_RO)
-    except apsw.Error as exc:
-        raise translate_error(exc, path, writing=False) from None
-
-
-@contextmanager
-def reading(conn: apsw.Connection, path: str = "") -> Iterator[apsw.Connection]:
-    """Run user queries on a reader with the user authorizer and typed errors."""
-    conn.authorizer = _user_authorizer
-    try:
-        yield conn
-    except apsw.Error as exc:
-        raise translate_error(exc, path, writing=False) from None
-    finally:
-        conn.authorizer = None
-
-
-def query_reader(
-    conn: apsw.Connection, query: str, params: tuple, path: str = ""
-) -> tuple[list[str], list[tuple]]:
-    """Run a user's read-only query; return column names and rows."""
-    with reading(conn, path):
-        try:
-            cursor = conn.execute(query, params, can_cache=False)
-            try:
-                names = [d[0] for d in cursor.description]
-            except apsw.ExecutionCompleteError:  # no rows: ask SQLite for the columns alone
-                from apsw import ext
-
-                info = ext.query_info(conn, query, params)
-                return [d[0] for d in (info.description or ())], []
-            return names, cursor.fetchall()
-        except _BAD_INPUT as exc:
-            raise translate_error(exc, path) from None
 
 
 def _write_atomically(path: str, data: bytes) -> None:

@@ -18,7 +18,8 @@ from collections.abc import Iterator
 
 import apsw
 
-from .agentstore import _SYNC, translate_error
+from .agentstore import _SYNC
+from .sqlaccess import translate_error
 
 __all__ = ["Catalog", "agent_file"]
 
