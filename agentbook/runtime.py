@@ -22,7 +22,6 @@ import secrets
 import shutil
 import sys
 import tempfile
-import time
 import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -43,6 +42,7 @@ from .errors import (
 from .events import EventBus
 from .mailbox import Envelope, Instance
 from .ops import destroy_op
+from .runtime_lru import HibernationMixin
 from .runtime_schedules import SchedulesMixin
 from .runtime_views import ViewsMixin
 from .store import Catalog, agent_file
@@ -62,7 +62,7 @@ _MAX_NAME = 200
 _BAD_NAME = re.compile(r"[\x00-\x1f/\\]|[\ud800-\udfff]")
 
 
-class Runtime(ViewsMixin, SchedulesMixin):
+class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
     """Hosts agents and their durable stores.
 
     Args:
@@ -373,49 +373,6 @@ class Runtime(ViewsMixin, SchedulesMixin):
     # -- bookkeeping called by instances --------------------------------------------------
     def _path_of(self, key: Key) -> str:
         return os.path.join(self.root, agent_file(*key))
-
-    def _opened(self, inst: Instance) -> None:
-        self._open[inst.key] = inst
-        if len(self._open) > self.max_open:
-            for other in list(self._open.values()):
-                if len(self._open) <= self.max_open:
-                    break
-                if other is not inst and not other.busy:
-                    self._hibernate(other)
-        if self._sweep_handle is None and not self.memory and self.hibernate_after > 0:
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                return
-            self._sweep_handle = loop.call_later(self.hibernate_after, self._sweep)
-
-    def _idle(self, inst: Instance) -> None:
-        if inst.key in self._open:
-            self._open.move_to_end(inst.key)
-        elif not inst.queue and inst.store is None:
-            self._instances.pop(inst.key, None)
-
-    def _sweep(self) -> None:
-        self._sweep_handle = None
-        if self.closed:
-            return
-        cutoff = time.monotonic() - self.hibernate_after
-        for inst in list(self._open.values()):
-            if inst.last_used < cutoff and not inst.busy:
-                self._hibernate(inst)
-        if self._open:
-            loop = asyncio.get_running_loop()
-            self._sweep_handle = loop.call_later(self.hibernate_after, self._sweep)
-
-    def _hibernate(self, inst: Instance) -> None:
-        if self._mcp is not None:
-            self._mcp.close_agent(inst.key)
-        inst.close()
-        self._open.pop(inst.key, None)
-        if not inst.busy:
-            self._instances.pop(inst.key, None)
-        if self.events.active:
-            self._emit("agent:hibernate", inst.key, {"version": inst.committed[0]})
 
     def _should_drop(self, exc: BaseException) -> bool:
         return isinstance(exc, (StoreError, StoreCorruptError))

@@ -3,6 +3,7 @@ written."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -27,3 +28,27 @@ def test_limits_that_may_be_off(tmp_path):
                     hibernate_after=0)
     assert rt.max_query_seconds is None and rt.max_store_bytes is None
     rt.close()
+
+
+class Lru(ab.Agent):
+    initial_state = {"n": 0}
+
+    @ab.callable
+    async def inc(self) -> int:
+        self.set_state({"n": self.state["n"] + 1})
+        return self.state["n"]
+
+
+async def test_the_least_recently_used_idle_agents_hibernate_first(tmp_path, clock):
+    rt = ab.Runtime(tmp_path / "store", clock=clock, max_open=3)
+    try:
+        for name in ["a", "b", "c"]:
+            await rt.get(Lru, name).inc()
+        await rt.get(Lru, "a").inc()  # a is now the most recently used
+        await rt.get(Lru, "d").inc()  # one too many: b (least recently used) goes
+        assert [key[1] for key in rt._open] == ["c", "a", "d"]
+        await asyncio.gather(*(rt.get(Lru, name).inc() for name in ["e", "f", "g", "h"]))
+        assert len(rt._open) <= 3
+        assert [rt.get(Lru, n).state["n"] for n in "abcdefgh"] == [2, 1, 1, 1, 1, 1, 1, 1]
+    finally:
+        await rt.aclose()
