@@ -40,6 +40,7 @@ from .handler import (
     run_start,
     translate,
 )
+from .outputgate import OutputGate
 from .store import AgentStore, health
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class Envelope:
         self.extras: dict[str, Any] | None = None
 
 
-class Instance:
+class Instance(OutputGate):
     """An awake agent: its object, its open store, its mailbox."""
 
     __slots__ = ("agent", "cls", "committed", "ctx", "fresh", "key", "last_used", "queue",
@@ -395,63 +396,6 @@ class Instance:
                 f"state of {self.key[1]!r} is a {_kind(self.state)}; keep the same shape, or "
                 "use a new class name for the new design"
             )
-
-    # -- the output gate ----------------------------------------------------------------
-    def _deliver_start(self, ctx: HandlerContext) -> None:
-        rt = self.runtime
-        if rt.events.active:
-            rt._emit("agent:start", self.key, {"version": self.version})
-        self._flush(ctx)
-
-    def _deliver_success(self, outcome: Outcome) -> None:
-        rt = self.runtime
-        env, ctx = outcome.env, outcome.ctx
-        fut = env.future
-        if fut is not None and not fut.done():
-            fut.set_result(outcome.value)
-        for key, out in ctx.outbox:
-            rt._enqueue(key, out)
-        for kind, data in ctx.approvals:
-            rt.approvals._after_commit(self.key, kind, data)
-        if rt.events.active:
-            if env.sched is not None:
-                rt._emit_scheduled("execute", self.key, env, outcome.version)
-            else:
-                rt._emit("rpc", self.key, {"method": env.method, "version": outcome.version,
-                                           "source": env.source})
-            if ctx.state_changed:
-                rt._emit("state:update", self.key, {"state": ctx.state_after,
-                                                    "source": env.source,
-                                                    "version": outcome.version})
-        self._flush(ctx)
-        if ctx.destroy:
-            rt._destroy_later(self.key)
-
-    def _flush(self, ctx: HandlerContext) -> None:
-        rt = self.runtime
-        for type_, payload in ctx.events:
-            if type_ == "broadcast":
-                rt._broadcast(self.key, payload["message"], payload["exclude"])
-            else:
-                rt._emit(type_, self.key, payload)
-
-    def _deliver_failure(self, env: Envelope, exc: BaseException, duration: float, ts: float,
-                         at_version: int | None = None) -> None:
-        rt = self.runtime
-        rt.catalog.record_failure((
-            self.key[0], self.key[1], ts, env.method, env.args_json, env.kwargs_json,
-            env.source, duration, f"{type(exc).__name__}: {exc}",
-            self.committed[0] if at_version is None else at_version,
-        ))
-        if rt.events.active:
-            rt._emit("rpc:error", self.key, {"method": env.method, "error": str(exc),
-                                             "type": type(exc).__name__})
-        fut = env.future
-        if fut is not None:
-            if not fut.done():
-                fut.set_exception(exc)
-        elif env.method != "on_error":
-            rt._report_error(self.key, env, exc)
 
 
 def _kind(value: Any) -> str:
