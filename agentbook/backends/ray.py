@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonvalue
 from ..errors import HostUnavailableError, StoreError, UsageError
 from ..mailbox import Envelope
+from .ray_events import EventRelay, event_encoder
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -141,7 +142,7 @@ class RayRouter:
         # host queues them in that order, so each agent sees its messages in order.
         self.sender = uuid.uuid4().hex
         self._seq: dict[int, int] = {}
-        self.events: _EventRelay | None = None  # the driver's: host events while listened to
+        self.events: EventRelay | None = None  # the driver's: host events while listened to
 
     def host_of(self, key: Key) -> int:
         """Which host owns *key*."""
@@ -255,91 +256,6 @@ class RayRouter:
         return sum(ray.get([self.handle(i).hibernate.remote() for i in range(self.hosts)]))
 
 
-class _EventRelay:
-    """On the driver: events of the agents on the hosts, while someone listens here.
-
-    While the driver's ``rt.events`` has a subscriber, one long poll per host
-    (``AgentHost.events``) brings that host's events over in batches, as JSON text, and
-    they are emitted on the driver's bus with their own timestamps. The first subscriber
-    starts a listening spell: each host is sent ``listen``, numbered like the messages, so
-    it subscribes to its own bus before it takes in any message sent after the subscribe
-    (a restarted host subscribes again on its next poll). When the last driver subscriber
-    goes, the hosts are told to unsubscribe (``mute``), so with nobody listening a host's
-    bus is inactive and events cost nothing there, as everywhere. Spells are numbered, so
-    a late ``mute`` can't silence a newer spell. Host events arrive a little after the
-    results of the calls that caused them, not in step with them.
-    """
-
-    def __init__(self, router: RayRouter) -> None:
-        self.router = router
-        self.bus = router.rt.events
-        self.spell = 0
-        self.tasks: list[asyncio.Task] = []
-        self.bus.watch(self.changed)  # called when `active` may have changed
-
-    def changed(self) -> None:
-        if self.bus.active:
-            self.poll()
-        elif self.tasks:
-            self.close(mute=True)
-
-    def poll(self) -> None:
-        """Start the polls if someone listens and they don't run (needs a running loop)."""
-        if any(not t.done() for t in self.tasks) or not self.bus.active or self.router.rt.closed:
-            return  # (polls that ended - e.g. on a bad payload - are started again)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return  # started by the next message forwarded from a running loop
-        self.spell += 1
-        router = self.router
-        for index in range(router.hosts):  # numbered like messages: in before the next one
-            seq = router._seq.get(index, 0)
-            router._seq[index] = seq + 1
-            router.handle(index).listen.remote(router.sender, seq, self.spell)
-        self.tasks = [asyncio.ensure_future(self._pump(i, self.spell))
-                      for i in range(router.hosts)]
-
-    def close(self, mute: bool = False) -> None:
-        tasks, self.tasks = self.tasks, []
-        for task in tasks:
-            task.cancel()
-        if mute:
-            for index in range(self.router.hosts):
-                try:
-                    self.router.handle(index).mute.remote(self.spell)
-                except Exception:  # a host that is gone holds no subscription
-                    pass
-
-    async def _pump(self, index: int, spell: int) -> None:
-        bus = self.bus
-        while bus.active and not self.router.rt.closed:
-            try:
-                text = await self.router.handle(index).events.remote(spell)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the host restarted: its next poll subscribes it again
-                await asyncio.sleep(0.5)
-                continue
-            if text is None:  # muted: this spell is over
-                return
-            for type_, agent, name, payload, timestamp in _json.loads(text):
-                if not bus.active:
-                    return
-                bus.emit(type_, agent, name, payload, timestamp / 1000)
-
-
-def _event_default(value: Any) -> Any:
-    try:
-        return jsonvalue._redact(value)
-    except TypeError:
-        return repr(value)
-
-
-_event_encoder = _json.JSONEncoder(ensure_ascii=False, separators=(",", ":"),
-                                   default=_event_default)
-
-
 def start(rt: Runtime, address: str | None, hosts: int, shards: int) -> RayRouter:
     """Start (or join) Ray and create the host actors for the driver runtime *rt*."""
     ray = _ray()
@@ -360,7 +276,7 @@ def start(rt: Runtime, address: str | None, hosts: int, shards: int) -> RayRoute
     ray.get([h.ready.remote() for h in handles])
     router = RayRouter(rt, hosts, shards, prefix)
     router._handles = dict(enumerate(handles))
-    router.events = _EventRelay(router)
+    router.events = EventRelay(router)
     return router
 
 
@@ -382,7 +298,7 @@ class AgentHost:
         self.rt.timers.reload()
         self._expected: dict[str, int] = {}
         self._waiting: dict[tuple[str, int], asyncio.Future] = {}
-        # Events relayed to the driver while someone listens there (see _EventRelay).
+        # Events relayed to the driver while someone listens there (see EventRelay).
         self._spell = 0
         self._unlisten: Any = None
         self._buffer: list[tuple] = []
@@ -500,7 +416,7 @@ class AgentHost:
             if self._unlisten is None or spell != self._spell:
                 return None
         batch, self._buffer = self._buffer, []
-        return _event_encoder.encode(batch)
+        return event_encoder.encode(batch)
 
     async def mute(self, spell: int) -> None:
         """Nobody listens on the driver any more: stop collecting events."""
