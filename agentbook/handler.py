@@ -25,8 +25,8 @@ if TYPE_CHECKING:
     from .scheduler import Occurrence
     from .store import AgentStore
 
-__all__ = ["HandlerContext", "Outcome", "current_chain", "record_failure", "run_message",
-           "run_start"]
+__all__ = ["HandlerContext", "Outcome", "current_chain", "record_failure", "result_json",
+           "run_message", "run_start"]
 
 #: Keys of the agents whose handlers are awaiting, up the current call chain.
 current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
@@ -269,13 +269,13 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
                 ctx.state_after = inst.state
             else:
                 ctx.state_changed = False
-        result_json = _result_json(result)
+        result_text = result_json(result)
         if env.approval is not None:
-            approvals.record_result(inst, env, result_json)
+            approvals.record_result(inst, env, result_text)
         inst.version += 1
         store.append_history((
             inst.version, ts, env.label or env.method, env.args_json, env.kwargs_json, env.source,
-            duration, outcome_label, None, result_json, state_col, changes, schema,
+            duration, outcome_label, None, result_text, state_col, changes, schema,
             *_sched_cols(ctx), _effects_json(ctx),
         ))
         if not lone:
@@ -353,7 +353,7 @@ _SCALARS = (int, str, bool)
 _SAFE_INT = 1 << 60
 
 
-def _result_json(value: Any) -> str | None:
+def result_json(value: Any) -> str | None:
     if value is None:
         return None
     if type(value) is int and -_SAFE_INT < value < _SAFE_INT:

@@ -189,27 +189,30 @@ class ReplayResult:
     steps: list[tuple] = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
-        """One row per original version: method, fork version, outcome, same_state."""
+        """One row per original version: method, fork version, outcome, same_state,
+        same_result."""
         import pandas as pd
 
         frame = pd.DataFrame.from_records(
-            self.steps, columns=["version", "method", "fork_version", "outcome", "same_state"])
+            self.steps, columns=["version", "method", "fork_version", "outcome", "same_state",
+                                 "same_result"])
         frame["fork_version"] = frame["fork_version"].astype("Int64")
         return frame
 
     @property
     def identical(self) -> bool:
-        """Whether every replayed step ended in the same state as the original."""
-        return all(step[4] for step in self.steps if step[3] == "ok")
+        """Whether every replayed step ended in the same state, and returned the same
+        result, as the original (a chat agent's answers are its results)."""
+        return all(step[4] and step[5] for step in self.steps if step[3] == "ok")
 
     def diff(self) -> Any:
         """The original's head against the fork's head."""
         return self.original.diff(self.original.version, other=self.fork)
 
     def __repr__(self) -> str:
-        same = sum(1 for s in self.steps if s[4])
+        same = sum(1 for s in self.steps if s[4] and s[5])
         return (f"<ReplayResult {self.original!r} from {self.from_version} on {self.fork!r}: "
-                f"{len(self.steps)} steps, {same} with the same state>")
+                f"{len(self.steps)} steps, {same} with the same state and result>")
 
     def _repr_html_(self) -> str:
         return f"<div><b>{self!r}</b></div>" + self.frame().to_html(index=False)
@@ -227,17 +230,18 @@ async def replay(ref: AgentRef, from_version: int, *, on: str | None = None,
         last = check_version(conn, -1 if to_version is None else to_version, repr(ref))
         rows = conn.execute(
             "SELECT version, method, args, kwargs, ts, effects, state, outcome, due, occurrence,"
-            " source FROM _ab_history WHERE version >= ? AND version <= ? ORDER BY version",
+            " source, result FROM _ab_history WHERE version >= ? AND version <= ? ORDER BY version",
             (from_version, last)).fetchall()
         states = {row[0]: state_at(conn, row[0]) for row in rows}
     name = on or f"{ref.name}-replay-{from_version}-{int(time.time() * 1000) % 100000}"
     target = await fork(ref, name, at=from_version - 1)
     result = ReplayResult(ref, target, from_version)
     live_opt: bool | frozenset = live if isinstance(live, bool) else frozenset(live)
-    for version, method, args, kwargs, ts, effects, _state, outcome, due, occ, source in rows:
+    for (version, method, args, kwargs, ts, effects, _state, outcome, due, occ, source,
+         recorded) in rows:
         if method in _INTERNAL or outcome != "ok" or (source or "").startswith("approval:"):
             # approved actions ran because a person approved them: a replay never runs one
-            result.steps.append((version, method, None, "skipped", None))
+            result.steps.append((version, method, None, "skipped", None, None))
             continue
         env = Envelope(method, tuple(jsonvalue.loads(args)), dict(jsonvalue.loads(kwargs) or {}),
                        args, kwargs, f"replay:{ref.class_name}/{ref.name}@{version}")
@@ -249,15 +253,28 @@ async def replay(ref: AgentRef, from_version: int, *, on: str | None = None,
             step.occurrence = Occurrence(occ, occ.split(":")[0], 1, due, "replay")
         env.replay = step
         try:
-            await rt._submit(target._ab_key, env)
+            value = await rt._submit(target._ab_key, env)
             fork_state = jsonvalue.dumps(target.state)
             same = fork_state == jsonvalue.dumps(jsonvalue.loads(states[version]))
-            result.steps.append((version, method, target.version, "ok", same))
+            same_result = _same_result(value, recorded)
+            result.steps.append((version, method, target.version, "ok", same, same_result))
         except ReplayError:
             raise
         except Exception as exc:
-            result.steps.append((version, method, None, f"error: {type(exc).__name__}: {exc}", False))
+            result.steps.append((version, method, None, f"error: {type(exc).__name__}: {exc}",
+                                 False, False))
     if rt.events.active:
         rt._emit("timetravel:replay", ref._ab_key, {"fork": target.name, "from": from_version,
                                                     "steps": len(result.steps)})
     return result
+
+
+def _same_result(value: Any, recorded: str | None) -> bool:
+    """Whether a replayed step's result equals the recorded one, written the same way
+    (a result that isn't JSON is recorded as nothing, on both sides)."""
+    from .handler import result_json
+
+    mine = result_json(value)
+    if mine is None or recorded is None:
+        return mine == recorded
+    return jsonvalue.loads(mine) == jsonvalue.loads(recorded)

@@ -228,6 +228,8 @@ async def test_replay_on_a_fork_with_another_model(mem_rt):
     other = await desk.replay(2, on="replay-other", overrides={
         "model": ab.models.scripted(["I would rather not say."])})
     assert other.fork.messages().content.iloc[-1] == "I would rather not say."
+    assert not other.identical  # the state is the same ({}), the answer is not
+    assert other.frame().same_result.tolist()[-1] is False
 
 
 class Speed(enum.Enum):

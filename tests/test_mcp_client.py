@@ -74,7 +74,12 @@ async def test_calls_are_journaled_and_a_replay_serves_them_without_the_server(m
                for e in effects)
     spawned = Events(mrt)
     result = await ref.replay(1)  # from the add_mcp_server on
-    assert result.identical
+    steps = result.frame()
+    assert steps.same_state.all()
+    # the calls' results are served from the record; the registration reports "replay"
+    # (a replay connects nothing), so it is the one step whose result differs
+    assert steps.same_result.tolist() == [False, True, True] and not result.identical
+    assert result.fork.history(5)["result"].iloc[-2]["state"] == "replay"
     assert spawned.count("mcp:client:preconnect") == 0  # nothing connects: the record serves
     replayed = result.fork.history(5)
     assert list(replayed["result"].head(2))[::-1] == [first, failed]
