@@ -17,10 +17,8 @@ each request with a queued ``chat.completion``. Nothing leaves the machine.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -55,16 +53,10 @@ def load_loopback() -> ModuleType | str:
     if not path.is_file():
         return (f"the loopback OpenAI server ({path}) is not here: run the benchmark from a "
                 "source checkout")
-    name = "_agentbook_bench_loopback"
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            return f"could not load the loopback server from {path}"
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return module
+    from .peers import load_file
+
+    module = load_file("_agentbook_bench_loopback", path)
+    return f"the loopback OpenAI server {module}" if isinstance(module, str) else module
 
 
 async def bench_chat(sz: Sizes, folder: str) -> list[Result]:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["load_peer", "peer_folder"]
+__all__ = ["load_file", "load_peer", "peer_folder"]
 
 
 def peer_folder() -> Path:
@@ -36,18 +36,26 @@ def load_peer(name: str) -> ModuleType | str:
     if not path.is_file():
         return (f"the {name} peer ({path}) is not here: run from a source checkout, or set "
                 "AGENTBOOK_BENCH_PEERS to the folder holding tests/bench/peers")
-    module_name = f"_agentbook_bench_peer_{name}"
-    module = sys.modules.get(module_name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            return f"could not load the {name} peer from {path}"
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            del sys.modules[module_name]
-            return f"the {name} peer failed to import: {type(exc).__name__}: {exc}"
+    module = load_file(f"_agentbook_bench_peer_{name}", path)
+    if isinstance(module, str):
+        return f"the {name} peer {module}"
     missing = getattr(module, "MISSING", None)
     return missing if missing else module
+
+
+def load_file(module_name: str, path: Path) -> ModuleType | str:
+    """Import the Python file *path* as *module_name* (once), or say why it failed."""
+    module = sys.modules.get(module_name)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        return f"could not be loaded from {path}"
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[module_name]
+        return f"failed to import: {type(exc).__name__}: {exc}"
+    return module
