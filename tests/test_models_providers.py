@@ -94,37 +94,30 @@ def _provider(name: str, servers: dict[str, LoopbackServer]) -> Provider:
         gemini_wire.MODEL, **{"base_url": server.url, **kw}))
 
 
+async def _serving(name: str, servers: dict[str, LoopbackServer]) -> AsyncIterator[Provider]:
+    chosen = _provider(name, servers)
+    yield chosen
+    for model in chosen.models:
+        await model.aclose()
+
+
 @pytest.fixture(params=PROVIDERS)
 async def provider(request: pytest.FixtureRequest,
                    servers: dict[str, LoopbackServer]) -> AsyncIterator[Provider]:
-    chosen = _provider(request.param, servers)
-    yield chosen
-    for model in chosen.models:
-        await model.aclose()
+    async for chosen in _serving(request.param, servers):
+        yield chosen
 
 
-@pytest.fixture
-async def openai_p(servers: dict[str, LoopbackServer]) -> AsyncIterator[Provider]:
-    chosen = _provider("openai", servers)
-    yield chosen
-    for model in chosen.models:
-        await model.aclose()
+def _one_provider(name: str) -> Any:
+    @pytest.fixture
+    async def one(servers: dict[str, LoopbackServer]) -> AsyncIterator[Provider]:
+        async for chosen in _serving(name, servers):
+            yield chosen
+
+    return one
 
 
-@pytest.fixture
-async def anthropic_p(servers: dict[str, LoopbackServer]) -> AsyncIterator[Provider]:
-    chosen = _provider("anthropic", servers)
-    yield chosen
-    for model in chosen.models:
-        await model.aclose()
-
-
-@pytest.fixture
-async def gemini_p(servers: dict[str, LoopbackServer]) -> AsyncIterator[Provider]:
-    chosen = _provider("gemini", servers)
-    yield chosen
-    for model in chosen.models:
-        await model.aclose()
+openai_p, anthropic_p, gemini_p = (_one_provider(n) for n in ("openai", "anthropic", "gemini"))
 
 
 async def _collect(model: Model, messages: list[dict[str, Any]],
