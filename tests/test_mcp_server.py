@@ -41,6 +41,9 @@ def test_callable_methods_become_tools_with_schemas_from_their_signatures():
         "required": ["value"]}
     assert resolve_class("mcp-notes") == resolve_class("McpNotes") == "McpNotes"
     assert resolve_class("no-such-agent") is None
+    from agentbook.serve.protocol import kebab
+
+    assert resolve_class(kebab("McpNotes")) == "McpNotes"  # the same URL segment as /agents/
 
 
 async def test_an_agent_served_over_stdio_to_the_official_client(tmp_path):

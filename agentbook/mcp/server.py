@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import inspect
 import json
-import re
 from typing import Any
 
 from .. import jsonvalue
@@ -65,13 +64,11 @@ def method_schema(fn: Any) -> dict[str, Any]:
 def resolve_class(segment: str) -> str | None:
     """The agent class named by a URL segment: its name, or its kebab-case form."""
     from ..agent import _classes
+    from ..serve.protocol import kebab
 
     if segment in _classes:
         return segment
-    for name in _classes:
-        if _kebab(name) == segment:
-            return name
-    return None
+    return next((name for name in _classes if kebab(name) == segment), None)
 
 
 def agent_server(rt: Any, class_name: str, name: str) -> Any:
@@ -80,11 +77,10 @@ def agent_server(rt: Any, class_name: str, name: str) -> Any:
     from mcp.server.lowlevel import Server
 
     from .. import __version__
-    from ..agent import _classes
     from ..tools import validate
 
     def tools() -> dict[str, dict[str, Any]]:
-        cls = _classes.get(class_name)
+        cls = rt._class_for(class_name)
         return {} if cls is None else callable_tools(cls)
 
     async def list_tools(ctx: Any, params: Any) -> Any:
@@ -107,7 +103,7 @@ def agent_server(rt: Any, class_name: str, name: str) -> Any:
             return _error(f"{type(exc).__name__}: {exc}")
         return _ok(result)
 
-    doc = inspect.getdoc(_classes.get(class_name)) or None
+    doc = inspect.getdoc(rt._class_for(class_name)) or None
     return Server(f"agentbook {class_name}/{name}", version=__version__,
                   instructions=doc, on_list_tools=list_tools, on_call_tool=call_tool)
 
@@ -129,10 +125,6 @@ def _error(message: str) -> Any:
 
     return types.CallToolResult(content=[types.TextContent(type="text", text=message)],
                                 is_error=True)
-
-
-def _kebab(name: str) -> str:
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name).lower()
 
 
 def _is_json(value: Any) -> bool:

@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from .. import jsonvalue
-from ..agent import Agent, _classes
+from ..agent import Agent
 from ..errors import AgentbookError, UsageError
 from ..mailbox import Envelope
 from .auth import TICKET_PATH
@@ -76,7 +76,7 @@ async def _agent_request(server: Server, request: Request) -> Response:
         ref = rt.get(class_name, request.path_params["name"])
     except AgentbookError as exc:
         return _json(400, {"error": str(exc)})
-    cls = _classes[class_name]
+    cls = rt._class_for(class_name)
     if cls.on_request is Agent.on_request:
         if request.method in ("GET", "HEAD"):
             return _json(200, {"name": ref.name, "state": ref.state})

@@ -21,7 +21,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
-from ..agent import Agent, _classes, method_info
+from ..agent import Agent, method_info
 from ..errors import ReadOnlyError, RuntimeClosedError
 from ..mailbox import Envelope
 from ..ref import AgentRef
@@ -94,7 +94,7 @@ class AgentSocket:
                 c.id == pk for c in server.connections_of(key)):
             pk = secrets.token_hex(8)
         conn = Connection(server, key, pk, scope["path"], send)
-        session = _Session(server, conn, ref, _classes[class_name])
+        session = _Session(server, conn, ref, server.rt._class_for(class_name))
         await session.run(receive, ConnectionContext(request))
 
 
@@ -106,7 +106,7 @@ class _Session:
         self.rt, self.key = server.rt, ref._ab_key
 
     def _hook(self, name: str) -> bool:
-        cls = _classes.get(self.key[0], self.cls)  # a redefined class counts
+        cls = self.rt._class_for(self.key[0]) or self.cls  # a redefined class counts
         return getattr(cls, name) is not getattr(Agent, name)
 
     def _envelope(self, method: str, args: tuple, args_json: str, source: str) -> Envelope:
@@ -217,7 +217,7 @@ class _Session:
     # -- calls -----------------------------------------------------------------------------
     def rpc(self, rid: str, method: str, args: list) -> None:
         rt, conn = self.rt, self.conn
-        fn, is_callable = method_info(_classes.get(self.key[0], self.cls), method)
+        fn, is_callable = method_info(self.rt._class_for(self.key[0]) or self.cls, method)
         streaming = is_callable and getattr(fn, "_ab_streaming", False)
         try:
             env = rt._prepare(self.key, method, (None, *args) if streaming else tuple(args), {},

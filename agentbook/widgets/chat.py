@@ -377,9 +377,8 @@ def _result_line(name: Any, result: Any) -> str:
 
 
 def _model_name(ref: AgentRef) -> str:
-    from ..agent import _classes
 
-    model = getattr(_classes.get(ref.class_name), "model", None)  # None: the builtin default
+    model = getattr(ref.runtime._class_for(ref.class_name), "model", None)  # None: the builtin default
     names = [getattr(model, "provider", "builtin"), getattr(model, "name", "builtin")]
     return "model: " + " ".join(dict.fromkeys(names))
 
