@@ -17,7 +17,6 @@ POINTS = frozenset({"before-commit", "after-commit-before-reply", "mid-schedule-
 
 _ARMED = frozenset(p.strip() for p in os.environ.get("AGENTBOOK_CRASH_AT", "").split(",")
                    if p.strip())
-ACTIVE = bool(_ARMED)
 
 
 def crash_point(name: str) -> None:

@@ -8,7 +8,6 @@ last commit on disk and never wait for a running handler.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Awaitable
 from datetime import datetime
@@ -20,6 +19,7 @@ from . import jsonvalue
 from .errors import AgentNotFoundError, StoreCorruptError, UnknownMethodError
 from .mailbox import Envelope
 from .ref_timetravel import TimeTravelMixin
+from .ref_timetravel import json_or_none as _j
 from .store import health, open_reader, query_reader
 from .store.history import read_history
 
@@ -366,10 +366,6 @@ def schedules_frame(items: list) -> pd.DataFrame:
         columns=["id", "callback", "type", "time", "cron", "interval", "payload", "attempt",
                  "occurrence", "last_error"],
     )
-
-
-def _j(text: Any) -> Any:
-    return None if text is None else json.loads(text)
 
 
 def _epoch(value: float | datetime | None) -> float | None:

@@ -182,7 +182,7 @@ class TimeTravelMixin:
 
         rows = self._ab_rt.catalog.failures(*self._ab_key, limit)
         frame = pd.DataFrame.from_records(
-            [(ts, m, _json_or_none(a), _json_or_none(k), s, d, e, v) for ts, m, a, k, s, d, e, v in rows],
+            [(ts, m, json_or_none(a), json_or_none(k), s, d, e, v) for ts, m, a, k, s, d, e, v in rows],
             columns=["ts", "method", "args", "kwargs", "source", "duration_ms", "error",
                      "at_version"],
         )
@@ -190,5 +190,6 @@ class TimeTravelMixin:
         return frame
 
 
-def _json_or_none(text: Any) -> Any:
+def json_or_none(text: Any) -> Any:
+    """A JSON column's value as plain Python (``None`` stays ``None``)."""
     return None if text is None else json.loads(text)

@@ -377,12 +377,6 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
     def _should_drop(self, exc: BaseException) -> bool:
         return isinstance(exc, (StoreError, StoreCorruptError))
 
-    def _quarantine(self, key: Key, exc: BaseException) -> StoreCorruptError:
-        """Move a damaged store aside; the agent refuses to start until it is restored."""
-        from .store.health import quarantine
-
-        return quarantine(self, key, exc)
-
     def _created(self, inst: Instance) -> None:
         self.catalog.add(inst.key[0], inst.key[1], agent_file(*inst.key), self.clock.now())
 

@@ -67,10 +67,8 @@ def check_version_type(version: Any, who: str) -> int:
 
 def check_version(conn: apsw.Connection, version: Any, who: str, db: str = "main") -> int:
     """The version as an int, or a :class:`VersionNotFoundError` saying what exists."""
+    version = check_version_type(version, who)
     first, head = bounds(conn, db)
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise VersionNotFoundError(f"versions are whole numbers; {who} has versions {first}..{head}")
-    version = int(version)
     if version < 0:
         version = head + 1 + version  # -1 is head
     if version > head or version < first:

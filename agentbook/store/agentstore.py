@@ -46,8 +46,6 @@ __all__ = ["AgentStore"]
 
 _OPEN_RW = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
 _SYNC = {"normal": "NORMAL", "full": "FULL", "off": "OFF"}
-#: Default time budget of one read-only (model-written) query, seconds.
-QUERY_SECONDS = 0.5
 #: How many SQLite VM steps run between two looks at a read-only query's clock.
 _PROGRESS_STEPS = 1000
 _template_cache: bytes | None = None
@@ -120,7 +118,7 @@ class AgentStore:
         #: Inside a batch (between begin and commit/rollback).
         self._batch = False
         #: The time budget of one read-only query (``None``: no budget).
-        self.query_seconds: float | None = QUERY_SECONDS
+        self.query_seconds: float | None = None  # (the runtime sets its max_query_seconds)
         fresh = health.check_file(path)  # (a file too short to be a database is damage)
         try:
             if fresh:
@@ -360,8 +358,7 @@ class AgentStore:
     def internal(self, query: str, params: tuple = ()) -> list[tuple]:
         """Run agentbook's own SQL on the writer connection (history rows appended so far
         go in first, so it sees them)."""
-        if self._batch and not self.conn.in_transaction:
-            self._check_batch()
+        self._check_batch()
         if self._pending:
             self._flush()
         if self._sp == 1 and not query.startswith("SELECT"):
