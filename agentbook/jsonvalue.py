@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from .errors import JSONValueError, ReadOnlyError
+from .secrets import Secret
 
 __all__ = ["FrozenDict", "FrozenList", "canonical", "dumps", "freeze", "loads", "thaw"]
 
@@ -147,7 +148,7 @@ def _freeze(v: Any, path: str, depth: int, seen: set[int]) -> Any:
         return _freeze(int(v), path, depth, seen)
     if isinstance(v, float):
         return _freeze(float(v), path, depth, seen)
-    if t.__name__ == "Secret" and hasattr(v, "reveal"):
+    if isinstance(v, Secret):
         return v  # kept as it is; written as {"$secret": name} (see agentbook.secrets)
     raise _bad(path, f"a {t.__name__}")
 
@@ -182,7 +183,7 @@ def thaw(value: Any) -> Any:
 
 
 def _redact(value: Any) -> Any:
-    if hasattr(value, "reveal") and hasattr(value, "to_json"):
+    if isinstance(value, Secret):
         return value.to_json()
     raise TypeError(f"{type(value).__name__} is not JSON")
 

@@ -66,15 +66,9 @@ def kebab(class_name: str) -> str:
     return text[:-1] if text.endswith("-") else text
 
 
-def _redact(value: Any) -> Any:
-    if hasattr(value, "reveal") and hasattr(value, "to_json"):
-        return value.to_json()  # a Secret goes out as its name, never its value
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
 # ASCII output: escapes keep even a lone surrogate from a client's own frame sendable.
 _encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"),
-                            default=_redact)
+                            default=jsonvalue._redact)
 
 
 def encode(frame: Any) -> str:
