@@ -281,10 +281,7 @@ class Instance(OutputGate):
                     # SQLite rolled the whole batch back (a full disk, an I/O error), even if
                     # the handler caught the error: nothing of it is committed, so none of it
                     # may be acknowledged.
-                    raise outcome.value if not outcome.ok else store.lost or StoreError(
-                        f"{self.key[0]}({self.key[1]!r})'s store lost its transaction (SQLite "
-                        "rolled it back after an error the handler caught); nothing of this "
-                        "batch was kept: send the messages again")
+                    raise outcome.value if not outcome.ok else store.lost_error()
                 scheduled = scheduled or outcome.ctx.sched_dirty or env.sched is not None
                 if (lone and not outcome.ok) or outcome.ctx.suspended:
                     break

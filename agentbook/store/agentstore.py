@@ -126,9 +126,7 @@ class AgentStore:
             self.conn = apsw.Connection(path, flags=_OPEN_RW)
             if self.conn.readonly("main"):  # SQLite fell back to read-only: say so now
                 self.conn.close()
-                raise StoreReadOnlyError(
-                    f"the store can't be written ({path}): make it and its folder writable, "
-                    "or open the runtime on another path; nothing was written")
+                raise health.read_only(path)
             self.conn.set_busy_timeout(5_000)
             self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
             if not fresh:
@@ -194,9 +192,13 @@ class AgentStore:
         """Inside a batch SQLite rolled back (a full disk, an I/O error), nothing may be
         written any more: it would commit on its own, outside every transaction."""
         if self._batch and not self.conn.in_transaction:
-            raise self.lost or StoreError(
-                f"the store lost its transaction ({self.path}); nothing of this batch was "
-                "kept: send the messages again")
+            raise self.lost_error()
+
+    def lost_error(self) -> Exception:
+        """Why the running batch was lost (SQLite rolled it back after an error)."""
+        return self.lost or StoreError(
+            f"the store lost its transaction ({self.path}): SQLite rolled it back after an "
+            "error; nothing of this batch was kept: send the messages again")
 
     def savepoint(self, lazy: bool = False) -> None:
         """Open the savepoint of one message inside the batch.

@@ -38,16 +38,27 @@ _FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
 _READ_ONLY = {errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+def full(path: str, detail: str = "") -> StoreFullError:
+    """The error of a store that can't grow (a full disk, or its size cap)."""
+    where = f" ({path})" if path else ""
+    return StoreFullError(f"the store is full{where}: free disk space (or raise the size cap) "
+                          f"and send the message again; nothing was written{detail}")
+
+
+def read_only(path: str, detail: str = "") -> StoreReadOnlyError:
+    """The error of a store (or its folder) that can't be written."""
+    where = f" ({path})" if path else ""
+    return StoreReadOnlyError(f"the store can't be written{where}: make it and its folder "
+                              "writable, or open the runtime on another path; nothing was "
+                              f"written{detail}")
+
+
 def os_error(exc: OSError, path: str) -> StoreError:
     """The typed error of a file-system error met while writing the store at *path*."""
     if exc.errno in _FULL:
-        return StoreFullError(
-            f"the store is full ({path}): free disk space (or raise the size cap) and send "
-            f"the message again; nothing was written ({exc.strerror or exc})")
+        return full(path, f" ({exc.strerror or exc})")
     if exc.errno in _READ_ONLY or isinstance(exc, PermissionError):
-        return StoreReadOnlyError(
-            f"the store can't be written ({path}): make its folder writable, or open the "
-            f"runtime on another path; nothing was written ({exc.strerror or exc})")
+        return read_only(path, f" ({exc.strerror or exc})")
     return StoreError(f"the store could not be used ({path}): {exc}")
 
 

@@ -15,8 +15,6 @@ from ..errors import (
     SQLError,
     StoreCorruptError,
     StoreError,
-    StoreFullError,
-    StoreReadOnlyError,
 )
 from . import health
 from .schema import INTERNAL_PREFIX
@@ -34,29 +32,19 @@ def translate_error(exc: BaseException, path: str = "", *, writing: bool = True)
     """Turn an ``apsw`` exception into agentbook's typed error (others pass through)."""
     where = f" ({path})" if path else ""
     if isinstance(exc, apsw.FullError):
-        return StoreFullError(
-            f"the store is full{where}: free disk space (or raise the size cap) and send "
-            "the message again; nothing was written"
+        return health.full(path)
+    if isinstance(exc, apsw.ReadOnlyError) and not writing:
+        return ReadOnlyError(
+            "this SQL is read-only: ref.sql and at(...).sql only query; change the "
+            "agent's tables inside one of its handlers with self.sql(...)"
         )
-    if isinstance(exc, apsw.ReadOnlyError):
-        if not writing:
-            return ReadOnlyError(
-                "this SQL is read-only: ref.sql and at(...).sql only query; change the "
-                "agent's tables inside one of its handlers with self.sql(...)"
-            )
-        return StoreReadOnlyError(
-            f"the store can't be written{where}: make its folder writable, or open the "
-            "runtime on another path; nothing was written"
-        )
+    if isinstance(exc, apsw.ReadOnlyError) or (
+            isinstance(exc, apsw.CantOpenError) and path and health.read_only_cause(path)):
+        return health.read_only(path)
     if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
         return StoreCorruptError(
             f"the store file is damaged{where}: {exc}; restore it from a backup or "
             "remove the file"
-        )
-    if isinstance(exc, apsw.CantOpenError) and path and health.read_only_cause(path):
-        return StoreReadOnlyError(
-            f"the store can't be written{where}: make its folder writable, or open the "
-            "runtime on another path; nothing was written"
         )
     if isinstance(exc, apsw.AuthError):
         return SQLError(
