@@ -217,6 +217,22 @@ class SDKModel(Model):
     (a copy reconnects), and ``aclose``."""
 
     _clients: ClientCache
+    #: ``(module, extra, pip package)`` that must be installed to make one.
+    _package: tuple[str, str, str]
+
+    def __init__(self, model: str, api_key: str | None, base_url: str | None, timeout: float,
+                 client_options: dict[str, Any]) -> None:
+        check_installed(*self._package)
+        self.name = model
+        self.base_url = base_url
+        self.timeout = timeout
+        self._api_key = Secret(api_key) if api_key else None
+        self._client_options = client_options
+        self._clients = ClientCache(self._connect)
+
+    def __repr__(self) -> str:
+        where = f" at {self.base_url}" if self.base_url else ""
+        return f"<{self.provider} model {self.name!r}{where}>"
 
     def _connect(self) -> Any:
         raise NotImplementedError

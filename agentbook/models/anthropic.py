@@ -43,21 +43,12 @@ class AnthropicModel(_sdk.SDKModel):
     """
 
     provider = "anthropic"
+    _package = ("anthropic", "anthropic", "anthropic")
 
     def __init__(self, model: str, api_key: str | None = None, base_url: str | None = None,
                  timeout: float = 60, max_tokens: int = 4096, **client_options: Any) -> None:
-        _sdk.check_installed("anthropic", "anthropic", "anthropic")
-        self.name = model
-        self.base_url = base_url
-        self.timeout = timeout
+        super().__init__(model, api_key, base_url, timeout, client_options)
         self.max_tokens = max_tokens
-        self._api_key = _sdk.Secret(api_key) if api_key else None
-        self._client_options = client_options
-        self._clients = _sdk.ClientCache(self._connect)
-
-    def __repr__(self) -> str:
-        where = f" at {self.base_url}" if self.base_url else ""
-        return f"<anthropic model {self.name!r}{where}>"
 
     async def complete(self, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None = None, **options: Any) -> Response:

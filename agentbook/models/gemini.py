@@ -50,21 +50,12 @@ class GeminiModel(_sdk.SDKModel):
     """
 
     provider = "gemini"
+    _package = ("google.genai", "gemini", "google-genai")
 
     def __init__(self, model: str, api_key: str | None = None, base_url: str | None = None,
                  timeout: float = 60, **client_options: Any) -> None:
-        _sdk.check_installed("google.genai", "gemini", "google-genai")
-        self.name = model
-        self.base_url = base_url
-        self.timeout = timeout
-        self._api_key = _sdk.Secret(api_key) if api_key else None
-        self._client_options = client_options
-        self._clients = _sdk.ClientCache(self._connect)
+        super().__init__(model, api_key, base_url, timeout, client_options)
         self._calls: OrderedDict[str, tuple[bytes | None, bool]] = OrderedDict()
-
-    def __repr__(self) -> str:
-        where = f" at {self.base_url}" if self.base_url else ""
-        return f"<gemini model {self.name!r}{where}>"
 
     async def _close_client(self, client: Any) -> None:
         await client.aio.aclose()

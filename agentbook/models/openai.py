@@ -38,21 +38,12 @@ class OpenAIModel(_sdk.SDKModel):
     """
 
     provider = "openai"
+    _package = ("openai", "openai", "openai")
 
     def __init__(self, model: str, api_key: str | None = None, base_url: str | None = None,
                  provider: str = "openai", timeout: float = 60, **client_options: Any) -> None:
-        _sdk.check_installed("openai", "openai", "openai")
-        self.name = model
+        super().__init__(model, api_key, base_url, timeout, client_options)
         self.provider = provider
-        self.base_url = base_url
-        self.timeout = timeout
-        self._api_key = _sdk.Secret(api_key) if api_key else None
-        self._client_options = client_options
-        self._clients = _sdk.ClientCache(self._connect)
-
-    def __repr__(self) -> str:
-        where = f" at {self.base_url}" if self.base_url else ""
-        return f"<{self.provider} model {self.name!r}{where}>"
 
     async def complete(self, messages: list[dict[str, Any]],
                        tools: list[dict[str, Any]] | None = None, **options: Any) -> Response:
