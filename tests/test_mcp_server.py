@@ -110,6 +110,9 @@ async def test_an_agent_served_over_streamable_http_to_the_official_client(rt, m
             wrong = {"Authorization": "Bearer nope"}
             assert (await http.post(url, json={}, headers=wrong)).status_code == 401
             ok = {"Authorization": "Bearer tok-123"}
+            for spelling in ("bearer tok-123", "token tok-123"):  # as the serve path takes it
+                assert (await http.post(f"{base}/mcp/NoSuchAgent/x", json={},
+                                        headers={"Authorization": spelling})).status_code == 404
             assert (await http.post(f"{base}/mcp/NoSuchAgent/x", json={}, headers=ok)
                     ).status_code == 404
             assert (await http.post(f"{base}/mcp/too/many/parts", headers=ok)).status_code == 404

@@ -22,13 +22,13 @@ the serve path's own. Host and Origin headers are checked against loopback names
 from __future__ import annotations
 
 import contextlib
-import hmac
 import inspect
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import unquote
 
+from ..serve.auth import Auth
 from . import require_sdk
 from .server import agent_server, resolve_class
 
@@ -59,7 +59,8 @@ class MCPApp:
     def __init__(self, rt: Any, token: str | None, authorize: Callable[[dict], Any] | None,
                  check_hosts: bool, json_response: bool) -> None:
         self.rt = rt
-        self._token = token
+        # the serve path's token check: 'Bearer' or 'token', constant time
+        self._auth = None if token is None else Auth(token, rt.clock)
         self._authorize = authorize
         self._check_hosts = check_hosts
         self._json = json_response
@@ -136,11 +137,8 @@ class MCPApp:
         await manager.handle_request(scope, receive, send)
 
     async def _allowed(self, scope: dict) -> bool:
-        if self._token is not None:
-            given = dict(scope.get("headers") or []).get(b"authorization", b"")
-            want = f"Bearer {self._token}".encode()
-            if not hmac.compare_digest(given, want):
-                return False
+        if self._auth is not None and not self._auth.check(self._auth.bearer(scope)):
+            return False
         if self._authorize is not None:
             verdict = self._authorize(scope)
             if inspect.isawaitable(verdict):
