@@ -59,6 +59,8 @@ class OutputGate:
         for type_, payload in ctx.events:
             if type_ == "broadcast":
                 rt._broadcast(self.key, payload["message"], payload["exclude"])
+            elif type_ == "connection:send":  # (see agentbook.serve.gate)
+                payload[0]._write(payload[1])
             else:
                 rt._emit(type_, self.key, payload)
 

@@ -25,7 +25,6 @@ from ..agent import Agent
 from ..errors import AgentbookError, UsageError
 from ..mailbox import Envelope
 from .auth import TICKET_PATH
-from .gate import OWN, released
 from .protocol import encode, encode_value
 from .session import AgentSocket
 
@@ -88,12 +87,10 @@ async def _agent_request(server: Server, request: Request) -> Response:
     env = Envelope("on_request", (request,), {},
                    encode([{"method": request.method, "path": request.url.path}]), None,
                    f"http:{request.method}", label="on_request")
-    env.extras = {OWN: True}
     try:
         result = await rt._submit(ref._ab_key, env)
     except Exception as exc:
         return _json(500, {"error": str(exc), "errorType": type(exc).__name__})
-    released(env)
     return _response(result)
 
 

@@ -25,7 +25,6 @@ from ..agent import Agent, method_info
 from ..errors import ReadOnlyError, RuntimeClosedError
 from ..mailbox import Envelope
 from ..ref import AgentRef
-from .gate import OWN, released
 from .protocol import (
     ERROR,
     IDENTITY,
@@ -110,9 +109,7 @@ class _Session:
         return getattr(cls, name) is not getattr(Agent, name)
 
     def _envelope(self, method: str, args: tuple, args_json: str, source: str) -> Envelope:
-        env = Envelope(method, args, {}, args_json, None, source, label=method)
-        env.extras = {OWN: True}
-        return env
+        return Envelope(method, args, {}, args_json, None, source, label=method)
 
     async def run(self, receive: Any, ctx: ConnectionContext) -> None:
         conn, rt, server = self.conn, self.rt, self.server
@@ -131,8 +128,6 @@ class _Session:
                 except Exception as exc:
                     log.warning("%s(%r).on_connect failed: %s", *self.key, exc)
                     conn.close(1011, _reason(f"on_connect failed: {exc}"))
-                else:
-                    released(env)
             limit = server.max_message
             while True:
                 message = await receive()
@@ -158,7 +153,7 @@ class _Session:
             if self._hook("on_close") and not rt.closed:
                 env = self._envelope("on_close", (conn, code, reason),
                                      encode([conn.id, code, reason]), f"ws:{conn.id}")
-                rt._submit(self.key, env).add_done_callback(partial(self._hook_done, env, "on_close"))
+                rt._submit(self.key, env).add_done_callback(partial(self._hook_done, "on_close"))
 
     # -- frames ----------------------------------------------------------------------------
     def error(self, text: str, **extra: Any) -> None:
@@ -203,12 +198,11 @@ class _Session:
         shown = message if isinstance(message, str) else {"bytes": len(message)}
         env = self._envelope("on_message", (self.conn, message), encode([self.conn.id, shown]),
                              f"ws:{self.conn.id}")
-        self.rt._submit(self.key, env).add_done_callback(partial(self._hook_done, env, "on_message"))
+        self.rt._submit(self.key, env).add_done_callback(partial(self._hook_done, "on_message"))
 
-    def _hook_done(self, env: Envelope, hook: str, fut: Any) -> None:
+    def _hook_done(self, hook: str, fut: Any) -> None:
         exc = RuntimeClosedError("cancelled") if fut.cancelled() else fut.exception()
         if exc is None:
-            released(env)
             return
         log.warning("%s(%r).%s failed: %s: %s", *self.key, hook, type(exc).__name__, exc)
         if hook == "on_message":
@@ -234,22 +228,20 @@ class _Session:
             env.args = (stream, *env.args[1:])
             env.args_json = encode(env.args[1:])
         env.source = f"ws:{conn.id}"
-        env.extras = {OWN: True}
         if conn.readonly:
             env.label, env.method, env.args = method, "_ab_readonly_call", (method, env.args)
-        rt._submit(self.key, env).add_done_callback(partial(self.rpc_done, rid, env, stream))
+        rt._submit(self.key, env).add_done_callback(partial(self.rpc_done, rid, stream))
 
     def rpc_failed(self, rid: str, exc: BaseException) -> None:
         self.conn.frame(encode({"type": RPC, "id": rid, "success": False,
                                 "error": str(exc) or type(exc).__name__,
                                 "errorType": type(exc).__name__}))
 
-    def rpc_done(self, rid: str, env: Envelope, stream: Stream | None, fut: Any) -> None:
+    def rpc_done(self, rid: str, stream: Stream | None, fut: Any) -> None:
         exc = RuntimeClosedError("the call was cancelled") if fut.cancelled() else fut.exception()
         if exc is not None:
             self.rpc_failed(rid, exc)
             return
-        released(env)
         if stream is not None and stream._error is not None:
             self.rpc_failed(rid, RuntimeError(stream._error))
             return
@@ -274,14 +266,13 @@ class _Session:
             self.state_refused(uid, str(exc))
             return
         env = self._envelope("set_state", (state,), encode([state]), f"client:{conn.id}")
-        self.rt._submit(self.key, env).add_done_callback(partial(self.state_done, uid, env))
+        self.rt._submit(self.key, env).add_done_callback(partial(self.state_done, uid))
 
-    def state_done(self, uid: Any, env: Envelope, fut: Any) -> None:
+    def state_done(self, uid: Any, fut: Any) -> None:
         exc = RuntimeClosedError("cancelled") if fut.cancelled() else fut.exception()
         if exc is not None:
             self.state_refused(uid, str(exc))
             return
-        released(env)
         if uid is not None:
             self.conn.frame(encode({"type": STATE_APPLIED, "id": uid}))
 
