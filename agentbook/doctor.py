@@ -29,7 +29,7 @@ from typing import Any
 import apsw
 
 from .errors import StoreCorruptError, UsageError
-from .store import agent_file
+from .store import agent_file, health
 from .store.chain import verify_chain
 
 __all__ = ["check_file", "check_stores", "exit_status", "format_report", "release"]
@@ -239,12 +239,7 @@ def _check(path: str, chain: bool) -> dict[str, Any]:
 
 
 def _check_conn(conn: apsw.Connection, chain: bool) -> dict[str, Any]:
-    entry = _entry()
-    try:
-        rows = conn.execute("PRAGMA quick_check").fetchall()
-        entry["quick_check"] = "; ".join(str(r[0]) for r in rows)
-    except apsw.Error as exc:
-        entry["quick_check"] = str(exc) or type(exc).__name__
+    entry = _entry(quick_check=health.quick_check(conn))
     problems = [] if entry["quick_check"] == "ok" else [f"quick_check: {entry['quick_check']}"]
     if chain:
         try:

@@ -8,7 +8,6 @@ last commit on disk and never wait for a running handler.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -293,8 +292,11 @@ class _Reading:
             return self.conn
         path = rt._path_of(key)
         try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
+            missing = health.check_file(path)
+        except StoreCorruptError as exc:
+            raise StoreCorruptError(f"{exc}; its next message moves it to quarantine "
+                                    "(agentbook doctor --check-stores)") from None
+        if missing:
             held = rt.catalog.quarantined(*key)
             if held is not None:
                 raise health.refused(key, held) from None
@@ -303,11 +305,6 @@ class _Reading:
             raise AgentNotFoundError(
                 f"{key[0]}({key[1]!r}) has no store yet: it is created by its first message"
             ) from None
-        if size < health.HEADER_BYTES:
-            raise StoreCorruptError(
-                f"{key[0]}({key[1]!r})'s store is damaged ({path} is {size} bytes, too short "
-                "to be a database); its next message moves it to quarantine "
-                "(agentbook doctor --check-stores)")
         self.conn = open_reader(path)
         self.close = True
         return self.conn

@@ -13,6 +13,7 @@ import apsw
 from . import jsonvalue
 from .errors import UsageError
 from .mailbox import Envelope
+from .store import health
 from .store.history import state_at
 
 if TYPE_CHECKING:
@@ -147,10 +148,7 @@ class TimeTravelMixin:
 
         bad = None
         with self._reading() as conn:
-            try:
-                check = conn.execute("PRAGMA quick_check").fetchall()[0][0]
-            except apsw.Error as exc:  # a damaged page can stop the check itself
-                check = f"{type(exc).__name__}: {exc}"
+            check = health.quick_check(conn)
             try:
                 bad = verify_chain(conn)
             except apsw.Error as exc:

@@ -62,6 +62,15 @@ def os_error(exc: OSError, path: str) -> StoreError:
     return StoreError(f"the store could not be used ({path}): {exc}")
 
 
+def quick_check(conn: apsw.Connection) -> str:
+    """SQLite's ``PRAGMA quick_check`` verdict: ``"ok"``, its findings, or the error that
+    stopped it (a damaged page can)."""
+    try:
+        return "; ".join(str(r[0]) for r in conn.execute("PRAGMA quick_check").fetchall())
+    except apsw.Error as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
 def check_file(path: str) -> bool:
     """Whether the store at *path* is new (no file yet). A file too short to be a
     database raises :class:`StoreCorruptError`: SQLite would take it for a new, empty one."""
