@@ -16,15 +16,31 @@ import pytest
 import agentbook as ab
 from agentbook import approvals_index
 
+from .waiting import eventually
+
+
+class Hold:
+    """Keeps a handler suspended at one point until the test lets it go on."""
+
+    def __init__(self) -> None:
+        self.reached, self.released = asyncio.Event(), asyncio.Event()
+
+    async def here(self) -> None:
+        self.reached.set()
+        await self.released.wait()
+
+
+HOLDS: dict[str, Hold] = {}  # orders whose ask() waits after writing its request
+
 
 class Till(ab.Agent):
     initial_state = {"paid": []}
 
     @ab.callable
-    async def ask(self, order: str, linger: float = 0.0) -> str:
+    async def ask(self, order: str) -> str:
         approval = await self.request_approval("pay", {"order": order}, summary=f"pay {order}")
-        if linger:
-            await asyncio.sleep(linger)  # the request is written, not yet committed
+        if order in HOLDS:
+            await HOLDS[order].here()  # the request is written, not yet committed
         return approval.id
 
     async def pay(self, order: str) -> str:
@@ -82,14 +98,18 @@ async def test_a_request_on_its_way_to_its_commit_is_left_alone(tmp_path, clock)
     await rt.get(Till, "t").ask("o0")
     await rt.aclose()
     rt = ab.Runtime(folder, clock=clock)  # its first look at the index comes mid-request
+    hold = HOLDS["o1"] = Hold()
     try:
-        asking = asyncio.ensure_future(rt.get(Till, "t").ask("o1", linger=0.05))
-        await asyncio.sleep(0.01)
+        asking = asyncio.ensure_future(rt.get(Till, "t").ask("o1"))
+        await eventually(hold.reached.is_set, what="ask('o1') wrote its request")
         assert len(rt.approvals.list()) == 2  # the store is being written: not a phantom
+        hold.released.set()
         approval_id = await asking
         assert rt.approvals.get(approval_id).status == "pending"
         assert len(rt.approvals.list()) == 2
     finally:
+        hold.released.set()
+        del HOLDS["o1"]
         await rt.aclose()
 
 
@@ -121,7 +141,7 @@ async def test_another_agent_cannot_call_a_guarded_method_even_after_a_restart(t
     with pytest.raises(ab.NotCallableError, match="request_approval"):
         await rt.get(Thief, "m").steal("t")
     await rt.get(Till, "t").pay_self("own")  # the agent itself may
-    await asyncio.sleep(0.01)
+    await rt.settle()  # (the pay it sent itself has run)
     await rt.aclose()
     approvals_index.GUARDED.pop("Till")  # a new process: only the catalog remembers
     rt = ab.Runtime(folder, clock=clock)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import pytest
 
@@ -10,6 +11,7 @@ import agentbook as ab
 from agentbook.backends.ray import shard_of
 
 from .ray_agents import RayTally
+from .waiting import eventually
 
 pytestmark = pytest.mark.ray
 
@@ -52,11 +54,9 @@ async def test_agents_live_on_their_hosts_and_message_across_hosts(ray_rt):
         by_host.setdefault(router.host_of(r._ab_key), set()).add(r.state["pid"])
     assert all(len(p) == 1 for p in by_host.values())
     assert await refs[0].ask("t7", "asked") == 2
-    await refs[1].pass_on("t6", "passed")
-    for _ in range(200):
-        if refs[6].version == 3:
-            break
-        await asyncio.sleep(0.01)
+    await refs[1].pass_on("t6", "passed")  # host to host: the driver has no answer to await
+    await eventually(lambda: refs[6].version, until=lambda v: v == 3,
+                     what="t1's host delivered the passed-on mark to t6's host")
     assert refs[6].sql("SELECT id FROM marks ORDER BY id").id.tolist() == ["passed", "t6-1"]
 
 
@@ -76,17 +76,20 @@ async def test_a_killed_host_comes_back_and_nothing_committed_is_lost(ray_rt, ra
         await r.mark("before")
     victim = ray_rt._router.host_of(refs[0]._ab_key)
     ray_cluster.kill(ray_rt._router.handle(victim), no_restart=False)
+
+    async def marked(r) -> bool:
+        try:
+            await r.mark("after")
+            return True
+        except ab.HostUnavailableError:  # maybe ran, maybe not: look, then decide
+            return "after" in set(r.sql("SELECT id FROM marks").id)
+        except ab.SQLError:  # the first try did run: the mark is there once
+            return True
+
     for r in refs:  # each mark is sent until it is known to be in, exactly once
-        for _ in range(100):
-            try:
-                await r.mark("after")
-                break
-            except ab.HostUnavailableError:  # maybe ran, maybe not: look, then decide
-                if "after" in set(r.sql("SELECT id FROM marks").id):
-                    break
-                await asyncio.sleep(0.2)  # the restarted host is taking its shards back
-            except ab.SQLError:  # the first try did run: the mark is there once
-                break
+        # (while the restarted host takes its shards back, sends fail: poll until in)
+        await eventually(functools.partial(marked, r), timeout=30, interval=0.2,
+                         what=f"the mark on {r.name} got in after the host restarted")
     marks = {r.name: sorted(r.sql("SELECT id FROM marks").id) for r in refs}
     assert all(m == ["after", "before"] for m in marks.values()), marks
     assert all(r.state["n"] == 2 for r in refs)
@@ -105,10 +108,9 @@ async def test_host_events_reach_the_driver_only_while_someone_listens(ray_rt, r
     unsubscribe = ray_rt.events.subscribe(seen.append, types=["rpc", "state:update"])
     for r in refs:
         await r.mark("heard")
-    for _ in range(300):
-        if len({e["name"] for e in seen if e["type"] == "state:update"}) == 8:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: {e["name"] for e in seen if e["type"] == "state:update"},
+                     until=lambda names: len(names) == 8,
+                     what="host events (they come after the answers) reached the driver")
     updates = [e for e in seen if e["type"] == "state:update"]
     assert {e["name"] for e in updates} == {r.name for r in refs}, seen
     assert {e["type"] for e in seen} <= {"rpc", "state:update"}
@@ -118,24 +120,25 @@ async def test_host_events_reach_the_driver_only_while_someone_listens(ray_rt, r
     assert hosts == {0, 1}, "events came from both hosts"
 
     unsubscribe()
-    for _ in range(300):
-        if await _hosts_listening(ray_rt, ray_cluster) == [False, False]:
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: _hosts_listening(ray_rt, ray_cluster),
+                     until=lambda listening: listening == [False, False],
+                     what="the hosts were muted once nobody listened")
     assert await _hosts_listening(ray_rt, ray_cluster) == [False, False]
     count = len(seen)
     await refs[1].mark("unheard")
-    await asyncio.sleep(0.2)
+    # Host events reach the driver only through the relay's polls. With no poll running
+    # and no host collecting, nothing sent now can arrive later: no need to wait and see.
+    relay = ray_rt._router.events
+    assert relay is not None and all(task.done() for task in relay.tasks)
+    assert await _hosts_listening(ray_rt, ray_cluster) == [False, False]
     assert len(seen) == count
 
     again = []
     unsubscribe = ray_rt.events.subscribe(again.append, agent=refs[2])  # a second spell
     await refs[2].mark("again")
     await refs[3].mark("other")
-    for _ in range(300):
-        if any(e["type"] == "state:update" for e in again):
-            break
-        await asyncio.sleep(0.02)
+    await eventually(lambda: [e for e in again if e["type"] == "state:update"],
+                     what="refs[2]'s state:update reached the second spell's subscriber")
     assert {e["name"] for e in again} == {refs[2].name}
     unsubscribe()
 

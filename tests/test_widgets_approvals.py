@@ -14,6 +14,8 @@ import pytest
 import agentbook as ab
 from agentbook.widgets import ApprovalInbox, approval_widget, inbox_widget
 
+from .waiting import IN_KERNEL, eventually
+
 
 class Refunds(ab.Agent):
     initial_state = {"refunded": []}
@@ -184,7 +186,10 @@ async def test_a_real_clock_refreshes_time_left_with_a_task_that_stops_on_close(
         widget = inbox_widget(rt, tick=0.01)
         ticker = widget._ticker
         assert ticker is not None and not ticker.done()
-        await asyncio.sleep(0.05)
+        refreshes, refresh = [], widget.refresh
+        widget.refresh = lambda: (refreshes.append(1), refresh())[1]
+        await eventually(lambda: len(refreshes) >= 2, what="the ticker refreshed the inbox")
+        assert not ticker.done()
         widget.close()
         await asyncio.sleep(0)
         assert ticker.cancelled() and not rt.events.active
@@ -237,12 +242,10 @@ second = await desk.propose("o2", 30.0)
 print(first, second)
 """,
     "rt.approvals",
-    """
-import asyncio, json
-for _ in range(200):  # the click arrives on another connection: wait for it to land
-    if rt.approvals.get(first).status != "pending":
-        break
-    await asyncio.sleep(0.01)
+    IN_KERNEL + """
+import json
+# the click arrives on another connection: wait for it to land
+await eventually(lambda: rt.approvals.get(first).status != "pending", timeout=30)
 await rt.settle()
 print(json.dumps({"first": rt.approvals.get(first).status,
                   "second": rt.approvals.get(second).status,

@@ -19,6 +19,8 @@ import agentbook as ab
 from agentbook.models.builtin import BuiltinModel
 from agentbook.widgets.chat import ChatWidget, chat_widget
 
+from .waiting import IN_KERNEL, eventually
+
 RAN: list[tuple[str, float]] = []
 
 
@@ -171,8 +173,8 @@ async def test_an_approval_gated_tool_shows_buttons_and_approve_runs_it_once(rt,
 async def test_the_approval_row_drawn_while_streaming_is_the_one_that_stays(rt):
     box = chat_widget(rt.get(PacedBoxDesk, "paced"))
     task = box.send("Please refund 3 for order o-5")
-    while not box.buttons:
-        await asyncio.sleep(0)
+    # every turn of the loop (interval=0): the row is caught while the answer streams
+    await eventually(lambda: box.buttons, interval=0, what="the approval row was drawn")
     ((approval_id, buttons),) = box.buttons.items()
     assert all(b.disabled for b in buttons)  # not committed yet: nothing to decide
     await task
@@ -295,12 +297,10 @@ desk = rt.get(Desk, "desk")
 box = desk.chat_widget()
 box
 """
-WAIT = """
-import asyncio, json
-for _ in range(300):  # the messages arrive on another connection: wait for them to land
-    if {until}:
-        break
-    await asyncio.sleep(0.01)
+WAIT = IN_KERNEL.replace("{", "{{").replace("}", "}}") + """
+import json
+# the messages arrive on another connection: wait for them to land
+await eventually(lambda: {until}, timeout=30)
 await rt.settle()
 print(json.dumps({{"messages": desk.messages()[["role", "content"]].values.tolist(),
                   "ran": RAN, "error": box.last_error}}))

@@ -3,7 +3,6 @@ checked in-process, at the comm level (the messages a browser would get), and in
 
 from __future__ import annotations
 
-import asyncio
 import html
 import re
 
@@ -11,6 +10,8 @@ import pytest
 
 import agentbook as ab
 from agentbook.widgets.inspector import InspectorWidget, inspector_widget
+
+from .waiting import IN_KERNEL, eventually
 
 
 class Desk(ab.Agent):
@@ -59,11 +60,8 @@ def leaves(widget: InspectorWidget) -> dict[str, str]:
 
 async def settled(widget: InspectorWidget) -> None:
     """Let the widget's refresh timer fire (every=0: the next turns of the loop)."""
-    for _ in range(20):
-        if not widget.pending:
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the inspector never refreshed")
+    await eventually(lambda: not widget.pending, interval=0, timeout=5,
+                     what="the inspector refreshed")
 
 
 @pytest.fixture
@@ -275,8 +273,7 @@ async def test_a_state_change_sends_one_update_of_the_tree_model(desk, comms):
 
 # -- a real kernel ----------------------------------------------------------------------------------
 KERNEL_CELLS = [
-    """
-import asyncio
+    IN_KERNEL + """
 import agentbook as ab
 
 class Counter(ab.Agent):
@@ -296,7 +293,10 @@ inspector
     """
 await ref.bump()
 await ref.bump()
-await asyncio.sleep(0.5)  # the inspector's timer fires between cells too; here, to be sure
+# the inspector's refresh timer (real time, every 0.2 s) fires between cells too; here,
+# the cell waits until it has caught up with the agent, so the update is sent in the cell
+await eventually(lambda: not inspector.pending
+                 and f"version <b>{ref.version}</b>" in inspector.header.value, timeout=30)
 print(inspector.state_html.model_id)
 """,
 ]

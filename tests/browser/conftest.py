@@ -20,13 +20,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from ..waiting import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -52,16 +53,18 @@ def free_port() -> int:
 
 def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
     """Readiness by TCP connect (a GET would make Voila run the notebook)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def listening() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+                return True
         except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"server did not listen on port {port}:\n{log.read_text()[-3000:]}")
+            return False
+
+    wait_until(listening, timeout=timeout,
+               what=lambda: f"server listens on port {port}:\n{log.read_text()[-3000:]}")
 
 
 def stop_group(proc: subprocess.Popen) -> None:

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pytest
 
 import agentbook as ab
 
+from ..waiting import wait_until
 from .conftest import ARTIFACTS, NOTEBOOK, REPO, free_port, stop_group, wait_for_port
 from .lab import open_notebook, run_all
 
@@ -119,12 +119,8 @@ def evaluate(kc: object, expression: str) -> object:
 
 
 def wait_for(get: Callable[[], object], ok: Callable[[object], bool], timeout: float = 15.0) -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = get()
-        if ok(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
+    """Poll the kernel with ``get()`` until ``ok`` holds for its answer; that answer."""
+    return wait_until(get, until=ok, timeout=timeout, what="the kernel's answer came right")
 
 
 def test_approve_and_reject_by_clicking_in_jupyterlab(lab, page):
