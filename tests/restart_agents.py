@@ -34,6 +34,6 @@ if __name__ == "__main__":  # the child: plan, report, then wait to be killed
         rt = ab.Runtime(sys.argv[1], clock=clock)
         await rt.get(Nightly, "n").plan(sys.argv[3])
         print("planned", flush=True)
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # until the test kills this process
 
     asyncio.run(main())

@@ -49,6 +49,6 @@ if __name__ == "__main__":
         ids = await rt.get(RelNightly, "n").plan()
         expiries = {k: rt.approvals.get(ids[k]).expires for k in ("soon", "late")}
         print("planned", json.dumps({"ids": ids, "expires": expiries}), flush=True)
-        await asyncio.sleep(3600)  # killed long before
+        await asyncio.Event().wait()  # until the test kills this process
 
     asyncio.run(main())
