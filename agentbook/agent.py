@@ -24,6 +24,7 @@ from .agent_approvals import ApprovalMixin
 from .agent_mcp import MCPMixin
 from .agent_schedules import SchedulingMixin
 from .errors import JSONValueError, StateRejectedError
+from .store.sqlaccess import sql_params
 
 if TYPE_CHECKING:
     from .mailbox import Instance
@@ -288,8 +289,7 @@ class Agent(SchedulingMixin, ApprovalMixin, MCPMixin):
         """
         inst = self._ab_instance
         ctx = inst.require_ctx("sql")
-        if len(params) == 1 and isinstance(params[0], (dict, list, tuple)):
-            params = params[0] if isinstance(params[0], dict) else tuple(params[0])  # type: ignore[assignment]
+        params = sql_params(params)  # type: ignore[assignment]
         store = inst.store
         if readonly:
             return store.user_sql_dicts(query, params, readonly=True)

@@ -21,6 +21,7 @@ from .ref_timetravel import TimeTravelMixin
 from .ref_timetravel import json_or_none as _j
 from .store import health, open_reader, query_reader
 from .store.history import read_history
+from .store.sqlaccess import sql_params
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -183,8 +184,7 @@ class AgentRef(TimeTravelMixin):
         """
         import pandas as pd
 
-        if len(params) == 1 and isinstance(params[0], (dict, list, tuple)):
-            params = params[0] if isinstance(params[0], dict) else tuple(params[0])  # type: ignore[assignment]
+        params = sql_params(params)  # type: ignore[assignment]
         with self._reading() as conn:
             names, rows = query_reader(conn, query, params)
         return pd.DataFrame.from_records(rows, columns=names)

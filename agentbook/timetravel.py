@@ -30,6 +30,7 @@ from .errors import VersionNotFoundError
 from .store.agentstore import user_schema
 from .store.history import state_at
 from .store.schema import UNTRACKED_TABLES
+from .store.sqlaccess import sql_params
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -242,8 +243,7 @@ class VersionView:
 
         from .store import query_reader
 
-        if len(params) == 1 and isinstance(params[0], (dict, list, tuple)):
-            params = params[0] if isinstance(params[0], dict) else tuple(params[0])  # type: ignore[assignment]
+        params = sql_params(params)  # type: ignore[assignment]
         conn = self._db()
         conn.execute("PRAGMA query_only = ON")
         names, rows = query_reader(conn, query, params)

@@ -28,6 +28,14 @@ _OPEN_RO = apsw.SQLITE_OPEN_READONLY
 _BAD_INPUT = (ValueError, OverflowError)
 
 
+def sql_params(params: tuple) -> tuple | dict:
+    """``sql(query, *params)``'s parameters: given one by one, or as one list, tuple or
+    dict (for ``:name`` placeholders)."""
+    if len(params) == 1 and isinstance(params[0], (dict, list, tuple)):
+        return params[0] if isinstance(params[0], dict) else tuple(params[0])
+    return params
+
+
 def translate_error(exc: BaseException, path: str = "", *, writing: bool = True) -> Exception:
     """Turn an ``apsw`` exception into agentbook's typed error (others pass through)."""
     where = f" ({path})" if path else ""
