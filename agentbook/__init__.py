@@ -15,10 +15,13 @@
 """
 
 from . import models
-from .agent import Agent, callable, needs_approval
-from .approvals import Approval, Approvals
-from .chat import ChatAgent, ChatChunk
+from .approve.inbox import Approval, Approvals
+from .chat.agent import ChatAgent, ChatChunk
+from .chat.tools import Tool, tool
 from .clock import SystemClock, VirtualClock
+from .core.agent import Agent, callable, needs_approval
+from .core.ref import AgentRef
+from .core.runtime import Runtime, runtime
 from .errors import (
     AgentbookError,
     AgentNotFoundError,
@@ -61,12 +64,9 @@ from .errors import (
     WouldBlockError,
 )
 from .events import EventBus
-from .ref import AgentRef
-from .runtime import Runtime, runtime
-from .scheduler import Occurrence, Retry, Schedule, ScheduleError
+from .schedule.policy import Occurrence, Retry, Schedule, ScheduleError
 from .secrets import Secret
 from .sync import run
-from .tools import Tool, tool
 
 __version__ = "0.1.0"
 
@@ -82,7 +82,7 @@ async def connect(url: str, *, token: str | None = None, **options: object) -> o
 
 def load_ipython_extension(ipython: object) -> None:
     """``%load_ext agentbook``: the ``%agents`` and ``%%sql`` magics."""
-    from .magics import load_ipython_extension as load
+    from .cli.magics import load_ipython_extension as load
 
     load(ipython)
 

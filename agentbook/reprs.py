@@ -7,8 +7,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .ref import AgentRef
-    from .runtime import Runtime
+    from .core.ref import AgentRef
+    from .core.runtime import Runtime
 
 __all__ = ["ref_html", "runtime_html"]
 

@@ -14,7 +14,7 @@ import apsw
 import pytest
 
 import agentbook as ab
-from agentbook import approvals_index
+from agentbook.store import approval_index as approvals_index
 
 from .waiting import eventually
 

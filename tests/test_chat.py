@@ -9,8 +9,8 @@ from typing import Literal
 import pytest
 
 import agentbook as ab
+from agentbook.chat.tools import validate
 from agentbook.models import Response, ToolCall
-from agentbook.tools import validate
 
 CALLS: list[str] = []
 

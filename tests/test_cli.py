@@ -11,7 +11,7 @@ import types
 import pytest
 
 import agentbook as ab
-from agentbook.cli import main
+from agentbook.cli.main import main
 
 
 class CliDesk(ab.Agent):
@@ -199,7 +199,7 @@ def test_python_dash_m_agentbook_reads_the_store(store):
 
 
 def test_importing_the_cli_does_not_import_pandas():
-    code = "import sys, agentbook.cli; print('pandas' in sys.modules)"
+    code = "import sys, agentbook.cli.main; print('pandas' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.stdout.strip() == "False", done.stderr

@@ -1,4 +1,4 @@
-"""``agentbook.doctor``: check every store (integrity, hash chain, quarantine) and put a
+"""``agentbook.cli.doctor``: check every store (integrity, hash chain, quarantine) and put a
 restored store back into service - without ever writing to what it checks."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import apsw
 import pytest
 
 import agentbook as ab
-from agentbook.doctor import check_file, check_stores, exit_status, format_report, release
+from agentbook.cli.doctor import check_file, check_stores, exit_status, format_report, release
 
 
 class DocLedger(ab.Agent):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from agentbook.cli import main
-from agentbook.envcheck import check_environment, format_checks
+from agentbook.cli.envcheck import check_environment, format_checks
+from agentbook.cli.main import main
 
 
 def test_every_check_names_what_it_looked_at(tmp_path):
@@ -17,7 +17,7 @@ def test_every_check_names_what_it_looked_at(tmp_path):
 
 
 def test_an_old_ipykernel_is_reported_with_the_fix(monkeypatch, tmp_path):
-    from agentbook import envcheck
+    from agentbook.cli import envcheck
 
     real = envcheck._version
     monkeypatch.setattr(envcheck, "_version",
@@ -29,7 +29,7 @@ def test_an_old_ipykernel_is_reported_with_the_fix(monkeypatch, tmp_path):
 
 
 def test_an_unwritable_store_folder_is_reported(monkeypatch, tmp_path):
-    from agentbook import envcheck
+    from agentbook.cli import envcheck
 
     monkeypatch.setattr(envcheck, "_writable", lambda path: False)
     checks = check_environment(str(tmp_path))

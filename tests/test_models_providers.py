@@ -27,9 +27,9 @@ from agentbook.errors import (
     ModelTimeoutError,
 )
 from agentbook.models import Chunk, Model, Response, ToolCall
-from agentbook.models.anthropic import AnthropicModel
-from agentbook.models.gemini import GeminiModel
-from agentbook.models.openai import OpenAIModel
+from agentbook.models.providers.anthropic import AnthropicModel
+from agentbook.models.providers.gemini import GeminiModel
+from agentbook.models.providers.openai import OpenAIModel
 from tests.providers import anthropic_wire, gemini_wire, openai_wire
 from tests.providers.server import LoopbackServer, Reply
 
@@ -508,9 +508,9 @@ def test_importing_the_adapters_and_making_models_loads_no_sdk_until_the_first_c
     import subprocess
 
     code = ("import sys, agentbook as ab\n"
-            "from agentbook.models.openai import OpenAIModel\n"
-            "from agentbook.models.anthropic import AnthropicModel\n"
-            "from agentbook.models.gemini import GeminiModel\n"
+            "from agentbook.models.providers.openai import OpenAIModel\n"
+            "from agentbook.models.providers.anthropic import AnthropicModel\n"
+            "from agentbook.models.providers.gemini import GeminiModel\n"
             "OpenAIModel('m'), AnthropicModel('m'), GeminiModel('m')\n"
             "print(sorted(m for m in ('openai', 'anthropic', 'google.genai', 'httpx2') "
             "if m in sys.modules))")

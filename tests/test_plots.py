@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 import agentbook as ab
-from agentbook import plots, plots_sql
-from agentbook.scheduler import Retry
+from agentbook.analytics import plots, plots_sql
+from agentbook.schedule.policy import Retry
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 DAY = 86400.0
@@ -279,7 +279,7 @@ async def test_the_plot_survives_a_restart_of_a_file_runtime(tmp_path):
 
 
 def test_importing_agentbook_and_its_plots_does_not_import_matplotlib():
-    code = ("import sys, agentbook, agentbook.plots; "
+    code = ("import sys, agentbook, agentbook.analytics.plots; "
             "assert 'matplotlib' not in sys.modules and 'pandas' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

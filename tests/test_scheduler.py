@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 import agentbook as ab
-from agentbook.scheduler import Retry, ScheduleError
+from agentbook.schedule.policy import Retry, ScheduleError
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
 

@@ -10,7 +10,7 @@ import pytest
 from croniter import croniter
 
 import agentbook as ab
-from agentbook.scheduler import (
+from agentbook.schedule.policy import (
     MAX_SECONDS,
     MIN_INTERVAL,
     ScheduleError,

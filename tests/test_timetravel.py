@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import agentbook as ab
-from agentbook.timetravel import json_patch
+from agentbook.travel.versions import json_patch
 
 
 class TTLedger(ab.Agent):

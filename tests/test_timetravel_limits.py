@@ -9,7 +9,7 @@ import pytest
 
 import agentbook as ab
 from agentbook.errors import JSONValueError, VersionNotFoundError
-from agentbook.timetravel import check_version_type
+from agentbook.travel.versions import check_version_type
 
 BAD = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan, "float": 1.0, "bool": True,
        "str": "1", "huge": 10**5000, "-huge": -(10**5000)}

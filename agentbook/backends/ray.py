@@ -34,12 +34,12 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
+from ..core.mailbox import Envelope
 from ..errors import HostUnavailableError, StoreError, UsageError
-from ..mailbox import Envelope
 from .ray_events import EventRelay, event_encoder
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from ..core.runtime import Runtime
 
 __all__ = ["RayRouter", "shard_of"]
 
@@ -285,7 +285,7 @@ class AgentHost:
 
     def __init__(self, root: str, index: int, hosts: int, shards: int, durability: str,
                  prefix: str) -> None:
-        from ..runtime import Runtime
+        from ..core.runtime import Runtime
 
         self.index = index
         self.host_id = f"{prefix}-{index}-{uuid.uuid4().hex[:6]}"
@@ -315,7 +315,7 @@ class AgentHost:
 
     async def register(self, cls: type) -> None:
         """A (possibly redefined) agent class arrived from the driver."""
-        from ..agent import _classes, _lineage
+        from ..core.agent import _classes, _lineage
 
         _classes[cls.__name__] = cls
         _lineage[(cls.__module__, cls.__name__)] = cls
@@ -342,7 +342,7 @@ class AgentHost:
             env.approval = tuple(approval)
         env.replay = replay
         if op is not None:
-            from ..ops import destroy_op, prune_op
+            from ..core.ops import destroy_op, prune_op
 
             if op == "destroy":
                 env.op = destroy_op
@@ -351,7 +351,7 @@ class AgentHost:
                 env.op = lambda inst: prune_op(inst, before, vacuum)
         key = (class_name, name)
         if env.chain and env.chain[-1] != key and not approval and op is None:
-            from ..approvals_index import GUARDED
+            from ..store.approval_index import GUARDED
 
             if method in GUARDED.get(class_name, ()):  # this host indexed its approvals
                 self._next(sender, seq)
@@ -453,7 +453,7 @@ class AgentHost:
 
 
 def _agent_classes() -> dict[str, type]:
-    from ..agent import _classes
+    from ..core.agent import _classes
 
     return _classes
 

@@ -169,7 +169,7 @@ async def measure(sizes: AnalyticsSizes, folder: str,
     """Make the stores in *folder*, then measure both figures, interleaved with their floors."""
     import duckdb
 
-    from ..analytics import Analytics
+    from ..analytics.views import Analytics
 
     path = os.path.join(folder, "analytics-store")
     t0 = time.perf_counter()

@@ -19,19 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..errors import JSONValueError
-from . import (
-    ERRORS,
-    MCPError,
-    MCPProtocolError,
-    MCPTargetError,
-    MCPToolError,
-    registry,
-    require_sdk,
-)
+from . import ERRORS, MCPError, MCPProtocolError, MCPTargetError, MCPToolError, registry, require_sdk
 from .chattools import MCPTool, build, recorded, replaying
 
 if TYPE_CHECKING:
-    from ..agent import Agent
+    from ..core.agent import Agent
     from .client import Connection, Manager
 
 __all__ = ["MCPAccess", "MCPTool", "add", "remove", "servers", "wake"]
@@ -301,6 +293,6 @@ def _connection(agent: Agent, server: str, row: tuple | None = None) -> Connecti
 
 
 def _now(agent: Agent) -> float:
-    from ..agent import Agent
+    from ..core.agent import Agent
 
     return Agent.now(agent)  # unbound: a subclass may define its own ``now``

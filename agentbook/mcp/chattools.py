@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import jsonvalue
-from ..tools import Tool
+from ..chat.tools import Tool
 from . import MCPToolError
 from .shapes import model_tool_name
 

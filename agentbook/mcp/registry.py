@@ -17,7 +17,7 @@ from .. import jsonvalue
 from . import MCPServerNotFoundError, MCPTargetError
 
 if TYPE_CHECKING:
-    from ..agent import Agent
+    from ..core.agent import Agent
     from .client import Connection
     from .transport import Spec
 

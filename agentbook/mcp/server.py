@@ -24,7 +24,7 @@ __all__ = ["agent_server", "callable_tools", "resolve_class"]
 
 def callable_tools(cls: type) -> dict[str, dict[str, Any]]:
     """The MCP tools of an agent class: ``{method: {"name", "description", "parameters"}}``."""
-    from ..agent import FRAMEWORK_NAMES, method_info
+    from ..core.agent import FRAMEWORK_NAMES, method_info
 
     tools = {}
     for name in sorted(dir(cls)):
@@ -42,7 +42,7 @@ def callable_tools(cls: type) -> dict[str, dict[str, Any]]:
 
 def method_schema(fn: Any) -> dict[str, Any]:
     """A JSON schema of *fn*'s parameters (as ``@ab.tool`` makes it, leniently)."""
-    from ..tools import as_tool
+    from ..chat.tools import as_tool
 
     try:
         return as_tool(fn).parameters
@@ -63,7 +63,7 @@ def method_schema(fn: Any) -> dict[str, Any]:
 
 def resolve_class(segment: str) -> str | None:
     """The agent class named by a URL segment: its name, or its kebab-case form."""
-    from ..agent import _classes
+    from ..core.agent import _classes
     from ..serve.protocol import kebab
 
     if segment in _classes:
@@ -77,7 +77,7 @@ def agent_server(rt: Any, class_name: str, name: str) -> Any:
     from mcp.server.lowlevel import Server
 
     from .. import __version__
-    from ..tools import validate
+    from ..chat.tools import validate
 
     def tools() -> dict[str, dict[str, Any]]:
         cls = rt._class_for(class_name)

@@ -41,8 +41,8 @@ async def serve_stdio(rt: Any, class_name: str, name: str) -> None:
 
 def load_runtime(spec: str, path: str) -> Any:
     """The runtime named by ``MODULE:ATTR`` (see the module doc)."""
-    from ..agent import Agent
-    from ..runtime import Runtime
+    from ..core.agent import Agent
+    from ..core.runtime import Runtime
 
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:

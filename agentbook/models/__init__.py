@@ -11,9 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import anthropic as _anthropic  # noqa: F401  (so these names stay the factories below)
-from . import gemini as _gemini  # noqa: F401
-from . import openai as _openai  # noqa: F401
 from .base import Chunk, Model, Response, ToolCall
 from .builtin import BuiltinModel, ScriptedModel
 
@@ -33,14 +30,14 @@ def scripted(responses: list[Any]) -> Model:
 
 def openai(model: str = "gpt-4o-mini", **options: Any) -> Model:
     """An OpenAI model through the official ``openai`` SDK (``pip install agentbook[openai]``)."""
-    from .openai import OpenAIModel
+    from .providers.openai import OpenAIModel
 
     return OpenAIModel(model, **options)
 
 
 def openai_compatible(base_url: str, model: str, **options: Any) -> Model:
     """Any OpenAI-compatible server (Ollama, vLLM, llama.cpp) at *base_url*."""
-    from .openai import OpenAIModel
+    from .providers.openai import OpenAIModel
 
     options.setdefault("api_key", "not-needed")
     return OpenAIModel(model, base_url=base_url, provider="openai-compatible", **options)
@@ -48,13 +45,13 @@ def openai_compatible(base_url: str, model: str, **options: Any) -> Model:
 
 def anthropic(model: str = "claude-sonnet-4-6", **options: Any) -> Model:
     """An Anthropic model through the official ``anthropic`` SDK."""
-    from .anthropic import AnthropicModel
+    from .providers.anthropic import AnthropicModel
 
     return AnthropicModel(model, **options)
 
 
 def gemini(model: str = "gemini-2.5-flash", **options: Any) -> Model:
     """A Google Gemini model through the official ``google-genai`` SDK."""
-    from .gemini import GeminiModel
+    from .providers.gemini import GeminiModel
 
     return GeminiModel(model, **options)

@@ -21,9 +21,9 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from .. import jsonvalue
-from ..agent import Agent
+from ..core.agent import Agent
+from ..core.mailbox import Envelope
 from ..errors import AgentbookError, UsageError
-from ..mailbox import Envelope
 from .auth import TICKET_PATH
 from .protocol import encode, encode_value
 from .session import AgentSocket

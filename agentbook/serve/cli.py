@@ -69,8 +69,8 @@ def load(target: str, path: str) -> tuple[Any, list[type] | None, bool]:
     Raises:
         UsageError: the module or attribute can't be found, or is not servable.
     """
-    from ..agent import Agent
-    from ..runtime import Runtime
+    from ..core.agent import Agent
+    from ..core.runtime import Runtime
 
     module_name, _, attr = target.partition(":")
     if os.getcwd() not in sys.path:

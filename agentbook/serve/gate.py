@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..handler import current_chain
+from ..core.handler import current_chain
 
 __all__ = ["SEND", "hold"]
 

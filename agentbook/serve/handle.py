@@ -20,13 +20,13 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..agent import Agent, _classes
+from ..core.agent import Agent, _classes
 from ..errors import UsageError
 from .auth import TICKET_PATH, Auth, Guard, check_bind, redact_uvicorn_logs
 from .protocol import STATE, Connection, encode, kebab
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from ..core.runtime import Runtime
 
 __all__ = ["Server", "serve"]
 

@@ -229,7 +229,7 @@ class Connection:
     async def _finish(self, coro: Any, yielded: Any) -> None:
         """Complete a write that had to wait for the socket, then the ones queued behind it."""
         try:
-            from ..handler import _resume
+            from ..core.handler import _resume
 
             await _resume(coro, yielded)
             while self._busy:

@@ -21,10 +21,10 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
-from ..agent import Agent, method_info
+from ..core.agent import Agent, method_info
+from ..core.mailbox import Envelope
+from ..core.ref import AgentRef
 from ..errors import ReadOnlyError, RuntimeClosedError
-from ..mailbox import Envelope
-from ..ref import AgentRef
 from .protocol import (
     ERROR,
     IDENTITY,

@@ -25,22 +25,11 @@ from typing import Any
 
 import apsw
 
-from ..errors import (
-    SQLError,
-    StoreCorruptError,
-    StoreError,
-    StoreReadOnlyError,
-)
+from ..errors import SQLError, StoreCorruptError, StoreError, StoreReadOnlyError
 from . import health
 from .chain import chain_hash
 from .schema import MIGRATIONS, UNTRACKED_TABLES
-from .sqlaccess import (
-    _BAD_INPUT,
-    open_reader,
-    readonly_authorizer,
-    translate_error,
-    user_authorizer,
-)
+from .sqlaccess import _BAD_INPUT, open_reader, readonly_authorizer, translate_error, user_authorizer
 
 __all__ = ["AgentStore"]
 

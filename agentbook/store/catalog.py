@@ -144,7 +144,7 @@ class Catalog:
             self._approvals_recheck: set[tuple[str, str]] | None = None
             #: A new approval index next to existing agent files: re-read every store.
             self._approvals_scan = fresh and os.path.isdir(os.path.join(root, "agents"))
-            from ..approvals_index import load_guarded
+            from .approval_index import load_guarded
 
             load_guarded(self)
         except apsw.Error as exc:
@@ -239,7 +239,7 @@ class Catalog:
 
     def index_approval(self, row: tuple) -> None:
         """Index a requested approval (columns of ``_APPROVAL_COLS``)."""
-        from ..approvals_index import guard
+        from .approval_index import guard
 
         guard(row[1], row[3])
         try:
@@ -253,7 +253,7 @@ class Catalog:
     def sync_approvals(self) -> None:
         """Check the index against the stores where it may be wrong (after a crash): once
         per catalog, then only agents that were busy writing at the time."""
-        from ..approvals_index import sync
+        from .approval_index import sync
 
         sync(self)
 

@@ -26,7 +26,7 @@ import apsw
 from ..errors import StoreCorruptError, StoreError, StoreFullError, StoreReadOnlyError
 
 if TYPE_CHECKING:
-    from ..mailbox import Instance
+    from ..core.mailbox import Instance
 
 __all__ = ["HEADER_BYTES", "check_file", "confirm_damage", "os_error", "quarantine", "refused",
            "retire"]

@@ -10,12 +10,7 @@ from typing import Any
 
 import apsw
 
-from ..errors import (
-    ReadOnlyError,
-    SQLError,
-    StoreCorruptError,
-    StoreError,
-)
+from ..errors import ReadOnlyError, SQLError, StoreCorruptError, StoreError
 from . import health
 from .schema import INTERNAL_PREFIX
 

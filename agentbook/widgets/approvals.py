@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from ..approvals import default_person
+from ..approve.inbox import default_person
 from ..errors import ApprovalError
 
 if TYPE_CHECKING:
-    from ..approvals import Approval
-    from ..runtime import Runtime
+    from ..approve.inbox import Approval
+    from ..core.runtime import Runtime
 
 __all__ = ["ApprovalInbox", "approval_widget", "inbox_widget"]
 

@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from ..approvals import default_person
+from ..approve.inbox import default_person
 from ..errors import ApprovalNotFoundError
 from .approvals import _close, _e, _running_loop
 
 if TYPE_CHECKING:
-    from ..chat import ChatChunk
-    from ..ref import AgentRef
+    from ..chat.agent import ChatChunk
+    from ..core.ref import AgentRef
 
 __all__ = ["ChatWidget", "chat_widget"]
 

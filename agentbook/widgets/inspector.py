@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 if TYPE_CHECKING:
-    from ..ref import AgentRef
+    from ..core.ref import AgentRef
 
 __all__ = ["InspectorWidget", "inspector_widget"]
 

@@ -24,7 +24,7 @@ import ipywidgets as w
 from ..errors import AgentbookError, VersionNotFoundError
 
 if TYPE_CHECKING:
-    from ..ref import AgentRef
+    from ..core.ref import AgentRef
 
 __all__ = ["TimelineWidget", "timeline_widget"]
 

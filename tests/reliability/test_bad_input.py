@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agentbook as ab
-from agentbook.agent import FRAMEWORK_NAMES
+from agentbook.core.agent import FRAMEWORK_NAMES
 
 from . import storeutil
 
@@ -426,7 +426,7 @@ bad_cron = st.one_of(
 
 
 def _is_valid_cron(text: str) -> bool:
-    from agentbook.scheduler import ScheduleError, next_cron
+    from agentbook.schedule.policy import ScheduleError, next_cron
 
     try:
         next_cron(text, 1_767_225_600.0, None)

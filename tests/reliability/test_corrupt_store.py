@@ -5,7 +5,7 @@
   doctor``), the file is moved to ``<root>/quarantine/`` and recorded in the catalog, it
   stays refused after a restart, and every other agent keeps working.
 * A byte changed inside a history row's JSON - same length, invisible to SQLite's own
-  checks - is found by the hash chain: ``ref.verify()`` and ``agentbook.doctor`` name the
+  checks - is found by the hash chain: ``ref.verify()`` and ``agentbook.cli.doctor`` name the
   first bad version.
 * A full disk - a store's size cap (everywhere), and a real file system that fills up
   (a small tmpfs, where this process may mount one) - gives ``StoreFullError`` and
@@ -30,7 +30,7 @@ import apsw
 import pytest
 
 import agentbook as ab
-from agentbook.doctor import check_stores
+from agentbook.cli.doctor import check_stores
 from agentbook.store import translate_error
 
 from . import storeutil

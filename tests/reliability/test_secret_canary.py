@@ -242,7 +242,7 @@ async def test_a_planted_secret_appears_nowhere(tmp_path: Path, clock, caplog, c
         scan.text(f"rt.sql view {view}", rt.sql(f"SELECT * FROM {view}").to_csv())
     await rt.aclose()
 
-    from agentbook.cli import main as cli
+    from agentbook.cli.main import main as cli
 
     for args in (["ls"], ["show", "RelKeeper/k"], ["history", "RelKeeper/k", "--limit", "100"],
                  ["show", "RelKeeperChat/c"], ["history", "RelKeeper/k-fork"]):

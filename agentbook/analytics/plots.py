@@ -1,0 +1,417 @@
+"""``rt.plot``: matplotlib figures of what a runtime's agents did.
+
+A face over committed data, never an agent's store: every figure reads the DuckDB views
+(``rt.analytics``), so a thousand agents or a million history rows cost a query, not a
+store opened per agent or a million Python objects. Gathering and drawing are kept apart
+(each figure gets its rows from private functions returning DataFrames), so tests can
+check the data and the artists separately. ``latency()``, ``throughput()`` and
+``queue_wait()`` are gathered and drawn in :mod:`agentbook.plots_sql`.
+
+matplotlib is imported only when a plot is drawn, and only ``matplotlib.figure.Figure``
+is used, never ``pyplot``: figures don't pile up in pyplot's registry, nothing depends on
+the backend, and a figure shows itself in a notebook (it has a ``_repr_png_``) even when
+pyplot was never imported.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+from collections.abc import Iterable
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from ..core.runtime import Runtime
+
+__all__ = ["Plots"]
+
+#: Up to this many agents, ``schedule()`` draws one row per agent and method.
+_FEW_AGENTS = 5
+#: Columns and dtypes of :func:`_scheduled_runs`.
+_RUN_COLUMNS = {"agent": "str", "name": "str", "method": "str", "due": "datetime64[ns, UTC]",
+                "ts": "datetime64[ns, UTC]", "lateness_s": "float64", "outcome": "str"}
+
+#: How each outcome of a scheduled run is drawn at the time it ran:
+#: ``outcome: (marker, colour, hollow, size, legend text)``.
+_OUTCOME_STYLE: dict[str, tuple[str, str, bool, float, str]] = {
+    "ok": ("o", "tab:blue", False, 28, "ok"),
+    "retry": ("x", "tab:orange", False, 46, "failed, retried"),
+    "dead": ("X", "tab:red", False, 80, "failed, dead letter"),
+    "skipped": ("o", "0.3", True, 36, "skipped (missed tick)"),
+}
+_OTHER_STYLE = ("d", "0.5", False, 30, "")
+_GREY = "0.6"
+
+AgentSelection = Any  # an AgentRef, an Agent class, "Class", "Class/name", or an iterable of them
+When = float | datetime | None
+
+
+class Plots:
+    """Figures of what the agents of one runtime did (``rt.plot``).
+
+    Every method returns a ``matplotlib.figure.Figure``; pass ``ax=`` to draw on axes of
+    your own instead. Reads only what was committed; never waits for a running handler.
+
+    Args:
+        runtime: The runtime whose agents are plotted.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def __repr__(self) -> str:
+        return (f"<agentbook plots of {self.runtime!r}: latency(), throughput(), schedule(), "
+                "queue_wait()>")
+
+    def schedule(
+        self,
+        agents: AgentSelection = None,
+        ax: Axes | None = None,
+        since: When = None,
+        until: When = None,
+    ) -> Figure:
+        """Planned versus actual firing of scheduled and queued work.
+
+        One row per ``Class.method`` (or per ``Class/name.method`` when at most five agents
+        ran scheduled work). A grey tick marks when a run was due, a marker when it ran, and
+        a grey line joins them, so late runs stand out. Markers: ok (blue dot), failed and
+        retried (orange x), failed for good (red X, a dead letter), skipped because its tick
+        was missed (hollow circle). The title gives the count and the median and 99th
+        percentile lateness of the runs that ran (skipped ones excluded).
+
+        Args:
+            agents: Which agents: ``None`` for all; an ``AgentRef``, an agent class, a class
+                name, ``"Class/name"``, or a list of these.
+            ax: Axes to draw on; by default a new figure is made.
+            since: Only runs that started at or after this time (epoch seconds or a datetime).
+            until: Only runs that started before this time.
+
+        Returns:
+            The figure (``ax``'s figure when ``ax`` is given).
+
+        Example:
+            >>> rt.plot.schedule(agents=[rt.get(Reminders, "alice")])   # doctest: +SKIP
+        """
+        runs = _scheduled_runs(self.runtime, agents, since, until)
+        labels = _row_labels(runs)
+        fig, ax = _canvas(ax, rows=labels.nunique())
+        if runs.empty:
+            ranged = since is not None or until is not None
+            _say(ax, "no scheduled runs in this time range" if ranged else "no scheduled runs yet",
+                 "Scheduled runs")
+            return fig
+        _draw_schedule(ax, runs, labels, since, until)
+        return fig
+
+    def latency(
+        self,
+        by: str = "method",
+        agents: AgentSelection = None,
+        ax: Axes | None = None,
+        since: When = None,
+        until: When = None,
+        top: int = 12,
+    ) -> Figure:
+        """How long handlers took: the distribution and p50 / p95 / p99, per group.
+
+        One row per group, slowest (by p99) on top: a histogram of durations on a log
+        scale, with markers at the median (white dot), p95 (orange square) and p99 (red
+        diamond); the numbers are written beside each row. Failed runs count (they took
+        time too); skipped scheduled ticks don't (nothing ran).
+
+        Args:
+            by: Group by ``"method"`` (``Class.method``, the default), ``"agent"``
+                (``Class/name``), ``"class"``, ``"name"``, ``"source"`` (``cell``,
+                ``schedule``, ``queue``, ``agent`` ...) or ``"outcome"``.
+            agents: Which agents, as in :meth:`schedule`.
+            ax: Axes to draw on; by default a new figure is made.
+            since: Only runs that started at or after this time (epoch seconds or a datetime).
+            until: Only runs that started before this time.
+            top: Draw at most this many groups, the slowest by p99 (the title says how
+                many there were).
+
+        Returns:
+            The figure (``ax``'s figure when ``ax`` is given).
+
+        Example:
+            >>> rt.plot.latency(by="agent", top=10)   # doctest: +SKIP
+        """
+        from .plots_sql import draw_latency
+
+        return draw_latency(self.runtime, by, agents, ax, since, until, top)
+
+    def throughput(
+        self,
+        agents: AgentSelection = None,
+        ax: Axes | None = None,
+        since: When = None,
+        until: When = None,
+        every: float | timedelta | None = None,
+    ) -> Figure:
+        """Versions committed per second over time, one line per agent class.
+
+        Time is cut into equal bins (a "nice" width giving at most 60 of them, or
+        ``every``); each line is a class's versions in a bin divided by the bin's width.
+        Up to eight classes are drawn, the busiest first; the others are summed as "other".
+
+        Args:
+            agents: Which agents, as in :meth:`schedule`.
+            ax: Axes to draw on; by default a new figure is made.
+            since: Only versions committed at or after this time.
+            until: Only versions committed before this time.
+            every: The bin width, in seconds or as a ``timedelta``.
+
+        Returns:
+            The figure (``ax``'s figure when ``ax`` is given).
+        """
+        from .plots_sql import draw_throughput
+
+        return draw_throughput(self.runtime, agents, ax, since, until, every)
+
+    def queue_wait(
+        self,
+        by: str = "method",
+        agents: AgentSelection = None,
+        ax: Axes | None = None,
+        since: When = None,
+        until: When = None,
+        retries: bool = False,
+        top: int = 12,
+    ) -> Figure:
+        """How long queued work (``self.queue(...)``) waited before it started.
+
+        The wait of a queued item is ``ts - due`` of its history row: from the moment the
+        handler that queued it ran (``due``) to the moment the item's own run started
+        (``ts``), on the runtime's clock. Drawn like :meth:`latency`; waits of zero (all first
+        attempts, on a virtual clock that stands still) get a grey bar of their own at ``0``.
+
+        Only queued work is covered: a plain message's wait in the mailbox is not recorded.
+
+        Args:
+            by: Group as in :meth:`latency` (default ``Class.method``).
+            agents: Which agents, as in :meth:`schedule`.
+            ax: Axes to draw on; by default a new figure is made.
+            since: Only runs that started at or after this time.
+            until: Only runs that started before this time.
+            retries: Also count retried attempts (their wait runs from when the item was
+                first queued, so it includes the backoff). By default only first attempts.
+            top: Draw at most this many groups, the longest waits (p99) first.
+
+        Returns:
+            The figure (``ax``'s figure when ``ax`` is given).
+        """
+        from .plots_sql import draw_queue_wait
+
+        return draw_queue_wait(self.runtime, by, agents, ax, since, until, retries, top)
+
+
+# -- data ----------------------------------------------------------------------------------
+def _scheduled_runs(rt: Runtime, agents: AgentSelection, since: When, until: When) -> pd.DataFrame:
+    """Every scheduled or queued run of the selected agents, oldest first.
+
+    A run is a history row whose ``due`` is set: one per attempt (``ok``, ``retry``,
+    ``dead``) or skipped tick (``skipped``). Read from the DuckDB ``history`` view: one
+    query, however many agents (paging each agent's ``ref.history()`` took seconds for
+    a thousand of them).
+
+    Returns:
+        A DataFrame with :data:`_RUN_COLUMNS`: ``due`` and ``ts`` are UTC timestamps,
+        ``lateness_s`` is ``ts - due`` in seconds.
+    """
+    from .plots_sql import _filters, _views
+
+    where, params = _filters(rt, agents, since, until)
+    conditions = " AND ".join(["due IS NOT NULL", "version IS NOT NULL", *where])
+    runs = _views(rt).execute(
+        f"SELECT agent, name, method, due, ts, outcome FROM history WHERE {conditions}"
+        " ORDER BY ts, due, agent, name, version", params).df()
+    runs["lateness_s"] = (runs["ts"] - runs["due"]).dt.total_seconds()
+    return runs[list(_RUN_COLUMNS)].astype(_RUN_COLUMNS)
+
+
+def _agent_keys(rt: Runtime, agents: AgentSelection) -> list[tuple[str, str]]:
+    """``(class name, name)`` of the agents a plot's ``agents=`` selects, in catalog order."""
+    from ..core.agent import Agent
+    from ..core.ref import AgentRef
+    from ..errors import UsageError
+
+    known = rt.agents()
+    every = list(zip(known["class"], known["name"], strict=True))
+    if agents is None:
+        return every
+    if isinstance(agents, (str, type, AgentRef)) or not isinstance(agents, Iterable):
+        agents = [agents]
+    keys: list[tuple[str, str]] = []
+    for item in agents:
+        if isinstance(item, AgentRef):
+            found = [(item.class_name, item.name)]
+        elif isinstance(item, type) and issubclass(item, Agent):
+            found = [k for k in every if k[0] == item.__name__]
+        elif isinstance(item, str) and "/" in item:
+            class_name, _, name = item.partition("/")
+            found = [(class_name, name)]
+        elif isinstance(item, str):
+            found = [k for k in every if k[0] == item]
+        else:
+            raise UsageError(
+                f"agents= takes agent references, agent classes, class names or 'Class/name' "
+                f"strings (or a list of them), not {item!r}"
+            )
+        keys.extend(k for k in found if k not in keys)
+    return keys
+
+
+# -- drawing -------------------------------------------------------------------------------
+def _row_labels(runs: pd.DataFrame) -> pd.Series:
+    """The y-axis row of each run: ``Class.method``, or ``Class/name.method`` for few agents."""
+    if runs[["agent", "name"]].drop_duplicates().shape[0] <= _FEW_AGENTS:
+        return runs["agent"] + "/" + runs["name"] + "." + runs["method"]
+    return runs["agent"] + "." + runs["method"]
+
+
+def _draw_schedule(ax: Axes, runs: pd.DataFrame, labels: pd.Series, since: When,
+                   until: When) -> None:
+    """Draw :func:`_scheduled_runs` rows (not empty) on *ax*, one y row per label."""
+    import numpy as np
+    from matplotlib.collections import LineCollection
+
+    rows = sorted(labels.unique())
+    y = labels.map({label: i for i, label in enumerate(rows)}).to_numpy(dtype=float)
+    due, ts = _datenum(runs["due"]), _datenum(runs["ts"])
+
+    segments = np.stack([np.column_stack([due, y]), np.column_stack([ts, y])], axis=1)
+    lines = LineCollection(segments, colors=_GREY, linewidths=1.4, zorder=1, label="due → ran",
+                           gid="lateness")
+    ax.add_collection(lines, autolim=False)
+    ax.scatter(due, y, marker="|", s=110, color=_GREY, linewidths=1.4, zorder=2,
+               label="due", gid="planned")
+    outcomes = runs["outcome"].to_numpy()
+    for outcome in [*_OUTCOME_STYLE, *sorted(set(outcomes) - set(_OUTCOME_STYLE))]:
+        hit = outcomes == outcome
+        if not hit.any():
+            continue
+        marker, colour, hollow, size, text = _OUTCOME_STYLE.get(outcome, _OTHER_STYLE)
+        paint = {"facecolors": "none", "edgecolors": colour} if hollow else {"color": colour}
+        ax.scatter(ts[hit], y[hit], marker=marker, s=size, zorder=3, gid=outcome, linewidths=1.3,
+                   label=f"{text or outcome} ({int(hit.sum())})", **paint)
+
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
+    _time_axis(ax, min(due.min(), ts.min()), max(due.max(), ts.max()), since, until)
+    ax.grid(axis="x", color="0.92", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0,
+              fontsize="small")
+
+    ran = runs.loc[runs["outcome"] != "skipped", "lateness_s"]
+    if ran.empty:
+        lateness = "nothing ran"
+    else:
+        p50, p99 = ran.quantile(0.5), ran.quantile(0.99)
+        lateness = f"lateness p50 {_duration(p50)}, p99 {_duration(p99)}"
+    count = f"{len(runs)} scheduled run{'s' if len(runs) != 1 else ''}"
+    ax.set_title(f"{count} · {lateness}", loc="left", fontsize="medium")
+
+
+def _time_axis(ax: Axes, lo: float, hi: float, since: When, until: When) -> None:
+    """UTC dates on the x axis, padded around [lo, hi] and clipped to since/until."""
+    import matplotlib.dates as mdates
+
+    pad = max((hi - lo) * 0.04, 60 / 86400)  # at least a minute either side
+    left = _datenum_one(since) if since is not None else lo - pad
+    right = _datenum_one(until) if until is not None else hi + pad
+    ax.set_xlim(left, right)
+    locator = mdates.AutoDateLocator(tz=timezone.utc)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
+    ax.set_xlabel("time (UTC)")
+
+
+def _datenum(column: pd.Series) -> Any:
+    """matplotlib date numbers of a UTC timestamp column (a float array)."""
+    import matplotlib.dates as mdates
+
+    return mdates.date2num(column.dt.tz_convert(None).to_numpy())
+
+
+def _datenum_one(value: float | datetime) -> float:
+    import matplotlib.dates as mdates
+
+    if not isinstance(value, datetime):
+        value = datetime.fromtimestamp(float(value), timezone.utc)
+    elif value.tzinfo is None:
+        value = value.astimezone()  # naive means local time, as in ref.history()
+    return float(mdates.date2num(value))
+
+
+def _duration(seconds: float) -> str:
+    """``0 s``, ``250 ms``, ``12 s``, ``4.5 min``, ``3.2 h``, ``2.1 d``."""
+    size = abs(seconds)
+    if size < 0.0005:
+        return "0 s"
+    if size < 1:
+        return f"{seconds * 1000:.0f} ms"
+    unit, scale = "d", 86400.0
+    for name, factor, limit in (("s", 1.0, 60), ("min", 60.0, 3600), ("h", 3600.0, 86400)):
+        if size < limit:
+            unit, scale = name, factor
+            break
+    value = seconds / scale
+    text = f"{value:.0f}" if abs(value) >= 10 else f"{value:.1f}".rstrip("0").rstrip(".")
+    return f"{text} {unit}"
+
+
+# -- figures -------------------------------------------------------------------------------
+def _canvas(ax: Axes | None, rows: int) -> tuple[Figure, Axes]:
+    """*ax* and its figure, or a new figure sized for *rows* rows and its axes."""
+    if ax is not None:
+        try:
+            return ax.get_figure(root=True), ax  # type: ignore[call-arg, return-value]
+        except TypeError:  # matplotlib < 3.10 has no root=
+            return ax.figure.figure, ax  # type: ignore[union-attr, return-value]
+    height = min(12.0, max(2.8, 1.6 + 0.42 * rows))
+    fig = _figure_class()(figsize=(10, height), layout="constrained")
+    return fig, fig.add_subplot()
+
+
+def _say(ax: Axes, message: str, title: str) -> None:
+    """An empty plot that says why it is empty."""
+    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center",
+            fontsize="large", color="0.4", gid="empty")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.set_title(title, loc="left", fontsize="medium")
+
+
+@functools.cache
+def _figure_class() -> type[Figure]:
+    """A ``Figure`` that shows itself in notebooks without pyplot (made on first use)."""
+    from matplotlib.figure import Figure
+
+    class AgentbookFigure(Figure):
+        """A matplotlib figure that renders itself as PNG in Jupyter."""
+
+        def _repr_png_(self) -> bytes:
+            buf = io.BytesIO()
+            self.savefig(buf, format="png", bbox_inches="tight")
+            return buf.getvalue()
+
+    AgentbookFigure.__module__ = __name__
+    AgentbookFigure.__qualname__ = "AgentbookFigure"
+    return AgentbookFigure
+
+
+def __getattr__(name: str) -> Any:
+    # ``agentbook.plots.AgentbookFigure`` resolves lazily, so figures pickle and unpickle.
+    if name == "AgentbookFigure":
+        return _figure_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

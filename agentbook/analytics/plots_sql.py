@@ -1,0 +1,358 @@
+"""The figures of ``rt.plot`` that aggregate in the DuckDB views: latency, throughput, queue wait.
+
+:class:`agentbook.plots.Plots` holds their signatures and documentation; this module
+gathers (in DuckDB: percentiles, histograms and time bins are computed there, so a million
+history rows cost a query, not a million Python objects) and draws, sharing the canvas,
+time axis and wording helpers of :mod:`agentbook.plots`.
+
+Distributions are drawn on a log scale, one row per group with the worst p99 on top: a
+histogram "ridge" of the values, markers at p50 / p95 / p99 and the numbers beside the
+row. A value of zero has no place on a log scale; zeros (a queued item that started at the
+very instant it was queued, as on a virtual clock) get a grey bar of their own, left of
+the other values, labelled ``0`` and with their share of the row written on it. The bar
+and the histogram are each scaled to the row's height: compare their shapes, and read the
+counts from the numbers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from ..errors import UsageError
+from .plots import _agent_keys, _canvas, _duration, _say, _time_axis
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from ..core.runtime import Runtime
+    from .plots import AgentSelection, When
+
+__all__ = ["draw_latency", "draw_queue_wait", "draw_throughput"]
+
+#: Log-spaced bins of each distribution.
+_BINS = 48
+#: What ``by=`` may group on, as SQL over the ``history`` view.
+_GROUPS = {"method": "agent || '.' || method", "agent": "agent || '/' || name", "class": "agent",
+           "name": "name", "source": "split_part(source, ':', 1)", "outcome": "outcome"}
+_PLURAL = {"method": "methods", "agent": "agents", "class": "classes", "name": "names",
+           "source": "sources", "outcome": "outcomes"}
+#: Percentile markers: ``gid: (marker, face colour, edge colour, size)``.
+_MARKS = {"p50": ("o", "white", "black", 34), "p95": ("s", "tab:orange", "tab:orange", 26),
+          "p99": ("D", "tab:red", "tab:red", 26)}
+#: Bin widths (seconds) ``throughput()`` picks from: the narrowest giving at most _MAX_BARS.
+_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
+           86400, 2 * 86400, 7 * 86400, 30 * 86400)
+_MAX_BARS = 60
+#: ``throughput()`` draws at most this many lines; further classes are summed as "other".
+_MAX_LINES = 8
+#: Queued runs with their attempt number (a retry keeps the occurrence id of the first).
+_QUEUED = ("(SELECT *, row_number() OVER (PARTITION BY agent, name, occurrence ORDER BY ts,"
+           " version) AS attempt FROM history WHERE source LIKE 'queue:%' AND due IS NOT NULL"
+           " AND version IS NOT NULL)")
+#: The zero bar sits this far left of the first bin, as a fraction of the axis' decades.
+_ZERO_GAP = 0.1
+
+
+# -- the three figures -----------------------------------------------------------------------
+def draw_latency(rt: Runtime, by: str, agents: AgentSelection, ax: Axes | None, since: When,
+                 until: When, top: int) -> Figure:
+    """:meth:`agentbook.plots.Plots.latency`."""
+    where, params = _filters(rt, agents, since, until)
+    where += ["duration_ms IS NOT NULL", "outcome <> 'skipped'"]  # a skipped tick ran nothing
+    dist = _distribution(rt, "duration_ms / 1000.0", _group_sql(by), where, params, top)
+    return _draw(ax, dist, f"Handler duration by {by}", "duration of one run (log scale)",
+                 "handler runs", by, top, since, until)
+
+
+def draw_queue_wait(rt: Runtime, by: str, agents: AgentSelection, ax: Axes | None, since: When,
+                    until: When, retries: bool, top: int) -> Figure:
+    """:meth:`agentbook.plots.Plots.queue_wait`."""
+    where, params = _filters(rt, agents, since, until)
+    if not retries:
+        where.append("attempt = 1")
+    dist = _distribution(rt, "lateness_s", _group_sql(by), where, params, top, source=_QUEUED)
+    title = "Queue wait" + (", every attempt," if retries else "") + f" by {by}"
+    return _draw(ax, dist, title, "from queued to started (log scale)", "queued runs", by, top,
+                 since, until)
+
+
+def draw_throughput(rt: Runtime, agents: AgentSelection, ax: Axes | None, since: When,
+                    until: When, every: float | timedelta | None) -> Figure:
+    """:meth:`agentbook.plots.Plots.throughput`."""
+    where, params = _filters(rt, agents, since, until)
+    rates, width = _throughput(rt, where, params, None if every is None else _seconds(every))
+    fig, ax = _canvas(ax, rows=6)
+    if rates.empty:
+        _say(ax, _nothing("versions", since, until), "Versions per second")
+        return fig
+    _draw_throughput(ax, rates, width, since, until)
+    return fig
+
+
+def _draw(ax: Axes | None, dist: _Distribution, title: str, xlabel: str, what: str, by: str,
+          top: int, since: When, until: When) -> Figure:
+    fig, ax = _canvas(ax, rows=len(dist.stats))
+    if dist.stats.empty:
+        _say(ax, _nothing(what, since, until), title)
+        return fig
+    _draw_distribution(ax, dist, xlabel)
+    shown = ""
+    if dist.groups > len(dist.stats):
+        shown = f" · the {len(dist.stats)} highest p99 of {dist.groups:,} {_PLURAL[by]}"
+    ax.set_title(f"{title} · {_count(dist.rows, 'run')}{shown}", loc="left", fontsize="medium")
+    return fig
+
+
+# -- data --------------------------------------------------------------------------------------
+class _Distribution(NamedTuple):
+    """A value's distribution per group, in seconds (see :func:`_distribution`)."""
+
+    stats: pd.DataFrame  #: label, n, p50, p95, p99: the groups drawn, highest p99 first
+    hist: np.ndarray  #: positive values per (group, bin), shape (len(stats), _BINS)
+    zeros: np.ndarray  #: values of zero (or less) per group
+    edges: np.ndarray  #: the bins' edges, log-spaced
+    rows: int  #: values counted in every group, drawn or not
+    groups: int  #: groups in all
+
+
+def _filters(rt: Runtime, agents: AgentSelection, since: When,
+             until: When) -> tuple[list[str], dict[str, Any]]:
+    """SQL conditions on the ``history`` view for ``agents=``, ``since=``, ``until=``."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if agents is not None:
+        params["keys"] = [list(k) for k in _agent_keys(rt, agents)]
+        where.append("[agent, name] IN (SELECT unnest($keys::VARCHAR[][]))")
+    if since is not None:
+        params["since"] = _epoch(since)
+        where.append("ts >= to_timestamp($since)")
+    if until is not None:
+        params["until"] = _epoch(until)
+        where.append("ts < to_timestamp($until)")
+    return where, params
+
+
+def _views(rt: Runtime) -> Any:
+    """The runtime's DuckDB connection, its views caught up (once per figure)."""
+    rt.analytics.catch_up()
+    return rt.db
+
+
+def _group_sql(by: str) -> str:
+    if by not in _GROUPS:
+        raise UsageError(f"by= takes one of {', '.join(map(repr, _GROUPS))}, not {by!r}")
+    return _GROUPS[by]
+
+
+def _distribution(rt: Runtime, value: str, group: str, where: list[str], params: dict[str, Any],
+                  top: int, source: str = "history") -> _Distribution:
+    """Percentiles and a log-spaced histogram of *value* (seconds) per *group*, in DuckDB.
+
+    Keeps the *top* groups with the highest p99. Percentiles are DuckDB's ``quantile_cont``
+    (linear interpolation, as ``numpy.quantile``) of the values, zeros included; the bins
+    cover the positive values, from the decade below the smallest to the largest.
+    """
+    import numpy as np
+
+    if top < 1:
+        raise UsageError(f"top= must be at least 1, not {top!r}")
+    db = _views(rt)
+    conditions = " AND ".join([f"{value} IS NOT NULL", *where])
+    rows = f"SELECT {group} AS label, {value} AS v FROM {source} WHERE {conditions}"
+    stats = db.execute(
+        "SELECT label, count(*) AS n, quantile_cont(v, 0.5) AS p50, quantile_cont(v, 0.95) AS p95,"
+        " quantile_cont(v, 0.99) AS p99, min(v) FILTER (WHERE v > 0) AS lo, max(v) AS hi,"
+        " count(*) FILTER (WHERE v <= 0) AS zeros, count(*) OVER () AS groups,"
+        f" sum(count(*)) OVER () AS total FROM ({rows}) GROUP BY label"
+        f" ORDER BY p99 DESC, label LIMIT {int(top)}", params).df()
+    if stats.empty:
+        return _Distribution(stats, np.zeros((0, _BINS)), np.zeros(0),
+                             np.geomspace(1e-3, 1e-2, _BINS + 1), 0, 0)
+    lo, hi = stats["lo"].min(), stats["hi"].max()
+    left = 1e-3 if lo != lo else 10.0 ** np.floor(np.log10(lo))  # lo is NaN: only zeros
+    right = max(float(hi), left * 10) * (1 + 1e-9)
+    edges = np.geomspace(left, right, _BINS + 1)
+    binned = db.execute(
+        f"SELECT label, least(CAST(floor((log10(v) - $l0) / $step) AS BIGINT), {_BINS - 1})"
+        f" AS bin, count(*) AS n FROM ({rows}) WHERE v > 0"
+        " AND label IN (SELECT unnest($labels::VARCHAR[])) GROUP BY ALL",
+        {**params, "l0": float(np.log10(left)),
+         "step": float((np.log10(right) - np.log10(left)) / _BINS),
+         "labels": stats["label"].astype(str).tolist()}).df()
+    hist = np.zeros((len(stats), _BINS))
+    index = {str(label): i for i, label in enumerate(stats["label"])}
+    for label, b, n in binned.itertuples(index=False):
+        hist[index[str(label)], max(int(b), 0)] += n
+    return _Distribution(stats[["label", "n", "p50", "p95", "p99"]].astype({"label": str}), hist,
+                         stats["zeros"].to_numpy(dtype=float), edges,
+                         int(stats["total"].iloc[0]), int(stats["groups"].iloc[0]))
+
+
+def _throughput(rt: Runtime, where: list[str], params: dict[str, Any],
+                width: float | None) -> tuple[pd.DataFrame, float]:
+    """Versions per second per agent class, in bins of *width* seconds (chosen if ``None``).
+
+    Returns:
+        The rates: indexed by each bin's start (epoch seconds; every bin from the first to
+        the last, empty ones 0), one column per class, busiest first, those past
+        :data:`_MAX_LINES` summed as ``other``. And the width.
+    """
+    import numpy as np
+    import pandas as pd
+
+    db = _views(rt)
+    cond = " AND ".join(["version IS NOT NULL", *where])
+    lo, hi = db.execute(f"SELECT min(epoch(ts)), max(epoch(ts)) FROM history WHERE {cond}",
+                        params).fetchone()
+    if lo is None:
+        return pd.DataFrame(), width or 1.0
+    if width is None:
+        width = next((w for w in _WIDTHS if hi // w - lo // w < _MAX_BARS), _WIDTHS[-1])
+    counts = db.execute(
+        "SELECT agent, CAST(floor(epoch(ts) / $width) AS BIGINT) AS bin, count(*) AS n"
+        f" FROM history WHERE {cond} GROUP BY ALL", {**params, "width": float(width)}).df()
+    table = counts.pivot_table(index="bin", columns="agent", values="n", aggfunc="sum",
+                               fill_value=0)
+    table = table.reindex(np.arange(table.index.min(), table.index.max() + 1), fill_value=0)
+    table = table[table.sum().sort_values(ascending=False, kind="stable").index]
+    if table.shape[1] > _MAX_LINES:
+        rest = table.iloc[:, _MAX_LINES - 1:].sum(axis=1)
+        table = table.iloc[:, : _MAX_LINES - 1].assign(other=rest)
+    table.index = table.index.astype("float64") * width
+    table.columns = [str(c) for c in table.columns]
+    return table.astype("float64") / width, float(width)
+
+
+def _epoch(value: float | datetime) -> float:
+    """Epoch seconds of a number or a datetime (naive means local time, as in history())."""
+    return value.timestamp() if isinstance(value, datetime) else float(value)
+
+
+def _seconds(value: float | timedelta) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if not seconds > 0:
+        raise UsageError(f"every= must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
+# -- drawing -----------------------------------------------------------------------------------
+def _draw_distribution(ax: Axes, dist: _Distribution, xlabel: str) -> None:
+    """One row per group (highest p99 on top): histogram ridge, zero bar, p50/p95/p99."""
+    import matplotlib.ticker as mticker
+    import numpy as np
+    from matplotlib.transforms import blended_transform_factory
+
+    stats, n = dist.stats, len(dist.stats)
+    left, right = dist.edges[0], dist.edges[-1]
+    has_zeros = bool(dist.zeros.any())
+    gap = 10 ** (_ZERO_GAP * max(np.log10(right / left), 1.0))  # as a factor
+    zero = left / gap
+    for i, counts in enumerate(dist.hist):
+        base = i + 0.4
+        ax.stairs(base - counts * 0.8 / max(counts.max(), 1), dist.edges, baseline=base,
+                  fill=True, color="tab:blue", alpha=0.3, linewidth=0, gid="hist")
+        if has_zeros:  # its own bar, full height when there are any, with their share
+            share = dist.zeros[i] / int(stats["n"].iloc[i])
+            ax.stairs([base - 0.8 * (share > 0)], [zero / gap ** 0.3, zero * gap ** 0.3],
+                      baseline=base, fill=True, color="0.55", alpha=0.45, linewidth=0, gid="zeros")
+            if share:
+                ax.text(zero, base - 0.8, f"{share:.0%}", ha="center", va="bottom",
+                        fontsize="x-small", color="0.3", gid="zero share")
+    for gid, (marker, face, edge, size) in _MARKS.items():
+        values = stats[gid].to_numpy(dtype=float)
+        ax.scatter(np.where(values > 0, values, zero), np.arange(n, dtype=float), marker=marker,
+                   s=size, facecolors=face, edgecolors=edge, linewidths=1.2, zorder=3, gid=gid,
+                   label=gid, clip_on=False)
+    beside = blended_transform_factory(ax.transAxes, ax.transData)
+    for i, row in enumerate(stats.itertuples(index=False)):
+        ax.text(1.01, i, f"p50 {_short_duration(row.p50)} · p95 {_short_duration(row.p95)} · "
+                f"p99 {_short_duration(row.p99)}  ({row.n:,})", transform=beside, va="center",
+                fontsize="small", gid="numbers")
+
+    ax.set_xscale("log")
+    pad = 10 ** (0.03 * max(np.log10(right / left), 1.0))  # room for the last marker
+    ax.set_xlim(zero / gap ** 0.6 if has_zeros else left, right * pad)
+    decades = [10.0 ** k for k in range(int(np.ceil(np.log10(left) - 1e-9)),
+                                        int(np.floor(np.log10(right))) + 1)]
+    labels = [_decade(d) for d in decades]
+    ax.set_xticks([zero, *decades] if has_zeros else decades,
+                  ["0", *labels] if has_zeros else labels)
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    if has_zeros:
+        ax.axvline(left, color="0.75", linewidth=0.8, linestyle=":", zorder=0)
+    ax.set_yticks(range(n), stats["label"].tolist())
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", which="major", color="0.92", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(loc="lower left", bbox_to_anchor=(1.0, 1.0), ncols=3, fontsize="small",
+              frameon=False, borderaxespad=0.2, handletextpad=0.2, columnspacing=1.0)
+
+
+def _draw_throughput(ax: Axes, rates: pd.DataFrame, width: float, since: When,
+                     until: When) -> None:
+    """One step line per class (versions per second in each bin) and, for several, the sum."""
+    import numpy as np
+
+    starts = rates.index.to_numpy(dtype=float)
+    edges = _datenum_epoch(np.append(starts, starts[-1] + width))
+    for i, cls in enumerate(rates.columns):
+        ax.stairs(rates[cls].to_numpy(), edges, label=cls, gid="rate", linewidth=1.6,
+                  color="0.45" if cls == "other" else f"C{i}", baseline=None)
+    total = rates.sum(axis=1).to_numpy()
+    if rates.shape[1] > 1:
+        ax.stairs(total, edges, label="all", gid="total", linewidth=1, linestyle="--",
+                  color="0.2", baseline=None)
+    ax.set_ylim(0, max(float(total.max()), 1e-9) * 1.08)
+    _time_axis(ax, edges[0], edges[-1], since, until)
+    ax.set_ylabel("versions per second")
+    ax.grid(color="0.92", linewidth=0.8)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0,
+              fontsize="small")
+    versions = round(float(total.sum()) * width)
+    ax.set_title(f"Versions per second · {_count(versions, 'version')} · peak "
+                 f"{total.max():.3g}/s · bins of {_duration(width)}", loc="left",
+                 fontsize="medium")
+
+
+def _datenum_epoch(seconds: Any) -> Any:
+    """matplotlib date numbers of epoch seconds (an array)."""
+    import matplotlib.dates as mdates
+
+    return seconds / 86400.0 + mdates.date2num(datetime(1970, 1, 1, tzinfo=timezone.utc))
+
+
+# -- words -------------------------------------------------------------------------------------
+def _short_duration(seconds: float) -> str:
+    """Like :func:`agentbook.plots._duration`, with µs and three digits below a second."""
+    size = abs(seconds)
+    if size == 0:
+        return "0 s"
+    if size < 1e-3:
+        return f"{seconds * 1e6:.3g} µs"
+    if size < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return _duration(seconds)
+
+
+def _decade(seconds: float) -> str:
+    """A power of ten as a tick label: ``1 µs``, ``100 ms``, ``10 s``, ``1,000 s``."""
+    return _short_duration(seconds) if seconds < 1 else f"{seconds:,.0f} s"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
+def _nothing(what: str, since: When, until: When) -> str:
+    ranged = since is not None or until is not None
+    return f"no {what} in this time range" if ranged else f"no {what} yet"

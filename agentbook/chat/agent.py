@@ -1,0 +1,408 @@
+"""``ab.ChatAgent``: streaming chat with tools, approvals and replay built in.
+
+A turn: the user's message is stored; the model is asked (through the effect journal, so
+``replay`` can serve the answer or ask another model); tool calls run - server tools in
+the runtime, client tools on the caller's side, tools with ``needs_approval`` become an
+approval request - and their results go back to the model until it answers in words.
+When a person approves a gated call it runs and the model follows up at once; when they
+reject it (or it expires) the conversation records that as the call's result, so the
+model knows in the next turn.
+Everything the turn stored (messages, tool calls, the tool cache) commits with it, in the
+agent's own store; a turn that fails leaves nothing. Messages that arrive while a turn
+runs wait their turn in the mailbox (Cloudflare's ``messageConcurrency = "queue"``).
+
+Old turns beyond ``max_messages`` are folded into a stored summary (:meth:`summarize`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonvalue
+from ..core.agent import Agent, callable
+from ..models.base import Model, Response
+from .tools import Tool, as_tool, validate
+
+if TYPE_CHECKING:
+    from ..core.ref import AgentRef
+
+__all__ = ["ChatAgent", "ChatChunk"]
+
+_DONE = object()
+
+
+@dataclass
+class ChatChunk:
+    """A piece of a streamed turn: ``kind`` is ``"text"``, ``"tool_call"``,
+    ``"tool_result"`` or ``"approval"``; ``str(chunk)`` is its text."""
+
+    text: str = ""
+    kind: str = "text"
+    data: Any = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class ChatAgent(Agent):
+    """An agent that chats. Set ``model``, ``tools`` and ``system`` on the subclass.
+
+    Attributes:
+        model: A :mod:`agentbook.models` model (default: the builtin offline model).
+        tools: ``@ab.tool`` functions (methods decorated with ``@ab.tool`` are found too).
+        system: The system prompt.
+        max_messages: Stored messages kept verbatim; older turns fold into a summary.
+        max_steps: Model calls allowed in one turn (tool rounds).
+    """
+
+    model: Model | None = None
+    tools: list[Any] = []
+    system: str = "You are a helpful assistant."
+    max_messages: int = 40
+    max_steps: int = 6
+
+    @callable
+    async def chat(self, text: str) -> str:
+        """Take the user's *text*, run the turn, return the assistant's answer."""
+        if not isinstance(text, str) or not text.strip():
+            from ..errors import UsageError
+
+            raise UsageError("chat needs some text")
+        return await _Turn(self).run(text)
+
+    # -- hooks --------------------------------------------------------------------------
+    def choose_model(self, step: int, messages: list[dict[str, Any]]) -> Model:
+        """Which model answers at this *step* of the turn (override to route)."""
+        if self.model is not None:
+            return self.model
+        from ..models import builtin
+
+        return builtin()
+
+    def summarize(self, messages: list[dict[str, Any]], previous: str | None) -> str:
+        """Fold old messages into a short summary (override to ask a model)."""
+        lines = [previous] if previous else []
+        for msg in messages:
+            if msg["role"] in ("user", "assistant") and msg["content"]:
+                text = msg["content"].replace("\n", " ")
+                lines.append(f"{msg['role']}: {text[:120]}")
+        return "\n".join(lines[-20:])
+
+    # -- reading ------------------------------------------------------------------------
+    def get_messages(self) -> list[dict[str, Any]]:
+        """The stored conversation (inside a handler)."""
+        store = self._ab_store()
+        rows = store.internal("SELECT id, role, content, tool_calls, tool_call_id, name, ts"
+                              " FROM _ab_messages ORDER BY seq")
+        return [_message(r) for r in rows]
+
+    async def run_approved_tool(self, tool: str, arguments: dict, call_id: str) -> str:
+        """Run a tool a person approved, then let the model follow up (approval target)."""
+        turn = _Turn(self)
+        await turn.join_mcp()
+        call = {"id": f"{call_id}-approved", "name": tool, "arguments": dict(arguments)}
+        turn.store_message({"role": "assistant", "content": "", "tool_calls": [call]})
+        result = await turn.execute(call, approved=True)
+        turn.store_message({"role": "tool", "content": json.dumps(result), "tool_call_id":
+                            call["id"], "name": tool})
+        return await turn.loop()
+
+    def _ab_reject_approval(self, approval_id: str, by: str, reason: str | None) -> None:
+        pending = self._ab_pending_tool(approval_id)
+        super()._ab_reject_approval(approval_id, by, reason)
+        if pending is not None:
+            _Turn(self).declined(pending, {"status": "rejected", "by": by, "reason": reason})
+
+    def _ab_expire_approval(self, approval_id: str) -> None:
+        pending = self._ab_pending_tool(approval_id)
+        super()._ab_expire_approval(approval_id)
+        if pending is not None:
+            _Turn(self).declined(pending, {"status": "expired"})
+
+    def _ab_pending_tool(self, approval_id: str) -> dict[str, Any] | None:
+        """The tool call a still-pending approval stands for (``None`` for anything else)."""
+        rows = self._ab_instance.store.internal(
+            "SELECT kwargs FROM _ab_approvals WHERE id = ? AND status = 'pending'"
+            " AND method = 'run_approved_tool'", (approval_id,))
+        return json.loads(rows[0][0]) if rows else None
+
+    # -- tool index ---------------------------------------------------------------------
+    @classmethod
+    def _ab_tools(cls) -> dict[str, Tool]:
+        index = cls.__dict__.get("_ab_tool_index")
+        if index is None:
+            found = [as_tool(t) for t in cls.tools]
+            for klass in reversed(cls.__mro__):
+                found += [v for v in vars(klass).values() if isinstance(v, Tool)]
+            index = {t.name: t for t in found}
+            cls._ab_tool_index = index
+        return index
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._ab_tool_index = None
+
+
+class _Turn:
+    """One turn's work inside the running handler."""
+
+    def __init__(self, agent: ChatAgent) -> None:
+        self.agent = agent
+        self.inst = agent._ab_instance
+        self.ctx = self.inst.require_ctx("chat")
+        self.store = self.inst.store
+        self.stream: asyncio.Queue | None = self.ctx.extras.get("stream")
+        self.client_tools: dict[str, Callable] = self.ctx.extras.get("client_tools") or {}
+        self.tools = dict(type(agent)._ab_tools())
+        self.mcp_joined = False
+
+    def emit(self, kind: str, **data: Any) -> None:
+        if self.inst.runtime.events.active:
+            self.ctx.events.append((kind, jsonvalue.freeze(data, "event")))
+
+    def push(self, chunk: ChatChunk) -> None:
+        if self.stream is not None:
+            self.stream.put_nowait(chunk)
+
+    def store_message(self, msg: dict[str, Any]) -> None:
+        self.ctx.capture(self.store)
+        self.store.internal(
+            "INSERT INTO _ab_messages(id, role, content, tool_calls, tool_call_id, name, ts)"
+            " VALUES (?,?,?,?,?,?,?)",
+            ("m-" + secrets.token_hex(6), msg["role"], msg.get("content") or "",
+             jsonvalue.dumps(msg["tool_calls"]) if msg.get("tool_calls") else None,
+             msg.get("tool_call_id"), msg.get("name"), self.agent.now()))
+
+    def declined(self, pending: dict[str, Any], result: dict[str, Any]) -> None:
+        """A gated tool call was rejected or expired: the conversation says so, the way an
+        approved one adds its result, so the model knows in the next turn."""
+        call = {"id": f"{pending['call_id']}-{result['status']}", "name": pending["tool"],
+                "arguments": dict(pending["arguments"])}
+        self.store_message({"role": "assistant", "content": "", "tool_calls": [call]})
+        self.store_message({"role": "tool", "content": json.dumps(result),
+                            "tool_call_id": call["id"], "name": call["name"]})
+        self.emit("chat:tool_declined", id=call["id"], name=call["name"], **result)
+
+    async def run(self, text: str) -> str:
+        self.store_message({"role": "user", "content": text})
+        self.emit("chat:message", role="user", content=text)
+        return await self.loop()
+
+    async def join_mcp(self) -> None:
+        """The agent's MCP tools join this turn's tools (once), prefixed on name clashes."""
+        if self.mcp_joined or not self.store.internal("SELECT 1 FROM _ab_mcp_servers LIMIT 1"):
+            return
+        self.mcp_joined = True
+        for mcp_tool in await self.agent.mcp.chat_tools():
+            name = mcp_tool.name if mcp_tool.name not in self.tools else \
+                f"{mcp_tool.server}_{mcp_tool.name}"
+            mcp_tool.name = name
+            self.tools[name] = mcp_tool
+
+    async def loop(self) -> str:
+        agent = self.agent
+        await self.join_mcp()
+        specs = [t.spec() for t in self.tools.values()]
+        final = ""
+        for step in range(agent.max_steps):
+            messages = self.context()
+            model = agent.choose_model(step, messages)
+            data = await agent.effect("model", self._ask(model), messages, specs)
+            response = Response.from_json(data)
+            self.store_message(response.message())
+            if not response.tool_calls:
+                final = response.content
+                break
+            for call in response.tool_calls:
+                payload = call.to_json()
+                self.push(ChatChunk("", "tool_call", payload))
+                self.emit("chat:tool_call", **payload)
+                result = await self.execute(payload)
+                self.store_message({"role": "tool", "content": json.dumps(result),
+                                    "tool_call_id": call.id, "name": call.name})
+        else:
+            final = f"I stopped after {agent.max_steps} steps without a final answer."
+            self.store_message({"role": "assistant", "content": final})
+        self.emit("chat:message", role="assistant", content=final)
+        self.fold()
+        return final
+
+    def _ask(self, model: Model) -> Callable[..., Any]:
+        async def ask(messages: list, specs: list) -> dict:
+            if self.stream is None:
+                return (await model.complete(messages, specs or None)).to_json()
+            response = None
+            async for chunk in model.stream(messages, specs or None):
+                if chunk.text:
+                    self.push(ChatChunk(chunk.text))
+                if chunk.response is not None:
+                    response = chunk.response
+            if response is None:
+                from ..errors import ModelResponseError
+
+                raise ModelResponseError("the model's stream ended without a final answer",
+                                         provider=model.provider)
+            return response.to_json()
+
+        return ask
+
+    async def execute(self, call: dict[str, Any], approved: bool = False) -> Any:
+        """Run one tool call; problems become ``{"error": ...}`` for the model."""
+        name, args = call["name"], dict(call.get("arguments") or {})
+        tool = self.tools.get(name)
+        if tool is None:
+            return {"error": f"there is no tool named {name!r}; tools: {', '.join(self.tools)}"}
+        problems = validate(args, tool.parameters)
+        if problems:
+            return {"error": "; ".join(problems)}
+        if tool.needs_approval and not approved:
+            summary = f"{name}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+            approval = await self.agent.request_approval(
+                "run_approved_tool", {"tool": name, "arguments": args, "call_id": call["id"]},
+                summary=summary, side_effects=[tool.description])
+            result = {"status": "awaiting approval", "approval": approval.id, "summary": summary}
+            self.push(ChatChunk("", "approval", result))
+            return result
+        key = f"{name}:{jsonvalue.canonical(args)}"
+        started = time.perf_counter()
+        cached = self._cached(tool, key)
+        if cached is not None:
+            result, hit = cached, True
+        else:
+            result, hit = await self.agent.effect(f"tool:{name}", self._runner(tool), args), False
+            if tool.ttl:
+                self.ctx.capture(self.store)
+                self.store.internal("INSERT OR REPLACE INTO _ab_tool_cache VALUES (?, ?, ?)",
+                                    (key, jsonvalue.dumps(result), self.agent.now() + tool.ttl))
+        error = result.get("error") if isinstance(result, dict) and len(result) == 1 else None
+        self.ctx.capture(self.store)
+        self.store.internal("INSERT OR REPLACE INTO _ab_tool_calls VALUES (?,?,?,?,?,?,?,?)",
+                            (call["id"], name, jsonvalue.dumps(args), jsonvalue.dumps(result),
+                             error, (time.perf_counter() - started) * 1000, int(hit),
+                             self.agent.now()))
+        self.push(ChatChunk("", "tool_result", {"id": call["id"], "name": name,
+                                                "result": jsonvalue.thaw(result)}))
+        self.emit("tool:result", id=call["id"], name=name, cached=hit, error=error)
+        return jsonvalue.thaw(result)
+
+    def _cached(self, tool: Tool, key: str) -> Any:
+        if not tool.ttl:
+            return None
+        rows = self.store.internal("SELECT result FROM _ab_tool_cache WHERE key = ? AND expires > ?",
+                                   (key, self.agent.now()))
+        return jsonvalue.loads(rows[0][0]) if rows else None
+
+    def _runner(self, tool: Tool) -> Callable[..., Any]:
+        agent, client = self.agent, self.client_tools
+
+        async def run(args: dict) -> Any:
+            fn = client.get(tool.name) if tool.client else tool.fn
+            if fn is None:
+                return {"error": f"{tool.name} runs on the client, and no client offered it"}
+            try:
+                params = list(_params(fn))
+                value = fn(agent, **args) if params[:1] == ["self"] else fn(**args)
+                if asyncio.iscoroutine(value):
+                    value = await value
+                return jsonvalue.freeze(value, f"result of {tool.name}")
+            except Exception as exc:  # the model hears about it; the turn goes on
+                return {"error": f"{type(exc).__name__}: {exc}"}
+
+        return run
+
+    def context(self) -> list[dict[str, Any]]:
+        rows = self.store.internal("SELECT id, role, content, tool_calls, tool_call_id, name, ts"
+                                   " FROM _ab_messages ORDER BY seq")
+        system = self.agent.system
+        out = []
+        for row in rows:
+            if row[1] == "summary":
+                system = f"{system}\n\nEarlier in this conversation:\n{row[2]}"
+            else:
+                msg = _message(row)
+                msg.pop("id")
+                msg.pop("ts")
+                out.append(msg)
+        return [{"role": "system", "content": system}, *out]
+
+    def fold(self) -> None:
+        """Fold the oldest turns into the summary when there are too many messages."""
+        limit = self.agent.max_messages
+        rows = self.store.internal("SELECT seq, id, role, content, tool_calls, tool_call_id, name,"
+                                   " ts FROM _ab_messages WHERE role != 'summary' ORDER BY seq")
+        if len(rows) <= limit:
+            return
+        cut = len(rows) - limit // 2
+        while cut < len(rows) and rows[cut][2] != "user":  # never split a tool exchange
+            cut += 1
+        old = rows[:cut]
+        previous = self.store.internal("SELECT content FROM _ab_messages WHERE role = 'summary'")
+        summary = self.agent.summarize([_message(r[1:]) for r in old],
+                                       previous[0][0] if previous else None)
+        self.ctx.capture(self.store)
+        self.store.internal("DELETE FROM _ab_messages WHERE role = 'summary' OR seq <= ?",
+                            (old[-1][0],))
+        self.store.internal("INSERT INTO _ab_messages(seq, id, role, content, ts)"
+                            " VALUES (0, 'summary', 'summary', ?, ?)", (summary, self.agent.now()))
+
+
+def _params(fn: Callable) -> list[str]:
+    import inspect
+
+    return list(inspect.signature(fn).parameters)
+
+
+def _message(row: tuple) -> dict[str, Any]:
+    mid, role, content, tool_calls, tool_call_id, name, ts = row
+    msg: dict[str, Any] = {"id": mid, "role": role, "content": content, "ts": ts}
+    if tool_calls:
+        msg["tool_calls"] = json.loads(tool_calls)
+    if tool_call_id:
+        msg["tool_call_id"] = tool_call_id
+    if name:
+        msg["name"] = name
+    return msg
+
+
+# -- the caller's side (AgentRef.chat / stream_chat) -------------------------------------
+def _envelope(ref: AgentRef, text: str, extras: dict[str, Any]) -> Any:
+    rt = ref.runtime
+    env = rt._prepare(ref._ab_key, "chat", (text,), {}, external=True, future=True)
+    env.extras = extras
+    return env
+
+
+async def chat(ref: AgentRef, text: str, client_tools: list | dict | None = None) -> str:
+    """Send *text* and await the answer (client tools run here, in the caller's process)."""
+    env = _envelope(ref, text, {"client_tools": _client_map(client_tools)})
+    return await ref.runtime._submit(ref._ab_key, env)
+
+
+async def stream_chat(ref: AgentRef, text: str,
+                      client_tools: list | dict | None = None) -> AsyncIterator[ChatChunk]:
+    """Send *text* and yield the answer as it streams."""
+    queue: asyncio.Queue = asyncio.Queue()
+    env = _envelope(ref, text, {"stream": queue, "client_tools": _client_map(client_tools)})
+    future = ref.runtime._submit(ref._ab_key, env)
+    future.add_done_callback(lambda _: queue.put_nowait(_DONE))
+    while True:
+        item = await queue.get()
+        if item is _DONE:
+            break
+        yield item
+    future.result()  # raises the turn's error, if it failed
+
+
+def _client_map(client_tools: list | dict | None) -> dict[str, Callable]:
+    if not client_tools:
+        return {}
+    if isinstance(client_tools, dict):
+        return dict(client_tools)
+    return {getattr(t, "name", None) or t.__name__: getattr(t, "fn", None) or t
+            for t in client_tools}

@@ -1,0 +1,387 @@
+"""``ab.Agent``: what a user subclasses, and ``@ab.callable``.
+
+An agent is a small stateful server: a JSON ``state``, its own SQL tables, a key-value
+store and a history. The runtime creates agent objects; code outside holds an
+:class:`~agentbook.ref.AgentRef`, never the agent itself (pykka's rule). Every
+framework attribute of an agent object starts with ``_ab_`` so subclasses can't collide
+with them; the public API below mirrors Cloudflare Agents (``on_start``, ``set_state``,
+``sql``, ``broadcast``, ``schedule`` ...).
+
+Handlers run one at a time per agent. Everything one handler writes - state, rows,
+key-value data, outgoing messages - commits together when it returns, or not at all.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+
+from .. import jsonvalue
+from ..errors import JSONValueError, StateRejectedError
+from ..store.sqlaccess import sql_params
+from .agent_approvals import ApprovalMixin
+from .agent_mcp import MCPMixin
+from .agent_schedules import SchedulingMixin
+
+if TYPE_CHECKING:
+    from ..secrets import SecretStore
+    from .mailbox import Instance
+    from .ref import AgentRef
+    from .runtime import Runtime
+
+__all__ = ["Agent", "callable", "needs_approval"]
+
+log = logging.getLogger("agentbook")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_SCHEMA_CHANGE = re.compile(r"\b(DROP|ALTER)\b", re.IGNORECASE)
+_DROPPED = re.compile(
+    r"\bDROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:(?:main|\"main\")\s*\.\s*)?"
+    r"(\"(?:[^\"]|\"\")+\"|`[^`]+`|\[[^\]]+\]|\w+)",
+    re.IGNORECASE,
+)
+
+#: Latest definition of every agent class, by class name (hot redefinition reads this).
+_classes: dict[str, type[Agent]] = {}
+#: Latest definition of every agent class, by where it is defined: a class redefined in
+#: the same module (re-running a cell) replaces its earlier self, and only that.
+_lineage: dict[tuple[str, str], type[Agent]] = {}
+
+
+def latest(cls: type[Agent]) -> type[Agent]:
+    """The newest definition of *cls* (same module and class name)."""
+    return _lineage.get((cls.__module__, cls.__name__), cls)
+
+
+@overload
+def callable(fn: F) -> F: ...
+@overload
+def callable(*, description: str | None = None) -> Callable[[F], F]: ...
+
+
+def callable(fn: Any = None, *, description: str | None = None, streaming: bool = False) -> Any:
+    """Mark an agent method as callable from outside the runtime.
+
+    Cells, WebSocket clients and MCP clients may call only methods marked with this
+    decorator (agents may call each other's public methods directly). Use it bare
+    (``@ab.callable``) or with options (``@ab.callable(description="...")``).
+    ``streaming=True`` methods take a ``stream`` first argument and may
+    ``stream.send(chunk)`` partial results before returning (WebSocket RPC streams them).
+    """
+
+    def mark(f: F) -> F:
+        f._ab_callable = True  # type: ignore[attr-defined]
+        f._ab_description = description or inspect.getdoc(f) or ""  # type: ignore[attr-defined]
+        f._ab_streaming = streaming  # type: ignore[attr-defined]
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def needs_approval(fn: F) -> F:
+    """Mark an agent method as one that runs **only** as an approved action.
+
+    Nobody can call it directly - not a cell, a client, or another agent; it runs when a
+    person approves a ``request_approval`` for it, once, with the approved arguments.
+    """
+    fn._ab_needs_approval = True  # type: ignore[attr-defined]
+    return fn
+
+
+class KeyValue(MutableMapping[str, Any]):
+    """The agent's small durable key-value store (``self.kv``); values are JSON.
+
+    Writes join the running handler's transaction, like everything else.
+    """
+
+    __slots__ = ("_agent",)
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    def __getitem__(self, key: str) -> Any:
+        store = self._agent._ab_store()
+        rows = store.internal("SELECT value FROM _ab_kv WHERE key = ?", (key,))
+        if not rows:
+            raise KeyError(key)
+        return jsonvalue.loads(rows[0][0])
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if type(key) is not str:
+            raise JSONValueError(f"kv keys are strings, not {type(key).__name__}", "kv")
+        value = jsonvalue.freeze(value, f"kv[{key!r}]")
+        self._agent._ab_write("INSERT OR REPLACE INTO _ab_kv(key, value) VALUES (?, ?)",
+                              (key, jsonvalue.dumps(value)))
+
+    def __delitem__(self, key: str) -> None:
+        if key not in self:
+            raise KeyError(key)
+        self._agent._ab_write("DELETE FROM _ab_kv WHERE key = ?", (key,))
+
+    def __contains__(self, key: object) -> bool:
+        store = self._agent._ab_store()
+        return bool(store.internal("SELECT 1 FROM _ab_kv WHERE key = ?", (key,)))
+
+    def __iter__(self) -> Iterator[str]:
+        store = self._agent._ab_store()
+        return iter([r[0] for r in store.internal("SELECT key FROM _ab_kv ORDER BY key")])
+
+    def __len__(self) -> int:
+        return self._agent._ab_store().internal("SELECT count(*) FROM _ab_kv")[0][0]
+
+    def __repr__(self) -> str:
+        return f"<kv of {self._agent.name!r}: {len(self)} keys>"
+
+
+class Agent(SchedulingMixin, ApprovalMixin, MCPMixin):
+    """Base class of every agent.
+
+    Attributes:
+        initial_state: The state a new agent starts with (a JSON value; default ``{}``).
+        name: The agent's name, unique within its class.
+
+    Override the hooks you need: :meth:`on_start`, :meth:`on_error`,
+    :meth:`validate_state_change`, :meth:`on_state_changed`. Mark methods that cells and
+    clients may call with ``@ab.callable``. Methods may be ``async def`` or plain ``def``.
+    Scheduling, approvals and MCP come from the mixins in :mod:`agentbook.agent_schedules`,
+    :mod:`agentbook.agent_approvals` and :mod:`agentbook.agent_mcp`.
+    """
+
+    initial_state: Any = {}
+
+    _ab_instance: Instance
+    _ab_suspends: set[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        try:
+            cls.initial_state = jsonvalue.freeze(
+                cls.__dict__.get("initial_state", cls.initial_state), f"{cls.__name__}.initial_state"
+            )
+        except JSONValueError as exc:
+            raise JSONValueError(str(exc), exc.path) from None
+        cls._ab_suspends = set()  # methods seen to await real I/O (see mailbox)
+        _classes[cls.__name__] = cls
+        _lineage[(cls.__module__, cls.__name__)] = cls
+
+    # -- identity -----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The agent's name."""
+        return self._ab_instance.key[1]
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime hosting this agent."""
+        return self._ab_instance.runtime
+
+    @property
+    def version(self) -> int:
+        """The agent's latest version; the running handler, once committed, is ``version + 1``."""
+        return self._ab_instance.version
+
+    def now(self) -> float:
+        """The runtime clock's current time (epoch seconds); while a step is replayed, the
+        time it originally ran."""
+        inst = self._ab_instance
+        ctx = inst.ctx
+        if ctx is not None and ctx.replay is not None:
+            return ctx.replay.ts
+        return inst.runtime.clock.now()
+
+    async def effect(self, key: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Call *fn* (sync or async) and journal its JSON result in this version's history.
+
+        Use it for everything that would not come out the same twice: model and tool calls,
+        HTTP, random numbers. Replays serve the journaled result instead of calling again
+        (unless told otherwise), which is what makes "what if" replays exact and free.
+
+        Returns:
+            The result, as a read-only JSON value.
+        """
+        from ..travel.replay import run_effect
+
+        return await run_effect(self._ab_instance.require_ctx("effect"), key, fn, args, kwargs)
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def state(self) -> Any:
+        """The current state: a read-only JSON value. Change it with :meth:`set_state`."""
+        return self._ab_instance.state
+
+    def set_state(self, new_state: Any) -> None:
+        """Replace the whole state with *new_state* (a JSON value).
+
+        Calls :meth:`validate_state_change` first (raise there to refuse) and
+        :meth:`on_state_changed` after. The change commits with the running handler.
+
+        Raises:
+            JSONValueError: *new_state* is not JSON (names the bad path); nothing changes.
+            StateRejectedError: ``validate_state_change`` refused it; nothing changes.
+        """
+        inst = self._ab_instance
+        ctx = inst.require_ctx("set_state")
+        frozen = jsonvalue.freeze(new_state, "state")
+        source = ctx.source
+        try:
+            self.validate_state_change(frozen, source)
+        except Exception as exc:
+            raise StateRejectedError(
+                f"{type(self).__name__}.validate_state_change refused the new state: {exc}"
+            ) from exc
+        inst.state = frozen
+        ctx.state_changed = True
+        self.on_state_changed(frozen, source)
+
+    def validate_state_change(self, state: Any, source: str) -> None:
+        """Hook: raise to refuse a new state. *source* says who set it."""
+
+    def on_state_changed(self, state: Any, source: str) -> None:
+        """Hook: called right after the state changed (inside the same handler)."""
+
+    # -- lifecycle hooks ----------------------------------------------------------------
+    async def on_start(self) -> None:
+        """Hook: runs on every wake, before the first message (create tables here)."""
+
+    # -- the serve path (connections; see agentbook.serve) --------------------------------
+    async def on_request(self, request: Any) -> Any:
+        """Hook: an HTTP request to ``/agents/{class}/{name}``. Return a dict or list (sent
+        as JSON), a str, or a Starlette ``Response``. By default ``GET`` returns the state."""
+        if getattr(request, "method", "GET") == "GET":
+            return {"name": self.name, "state": jsonvalue.thaw(self.state)}
+        return None
+
+    async def on_connect(self, connection: Any, ctx: Any) -> None:
+        """Hook: a WebSocket client connected (``connection.set_readonly(True)`` to make it
+        read-only; ``ctx.request`` has the headers)."""
+
+    async def on_message(self, connection: Any, message: Any) -> None:
+        """Hook: a WebSocket message that is not part of the agents protocol."""
+
+    async def on_close(self, connection: Any, code: int, reason: str) -> None:
+        """Hook: a WebSocket client went away."""
+
+    @property
+    def connections(self) -> list[Any]:
+        """The agent's open WebSocket connections (empty when nothing is served)."""
+        server = self._ab_instance.runtime._server
+        return [] if server is None else server.connections_of(self._ab_instance.key)
+
+    async def on_error(self, error: BaseException) -> None:
+        """Hook: a fire-and-forget message (``send``) failed. Logs a warning by default."""
+        log.warning("%s(%r): %s: %s", type(self).__name__, self.name, type(error).__name__, error)
+
+    # -- SQL and key-value data -----------------------------------------------------------
+    def sql(self, query: str, *params: Any, readonly: bool = False) -> list[dict[str, Any]]:
+        """Run SQL on the agent's own database, inside the running handler's transaction.
+
+        Values go in as parameters (``?`` or ``:name``), never by string formatting.
+        Returns the rows as dicts. Internal ``_ab_`` tables, ``ATTACH``, ``PRAGMA``
+        (other than schema look-ups) and transaction statements are refused.
+        ``readonly=True`` allows queries only: use it for SQL written by a model or a user.
+
+        Raises:
+            SQLError: SQLite refused the query (the handler fails unless it catches it).
+        """
+        inst = self._ab_instance
+        ctx = inst.require_ctx("sql")
+        params = sql_params(params)  # type: ignore[assignment]
+        store = inst.store
+        if readonly:
+            return store.user_sql_dicts(query, params, readonly=True)
+        ctx.capture(store)
+        if _SCHEMA_CHANGE.search(query):
+            for table in _DROPPED.findall(query):  # keep the rows, so time travel can restore them
+                name = table[1:-1].replace('""', '"') if table[:1] in '"`[' else table
+                if store.internal("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?",
+                                  (name,)):
+                    quoted = name.replace('"', '""')
+                    store.user_sql_dicts(f'DELETE FROM "{quoted}"', ())
+            ctx.cut(store)
+        return store.user_sql_dicts(query, params)
+
+    @property
+    def secrets(self) -> SecretStore:
+        """The agent's secrets (API keys, tokens): ``self.secrets["openai"] = ab.Secret(...)``.
+        Kept apart from state and history; never copied to forks."""
+        from ..secrets import SecretStore
+
+        return SecretStore(self)
+
+    @property
+    def kv(self) -> KeyValue:
+        """A small durable key-value store: ``self.kv["k"] = v``, ``self.kv.get("k")``."""
+        return KeyValue(self)
+
+    def _ab_store(self) -> Any:
+        inst = self._ab_instance
+        inst.require_ctx("kv")
+        return inst.store
+
+    def _ab_write(self, query: str, params: tuple) -> None:
+        inst = self._ab_instance
+        ctx = inst.require_ctx("kv")
+        ctx.capture(inst.store)
+        inst.store.internal(query, params)
+
+    def _ab_rewind(self, version: int) -> dict:
+        from ..travel.rewind import rewind_in_place
+
+        inst = self._ab_instance
+        return rewind_in_place(inst, inst.require_ctx("rewind"), version)
+
+    # -- other agents, events, life -------------------------------------------------------
+    def ref(self, cls: type[Agent] | str, name: str) -> AgentRef:
+        """A reference to another agent; ``send`` from a handler leaves after the commit."""
+        return self._ab_instance.runtime.get(cls, name)
+
+    def emit(self, type: str, **data: Any) -> None:
+        """Emit a custom observability event (delivered after the commit, if anyone listens)."""
+        inst = self._ab_instance
+        payload = jsonvalue.freeze(data, "event")  # checked even when nobody listens
+        if not inst.runtime.events.active:
+            return
+        ctx = inst.ctx
+        if ctx is None:
+            inst.runtime._emit(type, inst.key, payload)
+        else:
+            ctx.events.append((type, payload))
+
+    def broadcast(self, message: Any, exclude: tuple | list = ()) -> None:
+        """Send *message* to every connected client (after the commit).
+
+        Connections arrive with the serve path; in a bare kernel this delivers to
+        ``rt.events`` subscribers of ``broadcast``.
+        """
+        inst = self._ab_instance
+        message = jsonvalue.freeze(message, "message")
+        ctx = inst.require_ctx("broadcast")
+        ctx.events.append(("broadcast", {"message": message, "exclude": list(exclude)}))
+
+    def destroy(self) -> None:
+        """Delete this agent and its store once the running handler commits."""
+        self._ab_instance.require_ctx("destroy").destroy = True
+
+    def __repr__(self) -> str:
+        try:
+            return f"<{type(self).__name__} {self.name!r}>"
+        except AttributeError:
+            return f"<{type(self).__name__} (not bound)>"
+
+
+#: Names that belong to the framework: never callable as messages.
+FRAMEWORK_NAMES = frozenset(
+    name for name in dir(Agent) if not name.startswith("__")
+) | {"initial_state"}
+
+
+def method_info(cls: type[Agent], method: str) -> tuple[Callable[..., Any] | None, bool]:
+    """``(function, is_callable)`` for *method* on *cls*, or ``(None, False)``."""
+    fn = getattr(cls, method, None)
+    if fn is None or not inspect.isfunction(fn):
+        return None, False
+    return fn, bool(getattr(fn, "_ab_callable", False))

@@ -1,0 +1,112 @@
+"""Checking a call before it is queued: the method may be called, the arguments fit.
+
+Every check happens at the call site, before anything is queued or written, so a bad
+call raises a typed error in the cell that made it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from .. import jsonvalue
+from ..errors import BadArgumentsError, NotCallableError, ReentrancyError, UnknownMethodError, UsageError
+from ..store.approval_index import GUARDED
+from .agent import FRAMEWORK_NAMES, Agent, method_info
+from .handler import current_chain
+from .mailbox import Envelope
+
+__all__ = ["callable_methods", "check_arguments", "prepare"]
+
+Key = tuple[str, str]
+_NO_ARGS = jsonvalue.FrozenList()
+
+
+def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: tuple,
+            kwargs: dict, *, external: bool, future: bool) -> Envelope:
+    """Check a call to *key* and build its envelope.
+
+    Args:
+        source: Where calls from outside any handler come from (``cell``, ``script``...).
+        external: Called through a reference (only ``@ab.callable`` methods, unless the
+            caller is another agent's handler).
+        future: The caller awaits the result (so a cycle would deadlock).
+    """
+    if cls is None:
+        raise UsageError(
+            f"no agent class named {key[0]!r} is defined in this process; run the cell "
+            "that defines it first"
+        )
+    fn, is_callable = method_info(cls, method)
+    if fn is None:
+        if not hasattr(cls, method):
+            raise UnknownMethodError(
+                f"{cls.__name__} has no method {method!r}; its callable methods are: "
+                f"{', '.join(callable_methods(cls)) or '(none)'}"
+            )
+        raise NotCallableError(f"{cls.__name__}.{method} is not a method")
+    if method.startswith("_") or method in FRAMEWORK_NAMES:
+        raise NotCallableError(
+            f"{cls.__name__}.{method} is private or part of the framework and can't be "
+            "called as a message; add a public @ab.callable method that uses it"
+        )
+    chain = current_chain.get()
+    if getattr(fn, "_ab_needs_approval", False) or (
+            chain and chain[-1] != key and method in GUARDED.get(key[0], ())):
+        # (another agent may not call a method that approvals guard: only an approval runs it)
+        raise NotCallableError(
+            f"{cls.__name__}.{method} runs only when a person approves it; have "
+            f"{cls.__name__} ask with self.request_approval({method!r}, ...)")
+    if external and not chain and not is_callable:
+        raise NotCallableError(
+            f"{cls.__name__}.{method} is not marked @ab.callable, so it can't be called "
+            "from outside the agent; decorate it with @ab.callable"
+        )
+    check_arguments(cls, fn, method, args, kwargs)
+    if args:
+        args = jsonvalue.freeze(args, "args")
+        args_json = jsonvalue.dumps(args)
+    else:
+        args, args_json = _NO_ARGS, "[]"
+    kwargs = jsonvalue.freeze(kwargs, "kwargs") if kwargs else {}
+    if future and key in chain:
+        raise ReentrancyError(
+            f"{key[0]}({key[1]!r}) is already waiting in this call chain, so awaiting "
+            f"{method}() would wait forever; use ref.send(...) or call the method directly"
+        )
+    origin = f"agent:{chain[-1][0]}/{chain[-1][1]}" if chain else source
+    return Envelope(method, args, kwargs, args_json,
+                    jsonvalue.dumps(kwargs) if kwargs else None, origin, None, chain)
+
+
+def callable_methods(cls: type[Agent]) -> list[str]:
+    """Names of the ``@ab.callable`` methods of *cls*."""
+    return sorted(n for n in dir(cls) if not n.startswith("_") and method_info(cls, n)[1])
+
+
+_arity: dict[Any, tuple] = {}
+
+
+def check_arguments(cls: type, fn: Any, method: str, args: tuple, kwargs: dict) -> None:
+    """Raise :class:`BadArgumentsError` unless ``fn(self, *args, **kwargs)`` would bind."""
+    info = _arity.get(fn)
+    if info is None:
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())[1:]
+        simple = all(p.kind == p.POSITIONAL_OR_KEYWORD for p in params)
+        required = sum(1 for p in params if p.default is p.empty)
+        info = _arity[fn] = (sig, simple, required, len(params))
+    sig, simple, required, total = info
+    if simple and not kwargs and required <= len(args) <= total:
+        return
+    try:
+        sig.bind(None, *args, **kwargs)
+    except TypeError as exc:
+        raise BadArgumentsError(
+            f"{cls.__name__}.{method}{_plain_signature(sig)}: {exc}"
+        ) from None
+
+
+def _plain_signature(sig: inspect.Signature) -> str:
+    params = list(sig.parameters.values())[1:]
+    return str(sig.replace(parameters=params))

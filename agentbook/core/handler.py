@@ -1,0 +1,386 @@
+"""Running one handler inside the mailbox's transaction.
+
+:func:`run_message` runs a message in its own savepoint and appends its version row;
+:func:`run_start` does the same for ``on_start``. Both drive the handler's coroutine by
+hand for its first step, so a handler that never actually suspends finishes without a
+trip through the event loop, and one that does is noticed (the mailbox then commits
+sooner, so quick calls don't wait behind slow ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import time
+import types
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonvalue
+from ..approve import inbox as approvals
+from ..errors import AgentbookError, AgentStartError
+from ..schedule import firing
+
+if TYPE_CHECKING:
+    from ..schedule.policy import Occurrence
+    from ..store import AgentStore
+    from .agent import Agent
+    from .mailbox import Envelope, Instance
+
+__all__ = ["HandlerContext", "Outcome", "current_chain", "record_failure", "result_json",
+           "run_message", "run_start"]
+
+#: Keys of the agents whose handlers are awaiting, up the current call chain.
+current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
+
+_FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
+
+
+class HandlerContext:
+    """What one running handler has written or wants to send, until its commit."""
+
+    __slots__ = ("approvals", "destroy", "effects", "events", "extras", "occurrence", "outbox",
+                 "replay",
+                 "sched_dirty", "schema_before", "segments", "session", "source",
+                 "state_after", "state_changed", "suspended")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.session: Any = None
+        self.schema_before: int | None = None
+        #: Changesets already taken (a schema change such as DROP TABLE ends a session).
+        self.segments: list[bytes] = []
+        self.state_changed = False
+        #: The state this handler left (set when it changed the state).
+        self.state_after: Any = None
+        self.suspended = False
+        self.destroy = False
+        self.sched_dirty = False
+        self.occurrence: Occurrence | None = None
+        self.outbox: list[tuple[Any, Envelope]] = []
+        self.events: list[tuple[str, Any]] = []
+        #: Approval requests and decisions, announced after the commit.
+        self.approvals: list[tuple[str, tuple]] = []
+        #: The effect journal of this handler: ``[[key, result], ...]``.
+        self.effects: list[list] = []
+        #: While replaying: the journal to serve, and the options (see timetravel.replay).
+        self.replay: Any = None
+        #: The envelope's per-call extras (a stream queue, client tools).
+        self.extras: dict[str, Any] = {}
+
+    def capture(self, store: AgentStore) -> None:
+        """Start recording row changes (once per handler, at its first SQL write)."""
+        if self.session is None:
+            if self.schema_before is None:
+                self.schema_before = store.schema_version()
+            self.session = store.start_capture()
+
+    def cut(self, store: AgentStore) -> None:
+        """Take the changes so far before a statement that drops or alters a table (a
+        session can't outlive a schema change of a table it watches)."""
+        if self.session is not None:
+            changes = store.finish_capture(self.session)
+            self.session = None
+            if changes:
+                self.segments.append(changes)
+
+    def finish(self, store: AgentStore) -> tuple[bytes | None, str | None]:
+        """The changeset and (if the schema changed) the new schema; ends capture."""
+        if self.schema_before is None:
+            return None, None
+        self.cut(store)
+        changes = None
+        if len(self.segments) == 1:
+            changes = self.segments[0]
+        elif self.segments:
+            import apsw
+
+            try:
+                builder = apsw.ChangesetBuilder()
+                for part in self.segments:
+                    builder.add(part)
+                changes = builder.output() or None
+            except apsw.Error:  # a table changed shape in between: keep the pieces apart
+                from ..travel.versions import frame_segments
+
+                changes = frame_segments(self.segments)
+        self.segments = []
+        schema = store.user_schema() if store.schema_version() != self.schema_before else None
+        self.schema_before = None
+        return changes, schema
+
+    def drop(self) -> None:
+        """Forget the capture of a handler that failed."""
+        if self.session is not None:
+            self.session.close()
+            self.session = None
+
+
+class Outcome:
+    """What happened to one message, kept until the batch commits."""
+
+    __slots__ = ("ctx", "duration", "env", "ok", "recorded", "ts", "value", "version")
+
+    def __init__(self, env: Envelope, ok: bool, value: Any, ctx: HandlerContext, ts: float,
+                 duration: float, version: int, recorded: Any = None) -> None:
+        self.env, self.ok, self.value, self.ctx = env, ok, value, ctx
+        self.ts, self.duration, self.version = ts, duration, version
+        #: For scheduled messages that failed: ("retry"|"dead", dead letter row or None).
+        self.recorded = recorded
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Any:
+    """Go on awaiting *coro* after its first step was driven by hand."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # forwarded into the handler
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _invoke(result: Any, ctx: HandlerContext, cls: type, method: str) -> Any:
+    if type(result) is types.CoroutineType:
+        try:
+            yielded = result.send(None)
+        except StopIteration as stop:
+            return stop.value
+        ctx.suspended = True
+        cls.__dict__["_ab_suspends"].add(method)
+        return await _resume(result, yielded)
+    if inspect.isawaitable(result):
+        ctx.suspended = True
+        return await result
+    return result
+
+
+async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
+    """Make the agent object and run ``on_start``; its writes (if any) become a version."""
+    from .agent import Agent
+
+    rt = inst.runtime
+    agent = cls.__new__(cls)
+    agent._ab_instance = inst
+    agent.__init__()
+    inst.agent = agent
+    inst.cls = cls
+    store = inst.store
+    assert store is not None
+    ctx = HandlerContext("start")
+    if cls.on_start is Agent.on_start:  # nothing to run, nothing to record
+        inst.started = cls
+        return ctx
+    ctx.capture(store)
+    store.savepoint()
+    inst.ctx = ctx
+    ts = rt.clock.now()
+    t0 = time.perf_counter()
+    before = inst.state_json
+    try:
+        await _invoke(agent.on_start(), ctx, cls, "on_start")
+        changes, schema = ctx.finish(store)
+        if ctx.state_changed:
+            inst.state_json = jsonvalue.dumps(inst.state)
+        state_changed = inst.state_json != before
+        if changes or schema or state_changed:
+            inst.version += 1
+            store.append_history((
+                inst.version, ts, "on_start", "[]", None, "start",
+                (time.perf_counter() - t0) * 1000, "ok", None, None,
+                inst.state_json if state_changed else None, changes, schema, None, None,
+                _effects_json(ctx),
+            ))
+        store.release()
+    except BaseException as exc:
+        ctx.drop()
+        store.rollback_message()
+        inst.agent = None
+        if isinstance(exc, _FATAL):
+            raise
+        error = AgentStartError(
+            f"{cls.__name__}({inst.key[1]!r}).on_start raised {type(exc).__name__}: {exc}; "
+            "fix on_start and send the message again"
+        )
+        raise error from exc
+    finally:
+        inst.ctx = None
+    inst.started = cls
+    return ctx
+
+
+async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: bool) -> Outcome:
+    """Run one message inside its savepoint (or, *lone*, as the whole transaction)."""
+    rt = inst.runtime
+    store = inst.store
+    assert store is not None and inst.agent is not None
+    ctx = HandlerContext(env.source)
+    sched = env.sched
+    if sched is not None:
+        ctx.occurrence = firing.occurrence_of(env)
+    if env.replay is not None:
+        ctx.replay = env.replay
+        ctx.occurrence = env.replay.occurrence
+    if env.extras is not None:
+        ctx.extras = env.extras
+    before = (inst.version, inst.state, inst.state_json)
+    if not lone:  # a user's method: the savepoint waits for its first write
+        store.savepoint(lazy=sched is None and env.approval is None and env.replay is None
+                        and not env.method.startswith("_ab_"))
+    inst.ctx = ctx
+    token = current_chain.set((*env.chain, inst.key))
+    ts = rt.clock.now() if env.replay is None else env.replay.ts  # a replayed step keeps its time
+    t0 = time.perf_counter()
+    outcome_label = "ok"
+    try:
+        if sched is not None and firing.skip_if_missed(inst, ctx, env):
+            result, outcome_label = None, "skipped"
+        else:
+            if env.approval is not None:
+                approvals.claim(inst, ctx, env)
+            fn = getattr(inst.agent, env.method)
+            result = await _invoke(fn(*env.args, **env.kwargs), ctx, cls, env.method)
+            if sched is not None:
+                firing.after_success(inst, ctx, env)
+            if ctx.replay is not None:
+                ctx.outbox.clear()  # a replay never messages the real world again
+        duration = (time.perf_counter() - t0) * 1000
+        changes, schema = ctx.finish(store)
+        state_col = None
+        if ctx.state_changed:
+            text = jsonvalue.dumps(inst.state)
+            if text != inst.state_json:
+                if len(text) > inst.runtime.max_state_bytes:
+                    from ..errors import LimitError
+
+                    raise LimitError(
+                        f"the new state is {len(text)} bytes of JSON; the limit is "
+                        f"{inst.runtime.max_state_bytes} (ab.Runtime(max_state_bytes=...)); "
+                        "keep big data in the agent's SQL tables")
+                inst.state_json = state_col = text
+                ctx.state_after = inst.state
+            else:
+                ctx.state_changed = False
+        result_text = result_json(result)
+        if env.approval is not None:
+            approvals.record_result(inst, env, result_text)
+        inst.version += 1
+        store.append_history((
+            inst.version, ts, env.label or env.method, env.args_json, env.kwargs_json, env.source,
+            duration, outcome_label, None, result_text, state_col, changes, schema,
+            *_sched_cols(ctx), _effects_json(ctx),
+        ))
+        if not lone:
+            store.release()
+        return Outcome(env, True, result, ctx, ts, duration, inst.version)
+    except BaseException as exc:
+        duration = (time.perf_counter() - t0) * 1000
+        ctx.drop()
+        try:
+            if lone:
+                store.rollback()
+            else:
+                store.rollback_message()
+        except Exception:
+            pass
+        inst.version, inst.state, inst.state_json = before
+        if isinstance(exc, _FATAL):
+            raise
+        error = translate(exc, store)
+        for kind, data in ctx.approvals:
+            if kind == "request":
+                inst.runtime.approvals._forget(data[0])
+        recorded = None
+        claimed = any(kind == "approve" for kind, _ in ctx.approvals)
+        if (sched is not None or claimed) and store.conn.in_transaction:
+            # (a batch SQLite rolled back records nothing: the mailbox fails all of it, and
+            # the occurrence stays due)
+            recorded = record_failure(inst, env, error, ts, duration)
+        return Outcome(env, False, error, ctx, ts, duration, inst.version, recorded)
+    finally:
+        current_chain.reset(token)
+        inst.ctx = None
+
+
+def record_failure(inst: Instance, env: Envelope, error: BaseException, ts: float,
+                    duration: float) -> Any:
+    """A scheduled attempt or an approved method failed: record the retry, the dead letter
+    or the consumed approval as a version of its own."""
+    store = inst.store
+    assert store is not None
+    text = f"{type(error).__name__}: {error}"
+    ctx = HandlerContext(env.source)
+    store.savepoint()
+    try:
+        if env.sched is not None:
+            ctx.occurrence = firing.occurrence_of(env)
+            label, letter = firing.after_failure(inst, ctx, env, text)
+        else:
+            label, letter = "error", approvals.record_failure(inst, ctx, env, text)
+        changes, schema = ctx.finish(store)
+        inst.version += 1
+        store.append_history((
+            inst.version, ts, env.label or env.method, env.args_json, env.kwargs_json,
+            env.source, duration, label, text, None, None, changes, schema, *_sched_cols(ctx),
+            None,
+        ))
+        store.release()
+    except BaseException:
+        ctx.drop()
+        store.rollback_message()
+        raise
+    return (label, letter)
+
+
+def _effects_json(ctx: HandlerContext) -> str | None:
+    return jsonvalue.dumps(ctx.effects) if ctx.effects else None
+
+
+def _sched_cols(ctx: HandlerContext) -> tuple[float | None, str | None]:
+    occ = ctx.occurrence
+    return (None, None) if occ is None else (occ.due, occ.id)
+
+
+_SCALARS = (int, str, bool)
+_SAFE_INT = 1 << 60
+
+
+def result_json(value: Any) -> str | None:
+    if value is None:
+        return None
+    if type(value) is int and -_SAFE_INT < value < _SAFE_INT:
+        return repr(value)  # what json.dumps writes, without an encoder
+    if type(value) in _SCALARS:  # the common case, without a freeze
+        try:
+            return jsonvalue.dumps(value) if type(value) is not str or value.isascii() \
+                else jsonvalue.dumps(jsonvalue.freeze(value, "result"))
+        except (TypeError, ValueError):
+            return None
+    try:
+        return jsonvalue.dumps(jsonvalue.freeze(value, "result"))
+    except (TypeError, ValueError):
+        return None
+
+
+def translate(exc: BaseException, store: AgentStore | None) -> BaseException:
+    """apsw errors become typed agentbook errors; everything else passes unchanged.
+
+    With *store*, a read-only or damaged store is also marked ``store.broken`` (the
+    mailbox then closes it, and quarantines a damaged one)."""
+    if isinstance(exc, AgentbookError) or not type(exc).__module__.startswith("apsw"):
+        return exc
+    if store is not None:
+        return store.translate(exc)
+    from ..store import translate_error
+
+    return translate_error(exc, "")

@@ -1,0 +1,390 @@
+"""The mailbox of one awake agent: the input gate, the commit and the output gate.
+
+Messages to an agent queue in its :class:`Instance`. One task drains the queue (and
+exists only while there is something to drain), so handlers of an agent run strictly
+one after another. Messages already waiting when a drain starts share one SQLite
+transaction, each inside its own savepoint, the way Durable Objects coalesce writes:
+
+    BEGIN
+      SAVEPOINT  handler 1 -> its history row  RELEASE       (or ROLLBACK TO on error)
+      SAVEPOINT  handler 2 -> its history row  RELEASE
+    COMMIT                                  <- durable here
+    results, sends, broadcasts and events leave            <- the output gate
+
+A handler that actually suspends (awaits real I/O) ends its batch, and methods known to
+suspend start a batch of their own, so a quick call never waits behind a slow one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonvalue
+from ..errors import AgentStartError, IncompatibleStateError, NotInHandlerError, StoreCorruptError, StoreError
+from ..faults import crash_point
+from ..schedule import firing
+from ..store import AgentStore, health
+from .handler import HandlerContext, Outcome, current_chain, record_failure, run_message, run_start, translate
+from .outputgate import OutputGate
+
+if TYPE_CHECKING:
+    from .agent import Agent
+    from .runtime import Runtime
+
+__all__ = ["Envelope", "Instance", "current_chain"]
+
+Key = tuple[str, str]
+_FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
+
+
+class Envelope:
+    """One message: a method call, a scheduled run, or an internal operation."""
+
+    __slots__ = ("approval", "args", "args_json", "chain", "extras", "future", "kwargs",
+                 "kwargs_json", "label", "method", "op", "replay", "sched", "source")
+
+    def __init__(self, method: str, args: tuple, kwargs: dict, args_json: str,
+                 kwargs_json: str | None, source: str, future: asyncio.Future | None = None,
+                 chain: tuple = (), op: Any = None, label: str | None = None) -> None:
+        self.method = method
+        self.args = args
+        self.kwargs = kwargs
+        self.args_json = args_json
+        self.kwargs_json = kwargs_json
+        self.source = source
+        self.future = future
+        self.chain = chain
+        #: An ``async op(instance)`` run alone, in mailbox order (destroy, rewind...).
+        self.op = op
+        #: The name recorded in history, when it differs from ``method``.
+        self.label = label
+        #: The ``_ab_schedules`` row of a scheduled run.
+        self.sched: tuple | None = None
+        #: ``(approval id, who)`` when this message runs an approved action.
+        self.approval: tuple[str, str] | None = None
+        #: A :class:`~agentbook.replay.ReplayStep` when this message replays a version.
+        self.replay: Any = None
+        #: Per-call things that are not JSON and never stored (a stream, client tools).
+        self.extras: dict[str, Any] | None = None
+
+
+class Instance(OutputGate):
+    """An awake agent: its object, its open store, its mailbox."""
+
+    __slots__ = ("agent", "cls", "committed", "ctx", "fresh", "key", "last_used", "queue",
+                 "runtime", "started", "state", "state_json", "store", "task", "version")
+
+    def __init__(self, runtime: Runtime, key: Key, cls: type[Agent] | None) -> None:
+        self.runtime = runtime
+        self.key = key
+        self.cls = cls
+        self.agent: Agent | None = None
+        self.store: AgentStore | None = None
+        self.queue: deque[Envelope] = deque()
+        self.task: asyncio.Task | None = None
+        self.ctx: HandlerContext | None = None
+        self.started: type | None = None
+        self.fresh = False
+        self.version = 0
+        self.state: Any = None
+        self.state_json = ""
+        #: (version, state, state_json) as of the last commit.
+        self.committed: tuple[int, Any, str] = (0, None, "")
+        self.last_used = time.monotonic()
+
+    def require_ctx(self, what: str) -> HandlerContext:
+        """The running handler's context, or a helpful error."""
+        ctx = self.ctx
+        if ctx is None:
+            raise NotInHandlerError(
+                f"{what}() works only inside one of the agent's handlers; from a cell, call "
+                "an @ab.callable method that does it"
+            )
+        return ctx
+
+    @property
+    def busy(self) -> bool:
+        """Whether a drain is running or messages wait."""
+        return self.task is not None or bool(self.queue)
+
+    # -- opening ------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the store and load the committed state (a new agent if there is none)."""
+        if self.store is not None:
+            return
+        rt = self.runtime
+        if rt._lease is not None and not rt._holds_lease(self.key):
+            from ..errors import StoreError
+
+            raise StoreError(f"{self.key[0]}({self.key[1]!r}) belongs to a shard another host"
+                             " holds; the message was not run here")
+        held = rt.catalog.quarantined(*self.key)
+        if held is not None:
+            raise health.refused(self.key, held)
+        store = None
+        try:
+            store = AgentStore(rt._path_of(self.key), rt.durability)
+            store.set_size_cap(rt.max_store_bytes)
+            store.query_seconds = rt.max_query_seconds
+            loaded = store.load_state()
+            if loaded is None:
+                self.fresh = True
+                initial = self.cls.initial_state if self.cls is not None else {}
+                self.version, self.state = 0, initial
+                self.state_json = jsonvalue.dumps(initial)
+            else:
+                self.fresh = False
+                self.version, self.state_json = loaded
+                self.state = jsonvalue.loads(self.state_json)
+            due = None if self.fresh else firing.next_due(store)
+        except BaseException as exc:
+            if store is not None:
+                store.close()
+            err = translate(exc, store)
+            if isinstance(err, StoreCorruptError):
+                raise health.quarantine(rt, self.key, err) from None
+            raise
+        self.store = store
+        self.committed = (self.version, self.state, self.state_json)
+        rt._opened(self)
+        if due is not None:
+            rt.timers.set(self.key, due)
+        if not self.fresh and store.internal("SELECT 1 FROM _ab_mcp_servers LIMIT 1"):
+            from ..mcp.agentside import wake
+
+            wake(self)  # reconnect its MCP servers in the background (never waits or raises)
+
+    def close(self) -> None:
+        """Hibernate: drop the agent object and close the store."""
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+        self.agent = None
+        self.started = None
+
+    # -- draining -----------------------------------------------------------------------
+    async def drain(self) -> None:
+        """Run every queued message, batch by batch."""
+        try:
+            while self.queue and not self.runtime.closed:
+                try:
+                    if self.queue[0].op is not None:
+                        await self._run_op(self.queue.popleft())
+                    else:
+                        await self._batch()
+                except Exception as exc:  # never leave a caller waiting on a dead mailbox
+                    import logging
+
+                    logging.getLogger("agentbook").exception("mailbox of %s failed", self.key)
+                    self._fail_queue(exc)
+        finally:
+            self.task = None
+            self.last_used = time.monotonic()
+            self.runtime._idle(self)
+
+    async def _run_op(self, env: Envelope) -> None:
+        try:
+            result = await env.op(self)
+        except BaseException as exc:
+            if env.future is not None and not env.future.done():
+                env.future.set_exception(exc)
+            if isinstance(exc, _FATAL):
+                raise
+        else:
+            if env.future is not None and not env.future.done():
+                env.future.set_result(result)
+
+    def _current_class(self) -> type[Agent]:
+        cls = self.runtime._class_for(self.key[0]) or self.cls
+        if cls is None:
+            raise AgentStartError(
+                f"no agent class named {self.key[0]!r} is defined in this process; run the "
+                "cell (or import the module) that defines it"
+            )
+        return cls
+
+    def _fail_queue(self, exc: BaseException) -> None:
+        """Fail every queued message with *exc* (ticks are dropped: rows stay due)."""
+        failed = list(self.queue)
+        self.queue.clear()
+        now = self.runtime.clock.now()
+        for env in failed:
+            if env.method != firing.TICK:
+                self._deliver_failure(env, exc, 0.0, now)
+
+    async def _batch(self) -> None:
+        rt = self.runtime
+        try:
+            cls = self._current_class()
+            self.open()
+            if cls is not self.started:
+                self._check_compatible(cls)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            err = translate(exc, self.store)
+            self._fail_queue(err)
+            if self.store is not None and rt._should_drop(err):
+                rt._hibernate(self)
+            return
+        store = self.store
+        assert store is not None
+        done: list[Outcome] = []
+        taken: list[Envelope] = []
+        started: HandlerContext | None = None
+        scheduled = False
+        try:
+            store.begin()
+            if self.fresh:
+                store.set_meta({"class": self.key[0], "name": self.key[1],
+                                "created": repr(rt.clock.now()), "initial_state": self.state_json})
+                store.write_state(0, self.state_json)
+            if cls is not self.started:
+                started = await run_start(self, cls)
+            suspends = cls.__dict__.get("_ab_suspends")
+            while self.queue and len(taken) < rt.max_batch:
+                env = self.queue[0]
+                if env.op is not None:
+                    break
+                if env.method == firing.TICK:
+                    self.queue.popleft()
+                    scheduled = True
+                    firing.expand_due(self)
+                    continue
+                if taken and suspends is not None and env.method in suspends:
+                    break
+                self.queue.popleft()
+                # A lone message needs no savepoint: if it fails, the whole (otherwise
+                # empty) transaction is rolled back instead. Saves two statements.
+                lone = (not taken and not self.queue and started is None and not self.fresh
+                        and env.sched is None and env.approval is None and env.replay is None)
+                taken.append(env)
+                outcome = await run_message(self, env, cls, lone)
+                done.append(outcome)
+                if not store.conn.in_transaction and not (lone and not outcome.ok):
+                    # SQLite rolled the whole batch back (a full disk, an I/O error), even if
+                    # the handler caught the error: nothing of it is committed, so none of it
+                    # may be acknowledged.
+                    raise outcome.value if not outcome.ok else store.lost_error()
+                scheduled = scheduled or outcome.ctx.sched_dirty or env.sched is not None
+                if (lone and not outcome.ok) or outcome.ctx.suspended:
+                    break
+            if store.broken is not None:  # it went read-only or was found damaged
+                raise store.broken
+            due = firing.next_due(store) if scheduled else None
+            if self.fresh and store.conn.in_transaction:
+                rt._created(self)  # before the commit: the catalog is a superset of the stores
+            if store.conn.in_transaction:
+                if scheduled:
+                    rt.timers.index_before_commit(self.key, due)
+                if self.version != self.committed[0] or self.fresh:
+                    store.write_state(self.version, self.state_json)
+                crash_point("before-commit")
+                store.commit()
+        except BaseException as exc:
+            # Start failure, commit failure or cancellation: the whole batch is undone.
+            try:
+                store.rollback()
+            except Exception:
+                pass
+            self.version, self.state, self.state_json = self.committed
+            if started is not None:
+                self.started = None
+            if isinstance(exc, _FATAL):
+                self.queue.extendleft(reversed([e for e in taken if e.sched is None]))
+                raise
+            err = translate(exc, store)
+            if store.broken is not None:  # close it (no more writes go in); quarantine damage
+                err = health.retire(self, store.broken)
+            for outcome in done:
+                for kind, data in outcome.ctx.approvals:
+                    if kind == "request":
+                        rt.approvals._forget(data[0])
+            if isinstance(exc, AgentStartError):
+                self._fail_queue(err)
+            now = rt.clock.now()
+            for env in taken:
+                if env.sched is None:
+                    self._deliver_failure(env, err, 0.0, now)
+            lost = [e for e in taken if e.sched is not None]
+            if lost and self.store is not None and isinstance(err, StoreError):
+                self._count_lost_attempts(lost, err)
+            if scheduled and self.store is not None:
+                rt.timers.set(self.key, firing.next_due(store))
+            if self.store is not None and rt._should_drop(err):
+                rt._hibernate(self)
+            return
+        # Durable from here on: the output gate opens.
+        crash_point("after-commit-before-reply")
+        self.committed = (self.version, self.state, self.state_json)
+        if rt._analytics is not None:  # only a projection that exists needs to know
+            rt._dirty.add(self.key)
+        self.fresh = False
+        if scheduled:
+            rt.timers.set(self.key, due)
+            if not taken:  # a tick found nothing due (a stale index entry)
+                rt.timers.index_exact([(self.key, due)])
+        if started is not None:
+            self._deliver_start(started)
+        for outcome in done:
+            if outcome.ok:
+                self._deliver_success(outcome)
+            elif outcome.recorded is not None and outcome.env.sched is not None:
+                rt._scheduled_failure(self.key, outcome)
+            else:
+                if outcome.recorded is not None:  # an approved method failed: consumed
+                    rt.approvals._after_commit(self.key, "failed", outcome.recorded[1])
+                self._deliver_failure(outcome.env, outcome.value, outcome.duration, outcome.ts,
+                                      outcome.version)
+
+    def _count_lost_attempts(self, envs: list[Envelope], err: BaseException) -> None:
+        """Scheduled runs of a batch that the store lost (a full disk, an I/O error) still
+        count as failed attempts, recorded in a transaction of their own, so their retry
+        policy applies - backoff, then the dead-letter list - instead of firing again at
+        once. If even that can't be written, they stay due as they were."""
+        rt, store = self.runtime, self.store
+        assert store is not None
+        recorded = []
+        try:
+            store.begin()
+            ts = rt.clock.now()
+            for env in envs:
+                recorded.append((env, record_failure(self, env, err, ts, 0.0), self.version))
+            rt.timers.index_before_commit(self.key, firing.next_due(store))
+            store.write_state(self.version, self.state_json)
+            store.commit()
+        except Exception:
+            try:
+                store.rollback()
+            except Exception:
+                pass
+            self.version, self.state, self.state_json = self.committed
+            return
+        self.committed = (self.version, self.state, self.state_json)
+        if rt._analytics is not None:
+            rt._dirty.add(self.key)
+        for env, what, version in recorded:
+            rt._scheduled_failure(self.key, Outcome(env, False, err, None, ts, 0.0, version, what))
+
+    def _check_compatible(self, cls: type[Agent]) -> None:
+        if self.fresh:
+            return
+        if _kind(cls.initial_state) != _kind(self.state) and (
+            isinstance(cls.initial_state, (dict, list)) or isinstance(self.state, (dict, list))
+        ):
+            raise IncompatibleStateError(
+                f"{cls.__name__}.initial_state is a {_kind(cls.initial_state)} but the stored "
+                f"state of {self.key[1]!r} is a {_kind(self.state)}; keep the same shape, or "
+                "use a new class name for the new design"
+            )
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, dict):
+        return "dict"
+    if isinstance(value, list):
+        return "list"
+    return type(value).__name__

@@ -1,0 +1,373 @@
+"""``ab.AgentRef``: how code outside an agent talks to it and reads it.
+
+A reference is two strings and a runtime; holding one costs nothing and starts nothing.
+Messages go through the agent's mailbox (``await ref.method(...)``, ``ref.call``,
+``ref.send``); reads (``state``, ``version``, ``sql``, ``history``) go straight to the
+last commit on disk and never wait for a running handler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from .. import jsonvalue
+from ..errors import AgentNotFoundError, StoreCorruptError, UnknownMethodError
+from ..store import health, open_reader, query_reader
+from ..store.history import read_history
+from ..store.sqlaccess import sql_params
+from .mailbox import Envelope
+from .ref_timetravel import TimeTravelMixin
+from .ref_timetravel import json_or_none as _j
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .runtime import Runtime
+
+__all__ = ["AgentRef"]
+
+
+class AgentRef(TimeTravelMixin):
+    """A reference to one agent (class name + name) in a runtime.
+
+    ``await ref.open_ticket("x")`` calls the ``@ab.callable`` method ``open_ticket``;
+    ``ref.call("open_ticket", "x")`` is the same. ``ref.send(...)`` doesn't wait.
+    """
+
+    __slots__ = ("_ab_key", "_ab_rt")
+
+    def __init__(self, runtime: Runtime, class_name: str, name: str) -> None:
+        self._ab_rt = runtime
+        self._ab_key = (class_name, name)
+
+    # -- identity -----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The agent's name."""
+        return self._ab_key[1]
+
+    @property
+    def class_name(self) -> str:
+        """The agent's class name."""
+        return self._ab_key[0]
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime hosting the agent."""
+        return self._ab_rt
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, AgentRef) and other._ab_key == self._ab_key and other._ab_rt is self._ab_rt
+
+    def __hash__(self) -> int:
+        return hash(self._ab_key)
+
+    # -- messages -----------------------------------------------------------------------
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        """Call *method* and return an awaitable of its result.
+
+        The call is checked at once (method exists and may be called, arguments fit and
+        are JSON); a bad call raises here, before anything is queued.
+        """
+        rt = self._ab_rt
+        env = rt._prepare(self._ab_key, method, args, kwargs, external=True, future=True)
+        return rt._submit(self._ab_key, env)
+
+    def send(self, method: str, /, *args: Any, **kwargs: Any) -> None:
+        """Queue *method* without waiting. Errors go to the agent's ``on_error`` and the
+        ``rpc:error`` event. Sent from a handler, the message leaves after its commit."""
+        rt = self._ab_rt
+        env = rt._prepare(self._ab_key, method, args, kwargs, external=True, future=False)
+        rt._send(self._ab_key, env)
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        cls = self._ab_rt._class_for(self._ab_key[0])
+        if cls is not None and not hasattr(cls, method):
+            raise UnknownMethodError(
+                f"{cls.__name__} has no method {method!r}"
+            )
+        return _BoundCall(self, method)
+
+    async def chat(self, text: str, *, client_tools: list | dict | None = None) -> str:
+        """For chat agents: send *text*, await the assistant's answer.
+
+        *client_tools* are the implementations of the agent's client tools, run here in
+        the caller's process (functions, keyed by tool name or named after it)."""
+        from ..chat.agent import chat
+
+        return await chat(self, text, client_tools)
+
+    def stream_chat(self, text: str, *, client_tools: list | dict | None = None) -> Any:
+        """For chat agents: ``async for chunk in ref.stream_chat(text)`` yields the answer
+        as it streams (``str(chunk)`` is its text; tool calls and approvals come as chunks
+        of their own kinds)."""
+        from ..chat.agent import stream_chat
+
+        return stream_chat(self, text, client_tools)
+
+    def messages(self) -> pd.DataFrame:
+        """For chat agents: the stored conversation."""
+        import pandas as pd
+
+        with self._reading(missing_ok=True) as conn:
+            rows = [] if conn is None else conn.execute(
+                "SELECT id, role, content, tool_calls, tool_call_id, name, ts FROM _ab_messages"
+                " ORDER BY seq").fetchall()
+        frame = pd.DataFrame.from_records(
+            [(*r[:3], _j(r[3]), *r[4:]) for r in rows],
+            columns=["id", "role", "content", "tool_calls", "tool_call_id", "name", "ts"])
+        frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
+        return frame
+
+    def chat_widget(self) -> Any:
+        """A chat box that streams the answers, with tool calls and approvals inline."""
+        from ..widgets.chat import chat_widget
+
+        return chat_widget(self)
+
+    async def destroy(self) -> None:
+        """Delete the agent and its store (after the messages queued before this)."""
+        from .ops import destroy_op
+
+        rt = self._ab_rt
+        rt._check_open()
+        env = Envelope("destroy", (), {}, "[]", None, rt.source, op=destroy_op)
+        await rt._submit(self._ab_key, env)
+
+    @property
+    def sync(self) -> _SyncProxy:
+        """Blocking forms of the calls, for scripts and quick cells:
+        ``ref.sync.open_ticket("x")`` returns the result."""
+        return _SyncProxy(self)
+
+    # -- reads --------------------------------------------------------------------------
+    @property
+    def state(self) -> Any:
+        """The latest committed state (a read-only JSON value)."""
+        inst = self._ab_rt._instances.get(self._ab_key)
+        if inst is not None and inst.store is not None:
+            return inst.committed[1]
+        with self._reading(missing_ok=True) as conn:
+            if conn is None:
+                cls = self._ab_rt._class_for(self._ab_key[0])
+                return cls.initial_state if cls is not None else None
+            rows = conn.execute("SELECT state FROM _ab_state WHERE id = 1").fetchall()
+            if not rows:
+                cls = self._ab_rt._class_for(self._ab_key[0])
+                return cls.initial_state if cls is not None else None
+            return jsonvalue.loads(rows[0][0])
+
+    @property
+    def version(self) -> int:
+        """The latest committed version (0 before the first handler)."""
+        inst = self._ab_rt._instances.get(self._ab_key)
+        if inst is not None and inst.store is not None:
+            return inst.committed[0]
+        with self._reading(missing_ok=True) as conn:
+            if conn is None:
+                return 0
+            rows = conn.execute("SELECT version FROM _ab_state WHERE id = 1").fetchall()
+            return rows[0][0] if rows else 0
+
+    def sql(self, query: str, *params: Any) -> pd.DataFrame:
+        """Run a read-only query on the agent's own tables; returns a DataFrame.
+
+        Raises:
+            ReadOnlyError: the query tries to write.
+            SQLError: SQLite refused the query.
+        """
+        import pandas as pd
+
+        params = sql_params(params)  # type: ignore[assignment]
+        with self._reading() as conn:
+            names, rows = query_reader(conn, query, params)
+        return pd.DataFrame.from_records(rows, columns=names)
+
+    def history(
+        self,
+        limit: int = 50,
+        *,
+        before: int | None = None,
+        method: str | None = None,
+        since: float | datetime | None = None,
+        until: float | datetime | None = None,
+        failures: bool = True,
+    ) -> pd.DataFrame:
+        """The agent's versions, newest first, one page at a time.
+
+        Args:
+            limit: Rows per page.
+            before: Only versions below this one (the next page: ``before=page.version.min()``).
+            method: Only versions made by this method.
+            since: Only versions that started at or after this time.
+            until: Only versions that started before this time.
+            failures: Also show failed handlers in the page's time span
+                (``outcome="error"``, no version: they changed nothing).
+
+        Returns:
+            A DataFrame with columns ``agent`` (class), ``name``, ``version``, ``ts``,
+            ``method``, ``args``, ``kwargs``, ``source``, ``duration_ms``, ``outcome``,
+            ``error``, ``result``, ``state`` (the state after that version), and for
+            scheduled runs ``due`` (when it was planned) and ``occurrence``.
+        """
+        import pandas as pd
+
+        since_f, until_f = _epoch(since), _epoch(until)
+        with self._reading(missing_ok=True) as conn:
+            rows = [] if conn is None else read_history(
+                conn, limit=limit, before=before, method=method, since=since_f, until=until_f
+            )
+        records = [
+            (v, ts, m, _j(a), _j(k), src, d, o, e, _j(r), _j(s), due, occ)
+            for (v, ts, m, a, k, src, d, o, e, r, s, due, occ) in rows
+        ]
+        if failures:
+            lo = rows[-1][1] if len(rows) == limit else float("-inf")
+            hi = rows[0][1] if before is not None and rows else float("inf")
+            lo, hi = max(lo, since_f or lo), min(hi, until_f or hi)
+            order = {id(r): r[0] for r in records}
+            for ts, m, a, k, src, d, e, at in self._ab_rt.catalog.failures(*self._ab_key, limit):
+                if lo <= ts <= hi and (method is None or m == method):
+                    row = (None, ts, m, _j(a), _j(k), src, d, "error", e, None, None, None, None)
+                    order[id(row)] = at + 0.5  # it happened after version `at`, before the next
+                    records.append(row)
+            records.sort(key=lambda r: order[id(r)], reverse=True)
+        frame = pd.DataFrame.from_records(
+            records,
+            columns=["version", "ts", "method", "args", "kwargs", "source", "duration_ms",
+                     "outcome", "error", "result", "state", "due", "occurrence"],
+        )
+        frame["result"] = pd.Series([r[9] for r in records], dtype=object, index=frame.index)
+        frame.insert(0, "name", self._ab_key[1])
+        frame.insert(0, "agent", self._ab_key[0])
+        frame["version"] = frame["version"].astype("Int64")
+        frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
+        frame["due"] = pd.to_datetime(frame["due"].astype("float64"), unit="s", utc=True)
+        return frame
+
+    def schedules(self) -> pd.DataFrame:
+        """The agent's pending schedules and queued work, soonest first."""
+        from ..schedule.policy import select
+
+        with self._reading(missing_ok=True) as conn:
+            items = [] if conn is None else select(conn)
+        return schedules_frame(items)
+
+    # -- plumbing -----------------------------------------------------------------------
+    def _reading(self, missing_ok: bool = False) -> _Reading:
+        return _Reading(self, missing_ok)
+
+    def __repr__(self) -> str:
+        return f"<AgentRef {self._ab_key[0]}({self._ab_key[1]!r})>"
+
+    def _repr_html_(self) -> str:
+        from ..reprs import ref_html
+
+        return ref_html(self)
+
+
+class _Reading:
+    """Context manager giving a read-only connection to the agent's last commit."""
+
+    __slots__ = ("close", "conn", "missing_ok", "ref")
+
+    def __init__(self, ref: AgentRef, missing_ok: bool) -> None:
+        self.ref, self.missing_ok = ref, missing_ok
+        self.conn: Any = None
+        self.close = False
+
+    def __enter__(self) -> Any:
+        rt = self.ref._ab_rt
+        rt._check_open()
+        key = self.ref._ab_key
+        inst = rt._instances.get(key)
+        if inst is not None and inst.store is not None and not inst.fresh:
+            self.conn = inst.store.reader()
+            return self.conn
+        path = rt._path_of(key)
+        try:
+            missing = health.check_file(path)
+        except StoreCorruptError as exc:
+            raise StoreCorruptError(f"{exc}; its next message moves it to quarantine "
+                                    "(agentbook doctor --check-stores)") from None
+        if missing:
+            held = rt.catalog.quarantined(*key)
+            if held is not None:
+                raise health.refused(key, held) from None
+            if self.missing_ok:
+                return None
+            raise AgentNotFoundError(
+                f"{key[0]}({key[1]!r}) has no store yet: it is created by its first message"
+            ) from None
+        self.conn = open_reader(path)
+        self.close = True
+        return self.conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self.close and self.conn is not None:
+            self.conn.close()
+        if exc_type is not None and issubclass(exc_type, apsw.Error):  # a typed error instead
+            from ..store import translate_error
+
+            raise translate_error(exc, self.ref._ab_rt._path_of(self.ref._ab_key),
+                                  writing=False) from None
+
+
+class _BoundCall:
+    """``ref.method``: calling it sends the message."""
+
+    __slots__ = ("method", "ref")
+
+    def __init__(self, ref: AgentRef, method: str) -> None:
+        self.ref, self.method = ref, method
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+        return self.ref.call(self.method, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<method {self.method} of {self.ref!r}>"
+
+
+class _SyncProxy:
+    """``ref.sync.method(...)``: the blocking form of ``await ref.method(...)``."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: AgentRef) -> None:
+        self.ref = ref
+
+    def call(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
+        from ..sync import run
+
+        return run(self.ref.call(method, *args, **kwargs))
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        return lambda *args, **kwargs: self.call(method, *args, **kwargs)
+
+
+def schedules_frame(items: list) -> pd.DataFrame:
+    """A DataFrame of :class:`~agentbook.scheduler.Schedule` records."""
+    import pandas as pd
+
+    return pd.DataFrame.from_records(
+        [(s.id, s.callback, s.type, pd.Timestamp(s.time), s.cron, s.interval,
+          jsonvalue.thaw(s.payload), s.attempt, s.occurrence, s.last_error) for s in items],
+        columns=["id", "callback", "type", "time", "cron", "interval", "payload", "attempt",
+                 "occurrence", "last_error"],
+    )
+
+
+def _epoch(value: float | datetime | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return float(value)

@@ -1,0 +1,280 @@
+"""Branching time: rewind in place, fork a new agent at any version, replay recorded steps.
+
+* The **effect journal**: ``await self.effect(key, fn, *args)`` calls ``fn`` and records its
+  (JSON) result in the version's history. Model calls, tool calls, HTTP, random numbers -
+  anything that would not come out the same twice - go through it.
+* **Fork**: a new agent (same class) holding the parent's tables, key-value data and state
+  as of one version; schedules only if asked; pending approvals and dead letters never.
+  Its history starts with a row at that same version linking the parent, so its later
+  version numbers line up with the parent's.
+* **Replay**: fork just before a version, then run the parent's recorded inputs again, in
+  order, on the fork. Journaled effects are served from the record (so nothing outside is
+  called again) unless ``overrides`` or ``live`` say otherwise - e.g. another model from
+  step 5 on. With nothing overridden, replay must reproduce the recorded states exactly:
+  the determinism check that keeps time travel honest. While a step replays,
+  ``self.now()`` is the time that step originally ran.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonvalue
+from ..errors import ReplayError, UsageError
+from ..store import AgentStore, agent_file, open_reader
+from ..store.history import state_at
+from .versions import check_version, materialize
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ..core.ref import AgentRef
+
+__all__ = ["ReplayResult", "ReplayStep", "fork", "replay"]
+
+#: History labels of internal versions that replay does not re-run.
+_INTERNAL = frozenset({"on_start", "rewind", "fork", "reject_approval", "expire_approval",
+                       "retry_dead_letter", "drop_dead_letter", "on_connect", "on_message",
+                       "on_close", "on_request"})
+
+
+@dataclass
+class ReplayStep:
+    """What a replayed handler needs: the recorded journal, its time, the options."""
+
+    version: int
+    ts: float
+    journal: list
+    overrides: dict[str, Any]
+    live: bool | frozenset
+    occurrence: Any = None
+    used: dict[str, int] = field(default_factory=dict)
+
+    def serve(self, key: str, fn: Callable[..., Any], args: tuple, kwargs: dict) -> tuple[bool, Any]:
+        """``(True, value)`` to use instead of calling *fn*, or ``(False, None)`` to call it."""
+        if key in self.overrides:
+            override = self.overrides[key]
+            if hasattr(override, "complete"):  # a Model: "what if another model answered?"
+                return True, override.complete(*args, **kwargs)
+            return True, override(*args, **kwargs) if callable(override) else override
+        if self.live is True or (self.live and key in self.live):
+            return False, None
+        index = self.used.get(key, 0)
+        matches = [value for k, value in self.journal if k == key]
+        if index >= len(matches):
+            raise ReplayError(
+                f"version {self.version} called effect {key!r}, which the original run did not "
+                f"journal; pass live={{{key!r}}} to call it for real, or overrides={{{key!r}: ...}}")
+        self.used[key] = index + 1
+        return True, matches[index]
+
+
+async def run_effect(ctx: Any, key: str, fn: Callable[..., Any], args: tuple,
+                     kwargs: dict) -> Any:
+    """Serve or call an effect inside a handler and journal its result."""
+    import inspect
+
+    if not isinstance(key, str) or not key:
+        raise UsageError("an effect needs a non-empty string key, like 'model' or 'http:weather'")
+    served, value = (False, None)
+    if ctx.replay is not None:
+        served, value = ctx.replay.serve(key, fn, args, kwargs)
+        if served and inspect.isawaitable(value):
+            value = await value
+    if not served:
+        value = fn(*args, **kwargs)
+        if inspect.isawaitable(value):
+            value = await value
+    if hasattr(value, "to_json"):
+        value = value.to_json()
+    value = jsonvalue.freeze(value, f"effect {key!r}")
+    ctx.effects.append([key, value])
+    return value
+
+
+# -- fork -------------------------------------------------------------------------------
+async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool = False) -> AgentRef:
+    """A new agent *name* holding *ref* as it was at version *at* (default: now)."""
+    rt = ref.runtime
+    rt._check_open()
+    cls_name = ref.class_name
+    target = rt.get(cls_name, name)
+    new_path = rt._path_of(target._ab_key)
+    if os.path.exists(new_path) or target._ab_key in rt._instances:
+        raise UsageError(f"an agent {cls_name}({name!r}) already exists; fork under another name")
+    path = rt._path_of(ref._ab_key)
+    if not os.path.exists(path):
+        raise UsageError(f"{ref!r} has no history yet to fork")
+    reader = open_reader(path)
+    try:
+        version = check_version(reader, reader.execute(
+            "SELECT version FROM _ab_state").fetchall()[0][0] if at is None else at, repr(ref))
+        state_json = state_at(reader, version)
+    finally:
+        reader.close()
+    mem = materialize(path, version, repr(ref))
+    try:
+        if not schedules:
+            mem.execute("DELETE FROM _ab_schedules")
+        mem.execute("DELETE FROM _ab_dead_letters")  # never copied
+        _write_fork(rt, mem, new_path, target._ab_key, ref._ab_key, version, state_json)
+    finally:
+        mem.close()
+    rt.catalog.add(cls_name, name, agent_file(cls_name, name), rt.clock.now(),
+                   f"{cls_name}/{ref.name}@{version}")
+    if rt.events.active:
+        rt._emit("timetravel:fork", ref._ab_key, {"fork": name, "at": version})
+    return target
+
+
+def _write_fork(rt: Any, mem: Any, path: str, key: tuple[str, str], parent: tuple[str, str],
+                version: int, state_json: str) -> None:
+    store = AgentStore(path, rt.durability)
+    try:
+        conn = store.conn
+        store.begin()
+        objects = mem.execute("SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL"
+                              " AND name NOT LIKE 'sqlite_%' ORDER BY rowid").fetchall()
+        for type_, name, sql in objects:
+            if type_ == "table" and not name.startswith("_ab_"):
+                conn.execute(sql)
+        for type_, name, _sql in objects:
+            if type_ == "table":
+                rows = mem.execute(f'SELECT * FROM "{name}"').fetchall()
+                if rows:
+                    marks = ",".join("?" * len(rows[0]))
+                    conn.executemany(f'INSERT INTO "{name}" VALUES ({marks})', rows)
+        for type_, name, sql in objects:
+            if type_ != "table" and not name.startswith("_ab_"):
+                conn.execute(sql)
+        now = rt.clock.now()
+        parent_ref = jsonvalue.dumps({"class": parent[0], "name": parent[1], "version": version})
+        store.set_meta({"class": key[0], "name": key[1], "created": repr(now),
+                        "initial_state": state_json, "parent": parent_ref,
+                        "first_version": str(version)})
+        # The fork's first version *is* the parent's version: fork@k == parent@k, and the
+        # numbers of later versions line up with the parent's.
+        store.append_history((
+            version, now, "fork", jsonvalue.dumps([parent[1], version]), None,
+            f"fork:{parent[0]}/{parent[1]}@{version}", 0.0, "ok", None, None, state_json, None,
+            store.user_schema(), None, None, None,
+        ))
+        store.write_state(version, state_json)
+        store.commit()
+    except BaseException:
+        store.rollback()
+        store.close()
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.remove(path + suffix)
+            except FileNotFoundError:
+                pass
+        raise
+    store.close()
+
+
+# -- replay -----------------------------------------------------------------------------
+@dataclass
+class ReplayResult:
+    """The outcome of :func:`replay`: the fork and, per replayed step, whether its state
+    matched the original's."""
+
+    original: AgentRef
+    fork: AgentRef
+    from_version: int
+    steps: list[tuple] = field(default_factory=list)
+
+    def frame(self) -> pd.DataFrame:
+        """One row per original version: method, fork version, outcome, same_state,
+        same_result."""
+        import pandas as pd
+
+        frame = pd.DataFrame.from_records(
+            self.steps, columns=["version", "method", "fork_version", "outcome", "same_state",
+                                 "same_result"])
+        frame["fork_version"] = frame["fork_version"].astype("Int64")
+        return frame
+
+    @property
+    def identical(self) -> bool:
+        """Whether every replayed step ended in the same state, and returned the same
+        result, as the original (a chat agent's answers are its results)."""
+        return all(step[4] and step[5] for step in self.steps if step[3] == "ok")
+
+    def diff(self) -> Any:
+        """The original's head against the fork's head."""
+        return self.original.diff(self.original.version, other=self.fork)
+
+    def __repr__(self) -> str:
+        same = sum(1 for s in self.steps if s[4] and s[5])
+        return (f"<ReplayResult {self.original!r} from {self.from_version} on {self.fork!r}: "
+                f"{len(self.steps)} steps, {same} with the same state and result>")
+
+    def _repr_html_(self) -> str:
+        return f"<div><b>{self!r}</b></div>" + self.frame().to_html(index=False)
+
+
+async def replay(ref: AgentRef, from_version: int, *, on: str | None = None,
+                 overrides: dict[str, Any] | None = None, live: bool | set[str] = False,
+                 to_version: int | None = None) -> ReplayResult:
+    """Re-run *ref*'s recorded inputs from *from_version* on a fork named *on*."""
+    from ..core.mailbox import Envelope
+
+    rt = ref.runtime
+    with ref._reading() as conn:
+        from_version = check_version(conn, from_version, repr(ref))
+        last = check_version(conn, -1 if to_version is None else to_version, repr(ref))
+        rows = conn.execute(
+            "SELECT version, method, args, kwargs, ts, effects, state, outcome, due, occurrence,"
+            " source, result FROM _ab_history WHERE version >= ? AND version <= ? ORDER BY version",
+            (from_version, last)).fetchall()
+        states = {row[0]: state_at(conn, row[0]) for row in rows}
+    name = on or f"{ref.name}-replay-{from_version}-{int(time.time() * 1000) % 100000}"
+    target = await fork(ref, name, at=from_version - 1)
+    result = ReplayResult(ref, target, from_version)
+    live_opt: bool | frozenset = live if isinstance(live, bool) else frozenset(live)
+    for (version, method, args, kwargs, ts, effects, _state, outcome, due, occ, source,
+         recorded) in rows:
+        if method in _INTERNAL or outcome != "ok" or (source or "").startswith("approval:"):
+            # approved actions ran because a person approved them: a replay never runs one
+            result.steps.append((version, method, None, "skipped", None, None))
+            continue
+        env = Envelope(method, tuple(jsonvalue.loads(args)), dict(jsonvalue.loads(kwargs) or {}),
+                       args, kwargs, f"replay:{ref.class_name}/{ref.name}@{version}")
+        step = ReplayStep(version, ts, list(jsonvalue.loads(effects) or []), dict(overrides or {}),
+                          live_opt)
+        if occ is not None:
+            from ..schedule.policy import Occurrence
+
+            step.occurrence = Occurrence(occ, occ.split(":")[0], 1, due, "replay")
+        env.replay = step
+        try:
+            value = await rt._submit(target._ab_key, env)
+            fork_state = jsonvalue.dumps(target.state)
+            same = fork_state == jsonvalue.dumps(jsonvalue.loads(states[version]))
+            same_result = _same_result(value, recorded)
+            result.steps.append((version, method, target.version, "ok", same, same_result))
+        except ReplayError:
+            raise
+        except Exception as exc:
+            result.steps.append((version, method, None, f"error: {type(exc).__name__}: {exc}",
+                                 False, False))
+    if rt.events.active:
+        rt._emit("timetravel:replay", ref._ab_key, {"fork": target.name, "from": from_version,
+                                                    "steps": len(result.steps)})
+    return result
+
+
+def _same_result(value: Any, recorded: str | None) -> bool:
+    """Whether a replayed step's result equals the recorded one, written the same way
+    (a result that isn't JSON is recorded as nothing, on both sides)."""
+    from ..core.handler import result_json
+
+    mine = result_json(value)
+    if mine is None or recorded is None:
+        return mine == recorded
+    return jsonvalue.loads(mine) == jsonvalue.loads(recorded)

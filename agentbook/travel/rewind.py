@@ -1,0 +1,60 @@
+"""Rewinding an agent in place, as a handler of its own.
+
+The rewind runs in the agent's mailbox (so it waits for a running handler), inside one
+transaction: the tracked tables go back (:func:`agentbook.timetravel.undo_to`), the state
+becomes the state at the target, and the rewind is recorded as a new version whose own
+changeset can undo it. Nothing runs again: schedule occurrences that already ran after
+the target are advanced past, and pending approvals requested after the target are
+cancelled with a recorded reason; approvals are not tracked, so none is ever revived.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonvalue
+from ..faults import crash_point
+from ..schedule.firing import _advance
+from ..schedule.policy import ROW_SQL
+from ..store.history import state_at
+from .versions import check_version, undo_to
+
+if TYPE_CHECKING:
+    from ..core.handler import HandlerContext
+    from ..core.mailbox import Instance
+
+__all__ = ["rewind_in_place"]
+
+
+def rewind_in_place(inst: Instance, ctx: HandlerContext, version: Any) -> dict[str, Any]:
+    """Put the agent back to *version* (inside the running handler's transaction)."""
+    store = inst.store
+    conn = store.conn
+    key = inst.key
+    version = check_version(conn, version, f"{key[0]}({key[1]!r})")
+    head = inst.version
+    ctx.capture(store)
+    ran = {occ for (occ,) in conn.execute(
+        "SELECT occurrence FROM _ab_history WHERE version > ? AND occurrence IS NOT NULL"
+        " AND outcome IN ('ok', 'dead', 'skipped')", (version,)).fetchall()}
+    undo_to(conn, version, before_drop=lambda: ctx.cut(store))
+    crash_point("mid-rewind")
+    now = inst.runtime.clock.now()
+    for row in store.internal(ROW_SQL):
+        if f"{row[0]}:{row[9]}" in ran:  # this occurrence already ran after the target
+            _advance(inst, row, now)
+    ctx.sched_dirty = True
+    inst.state = jsonvalue.loads(state_at(conn, version))
+    ctx.state_changed = True
+    reason = f"rewound to version {version}"
+    cancelled = [r[0] for r in conn.execute(
+        "SELECT id FROM _ab_approvals WHERE status = 'pending' AND requested_at_version >= ?",
+        (version,)).fetchall()]
+    for approval_id in cancelled:
+        conn.execute("UPDATE _ab_approvals SET status = 'cancelled', decided_at = ?, reason = ?"
+                     " WHERE id = ?", (now, reason, approval_id))
+        ctx.approvals.append(("cancelled", (approval_id, "cancelled", None, now, reason)))
+    inst.started = None  # on_start runs again at the next message (its tables may be gone)
+    ctx.events.append(("timetravel:rewind", {"to": version, "from": head,
+                                             "cancelled_approvals": cancelled}))
+    return {"rewound_to": version, "from": head, "cancelled_approvals": cancelled}
