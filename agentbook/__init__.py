@@ -19,7 +19,7 @@ from .approve.inbox import Approval, Approvals
 from .chat.agent import ChatAgent, ChatChunk
 from .chat.tools import Tool, tool
 from .clock import SystemClock, VirtualClock
-from .core.agent import Agent, callable, needs_approval
+from .core.agent import Agent
 from .core.ref import AgentRef
 from .core.runtime import Runtime, runtime
 from .errors import (
@@ -64,6 +64,7 @@ from .errors import (
     WouldBlockError,
 )
 from .events import EventBus
+from .methods import callable, needs_approval
 from .schedule.policy import Occurrence, Retry, Schedule, ScheduleError
 from .secrets import Secret
 from .sync import run

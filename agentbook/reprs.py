@@ -26,7 +26,7 @@ def _short_json(value: Any, limit: int = 400) -> str:
 def ref_html(ref: AgentRef) -> str:
     """An agent reference: class, name, version, awake or not, and its state."""
     rt = ref.runtime
-    inst = rt._instances.get(ref._ab_key)
+    inst = rt.instances.get(ref._ab_key)
     awake = inst is not None and inst.store is not None
     try:
         state, version = ref.state, ref.version
@@ -48,6 +48,6 @@ def runtime_html(rt: Runtime) -> str:
     where = "in memory" if rt.memory else html.escape(rt.root)
     return (
         f'<div style="{_STYLE}"><b>agentbook.Runtime</b> &middot; {where} &middot; '
-        f"{total} agent{'s' if total != 1 else ''}, {len(rt._open)} awake &middot; "
+        f"{total} agent{'s' if total != 1 else ''}, {len(rt.open_stores)} awake &middot; "
         f"durability {rt.durability} &middot; clock {html.escape(repr(rt.clock))}</div>"
     )

@@ -39,7 +39,9 @@ def main() -> None:
         out += ["", f"## `{cls.__name__}`", "", first_line(cls), "", "| member | what it does |",
                 "|---|---|"]
         for name, member in sorted(members(cls).items()):
-            if name.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
+            if name.startswith("_") or name in getattr(cls, "_ab_internal", ()):
+                continue
+            if not (inspect.isfunction(member) or isinstance(member, property)):
                 continue
             kind = "property" if isinstance(member, property) else "method"
             out.append(f"| `{name}` ({kind}) | {first_line(member)} |")

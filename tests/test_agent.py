@@ -71,7 +71,7 @@ async def test_pragma_table_info_is_allowed(rt):
 async def test_agent_apis_outside_a_handler_say_how_to_use_them(rt):
     ref = rt.get(SqlAgent, "outside")
     await ref.add("a", 1)
-    agent = rt._instances[ref._ab_key].agent
+    agent = rt.instances[ref._ab_key].agent
     with pytest.raises(ab.NotInHandlerError, match="@ab.callable"):
         agent.sql("SELECT 1")
     with pytest.raises(ab.NotInHandlerError):

@@ -102,7 +102,7 @@ async def test_a_damaged_store_is_reported_and_skipped(rt, capsys):
     bad = rt.get(Metric, "bad")
     await bad.work(1)
     rt.hibernate()
-    with open(rt._path_of(bad._ab_key), "r+b") as fh:
+    with open(rt.path_of(bad._ab_key), "r+b") as fh:
         fh.write(b"garbage" * 1000)
     frame = rt.sql("SELECT name FROM history")
     assert frame.name.tolist() == ["ok"]

@@ -188,7 +188,7 @@ async def test_changed_arguments_are_detected_and_refused(rt):
     rt.hibernate()
     import apsw
 
-    conn = apsw.Connection(rt._path_of(desk._ab_key))
+    conn = apsw.Connection(rt.path_of(desk._ab_key))
     conn.execute("UPDATE _ab_approvals SET kwargs = ? WHERE id = ?",
                  ('{"order_id":"o7","amount":99999.0}', approval_id))
     conn.close()

@@ -30,8 +30,8 @@ async def mrt(rt):
     """The shared runtime fixture, plus: every MCP server it started has let go at the end."""
     yield rt
     await rt.aclose()
-    if rt._mcp is not None:
-        await rt._mcp.wait_closed()
+    if rt.mcp_clients is not None:
+        await rt.mcp_clients.wait_closed()
 
 
 # -- real servers -------------------------------------------------------------------------
@@ -164,7 +164,7 @@ async def test_restarting_the_runtime_brings_back_the_registration_and_its_tools
     first = ab.Runtime(folder)
     await first.get(McpUser, "r").add("time", TIME)
     await first.aclose()
-    await first._mcp.wait_closed()
+    await first.mcp_clients.wait_closed()
 
     second = ab.Runtime(folder)  # "restart the kernel"
     try:
@@ -177,8 +177,8 @@ async def test_restarting_the_runtime_brings_back_the_registration_and_its_tools
         assert events.count("mcp:client:connect") == 1
     finally:
         await second.aclose()
-        if second._mcp is not None:
-            await second._mcp.wait_closed()
+        if second.mcp_clients is not None:
+            await second.mcp_clients.wait_closed()
 
 
 async def test_removing_a_server_forgets_it_and_its_secrets(mrt):
@@ -287,20 +287,20 @@ async def test_the_wake_hook_starts_reconnecting_without_waiting(tmp_path):
     first = ab.Runtime(folder)
     await first.get(McpUser, "w").add("time", TIME)
     await first.aclose()
-    await first._mcp.wait_closed()
+    await first.mcp_clients.wait_closed()
     second = ab.Runtime(folder)
     try:
         events = Events(second)
         ref = second.get(McpUser, "w")
         assert await ref.bump() == 1  # awake; nothing asked for a tool
-        wake(second._instances[ref._ab_key])  # what the core calls when an agent wakes
+        wake(second.instances[ref._ab_key])  # what the core calls when an agent wakes
         await events.wait("mcp:client:connect")  # connected with no tool call waiting for it
         assert (await ref.use("time", "get_current_time", {"timezone": "UTC"}))["timezone"] == "UTC"
         assert events.count("mcp:client:preconnect") == 1
     finally:
         await second.aclose()
-        if second._mcp is not None:
-            await second._mcp.wait_closed()
+        if second.mcp_clients is not None:
+            await second.mcp_clients.wait_closed()
 
 
 @pytest.mark.slow
@@ -344,7 +344,7 @@ async def test_a_chat_turn_uses_an_mcp_tool_through_the_builtin_model(mrt):
     assert [k for k, _ in effects] == ["model", "tool:get_current_time", "model"]  # once each
     replay = await ref.replay(ref.version)
     assert replay.identical
-    forked = mrt._mcp.get(replay.fork._ab_key, "time")  # (a wake may connect it, in the
+    forked = mrt.mcp_clients.get(replay.fork._ab_key, "time")  # (a wake may connect it, in the
     assert forked is None or forked.calls == 0          # background: the turn asked nothing)
 
 
@@ -424,7 +424,7 @@ async def test_secret_canary_in_headers_and_env_never_leaves_the_secrets_table(t
                 ref.history(1000).to_json(date_format="iso", default_handler=str), repr(ref.history(1000)),
                 fork.history(1000).to_json(date_format="iso", default_handler=str),
                 json.dumps(await ref.servers()), json.dumps(await fork.servers()),
-                repr(rt._mcp), repr(rt._mcp.get(ref._ab_key, "remote").spec),
+                repr(rt.mcp_clients), repr(rt.mcp_clients.get(ref._ab_key, "remote").spec),
                 repr(ref), ref._repr_html_(), repr(rt),
             ]
             for view in ("history", "events", "agents", "schedules", "approvals", "messages",
@@ -438,8 +438,8 @@ async def test_secret_canary_in_headers_and_env_never_leaves_the_secrets_table(t
         await rt.aclose()
         await host.aclose()
         for runtime in (rt, host):
-            if runtime._mcp is not None:
-                await runtime._mcp.wait_closed()
+            if runtime.mcp_clients is not None:
+                await runtime.mcp_clients.wait_closed()
 
     keeper = folder / "agents" / "McpUser"
     scanned = 0
@@ -480,7 +480,7 @@ def _find_all(data: bytes, needle: bytes) -> list[int]:
 def _effects(rt, ref) -> list:
     from agentbook.store import open_reader
 
-    conn = open_reader(rt._path_of(ref._ab_key))
+    conn = open_reader(rt.path_of(ref._ab_key))
     try:
         rows = conn.execute("SELECT effects FROM _ab_history WHERE effects IS NOT NULL"
                             " ORDER BY version").fetchall()
@@ -492,7 +492,7 @@ def _effects(rt, ref) -> list:
 def _secrets(rt, ref) -> list:
     from agentbook.store import open_reader
 
-    conn = open_reader(rt._path_of(ref._ab_key))
+    conn = open_reader(rt.path_of(ref._ab_key))
     try:
         return conn.execute("SELECT * FROM _ab_secrets").fetchall()
     finally:

@@ -48,7 +48,7 @@ async def test_agents_live_on_their_hosts_and_message_across_hosts(ray_rt):
     assert [await r.mark(f"{r.name}-1") for r in refs] == [1] * 8
     pids = {r.state["pid"] for r in refs}
     assert len(pids) == 2, "two hosts share the agents"
-    router = ray_rt._router
+    router = ray_rt.router
     by_host = {}
     for r in refs:
         by_host.setdefault(router.host_of(r._ab_key), set()).add(r.state["pid"])
@@ -74,8 +74,8 @@ async def test_a_killed_host_comes_back_and_nothing_committed_is_lost(ray_rt, ra
     refs = [ray_rt.get(RayTally, f"k{i}") for i in range(6)]
     for r in refs:
         await r.mark("before")
-    victim = ray_rt._router.host_of(refs[0]._ab_key)
-    ray_cluster.kill(ray_rt._router.handle(victim), no_restart=False)
+    victim = ray_rt.router.host_of(refs[0]._ab_key)
+    ray_cluster.kill(ray_rt.router.handle(victim), no_restart=False)
 
     async def marked(r) -> bool:
         try:
@@ -96,7 +96,7 @@ async def test_a_killed_host_comes_back_and_nothing_committed_is_lost(ray_rt, ra
 
 
 async def _hosts_listening(rt, ray_cluster) -> list[bool]:
-    router = rt._router
+    router = rt.router
     return [await router.handle(i).listening.remote() for i in range(router.hosts)]
 
 
@@ -116,7 +116,7 @@ async def test_host_events_reach_the_driver_only_while_someone_listens(ray_rt, r
     assert {e["type"] for e in seen} <= {"rpc", "state:update"}
     assert all(e["agent"] == "RayTally" and isinstance(e["timestamp"], int) for e in seen)
     assert await _hosts_listening(ray_rt, ray_cluster) == [True, True]
-    hosts = {ray_rt._router.host_of(r._ab_key) for r in refs}
+    hosts = {ray_rt.router.host_of(r._ab_key) for r in refs}
     assert hosts == {0, 1}, "events came from both hosts"
 
     unsubscribe()
@@ -128,7 +128,7 @@ async def test_host_events_reach_the_driver_only_while_someone_listens(ray_rt, r
     await refs[1].mark("unheard")
     # Host events reach the driver only through the relay's polls. With no poll running
     # and no host collecting, nothing sent now can arrive later: no need to wait and see.
-    relay = ray_rt._router.events
+    relay = ray_rt.router.events
     assert relay is not None and all(task.done() for task in relay.tasks)
     assert await _hosts_listening(ray_rt, ray_cluster) == [False, False]
     assert len(seen) == count
@@ -157,7 +157,7 @@ async def test_answers_settle_in_batches_and_in_order(ray_rt):
 async def test_an_agent_on_another_host_cannot_call_a_guarded_method(ray_rt):
     """The owner's host checks too: the caller's host may not know yet that an approval
     guards the method (its catalog opened before the request)."""
-    router = ray_rt._router
+    router = ray_rt.router
     names = [f"g{i}" for i in range(16)]
     owner = names[0]
     thief = next(n for n in names

@@ -46,9 +46,9 @@ async def test_the_least_recently_used_idle_agents_hibernate_first(tmp_path, clo
             await rt.get(Lru, name).inc()
         await rt.get(Lru, "a").inc()  # a is now the most recently used
         await rt.get(Lru, "d").inc()  # one too many: b (least recently used) goes
-        assert [key[1] for key in rt._open] == ["c", "a", "d"]
+        assert [key[1] for key in rt.open_stores] == ["c", "a", "d"]
         await asyncio.gather(*(rt.get(Lru, name).inc() for name in ["e", "f", "g", "h"]))
-        assert len(rt._open) <= 3
+        assert len(rt.open_stores) <= 3
         assert [rt.get(Lru, n).state["n"] for n in "abcdefgh"] == [2, 1, 1, 1, 1, 1, 1, 1]
     finally:
         await rt.aclose()

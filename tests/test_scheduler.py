@@ -261,14 +261,14 @@ async def test_many_hibernated_agents_are_woken_on_time(tmp_path, clock):
     for i in range(n):
         await rt.get(Reminder, f"a{i}").remind_in(60 + i % 7, f"t{i}")
     rt.hibernate()
-    assert len(rt._open) == 0
+    assert len(rt.open_stores) == 0
     await clock.advance(30)
     assert rt.get(Reminder, "a0").state["fired"] == []
     await clock.advance(60)
     for i in range(0, n, 13):
         fired = rt.get(Reminder, f"a{i}").state["fired"]
         assert fired == [[f"t{i}", T0 + 60 + i % 7]]
-    assert len(rt._open) <= 50
+    assert len(rt.open_stores) <= 50
     await rt.aclose()
 
 
@@ -278,7 +278,7 @@ async def test_ten_thousand_agents_with_schedules_hibernate_and_wake_on_time(clo
     n = 10_000
     for i in range(n):
         await rt.get(Reminder, f"a{i}").remind_in(3600 + (i % 60), "wake")
-    assert len(rt._open) <= 256
+    assert len(rt.open_stores) <= 256
     await clock.advance(hours=2)
     late = 0
     for i in range(0, n, 97):

@@ -396,12 +396,12 @@ async def test_the_python_client_calls_syncs_and_sets_state(rt, served):
 
 async def test_stopping_the_server_closes_its_connections(rt, served):
     client = await ab.connect(served.url_for(ServeCounter, "a"), token=served.token)
-    assert served.connections == 1 and rt._server is served
+    assert served.connections == 1 and rt.server is served
     pending = asyncio.ensure_future(client.call("peek", timeout=TIMEOUT))
     await served.stop()
     await asyncio.gather(pending, return_exceptions=True)
     await asyncio.wait_for(client.wait_closed(), TIMEOUT)
-    assert client.closed and rt._server is None and not served.running
+    assert client.closed and rt.server is None and not served.running
     assert served.connections == 0
 
 

@@ -201,7 +201,7 @@ def test_loopback_names():
 async def test_binding_beyond_loopback_needs_the_flag_and_a_token(rt, host, allow_remote, token):
     with pytest.raises(ab.UsageError, match="allow_remote|token"):
         rt.serve(host=host, allow_remote=allow_remote, token=token)
-    assert rt._server is None
+    assert rt.server is None
     check_bind(host, True, "a-long-enough-token-123")  # both given: allowed
 
 

@@ -91,7 +91,7 @@ async def test_a_corrupt_store_fails_its_agent_with_a_clear_error_and_others_kee
     await bad.inc()
     await good.inc()
     rt.hibernate()
-    with open(rt._path_of(bad._ab_key), "r+b") as fh:
+    with open(rt.path_of(bad._ab_key), "r+b") as fh:
         fh.write(b"this is not a database at all" * 100)
     with pytest.raises(ab.StoreCorruptError, match="damaged"):
         await bad.inc()
@@ -106,7 +106,7 @@ async def test_reading_an_agent_that_was_never_messaged(tmp_path):
     assert ref.history().empty
     with pytest.raises(ab.AgentNotFoundError, match="first message"):
         ref.sql("SELECT 1")
-    assert not os.path.exists(rt._path_of(ref._ab_key))
+    assert not os.path.exists(rt.path_of(ref._ab_key))
     await rt.aclose()
 
 

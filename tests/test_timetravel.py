@@ -243,7 +243,7 @@ async def test_replaying_an_effect_that_was_never_journaled_names_it(rt):
     import apsw
 
     rt.hibernate()
-    conn = apsw.Connection(rt._path_of(ref._ab_key))
+    conn = apsw.Connection(rt.path_of(ref._ab_key))
     conn.execute("UPDATE _ab_history SET effects = NULL WHERE method = 'roll'")
     conn.close()
     with pytest.raises(ab.ReplayError, match="'dice'"):

@@ -115,12 +115,12 @@ class Analytics:
         rt = self.rt
         catalog = rt.catalog.rows()
         known = {(c, n) for c, n, *_ in catalog}
-        if not self._primed or rt._router is not None:  # commits elsewhere: look at all
+        if not self._primed or rt.router is not None:  # commits elsewhere: look at all
             todo = [(c, n) for c, n, *_ in catalog]
             self._primed = True
         else:
-            todo = [key for key in rt._dirty if key in known]
-        rt._dirty.clear()
+            todo = [key for key in rt.dirty if key in known]
+        rt.dirty.clear()
         gone = [key for key in self._marks if key not in known]
         for key in gone:
             self.db.execute("DELETE FROM history WHERE agent = ? AND name = ?", list(key))
@@ -174,9 +174,9 @@ class Analytics:
     def _read_new(self, key: Key, chat: dict[str, list]) -> list[tuple]:
         from ..store import open_reader
 
-        path = self.rt._path_of(key)
+        path = self.rt.path_of(key)
         try:
-            inst = self.rt._instances.get(key)
+            inst = self.rt.instances.get(key)
             if inst is not None and inst.store is not None:
                 return self._read(inst.store.reader(), key, chat)
             conn = open_reader(path)
@@ -273,11 +273,11 @@ class Analytics:
                 key = (class_name, name)
                 if key not in self._small:
                     try:
-                        inst = rt._instances.get(key)
+                        inst = rt.instances.get(key)
                         if inst is not None and inst.store is not None:
                             self._small[key] = _read_small(inst.store.reader(), key)
                         else:
-                            conn = open_reader(rt._path_of(key))
+                            conn = open_reader(rt.path_of(key))
                             try:
                                 self._small[key] = _read_small(conn, key)
                             finally:

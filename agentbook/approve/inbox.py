@@ -176,10 +176,10 @@ class Approvals:
         return self._decide(approval_id, "reject", by or default_person(), reason)
 
     def _decide(self, approval_id: str, what: str, by: str, reason: str | None) -> Any:
-        from ..core.mailbox import Envelope
+        from ..envelope import Envelope
 
         rt = self._rt
-        rt._check_open()
+        rt.check_open()
         approval = self.get(approval_id)
         if approval.status != "pending":
             raise ApprovalDecidedError(
@@ -188,13 +188,11 @@ class Approvals:
                 + "; a decision is made once")
         key = (approval.agent, approval.name)
         if what == "approve":
-            env = Envelope("__approve__", (), {}, "[]", None, f"approval:{approval_id}")
-            env.approval = (approval_id, by)
+            env = Envelope.approved(approval_id, by)
         else:
-            env = Envelope("_ab_reject_approval", (approval_id, by, reason), {},
-                           jsonvalue.dumps([approval_id, by, reason]), None,
-                           f"approval:{approval_id}", label="reject_approval")
-        return rt._submit(key, env)
+            env = Envelope.call("_ab_reject_approval", (approval_id, by, reason),
+                                source=f"approval:{approval_id}", label="reject_approval")
+        return rt.submit(key, env)
 
     def _after_commit(self, key: tuple[str, str], kind: str, data: tuple) -> None:
         """Called by the mailbox once a request or decision is durable."""
@@ -206,13 +204,13 @@ class Approvals:
             if rt.events.active:
                 payload = {"id": data[0], "method": data[3], "summary": data[6],
                            "expires": data[9]}
-                rt._emit("approval:request", key, payload)
-                rt._emit("tool:approval", key, payload)
+                rt.emit_event("approval:request", key, payload)
+                rt.emit_event("tool:approval", key, payload)
             return
         approval_id, status, by, at, reason = data
         rt.catalog.decide_approval(approval_id, status, by, at, reason)
         if rt.events.active:
-            rt._emit(_EVENT[status if kind != "approve" else "approve"], key,
+            rt.emit_event(_EVENT[status if kind != "approve" else "approve"], key,
                      {"id": approval_id, "status": status, "by": by, "reason": reason})
         for fut in self._waiters.pop(approval_id, []):
             if not fut.done():
@@ -223,7 +221,7 @@ class Approvals:
         row = self._rt.catalog.approval(approval_id, sync=False)
         self._rt.catalog.drop_approval(approval_id)
         if row is not None and self._rt.events.active:
-            self._rt._emit("approval:cancel", (row[1], row[2]),
+            self._rt.emit_event("approval:cancel", (row[1], row[2]),
                            {"id": approval_id, "status": "rolled back", "by": None,
                             "reason": "the handler that asked for it failed"})
 

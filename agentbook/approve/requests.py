@@ -25,7 +25,8 @@ from ..faults import crash_point
 
 if TYPE_CHECKING:
     from ..core.handler import HandlerContext
-    from ..core.mailbox import Envelope, Instance
+    from ..core.mailbox import Instance
+    from ..envelope import Envelope
     from .inbox import Approval
 
 __all__ = ["claim", "decide_without_running", "record_failure", "record_result", "request"]
@@ -45,8 +46,8 @@ def _digest(key: tuple[str, str], method: str, args: str, kwargs: str, nonce: st
 def request(inst: Instance, ctx: HandlerContext, method: str, args: Any, summary: str,
             side_effects: list, expires_in: float | None, approvers: list | None) -> Approval:
     """Write a pending approval in the running handler's transaction."""
-    from ..core.agent import FRAMEWORK_NAMES, method_info
     from ..core.calls import check_arguments
+    from ..methods import FRAMEWORK_NAMES, method_info
     from ..schedule.policy import insert
     from .inbox import Approval
 

@@ -34,7 +34,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
-from ..core.mailbox import Envelope
+from ..envelope import Envelope
 from ..errors import HostUnavailableError, StoreError, UsageError
 from .ray_events import EventRelay, event_encoder
 
@@ -185,7 +185,7 @@ class RayRouter:
               resent: bool) -> None:
         index = self.host_of(key)
         host = self._handles.get(index) or self.handle(index)
-        cls = self.rt._class_for(key[0])
+        cls = self.rt.class_for(key[0])
         if cls is not None and self._sent.get((index, key[0])) is not cls:
             host.register.remote(cls)  # runs before the delivery below (same caller, in order)
             self._sent[(index, key[0])] = cls
@@ -291,10 +291,10 @@ class AgentHost:
         self.host_id = f"{prefix}-{index}-{uuid.uuid4().hex[:6]}"
         self.rt = Runtime(root, durability=durability)
         router = RayRouter(self.rt, hosts, shards, prefix, index)
-        self.rt._router = router
+        self.rt.router = router
         mine = [s for s in range(shards) if s % hosts == index]
         self.rt.catalog.take_leases(mine, self.host_id)  # a restarted host takes them back
-        self.rt._lease = (self.host_id, shards)
+        self.rt.lease = (self.host_id, shards)
         self.rt.timers.reload()
         self._expected: dict[str, int] = {}
         self._waiting: dict[tuple[str, int], asyncio.Future] = {}
@@ -319,7 +319,7 @@ class AgentHost:
 
         _classes[cls.__name__] = cls
         _lineage[(cls.__module__, cls.__name__)] = cls
-        self.rt._classes[cls.__name__] = cls
+        self.rt.classes[cls.__name__] = cls
 
     async def deliver(self, text: str, replay: Any = None) -> str | None:
         """Run one forwarded message (see ``RayRouter._send``); returns its result as JSON
@@ -335,12 +335,10 @@ class AgentHost:
             raise _ClassMissing(class_name)
         kwargs_json = kwargs_json or None
         env = Envelope(method, tuple(jsonvalue.loads(args_json) or ()),
-                        dict(jsonvalue.loads(kwargs_json) or {}), args_json, kwargs_json,
-                        source, chain=tuple(tuple(k) for k in chain) if chain else (),
-                        label=label)
-        if approval:
-            env.approval = tuple(approval)
-        env.replay = replay
+                       dict(jsonvalue.loads(kwargs_json) or {}), args_json, kwargs_json,
+                       source, chain=tuple(tuple(k) for k in chain) if chain else (),
+                       label=label, approval=tuple(approval) if approval else None,
+                       replay=replay)
         if op is not None:
             from ..core.ops import destroy_op, prune_op
 
@@ -361,10 +359,10 @@ class AgentHost:
                     f"{class_name}.{method} runs only when a person approves it; have "
                     f"{class_name} ask with self.request_approval({method!r}, ...)")
         if not future:
-            self.rt._enqueue(key, env)
+            self.rt.enqueue(key, env)
             self._next(sender, seq)
             return None
-        pending = self.rt._submit(key, env)  # queued now, in order
+        pending = self.rt.submit(key, env)  # queued now, in order
         self._next(sender, seq)
         result = await pending
         try:
@@ -449,7 +447,7 @@ class AgentHost:
 
     async def check(self, class_name: str, name: str) -> bool:
         """Whether this host holds the lease of *key*'s shard (for tests)."""
-        return self.rt._holds_lease((class_name, name))
+        return self.rt.holds_lease((class_name, name))
 
 
 def _agent_classes() -> dict[str, type]:
@@ -464,6 +462,6 @@ class _ClassMissing(Exception):
 
 def check_lease(rt: Runtime, key: Key) -> None:
     """Refuse to open an agent whose shard this host doesn't hold."""
-    if not rt._holds_lease(key):
+    if not rt.holds_lease(key):
         raise StoreError(f"{key[0]}({key[1]!r}) belongs to a shard another host holds; "
                          "the message was not run here")

@@ -137,7 +137,7 @@ async def bench_ray(sz: Sizes, folder: str) -> list[Result]:
 async def _measure(sz: Sizes, rt: ab.Runtime, bare: Any, init: str) -> list[Result]:
     from .core import BenchCounter
 
-    router = rt._router
+    router = rt.router
     names = [f"ray-{i}" for i in range(20 * _AGENTS)]
     half = _AGENTS // 2
     first = [n for n in names if router.host_of(("BenchCounter", n)) == 0][:_AGENTS + half]
@@ -221,7 +221,7 @@ async def _memory(sz: Sizes, rt: ab.Runtime) -> Result:
 
     from .core import BenchCounter
 
-    router = rt._router
+    router = rt.router
     pids = [ray.get(router.handle(i).ready.remote()) for i in range(router.hosts)]
     procs = [psutil.Process(pid) for pid in pids]
     count = sz.ray_mem_agents

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
-from ..core.agent import Agent, callable
+from ..core.agent import Agent
+from ..methods import callable
 from ..models.base import Model, Response
 from .tools import Tool, as_tool, validate
 
@@ -373,7 +374,7 @@ def _message(row: tuple) -> dict[str, Any]:
 # -- the caller's side (AgentRef.chat / stream_chat) -------------------------------------
 def _envelope(ref: AgentRef, text: str, extras: dict[str, Any]) -> Any:
     rt = ref.runtime
-    env = rt._prepare(ref._ab_key, "chat", (text,), {}, external=True, future=True)
+    env = rt.prepare_call(ref._ab_key, "chat", (text,), {}, external=True, future=True)
     env.extras = extras
     return env
 
@@ -381,7 +382,7 @@ def _envelope(ref: AgentRef, text: str, extras: dict[str, Any]) -> Any:
 async def chat(ref: AgentRef, text: str, client_tools: list | dict | None = None) -> str:
     """Send *text* and await the answer (client tools run here, in the caller's process)."""
     env = _envelope(ref, text, {"client_tools": _client_map(client_tools)})
-    return await ref.runtime._submit(ref._ab_key, env)
+    return await ref.runtime.submit(ref._ab_key, env)
 
 
 async def stream_chat(ref: AgentRef, text: str,
@@ -389,7 +390,7 @@ async def stream_chat(ref: AgentRef, text: str,
     """Send *text* and yield the answer as it streams."""
     queue: asyncio.Queue = asyncio.Queue()
     env = _envelope(ref, text, {"stream": queue, "client_tools": _client_map(client_tools)})
-    future = ref.runtime._submit(ref._ab_key, env)
+    future = ref.runtime.submit(ref._ab_key, env)
     future.add_done_callback(lambda _: queue.put_nowait(_DONE))
     while True:
         item = await queue.get()

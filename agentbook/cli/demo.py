@@ -21,7 +21,8 @@ __all__ = ["run_demo"]
 
 def _support_class() -> type:
     """The demo's agent; defined on demand so importing this module registers nothing."""
-    from ..core.agent import Agent, callable
+    from ..core.agent import Agent
+    from ..methods import callable
 
     class Support(Agent):
         initial_state = {"open": 0, "closed": 0}

@@ -13,26 +13,26 @@ key-value data, outgoing messages - commits together when it returns, or not at 
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 from collections.abc import Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from .. import jsonvalue
+from .. import jsonvalue, methods
 from ..errors import JSONValueError, StateRejectedError
+from ..schedule import policy as scheduler
+from ..schedule.policy import Occurrence, Retry, Schedule, ScheduleError, resolve_when
 from ..store.sqlaccess import sql_params
-from .agent_approvals import ApprovalMixin
-from .agent_mcp import MCPMixin
-from .agent_schedules import SchedulingMixin
 
 if TYPE_CHECKING:
+    from ..approve.inbox import Approval
     from ..secrets import SecretStore
     from .mailbox import Instance
     from .ref import AgentRef
     from .runtime import Runtime
 
-__all__ = ["Agent", "callable", "needs_approval"]
+__all__ = ["Agent"]
 
 log = logging.getLogger("agentbook")
 
@@ -55,41 +55,6 @@ _lineage: dict[tuple[str, str], type[Agent]] = {}
 def latest(cls: type[Agent]) -> type[Agent]:
     """The newest definition of *cls* (same module and class name)."""
     return _lineage.get((cls.__module__, cls.__name__), cls)
-
-
-@overload
-def callable(fn: F) -> F: ...
-@overload
-def callable(*, description: str | None = None) -> Callable[[F], F]: ...
-
-
-def callable(fn: Any = None, *, description: str | None = None, streaming: bool = False) -> Any:
-    """Mark an agent method as callable from outside the runtime.
-
-    Cells, WebSocket clients and MCP clients may call only methods marked with this
-    decorator (agents may call each other's public methods directly). Use it bare
-    (``@ab.callable``) or with options (``@ab.callable(description="...")``).
-    ``streaming=True`` methods take a ``stream`` first argument and may
-    ``stream.send(chunk)`` partial results before returning (WebSocket RPC streams them).
-    """
-
-    def mark(f: F) -> F:
-        f._ab_callable = True  # type: ignore[attr-defined]
-        f._ab_description = description or inspect.getdoc(f) or ""  # type: ignore[attr-defined]
-        f._ab_streaming = streaming  # type: ignore[attr-defined]
-        return f
-
-    return mark(fn) if fn is not None else mark
-
-
-def needs_approval(fn: F) -> F:
-    """Mark an agent method as one that runs **only** as an approved action.
-
-    Nobody can call it directly - not a cell, a client, or another agent; it runs when a
-    person approves a ``request_approval`` for it, once, with the approved arguments.
-    """
-    fn._ab_needs_approval = True  # type: ignore[attr-defined]
-    return fn
 
 
 class KeyValue(MutableMapping[str, Any]):
@@ -137,7 +102,7 @@ class KeyValue(MutableMapping[str, Any]):
         return f"<kv of {self._agent.name!r}: {len(self)} keys>"
 
 
-class Agent(SchedulingMixin, ApprovalMixin, MCPMixin):
+class Agent:
     """Base class of every agent.
 
     Attributes:
@@ -147,8 +112,8 @@ class Agent(SchedulingMixin, ApprovalMixin, MCPMixin):
     Override the hooks you need: :meth:`on_start`, :meth:`on_error`,
     :meth:`validate_state_change`, :meth:`on_state_changed`. Mark methods that cells and
     clients may call with ``@ab.callable``. Methods may be ``async def`` or plain ``def``.
-    Scheduling, approvals and MCP come from the mixins in :mod:`agentbook.agent_schedules`,
-    :mod:`agentbook.agent_approvals` and :mod:`agentbook.agent_mcp`.
+    Scheduling, approvals and MCP are methods here too; their logic lives in the concept
+    packages (:mod:`agentbook.schedule`, :mod:`agentbook.approve`, :mod:`agentbook.mcp`).
     """
 
     initial_state: Any = {}
@@ -268,7 +233,7 @@ class Agent(SchedulingMixin, ApprovalMixin, MCPMixin):
     @property
     def connections(self) -> list[Any]:
         """The agent's open WebSocket connections (empty when nothing is served)."""
-        server = self._ab_instance.runtime._server
+        server = self._ab_instance.runtime.server
         return [] if server is None else server.connections_of(self._ab_instance.key)
 
     async def on_error(self, error: BaseException) -> None:
@@ -347,7 +312,7 @@ class Agent(SchedulingMixin, ApprovalMixin, MCPMixin):
             return
         ctx = inst.ctx
         if ctx is None:
-            inst.runtime._emit(type, inst.key, payload)
+            inst.runtime.emit_event(type, inst.key, payload)
         else:
             ctx.events.append((type, payload))
 
@@ -372,16 +337,217 @@ class Agent(SchedulingMixin, ApprovalMixin, MCPMixin):
         except AttributeError:
             return f"<{type(self).__name__} (not bound)>"
 
+    async def schedule(
+        self,
+        when: float | timedelta | datetime | str,
+        callback: str,
+        payload: Any = None,
+        *,
+        retry: Retry | dict | int | None = None,
+        tz: str | None = None,
+        missed: str = "once",
+    ) -> Schedule:
+        """Run method *callback* later, with *payload*; durable, exactly once per occurrence.
 
-#: Names that belong to the framework: never callable as messages.
-FRAMEWORK_NAMES = frozenset(
-    name for name in dir(Agent) if not name.startswith("__")
-) | {"initial_state"}
+        Args:
+            when: Seconds or a ``timedelta`` from now, an aware ``datetime`` (naive means
+                local time), or a five-field cron string (UTC unless *tz*).
+            callback: Name of a public method of this agent; it gets *payload* as its one
+                argument (omit the parameter when there is no payload).
+            payload: A JSON value.
+            retry: How failures are retried (``ab.Retry``, a dict of its fields, or a number
+                of attempts); then the occurrence goes to the dead-letter list.
+            tz: Time zone name for cron strings.
+            missed: For cron: what to do with ticks missed while the runtime was down -
+                ``"once"`` (default), ``"skip"`` or ``"all"``.
+
+        Raises:
+            ScheduleError: a bad time, cron string or callback; nothing is stored.
+        """
+        inst = self._ab_instance
+        ctx = inst.require_ctx("schedule")
+        now = inst.runtime.clock.now()
+        type_, due, cron = resolve_when(when, now, tz)
+        scheduler.check_callback(type(self), callback, payload)
+        return self._ab_insert(ctx, type_, due, callback, payload, now, cron=cron, tz=tz,
+                               retry=Retry.coerce(retry), missed=missed)
+
+    async def schedule_every(
+        self, seconds: float | timedelta, callback: str, payload: Any = None, *,
+        retry: Retry | dict | int | None = None, missed: str = "once",
+    ) -> Schedule:
+        """Run *callback* every *seconds* (first run one interval from now).
+
+        Runs never overlap (an agent runs one handler at a time); after downtime the
+        missed runs collapse into one (``missed="once"``).
+        """
+        inst = self._ab_instance
+        ctx = inst.require_ctx("schedule_every")
+        interval = scheduler.check_interval(seconds)
+        scheduler.check_callback(type(self), callback, payload)
+        now = inst.runtime.clock.now()
+        return self._ab_insert(ctx, "interval", now + interval, callback, payload, now,
+                               interval=interval, retry=Retry.coerce(retry), missed=missed)
+
+    async def queue(self, callback: str, payload: Any = None, *,
+                    retry: Retry | dict | int | None = None) -> Schedule:
+        """Queue background work: *callback* runs soon after this handler commits, in FIFO
+        order with other queued work; a failing item retries without blocking the others."""
+        inst = self._ab_instance
+        ctx = inst.require_ctx("queue")
+        scheduler.check_callback(type(self), callback, payload)
+        now = inst.runtime.clock.now()
+        return self._ab_insert(ctx, "queue", now, callback, payload, now,
+                               retry=Retry.coerce(retry))
+
+    def get_schedules(self, type: str | None = None,
+                      time_range: tuple[Any, Any] | None = None) -> list[Schedule]:
+        """Pending schedules, soonest first; filter by ``type`` or a ``(start, end)`` range."""
+        inst = self._ab_instance
+        inst.require_ctx("get_schedules")
+        return scheduler.select(inst.store.conn, type, time_range)
+
+    async def cancel_schedule(self, id: str) -> None:
+        """Cancel a pending schedule (with the running handler's commit).
+
+        Raises:
+            ScheduleError: no pending schedule has that id.
+        """
+        inst = self._ab_instance
+        ctx = inst.require_ctx("cancel_schedule")
+        found = scheduler.select(inst.store.conn, id=id)
+        if not found:
+            raise ScheduleError(f"no pending schedule has id {id!r}; see self.get_schedules()")
+        ctx.capture(inst.store)
+        ctx.sched_dirty = True
+        inst.store.internal("DELETE FROM _ab_schedules WHERE id = ?", (id,))
+        kind = "queue" if found[0].type == "queue" else "schedule"
+        ctx.events.append((f"{kind}:cancel", {"id": id, "callback": found[0].callback}))
+
+    @property
+    def occurrence(self) -> Occurrence | None:
+        """In a scheduled or queued run: which occurrence (``.id`` is stable across retries,
+        for idempotent calls to the outside world). ``None`` otherwise."""
+        ctx = self._ab_instance.ctx
+        return None if ctx is None else ctx.occurrence
+
+    def _ab_retry_dead_letter(self, letter_id: str) -> None:
+        inst = self._ab_instance
+        ctx = inst.require_ctx("retry_dead_letter")
+        rows = inst.store.internal(
+            "SELECT callback, payload, type, retry FROM _ab_dead_letters WHERE id = ?",
+            (letter_id,))
+        if not rows:
+            raise ScheduleError(f"no dead letter has id {letter_id!r}")
+        callback, payload, _, retry = rows[0]
+        ctx.capture(inst.store)
+        inst.store.internal("DELETE FROM _ab_dead_letters WHERE id = ?", (letter_id,))
+        now = inst.runtime.clock.now()
+        self._ab_insert(ctx, "queue", now, callback, jsonvalue.loads(payload), now,
+                        retry=Retry.from_json(retry))
+
+    def _ab_drop_dead_letter(self, letter_id: str) -> None:
+        inst = self._ab_instance
+        ctx = inst.require_ctx("drop_dead_letter")
+        ctx.capture(inst.store)
+        inst.store.internal("DELETE FROM _ab_dead_letters WHERE id = ?", (letter_id,))
+
+    def _ab_insert(self, ctx: Any, type_: str, due: float, callback: str, payload: Any,
+                   now: float, **options: Any) -> Schedule:
+        inst = self._ab_instance
+        ctx.capture(inst.store)
+        ctx.sched_dirty = True
+        sched = scheduler.insert(inst.store, type_, due, callback, payload, now, **options)
+        if inst.runtime.events.active:
+            kind = "queue" if type_ == "queue" else "schedule"
+            ctx.events.append((f"{kind}:create", {"id": sched.id, "callback": callback,
+                                                  "type": type_, "due": due}))
+        return sched
+
+    async def request_approval(
+        self,
+        method: str,
+        args: dict | list | None = None,
+        *,
+        summary: str,
+        side_effects: list[str] | None = None,
+        expires_in: float | None = None,
+        approvers: list[str] | None = None,
+    ) -> Approval:
+        """Propose an action for a person to approve; returns at once.
+
+        The pending approval commits with this handler. When a person approves it (in the
+        ``rt.approvals`` inbox, or ``rt.approvals.approve(id)``), *method* runs once with
+        exactly *args*, as a handler of this agent. Rejection or expiry never run it.
+
+        Args:
+            method: A public method of this agent (it need not be ``@ab.callable``, and is
+                better not: then only an approval can run it).
+            args: Keyword arguments (a dict) or positional ones (a list); JSON values.
+            summary: One line a person reads before deciding.
+            side_effects: What approving will do in the world, one line each.
+            expires_in: Seconds until the approval expires (``None``: never).
+            approvers: Who may decide (names given as ``by=``); ``None``: anyone.
+        """
+        from ..approve import inbox as approvals
+
+        inst = self._ab_instance
+        ctx = inst.require_ctx("request_approval")
+        return approvals.request(inst, ctx, method, [] if args is None else args, summary,
+                                 side_effects or [], expires_in, approvers)
+
+    def _ab_reject_approval(self, approval_id: str, by: str, reason: str | None) -> None:
+        from ..approve import inbox as approvals
+
+        inst = self._ab_instance
+        approvals.decide_without_running(inst, inst.require_ctx("reject"), approval_id,
+                                         "rejected", by, reason)
+
+    def _ab_expire_approval(self, approval_id: str) -> None:
+        from ..approve import inbox as approvals
+
+        inst = self._ab_instance
+        approvals.decide_without_running(inst, inst.require_ctx("expire"), approval_id,
+                                         "expired", None, "expired")
+
+    async def add_mcp_server(self, name: str, target: str | list[str], *,
+                             headers: dict[str, str] | None = None,
+                             env: dict[str, str] | None = None) -> dict[str, Any]:
+        """Connect this agent to an MCP server, and remember it (it reconnects on wake).
+
+        Args:
+            name: What the agent calls the server; prefixes its tools on name clashes.
+            target: A streamable-HTTP URL, or a command (list or string) for stdio.
+            headers: HTTP headers (e.g. Authorization); kept apart as secrets, never in
+                history, events, views or forks.
+            env: Environment for a stdio server; kept apart as secrets too.
+
+        Returns:
+            The server's state: ``{"name", "state": "ready"|"connecting"|"failed", "error",
+            "tools", ...}``. Adding the same name and target again changes nothing.
+        """
+        from ..mcp import agentside
+
+        return await agentside.add(self, name, target, headers or {}, env or {})
+
+    async def remove_mcp_server(self, name: str) -> None:
+        """Disconnect from and forget an MCP server."""
+        from ..mcp import agentside
+
+        await agentside.remove(self, name)
+
+    def get_mcp_servers(self) -> list[dict[str, Any]]:
+        """The agent's MCP servers: state, tools, last sync, error."""
+        from ..mcp import agentside
+
+        return agentside.servers(self)
+
+    @property
+    def mcp(self) -> Any:
+        """MCP access: ``await self.mcp.ready()``, ``await self.mcp.call(server, tool, args)``."""
+        from ..mcp import agentside
+
+        return agentside.MCPAccess(self)
 
 
-def method_info(cls: type[Agent], method: str) -> tuple[Callable[..., Any] | None, bool]:
-    """``(function, is_callable)`` for *method* on *cls*, or ``(None, False)``."""
-    fn = getattr(cls, method, None)
-    if fn is None or not inspect.isfunction(fn):
-        return None, False
-    return fn, bool(getattr(fn, "_ab_callable", False))
+methods.reserve(name for name in dir(Agent) if not name.startswith("__"))

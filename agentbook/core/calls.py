@@ -10,11 +10,12 @@ import inspect
 from typing import Any
 
 from .. import jsonvalue
+from ..envelope import Envelope
 from ..errors import BadArgumentsError, NotCallableError, ReentrancyError, UnknownMethodError, UsageError
+from ..methods import FRAMEWORK_NAMES, method_info
 from ..store.approval_index import GUARDED
-from .agent import FRAMEWORK_NAMES, Agent, method_info
+from .agent import Agent
 from .handler import current_chain
-from .mailbox import Envelope
 
 __all__ = ["callable_methods", "check_arguments", "prepare"]
 
@@ -75,8 +76,7 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
             f"{method}() would wait forever; use ref.send(...) or call the method directly"
         )
     origin = f"agent:{chain[-1][0]}/{chain[-1][1]}" if chain else source
-    return Envelope(method, args, kwargs, args_json,
-                    jsonvalue.dumps(kwargs) if kwargs else None, origin, None, chain)
+    return Envelope.call(method, args, kwargs, source=origin, args_json=args_json, chain=chain)
 
 
 def callable_methods(cls: type[Agent]) -> list[str]:

@@ -22,10 +22,11 @@ from ..errors import AgentbookError, AgentStartError
 from ..schedule import firing
 
 if TYPE_CHECKING:
+    from ..envelope import Envelope
     from ..schedule.policy import Occurrence
     from ..store import AgentStore
     from .agent import Agent
-    from .mailbox import Envelope, Instance
+    from .mailbox import Instance
 
 __all__ = ["HandlerContext", "Outcome", "current_chain", "record_failure", "result_json",
            "run_message", "run_start"]

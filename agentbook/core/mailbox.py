@@ -23,6 +23,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
+from ..envelope import TICK, Envelope
 from ..errors import AgentStartError, IncompatibleStateError, NotInHandlerError, StoreCorruptError, StoreError
 from ..faults import crash_point
 from ..schedule import firing
@@ -34,41 +35,10 @@ if TYPE_CHECKING:
     from .agent import Agent
     from .runtime import Runtime
 
-__all__ = ["Envelope", "Instance", "current_chain"]
+__all__ = ["Instance", "current_chain"]
 
 Key = tuple[str, str]
 _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
-
-
-class Envelope:
-    """One message: a method call, a scheduled run, or an internal operation."""
-
-    __slots__ = ("approval", "args", "args_json", "chain", "extras", "future", "kwargs",
-                 "kwargs_json", "label", "method", "op", "replay", "sched", "source")
-
-    def __init__(self, method: str, args: tuple, kwargs: dict, args_json: str,
-                 kwargs_json: str | None, source: str, future: asyncio.Future | None = None,
-                 chain: tuple = (), op: Any = None, label: str | None = None) -> None:
-        self.method = method
-        self.args = args
-        self.kwargs = kwargs
-        self.args_json = args_json
-        self.kwargs_json = kwargs_json
-        self.source = source
-        self.future = future
-        self.chain = chain
-        #: An ``async op(instance)`` run alone, in mailbox order (destroy, rewind...).
-        self.op = op
-        #: The name recorded in history, when it differs from ``method``.
-        self.label = label
-        #: The ``_ab_schedules`` row of a scheduled run.
-        self.sched: tuple | None = None
-        #: ``(approval id, who)`` when this message runs an approved action.
-        self.approval: tuple[str, str] | None = None
-        #: A :class:`~agentbook.replay.ReplayStep` when this message replays a version.
-        self.replay: Any = None
-        #: Per-call things that are not JSON and never stored (a stream, client tools).
-        self.extras: dict[str, Any] | None = None
 
 
 class Instance(OutputGate):
@@ -116,7 +86,7 @@ class Instance(OutputGate):
         if self.store is not None:
             return
         rt = self.runtime
-        if rt._lease is not None and not rt._holds_lease(self.key):
+        if rt.lease is not None and not rt.holds_lease(self.key):
             from ..errors import StoreError
 
             raise StoreError(f"{self.key[0]}({self.key[1]!r}) belongs to a shard another host"
@@ -126,7 +96,7 @@ class Instance(OutputGate):
             raise health.refused(self.key, held)
         store = None
         try:
-            store = AgentStore(rt._path_of(self.key), rt.durability)
+            store = AgentStore(rt.path_of(self.key), rt.durability)
             store.set_size_cap(rt.max_store_bytes)
             store.query_seconds = rt.max_query_seconds
             loaded = store.load_state()
@@ -149,7 +119,7 @@ class Instance(OutputGate):
             raise
         self.store = store
         self.committed = (self.version, self.state, self.state_json)
-        rt._opened(self)
+        rt.mark_opened(self)
         if due is not None:
             rt.timers.set(self.key, due)
         if not self.fresh and store.internal("SELECT 1 FROM _ab_mcp_servers LIMIT 1"):
@@ -183,7 +153,7 @@ class Instance(OutputGate):
         finally:
             self.task = None
             self.last_used = time.monotonic()
-            self.runtime._idle(self)
+            self.runtime.mark_idle(self)
 
     async def _run_op(self, env: Envelope) -> None:
         try:
@@ -198,7 +168,7 @@ class Instance(OutputGate):
                 env.future.set_result(result)
 
     def _current_class(self) -> type[Agent]:
-        cls = self.runtime._class_for(self.key[0]) or self.cls
+        cls = self.runtime.class_for(self.key[0]) or self.cls
         if cls is None:
             raise AgentStartError(
                 f"no agent class named {self.key[0]!r} is defined in this process; run the "
@@ -212,7 +182,7 @@ class Instance(OutputGate):
         self.queue.clear()
         now = self.runtime.clock.now()
         for env in failed:
-            if env.method != firing.TICK:
+            if env.method != TICK:
                 self._deliver_failure(env, exc, 0.0, now)
 
     async def _batch(self) -> None:
@@ -227,8 +197,8 @@ class Instance(OutputGate):
                 raise
             err = translate(exc, self.store)
             self._fail_queue(err)
-            if self.store is not None and rt._should_drop(err):
-                rt._hibernate(self)
+            if self.store is not None and rt.should_drop(err):
+                rt.hibernate_one(self)
             return
         store = self.store
         assert store is not None
@@ -249,7 +219,7 @@ class Instance(OutputGate):
                 env = self.queue[0]
                 if env.op is not None:
                     break
-                if env.method == firing.TICK:
+                if env.method == TICK:
                     self.queue.popleft()
                     scheduled = True
                     firing.expand_due(self)
@@ -276,7 +246,7 @@ class Instance(OutputGate):
                 raise store.broken
             due = firing.next_due(store) if scheduled else None
             if self.fresh and store.conn.in_transaction:
-                rt._created(self)  # before the commit: the catalog is a superset of the stores
+                rt.created(self)  # before the commit: the catalog is a superset of the stores
             if store.conn.in_transaction:
                 if scheduled:
                     rt.timers.index_before_commit(self.key, due)
@@ -314,14 +284,14 @@ class Instance(OutputGate):
                 self._count_lost_attempts(lost, err)
             if scheduled and self.store is not None:
                 rt.timers.set(self.key, firing.next_due(store))
-            if self.store is not None and rt._should_drop(err):
-                rt._hibernate(self)
+            if self.store is not None and rt.should_drop(err):
+                rt.hibernate_one(self)
             return
         # Durable from here on: the output gate opens.
         crash_point("after-commit-before-reply")
         self.committed = (self.version, self.state, self.state_json)
-        if rt._analytics is not None:  # only a projection that exists needs to know
-            rt._dirty.add(self.key)
+        if rt.built_analytics is not None:  # only a projection that exists needs to know
+            rt.dirty.add(self.key)
         self.fresh = False
         if scheduled:
             rt.timers.set(self.key, due)
@@ -333,7 +303,7 @@ class Instance(OutputGate):
             if outcome.ok:
                 self._deliver_success(outcome)
             elif outcome.recorded is not None and outcome.env.sched is not None:
-                rt._scheduled_failure(self.key, outcome)
+                rt.scheduled_failure(self.key, outcome)
             else:
                 if outcome.recorded is not None:  # an approved method failed: consumed
                     rt.approvals._after_commit(self.key, "failed", outcome.recorded[1])
@@ -364,10 +334,10 @@ class Instance(OutputGate):
             self.version, self.state, self.state_json = self.committed
             return
         self.committed = (self.version, self.state, self.state_json)
-        if rt._analytics is not None:
-            rt._dirty.add(self.key)
+        if rt.built_analytics is not None:
+            rt.dirty.add(self.key)
         for env, what, version in recorded:
-            rt._scheduled_failure(self.key, Outcome(env, False, err, None, ts, 0.0, version, what))
+            rt.scheduled_failure(self.key, Outcome(env, False, err, None, ts, 0.0, version, what))
 
     def _check_compatible(self, cls: type[Agent]) -> None:
         if self.fresh:

@@ -14,9 +14,9 @@ __all__ = ["destroy_op", "prune_op"]
 
 async def destroy_op(inst: Instance) -> None:
     rt = inst.runtime
-    path = rt._path_of(inst.key)
+    path = rt.path_of(inst.key)
     inst.close()
-    rt._open.pop(inst.key, None)
+    rt.open_stores.pop(inst.key, None)
     for suffix in ("", "-wal", "-shm"):
         try:
             os.remove(path + suffix)
@@ -28,7 +28,7 @@ async def destroy_op(inst: Instance) -> None:
     inst.version, inst.state, inst.state_json = 0, None, ""
     inst.committed = (0, None, "")
     if rt.events.active:
-        rt._emit("destroy", inst.key, {})
+        rt.emit_event("destroy", inst.key, {})
 
 
 async def prune_op(inst: Instance, before: int, vacuum: bool) -> int:

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..envelope import Envelope
     from .handler import HandlerContext, Outcome
-    from .mailbox import Envelope
     from .runtime import Runtime
 
 Key = tuple[str, str]
@@ -27,7 +27,7 @@ class OutputGate:
     def _deliver_start(self, ctx: HandlerContext) -> None:
         rt = self.runtime
         if rt.events.active:
-            rt._emit("agent:start", self.key, {"version": self.version})
+            rt.emit_event("agent:start", self.key, {"version": self.version})
         self._flush(ctx)
 
     def _deliver_success(self, outcome: Outcome) -> None:
@@ -37,32 +37,32 @@ class OutputGate:
         if fut is not None and not fut.done():
             fut.set_result(outcome.value)
         for key, out in ctx.outbox:
-            rt._enqueue(key, out)
+            rt.enqueue(key, out)
         for kind, data in ctx.approvals:
             rt.approvals._after_commit(self.key, kind, data)
         if rt.events.active:
             if env.sched is not None:
-                rt._emit_scheduled("execute", self.key, env, outcome.version)
+                rt.emit_scheduled("execute", self.key, env, outcome.version)
             else:
-                rt._emit("rpc", self.key, {"method": env.method, "version": outcome.version,
+                rt.emit_event("rpc", self.key, {"method": env.method, "version": outcome.version,
                                            "source": env.source})
             if ctx.state_changed:
-                rt._emit("state:update", self.key, {"state": ctx.state_after,
+                rt.emit_event("state:update", self.key, {"state": ctx.state_after,
                                                     "source": env.source,
                                                     "version": outcome.version})
         self._flush(ctx)
         if ctx.destroy:
-            rt._destroy_later(self.key)
+            rt.destroy_later(self.key)
 
     def _flush(self, ctx: HandlerContext) -> None:
         rt = self.runtime
         for type_, payload in ctx.events:
             if type_ == "broadcast":
-                rt._broadcast(self.key, payload["message"], payload["exclude"])
+                rt.broadcast_from(self.key, payload["message"], payload["exclude"])
             elif type_ == "connection:send":  # (see agentbook.serve.gate)
                 payload[0]._write(payload[1])
             else:
-                rt._emit(type_, self.key, payload)
+                rt.emit_event(type_, self.key, payload)
 
     def _deliver_failure(self, env: Envelope, exc: BaseException, duration: float, ts: float,
                          at_version: int | None = None) -> None:
@@ -73,11 +73,11 @@ class OutputGate:
             self.committed[0] if at_version is None else at_version,
         ))
         if rt.events.active:
-            rt._emit("rpc:error", self.key, {"method": env.method, "error": str(exc),
+            rt.emit_event("rpc:error", self.key, {"method": env.method, "error": str(exc),
                                              "type": type(exc).__name__})
         fut = env.future
         if fut is not None:
             if not fut.done():
                 fut.set_exception(exc)
         elif env.method != "on_error":
-            rt._report_error(self.key, env, exc)
+            rt.report_error(self.key, env, exc)

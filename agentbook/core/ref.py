@@ -8,6 +8,7 @@ last commit on disk and never wait for a running handler.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -15,23 +16,23 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from .. import jsonvalue
-from ..errors import AgentNotFoundError, StoreCorruptError, UnknownMethodError
+from ..envelope import Envelope
+from ..errors import AgentNotFoundError, StoreCorruptError, UnknownMethodError, UsageError
 from ..store import health, open_reader, query_reader
-from ..store.history import read_history
+from ..store.history import read_history, state_at
 from ..store.sqlaccess import sql_params
-from .mailbox import Envelope
-from .ref_timetravel import TimeTravelMixin
-from .ref_timetravel import json_or_none as _j
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..travel.replay import ReplayResult
+    from ..travel.versions import Diff, VersionView
     from .runtime import Runtime
 
 __all__ = ["AgentRef"]
 
 
-class AgentRef(TimeTravelMixin):
+class AgentRef:
     """A reference to one agent (class name + name) in a runtime.
 
     ``await ref.open_ticket("x")`` calls the ``@ab.callable`` method ``open_ticket``;
@@ -74,20 +75,20 @@ class AgentRef(TimeTravelMixin):
         are JSON); a bad call raises here, before anything is queued.
         """
         rt = self._ab_rt
-        env = rt._prepare(self._ab_key, method, args, kwargs, external=True, future=True)
-        return rt._submit(self._ab_key, env)
+        env = rt.prepare_call(self._ab_key, method, args, kwargs, external=True, future=True)
+        return rt.submit(self._ab_key, env)
 
     def send(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Queue *method* without waiting. Errors go to the agent's ``on_error`` and the
         ``rpc:error`` event. Sent from a handler, the message leaves after its commit."""
         rt = self._ab_rt
-        env = rt._prepare(self._ab_key, method, args, kwargs, external=True, future=False)
+        env = rt.prepare_call(self._ab_key, method, args, kwargs, external=True, future=False)
         rt._send(self._ab_key, env)
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
             raise AttributeError(method)
-        cls = self._ab_rt._class_for(self._ab_key[0])
+        cls = self._ab_rt.class_for(self._ab_key[0])
         if cls is not None and not hasattr(cls, method):
             raise UnknownMethodError(
                 f"{cls.__name__} has no method {method!r}"
@@ -120,7 +121,7 @@ class AgentRef(TimeTravelMixin):
                 "SELECT id, role, content, tool_calls, tool_call_id, name, ts FROM _ab_messages"
                 " ORDER BY seq").fetchall()
         frame = pd.DataFrame.from_records(
-            [(*r[:3], _j(r[3]), *r[4:]) for r in rows],
+            [(*r[:3], json_or_none(r[3]), *r[4:]) for r in rows],
             columns=["id", "role", "content", "tool_calls", "tool_call_id", "name", "ts"])
         frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
         return frame
@@ -136,9 +137,9 @@ class AgentRef(TimeTravelMixin):
         from .ops import destroy_op
 
         rt = self._ab_rt
-        rt._check_open()
-        env = Envelope("destroy", (), {}, "[]", None, rt.source, op=destroy_op)
-        await rt._submit(self._ab_key, env)
+        rt.check_open()
+        env = Envelope.operation("destroy", destroy_op, source=rt.source)
+        await rt.submit(self._ab_key, env)
 
     @property
     def sync(self) -> _SyncProxy:
@@ -150,23 +151,23 @@ class AgentRef(TimeTravelMixin):
     @property
     def state(self) -> Any:
         """The latest committed state (a read-only JSON value)."""
-        inst = self._ab_rt._instances.get(self._ab_key)
+        inst = self._ab_rt.instances.get(self._ab_key)
         if inst is not None and inst.store is not None:
             return inst.committed[1]
         with self._reading(missing_ok=True) as conn:
             if conn is None:
-                cls = self._ab_rt._class_for(self._ab_key[0])
+                cls = self._ab_rt.class_for(self._ab_key[0])
                 return cls.initial_state if cls is not None else None
             rows = conn.execute("SELECT state FROM _ab_state WHERE id = 1").fetchall()
             if not rows:
-                cls = self._ab_rt._class_for(self._ab_key[0])
+                cls = self._ab_rt.class_for(self._ab_key[0])
                 return cls.initial_state if cls is not None else None
             return jsonvalue.loads(rows[0][0])
 
     @property
     def version(self) -> int:
         """The latest committed version (0 before the first handler)."""
-        inst = self._ab_rt._instances.get(self._ab_key)
+        inst = self._ab_rt.instances.get(self._ab_key)
         if inst is not None and inst.store is not None:
             return inst.committed[0]
         with self._reading(missing_ok=True) as conn:
@@ -224,7 +225,8 @@ class AgentRef(TimeTravelMixin):
                 conn, limit=limit, before=before, method=method, since=since_f, until=until_f
             )
         records = [
-            (v, ts, m, _j(a), _j(k), src, d, o, e, _j(r), _j(s), due, occ)
+            (v, ts, m, json_or_none(a), json_or_none(k), src, d, o, e, json_or_none(r),
+             json_or_none(s), due, occ)
             for (v, ts, m, a, k, src, d, o, e, r, s, due, occ) in rows
         ]
         if failures:
@@ -234,7 +236,8 @@ class AgentRef(TimeTravelMixin):
             order = {id(r): r[0] for r in records}
             for ts, m, a, k, src, d, e, at in self._ab_rt.catalog.failures(*self._ab_key, limit):
                 if lo <= ts <= hi and (method is None or m == method):
-                    row = (None, ts, m, _j(a), _j(k), src, d, "error", e, None, None, None, None)
+                    row = (None, ts, m, json_or_none(a), json_or_none(k), src, d, "error", e,
+                           None, None, None, None)
                     order[id(row)] = at + 0.5  # it happened after version `at`, before the next
                     records.append(row)
             records.sort(key=lambda r: order[id(r)], reverse=True)
@@ -271,6 +274,165 @@ class AgentRef(TimeTravelMixin):
 
         return ref_html(self)
 
+    def at(self, version: int) -> VersionView:
+        """The agent as it was after *version* (read-only): ``.state``, ``.sql(...)``,
+        ``.schedules()``. Negative versions count from the newest (-1 is the newest).
+        A fork reaches back into its parent's versions."""
+        from ..errors import VersionNotFoundError
+        from ..travel.versions import VersionView
+
+        try:
+            return VersionView(self, version)
+        except VersionNotFoundError:
+            parent = self._parent()
+            if parent is not None and isinstance(version, int) and 0 <= version < parent[1]:
+                return parent[0].at(version)
+            raise
+
+    def diff(self, a: int, b: int | None = None, *, other: AgentRef | None = None) -> Diff:
+        """What changed from version *a* to version *b* (default: the newest).
+
+        With ``other=``, compares this agent at *a* with *other* at *b* (e.g. a fork made
+        by :meth:`replay` against its original). Returns a :class:`~agentbook.timetravel.Diff`:
+        ``.state`` is a JSON patch, ``.rows`` a DataFrame of row changes.
+        """
+        from ..travel.versions import Diff, changes_between, check_version, json_patch, rows_between
+
+        if other is not None:
+            left = self.at(a)
+            right = other.at(other.version if b is None else b)
+            rows = rows_between(left._db(), right._db())
+            return Diff(f"{self.name}@{left.version}", f"{other.name}@{right.version}",
+                        json_patch(left.state, right.state), rows)
+        with self._reading() as conn:
+            a = check_version(conn, a, repr(self))
+            b = check_version(conn, -1 if b is None else b, repr(self))
+            lo, hi = min(a, b), max(a, b)
+            old, new = state_at(conn, a), state_at(conn, b)
+            rows = changes_between(conn, lo, hi)
+        return Diff(f"{self.name}@{a}", f"{self.name}@{b}",
+                    json_patch(jsonvalue.loads(old), jsonvalue.loads(new)), rows)
+
+    def rewind(self, version: int) -> Awaitable[dict]:
+        """Put the agent back as it was after *version*: state, its tables, key-value data
+        and schedules. Recorded as a new version (so it can be undone); nothing runs again;
+        pending approvals requested since are cancelled. Waits its turn in the mailbox."""
+        from ..travel.versions import check_version_type
+
+        rt = self._ab_rt
+        rt.check_open()
+        version = check_version_type(version, repr(self))
+        env = Envelope.call("_ab_rewind", (version,), source=rt.source, label="rewind")
+        return rt.submit(self._ab_key, env)
+
+    async def fork(self, name: str, at: int | None = None, *, schedules: bool = False) -> AgentRef:
+        """A new agent *name* (same class) holding this agent as it was at version *at*
+        (default: now). Schedules are copied only if asked; pending approvals and dead
+        letters never."""
+        from ..travel.replay import fork
+
+        return await fork(self, name, at, schedules)
+
+    async def replay(self, from_version: int, *, on: str | None = None,
+                     overrides: dict[str, Any] | None = None, live: bool | set[str] = False,
+                     to_version: int | None = None) -> ReplayResult:
+        """Re-run this agent's recorded inputs from *from_version* on a fork named *on*.
+
+        Journaled effects (``self.effect``) are served from the record unless *overrides*
+        maps their key to a new function or value, or *live* names keys to call for real.
+        Returns a :class:`~agentbook.replay.ReplayResult` (``.fork``, ``.frame()``,
+        ``.identical``, ``.diff()``).
+        """
+        from ..travel.replay import replay
+
+        return await replay(self, from_version, on=on, overrides=overrides, live=live,
+                            to_version=to_version)
+
+    async def prune(self, *, before: int | None = None, keep_last: int | None = None,
+                    vacuum: bool = False) -> int:
+        """Forget history older than version *before* (or keep only the last *keep_last*
+        versions); time travel then reaches back to *before* and no further. ``vacuum``
+        also gives the space back to the disk. Returns how many versions were dropped."""
+        from .ops import prune_op
+
+        if (before is None) == (keep_last is None):
+            raise UsageError("pass exactly one of before= or keep_last=")
+        if keep_last is not None:
+            if keep_last < 1:
+                raise UsageError("keep_last must be at least 1")
+            before = max(0, self.version - keep_last + 1)
+        rt = self._ab_rt
+        rt.check_open()
+        env = Envelope.operation("prune", lambda inst: prune_op(inst, before, vacuum),
+                                 source=rt.source)
+        return await rt.submit(self._ab_key, env)
+
+    def widget(self) -> Any:
+        """A live inspector: state as a tree, recent events, schedules, pending approvals.
+        It updates while the agent works, and costs nothing until it is made."""
+        from ..widgets.inspector import inspector_widget
+
+        return inspector_widget(self)
+
+    def timeline(self) -> Any:
+        """A widget to scrub through this agent's versions: state, the step's input and
+        duration, and buttons to fork or rewind there."""
+        from ..widgets.timeline import timeline_widget
+
+        return timeline_widget(self)
+
+    def verify(self) -> dict[str, Any]:
+        """Check the agent's store: SQLite's integrity check and the history's hash chain.
+
+        Returns ``{"ok": bool, "quick_check": str, "first_bad_version": int | None}``;
+        ``quick_check`` is SQLite's message when a damaged page stops the check itself.
+
+        Raises:
+            StoreCorruptError: the store was quarantined (the message says where it went).
+        """
+        from ..store.chain import verify_chain
+
+        bad = None
+        with self._reading() as conn:
+            check = health.quick_check(conn)
+            try:
+                bad = verify_chain(conn)
+            except apsw.Error as exc:
+                if check == "ok":
+                    check = f"{type(exc).__name__}: {exc}"
+        return {"ok": check == "ok" and bad is None, "quick_check": check,
+                "first_bad_version": bad}
+
+    def history_range(self) -> tuple[int, int]:
+        """``(first, newest)``: the versions time travel can reach."""
+        from ..travel.versions import bounds
+
+        with self._reading(missing_ok=True) as conn:
+            return (0, 0) if conn is None else bounds(conn)
+
+    def _parent(self) -> tuple[AgentRef, int] | None:
+        with self._reading(missing_ok=True) as conn:
+            if conn is None:
+                return None
+            rows = conn.execute("SELECT value FROM _ab_meta WHERE key = 'parent'").fetchall()
+        if not rows:
+            return None
+        parent = jsonvalue.loads(rows[0][0])
+        return self._ab_rt.get(parent["class"], parent["name"]), parent["version"]
+
+    def failures(self, limit: int = 100) -> pd.DataFrame:
+        """Recent handlers of this agent that raised (nothing of them was kept)."""
+        import pandas as pd
+
+        rows = self._ab_rt.catalog.failures(*self._ab_key, limit)
+        frame = pd.DataFrame.from_records(
+            [(ts, m, json_or_none(a), json_or_none(k), s, d, e, v) for ts, m, a, k, s, d, e, v in rows],
+            columns=["ts", "method", "args", "kwargs", "source", "duration_ms", "error",
+                     "at_version"],
+        )
+        frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
+        return frame
+
 
 class _Reading:
     """Context manager giving a read-only connection to the agent's last commit."""
@@ -284,13 +446,13 @@ class _Reading:
 
     def __enter__(self) -> Any:
         rt = self.ref._ab_rt
-        rt._check_open()
+        rt.check_open()
         key = self.ref._ab_key
-        inst = rt._instances.get(key)
+        inst = rt.instances.get(key)
         if inst is not None and inst.store is not None and not inst.fresh:
             self.conn = inst.store.reader()
             return self.conn
-        path = rt._path_of(key)
+        path = rt.path_of(key)
         try:
             missing = health.check_file(path)
         except StoreCorruptError as exc:
@@ -315,7 +477,7 @@ class _Reading:
         if exc_type is not None and issubclass(exc_type, apsw.Error):  # a typed error instead
             from ..store import translate_error
 
-            raise translate_error(exc, self.ref._ab_rt._path_of(self.ref._ab_key),
+            raise translate_error(exc, self.ref._ab_rt.path_of(self.ref._ab_key),
                                   writing=False) from None
 
 
@@ -371,3 +533,8 @@ def _epoch(value: float | datetime | None) -> float | None:
     if isinstance(value, datetime):
         return value.timestamp()
     return float(value)
+
+
+def json_or_none(text: Any) -> Any:
+    """A JSON column's value as plain Python (``None`` stays ``None``)."""
+    return None if text is None else json.loads(text)

@@ -22,6 +22,7 @@ import secrets
 import shutil
 import sys
 import tempfile
+import time
 import weakref
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -29,19 +30,18 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonvalue
 from ..approve.inbox import Approvals
 from ..clock import Clock, SystemClock
+from ..envelope import TICK, Envelope
 from ..errors import AgentbookError, LimitError, RuntimeClosedError, StoreCorruptError, StoreError, UsageError
 from ..events import EventBus
 from ..schedule.timers import Timers
 from ..store import Catalog, agent_file
 from .agent import Agent, _classes, latest
 from .calls import prepare
-from .mailbox import Envelope, Instance
+from .mailbox import Instance
 from .ops import destroy_op
-from .runtime_lru import HibernationMixin
-from .runtime_schedules import SchedulesMixin
-from .runtime_views import ViewsMixin
 
 if TYPE_CHECKING:
+    import pandas as pd
 
     from .ref import AgentRef
 
@@ -55,7 +55,7 @@ _MAX_NAME = 200
 _BAD_NAME = re.compile(r"[\x00-\x1f/\\]|[\ud800-\udfff]")
 
 
-class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
+class Runtime:
     """Hosts agents and their durable stores.
 
     Args:
@@ -85,6 +85,21 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
         >>> ref = rt.get(Counter, "a")      # doctest: +SKIP
         >>> await ref.increment()           # doctest: +SKIP
     """
+
+    #: The runtime's internal API: what agentbook's own modules (the mailbox, refs, serve,
+    #: MCP, Ray) call on it, by name, instead of reaching into private members. Not part of
+    #: the public API: hidden from ``dir()`` (tab completion) and from docs/api.md.
+    _ab_internal = frozenset({
+        "broadcast_from", "broadcast_hooks", "built_analytics", "check_open", "class_for",
+        "classes", "created", "dead_letter_op", "destroy_later", "dirty", "emit_event",
+        "emit_scheduled", "enqueue", "hibernate_one", "holds_lease", "instances", "lease",
+        "mark_idle", "mark_opened", "mcp_clients", "open_stores", "owns", "path_of",
+        "prepare_call", "report_error", "router", "scheduled_failure", "server",
+        "should_drop", "submit", "sweep", "sweep_handle", "tick", "unkicked",
+    })
+
+    def __dir__(self) -> list[str]:
+        return [name for name in super().__dir__() if name not in self._ab_internal]
 
     def __init__(
         self,
@@ -136,32 +151,32 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
         self.catalog = Catalog(self.root, "off" if self.memory else durability)
         self.closed = False
         self.source = "cell" if "ipykernel" in sys.modules else "script"
-        self._instances: dict[Key, Instance] = {}
+        self.instances: dict[Key, Instance] = {}
         #: The class this runtime was given for each class name (see :meth:`_class_for`).
-        self._classes: dict[str, type[Agent]] = {}
-        self._open: OrderedDict[Key, Instance] = OrderedDict()
-        self._unkicked: set[Key] = set()
-        self._sweep_handle: asyncio.TimerHandle | None = None
-        self._broadcast_hooks: list[Any] = []
+        self.classes: dict[str, type[Agent]] = {}
+        self.open_stores: OrderedDict[Key, Instance] = OrderedDict()
+        self.unkicked: set[Key] = set()
+        self.sweep_handle: asyncio.TimerHandle | None = None
+        self.broadcast_hooks: list[Any] = []
         self._approvals: Approvals | None = None
-        self._analytics: Any = None
+        self.built_analytics: Any = None
         #: The running server (``rt.serve()``), if any.
-        self._server: Any = None
+        self.server: Any = None
         #: MCP client connections of awake agents (agentbook.mcp), made on first use.
-        self._mcp: Any = None
+        self.mcp_clients: Any = None
         #: Routes messages to other processes (the Ray backend), or ``None``.
-        self._router: Any = None
+        self.router: Any = None
         #: ``(host id, shards)`` on a Ray host: it opens only agents of shards it leases.
-        self._lease: tuple[str, int] | None = None
+        self.lease: tuple[str, int] | None = None
         if backend not in ("local", "ray"):
             raise UsageError(f"backend is 'local' or 'ray', not {backend!r}")
         #: Agents that committed since the DuckDB views last caught up.
-        self._dirty: set[Key] = set()
+        self.dirty: set[Key] = set()
         self.timers = Timers(self)
         if backend == "ray":
             from ..backends.ray import start
 
-            self._router = start(self, address, hosts, shards)
+            self.router = start(self, address, hosts, shards)
         self.timers.load()
         global _latest
         _latest = weakref.ref(self)
@@ -176,11 +191,11 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
         """
         from .ref import AgentRef
 
-        self._check_open()
+        self.check_open()
         class_name = _class_name(cls)
         _check_name(name)
         if not isinstance(cls, str):
-            self._classes[class_name] = cls
+            self.classes[class_name] = cls
         return AgentRef(self, class_name, name)
 
     def spawn(self, cls: type[Agent] | str, name: str | None = None) -> AgentRef:
@@ -192,30 +207,30 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
 
     def hibernate(self) -> int:
         """Hibernate every idle agent now; returns how many were put to sleep."""
-        idle = [inst for inst in list(self._open.values()) if not inst.busy]
+        idle = [inst for inst in list(self.open_stores.values()) if not inst.busy]
         for inst in idle:
-            self._hibernate(inst)
-        if self._router is not None and self._router.index is None:
-            return len(idle) + self._router.hibernate()
+            self.hibernate_one(inst)
+        if self.router is not None and self.router.index is None:
+            return len(idle) + self.router.hibernate()
         return len(idle)
 
-    def _class_for(self, class_name: str) -> type[Agent] | None:
+    def class_for(self, class_name: str) -> type[Agent] | None:
         """The agent class for *class_name*: the newest definition of the class this
         runtime was given by ``get``/``spawn``, else the newest class of that name."""
-        cls = self._classes.get(class_name)
+        cls = self.classes.get(class_name)
         return latest(cls) if cls is not None else _classes.get(class_name)
 
-    def _owns(self, key: Key) -> bool:
+    def owns(self, key: Key) -> bool:
         """Whether this process runs *key* (always, without a router)."""
-        return self._router is None or self._router.owns(key)
+        return self.router is None or self.router.owns(key)
 
-    def _holds_lease(self, key: Key) -> bool:
+    def holds_lease(self, key: Key) -> bool:
         """On a Ray host: whether this host holds the lease of *key*'s shard."""
-        if self._lease is None:
+        if self.lease is None:
             return True
         from ..backends.ray import shard_of
 
-        host_id, shards = self._lease
+        host_id, shards = self.lease
         return self.catalog.lease_holder(shard_of(key, shards)) == host_id
 
     # -- life ---------------------------------------------------------------------------
@@ -224,7 +239,7 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
         if self.closed:
             return
         exact = []
-        for inst in self._open.values():
+        for inst in self.open_stores.values():
             if inst.store is not None and not inst.busy:
                 try:
                     from ..schedule.firing import next_due
@@ -237,40 +252,40 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
         except AgentbookError:
             pass
         self.timers.close()
-        if self._mcp is not None:
-            self._mcp.close_all()
-        if self._router is not None and self._router.index is None:
-            self._router.shutdown()
-        if self._server is not None:
+        if self.mcp_clients is not None:
+            self.mcp_clients.close_all()
+        if self.router is not None and self.router.index is None:
+            self.router.shutdown()
+        if self.server is not None:
             try:
-                self._server.stop()
+                self.server.stop()
             except Exception:
                 pass
         if self.events.active:
             self.events.emit("runtime:close", None, None, {"path": self.path}, self.clock.now())
         self.closed = True
         error = RuntimeClosedError("the runtime was closed; create a new ab.Runtime to go on")
-        for inst in list(self._instances.values()):
+        for inst in list(self.instances.values()):
             inst._fail_queue(error)
             if inst.task is not None and not inst.task.done():
                 inst.task.cancel()
             inst.close()
-        self._instances.clear()
-        self._open.clear()
-        if self._sweep_handle is not None:
-            self._sweep_handle.cancel()
+        self.instances.clear()
+        self.open_stores.clear()
+        if self.sweep_handle is not None:
+            self.sweep_handle.cancel()
         self.catalog.close()
         if self.memory:
             shutil.rmtree(self.root, ignore_errors=True)
 
     async def aclose(self) -> None:
         """Let running handlers finish, then close."""
-        tasks = [i.task for i in self._instances.values() if i.task is not None]
+        tasks = [i.task for i in self.instances.values() if i.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self.close()
-        if self._mcp is not None:
-            await self._mcp.wait_closed()
+        if self.mcp_clients is not None:
+            await self.mcp_clients.wait_closed()
 
     def __enter__(self) -> Runtime:
         return self
@@ -285,7 +300,7 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
         await self.aclose()
 
     def __repr__(self) -> str:
-        state = "closed" if self.closed else f"{len(self._open)} awake"
+        state = "closed" if self.closed else f"{len(self.open_stores)} awake"
         return f"<agentbook.Runtime {self.path!r} {state}>"
 
     def _repr_html_(self) -> str:
@@ -294,11 +309,11 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
         return runtime_html(self)
 
     # -- messages (used by AgentRef and the mailbox) --------------------------------------
-    def _prepare(self, key: Key, method: str, args: tuple, kwargs: dict, *,
+    def prepare_call(self, key: Key, method: str, args: tuple, kwargs: dict, *,
                  external: bool, future: bool) -> Envelope:
         """Check a call completely before anything is queued, and build its envelope."""
-        self._check_open()
-        env = prepare(self.source, key, self._class_for(key[0]), method, args, kwargs,
+        self.check_open()
+        env = prepare(self.source, key, self.class_for(key[0]), method, args, kwargs,
                       external=external, future=future)
         size = len(env.args_json) + len(env.kwargs_json or "")
         if size > self.max_payload_bytes:
@@ -306,44 +321,44 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
                 f"the arguments of {method}() are {size} bytes of JSON; the limit is "
                 f"{self.max_payload_bytes} (ab.Runtime(max_payload_bytes=...)); store big data "
                 "in the agent's SQL tables instead")
-        inst = self._instances.get(key)
+        inst = self.instances.get(key)
         if inst is not None and len(inst.queue) >= self.max_queue:
             raise LimitError(
                 f"{key[0]}({key[1]!r}) already has {len(inst.queue)} messages waiting (the limit"
                 " is ab.Runtime(max_queue=...)); slow down, or await the calls you make")
         return env
 
-    def _submit(self, key: Key, env: Envelope) -> Any:
+    def submit(self, key: Key, env: Envelope) -> Any:
         """Queue *env* and return an awaitable of its result."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return _Deferred(self, key, env)
         env.future = loop.create_future()
-        self._enqueue(key, env)
+        self.enqueue(key, env)
         return env.future
 
     def _send(self, key: Key, env: Envelope) -> None:
         """Queue a fire-and-forget message; from a handler it leaves after the commit."""
         chain = env.chain
         if chain:
-            inst = self._instances.get(chain[-1])
+            inst = self.instances.get(chain[-1])
             if inst is not None and inst.ctx is not None:
                 inst.ctx.outbox.append((key, env))
                 return
-        self._enqueue(key, env)
+        self.enqueue(key, env)
 
-    def _enqueue(self, key: Key, env: Envelope) -> None:
+    def enqueue(self, key: Key, env: Envelope) -> None:
         if self.closed:
             if env.future is not None and not env.future.done():
                 env.future.set_exception(RuntimeClosedError("the runtime was closed"))
             return
-        if self._router is not None and not self._router.owns(key):
-            self._router.forward(key, env)
+        if self.router is not None and not self.router.owns(key):
+            self.router.forward(key, env)
             return
-        inst = self._instances.get(key)
+        inst = self.instances.get(key)
         if inst is None:
-            inst = self._instances[key] = Instance(self, key, self._class_for(key[0]))
+            inst = self.instances[key] = Instance(self, key, self.class_for(key[0]))
         inst.queue.append(env)
         if inst.task is None:
             self._kick(inst)
@@ -352,53 +367,265 @@ class Runtime(ViewsMixin, SchedulesMixin, HibernationMixin):
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._unkicked.add(inst.key)
+            self.unkicked.add(inst.key)
             return
         self.timers.arm_if_pending()
-        if self._unkicked:
-            pending, self._unkicked = self._unkicked, set()
+        if self.unkicked:
+            pending, self.unkicked = self.unkicked, set()
             for key in pending:
-                other = self._instances.get(key)
+                other = self.instances.get(key)
                 if other is not None and other.task is None and other.queue and other is not inst:
                     other.task = loop.create_task(other.drain())
         inst.task = loop.create_task(inst.drain())
 
     # -- bookkeeping called by instances --------------------------------------------------
-    def _path_of(self, key: Key) -> str:
+    def path_of(self, key: Key) -> str:
         return os.path.join(self.root, agent_file(*key))
 
-    def _should_drop(self, exc: BaseException) -> bool:
+    def should_drop(self, exc: BaseException) -> bool:
         return isinstance(exc, (StoreError, StoreCorruptError))
 
-    def _created(self, inst: Instance) -> None:
+    def created(self, inst: Instance) -> None:
         self.catalog.add(inst.key[0], inst.key[1], agent_file(*inst.key), self.clock.now())
 
-    def _emit(self, type_: str, key: Key, payload: Any) -> None:
+    def emit_event(self, type_: str, key: Key, payload: Any) -> None:
         self.events.emit(type_, key[0], key[1], payload, self.clock.now())
 
-    def _broadcast(self, key: Key, message: Any, exclude: list) -> None:
-        for hook in list(self._broadcast_hooks):
+    def broadcast_from(self, key: Key, message: Any, exclude: list) -> None:
+        for hook in list(self.broadcast_hooks):
             hook(key, message, exclude)
         if self.events.active:
-            self._emit("broadcast", key, {"message": message})
+            self.emit_event("broadcast", key, {"message": message})
 
-    def _report_error(self, key: Key, env: Envelope, exc: BaseException) -> None:
+    def report_error(self, key: Key, env: Envelope, exc: BaseException) -> None:
         """A fire-and-forget message failed: hand the error to the agent's ``on_error``."""
-        cls = self._class_for(key[0])
+        cls = self.class_for(key[0])
         if cls is None or cls.on_error is Agent.on_error:
             log.warning("%s(%r).%s failed: %s: %s", key[0], key[1], env.method,
                         type(exc).__name__, exc)
             return
         info = {"type": type(exc).__name__, "message": str(exc), "method": env.method}
-        self._enqueue(key, Envelope("on_error", (exc,), {}, jsonvalue.dumps([info]), None,
-                                    "error"))
+        self.enqueue(key, Envelope.error(exc, jsonvalue.dumps([info])))
 
-    def _destroy_later(self, key: Key) -> None:
-        self._enqueue(key, Envelope("destroy", (), {}, "[]", None, "destroy", op=destroy_op))
+    def destroy_later(self, key: Key) -> None:
+        self.enqueue(key, Envelope.operation("destroy", destroy_op, source="destroy"))
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
         if self.closed:
             raise RuntimeClosedError("the runtime was closed; create a new ab.Runtime to go on")
+
+    def agents(self, cls: type[Agent] | str | None = None) -> pd.DataFrame:
+        """One row per agent: class, name, created, version, awake, parent."""
+        import pandas as pd
+
+        from ..store import open_reader
+        from .runtime import _class_name
+
+        rows = []
+        for class_name, name, file, created, parent in self.catalog.rows(
+            None if cls is None else _class_name(cls)
+        ):
+            inst = self.instances.get((class_name, name))
+            if inst is not None and inst.store is not None:
+                version = inst.committed[0]
+            else:
+                try:
+                    conn = open_reader(os.path.join(self.root, file))
+                    version = conn.execute("SELECT version FROM _ab_state").fetchall()[0][0]
+                    conn.close()
+                except (AgentbookError, IndexError):
+                    version = None
+            rows.append((class_name, name, pd.Timestamp(created, unit="s", tz="UTC"), version,
+                         inst is not None and inst.store is not None, parent))
+        frame = pd.DataFrame(rows, columns=["class", "name", "created", "version", "awake", "parent"])
+        frame["version"] = frame["version"].astype("Int64")
+        return frame
+
+    @property
+    def approvals(self) -> Approvals:
+        """The approval inbox: displayed, a widget with Approve / Reject buttons;
+        ``.pending()``, ``.approve(id)``, ``.reject(id, reason)``, ``.history()`` in code."""
+        if self._approvals is None:
+            self._approvals = Approvals(self)
+        return self._approvals
+
+    @property
+    def db(self) -> Any:
+        """The DuckDB connection holding the views (``agents``, ``history``, ``events``,
+        ``schedules``, ``approvals``, ``dead_letters``, ``messages``, ``tool_calls``).
+        Call :meth:`sql` (or ``rt.analytics.catch_up()``) to bring them up to date."""
+        return self.analytics.db
+
+    @property
+    def analytics(self) -> Any:
+        """The DuckDB projection behind :attr:`db` and :meth:`sql`."""
+        if self.built_analytics is None:
+            from ..analytics.views import Analytics
+
+            self.built_analytics = Analytics(self)
+        return self.built_analytics
+
+    def sql(self, query: str, params: Any = None) -> pd.DataFrame:
+        """Run a DuckDB query over every agent's history, state, schedules, approvals and
+        events (caught up first); returns a DataFrame.
+
+        Example:
+            >>> rt.sql("SELECT agent, method, quantile_cont(duration_ms, .99) AS p99"
+            ...        " FROM history GROUP BY ALL")  # doctest: +SKIP
+        """
+        return self.analytics.sql(query, params)
+
+    def serve(self, port: int = 0, *, host: str = "127.0.0.1", token: str | None = None,
+              allow_remote: bool = False, mcp: bool = False, **options: Any) -> Any:
+        """Serve the agents over HTTP and WebSocket (Cloudflare's agents protocol), in the
+        background on the running event loop; returns a handle with ``url``, ``token``
+        and ``stop()``. Binds 127.0.0.1 unless ``allow_remote=True`` (and a token).
+        ``mcp=True`` also serves each agent's callable methods as MCP tools."""
+        from ..serve import serve
+
+        return serve(self, port=port, host=host, token=token, allow_remote=allow_remote,
+                     mcp=mcp, **options)
+
+    def capture_events(self, on: bool = True) -> None:
+        """Copy observability events into the ``events`` view from now on (or stop)."""
+        self.analytics.capture_events(on)
+
+    @property
+    def plot(self) -> Any:
+        """Matplotlib figures of what the agents did: ``rt.plot.schedule()``, ..."""
+        from ..analytics.plots import Plots
+
+        return Plots(self)
+
+    def dead_letters(self) -> pd.DataFrame:
+        """Scheduled and queued work that failed every attempt, across all agents."""
+        import pandas as pd
+
+        frame = pd.DataFrame.from_records(
+            self.catalog.dead_letters(),
+            columns=["id", "agent", "name", "callback", "payload", "type", "attempts", "error",
+                     "failed_at"],
+        )
+        frame["payload"] = [jsonvalue.loads(p) for p in frame["payload"]]
+        frame["failed_at"] = pd.to_datetime(frame["failed_at"].astype("float64"), unit="s", utc=True)
+        return frame
+
+    async def retry_dead_letter(self, letter_id: str) -> None:
+        """Queue a dead letter's work again on its agent (a fresh set of attempts)."""
+        await self.dead_letter_op(letter_id, "_ab_retry_dead_letter", "retry_dead_letter")
+
+    async def drop_dead_letter(self, letter_id: str) -> None:
+        """Forget a dead letter for good."""
+        await self.dead_letter_op(letter_id, "_ab_drop_dead_letter", "drop_dead_letter")
+
+    async def dead_letter_op(self, letter_id: str, method: str, label: str) -> None:
+        from ..schedule.policy import ScheduleError
+
+        self.check_open()
+        where = self.catalog.dead_letter(letter_id)
+        if where is None:
+            raise ScheduleError(f"no dead letter has id {letter_id!r}; see rt.dead_letters()")
+        env = Envelope.call(method, (letter_id,), source=self.source, label=label)
+        await self.submit(tuple(where), env)
+        self.catalog.remove_dead_letter(letter_id)
+
+    async def settle(self, timeout: float = 10.0) -> None:
+        """Wait until no agent has work running or queued (at most *timeout* real seconds).
+
+        ``VirtualClock.advance`` calls this after each timer, so simulated time only moves
+        on once the work due at the current instant is done.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        if self.router is not None:
+            await self.router.settle()
+        while True:
+            for _ in range(2):
+                await asyncio.sleep(0)
+            tasks = [i.task for i in self.instances.values() if i.task is not None]
+            if not tasks:
+                if any(i.queue for i in self.instances.values()):
+                    continue
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await asyncio.wait(tasks, timeout=remaining)
+
+    def tick(self, key: Key) -> None:
+        """The timer says *key* has something due: wake it with a tick message."""
+        if not self.owns(key):
+            return
+        inst = self.instances.get(key)
+        if inst is not None and any(e.method == TICK for e in inst.queue):
+            return
+        self.enqueue(key, Envelope.tick())
+
+    def scheduled_failure(self, key: Key, outcome: Any) -> None:
+        label, letter = outcome.recorded
+        env = outcome.env
+        if letter is not None:
+            self.catalog.add_dead_letters([letter])
+        if self.events.active:
+            self.emit_scheduled("retry" if label == "retry" else "error", key, env,
+                                 outcome.version, str(outcome.value))
+
+    def emit_scheduled(self, what: str, key: Key, env: Envelope, version: int,
+                        error: str | None = None) -> None:
+        row = env.sched
+        kind = "queue" if row[3] == "queue" else "schedule"
+        payload = {"id": row[0], "callback": row[1], "type": row[3], "due": row[4],
+                   "occurrence": f"{row[0]}:{row[9]}", "attempt": row[8] + 1, "version": version}
+        if error is not None:
+            payload["error"] = error
+        self.emit_event(f"{kind}:{what}", key, payload)
+
+    def mark_opened(self, inst: Instance) -> None:
+        self.open_stores[inst.key] = inst
+        excess = len(self.open_stores) - self.max_open
+        if excess > 0:  # the least recently used idle ones go (no copy of the open list)
+            victims = []
+            for other in self.open_stores.values():
+                if other is not inst and not other.busy:
+                    victims.append(other)
+                    if len(victims) == excess:
+                        break
+            for other in victims:
+                self.hibernate_one(other)
+        if self.sweep_handle is None and not self.memory and self.hibernate_after > 0:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self.sweep_handle = loop.call_later(self.hibernate_after, self.sweep)
+
+    def mark_idle(self, inst: Instance) -> None:
+        if inst.key in self.open_stores:
+            self.open_stores.move_to_end(inst.key)
+        elif not inst.queue and inst.store is None:
+            self.instances.pop(inst.key, None)
+
+    def sweep(self) -> None:
+        self.sweep_handle = None
+        if self.closed:
+            return
+        cutoff = time.monotonic() - self.hibernate_after
+        for inst in list(self.open_stores.values()):
+            if inst.last_used < cutoff and not inst.busy:
+                self.hibernate_one(inst)
+        if self.open_stores:
+            loop = asyncio.get_running_loop()
+            self.sweep_handle = loop.call_later(self.hibernate_after, self.sweep)
+
+    def hibernate_one(self, inst: Instance) -> None:
+        if self.mcp_clients is not None:
+            self.mcp_clients.close_agent(inst.key)
+        inst.close()
+        self.open_stores.pop(inst.key, None)
+        if not inst.busy:
+            self.instances.pop(inst.key, None)
+        if self.events.active:
+            self.emit_event("agent:hibernate", inst.key, {"version": inst.committed[0]})
 
 
 class _Deferred:
@@ -410,7 +637,7 @@ class _Deferred:
         self.rt, self.key, self.env = rt, key, env
 
     def __await__(self) -> Any:
-        return self.rt._submit(self.key, self.env).__await__()
+        return self.rt.submit(self.key, self.env).__await__()
 
 
 def _class_name(cls: type[Agent] | str) -> str:

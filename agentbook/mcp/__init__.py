@@ -5,7 +5,7 @@ As a client, an agent keeps a durable relationship with each server it was given
 (``await self.add_mcp_server(name, url_or_command)``): the registration lives in the
 agent's store and survives restarts; credentials (headers, env) live in the untracked
 ``_ab_secrets`` table, so no history row, changeset, fork, event or view ever holds them;
-the runtime's connection manager (``rt._mcp``, :mod:`agentbook.mcp.client`) reconnects on
+the runtime's connection manager (``rt.mcp_clients``, :mod:`agentbook.mcp.client`) reconnects on
 wake and after failures (with backoff) and refreshes the tools on every connect. Tool
 calls go through the effect journal (``self.mcp.call``) or join a ChatAgent's tools.
 

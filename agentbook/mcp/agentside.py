@@ -33,13 +33,13 @@ CALL_TIMEOUT = 60.0
 
 def manager(rt: Any) -> Manager:
     """The runtime's connection manager, made on first use."""
-    if rt._mcp is None:
+    if rt.mcp_clients is None:
         require_sdk()
         from .client import Manager
 
-        rt._check_open()
-        rt._mcp = Manager(rt)
-    return rt._mcp
+        rt.check_open()
+        rt.mcp_clients = Manager(rt)
+    return rt.mcp_clients
 
 
 # -- registrations ------------------------------------------------------------------------
@@ -95,8 +95,8 @@ async def remove(agent: Agent, name: str) -> None:
     ctx.capture(store)
     store.internal("DELETE FROM _ab_mcp_servers WHERE name = ?", (name,))
     store.internal("DELETE FROM _ab_secrets WHERE scope = ?", (f"mcp:{name}",))
-    if agent.runtime._mcp is not None:
-        agent.runtime._mcp.drop(inst.key, name, "removed")
+    if agent.runtime.mcp_clients is not None:
+        agent.runtime.mcp_clients.drop(inst.key, name, "removed")
 
 
 def wake(inst: Any) -> None:
@@ -155,7 +155,7 @@ class MCPAccess:
         rows = [tuple(r) for r in store.internal(registry.SELECT + " ORDER BY created, name")]
         if replaying(ctx):  # a replay serves recorded results: no server is contacted
             return [registry.replayed(row) for row in rows]
-        if not rows and agent.runtime._mcp is None:
+        if not rows and agent.runtime.mcp_clients is None:
             return []
         mgr = manager(agent.runtime)
         names = {r[0] for r in rows}
@@ -241,7 +241,7 @@ class MCPAccess:
         agent = self._agent
         inst = agent._ab_instance
         inst.require_ctx("mcp.tools")
-        mgr = agent.runtime._mcp
+        mgr = agent.runtime.mcp_clients
         if mgr is None:
             return []
         names = [server] if server is not None else mgr.names(inst.key)

@@ -1,4 +1,4 @@
-"""The runtime's MCP connections (``rt._mcp``): one per (agent, server) it was given.
+"""The runtime's MCP connections (``rt.mcp_clients``): one per (agent, server) it was given.
 
 :class:`Manager` starts, finds and closes :class:`~agentbook.mcp.connection.Connection`
 objects. Closing (an agent hibernates, the runtime closes, a server is removed) never
@@ -23,7 +23,7 @@ Key = tuple[str, str]
 
 
 class Manager:
-    """All MCP connections of one runtime, by agent key and server name (``rt._mcp``)."""
+    """All MCP connections of one runtime, by agent key and server name (``rt.mcp_clients``)."""
 
     def __init__(self, rt: Any, connect_timeout: float = 30.0) -> None:
         self.rt = rt

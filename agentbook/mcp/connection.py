@@ -279,7 +279,7 @@ class Connection:
     def _emit(self, kind: str, **payload: Any) -> None:
         rt = self.manager.rt
         if rt.events.active:
-            rt._emit(f"mcp:client:{kind}", self.key, {"server": self.spec.name, **payload})
+            rt.emit_event(f"mcp:client:{kind}", self.key, {"server": self.spec.name, **payload})
 
     def _tail(self) -> str:
         return "" if self._stderr is None else self._scrubbed(self._stderr.tail())

@@ -24,7 +24,7 @@ __all__ = ["agent_server", "callable_tools", "resolve_class"]
 
 def callable_tools(cls: type) -> dict[str, dict[str, Any]]:
     """The MCP tools of an agent class: ``{method: {"name", "description", "parameters"}}``."""
-    from ..core.agent import FRAMEWORK_NAMES, method_info
+    from ..methods import FRAMEWORK_NAMES, method_info
 
     tools = {}
     for name in sorted(dir(cls)):
@@ -80,7 +80,7 @@ def agent_server(rt: Any, class_name: str, name: str) -> Any:
     from ..chat.tools import validate
 
     def tools() -> dict[str, dict[str, Any]]:
-        cls = rt._class_for(class_name)
+        cls = rt.class_for(class_name)
         return {} if cls is None else callable_tools(cls)
 
     async def list_tools(ctx: Any, params: Any) -> Any:
@@ -103,7 +103,7 @@ def agent_server(rt: Any, class_name: str, name: str) -> Any:
             return _error(f"{type(exc).__name__}: {exc}")
         return _ok(result)
 
-    doc = inspect.getdoc(rt._class_for(class_name)) or None
+    doc = inspect.getdoc(rt.class_for(class_name)) or None
     return Server(f"agentbook {class_name}/{name}", version=__version__,
                   instructions=doc, on_list_tools=list_tools, on_call_tool=call_tool)
 

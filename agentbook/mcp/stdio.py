@@ -93,8 +93,8 @@ def run(spec: str, agent: str, path: str = ".agentbook") -> int:
             await serve_stdio(rt, resolved, name)
         finally:
             await rt.aclose()
-            if rt._mcp is not None:
-                await rt._mcp.wait_closed()
+            if rt.mcp_clients is not None:
+                await rt.mcp_clients.wait_closed()
 
     asyncio.run(serve())
     return 0

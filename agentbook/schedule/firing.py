@@ -16,13 +16,13 @@ from ..faults import crash_point
 from .policy import ROW_SQL, Occurrence, Retry, new_id, next_after_run, takes_payload, was_missed
 
 if TYPE_CHECKING:
-    from ..core.mailbox import Envelope, HandlerContext, Instance
+    from ..core.mailbox import HandlerContext, Instance
+    from ..envelope import Envelope
     from ..store import AgentStore
 
-__all__ = ["TICK", "after_failure", "after_success", "expand_due", "next_due"]
+__all__ = ["after_failure", "after_success", "expand_due", "next_due"]
 
 #: Method name of the message that tells an agent to run what is due.
-TICK = "__tick__"
 
 
 def next_due(store: AgentStore) -> float | None:
@@ -32,7 +32,7 @@ def next_due(store: AgentStore) -> float | None:
 
 def expand_due(inst: Instance) -> int:
     """Queue one envelope per due schedule at the front of the mailbox; returns how many."""
-    from ..core.mailbox import Envelope
+    from ..envelope import Envelope
 
     store = inst.store
     assert store is not None
@@ -46,8 +46,8 @@ def expand_due(inst: Instance) -> int:
         args: tuple = (payload,) if _takes_payload(cls, callback, payload) else ()
         source = f"{'queue' if type_ == 'queue' else 'schedule'}:{sid}"
         label = callback[4:] if callback.startswith("_ab_") else None
-        env = Envelope(callback, args, {}, jsonvalue.dumps(list(args)), None, source, label=label)
-        env.sched = row
+        env = Envelope.scheduled(callback, args, jsonvalue.dumps(list(args)), row, source=source,
+                                 label=label)
         envs.append(env)
     inst.queue.extendleft(reversed(envs))
     return len(envs)

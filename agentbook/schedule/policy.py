@@ -318,7 +318,7 @@ def was_missed(type_: str, due: float, now: float, cron: str | None, interval: f
 def check_callback(cls: type, callback: Any, payload: Any) -> None:
     """Refuse callbacks that don't exist, are private or framework methods, or can't take
     the payload."""
-    from ..core.agent import FRAMEWORK_NAMES, method_info
+    from ..methods import FRAMEWORK_NAMES, method_info
 
     if not isinstance(callback, str):
         raise ScheduleError(f"the callback is a method name (a str), not {callback!r}")

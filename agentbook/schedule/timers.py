@@ -45,7 +45,7 @@ class Timers:
         runs (on the Ray backend, a host's own shards; the driver runs none)."""
         for class_name, name, due in self.rt.catalog.timers():
             key = (class_name, name)
-            if not self.rt._owns(key):
+            if not self.rt.owns(key):
                 continue
             self._indexed[key] = due
             self._set(key, due)
@@ -142,7 +142,7 @@ class Timers:
                 del current[key]
                 due_keys.append(key)
         for key in due_keys:
-            rt._tick(key)
+            rt.tick(key)
         self.rearm()
 
     def close(self) -> None:

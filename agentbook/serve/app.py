@@ -22,7 +22,7 @@ from starlette.routing import Mount, Route, WebSocketRoute
 
 from .. import jsonvalue
 from ..core.agent import Agent
-from ..core.mailbox import Envelope
+from ..envelope import Envelope
 from ..errors import AgentbookError, UsageError
 from .auth import TICKET_PATH
 from .protocol import encode, encode_value
@@ -75,7 +75,7 @@ async def _agent_request(server: Server, request: Request) -> Response:
         ref = rt.get(class_name, request.path_params["name"])
     except AgentbookError as exc:
         return _json(400, {"error": str(exc)})
-    cls = rt._class_for(class_name)
+    cls = rt.class_for(class_name)
     if cls.on_request is Agent.on_request:
         if request.method in ("GET", "HEAD"):
             return _json(200, {"name": ref.name, "state": ref.state})
@@ -84,11 +84,11 @@ async def _agent_request(server: Server, request: Request) -> Response:
                      headers={"allow": "GET, HEAD"})
     if not await _read_body(request, server.max_message):
         return _json(413, {"error": f"the body is over the limit of {server.max_message} bytes"})
-    env = Envelope("on_request", (request,), {},
-                   encode([{"method": request.method, "path": request.url.path}]), None,
-                   f"http:{request.method}", label="on_request")
+    env = Envelope.call("on_request", (request,), source=f"http:{request.method}",
+                        args_json=encode([{"method": request.method, "path": request.url.path}]),
+                        label="on_request")
     try:
-        result = await rt._submit(ref._ab_key, env)
+        result = await rt.submit(ref._ab_key, env)
     except Exception as exc:
         return _json(500, {"error": str(exc), "errorType": type(exc).__name__})
     return _response(result)

@@ -24,7 +24,7 @@ def hold(rt: Any, conn: Any, item: dict) -> bool:
     chain = current_chain.get()
     if not chain:
         return False
-    inst = rt._instances.get(chain[-1])
+    inst = rt.instances.get(chain[-1])
     ctx = None if inst is None else inst.ctx
     if ctx is None:
         return False

@@ -195,11 +195,11 @@ class Server:
             self._detach()
 
     def _detach(self) -> None:
-        hooks = self.rt._broadcast_hooks
+        hooks = self.rt.broadcast_hooks
         if self._on_broadcast in hooks:
             hooks.remove(self._on_broadcast)
-        if self.rt._server is self:
-            self.rt._server = None
+        if self.rt.server is self:
+            self.rt.server = None
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
@@ -241,10 +241,10 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
     except RuntimeError:
         raise UsageError("rt.serve() runs in the background of a running event loop: call it "
                          "from a notebook cell or async code, or use `agentbook serve`") from None
-    if rt._server is not None and rt._server.running:
-        raise UsageError(f"this runtime is already served at {rt._server.url}; "
+    if rt.server is not None and rt.server.running:
+        raise UsageError(f"this runtime is already served at {rt.server.url}; "
                          "stop it first (await server.stop())")
-    rt._check_open()
+    rt.check_open()
     try:
         import uvicorn
     except ImportError:
@@ -270,8 +270,8 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
     server._uvicorn = _quiet_uvicorn()(config)
     server._task = loop.create_task(server._uvicorn.serve(sockets=[sock]))
     server._task.add_done_callback(_report_crash)
-    rt._server = server
-    rt._broadcast_hooks.append(server._on_broadcast)
+    rt.server = server
+    rt.broadcast_hooks.append(server._on_broadcast)
     log.info("serving %s (tickets at %s)", server.url, TICKET_PATH)
     return server
 

@@ -21,10 +21,11 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
-from ..core.agent import Agent, method_info
-from ..core.mailbox import Envelope
+from ..core.agent import Agent
 from ..core.ref import AgentRef
+from ..envelope import Envelope
 from ..errors import ReadOnlyError, RuntimeClosedError
+from ..methods import method_info
 from .protocol import (
     ERROR,
     IDENTITY,
@@ -93,7 +94,7 @@ class AgentSocket:
                 c.id == pk for c in server.connections_of(key)):
             pk = secrets.token_hex(8)
         conn = Connection(server, key, pk, scope["path"], send)
-        session = _Session(server, conn, ref, server.rt._class_for(class_name))
+        session = _Session(server, conn, ref, server.rt.class_for(class_name))
         await session.run(receive, ConnectionContext(request))
 
 
@@ -105,11 +106,11 @@ class _Session:
         self.rt, self.key = server.rt, ref._ab_key
 
     def _hook(self, name: str) -> bool:
-        cls = self.rt._class_for(self.key[0]) or self.cls  # a redefined class counts
+        cls = self.rt.class_for(self.key[0]) or self.cls  # a redefined class counts
         return getattr(cls, name) is not getattr(Agent, name)
 
     def _envelope(self, method: str, args: tuple, args_json: str, source: str) -> Envelope:
-        return Envelope(method, args, {}, args_json, None, source, label=method)
+        return Envelope.call(method, args, source=source, args_json=args_json, label=method)
 
     async def run(self, receive: Any, ctx: ConnectionContext) -> None:
         conn, rt, server = self.conn, self.rt, self.server
@@ -120,11 +121,11 @@ class _Session:
                                "stateFollows": True}))
             conn.frame(encode({"type": STATE, "state": self.ref.state}))
             if rt.events.active:
-                rt._emit("connect", self.key, {"connectionId": conn.id})
+                rt.emit_event("connect", self.key, {"connectionId": conn.id})
             if self._hook("on_connect"):
                 env = self._envelope("on_connect", (conn, ctx), encode([conn.id]), f"ws:{conn.id}")
                 try:
-                    await rt._submit(self.key, env)
+                    await rt.submit(self.key, env)
                 except Exception as exc:
                     log.warning("%s(%r).on_connect failed: %s", *self.key, exc)
                     conn.close(1011, _reason(f"on_connect failed: {exc}"))
@@ -148,12 +149,12 @@ class _Session:
             conn._gone()
             server.remove(conn)
             if rt.events.active:
-                rt._emit("disconnect", self.key, {"connectionId": conn.id, "code": code,
+                rt.emit_event("disconnect", self.key, {"connectionId": conn.id, "code": code,
                                                   "reason": reason})
             if self._hook("on_close") and not rt.closed:
                 env = self._envelope("on_close", (conn, code, reason),
                                      encode([conn.id, code, reason]), f"ws:{conn.id}")
-                rt._submit(self.key, env).add_done_callback(partial(self._hook_done, "on_close"))
+                rt.submit(self.key, env).add_done_callback(partial(self._hook_done, "on_close"))
 
     # -- frames ----------------------------------------------------------------------------
     def error(self, text: str, **extra: Any) -> None:
@@ -198,7 +199,7 @@ class _Session:
         shown = message if isinstance(message, str) else {"bytes": len(message)}
         env = self._envelope("on_message", (self.conn, message), encode([self.conn.id, shown]),
                              f"ws:{self.conn.id}")
-        self.rt._submit(self.key, env).add_done_callback(partial(self._hook_done, "on_message"))
+        self.rt.submit(self.key, env).add_done_callback(partial(self._hook_done, "on_message"))
 
     def _hook_done(self, hook: str, fut: Any) -> None:
         exc = RuntimeClosedError("cancelled") if fut.cancelled() else fut.exception()
@@ -211,14 +212,14 @@ class _Session:
     # -- calls -----------------------------------------------------------------------------
     def rpc(self, rid: str, method: str, args: list) -> None:
         rt, conn = self.rt, self.conn
-        fn, is_callable = method_info(self.rt._class_for(self.key[0]) or self.cls, method)
+        fn, is_callable = method_info(self.rt.class_for(self.key[0]) or self.cls, method)
         streaming = is_callable and getattr(fn, "_ab_streaming", False)
         try:
-            env = rt._prepare(self.key, method, (None, *args) if streaming else tuple(args), {},
+            env = rt.prepare_call(self.key, method, (None, *args) if streaming else tuple(args), {},
                               external=True, future=True)
         except Exception as exc:
             if rt.events.active:
-                rt._emit("rpc:error", self.key, {"method": method, "error": str(exc),
+                rt.emit_event("rpc:error", self.key, {"method": method, "error": str(exc),
                                                  "type": type(exc).__name__})
             self.rpc_failed(rid, exc)
             return
@@ -230,7 +231,7 @@ class _Session:
         env.source = f"ws:{conn.id}"
         if conn.readonly:
             env.label, env.method, env.args = method, "_ab_readonly_call", (method, env.args)
-        rt._submit(self.key, env).add_done_callback(partial(self.rpc_done, rid, stream))
+        rt.submit(self.key, env).add_done_callback(partial(self.rpc_done, rid, stream))
 
     def rpc_failed(self, rid: str, exc: BaseException) -> None:
         self.conn.frame(encode({"type": RPC, "id": rid, "success": False,
@@ -266,7 +267,7 @@ class _Session:
             self.state_refused(uid, str(exc))
             return
         env = self._envelope("set_state", (state,), encode([state]), f"client:{conn.id}")
-        self.rt._submit(self.key, env).add_done_callback(partial(self.state_done, uid))
+        self.rt.submit(self.key, env).add_done_callback(partial(self.state_done, uid))
 
     def state_done(self, uid: Any, fut: Any) -> None:
         exc = RuntimeClosedError("cancelled") if fut.cancelled() else fut.exception()

@@ -108,7 +108,7 @@ def confirm_damage(conn: apsw.Connection) -> bool:
 def quarantine(rt: Any, key: tuple[str, str], exc: BaseException) -> StoreCorruptError:
     """Move a damaged (already closed) store aside and record it in the catalog; returns
     the error its callers get."""
-    path = rt._path_of(key)
+    path = rt.path_of(key)
     folder = os.path.join(rt.root, "quarantine")
     os.makedirs(folder, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -133,7 +133,7 @@ def retire(inst: Instance, err: BaseException) -> BaseException:
     """The store of *inst* went bad while it ran (``store.broken``): close it so no more
     writes go in; a damaged one is quarantined. Returns the error to deliver."""
     rt = inst.runtime
-    rt._hibernate(inst)
+    rt.hibernate_one(inst)
     if isinstance(err, StoreCorruptError):
         try:
             return quarantine(rt, inst.key, err)

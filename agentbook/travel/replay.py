@@ -100,13 +100,13 @@ async def run_effect(ctx: Any, key: str, fn: Callable[..., Any], args: tuple,
 async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool = False) -> AgentRef:
     """A new agent *name* holding *ref* as it was at version *at* (default: now)."""
     rt = ref.runtime
-    rt._check_open()
+    rt.check_open()
     cls_name = ref.class_name
     target = rt.get(cls_name, name)
-    new_path = rt._path_of(target._ab_key)
-    if os.path.exists(new_path) or target._ab_key in rt._instances:
+    new_path = rt.path_of(target._ab_key)
+    if os.path.exists(new_path) or target._ab_key in rt.instances:
         raise UsageError(f"an agent {cls_name}({name!r}) already exists; fork under another name")
-    path = rt._path_of(ref._ab_key)
+    path = rt.path_of(ref._ab_key)
     if not os.path.exists(path):
         raise UsageError(f"{ref!r} has no history yet to fork")
     reader = open_reader(path)
@@ -127,7 +127,7 @@ async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool 
     rt.catalog.add(cls_name, name, agent_file(cls_name, name), rt.clock.now(),
                    f"{cls_name}/{ref.name}@{version}")
     if rt.events.active:
-        rt._emit("timetravel:fork", ref._ab_key, {"fork": name, "at": version})
+        rt.emit_event("timetravel:fork", ref._ab_key, {"fork": name, "at": version})
     return target
 
 
@@ -222,7 +222,7 @@ async def replay(ref: AgentRef, from_version: int, *, on: str | None = None,
                  overrides: dict[str, Any] | None = None, live: bool | set[str] = False,
                  to_version: int | None = None) -> ReplayResult:
     """Re-run *ref*'s recorded inputs from *from_version* on a fork named *on*."""
-    from ..core.mailbox import Envelope
+    from ..envelope import Envelope
 
     rt = ref.runtime
     with ref._reading() as conn:
@@ -243,17 +243,18 @@ async def replay(ref: AgentRef, from_version: int, *, on: str | None = None,
             # approved actions ran because a person approved them: a replay never runs one
             result.steps.append((version, method, None, "skipped", None, None))
             continue
-        env = Envelope(method, tuple(jsonvalue.loads(args)), dict(jsonvalue.loads(kwargs) or {}),
-                       args, kwargs, f"replay:{ref.class_name}/{ref.name}@{version}")
         step = ReplayStep(version, ts, list(jsonvalue.loads(effects) or []), dict(overrides or {}),
                           live_opt)
         if occ is not None:
             from ..schedule.policy import Occurrence
 
             step.occurrence = Occurrence(occ, occ.split(":")[0], 1, due, "replay")
-        env.replay = step
+        env = Envelope.replayed(method, args, kwargs, step,
+                                source=f"replay:{ref.class_name}/{ref.name}@{version}",
+                                args=tuple(jsonvalue.loads(args)),
+                                kwargs=dict(jsonvalue.loads(kwargs) or {}))
         try:
-            value = await rt._submit(target._ab_key, env)
+            value = await rt.submit(target._ab_key, env)
             fork_state = jsonvalue.dumps(target.state)
             same = fork_state == jsonvalue.dumps(jsonvalue.loads(states[version]))
             same_result = _same_result(value, recorded)
@@ -264,7 +265,7 @@ async def replay(ref: AgentRef, from_version: int, *, on: str | None = None,
             result.steps.append((version, method, None, f"error: {type(exc).__name__}: {exc}",
                                  False, False))
     if rt.events.active:
-        rt._emit("timetravel:replay", ref._ab_key, {"fork": target.name, "from": from_version,
+        rt.emit_event("timetravel:replay", ref._ab_key, {"fork": target.name, "from": from_version,
                                                     "steps": len(result.steps)})
     return result
 

@@ -234,7 +234,7 @@ class VersionView:
     def _db(self) -> apsw.Connection:
         if self._mem is None:
             rt = self.ref.runtime
-            self._mem = materialize(rt._path_of(self.ref._ab_key), self.version, repr(self.ref))
+            self._mem = materialize(rt.path_of(self.ref._ab_key), self.version, repr(self.ref))
         return self._mem
 
     def sql(self, query: str, *params: Any) -> pd.DataFrame:

@@ -378,7 +378,7 @@ def _result_line(name: Any, result: Any) -> str:
 
 def _model_name(ref: AgentRef) -> str:
 
-    model = getattr(ref.runtime._class_for(ref.class_name), "model", None)  # None: the builtin default
+    model = getattr(ref.runtime.class_for(ref.class_name), "model", None)  # None: the builtin default
     names = [getattr(model, "provider", "builtin"), getattr(model, "name", "builtin")]
     return "model: " + " ".join(dict.fromkeys(names))
 

@@ -28,7 +28,7 @@ async def test_get_returns_the_same_agent_and_starts_nothing(crt):
     a1, a2 = crt.get(ConfCounter, "alice"), crt.get(ConfCounter, "alice")
     assert a1 == a2 and hash(a1) == hash(a2)
     assert ConfCounter.starts == before
-    assert not os.path.exists(crt._path_of(("ConfCounter", "alice")))
+    assert not os.path.exists(crt.path_of(("ConfCounter", "alice")))
     assert a1.state == {"n": 0} and a1.version == 0
     await a1.inc()
     assert await a2.inc() == 2
@@ -217,7 +217,7 @@ async def test_bad_calls_fail_at_the_call_with_typed_errors_and_nothing_queued(c
     with pytest.raises(ab.UsageError):
         crt.get(ConfCounter, "a/b")
     assert ref.version == 0
-    assert not os.path.exists(crt._path_of(ref._ab_key))
+    assert not os.path.exists(crt.path_of(ref._ab_key))
     assert await ref.inc() == 1
 
 
@@ -268,9 +268,9 @@ async def test_idle_agents_hibernate_and_wake_with_state_kept(crt):
     refs = [crt.get(ConfCounter, f"h{i}") for i in range(5)]
     for ref in refs:
         await ref.inc(2)
-    assert len(crt._open) == 5
+    assert len(crt.open_stores) == 5
     assert crt.hibernate() == 5
-    assert crt._open == {} and crt._instances == {}
+    assert crt.open_stores == {} and crt.instances == {}
     assert [r.state for r in refs] == [{"n": 2}] * 5
     assert await refs[0].inc() == 3
 
@@ -283,7 +283,7 @@ async def test_open_stores_stay_bounded(kind, tmp_path, clock):
     try:
         for i in range(12):
             await rt.get(ConfCounter, f"b{i}").inc()
-            assert len(rt._open) <= 3
+            assert len(rt.open_stores) <= 3
         assert [rt.get(ConfCounter, f"b{i}").state["n"] for i in range(12)] == [1] * 12
     finally:
         await rt.aclose()
@@ -339,7 +339,7 @@ async def test_on_start_failure_is_typed_and_other_agents_keep_working(crt):
 async def test_destroy_removes_the_agent_and_its_store(crt):
     ref = crt.get(ConfDestroy, "d")
     await ref.touch()
-    path = crt._path_of(ref._ab_key)
+    path = crt.path_of(ref._ab_key)
     assert os.path.exists(path)
     await ref.destroy()
     assert not os.path.exists(path)
@@ -349,7 +349,7 @@ async def test_destroy_removes_the_agent_and_its_store(crt):
     await other.self_destruct()
     for _ in range(10):
         await asyncio.sleep(0)
-    assert not os.path.exists(crt._path_of(other._ab_key))
+    assert not os.path.exists(crt.path_of(other._ab_key))
     assert other.version == 0  # a later message starts a brand-new agent
 
 

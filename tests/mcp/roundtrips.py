@@ -65,8 +65,8 @@ async def measure(calls: int = 200, rounds: int = 5, server: str = "time") -> di
                 ours_rates.append(calls / (time.perf_counter() - start))
     finally:
         await rt.aclose()
-        if rt._mcp is not None:
-            await rt._mcp.wait_closed()
+        if rt.mcp_clients is not None:
+            await rt.mcp_clients.wait_closed()
     bare, ours = statistics.median(bare_rates), statistics.median(ours_rates)
     return {"server": server, "calls": calls, "rounds": rounds, "bare_per_s": round(bare, 1),
             "agentbook_per_s": round(ours, 1), "ratio": round(ours / bare, 3)}

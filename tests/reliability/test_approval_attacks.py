@@ -102,7 +102,7 @@ def _fresh() -> None:
 
 def _raw(rt: ab.Runtime, ref: ab.AgentRef) -> apsw.Connection:
     """A raw read-write connection to an agent's store file (the attacker's)."""
-    return apsw.Connection(rt._path_of(ref._ab_key))
+    return apsw.Connection(rt.path_of(ref._ab_key))
 
 
 def _row(conn: apsw.Connection, approval_id: str) -> dict:
@@ -122,7 +122,7 @@ async def test_an_approval_id_cannot_be_used_on_another_agent(rt: ab.Runtime, fi
     env.approval = (approval_id, "mallory")
     attacks += 1
     with pytest.raises(ab.ApprovalNotFoundError):
-        await rt._submit(other._ab_key, env)
+        await rt.submit(other._ab_key, env)
 
     # 2. The row copied into the other agent's store, and the inbox index pointed there.
     src = _row(_raw(rt, victim), approval_id)
@@ -205,7 +205,7 @@ async def test_rewinds_and_forks_never_bring_an_approval_back(rt: ab.Runtime, fi
     with pytest.raises(ab.ApprovalNotFoundError):  # the fork can't claim the parent's ids
         env = Envelope("__approve__", (), {}, "[]", None, f"approval:{pending}")
         env.approval = (pending, "ops")
-        await rt._submit(child._ab_key, env)
+        await rt.submit(child._ab_key, env)
     bad = unapproved({done: ("bob", 1.0)})
     figure("approval_attacks:rewind and fork", attacks=5, unapproved=len(bad))
     assert bad == []

@@ -141,7 +141,7 @@ async def _seeded(tmp_path: Path) -> tuple[ab.Runtime, ab.VirtualClock, ab.Agent
     ref = rt.get(RelAtom, "a")
     await ref.seed()
     rt.hibernate()
-    return rt, clock, ref, Path(rt._path_of(ref._ab_key))
+    return rt, clock, ref, Path(rt.path_of(ref._ab_key))
 
 
 def _snapshot(rt: ab.Runtime, path: Path, awake: bool = False) -> tuple[bytes, dict]:
@@ -200,7 +200,7 @@ async def test_a_handler_that_writes_everything_then_fails_leaves_nothing(
     if RelAtom.calls != []:
         leaks.append(f"callbacks ran: {RelAtom.calls}")
     peer = rt.get(RelAtomPeer, "peer")
-    if peer.version != 0 or Path(rt._path_of(peer._ab_key)).exists():
+    if peer.version != 0 or Path(rt.path_of(peer._ab_key)).exists():
         leaks.append("the message to the other agent")
     failures = ref.failures()
     assert list(failures.method) == ["everything"] and CASES[how].__name__ in failures.error[0]

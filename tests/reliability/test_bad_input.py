@@ -151,7 +151,7 @@ class Harness:
         self.rt.events.subscribe(lambda event: None)  # someone listens: emit checks values
         self.ref = self.rt.get(RelVictim, "v")
         self.run(self.ref.ok())
-        self.path = Path(self.rt._path_of(self.ref._ab_key))
+        self.path = Path(self.rt.path_of(self.ref._ab_key))
         self.examples = self.untyped = self.partial = self.accepted = 0
 
     def run(self, awaitable: Any) -> Any:
@@ -557,7 +557,7 @@ def test_ten_megabyte_payloads_and_full_queues_are_refused_with_default_limits(t
         rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock(), max_queue=5)
         ref = rt.get(RelVictim, "big")
         await ref.ok()
-        before = storeutil.dump(rt._path_of(ref._ab_key))
+        before = storeutil.dump(rt.path_of(ref._ab_key))
         ten_mb = "x" * (10 << 20)
         with pytest.raises(ab.LimitError, match="max_payload_bytes"):
             await ref.echo(ten_mb)
@@ -571,7 +571,7 @@ def test_ten_megabyte_payloads_and_full_queues_are_refused_with_default_limits(t
                 sent.append(ref.call("ok"))
         assert len(sent) == 5
         assert await asyncio.gather(*sent) == [2, 3, 4, 5, 6]
-        assert storeutil.diff_tables(before, storeutil.dump(rt._path_of(ref._ab_key))) == [
+        assert storeutil.diff_tables(before, storeutil.dump(rt.path_of(ref._ab_key))) == [
             "_ab_history", "_ab_state", "items"]
         await rt.aclose()
 

@@ -118,7 +118,7 @@ async def test_a_damaged_store_is_quarantined_and_the_others_keep_working(tmp_pa
     root = tmp_path / "store"
     rt = await _three_agents(root, clock)
     bad = rt.get(RelSafe, "bad")
-    path = Path(rt._path_of(bad._ab_key))
+    path = Path(rt.path_of(bad._ab_key))
     _damage(path, how)
     untyped = undetected = others_broken = 0
 
@@ -166,7 +166,7 @@ async def test_a_change_sqlite_cannot_see_is_found_by_the_hash_chain(tmp_path: P
         await ref.inc()
         await ref.note(f"marker-{i:03d}")
     rt.hibernate()
-    path = Path(rt._path_of(ref._ab_key))
+    path = Path(rt.path_of(ref._ab_key))
     # versions: 1 on_start, then inc/note pairs: note "marker-002" is version 7
     conn = apsw.Connection(str(path))
     if where == "deleted row":  # a version taken out of the middle
@@ -396,7 +396,7 @@ async def test_sqlites_errors_become_typed_errors_in_the_mailbox(tmp_path: Path,
     rt = ab.Runtime(tmp_path / "store", clock=clock)
     ref = rt.get(RelSafe, "t")
     await ref.inc()
-    path = rt._path_of(ref._ab_key)
+    path = rt.path_of(ref._ab_key)
     for exc, typed in [(apsw.ReadOnlyError("attempt to write a readonly database"),
                         ab.StoreReadOnlyError), (apsw.FullError("database or disk is full"),
                                                  ab.StoreFullError)]:
@@ -427,7 +427,7 @@ async def test_a_store_truncated_to_nothing_is_refused_not_recreated(tmp_path: P
     it is quarantined like the other damage."""
     rt = await _three_agents(tmp_path / "store", clock, pad=10)
     ref = rt.get(RelSafe, "bad")
-    path = Path(rt._path_of(ref._ab_key))
+    path = Path(rt.path_of(ref._ab_key))
     path.write_bytes(path.read_bytes()[:size])
     try:
         with pytest.raises(ab.StoreCorruptError, match="too short"):
@@ -456,7 +456,7 @@ async def test_damage_found_while_running_quarantines_the_store(tmp_path: Path, 
         with pytest.raises(ab.StoreCorruptError, match="quarantine"):
             await ref.count()  # reads every page of items: finds the damage
         assert not path.exists() and rt.catalog.quarantined("RelSafe", "bad") is not None
-        assert ("RelSafe", "bad") not in rt._open
+        assert ("RelSafe", "bad") not in rt.open_stores
         with pytest.raises(ab.StoreCorruptError, match="won't start"):
             await ref.inc()  # ... so no more writes may go in
         assert await rt.get(RelSafe, "good1").inc() == 31
@@ -501,7 +501,7 @@ async def test_reads_of_a_quarantined_agent_say_so(tmp_path: Path, clock) -> Non
     quarantined (and where the file went), not answer as if the agent were new."""
     rt = await _three_agents(tmp_path / "store", clock, pad=10)
     ref = rt.get(RelSafe, "bad")
-    _damage(Path(rt._path_of(ref._ab_key)), "garbage header")
+    _damage(Path(rt.path_of(ref._ab_key)), "garbage header")
     try:
         with pytest.raises(ab.StoreCorruptError):
             await ref.inc()
@@ -519,7 +519,7 @@ async def test_reads_of_a_quarantined_agent_say_so(tmp_path: Path, clock) -> Non
 
 async def _damaged_data_page(tmp_path: Path, clock: ab.VirtualClock) -> tuple[ab.Runtime, Path]:
     rt = await _three_agents(tmp_path / "store", clock)
-    path = Path(rt._path_of(rt.get(RelSafe, "bad")._ab_key))
+    path = Path(rt.path_of(rt.get(RelSafe, "bad")._ab_key))
     with storeutil.reading(path) as conn:
         leaves = [r[0] for r in conn.execute(
             "SELECT pageno FROM dbstat WHERE name = 'items' AND pagetype = 'leaf'").fetchall()]

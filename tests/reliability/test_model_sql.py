@@ -133,7 +133,7 @@ async def analyst(rt: ab.Runtime) -> ab.AgentRef:
 async def test_every_hostile_statement_is_refused_and_writes_nothing(rt: ab.Runtime,
                                                                     analyst: ab.AgentRef,
                                                                     figure) -> None:
-    path = rt._path_of(analyst._ab_key)
+    path = rt.path_of(analyst._ab_key)
     before = storeutil.dump(path)
     accepted, untyped = [], []
     for query in HOSTILE:

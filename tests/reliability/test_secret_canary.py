@@ -267,7 +267,7 @@ async def test_the_canary_is_found_where_it_is_meant_to_be(tmp_path: Path, clock
     rt = ab.Runtime(tmp_path / "store", clock=clock)
     ref = rt.get(RelKeeper, "k")
     await ref.keep(ab.Secret(CANARY, "api"))
-    path = Path(rt._path_of(ref._ab_key))
+    path = Path(rt.path_of(ref._ab_key))
     await rt.aclose()
     assert CANARY.encode() in path.read_bytes()
     with storeutil.reading(path) as conn:

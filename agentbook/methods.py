@@ -1,0 +1,68 @@
+"""What an agent's methods are: ``@ab.callable``, ``@ab.needs_approval``, and the names the
+framework reserves.
+
+Ground layer: the concepts (schedules, approvals), the serve path and MCP ask here whether a
+name may be called, without importing the agent class itself. ``agentbook.core.agent``
+reserves ``ab.Agent``'s own names when it is defined; a user method may never shadow one.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+__all__ = ["FRAMEWORK_NAMES", "callable", "method_info", "needs_approval", "reserve"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Names that belong to the framework: never callable as messages (filled by ``reserve``).
+FRAMEWORK_NAMES: set[str] = {"initial_state"}
+
+
+def reserve(names: Iterable[str]) -> None:
+    """Reserve the framework's own attribute names (called once, by ``ab.Agent``)."""
+    FRAMEWORK_NAMES.update(names)
+
+
+@overload
+def callable(fn: F) -> F: ...
+@overload
+def callable(*, description: str | None = None) -> Callable[[F], F]: ...
+
+
+def callable(fn: Any = None, *, description: str | None = None, streaming: bool = False) -> Any:
+    """Mark an agent method as callable from outside the runtime.
+
+    Cells, WebSocket clients and MCP clients may call only methods marked with this
+    decorator (agents may call each other's public methods directly). Use it bare
+    (``@ab.callable``) or with options (``@ab.callable(description="...")``).
+    ``streaming=True`` methods take a ``stream`` first argument and may
+    ``stream.send(chunk)`` partial results before returning (WebSocket RPC streams them).
+    """
+
+    def mark(f: F) -> F:
+        f._ab_callable = True  # type: ignore[attr-defined]
+        f._ab_description = description or inspect.getdoc(f) or ""  # type: ignore[attr-defined]
+        f._ab_streaming = streaming  # type: ignore[attr-defined]
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def needs_approval(fn: F) -> F:
+    """Mark an agent method as one that runs **only** as an approved action.
+
+    Nobody can call it directly - not a cell, a client, or another agent; it runs when a
+    person approves a ``request_approval`` for it, once, with the approved arguments.
+    """
+    fn._ab_needs_approval = True  # type: ignore[attr-defined]
+    return fn
+
+
+def method_info(cls: type, method: str) -> tuple[Callable[..., Any] | None, bool]:
+    """``(function, is_callable)`` for *method* on *cls*, or ``(None, False)``."""
+    fn = getattr(cls, method, None)
+    if fn is None or not inspect.isfunction(fn):
+        return None, False
+    return fn, bool(getattr(fn, "_ab_callable", False))
