@@ -28,7 +28,7 @@ import apsw
 import pytest
 
 import agentbook as ab
-from agentbook.core.mailbox import Envelope
+from agentbook.envelope import Envelope
 
 #: Every execution of the guarded method: (agent, to, amount, source of the message).
 EXECUTIONS: list[tuple[str, str, float, str]] = []

@@ -42,7 +42,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agentbook as ab
-from agentbook.core.agent import FRAMEWORK_NAMES
+from agentbook.methods import FRAMEWORK_NAMES
 
 from . import storeutil
 
