@@ -41,10 +41,10 @@ Key = tuple[str, str]
 _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 
 
-class Instance(OutputGate):
+class Instance:
     """An awake agent: its object, its open store, its mailbox."""
 
-    __slots__ = ("agent", "cls", "committed", "ctx", "fresh", "key", "last_used", "queue",
+    __slots__ = ("agent", "cls", "committed", "ctx", "fresh", "gate", "key", "last_used", "queue",
                  "runtime", "started", "state", "state_json", "store", "task", "version")
 
     def __init__(self, runtime: Runtime, key: Key, cls: type[Agent] | None) -> None:
@@ -64,6 +64,8 @@ class Instance(OutputGate):
         #: (version, state, state_json) as of the last commit.
         self.committed: tuple[int, Any, str] = (0, None, "")
         self.last_used = time.monotonic()
+        #: What leaves after each commit (results, messages, approvals, events).
+        self.gate = OutputGate(self)
 
     def require_ctx(self, what: str) -> HandlerContext:
         """The running handler's context, or a helpful error."""
@@ -183,7 +185,7 @@ class Instance(OutputGate):
         now = self.runtime.clock.now()
         for env in failed:
             if env.method != TICK:
-                self._deliver_failure(env, exc, 0.0, now)
+                self.gate.deliver_failure(env, exc, 0.0, now)
 
     async def _batch(self) -> None:
         rt = self.runtime
@@ -278,7 +280,7 @@ class Instance(OutputGate):
             now = rt.clock.now()
             for env in taken:
                 if env.sched is None:
-                    self._deliver_failure(env, err, 0.0, now)
+                    self.gate.deliver_failure(env, err, 0.0, now)
             lost = [e for e in taken if e.sched is not None]
             if lost and self.store is not None and isinstance(err, StoreError):
                 self._count_lost_attempts(lost, err)
@@ -298,16 +300,16 @@ class Instance(OutputGate):
             if not taken:  # a tick found nothing due (a stale index entry)
                 rt.timers.index_exact([(self.key, due)])
         if started is not None:
-            self._deliver_start(started)
+            self.gate.deliver_start(started)
         for outcome in done:
             if outcome.ok:
-                self._deliver_success(outcome)
+                self.gate.deliver_success(outcome)
             elif outcome.recorded is not None and outcome.env.sched is not None:
                 rt.scheduled_failure(self.key, outcome)
             else:
                 if outcome.recorded is not None:  # an approved method failed: consumed
                     rt.approvals._after_commit(self.key, "failed", outcome.recorded[1])
-                self._deliver_failure(outcome.env, outcome.value, outcome.duration, outcome.ts,
+                self.gate.deliver_failure(outcome.env, outcome.value, outcome.duration, outcome.ts,
                                       outcome.version)
 
     def _count_lost_attempts(self, envs: list[Envelope], err: BaseException) -> None:

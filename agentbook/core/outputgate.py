@@ -1,37 +1,45 @@
 """The output gate of an awake agent: what leaves once a batch's commit is durable -
 results to callers, messages to other agents, approvals to the inbox, events and
-broadcasts - and how a failure is reported. Mixed into
-:class:`~agentbook.mailbox.Instance`."""
+broadcasts - and how a failure is reported.
+
+Each mailbox (:class:`~agentbook.core.mailbox.Instance`) owns one gate. The mailbox calls it
+only after ``COMMIT`` returned (or for work that never committed, to report the failure),
+so nothing a handler did is seen outside before it is durable (SPEC 2.4)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..envelope import Envelope
     from .handler import HandlerContext, Outcome
-    from .runtime import Runtime
+    from .mailbox import Instance
 
 Key = tuple[str, str]
 
 
 class OutputGate:
-    """Delivery after the commit (mixed into :class:`~agentbook.mailbox.Instance`)."""
+    """Delivery after the commit, for one mailbox."""
 
-    __slots__ = ()
-    runtime: Runtime
-    key: Key
-    version: int
-    committed: tuple[int, Any, str]
+    __slots__ = ("mailbox",)
 
-    def _deliver_start(self, ctx: HandlerContext) -> None:
-        rt = self.runtime
+    def __init__(self, mailbox: Instance) -> None:
+        self.mailbox = mailbox
+
+    @property
+    def key(self) -> Key:
+        return self.mailbox.key
+
+    def deliver_start(self, ctx: HandlerContext) -> None:
+        """``on_start`` committed: announce it, and let out what it did."""
+        rt = self.mailbox.runtime
         if rt.events.active:
-            rt.emit_event("agent:start", self.key, {"version": self.version})
-        self._flush(ctx)
+            rt.emit_event("agent:start", self.key, {"version": self.mailbox.version})
+        self.flush(ctx)
 
-    def _deliver_success(self, outcome: Outcome) -> None:
-        rt = self.runtime
+    def deliver_success(self, outcome: Outcome) -> None:
+        """A handler's work committed: its result, outbox, approvals and events leave."""
+        rt = self.mailbox.runtime
         env, ctx = outcome.env, outcome.ctx
         fut = env.future
         if fut is not None and not fut.done():
@@ -50,12 +58,13 @@ class OutputGate:
                 rt.emit_event("state:update", self.key, {"state": ctx.state_after,
                                                     "source": env.source,
                                                     "version": outcome.version})
-        self._flush(ctx)
+        self.flush(ctx)
         if ctx.destroy:
             rt.destroy_later(self.key)
 
-    def _flush(self, ctx: HandlerContext) -> None:
-        rt = self.runtime
+    def flush(self, ctx: HandlerContext) -> None:
+        """The committed handler's events, broadcasts and connection sends leave."""
+        rt = self.mailbox.runtime
         for type_, payload in ctx.events:
             if type_ == "broadcast":
                 rt.broadcast_from(self.key, payload["message"], payload["exclude"])
@@ -64,13 +73,15 @@ class OutputGate:
             else:
                 rt.emit_event(type_, self.key, payload)
 
-    def _deliver_failure(self, env: Envelope, exc: BaseException, duration: float, ts: float,
-                         at_version: int | None = None) -> None:
-        rt = self.runtime
+    def deliver_failure(self, env: Envelope, exc: BaseException, duration: float, ts: float,
+                        at_version: int | None = None) -> None:
+        """*env* failed (nothing of it committed): record it, and tell its caller or
+        ``on_error``."""
+        rt = self.mailbox.runtime
         rt.catalog.record_failure((
             self.key[0], self.key[1], ts, env.method, env.args_json, env.kwargs_json,
             env.source, duration, f"{type(exc).__name__}: {exc}",
-            self.committed[0] if at_version is None else at_version,
+            self.mailbox.committed[0] if at_version is None else at_version,
         ))
         if rt.events.active:
             rt.emit_event("rpc:error", self.key, {"method": env.method, "error": str(exc),
