@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import jsonvalue, methods
 from ..errors import JSONValueError, StateRejectedError
-from ..schedule import policy as scheduler
-from ..schedule.policy import Occurrence, Retry, Schedule, ScheduleError, resolve_when
+from ..schedule import agentside
+from ..schedule.policy import Occurrence, Retry, Schedule
 from ..store.sqlaccess import sql_params
 
 if TYPE_CHECKING:
@@ -365,12 +365,8 @@ class Agent:
             ScheduleError: a bad time, cron string or callback; nothing is stored.
         """
         inst = self._ab_instance
-        ctx = inst.require_ctx("schedule")
-        now = inst.runtime.clock.now()
-        type_, due, cron = resolve_when(when, now, tz)
-        scheduler.check_callback(type(self), callback, payload)
-        return self._ab_insert(ctx, type_, due, callback, payload, now, cron=cron, tz=tz,
-                               retry=Retry.coerce(retry), missed=missed)
+        return agentside.create(inst, inst.require_ctx("schedule"), type(self), when, callback,
+                                payload, retry=retry, tz=tz, missed=missed)
 
     async def schedule_every(
         self, seconds: float | timedelta, callback: str, payload: Any = None, *,
@@ -382,30 +378,23 @@ class Agent:
         missed runs collapse into one (``missed="once"``).
         """
         inst = self._ab_instance
-        ctx = inst.require_ctx("schedule_every")
-        interval = scheduler.check_interval(seconds)
-        scheduler.check_callback(type(self), callback, payload)
-        now = inst.runtime.clock.now()
-        return self._ab_insert(ctx, "interval", now + interval, callback, payload, now,
-                               interval=interval, retry=Retry.coerce(retry), missed=missed)
+        return agentside.create_every(inst, inst.require_ctx("schedule_every"), type(self),
+                                      seconds, callback, payload, retry=retry, missed=missed)
 
     async def queue(self, callback: str, payload: Any = None, *,
                     retry: Retry | dict | int | None = None) -> Schedule:
         """Queue background work: *callback* runs soon after this handler commits, in FIFO
         order with other queued work; a failing item retries without blocking the others."""
         inst = self._ab_instance
-        ctx = inst.require_ctx("queue")
-        scheduler.check_callback(type(self), callback, payload)
-        now = inst.runtime.clock.now()
-        return self._ab_insert(ctx, "queue", now, callback, payload, now,
-                               retry=Retry.coerce(retry))
+        return agentside.enqueue(inst, inst.require_ctx("queue"), type(self), callback, payload,
+                                 retry=retry)
 
     def get_schedules(self, type: str | None = None,
                       time_range: tuple[Any, Any] | None = None) -> list[Schedule]:
         """Pending schedules, soonest first; filter by ``type`` or a ``(start, end)`` range."""
         inst = self._ab_instance
         inst.require_ctx("get_schedules")
-        return scheduler.select(inst.store.conn, type, time_range)
+        return agentside.pending(inst, type, time_range)
 
     async def cancel_schedule(self, id: str) -> None:
         """Cancel a pending schedule (with the running handler's commit).
@@ -414,15 +403,7 @@ class Agent:
             ScheduleError: no pending schedule has that id.
         """
         inst = self._ab_instance
-        ctx = inst.require_ctx("cancel_schedule")
-        found = scheduler.select(inst.store.conn, id=id)
-        if not found:
-            raise ScheduleError(f"no pending schedule has id {id!r}; see self.get_schedules()")
-        ctx.capture(inst.store)
-        ctx.sched_dirty = True
-        inst.store.internal("DELETE FROM _ab_schedules WHERE id = ?", (id,))
-        kind = "queue" if found[0].type == "queue" else "schedule"
-        ctx.events.append((f"{kind}:cancel", {"id": id, "callback": found[0].callback}))
+        agentside.cancel(inst, inst.require_ctx("cancel_schedule"), id)
 
     @property
     def occurrence(self) -> Occurrence | None:
@@ -433,36 +414,11 @@ class Agent:
 
     def _ab_retry_dead_letter(self, letter_id: str) -> None:
         inst = self._ab_instance
-        ctx = inst.require_ctx("retry_dead_letter")
-        rows = inst.store.internal(
-            "SELECT callback, payload, type, retry FROM _ab_dead_letters WHERE id = ?",
-            (letter_id,))
-        if not rows:
-            raise ScheduleError(f"no dead letter has id {letter_id!r}")
-        callback, payload, _, retry = rows[0]
-        ctx.capture(inst.store)
-        inst.store.internal("DELETE FROM _ab_dead_letters WHERE id = ?", (letter_id,))
-        now = inst.runtime.clock.now()
-        self._ab_insert(ctx, "queue", now, callback, jsonvalue.loads(payload), now,
-                        retry=Retry.from_json(retry))
+        agentside.retry_dead_letter(inst, inst.require_ctx("retry_dead_letter"), letter_id)
 
     def _ab_drop_dead_letter(self, letter_id: str) -> None:
         inst = self._ab_instance
-        ctx = inst.require_ctx("drop_dead_letter")
-        ctx.capture(inst.store)
-        inst.store.internal("DELETE FROM _ab_dead_letters WHERE id = ?", (letter_id,))
-
-    def _ab_insert(self, ctx: Any, type_: str, due: float, callback: str, payload: Any,
-                   now: float, **options: Any) -> Schedule:
-        inst = self._ab_instance
-        ctx.capture(inst.store)
-        ctx.sched_dirty = True
-        sched = scheduler.insert(inst.store, type_, due, callback, payload, now, **options)
-        if inst.runtime.events.active:
-            kind = "queue" if type_ == "queue" else "schedule"
-            ctx.events.append((f"{kind}:create", {"id": sched.id, "callback": callback,
-                                                  "type": type_, "due": due}))
-        return sched
+        agentside.drop_dead_letter(inst, inst.require_ctx("drop_dead_letter"), letter_id)
 
     async def request_approval(
         self,

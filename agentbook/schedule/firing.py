@@ -1,6 +1,6 @@
 """Running due schedules inside an agent's mailbox.
 
-A *tick* message (sent by :mod:`agentbook.timers`) becomes one envelope per due schedule
+A *tick* message (sent by :mod:`agentbook.schedule.timers`) becomes one envelope per due schedule
 row. Each runs as an ordinary handler; in the same savepoint as the callback's own writes
 the row is advanced (recurring) or deleted (one-shot), so an occurrence's effects commit
 exactly once. A failed attempt rolls the callback back and, in a fresh savepoint, records
@@ -12,39 +12,38 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
+from ..envelope import Envelope
 from ..faults import crash_point
-from .policy import ROW_SQL, Occurrence, Retry, new_id, next_after_run, takes_payload, was_missed
+from ..store import schedules as rows
+from ..store.schedules import ScheduleRow
+from .policy import Occurrence, Retry, new_id, next_after_run, takes_payload, was_missed
 
 if TYPE_CHECKING:
-    from ..core.mailbox import HandlerContext, Instance
-    from ..envelope import Envelope
+    from ..core.handler import HandlerContext
+    from ..core.mailbox import Instance
     from ..store import AgentStore
 
-__all__ = ["after_failure", "after_success", "expand_due", "next_due"]
-
-#: Method name of the message that tells an agent to run what is due.
+__all__ = ["advance", "after_failure", "after_success", "expand_due", "next_due", "occurrence_of",
+           "skip_if_missed"]
 
 
 def next_due(store: AgentStore) -> float | None:
     """The agent's earliest pending due time."""
-    return store.internal("SELECT min(due) FROM _ab_schedules")[0][0]
+    return rows.next_due(store)
 
 
 def expand_due(inst: Instance) -> int:
     """Queue one envelope per due schedule at the front of the mailbox; returns how many."""
-    from ..envelope import Envelope
-
     store = inst.store
     assert store is not None
     now = inst.runtime.clock.now()
-    rows = store.internal(ROW_SQL + " WHERE due <= ? ORDER BY due, seq", (now,))
     envs = []
     cls = inst.cls
-    for row in rows:
-        sid, callback, payload_json, type_ = row[0], row[1], row[2], row[3]
-        payload = jsonvalue.loads(payload_json)
+    for row in rows.due_rows(store, now):
+        callback = row.callback
+        payload = jsonvalue.loads(row.payload)
         args: tuple = (payload,) if _takes_payload(cls, callback, payload) else ()
-        source = f"{'queue' if type_ == 'queue' else 'schedule'}:{sid}"
+        source = f"{'queue' if row.type == 'queue' else 'schedule'}:{row.id}"
         label = callback[4:] if callback.startswith("_ab_") else None
         env = Envelope.scheduled(callback, args, jsonvalue.dumps(list(args)), row, source=source,
                                  label=label)
@@ -65,10 +64,10 @@ def _takes_payload(cls: Any, callback: str, payload: Any) -> bool:
 
 def occurrence_of(env: Envelope) -> Occurrence:
     """The :class:`Occurrence` a scheduled envelope runs for."""
-    row = env.sched
-    sid, type_, attempt, occ = row[0], row[3], row[8], row[9]
-    due = row[14] if row[14] is not None else row[4]  # a retry keeps the first due time
-    return Occurrence(f"{sid}:{occ}", sid, attempt + 1, due, type_)
+    row: ScheduleRow = env.sched
+    # a retry keeps the first due time
+    due = row.occurrence_due if row.occurrence_due is not None else row.due
+    return Occurrence(f"{row.id}:{row.occurrence}", row.id, row.attempt + 1, due, row.type)
 
 
 def after_success(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
@@ -77,39 +76,42 @@ def after_success(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
     assert store is not None
     ctx.capture(store)
     ctx.sched_dirty = True
-    _advance(inst, env.sched, inst.runtime.clock.now())
+    advance(inst, env.sched, inst.runtime.clock.now())
     crash_point("mid-schedule-fire")
 
 
-def _advance(inst: Instance, row: tuple, now: float) -> None:
+def advance(inst: Instance, row: ScheduleRow | tuple, now: float) -> None:
+    """Move the schedule of *row* past the occurrence that ran (or was skipped) at *now*:
+    its next tick, or gone for a one-shot. A plain tuple in :class:`ScheduleRow` order is
+    taken too (``travel/rewind.py`` reads rows with ``ROW_SQL`` itself)."""
     store = inst.store
     assert store is not None
-    sid, type_, due, cron, interval, tz, occ, missed = (row[0], row[3], row[4], row[5], row[6],
-                                                        row[7], row[9], row[10])
-    nxt = next_after_run(type_, due, now, cron, interval, tz, missed)
+    if type(row) is not ScheduleRow:
+        row = ScheduleRow._make(row)
+    nxt = next_after_run(row.type, row.due, now, row.cron, row.interval, row.tz, row.missed)
     if nxt is None:
-        store.internal("DELETE FROM _ab_schedules WHERE id = ?", (sid,))
+        rows.delete(store, row.id)
     else:
-        store.internal(
-            "UPDATE _ab_schedules SET due = ?, attempt = 0, occurrence = ?, last_error = NULL,"
-            " occurrence_due = NULL WHERE id = ?",
-            (nxt, occ + 1, sid),
-        )
+        rows.advance(store, row.id, nxt, row.occurrence + 1)
+
+
+#: The name ``travel/rewind.py`` imports (until it uses :func:`advance`).
+_advance = advance
 
 
 def skip_if_missed(inst: Instance, ctx: HandlerContext, env: Envelope) -> bool:
     """For ``missed="skip"`` schedules whose tick was missed: advance without running."""
-    row = env.sched
-    if row[10] != "skip":
+    row: ScheduleRow = env.sched
+    if row.missed != "skip":
         return False
     now = inst.runtime.clock.now()
-    if not was_missed(row[3], row[4], now, row[5], row[6], row[7]):
+    if not was_missed(row.type, row.due, now, row.cron, row.interval, row.tz):
         return False
     store = inst.store
     assert store is not None
     ctx.capture(store)
     ctx.sched_dirty = True
-    _advance(inst, row, now)
+    advance(inst, row, now)
     return True
 
 
@@ -123,25 +125,18 @@ def after_failure(inst: Instance, ctx: HandlerContext, env: Envelope, error: str
     assert store is not None
     ctx.capture(store)
     ctx.sched_dirty = True
-    row = env.sched
-    sid, type_, attempt, occ, retry_json = row[0], row[3], row[8], row[9], row[11]
+    row: ScheduleRow = env.sched
     now = inst.runtime.clock.now()
-    retry = Retry.from_json(retry_json)
-    attempts = attempt + 1
-    occurrence_id = f"{sid}:{occ}"
+    retry = Retry.from_json(row.retry)
+    attempts = row.attempt + 1
+    occurrence_id = f"{row.id}:{row.occurrence}"
     if attempts < retry.max_attempts:
-        store.internal(
-            "UPDATE _ab_schedules SET due = ?, attempt = ?, last_error = ?,"
-            " occurrence_due = coalesce(occurrence_due, ?) WHERE id = ?",
-            (now + retry.delay(attempts, occurrence_id), attempts, error, row[4], sid),
-        )
+        rows.retry_later(store, row.id, now + retry.delay(attempts, occurrence_id), attempts,
+                         error, row.due)
         return "retry", None
     letter_id = new_id()
-    store.internal(
-        "INSERT INTO _ab_dead_letters(id, schedule_id, occurrence, callback, payload, type,"
-        " attempts, error, failed_at, retry) VALUES (?,?,?,?,?,?,?,?,?,?)",
-        (letter_id, sid, occurrence_id, row[1], row[2], type_, attempts, error, now, retry_json),
-    )
-    _advance(inst, row, now)
+    rows.add_dead_letter(store, letter_id, row, occurrence_id, attempts, error, now)
+    advance(inst, row, now)
     key = inst.key
-    return "dead", (letter_id, key[0], key[1], row[1], row[2], type_, attempts, error, now)
+    return "dead", (letter_id, key[0], key[1], row.callback, row.payload, row.type, attempts,
+                    error, now)

@@ -33,12 +33,20 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..errors import UsageError
+from ..methods import FRAMEWORK_NAMES, method_info
+from ..store import schedules as rows
+from ..store.schedules import ROW_SQL, ScheduleRow
 
-__all__ = ["Occurrence", "Retry", "Schedule", "ScheduleError"]
+if TYPE_CHECKING:
+    import apsw
+
+    from ..store import AgentStore
+
+__all__ = ["ROW_SQL", "Occurrence", "Retry", "Schedule", "ScheduleError"]
 
 MISSED_POLICIES = ("once", "skip", "all")
 #: The longest delay or interval, in seconds: 1 000 years.
@@ -155,17 +163,12 @@ class Occurrence:
     type: str
 
 
-# Column order of _ab_schedules rows as read by ROW_SQL.
-ROW_SQL = ("SELECT id, callback, payload, type, due, cron, interval, tz, attempt, occurrence,"
-           " missed, retry, last_error, seq, occurrence_due FROM _ab_schedules")
-
-
-def row_to_schedule(row: tuple) -> Schedule:
-    """A :class:`Schedule` from a row of :data:`ROW_SQL`."""
-    sid, callback, payload, type_, due, cron, interval, _tz, attempt, occ, missed, retry, err, *_ = row
-    return Schedule(sid, callback, jsonvalue.loads(payload), type_,
-                    datetime.fromtimestamp(due, timezone.utc), cron, interval, attempt, occ,
-                    missed, Retry.from_json(retry), err)
+def row_to_schedule(row: ScheduleRow) -> Schedule:
+    """A :class:`Schedule` from a stored :class:`~agentbook.store.schedules.ScheduleRow`."""
+    return Schedule(row.id, row.callback, jsonvalue.loads(row.payload), row.type,
+                    datetime.fromtimestamp(row.due, timezone.utc), row.cron, row.interval,
+                    row.attempt, row.occurrence, row.missed, Retry.from_json(row.retry),
+                    row.last_error)
 
 
 def new_id() -> str:
@@ -318,8 +321,6 @@ def was_missed(type_: str, due: float, now: float, cron: str | None, interval: f
 def check_callback(cls: type, callback: Any, payload: Any) -> None:
     """Refuse callbacks that don't exist, are private or framework methods, or can't take
     the payload."""
-    from ..methods import FRAMEWORK_NAMES, method_info
-
     if not isinstance(callback, str):
         raise ScheduleError(f"the callback is a method name (a str), not {callback!r}")
     fn, _ = method_info(cls, callback)
@@ -348,10 +349,15 @@ def takes_payload(fn: Any) -> bool:
                for p in params)
 
 
-def insert(store: Any, type_: str, due: float, callback: str, payload: Any, now: float, *,
+def insert(store: AgentStore, type_: str, due: float, callback: str, payload: Any, now: float, *,
            cron: str | None = None, interval: float | None = None, tz: str | None = None,
            retry: Retry | None = None, missed: str = "once") -> Schedule:
-    """Write one schedule row (inside the running handler's transaction)."""
+    """Check and write one schedule row (inside the running handler's transaction).
+
+    Raises:
+        ScheduleError: a bad ``missed`` policy, interval or due time; nothing is written.
+        JSONValueError: *payload* is not JSON.
+    """
     if missed not in MISSED_POLICIES:
         raise ScheduleError(f"missed must be one of {MISSED_POLICIES}, not {missed!r}")
     if interval is not None:
@@ -362,36 +368,20 @@ def insert(store: Any, type_: str, due: float, callback: str, payload: Any, now:
     payload = jsonvalue.freeze(payload, "payload")
     retry = retry or Retry()
     sid = new_id()
-    store.internal(
-        "INSERT INTO _ab_schedules(id, callback, payload, type, due, cron, interval, tz, missed,"
-        " retry, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (sid, callback, jsonvalue.dumps(payload), type_, due, cron, interval, tz, missed,
-         retry.to_json(), now),
-    )
+    rows.insert(store, sid, callback, jsonvalue.dumps(payload), type_, due, cron=cron,
+                interval=interval, tz=tz, missed=missed, retry=retry.to_json(), created=now)
     return Schedule(sid, callback, payload, type_, datetime.fromtimestamp(due, timezone.utc),
                     cron, interval, 0, 0, missed, retry, None)
 
 
-def select(conn: Any, type: str | None = None, time_range: tuple | None = None,
+def select(conn: apsw.Connection, type: str | None = None, time_range: tuple | None = None,
            id: str | None = None) -> list[Schedule]:
     """Schedules from a connection, soonest first, filtered by type, due range or id."""
-    where, params = [], []
-    if type is not None:
-        where.append("type = ?")
-        params.append(type)
-    if id is not None:
-        where.append("id = ?")
-        params.append(id)
-    if time_range is not None:
-        start, end = time_range
-        if start is not None:
-            where.append("due >= ?")
-            params.append(_epoch(start))
-        if end is not None:
-            where.append("due < ?")
-            params.append(_epoch(end))
-    sql = ROW_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY due, seq"
-    return [row_to_schedule(r) for r in conn.execute(sql, params).fetchall()]
+    start, end = time_range if time_range is not None else (None, None)
+    found = rows.select(conn, type=type, id=id,
+                        start=None if start is None else _epoch(start),
+                        end=None if end is None else _epoch(end))
+    return [row_to_schedule(r) for r in found]
 
 
 def _epoch(value: Any) -> float:

@@ -1,0 +1,177 @@
+"""The rows of ``_ab_schedules`` and ``_ab_dead_letters``, read and written by name.
+
+The scheduling concept (:mod:`agentbook.schedule`) decides *what* a schedule does; this
+module is the only place that knows its SQL. Writes go through
+:meth:`AgentStore.internal`, so they join the running handler's savepoint and commit with
+it (that is what makes an occurrence's effects and the row's advance one commit). Reads
+that may come from outside the mailbox (``ref.schedules()``, a version's view, the
+analytics projection) take a plain connection instead: a reader, or an in-memory copy.
+
+A schedule row is a :class:`ScheduleRow`, a named tuple in table order, so it is as cheap
+as the tuple SQLite returns; ``Envelope.sched`` carries one through a scheduled run.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    import apsw
+
+    from .agentstore import AgentStore
+
+__all__ = ["ROW_SQL", "DeadLetterRow", "ScheduleRow", "add_dead_letter", "advance", "clear", "dead_letter",
+           "delete", "delete_dead_letter", "due_rows", "insert", "next_due", "retry_later",
+           "rows", "select"]
+
+
+class ScheduleRow(NamedTuple):
+    """One row of ``_ab_schedules`` (see ``store/schema.py`` for what each column means)."""
+
+    id: str
+    callback: str
+    #: JSON text.
+    payload: str
+    #: ``delayed``, ``scheduled``, ``cron``, ``interval`` or ``queue``.
+    type: str
+    #: When it is next due (epoch seconds); a retry's time while retrying.
+    due: float
+    cron: str | None
+    interval: float | None
+    tz: str | None
+    #: Failed attempts of the current occurrence.
+    attempt: int
+    #: Occurrences completed so far (the ``n`` of the occurrence id ``"<id>:<n>"``).
+    occurrence: int
+    missed: str
+    #: JSON ``[max_attempts, base, max_delay, jitter]`` (``None``: the default Retry).
+    retry: str | None
+    last_error: str | None
+    #: Creation order: ties on ``due`` run in it (FIFO for queues).
+    seq: int
+    #: While retrying: when the occurrence was first due (a retry keeps its due time).
+    occurrence_due: float | None
+
+
+class DeadLetterRow(NamedTuple):
+    """What retrying a dead letter needs of its ``_ab_dead_letters`` row."""
+
+    callback: str
+    #: JSON text.
+    payload: str
+    type: str
+    retry: str | None
+
+
+#: The query every schedule read starts with: its rows are in :class:`ScheduleRow` order.
+#: (``travel/rewind.py`` still runs it itself; :func:`rows` is the way to ask.)
+ROW_SQL = ("SELECT id, callback, payload, type, due, cron, interval, tz, attempt, occurrence,"
+           " missed, retry, last_error, seq, occurrence_due FROM _ab_schedules")
+
+
+# -- reads ------------------------------------------------------------------------------
+def rows(store: AgentStore) -> list[ScheduleRow]:
+    """Every pending schedule row, in no particular order."""
+    return [ScheduleRow._make(r) for r in store.internal(ROW_SQL)]
+
+
+def due_rows(store: AgentStore, now: float) -> list[ScheduleRow]:
+    """The rows due at *now*, in the order they run (due time, then creation)."""
+    return [ScheduleRow._make(r)
+            for r in store.internal(ROW_SQL + " WHERE due <= ? ORDER BY due, seq", (now,))]
+
+
+def next_due(store: AgentStore) -> float | None:
+    """The earliest pending due time (an index look-up), ``None`` when nothing is pending."""
+    return store.internal("SELECT min(due) FROM _ab_schedules")[0][0]
+
+
+def select(conn: apsw.Connection, *, type: str | None = None, id: str | None = None,
+           start: float | None = None, end: float | None = None) -> list[ScheduleRow]:
+    """Rows from any connection to an agent's database (the writer, a reader, an in-memory
+    copy), soonest first, filtered by type, id and a ``[start, end)`` due range."""
+    where: list[str] = []
+    params: list[str | float] = []
+    if type is not None:
+        where.append("type = ?")
+        params.append(type)
+    if id is not None:
+        where.append("id = ?")
+        params.append(id)
+    if start is not None:
+        where.append("due >= ?")
+        params.append(start)
+    if end is not None:
+        where.append("due < ?")
+        params.append(end)
+    sql = ROW_SQL + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY due, seq"
+    return [ScheduleRow._make(r) for r in conn.execute(sql, params).fetchall()]
+
+
+def dead_letter(store: AgentStore, letter_id: str) -> DeadLetterRow | None:
+    """The dead letter *letter_id*, or ``None``."""
+    found = store.internal(
+        "SELECT callback, payload, type, retry FROM _ab_dead_letters WHERE id = ?", (letter_id,))
+    return DeadLetterRow._make(found[0]) if found else None
+
+
+# -- writes (inside the running handler's transaction) ------------------------------------
+def insert(store: AgentStore, id: str, callback: str, payload: str, type: str, due: float, *,
+           cron: str | None, interval: float | None, tz: str | None, missed: str,
+           retry: str, created: float) -> None:
+    """Add a schedule row (*payload* and *retry* are JSON text)."""
+    store.internal(
+        "INSERT INTO _ab_schedules(id, callback, payload, type, due, cron, interval, tz, missed,"
+        " retry, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        (id, callback, payload, type, due, cron, interval, tz, missed, retry, created),
+    )
+
+
+def delete(store: AgentStore, id: str) -> None:
+    """Remove schedule *id* (a one-shot that ran, a cancel); no row is no error."""
+    store.internal("DELETE FROM _ab_schedules WHERE id = ?", (id,))
+
+
+def advance(store: AgentStore, id: str, due: float, occurrence: int) -> None:
+    """Move schedule *id* to its next occurrence, due at *due*, with a fresh set of attempts."""
+    store.internal(
+        "UPDATE _ab_schedules SET due = ?, attempt = 0, occurrence = ?, last_error = NULL,"
+        " occurrence_due = NULL WHERE id = ?",
+        (due, occurrence, id),
+    )
+
+
+def retry_later(store: AgentStore, id: str, due: float, attempt: int, error: str,
+                first_due: float) -> None:
+    """Record failed attempt *attempt* of schedule *id* and retry it at *due*; the occurrence
+    keeps the due time of its first attempt (*first_due*, kept from the first failure on)."""
+    store.internal(
+        "UPDATE _ab_schedules SET due = ?, attempt = ?, last_error = ?,"
+        " occurrence_due = coalesce(occurrence_due, ?) WHERE id = ?",
+        (due, attempt, error, first_due, id),
+    )
+
+
+def add_dead_letter(store: AgentStore, id: str, row: ScheduleRow, occurrence: str,
+                    attempts: int, error: str, failed_at: float) -> None:
+    """Add dead letter *id* for occurrence *occurrence* of schedule *row*."""
+    store.internal(
+        "INSERT INTO _ab_dead_letters(id, schedule_id, occurrence, callback, payload, type,"
+        " attempts, error, failed_at, retry) VALUES (?,?,?,?,?,?,?,?,?,?)",
+        (id, row.id, occurrence, row.callback, row.payload, row.type, attempts, error,
+         failed_at, row.retry),
+    )
+
+
+def delete_dead_letter(store: AgentStore, letter_id: str) -> None:
+    """Forget dead letter *letter_id*; no row is no error."""
+    store.internal("DELETE FROM _ab_dead_letters WHERE id = ?", (letter_id,))
+
+
+def clear(conn: apsw.Connection, *, schedules: bool = True, dead_letters: bool = True) -> None:
+    """Empty the tables on a copy of an agent's database (a fork keeps schedules only if
+    asked, and never dead letters)."""
+    if schedules:
+        conn.execute("DELETE FROM _ab_schedules")
+    if dead_letters:
+        conn.execute("DELETE FROM _ab_dead_letters")
