@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .core.agent import Agent
+    from .store.secrets import Secrets
 
 __all__ = ["Secret", "SecretStore"]
 
@@ -65,36 +66,33 @@ class SecretStore(MutableMapping[str, Secret]):
         self._agent = agent
         self._scope = scope
 
-    def _store(self) -> Any:
-        return self._agent._ab_store()
+    def _secrets(self) -> Secrets:
+        # (the agent's store, reached through the agent: this module sits below the store)
+        secrets: Secrets = self._agent._ab_store().secrets
+        return secrets
 
     def __getitem__(self, key: str) -> Secret:
-        rows = self._store().internal(
-            "SELECT value FROM _ab_secrets WHERE scope = ? AND key = ?", (self._scope, key))
-        if not rows:
+        value = self._secrets().get(self._scope, key)
+        if value is None:
             raise KeyError(key)
-        return Secret(rows[0][0], key)
+        return Secret(value, key)
 
     def __setitem__(self, key: str, value: Secret | str) -> None:
         raw = value.reveal() if isinstance(value, Secret) else value
         if not isinstance(raw, str):
             raise TypeError("secrets are strings (or ab.Secret)")
-        self._store().internal("INSERT OR REPLACE INTO _ab_secrets VALUES (?, ?, ?)",
-                               (self._scope, key, raw))
+        self._secrets().put(self._scope, key, raw)
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
             raise KeyError(key)
-        self._store().internal("DELETE FROM _ab_secrets WHERE scope = ? AND key = ?",
-                               (self._scope, key))
+        self._secrets().delete(self._scope, key)
 
     def __contains__(self, key: object) -> bool:
-        return bool(self._store().internal(
-            "SELECT 1 FROM _ab_secrets WHERE scope = ? AND key = ?", (self._scope, key)))
+        return self._secrets().has(self._scope, key)
 
     def __iter__(self) -> Iterator[str]:
-        return iter([r[0] for r in self._store().internal(
-            "SELECT key FROM _ab_secrets WHERE scope = ? ORDER BY key", (self._scope,))])
+        return iter(self._secrets().keys(self._scope))
 
     def __len__(self) -> int:
         return len(list(iter(self)))

@@ -21,6 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ReadOnlyError, SQLError
+from ..store import files, messages
 
 if TYPE_CHECKING:
     import duckdb
@@ -63,12 +64,10 @@ CREATE TABLE IF NOT EXISTS tool_calls(
 
 #: The text columns of a history row travel packed in one JSON array per row (SQLite's
 #: json_array, in C) and DuckDB unpacks them (json_extract_string, in C): one Python
-#: object per row instead of nine, and one Arrow string column instead of nine.
-_TEXT_COLS = ["method", "args", "kwargs", "source", "outcome", "error", "result", "state",
-              "occurrence"]
-_HISTORY_SQL = ("SELECT version, ts, duration_ms, due, json_array(" + ", ".join(_TEXT_COLS)
-                + ") FROM _ab_history WHERE version > ? ORDER BY version")
-_NUMBER_COLS = ["version", "ts", "duration_ms", "due"]
+#: object per row instead of nine, and one Arrow string column instead of nine (see
+#: :func:`agentbook.store.files.packed_history`).
+_TEXT_COLS = list(files.HISTORY_TEXT_COLUMNS)
+_NUMBER_COLS = list(files.HISTORY_NUMBER_COLUMNS)
 _UNPACK = ", ".join(f"'$[{i}]'" for i in range(len(_TEXT_COLS)))
 
 
@@ -191,14 +190,10 @@ class Analytics:
 
     def _read(self, conn: Any, key: Key, chat: dict[str, list]) -> list[tuple]:
         self._small[key] = _read_small(conn, key)
-        rows = conn.execute(_HISTORY_SQL, (self._marks.get(key, -1),)).fetchall()
+        rows = files.packed_history(conn, self._marks.get(key, -1))
         if rows:  # chat tables are small: take them whole for agents that changed
-            chat["messages"] += [(*key, *r) for r in conn.execute(
-                "SELECT seq, id, role, content, tool_calls, tool_call_id, name, ts FROM"
-                " _ab_messages ORDER BY seq").fetchall()]
-            chat["tool_calls"] += [(*key, *r) for r in conn.execute(
-                "SELECT id, tool, args, result, error, duration_ms, cached, ts FROM"
-                " _ab_tool_calls").fetchall()]
+            chat["messages"] += [(*key, *r) for r in messages.read_messages(conn)]
+            chat["tool_calls"] += [(*key, *r) for r in messages.read_tool_calls(conn)]
         return rows
 
     def _chat_views(self, keys: list[Key], chat: dict[str, list]) -> None:
@@ -362,8 +357,8 @@ def _read_small(conn: Any, key: Key) -> tuple[Any, Any, list[tuple]]:
     """An agent's row of the ``agents`` view (version, state) and its ``schedules`` rows."""
     from ..schedule.policy import select
 
-    state = conn.execute("SELECT version, state FROM _ab_state").fetchall()
-    version, state_json = state[0] if state else (None, None)
+    head = files.head(conn)
+    version, state_json = (head.version, head.state) if head else (None, None)
     scheds = [(*key, s.id, s.callback, s.type, s.due, s.cron, s.interval, s.attempt,
                s.occurrence, json.dumps(s.payload), s.last_error) for s in select(conn)]
     return version, state_json, scheds

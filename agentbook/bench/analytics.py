@@ -40,6 +40,7 @@ from typing import Any
 
 import agentbook as ab
 
+from ..store.files import BareHistoryRow, append_bare_history
 from .report import Result, Target, to_json
 from .timing import check, interleave
 
@@ -140,9 +141,6 @@ def _write_history(path: str, agents: int, extra_rows: int, seed: int) -> None:
     folder = os.path.join(path, "agents", BenchAnalytics.__name__)
     files = sorted(f for f in os.listdir(folder) if f.endswith(".db"))
     check(len(files) == agents, "every agent has a store file")
-    insert = ("INSERT INTO _ab_history(version, ts, method, args, kwargs, source, duration_ms,"
-              " outcome, error, result, state, due, occurrence)"
-              " VALUES (?, ?, ?, ?, NULL, ?, ?, 'ok', NULL, ?, ?, ?, ?)")
     for i, file in enumerate(files):
         rows = _history_rows(i, extra_rows, _T0, rng)
         if not rows:
@@ -150,11 +148,9 @@ def _write_history(path: str, agents: int, extra_rows: int, seed: int) -> None:
         conn = apsw.Connection(os.path.join(folder, file))
         try:
             conn.execute("PRAGMA synchronous=OFF")
-            with conn:
-                conn.executemany(insert, [(v, ts, m, a, src, ms, str(v - 1), st, due, occ)
-                                          for v, ts, m, a, src, ms, st, due, occ in rows])
-                last = rows[-1]
-                conn.execute("UPDATE _ab_state SET version = ?, state = ?", (last[0], last[6]))
+            append_bare_history(conn, [
+                BareHistoryRow(v, ts, m, a, src, ms, str(v - 1), st, due, occ)
+                for v, ts, m, a, src, ms, st, due, occ in rows])
         finally:
             conn.close()
 

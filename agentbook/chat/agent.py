@@ -22,16 +22,20 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .. import jsonvalue
 from ..core.agent import Agent
 from ..methods import callable
 from ..models.base import Model, Response
+from ..store import mcp as mcp_store
+from ..store import messages as stored
 from .tools import Tool, as_tool, validate
 
 if TYPE_CHECKING:
+    from ..core.mailbox import Instance
     from ..core.ref import AgentRef
+    from ..store import AgentStore
 
 __all__ = ["ChatAgent", "ChatChunk"]
 
@@ -67,6 +71,8 @@ class ChatAgent(Agent):
     system: str = "You are a helpful assistant."
     max_messages: int = 40
     max_steps: int = 6
+    #: The tool index of each class, built on first use (see :meth:`_ab_tools`).
+    _ab_tool_index: ClassVar[dict[str, Tool] | None] = None
 
     @callable
     async def chat(self, text: str) -> str:
@@ -98,10 +104,7 @@ class ChatAgent(Agent):
     # -- reading ------------------------------------------------------------------------
     def get_messages(self) -> list[dict[str, Any]]:
         """The stored conversation (inside a handler)."""
-        store = self._ab_store()
-        rows = store.internal("SELECT id, role, content, tool_calls, tool_call_id, name, ts"
-                              " FROM _ab_messages ORDER BY seq")
-        return [_message(r) for r in rows]
+        return [_message(m) for m in stored.messages(self._ab_store())]
 
     async def run_approved_tool(self, tool: str, arguments: dict, call_id: str) -> str:
         """Run a tool a person approved, then let the model follow up (approval target)."""
@@ -128,10 +131,8 @@ class ChatAgent(Agent):
 
     def _ab_pending_tool(self, approval_id: str) -> dict[str, Any] | None:
         """The tool call a still-pending approval stands for (``None`` for anything else)."""
-        rows = self._ab_instance.store.internal(
-            "SELECT kwargs FROM _ab_approvals WHERE id = ? AND status = 'pending'"
-            " AND method = 'run_approved_tool'", (approval_id,))
-        return json.loads(rows[0][0]) if rows else None
+        found = stored.pending_tool_approval(_open_store(self._ab_instance), approval_id)
+        return json.loads(found) if found is not None else None
 
     # -- tool index ---------------------------------------------------------------------
     @classmethod
@@ -157,7 +158,7 @@ class _Turn:
         self.agent = agent
         self.inst = agent._ab_instance
         self.ctx = self.inst.require_ctx("chat")
-        self.store = self.inst.store
+        self.store = _open_store(self.inst)
         self.stream: asyncio.Queue | None = self.ctx.extras.get("stream")
         self.client_tools: dict[str, Callable] = self.ctx.extras.get("client_tools") or {}
         self.tools = dict(type(agent)._ab_tools())
@@ -173,12 +174,10 @@ class _Turn:
 
     def store_message(self, msg: dict[str, Any]) -> None:
         self.ctx.capture(self.store)
-        self.store.internal(
-            "INSERT INTO _ab_messages(id, role, content, tool_calls, tool_call_id, name, ts)"
-            " VALUES (?,?,?,?,?,?,?)",
-            ("m-" + secrets.token_hex(6), msg["role"], msg.get("content") or "",
-             jsonvalue.dumps(msg["tool_calls"]) if msg.get("tool_calls") else None,
-             msg.get("tool_call_id"), msg.get("name"), self.agent.now()))
+        stored.add_message(
+            self.store, "m-" + secrets.token_hex(6), msg["role"], msg.get("content") or "",
+            jsonvalue.dumps(msg["tool_calls"]) if msg.get("tool_calls") else None,
+            msg.get("tool_call_id"), msg.get("name"), self.agent.now())
 
     def declined(self, pending: dict[str, Any], result: dict[str, Any]) -> None:
         """A gated tool call was rejected or expired: the conversation says so, the way an
@@ -197,7 +196,7 @@ class _Turn:
 
     async def join_mcp(self) -> None:
         """The agent's MCP tools join this turn's tools (once), prefixed on name clashes."""
-        if self.mcp_joined or not self.store.internal("SELECT 1 FROM _ab_mcp_servers LIMIT 1"):
+        if self.mcp_joined or not mcp_store.has_servers(self.store):
             return
         self.mcp_joined = True
         for mcp_tool in await self.agent.mcp.chat_tools():
@@ -279,14 +278,13 @@ class _Turn:
             result, hit = await self.agent.effect(f"tool:{name}", self._runner(tool), args), False
             if tool.ttl:
                 self.ctx.capture(self.store)
-                self.store.internal("INSERT OR REPLACE INTO _ab_tool_cache VALUES (?, ?, ?)",
-                                    (key, jsonvalue.dumps(result), self.agent.now() + tool.ttl))
+                stored.cache_result(self.store, key, jsonvalue.dumps(result),
+                                    self.agent.now() + tool.ttl)
         error = result.get("error") if isinstance(result, dict) and len(result) == 1 else None
         self.ctx.capture(self.store)
-        self.store.internal("INSERT OR REPLACE INTO _ab_tool_calls VALUES (?,?,?,?,?,?,?,?)",
-                            (call["id"], name, jsonvalue.dumps(args), jsonvalue.dumps(result),
-                             error, (time.perf_counter() - started) * 1000, int(hit),
-                             self.agent.now()))
+        stored.record_tool_call(self.store, stored.ToolCall(
+            call["id"], name, jsonvalue.dumps(args), jsonvalue.dumps(result), error,
+            (time.perf_counter() - started) * 1000, int(hit), self.agent.now()))
         self.push(ChatChunk("", "tool_result", {"id": call["id"], "name": name,
                                                 "result": jsonvalue.thaw(result)}))
         self.emit("tool:result", id=call["id"], name=name, cached=hit, error=error)
@@ -295,9 +293,8 @@ class _Turn:
     def _cached(self, tool: Tool, key: str) -> Any:
         if not tool.ttl:
             return None
-        rows = self.store.internal("SELECT result FROM _ab_tool_cache WHERE key = ? AND expires > ?",
-                                   (key, self.agent.now()))
-        return jsonvalue.loads(rows[0][0]) if rows else None
+        found = stored.cached_result(self.store, key, self.agent.now())
+        return jsonvalue.loads(found) if found is not None else None
 
     def _runner(self, tool: Tool) -> Callable[..., Any]:
         agent, client = self.agent, self.client_tools
@@ -318,13 +315,11 @@ class _Turn:
         return run
 
     def context(self) -> list[dict[str, Any]]:
-        rows = self.store.internal("SELECT id, role, content, tool_calls, tool_call_id, name, ts"
-                                   " FROM _ab_messages ORDER BY seq")
         system = self.agent.system
         out = []
-        for row in rows:
-            if row[1] == "summary":
-                system = f"{system}\n\nEarlier in this conversation:\n{row[2]}"
+        for row in stored.messages(self.store):
+            if row.role == "summary":
+                system = f"{system}\n\nEarlier in this conversation:\n{row.content}"
             else:
                 msg = _message(row)
                 msg.pop("id")
@@ -335,22 +330,23 @@ class _Turn:
     def fold(self) -> None:
         """Fold the oldest turns into the summary when there are too many messages."""
         limit = self.agent.max_messages
-        rows = self.store.internal("SELECT seq, id, role, content, tool_calls, tool_call_id, name,"
-                                   " ts FROM _ab_messages WHERE role != 'summary' ORDER BY seq")
+        rows = stored.messages(self.store, with_summary=False)
         if len(rows) <= limit:
             return
         cut = len(rows) - limit // 2
-        while cut < len(rows) and rows[cut][2] != "user":  # never split a tool exchange
+        while cut < len(rows) and rows[cut].role != "user":  # never split a tool exchange
             cut += 1
         old = rows[:cut]
-        previous = self.store.internal("SELECT content FROM _ab_messages WHERE role = 'summary'")
-        summary = self.agent.summarize([_message(r[1:]) for r in old],
-                                       previous[0][0] if previous else None)
+        summary = self.agent.summarize([_message(r) for r in old], stored.summary(self.store))
         self.ctx.capture(self.store)
-        self.store.internal("DELETE FROM _ab_messages WHERE role = 'summary' OR seq <= ?",
-                            (old[-1][0],))
-        self.store.internal("INSERT INTO _ab_messages(seq, id, role, content, ts)"
-                            " VALUES (0, 'summary', 'summary', ?, ?)", (summary, self.agent.now()))
+        stored.fold(self.store, old[-1].seq, summary, self.agent.now())
+
+
+def _open_store(inst: Instance) -> AgentStore:
+    """The store of an agent whose handler runs (it is open while a handler runs)."""
+    store = inst.store
+    assert store is not None
+    return store
 
 
 def _params(fn: Callable) -> list[str]:
@@ -359,15 +355,14 @@ def _params(fn: Callable) -> list[str]:
     return list(inspect.signature(fn).parameters)
 
 
-def _message(row: tuple) -> dict[str, Any]:
-    mid, role, content, tool_calls, tool_call_id, name, ts = row
-    msg: dict[str, Any] = {"id": mid, "role": role, "content": content, "ts": ts}
-    if tool_calls:
-        msg["tool_calls"] = json.loads(tool_calls)
-    if tool_call_id:
-        msg["tool_call_id"] = tool_call_id
-    if name:
-        msg["name"] = name
+def _message(row: stored.Message) -> dict[str, Any]:
+    msg: dict[str, Any] = {"id": row.id, "role": row.role, "content": row.content, "ts": row.ts}
+    if row.tool_calls:
+        msg["tool_calls"] = json.loads(row.tool_calls)
+    if row.tool_call_id:
+        msg["tool_call_id"] = row.tool_call_id
+    if row.name:
+        msg["name"] = row.name
     return msg
 
 

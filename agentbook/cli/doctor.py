@@ -29,7 +29,7 @@ from typing import Any
 import apsw
 
 from ..errors import StoreCorruptError, UsageError
-from ..store import agent_file, health
+from ..store import agent_file, files, health
 from ..store.chain import verify_chain
 
 __all__ = ["check_file", "check_stores", "exit_status", "format_report", "release"]
@@ -243,21 +243,19 @@ def _check_conn(conn: apsw.Connection, chain: bool) -> dict[str, Any]:
     problems = [] if entry["quick_check"] == "ok" else [f"quick_check: {entry['quick_check']}"]
     if chain:
         try:
-            tables = {r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_schema WHERE type = 'table'").fetchall()}
-            if not {"_ab_meta", "_ab_history", "_ab_state"} <= tables:
+            if not files.has_core_tables(conn):
                 problems.append("not an agentbook store (its tables are missing)")
             else:
-                meta = dict(conn.execute("SELECT key, value FROM _ab_meta").fetchall())
+                meta = files.meta(conn)
                 entry["class"], entry["name"] = meta.get("class"), meta.get("name")
-                state = conn.execute("SELECT version FROM _ab_state").fetchall()
-                entry["version"] = state[0][0] if state else 0
+                head = files.head(conn)
+                entry["version"] = head.version if head else 0
                 bad = verify_chain(conn)
                 entry["first_bad_version"] = bad
                 if bad is not None:
                     problems.append(f"history version {bad} does not match its hash chain "
                                     "(changed after it was written)")
-                newest = conn.execute("SELECT max(version) FROM _ab_history").fetchall()[0][0]
+                newest = files.last_history_version(conn)
                 if newest is not None and newest != entry["version"]:
                     problems.append(f"the state says version {entry['version']} but the "
                                     f"history goes to {newest}")
@@ -320,7 +318,7 @@ def _quarantine_rows(catalog_path: str) -> list[tuple]:
 def _created(path: str) -> float:
     try:
         with _reading(path) as conn:
-            rows = conn.execute("SELECT value FROM _ab_meta WHERE key = 'created'").fetchall()
-        return float(rows[0][0]) if rows else os.path.getmtime(path)
+            created = files.meta_value(conn, "created")
+        return float(created) if created is not None else os.path.getmtime(path)
     except (apsw.Error, ValueError, OSError):
         return os.path.getmtime(path)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..errors import JSONValueError
+from ..store import mcp as stored
 from . import ERRORS, MCPError, MCPProtocolError, MCPTargetError, MCPToolError, registry, require_sdk
 from .chattools import MCPTool, build, recorded, replaying
 
@@ -63,20 +64,18 @@ async def add(agent: Agent, name: str, target: Any, headers: dict, env: dict) ->
                              "credentials with headers=", name)
     spec = Spec(name, transport, norm, hdrs, envs)
     store = inst.store
-    row = (name, transport, jsonvalue.dumps(list(norm) if transport == "stdio" else norm),
-           jsonvalue.dumps({"headers": [k for k, _ in hdrs], "env": [k for k, _ in envs]}))
-    old = store.internal(registry.SELECT + " WHERE name = ?", (name,))
-    if not old or tuple(old[0]) != row:
+    assert store is not None  # (a running handler's store is open)
+    row = stored.Registration(
+        name, transport, jsonvalue.dumps(list(norm) if transport == "stdio" else norm),
+        jsonvalue.dumps({"headers": [k for k, _ in hdrs], "env": [k for k, _ in envs]}))
+    old = stored.registration(store, name)
+    if old != row:
         ctx.capture(store)
-        store.internal("INSERT OR REPLACE INTO _ab_mcp_servers VALUES (?, ?, ?, ?, ?)",
-                       (*row, _now(agent)))
-    if not old or registry.spec_of(store, tuple(old[0])) != spec:
-        scope = f"mcp:{name}"
-        store.internal("DELETE FROM _ab_secrets WHERE scope = ?", (scope,))
-        for kind, pairs in (("header", hdrs), ("env", envs)):
-            for key, value in pairs:
-                store.internal("INSERT INTO _ab_secrets VALUES (?, ?, ?)",
-                               (scope, f"{kind}:{key}", value))
+        stored.register(store, row, _now(agent))
+    if old is None or registry.spec_of(store, old) != spec:
+        store.secrets.replace_scope(f"mcp:{name}", [
+            (f"{kind}:{key}", value)
+            for kind, pairs in (("header", hdrs), ("env", envs)) for key, value in pairs])
     if replaying(ctx):  # the registration is part of the replayed state; connecting is not
         return registry.replayed(row)
     mgr = manager(agent.runtime)
@@ -90,11 +89,12 @@ async def remove(agent: Agent, name: str) -> None:
     inst = agent._ab_instance
     ctx = inst.require_ctx("remove_mcp_server")
     store = inst.store
-    if not store.internal("SELECT 1 FROM _ab_mcp_servers WHERE name = ?", (name,)):
+    assert store is not None  # (a running handler's store is open)
+    if stored.registration(store, name) is None:
         raise registry.not_found(store, name)
     ctx.capture(store)
-    store.internal("DELETE FROM _ab_mcp_servers WHERE name = ?", (name,))
-    store.internal("DELETE FROM _ab_secrets WHERE scope = ?", (f"mcp:{name}",))
+    stored.unregister(store, name)
+    store.secrets.drop_scope(f"mcp:{name}")
     if agent.runtime.mcp_clients is not None:
         agent.runtime.mcp_clients.drop(inst.key, name, "removed")
 
@@ -103,11 +103,11 @@ def wake(inst: Any) -> None:
     """Core hook for an agent that just woke (its store is open): start reconnecting its
     MCP servers in the background, so they are ready sooner. Never waits, never raises."""
     try:
-        rows = inst.store.internal(registry.SELECT + " ORDER BY created, name")
+        rows = stored.registrations(inst.store)
         if rows:
             mgr = manager(inst.runtime)
             for row in rows:
-                mgr.ensure(inst.key, registry.spec_of(inst.store, tuple(row)))
+                mgr.ensure(inst.key, registry.spec_of(inst.store, row))
     except Exception:  # the first use says what is wrong (e.g. the SDK is missing)
         pass
 
@@ -119,7 +119,8 @@ def servers(agent: Agent) -> list[dict[str, Any]]:
     inst = agent._ab_instance
     ctx = inst.require_ctx("get_mcp_servers")
     store = inst.store
-    rows = [tuple(r) for r in store.internal(registry.SELECT + " ORDER BY created, name")]
+    assert store is not None  # (a running handler's store is open)
+    rows = stored.registrations(store)
     if not rows or replaying(ctx):
         return [registry.replayed(row) for row in rows]
     mgr = manager(agent.runtime)
@@ -152,13 +153,14 @@ class MCPAccess:
         inst = agent._ab_instance
         ctx = inst.require_ctx("mcp.ready")
         store = inst.store
-        rows = [tuple(r) for r in store.internal(registry.SELECT + " ORDER BY created, name")]
+        assert store is not None  # (a running handler's store is open)
+        rows = stored.registrations(store)
         if replaying(ctx):  # a replay serves recorded results: no server is contacted
             return [registry.replayed(row) for row in rows]
         if not rows and agent.runtime.mcp_clients is None:
             return []
         mgr = manager(agent.runtime)
-        names = {r[0] for r in rows}
+        names = {r.name for r in rows}
         for stale in set(mgr.names(inst.key)) - names:  # rewound away, or a failed add
             mgr.drop(inst.key, stale, "unregistered")
         conns = [mgr.ensure(inst.key, registry.spec_of(store, row)) for row in rows]
@@ -258,7 +260,7 @@ class MCPAccess:
 
 # -- helpers ------------------------------------------------------------------------------
 async def _live(agent: Agent, server: str, tool: str, args: dict, timeout: float,
-                row: tuple | None = None) -> Any:
+                row: stored.Registration | None = None) -> Any:
     """Call the server now (no journaling)."""
     conn = _connection(agent, server, row)
     if conn.state != "ready":
@@ -280,15 +282,16 @@ def _chat_fn(agent: Agent, server: str, tool: str) -> Any:
     return call_mcp_tool
 
 
-def _connection(agent: Agent, server: str, row: tuple | None = None) -> Connection:
+def _connection(agent: Agent, server: str, row: stored.Registration | None = None) -> Connection:
     """The connection for registered server *server* (the registration decides: a rewind
     may have changed or removed it)."""
     inst = agent._ab_instance
     row = row or registry.row(agent, server)
     mgr = manager(agent.runtime)
     conn = mgr.get(inst.key, server)
-    if conn is not None and conn.state != "closed" and conn.registered_as == row[1:3]:
+    if conn is not None and conn.state != "closed" and conn.registered_as == (row.transport, row.target):
         return conn
+    assert inst.store is not None  # (a running handler's store is open)
     return mgr.ensure(inst.key, registry.spec_of(inst.store, row))
 
 

@@ -14,19 +14,22 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import jsonvalue
+from ..store import mcp as stored
+from ..store.mcp import Registration
 from . import MCPServerNotFoundError, MCPTargetError
 
 if TYPE_CHECKING:
     from ..core.agent import Agent
+    from ..store import AgentStore
     from .client import Connection
     from .transport import Spec
 
-__all__ = ["SELECT", "not_found", "pairs", "parse_target", "replayed", "row", "spec_of", "status"]
+__all__ = ["Registration", "not_found", "pairs", "parse_target", "replayed", "row", "spec_of",
+           "status"]
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 ENV = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-SELECT = "SELECT name, transport, target, secret_names FROM _ab_mcp_servers"
 #: URL query parameters that carry credentials: refused (URLs are kept in history).
 _URL_SECRETS = frozenset({"token", "access_token", "api_key", "apikey", "key", "secret",
                           "password", "auth", "authorization"})
@@ -58,17 +61,17 @@ def parse_target(target: Any) -> tuple[str, str | tuple[str, ...]]:
                          f"{target!r}")
 
 
-def row(agent: Agent, server: str) -> tuple:
+def row(agent: Agent, server: str) -> Registration:
     """The registration row of *server*, or :class:`MCPServerNotFoundError`."""
     store = agent._ab_instance.store
-    rows = store.internal(SELECT + " WHERE name = ?", (server,)) if isinstance(server, str) \
-        else []
-    if not rows:
+    assert store is not None  # (called inside a handler: the store is open)
+    found = stored.registration(store, server) if isinstance(server, str) else None
+    if found is None:
         raise not_found(store, server)
-    return tuple(rows[0])
+    return found
 
 
-def spec_of(store: Any, row: tuple) -> Spec:
+def spec_of(store: AgentStore, row: Registration) -> Spec:
     """How to reach the server of registration *row*, its secrets read from the store
     (those the registration names but the store lacks are listed as ``missing``)."""
     from .transport import Spec
@@ -76,8 +79,7 @@ def spec_of(store: Any, row: tuple) -> Spec:
     name, transport, target_json, names_json = row
     target = jsonvalue.loads(target_json)
     names = jsonvalue.loads(names_json)
-    found = dict(store.internal("SELECT key, value FROM _ab_secrets WHERE scope = ?",
-                                (f"mcp:{name}",)))
+    found = store.secrets.items(f"mcp:{name}")
     headers = tuple((k, found[f"header:{k}"]) for k in names.get("headers", ())
                     if f"header:{k}" in found)
     env = tuple((k, found[f"env:{k}"]) for k in names.get("env", ()) if f"env:{k}" in found)
@@ -87,17 +89,17 @@ def spec_of(store: Any, row: tuple) -> Spec:
                 env, missing)
 
 
-def status(row: tuple, conn: Connection) -> dict[str, Any]:
+def status(row: Registration, conn: Connection) -> dict[str, Any]:
     """What ``get_mcp_servers()`` shows of one server (JSON; never a secret)."""
     name, transport, target_json, _ = row
     return {"name": name, "transport": transport, "target": jsonvalue.thaw(
         jsonvalue.loads(target_json)), **conn.status()}
 
 
-def replayed(row: tuple) -> dict[str, Any]:
+def replayed(row: Registration) -> dict[str, Any]:
     """The status of a server while a replay runs (nothing is contacted)."""
-    return {"name": row[0], "transport": row[1], "target": jsonvalue.thaw(
-        jsonvalue.loads(row[2])), "state": "replay", "error": None, "tools": []}
+    return {"name": row.name, "transport": row.transport, "target": jsonvalue.thaw(
+        jsonvalue.loads(row.target)), "state": "replay", "error": None, "tools": []}
 
 
 def pairs(what: str, mapping: Any, pattern: re.Pattern) -> tuple[tuple[str, str], ...]:
@@ -119,9 +121,9 @@ def pairs(what: str, mapping: Any, pattern: re.Pattern) -> tuple[tuple[str, str]
     return tuple(sorted(out))
 
 
-def not_found(store: Any, name: Any) -> MCPServerNotFoundError:
+def not_found(store: AgentStore, name: Any) -> MCPServerNotFoundError:
     """The error for an unknown server name, listing the known ones."""
-    known = [r[0] for r in store.internal("SELECT name FROM _ab_mcp_servers ORDER BY name")]
+    known = stored.names(store)
     return MCPServerNotFoundError(
         f"this agent has no MCP server named {name!r} (it has: {', '.join(known) or 'none'}); "
         "add it with await self.add_mcp_server(name, url_or_command)", str(name))

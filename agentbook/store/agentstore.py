@@ -29,6 +29,7 @@ from ..errors import SQLError, StoreCorruptError, StoreError, StoreReadOnlyError
 from . import health
 from .chain import chain_hash
 from .schema import MIGRATIONS, UNTRACKED_TABLES
+from .secrets import Secrets
 from .sqlaccess import _BAD_INPUT, open_reader, readonly_authorizer, translate_error, user_authorizer
 
 __all__ = ["AgentStore"]
@@ -169,6 +170,11 @@ class AgentStore:
             "INSERT OR REPLACE INTO _ab_state(id, version, state) VALUES (1, ?, ?)",
             (version, state_json),
         )
+
+    @property
+    def secrets(self) -> Secrets:
+        """The store's secrets (``_ab_secrets``, untracked: never in history or a fork)."""
+        return Secrets(self)
 
     # -- transactions -------------------------------------------------------------------
     def begin(self) -> None:
