@@ -182,7 +182,11 @@ def thaw(value: Any) -> Any:
     return value
 
 
-def _redact(value: Any) -> Any:
+def redact_secret(value: Any) -> Any:
+    """The ``default=`` of every JSON encoder agentbook uses: an ``ab.Secret`` is written as
+    ``{"$secret": "<name>"}``, anything else that is not JSON is a ``TypeError``.
+
+    Public for agentbook's own encoders (serve, MCP); not part of the user's API."""
     if isinstance(value, Secret):
         return value.to_json()
     raise TypeError(f"{type(value).__name__} is not JSON")
@@ -194,9 +198,9 @@ try:
 except ImportError:  # pragma: no cover - a Python without json's C speedups
     _c_make_encoder = None
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-                            default=_redact)
+                            default=redact_secret)
 _canonical_encoder = json.JSONEncoder(
-    ensure_ascii=False, allow_nan=False, separators=(",", ":"), sort_keys=True, default=_redact
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), sort_keys=True, default=redact_secret
 )
 
 
@@ -211,7 +215,7 @@ def dumps(value: Any) -> str:
             return _encoder.encode(value)
         # json's own C encoder, made directly: what JSONEncoder.encode does, minus its
         # per-call Python set-up (a third of the time of a small state's text)
-        return "".join(_c_make_encoder({}, _redact, _c_string, None, ":", ",", False, False,
+        return "".join(_c_make_encoder({}, redact_secret, _c_string, None, ":", ",", False, False,
                                        False)(value, 0))
     except ValueError as exc:
         raise _unencodable(value, exc) from None

@@ -113,9 +113,9 @@ def _ok(result: Any) -> Any:
 
     value = jsonvalue.thaw(result)
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False,
-                                                          default=jsonvalue._redact)
+                                                          default=jsonvalue.redact_secret)
     structured = value if isinstance(value, dict) else {"result": value}
-    structured = json.loads(json.dumps(structured, default=jsonvalue._redact))
+    structured = json.loads(json.dumps(structured, default=jsonvalue.redact_secret))
     return types.CallToolResult(content=[types.TextContent(type="text", text=text)],
                                 structured_content=structured)
 

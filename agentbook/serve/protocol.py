@@ -68,7 +68,7 @@ def kebab(class_name: str) -> str:
 
 # ASCII output: escapes keep even a lone surrogate from a client's own frame sendable.
 _encoder = json.JSONEncoder(ensure_ascii=True, allow_nan=False, separators=(",", ":"),
-                            default=jsonvalue._redact)
+                            default=jsonvalue.redact_secret)
 
 
 def encode(frame: Any) -> str:
