@@ -82,8 +82,10 @@ async def _agent_request(server: Server, request: Request) -> Response:
         return _json(405, {"error": f"{class_name} has no on_request hook; GET returns its "
                                     "state, and WebSocket clients can call its methods"},
                      headers={"allow": "GET, HEAD"})
-    if not await _read_body(request, server.max_message):
+    buffered = await _read_body(request, server.max_message)
+    if buffered is None:
         return _json(413, {"error": f"the body is over the limit of {server.max_message} bytes"})
+    request = buffered
     env = Envelope.call("on_request", (request,), source=f"http:{request.method}",
                         args_json=encode([{"method": request.method, "path": request.url.path}]),
                         label="on_request")
@@ -94,21 +96,30 @@ async def _agent_request(server: Server, request: Request) -> Response:
     return _response(result)
 
 
-async def _read_body(request: Request, limit: int) -> bool:
-    """Read the body up front (so the hook never waits on the network); ``False`` if too big."""
+class _BufferedRequest(Request):
+    """A request whose body was read up front: ``body()``, ``json()`` and ``stream()`` give
+    it without waiting (Starlette keeps a read body in ``_body``, as ``body()`` does)."""
+
+    def __init__(self, request: Request, body: bytes) -> None:
+        super().__init__(request.scope, request.receive)
+        self._body = body
+
+
+async def _read_body(request: Request, limit: int) -> Request | None:
+    """The request with its body read up front (so the hook never waits on the network);
+    ``None`` if the body is over *limit* bytes."""
     try:
         if int(request.headers.get("content-length") or 0) > limit:
-            return False
+            return None
     except ValueError:
-        return False
+        return None
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return False
+            return None
         chunks.append(chunk)
-    request._body = b"".join(chunks)
-    return True
+    return _BufferedRequest(request, b"".join(chunks))
 
 
 def _response(result: Any) -> Response:

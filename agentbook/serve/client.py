@@ -93,7 +93,7 @@ async def connect(url: str, *, token: str | None = None, ticket: str | None = No
     if on_state is not None:
         client.on_state(on_state)
     try:
-        await asyncio.wait_for(asyncio.shield(client._ready), open_timeout)
+        await asyncio.wait_for(asyncio.shield(client.opened()), open_timeout)
     except BaseException:
         await client.close()
         raise
@@ -132,6 +132,11 @@ class AgentClient:
     def closed(self) -> bool:
         """Whether the connection is closed."""
         return self._reader.done()
+
+    def opened(self) -> asyncio.Future:
+        """A future done when the server has sent the agent's identity and first state
+        (what :func:`connect` waits for); it fails if the connection ends first."""
+        return self._ready
 
     async def call(self, method: str, *args: Any, on_chunk: Callable[[Any], Any] | None = None,
                    timeout: float | None = None) -> Any:

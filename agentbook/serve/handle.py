@@ -175,7 +175,17 @@ class Server:
             for conn in list(conns.values()):
                 conn.frame(text)
 
-    def _on_broadcast(self, key: Key, message: Any, exclude: list) -> None:
+    def start(self, uvicorn_server: Any, sock: socket.socket) -> None:
+        """Serve on the bound *sock* with *uvicorn_server*, as a task of the running event
+        loop, and take the runtime's broadcasts from now on (called once, by :func:`serve`)."""
+        self._uvicorn = uvicorn_server
+        self._task = asyncio.get_running_loop().create_task(uvicorn_server.serve(sockets=[sock]))
+        self._task.add_done_callback(_report_crash)
+        self.rt.broadcast_hooks.append(self.on_broadcast)
+
+    def on_broadcast(self, key: Key, message: Any, exclude: list) -> None:
+        """The runtime's broadcast hook: ``self.broadcast(message, exclude)`` of agent *key*
+        reaches its open connections (except those excluded), at the output gate."""
         conns = self._conns.get(key)
         if not conns:
             return
@@ -196,8 +206,8 @@ class Server:
 
     def _detach(self) -> None:
         hooks = self.rt.broadcast_hooks
-        if self._on_broadcast in hooks:
-            hooks.remove(self._on_broadcast)
+        if self.on_broadcast in hooks:
+            hooks.remove(self.on_broadcast)
         if self.rt.server is self:
             self.rt.server = None
         if self._unsubscribe is not None:
@@ -237,7 +247,7 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
     """
     check_bind(host, allow_remote, token)
     try:
-        loop = asyncio.get_running_loop()
+        asyncio.get_running_loop()  # (the server runs as a task of this loop)
     except RuntimeError:
         raise UsageError("rt.serve() runs in the background of a running event loop: call it "
                          "from a notebook cell or async code, or use `agentbook serve`") from None
@@ -267,11 +277,8 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
         timeout_graceful_shutdown=5,
     )
     redact_uvicorn_logs()
-    server._uvicorn = _quiet_uvicorn()(config)
-    server._task = loop.create_task(server._uvicorn.serve(sockets=[sock]))
-    server._task.add_done_callback(_report_crash)
+    server.start(_quiet_uvicorn()(config), sock)
     rt.server = server
-    rt.broadcast_hooks.append(server._on_broadcast)
     log.info("serving %s (tickets at %s)", server.url, TICKET_PATH)
     return server
 

@@ -239,7 +239,8 @@ class Connection:
         finally:
             self._busy = None
 
-    def _gone(self) -> None:
+    def mark_gone(self) -> None:
+        """The client went away (the server's side): nothing more is written to it."""
         self._closed = True
 
 
@@ -263,6 +264,17 @@ class Stream:
     def closed(self) -> bool:
         """Whether :meth:`end` or :meth:`error` was called."""
         return self._end is not None or self._error is not None
+
+    @property
+    def final(self) -> tuple[Any] | None:
+        """``(result,)`` as given to :meth:`end`, or ``None`` (the method's return value
+        is then the final result)."""
+        return self._end
+
+    @property
+    def failure(self) -> str | None:
+        """The message given to :meth:`error`, or ``None``."""
+        return self._error
 
     def send(self, chunk: Any) -> bool:
         """Send a partial result (a JSON value); ``False`` if the stream is closed."""

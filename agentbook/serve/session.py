@@ -146,7 +146,7 @@ class _Session:
                     code, reason = message.get("code", 1005), message.get("reason") or ""
                     break
         finally:
-            conn._gone()
+            conn.mark_gone()
             server.remove(conn)
             if rt.events.active:
                 rt.emit_event("disconnect", self.key, {"connectionId": conn.id, "code": code,
@@ -243,10 +243,11 @@ class _Session:
         if exc is not None:
             self.rpc_failed(rid, exc)
             return
-        if stream is not None and stream._error is not None:
-            self.rpc_failed(rid, RuntimeError(stream._error))
+        if stream is not None and stream.failure is not None:
+            self.rpc_failed(rid, RuntimeError(stream.failure))
             return
-        result = stream._end[0] if stream is not None and stream._end is not None else fut.result()
+        final = stream.final if stream is not None else None
+        result = final[0] if final is not None else fut.result()
         try:
             text = encode({"type": RPC, "id": rid, "success": True,
                            "result": jsonvalue.freeze(result, "result"), "done": True})
