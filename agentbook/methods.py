@@ -12,7 +12,10 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
-__all__ = ["FRAMEWORK_NAMES", "callable", "method_info", "needs_approval", "reserve"]
+from .errors import BadArgumentsError
+
+__all__ = ["FRAMEWORK_NAMES", "callable", "check_arguments", "method_info", "needs_approval",
+           "reserve"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,3 +69,38 @@ def method_info(cls: type, method: str) -> tuple[Callable[..., Any] | None, bool
     if fn is None or not inspect.isfunction(fn):
         return None, False
     return fn, bool(getattr(fn, "_ab_callable", False))
+
+
+_arity: dict[Any, tuple] = {}
+
+
+def check_arguments(cls: type, fn: Any, method: str, args: tuple, kwargs: dict) -> None:
+    """Raise :class:`BadArgumentsError` unless ``fn(self, *args, **kwargs)`` would bind.
+
+    Used where a call is checked before anything is queued or written: a call through a
+    ref (``agentbook.core.calls``) and an approval request, which binds its arguments
+    now so that approving it can't fail on them later. The signature is looked at once per
+    function: ``inspect.signature`` is slow, and most methods take plain arguments, which
+    a count decides.
+    """
+    info = _arity.get(fn)
+    if info is None:
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())[1:]
+        simple = all(p.kind == p.POSITIONAL_OR_KEYWORD for p in params)
+        required = sum(1 for p in params if p.default is p.empty)
+        info = _arity[fn] = (sig, simple, required, len(params))
+    sig, simple, required, total = info
+    if simple and not kwargs and required <= len(args) <= total:
+        return
+    try:
+        sig.bind(None, *args, **kwargs)
+    except TypeError as exc:
+        raise BadArgumentsError(
+            f"{cls.__name__}.{method}{_plain_signature(sig)}: {exc}"
+        ) from None
+
+
+def _plain_signature(sig: inspect.Signature) -> str:
+    params = list(sig.parameters.values())[1:]
+    return str(sig.replace(parameters=params))
