@@ -14,7 +14,6 @@ import apsw
 import pytest
 
 import agentbook as ab
-from agentbook.store import approval_index as approvals_index
 
 from .waiting import eventually
 
@@ -133,7 +132,6 @@ async def test_a_lost_catalog_gets_its_approvals_back_from_the_stores(tmp_path, 
 
 
 async def test_another_agent_cannot_call_a_guarded_method_even_after_a_restart(tmp_path, clock):
-    approvals_index.GUARDED.pop("Till", None)  # (guards are per process, by class name)
     folder = tmp_path / "store"
     rt = ab.Runtime(folder, clock=clock)
     assert await rt.get(Thief, "m").steal("t") == "paid stolen"  # nothing guards it yet
@@ -143,8 +141,7 @@ async def test_another_agent_cannot_call_a_guarded_method_even_after_a_restart(t
     await rt.get(Till, "t").pay_self("own")  # the agent itself may
     await rt.settle()  # (the pay it sent itself has run)
     await rt.aclose()
-    approvals_index.GUARDED.pop("Till")  # a new process: only the catalog remembers
-    rt = ab.Runtime(folder, clock=clock)
+    rt = ab.Runtime(folder, clock=clock)  # (guards are per runtime: only the catalog remembers)
     try:
         with pytest.raises(ab.NotCallableError):
             await rt.get(Thief, "m").steal("t")

@@ -16,26 +16,36 @@ Rejection and expiry are recorded and never run anything.
 Approvals live in a table that time travel does not track, so no rewind can bring a
 decided approval back, and an agent's own SQL can't read or forge them. The runtime
 keeps an index of them in its catalog for the inbox; the agent's store is the truth, and
-the index is checked against it after a crash (:mod:`agentbook.approvals_index`). Other
+the index is checked against it after a crash (:mod:`agentbook.store.approval_index`). Other
 agents can't call a method an approval guards; a replay never asks a person (a request it
 re-runs is recorded on the fork as ``cancelled``) and never re-runs an approved method.
+
+The mailbox tells the inbox what committed (:meth:`Approvals.after_commit`) and what rolled
+back (:meth:`Approvals.forget`); those, like the runtime's own internal API, are named in
+``Approvals._ab_internal`` and hidden from ``dir()``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import getpass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .. import jsonvalue
+from ..envelope import Envelope
 from ..errors import ApprovalDecidedError, ApprovalNotFoundError
-from .requests import claim, decide_without_running, record_failure, record_result, request
+from . import requests
+from .requests import claim, decide_without_running, record_failure, record_result
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..core.handler import HandlerContext
+    from ..core.mailbox import Instance
     from ..core.runtime import Runtime
+    from ..store.approvals import Decision, IndexedApproval
 
 __all__ = ["Approval", "Approvals", "claim", "decide_without_running", "record_failure",
            "record_result", "request"]
@@ -47,6 +57,14 @@ def default_person() -> str:
         return getpass.getuser()
     except Exception:
         return "unknown"
+
+
+def request(inst: Instance, ctx: HandlerContext, method: str, args: Any, summary: str,
+            side_effects: list, expires_in: float | None, approvers: list | None) -> Approval:
+    """``self.request_approval(...)``: write a pending approval in the running handler's
+    transaction (see :func:`agentbook.approve.requests.request`) and return it."""
+    return Approval(inst.runtime, requests.request(inst, ctx, method, args, summary,
+                                                   side_effects, expires_in, approvers))
 
 
 class Approval:
@@ -77,7 +95,7 @@ class Approval:
         "summary",
     )
 
-    def __init__(self, rt: Runtime, row: tuple) -> None:
+    def __init__(self, rt: Runtime, row: IndexedApproval) -> None:
         (self.id, self.agent, self.name, self.method, args, kwargs, self.summary, side_effects,
          self.created, self.expires, self.status, self.decided_by, self.decided_at,
          self.reason) = row
@@ -103,7 +121,7 @@ class Approval:
         return self._rt.approvals.get(self.id)
 
     def __await__(self) -> Any:
-        return self._rt.approvals._wait(self.id).__await__()
+        return self._rt.approvals.wait(self.id).__await__()
 
     def __repr__(self) -> str:
         return (f"<Approval {self.id} {self.agent}({self.name!r}).{self.method} {self.status}: "
@@ -129,6 +147,13 @@ class Approvals:
     Displayed in a notebook it is a live widget with Approve and Reject buttons; the
     buttons call :meth:`approve` and :meth:`reject`, exactly as code can.
     """
+
+    #: What the mailbox and the approvals themselves call on the inbox, by name: not part of
+    #: the public API, hidden from ``dir()`` (tab completion).
+    _ab_internal = frozenset({"after_commit", "forget", "wait"})
+
+    def __dir__(self) -> list[str]:
+        return [name for name in super().__dir__() if name not in self._ab_internal]
 
     def __init__(self, rt: Runtime) -> None:
         self._rt = rt
@@ -176,8 +201,6 @@ class Approvals:
         return self._decide(approval_id, "reject", by or default_person(), reason)
 
     def _decide(self, approval_id: str, what: str, by: str, reason: str | None) -> Any:
-        from ..envelope import Envelope
-
         rt = self._rt
         rt.check_open()
         approval = self.get(approval_id)
@@ -194,38 +217,47 @@ class Approvals:
                                 source=f"approval:{approval_id}", label="reject_approval")
         return rt.submit(key, env)
 
-    def _after_commit(self, key: tuple[str, str], kind: str, data: tuple) -> None:
-        """Called by the mailbox once a request or decision is durable."""
+    def after_commit(self, key: tuple[str, str], kind: str,
+                     data: IndexedApproval | Decision) -> None:
+        """Called by the mailbox once a request (*data* an :class:`IndexedApproval`) or a
+        decision (a :class:`Decision`) is durable; *kind* is the first item of the
+        handler context's ``approvals`` entry."""
         rt = self._rt
         if kind == "replayed":
-            rt.catalog.index_approval(data)
+            rt.catalog.index_approval(cast("IndexedApproval", data))
             return
         if kind == "request":
             if rt.events.active:
-                payload = {"id": data[0], "method": data[3], "summary": data[6],
-                           "expires": data[9]}
+                row = cast("IndexedApproval", data)
+                payload = {"id": row.id, "method": row.method, "summary": row.summary,
+                           "expires": row.expires}
                 rt.emit_event("approval:request", key, payload)
                 rt.emit_event("tool:approval", key, payload)
             return
-        approval_id, status, by, at, reason = data
+        approval_id, status, by, at, reason = cast("Decision", data)
         rt.catalog.decide_approval(approval_id, status, by, at, reason)
         if rt.events.active:
             rt.emit_event(_EVENT[status if kind != "approve" else "approve"], key,
-                     {"id": approval_id, "status": status, "by": by, "reason": reason})
+                          {"id": approval_id, "status": status, "by": by, "reason": reason})
         for fut in self._waiters.pop(approval_id, []):
             if not fut.done():
                 fut.set_result(self.get(approval_id))
 
-    def _forget(self, approval_id: str) -> None:
+    def forget(self, approval_id: str) -> None:
         """A request rolled back: drop its index entry (and tell any open inbox)."""
         row = self._rt.catalog.approval(approval_id, sync=False)
         self._rt.catalog.drop_approval(approval_id)
         if row is not None and self._rt.events.active:
-            self._rt.emit_event("approval:cancel", (row[1], row[2]),
-                           {"id": approval_id, "status": "rolled back", "by": None,
-                            "reason": "the handler that asked for it failed"})
+            self._rt.emit_event("approval:cancel", (row.agent, row.name),
+                                {"id": approval_id, "status": "rolled back", "by": None,
+                                 "reason": "the handler that asked for it failed"})
 
-    async def _wait(self, approval_id: str) -> Approval:
+    # The names the mailbox called before they were public (until core/ uses the new ones).
+    _after_commit = after_commit
+    _forget = forget
+
+    async def wait(self, approval_id: str) -> Approval:
+        """The approval once it is decided (``await approval`` does this)."""
         approval = self.get(approval_id)
         if approval.status != "pending":
             return approval
@@ -233,7 +265,7 @@ class Approvals:
         self._waiters.setdefault(approval_id, []).append(fut)
         return await fut
 
-    def _frame(self, items: list[Approval]) -> pd.DataFrame:
+    def _frame(self, items: builtins.list[Approval]) -> pd.DataFrame:
         import pandas as pd
 
         rows = [(a.id, a.agent, a.name, a.method, jsonvalue.thaw(a.args),

@@ -2,7 +2,11 @@
 
 ``request`` writes a pending approval in the running handler's transaction; ``claim``
 checks one in the mailbox and marks it approved before its method runs; the rest record
-the outcome. The inbox and the overview are in :mod:`agentbook.approvals`.
+the outcome. The rows themselves are read and written by :mod:`agentbook.store.approvals`;
+the inbox is in :mod:`agentbook.approve.inbox`.
+
+What the mailbox hands in (the awake agent, its handler context, the envelope) comes as
+arguments: this module never imports :mod:`agentbook.core`.
 """
 
 from __future__ import annotations
@@ -22,19 +26,22 @@ from ..errors import (
     UsageError,
 )
 from ..faults import crash_point
+from ..methods import FRAMEWORK_NAMES, check_arguments, method_info
+from ..schedule.policy import insert as insert_schedule
+from ..store import approvals as rows
+from ..store import schedules
+from ..store.approvals import Decision, IndexedApproval
 
 if TYPE_CHECKING:
     from ..core.handler import HandlerContext
     from ..core.mailbox import Instance
     from ..envelope import Envelope
-    from .inbox import Approval
+    from ..store.agentstore import AgentStore
 
 __all__ = ["claim", "decide_without_running", "record_failure", "record_result", "request"]
 
 
 _REPLAYED = "replayed on a fork: a replay never asks a person"
-_ROW = ("SELECT method, args, kwargs, nonce, digest, approvers, expires, status, decided_by,"
-        " expiry_schedule FROM _ab_approvals WHERE id = ?")
 
 
 def _digest(key: tuple[str, str], method: str, args: str, kwargs: str, nonce: str,
@@ -43,14 +50,23 @@ def _digest(key: tuple[str, str], method: str, args: str, kwargs: str, nonce: st
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def request(inst: Instance, ctx: HandlerContext, method: str, args: Any, summary: str,
-            side_effects: list, expires_in: float | None, approvers: list | None) -> Approval:
-    """Write a pending approval in the running handler's transaction."""
-    from ..core.calls import check_arguments
-    from ..methods import FRAMEWORK_NAMES, method_info
-    from ..schedule.policy import insert
-    from .inbox import Approval
+def _store(inst: Instance) -> AgentStore:
+    """The awake agent's open store (a handler runs only while it is open)."""
+    store = inst.store
+    assert store is not None, "approvals are written inside a handler, with the store open"
+    return store
 
+
+def _approval_of(env: Envelope) -> tuple[str, str | None]:
+    assert env.approval is not None, "only an approved message carries an approval"
+    return env.approval
+
+
+def request(inst: Instance, ctx: HandlerContext, method: str, args: Any, summary: str,
+            side_effects: list, expires_in: float | None,
+            approvers: list | None) -> IndexedApproval:
+    """Write a pending approval in the running handler's transaction; returns it as the
+    inbox will list it."""
     cls = type(inst.agent)
     fn, _ = method_info(cls, method)
     if fn is None or method.startswith("_") or method in FRAMEWORK_NAMES:
@@ -77,113 +93,107 @@ def request(inst: Instance, ctx: HandlerContext, method: str, args: Any, summary
         expires = now + float(expires_in)
     approval_id = "ap-" + secrets.token_hex(8)
     nonce = secrets.token_hex(16)
-    store = inst.store
+    store = _store(inst)
     ctx.capture(store)
     expiry = None
     # A replay re-runs the request on a fork but never asks a person: recorded as cancelled.
     replayed = _REPLAYED if ctx.replay is not None else None
     if expires is not None and not replayed:
         ctx.sched_dirty = True
-        expiry = insert(store, "scheduled", expires, "_ab_expire_approval", approval_id, now).id
+        expiry = insert_schedule(store, "scheduled", expires, "_ab_expire_approval",
+                                 approval_id, now).id
     status, decided_at = ("cancelled", now) if replayed else ("pending", None)
-    store.internal(
-        "INSERT INTO _ab_approvals(id, method, args, kwargs, nonce, digest, summary, side_effects,"
-        " approvers, created, expires, status, decided_at, reason, expiry_schedule,"
-        " requested_at_version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (approval_id, method, pos_json, kw_json, nonce,
-         _digest(inst.key, method, pos_json, kw_json, nonce, expires), summary,
-         jsonvalue.dumps(effects), None if approvers is None else jsonvalue.dumps(approvers),
-         now, expires, status, decided_at, replayed, expiry, inst.version),
-    )
-    row = (approval_id, inst.key[0], inst.key[1], method, pos_json, kw_json, summary,
-           jsonvalue.dumps(effects), now, expires, status, None, decided_at, replayed)
+    effects_json = jsonvalue.dumps(effects)
+    rows.insert(store, id=approval_id, method=method, args=pos_json, kwargs=kw_json,
+                nonce=nonce, digest=_digest(inst.key, method, pos_json, kw_json, nonce, expires),
+                summary=summary, side_effects=effects_json,
+                approvers=None if approvers is None else jsonvalue.dumps(approvers),
+                created=now, expires=expires, status=status, decided_at=decided_at,
+                reason=replayed, expiry_schedule=expiry, requested_at_version=inst.version)
+    row = IndexedApproval(approval_id, inst.key[0], inst.key[1], method, pos_json, kw_json,
+                          summary, effects_json, now, expires, status, None, decided_at, replayed)
     if replayed:
         ctx.approvals.append(("replayed", row))  # indexed once committed
     else:
         inst.runtime.catalog.index_approval(row)  # before the commit; reconciled after a crash
         ctx.approvals.append(("request", row))
-    return Approval(inst.runtime, row)
+    return row
 
 
 def claim(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
     """Check an approval in the mailbox and mark it approved; set up *env* to run its
     method with the stored arguments. Raises a typed error (and writes nothing) if the
     approval can't be approved."""
-    approval_id, by = env.approval
-    store = inst.store
-    rows = store.internal(_ROW, (approval_id,))
-    if not rows:
+    approval_id, by = _approval_of(env)
+    store = _store(inst)
+    row = rows.get(store, approval_id)
+    if row is None:
         raise ApprovalNotFoundError(f"no approval {approval_id!r} in {inst.key[0]}({inst.key[1]!r})")
-    method, args, kwargs, nonce, digest, approvers, expires, status, decided_by, expiry = rows[0]
     now = inst.runtime.clock.now()
-    if status != "pending":
-        who = f" by {decided_by}" if decided_by else ""
-        raise ApprovalDecidedError(f"approval {approval_id} was already {status}{who}; "
+    if row.status != "pending":
+        who = f" by {row.decided_by}" if row.decided_by else ""
+        raise ApprovalDecidedError(f"approval {approval_id} was already {row.status}{who}; "
                                    "a decision is made once")
-    if expires is not None and now >= expires:
+    if row.expires is not None and now >= row.expires:
         raise ApprovalExpiredError(f"approval {approval_id} expired; ask the agent to propose "
                                    "it again")
-    if approvers is not None and by not in jsonvalue.loads(approvers):
+    if row.approvers is not None and by not in jsonvalue.loads(row.approvers):
         raise ApprovalForbiddenError(f"{by!r} may not decide approval {approval_id}; its "
-                                     f"approvers are {', '.join(jsonvalue.loads(approvers))}")
-    expected = _digest(inst.key, method, args, kwargs, nonce, expires)
-    if not hmac.compare_digest(expected, digest):
+                                     f"approvers are {', '.join(jsonvalue.loads(row.approvers))}")
+    expected = _digest(inst.key, row.method, row.args, row.kwargs, row.nonce, row.expires)
+    if not hmac.compare_digest(expected, row.digest):
         raise ApprovalTamperedError(f"approval {approval_id} does not match the action that "
                                     "was requested; it was not run")
-    store.internal("UPDATE _ab_approvals SET status = 'approved', decided_by = ?, decided_at = ?"
-                   " WHERE id = ?", (by, now, approval_id))
+    rows.mark_approved(store, approval_id, by, now)
     crash_point("mid-approval")
-    _drop_expiry(inst, ctx, expiry)
-    env.method = method
-    env.args = tuple(jsonvalue.loads(args))
-    env.kwargs = dict(jsonvalue.loads(kwargs))
-    env.args_json = args
-    env.kwargs_json = None if kwargs == "{}" else kwargs
-    ctx.approvals.append(("approve", (approval_id, "approved", by, now, None)))
+    _drop_expiry(inst, ctx, row.expiry_schedule)
+    env.method = row.method
+    env.args = tuple(jsonvalue.loads(row.args))
+    env.kwargs = dict(jsonvalue.loads(row.kwargs))
+    env.args_json = row.args
+    env.kwargs_json = None if row.kwargs == "{}" else row.kwargs
+    ctx.approvals.append(("approve", Decision(approval_id, "approved", by, now, None)))
 
 
 def record_result(inst: Instance, env: Envelope, result_json: str | None) -> None:
     """Keep the approved method's result on the approval."""
-    inst.store.internal("UPDATE _ab_approvals SET result = ? WHERE id = ?",
-                        (result_json, env.approval[0]))
+    rows.set_result(_store(inst), _approval_of(env)[0], result_json)
 
 
-def record_failure(inst: Instance, ctx: HandlerContext, env: Envelope, error: str) -> tuple:
+def record_failure(inst: Instance, ctx: HandlerContext, env: Envelope, error: str) -> Decision:
     """The approved method raised: the approval is consumed as ``failed``."""
-    approval_id, by = env.approval
+    approval_id, by = _approval_of(env)
+    store = _store(inst)
     now = inst.runtime.clock.now()
-    rows = inst.store.internal("SELECT expiry_schedule FROM _ab_approvals WHERE id = ?",
-                               (approval_id,))
-    inst.store.internal(
-        "UPDATE _ab_approvals SET status = 'failed', decided_by = ?, decided_at = ?, error = ?"
-        " WHERE id = ?", (by, now, error, approval_id))
-    _drop_expiry(inst, ctx, rows[0][0] if rows else None)
-    return (approval_id, "failed", by, now, error)
+    expiry = rows.expiry_schedule(store, approval_id)
+    rows.mark_failed(store, approval_id, by, now, error)
+    _drop_expiry(inst, ctx, expiry)
+    return Decision(approval_id, "failed", by, now, error)
 
 
 def decide_without_running(inst: Instance, ctx: HandlerContext, approval_id: str, status: str,
                            by: str | None, reason: str | None) -> None:
     """Reject or expire a pending approval (from an internal handler)."""
-    rows = inst.store.internal(_ROW, (approval_id,))
-    if not rows:
+    store = _store(inst)
+    row = rows.get(store, approval_id)
+    if row is None:
         raise ApprovalNotFoundError(f"no approval {approval_id!r} in {inst.key[0]}({inst.key[1]!r})")
-    current, decided_by, expiry = rows[0][7], rows[0][8], rows[0][9]
-    if current != "pending":
+    if row.status != "pending":
         if status == "expired":
             return  # decided meanwhile: nothing to expire
-        who = f" by {decided_by}" if decided_by else ""
-        raise ApprovalDecidedError(f"approval {approval_id} was already {current}{who}; "
+        who = f" by {row.decided_by}" if row.decided_by else ""
+        raise ApprovalDecidedError(f"approval {approval_id} was already {row.status}{who}; "
                                    "a decision is made once")
     now = inst.runtime.clock.now()
-    inst.store.internal("UPDATE _ab_approvals SET status = ?, decided_by = ?, decided_at = ?,"
-                        " reason = ? WHERE id = ?", (status, by, now, reason, approval_id))
+    rows.decide(store, approval_id, status, by, now, reason)
     if status != "expired":
-        _drop_expiry(inst, ctx, expiry)
-    ctx.approvals.append((status, (approval_id, status, by, now, reason)))
+        _drop_expiry(inst, ctx, row.expiry_schedule)
+    ctx.approvals.append((status, Decision(approval_id, status, by, now, reason)))
 
 
 def _drop_expiry(inst: Instance, ctx: HandlerContext, schedule_id: str | None) -> None:
     if schedule_id:
-        ctx.capture(inst.store)
+        store = _store(inst)
+        ctx.capture(store)
         ctx.sched_dirty = True
-        inst.store.internal("DELETE FROM _ab_schedules WHERE id = ?", (schedule_id,))
+        schedules.delete(store, schedule_id)

@@ -108,7 +108,7 @@ class _Inbox:
 
     def drain(self) -> None:
         self.armed = False  # before popping: an answer put from now on wakes us again
-        done, settle = self.done, self.router._settle
+        done, settle = self.done, self.router.settle_answer
         while done:
             item = done.popleft()
             try:
@@ -129,13 +129,14 @@ class RayRouter:
     """Routes envelopes to the host that owns each agent (on the driver, and on hosts)."""
 
     def __init__(self, rt: Runtime, hosts: int, shards: int, prefix: str,
-                 index: int | None = None) -> None:
+                 index: int | None = None, handles: list[Any] | None = None) -> None:
         self.rt = rt
         self.hosts = hosts
         self.shards = shards
         self.prefix = prefix
         self.index = index  # None on the driver: it owns nothing
-        self._handles: dict[int, Any] = {}
+        #: Host actor handles by index (looked up by name when not given).
+        self._handles: dict[int, Any] = dict(enumerate(handles or ()))
         self._sent: dict[tuple[int, str], Any] = {}
         self._inbox: _Inbox | None = None
         # Ray may start an async actor's calls out of order: number them per host, and the
@@ -189,8 +190,7 @@ class RayRouter:
         if cls is not None and self._sent.get((index, key[0])) is not cls:
             host.register.remote(cls)  # runs before the delivery below (same caller, in order)
             self._sent[(index, key[0])] = cls
-        seq = self._seq.get(index, 0)
-        self._seq[index] = seq + 1
+        seq = self.next_seq(index)
         # One text: the head (JSON), then the argument texts exactly as they were checked.
         text = "\n".join((jsonvalue.dumps([key[0], key[1], self.sender, seq, *head]),
                           env.args_json, env.kwargs_json or ""))
@@ -203,8 +203,15 @@ class RayRouter:
         put = inbox.put
         ref.future().add_done_callback(lambda f: put((f, env, key, index, head, resent)))
 
-    def _settle(self, inbox: _Inbox, done: Any, env: Envelope, key: Key, index: int,
-                head: list[Any], resent: bool) -> int:
+    def next_seq(self, index: int) -> int:
+        """The number of the next call this process sends host *index* (messages and
+        ``listen`` alike): the host takes them in in this order."""
+        seq = self._seq.get(index, 0)
+        self._seq[index] = seq + 1
+        return seq
+
+    def settle_answer(self, inbox: _Inbox, done: Any, env: Envelope, key: Key, index: int,
+                      head: list[Any], resent: bool) -> int:
         """Hand one answer to its caller (on the loop); 1 when the message is settled."""
         fut = env.future
         exc = done.exception()
@@ -274,8 +281,7 @@ def start(rt: Runtime, address: str | None, hosts: int, shards: int) -> RayRoute
                                                       prefix)
                for i in range(hosts)]
     ray.get([h.ready.remote() for h in handles])
-    router = RayRouter(rt, hosts, shards, prefix)
-    router._handles = dict(enumerate(handles))
+    router = RayRouter(rt, hosts, shards, prefix, handles=handles)
     router.events = EventRelay(router)
     return router
 
@@ -333,9 +339,9 @@ class AgentHost:
         if class_name not in _agent_classes():
             self._next(sender, seq)  # let later messages through meanwhile
             raise _ClassMissing(class_name)
-        kwargs_json = kwargs_json or None
+        kwargs_text = kwargs_json or None
         env = Envelope(method, tuple(jsonvalue.loads(args_json) or ()),
-                       dict(jsonvalue.loads(kwargs_json) or {}), args_json, kwargs_json,
+                       dict(jsonvalue.loads(kwargs_text) or {}), args_json, kwargs_text,
                        source, chain=tuple(tuple(k) for k in chain) if chain else (),
                        label=label, approval=tuple(approval) if approval else None,
                        replay=replay)
@@ -348,16 +354,16 @@ class AgentHost:
                 before, vacuum = env.args
                 env.op = lambda inst: prune_op(inst, before, vacuum)
         key = (class_name, name)
-        if env.chain and env.chain[-1] != key and not approval and op is None:
-            from ..store.approval_index import GUARDED
+        # Another agent may not call a method approvals guard (this host's catalog indexed
+        # the approvals its agents requested): only an approval runs it.
+        if (env.chain and env.chain[-1] != key and not approval and op is None
+                and self.rt.catalog.approval_index.is_guarded(class_name, method)):
+            self._next(sender, seq)
+            from ..errors import NotCallableError
 
-            if method in GUARDED.get(class_name, ()):  # this host indexed its approvals
-                self._next(sender, seq)
-                from ..errors import NotCallableError
-
-                raise NotCallableError(
-                    f"{class_name}.{method} runs only when a person approves it; have "
-                    f"{class_name} ask with self.request_approval({method!r}, ...)")
+            raise NotCallableError(
+                f"{class_name}.{method} runs only when a person approves it; have "
+                f"{class_name} ask with self.request_approval({method!r}, ...)")
         if not future:
             self.rt.enqueue(key, env)
             self._next(sender, seq)

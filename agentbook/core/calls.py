@@ -6,25 +6,27 @@ call raises a typed error in the cell that made it.
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .. import jsonvalue
 from ..envelope import Envelope
-from ..errors import BadArgumentsError, NotCallableError, ReentrancyError, UnknownMethodError, UsageError
-from ..methods import FRAMEWORK_NAMES, method_info
-from ..store.approval_index import GUARDED
+from ..errors import NotCallableError, ReentrancyError, UnknownMethodError, UsageError
+from ..methods import FRAMEWORK_NAMES, check_arguments, method_info
 from .agent import Agent
 from .handler import current_chain
 
-__all__ = ["callable_methods", "check_arguments", "prepare"]
+if TYPE_CHECKING:
+    from ..store.approval_index import ApprovalIndex
+
+__all__ = ["callable_methods", "prepare"]
 
 Key = tuple[str, str]
 _NO_ARGS = jsonvalue.FrozenList()
 
 
 def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: tuple,
-            kwargs: dict, *, external: bool, future: bool) -> Envelope:
+            kwargs: dict, *, external: bool, future: bool,
+            approvals: ApprovalIndex | None = None) -> Envelope:
     """Check a call to *key* and build its envelope.
 
     Args:
@@ -32,6 +34,8 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
         external: Called through a reference (only ``@ab.callable`` methods, unless the
             caller is another agent's handler).
         future: The caller awaits the result (so a cycle would deadlock).
+        approvals: The runtime's approval index (``rt.catalog.approval_index``): another
+            agent may not call a method it guards. ``None`` skips that check.
     """
     if cls is None:
         raise UsageError(
@@ -53,7 +57,8 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
         )
     chain = current_chain.get()
     if getattr(fn, "_ab_needs_approval", False) or (
-            chain and chain[-1] != key and method in GUARDED.get(key[0], ())):
+            chain and chain[-1] != key and approvals is not None
+            and approvals.is_guarded(key[0], method)):
         # (another agent may not call a method that approvals guard: only an approval runs it)
         raise NotCallableError(
             f"{cls.__name__}.{method} runs only when a person approves it; have "
@@ -65,10 +70,10 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
         )
     check_arguments(cls, fn, method, args, kwargs)
     if args:
-        args = jsonvalue.freeze(args, "args")
-        args_json = jsonvalue.dumps(args)
+        frozen = jsonvalue.freeze(args, "args")
+        args_json = jsonvalue.dumps(frozen)
     else:
-        args, args_json = _NO_ARGS, "[]"
+        frozen, args_json = _NO_ARGS, "[]"
     kwargs = jsonvalue.freeze(kwargs, "kwargs") if kwargs else {}
     if future and key in chain:
         raise ReentrancyError(
@@ -76,37 +81,9 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
             f"{method}() would wait forever; use ref.send(...) or call the method directly"
         )
     origin = f"agent:{chain[-1][0]}/{chain[-1][1]}" if chain else source
-    return Envelope.call(method, args, kwargs, source=origin, args_json=args_json, chain=chain)
+    return Envelope.call(method, frozen, kwargs, source=origin, args_json=args_json, chain=chain)
 
 
 def callable_methods(cls: type[Agent]) -> list[str]:
     """Names of the ``@ab.callable`` methods of *cls*."""
     return sorted(n for n in dir(cls) if not n.startswith("_") and method_info(cls, n)[1])
-
-
-_arity: dict[Any, tuple] = {}
-
-
-def check_arguments(cls: type, fn: Any, method: str, args: tuple, kwargs: dict) -> None:
-    """Raise :class:`BadArgumentsError` unless ``fn(self, *args, **kwargs)`` would bind."""
-    info = _arity.get(fn)
-    if info is None:
-        sig = inspect.signature(fn)
-        params = list(sig.parameters.values())[1:]
-        simple = all(p.kind == p.POSITIONAL_OR_KEYWORD for p in params)
-        required = sum(1 for p in params if p.default is p.empty)
-        info = _arity[fn] = (sig, simple, required, len(params))
-    sig, simple, required, total = info
-    if simple and not kwargs and required <= len(args) <= total:
-        return
-    try:
-        sig.bind(None, *args, **kwargs)
-    except TypeError as exc:
-        raise BadArgumentsError(
-            f"{cls.__name__}.{method}{_plain_signature(sig)}: {exc}"
-        ) from None
-
-
-def _plain_signature(sig: inspect.Signature) -> str:
-    params = list(sig.parameters.values())[1:]
-    return str(sig.replace(parameters=params))

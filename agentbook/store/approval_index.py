@@ -13,7 +13,13 @@ index rows are looked at (lazily, the first time the index is read in a process)
   this process or another, is left alone and looked at again next time.
 
 A catalog that lost its approvals table (a new catalog next to existing agent files)
-re-reads every store once. :data:`GUARDED` names the methods that approvals guard.
+re-reads every store once.
+
+The index also knows which methods approvals guard (:meth:`ApprovalIndex.is_guarded`): a
+method some approval was requested for runs only when a person approves it, never as a
+message from another agent. Each runtime's catalog has its own :class:`ApprovalIndex`
+(``catalog.approval_index``), learned from the catalog when it opens, so two runtimes in
+one process never share guards and a new process knows what the last one guarded.
 """
 
 from __future__ import annotations
@@ -23,138 +29,163 @@ from typing import TYPE_CHECKING
 
 import apsw
 
+from . import approvals as rows
+
 if TYPE_CHECKING:
     from .catalog import Catalog
 
-__all__ = ["GUARDED", "guard", "load_guarded", "reconcile", "scan_all", "sync"]
+__all__ = ["ApprovalIndex"]
 
-#: ``{class name: {method, ...}}``: methods some approval was requested for. Other agents
-#: may not call them as messages: only an approval runs them.
-GUARDED: dict[str, set[str]] = {}
-
-_STORE_ROW = ("SELECT status, decided_by, decided_at, reason, error FROM _ab_approvals"
-              " WHERE id = ?")
-_ALL_ROWS = ("SELECT id, method, args, kwargs, summary, side_effects, created, expires, status,"
-             " decided_by, decided_at, CASE WHEN status = 'failed' THEN error ELSE reason END"
-             " FROM _ab_approvals ORDER BY created")
+Key = tuple[str, str]
 
 
-def guard(class_name: str, method: str) -> None:
-    """Remember that *method* of *class_name* is guarded by approvals."""
-    methods = GUARDED.get(class_name)
-    if methods is None:
-        GUARDED[class_name] = {method}
-    else:
-        methods.add(method)
+class ApprovalIndex:
+    """The approval index of one catalog: guarded methods, and keeping the index true.
 
+    Args:
+        catalog: The catalog whose ``approvals`` table this keeps (its connection, folder
+            and quarantine list are used; the catalog is passed in, never imported, so the
+            catalog can own this object without an import cycle).
+        rescan: The catalog's approvals table is new but agent files exist: index every
+            store once, on the first read.
+    """
 
-def load_guarded(catalog: Catalog) -> None:
-    """Learn the guarded methods from a catalog's index (a new process knows none)."""
-    for class_name, method in catalog.conn.execute(
-            "SELECT DISTINCT class, method FROM approvals"):
-        guard(class_name, method)
+    __slots__ = ("catalog", "guarded", "recheck", "rescan")
 
+    def __init__(self, catalog: Catalog, *, rescan: bool) -> None:
+        self.catalog = catalog
+        #: ``{class name: {method, ...}}``: methods some approval was requested for. Other
+        #: agents may not call them as messages: only an approval runs them.
+        self.guarded: dict[str, set[str]] = {}
+        #: Agents whose pending index rows to check against their stores on the next read
+        #: (``None``: every agent; an empty set: nothing to check).
+        self.recheck: set[Key] | None = None
+        #: Index every store once on the next read (the index was lost or rebuilt).
+        self.rescan = rescan
+        self.load_guarded()
 
-def sync(catalog: Catalog) -> None:
-    """What :meth:`Catalog.sync_approvals` does: a full scan if the index was lost, then
-    :func:`reconcile` of the agents still to look at."""
-    if catalog._approvals_scan:
-        catalog._approvals_scan = False
-        scan_all(catalog)
-    try:
-        catalog._approvals_recheck = reconcile(catalog, catalog._approvals_recheck)
-    except apsw.Error:
-        pass  # the index stays as it is; the stores are still the truth
+    # -- guarded methods ----------------------------------------------------------------
+    def guard(self, class_name: str, method: str) -> None:
+        """Remember that *method* of *class_name* is guarded by approvals."""
+        methods = self.guarded.get(class_name)
+        if methods is None:
+            self.guarded[class_name] = {method}
+        else:
+            methods.add(method)
 
+    def is_guarded(self, class_name: str, method: str) -> bool:
+        """Whether an approval was ever requested for *method* of *class_name* (then only an
+        approval may run it)."""
+        return method in self.guarded.get(class_name, ())
 
-def _open(catalog: Catalog, key: tuple[str, str]) -> apsw.Connection | None:
-    from .catalog import agent_file
+    def load_guarded(self) -> None:
+        """Learn the guarded methods from the catalog's index (a new process knows none)."""
+        for class_name, method in self.catalog.conn.execute(
+                "SELECT DISTINCT class, method FROM approvals"):
+            self.guard(str(class_name), str(method))
 
-    path = os.path.join(catalog.root, agent_file(*key))
-    if not os.path.exists(path):
-        return None
-    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
-    conn.set_busy_timeout(0)
-    return conn
+    # -- keeping the index true ---------------------------------------------------------
+    @property
+    def stale(self) -> bool:
+        """Whether the index may disagree with the stores (read it through :meth:`sync`)."""
+        return self.rescan or self.recheck != set()
 
-
-def reconcile(catalog: Catalog, keys: set[tuple[str, str]] | None = None) -> set[tuple[str, str]]:
-    """Bring the pending index rows of *keys* (``None``: every agent) in line with the
-    stores. Returns the agents to look at again (a writer held their store)."""
-    pending: dict[tuple[str, str], list[str]] = {}
-    for approval_id, class_name, name in catalog.conn.execute(
-            "SELECT id, class, name FROM approvals WHERE status = 'pending'"):
-        if keys is None or (class_name, name) in keys:
-            pending.setdefault((class_name, name), []).append(approval_id)
-    again: set[tuple[str, str]] = set()
-    updates: list[tuple] = []
-    drops: list[tuple[str]] = []
-    for key, ids in pending.items():
+    def sync(self) -> None:
+        """A full scan if the index was lost, then :meth:`reconcile` of the agents still to
+        look at."""
+        if self.rescan:
+            self.rescan = False
+            self.scan_all()
         try:
-            conn = _open(catalog, key)
+            self.recheck = self.reconcile(self.recheck)
         except apsw.Error:
-            continue  # unreadable (damaged, no permission): leave its rows as they are
-        if conn is None:
-            if catalog.quarantined(*key) is None:  # no store at all: nothing committed
-                drops.extend((i,) for i in ids)
-            continue
-        try:
+            pass  # the index stays as it is; the stores are still the truth
+
+    def reconcile(self, keys: set[Key] | None = None) -> set[Key]:
+        """Bring the pending index rows of *keys* (``None``: every agent) in line with the
+        stores. Returns the agents to look at again (a writer held their store)."""
+        catalog = self.catalog
+        pending: dict[Key, list[str]] = {}
+        for approval_id, class_name, name in catalog.conn.execute(
+                "SELECT id, class, name FROM approvals WHERE status = 'pending'"):
+            key = (str(class_name), str(name))
+            if keys is None or key in keys:
+                pending.setdefault(key, []).append(str(approval_id))
+        again: set[Key] = set()
+        updates: list[tuple] = []
+        drops: list[tuple[str]] = []
+        for key, ids in pending.items():
             try:
-                conn.execute("BEGIN IMMEDIATE")
-                idle = True
-            except apsw.BusyError:
-                idle = False
-            for approval_id in ids:
-                rows = conn.execute(_STORE_ROW, (approval_id,)).fetchall()
-                if rows:
-                    status, by, at, reason, error = rows[0]
-                    if status != "pending":
-                        updates.append((status, by, at, error if status == "failed" else reason,
-                                        approval_id))
-                elif idle:
-                    drops.append((approval_id,))
-                else:
-                    again.add(key)
-        except apsw.Error:
-            pass
-        finally:
-            conn.close()
-    if updates or drops:
-        with catalog.conn:
-            catalog.conn.executemany(
-                "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ?"
-                " WHERE id = ? AND status = 'pending'", updates)
-            catalog.conn.executemany("DELETE FROM approvals WHERE id = ? AND status = 'pending'",
-                                     drops)
-    return again
+                conn = self._open(key)
+            except apsw.Error:
+                continue  # unreadable (damaged, no permission): leave its rows as they are
+            if conn is None:
+                if catalog.quarantined(*key) is None:  # no store at all: nothing committed
+                    drops.extend((i,) for i in ids)
+                continue
+            try:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    idle = True
+                except apsw.BusyError:
+                    idle = False
+                for approval_id in ids:
+                    found = rows.decision(conn, approval_id)
+                    if found is not None:
+                        if found.status != "pending":
+                            updates.append((found.status, found.by, found.at, found.reason,
+                                            approval_id))
+                    elif idle:
+                        drops.append((approval_id,))
+                    else:
+                        again.add(key)
+            except apsw.Error:
+                pass
+            finally:
+                conn.close()
+        if updates or drops:
+            with catalog.conn:
+                catalog.conn.executemany(
+                    "UPDATE approvals SET status = ?, decided_by = ?, decided_at = ?, reason = ?"
+                    " WHERE id = ? AND status = 'pending'", updates)
+                catalog.conn.executemany(
+                    "DELETE FROM approvals WHERE id = ? AND status = 'pending'", drops)
+        return again
 
+    def scan_all(self) -> int:
+        """Index every approval held by any store the index does not know; returns how many
+        were added."""
+        catalog = self.catalog
+        added = 0
+        for path in catalog.scan_files():
+            try:
+                conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+            except apsw.Error:
+                continue
+            try:
+                meta = {str(k): str(v) for k, v in
+                        conn.execute("SELECT key, value FROM _ab_meta").fetchall()}
+                if "class" not in meta or "name" not in meta:
+                    continue
+                found = rows.index_rows(conn, meta["class"], meta["name"])
+            except apsw.Error:
+                continue
+            finally:
+                conn.close()
+            with catalog.conn:
+                for row in found:
+                    catalog.conn.execute(
+                        "INSERT OR IGNORE INTO approvals(id, class, name, method, args, kwargs,"
+                        " summary, side_effects, created, expires, status, decided_by, decided_at,"
+                        " reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                    added += catalog.conn.changes()
+                    self.guard(row.agent, row.method)
+        return added
 
-def scan_all(catalog: Catalog) -> int:
-    """Index every approval held by any store the index does not know; returns how many
-    were added."""
-    added = 0
-    for path in catalog.scan_files():
-        try:
-            conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
-        except apsw.Error:
-            continue
-        try:
-            meta = dict(conn.execute("SELECT key, value FROM _ab_meta").fetchall())
-            rows = conn.execute(_ALL_ROWS).fetchall()
-        except apsw.Error:
-            continue
-        finally:
-            conn.close()
-        if "class" not in meta or "name" not in meta:
-            continue
-        with catalog.conn:
-            for row in rows:
-                method = row[1]
-                catalog.conn.execute(
-                    "INSERT OR IGNORE INTO approvals(id, class, name, method, args, kwargs, summary,"
-                    " side_effects, created, expires, status, decided_by, decided_at, reason)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (row[0], meta["class"], meta["name"], *row[1:]))
-                added += catalog.conn.changes()
-                guard(meta["class"], method)
-    return added
+    def _open(self, key: Key) -> apsw.Connection | None:
+        path = self.catalog.store_path(*key)
+        if not os.path.exists(path):
+            return None
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
+        conn.set_busy_timeout(0)
+        return conn

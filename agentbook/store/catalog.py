@@ -15,10 +15,13 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from typing import Any, cast
 
 import apsw
 
 from .agentstore import _SYNC
+from .approval_index import ApprovalIndex
+from .approvals import IndexedApproval
 from .sqlaccess import translate_error
 
 __all__ = ["Catalog", "agent_file"]
@@ -59,7 +62,7 @@ CREATE TABLE IF NOT EXISTS timers(
 ) WITHOUT ROWID;
 -- An index of the approvals kept in the agents' own stores, for the inbox. Written
 -- before the agent's commit when requested, after it when decided; the stores are the
--- truth, and pending rows are checked against them (agentbook.approvals_index).
+-- truth, and pending rows are checked against them (agentbook.store.approval_index).
 CREATE TABLE IF NOT EXISTS approvals(
     id TEXT PRIMARY KEY,
     class TEXT NOT NULL,
@@ -139,14 +142,10 @@ class Catalog:
                 fresh = not self.conn.execute(
                     "SELECT 1 FROM sqlite_schema WHERE name = 'approvals'").fetchall()
                 self.conn.execute(_SCHEMA)
-            #: Agents whose pending approval rows to check against their stores on the
-            #: next read of the index (``None``: every agent; see approvals_index).
-            self._approvals_recheck: set[tuple[str, str]] | None = None
-            #: A new approval index next to existing agent files: re-read every store.
-            self._approvals_scan = fresh and os.path.isdir(os.path.join(root, "agents"))
-            from .approval_index import load_guarded
-
-            load_guarded(self)
+            #: The approval index: guarded methods, and its checks against the stores (a
+            #: new approvals table next to existing agent files re-reads every store).
+            self.approval_index = ApprovalIndex(
+                self, rescan=fresh and os.path.isdir(os.path.join(root, "agents")))
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
         except OSError as exc:  # the folder can't be made: read-only, full, ...
@@ -159,7 +158,7 @@ class Catalog:
         approvals table: rebuild it as a rowid table (same rows)."""
         rows = self.conn.execute(
             "SELECT sql FROM sqlite_schema WHERE name = 'approvals'").fetchall()
-        if rows and "WITHOUT ROWID" in rows[0][0].upper():
+        if rows and "WITHOUT ROWID" in str(rows[0][0]).upper():
             self.conn.execute("ALTER TABLE approvals RENAME TO approvals_old")
             self.conn.execute("DROP INDEX IF EXISTS approvals_by_status")
             self.conn.execute(_SCHEMA)
@@ -193,7 +192,7 @@ class Catalog:
 
     def count(self) -> int:
         """How many agents are known."""
-        return self.conn.execute("SELECT count(*) FROM agents").fetchall()[0][0]
+        return cast(int, self.conn.execute("SELECT count(*) FROM agents").fetchall()[0][0])
 
     def record_failure(self, row: tuple) -> None:
         """Journal one failed handler (class, name, ts, method, args, kwargs, source,
@@ -218,7 +217,8 @@ class Catalog:
     # -- timers and dead letters --------------------------------------------------------
     def timers(self) -> list[tuple[str, str, float]]:
         """Every ``(class, name, due)`` of the timer index."""
-        return self.conn.execute("SELECT class, name, due FROM timers").fetchall()
+        return cast("list[tuple[str, str, float]]",
+                    self.conn.execute("SELECT class, name, due FROM timers").fetchall())
 
     def set_timers(self, rows: list[tuple[str, str, float | None]]) -> None:
         """Write timer index entries (``due=None`` removes one), in one transaction."""
@@ -234,14 +234,17 @@ class Catalog:
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
 
+    # -- the approval index (rows are IndexedApproval, in its column order) -------------
     _APPROVAL_COLS = ("id, class, name, method, args, kwargs, summary, side_effects, created,"
                       " expires, status, decided_by, decided_at, reason")
 
-    def index_approval(self, row: tuple) -> None:
-        """Index a requested approval (columns of ``_APPROVAL_COLS``)."""
-        from .approval_index import guard
+    def store_path(self, class_name: str, name: str) -> str:
+        """Where the store of agent (*class_name*, *name*) is (it may not exist)."""
+        return os.path.join(self.root, agent_file(class_name, name))
 
-        guard(row[1], row[3])
+    def index_approval(self, row: IndexedApproval) -> None:
+        """Index a requested approval; its method is guarded from now on."""
+        self.approval_index.guard(row[1], row[3])
         try:
             with self.conn:
                 self.conn.execute(
@@ -253,9 +256,7 @@ class Catalog:
     def sync_approvals(self) -> None:
         """Check the index against the stores where it may be wrong (after a crash): once
         per catalog, then only agents that were busy writing at the time."""
-        from .approval_index import sync
-
-        sync(self)
+        self.approval_index.sync()
 
     def decide_approval(self, approval_id: str, status: str, by: str | None, at: float | None,
                         reason: str | None) -> None:
@@ -269,33 +270,36 @@ class Catalog:
         """Forget an index entry whose approval never committed."""
         self.conn.execute("DELETE FROM approvals WHERE id = ?", (approval_id,))
 
-    def approvals(self, status: str | None = None, pending_only: bool = False) -> list[tuple]:
-        """Index rows (``_APPROVAL_COLS``), oldest first."""
-        if self._approvals_recheck != set():
+    def approvals(self, status: str | None = None,
+                  pending_only: bool = False) -> list[IndexedApproval]:
+        """Index rows, oldest first."""
+        if self.approval_index.stale:
             self.sync_approvals()
         if pending_only or status == "pending":
-            return self.conn.execute(
+            found = self.conn.execute(
                 f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE status = 'pending'"
                 " ORDER BY created, rowid").fetchall()
-        if status is None:
-            return self.conn.execute(
+        elif status is None:
+            found = self.conn.execute(
                 f"SELECT {self._APPROVAL_COLS} FROM approvals ORDER BY created, rowid").fetchall()
-        return self.conn.execute(
-            f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE status = ? ORDER BY created, rowid",
-            (status,)).fetchall()
+        else:
+            found = self.conn.execute(
+                f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE status = ?"
+                " ORDER BY created, rowid", (status,)).fetchall()
+        return [IndexedApproval._make(row) for row in found]
 
-    def approval(self, approval_id: str, sync: bool = True) -> tuple | None:
+    def approval(self, approval_id: str, sync: bool = True) -> IndexedApproval | None:
         """One index row, or ``None`` (also for an id that is not a string)."""
         if not isinstance(approval_id, str):
             return None
-        if sync and self._approvals_recheck != set():
+        if sync and self.approval_index.stale:
             self.sync_approvals()
         try:
             rows = self.conn.execute(f"SELECT {self._APPROVAL_COLS} FROM approvals WHERE id = ?",
                                      (approval_id,)).fetchall()
         except UnicodeError:  # a lone surrogate: no id looks like that
             return None
-        return rows[0] if rows else None
+        return IndexedApproval._make(rows[0]) if rows else None
 
     def add_dead_letters(self, rows: list[tuple]) -> None:
         """Index dead letters: (id, class, name, callback, payload, type, attempts, error,
@@ -332,7 +336,7 @@ class Catalog:
     def lease_holder(self, shard: int) -> str | None:
         """The host holding *shard*."""
         rows = self.conn.execute("SELECT host FROM leases WHERE shard = ?", (shard,)).fetchall()
-        return rows[0][0] if rows else None
+        return cast("str | None", rows[0][0]) if rows else None
 
     def quarantine(self, class_name: str, name: str, file: str, reason: str, ts: float) -> None:
         """Record that an agent's store was moved aside."""
@@ -372,7 +376,9 @@ class Catalog:
             for path in self.scan_files():
                 try:
                     reader = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
-                    meta = dict(reader.execute("SELECT key, value FROM _ab_meta").fetchall())
+                    meta: dict[str, Any] = dict(cast(
+                        "list[tuple[str, Any]]",
+                        reader.execute("SELECT key, value FROM _ab_meta").fetchall()))
                     reader.close()
                 except apsw.Error:
                     continue
@@ -385,7 +391,7 @@ class Catalog:
                      meta.get("parent")),
                 )
                 found += 1
-        self._approvals_scan = True
+        self.approval_index.rescan = True
         return found
 
     def close(self) -> None:
