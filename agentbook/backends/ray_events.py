@@ -54,9 +54,7 @@ class EventRelay:
         self.spell += 1
         router = self.router
         for index in range(router.hosts):  # numbered like messages: in before the next one
-            seq = router._seq.get(index, 0)
-            router._seq[index] = seq + 1
-            router.handle(index).listen.remote(router.sender, seq, self.spell)
+            router.handle(index).listen.remote(router.sender, router.next_seq(index), self.spell)
         self.tasks = [asyncio.ensure_future(self._pump(i, self.spell))
                       for i in range(router.hosts)]
 
@@ -90,8 +88,10 @@ class EventRelay:
 
 
 def _event_default(value: Any) -> Any:
+    """What an event payload holds that JSON doesn't: a secret as its redacted form (as
+    ``jsonvalue`` writes it), anything else as its ``repr``."""
     try:
-        return jsonvalue._redact(value)
+        return jsonvalue.redact_secret(value)
     except TypeError:
         return repr(value)
 

@@ -193,6 +193,13 @@ class ApprovalInbox(w.VBox):
         self.reasons.pop(approval_id, None)
         _close(row)
 
+    def refresh_times(self) -> None:
+        """Re-render time left and the header only (no re-read of the inbox); nothing once
+        the widget stopped listening or the runtime closed. Called after each step of a
+        virtual clock."""
+        if self._unsubscribe is not None and not self._rt.closed:
+            self._refresh_times()
+
     def _refresh_times(self) -> None:
         now = self._rt.clock.now()
         for approval_id, (_, label, expires) in self._rows.items():
@@ -285,8 +292,7 @@ class _ClockHook:
         self.inbox = inbox
 
     async def settle(self) -> None:
-        if self.inbox._unsubscribe is not None and not self.inbox._rt.closed:
-            self.inbox._refresh_times()
+        self.inbox.refresh_times()
 
 
 def _close(widget: w.Widget) -> None:
