@@ -83,7 +83,7 @@ def after_success(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
 def advance(inst: Instance, row: ScheduleRow | tuple, now: float) -> None:
     """Move the schedule of *row* past the occurrence that ran (or was skipped) at *now*:
     its next tick, or gone for a one-shot. A plain tuple in :class:`ScheduleRow` order is
-    taken too (``travel/rewind.py`` reads rows with ``ROW_SQL`` itself)."""
+    taken too (a row read with ``ROW_SQL`` directly)."""
     store = inst.store
     assert store is not None
     if type(row) is not ScheduleRow:
@@ -95,7 +95,7 @@ def advance(inst: Instance, row: ScheduleRow | tuple, now: float) -> None:
         rows.advance(store, row.id, nxt, row.occurrence + 1)
 
 
-#: The name ``travel/rewind.py`` imports (until it uses :func:`advance`).
+#: The old name, for callers not yet moved to :func:`advance`.
 _advance = advance
 
 

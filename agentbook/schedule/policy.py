@@ -39,7 +39,7 @@ from .. import jsonvalue
 from ..errors import UsageError
 from ..methods import FRAMEWORK_NAMES, method_info
 from ..store import schedules as rows
-from ..store.schedules import ROW_SQL, ScheduleRow
+from ..store.schedules import ROW_SQL, ScheduleRow  # ROW_SQL: for callers of the old name
 
 if TYPE_CHECKING:
     import apsw

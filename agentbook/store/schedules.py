@@ -64,7 +64,7 @@ class DeadLetterRow(NamedTuple):
 
 
 #: The query every schedule read starts with: its rows are in :class:`ScheduleRow` order.
-#: (``travel/rewind.py`` still runs it itself; :func:`rows` is the way to ask.)
+#: Ask with :func:`rows`, :func:`due_rows` or :func:`select` rather than running it.
 ROW_SQL = ("SELECT id, callback, payload, type, due, cron, interval, tz, attempt, occurrence,"
            " missed, retry, last_error, seq, occurrence_due FROM _ab_schedules")
 
