@@ -20,6 +20,7 @@ from .. import jsonvalue
 from ..approve import inbox as approvals
 from ..errors import AgentbookError, AgentStartError
 from ..schedule import firing
+from ..store.history import HistoryRow, result_json
 
 if TYPE_CHECKING:
     from ..envelope import Envelope
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
     from .agent import Agent
     from .mailbox import Instance
 
-__all__ = ["HandlerContext", "Outcome", "current_chain", "record_failure", "result_json",
-           "run_message", "run_start"]
+__all__ = ["HandlerContext", "Outcome", "current_chain", "record_failure", "run_message",
+           "run_start"]
 
 #: Keys of the agents whose handlers are awaiting, up the current call chain.
 current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
@@ -64,7 +65,7 @@ class HandlerContext:
         self.approvals: list[tuple[str, tuple]] = []
         #: The effect journal of this handler: ``[[key, result], ...]``.
         self.effects: list[list] = []
-        #: While replaying: the journal to serve, and the options (see timetravel.replay).
+        #: While replaying: the journal to serve, and the options (see travel.replay).
         self.replay: Any = None
         #: The envelope's per-call extras (a stream queue, client tools).
         self.extras: dict[str, Any] = {}
@@ -102,7 +103,7 @@ class HandlerContext:
                     builder.add(part)
                 changes = builder.output() or None
             except apsw.Error:  # a table changed shape in between: keep the pieces apart
-                from ..travel.versions import frame_segments
+                from ..store.changesets import frame_segments
 
                 changes = frame_segments(self.segments)
         self.segments = []
@@ -173,7 +174,7 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
     rt = inst.runtime
     agent = cls.__new__(cls)
     agent._ab_instance = inst
-    agent.__init__()
+    cls.__init__(agent)
     inst.agent = agent
     inst.cls = cls
     store = inst.store
@@ -195,13 +196,9 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
             inst.state_json = jsonvalue.dumps(inst.state)
         state_changed = inst.state_json != before
         if changes or schema or state_changed:
-            inst.version += 1
-            store.append_history((
-                inst.version, ts, "on_start", "[]", None, "start",
-                (time.perf_counter() - t0) * 1000, "ok", None, None,
-                inst.state_json if state_changed else None, changes, schema, None, None,
-                _effects_json(ctx),
-            ))
+            _append_version(inst, store, ctx, ts, "on_start", "[]", None,
+                            (time.perf_counter() - t0) * 1000, "ok", changes=changes,
+                            schema=schema, state=inst.state_json if state_changed else None)
         store.release()
     except BaseException as exc:
         ctx.drop()
@@ -275,12 +272,9 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         result_text = result_json(result)
         if env.approval is not None:
             approvals.record_result(inst, env, result_text)
-        inst.version += 1
-        store.append_history((
-            inst.version, ts, env.label or env.method, env.args_json, env.kwargs_json, env.source,
-            duration, outcome_label, None, result_text, state_col, changes, schema,
-            *_sched_cols(ctx), _effects_json(ctx),
-        ))
+        _append_version(inst, store, ctx, ts, env.label or env.method, env.args_json,
+                        env.kwargs_json, duration, outcome_label, changes=changes,
+                        schema=schema, state=state_col, result=result_text)
         if not lone:
             store.release()
         return Outcome(env, True, result, ctx, ts, duration, inst.version)
@@ -300,7 +294,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         error = translate(exc, store)
         for kind, data in ctx.approvals:
             if kind == "request":
-                inst.runtime.approvals._forget(data[0])
+                inst.runtime.approvals.forget(data[0])
         recorded = None
         claimed = any(kind == "approve" for kind, _ in ctx.approvals)
         if (sched is not None or claimed) and store.conn.in_transaction:
@@ -329,12 +323,9 @@ def record_failure(inst: Instance, env: Envelope, error: BaseException, ts: floa
         else:
             label, letter = "error", approvals.record_failure(inst, ctx, env, text)
         changes, schema = ctx.finish(store)
-        inst.version += 1
-        store.append_history((
-            inst.version, ts, env.label or env.method, env.args_json, env.kwargs_json,
-            env.source, duration, label, text, None, None, changes, schema, *_sched_cols(ctx),
-            None,
-        ))
+        _append_version(inst, store, ctx, ts, env.label or env.method, env.args_json,
+                        env.kwargs_json, duration, label, changes=changes, schema=schema,
+                        error=text)
         store.release()
     except BaseException:
         ctx.drop()
@@ -343,34 +334,22 @@ def record_failure(inst: Instance, env: Envelope, error: BaseException, ts: floa
     return (label, letter)
 
 
-def _effects_json(ctx: HandlerContext) -> str | None:
-    return jsonvalue.dumps(ctx.effects) if ctx.effects else None
-
-
-def _sched_cols(ctx: HandlerContext) -> tuple[float | None, str | None]:
+def _append_version(inst: Instance, store: AgentStore, ctx: HandlerContext, ts: float,
+                    method: str, args: str, kwargs: str | None, duration_ms: float,
+                    outcome: str, *, changes: bytes | None, schema: str | None,
+                    state: str | None = None, result: str | None = None,
+                    error: str | None = None) -> None:
+    """Make the next version: the one place a handler's history row is built. Its
+    source, scheduled occurrence and effect journal come from *ctx*."""
+    inst.version += 1
     occ = ctx.occurrence
-    return (None, None) if occ is None else (occ.due, occ.id)
-
-
-_SCALARS = (int, str, bool)
-_SAFE_INT = 1 << 60
-
-
-def result_json(value: Any) -> str | None:
-    if value is None:
-        return None
-    if type(value) is int and -_SAFE_INT < value < _SAFE_INT:
-        return repr(value)  # what json.dumps writes, without an encoder
-    if type(value) in _SCALARS:  # the common case, without a freeze
-        try:
-            return jsonvalue.dumps(value) if type(value) is not str or value.isascii() \
-                else jsonvalue.dumps(jsonvalue.freeze(value, "result"))
-        except (TypeError, ValueError):
-            return None
-    try:
-        return jsonvalue.dumps(jsonvalue.freeze(value, "result"))
-    except (TypeError, ValueError):
-        return None
+    store.append_history(HistoryRow(
+        version=inst.version, ts=ts, method=method, args=args, kwargs=kwargs,
+        source=ctx.source, duration_ms=duration_ms, outcome=outcome, error=error,
+        result=result, state=state, changes=changes, schema=schema,
+        due=None if occ is None else occ.due, occurrence=None if occ is None else occ.id,
+        effects=jsonvalue.dumps(ctx.effects) if ctx.effects else None,
+    ))
 
 
 def translate(exc: BaseException, store: AgentStore | None) -> BaseException:

@@ -1,10 +1,14 @@
 """Operations that run alone in an agent's mailbox, in order with its messages (an
-envelope's ``op``): destroying an agent, pruning its history."""
+envelope's ``op``): destroying an agent here; pruning its history is time travel's
+(:mod:`agentbook.travel.prune`)."""
 
 from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
+
+# Re-exported for agentbook/backends/ray.py, which still imports it from here.
+from ..travel.prune import prune_op
 
 if TYPE_CHECKING:
     from .mailbox import Instance
@@ -13,6 +17,7 @@ __all__ = ["destroy_op", "prune_op"]
 
 
 async def destroy_op(inst: Instance) -> None:
+    """Close the agent, delete its store file, and forget it in the catalog and timers."""
     rt = inst.runtime
     path = rt.path_of(inst.key)
     inst.close()
@@ -29,31 +34,3 @@ async def destroy_op(inst: Instance) -> None:
     inst.committed = (0, None, "")
     if rt.events.active:
         rt.emit_event("destroy", inst.key, {})
-
-
-async def prune_op(inst: Instance, before: int, vacuum: bool) -> int:
-    from ..store.history import state_at
-    from ..travel.versions import check_version, schema_at
-
-    inst.open()
-    store = inst.store
-    conn = store.conn
-    key = inst.key
-    before = check_version(conn, before, f"{key[0]}({key[1]!r})")
-    store.begin()
-    try:
-        conn.execute("UPDATE _ab_history SET state = ? WHERE version = ? AND state IS NULL",
-                     (state_at(conn, before), before))
-        conn.execute("UPDATE _ab_history SET schema = ? WHERE version = ? AND schema IS NULL",
-                     (schema_at(conn, before), before))
-        dropped = conn.execute("SELECT count(*) FROM _ab_history WHERE version < ?",
-                               (before,)).fetchall()[0][0]
-        conn.execute("DELETE FROM _ab_history WHERE version < ?", (before,))
-        store.set_meta({"first_version": str(before)})
-        store.commit()
-    except BaseException:
-        store.rollback()
-        raise
-    if vacuum:
-        conn.execute("VACUUM")
-    return dropped

@@ -19,7 +19,18 @@ from .. import jsonvalue
 from ..envelope import Envelope
 from ..errors import AgentNotFoundError, StoreCorruptError, UnknownMethodError, UsageError
 from ..store import health, open_reader, query_reader
-from ..store.history import read_history, state_at
+from ..store.history import (
+    COLUMNS,
+    bounds,
+    check_version,
+    check_version_type,
+    meta_value,
+    newest_state,
+    newest_version,
+    read_history,
+    state_at,
+)
+from ..store.messages import read_messages
 from ..store.sqlaccess import sql_params
 
 if TYPE_CHECKING:
@@ -117,11 +128,10 @@ class AgentRef:
         import pandas as pd
 
         with self._reading(missing_ok=True) as conn:
-            rows = [] if conn is None else conn.execute(
-                "SELECT id, role, content, tool_calls, tool_call_id, name, ts FROM _ab_messages"
-                " ORDER BY seq").fetchall()
+            rows = [] if conn is None else read_messages(conn)
         frame = pd.DataFrame.from_records(
-            [(*r[:3], json_or_none(r[3]), *r[4:]) for r in rows],
+            [(m.id, m.role, m.content, json_or_none(m.tool_calls), m.tool_call_id, m.name, m.ts)
+             for m in rows],
             columns=["id", "role", "content", "tool_calls", "tool_call_id", "name", "ts"])
         frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
         return frame
@@ -158,11 +168,11 @@ class AgentRef:
             if conn is None:
                 cls = self._ab_rt.class_for(self._ab_key[0])
                 return cls.initial_state if cls is not None else None
-            rows = conn.execute("SELECT state FROM _ab_state WHERE id = 1").fetchall()
-            if not rows:
+            state = newest_state(conn)
+            if state is None:
                 cls = self._ab_rt.class_for(self._ab_key[0])
                 return cls.initial_state if cls is not None else None
-            return jsonvalue.loads(rows[0][0])
+            return jsonvalue.loads(state)
 
     @property
     def version(self) -> int:
@@ -171,10 +181,7 @@ class AgentRef:
         if inst is not None and inst.store is not None:
             return inst.committed[0]
         with self._reading(missing_ok=True) as conn:
-            if conn is None:
-                return 0
-            rows = conn.execute("SELECT version FROM _ab_state WHERE id = 1").fetchall()
-            return rows[0][0] if rows else 0
+            return 0 if conn is None else newest_version(conn)
 
     def sql(self, query: str, *params: Any) -> pd.DataFrame:
         """Run a read-only query on the agent's own tables; returns a DataFrame.
@@ -224,14 +231,15 @@ class AgentRef:
             rows = [] if conn is None else read_history(
                 conn, limit=limit, before=before, method=method, since=since_f, until=until_f
             )
-        records = [
-            (v, ts, m, json_or_none(a), json_or_none(k), src, d, o, e, json_or_none(r),
-             json_or_none(s), due, occ)
-            for (v, ts, m, a, k, src, d, o, e, r, s, due, occ) in rows
+        records: list[tuple] = [
+            (r.version, r.ts, r.method, json_or_none(r.args), json_or_none(r.kwargs), r.source,
+             r.duration_ms, r.outcome, r.error, json_or_none(r.result), json_or_none(r.state),
+             r.due, r.occurrence)
+            for r in rows
         ]
         if failures:
-            lo = rows[-1][1] if len(rows) == limit else float("-inf")
-            hi = rows[0][1] if before is not None and rows else float("inf")
+            lo = rows[-1].ts if len(rows) == limit else float("-inf")
+            hi = rows[0].ts if before is not None and rows else float("inf")
             lo, hi = max(lo, since_f or lo), min(hi, until_f or hi)
             order = {id(r): r[0] for r in records}
             for ts, m, a, k, src, d, e, at in self._ab_rt.catalog.failures(*self._ab_key, limit):
@@ -241,12 +249,9 @@ class AgentRef:
                     order[id(row)] = at + 0.5  # it happened after version `at`, before the next
                     records.append(row)
             records.sort(key=lambda r: order[id(r)], reverse=True)
-        frame = pd.DataFrame.from_records(
-            records,
-            columns=["version", "ts", "method", "args", "kwargs", "source", "duration_ms",
-                     "outcome", "error", "result", "state", "due", "occurrence"],
-        )
-        frame["result"] = pd.Series([r[9] for r in records], dtype=object, index=frame.index)
+        frame = pd.DataFrame.from_records(records, columns=COLUMNS)
+        result = COLUMNS.index("result")  # (as objects: a result may be any JSON value)
+        frame["result"] = pd.Series([r[result] for r in records], dtype=object, index=frame.index)
         frame.insert(0, "name", self._ab_key[1])
         frame.insert(0, "agent", self._ab_key[0])
         frame["version"] = frame["version"].astype("Int64")
@@ -257,6 +262,7 @@ class AgentRef:
     def schedules(self) -> pd.DataFrame:
         """The agent's pending schedules and queued work, soonest first."""
         from ..schedule.policy import select
+        from ..travel.versions import schedules_frame
 
         with self._reading(missing_ok=True) as conn:
             items = [] if conn is None else select(conn)
@@ -282,7 +288,8 @@ class AgentRef:
         from ..travel.versions import VersionView
 
         try:
-            return VersionView(self, version)
+            with self._reading() as conn:
+                return VersionView(self, version, conn)
         except VersionNotFoundError:
             parent = self._parent()
             if parent is not None and isinstance(version, int) and 0 <= version < parent[1]:
@@ -293,15 +300,15 @@ class AgentRef:
         """What changed from version *a* to version *b* (default: the newest).
 
         With ``other=``, compares this agent at *a* with *other* at *b* (e.g. a fork made
-        by :meth:`replay` against its original). Returns a :class:`~agentbook.timetravel.Diff`:
+        by :meth:`replay` against its original). Returns a :class:`~agentbook.travel.versions.Diff`:
         ``.state`` is a JSON patch, ``.rows`` a DataFrame of row changes.
         """
-        from ..travel.versions import Diff, changes_between, check_version, json_patch, rows_between
+        from ..travel.versions import Diff, changes_between, json_patch, rows_between
 
         if other is not None:
             left = self.at(a)
             right = other.at(other.version if b is None else b)
-            rows = rows_between(left._db(), right._db())
+            rows = rows_between(left.connection(), right.connection())
             return Diff(f"{self.name}@{left.version}", f"{other.name}@{right.version}",
                         json_patch(left.state, right.state), rows)
         with self._reading() as conn:
@@ -317,8 +324,6 @@ class AgentRef:
         """Put the agent back as it was after *version*: state, its tables, key-value data
         and schedules. Recorded as a new version (so it can be undone); nothing runs again;
         pending approvals requested since are cancelled. Waits its turn in the mailbox."""
-        from ..travel.versions import check_version_type
-
         rt = self._ab_rt
         rt.check_open()
         version = check_version_type(version, repr(self))
@@ -340,30 +345,33 @@ class AgentRef:
 
         Journaled effects (``self.effect``) are served from the record unless *overrides*
         maps their key to a new function or value, or *live* names keys to call for real.
-        Returns a :class:`~agentbook.replay.ReplayResult` (``.fork``, ``.frame()``,
+        Returns a :class:`~agentbook.travel.replay.ReplayResult` (``.fork``, ``.frame()``,
         ``.identical``, ``.diff()``).
         """
-        from ..travel.replay import replay
+        from ..travel.replay import read_recording, replay
 
-        return await replay(self, from_version, on=on, overrides=overrides, live=live,
-                            to_version=to_version)
+        with self._reading() as conn:
+            recording = read_recording(conn, from_version, to_version, repr(self))
+        return await replay(self, recording, on=on, overrides=overrides, live=live)
 
     async def prune(self, *, before: int | None = None, keep_last: int | None = None,
                     vacuum: bool = False) -> int:
         """Forget history older than version *before* (or keep only the last *keep_last*
         versions); time travel then reaches back to *before* and no further. ``vacuum``
         also gives the space back to the disk. Returns how many versions were dropped."""
-        from .ops import prune_op
+        from ..travel.prune import prune_op
 
-        if (before is None) == (keep_last is None):
-            raise UsageError("pass exactly one of before= or keep_last=")
-        if keep_last is not None:
+        if before is not None and keep_last is None:
+            first = before
+        elif keep_last is not None and before is None:
             if keep_last < 1:
                 raise UsageError("keep_last must be at least 1")
-            before = max(0, self.version - keep_last + 1)
+            first = max(0, self.version - keep_last + 1)
+        else:
+            raise UsageError("pass exactly one of before= or keep_last=")
         rt = self._ab_rt
         rt.check_open()
-        env = Envelope.operation("prune", lambda inst: prune_op(inst, before, vacuum),
+        env = Envelope.operation("prune", lambda inst: prune_op(inst, first, vacuum),
                                  source=rt.source)
         return await rt.submit(self._ab_key, env)
 
@@ -405,8 +413,6 @@ class AgentRef:
 
     def history_range(self) -> tuple[int, int]:
         """``(first, newest)``: the versions time travel can reach."""
-        from ..travel.versions import bounds
-
         with self._reading(missing_ok=True) as conn:
             return (0, 0) if conn is None else bounds(conn)
 
@@ -414,10 +420,10 @@ class AgentRef:
         with self._reading(missing_ok=True) as conn:
             if conn is None:
                 return None
-            rows = conn.execute("SELECT value FROM _ab_meta WHERE key = 'parent'").fetchall()
-        if not rows:
+            text = meta_value(conn, "parent")
+        if text is None:
             return None
-        parent = jsonvalue.loads(rows[0][0])
+        parent = jsonvalue.loads(text)
         return self._ab_rt.get(parent["class"], parent["name"]), parent["version"]
 
     def failures(self, limit: int = 100) -> pd.DataFrame:
@@ -513,18 +519,6 @@ class _SyncProxy:
         if method.startswith("_"):
             raise AttributeError(method)
         return lambda *args, **kwargs: self.call(method, *args, **kwargs)
-
-
-def schedules_frame(items: list) -> pd.DataFrame:
-    """A DataFrame of :class:`~agentbook.scheduler.Schedule` records."""
-    import pandas as pd
-
-    return pd.DataFrame.from_records(
-        [(s.id, s.callback, s.type, pd.Timestamp(s.time), s.cron, s.interval,
-          jsonvalue.thaw(s.payload), s.attempt, s.occurrence, s.last_error) for s in items],
-        columns=["id", "callback", "type", "time", "cron", "interval", "payload", "attempt",
-                 "occurrence", "last_error"],
-    )
 
 
 def _epoch(value: float | datetime | None) -> float | None:

@@ -8,30 +8,31 @@ import hashlib
 
 import apsw
 
+from .history import HistoryRow, meta_value
+
 __all__ = ["chain_hash", "verify_chain"]
+
+_SELECT = f"SELECT {', '.join(HistoryRow._fields)}, chain FROM _ab_history ORDER BY version"
 
 
 def chain_hash(prev: str, row: tuple) -> str:
-    """The hash-chain link of one history row (the row without its chain column)."""
+    """The hash-chain link of one history row (a :class:`HistoryRow`, or the same values
+    as a plain tuple: the link hashes the values, never the type's name)."""
     return hashlib.sha256(
-        prev.encode() + repr(row).encode("utf-8", "surrogatepass")).hexdigest()
+        prev.encode() + repr(tuple(row)).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def verify_chain(conn: apsw.Connection) -> int | None:
     """The first version whose row no longer matches its hash chain, or ``None`` if all
     do (rows written before the chain existed are skipped)."""
-    pruned = conn.execute("SELECT 1 FROM _ab_meta WHERE key = 'first_version'").fetchall()
+    pruned = meta_value(conn, "first_version") is not None
     prev: str | None = None if pruned else ""  # a pruned history starts at a trusted row
-    for row in conn.execute(
-        "SELECT version, ts, method, args, kwargs, source, duration_ms, outcome, error, result,"
-        " state, changes, schema, due, occurrence, effects, chain FROM _ab_history"
-        " ORDER BY version"
-    ):
-        stored = row[-1]
+    for values in conn.execute(_SELECT):
+        row, stored = HistoryRow._make(values[:-1]), values[-1]
         if stored is None:
             prev = None
             continue
-        if prev is not None and chain_hash(prev, row[:-1]) != stored:
-            return row[0]
-        prev = stored
+        if prev is not None and chain_hash(prev, row) != stored:
+            return row.version
+        prev = str(stored)
     return None

@@ -21,20 +21,32 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
+
+import apsw
 
 from .. import jsonvalue
+from ..envelope import Envelope
 from ..errors import ReplayError, UsageError
 from ..store import AgentStore, agent_file, open_reader
-from ..store.history import state_at
-from .versions import check_version, materialize
+from ..store import schedules as stored_schedules
+from ..store.changesets import copy_into, materialize
+from ..store.history import (
+    HistoryRow,
+    check_version,
+    history_rows,
+    newest_version,
+    result_json,
+    state_at,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from ..core.ref import AgentRef
 
-__all__ = ["ReplayResult", "ReplayStep", "fork", "replay"]
+__all__ = ["Recording", "ReplayResult", "ReplayStep", "StepOutcome", "fork", "read_recording",
+           "replay"]
 
 #: History labels of internal versions that replay does not re-run.
 _INTERNAL = frozenset({"on_start", "rewind", "fork", "reject_approval", "expire_approval",
@@ -80,7 +92,8 @@ async def run_effect(ctx: Any, key: str, fn: Callable[..., Any], args: tuple,
 
     if not isinstance(key, str) or not key:
         raise UsageError("an effect needs a non-empty string key, like 'model' or 'http:weather'")
-    served, value = (False, None)
+    served = False
+    value: Any = None
     if ctx.replay is not None:
         served, value = ctx.replay.serve(key, fn, args, kwargs)
         if served and inspect.isawaitable(value):
@@ -111,16 +124,16 @@ async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool 
         raise UsageError(f"{ref!r} has no history yet to fork")
     reader = open_reader(path)
     try:
-        version = check_version(reader, reader.execute(
-            "SELECT version FROM _ab_state").fetchall()[0][0] if at is None else at, repr(ref))
+        version = check_version(reader, newest_version(reader) if at is None else at, repr(ref))
         state_json = state_at(reader, version)
     finally:
         reader.close()
+    if state_json is None:  # a store whose first message never committed
+        raise UsageError(f"{ref!r} has no history yet to fork")
     mem = materialize(path, version, repr(ref))
     try:
-        if not schedules:
-            mem.execute("DELETE FROM _ab_schedules")
-        mem.execute("DELETE FROM _ab_dead_letters")  # never copied
+        # schedules only if asked; dead letters never
+        stored_schedules.clear(mem, schedules=not schedules, dead_letters=True)
         _write_fork(rt, mem, new_path, target._ab_key, ref._ab_key, version, state_json)
     finally:
         mem.close()
@@ -131,26 +144,12 @@ async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool 
     return target
 
 
-def _write_fork(rt: Any, mem: Any, path: str, key: tuple[str, str], parent: tuple[str, str],
-                version: int, state_json: str) -> None:
+def _write_fork(rt: Any, mem: apsw.Connection, path: str, key: tuple[str, str],
+                parent: tuple[str, str], version: int, state_json: str) -> None:
     store = AgentStore(path, rt.durability)
     try:
-        conn = store.conn
         store.begin()
-        objects = mem.execute("SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL"
-                              " AND name NOT LIKE 'sqlite_%' ORDER BY rowid").fetchall()
-        for type_, name, sql in objects:
-            if type_ == "table" and not name.startswith("_ab_"):
-                conn.execute(sql)
-        for type_, name, _sql in objects:
-            if type_ == "table":
-                rows = mem.execute(f'SELECT * FROM "{name}"').fetchall()
-                if rows:
-                    marks = ",".join("?" * len(rows[0]))
-                    conn.executemany(f'INSERT INTO "{name}" VALUES ({marks})', rows)
-        for type_, name, sql in objects:
-            if type_ != "table" and not name.startswith("_ab_"):
-                conn.execute(sql)
+        copy_into(mem, store.conn)
         now = rt.clock.now()
         parent_ref = jsonvalue.dumps({"class": parent[0], "name": parent[1], "version": version})
         store.set_meta({"class": key[0], "name": key[1], "created": repr(now),
@@ -158,10 +157,10 @@ def _write_fork(rt: Any, mem: Any, path: str, key: tuple[str, str], parent: tupl
                         "first_version": str(version)})
         # The fork's first version *is* the parent's version: fork@k == parent@k, and the
         # numbers of later versions line up with the parent's.
-        store.append_history((
-            version, now, "fork", jsonvalue.dumps([parent[1], version]), None,
-            f"fork:{parent[0]}/{parent[1]}@{version}", 0.0, "ok", None, None, state_json, None,
-            store.user_schema(), None, None, None,
+        store.append_history(HistoryRow(
+            version=version, ts=now, method="fork", args=jsonvalue.dumps([parent[1], version]),
+            kwargs=None, source=f"fork:{parent[0]}/{parent[1]}@{version}", duration_ms=0.0,
+            outcome="ok", state=state_json, schema=store.user_schema(),
         ))
         store.write_state(version, state_json)
         store.commit()
@@ -178,6 +177,37 @@ def _write_fork(rt: Any, mem: Any, path: str, key: tuple[str, str], parent: tupl
 
 
 # -- replay -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recording:
+    """What a replay runs again, read from the original in one snapshot before the fork:
+    versions ``from_version .. last``, oldest first, each with the state it left."""
+
+    from_version: int
+    rows: list[HistoryRow]
+
+
+def read_recording(conn: apsw.Connection, from_version: int, to_version: int | None,
+                   who: str) -> Recording:
+    """The recorded versions from *from_version* to *to_version* (default: the newest),
+    read on *conn*, a read-only connection to the original's last commit."""
+    from_version = check_version(conn, from_version, who)
+    last = check_version(conn, -1 if to_version is None else to_version, who)
+    return Recording(from_version, history_rows(conn, from_version, last))
+
+
+class StepOutcome(NamedTuple):
+    """What became of one original version in a replay."""
+
+    version: int
+    method: str
+    #: The fork's version it became (``None`` when it was skipped or failed).
+    fork_version: int | None
+    #: ``ok``, ``skipped``, or ``error: <type>: <message>``.
+    outcome: str
+    same_state: bool | None
+    same_result: bool | None
+
+
 @dataclass
 class ReplayResult:
     """The outcome of :func:`replay`: the fork and, per replayed step, whether its state
@@ -186,16 +216,14 @@ class ReplayResult:
     original: AgentRef
     fork: AgentRef
     from_version: int
-    steps: list[tuple] = field(default_factory=list)
+    steps: list[StepOutcome] = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
         """One row per original version: method, fork version, outcome, same_state,
         same_result."""
         import pandas as pd
 
-        frame = pd.DataFrame.from_records(
-            self.steps, columns=["version", "method", "fork_version", "outcome", "same_state",
-                                 "same_result"])
+        frame = pd.DataFrame.from_records(self.steps, columns=list(StepOutcome._fields))
         frame["fork_version"] = frame["fork_version"].astype("Int64")
         return frame
 
@@ -203,14 +231,15 @@ class ReplayResult:
     def identical(self) -> bool:
         """Whether every replayed step ended in the same state, and returned the same
         result, as the original (a chat agent's answers are its results)."""
-        return all(step[4] and step[5] for step in self.steps if step[3] == "ok")
+        return all(step.same_state and step.same_result for step in self.steps
+                   if step.outcome == "ok")
 
     def diff(self) -> Any:
         """The original's head against the fork's head."""
         return self.original.diff(self.original.version, other=self.fork)
 
     def __repr__(self) -> str:
-        same = sum(1 for s in self.steps if s[4] and s[5])
+        same = sum(1 for s in self.steps if s.same_state and s.same_result)
         return (f"<ReplayResult {self.original!r} from {self.from_version} on {self.fork!r}: "
                 f"{len(self.steps)} steps, {same} with the same state and result>")
 
@@ -218,52 +247,45 @@ class ReplayResult:
         return f"<div><b>{self!r}</b></div>" + self.frame().to_html(index=False)
 
 
-async def replay(ref: AgentRef, from_version: int, *, on: str | None = None,
-                 overrides: dict[str, Any] | None = None, live: bool | set[str] = False,
-                 to_version: int | None = None) -> ReplayResult:
-    """Re-run *ref*'s recorded inputs from *from_version* on a fork named *on*."""
-    from ..envelope import Envelope
-
+async def replay(ref: AgentRef, recording: Recording, *, on: str | None = None,
+                 overrides: dict[str, Any] | None = None,
+                 live: bool | set[str] = False) -> ReplayResult:
+    """Re-run the *recording* of *ref* (see :func:`read_recording`) on a fork named *on*."""
     rt = ref.runtime
-    with ref._reading() as conn:
-        from_version = check_version(conn, from_version, repr(ref))
-        last = check_version(conn, -1 if to_version is None else to_version, repr(ref))
-        rows = conn.execute(
-            "SELECT version, method, args, kwargs, ts, effects, state, outcome, due, occurrence,"
-            " source, result FROM _ab_history WHERE version >= ? AND version <= ? ORDER BY version",
-            (from_version, last)).fetchall()
-        states = {row[0]: state_at(conn, row[0]) for row in rows}
+    from_version = recording.from_version
     name = on or f"{ref.name}-replay-{from_version}-{int(time.time() * 1000) % 100000}"
     target = await fork(ref, name, at=from_version - 1)
     result = ReplayResult(ref, target, from_version)
     live_opt: bool | frozenset = live if isinstance(live, bool) else frozenset(live)
-    for (version, method, args, kwargs, ts, effects, _state, outcome, due, occ, source,
-         recorded) in rows:
-        if method in _INTERNAL or outcome != "ok" or (source or "").startswith("approval:"):
+    for row in recording.rows:
+        if row.method in _INTERNAL or row.outcome != "ok" \
+                or (row.source or "").startswith("approval:"):
             # approved actions ran because a person approved them: a replay never runs one
-            result.steps.append((version, method, None, "skipped", None, None))
+            result.steps.append(StepOutcome(row.version, row.method, None, "skipped", None, None))
             continue
-        step = ReplayStep(version, ts, list(jsonvalue.loads(effects) or []), dict(overrides or {}),
-                          live_opt)
-        if occ is not None:
+        step = ReplayStep(row.version, row.ts, list(jsonvalue.loads(row.effects) or []),
+                          dict(overrides or {}), live_opt)
+        if row.occurrence is not None:
             from ..schedule.policy import Occurrence
 
-            step.occurrence = Occurrence(occ, occ.split(":")[0], 1, due, "replay")
-        env = Envelope.replayed(method, args, kwargs, step,
-                                source=f"replay:{ref.class_name}/{ref.name}@{version}",
-                                args=tuple(jsonvalue.loads(args)),
-                                kwargs=dict(jsonvalue.loads(kwargs) or {}))
+            step.occurrence = Occurrence(row.occurrence, row.occurrence.split(":")[0], 1,
+                                         cast("float", row.due), "replay")
+        args_json = cast("str", row.args)
+        env = Envelope.replayed(row.method, args_json, row.kwargs, step,
+                                source=f"replay:{ref.class_name}/{ref.name}@{row.version}",
+                                args=tuple(jsonvalue.loads(args_json)),
+                                kwargs=dict(jsonvalue.loads(row.kwargs) or {}))
         try:
             value = await rt.submit(target._ab_key, env)
             fork_state = jsonvalue.dumps(target.state)
-            same = fork_state == jsonvalue.dumps(jsonvalue.loads(states[version]))
-            same_result = _same_result(value, recorded)
-            result.steps.append((version, method, target.version, "ok", same, same_result))
+            same = fork_state == jsonvalue.dumps(jsonvalue.loads(row.state))
+            result.steps.append(StepOutcome(row.version, row.method, target.version, "ok", same,
+                                            _same_result(value, row.result)))
         except ReplayError:
             raise
         except Exception as exc:
-            result.steps.append((version, method, None, f"error: {type(exc).__name__}: {exc}",
-                                 False, False))
+            result.steps.append(StepOutcome(row.version, row.method, None,
+                                            f"error: {type(exc).__name__}: {exc}", False, False))
     if rt.events.active:
         rt.emit_event("timetravel:replay", ref._ab_key, {"fork": target.name, "from": from_version,
                                                     "steps": len(result.steps)})
@@ -273,8 +295,6 @@ async def replay(ref: AgentRef, from_version: int, *, on: str | None = None,
 def _same_result(value: Any, recorded: str | None) -> bool:
     """Whether a replayed step's result equals the recorded one, written the same way
     (a result that isn't JSON is recorded as nothing, on both sides)."""
-    from ..core.handler import result_json
-
     mine = result_json(value)
     if mine is None or recorded is None:
         return mine == recorded
