@@ -19,7 +19,7 @@ import functools
 import io
 from collections.abc import Iterable
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -285,7 +285,7 @@ def _draw_schedule(ax: Axes, runs: pd.DataFrame, labels: pd.Series, since: When,
     due, ts = _datenum(runs["due"]), _datenum(runs["ts"])
 
     segments = np.stack([np.column_stack([due, y]), np.column_stack([ts, y])], axis=1)
-    lines = LineCollection(segments, colors=_GREY, linewidths=1.4, zorder=1, label="due → ran",
+    lines = LineCollection(list(segments), colors=_GREY, linewidths=1.4, zorder=1, label="due → ran",
                            gid="lateness")
     ax.add_collection(lines, autolim=False)
     ax.scatter(due, y, marker="|", s=110, color=_GREY, linewidths=1.4, zorder=2,
@@ -296,7 +296,8 @@ def _draw_schedule(ax: Axes, runs: pd.DataFrame, labels: pd.Series, since: When,
         if not hit.any():
             continue
         marker, colour, hollow, size, text = _OUTCOME_STYLE.get(outcome, _OTHER_STYLE)
-        paint = {"facecolors": "none", "edgecolors": colour} if hollow else {"color": colour}
+        paint: dict[str, Any] = ({"facecolors": "none", "edgecolors": colour} if hollow
+                                 else {"color": colour})
         ax.scatter(ts[hit], y[hit], marker=marker, s=size, zorder=3, gid=outcome, linewidths=1.3,
                    label=f"{text or outcome} ({int(hit.sum())})", **paint)
 
@@ -373,9 +374,9 @@ def _canvas(ax: Axes | None, rows: int) -> tuple[Figure, Axes]:
     """*ax* and its figure, or a new figure sized for *rows* rows and its axes."""
     if ax is not None:
         try:
-            return ax.get_figure(root=True), ax  # type: ignore[call-arg, return-value]
+            return cast("Figure", ax.get_figure(root=True)), ax  # (an Axes has a figure)
         except TypeError:  # matplotlib < 3.10 has no root=
-            return ax.figure.figure, ax  # type: ignore[union-attr, return-value]
+            return ax.figure.figure, ax
     height = min(12.0, max(2.8, 1.6 + 0.42 * rows))
     fig = _figure_class()(figsize=(10, height), layout="constrained")
     return fig, fig.add_subplot()

@@ -18,7 +18,8 @@ import gc
 import json
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import ReadOnlyError, SQLError
 from ..store import files, messages
@@ -244,7 +245,7 @@ class Analytics:
             " FROM failures WHERE id > ? ORDER BY id", (self._failure_mark,)).fetchall()
         if not rows:
             return
-        self._failure_mark = rows[-1][0]
+        self._failure_mark = cast(int, rows[-1][0])
         cols = ["id", "agent", "name", "ts", "method", "args", "kwargs", "source", "duration_ms",
                 "error"]
         table = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(cols)})
@@ -308,7 +309,7 @@ class Analytics:
                       "id, agent, name, callback, payload, type, attempts, error,"
                       " to_timestamp(failed_at)")
 
-    def _replace(self, table: str, rows: list[tuple], cols: list[str], select: str) -> None:
+    def _replace(self, table: str, rows: Sequence[tuple], cols: list[str], select: str) -> None:
         import pyarrow as pa
 
         self.db.execute(f"DELETE FROM {table}")

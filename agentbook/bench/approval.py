@@ -24,7 +24,7 @@ import agentbook as ab
 
 from .floors import HandApproval
 from .report import Result, Target
-from .timing import Sizes, check, interleave_many
+from .timing import Side, Sizes, check, interleave_many
 
 __all__ = ["BenchRefunds", "bench_approvals"]
 
@@ -82,7 +82,7 @@ async def bench_approvals(sz: Sizes, folder: str) -> list[Result]:
                 times.append(time.perf_counter() - t0)
             return _median_ms(times)
 
-        sides = [mine, lambda: timed(hand.round_trip, n)]
+        sides: list[Side] = [mine, lambda: timed(hand.round_trip, n)]
         if peer is not None:
             sides.append(lambda: timed(peer.round_trip, lg_n))
         rounds = await interleave_many(sides, sz.rounds, sz.warmup)

@@ -16,7 +16,7 @@ import json
 import os
 import time
 from collections import OrderedDict, deque
-from typing import Any
+from typing import Any, cast
 
 import apsw
 
@@ -74,7 +74,8 @@ class HandAgent:
     def __init__(self, path: str, synchronous: str = "NORMAL") -> None:
         self.conn = _open(path, synchronous)
         self.conn.execute(_SCHEMA)
-        rows = self.conn.execute("SELECT version, state FROM state").fetchall()
+        rows = cast(list[tuple[int, str]],
+                    self.conn.execute("SELECT version, state FROM state").fetchall())
         if not rows:
             self.conn.execute("INSERT INTO state(id, version, state) VALUES (1, 0, ?)",
                               (_dumps({"n": 0}),))
@@ -157,8 +158,8 @@ class HandApproval(HandAgent):
                 " WHERE id = ? AND status = 'pending'", ("bench", time.time(), approval_id))
         execute("COMMIT")
         execute("BEGIN IMMEDIATE")
-        method, stored, check = execute("SELECT method, args, digest FROM approvals WHERE id = ?",
-                                        (approval_id,)).fetchall()[0]
+        method, stored, check = cast(tuple[str, str, str], execute(
+            "SELECT method, args, digest FROM approvals WHERE id = ?", (approval_id,)).fetchall()[0])
         if hashlib.sha256(f"{method}{stored}".encode()).hexdigest() != check:
             raise RuntimeError("tampered approval")
         self.state = {"n": self.state["n"] + json.loads(stored)["amount"]}
@@ -196,7 +197,8 @@ class HandRoundRobin:
             return entry
         conn = apsw.Connection(self.paths[i], flags=apsw.SQLITE_OPEN_READWRITE)
         conn.execute("PRAGMA synchronous=NORMAL")
-        version, text = conn.execute("SELECT version, state FROM state").fetchall()[0]
+        version, text = cast(tuple[int, str],
+                             conn.execute("SELECT version, state FROM state").fetchall()[0])
         entry = self.open[i] = [conn, version, json.loads(text)]
         while len(self.open) > self.max_open:
             _, (old, _, _) = self.open.popitem(last=False)

@@ -122,7 +122,8 @@ async def bench_ray(sz: Sizes, folder: str) -> list[Result]:
     try:
         rt = ab.Runtime(os.path.join(folder, "ray"), backend="ray", hosts=2,
                         durability="normal")
-        bare = ray.remote(num_cpus=0)(BareHost).remote(os.path.join(folder, "bare.db"))
+        host_class: Any = ray.remote(num_cpus=0)(BareHost)  # (ray's stubs lose .remote)
+        bare = host_class.remote(os.path.join(folder, "bare.db"))
         await bare.ready.remote()
         return await _measure(sz, rt, bare, init)
     finally:

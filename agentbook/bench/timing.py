@@ -102,7 +102,7 @@ async def _call(side: Side) -> float:
     value = side()
     if inspect.isawaitable(value):
         value = await value
-    return float(value)  # type: ignore[arg-type]
+    return float(value)
 
 
 async def interleave(a: Side, b: Side, rounds: int,

@@ -34,7 +34,7 @@ class AgentbookMagics(Magics):
         ``%%sql name`` also stores the DataFrame in the variable ``name``."""
         frame = _runtime().sql(cell)
         target = line.strip()
-        if target:
+        if target and self.shell is not None:
             self.shell.user_ns[target] = frame
         return frame
 

@@ -261,7 +261,7 @@ def history_rows(frame: pd.DataFrame, columns: Sequence[str]) -> list[list[Any]]
 def _sql(args: argparse.Namespace) -> None:
     target, query = args.target, args.query
     if query is None:  # a lone argument is the query
-        target, query = None, target
+        query, target = target, None
         if _AGENT.fullmatch(query.strip()):
             raise UsageError(f"give a query after the agent: agentbook sql {query.strip()} "
                              '"SELECT ..." (or a query alone, for the views of every agent)')

@@ -29,8 +29,13 @@ imported only when MCP is first used. Errors::
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from ..errors import AgentbookError, UsageError
+
+if TYPE_CHECKING:
+    from ..core.runtime import Runtime
+    from .http import MCPApp
 
 __all__ = [
     "MCPConnectionError",
@@ -109,7 +114,7 @@ def require_sdk() -> None:
         logger.addHandler(logging.NullHandler())
 
 
-def asgi_app(rt: object, **options: object) -> object:
+def asgi_app(rt: Runtime, **options: Any) -> MCPApp:
     """The MCP ASGI app to mount inside agentbook's serve app: ``Mount("/mcp",
     app=asgi_app(rt))``. The serve app's guard checks the token, Host and Origin, so by
     default this app checks none itself; it needs no lifespan (see
@@ -117,4 +122,4 @@ def asgi_app(rt: object, **options: object) -> object:
     from .http import mcp_app
 
     options.setdefault("check_hosts", False)
-    return mcp_app(rt, **options)  # type: ignore[arg-type]
+    return mcp_app(rt, **options)

@@ -55,7 +55,7 @@ def replaying(ctx: Any) -> bool:
 def recorded(agent: Any, ctx: Any) -> list[MCPTool]:
     """Stand-ins for the MCP tools a replayed turn called: the turn finds them by name and
     its calls are served from the journal, so no server is contacted."""
-    own = getattr(type(agent), "_ab_tools", dict)()
+    own: dict[str, Any] = getattr(type(agent), "_ab_tools", dict)()
     names = sorted({key[5:] for key, _ in ctx.replay.journal if key.startswith("tool:")}
                    - set(own))
 

@@ -25,12 +25,15 @@ import contextlib
 import inspect
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 from ..serve.auth import Auth
 from . import require_sdk
 from .server import agent_server, resolve_class
+
+if TYPE_CHECKING:
+    from starlette.types import Receive, Scope, Send
 
 __all__ = ["MCPApp", "mcp_app"]
 
@@ -114,7 +117,7 @@ class MCPApp:
             self._hosting = (loop.create_task(hosted(), name="agentbook MCP sessions"), ready, stop)
         await asyncio.shield(self._hosting[1])
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await self._lifespan_protocol(receive, send)
             return
@@ -136,11 +139,11 @@ class MCPApp:
         manager = await self._manager(class_name, parts[1])
         await manager.handle_request(scope, receive, send)
 
-    async def _allowed(self, scope: dict) -> bool:
+    async def _allowed(self, scope: Scope) -> bool:
         if self._auth is not None and not self._auth.check(self._auth.bearer(scope)):
             return False
         if self._authorize is not None:
-            verdict = self._authorize(scope)
+            verdict = self._authorize(cast(dict, scope))  # (servers pass a dict)
             if inspect.isawaitable(verdict):
                 verdict = await verdict
             if not verdict:
@@ -185,7 +188,7 @@ async def _run_manager(manager: Any, *, task_status: Any) -> None:
         await anyio.sleep_forever()
 
 
-def _route(scope: dict) -> tuple[str, str] | None:
+def _route(scope: Scope) -> tuple[str, str] | None:
     path = scope.get("path", "")
     root = scope.get("root_path", "")
     if root and path.startswith(root):

@@ -12,7 +12,7 @@ import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from . import MCPConnectionError, MCPProtocolError, MCPToolError
 
@@ -77,7 +77,7 @@ async def open_client(stack: contextlib.AsyncExitStack, spec: Spec, stderr: Any,
     if spec.transport == "stdio":
         from mcp.client.stdio import StdioServerParameters, stdio_client
 
-        command, *args = spec.target
+        command, *args = cast(tuple[str, ...], spec.target)  # (stdio: a command list)
         params = StdioServerParameters(command=command, args=list(args),
                                        env=dict(spec.env) or None)
         transport: Any = stdio_client(params, errlog=stderr)

@@ -57,7 +57,7 @@ def build_app(server: Server, *, mcp: bool = False) -> Starlette:
     ]
     if mcp:
         try:
-            from ..mcp import asgi_app  # type: ignore[import-not-found]
+            from ..mcp import asgi_app
         except ImportError:
             raise UsageError("mcp=True needs agentbook's MCP server (agentbook.mcp), which "
                              "this installation does not have") from None
@@ -76,7 +76,7 @@ async def _agent_request(server: Server, request: Request) -> Response:
     except AgentbookError as exc:
         return _json(400, {"error": str(exc)})
     cls = rt.class_for(class_name)
-    if cls.on_request is Agent.on_request:
+    if cls is None or cls.on_request is Agent.on_request:
         if request.method in ("GET", "HEAD"):
             return _json(200, {"name": ref.name, "state": ref.state})
         return _json(405, {"error": f"{class_name} has no on_request hook; GET returns its "

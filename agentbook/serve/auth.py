@@ -27,7 +27,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -74,7 +74,7 @@ def check_bind(host: str, allow_remote: bool, token: str | None) -> None:
             "(token=...), so that you can hand it to the clients you trust")
 
 
-def _header(scope: dict, name: bytes) -> str | None:
+def _header(scope: Mapping[str, Any], name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
             return value.decode("latin-1")
@@ -108,7 +108,7 @@ class Auth:
             return False
         return hmac.compare_digest(presented.encode("latin-1", "replace"), self._secret)
 
-    def bearer(self, scope: dict) -> str | None:
+    def bearer(self, scope: Mapping[str, Any]) -> str | None:
         """The token in the request's ``Authorization`` header, or ``None``."""
         value = _header(scope, b"authorization")
         if value is None:

@@ -277,8 +277,8 @@ class AgentClient:
             elif on_chunk is not None:
                 self._run(on_chunk, frame.get("result"))
         else:
-            for cb in list(self._message_cbs):
-                self._run(cb, frame)
+            for on_message in list(self._message_cbs):
+                self._run(on_message, frame)
 
     def _run(self, callback: Callable[..., Any], *args: Any) -> None:
         try:

@@ -80,6 +80,7 @@ class AgentSocket:
         else:
             code = 4001
         if refusal is None:
+            assert class_name is not None  # (refused above otherwise)
             try:
                 ref = server.rt.get(class_name, params["name"])
             except Exception as exc:
@@ -87,6 +88,7 @@ class AgentSocket:
         if refusal is not None:
             await send({"type": "websocket.close", "code": code, "reason": _reason(refusal)})
             return
+        assert class_name is not None  # (refused above otherwise)
         request = WebSocket(scope, receive, send)
         pk = request.query_params.get("_pk")
         key = ref._ab_key
@@ -101,7 +103,8 @@ class AgentSocket:
 class _Session:
     __slots__ = ("cls", "conn", "key", "ref", "rt", "server")
 
-    def __init__(self, server: Server, conn: Connection, ref: AgentRef, cls: type) -> None:
+    def __init__(self, server: Server, conn: Connection, ref: AgentRef,
+                 cls: type[Agent] | None) -> None:
         self.server, self.conn, self.ref, self.cls = server, conn, ref, cls
         self.rt, self.key = server.rt, ref._ab_key
 
@@ -212,7 +215,8 @@ class _Session:
     # -- calls -----------------------------------------------------------------------------
     def rpc(self, rid: str, method: str, args: list) -> None:
         rt, conn = self.rt, self.conn
-        fn, is_callable = method_info(self.rt.class_for(self.key[0]) or self.cls, method)
+        cls = self.rt.class_for(self.key[0]) or self.cls
+        fn, is_callable = (None, False) if cls is None else method_info(cls, method)
         streaming = is_callable and getattr(fn, "_ab_streaming", False)
         try:
             env = rt.prepare_call(self.key, method, (None, *args) if streaming else tuple(args), {},

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, cast
 
 import apsw
 
@@ -61,8 +61,13 @@ def _template() -> bytes:
     return _template_cache
 
 
+def _pragma_int(conn: apsw.Connection, name: str) -> int:
+    """The value of an integer pragma (``user_version``, ``page_size``, ...)."""
+    return cast(int, conn.execute(f"PRAGMA {name}").fetchall()[0][0])
+
+
 def _migrate(conn: apsw.Connection) -> None:
-    have = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    have = _pragma_int(conn, "user_version")
     for index, (name, sql) in enumerate(MIGRATIONS):
         if index < have:
             continue
@@ -119,10 +124,8 @@ class AgentStore:
                 raise health.read_only(path)
             self.conn.set_busy_timeout(5_000)
             self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
-            if not fresh:
-                version = self.conn.execute("PRAGMA user_version").fetchall()[0][0]
-                if version < len(MIGRATIONS):
-                    _migrate(self.conn)
+            if not fresh and _pragma_int(self.conn, "user_version") < len(MIGRATIONS):
+                _migrate(self.conn)
         except apsw.Error as exc:
             self.close()
             raise translate_error(exc, path) from None
@@ -144,14 +147,16 @@ class AgentStore:
     def set_size_cap(self, max_bytes: int | None) -> None:
         """Cap the file's size (a full cap raises :class:`StoreFullError`)."""
         if max_bytes:
-            page = self.conn.execute("PRAGMA page_size").fetchall()[0][0]
+            page = _pragma_int(self.conn, "page_size")
             pages = max(32, max_bytes // page)
             self.conn.execute(f"PRAGMA max_page_count = {int(pages)}")
 
     # -- identity and state -------------------------------------------------------------
     def meta(self) -> dict[str, str]:
         """The store's metadata (class, name, created, parent, ...)."""
-        return dict(self.conn.execute("SELECT key, value FROM _ab_meta").fetchall())
+        rows = cast(list[tuple[str, str]],
+                    self.conn.execute("SELECT key, value FROM _ab_meta").fetchall())
+        return dict(rows)
 
     def set_meta(self, items: dict[str, str]) -> None:
         """Write metadata rows (inside the caller's transaction)."""
@@ -161,7 +166,8 @@ class AgentStore:
 
     def load_state(self) -> tuple[int, str] | None:
         """``(version, state_json)`` of the last commit, or ``None`` for a new store."""
-        rows = self.conn.execute("SELECT version, state FROM _ab_state WHERE id = 1").fetchall()
+        rows = cast(list[tuple[int, str]], self.conn.execute(
+            "SELECT version, state FROM _ab_state WHERE id = 1").fetchall())
         return (rows[0][0], rows[0][1]) if rows else None
 
     def write_state(self, version: int, state_json: str) -> None:
@@ -265,7 +271,7 @@ class AgentStore:
 
     def schema_version(self) -> int:
         """SQLite's schema cookie: changes whenever any table or index is created or dropped."""
-        return self.conn.execute("PRAGMA schema_version").fetchall()[0][0]
+        return _pragma_int(self.conn, "schema_version")
 
     def user_schema(self) -> str:
         """The agent's own tables, indexes, views and triggers, as JSON
@@ -300,8 +306,8 @@ class AgentStore:
         outcome, error, result, state, changes, schema, due, occurrence, effects)."""
         prev = self._chain
         if prev is None:
-            rows = self.conn.execute(
-                "SELECT chain FROM _ab_history ORDER BY version DESC LIMIT 1").fetchall()
+            rows = cast(list[tuple[str | None]], self.conn.execute(
+                "SELECT chain FROM _ab_history ORDER BY version DESC LIMIT 1").fetchall())
             prev = (rows[0][0] or "") if rows else ""
         chain = chain_hash(prev, row)
         self._pending.append((*row, chain))

@@ -10,7 +10,7 @@ exists for the benchmarks only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 if TYPE_CHECKING:
     import apsw
@@ -48,25 +48,26 @@ def has_core_tables(conn: apsw.Connection) -> bool:
 
 def meta(conn: apsw.Connection) -> dict[str, str]:
     """The store's metadata (class, name, created, parent, ...)."""
-    return {r[0]: r[1] for r in conn.execute("SELECT key, value FROM _ab_meta").fetchall()}
+    rows = cast(list[tuple[str, str]], conn.execute("SELECT key, value FROM _ab_meta").fetchall())
+    return dict(rows)
 
 
 def meta_value(conn: apsw.Connection, key: str) -> str | None:
     """One metadata value, or ``None``."""
-    rows = conn.execute("SELECT value FROM _ab_meta WHERE key = ?", (key,)).fetchall()
+    rows = cast(list[tuple[str | None]],
+                conn.execute("SELECT value FROM _ab_meta WHERE key = ?", (key,)).fetchall())
     return rows[0][0] if rows else None
 
 
 def head(conn: apsw.Connection) -> Head | None:
     """The last committed version and state, or ``None`` for a store never committed."""
     rows = conn.execute("SELECT version, state FROM _ab_state").fetchall()
-    return Head(*rows[0]) if rows else None
+    return Head._make(rows[0]) if rows else None
 
 
 def last_history_version(conn: apsw.Connection) -> int | None:
     """The newest version in the history (``None`` when it is empty)."""
-    version: int | None = conn.execute("SELECT max(version) FROM _ab_history").fetchall()[0][0]
-    return version
+    return cast(int | None, conn.execute("SELECT max(version) FROM _ab_history").fetchall()[0][0])
 
 
 def packed_history(conn: apsw.Connection, after: int) -> list[tuple]:

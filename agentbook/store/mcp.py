@@ -37,12 +37,12 @@ def has_servers(store: AgentStore) -> bool:
 def registration(store: AgentStore, name: str) -> Registration | None:
     """The registration of server *name*, or ``None``."""
     rows = store.internal(f"SELECT {_COLS} FROM _ab_mcp_servers WHERE name = ?", (name,))
-    return Registration(*rows[0]) if rows else None
+    return Registration._make(rows[0]) if rows else None
 
 
 def registrations(store: AgentStore) -> list[Registration]:
     """Every registration, oldest first."""
-    return [Registration(*r) for r in store.internal(
+    return [Registration._make(r) for r in store.internal(
         f"SELECT {_COLS} FROM _ab_mcp_servers ORDER BY created, name")]
 
 

@@ -60,7 +60,7 @@ def messages(store: AgentStore, *, with_summary: bool = True) -> list[Message]:
     """The stored conversation in order (the summary row first, unless *with_summary* is
     false)."""
     where = "" if with_summary else " WHERE role != 'summary'"
-    return [Message(*r) for r in store.internal(
+    return [Message._make(r) for r in store.internal(
         f"SELECT {_MESSAGE_COLS} FROM _ab_messages{where} ORDER BY seq")]
 
 
@@ -119,12 +119,12 @@ def pending_tool_approval(store: AgentStore, approval_id: str) -> str | None:
 # -- any connection (read-only views) --------------------------------------------------------
 def read_messages(conn: apsw.Connection) -> list[Message]:
     """The stored conversation in order, read on *conn*."""
-    return [Message(*r) for r in conn.execute(
+    return [Message._make(r) for r in conn.execute(
         f"SELECT {_MESSAGE_COLS} FROM _ab_messages ORDER BY seq").fetchall()]
 
 
 def read_tool_calls(conn: apsw.Connection) -> list[ToolCall]:
     """Every recorded tool call, read on *conn*."""
-    return [ToolCall(*r) for r in conn.execute(
+    return [ToolCall._make(r) for r in conn.execute(
         f"SELECT {_TOOL_CALL_COLS} FROM _ab_tool_calls").fetchall()]
 

@@ -281,7 +281,7 @@ class ChatWidget(w.VBox):
         except ApprovalNotFoundError:
             a = None
         mine = a is not None and (a.agent, a.name) == (self.ref.class_name, self.ref.name)
-        can_decide = mine and a.pending
+        can_decide = a is not None and mine and a.pending
         if a is None or not mine:  # e.g. a fork: its parent's approvals are not its own
             state = "no such approval" if a is None else f"belongs to {_e(a.agent)}/{_e(a.name)}"
         elif approval_id in self._busy or can_decide:
@@ -317,8 +317,9 @@ class ChatWidget(w.VBox):
         self.status.value = f"<span style=\"color:#c62828\">&#9888; {_e(text)}</span>" if text else ""
 
     def _stop(self) -> None:
-        if getattr(self, "_unsubscribe", None) is not None:
-            self._unsubscribe()
+        unsubscribe = getattr(self, "_unsubscribe", None)
+        if unsubscribe is not None:
+            unsubscribe()
             self._unsubscribe = None
 
     def __repr__(self) -> str:

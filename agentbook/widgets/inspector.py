@@ -18,7 +18,7 @@ import html
 import json
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -245,7 +245,7 @@ def _approvals_html(approvals: list) -> str:
             f"</span>{_table(rows)}</div>")
 
 
-def _table(rows: list[tuple[str, ...]]) -> str:
+def _table(rows: Sequence[tuple[str, ...]]) -> str:
     """Rows of HTML cells; the first column (a time or an id) never wraps."""
     body = "".join("<tr>" + "".join(f"<td style=\"{_WHEN if i == 0 else _CELL}\">{c}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)

@@ -158,11 +158,11 @@ class AnthropicModel(_sdk.SDKModel):
         if isinstance(exc, anthropic.APITimeoutError):
             return _sdk.timed_out("anthropic")
         if isinstance(exc, anthropic.APIStatusError):
-            body = exc.body if isinstance(exc.body, dict) else {}
-            error = body.get("error") if isinstance(body.get("error"), dict) else {}
-            kind = error.get("type")
+            body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+            detail: dict[str, Any] = body["error"] if isinstance(body.get("error"), dict) else {}
+            kind = detail.get("type")
             status = exc.status_code if exc.status_code >= 400 else None  # 200: an error event
-            message = getattr(exc, "api_message", None) or error.get("message") or exc.message
+            message = getattr(exc, "api_message", None) or detail.get("message") or exc.message
             return _sdk.api_error("anthropic", status, message, code=kind, auth=kind in _AUTH,
                                   rate=kind in _RATE, key_hint=" (ANTHROPIC_API_KEY or api_key=)")
         if isinstance(exc, anthropic.APIConnectionError):
@@ -182,7 +182,8 @@ def _turn(msg: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
     if role == "tool":
         return "user", [{"type": "tool_result", "tool_use_id": msg.get("tool_call_id") or "",
                          "content": _text(content)}]
-    blocks = [{"type": "text", "text": _text(content)}] if _text(content) else []
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": _text(content)}] if _text(content) \
+        else []
     if role == "assistant":
         blocks += [{"type": "tool_use", "id": c["id"], "name": c["name"],
                     "input": c.get("arguments") or {}} for c in msg.get("tool_calls") or []]

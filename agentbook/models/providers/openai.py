@@ -144,8 +144,8 @@ class OpenAIModel(_sdk.SDKModel):
         if isinstance(exc, openai.APITimeoutError):
             return _sdk.timed_out(provider)
         if isinstance(exc, openai.APIStatusError):
-            body = exc.body if isinstance(exc.body, dict) else {}
-            message = body.get("message") if isinstance(body.get("message"), str) else exc.message
+            body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+            message: str = body["message"] if isinstance(body.get("message"), str) else exc.message
             return _sdk.api_error(provider, exc.status_code, message,
                                   key_hint=" (OPENAI_API_KEY or api_key=)")
         if isinstance(exc, openai.APIConnectionError):
