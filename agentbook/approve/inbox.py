@@ -252,10 +252,6 @@ class Approvals:
                                 {"id": approval_id, "status": "rolled back", "by": None,
                                  "reason": "the handler that asked for it failed"})
 
-    # The names the mailbox called before they were public (until core/ uses the new ones).
-    _after_commit = after_commit
-    _forget = forget
-
     async def wait(self, approval_id: str) -> Approval:
         """The approval once it is decided (``await approval`` does this)."""
         approval = self.get(approval_id)

@@ -151,7 +151,7 @@ class Instance:
                     import logging
 
                     logging.getLogger("agentbook").exception("mailbox of %s failed", self.key)
-                    self._fail_queue(exc)
+                    self.fail_queue(exc)
         finally:
             self.task = None
             self.last_used = time.monotonic()
@@ -178,7 +178,7 @@ class Instance:
             )
         return cls
 
-    def _fail_queue(self, exc: BaseException) -> None:
+    def fail_queue(self, exc: BaseException) -> None:
         """Fail every queued message with *exc* (ticks are dropped: rows stay due)."""
         failed = list(self.queue)
         self.queue.clear()
@@ -198,7 +198,7 @@ class Instance:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             err = translate(exc, self.store)
-            self._fail_queue(err)
+            self.fail_queue(err)
             if self.store is not None and rt.should_drop(err):
                 rt.hibernate_one(self)
             return
@@ -274,9 +274,9 @@ class Instance:
             for outcome in done:
                 for kind, data in outcome.ctx.approvals:
                     if kind == "request":
-                        rt.approvals._forget(data[0])
+                        rt.approvals.forget(data[0])
             if isinstance(exc, AgentStartError):
-                self._fail_queue(err)
+                self.fail_queue(err)
             now = rt.clock.now()
             for env in taken:
                 if env.sched is None:
@@ -308,7 +308,7 @@ class Instance:
                 rt.scheduled_failure(self.key, outcome)
             else:
                 if outcome.recorded is not None:  # an approved method failed: consumed
-                    rt.approvals._after_commit(self.key, "failed", outcome.recorded[1])
+                    rt.approvals.after_commit(self.key, "failed", outcome.recorded[1])
                 self.gate.deliver_failure(outcome.env, outcome.value, outcome.duration, outcome.ts,
                                       outcome.version)
 

@@ -266,7 +266,7 @@ class Runtime:
         self.closed = True
         error = RuntimeClosedError("the runtime was closed; create a new ab.Runtime to go on")
         for inst in list(self.instances.values()):
-            inst._fail_queue(error)
+            inst.fail_queue(error)
             if inst.task is not None and not inst.task.done():
                 inst.task.cancel()
             inst.close()
@@ -310,11 +310,11 @@ class Runtime:
 
     # -- messages (used by AgentRef and the mailbox) --------------------------------------
     def prepare_call(self, key: Key, method: str, args: tuple, kwargs: dict, *,
-                 external: bool, future: bool) -> Envelope:
+                     external: bool, future: bool) -> Envelope:
         """Check a call completely before anything is queued, and build its envelope."""
         self.check_open()
         env = prepare(self.source, key, self.class_for(key[0]), method, args, kwargs,
-                      external=external, future=future)
+                      external=external, future=future, approvals=self.catalog.approval_index)
         size = len(env.args_json) + len(env.kwargs_json or "")
         if size > self.max_payload_bytes:
             raise LimitError(
@@ -349,6 +349,7 @@ class Runtime:
         self.enqueue(key, env)
 
     def enqueue(self, key: Key, env: Envelope) -> None:
+        """Put *env* in the agent's mailbox (or hand it to the host that owns it)."""
         if self.closed:
             if env.future is not None and not env.future.done():
                 env.future.set_exception(RuntimeClosedError("the runtime was closed"))
@@ -380,18 +381,23 @@ class Runtime:
 
     # -- bookkeeping called by instances --------------------------------------------------
     def path_of(self, key: Key) -> str:
+        """The store file of agent *key*."""
         return os.path.join(self.root, agent_file(*key))
 
     def should_drop(self, exc: BaseException) -> bool:
+        """Whether *exc* means the agent's open store must be closed (damage, read-only)."""
         return isinstance(exc, (StoreError, StoreCorruptError))
 
     def created(self, inst: Instance) -> None:
+        """A new agent's first batch is about to commit: list it in the catalog first."""
         self.catalog.add(inst.key[0], inst.key[1], agent_file(*inst.key), self.clock.now())
 
     def emit_event(self, type_: str, key: Key, payload: Any) -> None:
+        """Publish one event of agent *key* on the event bus."""
         self.events.emit(type_, key[0], key[1], payload, self.clock.now())
 
     def broadcast_from(self, key: Key, message: Any, exclude: list) -> None:
+        """Send *message* to every connection of agent *key* (after its commit)."""
         for hook in list(self.broadcast_hooks):
             hook(key, message, exclude)
         if self.events.active:
@@ -408,9 +414,11 @@ class Runtime:
         self.enqueue(key, Envelope.error(exc, jsonvalue.dumps([info])))
 
     def destroy_later(self, key: Key) -> None:
+        """Destroy agent *key* once its current batch is over (``self.destroy()``)."""
         self.enqueue(key, Envelope.operation("destroy", destroy_op, source="destroy"))
 
     def check_open(self) -> None:
+        """Raise ``RuntimeClosedError`` if the runtime was closed."""
         if self.closed:
             raise RuntimeClosedError("the runtime was closed; create a new ab.Runtime to go on")
 
@@ -519,6 +527,7 @@ class Runtime:
         await self.dead_letter_op(letter_id, "_ab_drop_dead_letter", "drop_dead_letter")
 
     async def dead_letter_op(self, letter_id: str, method: str, label: str) -> None:
+        """Run a dead letter's *method* on its agent (retry or drop), then forget it."""
         from ..schedule.policy import ScheduleError
 
         self.check_open()
@@ -562,6 +571,7 @@ class Runtime:
         self.enqueue(key, Envelope.tick())
 
     def scheduled_failure(self, key: Key, outcome: Any) -> None:
+        """A scheduled run failed: keep its dead letter, announce the retry or the error."""
         label, letter = outcome.recorded
         env = outcome.env
         if letter is not None:
@@ -572,15 +582,18 @@ class Runtime:
 
     def emit_scheduled(self, what: str, key: Key, env: Envelope, version: int,
                         error: str | None = None) -> None:
+        """Publish a ``schedule:*`` / ``queue:*`` event about the scheduled run *env*."""
         row = env.sched
-        kind = "queue" if row[3] == "queue" else "schedule"
-        payload = {"id": row[0], "callback": row[1], "type": row[3], "due": row[4],
-                   "occurrence": f"{row[0]}:{row[9]}", "attempt": row[8] + 1, "version": version}
+        kind = "queue" if row.type == "queue" else "schedule"
+        payload = {"id": row.id, "callback": row.callback, "type": row.type, "due": row.due,
+                   "occurrence": f"{row.id}:{row.occurrence}", "attempt": row.attempt + 1,
+                   "version": version}
         if error is not None:
             payload["error"] = error
         self.emit_event(f"{kind}:{what}", key, payload)
 
     def mark_opened(self, inst: Instance) -> None:
+        """*inst* opened its store: hibernate the least recently used if over ``max_open``."""
         self.open_stores[inst.key] = inst
         excess = len(self.open_stores) - self.max_open
         if excess > 0:  # the least recently used idle ones go (no copy of the open list)
@@ -600,12 +613,14 @@ class Runtime:
             self.sweep_handle = loop.call_later(self.hibernate_after, self.sweep)
 
     def mark_idle(self, inst: Instance) -> None:
+        """*inst* has nothing to do now: it becomes the most recently used."""
         if inst.key in self.open_stores:
             self.open_stores.move_to_end(inst.key)
         elif not inst.queue and inst.store is None:
             self.instances.pop(inst.key, None)
 
     def sweep(self) -> None:
+        """Hibernate the agents idle for ``hibernate_after`` seconds; run again later."""
         self.sweep_handle = None
         if self.closed:
             return
@@ -618,6 +633,7 @@ class Runtime:
             self.sweep_handle = loop.call_later(self.hibernate_after, self.sweep)
 
     def hibernate_one(self, inst: Instance) -> None:
+        """Hibernate one agent: close its store and MCP connections, forget it."""
         if self.mcp_clients is not None:
             self.mcp_clients.close_agent(inst.key)
         inst.close()
