@@ -102,12 +102,25 @@ class Envelope:
         return cls(method, args, kwargs, args_json, kwargs_json, source, replay=step)
 
     @classmethod
+    def forwarded(cls, method: str, args_json: str, kwargs_json: str | None, *, source: str,
+                  chain: tuple = (), label: str | None = None,
+                  approval: tuple[str, str | None] | None = None,
+                  replay: Any = None) -> Envelope:
+        """A message that arrived from another process as JSON text (the Ray backend)."""
+        return cls(method, tuple(jsonvalue.loads(args_json) or ()),
+                   dict(jsonvalue.loads(kwargs_json) or {}) if kwargs_json else {},
+                   args_json, kwargs_json or None, source, chain=chain, label=label,
+                   approval=approval, replay=replay)
+
+    @classmethod
     def error(cls, exc: BaseException, info_json: str) -> Envelope:
         """Report *exc* (from a send nobody awaited) to the agent's ``on_error``."""
         return cls("on_error", (exc,), {}, info_json, None, "error")
 
     @classmethod
-    def operation(cls, name: str, op: Callable[[Any], Awaitable[Any]], *,
-                  source: str) -> Envelope:
-        """*op* runs alone, in mailbox order (destroy, prune), recorded as *name*."""
-        return cls(name, (), {}, _NO_ARGS, None, source, op=op)
+    def operation(cls, name: str, op: Callable[[Any], Awaitable[Any]], *, source: str,
+                  args: tuple = ()) -> Envelope:
+        """*op* runs alone, in mailbox order (destroy, prune), recorded as *name*; *args* are
+        what another process needs to build the same *op* (the Ray backend)."""
+        return cls(name, args, {}, jsonvalue.dumps(list(args)) if args else _NO_ARGS, None,
+                   source, op=op)

@@ -321,10 +321,6 @@ class AgentHost:
 
     async def register(self, cls: type) -> None:
         """A (possibly redefined) agent class arrived from the driver."""
-        from ..core.agent import _classes, _lineage
-
-        _classes[cls.__name__] = cls
-        _lineage[(cls.__module__, cls.__name__)] = cls
         self.rt.classes[cls.__name__] = cls
 
     async def deliver(self, text: str, replay: Any = None) -> str | None:
@@ -336,23 +332,24 @@ class AgentHost:
         self.rt.timers.arm_if_pending()
         if self._expected.get(sender, 0) != seq or self._restarted:
             await self._turn(sender, seq)
-        if class_name not in _agent_classes():
+        if self.rt.class_for(class_name) is None:
             self._next(sender, seq)  # let later messages through meanwhile
             raise _ClassMissing(class_name)
-        kwargs_text = kwargs_json or None
-        env = Envelope(method, tuple(jsonvalue.loads(args_json) or ()),
-                       dict(jsonvalue.loads(kwargs_text) or {}), args_json, kwargs_text,
-                       source, chain=tuple(tuple(k) for k in chain) if chain else (),
-                       label=label, approval=tuple(approval) if approval else None,
-                       replay=replay)
-        if op is not None:
-            from ..core.ops import destroy_op, prune_op
+        if op is None:
+            env = Envelope.forwarded(method, args_json, kwargs_json, source=source,
+                                     chain=tuple(tuple(k) for k in chain) if chain else (),
+                                     label=label, approval=tuple(approval) if approval else None,
+                                     replay=replay)
+        elif op == "destroy":
+            from ..core.ops import destroy_op
 
-            if op == "destroy":
-                env.op = destroy_op
-            else:  # prune
-                before, vacuum = env.args
-                env.op = lambda inst: prune_op(inst, before, vacuum)
+            env = Envelope.operation("destroy", destroy_op, source=source)
+        else:  # prune
+            from ..travel.prune import prune_op
+
+            before, vacuum = jsonvalue.loads(args_json)
+            env = Envelope.operation("prune", lambda inst: prune_op(inst, before, vacuum),
+                                     source=source)
         key = (class_name, name)
         # Another agent may not call a method approvals guard (this host's catalog indexed
         # the approvals its agents requested): only an approval runs it.
@@ -455,11 +452,6 @@ class AgentHost:
         """Whether this host holds the lease of *key*'s shard (for tests)."""
         return self.rt.holds_lease((class_name, name))
 
-
-def _agent_classes() -> dict[str, type]:
-    from ..core.agent import _classes
-
-    return _classes
 
 
 class _ClassMissing(Exception):

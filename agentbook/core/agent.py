@@ -45,16 +45,31 @@ _DROPPED = re.compile(
     re.IGNORECASE,
 )
 
-#: Latest definition of every agent class, by class name (hot redefinition reads this).
-_classes: dict[str, type[Agent]] = {}
-#: Latest definition of every agent class, by where it is defined: a class redefined in
-#: the same module (re-running a cell) replaces its earlier self, and only that.
-_lineage: dict[tuple[str, str], type[Agent]] = {}
-
-
 def latest(cls: type[Agent]) -> type[Agent]:
-    """The newest definition of *cls* (same module and class name)."""
-    return _lineage.get((cls.__module__, cls.__name__), cls)
+    """The newest definition of *cls*: re-running a cell that defines a class makes a new class
+    object of the same module and name, and the agents use it from their next message on.
+
+    Python records every subclass (``type.__subclasses__``, in definition order); agentbook
+    keeps no registry of its own, so two runtimes in one process can't share one by accident.
+    """
+    newest = cls
+    for base in cls.__bases__:
+        for sub in base.__subclasses__():
+            if sub.__name__ == cls.__name__ and sub.__module__ == cls.__module__:
+                newest = sub
+    return newest
+
+
+def agent_classes() -> dict[str, type[Agent]]:
+    """Every agent class defined in this process, by class name (the newest definition of
+    each), walked from ``ab.Agent``'s subclasses on demand."""
+    found: dict[str, type[Agent]] = {}
+    stack = list(reversed(Agent.__subclasses__()))
+    while stack:
+        cls = stack.pop()
+        found[cls.__name__] = cls
+        stack.extend(reversed(cls.__subclasses__()))
+    return found
 
 
 class KeyValue(MutableMapping[str, Any]):
@@ -130,8 +145,6 @@ class Agent:
         except JSONValueError as exc:
             raise JSONValueError(str(exc), exc.path) from None
         cls._ab_suspends = set()  # methods seen to await real I/O (see mailbox)
-        _classes[cls.__name__] = cls
-        _lineage[(cls.__module__, cls.__name__)] = cls
 
     # -- identity -----------------------------------------------------------------------
     @property

@@ -8,12 +8,11 @@ import os
 from typing import TYPE_CHECKING
 
 # Re-exported for agentbook/backends/ray.py, which still imports it from here.
-from ..travel.prune import prune_op
 
 if TYPE_CHECKING:
     from .mailbox import Instance
 
-__all__ = ["destroy_op", "prune_op"]
+__all__ = ["destroy_op"]
 
 
 async def destroy_op(inst: Instance) -> None:

@@ -94,7 +94,7 @@ class AgentRef:
         ``rpc:error`` event. Sent from a handler, the message leaves after its commit."""
         rt = self._ab_rt
         env = rt.prepare_call(self._ab_key, method, args, kwargs, external=True, future=False)
-        rt._send(self._ab_key, env)
+        rt.send_later(self._ab_key, env)
 
     def __getattr__(self, method: str) -> Any:
         if method.startswith("_"):
@@ -372,7 +372,7 @@ class AgentRef:
         rt = self._ab_rt
         rt.check_open()
         env = Envelope.operation("prune", lambda inst: prune_op(inst, first, vacuum),
-                                 source=rt.source)
+                                 source=rt.source, args=(first, vacuum))
         return await rt.submit(self._ab_key, env)
 
     def widget(self) -> Any:

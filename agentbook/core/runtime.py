@@ -35,7 +35,7 @@ from ..errors import AgentbookError, LimitError, RuntimeClosedError, StoreCorrup
 from ..events import EventBus
 from ..schedule.timers import Timers
 from ..store import Catalog, agent_file
-from .agent import Agent, _classes, latest
+from .agent import Agent, agent_classes, latest
 from .calls import prepare
 from .mailbox import Instance
 from .ops import destroy_op
@@ -94,7 +94,7 @@ class Runtime:
         "classes", "created", "dead_letter_op", "destroy_later", "dirty", "emit_event",
         "emit_scheduled", "enqueue", "hibernate_one", "holds_lease", "instances", "lease",
         "mark_idle", "mark_opened", "mcp_clients", "open_stores", "owns", "path_of",
-        "prepare_call", "report_error", "router", "scheduled_failure", "server",
+        "prepare_call", "report_error", "router", "scheduled_failure", "send_later", "server",
         "should_drop", "submit", "sweep", "sweep_handle", "tick", "unkicked",
     })
 
@@ -218,7 +218,12 @@ class Runtime:
         """The agent class for *class_name*: the newest definition of the class this
         runtime was given by ``get``/``spawn``, else the newest class of that name."""
         cls = self.classes.get(class_name)
-        return latest(cls) if cls is not None else _classes.get(class_name)
+        if cls is None:
+            cls = agent_classes().get(class_name)
+            if cls is None:
+                return None
+            self.classes[class_name] = cls
+        return latest(cls)
 
     def owns(self, key: Key) -> bool:
         """Whether this process runs *key* (always, without a router)."""
@@ -338,7 +343,7 @@ class Runtime:
         self.enqueue(key, env)
         return env.future
 
-    def _send(self, key: Key, env: Envelope) -> None:
+    def send_later(self, key: Key, env: Envelope) -> None:
         """Queue a fire-and-forget message; from a handler it leaves after the commit."""
         chain = env.chain
         if chain:
@@ -426,7 +431,7 @@ class Runtime:
         """One row per agent: class, name, created, version, awake, parent."""
         import pandas as pd
 
-        from ..store import open_reader
+        from ..store import history, open_reader
         from .runtime import _class_name
 
         rows = []
@@ -439,9 +444,9 @@ class Runtime:
             else:
                 try:
                     conn = open_reader(os.path.join(self.root, file))
-                    version = conn.execute("SELECT version FROM _ab_state").fetchall()[0][0]
+                    version = history.newest_version(conn) if history.newest_state(conn) else None
                     conn.close()
-                except (AgentbookError, IndexError):
+                except AgentbookError:
                     version = None
             rows.append((class_name, name, pd.Timestamp(created, unit="s", tz="UTC"), version,
                          inst is not None and inst.store is not None, parent))
