@@ -46,6 +46,7 @@ __all__ = [
     "MCPTargetError",
     "MCPTimeoutError",
     "MCPToolError",
+    "agentbook_version",
     "asgi_app",
     "require_sdk",
 ]
@@ -123,3 +124,15 @@ def asgi_app(rt: Runtime, **options: Any) -> MCPApp:
 
     options.setdefault("check_hosts", False)
     return mcp_app(rt, **options)
+
+
+def agentbook_version() -> str:
+    """agentbook's version as MCP peers see it (client and server info), read from the
+    installed package's metadata: a face never imports the root package, which imports
+    every layer."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentbook")
+    except PackageNotFoundError:  # (a source tree that was never installed)
+        return "0+unknown"

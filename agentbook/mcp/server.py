@@ -18,6 +18,7 @@ import json
 from typing import Any
 
 from .. import jsonvalue
+from . import agentbook_version
 
 __all__ = ["agent_server", "callable_tools", "resolve_class"]
 
@@ -63,12 +64,13 @@ def method_schema(fn: Any) -> dict[str, Any]:
 
 def resolve_class(segment: str) -> str | None:
     """The agent class named by a URL segment: its name, or its kebab-case form."""
-    from ..core.agent import _classes
+    from ..core.agent import agent_classes
     from ..serve.protocol import kebab
 
-    if segment in _classes:
+    classes = agent_classes()
+    if segment in classes:
         return segment
-    return next((name for name in _classes if kebab(name) == segment), None)
+    return next((name for name in classes if kebab(name) == segment), None)
 
 
 def agent_server(rt: Any, class_name: str, name: str) -> Any:
@@ -76,7 +78,6 @@ def agent_server(rt: Any, class_name: str, name: str) -> Any:
     import mcp_types as types
     from mcp.server.lowlevel import Server
 
-    from .. import __version__
     from ..chat.tools import validate
 
     def tools() -> dict[str, dict[str, Any]]:
@@ -104,7 +105,7 @@ def agent_server(rt: Any, class_name: str, name: str) -> Any:
         return _ok(result)
 
     doc = inspect.getdoc(rt.class_for(class_name)) or None
-    return Server(f"agentbook {class_name}/{name}", version=__version__,
+    return Server(f"agentbook {class_name}/{name}", version=agentbook_version(),
                   instructions=doc, on_list_tools=list_tools, on_call_tool=call_tool)
 
 

@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from . import MCPConnectionError, MCPProtocolError, MCPToolError
+from . import MCPConnectionError, MCPProtocolError, MCPToolError, agentbook_version
 
 if TYPE_CHECKING:
     from .client import Connection
@@ -72,7 +72,6 @@ async def open_client(stack: contextlib.AsyncExitStack, spec: Spec, stderr: Any,
     from mcp import Client
     from mcp_types import Implementation
 
-    from .. import __version__
 
     if spec.transport == "stdio":
         from mcp.client.stdio import StdioServerParameters, stdio_client
@@ -100,7 +99,7 @@ async def open_client(stack: contextlib.AsyncExitStack, spec: Spec, stderr: Any,
             conn.refresh()
 
     client = Client(_Watched(transport, conn), cache=None, message_handler=on_message,
-                    client_info=Implementation(name="agentbook", version=__version__))
+                    client_info=Implementation(name="agentbook", version=agentbook_version()))
     return await stack.enter_async_context(client)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..core.agent import Agent, _classes
+from ..core.agent import Agent, agent_classes
 from ..errors import UsageError
 from .auth import TICKET_PATH, Auth, Guard, check_bind, redact_uvicorn_logs
 from .protocol import STATE, Connection, encode, kebab
@@ -129,13 +129,14 @@ class Server:
     def resolve(self, segment: str) -> str | None:
         """The class name a URL segment names (its kebab-case form, or the name itself)."""
         size, table = self._routes
-        if size != len(_classes):
+        classes = agent_classes()
+        if size != len(classes):
             table = {}
-            for name in _classes:
+            for name in classes:
                 if self._allowed is None or name in self._allowed:
                     table.setdefault(kebab(name), name)
                     table[name] = name
-            self._routes = (len(_classes), table)
+            self._routes = (len(classes), table)
         return table.get(segment)
 
     def routes(self) -> list[str]:
