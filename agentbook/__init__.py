@@ -68,8 +68,7 @@ from .methods import callable, needs_approval
 from .schedule.policy import Occurrence, Retry, Schedule, ScheduleError
 from .secrets import Secret
 from .sync import run
-
-__version__ = "0.1.0"
+from .version import __version__ as __version__
 
 
 async def connect(url: str, *, token: str | None = None, **options: object) -> object:

@@ -12,7 +12,8 @@ Each message says what went wrong and what to do next, in one sentence.
      │    ├── NotInHandlerError        an agent API used outside one of its handlers
      │    ├── LimitError               a payload, state or queue is over its configured limit
      │    ├── WouldBlockError          a blocking wait on something only a person can finish
-     │    └── ReentrancyError          an awaited call that would wait for itself (a deadlock)
+     │    ├── ReentrancyError          an awaited call that would wait for itself (a deadlock)
+     │    └── ScheduleError            (also ValueError) a bad time, cron, interval or schedule id
      ├── SQLError                      SQLite refused a query; carries SQLite's message
      ├── StateError
      │    ├── StateRejectedError       validate_state_change refused the new state
@@ -33,6 +34,15 @@ Each message says what went wrong and what to do next, in one sentence.
      │    ├── ModelResponseError       the answer (or its stream) was malformed
      │    └── ModelNotInstalledError   the provider's SDK is not installed; says what to install
      ├── ToolError                     a tool is misdeclared or was called wrongly
+     ├── MCPError                      an MCP server could not do what was asked (.server names it)
+     │    ├── MCPNotInstalledError     (also UsageError, ImportError) the mcp SDK is missing
+     │    ├── MCPTargetError           (also UsageError) a bad name, URL, command, headers or env
+     │    ├── MCPServerNotFoundError   (also UsageError, KeyError) no server by that name
+     │    ├── MCPConnectionError       the server did not start, died, or can't be reached
+     │    ├── MCPTimeoutError          (also TimeoutError) no answer in time
+     │    ├── MCPProtocolError         the server's answer was malformed
+     │    └── MCPToolError             the tool reported an error, or has no such tool
+     ├── RemoteError                   (ab.connect clients) the served agent's method raised
      ├── HostUnavailableError          (Ray backend) the agent's host restarted mid-call
      ├── AgentNotFoundError            (also KeyError) no agent by that class and name has been created
      ├── AgentStartError               on_start raised; the agent did not start
@@ -63,6 +73,14 @@ __all__ = [
     "IncompatibleStateError",
     "JSONValueError",
     "LimitError",
+    "MCPConnectionError",
+    "MCPError",
+    "MCPNotInstalledError",
+    "MCPProtocolError",
+    "MCPServerNotFoundError",
+    "MCPTargetError",
+    "MCPTimeoutError",
+    "MCPToolError",
     "ModelAuthError",
     "ModelError",
     "ModelNotInstalledError",
@@ -73,9 +91,11 @@ __all__ = [
     "NotInHandlerError",
     "ReadOnlyError",
     "ReentrancyError",
+    "RemoteError",
     "ReplayError",
     "RuntimeClosedError",
     "SQLError",
+    "ScheduleError",
     "StateError",
     "StateRejectedError",
     "StoreCorruptError",
@@ -279,3 +299,57 @@ class StoreReadOnlyError(StoreError):
 
 class RuntimeClosedError(AgentbookError):
     """The runtime was closed."""
+
+
+class ScheduleError(UsageError, ValueError):
+    """A schedule can't be created or found (bad time, cron, interval or id)."""
+
+
+class RemoteError(AgentbookError):
+    """A served agent's method raised; ``type`` is the name of the exception it raised.
+
+    (agentbook's own errors come back as themselves: ``NotCallableError``, ...)
+    """
+
+    def __init__(self, message: str, type: str = "Error") -> None:
+        super().__init__(message)
+        self.type = type
+
+
+class MCPError(AgentbookError):
+    """An MCP server could not do what was asked. ``server`` names the server."""
+
+    def __init__(self, message: str, server: str = "") -> None:
+        super().__init__(message)
+        self.server = server
+
+
+class MCPNotInstalledError(MCPError, UsageError, ImportError):
+    """The official ``mcp`` SDK is an optional extra that is not installed."""
+
+
+class MCPTargetError(MCPError, UsageError):
+    """A server name, URL, command, headers or env that can't be used."""
+
+
+class MCPServerNotFoundError(MCPError, UsageError, KeyError):
+    """The agent has no MCP server by that name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MCPConnectionError(MCPError):
+    """The server did not start, died, or can't be reached; its state says why."""
+
+
+class MCPTimeoutError(MCPError, TimeoutError):
+    """The server gave no answer in time."""
+
+
+class MCPProtocolError(MCPError):
+    """The server's answer did not follow the protocol (a malformed result or schema)."""
+
+
+class MCPToolError(MCPError):
+    """The tool reported an error (``is_error``), or the server has no such tool."""

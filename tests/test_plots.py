@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import agentbook as ab
-from agentbook.analytics import plots, plots_sql
+from agentbook.analytics import plotkit, plots, plots_sql
 from agentbook.schedule.policy import Retry
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
@@ -122,7 +122,7 @@ async def test_schedule_plot_puts_every_due_and_run_time_on_its_row(any_rt, cloc
     runs = _runs_from_history(rt)
 
     fig = rt.plot.schedule()
-    assert isinstance(fig, plots._figure_class()) and len(fig.axes) == 1
+    assert isinstance(fig, plotkit.figure_class()) and len(fig.axes) == 1
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == sorted([
         *(f"Reminders/{n}.{m}" for n in ("alice", "bob") for m in ("digest", "lunch", "poll", "ring")),
@@ -162,13 +162,13 @@ async def test_title_gives_the_count_and_lateness_percentiles(mem_rt, clock):
     lateness = (runs.ts - runs.due).dt.total_seconds()[runs.outcome != "skipped"]
     title = mem_rt.plot.schedule().axes[0].get_title(loc="left")
     assert title == (f"{len(runs)} scheduled runs · lateness p50 "
-                     f"{plots._duration(lateness.quantile(0.5))}, "
-                     f"p99 {plots._duration(lateness.quantile(0.99))}")
+                     f"{plotkit.duration(lateness.quantile(0.5))}, "
+                     f"p99 {plotkit.duration(lateness.quantile(0.99))}")
     assert "p50 0 s" in title and "p99 1." in title  # most run on time; the worst a day late
 
 
 def test_durations_read_like_a_person_wrote_them():
-    assert [plots._duration(s) for s in (0, 0.25, 1, 12.34, 90, 3600 * 3.25, 3 * DAY)] == [
+    assert [plotkit.duration(s) for s in (0, 0.25, 1, 12.34, 90, 3600 * 3.25, 3 * DAY)] == [
         "0 s", "250 ms", "1 s", "12 s", "1.5 min", "3.2 h", "3 d"]
 
 
@@ -507,7 +507,7 @@ async def test_new_figures_render_with_agg_without_pyplot(rt, clock):
     await _busy_week(rt, clock)
     managers = _pylab_helpers.Gcf.get_num_fig_managers()
     for fig in (rt.plot.latency(), rt.plot.throughput(), rt.plot.queue_wait(retries=True)):
-        assert isinstance(fig, plots._figure_class())
+        assert isinstance(fig, plotkit.figure_class())
         FigureCanvasAgg(fig).draw()
         assert fig._repr_png_().startswith(b"\x89PNG\r\n\x1a\n")
     assert _pylab_helpers.Gcf.get_num_fig_managers() == managers

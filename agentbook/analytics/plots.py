@@ -15,11 +15,8 @@ pyplot was never imported.
 
 from __future__ import annotations
 
-import functools
-import io
-from collections.abc import Iterable
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, cast
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,6 +24,19 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..core.runtime import Runtime
+
+from .plotkit import (
+    AgentSelection,
+    When,
+    canvas,
+    datenum,
+    duration,
+    figure_class,
+    filters,
+    say,
+    time_axis,
+    views,
+)
 
 __all__ = ["Plots"]
 
@@ -46,9 +56,6 @@ _OUTCOME_STYLE: dict[str, tuple[str, str, bool, float, str]] = {
 }
 _OTHER_STYLE = ("d", "0.5", False, 30, "")
 _GREY = "0.6"
-
-AgentSelection = Any  # an AgentRef, an Agent class, "Class", "Class/name", or an iterable of them
-When = float | datetime | None
 
 
 class Plots:
@@ -99,10 +106,10 @@ class Plots:
         """
         runs = _scheduled_runs(self.runtime, agents, since, until)
         labels = _row_labels(runs)
-        fig, ax = _canvas(ax, rows=labels.nunique())
+        fig, ax = canvas(ax, rows=labels.nunique())
         if runs.empty:
             ranged = since is not None or until is not None
-            _say(ax, "no scheduled runs in this time range" if ranged else "no scheduled runs yet",
+            say(ax, "no scheduled runs in this time range" if ranged else "no scheduled runs yet",
                  "Scheduled runs")
             return fig
         _draw_schedule(ax, runs, labels, since, until)
@@ -223,47 +230,14 @@ def _scheduled_runs(rt: Runtime, agents: AgentSelection, since: When, until: Whe
         A DataFrame with :data:`_RUN_COLUMNS`: ``due`` and ``ts`` are UTC timestamps,
         ``lateness_s`` is ``ts - due`` in seconds.
     """
-    from .plots_sql import _filters, _views
 
-    where, params = _filters(rt, agents, since, until)
+    where, params = filters(rt, agents, since, until)
     conditions = " AND ".join(["due IS NOT NULL", "version IS NOT NULL", *where])
-    runs = _views(rt).execute(
+    runs = views(rt).execute(
         f"SELECT agent, name, method, due, ts, outcome FROM history WHERE {conditions}"
         " ORDER BY ts, due, agent, name, version", params).df()
     runs["lateness_s"] = (runs["ts"] - runs["due"]).dt.total_seconds()
     return runs[list(_RUN_COLUMNS)].astype(_RUN_COLUMNS)
-
-
-def _agent_keys(rt: Runtime, agents: AgentSelection) -> list[tuple[str, str]]:
-    """``(class name, name)`` of the agents a plot's ``agents=`` selects, in catalog order."""
-    from ..core.agent import Agent
-    from ..core.ref import AgentRef
-    from ..errors import UsageError
-
-    known = rt.agents()
-    every = list(zip(known["class"], known["name"], strict=True))
-    if agents is None:
-        return every
-    if isinstance(agents, (str, type, AgentRef)) or not isinstance(agents, Iterable):
-        agents = [agents]
-    keys: list[tuple[str, str]] = []
-    for item in agents:
-        if isinstance(item, AgentRef):
-            found = [(item.class_name, item.name)]
-        elif isinstance(item, type) and issubclass(item, Agent):
-            found = [k for k in every if k[0] == item.__name__]
-        elif isinstance(item, str) and "/" in item:
-            class_name, _, name = item.partition("/")
-            found = [(class_name, name)]
-        elif isinstance(item, str):
-            found = [k for k in every if k[0] == item]
-        else:
-            raise UsageError(
-                f"agents= takes agent references, agent classes, class names or 'Class/name' "
-                f"strings (or a list of them), not {item!r}"
-            )
-        keys.extend(k for k in found if k not in keys)
-    return keys
 
 
 # -- drawing -------------------------------------------------------------------------------
@@ -282,7 +256,7 @@ def _draw_schedule(ax: Axes, runs: pd.DataFrame, labels: pd.Series, since: When,
 
     rows = sorted(labels.unique())
     y = labels.map({label: i for i, label in enumerate(rows)}).to_numpy(dtype=float)
-    due, ts = _datenum(runs["due"]), _datenum(runs["ts"])
+    due, ts = datenum(runs["due"]), datenum(runs["ts"])
 
     segments = np.stack([np.column_stack([due, y]), np.column_stack([ts, y])], axis=1)
     lines = LineCollection(list(segments), colors=_GREY, linewidths=1.4, zorder=1, label="due → ran",
@@ -303,7 +277,7 @@ def _draw_schedule(ax: Axes, runs: pd.DataFrame, labels: pd.Series, since: When,
 
     ax.set_yticks(range(len(rows)), rows)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
-    _time_axis(ax, min(due.min(), ts.min()), max(due.max(), ts.max()), since, until)
+    time_axis(ax, min(due.min(), ts.min()), max(due.max(), ts.max()), since, until)
     ax.grid(axis="x", color="0.92", linewidth=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
@@ -316,103 +290,13 @@ def _draw_schedule(ax: Axes, runs: pd.DataFrame, labels: pd.Series, since: When,
         lateness = "nothing ran"
     else:
         p50, p99 = ran.quantile(0.5), ran.quantile(0.99)
-        lateness = f"lateness p50 {_duration(p50)}, p99 {_duration(p99)}"
+        lateness = f"lateness p50 {duration(p50)}, p99 {duration(p99)}"
     count = f"{len(runs)} scheduled run{'s' if len(runs) != 1 else ''}"
     ax.set_title(f"{count} · {lateness}", loc="left", fontsize="medium")
-
-
-def _time_axis(ax: Axes, lo: float, hi: float, since: When, until: When) -> None:
-    """UTC dates on the x axis, padded around [lo, hi] and clipped to since/until."""
-    import matplotlib.dates as mdates
-
-    pad = max((hi - lo) * 0.04, 60 / 86400)  # at least a minute either side
-    left = _datenum_one(since) if since is not None else lo - pad
-    right = _datenum_one(until) if until is not None else hi + pad
-    ax.set_xlim(left, right)
-    locator = mdates.AutoDateLocator(tz=timezone.utc)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=timezone.utc))
-    ax.set_xlabel("time (UTC)")
-
-
-def _datenum(column: pd.Series) -> Any:
-    """matplotlib date numbers of a UTC timestamp column (a float array)."""
-    import matplotlib.dates as mdates
-
-    return mdates.date2num(column.dt.tz_convert(None).to_numpy())
-
-
-def _datenum_one(value: float | datetime) -> float:
-    import matplotlib.dates as mdates
-
-    if not isinstance(value, datetime):
-        value = datetime.fromtimestamp(float(value), timezone.utc)
-    elif value.tzinfo is None:
-        value = value.astimezone()  # naive means local time, as in ref.history()
-    return float(mdates.date2num(value))
-
-
-def _duration(seconds: float) -> str:
-    """``0 s``, ``250 ms``, ``12 s``, ``4.5 min``, ``3.2 h``, ``2.1 d``."""
-    size = abs(seconds)
-    if size < 0.0005:
-        return "0 s"
-    if size < 1:
-        return f"{seconds * 1000:.0f} ms"
-    unit, scale = "d", 86400.0
-    for name, factor, limit in (("s", 1.0, 60), ("min", 60.0, 3600), ("h", 3600.0, 86400)):
-        if size < limit:
-            unit, scale = name, factor
-            break
-    value = seconds / scale
-    text = f"{value:.0f}" if abs(value) >= 10 else f"{value:.1f}".rstrip("0").rstrip(".")
-    return f"{text} {unit}"
-
-
-# -- figures -------------------------------------------------------------------------------
-def _canvas(ax: Axes | None, rows: int) -> tuple[Figure, Axes]:
-    """*ax* and its figure, or a new figure sized for *rows* rows and its axes."""
-    if ax is not None:
-        try:
-            return cast("Figure", ax.get_figure(root=True)), ax  # (an Axes has a figure)
-        except TypeError:  # matplotlib < 3.10 has no root=
-            return ax.figure.figure, ax
-    height = min(12.0, max(2.8, 1.6 + 0.42 * rows))
-    fig = _figure_class()(figsize=(10, height), layout="constrained")
-    return fig, fig.add_subplot()
-
-
-def _say(ax: Axes, message: str, title: str) -> None:
-    """An empty plot that says why it is empty."""
-    ax.text(0.5, 0.5, message, transform=ax.transAxes, ha="center", va="center",
-            fontsize="large", color="0.4", gid="empty")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(False)
-    ax.set_title(title, loc="left", fontsize="medium")
-
-
-@functools.cache
-def _figure_class() -> type[Figure]:
-    """A ``Figure`` that shows itself in notebooks without pyplot (made on first use)."""
-    from matplotlib.figure import Figure
-
-    class AgentbookFigure(Figure):
-        """A matplotlib figure that renders itself as PNG in Jupyter."""
-
-        def _repr_png_(self) -> bytes:
-            buf = io.BytesIO()
-            self.savefig(buf, format="png", bbox_inches="tight")
-            return buf.getvalue()
-
-    AgentbookFigure.__module__ = __name__
-    AgentbookFigure.__qualname__ = "AgentbookFigure"
-    return AgentbookFigure
 
 
 def __getattr__(name: str) -> Any:
     # ``agentbook.plots.AgentbookFigure`` resolves lazily, so figures pickle and unpickle.
     if name == "AgentbookFigure":
-        return _figure_class()
+        return figure_class()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

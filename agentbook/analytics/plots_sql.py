@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import UsageError
-from .plots import _agent_keys, _canvas, _duration, _say, _time_axis
+from .plotkit import AgentSelection, When, canvas, duration, filters, say, time_axis, views
 
 if TYPE_CHECKING:
     import numpy as np
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from ..core.runtime import Runtime
-    from .plots import AgentSelection, When
 
 __all__ = ["draw_latency", "draw_queue_wait", "draw_throughput"]
 
@@ -61,7 +60,7 @@ _ZERO_GAP = 0.1
 def draw_latency(rt: Runtime, by: str, agents: AgentSelection, ax: Axes | None, since: When,
                  until: When, top: int) -> Figure:
     """:meth:`agentbook.plots.Plots.latency`."""
-    where, params = _filters(rt, agents, since, until)
+    where, params = filters(rt, agents, since, until)
     where += ["duration_ms IS NOT NULL", "outcome <> 'skipped'"]  # a skipped tick ran nothing
     dist = _distribution(rt, "duration_ms / 1000.0", _group_sql(by), where, params, top)
     return _draw(ax, dist, f"Handler duration by {by}", "duration of one run (log scale)",
@@ -71,7 +70,7 @@ def draw_latency(rt: Runtime, by: str, agents: AgentSelection, ax: Axes | None, 
 def draw_queue_wait(rt: Runtime, by: str, agents: AgentSelection, ax: Axes | None, since: When,
                     until: When, retries: bool, top: int) -> Figure:
     """:meth:`agentbook.plots.Plots.queue_wait`."""
-    where, params = _filters(rt, agents, since, until)
+    where, params = filters(rt, agents, since, until)
     if not retries:
         where.append("attempt = 1")
     dist = _distribution(rt, "lateness_s", _group_sql(by), where, params, top, source=_QUEUED)
@@ -83,11 +82,11 @@ def draw_queue_wait(rt: Runtime, by: str, agents: AgentSelection, ax: Axes | Non
 def draw_throughput(rt: Runtime, agents: AgentSelection, ax: Axes | None, since: When,
                     until: When, every: float | timedelta | None) -> Figure:
     """:meth:`agentbook.plots.Plots.throughput`."""
-    where, params = _filters(rt, agents, since, until)
+    where, params = filters(rt, agents, since, until)
     rates, width = _throughput(rt, where, params, None if every is None else _seconds(every))
-    fig, ax = _canvas(ax, rows=6)
+    fig, ax = canvas(ax, rows=6)
     if rates.empty:
-        _say(ax, _nothing("versions", since, until), "Versions per second")
+        say(ax, _nothing("versions", since, until), "Versions per second")
         return fig
     _draw_throughput(ax, rates, width, since, until)
     return fig
@@ -95,9 +94,9 @@ def draw_throughput(rt: Runtime, agents: AgentSelection, ax: Axes | None, since:
 
 def _draw(ax: Axes | None, dist: _Distribution, title: str, xlabel: str, what: str, by: str,
           top: int, since: When, until: When) -> Figure:
-    fig, ax = _canvas(ax, rows=len(dist.stats))
+    fig, ax = canvas(ax, rows=len(dist.stats))
     if dist.stats.empty:
-        _say(ax, _nothing(what, since, until), title)
+        say(ax, _nothing(what, since, until), title)
         return fig
     _draw_distribution(ax, dist, xlabel)
     shown = ""
@@ -119,29 +118,6 @@ class _Distribution(NamedTuple):
     groups: int  #: groups in all
 
 
-def _filters(rt: Runtime, agents: AgentSelection, since: When,
-             until: When) -> tuple[list[str], dict[str, Any]]:
-    """SQL conditions on the ``history`` view for ``agents=``, ``since=``, ``until=``."""
-    where: list[str] = []
-    params: dict[str, Any] = {}
-    if agents is not None:
-        params["keys"] = [list(k) for k in _agent_keys(rt, agents)]
-        where.append("[agent, name] IN (SELECT unnest($keys::VARCHAR[][]))")
-    if since is not None:
-        params["since"] = _epoch(since)
-        where.append("ts >= to_timestamp($since)")
-    if until is not None:
-        params["until"] = _epoch(until)
-        where.append("ts < to_timestamp($until)")
-    return where, params
-
-
-def _views(rt: Runtime) -> Any:
-    """The runtime's DuckDB connection, its views caught up (once per figure)."""
-    rt.analytics.catch_up()
-    return rt.db
-
-
 def _group_sql(by: str) -> str:
     if by not in _GROUPS:
         raise UsageError(f"by= takes one of {', '.join(map(repr, _GROUPS))}, not {by!r}")
@@ -160,7 +136,7 @@ def _distribution(rt: Runtime, value: str, group: str, where: list[str], params:
 
     if top < 1:
         raise UsageError(f"top= must be at least 1, not {top!r}")
-    db = _views(rt)
+    db = views(rt)
     conditions = " AND ".join([f"{value} IS NOT NULL", *where])
     rows = f"SELECT {group} AS label, {value} AS v FROM {source} WHERE {conditions}"
     stats = db.execute(
@@ -204,7 +180,7 @@ def _throughput(rt: Runtime, where: list[str], params: dict[str, Any],
     import numpy as np
     import pandas as pd
 
-    db = _views(rt)
+    db = views(rt)
     cond = " AND ".join(["version IS NOT NULL", *where])
     lo, hi = db.execute(f"SELECT min(epoch(ts)), max(epoch(ts)) FROM history WHERE {cond}",
                         params).fetchone()
@@ -225,11 +201,6 @@ def _throughput(rt: Runtime, where: list[str], params: dict[str, Any],
     table.index = table.index.astype("float64") * width
     table.columns = [str(c) for c in table.columns]
     return table.astype("float64") / width, float(width)
-
-
-def _epoch(value: float | datetime) -> float:
-    """Epoch seconds of a number or a datetime (naive means local time, as in history())."""
-    return value.timestamp() if isinstance(value, datetime) else float(value)
 
 
 def _seconds(value: float | timedelta) -> float:
@@ -310,7 +281,7 @@ def _draw_throughput(ax: Axes, rates: pd.DataFrame, width: float, since: When,
         ax.stairs(total, edges, label="all", gid="total", linewidth=1, linestyle="--",
                   color="0.2", baseline=None)
     ax.set_ylim(0, max(float(total.max()), 1e-9) * 1.08)
-    _time_axis(ax, edges[0], edges[-1], since, until)
+    time_axis(ax, edges[0], edges[-1], since, until)
     ax.set_ylabel("versions per second")
     ax.grid(color="0.92", linewidth=0.8)
     ax.set_axisbelow(True)
@@ -320,7 +291,7 @@ def _draw_throughput(ax: Axes, rates: pd.DataFrame, width: float, since: When,
               fontsize="small")
     versions = round(float(total.sum()) * width)
     ax.set_title(f"Versions per second · {_count(versions, 'version')} · peak "
-                 f"{total.max():.3g}/s · bins of {_duration(width)}", loc="left",
+                 f"{total.max():.3g}/s · bins of {duration(width)}", loc="left",
                  fontsize="medium")
 
 
@@ -333,7 +304,7 @@ def _datenum_epoch(seconds: Any) -> Any:
 
 # -- words -------------------------------------------------------------------------------------
 def _short_duration(seconds: float) -> str:
-    """Like :func:`agentbook.plots._duration`, with µs and three digits below a second."""
+    """Like :func:`agentbook.plots.duration`, with µs and three digits below a second."""
     size = abs(seconds)
     if size == 0:
         return "0 s"
@@ -341,7 +312,7 @@ def _short_duration(seconds: float) -> str:
         return f"{seconds * 1e6:.3g} µs"
     if size < 1:
         return f"{seconds * 1e3:.3g} ms"
-    return _duration(seconds)
+    return duration(seconds)
 
 
 def _decade(seconds: float) -> str:

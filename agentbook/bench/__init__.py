@@ -14,13 +14,11 @@ only when they run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -71,31 +69,11 @@ def run(quick: bool = False, only: list[str] | None = None, directory: str | Non
             print(f"[{time.perf_counter() - t0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
     try:
-        return _run_coroutine(run_suite(sizes, folder, groups, log))
+        from .timing import run_coroutine
+
+        return run_coroutine(run_suite(sizes, folder, groups, log))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-
-
-def _run_coroutine(coro: Any) -> Any:
-    """``asyncio.run`` - in a helper thread when an event loop already runs here."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro)
-        except BaseException as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="agentbook-bench")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -263,7 +263,7 @@ def run(quick: bool = False, directory: str | None = None, verbose: bool = False
 
 
 def _run(quick: bool, directory: str | None, verbose: bool) -> list[Result]:
-    from . import _run_coroutine
+    from .timing import run_coroutine
 
     sizes = AnalyticsSizes.quick() if quick else AnalyticsSizes.full()
     folder = tempfile.mkdtemp(prefix="agentbook-bench-analytics-", dir=directory)
@@ -273,7 +273,7 @@ def _run(quick: bool, directory: str | None, verbose: bool) -> list[Result]:
             print(message, file=sys.stderr, flush=True)
 
     try:
-        return _run_coroutine(measure(sizes, folder, log))
+        return run_coroutine(measure(sizes, folder, log))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 

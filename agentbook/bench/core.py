@@ -20,6 +20,7 @@ from typing import Any
 
 import agentbook as ab
 
+from .agents import BenchCounter
 from .analytics import bench_analytics
 from .approval import bench_approvals
 from .chatbench import bench_chat
@@ -32,19 +33,7 @@ from .schedules import bench_schedules
 from .timing import Sizes, check, interleave, rate
 from .travel import bench_time_travel
 
-__all__ = ["GROUPS", "BenchCounter", "Sizes", "run_suite", "select_groups"]
-
-
-class BenchCounter(ab.Agent):
-    """The benchmark agent: every message changes the state (so every message is a version)."""
-
-    initial_state = {"n": 0}
-
-    @ab.callable
-    async def inc(self, by: int = 1) -> int:
-        """Add *by* to the counter; return the new value."""
-        self.set_state({"n": self.state["n"] + by})
-        return self.state["n"]
+__all__ = ["GROUPS", "Sizes", "run_suite", "select_groups"]
 
 
 # -- 1. durable messages through one agent ------------------------------------------------

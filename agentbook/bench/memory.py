@@ -75,7 +75,7 @@ def _progress(show: bool, done: int, n: int, t0: float) -> None:
 async def _agentbook_side(n: int, folder: str, show: bool) -> dict[str, Any]:
     import agentbook as ab
 
-    from .core import BenchCounter
+    from .agents import BenchCounter
 
     path = os.path.join(folder, "rt")
     rt = ab.Runtime(path, durability="normal")

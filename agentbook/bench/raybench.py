@@ -136,7 +136,7 @@ async def bench_ray(sz: Sizes, folder: str) -> list[Result]:
 
 
 async def _measure(sz: Sizes, rt: ab.Runtime, bare: Any, init: str) -> list[Result]:
-    from .core import BenchCounter
+    from .agents import BenchCounter
 
     router = rt.router
     names = [f"ray-{i}" for i in range(20 * _AGENTS)]
@@ -220,7 +220,7 @@ async def _memory(sz: Sizes, rt: ab.Runtime) -> Result:
         return Result.skip(NAMES[3], "B/agent", "psutil is not installed (pip install psutil)")
     import ray
 
-    from .core import BenchCounter
+    from .agents import BenchCounter
 
     router = rt.router
     pids = [ray.get(router.handle(i).ready.remote()) for i in range(router.hosts)]

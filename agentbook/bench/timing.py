@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import inspect
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Side", "Sizes", "check", "in_flight", "interleave", "interleave_many", "rate"]
+__all__ = ["Side", "Sizes", "check", "in_flight", "interleave", "interleave_many", "rate",
+           "run_coroutine"]
 
 #: One side of a comparison: a function returning a figure, or an awaitable of one.
 Side = Callable[[], "float | Awaitable[float]"]
@@ -163,3 +166,25 @@ def check(ok: bool, what: str) -> None:
     """Raise unless *ok*: a benchmark that did not do its work must not report a figure."""
     if not ok:
         raise RuntimeError(f"benchmark sanity check failed: {what}")
+
+
+def run_coroutine(coro: Any) -> Any:
+    """``asyncio.run`` - in a helper thread when an event loop already runs here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = asyncio.run(coro)
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="agentbook-bench")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -69,7 +69,7 @@ def run_demo(path: str | None = None) -> None:
 
 async def _scenario(path: str, *, keep: bool) -> None:
     from ..core.runtime import Runtime
-    from .main import format_table, history_rows
+    from .tables import format_table, history_rows
 
     Support = _support_class()
     out: list[str] = []

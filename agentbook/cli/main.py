@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import numbers
 import os
 import re
 import sys
@@ -31,6 +29,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AgentbookError, AgentNotFoundError, UsageError
+from .tables import format_table, frame_rows, history_rows, is_missing
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,7 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 DEFAULT_PATH = ".agentbook"
-_CELL_WIDTH = 40
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,7 +193,7 @@ def _ls(args: argparse.Namespace) -> None:
     columns = ["class", "name", "version", "created"]
     if agents["parent"].notna().any():
         columns.append("parent")
-    _print_table(columns, _rows(agents[columns]))
+    _print_table(columns, frame_rows(agents[columns]))
 
 
 def _show(args: argparse.Namespace) -> None:
@@ -246,18 +244,6 @@ def _history(args: argparse.Namespace) -> None:
     _print_table(_HISTORY_COLUMNS, history_rows(frame, _HISTORY_COLUMNS))
 
 
-def history_rows(frame: pd.DataFrame, columns: Sequence[str]) -> list[list[Any]]:
-    """Rows of ``ref.history()`` for printing: ``call`` joins method and arguments,
-    ``ms`` is the duration; other names are history columns."""
-    out = []
-    for row in frame.to_dict("records"):
-        row = {k: (None if _missing(v) else v) for k, v in row.items()}
-        row["call"] = _call_text(row["method"], row["args"], row["kwargs"])
-        row["ms"] = None if row["duration_ms"] is None else round(row["duration_ms"], 2)
-        out.append([row[c] for c in columns])
-    return out
-
-
 def _sql(args: argparse.Namespace) -> None:
     target, query = args.target, args.query
     if query is None:  # a lone argument is the query
@@ -274,7 +260,7 @@ def _sql(args: argparse.Namespace) -> None:
                    for row in frame.itertuples(index=False, name=None)]
         print(json.dumps(records, ensure_ascii=False, indent=1))
     else:
-        _print_table(list(frame.columns), _rows(frame), null="NULL")
+        _print_table(list(frame.columns), frame_rows(frame), null="NULL")
         print(f"({len(frame)} row{'' if len(frame) == 1 else 's'})")
 
 
@@ -293,7 +279,7 @@ def _sql_all_agents(rt: Runtime, query: str) -> pd.DataFrame:
 
 def _json_value(value: Any) -> Any:
     """A DataFrame cell as JSON: times in ISO 8601 UTC, missing values null."""
-    if _missing(value):
+    if is_missing(value):
         return None
     if isinstance(value, datetime):  # the views' times are UTC; a naive one stays as it is
         if value.tzinfo is not None:
@@ -366,64 +352,8 @@ def _demo(args: argparse.Namespace) -> None:
     run_capstone(args.customers, args.days, path=args.path, plots_dir=args.plots or None)
 
 
-# -- printing ---------------------------------------------------------------------------------
-def _rows(frame: pd.DataFrame) -> list[list[Any]]:
-    return [[None if _missing(v) else v for v in row]
-            for row in frame.itertuples(index=False, name=None)]
-
-
-def _missing(value: Any) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return True
-    return type(value).__name__ in ("NAType", "NaTType")
-
-
-def _cell(value: Any, null: str) -> str:
-    if value is None:
-        return null
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, numbers.Integral):
-        return str(int(value))
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    if isinstance(value, (dict, list)):
-        text = json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
-    elif isinstance(value, bytes):
-        text = f"<{len(value)} bytes>"
-    else:
-        text = str(value)
-    text = text.replace("\n", "\\n")
-    return text if len(text) <= _CELL_WIDTH else text[: _CELL_WIDTH - 1] + "…"
-
-
-def format_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, null: str = "") -> str:
-    """Rows as a plain text table: columns two spaces apart, numbers right-aligned."""
-    cells = [[_cell(v, null) for v in row] for row in rows]
-    numeric = [
-        all(isinstance(row[i], numbers.Number) and not isinstance(row[i], bool)
-            for row in rows if row[i] is not None) and any(row[i] is not None for row in rows)
-        for i in range(len(columns))
-    ]
-    widths = [max([len(str(c))] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
-        return "  ".join(parts).rstrip()
-
-    return "\n".join([line([str(c) for c in columns]), *(line(r) for r in cells)])
-
-
 def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, null: str = "") -> None:
     print(format_table(columns, rows, null=null))
-
-
-def _call_text(method: str, args: Any, kwargs: Any) -> str:
-    parts = [json.dumps(a, ensure_ascii=False) for a in (args or [])]
-    parts += [f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in (kwargs or {}).items()]
-    return f"{method}({', '.join(parts)})"
 
 
 def _indent(text: str, prefix: str = "  ") -> str:

@@ -47,7 +47,7 @@ class OutputGate:
         for key, out in ctx.outbox:
             rt.enqueue(key, out)
         for kind, data in ctx.approvals:
-            rt.approvals._after_commit(self.key, kind, data)
+            rt.approvals.after_commit(self.key, kind, data)
         if rt.events.active:
             if env.sched is not None:
                 rt.emit_scheduled("execute", self.key, env, outcome.version)
@@ -68,8 +68,8 @@ class OutputGate:
         for type_, payload in ctx.events:
             if type_ == "broadcast":
                 rt.broadcast_from(self.key, payload["message"], payload["exclude"])
-            elif type_ == "connection:send":  # (see agentbook.serve.gate)
-                payload[0]._write(payload[1])
+            elif type_ == "connection:send":  # a held connection write (agentbook.serve.gate)
+                payload()
             else:
                 rt.emit_event(type_, self.key, payload)
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
-from ..errors import JSONValueError
+from ..errors import JSONValueError, MCPError, MCPProtocolError, MCPTargetError, MCPToolError
 from ..store import mcp as stored
-from . import ERRORS, MCPError, MCPProtocolError, MCPTargetError, MCPToolError, registry, require_sdk
+from . import registry
 from .chattools import MCPTool, build, recorded, replaying
+from .sdk import ERRORS, require_sdk
 
 if TYPE_CHECKING:
     from ..core.agent import Agent

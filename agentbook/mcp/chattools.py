@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import jsonvalue
 from ..chat.tools import Tool
-from . import MCPToolError
+from ..errors import MCPToolError
 from .shapes import model_tool_name
 
 __all__ = ["MCPTool", "build", "recorded", "replaying"]

@@ -24,7 +24,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
-from . import MCPConnectionError, MCPTimeoutError, MCPToolError
+from ..errors import MCPConnectionError, MCPTimeoutError, MCPToolError
 from .shapes import SchemaProblem, result_value, sanitize_schema, scrub
 from .transport import Spec, Stderr, call_error, deadline, describe, open_client
 

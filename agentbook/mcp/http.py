@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import unquote
 
 from ..serve.auth import Auth
-from . import require_sdk
+from .sdk import require_sdk
 from .server import agent_server, resolve_class
 
 if TYPE_CHECKING:

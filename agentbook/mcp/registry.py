@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
 from .. import jsonvalue
+from ..errors import MCPServerNotFoundError, MCPTargetError
 from ..store import mcp as stored
 from ..store.mcp import Registration
-from . import MCPServerNotFoundError, MCPTargetError
 
 if TYPE_CHECKING:
     from ..core.agent import Agent

@@ -18,7 +18,7 @@ import json
 from typing import Any
 
 from .. import jsonvalue
-from . import agentbook_version
+from .sdk import agentbook_version
 
 __all__ = ["agent_server", "callable_tools", "resolve_class"]
 

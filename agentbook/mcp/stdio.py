@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..errors import AgentbookError, UsageError
-from . import require_sdk
+from .sdk import require_sdk
 
 __all__ = ["load_runtime", "main", "run", "serve_stdio"]
 

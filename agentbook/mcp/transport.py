@@ -14,7 +14,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from . import MCPConnectionError, MCPProtocolError, MCPToolError, agentbook_version
+from ..errors import MCPConnectionError, MCPProtocolError, MCPToolError
+from .sdk import agentbook_version
 
 if TYPE_CHECKING:
     from .client import Connection

@@ -24,22 +24,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from .. import errors, jsonvalue
-from ..errors import AgentbookError, StateRejectedError
+from ..errors import AgentbookError, RemoteError, StateRejectedError
 
 __all__ = ["AgentClient", "RemoteError", "connect"]
 
 log = logging.getLogger("agentbook.serve")
-
-
-class RemoteError(AgentbookError):
-    """A served agent's method raised; ``type`` is the name of the exception it raised.
-
-    (agentbook's own errors come back as themselves: ``NotCallableError``, ...)
-    """
-
-    def __init__(self, message: str, type: str = "Error") -> None:
-        super().__init__(message)
-        self.type = type
 
 
 def _remote(message: str, type_name: str | None) -> Exception:

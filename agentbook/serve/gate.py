@@ -9,13 +9,14 @@ handler's sends are dropped with its context. Outside any handler they are writt
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from ..core.handler import current_chain
 
 __all__ = ["SEND", "hold"]
 
-#: The ``ctx.events`` kind of a held send: payload ``(connection, ASGI message)``.
+#: The ``ctx.events`` kind of a held send: its payload writes it (``conn.write_now(item)``).
 SEND = "connection:send"
 
 
@@ -28,5 +29,5 @@ def hold(rt: Any, conn: Any, item: dict) -> bool:
     ctx = None if inst is None else inst.ctx
     if ctx is None:
         return False
-    ctx.events.append((SEND, (conn, item)))
+    ctx.events.append((SEND, partial(conn.write_now, item)))
     return True

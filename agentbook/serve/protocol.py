@@ -177,7 +177,7 @@ class Connection:
             text = encode_value(message)
         item = {"type": "websocket.send", "text": text}
         if not hold(self._server.rt, self, item):
-            self._write(item)
+            self.write_now(item)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection (after the running handler commits, if called from one).
@@ -185,7 +185,7 @@ class Connection:
         Codes 4000-4999 tell Cloudflare's client not to reconnect."""
         item = {"type": "websocket.close", "code": int(code), "reason": str(reason)[:120]}
         if not hold(self._server.rt, self, item):
-            self._write(item)
+            self.write_now(item)
 
     @property
     def closed(self) -> bool:
@@ -199,9 +199,10 @@ class Connection:
     # -- the server's side ----------------------------------------------------------------
     def frame(self, text: str) -> None:
         """Write an encoded frame now (the server's own frames, already past the gate)."""
-        self._write({"type": "websocket.send", "text": text})
+        self.write_now({"type": "websocket.send", "text": text})
 
-    def _write(self, item: dict) -> None:
+    def write_now(self, item: dict) -> None:
+        """Write one ASGI message now (the output gate calls this after the commit)."""
         if self._closed:
             return
         if item["type"] == "websocket.close":
