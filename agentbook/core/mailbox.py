@@ -28,6 +28,7 @@ from ..errors import AgentStartError, IncompatibleStateError, NotInHandlerError,
 from ..faults import crash_point
 from ..schedule import firing
 from ..store import AgentStore, health
+from ..store import mcp as mcp_registrations
 from .handler import HandlerContext, Outcome, current_chain, record_failure, run_message, run_start, translate
 from .outputgate import OutputGate
 
@@ -124,7 +125,7 @@ class Instance:
         rt.mark_opened(self)
         if due is not None:
             rt.timers.set(self.key, due)
-        if not self.fresh and store.internal("SELECT 1 FROM _ab_mcp_servers LIMIT 1"):
+        if not self.fresh and mcp_registrations.has_servers(store):
             from ..mcp.agentside import wake
 
             wake(self)  # reconnect its MCP servers in the background (never waits or raises)
