@@ -14,6 +14,8 @@
     await rt.get(Counter, "c").increment()
 """
 
+from typing import Any
+
 from . import models
 from .approve.inbox import Approval, Approvals
 from .chat.agent import ChatAgent, ChatChunk
@@ -71,7 +73,7 @@ from .sync import run
 from .version import __version__ as __version__
 
 
-async def connect(url: str, *, token: str | None = None, **options: object) -> object:
+async def connect(url: str, *, token: str | None = None, **options: Any) -> object:
     """Connect to an agent served by ``rt.serve()`` (``url`` is its route, e.g.
     ``http://127.0.0.1:8000/agents/support/alice``): a client with ``call``, ``state``,
     ``set_state``, ``on_state`` and ``close``, speaking Cloudflare's agents protocol."""

@@ -64,7 +64,11 @@ class Clock:
     async def sleep_until(self, when: float) -> None:
         """Return once ``now() >= when``."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        timer = self.call_at(when, lambda: fut.done() or fut.set_result(None))
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        timer = self.call_at(when, wake)
         try:
             await fut
         finally:

@@ -28,6 +28,7 @@ def ref_html(ref: AgentRef) -> str:
     rt = ref.runtime
     inst = rt.instances.get(ref._ab_key)
     awake = inst is not None and inst.store is not None
+    version: object
     try:
         state, version = ref.state, ref.version
     except Exception as exc:  # a repr must never raise

@@ -159,6 +159,7 @@ class Instance:
             self.runtime.mark_idle(self)
 
     async def _run_op(self, env: Envelope) -> None:
+        assert env.op is not None  # (drain runs only envelopes that carry an op here)
         try:
             result = await env.op(self)
         except BaseException as exc:
@@ -340,7 +341,8 @@ class Instance:
         if rt.built_analytics is not None:
             rt.dirty.add(self.key)
         for env, what, version in recorded:
-            rt.scheduled_failure(self.key, Outcome(env, False, err, None, ts, 0.0, version, what))
+            rt.scheduled_failure(self.key, Outcome(env, False, err, HandlerContext(env.source), ts,
+                                                   0.0, version, what))
 
     def _check_compatible(self, cls: type[Agent]) -> None:
         if self.fresh:
