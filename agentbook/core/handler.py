@@ -29,11 +29,15 @@ if TYPE_CHECKING:
     from .agent import Agent
     from .mailbox import Instance
 
-__all__ = ["HandlerContext", "Outcome", "current_chain", "record_failure", "run_message",
-           "run_start"]
+__all__ = ["HandlerContext", "Outcome", "current_chain", "current_context", "record_failure",
+           "run_message", "run_start"]
 
 #: Keys of the agents whose handlers are awaiting, up the current call chain.
 current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
+#: The context of the handler running in this task (``None`` outside handlers): a call to
+#: another agent made from it is one of its journaled effects (see ``AgentRef.call``).
+current_context: contextvars.ContextVar[HandlerContext | None] = contextvars.ContextVar(
+    "ab_context", default=None)
 
 _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 
@@ -62,7 +66,7 @@ class HandlerContext:
         self.outbox: list[tuple[Any, Envelope]] = []
         self.events: list[tuple[str, Any]] = []
         #: Approval requests and decisions, announced after the commit.
-        self.approvals: list[tuple[str, tuple]] = []
+        self.approvals: list[tuple[str, Any]] = []
         #: The effect journal of this handler: ``[[key, result], ...]``.
         self.effects: list[list] = []
         #: While replaying: the journal to serve, and the options (see travel.replay).
@@ -237,6 +241,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
                         and not env.method.startswith("_ab_"))
     inst.ctx = ctx
     token = current_chain.set((*env.chain, inst.key))
+    ctx_token = current_context.set(ctx)
     ts = rt.clock.now() if env.replay is None else env.replay.ts  # a replayed step keeps its time
     t0 = time.perf_counter()
     outcome_label = "ok"
@@ -303,6 +308,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
             recorded = record_failure(inst, env, error, ts, duration)
         return Outcome(env, False, error, ctx, ts, duration, inst.version, recorded)
     finally:
+        current_context.reset(ctx_token)
         current_chain.reset(token)
         inst.ctx = None
 

@@ -32,6 +32,7 @@ from ..store.history import (
 )
 from ..store.messages import read_messages
 from ..store.sqlaccess import sql_params
+from .handler import current_context
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -84,10 +85,20 @@ class AgentRef:
 
         The call is checked at once (method exists and may be called, arguments fit and
         are JSON); a bad call raises here, before anything is queued.
+
+        Made from another agent's handler, the call is one of that handler's journaled
+        effects (SPEC §2.10): its answer is recorded with the version, and a replay serves
+        it from there instead of calling this agent again.
         """
         rt = self._ab_rt
         env = rt.prepare_call(self._ab_key, method, args, kwargs, external=True, future=True)
-        return rt.submit(self._ab_key, env)
+        ctx = current_context.get()
+        if ctx is None or not env.chain:
+            return rt.submit(self._ab_key, env)
+        from ..travel.replay import agent_call_key, journal_call
+
+        return journal_call(ctx, agent_call_key(*self._ab_key, method),
+                            lambda: rt.submit(self._ab_key, env), args, kwargs)
 
     def send(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Queue *method* without waiting. Errors go to the agent's ``on_error`` and the

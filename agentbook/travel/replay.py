@@ -13,13 +13,24 @@
   step 5 on. With nothing overridden, replay must reproduce the recorded states exactly:
   the determinism check that keeps time travel honest. While a step replays,
   ``self.now()`` is the time that step originally ran.
+* **Calls to other agents** awaited from a handler are effects too (key
+  ``agent:<Class>/<name>.<method>``, see :func:`journal_call`): a replay serves their recorded
+  results and never calls the other agent again, even with ``live=True`` (SPEC §2.10:
+  replays, forks and what-ifs change no agent but the fork); ``overrides`` may replace them.
+  Messages sent with ``send()`` are dropped while replaying.
+* An effect that **raised** is journaled as its error (``{"_ab_error": {...}}``), and the
+  replay raises the same type with the same arguments, so a handler that caught it takes
+  the same path again.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -45,8 +56,13 @@ if TYPE_CHECKING:
 
     from ..core.ref import AgentRef
 
-__all__ = ["Recording", "ReplayResult", "ReplayStep", "StepOutcome", "fork", "read_recording",
-           "replay"]
+__all__ = ["AGENT_CALL", "Recording", "ReplayResult", "ReplayStep", "StepOutcome", "agent_call_key",
+           "fork", "journal_call", "read_recording", "replay"]
+
+#: The prefix of the journal keys of calls to other agents: never called live in a replay.
+AGENT_CALL = "agent:"
+#: The key of a journaled error (an effect that raised): ``{"_ab_error": {...}}``.
+_ERROR = "_ab_error"
 
 #: History labels of internal versions that replay does not re-run.
 _INTERNAL = frozenset({"on_start", "rewind", "fork", "reject_approval", "expire_approval",
@@ -73,11 +89,17 @@ class ReplayStep:
             if hasattr(override, "complete"):  # a Model: "what if another model answered?"
                 return True, override.complete(*args, **kwargs)
             return True, override(*args, **kwargs) if callable(override) else override
-        if self.live is True or (self.live and key in self.live):
+        if not key.startswith(AGENT_CALL) and (
+                self.live is True or (self.live and key in self.live)):
             return False, None
         index = self.used.get(key, 0)
         matches = [value for k, value in self.journal if k == key]
         if index >= len(matches):
+            if key.startswith(AGENT_CALL):
+                raise ReplayError(
+                    f"version {self.version} called another agent ({key!r}), which the original "
+                    "run did not do; a replay never calls other agents: pass "
+                    f"overrides={{{key!r}: ...}} to answer the call")
             raise ReplayError(
                 f"version {self.version} called effect {key!r}, which the original run did not "
                 f"journal; pass live={{{key!r}}} to call it for real, or overrides={{{key!r}: ...}}")
@@ -87,26 +109,134 @@ class ReplayStep:
 
 async def run_effect(ctx: Any, key: str, fn: Callable[..., Any], args: tuple,
                      kwargs: dict) -> Any:
-    """Serve or call an effect inside a handler and journal its result."""
-    import inspect
-
+    """Serve or call an effect inside a handler and journal its result (or its error)."""
     if not isinstance(key, str) or not key:
         raise UsageError("an effect needs a non-empty string key, like 'model' or 'http:weather'")
+    if key.startswith(AGENT_CALL):
+        raise UsageError(f"effect keys starting with {AGENT_CALL!r} are the journal's record of "
+                         "calls to other agents; choose another key")
     served = False
     value: Any = None
     if ctx.replay is not None:
         served, value = ctx.replay.serve(key, fn, args, kwargs)
-        if served and inspect.isawaitable(value):
-            value = await value
-    if not served:
-        value = fn(*args, **kwargs)
-        if inspect.isawaitable(value):
-            value = await value
+    try:
+        if served:
+            if inspect.isawaitable(value):
+                value = await value
+            if _is_error(value):
+                raise _rebuild_error(value)
+        else:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+    except Exception as exc:
+        if not isinstance(exc, ReplayError):
+            ctx.effects.append([key, _error_record(exc)])
+        raise
     if hasattr(value, "to_json"):
         value = value.to_json()
     value = jsonvalue.freeze(value, f"effect {key!r}")
     ctx.effects.append([key, value])
     return value
+
+
+def agent_call_key(class_name: str, name: str, method: str) -> str:
+    """The journal key of a call to agent ``class_name(name)``'s *method*."""
+    return f"{AGENT_CALL}{class_name}/{name}.{method}"
+
+
+def journal_call(ctx: Any, key: str, submit: Callable[[], Awaitable[Any]], args: tuple,
+                 kwargs: dict) -> Awaitable[Any]:
+    """A call from a running handler to another agent, as one of the handler's effects.
+
+    The journal entry is taken at the call, not at its answer, so several calls in flight
+    (``asyncio.gather``) keep the order in which they were made. Live, *submit* queues the
+    message at once (as an un-journaled call would) and the answer - or the error - fills
+    the entry when it arrives. Replaying, the recorded answer is served (a copy the handler
+    may change, as it could the live one) and the other agent is never called.
+
+    Returns:
+        A future of the answer; it is sent (or served) whether or not it is awaited.
+    """
+    entry: list = [key, None]
+    ctx.effects.append(entry)
+    if ctx.replay is None:
+        answer = submit()
+        asyncio.ensure_future(answer).add_done_callback(lambda done: _fill(entry, done))
+        return answer
+    served, value = ctx.replay.serve(key, _never_live, args, kwargs)
+    loop = asyncio.get_running_loop()
+    if inspect.isawaitable(value):  # an override that is a coroutine function
+        task = asyncio.ensure_future(value)
+        task.add_done_callback(lambda done: _fill(entry, done))
+        return task
+    out = loop.create_future()
+    if _is_error(value):
+        entry[1] = value
+        out.set_exception(_rebuild_error(value))
+    else:
+        if hasattr(value, "to_json"):
+            value = value.to_json()
+        entry[1] = jsonvalue.freeze(value, f"effect {key!r}")
+        out.set_result(jsonvalue.thaw(entry[1]))
+    return out
+
+
+def _never_live(*args: Any, **kwargs: Any) -> Any:
+    raise AssertionError("a replay never calls another agent")  # (serve never calls it)
+
+
+def _fill(entry: list, done: asyncio.Future) -> None:
+    """Journal a call's answer (or error) in its entry, as soon as it arrives."""
+    if done.cancelled():
+        entry[1] = _error_record(asyncio.CancelledError())
+        return
+    error = done.exception()  # (retrieved: an unawaited failed call is journaled, not logged)
+    if error is not None:
+        entry[1] = _error_record(error)
+        return
+    value = done.result()
+    if hasattr(value, "to_json"):
+        value = value.to_json()
+    try:
+        entry[1] = jsonvalue.freeze(value, f"effect {entry[0]!r}")
+    except (TypeError, ValueError):
+        entry[1] = {_ERROR: {"module": ReplayError.__module__, "type": ReplayError.__qualname__,
+                             "args": [f"the answer of {entry[0]} was not JSON, so a replay "
+                                      f"can't serve it; pass overrides={{{entry[0]!r}: ...}}"]}}
+
+
+def _error_record(exc: BaseException) -> dict:
+    """A journal value standing for *exc*: its class (module and qualified name) and its
+    arguments (when they are JSON; else its message)."""
+    try:
+        args = jsonvalue.freeze(list(exc.args), "error")
+    except (TypeError, ValueError):
+        args = [str(exc)]
+    return {_ERROR: {"module": type(exc).__module__, "type": type(exc).__qualname__,
+                     "args": args}}
+
+
+def _is_error(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and _ERROR in value
+
+
+def _rebuild_error(value: Any) -> BaseException:
+    """The error a journal entry records: the same class with the same arguments when that
+    class is loaded in this process (nothing is imported for it), else a ``RuntimeError``
+    naming it."""
+    info = value[_ERROR]
+    args = list(jsonvalue.thaw(info.get("args") or []))
+    found: Any = sys.modules.get(info.get("module", ""))
+    for part in str(info.get("type", "")).split("."):
+        found = getattr(found, part, None)
+    if isinstance(found, type) and issubclass(found, Exception):
+        try:
+            return found(*args)
+        except Exception:
+            pass
+    return RuntimeError(f"{info.get('type')}: {' '.join(str(a) for a in args)} (recorded; its "
+                        "class could not be rebuilt here)")
 
 
 # -- fork -------------------------------------------------------------------------------
@@ -254,9 +384,12 @@ async def replay(ref: AgentRef, recording: Recording, *, on: str | None = None,
     rt = ref.runtime
     from_version = recording.from_version
     name = on or f"{ref.name}-replay-{from_version}-{int(time.time() * 1000) % 100000}"
+    live_opt: bool | frozenset = live if isinstance(live, bool) else frozenset(live)
+    if not isinstance(live_opt, bool) and any(k.startswith(AGENT_CALL) for k in live_opt):
+        raise UsageError("a replay never calls other agents (it changes no agent but the fork); "
+                         "answer their calls with overrides={'agent:Class/name.method': ...}")
     target = await fork(ref, name, at=from_version - 1)
     result = ReplayResult(ref, target, from_version)
-    live_opt: bool | frozenset = live if isinstance(live, bool) else frozenset(live)
     for row in recording.rows:
         if row.method in _INTERNAL or row.outcome != "ok" \
                 or (row.source or "").startswith("approval:"):
