@@ -164,7 +164,7 @@ def journal_call(ctx: Any, key: str, submit: Callable[[], Awaitable[Any]], args:
         answer = submit()
         asyncio.ensure_future(answer).add_done_callback(lambda done: _fill(entry, done))
         return answer
-    served, value = ctx.replay.serve(key, _never_live, args, kwargs)
+    _served, value = ctx.replay.serve(key, _never_live, args, kwargs)  # (always served)
     loop = asyncio.get_running_loop()
     if inspect.isawaitable(value):  # an override that is a coroutine function
         task = asyncio.ensure_future(value)
