@@ -25,7 +25,12 @@ def test_every_public_method_of_the_main_classes_is_documented():
     api = _api()
     missing = []
     for cls in (ab.Agent, ab.AgentRef, ab.Runtime, ab.ChatAgent, ab.Approvals, ab.VirtualClock):
-        for name, member in vars(cls).items():
+        # what the class has from every agentbook class it derives from, not only its own body
+        members: dict[str, object] = {}
+        for klass in reversed(cls.__mro__):
+            if klass.__module__.startswith("agentbook"):
+                members.update(vars(klass))
+        for name, member in members.items():
             if name.startswith("_") or name in getattr(cls, "_ab_internal", ()):
                 continue
             if inspect.isfunction(member) or isinstance(member, property):
