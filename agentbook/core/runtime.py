@@ -432,13 +432,13 @@ class Runtime:
         import pandas as pd
 
         from ..store import history, open_reader
-        from .runtime import _class_name
 
         rows = []
         for class_name, name, file, created, parent in self.catalog.rows(
             None if cls is None else _class_name(cls)
         ):
             inst = self.instances.get((class_name, name))
+            version: int | None
             if inst is not None and inst.store is not None:
                 version = inst.committed[0]
             else:
@@ -544,18 +544,25 @@ class Runtime:
         self.catalog.remove_dead_letter(letter_id)
 
     async def settle(self, timeout: float = 10.0) -> None:
-        """Wait until no agent has work running or queued (at most *timeout* real seconds).
+        """Run what is due now, and wait until no agent has work running or queued (at most
+        *timeout* real seconds).
 
-        ``VirtualClock.advance`` calls this after each timer, so simulated time only moves
-        on once the work due at the current instant is done.
+        What is due at the clock's current instant runs: queued work (``self.queue``) and
+        schedules whose time has come, also on a ``VirtualClock`` that has not moved since
+        (``await rt.settle()`` after a ``queue()``, or after ``clock.set(...)``, needs no
+        ``clock.advance(0)``). Later work waits for its time. ``VirtualClock.advance`` calls
+        this after each timer, so simulated time only moves on once the work due at the
+        current instant is done.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         if self.router is not None:
             await self.router.settle()
-        while True:
+        while loop.time() < deadline:
             for _ in range(2):
                 await asyncio.sleep(0)
+            if self.timers.run_due():
+                continue
             tasks = [i.task for i in self.instances.values() if i.task is not None]
             if not tasks:
                 if any(i.queue for i in self.instances.values()):

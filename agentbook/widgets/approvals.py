@@ -15,7 +15,6 @@ widget is closed.
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,8 @@ from ..errors import ApprovalError
 if TYPE_CHECKING:
     from ..approve.inbox import Approval
     from ..core.runtime import Runtime
+
+from .common import close_all, escape, running_loop
 
 __all__ = ["ApprovalInbox", "approval_widget", "inbox_widget"]
 
@@ -86,7 +87,7 @@ class ApprovalInbox(w.VBox):
             self._unsubscribe = rt.events.subscribe(self._on_event, types=["approval:*"])
             if getattr(rt.clock, "virtual", False) and hasattr(rt.clock, "add_settler"):
                 rt.clock.add_settler(self._hook)  # held weakly: goes with the widget
-            elif tick > 0 and _running_loop() is not None:
+            elif tick > 0 and running_loop() is not None:
                 self._ticker = asyncio.ensure_future(self._tick(tick))
         self.refresh()
 
@@ -104,7 +105,7 @@ class ApprovalInbox(w.VBox):
 
     def _decide(self, approval_id: str, what: str, reason: str | None) -> asyncio.Future | None:
         self._show_error("")
-        if _running_loop() is None:
+        if running_loop() is None:
             self._show_error(f"Cannot {what} {approval_id} without a running event loop; use "
                              f"await rt.approvals.{what}(...)")
             return None
@@ -174,11 +175,11 @@ class ApprovalInbox(w.VBox):
         left = w.HTML(layout=w.Layout(margin="0 0 0 10px"))
         effects = "; ".join(a.side_effects) if a.side_effects else "none declared"
         info = w.HTML(
-            f"<div style=\"{_BLOCK}\"><b>{_e(a.summary)}</b><br>"
-            f"<span style=\"{_MUTED}\">{_e(a.agent)}/{_e(a.name)} &middot; "
-            f"<code>{_e(a.id)}</code> &middot; expires {_e(_when(a.expires))}</span><br>"
-            f"runs <code>{_e(_call(a.method, a.args, a.kwargs))}</code><br>"
-            f"<span style=\"{_MUTED}\">side effects:</span> {_e(effects)}</div>")
+            f"<div style=\"{_BLOCK}\"><b>{escape(a.summary)}</b><br>"
+            f"<span style=\"{_MUTED}\">{escape(a.agent)}/{escape(a.name)} &middot; "
+            f"<code>{escape(a.id)}</code> &middot; expires {escape(_when(a.expires))}</span><br>"
+            f"runs <code>{escape(_call(a.method, a.args, a.kwargs))}</code><br>"
+            f"<span style=\"{_MUTED}\">side effects:</span> {escape(effects)}</div>")
         self.buttons[a.id] = (approve, reject)
         self.reasons[a.id] = reason
         row = w.VBox([info, w.HBox([approve, reject, reason, left])], layout=w.Layout(
@@ -191,7 +192,7 @@ class ApprovalInbox(w.VBox):
         row, _, _ = self._rows.pop(approval_id)
         self.buttons.pop(approval_id, None)
         self.reasons.pop(approval_id, None)
-        _close(row)
+        close_all(row)
 
     def refresh_times(self) -> None:
         """Re-render time left and the header only (no re-read of the inbox); nothing once
@@ -213,13 +214,13 @@ class ApprovalInbox(w.VBox):
     def _header_html(self, count: int) -> str:
         clock = ""
         if getattr(self._rt.clock, "virtual", False):
-            clock = f" &middot; clock {_e(_when(self._rt.clock.now()))}"
+            clock = f" &middot; clock {escape(_when(self._rt.clock.now()))}"
         if self._only is not None:
             state = "pending" if count else "decided"
-            return f"<b>Approval</b> <code>{_e(self._only)}</code> &middot; {state}{clock}"
+            return f"<b>Approval</b> <code>{escape(self._only)}</code> &middot; {state}{clock}"
         noun = "approval" if count == 1 else "approvals"
         return (f"<b>Approvals</b> &middot; {count} pending {noun} <span style=\"{_MUTED}\">"
-                f"&middot; you decide as {_e(self.by)}{clock}</span>")
+                f"&middot; you decide as {escape(self.by)}{clock}</span>")
 
     def _recent_html(self) -> str:
         if self._limit <= 0:
@@ -243,7 +244,7 @@ class ApprovalInbox(w.VBox):
 
     def _show_error(self, text: str) -> None:
         self.last_error = text
-        self._error.value = f"<span style=\"color:#c62828\">{_e(text)}</span>" if text else ""
+        self._error.value = f"<span style=\"color:#c62828\">{escape(text)}</span>" if text else ""
 
     # -- staying live -----------------------------------------------------------------
     def _on_event(self, event: dict) -> None:
@@ -269,7 +270,7 @@ class ApprovalInbox(w.VBox):
         for approval_id in list(self._rows):
             self._drop_row(approval_id)
         for part in (self._header, self._error, self._rows_box, self._recent):
-            _close(part)
+            close_all(part)
         super().close()
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None, **kwargs: Any) -> Any:
@@ -293,26 +294,6 @@ class _ClockHook:
 
     async def settle(self) -> None:
         self.inbox.refresh_times()
-
-
-def _close(widget: w.Widget) -> None:
-    """Close a widget, its children, its layout and its style (each is a model)."""
-    for child in getattr(widget, "children", ()):
-        _close(child)
-    for part in (getattr(widget, "layout", None), getattr(widget, "style", None), widget):
-        if part is not None:
-            part.close()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
 
 
 def _call(method: str, args: Any, kwargs: Any) -> str:
@@ -357,9 +338,9 @@ def _when(ts: float | None) -> str:
 
 def _decision_line(a: Approval, status: str) -> str:
     mark, color = _MARK.get(status, ("&middot;", "inherit"))
-    who = f" by {_e(a.decided_by)}" if a.decided_by else ""
+    who = f" by {escape(a.decided_by)}" if a.decided_by else ""
     at = _when(a.decided_at if a.decided_at is not None else a.expires)
-    why = f" &middot; &ldquo;{_e(a.reason)}&rdquo;" if a.reason and status != "expired" else ""
-    return (f"<li title=\"{_e(a.id)}\"><span style=\"color:{color}\">{mark} <b>{_e(status)}"
-            f"</b></span> {_e(a.summary)}{why} <span style=\"{_MUTED}\">&middot; {_e(a.agent)}/"
-            f"{_e(a.name)}{who} &middot; {_e(at)}</span></li>")
+    why = f" &middot; &ldquo;{escape(a.reason)}&rdquo;" if a.reason and status != "expired" else ""
+    return (f"<li title=\"{escape(a.id)}\"><span style=\"color:{color}\">{mark} <b>{escape(status)}"
+            f"</b></span> {escape(a.summary)}{why} <span style=\"{_MUTED}\">&middot; {escape(a.agent)}/"
+            f"{escape(a.name)}{who} &middot; {escape(at)}</span></li>")

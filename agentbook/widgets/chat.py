@@ -24,7 +24,7 @@ import ipywidgets as w
 
 from ..approve.inbox import default_person
 from ..errors import ApprovalNotFoundError
-from .approvals import _close, _e, _running_loop
+from .common import close_all, escape, running_loop
 
 if TYPE_CHECKING:
     from ..chat.agent import ChatChunk
@@ -96,8 +96,8 @@ class ChatWidget(w.VBox):
         self.add_class("agentbook-chat")
         self.send_button.on_click(lambda _b: self._send_input())
         self.input.on_msg(self._on_text_msg)
-        self.header.value = (f"<b>{_e(ref.class_name)}({_e(repr(ref.name))})</b> "
-                             f"<span style=\"{_MUTED}\">&middot; {_e(_model_name(ref))}</span>")
+        self.header.value = (f"<b>{escape(ref.class_name)}({escape(repr(ref.name))})</b> "
+                             f"<span style=\"{_MUTED}\">&middot; {escape(_model_name(ref))}</span>")
         if not ref.runtime.closed:
             self._unsubscribe = ref.runtime.events.subscribe(
                 self._on_event, types=["rpc", "approval:*", "destroy"], agent=ref)
@@ -117,7 +117,7 @@ class ChatWidget(w.VBox):
         problem = ("Type a message first" if not text else
                    "The runtime was closed" if self.ref.runtime.closed else
                    "No event loop runs here: await ref.chat(...) in a cell instead"
-                   if _running_loop() is None else "")
+                   if running_loop() is None else "")
         if problem:
             self._show_error(problem)
             return None
@@ -168,7 +168,7 @@ class ChatWidget(w.VBox):
         self._stop()
         self._closed = True
         for part in [*self._rows.values(), *self._stored, *self._drafts, *self.children]:
-            _close(part)
+            close_all(part)
         super().close()
 
     # -- a turn -----------------------------------------------------------------------------
@@ -185,7 +185,7 @@ class ChatWidget(w.VBox):
             await asyncio.wait([previous])
         self._streaming, self.last_answer = True, ""
         self._show_error("")
-        self.status.value = f"<span style=\"{_MUTED}\">{_e(self.ref.name)} is answering&hellip;</span>"
+        self.status.value = f"<span style=\"{_MUTED}\">{escape(self.ref.name)} is answering&hellip;</span>"
         self._parts, self._draft = [_bubble("user", text)], None
         self._flush(force=True)
         try:
@@ -239,7 +239,7 @@ class ChatWidget(w.VBox):
         self._show_error("")
         inbox = self.ref.runtime.approvals
         try:
-            if _running_loop() is None:
+            if running_loop() is None:
                 raise RuntimeError(f"no event loop runs here; await rt.approvals.{what}(...)")
             fut = asyncio.ensure_future(inbox.approve(approval_id, by=self.by) if what == "approve"
                                         else inbox.reject(approval_id, reason, by=self.by))
@@ -283,14 +283,14 @@ class ChatWidget(w.VBox):
         mine = a is not None and (a.agent, a.name) == (self.ref.class_name, self.ref.name)
         can_decide = a is not None and mine and a.pending
         if a is None or not mine:  # e.g. a fork: its parent's approvals are not its own
-            state = "no such approval" if a is None else f"belongs to {_e(a.agent)}/{_e(a.name)}"
+            state = "no such approval" if a is None else f"belongs to {escape(a.agent)}/{escape(a.name)}"
         elif approval_id in self._busy or can_decide:
             state = self._busy.get(approval_id, "waiting for a person")
         else:
             status = "expired" if a.status == "pending" else a.status
-            state = (_MARK.get(status, _e(status)) + (f" by {_e(a.decided_by)}" if a.decided_by
-                     else "") + (f": {_e(a.reason)}" if a.reason else ""))
-        what = _e(_cut(a.summary if a is not None else approval_id, 160))
+            state = (_MARK.get(status, escape(status)) + (f" by {escape(a.decided_by)}" if a.decided_by
+                     else "") + (f": {escape(a.reason)}" if a.reason else ""))
+        what = escape(_cut(a.summary if a is not None else approval_id, 160))
         row.children[0].value = (f"<span style=\"line-height:1.45\"><b>{what}</b> "
                                  f"<span style=\"{_MUTED}\">&middot; {state}</span></span>")
         approve, reject = self.buttons[approval_id]
@@ -306,7 +306,7 @@ class ChatWidget(w.VBox):
             self.conversation.children = children
         for gone in set(self._rows) - {i for i, row in self._rows.items() if row in children}:
             self.buttons.pop(gone, None)
-            _close(self._rows.pop(gone))
+            close_all(self._rows.pop(gone))
 
     def _on_event(self, _event: dict) -> None:
         if not self._streaming:  # a turn in flight redraws when it ends
@@ -314,7 +314,7 @@ class ChatWidget(w.VBox):
 
     def _show_error(self, text: str) -> None:
         self.last_error = text = text.strip().splitlines()[0][:200] if text.strip() else ""
-        self.status.value = f"<span style=\"color:#c62828\">&#9888; {_e(text)}</span>" if text else ""
+        self.status.value = f"<span style=\"color:#c62828\">&#9888; {escape(text)}</span>" if text else ""
 
     def _stop(self) -> None:
         unsubscribe = getattr(self, "_unsubscribe", None)
@@ -342,7 +342,7 @@ def _entries(row: Any) -> list[str]:
     """What one stored message shows: HTML snippets, and approval ids where rows go."""
     if row.role == "summary":
         return [f"<div style=\"{_MUTED};white-space:pre-wrap\" title=\"earlier turns, summarized\">"
-                f"&hellip; {_e(row.content)}</div>"]
+                f"&hellip; {escape(row.content)}</div>"]
     if row.role == "user":
         return [_bubble("user", row.content)]
     if row.role == "tool":
@@ -363,18 +363,19 @@ class _Approval(str):
 
 
 def _bubble(role: str, text: str) -> str:
-    return f"<div class=\"agentbook-chat-{role}\" style=\"{_BUBBLE}{_ROLE[role]}\">{_e(text)}</div>"
+    return f"<div class=\"agentbook-chat-{role}\" style=\"{_BUBBLE}{_ROLE[role]}\">{escape(text)}</div>"
 
 
 def _call_line(name: Any, arguments: Any, approved: bool = False) -> str:
     args = ", ".join(f"{k}={_short(v, 40)}" for k, v in dict(arguments or {}).items())
     note = " &middot; the approved call" if approved else ""
-    return f"<div style=\"{_LINE}\">&rarr; {_e(_cut(f'{name}({args})'))}{note}</div>"
+    return f"<div style=\"{_LINE}\">&rarr; {escape(_cut(f'{name}({args})'))}{note}</div>"
 
 
 def _result_line(name: Any, result: Any) -> str:
     text = _short(result, 2000)
-    return f"<div style=\"{_LINE}\" title=\"{_e(text)}\">&larr; {_e(name)}: {_e(_cut(text))}</div>"
+    return (f"<div style=\"{_LINE}\" title=\"{escape(text)}\">&larr; {escape(name)}: "
+            f"{escape(_cut(text))}</div>")
 
 
 def _model_name(ref: AgentRef) -> str:
