@@ -211,6 +211,62 @@ async def test_old_turns_fold_into_a_summary(mem_rt):
     assert "hello number 0" in messages.content.iloc[0]
 
 
+class ChatShort(ab.ChatAgent):
+    tools = [lookup_order]
+    max_messages = 6
+
+
+class ChatShortScripted(ab.ChatAgent):
+    tools = [lookup_order]
+    max_messages = 4
+    model = None  # set per test
+
+
+def _unsplit(rows) -> bool:
+    """Every tool result follows the assistant message that called it (same turn, kept
+    together): a fold that split a call from its result would orphan one of them."""
+    called: set[str] = set()
+    for row in rows.itertuples():
+        if row.role == "assistant" and isinstance(row.tool_calls, list):
+            called |= {c["id"] for c in row.tool_calls}
+        if row.role == "tool" and row.tool_call_id not in called:
+            return False
+    return True
+
+
+async def test_a_fold_keeps_the_newest_turn_whole(mem_rt):
+    """With tool-using turns of four messages and ``max_messages=6``, the fold takes whole
+    older turns only: the newest user message and everything after it stay as they are."""
+    desk = mem_rt.get(ChatShort, "short")
+    turn = ["user", "assistant", "tool", "assistant"]
+    for i in (1, 2, 3):
+        await desk.chat(f"Where is my order o{i}?")
+        rows = desk.messages()
+        assert rows.role.tolist() == (["summary"] if i > 1 else []) + turn, i
+        assert rows.content.iloc[-4] == f"Where is my order o{i}?"
+        assert "shipped" in rows.content.iloc[-1] and _unsplit(rows)
+    summary = rows.content.iloc[0]
+    assert "o1" in summary and "o2" in summary and "o3" not in summary
+    assert (rows.role == "summary").sum() == 1
+
+
+async def test_a_turn_longer_than_max_messages_is_not_folded_away(mem_rt):
+    """A newest turn that alone is over the limit stays whole; only older turns fold."""
+    ChatShortScripted.model = ab.models.scripted([
+        "hi",
+        *[{"tool_calls": [{"id": f"c{i}", "name": "lookup_order",
+                           "arguments": {"order_id": f"o{i}"}}]} for i in range(1, 4)],
+        "all three shipped",
+    ])
+    ref = mem_rt.get(ChatShortScripted, "long-turn")
+    await ref.chat("hello")
+    await ref.chat("check o1, o2 and o3")
+    rows = ref.messages()
+    assert rows.role.tolist() == ["summary", "user", *["assistant", "tool"] * 3, "assistant"]
+    assert rows.content.iloc[1] == "check o1, o2 and o3" and _unsplit(rows)
+    assert "user: hello" in rows.content.iloc[0]
+
+
 async def test_messages_wait_their_turn(mem_rt):
     desk = mem_rt.get(ChatDesk, "queue")
     answers = await asyncio.gather(*(desk.chat(f"hello {i}") for i in range(3)))

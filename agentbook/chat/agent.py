@@ -328,14 +328,22 @@ class _Turn:
         return [{"role": "system", "content": system}, *out]
 
     def fold(self) -> None:
-        """Fold the oldest turns into the summary when there are too many messages."""
+        """Fold the oldest turns into the summary when there are too many messages.
+
+        A turn is a user message and everything after it up to the next one (the answer,
+        tool calls, their results, a gated call approved or declined later). Only whole
+        turns fold, so a tool call never loses its result, and never the newest turn: it
+        is what the model answers next, and the user reads it back in ``messages()``.
+        Enough older turns fold to leave about ``max_messages // 2`` messages; a newest
+        turn longer than that stays whole on its own."""
         limit = self.agent.max_messages
         rows = stored.messages(self.store, with_summary=False)
         if len(rows) <= limit:
             return
-        cut = len(rows) - limit // 2
-        while cut < len(rows) and rows[cut].role != "user":  # never split a tool exchange
-            cut += 1
+        starts = [i for i, row in enumerate(rows) if row.role == "user" and i > 0]
+        if not starts:  # one turn (or none): nothing older to fold
+            return
+        cut = next((i for i in starts if len(rows) - i <= limit // 2), starts[-1])
         old = rows[:cut]
         summary = self.agent.summarize([_message(r) for r in old], stored.summary(self.store))
         self.ctx.capture(self.store)
