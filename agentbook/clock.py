@@ -102,6 +102,9 @@ class VirtualClock(Clock):
         start: The starting time: epoch seconds, a ``datetime`` (naive means local time)
             or ``None`` for 2026-01-01T00:00Z (fixed, so notebooks and tests repeat).
 
+    Work due at the current instant (queued work, a schedule whose time ``set`` reached)
+    runs on ``await rt.settle()`` or ``await clock.advance(0)``.
+
     Example:
         >>> clock = VirtualClock()
         >>> rt = Runtime(":memory:", clock=clock)   # doctest: +SKIP

@@ -128,6 +128,20 @@ class Timers:
         if self._pending_arm:
             self.rearm()
 
+    def run_due(self) -> bool:
+        """Wake every agent whose next due time has come, now, without waiting for the clock
+        timer (``rt.settle()``: on a ``VirtualClock`` the timer fires only when the clock
+        advances, yet work due at the current instant - queued work, a schedule whose time
+        ``clock.set`` reached - should run). Returns whether any agent was due."""
+        top = self._top()
+        if top is None or self.rt.closed or top > self.rt.clock.now():
+            return False
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._fire()
+        return True
+
     def _fire(self) -> None:
         self._handle = None
         rt = self.rt
