@@ -6,6 +6,12 @@ read-only copy made of :class:`FrozenDict` and :class:`FrozenList`. A bad value 
 :class:`~agentbook.errors.JSONValueError` (a ``TypeError``) naming where it sits, before
 anything is written. Tuples are accepted and become lists, as JSON would make them.
 
+An ``ab.Secret`` passes where a value is only written down (arguments, results, events):
+there it is written as ``{"$secret": name}``. Where a value is stored and read back as it is
+- the state, key-value values, schedule and queue payloads, ``initial_state`` - it is refused:
+it would be a ``Secret`` while the agent is awake and a dict after it hibernates. Which is
+which follows the *path* (:data:`STORED_ROOTS`).
+
 Frozen containers are ``dict`` and ``list`` subclasses, so reading, ``json.dumps``,
 ``{**state, "k": v}`` and ``list(...)`` all work; mutating them raises
 :class:`~agentbook.errors.ReadOnlyError` telling the user to call ``set_state``.
@@ -23,13 +29,18 @@ from typing import Any
 from .errors import JSONValueError, ReadOnlyError
 from .secrets import Secret
 
-__all__ = ["FrozenDict", "FrozenList", "canonical", "dumps", "freeze", "loads", "thaw"]
+__all__ = ["STORED_ROOTS", "FrozenDict", "FrozenList", "canonical", "dumps", "freeze", "loads",
+           "thaw"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _MAX_DEPTH = 200
 #: Ints of at most this many bits have at most 640 digits: JSON text under any limit of
 #: ``sys.set_int_max_str_digits`` (640 is the lowest one). Longer ints are checked.
 _SHORT_INT_BITS = 2126
+
+#: The paths (up to the first ``[``) of values that are stored and read back as they are, so
+#: may not hold an ``ab.Secret``; ``"<Class>.initial_state"`` counts as ``initial_state``.
+STORED_ROOTS = frozenset({"state", "kv", "payload", "initial_state"})
 
 _READ_ONLY_HINT = (
     "this value is a read-only copy of the agent's state; build a new value and "
@@ -88,10 +99,12 @@ def freeze(value: Any, path: str = "value") -> Any:
 
     Args:
         value: The value to check.
-        path: How to name the value in an error, e.g. ``state`` or ``args[0]``.
+        path: How to name the value in an error, e.g. ``state`` or ``args[0]``. It also
+            says whether an ``ab.Secret`` may be in it: not under :data:`STORED_ROOTS`.
 
     Raises:
-        JSONValueError: naming the path of the first value that is not JSON.
+        JSONValueError: naming the path of the first value that is not JSON (or of an
+            ``ab.Secret`` in a value that is stored).
     """
     return _freeze(value, path, 0, set())
 
@@ -149,8 +162,19 @@ def _freeze(v: Any, path: str, depth: int, seen: set[int]) -> Any:
     if isinstance(v, float):
         return _freeze(float(v), path, depth, seen)
     if isinstance(v, Secret):
+        if _stored(path):
+            raise JSONValueError(
+                f"{path} is an ab.Secret, which can't be stored here: it would come back as "
+                f"{{'$secret': {v.name!r}}} once the agent hibernates; keep it in "
+                f"self.secrets[{v.name!r}] and store the name {v.name!r} instead", path)
         return v  # kept as it is; written as {"$secret": name} (see agentbook.secrets)
     raise _bad(path, f"a {t.__name__}")
+
+
+def _stored(path: str) -> bool:
+    """Whether *path* names a value that is stored and read back (see :data:`STORED_ROOTS`)."""
+    root = path.split("[", 1)[0]
+    return root in STORED_ROOTS or (root.endswith(".initial_state") and " " not in root)
 
 
 def _too_many_digits(v: int) -> bool:
@@ -193,7 +217,7 @@ def redact_secret(value: Any) -> Any:
 
 
 try:
-    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
     from json.encoder import encode_basestring as _c_string
 except ImportError:  # pragma: no cover - a Python without json's C speedups
     _c_make_encoder = None
