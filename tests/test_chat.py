@@ -329,3 +329,38 @@ async def test_the_builtin_model_is_deterministic():
                                          {"order_id": "A-12"})]
     plain = await model.complete([{"role": "user", "content": "tell me a story"}])
     assert isinstance(plain, Response) and "builtin offline model" in plain.content
+
+
+@ab.tool
+def close_ticket(ticket_id: str, note: str = "") -> dict:
+    """Close a support ticket."""
+    return {"closed": ticket_id}
+
+
+async def _called(text: str, *tools) -> dict:
+    response = await ab.models.builtin().complete([{"role": "user", "content": text}],
+                                                  [t.spec() for t in tools])
+    assert len(response.tool_calls) == 1, response
+    return response.tool_calls[0].arguments
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("Where is my order 4217?", {"order_id": "4217"}),
+    ("Where is my order #4217?", {"order_id": "4217"}),
+    ("Where's order number 4217.", {"order_id": "4217"}),
+    ("Where is my order o-1? Not 4217", {"order_id": "o-1"}),  # a prefixed id comes first
+])
+async def test_the_builtin_model_takes_a_bare_number_for_an_id(text, expected):
+    """A string ``*_id`` parameter takes a bare number from the text when it has no
+    prefixed id, rather than the whole sentence."""
+    assert await _called(text, lookup_order) == expected
+
+
+async def test_a_bare_number_id_leaves_the_other_numbers_to_numeric_parameters():
+    assert await _called("please refund 20 for order 4217", issue_refund) == {
+        "order_id": "4217", "amount": 20.0}
+    assert await _called("Refund 42.50 for order 4217.", issue_refund) == {
+        "order_id": "4217", "amount": 42.5}
+    assert await _called("close ticket 88", close_ticket) == {"ticket_id": "88"}
+    assert await _called("refund amount 20 for 4217", issue_refund) == {
+        "order_id": "4217", "amount": 20.0}

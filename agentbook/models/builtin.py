@@ -5,9 +5,12 @@ run without keys or network and always give the same answer:
 
 * if the latest message is from the user and a tool fits it - by the words the request
   shares with the tool's name, description and parameter names - it calls that tool,
-  taking arguments from the text (numbers for numeric parameters, ids such as ``o17`` or
-  ``A-3`` for ``..._id`` parameters, an enum value that is mentioned, quoted text, or
-  the words after "for", "about", "in" or the parameter's name);
+  taking arguments from the text: numbers for numeric parameters; ids such as ``o17``
+  or ``A-3`` for ``..._id`` parameters, or, without one, a bare number (the one after
+  the id's word, as in "order 4217" or "order #4217" for ``order_id``, else a
+  ``#4217``, else the first whole number that follows no numeric parameter's name); an
+  enum value that is mentioned; quoted text; or the words after "for", "about", "in"
+  or the parameter's name;
 * after tool results it phrases a short reply from them, and when a person rejected a
   tool call (or let its approval expire) since the user's last message, it says so;
 * otherwise it answers from a handful of rules (greetings, help) or says what it is.
@@ -38,6 +41,9 @@ _WORD = re.compile(r"[a-z0-9]+")
 _NUMBER = re.compile(r"(?<![\w.-])-?\d+(?:\.\d+)?(?![\w.])")  # not the digits of "o-17"
 _ID = re.compile(r"\b[A-Za-z]{1,6}-?\d+[A-Za-z0-9-]*\b")
 _QUOTED = re.compile(r"[\"“']([^\"”']+)[\"”']")
+#: A whole number standing alone ("4217", "#4217"; not "o-17", "4.5" or "-3").
+_BARE = re.compile(r"(?<![\w.#-])(\d+)(?!\w|\.\d)")
+_HASH = re.compile(r"(?<![\w&#])#(\d+)(?!\w|\.\d)")
 
 
 def _words(text: str) -> list[str]:
@@ -100,7 +106,11 @@ class BuiltinModel(Model):
         ids = [m for m in _ID.findall(text) if any(c.isdigit() for c in m)]
         quoted = _QUOTED.findall(text)
         args: dict[str, Any] = {}
-        for pname, pschema in props.items():
+        # Ids come first, so that the number after "order" goes to order_id even when a
+        # numeric parameter is listed before it (and no numeric parameter takes it too).
+        order = sorted(props, key=lambda p: not (_is_id(p) and _kind(props[p]) == "string"))
+        for pname in order:
+            pschema = props[pname]
             kind = _kind(pschema)
             value: Any = None
             options = pschema.get("enum") or next(
@@ -119,8 +129,15 @@ class BuiltinModel(Model):
                 value = True if re.search(r"\b(yes|true|on)\b", low) else (
                     False if re.search(r"\b(no|false|off)\b", low) else None)
             elif kind == "string":
-                if pname.endswith("id") and ids:
+                bare = _bare_id(pname, text, quoted, [
+                    p for p in props if _kind(props[p]) in ("integer", "number")]) \
+                    if _is_id(pname) and not ids else None
+                if _is_id(pname) and ids:
                     value = ids.pop(0)
+                elif bare is not None:
+                    value = bare
+                    if float(bare) in numbers:
+                        numbers.remove(float(bare))
                 elif quoted:
                     value = quoted.pop(0)
                 else:
@@ -133,7 +150,7 @@ class BuiltinModel(Model):
                 value = text.strip() if kind == "string" else value
             if value is not None:
                 args[pname] = value
-        return args
+        return {p: args[p] for p in props if p in args}
 
     # -- phrasing -----------------------------------------------------------------------
     def _phrase(self, messages: list[dict[str, Any]]) -> str:
@@ -177,6 +194,33 @@ def _declined_since_last_turn(messages: list[dict[str, Any]]) -> list[dict[str, 
             if status in ("rejected", "expired"):
                 found.append(msg)
     return found[::-1]
+
+
+def _is_id(pname: str) -> bool:
+    """Whether a parameter names an id (``id``, ``order_id``, ``ticketId``)."""
+    return pname.lower().endswith("id")
+
+
+def _bare_id(pname: str, text: str, quoted: list[str], named: list[str]) -> str | None:
+    """A bare number for id parameter *pname*, when the text has no prefixed id: the
+    number after the id's own word ("order 4217", "order #4217", "order number 4217" for
+    ``order_id``), else a ``#4217``, else - unless quoted text is there to take - the
+    first whole number that does not follow a numeric parameter's name (those in
+    *named*). People quote most ids as numbers ("my order 4217"), and the whole sentence
+    as an id is never right."""
+    words = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", re.sub(r"[_-]?id$", "", pname, flags=re.I))
+    word = words.rsplit("_", 1)[-1]  # order_id, orderId, customer_order_id -> "order"
+    label = r"(?:id|number|no\.?|nr\.?)"
+    before = rf"{re.escape(word)}[\s_-]*{label}?" if word else label
+    found = re.search(rf"\b{before}\s*[:=]?\s*#?(\d+)(?!\w|\.\d)", text, re.I) or \
+        _HASH.search(text)
+    if found:
+        return found.group(1)
+    if quoted:
+        return None
+    taken = {m.start(1) for n in named
+             for m in re.finditer(rf"{re.escape(n)}\D{{0,12}}?(\d+)", text, re.I)}
+    return next((m.group(1) for m in _BARE.finditer(text) if m.start(1) not in taken), None)
 
 
 def _kind(schema: dict[str, Any]) -> str | None:
