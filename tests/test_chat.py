@@ -337,6 +337,18 @@ def close_ticket(ticket_id: str, note: str = "") -> dict:
     return {"closed": ticket_id}
 
 
+@ab.tool
+def pay_order(amount: float, order_id: str) -> dict:
+    """Pay an amount towards an order."""
+    return {"paid": amount}
+
+
+@ab.tool
+def link_ticket(ticket_id: str, order_id: str) -> dict:
+    """Link a support ticket to an order."""
+    return {"linked": [ticket_id, order_id]}
+
+
 async def _called(text: str, *tools) -> dict:
     response = await ab.models.builtin().complete([{"role": "user", "content": text}],
                                                   [t.spec() for t in tools])
@@ -364,3 +376,9 @@ async def test_a_bare_number_id_leaves_the_other_numbers_to_numeric_parameters()
     assert await _called("close ticket 88", close_ticket) == {"ticket_id": "88"}
     assert await _called("refund amount 20 for 4217", issue_refund) == {
         "order_id": "4217", "amount": 20.0}
+    assert await _called("refund order 4217, amount 20", issue_refund) == {
+        "order_id": "4217", "amount": 20.0}
+    assert await _called("pay order 4217 for 20", pay_order) == {
+        "amount": 20.0, "order_id": "4217"}
+    assert await _called("link ticket 88 to order 4217", link_ticket) == {
+        "ticket_id": "88", "order_id": "4217"}

@@ -106,11 +106,11 @@ class BuiltinModel(Model):
         ids = [m for m in _ID.findall(text) if any(c.isdigit() for c in m)]
         quoted = _QUOTED.findall(text)
         args: dict[str, Any] = {}
-        # Ids come first, so that the number after "order" goes to order_id even when a
-        # numeric parameter is listed before it (and no numeric parameter takes it too).
-        order = sorted(props, key=lambda p: not (_is_id(p) and _kind(props[p]) == "string"))
-        for pname in order:
-            pschema = props[pname]
+        bare = self._bare_ids(text, props, len(ids), bool(quoted))
+        for number in bare.values():  # (numeric parameters take the other numbers)
+            if float(number) in numbers:
+                numbers.remove(float(number))
+        for pname, pschema in props.items():
             kind = _kind(pschema)
             value: Any = None
             options = pschema.get("enum") or next(
@@ -129,15 +129,10 @@ class BuiltinModel(Model):
                 value = True if re.search(r"\b(yes|true|on)\b", low) else (
                     False if re.search(r"\b(no|false|off)\b", low) else None)
             elif kind == "string":
-                bare = _bare_id(pname, text, quoted, [
-                    p for p in props if _kind(props[p]) in ("integer", "number")]) \
-                    if _is_id(pname) and not ids else None
                 if _is_id(pname) and ids:
                     value = ids.pop(0)
-                elif bare is not None:
-                    value = bare
-                    if float(bare) in numbers:
-                        numbers.remove(float(bare))
+                elif pname in bare:
+                    value = bare[pname]
                 elif quoted:
                     value = quoted.pop(0)
                 else:
@@ -150,7 +145,25 @@ class BuiltinModel(Model):
                 value = text.strip() if kind == "string" else value
             if value is not None:
                 args[pname] = value
-        return {p: args[p] for p in props if p in args}
+        return args
+
+    def _bare_ids(self, text: str, props: dict[str, Any], prefixed: int,
+                  quoted: bool) -> dict[str, str]:
+        """Bare numbers for the string id parameters left without a prefixed id (the
+        first *prefixed* id parameters take those), found before any parameter takes a
+        number, so that "refund 20 for order 4217" gives ``order_id`` 4217 whatever the
+        parameters' order."""
+        numeric = [p for p, s in props.items() if _kind(s) in ("integer", "number")]
+        wanting = [p for p, s in props.items() if _is_id(p) and _kind(s) == "string"
+                   and not s.get("enum")][prefixed:]
+        found: dict[str, str] = {}
+        used: set[int] = set()
+        for pname in wanting:
+            match = _bare_id(pname, text, quoted, numeric, used)
+            if match is not None:
+                used.add(match.start(1))
+                found[pname] = match.group(1)
+        return found
 
     # -- phrasing -----------------------------------------------------------------------
     def _phrase(self, messages: list[dict[str, Any]]) -> str:
@@ -201,26 +214,27 @@ def _is_id(pname: str) -> bool:
     return pname.lower().endswith("id")
 
 
-def _bare_id(pname: str, text: str, quoted: list[str], named: list[str]) -> str | None:
-    """A bare number for id parameter *pname*, when the text has no prefixed id: the
-    number after the id's own word ("order 4217", "order #4217", "order number 4217" for
-    ``order_id``), else a ``#4217``, else - unless quoted text is there to take - the
-    first whole number that does not follow a numeric parameter's name (those in
-    *named*). People quote most ids as numbers ("my order 4217"), and the whole sentence
-    as an id is never right."""
+def _bare_id(pname: str, text: str, quoted: bool, numeric: list[str],
+             used: set[int]) -> re.Match | None:
+    """A bare number for id parameter *pname* (its match; the number is group 1): the
+    one after the id's own word ("order 4217", "order #4217", "order number 4217" for
+    ``order_id``), else a ``#4217``, else - unless there is quoted text to take - the
+    first whole number that does not follow a *numeric* parameter's name. Numbers at
+    the positions in *used* went to other id parameters. People quote most ids as
+    numbers ("my order 4217"), and the whole sentence as an id is never right."""
     words = re.sub(r"(?<=[a-z])(?=[A-Z])", "_", re.sub(r"[_-]?id$", "", pname, flags=re.I))
     word = words.rsplit("_", 1)[-1]  # order_id, orderId, customer_order_id -> "order"
     label = r"(?:id|number|no\.?|nr\.?)"
     before = rf"{re.escape(word)}[\s_-]*{label}?" if word else label
-    found = re.search(rf"\b{before}\s*[:=]?\s*#?(\d+)(?!\w|\.\d)", text, re.I) or \
-        _HASH.search(text)
-    if found:
-        return found.group(1)
+    for found in (*re.finditer(rf"\b{before}\s*[:=]?\s*#?(\d+)(?!\w|\.\d)", text, re.I),
+                  *_HASH.finditer(text)):
+        if found.start(1) not in used:
+            return found
     if quoted:
         return None
-    taken = {m.start(1) for n in named
-             for m in re.finditer(rf"{re.escape(n)}\D{{0,12}}?(\d+)", text, re.I)}
-    return next((m.group(1) for m in _BARE.finditer(text) if m.start(1) not in taken), None)
+    taken = used | {m.start(1) for n in numeric
+                    for m in re.finditer(rf"{re.escape(n)}\D{{0,12}}?(\d+)", text, re.I)}
+    return next((m for m in _BARE.finditer(text) if m.start(1) not in taken), None)
 
 
 def _kind(schema: dict[str, Any]) -> str | None:
