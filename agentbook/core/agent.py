@@ -359,45 +359,78 @@ class Agent:
         retry: Retry | dict | int | None = None,
         tz: str | None = None,
         missed: str = "once",
+        idempotent: bool = True,
+        key: str | None = None,
     ) -> Schedule:
         """Run method *callback* later, with *payload*; durable, exactly once per occurrence.
+
+        Schedules are idempotent: while a schedule with the same callback, kind, timing and
+        payload is pending, this returns it instead of adding another (and announces
+        ``schedule:duplicate``), so a schedule made in ``on_start`` is one schedule however
+        often the agent wakes. The timing compared is what you asked for: the delay in
+        seconds (``schedule(300, ...)`` made now and a minute later is one schedule, due
+        when the first call said), the date, or the cron string and *tz*. Payloads compare
+        as JSON values. A returned schedule takes this call's *retry* and *missed*. Once a
+        one-shot has run, the same call makes a new one (so a callback can schedule itself
+        again).
 
         Args:
             when: Seconds or a ``timedelta`` from now, an aware ``datetime`` (naive means
                 local time), or a five-field cron string (UTC unless *tz*).
             callback: Name of a public method of this agent; it gets *payload* as its one
                 argument (omit the parameter when there is no payload).
-            payload: A JSON value.
+            payload: A JSON value. Not an ``ab.Secret``: keep secrets in ``self.secrets``
+                and put their name in the payload.
             retry: How failures are retried (``ab.Retry``, a dict of its fields, or a number
                 of attempts); then the occurrence goes to the dead-letter list.
             tz: Time zone name for cron strings.
             missed: For cron: what to do with ticks missed while the runtime was down -
                 ``"once"`` (default), ``"skip"`` or ``"all"``.
+            idempotent: ``False`` adds a new schedule on every call (e.g. two reminders
+                with the same text and delay).
+            key: A name for this schedule, unique in the agent. A pending schedule of that
+                key is returned when its callback, kind, timing and payload are the same,
+                and *replaced* when they differ (it is cancelled and the new one, with a
+                new id, takes the key), so changing the code of a keyed schedule changes
+                the schedule. Can't go with ``idempotent=False``.
 
         Raises:
-            ScheduleError: a bad time, cron string or callback; nothing is stored.
+            ScheduleError: a bad time, cron string, callback or key; nothing is stored.
+            JSONValueError: *payload* is not JSON or holds an ``ab.Secret``.
         """
         inst = self._ab_instance
         return agentside.create(inst, inst.require_ctx("schedule"), type(self), when, callback,
-                                payload, retry=retry, tz=tz, missed=missed)
+                                payload, retry=retry, tz=tz, missed=missed,
+                                idempotent=idempotent, key=key)
 
     async def schedule_every(
         self, seconds: float | timedelta, callback: str, payload: Any = None, *,
-        retry: Retry | dict | int | None = None, missed: str = "once",
+        retry: Retry | dict | int | None = None, missed: str = "once", idempotent: bool = True,
+        key: str | None = None,
     ) -> Schedule:
         """Run *callback* every *seconds* (first run one interval from now).
 
         Runs never overlap (an agent runs one handler at a time); after downtime the
-        missed runs collapse into one (``missed="once"``).
+        missed runs collapse into one (``missed="once"``). Idempotent like
+        :meth:`schedule`: while an interval schedule with the same callback, interval and
+        payload is pending, this returns it (``schedule_every(30, "tick")`` in
+        ``on_start`` is one schedule however often the agent wakes);
+        ``idempotent=False`` always adds one, and ``key=`` names it (the same key with
+        another interval or payload replaces it).
         """
         inst = self._ab_instance
         return agentside.create_every(inst, inst.require_ctx("schedule_every"), type(self),
-                                      seconds, callback, payload, retry=retry, missed=missed)
+                                      seconds, callback, payload, retry=retry, missed=missed,
+                                      idempotent=idempotent, key=key)
 
     async def queue(self, callback: str, payload: Any = None, *,
                     retry: Retry | dict | int | None = None) -> Schedule:
         """Queue background work: *callback* runs soon after this handler commits, in FIFO
-        order with other queued work; a failing item retries without blocking the others."""
+        order with other queued work; a failing item retries without blocking the others.
+
+        Queued work is never idempotent: two identical calls are two jobs, and both run.
+        (For "at most one pending", use ``schedule(0, ...)``, which is.) *payload* is a JSON
+        value, not an ``ab.Secret``."""
         inst = self._ab_instance
         return agentside.enqueue(inst, inst.require_ctx("queue"), type(self), callback, payload,
                                  retry=retry)

@@ -8,12 +8,14 @@ A map of the package:
     and :class:`Occurrence`.
 ``agentside``
     What ``self.schedule``, ``schedule_every``, ``queue``, ``get_schedules``,
-    ``cancel_schedule`` and the dead-letter operations do inside a handler.
+    ``cancel_schedule`` and the dead-letter operations do inside a handler; making a
+    schedule that is already pending returns it (schedules are idempotent).
 ``firing``
     A due row becomes a scheduled envelope; after it runs, the row advances, retries or
     goes to the dead letters, in the handler's own transaction.
 ``timers``
-    The runtime's one clock timer over every agent's next due time.
+    The runtime's one clock timer over every agent's next due time (``rt.settle()`` also
+    runs what is due at the current instant through it).
 
 The rows themselves are read and written only by :mod:`agentbook.store.schedules`. Nothing
 here imports the core: the runtime, the mailbox instance and the handler context arrive as

@@ -8,6 +8,11 @@ core. Everything runs inside one of the agent's handlers: each write joins its t
 it), marks ``ctx.sched_dirty`` (the mailbox then re-reads the next due time and re-arms the
 timer after the commit) and queues its ``schedule:*`` / ``queue:*`` event for after the
 commit. A call that raises has written nothing.
+
+Schedules are idempotent (SPEC §2.11): :func:`create` and :func:`create_every` first look for a
+pending schedule with the same identity (:func:`~agentbook.schedule.policy.identity`) or the
+same ``key=``, and return it instead of adding a row; queued work (:func:`enqueue`) always adds
+one.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from .policy import (
     ScheduleError,
     check_callback,
     check_interval,
+    check_options,
+    identity,
     insert,
     resolve_when,
     select,
@@ -34,30 +41,107 @@ if TYPE_CHECKING:
     from ..store import AgentStore
 
 __all__ = ["add", "cancel", "create", "create_every", "drop_dead_letter", "enqueue", "pending",
-           "retry_dead_letter"]
+           "place", "retry_dead_letter"]
 
 RetryLike = Retry | dict | int | None
 
 
 def create(inst: Instance, ctx: HandlerContext, cls: type, when: float | timedelta | datetime | str,
            callback: str, payload: Any, *, retry: RetryLike, tz: str | None,
-           missed: str) -> Schedule:
+           missed: str, idempotent: bool = True, key: str | None = None) -> Schedule:
     """``self.schedule(...)``: a one-shot at a delay or date, or a cron schedule."""
     now = inst.runtime.clock.now()
     type_, due, cron = resolve_when(when, now, tz)
     check_callback(cls, callback, payload)
-    return add(inst, ctx, type_, due, callback, payload, now, cron=cron, tz=tz,
-               retry=Retry.coerce(retry), missed=missed)
+    if type_ == "cron":
+        timing: float | str = cron or ""
+    elif type_ == "delayed" and isinstance(when, (int, float, timedelta)):
+        # the delay asked for, not the due time it gives
+        timing = when.total_seconds() if isinstance(when, timedelta) else float(when)
+    else:
+        timing = due
+    return place(inst, ctx, type_, due, callback, payload, now, timing, idempotent=idempotent,
+                 key=key, cron=cron, tz=tz if type_ == "cron" else None,
+                 retry=Retry.coerce(retry), missed=missed)
 
 
 def create_every(inst: Instance, ctx: HandlerContext, cls: type, seconds: float | timedelta,
-                 callback: str, payload: Any, *, retry: RetryLike, missed: str) -> Schedule:
+                 callback: str, payload: Any, *, retry: RetryLike, missed: str,
+                 idempotent: bool = True, key: str | None = None) -> Schedule:
     """``self.schedule_every(...)``: an interval schedule, first due one interval from now."""
     interval = check_interval(seconds)
     check_callback(cls, callback, payload)
     now = inst.runtime.clock.now()
-    return add(inst, ctx, "interval", now + interval, callback, payload, now,
-               interval=interval, retry=Retry.coerce(retry), missed=missed)
+    return place(inst, ctx, "interval", now + interval, callback, payload, now, interval,
+                 idempotent=idempotent, key=key, interval=interval, retry=Retry.coerce(retry),
+                 missed=missed)
+
+
+def place(inst: Instance, ctx: HandlerContext, type_: str, due: float, callback: str,
+          payload: Any, now: float, timing: float | str, *, idempotent: bool, key: str | None,
+          retry: Retry, missed: str, **options: Any) -> Schedule:
+    """Make a schedule unless the same one is pending: the idempotent path of
+    :func:`create` and :func:`create_every`.
+
+    With *key*: the pending schedule of that key is returned if its identity is the same,
+    and replaced (cancelled, and a new one added with the key) if not; with no schedule of
+    that key, an unnamed pending schedule of the same identity takes the key. Without a
+    key, any pending schedule of the same identity is returned, unless not *idempotent*.
+    A returned schedule takes this call's ``retry`` and ``missed`` options. A one-shot whose
+    occurrence is running now is already spent: it is never returned.
+
+    Raises:
+        ScheduleError: a bad key, ``missed`` policy or due time; nothing is written.
+        JSONValueError: *payload* is not JSON, or holds an ``ab.Secret``.
+    """
+    if not isinstance(idempotent, bool):
+        raise ScheduleError(f"idempotent is True or False, not {idempotent!r}")
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise ScheduleError(f"a schedule's key is a non-empty str, not {key!r}")
+        if not idempotent:
+            raise ScheduleError("key= names one schedule, so it can't go with idempotent=False; "
+                                "drop one of them")
+    check_options(missed, due)
+    payload = jsonvalue.freeze(payload, "payload")
+    ident = identity(type_, callback, payload, timing, options.get("tz"))
+    store = _store(inst)
+    spent = _running_one_shot(ctx)
+    same = None
+    if key is not None:
+        same = rows.find_key(store, key, skip=spent)
+        if same is not None and same.ident != ident:  # the same name, another schedule: replace
+            ctx.capture(store)
+            ctx.sched_dirty = True
+            rows.delete(store, same.id)
+            ctx.events.append(("schedule:cancel", {"id": same.id, "callback": same.callback,
+                                                   "key": key}))
+            same = None
+        elif same is None:
+            same = rows.find_same(store, ident, skip=spent, unnamed=True)
+    elif idempotent:
+        same = rows.find_same(store, ident, skip=spent)
+    if same is None:
+        return add(inst, ctx, type_, due, callback, payload, now, retry=retry, missed=missed,
+                   ident=ident, key=key, **options)
+    retry_json = retry.to_json()
+    named = same.key if key is None else key
+    if (same.missed, Retry.from_json(same.retry), same.key) != (missed, retry, named):
+        ctx.capture(store)
+        rows.set_options(store, same.id, missed=missed, retry=retry_json, key=named)
+    if inst.runtime.events.active:
+        ctx.events.append(("schedule:duplicate", {"id": same.id, "callback": callback,
+                                                  "type": type_, "key": named}))
+    return select(store.conn, id=same.id)[0]
+
+
+def _running_one_shot(ctx: HandlerContext) -> str | None:
+    """The id of the one-shot schedule (or queued item) whose occurrence this handler runs:
+    it is deleted when the handler commits, so making it again makes a new one."""
+    occ = ctx.occurrence
+    if occ is None or occ.type in ("cron", "interval"):
+        return None
+    return occ.schedule_id
 
 
 def enqueue(inst: Instance, ctx: HandlerContext, cls: type, callback: str, payload: Any, *,
@@ -125,8 +209,10 @@ def add(inst: Instance, ctx: HandlerContext, type_: str, due: float, callback: s
     sched = insert(store, type_, due, callback, payload, now, **options)
     if inst.runtime.events.active:
         kind = "queue" if type_ == "queue" else "schedule"
-        ctx.events.append((f"{kind}:create", {"id": sched.id, "callback": callback,
-                                              "type": type_, "due": due}))
+        event = {"id": sched.id, "callback": callback, "type": type_, "due": due}
+        if options.get("key") is not None:
+            event["key"] = options["key"]
+        ctx.events.append((f"{kind}:create", event))
     return sched
 
 

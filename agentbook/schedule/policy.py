@@ -19,6 +19,12 @@ after now (``missed="once"``); ``missed="skip"`` runs nothing for missed ticks;
 ``missed="all"`` runs every missed tick in order. One-shot schedules that became overdue
 fire once.
 
+Schedules are idempotent (SPEC §2.11): a schedule's :func:`identity` is its callback, kind,
+timing as asked (a delay's seconds, a date, a cron string and zone, an interval) and payload.
+Making a schedule whose identity is already pending returns the pending one, unless
+``idempotent=False``; ``key=`` names a schedule, and the same key with another identity
+replaces it. Queued work is never idempotent: two ``queue()`` calls are two jobs.
+
 Cron strings have five fields and are evaluated in UTC unless ``tz=`` names a zone.
 Delays and intervals are at most :data:`MAX_SECONDS` (1 000 years); intervals are at
 least :data:`MIN_INTERVAL` (1 ms), so every occurrence moves the clock forward.
@@ -36,7 +42,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
-from ..errors import UsageError
+from ..errors import ScheduleError
 from ..methods import FRAMEWORK_NAMES, method_info
 from ..store import schedules as rows
 from ..store.schedules import ROW_SQL, ScheduleRow  # ROW_SQL: for callers of the old name
@@ -55,10 +61,6 @@ MAX_SECONDS = 1000 * 365.25 * 86400
 MIN_INTERVAL = 0.001
 #: The latest due time a schedule can have (epoch seconds): the end of the year 9999.
 MAX_DUE = datetime(9999, 12, 31, tzinfo=timezone.utc).timestamp()
-
-
-class ScheduleError(UsageError, ValueError):
-    """A schedule can't be created or found (bad time, cron, interval or id)."""
 
 
 @dataclass(frozen=True)
@@ -349,27 +351,58 @@ def takes_payload(fn: Any) -> bool:
                for p in params)
 
 
+def check_options(missed: str, due: float) -> None:
+    """Refuse a bad ``missed`` policy or a due time past the year 9999.
+
+    Raises:
+        ScheduleError: nothing is written.
+    """
+    if missed not in MISSED_POLICIES:
+        raise ScheduleError(f"missed must be one of {MISSED_POLICIES}, not {missed!r}")
+    if not due <= MAX_DUE:
+        raise ScheduleError(f"a schedule due at epoch {due!r} is past the year 9999, the latest "
+                            "a schedule can be due; pick a nearer time")
+
+
+def identity(type_: str, callback: str, payload: Any, timing: float | str,
+             tz: str | None = None) -> str:
+    """The identity of a schedule (SPEC §2.11): a digest of its callback, kind, timing and
+    (already frozen) payload. Equal payloads give equal digests whatever their key order.
+
+    *timing* is what the user asked for, not when it falls due: the delay in seconds
+    (``"delayed"``), the epoch seconds of the date (``"scheduled"``), the cron string with
+    its fields separated by single spaces and its zone *tz* (``"cron"``), the interval in
+    seconds (``"interval"``). So ``schedule(300, ...)`` made now and a minute later is one
+    schedule, and ``schedule_every(30, ...)`` and ``schedule_every(timedelta(seconds=30),
+    ...)`` are one schedule. Retry and ``missed`` policies are options, not identity.
+    """
+    spec = " ".join(timing.split()) if isinstance(timing, str) else float(timing)
+    text = jsonvalue.canonical([type_, callback, spec, tz, payload])
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 def insert(store: AgentStore, type_: str, due: float, callback: str, payload: Any, now: float, *,
            cron: str | None = None, interval: float | None = None, tz: str | None = None,
-           retry: Retry | None = None, missed: str = "once") -> Schedule:
+           retry: Retry | None = None, missed: str = "once", ident: str | None = None,
+           key: str | None = None) -> Schedule:
     """Check and write one schedule row (inside the running handler's transaction).
+
+    *ident* is the schedule's :func:`identity` (``None`` for queued work and approval
+    expiries, which are never idempotent), *key* the name given with ``key=``.
 
     Raises:
         ScheduleError: a bad ``missed`` policy, interval or due time; nothing is written.
         JSONValueError: *payload* is not JSON.
     """
-    if missed not in MISSED_POLICIES:
-        raise ScheduleError(f"missed must be one of {MISSED_POLICIES}, not {missed!r}")
+    check_options(missed, due)
     if interval is not None:
         interval = check_interval(interval)
-    if not due <= MAX_DUE:
-        raise ScheduleError(f"a schedule due at epoch {due!r} is past the year 9999, the latest "
-                            "a schedule can be due; pick a nearer time")
     payload = jsonvalue.freeze(payload, "payload")
     retry = retry or Retry()
     sid = new_id()
     rows.insert(store, sid, callback, jsonvalue.dumps(payload), type_, due, cron=cron,
-                interval=interval, tz=tz, missed=missed, retry=retry.to_json(), created=now)
+                interval=interval, tz=tz, missed=missed, retry=retry.to_json(), created=now,
+                ident=ident, key=key)
     return Schedule(sid, callback, payload, type_, datetime.fromtimestamp(due, timezone.utc),
                     cron, interval, 0, 0, missed, retry, None)
 

@@ -20,9 +20,9 @@ if TYPE_CHECKING:
 
     from .agentstore import AgentStore
 
-__all__ = ["ROW_SQL", "DeadLetterRow", "ScheduleRow", "add_dead_letter", "advance", "clear", "dead_letter",
-           "delete", "delete_dead_letter", "due_rows", "insert", "next_due", "retry_later",
-           "rows", "select"]
+__all__ = ["ROW_SQL", "DeadLetterRow", "SameRow", "ScheduleRow", "add_dead_letter", "advance", "clear",
+           "dead_letter", "delete", "delete_dead_letter", "due_rows", "find_key", "find_same",
+           "insert", "next_due", "retry_later", "rows", "select", "set_options"]
 
 
 class ScheduleRow(NamedTuple):
@@ -60,6 +60,19 @@ class DeadLetterRow(NamedTuple):
     #: JSON text.
     payload: str
     type: str
+    retry: str | None
+
+
+class SameRow(NamedTuple):
+    """What making a schedule again needs of a pending one (:func:`find_same`, :func:`find_key`)."""
+
+    id: str
+    callback: str
+    #: The digest of its callback, kind, timing and payload (``None``: queued work).
+    ident: str | None
+    #: The name it was given with ``key=``, if any.
+    key: str | None
+    missed: str
     retry: str | None
 
 
@@ -115,16 +128,48 @@ def dead_letter(store: AgentStore, letter_id: str) -> DeadLetterRow | None:
     return DeadLetterRow._make(found[0]) if found else None
 
 
+_SAME_SQL = "SELECT id, callback, ident, key, missed, retry FROM _ab_schedules"
+
+
+def find_same(store: AgentStore, ident: str, *, skip: str | None = None,
+              unnamed: bool = False) -> SameRow | None:
+    """The oldest pending schedule whose identity digest is *ident* (an index look-up),
+    leaving out schedule *skip* and, if *unnamed*, schedules that have a key; ``None`` when
+    there is none. Writer only: a store is migrated when its agent wakes, so only the
+    writer surely has the column."""
+    found = store.internal(
+        _SAME_SQL + " WHERE ident = ? AND id IS NOT ?" + (" AND key IS NULL" if unnamed else "")
+        + " ORDER BY seq LIMIT 1", (ident, skip))
+    return SameRow._make(found[0]) if found else None
+
+
+def find_key(store: AgentStore, key: str, *, skip: str | None = None) -> SameRow | None:
+    """The pending schedule named *key* (``key=``), leaving out schedule *skip*; ``None``
+    when there is none. Writer only, like :func:`find_same`."""
+    found = store.internal(_SAME_SQL + " WHERE key = ? AND id IS NOT ? ORDER BY seq LIMIT 1",
+                           (key, skip))
+    return SameRow._make(found[0]) if found else None
+
+
 # -- writes (inside the running handler's transaction) ------------------------------------
 def insert(store: AgentStore, id: str, callback: str, payload: str, type: str, due: float, *,
            cron: str | None, interval: float | None, tz: str | None, missed: str,
-           retry: str, created: float) -> None:
-    """Add a schedule row (*payload* and *retry* are JSON text)."""
+           retry: str, created: float, ident: str | None = None, key: str | None = None) -> None:
+    """Add a schedule row (*payload* and *retry* are JSON text; *ident* its identity digest,
+    *key* the name given with ``key=``)."""
     store.internal(
         "INSERT INTO _ab_schedules(id, callback, payload, type, due, cron, interval, tz, missed,"
-        " retry, created) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        (id, callback, payload, type, due, cron, interval, tz, missed, retry, created),
+        " retry, created, ident, key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (id, callback, payload, type, due, cron, interval, tz, missed, retry, created, ident,
+         key),
     )
+
+
+def set_options(store: AgentStore, id: str, *, missed: str, retry: str, key: str | None) -> None:
+    """Give schedule *id* another ``missed`` policy, retry policy (JSON text) and key; its
+    timing and occurrences stay as they are."""
+    store.internal("UPDATE _ab_schedules SET missed = ?, retry = ?, key = ? WHERE id = ?",
+                   (missed, retry, key, id))
 
 
 def delete(store: AgentStore, id: str) -> None:

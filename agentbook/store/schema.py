@@ -187,4 +187,16 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX _ab_history_schema ON _ab_history(version) WHERE schema IS NOT NULL;
         """,
     ),
+    (
+        "0009_schedule_identity",
+        """
+        -- Schedules are idempotent: ident is a digest of callback, kind, timing and payload
+        -- (NULL for queued work), key the name a user gave with key=. Both are looked up
+        -- when a schedule is made, so the same one made again finds the row it already has.
+        ALTER TABLE _ab_schedules ADD COLUMN ident TEXT;
+        ALTER TABLE _ab_schedules ADD COLUMN key TEXT;
+        CREATE INDEX _ab_schedules_ident ON _ab_schedules(ident) WHERE ident IS NOT NULL;
+        CREATE INDEX _ab_schedules_key ON _ab_schedules(key) WHERE key IS NOT NULL;
+        """,
+    ),
 ]

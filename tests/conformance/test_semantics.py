@@ -361,3 +361,87 @@ async def test_a_closed_runtime_refuses_politely(crt):
         ref.call("inc")
     with pytest.raises(ab.RuntimeClosedError):
         crt.get(ConfCounter, "x")
+
+
+# -- 11. Schedules are idempotent; settle runs what is due; secrets stay out of storage --
+class ConfWaker(ab.Agent):
+    """Makes its schedules in on_start, on every wake."""
+
+    initial_state = {"ran": []}
+
+    async def on_start(self):
+        await self.schedule_every(3600, "tick")
+        await self.schedule("0 * * * *", "tick")
+        await self.schedule(600, "tick", {"follow_up": 1})
+
+    @ab.callable
+    async def count(self) -> int:
+        return len(self.get_schedules())
+
+    @ab.callable
+    async def every(self, seconds: float, key: str) -> str:
+        return (await self.schedule_every(seconds, "tick", key=key)).id
+
+    @ab.callable
+    async def now_and_later(self) -> None:
+        await self.queue("tick", "queued")
+        await self.schedule(60, "tick", "later")
+
+    async def tick(self, payload=None):
+        self.set_state({"ran": [*self.state["ran"], payload]})
+
+
+class ConfVault(ab.Agent):
+    """Tries to keep an ab.Secret where it would change type after hibernation."""
+
+    @ab.callable
+    async def keep(self, where: str) -> None:
+        secret = ab.Secret("sk-conformance", "api")
+        if where == "state":
+            self.set_state({"key": secret})
+        elif where == "kv":
+            self.kv["key"] = secret
+        elif where == "schedule":
+            await self.schedule(60, "later", {"key": secret})
+        else:
+            await self.queue("later", {"key": secret})
+
+    async def later(self, payload):
+        pass
+
+
+async def test_on_start_schedules_are_one_schedule_however_often_the_agent_wakes(crt, kind,
+                                                                                 reopen):
+    ref = crt.get(ConfWaker, "waker")
+    for _ in range(3):
+        assert await ref.count() == 3
+        crt.hibernate()
+    assert len(ref.schedules()) == 3
+    job = await ref.every(7200, "job")
+    assert await ref.every(7200, "job") == job  # the same key and timing: the same schedule
+    replaced = await ref.every(1800, "job")  # the same key, a new interval: replaced
+    assert replaced != job and await ref.count() == 4
+    assert list(ref.schedules().query("callback == 'tick' and interval == 1800").id) == [replaced]
+    if kind != "memory":
+        await crt.aclose()
+        assert await reopen().get(ConfWaker, "waker").count() == 4  # a restart adds none
+
+
+@pytest.mark.local_only("Ray hosts run their work on their own loop and the wall clock")
+async def test_settle_runs_queued_work_and_what_is_due_at_this_instant(crt, clock):
+    ref = crt.get(ConfWaker, "settler")
+    await ref.now_and_later()
+    await crt.settle()
+    assert ref.state == {"ran": ["queued"]}  # no clock.advance(0) needed
+    clock.set(clock.now() + 60)  # time moves, nothing fires ...
+    await crt.settle()  # ... until settle runs what is due now
+    assert ref.state == {"ran": ["queued", "later"]}
+
+
+async def test_a_secret_is_refused_in_state_kv_and_payloads_before_anything_is_written(crt):
+    ref = crt.get(ConfVault, "vault")
+    for where in ("state", "kv", "schedule", "queue"):
+        with pytest.raises(ab.JSONValueError, match=r"self\.secrets"):
+            await ref.keep(where)
+    assert ref.version == 0 and ref.state == {}
+    assert ref.schedules().empty
