@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import jsonvalue, methods
-from ..errors import JSONValueError, StateRejectedError
+from ..errors import JSONValueError, StateRejectedError, UsageError
 from ..schedule import agentside
 from ..schedule.policy import Occurrence, Retry, Schedule
 from ..store.sqlaccess import sql_params
@@ -70,6 +70,32 @@ def agent_classes() -> dict[str, type[Agent]]:
         found[cls.__name__] = cls
         stack.extend(reversed(cls.__subclasses__()))
     return found
+
+
+#: The framework names a subclass is meant to override: its hooks and ``initial_state``.
+#: Every other name of ``ab.Agent`` (``methods.FRAMEWORK_NAMES``) is the framework's own.
+OVERRIDABLE = frozenset({
+    "initial_state", "on_start", "on_error", "validate_state_change", "on_state_changed",
+    "on_request", "on_connect", "on_message", "on_close",
+})
+
+
+def _refuse_shadowing(cls: type) -> None:
+    """Refuse, when the class is defined, a user's attribute that shadows one of the
+    framework's names (``async def now(self)`` would break ``self.now()`` for agentbook
+    itself, and surface only at some later call). The framework's own subclasses
+    (``ab.ChatAgent``...) may override what they must; hooks are meant to be overridden."""
+    taken = sorted({name for klass in cls.__mro__
+                    if not klass.__module__.startswith("agentbook.") and klass is not object
+                    for name in vars(klass)
+                    if name in methods.FRAMEWORK_NAMES and name not in OVERRIDABLE})
+    if taken:
+        reserved = sorted(n for n in methods.FRAMEWORK_NAMES
+                          if not n.startswith("_") and n not in OVERRIDABLE)
+        raise UsageError(
+            f"{cls.__name__} defines {', '.join(taken)}, which ab.Agent uses itself; rename "
+            f"{'it' if len(taken) == 1 else 'them'} (the framework's names: {', '.join(reserved)};"
+            f" the hooks you may override: {', '.join(sorted(OVERRIDABLE))})")
 
 
 class KeyValue(MutableMapping[str, Any]):
@@ -138,6 +164,7 @@ class Agent:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        _refuse_shadowing(cls)
         try:
             cls.initial_state = jsonvalue.freeze(
                 cls.__dict__.get("initial_state", cls.initial_state), f"{cls.__name__}.initial_state"

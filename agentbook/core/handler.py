@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..approve import inbox as approvals
-from ..errors import AgentbookError, AgentStartError
+from ..errors import AgentbookError, AgentStartError, IncompatibleStateError
 from ..schedule import firing
 from ..store.history import HistoryRow, result_json
 
@@ -296,7 +296,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         inst.version, inst.state, inst.state_json = before
         if isinstance(exc, _FATAL):
             raise
-        error = translate(exc, store)
+        error = _incompatible_state(exc, cls, before[1], inst.key) or translate(exc, store)
         for kind, data in ctx.approvals:
             if kind == "request":
                 inst.runtime.approvals.forget(data[0])
@@ -356,6 +356,46 @@ def _append_version(inst: Instance, store: AgentStore, ctx: HandlerContext, ts: 
         due=None if occ is None else occ.due, occurrence=None if occ is None else occ.id,
         effects=jsonvalue.dumps(ctx.effects) if ctx.effects else None,
     ))
+
+
+def _incompatible_state(exc: BaseException, cls: type, state: Any,
+                        key: tuple[str, str]) -> BaseException | None:
+    """A handler's ``KeyError`` reading a key its agent's state doesn't have, as an
+    :class:`IncompatibleStateError` naming the key (``None`` for any other error).
+
+    It happens when a cell redefines the class with another state design: the stored
+    state keeps its old keys (it is the agent's data), and a bare ``KeyError: 'x'`` would
+    not say why. Only a ``KeyError`` raised right in the class's own code, on a line that
+    reads the state, is taken for one.
+    """
+    if type(exc) is not KeyError or len(exc.args) != 1 or not isinstance(state, dict):
+        return None
+    missing = exc.args[0]
+    if not isinstance(missing, str) or missing in state:
+        return None
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    own = {getattr(fn, "__code__", None) for klass in cls.__mro__
+           if not klass.__module__.startswith("agentbook") for fn in vars(klass).values()}
+    import linecache
+
+    if code not in own or "state" not in linecache.getline(code.co_filename, tb.tb_lineno):
+        return None
+    initial = cls.__dict__.get("initial_state", getattr(cls, "initial_state", None))
+    where = ("its initial_state has it, but the stored state was made by an older definition"
+             if isinstance(initial, dict) and missing in initial else
+             "its initial_state doesn't have it either")
+    error = IncompatibleStateError(
+        f"{cls.__name__}({key[1]!r}) has no state key {missing!r} (its state has "
+        f"{sorted(state)}; {where}); add the key in on_start, e.g. "
+        f"self.set_state({{**self.state, {missing!r}: ...}}) when it is missing, or use a new "
+        "class name for the new design")
+    error.__cause__ = exc
+    return error
 
 
 def translate(exc: BaseException, store: AgentStore | None) -> BaseException:

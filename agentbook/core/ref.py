@@ -9,9 +9,10 @@ last commit on disk and never wait for a running handler.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable
+import warnings
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import apsw
 
@@ -41,7 +42,9 @@ if TYPE_CHECKING:
     from ..travel.versions import Diff, VersionView
     from .runtime import Runtime
 
-__all__ = ["AgentRef"]
+__all__ = ["AgentRef", "Pending"]
+
+T = TypeVar("T")
 
 
 class AgentRef:
@@ -226,8 +229,9 @@ class AgentRef:
             method: Only versions made by this method.
             since: Only versions that started at or after this time.
             until: Only versions that started before this time.
-            failures: Also show failed handlers in the page's time span
-                (``outcome="error"``, no version: they changed nothing).
+            failures: Also show failed handlers among the page's versions
+                (``outcome="error"``, no version: they changed nothing); they count
+                towards *limit*.
 
         Returns:
             A DataFrame with columns ``agent`` (class), ``name``, ``version``, ``ts``,
@@ -249,17 +253,23 @@ class AgentRef:
             for r in rows
         ]
         if failures:
-            lo = rows[-1].ts if len(rows) == limit else float("-inf")
-            hi = rows[0].ts if before is not None and rows else float("inf")
-            lo, hi = max(lo, since_f or lo), min(hi, until_f or hi)
+            # A failure after version `at` sits between `at` and `at + 1`. The page holds the
+            # newest `limit` rows of versions and failures together (so exactly `limit` when
+            # there are that many): failures newer than its oldest version, and below
+            # `before`; a failure at the page's edge may show again atop the next page.
+            low = rows[-1].version if len(rows) == limit else -1
             order = {id(r): r[0] for r in records}
             for ts, m, a, k, src, d, e, at in self._ab_rt.catalog.failures(*self._ab_key, limit):
-                if lo <= ts <= hi and (method is None or m == method):
+                if at is not None and (low <= at and (before is None or at < before)
+                        and (method is None or m == method)
+                        and (since_f is None or ts >= since_f)
+                        and (until_f is None or ts < until_f)):
                     row = (None, ts, m, json_or_none(a), json_or_none(k), src, d, "error", e,
                            None, None, None, None)
                     order[id(row)] = at + 0.5  # it happened after version `at`, before the next
                     records.append(row)
             records.sort(key=lambda r: order[id(r)], reverse=True)
+            del records[limit:]
         frame = pd.DataFrame.from_records(records, columns=COLUMNS)
         result = COLUMNS.index("result")  # (as objects: a result may be any JSON value)
         frame["result"] = pd.Series([r[result] for r in records], dtype=object, index=frame.index)
@@ -341,50 +351,59 @@ class AgentRef:
         env = Envelope.call("_ab_rewind", (version,), source=rt.source, label="rewind")
         return rt.submit(self._ab_key, env)
 
-    async def fork(self, name: str, at: int | None = None, *, schedules: bool = False) -> AgentRef:
+    def fork(self, name: str, at: int | None = None, *, schedules: bool = False
+             ) -> Pending[AgentRef]:
         """A new agent *name* (same class) holding this agent as it was at version *at*
         (default: now). Schedules are copied only if asked; pending approvals and dead
-        letters never."""
+        letters never. Runs when awaited: ``fork = await ref.fork("b")``."""
         from ..travel.replay import fork
 
-        return await fork(self, name, at, schedules)
+        return Pending(f"fork({_short(name)}) of {self!r}", lambda: fork(self, name, at, schedules))
 
-    async def replay(self, from_version: int, *, on: str | None = None,
-                     overrides: dict[str, Any] | None = None, live: bool | set[str] = False,
-                     to_version: int | None = None) -> ReplayResult:
+    def replay(self, from_version: int, *, on: str | None = None,
+               overrides: dict[str, Any] | None = None, live: bool | set[str] = False,
+               to_version: int | None = None) -> Pending[ReplayResult]:
         """Re-run this agent's recorded inputs from *from_version* on a fork named *on*.
 
         Journaled effects (``self.effect``) are served from the record unless *overrides*
         maps their key to a new function or value, or *live* names keys to call for real.
-        Returns a :class:`~agentbook.travel.replay.ReplayResult` (``.fork``, ``.frame()``,
-        ``.identical``, ``.diff()``).
+        Calls to other agents are always served (or overridden), never made again.
+        Runs when awaited; returns a :class:`~agentbook.travel.replay.ReplayResult`
+        (``.fork``, ``.frame()``, ``.identical``, ``.diff()``).
         """
         from ..travel.replay import read_recording, replay
 
-        with self._reading() as conn:
-            recording = read_recording(conn, from_version, to_version, repr(self))
-        return await replay(self, recording, on=on, overrides=overrides, live=live)
+        async def run() -> ReplayResult:
+            with self._reading() as conn:
+                recording = read_recording(conn, from_version, to_version, repr(self))
+            return await replay(self, recording, on=on, overrides=overrides, live=live)
 
-    async def prune(self, *, before: int | None = None, keep_last: int | None = None,
-                    vacuum: bool = False) -> int:
+        return Pending(f"replay({_short(from_version)}) of {self!r}", run)
+
+    def prune(self, *, before: int | None = None, keep_last: int | None = None,
+              vacuum: bool = False) -> Pending[int]:
         """Forget history older than version *before* (or keep only the last *keep_last*
         versions); time travel then reaches back to *before* and no further. ``vacuum``
-        also gives the space back to the disk. Returns how many versions were dropped."""
+        also gives the space back to the disk. Runs when awaited; returns how many
+        versions were dropped."""
         from ..travel.prune import prune_op
 
-        if before is not None and keep_last is None:
-            first = before
-        elif keep_last is not None and before is None:
-            if keep_last < 1:
-                raise UsageError("keep_last must be at least 1")
-            first = max(0, self.version - keep_last + 1)
-        else:
+        if (before is None) == (keep_last is None):
             raise UsageError("pass exactly one of before= or keep_last=")
-        rt = self._ab_rt
-        rt.check_open()
-        env = Envelope.operation("prune", lambda inst: prune_op(inst, first, vacuum),
-                                 source=rt.source, args=(first, vacuum))
-        return await rt.submit(self._ab_key, env)
+        if keep_last is not None and keep_last < 1:
+            raise UsageError("keep_last must be at least 1")
+
+        async def run() -> int:
+            first = max(0, self.version - keep_last + 1) if keep_last is not None else before
+            assert first is not None  # (one of them was given)
+            rt = self._ab_rt
+            rt.check_open()
+            env = Envelope.operation("prune", lambda inst: prune_op(inst, first, vacuum),
+                                     source=rt.source, args=(first, vacuum))
+            return await rt.submit(self._ab_key, env)
+
+        what = f"before={_short(before)}" if keep_last is None else f"keep_last={_short(keep_last)}"
+        return Pending(f"prune({what}) of {self!r}", run)
 
     def widget(self) -> Any:
         """A live inspector: state as a tree, recent events, schedules, pending approvals.
@@ -449,6 +468,58 @@ class AgentRef:
         )
         frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
         return frame
+
+
+class Pending(Coroutine[Any, Any, T]):
+    """A time-travel operation (``fork``, ``replay``, ``prune``) that runs when awaited.
+
+    In a notebook, a cell that forgets ``await`` used to get a bare coroutine and nothing
+    happened, silently. This object says so instead: its repr (what the cell shows) reads
+    ``<... not run yet: add await>``, and dropping it un-awaited warns
+    (``RuntimeWarning``). It is a real coroutine to ``await``, ``asyncio.gather`` and
+    ``asyncio.create_task``; the work itself starts at the first step.
+    """
+
+    __slots__ = ("_coro", "_make", "_what")
+
+    def __init__(self, what: str, make: Callable[[], Coroutine[Any, Any, T]]) -> None:
+        self._what = what
+        self._make: Callable[[], Coroutine[Any, Any, T]] | None = make
+        self._coro: Coroutine[Any, Any, T] | None = None
+
+    def _started(self) -> Coroutine[Any, Any, T]:
+        if self._coro is None:
+            if self._make is None:
+                raise RuntimeError(f"{self._what} was closed before it ran")
+            self._coro, self._make = self._make(), None
+        return self._coro
+
+    def send(self, value: Any) -> Any:
+        return self._started().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        coro = self._started()
+        if val is None and tb is None:
+            return coro.throw(typ)
+        return coro.throw(typ, val, tb)  # (the old three-argument form, as asked)
+
+    def close(self) -> None:
+        self._make = None  # closed on purpose: nothing to warn about
+        if self._coro is not None:
+            self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self._started().__await__()
+
+    def __repr__(self) -> str:
+        if self._coro is None and self._make is not None:
+            return f"<{self._what}: not run yet: add await>"
+        return f"<{self._what}>"
+
+    def __del__(self) -> None:
+        if self._coro is None and self._make is not None:
+            warnings.warn(f"{self._what} was never awaited, so it did nothing; put await "
+                          "before the call", RuntimeWarning, stacklevel=1)
 
 
 class _Reading:
@@ -530,6 +601,15 @@ class _SyncProxy:
         if method.startswith("_"):
             raise AttributeError(method)
         return lambda *args, **kwargs: self.call(method, *args, **kwargs)
+
+
+def _short(value: Any) -> str:
+    """A short repr of an argument, for a message (even a huge number has one)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _epoch(value: float | datetime | None) -> float | None:

@@ -478,15 +478,33 @@ class Runtime:
             self.built_analytics = Analytics(self)
         return self.built_analytics
 
-    def sql(self, query: str, params: Any = None) -> pd.DataFrame:
+    def sql(self, query: str, *params: Any, **named: Any) -> pd.DataFrame:
         """Run a DuckDB query over every agent's history, state, schedules, approvals and
         events (caught up first); returns a DataFrame.
+
+        Values go in as parameters, the way ``ref.sql`` and ``self.sql`` take them: one by
+        one for ``?`` (``rt.sql("... WHERE name = ?", "alice")``), or by name for ``$name``
+        (``rt.sql("... WHERE name = $who", who="alice")``). The older single list or dict
+        (``rt.sql(q, [...])``) still works, with a ``DeprecationWarning``.
 
         Example:
             >>> rt.sql("SELECT agent, method, quantile_cont(duration_ms, .99) AS p99"
             ...        " FROM history GROUP BY ALL")  # doctest: +SKIP
         """
-        return self.analytics.sql(query, params)
+        values: Any = list(params) if params else None
+        if len(params) == 1 and isinstance(params[0], (list, tuple, dict)) and not named:
+            import warnings
+
+            warnings.warn("rt.sql(query, [values]) is deprecated: pass the values one by one, "
+                          "rt.sql(query, *values), or by name, rt.sql(query, name=value)",
+                          DeprecationWarning, stacklevel=2)
+            values = params[0] if isinstance(params[0], dict) else list(params[0])
+        elif named:
+            if params:
+                raise UsageError("rt.sql takes values one by one (for ?) or by name (for $name),"
+                                 " not both")
+            values = named
+        return self.analytics.sql(query, values)
 
     def serve(self, port: int = 0, *, host: str = "127.0.0.1", token: str | None = None,
               allow_remote: bool = False, mcp: bool = False, **options: Any) -> Any:
