@@ -46,6 +46,16 @@ def test_callable_methods_become_tools_with_schemas_from_their_signatures():
     assert resolve_class(kebab("McpNotes")) == "McpNotes"  # the same URL segment as /agents/
 
 
+def test_agentbooks_own_classes_are_no_mcp_servers():
+    """Like the serve path's routes: ``ab.Agent``, ``ab.ChatAgent`` and the classes defined
+    inside agentbook are not served; a test's (or a notebook's) own classes are."""
+    import agentbook.bench.agents as bench_agents
+
+    for name in ("Agent", "agent", "ChatAgent", "chat-agent", bench_agents.BenchCounter.__name__):
+        assert resolve_class(name) is None, name
+    assert resolve_class("mcp-notes") == "McpNotes"
+
+
 async def test_an_agent_served_over_stdio_to_the_official_client(tmp_path):
     from mcp import Client, StdioServerParameters
 

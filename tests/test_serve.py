@@ -109,6 +109,27 @@ async def test_classes_limits_what_is_served(rt):
         await server.stop()
 
 
+async def test_only_user_classes_are_served_never_agentbooks_own(rt, served):
+    """``ab.Agent``, ``ab.ChatAgent`` and the classes agentbook defines for itself (the
+    benchmarks' agents here) are no routes: a URL can't make an agent of them."""
+    import agentbook.bench.agents as bench_agents
+
+    own = ["agent", "chat-agent", kebab(bench_agents.BenchCounter.__name__)]
+    async with http(served) as client:
+        answers = [await client.get(f"/agents/{segment}/x") for segment in own]
+        exact = await client.get("/agents/ChatAgent/x")
+        index = (await client.get("/")).json()["agents"]
+    assert [a.status_code for a in answers] == [404, 404, 404] and exact.status_code == 404
+    assert not set(own) & set(index) and "serve-counter" in index
+    assert rt.agents().empty  # nothing was made
+
+
+async def test_naming_agentbooks_own_class_to_serve_is_a_usage_error(rt):
+    with pytest.raises(ab.UsageError, match="ChatAgent"):
+        rt.serve(classes=[ServeCounter, ab.ChatAgent])
+    assert rt.server is None
+
+
 # -- the WebSocket protocol ----------------------------------------------------------------
 async def test_a_client_gets_its_identity_then_the_committed_state(rt, served):
     await rt.get(ServeCounter, "a").inc(3)

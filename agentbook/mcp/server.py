@@ -63,11 +63,13 @@ def method_schema(fn: Any) -> dict[str, Any]:
 
 
 def resolve_class(segment: str) -> str | None:
-    """The agent class named by a URL segment: its name, or its kebab-case form."""
-    from ..core.agent import agent_classes
+    """The agent class named by a URL segment: its name, or its kebab-case form. Only
+    the user's classes are offered, as on the serve path (not ``ab.ChatAgent`` nor any
+    class defined inside agentbook: see :mod:`agentbook.serve.classes`)."""
+    from ..serve.classes import served_classes
     from ..serve.protocol import kebab
 
-    classes = agent_classes()
+    classes = served_classes()
     if segment in classes:
         return segment
     return next((name for name in classes if kebab(name) == segment), None)

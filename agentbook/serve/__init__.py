@@ -10,6 +10,7 @@ client. Starlette, uvicorn and websockets are imported only when used.
     protocol.py  the frames, Connection, Stream
     gate.py      the output gate: what a handler sends leaves after its commit
     auth.py      token, tickets, Host and Origin checks
+    classes.py   which agent classes are served: the user's, never agentbook's own
     client.py    ab.connect
     cli.py       agentbook serve
 """

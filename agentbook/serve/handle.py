@@ -20,9 +20,10 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ..core.agent import Agent, agent_classes
+from ..core.agent import Agent
 from ..errors import UsageError
 from .auth import TICKET_PATH, Auth, Guard, check_bind, redact_uvicorn_logs
+from .classes import is_own, served_classes
 from .protocol import STATE, Connection, encode, kebab
 
 if TYPE_CHECKING:
@@ -54,6 +55,10 @@ class Server:
         self.max_message = max_message
         self._allowed = None if classes is None else {
             c if isinstance(c, str) else c.__name__ for c in classes}
+        own = [c for c in classes or () if not isinstance(c, str) and is_own(c)]
+        if own:
+            raise UsageError(f"{', '.join(c.__name__ for c in own)}: agentbook's own classes "
+                             "are not served; serve your own subclasses of them")
         self._conns: dict[Key, dict[str, Connection]] = {}
         #: The state object last sent per agent: one batch's events may repeat it.
         self._sent: dict[Key, Any] = {}
@@ -127,9 +132,10 @@ class Server:
 
     # -- routing -------------------------------------------------------------------------
     def resolve(self, segment: str) -> str | None:
-        """The class name a URL segment names (its kebab-case form, or the name itself)."""
+        """The class name a URL segment names (its kebab-case form, or the name itself);
+        only the user's classes are routes (:mod:`.classes`)."""
         size, table = self._routes
-        classes = agent_classes()
+        classes = served_classes()
         if size != len(classes):
             table = {}
             for name in classes:
@@ -233,7 +239,8 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
         allow_origins: Browser origins (``"http://localhost:5173"``) allowed besides the
             server's own; ``"*"`` allows any.
         allow_hosts: ``Host`` names accepted besides loopback and *host* (``"*"``: any).
-        classes: Serve only these agent classes (default: every class defined).
+        classes: Serve only these agent classes (default: every class defined outside
+            agentbook itself; ``ab.ChatAgent`` and the like are never served).
         ticket_ttl: Seconds a connect ticket stays valid.
         max_message: Largest WebSocket message or HTTP body accepted, in bytes.
         compression: Negotiate permessage-deflate (off: loopback doesn't need it).
@@ -243,8 +250,9 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
         The running :class:`Server`.
 
     Raises:
-        UsageError: not called from a running event loop, already serving, or a remote
-            bind without ``allow_remote`` and a token.
+        UsageError: not called from a running event loop, already serving, a remote
+            bind without ``allow_remote`` and a token, or *classes* names one of
+            agentbook's own classes.
     """
     check_bind(host, allow_remote, token)
     try:
