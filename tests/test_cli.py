@@ -67,6 +67,23 @@ def assert_one_line_error(code: int, out: str, err: str, *words: str) -> None:
         assert word in err
 
 
+def test_help_lists_every_command_serve_included(capsys):
+    """``agentbook --help`` names every command the CLI has, in the SPEC's order (serve
+    parses its own arguments, and is listed all the same)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()
+              if line.startswith("    ") and not line.startswith("     ")]
+    assert listed == ["ls", "show", "history", "sql", "serve", "demo", "bench", "doctor", "mcp"]
+
+
+def test_serve_help_is_the_serve_commands_own(capsys):
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "usage: agentbook serve" in capsys.readouterr().out
+
+
 def test_ls_lists_every_agent_with_its_version(store, capsys):
     code, out, _ = run(capsys, "ls", "--path", store)
     assert code == 0

@@ -1,15 +1,16 @@
-"""``agentbook`` on the command line: look into a store, run the demo, run the benchmarks.
+"""``agentbook`` on the command line: look into a store, serve agents, run the demo and the
+benchmarks.
 
     agentbook ls [--path P]                          the agents in a store
     agentbook show CLASS/NAME [--path P]             one agent: state, version, file, tables
     agentbook history CLASS/NAME [--limit N] [--before V]
     agentbook sql "SELECT ..." [--csv | --json]      DuckDB over the views of every agent
     agentbook sql CLASS/NAME "SELECT ..."            a read-only query on one agent's tables
-    agentbook demo [--customers N] [--days D]         a simulated week of a support desk, offline
-    agentbook mcp MODULE:ATTR --agent CLASS/NAME      serve one agent as an MCP server (stdio)
-    agentbook doctor [--check-stores] [--path P]     check the environment and the stores
     agentbook serve MODULE[:ATTR] [--port P]         agents over HTTP/WebSocket
+    agentbook demo [--customers N] [--days D]        a simulated week of a support desk, offline
     agentbook bench [...]                            the benchmark suite (agentbook.bench)
+    agentbook doctor [--check-stores] [--path P]     check the environment and the stores
+    agentbook mcp MODULE:ATTR --agent CLASS/NAME     serve one agent as an MCP server (stdio)
 
 Read commands open a store that exists and never create one; they work without the
 agents' classes (a store is read by class *name*). An error from agentbook prints one
@@ -50,9 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     given = list(sys.argv[1:] if argv is None else argv)
     if given and given[0] == "serve":  # agentbook.serve.cli parses its own arguments
-        from ..serve.cli import main as serve_main
-
-        return serve_main(given[1:])
+        return _serve(given[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "bench":  # the suite parses its own arguments
         return _guarded(lambda: _bench(argv[1:]))
@@ -79,7 +78,8 @@ def _guarded(run: Callable[[], int | None]) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentbook",
-        description="Look into agentbook stores, run the demo and the benchmarks.",
+        description="Look into agentbook stores, serve agents, run the demo and the "
+                    "benchmarks.",
     )
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
@@ -120,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="print a JSON array with one object per row")
     path_option(p)
 
+    # `agentbook serve` is handed to agentbook.serve.cli before this parser runs (it parses
+    # its own arguments, `agentbook serve -h`); it is here so that --help lists it.
+    command("serve", lambda args: _serve([]), "serve agents over HTTP and WebSocket "
+                                              "(agentbook serve -h)")
     p = command("demo", _demo, "a simulated support desk for a week, in this terminal "
                                "(offline, no keys)")
     p.add_argument("--path", metavar="P",
@@ -297,6 +301,12 @@ def _json_value(value: Any) -> Any:
 
 
 # -- the other commands -----------------------------------------------------------------------
+def _serve(argv: list[str]) -> int:
+    from ..serve.cli import main as serve_main
+
+    return serve_main(argv)
+
+
 def _bench(argv: list[str]) -> int:
     import importlib
 
