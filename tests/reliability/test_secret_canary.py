@@ -54,9 +54,11 @@ class RelKeeper(ab.Agent):
     async def keep(self, key: Any) -> Any:
         self.secrets["api"] = key
         self.secrets["raw"] = CANARY_RAW
-        self.set_state({"note": "has a key", "key": key})
-        self.kv["key"] = key
-        await self.schedule(3600, "later", {"key": key})
+        # stored values name the secret (a Secret itself is refused there: it would come
+        # back as {"$secret": name} after hibernation)
+        self.set_state({"note": "has a key", "key": key.name})
+        self.kv["key"] = key.name
+        await self.schedule(3600, "later", {"key": key.name})
         await self.effect("fetch", lambda: key)
         self.emit("keeper:key", key=key)
         self.broadcast({"key": key})
