@@ -8,12 +8,30 @@ Event names follow Cloudflare Agents where it has one for the same thing: ``stat
 ``agent:start``, ``agent:hibernate`` and whatever agents ``emit``.
 
 Code that produces events checks :attr:`EventBus.active` first, so with no subscriber
-not even the record is built.
+not even the record is built - except inside a handler when the stream is kept on record
+(:attr:`EventBus.recording`, the default): there :attr:`~EventBus.active` is true, the
+handler's events are collected, and they are written with its commit, in the agent's own
+store (:mod:`agentbook.store.events`), whoever listens. Live delivery still happens only
+when someone subscribes.
+
+What is on record (the ``events`` view, ``rt.sql("SELECT * FROM events")``): everything a
+committed handler produced - ``rpc``, ``state:update``, ``schedule:*``/``queue:*`` (create,
+cancel, execute, retry, error), ``approval:*`` and ``tool:approval`` of the requests and
+decisions it committed, ``chat:*``, ``timetravel:rewind`` and its ``emit`` calls (``on_start``'s, when it made
+a version). A handler that raised leaves none of
+its own events; its ``rpc:error`` is on record through the runtime's failure log (the
+catalog's ``failures``, also behind the ``history`` view's ``outcome = 'error'`` rows).
+Live only (they happen outside any commit, or to an agent that no longer exists):
+``agent:start`` and ``agent:hibernate`` (a wake writes nothing), ``destroy``,
+``connect``/``disconnect``, ``mcp:client:*``, ``broadcast`` (its message goes to clients;
+not kept), ``timetravel:fork``/``replay``, ``runtime:close`` and ``emit`` from outside a
+handler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import fnmatch
 import inspect
 import logging
@@ -26,6 +44,10 @@ __all__ = ["Event", "EventBus"]
 log = logging.getLogger("agentbook.events")
 
 Event = dict[str, Any]
+
+#: True while a handler whose events are kept on record runs in this task.
+_in_handler: contextvars.ContextVar[bool] = contextvars.ContextVar("ab_events_kept",
+                                                                   default=False)
 
 
 class _Subscription:
@@ -57,15 +79,37 @@ class EventBus:
 
     Args:
         enabled: ``False`` switches events off entirely (``subscribe`` still works but
-            nothing is delivered); used to measure what events cost.
+            nothing is delivered, and nothing is kept on record); used to measure what
+            events cost.
+        record: Keep each agent's events on record, written with its handler's commit
+            (``ab.Runtime(events_keep=0)`` turns it off).
     """
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, record: bool = False) -> None:
         self._subs: list[_Subscription] = []
         self.enabled = enabled
-        #: True when at least one subscriber exists; producers check this first.
-        self.active = False
+        #: Whether handlers' events are written with their commits.
+        self.recording = enabled and record
+        #: True when at least one subscriber exists (live delivery happens).
+        self.live = False
         self._watchers: list[Callable[[], None]] = []
+
+    @property
+    def active(self) -> bool:
+        """Whether event records are wanted here: someone subscribes, or a handler whose
+        events are kept on record is running. Producers check this first."""
+        return self.live or (self.recording and _in_handler.get())
+
+    def enter_handler(self) -> contextvars.Token[bool] | None:
+        """A handler starts in this task: its events are collected while it runs (when
+        kept on record). Pass what it returns to :meth:`leave_handler`."""
+        return _in_handler.set(True) if self.recording else None
+
+    @staticmethod
+    def leave_handler(token: contextvars.Token[bool] | None) -> None:
+        """The handler :meth:`enter_handler` announced is over."""
+        if token is not None:
+            _in_handler.reset(token)
 
     def watch(self, callback: Callable[[], None]) -> None:
         """Call *callback* (no arguments) after each subscribe and unsubscribe, when
@@ -99,7 +143,7 @@ class EventBus:
             agent = agent._ab_key
         sub = _Subscription(callback, types, agent)
         self._subs.append(sub)
-        self.active = self.enabled
+        self.live = self.enabled
         if self._watchers:
             self._changed()
 
@@ -108,7 +152,7 @@ class EventBus:
                 self._subs.remove(sub)
             except ValueError:
                 pass
-            self.active = self.enabled and bool(self._subs)
+            self.live = self.enabled and bool(self._subs)
             if self._watchers:
                 self._changed()
 
@@ -117,8 +161,8 @@ class EventBus:
     def emit(
         self, type: str, agent: str | None, name: str | None, payload: Any, timestamp: float
     ) -> None:
-        """Deliver one event (callers check :attr:`active` first)."""
-        if not self.active:
+        """Deliver one event to the subscribers (callers check :attr:`active` first)."""
+        if not self.live:
             return
         event = {
             "type": type,
@@ -138,7 +182,8 @@ class EventBus:
                     log.exception("event subscriber %r failed on %s", sub.callback, type)
 
     def __repr__(self) -> str:
-        return f"<EventBus subscribers={len(self._subs)} enabled={self.enabled}>"
+        return (f"<EventBus subscribers={len(self._subs)} enabled={self.enabled}"
+                f" recording={self.recording}>")
 
 
 def _log_task_error(task: asyncio.Future) -> None:

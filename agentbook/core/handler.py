@@ -20,7 +20,13 @@ from .. import jsonvalue
 from ..approve import inbox as approvals
 from ..errors import AgentbookError, AgentStartError, IncompatibleStateError
 from ..schedule import firing
+from ..store import outbox
 from ..store.history import HistoryRow, result_json
+
+try:  # (the C function json.dumps uses for a str; strings of the runtime are text)
+    from json.encoder import c_encode_basestring as encode_basestring  # type: ignore[attr-defined]
+except ImportError:  # pragma: no cover
+    from json.encoder import py_encode_basestring as encode_basestring
 
 if TYPE_CHECKING:
     from ..envelope import Envelope
@@ -40,6 +46,8 @@ current_context: contextvars.ContextVar[HandlerContext | None] = contextvars.Con
     "ab_context", default=None)
 
 _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
+#: The outbox tag in ``Envelope.extras`` (``agentbook.core.outputgate.OUTBOX``).
+_OUTBOX = "_ab_outbox"
 
 
 class HandlerContext:
@@ -190,6 +198,8 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
     ctx.capture(store)
     store.savepoint()
     inst.ctx = ctx
+    token = current_chain.set((inst.key,))  # (its sends go through its outbox, as a handler's)
+    kept = rt.events.enter_handler()
     ts = rt.clock.now()
     t0 = time.perf_counter()
     before = inst.state_json
@@ -203,6 +213,8 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
             _append_version(inst, store, ctx, ts, "on_start", "[]", None,
                             (time.perf_counter() - t0) * 1000, "ok", changes=changes,
                             schema=schema, state=inst.state_json if state_changed else None)
+            if rt.events.recording:  # (a wake alone writes nothing: agent:start is live only)
+                _keep_events(inst, store, ctx, None)
         store.release()
     except BaseException as exc:
         ctx.drop()
@@ -216,6 +228,8 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
         )
         raise error from exc
     finally:
+        rt.events.leave_handler(kept)
+        current_chain.reset(token)
         inst.ctx = None
     inst.started = cls
     return ctx
@@ -242,6 +256,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
     inst.ctx = ctx
     token = current_chain.set((*env.chain, inst.key))
     ctx_token = current_context.set(ctx)
+    kept = rt.events.enter_handler()
     ts = rt.clock.now() if env.replay is None else env.replay.ts  # a replayed step keeps its time
     t0 = time.perf_counter()
     outcome_label = "ok"
@@ -275,11 +290,16 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
             else:
                 ctx.state_changed = False
         result_text = result_json(result)
+        if env.extras is not None and _OUTBOX in env.extras:  # exactly once: remember it
+            tag = env.extras[_OUTBOX]
+            outbox.mark_seen(store, tag[0], tag[1], tag[2])
         if env.approval is not None:
             approvals.record_result(inst, env, result_text)
         _append_version(inst, store, ctx, ts, env.label or env.method, env.args_json,
                         env.kwargs_json, duration, outcome_label, changes=changes,
                         schema=schema, state=state_col, result=result_text)
+        if kept is not None:
+            _keep_events(inst, store, ctx, env)
         if not lone:
             store.release()
         return Outcome(env, True, result, ctx, ts, duration, inst.version)
@@ -308,6 +328,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
             recorded = record_failure(inst, env, error, ts, duration)
         return Outcome(env, False, error, ctx, ts, duration, inst.version, recorded)
     finally:
+        rt.events.leave_handler(kept)
         current_context.reset(ctx_token)
         current_chain.reset(token)
         inst.ctx = None
@@ -332,6 +353,9 @@ def record_failure(inst: Instance, env: Envelope, error: BaseException, ts: floa
         _append_version(inst, store, ctx, ts, env.label or env.method, env.args_json,
                         env.kwargs_json, duration, label, changes=changes, schema=schema,
                         error=text)
+        if env.sched is not None and inst.runtime.events.recording:
+            store.append_events([(inst.version, inst.runtime.clock.now(), *_scheduled_event(
+                "retry" if label == "retry" else "error", env, inst.version, text))])
         store.release()
     except BaseException:
         ctx.drop()
@@ -396,6 +420,64 @@ def _incompatible_state(exc: BaseException, cls: type, state: Any,
         "class name for the new design")
     error.__cause__ = exc
     return error
+
+
+#: Approval entries of a handler context (``ctx.approvals``) and the event each is on record as.
+_APPROVAL_EVENTS = {"approve": "approval:approve", "approved": "approval:approve",
+                    "rejected": "approval:reject", "expired": "approval:expire",
+                    "cancelled": "approval:cancel"}
+
+
+def _keep_events(inst: Instance, store: AgentStore, ctx: HandlerContext,
+                 env: Envelope | None) -> None:
+    """Put the committed-to-be handler's events on record, with its history row (SPEC 2.8;
+    :mod:`agentbook.store.events`): what the output gate announces live after the commit,
+    in the same shapes. *env* is ``None`` for an ``on_start`` that made a version."""
+    version, ts = inst.version, inst.runtime.clock.now()
+    dumps, quote = jsonvalue.dumps, encode_basestring
+    rows: list[tuple] = []
+    if env is not None and env.sched is not None:
+        rows.append((version, ts, *_scheduled_event("execute", env, version)))
+    elif env is not None:
+        rows.append((version, ts, "rpc", f'{{"method":{quote(env.method)},"version":{version},'
+                                          f'"source":{quote(env.source)}}}'))
+    if env is not None and ctx.state_changed:
+        rows.append((version, ts, "state:update", f'{{"state":{inst.state_json},"source":'
+                                                  f'{quote(env.source)},"version":{version}}}'))
+    for type_, payload in ctx.events:
+        if type_ != "broadcast" and type_ != "connection:send":  # for clients, not kept
+            rows.append((version, ts, type_, _payload_json(payload)))
+    for kind, data in ctx.approvals:
+        if kind == "request":
+            text = dumps({"id": data.id, "method": data.method, "summary": data.summary,
+                          "expires": data.expires})
+            rows.append((version, ts, "approval:request", text))
+            rows.append((version, ts, "tool:approval", text))
+        elif kind in _APPROVAL_EVENTS:
+            rows.append((version, ts, _APPROVAL_EVENTS[kind], dumps(
+                {"id": data[0], "status": data[1], "by": data[2], "reason": data[4]})))
+    store.append_events(rows)
+
+
+def _scheduled_event(what: str, env: Envelope, version: int,
+                     error: str | None = None) -> tuple[str, str]:
+    """``(type, payload)`` of a ``schedule:*`` / ``queue:*`` event about the run *env*
+    (the shape ``Runtime.emit_scheduled`` announces live)."""
+    row = env.sched
+    payload = {"id": row.id, "callback": row.callback, "type": row.type, "due": row.due,
+               "occurrence": f"{row.id}:{row.occurrence}", "attempt": row.attempt + 1,
+               "version": version}
+    if error is not None:
+        payload["error"] = error
+    return f"{'queue' if row.type == 'queue' else 'schedule'}:{what}", jsonvalue.dumps(payload)
+
+
+def _payload_json(payload: Any) -> str:
+    """An event's payload as JSON text (an ``ab.Secret`` is written as its name)."""
+    try:
+        return jsonvalue.dumps(payload)
+    except (TypeError, ValueError):  # not JSON (events from agentbook's own code are)
+        return jsonvalue.dumps({"repr": repr(payload)})
 
 
 def translate(exc: BaseException, store: AgentStore | None) -> BaseException:

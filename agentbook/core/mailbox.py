@@ -102,6 +102,7 @@ class Instance:
             store = AgentStore(rt.path_of(self.key), rt.durability)
             store.set_size_cap(rt.max_store_bytes)
             store.query_seconds = rt.max_query_seconds
+            store.events_retention = rt.events_retention
             loaded = store.load_state()
             if loaded is None:
                 self.fresh = True

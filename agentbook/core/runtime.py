@@ -35,6 +35,7 @@ from ..errors import AgentbookError, LimitError, RuntimeClosedError, StoreCorrup
 from ..events import EventBus
 from ..schedule.timers import Timers
 from ..store import Catalog, agent_file
+from ..store.events import Retention
 from .agent import Agent, agent_classes, latest
 from .calls import prepare
 from .mailbox import Instance
@@ -63,7 +64,11 @@ class Runtime:
         durability: ``"normal"`` - a commit survives the process being killed (kernel
             restart); ``"full"`` - it also survives an OS crash (fsync per commit).
         clock: Where time comes from; ``ab.VirtualClock()`` for simulations and tests.
-        events: ``False`` switches the event bus off entirely.
+        events: ``False`` switches the event bus off entirely (live delivery and the
+            record).
+        events_keep: How many of each agent's newest events stay on record (the ``events``
+            view); ``None`` keeps them all, ``0`` keeps none (live delivery only).
+        events_max_age: Seconds an event stays on record (``None``: no limit).
         max_open: How many agent stores may be open at once (file handles stay bounded).
         hibernate_after: Seconds of idleness after which an agent hibernates.
         max_batch: How many queued messages may share one commit.
@@ -108,6 +113,8 @@ class Runtime:
         durability: str = "normal",
         clock: Clock | None = None,
         events: bool = True,
+        events_keep: int | None = 10_000,
+        events_max_age: float | None = None,
         max_open: int = 256,
         hibernate_after: float = 60.0,
         max_batch: int = 256,
@@ -139,7 +146,15 @@ class Runtime:
             self.durability = durability
         self.path = path
         self.clock: Clock = clock or SystemClock()
-        self.events = EventBus(enabled=events)
+        if events_keep is not None and (isinstance(events_keep, bool)
+                                        or not isinstance(events_keep, int) or events_keep < 0):
+            raise UsageError(f"events_keep is a count >= 0 or None, not {events_keep!r}")
+        if events_max_age is not None and not (isinstance(events_max_age, (int, float))
+                                               and events_max_age > 0):
+            raise UsageError(f"events_max_age is seconds > 0 or None, not {events_max_age!r}")
+        self.events = EventBus(enabled=events, record=events_keep != 0)
+        #: How much of each agent's event stream its store keeps (agentbook.store.events).
+        self.events_retention = Retention(events_keep, events_max_age)
         self.max_open = max_open
         self.hibernate_after = hibernate_after
         self.max_batch = max_batch
@@ -518,8 +533,8 @@ class Runtime:
                      mcp=mcp, **options)
 
     def capture_events(self, on: bool = True) -> None:
-        """Copy observability events into the ``events`` view from now on (or stop)."""
-        self.analytics.capture_events(on)
+        """Not needed any more (kept so old notebooks run): every agent's event stream is on
+        record and always in the ``events`` view (see ``events_keep``). Does nothing."""
 
     @property
     def plot(self) -> Any:

@@ -26,6 +26,7 @@ from typing import Any, cast
 import apsw
 
 from ..errors import SQLError, StoreCorruptError, StoreError, StoreReadOnlyError
+from . import events as event_log
 from . import health
 from .chain import chain_hash
 from .schema import MIGRATIONS, UNTRACKED_TABLES
@@ -92,8 +93,9 @@ class AgentStore:
             an OS crash, fsync on every commit) or ``"off"`` (ephemeral stores).
     """
 
-    __slots__ = ("_batch", "_chain", "_pending", "_reader", "_sp", "broken", "conn", "durability", "lost",
-                 "path", "query_seconds")
+    __slots__ = ("_batch", "_chain", "_events", "_events_floor", "_pending", "_reader", "_sp",
+                 "broken", "conn", "durability", "events_retention", "lost", "path",
+                 "query_seconds")
 
     def __init__(self, path: str, durability: str = "normal") -> None:
         self.path = path
@@ -105,6 +107,11 @@ class AgentStore:
         #: History rows appended but not yet inserted: they go in with one executemany
         #: before the commit, or before anything else writes (see :meth:`_flush`).
         self._pending: list[tuple] = []
+        #: Event rows appended but not yet inserted (they go in with the history rows).
+        self._events: list[tuple] = []
+        self._events_floor = 0
+        #: How much of the event stream is kept (the runtime sets its events_keep/max_age).
+        self.events_retention = event_log.Retention()
         #: The typed error that made this store unusable while it was open (it went
         #: read-only or was found damaged): the mailbox then closes it.
         self.broken: Exception | None = None
@@ -216,17 +223,22 @@ class AgentStore:
 
     def _open_savepoint(self) -> None:
         self._check_batch()
-        if self._pending:  # earlier messages' rows must not fall inside this savepoint
+        if self._pending or self._events:  # earlier messages' rows stay out of this savepoint
             self._flush()
         self.conn.execute("SAVEPOINT ab_msg")
         self._sp = 2
 
     def _flush(self) -> None:
-        """Insert the history rows appended so far (one statement for all of them)."""
+        """Insert the history and event rows appended so far (one statement for each)."""
         self._check_batch()
         rows, self._pending = self._pending, []
+        events, self._events = self._events, []
         try:
-            self.conn.executemany(_INSERT_HISTORY, rows)
+            if rows:
+                self.conn.executemany(_INSERT_HISTORY, rows)
+            if events:
+                self._events_floor = event_log.write(self.conn, events, self.events_retention,
+                                                     self._events_floor)
         except BaseException:
             # some rows of acknowledged-to-be messages may be in, some not: nothing of
             # this batch may commit (the mailbox fails it all: see in_transaction)
@@ -249,13 +261,14 @@ class AgentStore:
         if opened:  # (rows appended before it opened were inserted first: see _open_savepoint)
             self._chain = None
             self._pending.clear()
+            self._events.clear()
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK TO ab_msg")
                 self.conn.execute("RELEASE ab_msg")
 
     def commit(self) -> None:
         """Make the batch durable."""
-        if self._pending:
+        if self._pending or self._events:
             self._flush()
         self.conn.execute("COMMIT")
         self._batch = False
@@ -265,6 +278,7 @@ class AgentStore:
         self._chain = None
         self._sp = 0
         self._pending.clear()
+        self._events.clear()
         self._batch = False
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
@@ -313,6 +327,12 @@ class AgentStore:
         self._pending.append((*row, chain))
         self._chain = chain
 
+    def append_events(self, rows: list[tuple]) -> None:
+        """Add event rows ``(version, ts, type, payload)``
+        (:class:`~agentbook.store.events.EventRow`): they are inserted with the batch's
+        history rows, and a message rolled back takes its own with it."""
+        self._events.extend(rows)
+
     # -- the agent's own SQL ------------------------------------------------------------
     def user_sql_dicts(self, query: str, params: Any, readonly: bool = False) -> list[dict[str, Any]]:
         """Run the agent's own SQL on the writer connection, inside its transaction.
@@ -326,7 +346,7 @@ class AgentStore:
                 self._check_batch()
                 if self._sp == 1:
                     self._open_savepoint()
-                elif self._pending:
+                elif self._pending or self._events:
                     self._flush()
             except apsw.Error as exc:
                 raise self.translate(exc) from None
@@ -362,7 +382,7 @@ class AgentStore:
         """Run agentbook's own SQL on the writer connection (history rows appended so far
         go in first, so it sees them)."""
         self._check_batch()
-        if self._pending:
+        if self._pending or self._events:
             self._flush()
         if self._sp == 1 and not query.startswith("SELECT"):
             self._open_savepoint()

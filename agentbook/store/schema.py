@@ -18,9 +18,11 @@ INTERNAL_PREFIX = "_ab_"
 #: data, its schedules...) is captured, so time travel can restore it.
 #: Approvals are untracked too, so that no rewind can ever bring a decided approval back.
 #: Secrets (MCP credentials and the like) are untracked as well: never in a changeset, so
-#: never in history or a fork.
+#: never in history or a fork. The event stream is untracked: a rewind never takes back
+#: that something happened.
 UNTRACKED_TABLES = frozenset(
-    {"_ab_meta", "_ab_state", "_ab_history", "_ab_migrations", "_ab_approvals", "_ab_secrets"}
+    {"_ab_meta", "_ab_state", "_ab_history", "_ab_migrations", "_ab_approvals", "_ab_secrets",
+     "_ab_events"}
 )
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -197,6 +199,20 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE _ab_schedules ADD COLUMN key TEXT;
         CREATE INDEX _ab_schedules_ident ON _ab_schedules(ident) WHERE ident IS NOT NULL;
         CREATE INDEX _ab_schedules_key ON _ab_schedules(key) WHERE key IS NOT NULL;
+        """,
+    ),
+    (
+        "0010_events",
+        """
+        -- The agent's event stream on record (agentbook.store.events): written with the
+        -- commit of the handler that produced it; retention prunes it by count and age.
+        CREATE TABLE _ab_events(
+            seq INTEGER PRIMARY KEY,       -- order of the agent's events (only grows)
+            version INTEGER,               -- the version whose commit wrote it
+            ts REAL NOT NULL,              -- runtime clock, epoch s
+            type TEXT NOT NULL,            -- rpc, state:update, schedule:execute, ...
+            payload TEXT NOT NULL          -- JSON
+        );
         """,
     ),
 ]
