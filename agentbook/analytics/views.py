@@ -5,11 +5,23 @@ from the agents' own SQLite stores before each query. Rows move through Arrow (D
 cannot read SQLite files offline). Each agent has a watermark - the newest version
 already projected - so a catch-up reads only what is new, and only from agents that
 committed since the last one (plus, the first time, every agent in the catalog).
-:meth:`Analytics.rebuild` starts from scratch and gives the same result.
+:meth:`Analytics.rebuild` starts from scratch and gives the same result; so does a new
+runtime on the same folder (a restart): everything in the views comes from the stores.
 
-Views: ``agents``, ``history``, ``events`` (while ``rt.capture_events()`` is on),
-``schedules``, ``approvals``, ``dead_letters``, ``messages`` and ``tool_calls`` (filled by
-chat agents). They are for reading: ``rt.sql`` refuses anything but queries.
+Views: ``agents``, ``history``, ``events``, ``schedules``, ``approvals``, ``dead_letters``,
+``messages`` and ``tool_calls`` (filled by chat agents); and, once asked for with
+:meth:`Analytics.table`, one view per name of the agents' own tables. They are for
+reading: ``rt.sql`` refuses anything but queries.
+
+* ``history`` rows are what ``ref.history()`` shows: ``state`` is the state after each
+  version, also for versions that did not change it; failed calls (which made no version)
+  are rows with ``outcome = 'error'`` and ``version`` NULL.
+* ``events`` is every agent's event stream on record (see :mod:`agentbook.events` for what
+  is kept, and ``ab.Runtime(events_keep=, events_max_age=)`` for how long), plus one
+  ``rpc:error`` row per failed call (from the runtime's failure log). Its columns are
+  ``type, agent, name, payload, timestamp, version, seq``.
+* An agent destroyed and made again under the same name is told apart by its history's
+  hash chain: the views drop what they had of the old one at the next catch-up.
 """
 
 from __future__ import annotations
@@ -21,8 +33,10 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import ReadOnlyError, SQLError
+from ..errors import ReadOnlyError, SQLError, UsageError
+from ..store import events as event_log
 from ..store import files, messages
+from ..store.history import state_at
 
 if TYPE_CHECKING:
     import duckdb
@@ -54,7 +68,8 @@ CREATE TABLE IF NOT EXISTS dead_letters(
     id VARCHAR, agent VARCHAR, name VARCHAR, callback VARCHAR, payload VARCHAR, type VARCHAR,
     attempts BIGINT, error VARCHAR, failed_at TIMESTAMPTZ);
 CREATE TABLE IF NOT EXISTS events(
-    type VARCHAR, agent VARCHAR, name VARCHAR, payload VARCHAR, timestamp TIMESTAMPTZ);
+    type VARCHAR, agent VARCHAR, name VARCHAR, payload VARCHAR, timestamp TIMESTAMPTZ,
+    version BIGINT, seq BIGINT);
 CREATE TABLE IF NOT EXISTS messages(
     agent VARCHAR, name VARCHAR, seq BIGINT, id VARCHAR, role VARCHAR, content VARCHAR,
     tool_calls VARCHAR, tool_call_id VARCHAR, tool_name VARCHAR, ts TIMESTAMPTZ);
@@ -68,7 +83,13 @@ CREATE TABLE IF NOT EXISTS tool_calls(
 #: object per row instead of nine, and one Arrow string column instead of nine (see
 #: :func:`agentbook.store.files.packed_history`).
 _TEXT_COLS = list(files.HISTORY_TEXT_COLUMNS)
-_NUMBER_COLS = list(files.HISTORY_NUMBER_COLUMNS)
+_PLAIN_COLS = list(files.HISTORY_PLAIN_COLUMNS)
+#: The views an agent's own table may not be named like (see Analytics.table).
+_BUILT_IN = ("history", "agents", "schedules", "approvals", "dead_letters", "events",
+             "messages", "tool_calls")
+#: Stands for "no state known" in a history batch, so filling forward never carries one
+#: agent's state into another's rows.
+_NO_STATE = "\x00"
 _UNPACK = ", ".join(f"'$[{i}]'" for i in range(len(_TEXT_COLS)))
 
 
@@ -86,31 +107,29 @@ class Analytics:
         self.db.execute("SET enable_external_access = false")
         self.db.execute("SET lock_configuration = true")
         self._marks: dict[Key, int] = {}
+        #: Per agent: the hash chain at its mark (who the projected history belongs to).
+        self._chains: dict[Key, str | None] = {}
+        #: Per agent: the newest event ``seq`` projected, and the oldest one still stored.
+        self._event_marks: dict[Key, int] = {}
+        self._event_first: dict[Key, int] = {}
         self._failure_mark = 0
-        self._events: list[tuple] = []
-        self._unsubscribe: Any = None
         self._primed = False
+        #: Filled while reading, used by one catch-up: the state before each agent's new
+        #: history rows, its new events, agents whose projection must go (made again), and
+        #: agents whose oldest events were pruned.
+        self._seeds: dict[Key, str | None] = {}
+        self._new_events: list[tuple] = []
+        self._stale: list[Key] = []
+        self._pruned: list[tuple[str, str, int]] = []
+        #: The agents' own tables asked for with table(): view name -> table name.
+        self._tables: dict[str, str] = {}
         #: Per agent: ``(version, state, schedule rows)`` for the small views, read on the
         #: same connection as the agent's new history rows.
         self._small: dict[Key, tuple[Any, Any, list[tuple]]] = {}
 
-    # -- events ---------------------------------------------------------------------------
-    def capture_events(self, on: bool = True) -> None:
-        """Start (or stop) copying observability events into the ``events`` view."""
-        if on and self._unsubscribe is None:
-            self._unsubscribe = self.rt.events.subscribe(self._on_event)
-        elif not on and self._unsubscribe is not None:
-            self._unsubscribe()
-            self._unsubscribe = None
-
-    def _on_event(self, event: dict) -> None:
-        self._events.append((event["type"], event["agent"], event["name"],
-                             json.dumps(event["payload"], default=str), event["timestamp"] / 1000))
-
     # -- catching up --------------------------------------------------------------------
     def catch_up(self) -> int:
         """Bring every view up to date; returns how many history rows were added."""
-        import pyarrow as pa
 
         rt = self.rt
         catalog = rt.catalog.rows()
@@ -121,11 +140,9 @@ class Analytics:
         else:
             todo = [key for key in rt.dirty if key in known]
         rt.dirty.clear()
-        gone = [key for key in self._marks if key not in known]
-        for key in gone:
-            self.db.execute("DELETE FROM history WHERE agent = ? AND name = ?", list(key))
-            del self._marks[key]
-        columns: dict[str, list] = {c: [] for c in [*_NUMBER_COLS, "packed"]}
+        gone = [key for key in {*self._marks, *self._event_marks} if key not in known]
+        self._forget(gone)
+        columns: dict[str, list] = {c: [] for c in [*_PLAIN_COLS, "packed"]}
         read: list[tuple[Key, int]] = []  # (agent, rows read), in the order of the rows
         added = 0
         progress = _Progress(len(todo)) if len(todo) > 200 else None
@@ -135,6 +152,8 @@ class Analytics:
             gc.disable()
         try:
             self._collect(todo, columns, read, chat, progress)
+            self._forget(self._stale, keep_marks=True)
+            self._stale = []
             added = len(columns["version"])
             if added:
                 batch = _arrow_batch(columns, read)
@@ -144,28 +163,79 @@ class Analytics:
             if paused:
                 gc.enable()
         self._chat_views(todo, chat)
+        self._event_view()
         self._failures()
         self._small_views(catalog, todo, gone)
-        if self._events:
-            events, self._events = self._events, []
-            table = pa.table({k: pa.array([e[i] for e in events]) for i, k in
-                              enumerate(["type", "agent", "name", "payload", "timestamp"])})
-            self.db.register("ab_events", table)
-            self.db.execute("INSERT INTO events SELECT type, agent, name, payload,"
-                            " to_timestamp(timestamp) FROM ab_events")
-            self.db.unregister("ab_events")
+        self._table_views(todo)
         return added
+
+    def _forget(self, keys: Sequence[Key], keep_marks: bool = False) -> None:
+        """Drop what the views hold of *keys* (agents gone, or made again: then their
+        marks, already reset by :meth:`_read`, stay)."""
+        if not keys:
+            return
+        import pyarrow as pa
+
+        arrow = pa.table({"agent": pa.array([k[0] for k in keys], pa.string()),
+                          "name": pa.array([k[1] for k in keys], pa.string())})
+        self.db.register("ab_gone", arrow)
+        try:
+            for table in ("history", "events", "messages", "tool_calls",
+                          *(f'"{view}"' for view in self._tables)):
+                self.db.execute(f"DELETE FROM {table} WHERE (agent, name) IN"
+                                " (SELECT (agent, name) FROM ab_gone)")
+        finally:
+            self.db.unregister("ab_gone")
+        if not keep_marks:
+            for key in keys:
+                for marks in (self._marks, self._chains, self._event_marks, self._event_first):
+                    marks.pop(key, None)
+
+    def _event_view(self) -> None:
+        """Append the events read by this catch-up; drop the ones the stores pruned."""
+        import pyarrow as pa
+
+        if self._pruned:
+            pruned, self._pruned = self._pruned, []
+            arrow = pa.table({"agent": pa.array([p[0] for p in pruned], pa.string()),
+                              "name": pa.array([p[1] for p in pruned], pa.string()),
+                              "first": pa.array([p[2] for p in pruned], pa.int64())})
+            self.db.register("ab_pruned", arrow)
+            try:
+                self.db.execute("DELETE FROM events e USING ab_pruned p WHERE e.agent = p.agent"
+                                " AND e.name = p.name AND e.seq < p.first")
+            finally:
+                self.db.unregister("ab_pruned")
+        if not self._new_events:
+            return
+        rows, self._new_events = self._new_events, []
+        cols = ["agent", "name", "seq", "version", "ts", "type", "payload"]
+        types = [pa.string(), pa.string(), pa.int64(), pa.int64(), pa.float64(), pa.string(),
+                 pa.string()]
+        arrow = pa.table({c: pa.array([r[i] for r in rows], t)
+                          for i, (c, t) in enumerate(zip(cols, types, strict=True))})
+        self.db.register("ab_events", arrow)
+        try:
+            self.db.execute("INSERT INTO events SELECT type, agent, name, payload,"
+                            " to_timestamp(ts), version, seq FROM ab_events")
+        finally:
+            self.db.unregister("ab_events")
 
     def _collect(self, todo: list[Key], columns: dict[str, list], read: list[tuple[Key, int]],
                  chat: dict[str, list], progress: _Progress | None) -> None:
         """Read the new history rows of *todo* into *columns* (one list per column)."""
+        states = columns["state"]
         for i, key in enumerate(todo):
             rows = self._read_new(key, chat)
             if rows:
                 self._marks[key] = rows[-1][0]
                 read.append((key, len(rows)))
+                first = len(states)
                 for values, col in zip(zip(*rows, strict=True), columns.values(), strict=True):
                     col.extend(values)
+                if states[first] is None:  # the state before: carried into unchanged rows
+                    seed = self._seeds.pop(key, None)
+                    states[first] = _NO_STATE if seed is None else seed
             if progress is not None:
                 progress.update(i + 1)
         if progress is not None:
@@ -190,12 +260,46 @@ class Analytics:
             return []
 
     def _read(self, conn: Any, key: Key, chat: dict[str, list]) -> list[tuple]:
-        self._small[key] = _read_small(conn, key)
-        rows = files.packed_history(conn, self._marks.get(key, -1))
-        if rows:  # chat tables are small: take them whole for agents that changed
+        before = self._small.get(key)
+        self._small[key] = small = _read_small(conn, key)
+        mark = self._marks.get(key, -1)
+        if mark >= 0 and (small[0] is None or small[0] < mark
+                          or files.chain_at(conn, mark) != self._chains.get(key)):
+            # not the history projected so far: destroyed and made again (or pruned past
+            # the mark): project this agent again from scratch
+            self._stale.append(key)
+            for marks in (self._marks, self._chains, self._event_marks, self._event_first):
+                marks.pop(key, None)
+            mark, before = -1, None
+        rows = files.packed_history(conn, mark)
+        if rows:
+            self._chains[key] = files.chain_at(conn, rows[-1][0])
+            if rows[0][4] is None:  # its state is the one before it
+                self._seeds[key] = (before[1] if before is not None and before[0] == mark
+                                    else state_at(conn, rows[0][0]))
+            # chat tables are small: take them whole for agents that changed
             chat["messages"] += [(*key, *r) for r in messages.read_messages(conn)]
             chat["tool_calls"] += [(*key, *r) for r in messages.read_tool_calls(conn)]
+        self._read_events(conn, key)
         return rows
+
+    def _read_events(self, conn: Any, key: Key) -> None:
+        span = event_log.bounds(conn)
+        if span is None:
+            return
+        mark = self._event_marks.get(key, 0)
+        if span[1] < mark:  # fewer events than projected: a new store under the old name
+            if key not in self._stale:
+                self._stale.append(key)
+            mark = 0
+            self._event_first.pop(key, None)
+        if span[0] > self._event_first.get(key, 0):
+            if mark:
+                self._pruned.append((*key, span[0]))
+            self._event_first[key] = span[0]
+        if span[1] > mark:
+            self._new_events += [(*key, *r) for r in event_log.read_after(conn, mark)]
+            self._event_marks[key] = span[1]
 
     def _chat_views(self, keys: list[Key], chat: dict[str, list]) -> None:
         import pyarrow as pa
@@ -227,11 +331,11 @@ class Analytics:
 
     def _append_history(self, batch: Any) -> None:
         self.db.register("ab_batch", batch)
-        try:  # t[1] .. t[9]: the text columns, in the order of _TEXT_COLS
+        try:  # t[1] .. t[8]: the text columns, in the order of _TEXT_COLS
             self.db.execute(
                 "INSERT INTO history SELECT agent, name, version, to_timestamp(ts), t[1], t[2],"
-                " t[3], t[4], duration_ms, t[5], t[6], t[7], t[8],"
-                " CASE WHEN due IS NULL THEN NULL ELSE to_timestamp(due) END, t[9],"
+                " t[3], t[4], duration_ms, t[5], t[6], t[7], state,"
+                " CASE WHEN due IS NULL THEN NULL ELSE to_timestamp(due) END, t[8],"
                 " CASE WHEN due IS NULL THEN NULL ELSE ts - due END"
                 f" FROM (SELECT *, json_extract_string(packed, [{_UNPACK}]) AS t FROM ab_batch)")
         finally:
@@ -250,10 +354,19 @@ class Analytics:
                 "error"]
         table = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(cols)})
         self.db.register("ab_failures", table)
-        self.db.execute(
-            "INSERT INTO history SELECT agent, name, NULL, to_timestamp(ts), method, args, kwargs,"
-            " source, duration_ms, 'error', error, NULL, NULL, NULL, NULL, NULL FROM ab_failures")
-        self.db.unregister("ab_failures")
+        try:
+            self.db.execute(
+                "INSERT INTO history SELECT agent, name, NULL, to_timestamp(ts), method, args,"
+                " kwargs, source, duration_ms, 'error', error, NULL, NULL, NULL, NULL, NULL"
+                " FROM ab_failures")
+            # a failed call is on record as its rpc:error event too (the live event's shape)
+            self.db.execute(
+                "INSERT INTO events SELECT 'rpc:error', agent, name, json_object('method', method,"
+                " 'error', CASE WHEN contains(error, ': ') THEN error[length(split_part(error,"
+                " ': ', 1)) + 3:] ELSE error END, 'type', split_part(error, ': ', 1),"
+                " 'source', source)::VARCHAR, to_timestamp(ts), NULL, NULL FROM ab_failures")
+        finally:
+            self.db.unregister("ab_failures")
 
     def _small_views(self, catalog: list[tuple], todo: list, gone: list) -> None:
         """Views with one row per agent or schedule, from what :meth:`_read` kept for each
@@ -324,14 +437,101 @@ class Analytics:
 
     def rebuild(self) -> int:
         """Drop the projection and build it again from the stores."""
-        for table in ("history", "agents", "schedules", "approvals", "dead_letters", "messages",
-                      "tool_calls"):
+        for table in (*_BUILT_IN, *(f'"{view}"' for view in self._tables)):
             self.db.execute(f"DELETE FROM {table}")
-        self._marks.clear()
-        self._small.clear()
+        for marks in (self._marks, self._chains, self._event_marks, self._event_first,
+                      self._small, self._seeds):
+            marks.clear()
+        self._new_events, self._stale, self._pruned = [], [], []
         self._failure_mark = 0
         self._primed = False
         return self.catch_up()
+
+    # -- the agents' own tables ---------------------------------------------------------
+    def table(self, name: str, *, as_: str | None = None) -> pd.DataFrame:
+        """Make the agents' own tables named *name* one view, and return it.
+
+        The view (``as_``, by default *name*) holds the rows of every agent that has such a
+        table, with ``agent`` and ``name`` columns first (an agent's own ``agent`` or
+        ``name`` column shows as ``agent_1``/``name_1``). Columns are matched by name; an
+        agent without one of them has NULL there, and a column whose type differs between
+        agents takes a type that holds both (often VARCHAR). From then on it is caught up
+        with the other views, so ``rt.sql("SELECT agent, name, sum(total) FROM orders GROUP
+        BY ALL")`` works across agents. An agent's table is read whole whenever the agent
+        committed since the last catch-up.
+
+        Raises:
+            UsageError: the view name is one of the built-in views, or not a plain name.
+        """
+        view = as_ or name
+        if not isinstance(name, str) or not name or name.startswith(("_ab_", "sqlite_")):
+            raise UsageError(f"{name!r} is not a name of an agent's own table")
+        if view in _BUILT_IN or not view.isidentifier():
+            raise UsageError(
+                f"the view can't be called {view!r} (a built-in view, or not a plain name);"
+                f" pick another with rt.analytics.table({name!r}, as_='...')")
+        if self._tables.get(view) != name:
+            self.catch_up()  # (so the next catch-up reads only what is new for it, too)
+            self._tables[view] = name
+            self.db.execute(f'DROP TABLE IF EXISTS "{view}"')
+            self._fill_table(view, name, [(c, n) for c, n, *_ in self.rt.catalog.rows()],
+                             fresh=True)
+        return self.sql(f'SELECT * FROM "{view}"')
+
+    def _table_views(self, todo: list[Key]) -> None:
+        if todo:
+            for view, name in self._tables.items():
+                self._fill_table(view, name, todo, fresh=False)
+
+    def _fill_table(self, view: str, name: str, keys: list[Key], fresh: bool) -> None:
+        """Read table *name* of the agents *keys* (whole) into the view *view*."""
+        import pyarrow as pa
+
+        from ..store import open_reader
+
+        parts = []
+        for key in keys:
+            try:
+                inst = self.rt.instances.get(key)
+                if inst is not None and inst.store is not None:
+                    part = _own_table(inst.store.reader(), key, name)
+                else:
+                    conn = open_reader(self.rt.path_of(key))
+                    try:
+                        part = _own_table(conn, key, name)
+                    finally:
+                        conn.close()
+            except Exception as exc:  # a damaged store is reported, not fatal
+                print(f"agentbook: skipped {key[0]}({key[1]!r}) in view {view}: {exc}",
+                      file=sys.stderr)
+                continue
+            if part is not None:
+                parts.append(part)
+        exists = self.db.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?",
+                                 [view]).fetchall()[0][0]
+        if not exists:
+            self.db.execute(f'CREATE TABLE "{view}"(agent VARCHAR, name VARCHAR)')
+        if not fresh:
+            arrow = pa.table({"agent": pa.array([k[0] for k in keys], pa.string()),
+                              "name": pa.array([k[1] for k in keys], pa.string())})
+            self.db.register("ab_keys", arrow)
+            try:
+                self.db.execute(f'DELETE FROM "{view}" WHERE (agent, name) IN'
+                                " (SELECT (agent, name) FROM ab_keys)")
+            finally:
+                self.db.unregister("ab_keys")
+        if not parts:
+            return
+        for i, part in enumerate(parts):
+            self.db.register(f"ab_part{i}", part)
+        try:
+            union = " UNION ALL BY NAME ".join(
+                [f'SELECT * FROM "{view}"',
+                 *(f"SELECT * FROM ab_part{i}" for i in range(len(parts)))])
+            self.db.execute(f'CREATE OR REPLACE TABLE "{view}" AS {union}')
+        finally:
+            for i in range(len(parts)):
+                self.db.unregister(f"ab_part{i}")
 
     # -- queries ------------------------------------------------------------------------
     def sql(self, query: str, params: Any = None) -> pd.DataFrame:
@@ -365,6 +565,40 @@ def _read_small(conn: Any, key: Key) -> tuple[Any, Any, list[tuple]]:
     return version, state_json, scheds
 
 
+def _own_table(conn: Any, key: Key, table: str) -> Any:
+    """An agent's own table *table* as an Arrow table with ``agent`` and ``name`` first
+    (``None`` when the agent has no such table)."""
+    import pyarrow as pa
+
+    if table not in files.user_tables(conn):
+        return None
+    names, rows = files.table_rows(conn, table)
+    cols: dict[str, Any] = {"agent": pa.array([key[0]] * len(rows), pa.string()),
+                            "name": pa.array([key[1]] * len(rows), pa.string())}
+    for i, col in enumerate(names):
+        label = col
+        while label in cols:
+            label = f"{label}_1"
+        values = [r[i] for r in rows]
+        try:
+            cols[label] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):  # SQLite lets a column mix types
+            cols[label] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    return pa.table(cols)
+
+
+def _filled(states: list) -> Any:
+    """The ``state`` column of a history batch with the state of rows that did not change
+    it carried forward (each agent's first row holds its state, or :data:`_NO_STATE`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = pc.fill_null_forward(pa.array(states, pa.string()))
+    if _NO_STATE in states:
+        column = pc.if_else(pc.equal(column, _NO_STATE), pa.scalar(None, pa.string()), column)
+    return column
+
+
 def _arrow_batch(columns: dict[str, list], read: list[tuple[Key, int]]) -> Any:
     """The rows read, as an Arrow table; ``agent`` and ``name`` are dictionary-encoded
     (one entry per agent, not one string per row)."""
@@ -386,6 +620,7 @@ def _arrow_batch(columns: dict[str, list], read: list[tuple[Key, int]]) -> Any:
         "ts": pa.array(columns["ts"], real),
         "duration_ms": pa.array(columns["duration_ms"], real),
         "due": pa.array(columns["due"], real),
+        "state": _filled(columns["state"]),
         "packed": pa.array(columns["packed"], pa.string()),
     })
 

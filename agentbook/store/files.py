@@ -15,19 +15,21 @@ from typing import TYPE_CHECKING, NamedTuple, cast
 if TYPE_CHECKING:
     import apsw
 
-__all__ = ["CORE_TABLES", "HISTORY_NUMBER_COLUMNS", "HISTORY_TEXT_COLUMNS", "BareHistoryRow",
-           "Head", "append_bare_history", "has_core_tables", "head", "last_history_version",
-           "meta", "meta_value", "packed_history"]
+__all__ = ["CORE_TABLES", "HISTORY_PLAIN_COLUMNS", "HISTORY_TEXT_COLUMNS", "BareHistoryRow",
+           "Head", "append_bare_history", "chain_at", "has_core_tables", "head",
+           "last_history_version", "meta", "meta_value", "packed_history", "table_rows",
+           "user_tables"]
 
 #: The tables without which a file is not an agentbook store.
 CORE_TABLES = frozenset({"_ab_meta", "_ab_history", "_ab_state"})
 
 #: The text columns of a history row as :func:`packed_history` packs them, in order.
 HISTORY_TEXT_COLUMNS = ("method", "args", "kwargs", "source", "outcome", "error", "result",
-                        "state", "occurrence")
-#: The columns of :func:`packed_history`'s rows before the packed text.
-HISTORY_NUMBER_COLUMNS = ("version", "ts", "duration_ms", "due")
-_PACKED_HISTORY = ("SELECT version, ts, duration_ms, due, json_array("
+                        "occurrence")
+#: The columns of :func:`packed_history`'s rows before the packed text (``state`` apart: it
+#: is ``NULL`` in rows that did not change it, and the views fill it in).
+HISTORY_PLAIN_COLUMNS = ("version", "ts", "duration_ms", "due", "state")
+_PACKED_HISTORY = ("SELECT version, ts, duration_ms, due, state, json_array("
                    + ", ".join(HISTORY_TEXT_COLUMNS)
                    + ") FROM _ab_history WHERE version > ? ORDER BY version")
 
@@ -73,7 +75,7 @@ def last_history_version(conn: apsw.Connection) -> int | None:
 def packed_history(conn: apsw.Connection, after: int) -> list[tuple]:
     """The history rows newer than version *after*, oldest first, for the DuckDB views.
 
-    Each row is ``(version, ts, duration_ms, due, packed)``, where *packed* is a JSON
+    Each row is ``(version, ts, duration_ms, due, state, packed)``, where *packed* is a JSON
     array of the :data:`HISTORY_TEXT_COLUMNS` (SQLite's ``json_array``, in C; DuckDB
     unpacks it in C too): one Python object per row instead of nine, and one Arrow
     string column instead of nine. Rows stay plain tuples on purpose - this is the bulk
@@ -82,6 +84,34 @@ def packed_history(conn: apsw.Connection, after: int) -> list[tuple]:
     """
     rows: list[tuple] = conn.execute(_PACKED_HISTORY, (after,)).fetchall()
     return rows
+
+
+def chain_at(conn: apsw.Connection, version: int) -> str | None:
+    """The hash chain value of the row at *version* (``None`` if there is no such row or
+    it has none): equal values mean equal histories up to there, so a store destroyed and
+    made again under the same name is told apart from the one it replaced."""
+    rows = conn.execute("SELECT chain FROM _ab_history WHERE version = ?", (version,)).fetchall()
+    return cast(str | None, rows[0][0]) if rows else None
+
+
+def user_tables(conn: apsw.Connection) -> set[str]:
+    """The names of the agent's own tables and views (not agentbook's ``_ab_`` ones)."""
+    return {cast(str, r[0]) for r in conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type IN ('table', 'view')"
+        " AND name NOT LIKE '\\_ab\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\'"
+    ).fetchall()}
+
+
+def table_rows(conn: apsw.Connection, table: str) -> tuple[list[str], list[tuple]]:
+    """``(column names, rows)`` of one of the agent's own tables (see :func:`user_tables`)."""
+    cursor = conn.execute(f'SELECT * FROM "{table.replace(chr(34), chr(34) * 2)}"')
+    rows: list[tuple] = cursor.fetchall()
+    try:
+        names = [d[0] for d in cursor.description]
+    except Exception:  # apsw.ExecutionCompleteError: no rows, no description
+        names = [cast(str, r[1]) for r in conn.execute(
+            f'PRAGMA table_info("{table.replace(chr(34), chr(34) * 2)}")').fetchall()]
+    return names, rows
 
 
 class BareHistoryRow(NamedTuple):
