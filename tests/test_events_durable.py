@@ -91,7 +91,7 @@ async def test_a_failed_handler_leaves_no_events_but_its_error(mem_rt):
     errors = frame[frame.type == "rpc:error"]
     assert len(errors) == 2
     assert json.loads(errors.payload.iloc[0]) == {"method": "broken", "error": "the order failed",
-                                                  "type": "ValueError", "source": "script"}
+                                                  "type": "ValueError", "source": mem_rt.source}
 
 
 async def test_retention_keeps_the_newest_events_by_count(tmp_path, clock):
