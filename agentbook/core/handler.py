@@ -20,6 +20,7 @@ from .. import jsonvalue
 from ..approve import inbox as approvals
 from ..errors import AgentbookError, AgentStartError, IncompatibleStateError
 from ..schedule import firing
+from ..store import outbox
 from ..store.history import HistoryRow, result_json
 
 try:  # (the C function json.dumps uses for a str; strings of the runtime are text)
@@ -45,6 +46,8 @@ current_context: contextvars.ContextVar[HandlerContext | None] = contextvars.Con
     "ab_context", default=None)
 
 _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
+#: The outbox tag in ``Envelope.extras`` (``agentbook.core.outputgate.OUTBOX``).
+_OUTBOX = "_ab_outbox"
 
 
 class HandlerContext:
@@ -195,6 +198,7 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
     ctx.capture(store)
     store.savepoint()
     inst.ctx = ctx
+    token = current_chain.set((inst.key,))  # (its sends go through its outbox, as a handler's)
     kept = rt.events.enter_handler()
     ts = rt.clock.now()
     t0 = time.perf_counter()
@@ -225,6 +229,7 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
         raise error from exc
     finally:
         rt.events.leave_handler(kept)
+        current_chain.reset(token)
         inst.ctx = None
     inst.started = cls
     return ctx
@@ -285,6 +290,9 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
             else:
                 ctx.state_changed = False
         result_text = result_json(result)
+        if env.extras is not None and _OUTBOX in env.extras:  # exactly once: remember it
+            tag = env.extras[_OUTBOX]
+            outbox.mark_seen(store, tag[0], tag[1], tag[2])
         if env.approval is not None:
             approvals.record_result(inst, env, result_text)
         _append_version(inst, store, ctx, ts, env.label or env.method, env.args_json,

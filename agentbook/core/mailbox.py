@@ -29,8 +29,9 @@ from ..faults import crash_point
 from ..schedule import firing
 from ..store import AgentStore, health
 from ..store import mcp as mcp_registrations
+from ..store import outbox as outboxes
 from .handler import HandlerContext, Outcome, current_chain, record_failure, run_message, run_start, translate
-from .outputgate import OutputGate
+from .outputgate import OutputGate, acknowledge, tag_of
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -197,6 +198,8 @@ class Instance:
             self.open()
             if cls is not self.started:
                 self._check_compatible(cls)
+            if self.gate.opened is not self.store and self.store is not None:
+                self.gate.wake(self.store, self.fresh)  # what an earlier life left to send
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -211,6 +214,8 @@ class Instance:
         taken: list[Envelope] = []
         started: HandlerContext | None = None
         scheduled = False
+        sent: list | None = None
+        dups: list = []
         try:
             store.begin()
             if self.fresh:
@@ -231,6 +236,12 @@ class Instance:
                     continue
                 if taken and suspends is not None and env.method in suspends:
                     break
+                if env.extras is not None:
+                    tag = tag_of(env)
+                    if tag is not None and outboxes.seen(store, tag[0], tag[1]):
+                        self.queue.popleft()  # delivered again after a restart: ran already
+                        dups.append((tag[3], tag[1]))
+                        continue
                 self.queue.popleft()
                 # A lone message needs no savepoint: if it fails, the whole (otherwise
                 # empty) transaction is rolled back instead. Saves two statements.
@@ -249,12 +260,16 @@ class Instance:
                     break
             if store.broken is not None:  # it went read-only or was found damaged
                 raise store.broken
-            due = firing.next_due(store) if scheduled else None
+            due = firing.schedule_due(store) if scheduled else None
             if self.fresh and store.conn.in_transaction:
                 rt.created(self)  # before the commit: the catalog is a superset of the stores
             if store.conn.in_transaction:
                 if scheduled:
                     rt.timers.index_before_commit(self.key, due)
+                sent = self._stamp(started, done)
+                if sent:  # messages to other agents commit with the batch (SPEC 2.3)
+                    outboxes.write(store, [row for _k, _e, row in sent])
+                    rt.timers.index_before_commit(self.key, sent[0][2][1])  # found on restart
                 if self.version != self.committed[0] or self.fresh:
                     store.write_state(self.version, self.state_json)
                 crash_point("before-commit")
@@ -285,10 +300,14 @@ class Instance:
                 if env.sched is None:
                     self.gate.deliver_failure(env, err, 0.0, now)
             lost = [e for e in taken if e.sched is not None]
-            if lost and self.store is not None and isinstance(err, StoreError):
-                self._count_lost_attempts(lost, err)
-            if scheduled and self.store is not None:
-                rt.timers.set(self.key, firing.next_due(store))
+            hold = None
+            if lost and self.store is not None and isinstance(err, StoreError) \
+                    and not self._count_lost_attempts(lost, err):
+                hold = firing.hold_unrecorded(self, lost, err)  # not again at once, forever
+            if hold is not None:
+                rt.timers.set(self.key, hold)
+            elif scheduled and self.store is not None:
+                rt.timers.set(self.key, firing.schedule_due(store))
             if self.store is not None and rt.should_drop(err):
                 rt.hibernate_one(self)
             return
@@ -299,12 +318,19 @@ class Instance:
             rt.dirty.add(self.key)
         self.fresh = False
         if scheduled:
+            firing.recorded(self)
             rt.timers.set(self.key, due)
             if not taken:  # a tick found nothing due (a stale index entry)
-                rt.timers.index_exact([(self.key, due)])
+                rt.timers.index_exact([(self.key, firing.next_due(store))])
+        if sent:
+            self.gate.release(sent)
         if started is not None:
             self.gate.deliver_start(started)
         for outcome in done:
+            if outcome.env.extras is not None:
+                tag = tag_of(outcome.env)
+                if tag is not None:  # run (or failed in its handler): done with it
+                    dups.append((tag[3], tag[1]))
             if outcome.ok:
                 self.gate.deliver_success(outcome)
             elif outcome.recorded is not None and outcome.env.sched is not None:
@@ -314,12 +340,23 @@ class Instance:
                     rt.approvals.after_commit(self.key, "failed", outcome.recorded[1])
                 self.gate.deliver_failure(outcome.env, outcome.value, outcome.duration, outcome.ts,
                                       outcome.version)
+        if dups:
+            acknowledge(rt, dups)
+        self.gate.flush_acks()
 
-    def _count_lost_attempts(self, envs: list[Envelope], err: BaseException) -> None:
+    def _stamp(self, started: HandlerContext | None, done: list[Outcome]) -> list | None:
+        """The messages the batch's committing handlers sent, numbered (or ``None``)."""
+        ctxs = [o.ctx for o in done if o.ok and o.ctx.outbox]
+        if started is not None and started.outbox:
+            ctxs.insert(0, started)
+        return self.gate.stamp(ctxs) if ctxs else None
+
+    def _count_lost_attempts(self, envs: list[Envelope], err: BaseException) -> bool:
         """Scheduled runs of a batch that the store lost (a full disk, an I/O error) still
         count as failed attempts, recorded in a transaction of their own, so their retry
         policy applies - backoff, then the dead-letter list - instead of firing again at
-        once. If even that can't be written, they stay due as they were."""
+        once. If even that can't be written, they stay due as they were and this returns
+        ``False`` (the mailbox then holds them back in memory: ``firing.hold_unrecorded``)."""
         rt, store = self.runtime, self.store
         assert store is not None
         recorded = []
@@ -337,13 +374,15 @@ class Instance:
             except Exception:
                 pass
             self.version, self.state, self.state_json = self.committed
-            return
+            return False
         self.committed = (self.version, self.state, self.state_json)
+        firing.recorded(self)
         if rt.built_analytics is not None:
             rt.dirty.add(self.key)
         for env, what, version in recorded:
             rt.scheduled_failure(self.key, Outcome(env, False, err, HandlerContext(env.source), ts,
                                                    0.0, version, what))
+        return True
 
     def _check_compatible(self, cls: type[Agent]) -> None:
         if self.fresh:

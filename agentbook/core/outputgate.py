@@ -4,27 +4,76 @@ broadcasts - and how a failure is reported.
 
 Each mailbox (:class:`~agentbook.core.mailbox.Instance`) owns one gate. The mailbox calls it
 only after ``COMMIT`` returned (or for work that never committed, to report the failure),
-so nothing a handler did is seen outside before it is durable (SPEC 2.4)."""
+so nothing a handler did is seen outside before it is durable (SPEC 2.4).
+
+Messages to other agents go through the sender's durable outbox (:mod:`agentbook.store.outbox`):
+:meth:`OutputGate.stamp` numbers them and the mailbox writes them with the batch's commit,
+:meth:`OutputGate.release` delivers them after it, each tagged with its sender and number
+(``env.extras[OUTBOX]``); the receiver skips a number it has seen, remembers it with the
+handler it ran, and after its own commit :meth:`OutputGate.acknowledge` deletes the rows.
+What is still in the outbox when the sender's store opens again is delivered first
+(:meth:`OutputGate.wake`). Awaited calls (``await ref.method()`` from a handler) do not go
+through the outbox: their answer is needed before the handler can commit, and the callee
+commits their effect before answering, so an acknowledged caller never loses one."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ..envelope import Envelope
+from ..store import outbox
 
 if TYPE_CHECKING:
-    from ..envelope import Envelope
+    from ..store import AgentStore
     from .handler import HandlerContext, Outcome
     from .mailbox import Instance
+    from .runtime import Runtime
 
 Key = tuple[str, str]
+
+#: The key in ``Envelope.extras`` of a message from an outbox:
+#: ``(sender "Class/name", seq, sender's low-water mark, sender key)``.
+OUTBOX = "_ab_outbox"
+
+
+class _Sender:
+    """What a runtime remembers of one sender's outbox across its hibernations: the last
+    number it gave, and numbers acknowledged while its store was busy or closed."""
+
+    __slots__ = ("acked", "last")
+
+    def __init__(self) -> None:
+        self.last = 0
+        self.acked: list[int] = []
+
+
+#: Per runtime, per sender (made on the first send; a runtime that sends nothing has none).
+_senders: weakref.WeakKeyDictionary[Runtime, dict[Key, _Sender]] = weakref.WeakKeyDictionary()
+#: Whether any sender was ever seen (so a process that never sends skips every look-up).
+_ANY = [False]
+
+
+def _sender(rt: Runtime, key: Key) -> _Sender:
+    table = _senders.get(rt)
+    if table is None:
+        table = _senders[rt] = {}
+        _ANY[0] = True
+    found = table.get(key)
+    if found is None:
+        found = table[key] = _Sender()
+    return found
 
 
 class OutputGate:
     """Delivery after the commit, for one mailbox."""
 
-    __slots__ = ("mailbox",)
+    __slots__ = ("mailbox", "opened")
 
     def __init__(self, mailbox: Instance) -> None:
         self.mailbox = mailbox
+        #: The store whose leftover outbox rows were delivered (see :meth:`wake`).
+        self.opened: AgentStore | None = None
 
     @property
     def key(self) -> Key:
@@ -44,8 +93,6 @@ class OutputGate:
         fut = env.future
         if fut is not None and not fut.done():
             fut.set_result(outcome.value)
-        for key, out in ctx.outbox:
-            rt.enqueue(key, out)
         for kind, data in ctx.approvals:
             rt.approvals.after_commit(self.key, kind, data)
         if rt.events.active:
@@ -92,3 +139,118 @@ class OutputGate:
                 fut.set_exception(exc)
         elif env.method != "on_error":
             rt.report_error(self.key, env, exc)
+
+    # -- the durable outbox -------------------------------------------------------------
+    def stamp(self, ctxs: list[HandlerContext]) -> list[tuple[Key, Envelope, tuple]]:
+        """Number the messages the committing handlers (*ctxs*) sent; returns
+        ``(receiver, envelope, outbox row)`` for each, for the mailbox to write before
+        its commit and to :meth:`release` after it."""
+        mailbox = self.mailbox
+        rt = mailbox.runtime
+        state = _sender(rt, mailbox.key)
+        now = rt.clock.now()
+        last = state.last
+        out = []
+        for ctx in ctxs:
+            for key, env in ctx.outbox:
+                last = outbox.next_seq(last)
+                out.append((key, env, (last, now, key[0], key[1], env.method, env.args_json,
+                                       env.kwargs_json, env.source)))
+        state.last = last
+        return out
+
+    def release(self, sent: list[tuple[Key, Envelope, tuple]]) -> None:
+        """The outbox rows of *sent* committed: deliver them (:meth:`stamp`)."""
+        mailbox = self.mailbox
+        store = mailbox.store
+        assert store is not None
+        try:
+            low = outbox.low_water(store)
+        except Exception:  # (can't read it: the receivers then forget nothing this time)
+            low = None
+        self._deliver([(key, env, row[0]) for key, env, row in sent], low)
+
+    def _deliver(self, items: list[tuple[Key, Envelope, int]], low: int | None) -> None:
+        mailbox = self.mailbox
+        rt = mailbox.runtime
+        me = mailbox.key
+        sender = f"{me[0]}/{me[1]}"
+        away = []
+        for key, env, seq in items:
+            extras = dict(env.extras) if env.extras else {}
+            extras[OUTBOX] = (sender, seq, low, me)
+            env.extras = extras
+            if rt.router is not None and not rt.owns(key):
+                away.append((me, seq))  # handed to the host that owns it: its transport's word
+            rt.enqueue(key, env)
+        if away:
+            acknowledge(rt, away)
+
+    def wake(self, store: AgentStore, fresh: bool) -> None:
+        """The first batch of a newly opened store: deliver what its outbox still holds
+        (a restart, or a hibernation before the acknowledgement), oldest first, before
+        anything new leaves. Outside any transaction."""
+        self.opened = store
+        if fresh:
+            return
+        mailbox = self.mailbox
+        rt = mailbox.runtime
+        table = _senders.get(rt)
+        state = table.get(mailbox.key) if table is not None else None
+        if state is not None and state.acked:
+            _delete(store, state)
+        rows = outbox.pending(store)
+        if not rows:
+            return
+        state = _sender(rt, mailbox.key)
+        state.last = max(state.last, rows[-1].seq)
+        items = []
+        for row in rows:
+            env = Envelope.forwarded(row.method, row.args, row.kwargs, source=row.source)
+            items.append(((row.cls, row.name), env, row.seq))
+        self._deliver(items, rows[0].seq)
+
+    def flush_acks(self) -> None:
+        """Delete the rows acknowledged while this agent's store was busy (after a batch)."""
+        if not _ANY[0]:
+            return
+        table = _senders.get(self.mailbox.runtime)
+        if table is None:
+            return
+        state = table.get(self.mailbox.key)
+        store = self.mailbox.store
+        if state is not None and state.acked and store is not None \
+                and not store.conn.in_transaction:
+            _delete(store, state)
+
+
+def tag_of(env: Envelope) -> Any:
+    """The outbox tag of a message (``None``: it did not come from an outbox)."""
+    extras = env.extras
+    return None if extras is None else extras.get(OUTBOX)
+
+
+def acknowledge(rt: Runtime, acks: list[tuple[Key, int]]) -> None:
+    """Receivers committed (or were done with) these ``(sender, seq)`` messages: delete
+    their outbox rows now where the sender's store is open and idle, else at its next
+    batch (or its next wake)."""
+    touched = []
+    for key, seq in acks:
+        state = _sender(rt, key)
+        state.acked.append(seq)
+        touched.append((key, state))
+    for key, state in touched:
+        if not state.acked:
+            continue
+        inst = rt.instances.get(key)
+        store = inst.store if inst is not None else None
+        if store is not None and not store.conn.in_transaction:
+            _delete(store, state)
+
+
+def _delete(store: AgentStore, state: _Sender) -> None:
+    seqs, state.acked = state.acked, []
+    try:
+        outbox.delete(store, seqs)
+    except Exception:  # (a full disk: the rows stay, are delivered again and skipped)
+        state.acked = seqs + state.acked

@@ -105,7 +105,9 @@ class AgentRef:
 
     def send(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Queue *method* without waiting. Errors go to the agent's ``on_error`` and the
-        ``rpc:error`` event. Sent from a handler, the message leaves after its commit."""
+        ``rpc:error`` event. Sent from a handler, the message is written with the handler's
+        commit (the sender's durable outbox) and leaves after it: delivered exactly once,
+        also after a restart (``agentbook.store.outbox``)."""
         rt = self._ab_rt
         env = rt.prepare_call(self._ab_key, method, args, kwargs, external=True, future=False)
         rt.send_later(self._ab_key, env)

@@ -9,11 +9,14 @@ the retry (or the dead letter) as a version of its own.
 
 from __future__ import annotations
 
+import logging
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..envelope import Envelope
 from ..faults import crash_point
+from ..store import outbox
 from ..store import schedules as rows
 from ..store.schedules import ScheduleRow
 from .policy import Occurrence, Retry, new_id, next_after_run, takes_payload, was_missed
@@ -21,15 +24,74 @@ from .policy import Occurrence, Retry, new_id, next_after_run, takes_payload, wa
 if TYPE_CHECKING:
     from ..core.handler import HandlerContext
     from ..core.mailbox import Instance
+    from ..core.runtime import Runtime
     from ..store import AgentStore
 
-__all__ = ["advance", "after_failure", "after_success", "expand_due", "next_due", "occurrence_of",
-           "skip_if_missed"]
+__all__ = ["advance", "after_failure", "after_success", "expand_due", "hold_unrecorded",
+           "next_due", "occurrence_of", "recorded", "schedule_due", "skip_if_missed"]
+
+log = logging.getLogger("agentbook")
 
 
 def next_due(store: AgentStore) -> float | None:
-    """The agent's earliest pending due time."""
+    """The earliest time the agent has something to do: a pending schedule, or a message
+    still in its outbox (the durable timer index keeps that too, so a restart wakes the
+    agent, whose first batch delivers it)."""
+    due = rows.next_due(store)
+    first = outbox.first_pending(store)
+    if first is not None and (due is None or first < due):
+        return first
+    return due
+
+
+def schedule_due(store: AgentStore) -> float | None:
+    """The agent's earliest pending schedule (what the in-memory timer waits for)."""
     return rows.next_due(store)
+
+
+# -- failures that could not be recorded -------------------------------------------------
+#: Scheduled runs whose failure could not even be recorded (a full disk, the store's size
+#: cap): per runtime, per agent, how many times in a row. Kept in memory (nothing can be
+#: written), so such a schedule backs off instead of firing again at once, forever.
+_unrecorded: weakref.WeakKeyDictionary[Runtime, dict[tuple[str, str], int]] = \
+    weakref.WeakKeyDictionary()
+#: The longest wait between two attempts of a schedule whose failures can't be recorded.
+MAX_HOLD = 60.0
+
+
+def hold_unrecorded(inst: Instance, envs: list[Envelope], err: BaseException) -> float:
+    """Scheduled runs (*envs*) failed and not even their failure could be written: hold
+    the agent's schedules back (0.5 s, 1 s, 2 s ... up to :data:`MAX_HOLD`, in memory),
+    log it once until a run commits again, and announce ``schedule:error`` with the
+    reason. Returns when to look again."""
+    rt = inst.runtime
+    key = inst.key
+    table = _unrecorded.get(rt)
+    if table is None:
+        table = _unrecorded[rt] = {}
+    times = table[key] = table.get(key, 0) + 1
+    delay = min(MAX_HOLD, 0.5 * 2 ** min(times - 1, 16))
+    if times == 1:
+        log.warning("%s(%r): scheduled work failed and the failure could not be recorded "
+                    "(%s: %s); its schedules are held back, retrying with backoff up to %g s",
+                    key[0], key[1], type(err).__name__, err, MAX_HOLD)
+    if rt.events.active:
+        for env in envs:
+            row = env.sched
+            rt.emit_event("schedule:error" if row.type != "queue" else "queue:error", key, {
+                "id": row.id, "callback": row.callback, "type": row.type, "due": row.due,
+                "occurrence": f"{row.id}:{row.occurrence}", "attempt": row.attempt + 1,
+                "error": f"{type(err).__name__}: {err}", "reason": "unrecorded",
+                "retry_in": delay, "times": times})
+    return rt.clock.now() + delay
+
+
+def recorded(inst: Instance) -> None:
+    """The agent's scheduled work committed (or its failure was recorded): no hold."""
+    if _unrecorded:
+        table = _unrecorded.get(inst.runtime)
+        if table:
+            table.pop(inst.key, None)
 
 
 def expand_due(inst: Instance) -> int:

@@ -23,7 +23,7 @@ INTERNAL_PREFIX = "_ab_"
 UNTRACKED_TABLES = frozenset(
     {"_ab_meta", "_ab_state", "_ab_history", "_ab_migrations", "_ab_approvals", "_ab_secrets",
      "_ab_events"}
-)
+) | {"_ab_outbox", "_ab_inbox_seen"}  # (messages in flight: never sent again by a rewind)
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -213,6 +213,30 @@ MIGRATIONS: list[tuple[str, str]] = [
             type TEXT NOT NULL,            -- rpc, state:update, schedule:execute, ...
             payload TEXT NOT NULL          -- JSON
         );
+        """,
+    ),
+    (
+        "0011_outbox",
+        """
+        -- Messages a handler sent to other agents, written with its commit and deleted when
+        -- the receiver's commit acknowledges them (agentbook.store.outbox).
+        CREATE TABLE _ab_outbox(
+            seq INTEGER PRIMARY KEY,       -- the message id: unique, growing per sender
+            ts REAL NOT NULL,              -- runtime clock when it was committed
+            class TEXT NOT NULL,           -- the receiver
+            name TEXT NOT NULL,
+            method TEXT NOT NULL,
+            args TEXT NOT NULL,            -- JSON array
+            kwargs TEXT,                   -- JSON object, NULL if none
+            source TEXT NOT NULL           -- agent:Class/name of the sender
+        );
+        -- The messages from other agents this agent committed, for exactly-once delivery:
+        -- sender "Class/name" and its seq; pruned below the sender's low-water mark.
+        CREATE TABLE _ab_inbox_seen(
+            sender TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (sender, seq)
+        ) WITHOUT ROWID;
         """,
     ),
 ]
