@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import secrets
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -264,11 +265,19 @@ async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool 
     try:
         # schedules only if asked; dead letters never
         stored_schedules.clear(mem, schedules=not schedules, dead_letters=True)
-        _write_fork(rt, mem, new_path, target._ab_key, ref._ab_key, version, state_json)
+        # Listed first (the catalog is a superset of the stores, as for a new agent), then
+        # written whole under a temporary name and published with one link: a fork killed
+        # half-way leaves no store under its name, so forking again just works.
+        rt.catalog.add(cls_name, name, agent_file(cls_name, name), rt.clock.now(),
+                       f"{cls_name}/{ref.name}@{version}")
+        try:
+            _write_fork(rt, mem, new_path, target._ab_key, ref._ab_key, version, state_json)
+        except BaseException:
+            if not os.path.exists(new_path):  # (a listing without a store means nothing)
+                rt.catalog.remove(cls_name, name)
+            raise
     finally:
         mem.close()
-    rt.catalog.add(cls_name, name, agent_file(cls_name, name), rt.clock.now(),
-                   f"{cls_name}/{ref.name}@{version}")
     if rt.events.active:
         rt.emit_event("timetravel:fork", ref._ab_key, {"fork": name, "at": version})
     return target
@@ -276,7 +285,12 @@ async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool 
 
 def _write_fork(rt: Any, mem: apsw.Connection, path: str, key: tuple[str, str],
                 parent: tuple[str, str], version: int, state_json: str) -> None:
-    store = AgentStore(path, rt.durability)
+    """Write the fork's store under a temporary name (no ``.db``: never taken for an agent
+    by ``Catalog.rebuild``), then publish it under *path* with one hard link, which
+    fails rather than replace a store that appeared meanwhile."""
+    _clear_leftovers(path)
+    tmp = f"{path}.fork-{secrets.token_hex(6)}.tmp"
+    store = AgentStore(tmp, rt.durability)
     try:
         store.begin()
         copy_into(mem, store.conn)
@@ -294,16 +308,61 @@ def _write_fork(rt: Any, mem: apsw.Connection, path: str, key: tuple[str, str],
         ))
         store.write_state(version, state_json)
         store.commit()
-    except BaseException:
-        store.rollback()
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the one file
         store.close()
-        for suffix in ("", "-wal", "-shm"):
+        if rt.durability == "full":
+            _fsync(tmp)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise UsageError(f"an agent {key[0]}({key[1]!r}) already exists; fork under another "
+                             "name") from None
+        except OSError:  # no hard links here: a rename (the check above ran just before)
+            if os.path.exists(path):
+                raise UsageError(f"an agent {key[0]}({key[1]!r}) already exists; fork under "
+                                 "another name") from None
+            os.replace(tmp, path)
+        if rt.durability == "full":
+            _fsync(os.path.dirname(path))
+    except BaseException:
+        try:
+            store.rollback()
+        except Exception:
+            pass
+        store.close()
+        raise
+    finally:
+        for suffix in ("", "-wal", "-shm", ".tmp"):
             try:
-                os.remove(path + suffix)
+                os.remove(tmp + suffix)
             except FileNotFoundError:
                 pass
-        raise
-    store.close()
+
+
+def _clear_leftovers(path: str) -> None:
+    """Remove what forks to *path* that were killed half-way left (older than a minute,
+    so a fork running right now in another process keeps its file)."""
+    folder, stem = os.path.split(path)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    cutoff = time.time() - 60
+    for entry in names:
+        if ".fork-" in entry and stem + ".fork-" in entry:
+            try:
+                if os.path.getmtime(os.path.join(folder, entry)) < cutoff:
+                    os.remove(os.path.join(folder, entry))
+            except OSError:
+                pass
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # -- replay -----------------------------------------------------------------------------
