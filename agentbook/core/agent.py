@@ -23,11 +23,13 @@ from .. import jsonvalue, methods
 from ..errors import JSONValueError, StateRejectedError, UsageError
 from ..schedule import agentside
 from ..schedule.policy import Occurrence, Retry, Schedule
+from ..store import kv
 from ..store.sqlaccess import sql_params
 
 if TYPE_CHECKING:
     from ..approve.inbox import Approval
     from ..secrets import SecretStore
+    from ..store import AgentStore
     from .mailbox import Instance
     from .ref import AgentRef
     from .runtime import Runtime
@@ -54,6 +56,7 @@ def latest(cls: type[Agent]) -> type[Agent]:
     """
     newest = cls
     for base in cls.__bases__:
+        sub: type[Agent]
         for sub in base.__subclasses__():
             if sub.__name__ == cls.__name__ and sub.__module__ == cls.__module__:
                 newest = sub
@@ -110,34 +113,30 @@ class KeyValue(MutableMapping[str, Any]):
         self._agent = agent
 
     def __getitem__(self, key: str) -> Any:
-        store = self._agent._ab_store()
-        rows = store.internal("SELECT value FROM _ab_kv WHERE key = ?", (key,))
-        if not rows:
+        text = kv.get(self._agent._ab_store(), key)
+        if text is None:
             raise KeyError(key)
-        return jsonvalue.loads(rows[0][0])
+        return jsonvalue.loads(text)
 
     def __setitem__(self, key: str, value: Any) -> None:
         if type(key) is not str:
             raise JSONValueError(f"kv keys are strings, not {type(key).__name__}", "kv")
         value = jsonvalue.freeze(value, f"kv[{key!r}]")
-        self._agent._ab_write("INSERT OR REPLACE INTO _ab_kv(key, value) VALUES (?, ?)",
-                              (key, jsonvalue.dumps(value)))
+        kv.put(self._agent._ab_writable(), key, jsonvalue.dumps(value))
 
     def __delitem__(self, key: str) -> None:
         if key not in self:
             raise KeyError(key)
-        self._agent._ab_write("DELETE FROM _ab_kv WHERE key = ?", (key,))
+        kv.delete(self._agent._ab_writable(), key)
 
     def __contains__(self, key: object) -> bool:
-        store = self._agent._ab_store()
-        return bool(store.internal("SELECT 1 FROM _ab_kv WHERE key = ?", (key,)))
+        return kv.has(self._agent._ab_store(), key)
 
     def __iter__(self) -> Iterator[str]:
-        store = self._agent._ab_store()
-        return iter([r[0] for r in store.internal("SELECT key FROM _ab_kv ORDER BY key")])
+        return iter(kv.keys(self._agent._ab_store()))
 
     def __len__(self) -> int:
-        return self._agent._ab_store().internal("SELECT count(*) FROM _ab_kv")[0][0]
+        return kv.count(self._agent._ab_store())
 
     def __repr__(self) -> str:
         return f"<kv of {self._agent.name!r}: {len(self)} keys>"
@@ -296,6 +295,7 @@ class Agent:
         ctx = inst.require_ctx("sql")
         params = sql_params(params)  # type: ignore[assignment]
         store = inst.store
+        assert store is not None  # a running handler's store is open
         if readonly:
             return store.user_sql_dicts(query, params, readonly=True)
         ctx.capture(store)
@@ -322,16 +322,18 @@ class Agent:
         """A small durable key-value store: ``self.kv["k"] = v``, ``self.kv.get("k")``."""
         return KeyValue(self)
 
-    def _ab_store(self) -> Any:
+    def _ab_store(self) -> AgentStore:
+        """The agent's open store, for reads inside one of its handlers."""
         inst = self._ab_instance
         inst.require_ctx("kv")
+        assert inst.store is not None  # a running handler's store is open
         return inst.store
 
-    def _ab_write(self, query: str, params: tuple) -> None:
-        inst = self._ab_instance
-        ctx = inst.require_ctx("kv")
-        ctx.capture(inst.store)
-        inst.store.internal(query, params)
+    def _ab_writable(self) -> AgentStore:
+        """The agent's open store, for a write the running handler records in history."""
+        store = self._ab_store()
+        self._ab_instance.require_ctx("kv").capture(store)
+        return store
 
     def _ab_rewind(self, version: int) -> dict:
         from ..travel.rewind import rewind_in_place
