@@ -41,6 +41,10 @@ _REPORT: list[tuple[str, str, Callable[[dict], str], Callable[[dict], bool]]] = 
      lambda f: (f"{f['cycles']} cycles, {f['acknowledged']} acknowledged: {f['lost']} lost, "
                 f"{f['duplicated']} duplicated, {f['half_written']} half-written"),
      lambda f: f["cycles"] >= 1000 and f["lost"] == f["duplicated"] == f["half_written"] == 0),
+    ("outbox_kill", "Kill right after an acknowledged send (outbox)",
+     lambda f: (f"{f['cycles']} cycles, {f['acknowledged']} acknowledged sends: {f['lost']} lost, "
+                f"{f['duplicated']} duplicated, {f['left_in_outbox']} left in the outbox"),
+     lambda f: f["cycles"] >= 50 and f["lost"] == f["duplicated"] == f["left_in_outbox"] == 0),
     ("crash_points", "Named crash points",
      lambda f: (f"{f['points']} points x {f['runs']} runs: {f['mixed']} mixed stores, "
                 f"{f['lost']} acknowledged-but-lost, {f['twice']} run twice"),
