@@ -49,7 +49,9 @@ Each message says what went wrong and what to do next, in one sentence.
      ├── StoreError                    the durable store could not do its job
      │    ├── StoreCorruptError        a store file is damaged; it was moved aside
      │    ├── StoreFullError           the disk (or the configured size cap) is full
-     │    └── StoreReadOnlyError       the store's folder or file can't be written
+     │    ├── StoreReadOnlyError       the store's folder or file can't be written
+     │    ├── OwnedElsewhereError      another process runs the agent now (.owner: pid, host, since)
+     │    └── StoreMismatchError       the file holds another agent's store (a name differing in case)
      └── RuntimeClosedError            the runtime was closed; make a new one
 
 Exceptions raised *by a handler* are not wrapped: the caller gets the very exception
@@ -89,6 +91,7 @@ __all__ = [
     "ModelTimeoutError",
     "NotCallableError",
     "NotInHandlerError",
+    "OwnedElsewhereError",
     "ReadOnlyError",
     "ReentrancyError",
     "RemoteError",
@@ -101,6 +104,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreError",
     "StoreFullError",
+    "StoreMismatchError",
     "StoreReadOnlyError",
     "TimeTravelError",
     "ToolError",
@@ -295,6 +299,25 @@ class StoreFullError(StoreError):
 
 class StoreReadOnlyError(StoreError):
     """The store cannot be written (read-only folder, file or mount)."""
+
+
+class OwnedElsewhereError(StoreError):
+    """Another process (or another runtime of this one) runs the agent: it holds the
+    agent's lease. ``owner`` says which: ``{"pid", "host", "since"}`` (``since`` is a
+    Unix time). Reads (``ref.state``, ``ref.sql``, ``ref.history``) still work."""
+
+    def __init__(self, message: str, owner: dict | None = None) -> None:
+        super().__init__(message)
+        #: ``{"pid": int, "host": str, "since": float}`` of the owner (empty if unknown).
+        self.owner: dict = dict(owner or {})
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (str(self), self.owner))
+
+
+class StoreMismatchError(StoreError):
+    """The file found for an agent holds another agent's store (e.g. a name that differs
+    only in case, on a case-insensitive file system); nothing was merged or written."""
 
 
 class RuntimeClosedError(AgentbookError):

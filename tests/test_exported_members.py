@@ -20,6 +20,7 @@ def test_all_is_sorted_and_complete():
         "NotCallableError", "NotInHandlerError", "ReadOnlyError", "ReentrancyError", "Runtime",
         "RuntimeClosedError", "SQLError", "StateError", "StateRejectedError",
         "StoreCorruptError", "StoreError", "StoreFullError", "StoreReadOnlyError",
+        "OwnedElsewhereError", "StoreMismatchError",
         "SystemClock", "UnknownMethodError", "UsageError", "VirtualClock", "WouldBlockError",
         "callable", "run", "runtime",
     }

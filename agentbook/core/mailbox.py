@@ -24,10 +24,18 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..envelope import TICK, Envelope
-from ..errors import AgentStartError, IncompatibleStateError, NotInHandlerError, StoreCorruptError, StoreError
+from ..errors import (
+    AgentStartError,
+    IncompatibleStateError,
+    NotInHandlerError,
+    OwnedElsewhereError,
+    StoreCorruptError,
+    StoreError,
+    StoreMismatchError,
+)
 from ..faults import crash_point
 from ..schedule import firing
-from ..store import AgentStore, health
+from ..store import AgentStore, health, lease
 from ..store import mcp as mcp_registrations
 from ..store import outbox as outboxes
 from .handler import HandlerContext, Outcome, current_chain, record_failure, run_message, run_start, translate
@@ -46,8 +54,9 @@ _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 class Instance:
     """An awake agent: its object, its open store, its mailbox."""
 
-    __slots__ = ("agent", "cls", "committed", "ctx", "fresh", "gate", "key", "last_used", "queue",
-                 "runtime", "started", "state", "state_json", "store", "task", "version")
+    __slots__ = ("agent", "cls", "committed", "ctx", "fresh", "gate", "key", "last_used",
+                 "ownership", "queue", "runtime", "started", "state", "state_json", "store",
+                 "task", "version")
 
     def __init__(self, runtime: Runtime, key: Key, cls: type[Agent] | None) -> None:
         self.runtime = runtime
@@ -55,6 +64,9 @@ class Instance:
         self.cls = cls
         self.agent: Agent | None = None
         self.store: AgentStore | None = None
+        #: This process's lease on the agent (held while the store is open; see
+        #: agentbook.store.lease): one owner per agent across processes.
+        self.ownership: lease.Lease | None = None
         self.queue: deque[Envelope] = deque()
         self.task: asyncio.Task | None = None
         self.ctx: HandlerContext | None = None
@@ -100,6 +112,9 @@ class Instance:
             raise health.refused(self.key, held)
         store = None
         try:
+            if not rt.memory and self.ownership is None:  # (a private folder needs none)
+                self.ownership = lease.take(rt.catalog.lock_path(*self.key),
+                                            f"{self.key[0]}({self.key[1]!r})")
             store = AgentStore(rt.path_of(self.key), rt.durability)
             store.set_size_cap(rt.max_store_bytes)
             store.query_seconds = rt.max_query_seconds
@@ -112,12 +127,14 @@ class Instance:
                 self.state_json = jsonvalue.dumps(initial)
             else:
                 self.fresh = False
+                self._check_identity(store)
                 self.version, self.state_json = loaded
                 self.state = jsonvalue.loads(self.state_json)
             due = None if self.fresh else firing.next_due(store)
         except BaseException as exc:
             if store is not None:
                 store.close()
+            self._release()
             err = translate(exc, store)
             if isinstance(err, StoreCorruptError):
                 raise health.quarantine(rt, self.key, err) from None
@@ -132,11 +149,52 @@ class Instance:
 
             wake(self)  # reconnect its MCP servers in the background (never waits or raises)
 
+    async def open_waiting(self) -> None:
+        """:meth:`open`, waiting up to ``owner_wait`` seconds (polling, the event loop runs
+        on) while another process runs the agent; then its ``OwnedElsewhereError``."""
+        if self.store is not None:
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + self.runtime.owner_wait
+        pause = 0.002
+        while True:
+            try:
+                self.open()
+                return
+            except OwnedElsewhereError as exc:
+                now = loop.time()
+                if now >= deadline or self.runtime.closed:
+                    if any(env.method == TICK for env in self.queue):
+                        self.runtime.timers.retry_later(self.key)  # (its owner runs them)
+                    raise lease.owned_elsewhere(f"{self.key[0]}({self.key[1]!r})", exc.owner,
+                                                now - started) from None
+                await asyncio.sleep(min(pause, deadline - now))
+                pause = min(pause * 2, 0.05)
+
+    def _check_identity(self, store: AgentStore) -> None:
+        """The store must be this agent's: on a case-insensitive file system another name's
+        file could answer to this one's path. A mismatch is refused, never merged."""
+        meta = store.meta()
+        found = (meta.get("class"), meta.get("name"))
+        if found[1] is not None and found != self.key:
+            raise StoreMismatchError(
+                f"the file {store.path} holds the store of {found[0]}({found[1]!r}), not of "
+                f"{self.key[0]}({self.key[1]!r}) (names that differ only in case share a file "
+                "on macOS and Windows when an older agentbook made it); nothing was written: "
+                "rename or move that file (agentbook doctor shows where each agent is)")
+
+    def _release(self) -> None:
+        if self.ownership is not None:
+            self.ownership.release()
+            self.ownership = None
+
     def close(self) -> None:
-        """Hibernate: drop the agent object and close the store."""
+        """Hibernate: drop the agent object, close the store and let go of the lease."""
         if self.store is not None:
             self.store.close()
             self.store = None
+        self._release()
         self.agent = None
         self.started = None
 
@@ -195,7 +253,7 @@ class Instance:
         rt = self.runtime
         try:
             cls = self._current_class()
-            self.open()
+            await self.open_waiting()
             if cls is not self.started:
                 self._check_compatible(cls)
             if self.gate.opened is not self.store and self.store is not None:

@@ -558,6 +558,9 @@ class _Reading:
                 f"{key[0]}({key[1]!r}) has no store yet: it is created by its first message"
             ) from None
         self.conn = open_reader(path)
+        # another process's writer may hold the file a moment (closing it checkpoints):
+        # wait for it like the writers do, instead of failing the read
+        self.conn.set_busy_timeout(5_000)
         self.close = True
         return self.conn
 

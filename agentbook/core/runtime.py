@@ -34,7 +34,7 @@ from ..envelope import TICK, Envelope
 from ..errors import AgentbookError, LimitError, RuntimeClosedError, StoreCorruptError, StoreError, UsageError
 from ..events import EventBus
 from ..schedule.timers import Timers
-from ..store import Catalog, agent_file
+from ..store import Catalog, class_name_problem, folded
 from ..store.events import Retention
 from .agent import Agent, agent_classes, latest
 from .calls import prepare
@@ -79,6 +79,9 @@ class Runtime:
         max_query_seconds: How long one read-only query (``self.sql(..., readonly=True)``,
             e.g. SQL a model wrote) may run before it is stopped with an ``SQLError``
             (``None``: no limit).
+        owner_wait: Seconds a message waits while another process (another kernel on the
+            same folder) runs its agent, before it fails with ``OwnedElsewhereError``
+            naming that process. One process at a time runs an agent; reads work from all.
         backend: ``"local"`` (this process) or ``"ray"`` (agents hosted by Ray actors;
             see :mod:`agentbook.backends.ray`).
         address: The Ray cluster to join (``None``: start or reuse a local one).
@@ -123,6 +126,7 @@ class Runtime:
         max_queue: int = 100_000,
         max_store_bytes: int | None = None,
         max_query_seconds: float | None = 0.5,
+        owner_wait: float = 5.0,
         backend: str = "local",
         address: str | None = None,
         hosts: int = 2,
@@ -133,7 +137,7 @@ class Runtime:
         _check_limits(max_open=max_open, max_batch=max_batch, max_payload_bytes=max_payload_bytes,
                       max_state_bytes=max_state_bytes, max_queue=max_queue,
                       max_store_bytes=max_store_bytes, hibernate_after=hibernate_after,
-                      max_query_seconds=max_query_seconds)
+                      max_query_seconds=max_query_seconds, owner_wait=owner_wait)
         path = os.fspath(path)
         self.memory = path == ":memory:"
         if self.memory:
@@ -163,12 +167,15 @@ class Runtime:
         self.max_queue = max_queue
         self.max_store_bytes = max_store_bytes
         self.max_query_seconds = max_query_seconds
+        self.owner_wait = owner_wait
         self.catalog = Catalog(self.root, "off" if self.memory else durability)
         self.closed = False
         self.source = "cell" if "ipykernel" in sys.modules else "script"
         self.instances: dict[Key, Instance] = {}
         #: The class this runtime was given for each class name (see :meth:`_class_for`).
         self.classes: dict[str, type[Agent]] = {}
+        #: Class names checked against the class folders on disk (case-insensitive).
+        self._folders: dict[str, str] = {}
         self.open_stores: OrderedDict[Key, Instance] = OrderedDict()
         self.unkicked: set[Key] = set()
         self.sweep_handle: asyncio.TimerHandle | None = None
@@ -209,9 +216,25 @@ class Runtime:
         self.check_open()
         class_name = _class_name(cls)
         _check_name(name)
+        if class_name not in self._folders:
+            self._check_folder(class_name)
         if not isinstance(cls, str):
             self.classes[class_name] = cls
         return AgentRef(self, class_name, name)
+
+    def _check_folder(self, class_name: str) -> None:
+        """Class names that differ only in case would share one folder on macOS and
+        Windows (and merge there): the second one is refused, here and on disk."""
+        key = folded(class_name)
+        known = {folded(n): n for n in (*self._folders.values(), *self.classes)}
+        for folder in self.catalog.class_folders():
+            known.setdefault(folded(folder), folder)
+        other = known.get(key)
+        if other is not None and other != class_name:
+            raise UsageError(
+                f"an agent class named {class_name!r} would share its folder with the class "
+                f"{other!r} where file names ignore case (macOS, Windows); rename one of them")
+        self._folders[class_name] = class_name
 
     def spawn(self, cls: type[Agent] | str, name: str | None = None) -> AgentRef:
         """A reference to a new agent of class *cls* with a fresh unique name."""
@@ -401,8 +424,8 @@ class Runtime:
 
     # -- bookkeeping called by instances --------------------------------------------------
     def path_of(self, key: Key) -> str:
-        """The store file of agent *key*."""
-        return os.path.join(self.root, agent_file(*key))
+        """The store file of agent *key* (also one an older agentbook named)."""
+        return self.catalog.store_path(*key)
 
     def should_drop(self, exc: BaseException) -> bool:
         """Whether *exc* means the agent's open store must be closed (damage, read-only)."""
@@ -410,7 +433,9 @@ class Runtime:
 
     def created(self, inst: Instance) -> None:
         """A new agent's first batch is about to commit: list it in the catalog first."""
-        self.catalog.add(inst.key[0], inst.key[1], agent_file(*inst.key), self.clock.now())
+        path = inst.store.path if inst.store is not None else self.path_of(inst.key)
+        self.catalog.add(inst.key[0], inst.key[1], os.path.relpath(path, self.root),
+                         self.clock.now())
 
     def emit_event(self, type_: str, key: Key, payload: Any) -> None:
         """Publish one event of agent *key* on the event bus."""
@@ -703,10 +728,16 @@ class _Deferred:
 
 def _class_name(cls: type[Agent] | str) -> str:
     if isinstance(cls, str):
-        return cls
-    if isinstance(cls, type) and issubclass(cls, Agent):
-        return cls.__name__
-    raise UsageError(f"expected an ab.Agent subclass (or its name), got {cls!r}")
+        name = cls
+    elif isinstance(cls, type) and issubclass(cls, Agent):
+        name = cls.__name__
+    else:
+        raise UsageError(f"expected an ab.Agent subclass (or its name), got {cls!r}")
+    problem = class_name_problem(name)
+    if problem is not None:  # it names the class's folder: it must stay one plain folder
+        raise UsageError(f"the agent class name {name!r} can't name its folder of stores: "
+                         f"{problem}; give the class a plain name (letters, digits, _)")
+    return name
 
 
 def _check_limits(**limits: Any) -> None:
@@ -715,9 +746,9 @@ def _check_limits(**limits: Any) -> None:
     for name, value in limits.items():
         if value is None and name in ("max_store_bytes", "max_query_seconds"):
             continue
-        if name in ("hibernate_after", "max_query_seconds"):
+        if name in ("hibernate_after", "max_query_seconds", "owner_wait"):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
-                0 <= value < float("inf") and (value > 0 or name == "hibernate_after")
+                0 <= value < float("inf") and (value > 0 or name != "max_query_seconds")
             what = "a positive number of seconds" + (" (or None)" if "query" in name else "")
         else:
             ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
@@ -727,10 +758,11 @@ def _check_limits(**limits: Any) -> None:
 
 
 def _check_name(name: Any) -> None:
-    if not isinstance(name, str) or not name or len(name) > _MAX_NAME or _BAD_NAME.search(name):
+    if (not isinstance(name, str) or not name or len(name) > _MAX_NAME or _BAD_NAME.search(name)
+            or name in (".", "..")):
         raise UsageError(
             f"agent names are non-empty strings of at most {_MAX_NAME} characters without "
-            f"'/', '\\' or control characters; got {name!r}"
+            f"'/', '\\' or control characters, and not '.' or '..'; got {name!r}"
         )
 
 

@@ -9,6 +9,11 @@ so arming costs ``O(log n)`` and memory is one small tuple per agent with work p
 The durable side is the catalog's ``timers`` index, kept never later than the truth: a
 schedule that moves an agent's next due earlier is indexed *before* the agent's commit,
 so a restart (which loads the index) wakes every agent that has something due.
+
+Several processes may share a folder (and so the index), but only the one holding an
+agent's lease runs it (:mod:`agentbook.store.lease`). An agent that is due here but
+awake in another process is not woken: its entry comes back a little later (backing off
+to :data:`RETRY_MAX` seconds), so if that process dies this one takes the schedules over.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import itertools
 from typing import TYPE_CHECKING
 
 from ..clock import TimerHandle
+from ..store import lease
 
 if TYPE_CHECKING:
     from ..core.runtime import Runtime
@@ -26,6 +32,10 @@ __all__ = ["Timers"]
 
 Key = tuple[str, str]
 _INF = float("inf")
+#: The first and the longest pause before looking again at an agent due here that
+#: another process runs (clock seconds).
+RETRY_FIRST = 0.5
+RETRY_MAX = 10.0
 
 
 class Timers:
@@ -39,6 +49,8 @@ class Timers:
         self._seq = itertools.count()
         self._handle: TimerHandle | None = None
         self._pending_arm = False
+        #: Agents another process ran when they came due here: the next pause.
+        self._elsewhere: dict[Key, float] = {}
 
     def load(self) -> None:
         """Load the durable index (at runtime start): the entries of agents this process
@@ -156,8 +168,35 @@ class Timers:
                 del current[key]
                 due_keys.append(key)
         for key in due_keys:
-            rt.tick(key)
+            if self._runs_elsewhere(key):
+                self.retry_later(key)
+            else:
+                self._elsewhere.pop(key, None)
+                rt.tick(key)
         self.rearm()
+
+    def _runs_elsewhere(self, key: Key) -> bool:
+        """Whether another process holds *key*'s lease now (one non-blocking look at its
+        lock file; an agent awake here holds its own)."""
+        rt = self.rt
+        if rt.memory or rt.router is not None:
+            return False
+        inst = rt.instances.get(key)
+        if inst is not None and inst.store is not None:
+            return False
+        return not lease.is_free(rt.catalog.lock_path(*key))
+
+    def retry_later(self, key: Key) -> None:
+        """*key* came due while another process runs it: look again after a pause (in
+        memory only; the index stays as it is)."""
+        pause = self._elsewhere.get(key, RETRY_FIRST)
+        self._elsewhere[key] = min(pause * 2, RETRY_MAX)
+        due = self.rt.clock.now() + pause
+        current = self._due.get(key)
+        if current is None or current > due:
+            self._set(key, due)
+            if self._handle is None or due < self._handle.when:
+                self.rearm()
 
     def close(self) -> None:
         """Stop the timer."""

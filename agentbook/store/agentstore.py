@@ -19,7 +19,9 @@ Every version's row changes are captured with SQLite's session extension (throug
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 import time
 from typing import Any, cast
 
@@ -123,8 +125,8 @@ class AgentStore:
         self.query_seconds: float | None = None  # (the runtime sets its max_query_seconds)
         fresh = health.check_file(path)  # (a file too short to be a database is damage)
         try:
-            if fresh:
-                _write_atomically(path, _template())
+            if fresh:  # (another process may have made it since: then it is not fresh)
+                fresh = _create_exclusively(path, _template())
             self.conn = apsw.Connection(path, flags=_OPEN_RW)
             if self.conn.readonly("main"):  # SQLite fell back to read-only: say so now
                 self.conn.close()
@@ -421,18 +423,77 @@ def user_schema(conn: apsw.Connection, db: str = "main") -> str:
     return json.dumps([list(r) for r in rows])
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-    """Write a new store file whole (or not at all); a full disk or a read-only folder
-    becomes its typed error, and no partial file stays behind."""
-    tmp = f"{path}.tmp"  # one name: a file left by a crash is overwritten next time
+def _create_exclusively(path: str, data: bytes) -> bool:
+    """Publish a new store file whole, unless one is there already; whether this call made
+    it. A full disk or a read-only folder becomes its typed error.
+
+    The bytes go to a temporary file of this call's own (``~<file>~<random>.tmp``), which
+    is then linked to *path*: a link never replaces a file, so a store another process
+    made in the meantime (and may have committed to) is kept, never overwritten. No
+    partial file stays behind; a temporary file left by a killed process is removed by a
+    later creation once it is a minute old.
+    """
+    folder = os.path.dirname(path) or "."
+    base = os.path.basename(path)
+    tmp: str | None = None
     try:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        with open(tmp, "wb") as fh:
+        os.makedirs(folder, exist_ok=True)
+        _remove_leftovers(folder, base)
+        fh = None
+        while fh is None:  # (a random name of its own: taken only by a 48-bit coincidence)
+            tmp = os.path.join(folder, f"~{base}~{secrets.token_hex(6)}.tmp")
+            try:
+                fh = open(tmp, "xb")  # noqa: SIM115 - closed just below
+            except FileExistsError:
+                tmp = None
+        with fh:
             fh.write(data)
-        os.replace(tmp, path)
-    except OSError as exc:
+        made = str(tmp)
         try:
-            os.remove(tmp)
+            os.link(made, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise
+            if os.path.exists(path):  # no hard links on this file system (FAT, some mounts):
+                return False          # rename (Windows refuses to replace; elsewhere the
+            os.rename(made, path)     # lease makes this process the only creator)
+            tmp = None
+        return True
+    except OSError as exc:
+        raise health.os_error(exc, path) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+#: The name this had before creation became exclusive (kept for the tests that use it).
+_write_atomically = _create_exclusively
+
+#: Errors of ``os.link`` on a file system without hard links.
+_NO_LINKS = frozenset(getattr(errno, n) for n in ("EPERM", "EXDEV", "EMLINK", "ENOSYS", "ENOTSUP",
+                                                 "EOPNOTSUPP", "EACCES") if hasattr(errno, n))
+_LEFTOVER_AGE = 60.0
+
+
+def _remove_leftovers(folder: str, base: str) -> None:
+    """Remove temporary files of *base*'s creation that a killed process left (a minute
+    old: one that is younger may still be being written)."""
+    prefix = f"~{base}~"
+    try:
+        entries = [e for e in os.scandir(folder)
+                   if e.name.startswith(prefix) and e.name.endswith(".tmp")
+                   and "~" not in e.name[len(prefix):]]
+    except OSError:
+        return
+    cutoff = time.time() - _LEFTOVER_AGE
+    for entry in entries:
+        try:
+            if entry.stat().st_mtime < cutoff:
+                os.remove(entry.path)
         except OSError:
             pass
-        raise health.os_error(exc, path) from None

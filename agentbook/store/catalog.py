@@ -24,7 +24,7 @@ from .approval_index import ApprovalIndex
 from .approvals import IndexedApproval
 from .sqlaccess import translate_error
 
-__all__ = ["Catalog", "agent_file"]
+__all__ = ["Catalog", "agent_file", "class_name_problem", "folded", "legacy_agent_file"]
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -111,18 +111,87 @@ CREATE TABLE IF NOT EXISTS dead_letters(
 """
 
 
+#: File names Windows reserves for devices, with any extension (``CON``, ``con.txt``...).
+_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)),
+                       *(f"lpt{i}" for i in range(10))})
+#: What a folder name (a class name) may not hold anywhere: path separators, characters
+#: Windows refuses, control characters, lone surrogates.
+_BAD_FOLDER_CHARS = re.compile(r'[\x00-\x1f\x7f<>:"/\\|?*]|[\ud800-\udfff]')
+_MAX_CLASS = 100
+
+
+def _reserved(stem: str) -> bool:
+    """Whether Windows reserves *stem* (``CON``, ``aux.x``, ``Com1 ``...) as a file name."""
+    return stem.split(".")[0].rstrip(" ").lower() in _RESERVED
+
+
+def class_name_problem(class_name: object) -> str | None:
+    """Why *class_name* can't name an agent class's folder (``None``: it can)."""
+    if not isinstance(class_name, str) or not class_name:
+        return "it is empty" if class_name == "" else "it is not a string"
+    if len(class_name) > _MAX_CLASS:
+        return f"it is longer than {_MAX_CLASS} characters"
+    if _BAD_FOLDER_CHARS.search(class_name):
+        return 'it holds a path separator, a control character or one of <>:"|?*'
+    if class_name in (".", ".."):
+        return "it is a path"
+    if class_name[-1] in ". " or class_name[0] == " ":
+        return "it starts with a space or ends with a dot or a space"
+    if _reserved(class_name):
+        return "Windows reserves it as a device name"
+    return None
+
+
+def folded(name: str) -> str:
+    """*name* as a case-insensitive (and normalizing) file system compares it."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def agent_file(class_name: str, name: str) -> str:
     """Path of an agent's store, relative to the runtime folder.
 
-    Names that are plain (letters, digits, ``.``, ``_``, ``-``; up to 100 characters)
-    are used as they are, so a person can find ``agents/Support/alice.db``; any other
-    name is stored under a hash of itself (the real name is inside the file).
+    Names that are plain (letters, digits, ``.``, ``_``, ``-``; up to 100 characters) stay
+    visible, so a person can find ``agents/Support/alice.db``. File names are unique even
+    where the file system ignores case (macOS, Windows): a plain name with capitals gets
+    the positions of its capitals after a ``~`` (``Alice`` -> ``Alice~1.db``, ``ALICE`` ->
+    ``ALICE~1f.db``, next to ``alice.db``). Any other name - and any name Windows reserves
+    for a device, like ``con`` - is stored under a hash of itself (the real name is inside
+    the file).
     """
-    if _SAFE_NAME.fullmatch(name) and not name.endswith(".tmp"):
-        stem = name
+    if _SAFE_NAME.fullmatch(name) and not name.endswith(".tmp") and not _reserved(name):
+        capitals = sum(1 << i for i, ch in enumerate(name) if "A" <= ch <= "Z")
+        stem = f"{name}~{capitals:x}" if capitals else name
     else:
-        stem = "~" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        stem = _hashed(name)
     return os.path.join("agents", class_name, stem + ".db")
+
+
+def legacy_agent_file(class_name: str, name: str) -> str:
+    """Where :func:`agent_file` put a store before file names were unique under case
+    folding (plain names as they are): such stores are still found there."""
+    if _SAFE_NAME.fullmatch(name) and not name.endswith(".tmp"):
+        return os.path.join("agents", class_name, name + ".db")
+    return os.path.join("agents", class_name, _hashed(name) + ".db")
+
+
+def _hashed(name: str) -> str:
+    return "~" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _holds(path: str, class_name: str, name: str) -> bool:
+    """Whether the store file at *path* is agent (*class_name*, *name*)'s."""
+    try:
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            meta: dict[str, str] = dict(cast("list[tuple[str, str]]", conn.execute(
+                "SELECT key, value FROM _ab_meta WHERE key IN ('class', 'name')").fetchall()))
+        finally:
+            conn.close()
+    except apsw.Error:
+        return False
+    return meta.get("class") == class_name and meta.get("name") == name
 
 
 class Catalog:
@@ -137,11 +206,19 @@ class Catalog:
             self.conn.set_busy_timeout(10_000)  # several processes may share a catalog
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
-            with self.conn:
+            # IMMEDIATE: another process opening the folder at the same moment waits for
+            # this one (a read that turns into a write would fail at once instead)
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
                 self._upgrade()
                 fresh = not self.conn.execute(
                     "SELECT 1 FROM sqlite_schema WHERE name = 'approvals'").fetchall()
                 self.conn.execute(_SCHEMA)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
             #: The approval index: guarded methods, and its checks against the stores (a
             #: new approvals table next to existing agent files re-reads every store).
             self.approval_index = ApprovalIndex(
@@ -168,8 +245,9 @@ class Catalog:
     def add(self, class_name: str, name: str, file: str, created: float, parent: str | None = None) -> None:
         """Record a new agent."""
         try:
-            self.conn.execute(
-                "INSERT OR IGNORE INTO agents(class, name, file, created, parent) VALUES (?,?,?,?,?)",
+            self.conn.execute(  # (a known agent keeps its row; its file is where it is)
+                "INSERT INTO agents(class, name, file, created, parent) VALUES (?,?,?,?,?)"
+                " ON CONFLICT(class, name) DO UPDATE SET file = excluded.file",
                 (class_name, name, file, created, parent),
             )
         except apsw.Error as exc:
@@ -239,8 +317,31 @@ class Catalog:
                       " expires, status, decided_by, decided_at, reason")
 
     def store_path(self, class_name: str, name: str) -> str:
-        """Where the store of agent (*class_name*, *name*) is (it may not exist)."""
-        return os.path.join(self.root, agent_file(class_name, name))
+        """Where the store of agent (*class_name*, *name*) is (it may not exist yet): its
+        file under :func:`agent_file`, or a store made under the older naming
+        (:func:`legacy_agent_file`) that holds this very agent."""
+        rel = agent_file(class_name, name)
+        path = os.path.join(self.root, rel)
+        old = legacy_agent_file(class_name, name)
+        if old == rel or os.path.exists(path):
+            return path
+        legacy = os.path.join(self.root, old)
+        if os.path.exists(legacy) and _holds(legacy, class_name, name):
+            return legacy
+        return path
+
+    def lock_path(self, class_name: str, name: str) -> str:
+        """The lock file of agent (*class_name*, *name*)'s lease (see
+        :mod:`agentbook.store.lease`): next to its store, named by :func:`agent_file`
+        wherever the store is, so every process locks the same file."""
+        return os.path.join(self.root, agent_file(class_name, name) + ".lock")
+
+    def class_folders(self) -> list[str]:
+        """The class folders under ``agents/`` (as the file system spells them)."""
+        try:
+            return [e.name for e in os.scandir(os.path.join(self.root, "agents")) if e.is_dir()]
+        except OSError:
+            return []
 
     def index_approval(self, row: IndexedApproval) -> None:
         """Index a requested approval; its method is guarded from now on."""
