@@ -395,7 +395,6 @@ async def test_secret_canary_in_headers_and_env_never_leaves_the_secrets_table(t
     canaries = (header_canary, env_canary)
     folder = tmp_path / "store"
     rt = ab.Runtime(folder)
-    rt.capture_events()
     events = Events(rt)
     host = ab.Runtime(tmp_path / "host")  # agentbook's own MCP server, behind the canary token
     try:

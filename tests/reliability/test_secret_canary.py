@@ -192,7 +192,6 @@ async def test_a_planted_secret_appears_nowhere(tmp_path: Path, clock, caplog, c
     caplog.set_level(logging.DEBUG)
     root = tmp_path / "store"
     rt = ab.Runtime(root, clock=clock)
-    rt.capture_events()
     events: list[dict] = []
     rt.events.subscribe(events.append)
     ref = rt.get(RelKeeper, "k")
