@@ -7,12 +7,16 @@ holds the headers and env values of one MCP server registration.
 
 Reached as ``store.secrets`` (:attr:`AgentStore.secrets`), so that ``ab.Secret``'s own
 module, below the store, can use it without importing it. Writes go through
-:meth:`AgentStore.internal`, inside the running handler's transaction.
+:meth:`AgentStore.internal`, inside the running handler's transaction, with SQLite's
+``secure_delete`` on: the bytes of a value replaced or deleted are overwritten with zeros,
+so no copy of an old secret stays in the file's free space (nor, after a checkpoint, in its
+WAL). The setting is per connection; it is on only while secrets are written.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -53,23 +57,44 @@ class Secrets:
 
     def put(self, scope: str, key: str, value: str) -> None:
         """Set *key* of *scope* to *value* (replacing what was there)."""
-        self._store.internal("INSERT OR REPLACE INTO _ab_secrets VALUES (?, ?, ?)",
-                             (scope, key, value))
+        with self._wiping():
+            self._store.internal("INSERT OR REPLACE INTO _ab_secrets VALUES (?, ?, ?)",
+                                 (scope, key, value))
 
     def delete(self, scope: str, key: str) -> None:
         """Remove *key* from *scope* (nothing happens if it is not there)."""
-        self._store.internal("DELETE FROM _ab_secrets WHERE scope = ? AND key = ?",
-                             (scope, key))
+        with self._wiping():
+            self._store.internal("DELETE FROM _ab_secrets WHERE scope = ? AND key = ?",
+                                 (scope, key))
 
     def drop_scope(self, scope: str) -> None:
         """Remove every secret of *scope*."""
-        self._store.internal("DELETE FROM _ab_secrets WHERE scope = ?", (scope,))
+        with self._wiping():
+            self._store.internal("DELETE FROM _ab_secrets WHERE scope = ?", (scope,))
 
     def replace_scope(self, scope: str, items: Iterable[tuple[str, str]]) -> None:
         """Make *items* (distinct keys) the whole content of *scope*."""
-        self.drop_scope(scope)
-        for key, value in items:
-            self._store.internal("INSERT INTO _ab_secrets VALUES (?, ?, ?)", (scope, key, value))
+        with self._wiping():
+            self.drop_scope(scope)
+            for key, value in items:
+                self._store.internal("INSERT INTO _ab_secrets VALUES (?, ?, ?)",
+                                     (scope, key, value))
+
+    @contextmanager
+    def _wiping(self) -> Iterator[None]:
+        """``secure_delete`` on the writer connection while secrets are written (what they
+        free is zeroed), then as it was."""
+        conn = self._store.conn
+        value = conn.execute("PRAGMA secure_delete").fetchall()[0][0]
+        before = value if isinstance(value, int) else 0  # (0 off, 1 on, 2 fast)
+        if before == 1:
+            yield
+            return
+        conn.execute("PRAGMA secure_delete = ON")
+        try:
+            yield
+        finally:
+            conn.execute(f"PRAGMA secure_delete = {before}")
 
     def __repr__(self) -> str:
         return f"<secrets of {self._store!r}>"
