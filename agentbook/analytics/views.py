@@ -26,6 +26,7 @@ reading: ``rt.sql`` refuses anything but queries.
 
 from __future__ import annotations
 
+import errno
 import gc
 import json
 import sys
@@ -33,9 +34,9 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from ..errors import ReadOnlyError, SQLError, UsageError
+from ..errors import LimitError, ReadOnlyError, SQLError, StoreError, UsageError
 from ..store import events as event_log
-from ..store import files, messages
+from ..store import fds, files, messages
 from ..store.history import state_at
 
 if TYPE_CHECKING:
@@ -255,6 +256,7 @@ class Analytics:
             finally:
                 conn.close()
         except Exception as exc:  # a damaged store is reported, not fatal
+            _unless_out_of_files(exc)
             self._small.pop(key, None)
             print(f"agentbook: skipped {key[0]}({key[1]!r}) in the views: {exc}", file=sys.stderr)
             return []
@@ -391,8 +393,8 @@ class Analytics:
                                 self._small[key] = _read_small(conn, key)
                             finally:
                                 conn.close()
-                    except Exception:
-                        pass
+                    except Exception as exc:
+                        _unless_out_of_files(exc)
                 version, state_json, rows = self._small.get(key, (None, None, []))
                 agents.append((class_name, name, version, created, parent, state_json))
                 scheds.extend(rows)
@@ -502,6 +504,7 @@ class Analytics:
                     finally:
                         conn.close()
             except Exception as exc:  # a damaged store is reported, not fatal
+                _unless_out_of_files(exc)
                 print(f"agentbook: skipped {key[0]}({key[1]!r}) in view {view}: {exc}",
                       file=sys.stderr)
                 continue
@@ -535,7 +538,12 @@ class Analytics:
 
     # -- queries ------------------------------------------------------------------------
     def sql(self, query: str, params: Any = None) -> pd.DataFrame:
-        """Catch up, then run a read-only query; returns a DataFrame."""
+        """Catch up, then run a read-only query; returns a DataFrame.
+
+        Read-only by structure, not by keywords: DuckDB's own parser says what each
+        statement is (a query, ``EXPLAIN`` of a query, or a ``PRAGMA``; nothing else), and the
+        query runs in a read-only transaction, so nothing it does can write to the views.
+        """
         import duckdb
 
         try:
@@ -543,15 +551,58 @@ class Analytics:
         except duckdb.Error as exc:
             raise SQLError(_short(exc)) from None
         for statement in statements:
-            if statement.type.name not in ("SELECT", "EXPLAIN", "PRAGMA"):
+            kind = _statement_kind(statement)
+            if kind not in ("SELECT", "PRAGMA"):
                 raise ReadOnlyError(
-                    f"rt.sql only reads ({statement.type.name} refused): the views are a "
-                    "projection of the agents' stores; change agents through their handlers")
-        self.catch_up()
+                    f"rt.sql only reads ({kind} refused): the views are a projection of the "
+                    "agents' stores; change agents through their handlers")
         try:
-            return self.db.execute(query, params).df()
+            self.catch_up()
+            self.db.execute("BEGIN TRANSACTION READ ONLY")
+            try:
+                return self.db.execute(query, params).df()
+            finally:
+                self.db.execute("ROLLBACK")
+        except duckdb.TransactionException as exc:
+            if "read-only" in str(exc):
+                raise ReadOnlyError(f"rt.sql only reads: {_short(exc)}") from None
+            raise SQLError(_short(exc)) from None
         except duckdb.Error as exc:
             raise SQLError(_short(exc)) from None
+        except OSError as exc:  # (never a raw OSError: out of descriptors is a LimitError)
+            if exc.errno in (errno.EMFILE, errno.ENFILE) or fds.exhausted():
+                raise fds.exhausted_error() from None
+            raise StoreError(f"rt.sql could not read the stores: {exc}") from None
+
+
+def _statement_kind(statement: Any) -> str:
+    """What a parsed statement is, by DuckDB's parser: its type, and for ``EXPLAIN [ANALYZE]
+    [(options)] <statement>`` the type of the statement explained (``EXPLAIN ANALYZE``
+    runs it)."""
+    import duckdb
+
+    kind = statement.type.name
+    if kind != "EXPLAIN":
+        return kind
+    text = statement.query
+    tokens = duckdb.tokenize(text)
+    depth, start = 0, None
+    for i, (pos, token) in enumerate(tokens):
+        word = text[pos:tokens[i + 1][0] if i + 1 < len(tokens) else len(text)].strip()
+        if depth == 0 and i > 0 and word.upper() not in ("ANALYZE", "(") \
+                and token.name != "comment":
+            start = pos
+            break
+        depth += word.count("(") - word.count(")")
+    if start is None:
+        return "EXPLAIN"
+    try:
+        inner = duckdb.extract_statements(text[start:])
+    except duckdb.Error:
+        return "EXPLAIN"
+    if len(inner) != 1:
+        return "EXPLAIN"
+    return "SELECT" if inner[0].type.name == "SELECT" else f"EXPLAIN {inner[0].type.name}"
 
 
 def _read_small(conn: Any, key: Key) -> tuple[Any, Any, list[tuple]]:
@@ -623,6 +674,15 @@ def _arrow_batch(columns: dict[str, list], read: list[tuple[Key, int]]) -> Any:
         "state": _filled(columns["state"]),
         "packed": pa.array(columns["packed"], pa.string()),
     })
+
+
+def _unless_out_of_files(exc: Exception) -> None:
+    """A store that could not be read is skipped, unless the process ran out of file
+    descriptors: then the views would silently miss agents, so that is an error."""
+    if isinstance(exc, LimitError):
+        raise exc
+    if fds.exhausted():
+        raise fds.exhausted_error() from None
 
 
 def _short(exc: Exception) -> str:

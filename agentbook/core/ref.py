@@ -32,7 +32,7 @@ from ..store.history import (
     state_at,
 )
 from ..store.messages import read_messages
-from ..store.sqlaccess import sql_params
+from ..store.sqlaccess import OUTSIDE_LIMITS, outside_limits, sql_params
 from .handler import current_context
 
 if TYPE_CHECKING:
@@ -199,18 +199,24 @@ class AgentRef:
         with self._reading(missing_ok=True) as conn:
             return 0 if conn is None else newest_version(conn)
 
-    def sql(self, query: str, *params: Any) -> pd.DataFrame:
+    def sql(self, query: str, *params: Any, timeout: float | None = OUTSIDE_LIMITS.seconds,
+            max_bytes: int | None = OUTSIDE_LIMITS.result_bytes) -> pd.DataFrame:
         """Run a read-only query on the agent's own tables; returns a DataFrame.
+
+        It runs on the event loop, so it has a time budget: *timeout* seconds (``None``: no
+        limit), rows fetched included; and its result (strings and blobs by length) is at
+        most *max_bytes* (``None``: no cap).
 
         Raises:
             ReadOnlyError: the query tries to write.
-            SQLError: SQLite refused the query.
+            SQLError: SQLite refused the query, or it went over *timeout* or *max_bytes*.
         """
         import pandas as pd
 
         params = sql_params(params)  # type: ignore[assignment]
         with self._reading() as conn:
-            names, rows = query_reader(conn, query, params)
+            names, rows = query_reader(conn, query, params,
+                                       limits=outside_limits(timeout, max_bytes))
         return pd.DataFrame.from_records(rows, columns=names)
 
     def history(

@@ -70,6 +70,8 @@ class Runtime:
             view); ``None`` keeps them all, ``0`` keeps none (live delivery only).
         events_max_age: Seconds an event stays on record (``None``: no limit).
         max_open: How many agent stores may be open at once (file handles stay bounded).
+            ``None`` sizes it from the limit on open files (at most 256; see
+            :mod:`agentbook.store.fds`); one that can't fit is lowered, with a warning logged.
         hibernate_after: Seconds of idleness after which an agent hibernates.
         max_batch: How many queued messages may share one commit.
         max_payload_bytes: Largest arguments of one call, as JSON.
@@ -118,7 +120,7 @@ class Runtime:
         events: bool = True,
         events_keep: int | None = 10_000,
         events_max_age: float | None = None,
-        max_open: int = 256,
+        max_open: int | None = None,
         hibernate_after: float = 60.0,
         max_batch: int = 256,
         max_payload_bytes: int = 1 << 20,
@@ -134,6 +136,9 @@ class Runtime:
     ) -> None:
         if durability not in _DURABILITY:
             raise UsageError(f"durability must be 'normal' or 'full', not {durability!r}")
+        from ..store.fds import fit_max_open  # (raises the soft limit on open files, once)
+
+        max_open = fit_max_open(max_open)
         _check_limits(max_open=max_open, max_batch=max_batch, max_payload_bytes=max_payload_bytes,
                       max_state_bytes=max_state_bytes, max_queue=max_queue,
                       max_store_bytes=max_store_bytes, hibernate_after=hibernate_after,

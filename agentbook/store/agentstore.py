@@ -23,24 +23,34 @@ import errno
 import os
 import secrets
 import time
+from dataclasses import replace
 from typing import Any, cast
 
 import apsw
 
-from ..errors import SQLError, StoreCorruptError, StoreError, StoreReadOnlyError
+from ..errors import StoreCorruptError, StoreError, StoreReadOnlyError
 from . import events as event_log
 from . import health
 from .chain import chain_hash
 from .schema import MIGRATIONS, UNTRACKED_TABLES
 from .secrets import Secrets
-from .sqlaccess import _BAD_INPUT, open_reader, readonly_authorizer, translate_error, user_authorizer
+from .sqlaccess import (
+    _BAD_INPUT,
+    READONLY_LIMITS,
+    QueryLimits,
+    open_reader,
+    readonly_authorizer,
+    run_limited,
+    translate_error,
+    user_authorizer,
+)
 
 __all__ = ["AgentStore"]
 
 _OPEN_RW = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
 _SYNC = {"normal": "NORMAL", "full": "FULL", "off": "OFF"}
-#: How many SQLite VM steps run between two looks at a read-only query's clock.
-_PROGRESS_STEPS = 1000
+#: The agent's own SQL in its handler: no limits (it is the agent's code, not a model's).
+_NO_LIMITS = QueryLimits()
 _template_cache: bytes | None = None
 
 
@@ -353,29 +363,16 @@ class AgentStore:
             except apsw.Error as exc:
                 raise self.translate(exc) from None
         conn.authorizer = readonly_authorizer if readonly else user_authorizer
-        budget = self.query_seconds if readonly else None
-        if budget:
-            deadline = time.monotonic() + budget
-            conn.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_STEPS)
+        # (SQL a model wrote: a time budget, and caps on the values and rows it makes)
+        limits = replace(READONLY_LIMITS, seconds=self.query_seconds) if readonly else _NO_LIMITS
         try:
-            cursor = conn.execute(query, params, can_cache=False)
-            try:
-                names = [d[0] for d in cursor.description]
-            except apsw.ExecutionCompleteError:  # no rows (or not a query)
-                return []
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            names, rows = run_limited(conn, query, params, limits)
+            return [dict(zip(names, row, strict=True)) for row in rows]
         except (apsw.Error, *_BAD_INPUT) as exc:
             failure: BaseException = exc
         finally:
             conn.authorizer = None
-            if budget:
-                conn.set_progress_handler(None)
         # (translated with the authorizer and the budget off: it may check the store)
-        if isinstance(failure, apsw.InterruptError) and budget and time.monotonic() > deadline:
-            raise SQLError(
-                f"the query took longer than {budget:g} s and was stopped; make it cheaper "
-                "(a LIMIT, an index, fewer rows) or raise the budget with "
-                "ab.Runtime(max_query_seconds=...)") from None
         if isinstance(failure, apsw.Error):
             raise self.translate(failure) from None
         raise translate_error(failure, self.path) from None
