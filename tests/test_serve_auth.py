@@ -137,21 +137,37 @@ async def test_a_websocket_may_offer_the_token_as_a_subprotocol(served):
         assert (await closed_with(ws))[0] == 4001
 
 
-async def test_a_ticket_works_once_and_expires_on_the_runtime_clock(rt, served, clock):
+async def test_a_ticket_works_once_and_expires_on_the_wall_clock(rt, served, clock):
+    """Tickets expire on the wall clock: a paused VirtualClock (the runtime's) must not keep
+    one alive, nor a fast-forwarded one end it early (issue 18)."""
+    wall = [1000.0]
+    served.auth.now = lambda: wall[0]
     ticket = served.ticket()
     async with await raw(served, f"{PATH}?ticket={ticket}", headers={}) as ws:
         assert (await recv(ws))[0]["type"] == "cf_agent_identity"
     async with await raw(served, f"{PATH}?ticket={ticket}", headers={}) as ws:
         assert (await closed_with(ws))[0] == 4001  # used up
     late = served.ticket()
-    await clock.advance(served.auth.ticket_ttl)
+    wall[0] += served.auth.ticket_ttl  # real time passes; the runtime's clock stands still
     async with await raw(served, f"{PATH}?ticket={late}", headers={}) as ws:
         assert (await closed_with(ws))[0] == 4001  # expired
     fresh = served.ticket()
-    await clock.advance(served.auth.ticket_ttl - 1)
+    await clock.advance(10 * served.auth.ticket_ttl)  # the runtime's clock: no bearing
+    wall[0] += served.auth.ticket_ttl - 1
     client = await ab.connect(served.url_for(ServeCounter, "a"), ticket=fresh)
     assert client.state == {"n": 0}
     await client.close()
+
+
+def test_tickets_read_the_wall_clock_not_the_runtime_clock():
+    """A 1 s ticket of a runtime on a paused VirtualClock used to stay valid forever."""
+    auth = auth_module.Auth("t", ab.VirtualClock(), ticket_ttl=1.0)
+    wall = [50.0]
+    auth.now = lambda: wall[0]
+    kept, gone = auth.issue(), auth.issue()
+    assert auth.redeem(kept)
+    wall[0] += 1.0
+    assert not auth.redeem(gone)
 
 
 @pytest.mark.parametrize(("origin", "host"), [

@@ -13,6 +13,7 @@ doesn't override it answers ``GET`` with its state, read without waiting.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -25,6 +26,7 @@ from ..core.agent import Agent
 from ..envelope import Envelope
 from ..errors import AgentbookError, UsageError
 from .auth import TICKET_PATH
+from .limits import BODY_SECONDS
 from .protocol import encode, encode_value
 from .session import AgentSocket
 
@@ -82,7 +84,11 @@ async def _agent_request(server: Server, request: Request) -> Response:
         return _json(405, {"error": f"{class_name} has no on_request hook; GET returns its "
                                     "state, and WebSocket clients can call its methods"},
                      headers={"allow": "GET, HEAD"})
-    buffered = await _read_body(request, server.max_message)
+    try:  # (a client that sends its body slowly, or never, gets a deadline)
+        buffered = await asyncio.wait_for(_read_body(request, server.max_message), BODY_SECONDS)
+    except asyncio.TimeoutError:
+        return _json(408, {"error": f"the request body did not arrive within {BODY_SECONDS:g} s"},
+                     headers={"connection": "close"})
     if buffered is None:
         return _json(413, {"error": f"the body is over the limit of {server.max_message} bytes"})
     request = buffered

@@ -27,7 +27,8 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -86,16 +87,20 @@ class Auth:
 
     Args:
         token: The secret; a random one (32 bytes) when ``None``.
-        clock: Where ticket expiry reads the time (the runtime's clock).
+        clock: Not used (kept for callers that pass the runtime's clock): tickets expire on
+            the wall clock, never on a runtime's, which a paused ``VirtualClock`` stops.
         ticket_ttl: Seconds a ticket stays valid.
+
+    Attributes:
+        now: Where ticket expiry reads the time: ``time.monotonic`` (tests may replace it).
     """
 
-    def __init__(self, token: str | None, clock: Any, ticket_ttl: float = 30.0) -> None:
+    def __init__(self, token: str | None, clock: Any = None, ticket_ttl: float = 30.0) -> None:
         if token is not None and (not isinstance(token, str) or not token):
             raise UsageError("token= must be a non-empty string (or None for a random one)")
         self.token = token if token is not None else secrets.token_urlsafe(32)
         self._secret = self.token.encode("utf-8")
-        self._clock = clock
+        self.now: Callable[[], float] = time.monotonic
         self.ticket_ttl = float(ticket_ttl)
         self._tickets: dict[bytes, float] = {}
 
@@ -120,7 +125,7 @@ class Auth:
 
     def issue(self) -> str:
         """A new single-use ticket, valid for :attr:`ticket_ttl` seconds."""
-        now = self._clock.now()
+        now = self.now()
         if len(self._tickets) > 1000:
             self._tickets = {k: t for k, t in self._tickets.items() if t > now}
         ticket = secrets.token_urlsafe(24)
@@ -131,7 +136,7 @@ class Auth:
         """Use up *ticket*; whether it was valid (known, unused, unexpired)."""
         digest = hashlib.sha256(ticket.encode("utf-8", "replace")).digest()
         expires = self._tickets.pop(digest, None)
-        return expires is not None and self._clock.now() < expires
+        return expires is not None and self.now() < expires
 
     def websocket_refusal(self, scope: dict) -> str | None:
         """Why a WebSocket upgrade may not go on, or ``None`` if its credentials are good."""

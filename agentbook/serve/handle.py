@@ -24,6 +24,7 @@ from ..core.agent import Agent
 from ..errors import UsageError
 from .auth import TICKET_PATH, Auth, Guard, check_bind, redact_uvicorn_logs
 from .classes import is_own, served_classes
+from .limits import HEADER_SECONDS, KEEP_ALIVE_SECONDS, ConnectionGuard, default_max_connections
 from .protocol import STATE, Connection, encode, kebab
 
 if TYPE_CHECKING:
@@ -34,6 +35,8 @@ __all__ = ["Server", "serve"]
 log = logging.getLogger("agentbook.serve")
 
 Key = tuple[str, str]
+#: The largest request head (request line and headers) a connection may send.
+_MAX_HEADER_BYTES = 64 << 10
 
 
 class Server:
@@ -68,6 +71,8 @@ class Server:
         self._uvicorn: Any = None
         self._task: asyncio.Task | None = None
         self._stopping: asyncio.Task | None = None
+        #: The header deadline and connection cap (:mod:`agentbook.serve.limits`).
+        self.connection_guard: Any = None
 
     # -- the public handle ---------------------------------------------------------------
     @property
@@ -226,7 +231,8 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
           allow_remote: bool = False, mcp: bool = False, allow_origins: Iterable[str] = (),
           allow_hosts: Iterable[str] = (), classes: Iterable[type[Agent] | str] | None = None,
           ticket_ttl: float = 30.0, max_message: int = 1 << 20, compression: bool = False,
-          log_level: str = "warning") -> Server:
+          log_level: str = "warning", max_connections: int | None = None,
+          header_timeout: float = HEADER_SECONDS) -> Server:
     """Serve *rt*'s agents over HTTP and WebSocket in the background (see ``rt.serve``).
 
     Args:
@@ -241,10 +247,18 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
         allow_hosts: ``Host`` names accepted besides loopback and *host* (``"*"``: any).
         classes: Serve only these agent classes (default: every class defined outside
             agentbook itself; ``ab.ChatAgent`` and the like are never served).
-        ticket_ttl: Seconds a connect ticket stays valid.
+        ticket_ttl: Seconds a connect ticket stays valid (on the wall clock, never the
+            runtime's).
         max_message: Largest WebSocket message or HTTP body accepted, in bytes.
         compression: Negotiate permessage-deflate (off: loopback doesn't need it).
         log_level: uvicorn's log level.
+        max_connections: How many HTTP connections may be open at once; over it, the
+            oldest idle or half-open ones are closed to make room (``None``: what the
+            limit on open files leaves besides the runtime's stores, at most 1 000; see
+            :mod:`agentbook.serve.limits`).
+        header_timeout: Seconds a connection may take to send its request headers before
+            it is closed (idle keep-alive connections close after 5 s, and a request body
+            must arrive within 30 s).
 
     Returns:
         The running :class:`Server`.
@@ -268,9 +282,19 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
         import uvicorn
     except ImportError:
         raise UsageError("serving needs starlette and uvicorn: pip install 'agentbook[serve]'") from None
+    from uvicorn.config import HTTP_PROTOCOLS
+    from uvicorn.importer import import_from_string
+
     from .app import build_app
 
-    auth = Auth(token, rt.clock, ticket_ttl)
+    if not (isinstance(header_timeout, (int, float)) and 0 < header_timeout < float("inf")):
+        raise UsageError(f"header_timeout= is a positive number of seconds, not {header_timeout!r}")
+    if max_connections is None:
+        max_connections = default_max_connections(rt.max_open)
+    elif isinstance(max_connections, bool) or not isinstance(max_connections, int) \
+            or max_connections < 1:
+        raise UsageError(f"max_connections= is a positive int or None, not {max_connections!r}")
+    auth = Auth(token, ticket_ttl=ticket_ttl)
     server = Server(rt, auth, host, 0, classes, max_message)
     app = build_app(server, mcp=mcp)
     try:
@@ -279,11 +303,19 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
         raise UsageError(f"can't listen on {host}:{port}: {exc.strerror}; pick another port") from None
     server.port = sock.getsockname()[1]
     guard = Guard(app, auth, server.port, [host, *allow_hosts], allow_origins)
+    connections = ConnectionGuard(max_connections, float(header_timeout))
+    server.connection_guard = connections
     config = uvicorn.Config(
         guard, lifespan="off", log_config=None, log_level=log_level, access_log=False,
         ws="websockets-sansio", ws_max_size=max(4 * max_message, 1 << 16),
         ws_per_message_deflate=compression, proxy_headers=False, server_header=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=5, timeout_keep_alive=KEEP_ALIVE_SECONDS,
+        # (asyncio accepts up to `backlog` sockets per wake-up, and one that fails for want
+        # of descriptors retries once per socket left in the batch: a storm. A batch no
+        # bigger than the cap stays within the descriptors the guard leaves.)
+        backlog=max(16, min(2048, max_connections)),
+        h11_max_incomplete_event_size=_MAX_HEADER_BYTES,
+        http=connections.protocol(import_from_string(HTTP_PROTOCOLS["auto"])),
     )
     redact_uvicorn_logs()
     server.start(_quiet_uvicorn()(config), sock)
