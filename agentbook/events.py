@@ -21,6 +21,10 @@ decisions it committed, ``chat:*``, ``timetravel:rewind`` and its ``emit`` calls
 a version). A handler that raised leaves none of
 its own events; its ``rpc:error`` is on record through the runtime's failure log (the
 catalog's ``failures``, also behind the ``history`` view's ``outcome = 'error'`` rows).
+A call's ``rpc`` and ``state:update`` are its history row seen as events: the view derives
+them from history instead of writing them twice (so they cost a committed call nothing more,
+and stay as long as history does: ``ref.prune``); ``events_keep``/``events_max_age`` apply
+to the rest, which ``_ab_events`` keeps.
 Live only (they happen outside any commit, or to an agent that no longer exists):
 ``agent:start`` and ``agent:hibernate`` (a wake writes nothing), ``destroy``,
 ``connect``/``disconnect``, ``mcp:client:*``, ``broadcast`` (its message goes to clients;

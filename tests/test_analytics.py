@@ -77,7 +77,7 @@ async def test_events_are_on_record_without_asking(mem_rt):
     await mem_rt.get(Metric, "e").work(1)
     mem_rt.capture_events()  # (a no-op now: kept so old notebooks run)
     await mem_rt.get(Metric, "e").work(2)
-    types = mem_rt.sql("SELECT type FROM events ORDER BY seq").type.tolist()
+    types = mem_rt.sql("SELECT type FROM events ORDER BY version, type").type.tolist()
     assert types == ["rpc", "state:update", "rpc", "state:update"]
 
 

@@ -67,9 +67,9 @@ async def test_an_agent_made_again_under_the_same_name_replaces_the_old_one(mem_
     await mem_rt.settle()
     await till.add(7)  # the same name, a new agent (same clock instant, too)
     assert _states(mem_rt, "t") == [(1, {"n": 7})] == _ref_states(till)
-    kinds = mem_rt.sql("SELECT type, version FROM events WHERE name = 't' AND seq IS NOT NULL"
-                       " ORDER BY seq")
-    assert kinds.version.max() == 1
+    kinds = mem_rt.sql("SELECT type, version FROM events WHERE name = 't' AND version IS NOT NULL"
+                       " ORDER BY version")
+    assert kinds.version.max() == 1 and kinds.type.tolist() == ["rpc", "state:update"]
 
 
 async def test_an_agent_made_again_between_two_catch_ups_with_more_versions(mem_rt):

@@ -18,8 +18,10 @@ reading: ``rt.sql`` refuses anything but queries.
   are rows with ``outcome = 'error'`` and ``version`` NULL.
 * ``events`` is every agent's event stream on record (see :mod:`agentbook.events` for what
   is kept, and ``ab.Runtime(events_keep=, events_max_age=)`` for how long), plus one
-  ``rpc:error`` row per failed call (from the runtime's failure log). Its columns are
-  ``type, agent, name, payload, timestamp, version, seq``.
+  ``rpc:error`` row per failed call (from the runtime's failure log), and one ``rpc`` and
+  (when the state changed) one ``state:update`` row per committed call, derived from its
+  history row. Its columns are ``type, agent, name, payload, timestamp, version, seq``
+  (``seq`` orders what ``_ab_events`` keeps; it is NULL in the derived rows).
 * An agent destroyed and made again under the same name is told apart by its history's
   hash chain: the views drop what they had of the old one at the next catch-up.
 """
@@ -120,6 +122,8 @@ class Analytics:
         #: agents whose oldest events were pruned.
         self._seeds: dict[Key, str | None] = {}
         self._new_events: list[tuple] = []
+        #: Per history row read by this catch-up: did its handler change the state?
+        self._changed: list[bool] = []
         self._stale: list[Key] = []
         self._pruned: list[tuple[str, str, int]] = []
         #: The agents' own tables asked for with table(): view name -> table name.
@@ -144,6 +148,7 @@ class Analytics:
         gone = [key for key in {*self._marks, *self._event_marks} if key not in known]
         self._forget(gone)
         columns: dict[str, list] = {c: [] for c in [*_PLAIN_COLS, "packed"]}
+        self._changed.clear()
         read: list[tuple[Key, int]] = []  # (agent, rows read), in the order of the rows
         added = 0
         progress = _Progress(len(todo)) if len(todo) > 200 else None
@@ -157,7 +162,7 @@ class Analytics:
             self._stale = []
             added = len(columns["version"])
             if added:
-                batch = _arrow_batch(columns, read)
+                batch = _arrow_batch(columns, read, self._changed)
                 del columns
                 self._append_history(batch)
         finally:
@@ -234,6 +239,8 @@ class Analytics:
                 first = len(states)
                 for values, col in zip(zip(*rows, strict=True), columns.values(), strict=True):
                     col.extend(values)
+                # a row holds a state only when its handler changed it: its state:update event
+                self._changed.extend(s is not None for s in states[first:])
                 if states[first] is None:  # the state before: carried into unchanged rows
                     seed = self._seeds.pop(key, None)
                     states[first] = _NO_STATE if seed is None else seed
@@ -340,6 +347,17 @@ class Analytics:
                 " CASE WHEN due IS NULL THEN NULL ELSE to_timestamp(due) END, t[8],"
                 " CASE WHEN due IS NULL THEN NULL ELSE ts - due END"
                 f" FROM (SELECT *, json_extract_string(packed, [{_UNPACK}]) AS t FROM ab_batch)")
+            # A committed call's rpc and state:update events are its history row, seen as
+            # events (the live events' shapes): derived here instead of written twice.
+            self.db.execute(
+                "INSERT INTO events SELECT kind, agent, name, CASE kind WHEN 'rpc' THEN"
+                " json_object('method', t[1], 'version', version, 'source', t[4])::VARCHAR"
+                " ELSE json_object('state', json(state), 'source', t[4], 'version', version)"
+                "::VARCHAR END, to_timestamp(ts), version, NULL FROM (SELECT *,"
+                f" json_extract_string(packed, [{_UNPACK}]) AS t FROM ab_batch),"
+                " (VALUES ('rpc'), ('state:update')) kinds(kind)"
+                " WHERE t[5] = 'ok' AND t[1] <> 'on_start' AND (kind = 'rpc' AND due IS NULL"
+                " OR kind = 'state:update' AND changed)")
         finally:
             self.db.unregister("ab_batch")
 
@@ -650,7 +668,8 @@ def _filled(states: list) -> Any:
     return column
 
 
-def _arrow_batch(columns: dict[str, list], read: list[tuple[Key, int]]) -> Any:
+def _arrow_batch(columns: dict[str, list], read: list[tuple[Key, int]],
+                 changed: list[bool]) -> Any:
     """The rows read, as an Arrow table; ``agent`` and ``name`` are dictionary-encoded
     (one entry per agent, not one string per row)."""
     import numpy as np
@@ -672,6 +691,7 @@ def _arrow_batch(columns: dict[str, list], read: list[tuple[Key, int]]) -> Any:
         "duration_ms": pa.array(columns["duration_ms"], real),
         "due": pa.array(columns["due"], real),
         "state": _filled(columns["state"]),
+        "changed": pa.array(changed, pa.bool_()),
         "packed": pa.array(columns["packed"], pa.string()),
     })
 

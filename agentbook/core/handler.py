@@ -23,11 +23,6 @@ from ..schedule import firing
 from ..store import outbox
 from ..store.history import HistoryRow, result_json
 
-try:  # (the C function json.dumps uses for a str; strings of the runtime are text)
-    from json.encoder import c_encode_basestring as encode_basestring  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover
-    from json.encoder import py_encode_basestring as encode_basestring
-
 if TYPE_CHECKING:
     from ..envelope import Envelope
     from ..schedule.policy import Occurrence
@@ -434,16 +429,12 @@ def _keep_events(inst: Instance, store: AgentStore, ctx: HandlerContext,
     :mod:`agentbook.store.events`): what the output gate announces live after the commit,
     in the same shapes. *env* is ``None`` for an ``on_start`` that made a version."""
     version, ts = inst.version, inst.runtime.clock.now()
-    dumps, quote = jsonvalue.dumps, encode_basestring
+    dumps = jsonvalue.dumps
     rows: list[tuple] = []
     if env is not None and env.sched is not None:
         rows.append((version, ts, *_scheduled_event("execute", env, version)))
-    elif env is not None:
-        rows.append((version, ts, "rpc", f'{{"method":{quote(env.method)},"version":{version},'
-                                          f'"source":{quote(env.source)}}}'))
-    if env is not None and ctx.state_changed:
-        rows.append((version, ts, "state:update", f'{{"state":{inst.state_json},"source":'
-                                                  f'{quote(env.source)},"version":{version}}}'))
+    # (a call's rpc and state:update events are not written: its history row holds them, and
+    # the events view derives them from it - see agentbook.analytics.views)
     for type_, payload in ctx.events:
         if type_ != "broadcast" and type_ != "connection:send":  # for clients, not kept
             rows.append((version, ts, type_, _payload_json(payload)))

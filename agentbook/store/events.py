@@ -1,8 +1,9 @@
 """An agent's event stream on record: the ``_ab_events`` table of its store.
 
-Every event a committed handler produced - ``rpc``, ``state:update``, ``schedule:*`` and
-``queue:*``, ``approval:*``, ``chat:*``, what the agent ``emit``-ted - is
-a row here, inserted in the same transaction as the handler's history row (one
+Every event a committed handler produced - ``schedule:*`` and ``queue:*``,
+``approval:*``, ``chat:*``, what the agent ``emit``-ted - is a row here (a call's ``rpc``
+and ``state:update`` are not: its history row holds them, and the ``events`` view derives
+them), inserted in the same transaction as the handler's history row (one
 ``executemany`` per batch, the way history rows go in), so an event is on record exactly
 when what it tells of is. A handler that raised leaves none of its events behind.
 

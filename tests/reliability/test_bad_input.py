@@ -572,7 +572,7 @@ def test_ten_megabyte_payloads_and_full_queues_are_refused_with_default_limits(t
         assert len(sent) == 5
         assert await asyncio.gather(*sent) == [2, 3, 4, 5, 6]
         assert storeutil.diff_tables(before, storeutil.dump(rt.path_of(ref._ab_key))) == [
-            "_ab_events", "_ab_history", "_ab_state", "items"]
+            "_ab_history", "_ab_state", "items"]
         await rt.aclose()
 
     asyncio.run(main())
