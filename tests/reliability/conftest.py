@@ -41,6 +41,12 @@ _REPORT: list[tuple[str, str, Callable[[dict], str], Callable[[dict], bool]]] = 
      lambda f: (f"{f['cycles']} cycles, {f['acknowledged']} acknowledged: {f['lost']} lost, "
                 f"{f['duplicated']} duplicated, {f['half_written']} half-written"),
      lambda f: f["cycles"] >= 1000 and f["lost"] == f["duplicated"] == f["half_written"] == 0),
+    ("two_processes", "Two processes on one folder, random SIGKILLs",
+     lambda f: (f"{f['kills']} kills, {f['acknowledged']} acknowledged ({f['shared_acknowledged']}"
+                f" to the shared agent): {f['lost']} lost, {f['duplicated']} duplicated, "
+                f"{f['raw_errors']} raw errors, {f['stale_reads']} stale reads, takeover <= "
+                f"{f['max_takeover_s']} s"),
+     lambda f: f["lost"] == f["duplicated"] == f["raw_errors"] == f["stale_reads"] == 0),
     ("outbox_kill", "Kill right after an acknowledged send (outbox)",
      lambda f: (f"{f['cycles']} cycles, {f['acknowledged']} acknowledged sends: {f['lost']} lost, "
                 f"{f['duplicated']} duplicated, {f['left_in_outbox']} left in the outbox"),
