@@ -31,6 +31,7 @@ import apsw
 from ..errors import StoreCorruptError, UsageError
 from ..store import agent_file, files, health
 from ..store.chain import verify_chain
+from ..store.sqlaccess import READ_BUSY_MS
 
 __all__ = ["check_file", "check_stores", "exit_status", "format_report", "release"]
 
@@ -272,6 +273,7 @@ def _reading(path: str) -> Iterator[apsw.Connection]:
     if os.path.getsize(path) == 0:
         raise apsw.NotADBError("the file is empty (0 bytes)")
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    conn.set_busy_timeout(READ_BUSY_MS)  # (a running runtime's writer may checkpoint now)
     scratch = None
     try:
         try:

@@ -24,6 +24,7 @@ import apsw
 from .agentstore import user_schema
 from .history import changesets_above, check_version, schema_at
 from .schema import UNTRACKED_TABLES
+from .sqlaccess import READ_BUSY_MS
 
 __all__ = ["copy_into", "frame_segments", "materialize", "segments", "undo", "undo_to"]
 
@@ -136,6 +137,7 @@ def materialize(path: str, version: int, who: str) -> apsw.Connection:
     one snapshot (the version is checked in it too: see :func:`check_version`).
     """
     mem = apsw.Connection(":memory:", flags=_URI_RO)
+    mem.set_busy_timeout(READ_BUSY_MS)  # (the owner's writer may hold the file a moment)
     mem.execute("ATTACH DATABASE ? AS src", (f"file:{path}?mode=ro",))
     try:
         mem.execute("BEGIN")  # one snapshot of the source for everything below

@@ -16,9 +16,9 @@ from ..errors import ReadOnlyError, SQLError, StoreCorruptError, StoreError, Usa
 from . import fds, health
 from .schema import INTERNAL_PREFIX
 
-__all__ = ["OUTSIDE_LIMITS", "READONLY_LIMITS", "QueryLimits", "open_reader", "outside_limits",
-           "query_reader",
-           "reading", "readonly_authorizer", "run_limited", "translate_error", "user_authorizer"]
+__all__ = ["OUTSIDE_LIMITS", "READONLY_LIMITS", "READ_BUSY_MS", "QueryLimits", "open_reader",
+           "outside_limits", "query_reader", "reading", "readonly_authorizer", "run_limited",
+           "translate_error", "user_authorizer"]
 
 _OPEN_RO = apsw.SQLITE_OPEN_READONLY
 #: What apsw raises for SQL text or values SQLite can't take (NUL, lone surrogates,
@@ -103,10 +103,19 @@ def readonly_authorizer(op: int, p1: Any, p2: Any, db: Any, trigger: Any) -> int
     return user_authorizer(op, p1, p2, db, trigger)
 
 
+#: How long a read from outside waits (milliseconds) while another connection - often
+#: another process's, closing its store and checkpointing it - holds the file, before it
+#: fails with a ``StoreError``.
+READ_BUSY_MS = 5_000
+
+
 def open_reader(path: str) -> apsw.Connection:
-    """Open a read-only connection to a store file."""
+    """Open a read-only connection to a store file; its reads wait up to
+    :data:`READ_BUSY_MS` for a writer (of any process) that holds the file a moment."""
     try:
-        return apsw.Connection(path, flags=_OPEN_RO)
+        conn = apsw.Connection(path, flags=_OPEN_RO)
+        conn.set_busy_timeout(READ_BUSY_MS)
+        return conn
     except apsw.Error as exc:
         raise translate_error(exc, path, writing=False) from None
 
