@@ -4,7 +4,9 @@ The views are a *projection*: DuckDB tables in an in-process database (``rt.db``
 from the agents' own SQLite stores before each query. Rows move through Arrow (DuckDB
 cannot read SQLite files offline). Each agent has a watermark - the newest version
 already projected - so a catch-up reads only what is new, and only from agents that
-committed since the last one (plus, the first time, every agent in the catalog).
+committed since the last one (plus, the first time, every agent in the catalog): in this
+process, or in another one on the same folder (a store file's :func:`_signature` - its
+and its WAL's size and time - says so without opening it).
 :meth:`Analytics.rebuild` starts from scratch and gives the same result; so does a new
 runtime on the same folder (a restart): everything in the views comes from the stores.
 
@@ -117,6 +119,10 @@ class Analytics:
         self._event_first: dict[Key, int] = {}
         self._failure_mark = 0
         self._primed = False
+        #: Per agent: its store file's :func:`_signature` before its last read (commits
+        #: made by other processes show as a changed signature), and the file's path.
+        self._seen: dict[Key, tuple | None] = {}
+        self._paths: dict[Key, str] = {}
         #: Filled while reading, used by one catch-up: the state before each agent's new
         #: history rows, its new events, agents whose projection must go (made again), and
         #: agents whose oldest events were pruned.
@@ -142,10 +148,20 @@ class Analytics:
         if not self._primed or rt.router is not None:  # commits elsewhere: look at all
             todo = [(c, n) for c, n, *_ in catalog]
             self._primed = True
-        else:
-            todo = [key for key in rt.dirty if key in known]
+            seen = {key: self._signature(key) for key in todo}
+        else:  # what committed here, and stores another process changed since last read
+            seen = {}
+            for c, n, *_ in catalog:
+                key = (c, n)
+                sig = self._signature(key)
+                if key in rt.dirty or sig is _UNSETTLED or sig != self._seen.get(key, _UNSETTLED):
+                    seen[key] = sig
+            todo = list(seen)
         rt.dirty.clear()
         gone = [key for key in {*self._marks, *self._event_marks} if key not in known]
+        for key in {*self._seen, *self._paths} - known:
+            self._seen.pop(key, None)
+            self._paths.pop(key, None)
         self._forget(gone)
         columns: dict[str, list] = {c: [] for c in [*_PLAIN_COLS, "packed"]}
         self._changed.clear()
@@ -173,7 +189,20 @@ class Analytics:
         self._failures()
         self._small_views(catalog, todo, gone)
         self._table_views(todo)
+        self._seen.update(seen)  # (a read that raised is tried again next time)
         return added
+
+    def _signature(self, key: Key) -> tuple | None:
+        """:func:`_signature` of agent *key*'s store file (its path found once)."""
+        path = self._paths.get(key)
+        if path is None:
+            path = self._paths[key] = self.rt.path_of(key)
+        sig = _signature(path)
+        if sig is None:  # not there (yet): where is it now?
+            self._paths[key] = self.rt.path_of(key)
+            if self._paths[key] != path:
+                sig = _signature(self._paths[key])
+        return sig
 
     def _forget(self, keys: Sequence[Key], keep_marks: bool = False) -> None:
         """Drop what the views hold of *keys* (agents gone, or made again: then their
@@ -621,6 +650,39 @@ def _statement_kind(statement: Any) -> str:
     if len(inner) != 1:
         return "EXPLAIN"
     return "SELECT" if inner[0].type.name == "SELECT" else f"EXPLAIN {inner[0].type.name}"
+
+
+#: How long ago a store file must have changed for its size and time to be trusted: a
+#: later change then shows as a later time. File systems keep coarse times (a clock tick;
+#: up to 2 s on FAT), so a file changed more recently is read at each catch-up.
+_SETTLED_NS = 2_000_000_000
+#: The signature of a store file changed within :data:`_SETTLED_NS`.
+_UNSETTLED: tuple = ("unsettled",)
+
+
+def _signature(path: str) -> tuple | None:
+    """What changes whenever a store file gets a commit, from any process, in two ``stat``
+    calls (no SQLite, no file opened): inode, size and modification time of the file and
+    of its WAL, which each commit writes (an empty WAL, as a reader leaves it, holds
+    nothing: only the file counts then). :data:`_UNSETTLED` while one of them changed in
+    the last :data:`_SETTLED_NS`, so a second change within the file system's clock tick
+    is not missed. ``None``: no file there."""
+    import os
+
+    try:
+        db = os.stat(path)
+    except OSError:
+        return None
+    try:
+        wal = os.stat(path + "-wal")
+    except OSError:
+        wal = None
+    sig: tuple = (db.st_ino, db.st_size, db.st_mtime_ns)
+    newest = db.st_mtime_ns
+    if wal is not None and wal.st_size:
+        sig += (wal.st_ino, wal.st_size, wal.st_mtime_ns)
+        newest = max(newest, wal.st_mtime_ns)
+    return _UNSETTLED if time.time_ns() - newest < _SETTLED_NS else sig
 
 
 def _read_small(conn: Any, key: Key) -> tuple[Any, Any, list[tuple]]:
