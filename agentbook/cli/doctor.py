@@ -152,9 +152,10 @@ def release(path: str | os.PathLike[str], class_name: str, name: str,
         raise UsageError(f"there is no file at {source} to put back; restore the store from a "
                          "backup and pass it as the restored file")
     target = os.path.join(root, agent_file(class_name, name))
-    if any(os.path.exists(target + s) for s in ("", "-wal", "-journal")):
-        raise UsageError(f"a store is already at {target}; move it away before releasing "
-                         f"{class_name}({name!r})")
+    for place in dict.fromkeys((target, _store_path(root, class_name, name))):
+        if any(os.path.exists(place + s) for s in ("", "-wal", "-journal")):
+            raise UsageError(f"a store is already at {place}; move it away before releasing "
+                             f"{class_name}({name!r})")
     entry = check_file(source)
     if not entry["ok"] and not force:
         raise StoreCorruptError(
@@ -291,6 +292,18 @@ def _reading(path: str) -> Iterator[apsw.Connection]:
         conn.close()
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _store_path(root: str, class_name: str, name: str) -> str:
+    """Where the runtime finds agent (*class_name*, *name*)'s store (also one an older
+    agentbook named: :meth:`~agentbook.store.catalog.Catalog.store_path`)."""
+    from ..store import Catalog
+
+    catalog = Catalog(root)
+    try:
+        return catalog.store_path(class_name, name)
+    finally:
+        catalog.close()
 
 
 def _store_files(agents_dir: str) -> list[str]:

@@ -201,13 +201,11 @@ def _ls(args: argparse.Namespace) -> None:
 
 
 def _show(args: argparse.Namespace) -> None:
-    from ..store import agent_file
-
     with open_store(args.path) as rt:
         ref = _agent(rt, args.target)
         state, version = ref.state, ref.version
         tables = [(t, _count(ref, t)) for t in _user_tables(ref)]
-        file = os.path.join(rt.root, agent_file(ref.class_name, ref.name))
+        file = rt.path_of((ref.class_name, ref.name))  # (also a store an older agentbook named)
     print(f"{args.target}")
     print(f"  version  {version}")
     print(f"  file     {file}")

@@ -39,8 +39,8 @@ import apsw
 
 from .. import jsonvalue
 from ..envelope import Envelope
-from ..errors import ReplayError, UsageError
-from ..store import AgentStore, agent_file, open_reader
+from ..errors import OwnedElsewhereError, ReplayError, UsageError
+from ..store import AgentStore, lease, open_reader
 from ..store import schedules as stored_schedules
 from ..store.changesets import copy_into, materialize
 from ..store.history import (
@@ -247,8 +247,33 @@ async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool 
     rt.check_open()
     cls_name = ref.class_name
     target = rt.get(cls_name, name)
+    if target._ab_key in rt.instances:
+        raise UsageError(f"an agent {cls_name}({name!r}) already exists; fork under another name")
+    # the new agent's lease while its store is written (one owner per agent across
+    # processes): another process making or running it now refuses the fork
+    held = None
+    if not rt.memory:
+        try:
+            held = lease.take(rt.catalog.lock_path(cls_name, name), f"{cls_name}({name!r})")
+        except OwnedElsewhereError:
+            if os.path.exists(rt.path_of(target._ab_key)):
+                raise UsageError(f"an agent {cls_name}({name!r}) already exists; fork under "
+                                 "another name") from None
+            raise
+    try:
+        return await _fork(ref, target, name, at, schedules)
+    finally:
+        if held is not None:
+            held.release()
+
+
+async def _fork(ref: AgentRef, target: AgentRef, name: str, at: int | None,
+                schedules: bool) -> AgentRef:
+    """:func:`fork`, under the new agent's lease."""
+    rt = ref.runtime
+    cls_name = ref.class_name
     new_path = rt.path_of(target._ab_key)
-    if os.path.exists(new_path) or target._ab_key in rt.instances:
+    if os.path.exists(new_path):
         raise UsageError(f"an agent {cls_name}({name!r}) already exists; fork under another name")
     path = rt.path_of(ref._ab_key)
     if not os.path.exists(path):
@@ -268,7 +293,7 @@ async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool 
         # Listed first (the catalog is a superset of the stores, as for a new agent), then
         # written whole under a temporary name and published with one link: a fork killed
         # half-way leaves no store under its name, so forking again just works.
-        rt.catalog.add(cls_name, name, agent_file(cls_name, name), rt.clock.now(),
+        rt.catalog.add(cls_name, name, os.path.relpath(new_path, rt.catalog.root), rt.clock.now(),
                        f"{cls_name}/{ref.name}@{version}")
         try:
             _write_fork(rt, mem, new_path, target._ab_key, ref._ab_key, version, state_json)
