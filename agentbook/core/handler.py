@@ -293,7 +293,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         _append_version(inst, store, ctx, ts, env.label or env.method, env.args_json,
                         env.kwargs_json, duration, outcome_label, changes=changes,
                         schema=schema, state=state_col, result=result_text)
-        if kept is not None:
+        if kept is not None and (ctx.events or ctx.approvals or sched is not None):
             _keep_events(inst, store, ctx, env)
         if not lone:
             store.release()
