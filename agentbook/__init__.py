@@ -65,6 +65,9 @@ from .errors import (
     UnknownMethodError,
     UsageError,
     VersionNotFoundError,
+    WorkflowError,
+    WorkflowNondeterminismError,
+    WorkflowStepError,
     WouldBlockError,
 )
 from .events import EventBus
@@ -73,6 +76,7 @@ from .schedule.policy import Occurrence, Retry, Schedule, ScheduleError
 from .secrets import Secret
 from .sync import run
 from .version import __version__ as __version__
+from .workflow import Step, WorkflowRun, workflow
 
 
 async def connect(url: str, *, token: str | None = None, **options: Any) -> object:
@@ -134,6 +138,7 @@ __all__ = [
     "Secret",
     "StateError",
     "StateRejectedError",
+    "Step",
     "StoreCorruptError",
     "StoreError",
     "StoreFullError",
@@ -147,6 +152,10 @@ __all__ = [
     "UsageError",
     "VersionNotFoundError",
     "VirtualClock",
+    "WorkflowError",
+    "WorkflowNondeterminismError",
+    "WorkflowRun",
+    "WorkflowStepError",
     "WouldBlockError",
     "callable",
     "connect",
@@ -155,4 +164,5 @@ __all__ = [
     "run",
     "runtime",
     "tool",
+    "workflow",
 ]

@@ -27,6 +27,9 @@ Each message says what went wrong and what to do next, in one sentence.
      ├── TimeTravelError
      │    ├── VersionNotFoundError     (also LookupError) no such version, or it was pruned
      │    └── ReplayError              a replayed step needs an effect that was never journaled
+ ├── WorkflowError                 a workflow run failed or was cancelled (.run, .status)
+     │    ├── WorkflowStepError        a step.do raised on every attempt its retry policy allows
+     │    └── WorkflowNondeterminismError  the code no longer asks for the steps the run journaled
      ├── ModelError                    a model provider failed; carries the provider's message
      │    ├── ModelAuthError           the key is missing or refused
      │    ├── ModelRateLimitError      the provider said slow down
@@ -111,6 +114,9 @@ __all__ = [
     "UnknownMethodError",
     "UsageError",
     "VersionNotFoundError",
+    "WorkflowError",
+    "WorkflowNondeterminismError",
+    "WorkflowStepError",
     "WouldBlockError",
 ]
 
@@ -233,6 +239,28 @@ class VersionNotFoundError(TimeTravelError, LookupError):
 
 class ReplayError(TimeTravelError):
     """A replayed step called an effect whose result was never journaled."""
+
+
+class WorkflowError(AgentbookError):
+    """A workflow run ended without a result: it failed or was cancelled.
+
+    ``run`` is the run's id, ``status`` its status (``failed`` or ``cancelled``)."""
+
+    def __init__(self, message: str, run: str | None = None, status: str | None = None) -> None:
+        super().__init__(message)
+        self.run = run
+        self.status = status
+
+
+class WorkflowStepError(WorkflowError):
+    """A ``step.do`` raised on every attempt its retry policy allows; the message names the
+    step and the last error (catch it in the workflow to go on another way)."""
+
+
+class WorkflowNondeterminismError(WorkflowError):
+    """The workflow's code no longer asks for the steps its run journaled (a step's name or
+    kind differs at the same position): the message names the step; finish or cancel the
+    runs started with the old code, or keep the step sequence the same."""
 
 
 class ModelError(AgentbookError):

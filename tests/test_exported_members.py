@@ -23,6 +23,8 @@ def test_all_is_sorted_and_complete():
         "OwnedElsewhereError", "StoreMismatchError",
         "SystemClock", "UnknownMethodError", "UsageError", "VirtualClock", "WouldBlockError",
         "callable", "run", "runtime",
+        "workflow", "Step", "WorkflowRun", "WorkflowError", "WorkflowNondeterminismError",
+        "WorkflowStepError",
     }
 
 

@@ -529,17 +529,46 @@ class Agent:
 
     def _ab_reject_approval(self, approval_id: str, by: str, reason: str | None) -> None:
         from ..approve import inbox as approvals
+        from ..workflow import engine
 
         inst = self._ab_instance
-        approvals.decide_without_running(inst, inst.require_ctx("reject"), approval_id,
-                                         "rejected", by, reason)
+        ctx = inst.require_ctx("reject")
+        approvals.decide_without_running(inst, ctx, approval_id, "rejected", by, reason)
+        engine.approval_closed(inst, ctx, approval_id, "rejected", by, reason)
 
     def _ab_expire_approval(self, approval_id: str) -> None:
         from ..approve import inbox as approvals
+        from ..workflow import engine
 
         inst = self._ab_instance
-        approvals.decide_without_running(inst, inst.require_ctx("expire"), approval_id,
-                                         "expired", None, "expired")
+        ctx = inst.require_ctx("expire")
+        approvals.decide_without_running(inst, ctx, approval_id, "expired", None, "expired")
+        engine.approval_closed(inst, ctx, approval_id, "expired", None, "expired")
+
+    # -- workflows (agentbook.workflow): the handlers that move a run ----------------------
+    async def _ab_workflow_resume(self, run_id: str) -> None:
+        from ..workflow import engine
+
+        inst = self._ab_instance
+        await engine.resume(inst, inst.require_ctx("workflow"), run_id)
+
+    def _ab_workflow_event(self, run_id: str, name: str, value: Any) -> bool:
+        from ..workflow import engine
+
+        inst = self._ab_instance
+        return engine.deliver_event(inst, inst.require_ctx("send_event"), run_id, name, value)
+
+    def _ab_workflow_decided(self, run_id: str, seq: int) -> None:
+        from ..workflow import engine
+
+        inst = self._ab_instance
+        engine.approved(inst, inst.require_ctx("approve"), run_id, seq)
+
+    def _ab_workflow_cancel(self, run_id: str) -> bool:
+        from ..workflow import engine
+
+        inst = self._ab_instance
+        return engine.cancel(inst, inst.require_ctx("cancel"), run_id)
 
     async def add_mcp_server(self, name: str, target: str | list[str], *,
                              headers: dict[str, str] | None = None,

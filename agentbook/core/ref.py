@@ -97,11 +97,21 @@ class AgentRef:
         env = rt.prepare_call(self._ab_key, method, args, kwargs, external=True, future=True)
         ctx = current_context.get()
         if ctx is None or not env.chain:
-            return rt.submit(self._ab_key, env)
-        from ..travel.replay import agent_call_key, journal_call
+            done = rt.submit(self._ab_key, env)
+        else:
+            from ..travel.replay import agent_call_key, journal_call
 
-        return journal_call(ctx, agent_call_key(*self._ab_key, method),
-                            lambda: rt.submit(self._ab_key, env), args, kwargs)
+            done = journal_call(ctx, agent_call_key(*self._ab_key, method),
+                                lambda: rt.submit(self._ab_key, env), args, kwargs)
+        if getattr(getattr(rt.classes.get(self._ab_key[0]), method, None), "_ab_workflow_fn",
+                   None) is not None:  # an @ab.workflow method: its run, once started
+            return self._started(done)
+        return done
+
+    async def _started(self, done: Awaitable[Any]) -> Any:
+        from ..workflow.run import WorkflowRun
+
+        return WorkflowRun(self, (await done)["workflow"], self._reading)
 
     def send(self, method: str, /, *args: Any, **kwargs: Any) -> None:
         """Queue *method* without waiting. Errors go to the agent's ``on_error`` and the
@@ -300,6 +310,29 @@ class AgentRef:
     # -- plumbing -----------------------------------------------------------------------
     def _reading(self, missing_ok: bool = False) -> _Reading:
         return _Reading(self, missing_ok)
+
+    # -- workflows (agentbook.workflow) --------------------------------------------------
+    def workflow(self, run_id: str) -> Any:
+        """The ``ab.WorkflowRun`` of id *run_id* (also one started before a restart).
+
+        Raises:
+            UsageError: the agent has no run of that id.
+        """
+        from ..workflow.run import WorkflowRun
+
+        run = WorkflowRun(self, run_id, self._reading)
+        run.status  # noqa: B018  (raises if there is no such run)
+        return run
+
+    def workflows(self) -> pd.DataFrame:
+        """The agent's workflow runs, oldest first: ``id``, ``method``, ``args``,
+        ``status``, ``steps`` (completed), ``created``, ``updated``, ``result``, ``error``."""
+        from ..store.workflows import read_runs
+        from ..workflow.run import runs_frame
+
+        with self._reading(missing_ok=True) as conn:
+            found = [] if conn is None else read_runs(conn)
+        return runs_frame(found)
 
     def __repr__(self) -> str:
         return f"<AgentRef {self._ab_key[0]}({self._ab_key[1]!r})>"

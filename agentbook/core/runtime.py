@@ -499,6 +499,24 @@ class Runtime:
         frame["version"] = frame["version"].astype("Int64")
         return frame
 
+    def workflows(self) -> pd.DataFrame:
+        """Every agent's workflow runs: ``agent``, ``name``, then the columns of
+        ``ref.workflows()`` (``id``, ``method``, ``status``, ``steps``...)."""
+        import pandas as pd
+
+        frames = []
+        for class_name, name, *_ in self.catalog.rows(None):
+            frame = self.get(class_name, name).workflows()
+            if len(frame):
+                frame.insert(0, "name", name)
+                frame.insert(0, "agent", class_name)
+                frames.append(frame)
+        if not frames:
+            from ..workflow.run import runs_frame
+
+            return runs_frame([], ("", "")).iloc[0:0]
+        return pd.concat(frames, ignore_index=True)
+
     @property
     def approvals(self) -> Approvals:
         """The approval inbox: displayed, a widget with Approve / Reject buttons;

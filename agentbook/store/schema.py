@@ -239,4 +239,49 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
+    (
+        "0012_workflows",
+        """
+        -- Durable workflows (agentbook.workflow; rows in agentbook.store.workflows): a run
+        -- of an @ab.workflow method, the journal of its steps, and events sent to it that
+        -- no wait_for_event took yet.
+        CREATE TABLE _ab_workflows(
+            id TEXT PRIMARY KEY,
+            method TEXT NOT NULL,
+            args TEXT NOT NULL,            -- JSON array (the arguments after step)
+            kwargs TEXT NOT NULL,          -- JSON object
+            status TEXT NOT NULL,          -- running|sleeping|waiting|completed|failed|cancelled
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            result TEXT,                   -- JSON of the return value
+            error TEXT,
+            steps INTEGER NOT NULL DEFAULT 0   -- steps completed
+        ) WITHOUT ROWID;
+        CREATE INDEX _ab_workflows_status ON _ab_workflows(status);
+        CREATE TABLE _ab_workflow_steps(
+            run TEXT NOT NULL,
+            seq INTEGER NOT NULL,          -- 0, 1, 2 ... in the order the code asks
+            name TEXT NOT NULL,
+            kind TEXT NOT NULL,            -- do | sleep | event | approval
+            status TEXT NOT NULL,          -- waiting | retrying | completed | failed
+            attempts INTEGER NOT NULL DEFAULT 0,
+            started REAL NOT NULL,
+            ended REAL,
+            until REAL,                    -- a sleep's end, a wait's deadline
+            ref TEXT,                      -- the approval a wait is for
+            wake TEXT,                     -- the schedule that wakes the run for it
+            result TEXT,                   -- JSON
+            error TEXT,
+            PRIMARY KEY (run, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX _ab_workflow_steps_ref ON _ab_workflow_steps(ref) WHERE ref IS NOT NULL;
+        CREATE TABLE _ab_workflow_events(
+            seq INTEGER PRIMARY KEY,
+            run TEXT NOT NULL,
+            name TEXT NOT NULL,
+            value TEXT NOT NULL,           -- JSON
+            ts REAL NOT NULL
+        );
+        """,
+    ),
 ]

@@ -1,0 +1,224 @@
+"""The rows of ``_ab_workflows``, ``_ab_workflow_steps`` and ``_ab_workflow_events``, read
+and written by name.
+
+The workflow concept (:mod:`agentbook.workflow`) decides what a run, a step or an event
+means; this module is the only place that knows their SQL. Writes go through
+:meth:`AgentStore.internal`, so they join the running handler's savepoint and commit with
+it: a step's journal record commits with the state and rows its function wrote, as one
+version. Reads from outside the mailbox (``ref.workflows()``, ``run.steps()``, the DuckDB
+views) take a plain connection: a reader that sees the last commit.
+
+The tables are tracked like the agent's own (a version's changeset includes them).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+import apsw
+
+if TYPE_CHECKING:
+    from .agentstore import AgentStore
+
+__all__ = [
+    "RUN_COLUMNS",
+    "STEP_COLUMNS",
+    "RunRow",
+    "StepRow",
+    "add_event",
+    "delete_run_events",
+    "get_run",
+    "insert_run",
+    "insert_step",
+    "read_run",
+    "read_runs",
+    "read_steps",
+    "release_step",
+    "rollback_step",
+    "runs_with_status",
+    "savepoint_step",
+    "set_run",
+    "step_waiting_on",
+    "steps",
+    "take_event",
+    "update_step",
+]
+
+
+class RunRow(NamedTuple):
+    """One workflow run (``_ab_workflows``)."""
+
+    id: str
+    #: The ``@ab.workflow`` method's name.
+    method: str
+    #: JSON text of the positional arguments (after ``step``).
+    args: str
+    #: JSON text of the keyword arguments.
+    kwargs: str
+    #: ``running``, ``sleeping``, ``waiting``, ``completed``, ``failed`` or ``cancelled``.
+    status: str
+    created: float
+    updated: float
+    #: JSON text of the return value (``completed``).
+    result: str | None
+    #: ``Type: message`` of what ended a ``failed`` run.
+    error: str | None
+    #: Steps completed so far.
+    steps: int
+
+
+class StepRow(NamedTuple):
+    """One step of a run (``_ab_workflow_steps``), in the order the code asked for them."""
+
+    run: str
+    #: 0, 1, 2 ... within the run.
+    seq: int
+    name: str
+    #: ``do``, ``sleep``, ``event`` or ``approval``.
+    kind: str
+    #: ``waiting``, ``retrying``, ``completed`` or ``failed``.
+    status: str
+    #: Attempts that raised (``do``).
+    attempts: int
+    started: float
+    ended: float | None
+    #: When a sleep ends, or a wait times out (``None``: never).
+    until: float | None
+    #: The approval a wait is for.
+    ref: str | None
+    #: The schedule that wakes the run for this step (a sleep, a timeout, a retry).
+    wake: str | None
+    #: JSON text of the step's result.
+    result: str | None
+    error: str | None
+
+
+RUN_COLUMNS = list(RunRow._fields)
+STEP_COLUMNS = list(StepRow._fields)
+_RUN = f"SELECT {', '.join(RUN_COLUMNS)} FROM _ab_workflows"
+_STEP = f"SELECT {', '.join(STEP_COLUMNS)} FROM _ab_workflow_steps"
+
+
+# -- inside the agent's mailbox (the writer connection, the handler's transaction) -------
+def insert_run(store: AgentStore, id: str, method: str, args: str, kwargs: str,
+               now: float) -> None:
+    """Write a new run (status ``running``)."""
+    store.internal("INSERT INTO _ab_workflows(id, method, args, kwargs, status, created, updated,"
+                   " steps) VALUES (?,?,?,?,'running',?,?,0)", (id, method, args, kwargs, now, now))
+
+
+def get_run(store: AgentStore, run_id: str) -> RunRow | None:
+    """The run *run_id*, or ``None``."""
+    rows = store.internal(_RUN + " WHERE id = ?", (run_id,))
+    return RunRow._make(rows[0]) if rows else None
+
+
+def set_run(store: AgentStore, run_id: str, status: str, now: float, *,
+            result: str | None = None, error: str | None = None) -> None:
+    """Change a run's status (and keep its result or error)."""
+    store.internal("UPDATE _ab_workflows SET status = ?, updated = ?, result = coalesce(?, result),"
+                   " error = coalesce(?, error),"
+                   " steps = (SELECT count(*) FROM _ab_workflow_steps"
+                   "          WHERE run = ? AND status = 'completed') WHERE id = ?",
+                   (status, now, result, error, run_id, run_id))
+
+
+def steps(store: AgentStore, run_id: str) -> list[StepRow]:
+    """The journal of a run, in order."""
+    return [StepRow._make(r) for r in store.internal(_STEP + " WHERE run = ? ORDER BY seq",
+                                                      (run_id,))]
+
+
+def insert_step(store: AgentStore, row: StepRow) -> None:
+    """Journal a step (its first record)."""
+    store.internal(f"INSERT INTO _ab_workflow_steps({', '.join(STEP_COLUMNS)}) VALUES "
+                   f"({', '.join('?' * len(STEP_COLUMNS))})", tuple(row))
+
+
+def update_step(store: AgentStore, row: StepRow) -> None:
+    """Rewrite a step's record (same run and seq)."""
+    store.internal("UPDATE _ab_workflow_steps SET name = ?, kind = ?, status = ?, attempts = ?,"
+                   " started = ?, ended = ?, until = ?, ref = ?, wake = ?, result = ?, error = ?"
+                   " WHERE run = ? AND seq = ?", (*row[2:], row.run, row.seq))
+
+
+def step_waiting_on(store: AgentStore, approval_id: str) -> StepRow | None:
+    """The waiting step whose approval is *approval_id*, if any."""
+    rows = store.internal(_STEP + " WHERE ref = ? AND status = 'waiting'", (approval_id,))
+    return StepRow._make(rows[0]) if rows else None
+
+
+def runs_with_status(store: AgentStore, *statuses: str) -> list[str]:
+    """Ids of the runs in one of *statuses*, oldest first."""
+    marks = ", ".join("?" * len(statuses))
+    return [r[0] for r in store.internal(
+        f"SELECT id FROM _ab_workflows WHERE status IN ({marks}) ORDER BY created", statuses)]
+
+
+def add_event(store: AgentStore, run_id: str, name: str, value: str, now: float) -> None:
+    """Keep an event sent to a run until a ``wait_for_event`` of that name takes it."""
+    store.internal("INSERT INTO _ab_workflow_events(run, name, value, ts) VALUES (?,?,?,?)",
+                   (run_id, name, value, now))
+
+
+def take_event(store: AgentStore, run_id: str, name: str) -> str | None:
+    """The oldest event *name* sent to the run (JSON text), removed; ``None`` if none."""
+    rows = store.internal("SELECT seq, value FROM _ab_workflow_events WHERE run = ? AND name = ?"
+                          " ORDER BY seq LIMIT 1", (run_id, name))
+    if not rows:
+        return None
+    store.internal("DELETE FROM _ab_workflow_events WHERE seq = ?", (rows[0][0],))
+    return str(rows[0][1])
+
+
+def delete_run_events(store: AgentStore, run_id: str) -> None:
+    """Forget the events nobody waited for (a run that ended)."""
+    store.internal("DELETE FROM _ab_workflow_events WHERE run = ?", (run_id,))
+
+
+# A step's function runs inside a savepoint of its own: if it raises, its writes are undone
+# and only the failed attempt is journaled.
+def savepoint_step(store: AgentStore) -> None:
+    """Open the savepoint of one step attempt (inside the handler's)."""
+    store.internal("SAVEPOINT ab_step")
+
+
+def release_step(store: AgentStore) -> None:
+    """Keep the step attempt's writes."""
+    store.internal("RELEASE ab_step")
+
+
+def rollback_step(store: AgentStore) -> None:
+    """Undo the step attempt's writes."""
+    if store.conn.in_transaction:
+        store.internal("ROLLBACK TO ab_step")
+        store.internal("RELEASE ab_step")
+
+
+# -- from outside (a reader connection that sees the last commit) -------------------------
+def _query(conn: apsw.Connection, query: str, params: tuple = ()) -> list[tuple]:
+    try:
+        return conn.execute(query, params).fetchall()
+    except apsw.SQLError as exc:
+        if "no such table" in str(exc):  # a store no handler has opened since the upgrade
+            return []
+        raise
+
+
+def read_run(conn: apsw.Connection, run_id: str) -> RunRow | None:
+    """The run *run_id* as last committed, or ``None``."""
+    rows = _query(conn, _RUN + " WHERE id = ?", (run_id,))
+    return RunRow._make(rows[0]) if rows else None
+
+
+def read_runs(conn: apsw.Connection) -> list[RunRow]:
+    """Every run, oldest first."""
+    return [RunRow._make(r) for r in _query(conn, _RUN + " ORDER BY created, id")]
+
+
+def read_steps(conn: apsw.Connection, run_id: str | None = None) -> list[StepRow]:
+    """The steps of one run (or of every run), in order."""
+    if run_id is None:
+        return [StepRow._make(r) for r in _query(conn, _STEP + " ORDER BY run, seq")]
+    return [StepRow._make(r) for r in _query(conn, _STEP + " WHERE run = ? ORDER BY seq",
+                                             (run_id,))]

@@ -1,0 +1,203 @@
+"""``ab.WorkflowRun``: one run of a workflow, seen from outside its agent.
+
+A run handle is an agent reference and an id; holding one costs nothing. Reads (``status``,
+``steps()``) look at the agent's last commit and never wait for its mailbox; the actions
+(``send_event``, ``cancel``) are messages to the agent, run one at a time with its other
+handlers. ``ref.workflow(id)`` gives a handle back by id, also after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+from .. import jsonvalue
+from ..envelope import Envelope
+from ..errors import UsageError, WorkflowError, WorkflowNondeterminismError, WorkflowStepError
+from ..store.workflows import RunRow, StepRow, read_run, read_steps
+from .engine import CANCEL, EVENT, TERMINAL
+
+if TYPE_CHECKING:
+    import apsw
+    import pandas as pd
+
+    from ..core.ref import AgentRef
+
+__all__ = ["WorkflowRun", "runs_frame", "steps_frame"]
+
+#: How a run reads its agent's last commit (``AgentRef``'s reader: a connection or ``None``).
+Reader = Callable[..., AbstractContextManager["apsw.Connection | None"]]
+#: A real-time look again while awaiting a result, in case no event says it ended.
+_POLL = 0.05
+
+
+class WorkflowRun:
+    """One run of an ``@ab.workflow`` method (what calling it through a ref returns).
+
+    Attributes:
+        id: The run's id (``ref.workflow(id)`` finds it again).
+        agent: The reference of the agent it runs in.
+    """
+
+    __slots__ = ("_read", "agent", "id")
+
+    def __init__(self, agent: AgentRef, run_id: str, read: Reader) -> None:
+        self.agent = agent
+        self.id = run_id
+        self._read = read
+
+    def _row(self) -> RunRow:
+        with self._read(missing_ok=True) as conn:
+            row = None if conn is None else read_run(conn, self.id)
+        if row is None:
+            raise UsageError(f"{self.agent!r} has no workflow run {self.id!r}; see "
+                             "ref.workflows()")
+        return row
+
+    @property
+    def status(self) -> str:
+        """``running``, ``sleeping``, ``waiting``, ``completed``, ``failed`` or
+        ``cancelled`` (as of the agent's last commit)."""
+        return self._row().status
+
+    @property
+    def method(self) -> str:
+        """The workflow method's name."""
+        return self._row().method
+
+    @property
+    def error(self) -> str | None:
+        """What ended a failed run (``None`` otherwise)."""
+        return self._row().error
+
+    def steps(self) -> pd.DataFrame:
+        """The run's journal: one row per step (``step``, ``kind``, ``status``,
+        ``attempts``, ``started``, ``ended``, ``until``, ``result``, ``error``...)."""
+        with self._read(missing_ok=True) as conn:
+            found = [] if conn is None else read_steps(conn, self.id)
+        return steps_frame(found)
+
+    async def result(self, timeout: float | None = None) -> Any:
+        """Wait (without blocking the event loop) until the run ends; its return value.
+
+        On a ``VirtualClock`` a sleeping run goes on only when the clock advances, and a
+        waiting one when its event or decision comes, so await this while that happens
+        (or after it). *timeout* is in real seconds (``None``: no limit).
+
+        Raises:
+            WorkflowError: the run failed or was cancelled (``WorkflowStepError`` or
+                ``WorkflowNondeterminismError`` are raised by the workflow, and end it).
+            TimeoutError: *timeout* passed first.
+        """
+        rt = self.agent.runtime
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        changed = asyncio.Event()
+
+        def seen(event: dict) -> None:
+            payload = event.get("payload")
+            if isinstance(payload, dict) and payload.get("run") == self.id:
+                changed.set()
+
+        unsubscribe = rt.events.subscribe(seen, "workflow:*", self.agent)
+        try:
+            while True:
+                row = self._row()
+                if row.status in TERMINAL:
+                    return _outcome(row)
+                if rt.closed:
+                    raise WorkflowError(f"the runtime closed before workflow run {self.id} "
+                                        "ended", run=self.id, status=row.status)
+                await rt.settle()
+                row = self._row()
+                if row.status in TERMINAL:
+                    return _outcome(row)
+                wait = _POLL if deadline is None else min(_POLL, deadline - loop.time())
+                if wait <= 0:
+                    raise TimeoutError(f"workflow run {self.id} is still {row.status}")
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            unsubscribe()
+
+    async def send_event(self, name: str, value: Any = None) -> bool:
+        """Send event *name* with a JSON *value* to the run: a ``step.wait_for_event(name)``
+        waiting for it returns *value*; sent earlier, it is kept until the run asks.
+        Returns whether a waiting step took it now."""
+        if not isinstance(name, str) or not name:
+            raise UsageError(f"an event's name is a non-empty string, not {name!r}")
+        value = jsonvalue.freeze(value, "value")
+        return bool(await self._message(EVENT, "workflow:event", self.id, name, value))
+
+    async def cancel(self) -> bool:
+        """Cancel the run: it never goes on; a pending approval of it is cancelled. Returns
+        whether it was still going."""
+        return bool(await self._message(CANCEL, "workflow:cancel", self.id))
+
+    def _message(self, method: str, label: str, *args: Any) -> Any:
+        rt = self.agent.runtime
+        rt.check_open()
+        env = Envelope.call(method, args, source=rt.source, label=label)
+        return rt.submit((self.agent.class_name, self.agent.name), env)
+
+    def __repr__(self) -> str:
+        try:
+            status = self.status
+        except Exception:
+            status = "?"
+        return f"<WorkflowRun {self.id} {self.agent.class_name}({self.agent.name!r}) {status}>"
+
+
+def _outcome(row: RunRow) -> Any:
+    if row.status == "completed":
+        return jsonvalue.loads(row.result or "null")
+    error = row.error or ""
+    for typed in (WorkflowNondeterminismError, WorkflowStepError):  # the error, typed again
+        prefix = f"{typed.__name__}: "
+        if row.status == "failed" and error.startswith(prefix):
+            raise typed(error[len(prefix):], run=row.id, status=row.status)
+    raise WorkflowError(f"workflow run {row.id} ({row.method}) {row.status}"
+                        + (f": {error}" if error and row.status == "failed" else ""),
+                        run=row.id, status=row.status)
+
+
+def _ts(frame: pd.DataFrame, *columns: str) -> None:
+    import pandas as pd
+
+    for col in columns:
+        frame[col] = pd.to_datetime(frame[col].astype("float64"), unit="s", utc=True)
+
+
+def runs_frame(found: list[RunRow], agent: tuple[str, str] | None = None) -> pd.DataFrame:
+    """Runs as a DataFrame (with ``agent`` and ``name`` columns when *agent* is given)."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(
+        [(r.id, r.method, jsonvalue.loads(r.args), r.status, r.steps, r.created, r.updated,
+          None if r.result is None else jsonvalue.loads(r.result), r.error) for r in found],
+        columns=["id", "method", "args", "status", "steps", "created", "updated", "result",
+                 "error"])
+    _ts(frame, "created", "updated")
+    if agent is not None:
+        frame.insert(0, "name", agent[1])
+        frame.insert(0, "agent", agent[0])
+    return frame
+
+
+def steps_frame(found: list[StepRow]) -> pd.DataFrame:
+    """Steps as a DataFrame, in order."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(
+        [(r.seq, r.name, r.kind, r.status, r.attempts, r.started, r.ended, r.until,
+          None if r.result is None else jsonvalue.loads(r.result), r.error, r.ref)
+         for r in found],
+        columns=["seq", "step", "kind", "status", "attempts", "started", "ended", "until",
+                 "result", "error", "approval"])
+    _ts(frame, "started", "ended", "until")
+    return frame
