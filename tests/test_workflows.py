@@ -110,7 +110,8 @@ async def test_a_step_and_its_writes_are_one_version(rt, clock):
     await rt.settle()
     await clock.advance(3600)
     history = desk.history()
-    pays = [int(v) for v, m in zip(history.version, history.method) if m == "workflow_resume"]
+    pays = [int(v) for v, m in zip(history.version, history.method, strict=True)
+            if m == "workflow_resume"]
     assert pays, history
     # the version that paid holds the state change and the journal record of "pay"
     paid = next(v for v in sorted(pays) if desk.at(v).state["paid"] == ["o-2"])
@@ -158,6 +159,7 @@ async def test_an_event_sent_early_is_kept_and_a_missing_one_times_out(rt, clock
 
 
 TRIES: dict[str, int] = {}
+IDS: list[str] = []
 
 
 class Flaky(ab.Agent):
@@ -165,11 +167,12 @@ class Flaky(ab.Agent):
 
     @ab.workflow
     async def job(self, step: ab.Step, fail_times: int, attempts: int) -> dict:
-        value = await step.do("flaky", self.flaky, fail_times,
+        value = await step.do("flaky", self.flaky, fail_times, step.id,
                               retry=ab.Retry(max_attempts=attempts, base=10, jitter=False))
         return {"value": value, "id": step.id}
 
-    def flaky(self, fail_times: int) -> int:
+    def flaky(self, fail_times: int, step_id: str = "") -> int:
+        IDS.append(step_id)
         TRIES[self.name] = tries = TRIES.get(self.name, 0) + 1  # (outside: not undone)
         self.set_state({"tries": tries, "kept": self.state["kept"] + 1})  # undone if it raises
         if tries <= fail_times:
@@ -196,7 +199,8 @@ async def test_a_failing_step_is_retried_per_its_policy_and_its_writes_undone(rt
     await clock.advance(10)  # first retry (base 10)
     assert run.steps().attempts[0] == 2
     await clock.advance(20)  # second retry succeeds
-    assert await run.result() == {"value": 3, "id": f"{run.id}:0"}
+    assert await run.result() == {"value": 3, "id": f"{run.id}:1"}  # (the next step's)
+    assert IDS[-3:] == [f"{run.id}:0"] * 3, "the step's own id, on every attempt"
     assert run.steps().attempts[0] == 3
     assert ref.state == {"tries": 3, "kept": 1}
 

@@ -154,7 +154,7 @@ def _finish(inst: Instance, ctx: HandlerContext, run: RunRow, status: str, *,
 class _Driver:
     """One run of a workflow's code: the journal it replays, and the step it is at."""
 
-    __slots__ = ("ctx", "inst", "journal", "ran", "run", "seq", "step_id", "store")
+    __slots__ = ("ctx", "inst", "journal", "ran", "run", "running", "seq", "store")
 
     def __init__(self, inst: Instance, ctx: HandlerContext, run: RunRow,
                  journal: list[StepRow]) -> None:
@@ -164,11 +164,12 @@ class _Driver:
         self.seq = 0
         #: Whether a ``do`` ran in this turn (the next new step then waits for another).
         self.ran = False
-        self.step_id = f"{run.id}:0"
+        #: The id of the step whose function runs now (``None`` between steps).
+        self.running: str | None = None
 
     @property
     def current_id(self) -> str:
-        return self.step_id
+        return self.running or f"{self.run.id}:{self.seq}"
 
     def now(self) -> float:
         return self.inst.runtime.clock.now()
@@ -179,7 +180,6 @@ class _Driver:
             raise UsageError(f"a step's name is a non-empty string, not {name!r}")
         seq = self.seq
         self.seq += 1
-        self.step_id = f"{self.run.id}:{seq}"
         rec = self.journal.get(seq)
         if rec is not None and (rec.kind != kind or rec.name != name):
             raise WorkflowNondeterminismError(
@@ -250,6 +250,7 @@ class _Driver:
         kept = (inst.state, ctx.state_changed, ctx.state_after, len(ctx.events),
                 len(ctx.outbox), len(ctx.effects))
         rows.savepoint_step(store)
+        self.running = f"{self.run.id}:{seq}"
         try:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
@@ -257,10 +258,12 @@ class _Driver:
             frozen = jsonvalue.freeze(value, f"the result of step {name!r}")
             text = jsonvalue.dumps(frozen)
         except Exception as exc:
+            self.running = None
             rows.rollback_step(store)
             inst.state, ctx.state_changed, ctx.state_after = kept[0], kept[1], kept[2]
             del ctx.events[kept[3]:], ctx.outbox[kept[4]:], ctx.effects[kept[5]:]
             self._failed(seq, rec, name, started, attempts, policy, exc)
+        self.running = None
         rows.release_step(store)
         _drop_schedule(inst, ctx, rec.wake if rec is not None else None)
         row = StepRow(self.run.id, seq, name, "do", "completed", attempts, started, self.now(),

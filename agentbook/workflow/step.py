@@ -74,8 +74,10 @@ class Step:
 
     @property
     def id(self) -> str:
-        """The stable id of the step running now (``"<run id>:<position>"``): the same on
-        every attempt and after a restart, so use it as an idempotency key outside."""
+        """The stable id (``"<run id>:<position>"``) of the step whose function runs now,
+        or between steps of the next one (so ``step.do("pay", pay, step.id)`` hands ``pay``
+        its own id). The same on every attempt and after a restart: an idempotency key for
+        the outside world."""
         return self._driver.current_id
 
     async def do(self, name: str, fn: Callable[..., Any], /, *args: Any,
