@@ -385,3 +385,20 @@ async def test_a_killed_process_resumes_every_run_from_its_last_completed_step(t
         assert counts.set_index("step").n.to_dict() == {"a": per_agent, "b": per_agent,
                                                         "c": per_agent}
     await rt.aclose()
+
+
+async def test_the_workflows_and_workflow_steps_views(rt, clock):
+    desk = rt.get(Desk, "d")
+    run = await desk.refund("o-10", 5.0)
+    await rt.settle()
+    runs = rt.sql("SELECT agent, name, id, method, status FROM workflows")
+    assert runs.values.tolist() == [["Desk", "d", run.id, "refund", "sleeping"]]
+    await clock.advance(3600)
+    await run.send_event("customer confirmed", True)
+    await run.result()
+    steps = rt.sql("SELECT step, kind, status, duration_s FROM workflow_steps WHERE run = ?"
+                   " ORDER BY seq", run.id)
+    assert steps.step.tolist() == ["look up", "cooling off", "pay", "customer confirmed"]
+    assert set(steps.status) == {"completed"} and steps.duration_s[1] == 3600
+    assert rt.sql("SELECT status, result FROM workflows").values.tolist() == [
+        ["completed", '"done"']]

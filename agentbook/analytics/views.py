@@ -11,7 +11,8 @@ and its WAL's size and time - says so without opening it).
 runtime on the same folder (a restart): everything in the views comes from the stores.
 
 Views: ``agents``, ``history``, ``events``, ``schedules``, ``approvals``, ``dead_letters``,
-``messages`` and ``tool_calls`` (filled by chat agents); and, once asked for with
+``messages`` and ``tool_calls`` (filled by chat agents), ``workflows`` and ``workflow_steps``
+(the runs of ``@ab.workflow`` methods and their journals); and, once asked for with
 :meth:`Analytics.table`, one view per name of the agents' own tables. They are for
 reading: ``rt.sql`` refuses anything but queries.
 
@@ -81,6 +82,15 @@ CREATE TABLE IF NOT EXISTS messages(
 CREATE TABLE IF NOT EXISTS tool_calls(
     agent VARCHAR, name VARCHAR, id VARCHAR, tool VARCHAR, args VARCHAR, result VARCHAR,
     error VARCHAR, duration_ms DOUBLE, cached BOOLEAN, ts TIMESTAMPTZ);
+CREATE TABLE IF NOT EXISTS workflows(
+    agent VARCHAR, name VARCHAR, id VARCHAR, method VARCHAR, args VARCHAR, kwargs VARCHAR,
+    status VARCHAR, created TIMESTAMPTZ, updated TIMESTAMPTZ, result VARCHAR, error VARCHAR,
+    steps BIGINT);
+CREATE TABLE IF NOT EXISTS workflow_steps(
+    agent VARCHAR, name VARCHAR, run VARCHAR, seq BIGINT, step VARCHAR, kind VARCHAR,
+    status VARCHAR, attempts BIGINT, started TIMESTAMPTZ, ended TIMESTAMPTZ,
+    until TIMESTAMPTZ, approval VARCHAR, result VARCHAR, error VARCHAR,
+    duration_s DOUBLE);
 """
 
 #: The text columns of a history row travel packed in one JSON array per row (SQLite's
@@ -91,7 +101,7 @@ _TEXT_COLS = list(files.HISTORY_TEXT_COLUMNS)
 _PLAIN_COLS = list(files.HISTORY_PLAIN_COLUMNS)
 #: The views an agent's own table may not be named like (see Analytics.table).
 _BUILT_IN = ("history", "agents", "schedules", "approvals", "dead_letters", "events",
-             "messages", "tool_calls")
+             "messages", "tool_calls", "workflows", "workflow_steps")
 #: Stands for "no state known" in a history batch, so filling forward never carries one
 #: agent's state into another's rows.
 _NO_STATE = "\x00"
@@ -137,6 +147,8 @@ class Analytics:
         #: Per agent: ``(version, state, schedule rows)`` for the small views, read on the
         #: same connection as the agent's new history rows.
         self._small: dict[Key, tuple[Any, Any, list[tuple]]] = {}
+        #: Per agent: its workflow runs and steps (rows of the two workflow views).
+        self._flows: dict[Key, tuple[list[tuple], list[tuple]]] = {}
 
     # -- catching up --------------------------------------------------------------------
     def catch_up(self) -> int:
@@ -188,6 +200,7 @@ class Analytics:
         self._event_view()
         self._failures()
         self._small_views(catalog, todo, gone)
+        self._workflow_views(catalog, todo, gone)
         self._table_views(todo)
         self._seen.update(seen)  # (a read that raised is tried again next time)
         return added
@@ -455,6 +468,46 @@ class Analytics:
                           " attempt, occurrence, payload, last_error")
         self._catalog_views()
 
+    def _workflow_views(self, catalog: list[tuple], todo: list, gone: list) -> None:
+        """The ``workflows`` and ``workflow_steps`` views: the runs and journals of the
+        agents that committed since the last catch-up are read again."""
+        from ..store import open_reader
+        from ..store.workflows import read_runs, read_steps
+
+        if not (todo or gone):
+            return
+        rt = self.rt
+        for key in gone:
+            self._flows.pop(key, None)
+        for key in todo:
+            try:
+                inst = rt.instances.get(key)
+                own = inst is not None and inst.store is not None
+                conn = inst.store.reader() if own else open_reader(rt.path_of(key))  # type: ignore[union-attr]
+                try:
+                    runs, steps = read_runs(conn), read_steps(conn)
+                finally:
+                    if not own:
+                        conn.close()
+            except Exception as exc:
+                _unless_out_of_files(exc)
+                continue
+            self._flows[key] = ([(*key, *r) for r in runs], [(*key, *s) for s in steps])
+        known = {(c, n) for c, n, *_ in catalog}
+        runs_rows = [r for key, (rs, _) in self._flows.items() if key in known for r in rs]
+        step_rows = [s for key, (_, ss) in self._flows.items() if key in known for s in ss]
+        self._replace("workflows", runs_rows,
+                      ["agent", "name", "id", "method", "args", "kwargs", "status", "created",
+                       "updated", "result", "error", "steps"],
+                      "agent, name, id, method, args, kwargs, status, to_timestamp(created),"
+                      " to_timestamp(updated), result, error, steps")
+        self._replace("workflow_steps", step_rows,
+                      ["agent", "name", "run", "seq", "step", "kind", "status", "attempts",
+                       "started", "ended", "until", "approval", "wake", "result", "error"],
+                      "agent, name, run, seq, step, kind, status, attempts,"
+                      " to_timestamp(started), to_timestamp(ended), to_timestamp(until),"
+                      " approval, result, error, ended - started")
+
     def _catalog_views(self) -> None:
         rt = self.rt
         approvals = rt.catalog.approvals(None)
@@ -489,7 +542,7 @@ class Analytics:
         for table in (*_BUILT_IN, *(f'"{view}"' for view in self._tables)):
             self.db.execute(f"DELETE FROM {table}")
         for marks in (self._marks, self._chains, self._event_marks, self._event_first,
-                      self._small, self._seeds):
+                      self._small, self._seeds, self._flows):
             marks.clear()
         self._new_events, self._stale, self._pruned = [], [], []
         self._failure_mark = 0
