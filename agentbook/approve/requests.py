@@ -38,14 +38,17 @@ if TYPE_CHECKING:
     from ..envelope import Envelope
     from ..store.agentstore import AgentStore
 
-__all__ = ["claim", "decide_without_running", "record_failure", "record_result", "request"]
+__all__ = ["claim", "decide_without_running", "digest", "record_failure", "record_result",
+           "request"]
 
 
 _REPLAYED = "replayed on a fork: a replay never asks a person"
 
 
-def _digest(key: tuple[str, str], method: str, args: str, kwargs: str, nonce: str,
+def digest(key: tuple[str, str], method: str, args: str, kwargs: str, nonce: str,
             expires: float | None) -> str:
+    """What binds an approval to its agent, exact action, nonce and expiry (checked before it
+    runs; workflows bind theirs the same way)."""
     text = jsonvalue.canonical([key[0], key[1], method, args, kwargs, nonce, expires])
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -105,7 +108,7 @@ def request(inst: Instance, ctx: HandlerContext, method: str, args: Any, summary
     status, decided_at = ("cancelled", now) if replayed else ("pending", None)
     effects_json = jsonvalue.dumps(effects)
     rows.insert(store, id=approval_id, method=method, args=pos_json, kwargs=kw_json,
-                nonce=nonce, digest=_digest(inst.key, method, pos_json, kw_json, nonce, expires),
+                nonce=nonce, digest=digest(inst.key, method, pos_json, kw_json, nonce, expires),
                 summary=summary, side_effects=effects_json,
                 approvers=None if approvers is None else jsonvalue.dumps(approvers),
                 created=now, expires=expires, status=status, decided_at=decided_at,
@@ -140,7 +143,7 @@ def claim(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
     if row.approvers is not None and by not in jsonvalue.loads(row.approvers):
         raise ApprovalForbiddenError(f"{by!r} may not decide approval {approval_id}; its "
                                      f"approvers are {', '.join(jsonvalue.loads(row.approvers))}")
-    expected = _digest(inst.key, row.method, row.args, row.kwargs, row.nonce, row.expires)
+    expected = digest(inst.key, row.method, row.args, row.kwargs, row.nonce, row.expires)
     if not hmac.compare_digest(expected, row.digest):
         raise ApprovalTamperedError(f"approval {approval_id} does not match the action that "
                                     "was requested; it was not run")

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import jsonvalue
-from ..approve.requests import _digest as approval_digest  # (the approvals' own binding)
+from ..approve.requests import digest as approval_digest  # (the approvals' own binding)
 from ..errors import (
     UsageError,
     WorkflowError,
