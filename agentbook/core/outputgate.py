@@ -177,11 +177,14 @@ class OutputGate:
         sender = f"{me[0]}/{me[1]}"
         away = []
         for key, env, seq in items:
-            extras = dict(env.extras) if env.extras else {}
-            extras[OUTBOX] = (sender, seq, low, me)
-            env.extras = extras
             if rt.router is not None and not rt.owns(key):
-                away.append((me, seq))  # handed to the host that owns it: its transport's word
+                # handed to the host that owns it: its transport's word acknowledges it, and
+                # the envelope crosses as it was sent (no outbox tag rides along)
+                away.append((me, seq))
+            else:
+                extras = dict(env.extras) if env.extras else {}
+                extras[OUTBOX] = (sender, seq, low, me)
+                env.extras = extras
             rt.enqueue(key, env)
         if away:
             acknowledge(rt, away)
