@@ -156,6 +156,8 @@ class Agent:
     packages (:mod:`agentbook.schedule`, :mod:`agentbook.approve`, :mod:`agentbook.mcp`).
     """
 
+    _ab_defined = 0
+
     initial_state: Any = {}
 
     _ab_instance: Instance
@@ -171,6 +173,9 @@ class Agent:
         except JSONValueError as exc:
             raise JSONValueError(str(exc), exc.path) from None
         cls._ab_suspends = set()  # methods seen to await real I/O (see mailbox)
+        # how many agent classes were defined so far: a runtime's cache of the newest
+        # definitions (Runtime.class_for) is good until this moves
+        Agent._ab_defined += 1
 
     # -- identity -----------------------------------------------------------------------
     @property

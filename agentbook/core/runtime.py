@@ -179,6 +179,9 @@ class Runtime:
         self.instances: dict[Key, Instance] = {}
         #: The class this runtime was given for each class name (see :meth:`_class_for`).
         self.classes: dict[str, type[Agent]] = {}
+        #: class_for's answers, good while no agent class is defined (Agent._ab_defined).
+        self._newest: dict[str, type[Agent]] = {}
+        self._newest_at = -1
         #: Class names checked against the class folders on disk (case-insensitive).
         self._folders: dict[str, str] = {}
         self.open_stores: OrderedDict[Key, Instance] = OrderedDict()
@@ -223,8 +226,9 @@ class Runtime:
         _check_name(name)
         if class_name not in self._folders:
             self._check_folder(class_name)
-        if not isinstance(cls, str):
+        if not isinstance(cls, str) and self.classes.get(class_name) is not cls:
             self.classes[class_name] = cls
+            self._newest.pop(class_name, None)
         return AgentRef(self, class_name, name)
 
     def _check_folder(self, class_name: str) -> None:
@@ -260,13 +264,19 @@ class Runtime:
     def class_for(self, class_name: str) -> type[Agent] | None:
         """The agent class for *class_name*: the newest definition of the class this
         runtime was given by ``get``/``spawn``, else the newest class of that name."""
-        cls = self.classes.get(class_name)
-        if cls is None:
-            cls = agent_classes().get(class_name)
+        if self._newest_at != Agent._ab_defined:  # a class was defined (or redefined) since
+            self._newest.clear()
+            self._newest_at = Agent._ab_defined
+        newest = self._newest.get(class_name)
+        if newest is None:
+            cls = self.classes.get(class_name)
             if cls is None:
-                return None
-            self.classes[class_name] = cls
-        return latest(cls)
+                cls = agent_classes().get(class_name)
+                if cls is None:
+                    return None
+                self.classes[class_name] = cls
+            newest = self._newest[class_name] = latest(cls)
+        return newest
 
     def owns(self, key: Key) -> bool:
         """Whether this process runs *key* (always, without a router)."""
