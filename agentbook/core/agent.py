@@ -13,6 +13,7 @@ key-value data, outgoing messages - commits together when it returns, or not at 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
 from collections.abc import Callable, Iterator, MutableMapping
@@ -20,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import jsonvalue, methods
-from ..errors import JSONValueError, StateRejectedError, UsageError
+from ..errors import JSONValueError, ReadOnlyError, StateRejectedError, UsageError
 from ..schedule import agentside
 from ..schedule.policy import Occurrence, Retry, Schedule
 from ..store import kv
@@ -339,6 +340,18 @@ class Agent:
         store = self._ab_store()
         self._ab_instance.require_ctx("kv").capture(store)
         return store
+
+    async def _ab_readonly_call(self, method: str, args: tuple) -> Any:
+        """Run *method* for a read-only client connection (the serve path); a state change
+        is refused inside the handler, so nothing of it commits."""
+        result = getattr(self, method)(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        ctx = self._ab_instance.ctx
+        if ctx is not None and ctx.state_changed:
+            raise ReadOnlyError(f"Connection is readonly: {type(self).__name__}.{method} changes "
+                                "the state, which a read-only client may not do")
+        return result
 
     def _ab_rewind(self, version: int) -> dict:
         from ..travel.rewind import rewind_in_place

@@ -13,7 +13,6 @@ an error frame. Nothing a client sends can break the connection, the agent or th
 
 from __future__ import annotations
 
-import inspect
 import logging
 import re
 import secrets
@@ -24,7 +23,7 @@ from .. import jsonvalue
 from ..core.agent import Agent
 from ..core.ref import AgentRef
 from ..envelope import Envelope
-from ..errors import ReadOnlyError, RuntimeClosedError
+from ..errors import RuntimeClosedError
 from ..methods import method_info
 from .protocol import (
     ERROR,
@@ -288,20 +287,3 @@ class _Session:
             frame["id"] = uid
         self.conn.frame(encode(jsonvalue.freeze(frame, "frame")))
         self.conn.frame(encode({"type": STATE, "state": self.ref.state}))
-
-
-async def _readonly_call(self: Agent, method: str, args: tuple) -> Any:
-    """Run *method* for a read-only connection; refuse it if it changed the state."""
-    result = getattr(self, method)(*args)
-    if inspect.isawaitable(result):
-        result = await result
-    ctx = self._ab_instance.ctx
-    if ctx is not None and ctx.state_changed:
-        raise ReadOnlyError(f"Connection is readonly: {type(self).__name__}.{method} changes the "
-                            "state, which a read-only client may not do")
-    return result
-
-
-# The one adapter the serve path attaches to agents: a read-only client's calls run
-# through it, inside the handler, so a state change is refused before anything commits.
-Agent._ab_readonly_call = _readonly_call  # type: ignore[attr-defined]
