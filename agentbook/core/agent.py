@@ -570,6 +570,12 @@ class Agent:
         inst = self._ab_instance
         await engine.resume(inst, inst.require_ctx("workflow"), run_id)
 
+    async def _ab_workflow_continue(self, run_id: str) -> None:
+        from ..workflow import engine
+
+        inst = self._ab_instance
+        await engine.resume(inst, inst.require_ctx("workflow"), run_id, queued=True)
+
     def _ab_workflow_event(self, run_id: str, name: str, value: Any) -> bool:
         from ..workflow import engine
 

@@ -38,6 +38,7 @@ from ..schedule import firing
 from ..store import AgentStore, health, lease
 from ..store import mcp as mcp_registrations
 from ..store import outbox as outboxes
+from ..workflow import engine as workflow_engine
 from .handler import HandlerContext, Outcome, current_chain, record_failure, run_message, run_start, translate
 from .outputgate import OutputGate, acknowledge, tag_of
 
@@ -49,6 +50,7 @@ __all__ = ["Instance", "current_chain"]
 
 Key = tuple[str, str]
 _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
+_TURN = workflow_engine.CONTINUE
 
 
 class Instance:
@@ -56,7 +58,7 @@ class Instance:
 
     __slots__ = ("agent", "cls", "committed", "ctx", "fresh", "gate", "key", "last_used",
                  "ownership", "queue", "runtime", "started", "state", "state_json", "store",
-                 "task", "version")
+                 "task", "version", "workflows")
 
     def __init__(self, runtime: Runtime, key: Key, cls: type[Agent] | None) -> None:
         self.runtime = runtime
@@ -80,6 +82,9 @@ class Instance:
         self.last_used = time.monotonic()
         #: What leaves after each commit (results, messages, approvals, events).
         self.gate = OutputGate(self)
+        #: The workflow runs whose code is live between turns (``None`` until the agent's
+        #: first batch looks at its runs: see agentbook.workflow.engine).
+        self.workflows: workflow_engine.Runs | None = None
 
     def require_ctx(self, what: str) -> HandlerContext:
         """The running handler's context, or a helpful error."""
@@ -191,6 +196,9 @@ class Instance:
 
     def close(self) -> None:
         """Hibernate: drop the agent object, close the store and let go of the lease."""
+        if self.workflows is not None:  # (their code stops; a wake replays their journals)
+            self.workflows.drop()
+            self.workflows = None
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -208,6 +216,8 @@ class Instance:
                         await self._run_op(self.queue.popleft())
                     else:
                         await self._batch()
+                        if self.queue:  # (let the event loop run between batches: a
+                            await asyncio.sleep(0)  # workflow's turns never starve it)
                 except Exception as exc:  # never leave a caller waiting on a dead mailbox
                     import logging
 
@@ -258,6 +268,9 @@ class Instance:
                 self._check_compatible(cls)
             if self.gate.opened is not self.store and self.store is not None:
                 self.gate.wake(self.store, self.fresh)  # what an earlier life left to send
+            if (self.workflows is None or not self.workflows.checked) and not self.fresh \
+                    and not (self.queue and self.queue[0].replay is not None):
+                workflow_engine.recover(self)  # runs an earlier life left going
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError):
                 raise
@@ -272,6 +285,7 @@ class Instance:
         taken: list[Envelope] = []
         started: HandlerContext | None = None
         scheduled = False
+        awaited = False
         sent: list | None = None
         dups: list = []
         try:
@@ -294,6 +308,8 @@ class Instance:
                     continue
                 if taken and suspends is not None and env.method in suspends:
                     break
+                if env.method == _TURN and awaited:
+                    break  # (a workflow's turn never holds back a reply someone awaits)
                 if env.extras is not None:
                     tag = tag_of(env)
                     if tag is not None and outboxes.seen(store, tag[0], tag[1]):
@@ -301,6 +317,7 @@ class Instance:
                         dups.append((tag[3], tag[1]))
                         continue
                 self.queue.popleft()
+                awaited = awaited or env.future is not None
                 # A lone message needs no savepoint: if it fails, the whole (otherwise
                 # empty) transaction is rolled back instead. Saves two statements.
                 lone = (not taken and not self.queue and started is None and not self.fresh
@@ -366,6 +383,13 @@ class Instance:
                 rt.timers.set(self.key, hold)
             elif scheduled and self.store is not None:
                 rt.timers.set(self.key, firing.schedule_due(store))
+            if self.workflows is not None and workflow_engine.forget(self):
+                # workflow runs moved in the batch: they go on from their journals, looked
+                # at again a moment later (not at once: the failure may last)
+                again = rt.clock.now() + 1.0
+                current = rt.timers.next_due(self.key)
+                if current is None or again < current:
+                    rt.timers.set(self.key, again)
             if self.store is not None and rt.should_drop(err):
                 rt.hibernate_one(self)
             return
@@ -401,6 +425,8 @@ class Instance:
         if dups:
             acknowledge(rt, dups)
         self.gate.flush_acks()
+        if self.workflows is not None and not self.workflows.checked:
+            workflow_engine.recover(self)  # (a rewind let the live runs go)
 
     def _stamp(self, started: HandlerContext | None, done: list[Outcome]) -> list | None:
         """The messages the batch's committing handlers sent, numbered (or ``None``)."""

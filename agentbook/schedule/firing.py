@@ -18,6 +18,7 @@ from ..envelope import Envelope
 from ..faults import crash_point
 from ..store import outbox
 from ..store import schedules as rows
+from ..store import workflows as workflow_rows
 from ..store.schedules import ScheduleRow
 from .policy import Occurrence, Retry, new_id, next_after_run, takes_payload, was_missed
 
@@ -34,13 +35,14 @@ log = logging.getLogger("agentbook")
 
 
 def next_due(store: AgentStore) -> float | None:
-    """The earliest time the agent has something to do: a pending schedule, or a message
-    still in its outbox (the durable timer index keeps that too, so a restart wakes the
-    agent, whose first batch delivers it)."""
+    """The earliest time the agent has something to do: a pending schedule, a message
+    still in its outbox, or a workflow run that can go on (the durable timer index keeps
+    those too, so a restart wakes the agent, whose first batch delivers the messages and
+    picks the runs up again)."""
     due = rows.next_due(store)
-    first = outbox.first_pending(store)
-    if first is not None and (due is None or first < due):
-        return first
+    for first in (outbox.first_pending(store), workflow_rows.first_running(store)):
+        if first is not None and (due is None or first < due):
+            due = first
     return due
 
 

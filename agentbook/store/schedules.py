@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from .agentstore import AgentStore
 
 __all__ = ["ROW_SQL", "DeadLetterRow", "SameRow", "ScheduleRow", "add_dead_letter", "advance", "clear",
-           "dead_letter", "delete", "delete_dead_letter", "due_rows", "find_key", "find_same",
-           "insert", "next_due", "retry_later", "rows", "select", "set_options"]
+           "dead_letter", "delete", "delete_dead_letter", "due_rows", "exists", "find_key",
+           "find_same", "insert", "next_due", "retry_later", "rows", "select", "set_options"]
 
 
 class ScheduleRow(NamedTuple):
@@ -97,6 +97,11 @@ def due_rows(store: AgentStore, now: float) -> list[ScheduleRow]:
 def next_due(store: AgentStore) -> float | None:
     """The earliest pending due time (an index look-up), ``None`` when nothing is pending."""
     return store.internal("SELECT min(due) FROM _ab_schedules")[0][0]
+
+
+def exists(store: AgentStore, id: str) -> bool:
+    """Whether the schedule *id* is still pending."""
+    return bool(store.internal("SELECT 1 FROM _ab_schedules WHERE id = ?", (id,)))
 
 
 def select(conn: apsw.Connection, *, type: str | None = None, id: str | None = None,

@@ -284,4 +284,12 @@ MIGRATIONS: list[tuple[str, str]] = [
         );
         """,
     ),
+    (
+        "0013_workflow_step_versions",
+        """
+        -- The version at which a step's record was last written (its completion, for a
+        -- completed step): where run.fork(at_step=k) forks, and the timeline's anchor.
+        ALTER TABLE _ab_workflow_steps ADD COLUMN version INTEGER;
+        """,
+    ),
 ]

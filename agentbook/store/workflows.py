@@ -26,8 +26,12 @@ __all__ = [
     "RunRow",
     "StepRow",
     "add_event",
+    "any_unfinished",
     "delete_run_events",
+    "first_running",
     "get_run",
+    "get_status",
+    "get_step",
     "insert_run",
     "insert_step",
     "read_run",
@@ -41,6 +45,7 @@ __all__ = [
     "step_waiting_on",
     "steps",
     "take_event",
+    "to_recover",
     "update_step",
 ]
 
@@ -91,11 +96,17 @@ class StepRow(NamedTuple):
     #: JSON text of the step's result.
     result: str | None
     error: str | None
+    #: The version at which the record was last written (a completed step: the version
+    #: that completed it); ``None`` in records older than that column.
+    version: int | None = None
 
 
 RUN_COLUMNS = list(RunRow._fields)
 STEP_COLUMNS = list(StepRow._fields)
-_RUN = f"SELECT {', '.join(RUN_COLUMNS)} FROM _ab_workflows"
+#: (``steps`` is counted when read: the column is only brought up to date when the run
+#: stops, so a running step doesn't rewrite its run's row.)
+_RUN = (f"SELECT {', '.join(f'w.{c}' for c in RUN_COLUMNS[:-1])}, (SELECT count(*) FROM"
+        " _ab_workflow_steps s WHERE s.run = w.id AND s.status = 'completed') FROM _ab_workflows w")
 _STEP = f"SELECT {', '.join(STEP_COLUMNS)} FROM _ab_workflow_steps"
 
 
@@ -109,13 +120,20 @@ def insert_run(store: AgentStore, id: str, method: str, args: str, kwargs: str,
 
 def get_run(store: AgentStore, run_id: str) -> RunRow | None:
     """The run *run_id*, or ``None``."""
-    rows = store.internal(_RUN + " WHERE id = ?", (run_id,))
+    rows = store.internal(_RUN + " WHERE w.id = ?", (run_id,))
     return RunRow._make(rows[0]) if rows else None
+
+
+def get_status(store: AgentStore, run_id: str) -> tuple[str, str] | None:
+    """``(method, status)`` of the run *run_id*, or ``None`` (cheaper than :func:`get_run`)."""
+    rows = store.internal("SELECT method, status FROM _ab_workflows WHERE id = ?", (run_id,))
+    return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
 
 def set_run(store: AgentStore, run_id: str, status: str, now: float, *,
             result: str | None = None, error: str | None = None) -> None:
-    """Change a run's status (and keep its result or error)."""
+    """Change a run's status (and keep its result or error; the count of its completed
+    steps is brought up to date)."""
     store.internal("UPDATE _ab_workflows SET status = ?, updated = ?, result = coalesce(?, result),"
                    " error = coalesce(?, error),"
                    " steps = (SELECT count(*) FROM _ab_workflow_steps"
@@ -129,6 +147,12 @@ def steps(store: AgentStore, run_id: str) -> list[StepRow]:
                                                       (run_id,))]
 
 
+def get_step(store: AgentStore, run_id: str, seq: int) -> StepRow | None:
+    """Step *seq* of the run, as written so far in this transaction."""
+    rows = store.internal(_STEP + " WHERE run = ? AND seq = ?", (run_id, seq))
+    return StepRow._make(rows[0]) if rows else None
+
+
 def insert_step(store: AgentStore, row: StepRow) -> None:
     """Journal a step (its first record)."""
     store.internal(f"INSERT INTO _ab_workflow_steps({', '.join(STEP_COLUMNS)}) VALUES "
@@ -138,14 +162,42 @@ def insert_step(store: AgentStore, row: StepRow) -> None:
 def update_step(store: AgentStore, row: StepRow) -> None:
     """Rewrite a step's record (same run and seq)."""
     store.internal("UPDATE _ab_workflow_steps SET name = ?, kind = ?, status = ?, attempts = ?,"
-                   " started = ?, ended = ?, until = ?, ref = ?, wake = ?, result = ?, error = ?"
-                   " WHERE run = ? AND seq = ?", (*row[2:], row.run, row.seq))
+                   " started = ?, ended = ?, until = ?, ref = ?, wake = ?, result = ?, error = ?,"
+                   " version = ? WHERE run = ? AND seq = ?", (*row[2:], row.run, row.seq))
 
 
 def step_waiting_on(store: AgentStore, approval_id: str) -> StepRow | None:
     """The waiting step whose approval is *approval_id*, if any."""
     rows = store.internal(_STEP + " WHERE ref = ? AND status = 'waiting'", (approval_id,))
     return StepRow._make(rows[0]) if rows else None
+
+
+def first_running(store: AgentStore) -> float | None:
+    """When the longest-running run that can go on now last moved (``None``: no run is
+    ``running``). A restart must wake such an agent: the durable timer index keeps it."""
+    rows = store.internal("SELECT min(updated) FROM _ab_workflows WHERE status = 'running'")
+    return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+
+def to_recover(store: AgentStore) -> list[str]:
+    """Runs nothing would move on by itself, oldest first: ``running`` ones (in memory
+    nothing goes on with them after a restart), and those waiting on a wake that is gone
+    (a fork copies neither schedules nor approvals; a rewind can bring back a wait whose
+    approval was decided since)."""
+    return [r[0] for r in store.internal(
+        "SELECT w.id FROM _ab_workflows w WHERE w.status = 'running' OR (w.status IN"
+        " ('sleeping', 'waiting') AND EXISTS (SELECT 1 FROM _ab_workflow_steps s"
+        " WHERE s.run = w.id AND s.status IN ('waiting', 'retrying') AND ("
+        "  (s.wake IS NOT NULL AND NOT EXISTS (SELECT 1 FROM _ab_schedules c WHERE c.id = s.wake))"
+        "  OR (s.ref IS NOT NULL AND NOT EXISTS (SELECT 1 FROM _ab_approvals a"
+        "      WHERE a.id = s.ref AND a.status = 'pending')))))"
+        " ORDER BY w.created, w.id")]
+
+
+def any_unfinished(conn: apsw.Connection) -> bool:
+    """Whether the store on *conn* has a run that has not ended."""
+    return bool(_query(conn, "SELECT 1 FROM _ab_workflows WHERE status IN"
+                             " ('running', 'sleeping', 'waiting') LIMIT 1"))
 
 
 def runs_with_status(store: AgentStore, *statuses: str) -> list[str]:
@@ -207,13 +259,13 @@ def _query(conn: apsw.Connection, query: str, params: tuple = ()) -> list[tuple]
 
 def read_run(conn: apsw.Connection, run_id: str) -> RunRow | None:
     """The run *run_id* as last committed, or ``None``."""
-    rows = _query(conn, _RUN + " WHERE id = ?", (run_id,))
+    rows = _query(conn, _RUN + " WHERE w.id = ?", (run_id,))
     return RunRow._make(rows[0]) if rows else None
 
 
 def read_runs(conn: apsw.Connection) -> list[RunRow]:
     """Every run, oldest first."""
-    return [RunRow._make(r) for r in _query(conn, _RUN + " ORDER BY created, id")]
+    return [RunRow._make(r) for r in _query(conn, _RUN + " ORDER BY w.created, w.id")]
 
 
 def read_steps(conn: apsw.Connection, run_id: str | None = None) -> list[StepRow]:

@@ -70,6 +70,9 @@ _INTERNAL = frozenset({"on_start", "rewind", "fork", "reject_approval", "expire_
                        "retry_dead_letter", "drop_dead_letter", "on_connect", "on_message",
                        "on_close", "on_request"})
 
+#: History labels of workflow turns, and the handler a replay runs them with.
+_WORKFLOW_TURNS = {"workflow_resume": "_ab_workflow_resume"}
+
 
 @dataclass
 class ReplayStep:
@@ -488,7 +491,8 @@ async def replay(ref: AgentRef, recording: Recording, *, on: str | None = None,
             step.occurrence = Occurrence(row.occurrence, row.occurrence.split(":")[0], 1,
                                          cast("float", row.due), "replay")
         args_json = cast("str", row.args)
-        env = Envelope.replayed(row.method, args_json, row.kwargs, step,
+        method = _WORKFLOW_TURNS.get(row.method, row.method)
+        env = Envelope.replayed(method, args_json, row.kwargs, step,
                                 source=f"replay:{ref.class_name}/{ref.name}@{row.version}",
                                 args=tuple(jsonvalue.loads(args_json)),
                                 kwargs=dict(jsonvalue.loads(row.kwargs) or {}))

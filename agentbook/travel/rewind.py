@@ -51,6 +51,8 @@ def rewind_in_place(inst: Instance, ctx: HandlerContext, version: Any) -> dict[s
     for approval_id in cancelled:
         ctx.approvals.append(("cancelled", (approval_id, "cancelled", None, now, reason)))
     inst.started = None  # on_start runs again at the next message (its tables may be gone)
+    if inst.workflows is not None:  # workflow runs go on from their rewound journals
+        inst.workflows.drop()
     ctx.events.append(("timetravel:rewind", {"to": version, "from": head,
                                              "cancelled_approvals": cancelled}))
     return {"rewound_to": version, "from": head, "cancelled_approvals": cancelled}

@@ -3,7 +3,7 @@
 A workflow method takes a ``step`` first (after ``self``). Each call on it is one step of
 the run's journal, found again by its position and name every time the code runs from the
 top: ``do`` runs a function once and journals its result, ``sleep`` and the two waits
-register what the run waits for and end the handler. The logic lives in the engine
+register what the run waits for and end the turn. The logic lives in the engine
 (:mod:`agentbook.workflow.engine`), which hands a step its *driver*; this module only
 says what a workflow may call, and what it gets back.
 """
@@ -16,13 +16,7 @@ from typing import Any, Protocol
 
 from ..schedule.policy import Retry
 
-__all__ = ["ApprovalDecision", "Step", "Suspended"]
-
-
-class Suspended(BaseException):
-    """The run can go no further in this handler (it sleeps, waits, or has used its turn).
-
-    A ``BaseException``, so a workflow's ``except Exception`` never swallows it."""
+__all__ = ["ApprovalDecision", "Step"]
 
 
 @dataclass(frozen=True)
