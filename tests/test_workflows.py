@@ -402,3 +402,154 @@ async def test_the_workflows_and_workflow_steps_views(rt, clock):
     assert set(steps.status) == {"completed"} and steps.duration_s[1] == 3600
     assert rt.sql("SELECT status, result FROM workflows").values.tolist() == [
         ["completed", '"done"']]
+
+
+# -- time travel covers workflows -------------------------------------------------------
+@pytest.fixture
+async def frt(tmp_path, clock):
+    runtime = ab.Runtime(str(tmp_path / "store"), clock=clock)
+    yield runtime
+    await runtime.aclose()
+
+
+async def _approved_and_done(rt, clock, order_id: str):
+    desk = rt.get(Desk, "d")
+    run = await desk.refund(order_id, 250.0)
+    await rt.settle()
+    await rt.approvals.approve(rt.approvals.pending().id[0], by="ann")
+    await rt.settle()
+    await clock.advance(3600)
+    await run.send_event("customer confirmed", True)
+    assert await run.result() == "done"
+    return desk, run
+
+
+async def test_fork_at_the_approval_step_asks_again(frt, clock):
+    """What if the manager had said no? The fork asks again; the original is untouched."""
+    LOOKUPS.clear()
+    desk, run = await _approved_and_done(frt, clock, "o-10")
+    other = await run.fork(at_step=1, name="d-no")
+    assert other.agent.name == "d-no" and other.id == run.id
+    await frt.settle()
+    assert other.status == "waiting"
+    pending = frt.approvals.pending()
+    assert list(pending.name) == ["d-no"] and list(pending.summary) == ["refund 250.0 for o-10"]
+    await frt.approvals.reject(pending.id[0], "no refunds today", by="bob")
+    assert await other.result() == "declined"
+    assert LOOKUPS == ["o-10"], "the step before the fork point is not run again"
+    assert other.agent.state["paid"] == [] and desk.state["paid"] == ["o-10"]
+    assert run.status == "completed" and await run.result() == "done"
+    steps = other.steps()
+    assert list(steps.step) == ["look up", "refund 250.0 for o-10"]
+    assert steps.result[1]["status"] == "rejected"
+
+
+async def test_fork_at_a_do_step_runs_it_again_on_the_fork(frt, clock):
+    LOOKUPS.clear()
+    _desk, run = await _approved_and_done(frt, clock, "o-11")
+    other = await run.fork(at_step=0)
+    assert other.agent.name == f"d-{run.id}-step0"
+    await frt.settle()
+    assert LOOKUPS == ["o-11", "o-11"]  # the fork looked it up again
+    assert other.status == "waiting" and len(frt.approvals.pending()) == 1
+
+
+async def test_fork_at_a_sleep_and_bad_positions(frt, clock):
+    _desk, run = await _approved_and_done(frt, clock, "o-12")
+    other = await run.fork(at_step=2)  # the cooling-off sleep: it ended when it was due
+    await frt.settle()
+    assert other.status == "waiting"  # past the sleep and "pay", at the customer's event
+    assert other.agent.state["paid"] == ["o-12"]
+    await other.send_event("customer confirmed", False)
+    assert await other.result() == "unconfirmed"
+    for bad in (-1, 5, "1", True):
+        with pytest.raises(ab.UsageError):
+            await run.fork(at_step=bad)
+
+
+async def test_at_diff_and_rewind_include_the_journal(frt, clock):
+    desk, run = await _approved_and_done(frt, clock, "o-13")
+    steps = run.steps()
+    paid_at = int(steps.set_index("step").version["pay"])
+    before, after = desk.at(paid_at - 1), desk.at(paid_at)
+    assert before.workflow_steps(run.id).step.tolist() == [
+        "look up", "refund 250.0 for o-13", "cooling off"]
+    # (the wait for the customer registered in the same turn as "pay")
+    assert after.workflow_steps(run.id).step.tolist()[-2:] == ["pay", "customer confirmed"]
+    assert after.workflows().status.tolist() == ["waiting"]
+    changed = desk.diff(paid_at - 1, paid_at).rows
+    assert "_ab_workflow_steps" in set(changed.table) and "payments" in set(changed.table)
+    # rewind to before the approval was decided: the run waits for a person again
+    approval_at = int(steps.set_index("step").version["refund 250.0 for o-13"])
+    await desk.rewind(approval_at - 1)
+    await frt.settle()
+    assert run.status == "waiting" and desk.state["paid"] == []
+    pending = frt.approvals.pending()
+    assert list(pending.name) == ["d"]
+    await frt.approvals.approve(pending.id[0], by="cy")
+    await frt.settle()
+    await clock.advance(3600)
+    await run.send_event("customer confirmed", True)
+    assert await run.result() == "done" and desk.state["paid"] == ["o-13"]
+
+
+# -- the live code and its journal ----------------------------------------------------------
+async def test_a_hibernated_agent_replays_its_runs_from_the_journal(frt, clock):
+    LOOKUPS.clear()
+    desk = frt.get(Desk, "d")
+    run = await desk.refund("o-20", 50.0)
+    await frt.settle()
+    assert run.status == "sleeping"
+    frt.hibernate()  # the live code is let go
+    await clock.advance(3600)
+    await frt.settle()
+    assert run.status == "waiting" and desk.state["paid"] == ["o-20"]
+    assert LOOKUPS == ["o-20"], "replayed from the journal: the lookup is not run again"
+    await run.send_event("customer confirmed", True)
+    assert await run.result() == "done"
+
+
+class Long(ab.Agent):
+    initial_state = {"n": 0}
+
+    def bump(self) -> int:
+        self.set_state({"n": self.state["n"] + 1})
+        return int(self.state["n"])
+
+    @ab.workflow
+    async def count(self, step: ab.Step, k: int) -> int:
+        for i in range(k):
+            await step.do(f"bump {i}", self.bump)
+        return int(self.state["n"])
+
+    @ab.callable
+    def n(self) -> int:
+        return int(self.state["n"])
+
+
+async def test_each_step_is_a_version_and_other_messages_run_between(frt):
+    ref = frt.get(Long, "l")
+    run = await ref.count(50)
+    seen = [await ref.n() for _ in range(5)]
+    assert await run.result() == 50
+    assert seen == sorted(seen) and seen[-1] < 50, "calls ran while the run went on"
+    versions = run.steps().version.tolist()
+    assert len(set(versions)) == 50 and versions == sorted(versions)
+    assert all(ref.at(v).state["n"] == i + 1 for i, v in enumerate(versions[:5]))
+
+
+async def test_the_event_loop_runs_while_a_long_run_goes_on(frt):
+    ref = frt.get(Long, "l")
+    ticks = 0
+
+    async def ticker():
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.ensure_future(ticker())
+    run = await ref.count(3000)
+    await run.result()
+    task.cancel()
+    assert ticks > 5, "the drain yields between batches"

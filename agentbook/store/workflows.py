@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import apsw
 
+from .. import jsonvalue
+
 if TYPE_CHECKING:
+    import pandas as pd
+
     from .agentstore import AgentStore
 
 __all__ = [
@@ -39,11 +43,13 @@ __all__ = [
     "read_steps",
     "release_step",
     "rollback_step",
+    "runs_frame",
     "runs_with_status",
     "savepoint_step",
     "set_run",
     "step_waiting_on",
     "steps",
+    "steps_frame",
     "take_event",
     "to_recover",
     "update_step",
@@ -274,3 +280,41 @@ def read_steps(conn: apsw.Connection, run_id: str | None = None) -> list[StepRow
         return [StepRow._make(r) for r in _query(conn, _STEP + " ORDER BY run, seq")]
     return [StepRow._make(r) for r in _query(conn, _STEP + " WHERE run = ? ORDER BY seq",
                                              (run_id,))]
+
+
+# -- as DataFrames (ref.workflows(), run.steps(), ref.at(k).workflows()) ----------------
+def _ts(frame: pd.DataFrame, *columns: str) -> None:
+    import pandas as pd
+
+    for col in columns:
+        frame[col] = pd.to_datetime(frame[col].astype("float64"), unit="s", utc=True)
+
+
+def runs_frame(found: list[RunRow], agent: tuple[str, str] | None = None) -> pd.DataFrame:
+    """Runs as a DataFrame (with ``agent`` and ``name`` columns when *agent* is given)."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(
+        [(r.id, r.method, jsonvalue.loads(r.args), r.status, r.steps, r.created, r.updated,
+          None if r.result is None else jsonvalue.loads(r.result), r.error) for r in found],
+        columns=["id", "method", "args", "status", "steps", "created", "updated", "result",
+                 "error"])
+    _ts(frame, "created", "updated")
+    if agent is not None:
+        frame.insert(0, "name", agent[1])
+        frame.insert(0, "agent", agent[0])
+    return frame
+
+
+def steps_frame(found: list[StepRow]) -> pd.DataFrame:
+    """Steps as a DataFrame, in order."""
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(
+        [(r.seq, r.name, r.kind, r.status, r.attempts, r.started, r.ended, r.until,
+          None if r.result is None else jsonvalue.loads(r.result), r.error, r.ref, r.version)
+         for r in found],
+        columns=["seq", "step", "kind", "status", "attempts", "started", "ended", "until",
+                 "result", "error", "approval", "version"])
+    _ts(frame, "started", "ended", "until")
+    return frame

@@ -42,6 +42,7 @@ from ..envelope import Envelope
 from ..errors import OwnedElsewhereError, ReplayError, UsageError
 from ..store import AgentStore, lease, open_reader
 from ..store import schedules as stored_schedules
+from ..store import workflows as workflow_rows
 from ..store.changesets import copy_into, materialize
 from ..store.history import (
     HistoryRow,
@@ -304,8 +305,13 @@ async def _fork(ref: AgentRef, target: AgentRef, name: str, at: int | None,
             if not os.path.exists(new_path):  # (a listing without a store means nothing)
                 rt.catalog.remove(cls_name, name)
             raise
+        unfinished = workflow_rows.any_unfinished(mem)
     finally:
         mem.close()
+    if unfinished:  # its workflow runs go on there: wake it (it re-arms their waits)
+        now = rt.clock.now()
+        rt.timers.index_before_commit(target._ab_key, now)
+        rt.timers.set(target._ab_key, now)
     if rt.events.active:
         rt.emit_event("timetravel:fork", ref._ab_key, {"fork": name, "at": version})
     return target

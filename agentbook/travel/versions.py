@@ -34,6 +34,7 @@ from ..store.changesets import materialize, segments
 from ..store.history import bounds, changesets_between, check_version, check_version_type, state_at
 from ..store.schema import UNTRACKED_TABLES
 from ..store.sqlaccess import sql_params
+from ..store.workflows import read_runs, read_steps, runs_frame, steps_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,7 +47,7 @@ __all__ = ["Diff", "VersionView", "bounds", "changes_between", "check_version",
 
 class VersionView:
     """The agent as it was at one version (read-only): ``.state``, ``.sql(...)``,
-    ``.schedules()``. Cheap to make; tables are copied only when first queried.
+    ``.schedules()``, ``.workflows()``. Cheap to make; tables are copied only when first queried.
 
     Args:
         ref: The agent.
@@ -91,6 +92,16 @@ class VersionView:
         from ..schedule.policy import select
 
         return schedules_frame(select(self.connection()))
+
+    def workflows(self) -> pd.DataFrame:
+        """The agent's workflow runs as they were at this version (``ref.workflows()``'s
+        columns)."""
+        return runs_frame(read_runs(self.connection()))
+
+    def workflow_steps(self, run_id: str) -> pd.DataFrame:
+        """The journal of workflow run *run_id* as it was at this version
+        (``run.steps()``'s columns)."""
+        return steps_frame(read_steps(self.connection(), run_id))
 
     def close(self) -> None:
         """Free the in-memory copy."""

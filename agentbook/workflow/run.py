@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonvalue
 from ..envelope import Envelope
 from ..errors import UsageError, WorkflowError, WorkflowNondeterminismError, WorkflowStepError
-from ..store.workflows import RunRow, StepRow, read_run, read_steps
+from ..store.workflows import RunRow, read_run, read_steps, runs_frame, steps_frame
 from .engine import CANCEL, EVENT, TERMINAL
 
 if TYPE_CHECKING:
@@ -125,6 +125,45 @@ class WorkflowRun:
         finally:
             unsubscribe()
 
+    async def fork(self, at_step: int, name: str | None = None) -> WorkflowRun:
+        """What if step *at_step* had gone another way? A copy of this run, on a fork of
+        its agent made just before that step completed, that goes on from there.
+
+        The steps before *at_step* keep their journaled results (they never run again);
+        step *at_step* happens anew on the fork: a ``do`` runs again, a
+        ``wait_for_approval`` asks again (a new approval in ``rt.approvals``: decide it
+        differently), a ``wait_for_event`` waits for ``send_event`` on the fork, a sleep
+        ends when it was due. A step that has not completed yet is forked as it is now.
+        The original run and its agent are not touched.
+
+        Args:
+            at_step: The step's position (``seq`` in :meth:`steps`, from 0).
+            name: The fork's name (default: ``"<agent>-<run id>-step<k>"``).
+
+        Returns:
+            The run (same id) on the forked agent: ``await run.result()`` as usual.
+        """
+        if isinstance(at_step, bool) or not isinstance(at_step, int) or at_step < 0:
+            raise UsageError(f"at_step is a step's position (0, 1, 2 ...), not {at_step!r}")
+        with self._read(missing_ok=True) as conn:
+            found = [] if conn is None else read_steps(conn, self.id)
+        rec = next((r for r in found if r.seq == at_step), None)
+        if rec is None:
+            raise UsageError(f"workflow run {self.id} has {len(found)} step(s) so far "
+                             f"(0 .. {len(found) - 1}); it has no step {at_step} to fork at"
+                             if found else f"workflow run {self.id} has no steps yet")
+        at: int | None = None
+        if rec.status == "completed":
+            if rec.version is None:
+                raise UsageError(f"step {at_step} of workflow run {self.id} was journaled by an "
+                                 "older agentbook, without its version; fork the agent with "
+                                 "ref.fork(name, at=version) instead")
+            at = rec.version - 1
+        target = await self.agent.fork(name or f"{self.agent.name}-{self.id}-step{at_step}",
+                                       at=at)
+        run: WorkflowRun = target.workflow(self.id)
+        return run
+
     async def send_event(self, name: str, value: Any = None) -> bool:
         """Send event *name* with a JSON *value* to the run: a ``step.wait_for_event(name)``
         waiting for it returns *value*; sent earlier, it is kept until the run asks.
@@ -164,40 +203,3 @@ def _outcome(row: RunRow) -> Any:
     raise WorkflowError(f"workflow run {row.id} ({row.method}) {row.status}"
                         + (f": {error}" if error and row.status == "failed" else ""),
                         run=row.id, status=row.status)
-
-
-def _ts(frame: pd.DataFrame, *columns: str) -> None:
-    import pandas as pd
-
-    for col in columns:
-        frame[col] = pd.to_datetime(frame[col].astype("float64"), unit="s", utc=True)
-
-
-def runs_frame(found: list[RunRow], agent: tuple[str, str] | None = None) -> pd.DataFrame:
-    """Runs as a DataFrame (with ``agent`` and ``name`` columns when *agent* is given)."""
-    import pandas as pd
-
-    frame = pd.DataFrame.from_records(
-        [(r.id, r.method, jsonvalue.loads(r.args), r.status, r.steps, r.created, r.updated,
-          None if r.result is None else jsonvalue.loads(r.result), r.error) for r in found],
-        columns=["id", "method", "args", "status", "steps", "created", "updated", "result",
-                 "error"])
-    _ts(frame, "created", "updated")
-    if agent is not None:
-        frame.insert(0, "name", agent[1])
-        frame.insert(0, "agent", agent[0])
-    return frame
-
-
-def steps_frame(found: list[StepRow]) -> pd.DataFrame:
-    """Steps as a DataFrame, in order."""
-    import pandas as pd
-
-    frame = pd.DataFrame.from_records(
-        [(r.seq, r.name, r.kind, r.status, r.attempts, r.started, r.ended, r.until,
-          None if r.result is None else jsonvalue.loads(r.result), r.error, r.ref)
-         for r in found],
-        columns=["seq", "step", "kind", "status", "attempts", "started", "ended", "until",
-                 "result", "error", "approval"])
-    _ts(frame, "started", "ended", "until")
-    return frame
