@@ -26,11 +26,16 @@ from agentbook.bench.timing import Sizes, in_flight, interleave_many
 EXPECTED = [name for _, names in GROUPS.values() for name in names]
 HAVE_LANGGRAPH = importlib.util.find_spec("langgraph") is not None
 HAVE_OPENAI = importlib.util.find_spec("openai") is not None
+HAVE_DBOS = importlib.util.find_spec("dbos") is not None
 NEEDS_LANGGRAPH = {"durable_vs_langgraph", "approval_vs_langgraph", "at_state_vs_langgraph",
                    "at_state_vs_langgraph_filter"}
+NEEDS_DBOS = {"workflow_steps"}
 #: Figures reported as a value alone (no floor, no ratio).
 VALUE_ONLY = {"schedules_pending_memory", "lateness_real_clock_p50", "lateness_real_clock_p99",
-              "ray_host_memory"}
+              "ray_host_memory", "workflow_recovery_s", "workflow_recovery_twice"}
+#: Figures whose value may be 0 (a count that must stay 0).
+ZERO_OK = {"workflow_recovery_twice"}
+WORKFLOW_GROUPS = ("workflow_steps", "workflow_step_overhead", "workflow_recovery")
 RAY = {"ray_msgs_sequential", "ray_msgs_inflight", "ray_scaling", "ray_host_memory"}
 #: Unit and target of the figures added with scheduling, approvals, time travel, Ray, chat.
 SHAPES = {
@@ -54,6 +59,10 @@ SHAPES = {
     "chat_turn": ("turns/s", "ratio >= 0.8"),
     "catchup_rows_per_s": ("rows/s", "value >= 500000"),
     "p99_by_method_ms": ("ms", "value <= 200"),
+    "workflow_steps": ("steps/s", "ratio >= 10"),
+    "workflow_step_overhead": ("us", "ratio <= 1.5"),
+    "workflow_recovery_s": ("s", None),
+    "workflow_recovery_twice": ("steps", "value <= 0"),
 }
 
 
@@ -86,15 +95,17 @@ def _finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def test_quick_suite_produces_every_entry(quick_run):
-    code, table, data = quick_run
-    assert code == 0
-    assert list(data) == EXPECTED
+def _check_entries(table: str, data: dict) -> None:
+    """Every entry ran and has finite figures in the documented shape (or says why not)."""
     for name, entry in data.items():
         assert name in table
         assert {"value", "unit", "floor", "ratio", "target"} <= set(entry), name
         assert isinstance(entry["unit"], str) and entry["unit"], name
         if name in NEEDS_LANGGRAPH and not HAVE_LANGGRAPH:
+            assert "pip install" in entry["skipped"]
+            continue
+        if name in NEEDS_DBOS and not HAVE_DBOS:
+            assert "DBOS Transact is not installed" in entry["skipped"]
             assert "pip install" in entry["skipped"]
             continue
         if name in RAY:  # quick mode never starts Ray
@@ -104,7 +115,8 @@ def test_quick_suite_produces_every_entry(quick_run):
             assert "pip install" in entry["skipped"]
             continue
         assert entry["skipped"] is None, (name, entry["skipped"])
-        assert _finite(entry["value"]) and entry["value"] > 0, name
+        assert _finite(entry["value"]), name
+        assert entry["value"] >= 0 if name in ZERO_OK else entry["value"] > 0, name
         if name in VALUE_ONLY:
             assert entry["floor"] is None and entry["ratio"] is None, name
         else:
@@ -114,6 +126,13 @@ def test_quick_suite_produces_every_entry(quick_run):
         assert entry["target"] is None or isinstance(entry["target"], str)
         assert entry["met"] in (True, False, None)
         assert entry["note"], name
+
+
+def test_quick_suite_produces_every_entry(quick_run):
+    code, table, data = quick_run
+    assert code == 0
+    assert list(data) == EXPECTED
+    _check_entries(table, data)
 
 
 def test_new_figures_have_their_units_and_targets(quick_run):
@@ -139,17 +158,62 @@ def test_unknown_name_is_a_usage_error(capsys):
     assert "unknown benchmark 'nope'" in capsys.readouterr().err
 
 
-def test_langgraph_peer_skips_with_a_clear_message(monkeypatch, tmp_path):
+@pytest.mark.parametrize(("peer", "missing"), [
+    ("langgraph", "LangGraph is not installed; pip install 'agentbook[bench]'"),
+    ("dbos", "DBOS Transact is not installed (dbos); pip install 'agentbook[bench]'"),
+])
+def test_a_peer_skips_with_a_clear_message(monkeypatch, tmp_path, peer, missing):
     from agentbook.bench import peers
 
     monkeypatch.setenv("AGENTBOOK_BENCH_PEERS", str(tmp_path))
-    monkeypatch.delitem(sys.modules, "_agentbook_bench_peer_langgraph", raising=False)
-    reason = peers.load_peer("langgraph")
+    monkeypatch.delitem(sys.modules, f"_agentbook_bench_peer_{peer}", raising=False)
+    reason = peers.load_peer(peer)
     assert isinstance(reason, str) and "AGENTBOOK_BENCH_PEERS" in reason
-    missing = "LangGraph is not installed; pip install 'agentbook[bench]'"
-    (tmp_path / "langgraph_peer.py").write_text(f"MISSING = {missing!r}\n")
-    assert peers.load_peer("langgraph") == missing
-    monkeypatch.delitem(sys.modules, "_agentbook_bench_peer_langgraph", raising=False)
+    (tmp_path / f"{peer}_peer.py").write_text(f"MISSING = {missing!r}\n")
+    try:
+        assert peers.load_peer(peer) == missing
+        if peer == "dbos":  # the workflow group reports the skip with that reason
+            from agentbook.bench.workflows import bench_steps
+
+            (result,) = asyncio.run(bench_steps(Sizes.quick(), str(tmp_path)))
+            assert result.name == "workflow_steps" and result.skipped == missing
+            assert result.target == Target("ratio", ">=", 10) and result.value is None
+    finally:  # (not monkeypatch: it would put the stand-in back at teardown)
+        sys.modules.pop(f"_agentbook_bench_peer_{peer}", None)
+
+
+def test_workflow_groups_run_in_quick_mode(tmp_path, bench_dir):
+    out = tmp_path / "workflows.json"
+    table = io.StringIO()
+    with contextlib.redirect_stdout(table):
+        code = main(["--quick", "--only", ",".join(WORKFLOW_GROUPS), "--json", str(out),
+                     "--dir", bench_dir])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert list(data) == [n for g in WORKFLOW_GROUPS for n in GROUPS[g][1]]
+    _check_entries(table.getvalue(), data)
+    for name in data:
+        assert (data[name]["unit"], data[name]["target"]) == SHAPES[name], name
+    assert data["workflow_recovery_twice"]["value"] == 0, data["workflow_recovery_twice"]
+    assert "20 runs of 10 steps over 2 agents" in data["workflow_recovery_s"]["note"]
+    assert os.listdir(bench_dir) == [], "the groups leave nothing behind"
+
+
+@pytest.mark.skipif(not HAVE_DBOS, reason="DBOS is not installed")
+def test_dbos_peer_runs_and_shuts_down_twice(tmp_path):
+    import threading
+
+    from agentbook.bench.peers import load_peer
+
+    peer_mod = load_peer("dbos")
+    before = threading.active_count()
+    for i in range(2):  # DBOS is a singleton: a closed peer lets the next one launch
+        peer = peer_mod.DBOSPeer(str(tmp_path / f"dbos-{i}.sqlite"))
+        try:
+            assert peer.run(2, 3) > 0
+        finally:
+            peer.close()
+        assert threading.active_count() == before, "DBOS's threads stopped"
 
 
 def test_ray_group_skips_in_quick_mode_and_without_ray(monkeypatch, tmp_path):

@@ -32,6 +32,8 @@ from .report import Result, Target
 from .schedules import bench_schedules
 from .timing import Sizes, check, interleave, rate
 from .travel import bench_time_travel
+from .workflows import NAMES as WF_NAMES
+from .workflows import bench_recovery, bench_step_overhead, bench_steps
 
 __all__ = ["GROUPS", "Sizes", "run_suite", "select_groups"]
 
@@ -268,6 +270,9 @@ GROUPS: dict[str, tuple[Callable[[Sizes, str], Awaitable[list[Result]]], tuple[s
     "ray_msgs": (bench_ray, RAY_NAMES),
     "chat_turn": (bench_chat, ("chat_turn",)),
     "analytics": (bench_analytics, ("catchup_rows_per_s", "p99_by_method_ms")),
+    "workflow_steps": (bench_steps, WF_NAMES["workflow_steps"]),
+    "workflow_step_overhead": (bench_step_overhead, WF_NAMES["workflow_step_overhead"]),
+    "workflow_recovery": (bench_recovery, WF_NAMES["workflow_recovery"]),
 }
 
 

@@ -63,6 +63,13 @@ class Sizes:
     ray_mem_agents: int
     #: chat turns per round.
     chat_n: int
+    #: workflows: runs per round (one after another) and do-steps per run; recovery: runs
+    #: in flight at the kill, the agents they are spread over, kill-and-restart rounds.
+    wf_runs: int
+    wf_steps: int
+    wf_recovery_runs: int
+    wf_recovery_agents: int
+    wf_recovery_rounds: int
     warmup: bool = True
     progress: bool = True
 
@@ -78,7 +85,8 @@ class Sizes:
                    late_n=1000, late_rounds=5, approval_n=200, approval_lg_n=40,
                    tt_versions=(100, 1000, 10_000), tt_distance=50, tt_ops=20,
                    tt_lg_checkpoints=10_000, ray=True, ray_seq_n=400, ray_flight_n=1500,
-                   ray_mem_agents=10_000, chat_n=100)
+                   ray_mem_agents=10_000, chat_n=100, wf_runs=100, wf_steps=10,
+                   wf_recovery_runs=1000, wf_recovery_agents=10, wf_recovery_rounds=3)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -92,7 +100,9 @@ class Sizes:
                    late_n=50, late_rounds=2, approval_n=10, approval_lg_n=3,
                    tt_versions=(60, 120, 300), tt_distance=50, tt_ops=2,
                    tt_lg_checkpoints=300, ray=False, ray_seq_n=20, ray_flight_n=100,
-                   ray_mem_agents=100, chat_n=5, warmup=False, progress=False)
+                   ray_mem_agents=100, chat_n=5, wf_runs=5, wf_steps=10,
+                   wf_recovery_runs=20, wf_recovery_agents=2, wf_recovery_rounds=1,
+                   warmup=False, progress=False)
 
 
 def rate(count: int, t0: float) -> float:
