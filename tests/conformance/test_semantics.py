@@ -9,6 +9,7 @@ import pytest
 
 import agentbook as ab
 
+from ..waiting import eventually
 from .agents import (
     ConfBadStart,
     ConfCaller,
@@ -469,7 +470,8 @@ class ConfFlow(ab.Agent):
         return self.state["pings"]
 
 
-@pytest.mark.local_only("Ray: workflows are not on the Ray backend yet (issue 19, a later round)")
+@pytest.mark.local_only("Ray hosts keep the wall clock (the virtual clock lives in one process); "
+                        "workflows on Ray: the two tests at the end")
 async def test_a_workflow_step_commits_once_and_waiting_frees_the_mailbox(crt, clock):
     ref = crt.get(ConfFlow, "flow")
     run = await ref.flow(5)
@@ -485,7 +487,8 @@ async def test_a_workflow_step_commits_once_and_waiting_frees_the_mailbox(crt, c
     assert list(run.steps().status) == ["completed"] * 3
 
 
-@pytest.mark.local_only("Ray: workflows are not on the Ray backend yet (issue 19, a later round)")
+@pytest.mark.local_only("Ray hosts keep the wall clock (the virtual clock lives in one process); "
+                        "workflows on Ray: the two tests at the end")
 async def test_an_unfinished_workflow_survives_a_restart(crt, reopen, clock):
     run = await crt.get(ConfFlow, "keeper").flow(7)
     await crt.settle()
@@ -497,3 +500,53 @@ async def test_an_unfinished_workflow_survives_a_restart(crt, reopen, clock):
     await clock.advance(3600 + 600)  # the nap ends, then the wait times out
     assert await again.result() == {"paid": 7, "word": None}
     assert rt2.get(ConfFlow, "keeper").state["paid"] == 7
+
+
+class ConfQuickFlow(ab.Agent):
+    initial_state = {"paid": 0, "pings": 0}
+
+    @ab.workflow
+    async def flow(self, step: ab.Step, amount: int) -> dict:
+        for i in range(3):
+            await step.do(f"pay {i}", self.pay, amount)
+        await step.sleep("no time", 0)
+        word = await step.wait_for_event("go")
+        return {"paid": self.state["paid"], "word": word, "where": step.id.split(":")[0]}
+
+    def pay(self, amount: int) -> int:
+        self.set_state({**self.state, "paid": self.state["paid"] + amount})
+        return amount
+
+    @ab.callable
+    async def ping(self) -> int:
+        self.set_state({**self.state, "pings": self.state["pings"] + 1})
+        return self.state["pings"]
+
+
+async def test_a_workflow_runs_where_its_agent_is_owned(crt):
+    """Every runtime (Ray too: the run's turns go on on the host that owns the agent)."""
+    ref = crt.get(ConfQuickFlow, "quick")
+    run = await ref.flow(2)
+    assert await ref.ping() == 1
+    assert await run.send_event("go", "now") in (True, False)  # (kept if it came early)
+    outcome = await run.result(timeout=60)
+    assert outcome == {"paid": 6, "word": "now", "where": run.id}
+    assert ref.state == {"paid": 6, "pings": 1}
+    assert list(run.steps().status) == ["completed"] * 5
+    assert ref.workflows().status.tolist() == ["completed"]
+
+
+
+async def test_a_waiting_workflow_goes_on_after_a_restart(crt, reopen):
+    """Every persistent runtime (Ray too): the run waits on disk, not in a process."""
+    run = await crt.get(ConfQuickFlow, "later").flow(1)
+    await crt.settle()
+    await eventually(lambda: run.status == "waiting", timeout=60,
+                     what="the run reached its wait")  # (Ray hosts turn on their own loops)
+    await crt.aclose()
+    rt2 = reopen()
+    again = rt2.get(ConfQuickFlow, "later").workflow(run.id)
+    assert again.status == "waiting"
+    assert await again.send_event("go", "after") is True
+    assert (await again.result(timeout=60))["word"] == "after"
+    assert rt2.get(ConfQuickFlow, "later").state["paid"] == 3
