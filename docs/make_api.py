@@ -9,8 +9,9 @@ import inspect
 import os
 
 import agentbook as ab
+from agentbook.analytics.plots import Plots
 
-CLASSES = [ab.Agent, ab.AgentRef, ab.Runtime, ab.ChatAgent, ab.Approvals, ab.VirtualClock]
+CLASSES = [ab.Agent, ab.AgentRef, ab.Runtime, ab.ChatAgent, ab.Approvals, ab.VirtualClock, Plots]
 
 
 def first_line(obj: object) -> str:

@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
     from ..core.runtime import Runtime
 
-__all__ = ["AgentSelection", "When", "agent_keys", "canvas", "datenum", "duration", "epoch",
-           "figure_class", "filters", "say", "time_axis", "views"]
+__all__ = ["AgentSelection", "When", "agent_keys", "canvas", "datenum", "datenum_epoch", "duration",
+           "epoch", "figure_class", "filters", "say", "time_axis", "views"]
 
 
 AgentSelection = Any  # an AgentRef, an Agent class, "Class", "Class/name", or an iterable of them
@@ -81,6 +81,13 @@ def datenum(column: pd.Series) -> Any:
     import matplotlib.dates as mdates
 
     return mdates.date2num(column.dt.tz_convert(None).to_numpy())
+
+
+def datenum_epoch(seconds: Any) -> Any:
+    """matplotlib date numbers of epoch seconds (a number or an array)."""
+    import matplotlib.dates as mdates
+
+    return seconds / 86400.0 + mdates.date2num(datetime(1970, 1, 1, tzinfo=timezone.utc))
 
 
 def datenum_one(value: float | datetime) -> float:

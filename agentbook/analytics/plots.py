@@ -4,8 +4,10 @@ A face over committed data, never an agent's store: every figure reads the DuckD
 (``rt.analytics``), so a thousand agents or a million history rows cost a query, not a
 store opened per agent or a million Python objects. Gathering and drawing are kept apart
 (each figure gets its rows from private functions returning DataFrames), so tests can
-check the data and the artists separately. ``latency()``, ``throughput()`` and
-``queue_wait()`` are gathered and drawn in :mod:`agentbook.plots_sql`.
+check the data and the artists separately. ``latency()``, ``throughput()``,
+``queue_wait()`` and ``workflows(by="step")`` are gathered and drawn in
+:mod:`agentbook.analytics.plots_sql`, ``workflows()`` (one row per run) in
+:mod:`agentbook.analytics.plots_workflows`.
 
 matplotlib is imported only when a plot is drawn, and only ``matplotlib.figure.Figure``
 is used, never ``pyplot``: figures don't pile up in pyplot's registry, nothing depends on
@@ -73,7 +75,7 @@ class Plots:
 
     def __repr__(self) -> str:
         return (f"<agentbook plots of {self.runtime!r}: latency(), throughput(), schedule(), "
-                "queue_wait()>")
+                "queue_wait(), workflows()>")
 
     def schedule(
         self,
@@ -215,6 +217,57 @@ class Plots:
         from .plots_sql import draw_queue_wait
 
         return draw_queue_wait(self.runtime, by, agents, ax, since, until, retries, top)
+
+    def workflows(
+        self,
+        by: str = "run",
+        agents: AgentSelection = None,
+        method: str | list[str] | None = None,
+        ax: Axes | None = None,
+        since: When = None,
+        until: When = None,
+        top: int = 30,
+    ) -> Figure:
+        """Where the time of workflow runs goes, and which runs wait for a person.
+
+        ``by="run"`` (the default): one row per run, the oldest on top, on the runtime's
+        clock. A grey line spans the run (to now while it goes on); a bar per step from its
+        start to its end, coloured by kind: ``do`` (blue, a diamond at its end: a step that
+        ran may take no time), ``sleep`` (grey), waiting for an event (purple), waiting for a
+        person (orange). A step still waiting is hatched and reaches *now* (a dotted line).
+        A red X marks a step that failed for good, an orange x one that was retried (with
+        how often). A run waiting for a person has an orange label saying for how long. The
+        legend gives each kind's share of the time all selected runs spent in steps; the
+        title how many runs wait for a person, and the longest wait.
+
+        ``by="step"`` or ``"kind"``: the distribution of each step's time (per
+        ``Class.method · step name``, or per ``Class.method · kind``), drawn like
+        :meth:`latency`: a step still waiting counts until now.
+
+        Args:
+            by: ``"run"``, ``"step"`` or ``"kind"``.
+            agents: Which agents, as in :meth:`schedule`.
+            method: Only runs of this workflow method (a name, or a list of names).
+            ax: Axes to draw on; by default a new figure is made.
+            since: Only runs (``by="run"``) or steps that started at or after this time.
+            until: Only runs or steps that started before this time.
+            top: Draw at most this many rows. For runs: those waiting for a person first
+                (the longest wait first), then the other unfinished ones, then the newest;
+                for steps, the longest p99. The title says how many there were.
+
+        Returns:
+            The figure (``ax``'s figure when ``ax`` is given).
+
+        Example:
+            >>> rt.plot.workflows(agents=desk, method="refund")   # doctest: +SKIP
+        """
+        if by == "run":
+            from .plots_workflows import draw_workflow_runs
+
+            return draw_workflow_runs(self.runtime, agents, method, ax, since, until, top)
+        from .plots_sql import draw_workflow_steps
+
+        return draw_workflow_steps(self.runtime, by, agents, method, ax, since, until, top)
 
 
 # -- data ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The figures of ``rt.plot`` that aggregate in the DuckDB views: latency, throughput, queue wait.
+"""The figures of ``rt.plot`` that aggregate in the DuckDB views: latency, throughput, queue wait,
+and how long workflow steps took (``workflows(by="step")``).
 
 :class:`agentbook.plots.Plots` holds their signatures and documentation; this module
 gathers (in DuckDB: percentiles, histograms and time bins are computed there, so a million
@@ -16,7 +17,7 @@ counts from the numbers.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import UsageError
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
     from ..core.runtime import Runtime
 
-__all__ = ["draw_latency", "draw_queue_wait", "draw_throughput"]
+__all__ = ["draw_latency", "draw_queue_wait", "draw_throughput", "draw_workflow_steps"]
 
 #: Log-spaced bins of each distribution.
 _BINS = 48
@@ -38,7 +39,10 @@ _BINS = 48
 _GROUPS = {"method": "agent || '.' || method", "agent": "agent || '/' || name", "class": "agent",
            "name": "name", "source": "split_part(source, ':', 1)", "outcome": "outcome"}
 _PLURAL = {"method": "methods", "agent": "agents", "class": "classes", "name": "names",
-           "source": "sources", "outcome": "outcomes"}
+           "source": "sources", "outcome": "outcomes", "step": "steps", "kind": "kinds"}
+#: What ``rt.plot.workflows(by=)`` may group steps on, as SQL over its rows.
+_STEP_GROUPS = {"step": "agent || '.' || method || ' · ' || step",
+                "kind": "agent || '.' || method || ' · ' || kind"}
 #: Percentile markers: ``gid: (marker, face colour, edge colour, size)``.
 _MARKS = {"p50": ("o", "white", "black", 34), "p95": ("s", "tab:orange", "tab:orange", 26),
           "p99": ("D", "tab:red", "tab:red", 26)}
@@ -56,7 +60,7 @@ _QUEUED = ("(SELECT *, row_number() OVER (PARTITION BY agent, name, occurrence O
 _ZERO_GAP = 0.1
 
 
-# -- the three figures -----------------------------------------------------------------------
+# -- the figures --------------------------------------------------------------------------------
 def draw_latency(rt: Runtime, by: str, agents: AgentSelection, ax: Axes | None, since: When,
                  until: When, top: int) -> Figure:
     """:meth:`agentbook.plots.Plots.latency`."""
@@ -92,8 +96,31 @@ def draw_throughput(rt: Runtime, agents: AgentSelection, ax: Axes | None, since:
     return fig
 
 
+def draw_workflow_steps(rt: Runtime, by: str, agents: AgentSelection, method: Any,
+                        ax: Axes | None, since: When, until: When, top: int) -> Figure:
+    """:meth:`agentbook.analytics.plots.Plots.workflows` with ``by="step"`` or ``"kind"``."""
+    from .plots_workflows import TERMINAL, method_filter
+
+    if by not in _STEP_GROUPS:
+        raise UsageError(f"by= takes 'run', {', '.join(map(repr, _STEP_GROUPS))}, not {by!r}")
+    where, params = filters(rt, agents, since, until)
+    method_filter(method, where, params)
+    params["now"] = rt.clock.now()
+    terminal = ", ".join(f"'{s}'" for s in TERMINAL)
+    # a step still waiting counts until now (or until its run ended, if it did)
+    steps = ("(SELECT s.agent, s.name, w.method, s.step, s.kind, s.started AS ts,"
+             " coalesce(epoch(s.ended), CASE WHEN w.status IN"
+             f" ({terminal}) THEN epoch(w.updated) ELSE $now END) - epoch(s.started) AS seconds"
+             " FROM workflow_steps s JOIN workflows w"
+             " ON w.agent = s.agent AND w.name = s.name AND w.id = s.run)")
+    dist = _distribution(rt, "seconds", _STEP_GROUPS[by], where, params, top, source=steps)
+    return _draw(ax, dist, f"Workflow step time by {by}",
+                 "from a step's start to its end, or to now while it waits (log scale)",
+                 "workflow steps", by, top, since, until, noun="step")
+
+
 def _draw(ax: Axes | None, dist: _Distribution, title: str, xlabel: str, what: str, by: str,
-          top: int, since: When, until: When) -> Figure:
+          top: int, since: When, until: When, noun: str = "run") -> Figure:
     fig, ax = canvas(ax, rows=len(dist.stats))
     if dist.stats.empty:
         say(ax, _nothing(what, since, until), title)
@@ -102,7 +129,7 @@ def _draw(ax: Axes | None, dist: _Distribution, title: str, xlabel: str, what: s
     shown = ""
     if dist.groups > len(dist.stats):
         shown = f" · the {len(dist.stats)} highest p99 of {dist.groups:,} {_PLURAL[by]}"
-    ax.set_title(f"{title} · {_count(dist.rows, 'run')}{shown}", loc="left", fontsize="medium")
+    ax.set_title(f"{title} · {_count(dist.rows, noun)}{shown}", loc="left", fontsize="medium")
     return fig
 
 
@@ -271,8 +298,10 @@ def _draw_throughput(ax: Axes, rates: pd.DataFrame, width: float, since: When,
     """One step line per class (versions per second in each bin) and, for several, the sum."""
     import numpy as np
 
+    from .plotkit import datenum_epoch
+
     starts = rates.index.to_numpy(dtype=float)
-    edges = _datenum_epoch(np.append(starts, starts[-1] + width))
+    edges = datenum_epoch(np.append(starts, starts[-1] + width))
     for i, cls in enumerate(rates.columns):
         ax.stairs(rates[cls].to_numpy(), edges, label=cls, gid="rate", linewidth=1.6,
                   color="0.45" if cls == "other" else f"C{i}", baseline=None)
@@ -293,13 +322,6 @@ def _draw_throughput(ax: Axes, rates: pd.DataFrame, width: float, since: When,
     ax.set_title(f"Versions per second · {_count(versions, 'version')} · peak "
                  f"{total.max():.3g}/s · bins of {duration(width)}", loc="left",
                  fontsize="medium")
-
-
-def _datenum_epoch(seconds: Any) -> Any:
-    """matplotlib date numbers of epoch seconds (an array)."""
-    import matplotlib.dates as mdates
-
-    return seconds / 86400.0 + mdates.date2num(datetime(1970, 1, 1, tzinfo=timezone.utc))
 
 
 # -- words -------------------------------------------------------------------------------------
