@@ -271,3 +271,91 @@ def test_without_a_running_loop_the_buttons_explain_instead_of_failing(clock):
 def _at(widget: TimelineWidget, version: int) -> str:
     widget.select(version)
     return widget.step_html.value
+
+
+# -- workflow steps at their version ----------------------------------------------------------
+class Refunds(ab.Agent):
+    """A refund that asks a person, sleeps an hour, pays and waits for the customer."""
+
+    @ab.workflow
+    async def refund(self, step: ab.Step, order: str) -> str:
+        await step.do("look up", lambda: {"order": order})
+        decision = await step.wait_for_approval(f"refund <{order}>", timeout=86400)
+        if not decision.approved:
+            return "declined"
+        await step.sleep("cool off", 3600)
+        await step.do("pay", lambda: order)
+        await step.wait_for_event("confirmed", timeout=7 * 86400)
+        return "done"
+
+
+def shown_steps(widget: TimelineWidget) -> list[tuple[str, str, bool]]:
+    """``(status, text, written by this version)`` of each step the widget lists."""
+    items = re.findall(r"<li([^>]*)>(.*?)</li>", widget.workflows_html.value, re.S)
+    return [(re.search(r'data-status="(\w+)"', attrs).group(1),
+             html.unescape(re.sub(r"<[^>]+>", "", body)), "background" in attrs)
+            for attrs, body in items]
+
+
+async def test_workflow_steps_appear_at_their_version_and_a_waiting_step_says_so(rt, clock):
+    desk = rt.get(Refunds, "desk")
+    run = await desk.refund("o-1")
+    await rt.settle()
+    widget = desk.timeline()
+    try:
+        head = widget.slider.value
+        assert run.id in widget.workflows_html.value
+        assert "1 run at version" in widget.workflows_html.value
+        assert "1 waiting for a person" in widget.workflows_html.value
+        (look_up, ask) = shown_steps(widget)
+        assert look_up[0] == "completed" and look_up[1].startswith("✓ look up do · completed at")
+        assert ask[0] == "waiting" and "refund <o-1> approval · waiting for a person since " \
+            "2026-01-01 00:00:00 UTC, times out at 2026-01-02 00:00:00 UTC" in ask[1]
+        assert f"written at version {head}" in ask[1] and ask[2], "the version that asked"
+
+        await rt.approvals.approve(rt.approvals.pending().id[0], by="ann")
+        await rt.settle()
+        await clock.advance(1800)
+        assert widget.slider.value > head, "it follows the run's new versions"
+        steps = shown_steps(widget)
+        assert [s[0] for s in steps] == ["completed", "completed", "waiting"]
+        assert "approved by ann" in steps[1][1]
+        assert "cool off sleep · sleeping since 2026-01-01 00:00:00 UTC, until " \
+            "2026-01-01 01:00:00 UTC" in steps[2][1]
+
+        await clock.advance(3600)
+        steps = shown_steps(widget)
+        assert [s[0] for s in steps] == ["completed"] * 4 + ["waiting"]
+        assert "confirmed event · waiting for the event since 2026-01-01 01:00:00 UTC" in steps[4][1]
+        newest = widget.slider.value
+        assert [s[2] for s in steps] == [False, False, True, True, True], "what it wrote"
+        assert all(f"written at version {newest}" in s[1] for s in steps[2:])
+
+        widget.select(head)  # back in time: the journal as it was
+        assert [s[0] for s in shown_steps(widget)] == ["completed", "waiting"]
+        widget.select(head - 1)  # the call that started the run: no step yet
+        assert run.id in widget.workflows_html.value and not shown_steps(widget)
+        assert "running" in widget.workflows_html.value
+        widget.select(0)
+        assert "none at version 0" in widget.workflows_html.value
+    finally:
+        widget.close()
+
+
+async def test_workflow_steps_are_escaped(rt):
+    desk = rt.get(Refunds, "xss")
+    await desk.refund("<script>alert(1)</script>")
+    await rt.settle()
+    widget = desk.timeline()
+    try:
+        assert "<script>" not in widget.workflows_html.value
+        assert "refund &lt;&lt;script&gt;alert(1)&lt;/script&gt;&gt;" in widget.workflows_html.value
+    finally:
+        widget.close()
+
+
+async def test_an_agent_without_workflows_shows_no_workflow_section(shelf, timeline):
+    assert timeline.workflows_html.value == ""
+    timeline.select(3)
+    assert timeline.workflows_html.value == ""
+    assert timeline.workflows_html in timeline.children

@@ -6,6 +6,10 @@ A view over the agent's time-travel API, never a second source of truth: it read
 on the running event loop. :meth:`TimelineWidget.fork_here` and
 :meth:`TimelineWidget.rewind_here` do what the buttons do and return that background work.
 
+An agent with workflow runs also shows them as they were at the selected version: each
+run's steps with their kind and status (a waiting step says what it waits for and since
+when), the steps that version wrote marked (see :mod:`agentbook.widgets.journals`).
+
 While open, the widget listens to the agent's events and extends the slider as versions
 commit; if the newest version was selected, the selection follows the new one. ``close()``
 stops listening. Pruning sends no event: click the refresh button after ``ref.prune(...)``.
@@ -22,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from ..errors import AgentbookError, VersionNotFoundError
+from .journals import Journals
 
 if TYPE_CHECKING:
     from ..core.ref import AgentRef
@@ -29,7 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["TimelineWidget", "timeline_widget"]
 
 #: Events after which the agent may have a new version.
-EVENT_TYPES = ["rpc", "state:update", "timetravel:*", "schedule:execute", "queue:execute"]
+EVENT_TYPES = ["rpc", "state:update", "timetravel:*", "schedule:execute", "queue:execute",
+               "workflow:*"]
 
 _MUTED = "color:var(--jp-ui-font-color2,#666)"
 _PRE = "max-height:320px;overflow:auto;margin:2px 0;font-size:12px;line-height:1.35"
@@ -47,12 +53,15 @@ def timeline_widget(ref: AgentRef) -> TimelineWidget:
 
 class TimelineWidget(w.VBox):
     """A slider over the agent's reachable versions, the selected version's state and the
-    step that made it, and **Fork here** / **Rewind here** buttons.
+    step that made it, its workflow runs at that version, and **Fork here** / **Rewind here**
+    buttons.
 
     Attributes:
         ref: The agent shown.
         slider: The ``IntSlider`` over ``ref.history_range()``.
         step_html: The selected step: input (method, arguments, source), time, duration, outcome.
+        workflows_html: The agent's workflow runs and their steps at the selected version,
+            the steps it wrote marked (empty for an agent without workflow runs).
         state_html: The state after the selected version, as pretty JSON.
         fork_name: The name for **Fork here** (empty: the suggested name in its placeholder).
         status: What the last fork or rewind did, or why it failed.
@@ -68,6 +77,8 @@ class TimelineWidget(w.VBox):
         self.refresh_button = w.Button(icon="refresh", tooltip="Re-read the agent's versions",
                                        layout=w.Layout(width="40px"))
         self.header, self.step_html, self.state_html, self.status = (w.HTML() for _ in range(4))
+        self.workflows_html = w.HTML()
+        self.journals = Journals(ref)
         self.fork_name = w.Text(layout=w.Layout(width="220px"))
         self.fork_button = w.Button(description="Fork here", icon="code-fork",
                                     tooltip="A new agent holding this version")
@@ -75,7 +86,8 @@ class TimelineWidget(w.VBox):
                                       tooltip="Put the agent back to this version (undoable)")
         super().__init__([
             self.header, w.HBox([self.slider, self.refresh_button]), self.step_html,
-            self.state_html, w.HBox([self.fork_name, self.fork_button, self.rewind_button]),
+            self.workflows_html, self.state_html,
+            w.HBox([self.fork_name, self.fork_button, self.rewind_button]),
             self.status])
         self.add_class("agentbook-timeline")
         self.task: asyncio.Future | None = None
@@ -170,6 +182,8 @@ class TimelineWidget(w.VBox):
             self.fork_button.disabled = self.rewind_button.disabled = True
             return slider.min, slider.max
         first, head = self.ref.history_range()
+        if first != slider.min or head < slider.max:  # pruned, or made again: read anew
+            self.journals.clear()
         if (first, head) != (slider.min, slider.max):
             with slider.hold_trait_notifications():
                 slider.min, slider.max = first, head
@@ -201,12 +215,16 @@ class TimelineWidget(w.VBox):
             state = row["state"] if row is not None else ref.at(version).state
         except AgentbookError as exc:
             self.step_html.value = f"<span style=\"{_MUTED}\">{_e(exc)}</span>"
-            self.state_html.value = ""
+            self.state_html.value = self.workflows_html.value = ""
             self.fork_button.disabled = self.rewind_button.disabled = True
             return
         busy = self.task is not None and not self.task.done()
         self.fork_button.disabled = self.rewind_button.disabled = busy
         self.step_html.value = _step_html(row, version)
+        try:
+            self.workflows_html.value = self.journals.html(version)
+        except AgentbookError as exc:
+            self.workflows_html.value = f"<span style=\"{_MUTED}\">workflows: {_e(exc)}</span>"
         text = json.dumps(state, indent=2, ensure_ascii=False, default=str)
         self.state_html.value = f"<b>state</b><pre style=\"{_PRE}\">{_e(text)}</pre>"
 
