@@ -30,6 +30,19 @@ import pytest
 
 FIGURE_KEY = "agentbook_figure"
 
+
+def _workflow_kill(f: dict) -> str:
+    return (f"{f['cycles']} cycles ({f['killed_inside']} inside a step, {f['killed_between']} "
+            f"between steps, {f['killed_random']} at random), {f['workflows']} workflows, "
+            f"{f['steps']} steps completed ({f['retried']} interrupted ones run again): "
+            f"{f['rerun']} completed steps re-run, {f['lost']} workflows lost, "
+            f"{f['half_written']} half-written, {f['retried_without_a_kill']} retried without a kill")
+
+
+def _workflow_kill_ok(f: dict) -> bool:
+    return f["rerun"] == f["retried_without_a_kill"] == f["lost"] == f["half_written"] == 0
+
+
 #: What the summary prints, in order: (figure name, label, how to show its values).
 #: Each ``show`` gets the recorded dict; ``target`` says what must hold.
 _REPORT: list[tuple[str, str, Callable[[dict], str], Callable[[dict], bool]]] = [
@@ -51,6 +64,10 @@ _REPORT: list[tuple[str, str, Callable[[dict], str], Callable[[dict], bool]]] = 
      lambda f: (f"{f['cycles']} cycles, {f['acknowledged']} acknowledged sends: {f['lost']} lost, "
                 f"{f['duplicated']} duplicated, {f['left_in_outbox']} left in the outbox"),
      lambda f: f["cycles"] >= 50 and f["lost"] == f["duplicated"] == f["left_in_outbox"] == 0),
+    ("workflow_kill", "SIGKILL between and inside workflow steps (>= 200)",
+     _workflow_kill, lambda f: f["cycles"] >= 200 and _workflow_kill_ok(f)),
+    ("workflow_kill_soak", "SIGKILL between and inside workflow steps (soak, >= 1000)",
+     _workflow_kill, lambda f: f["cycles"] >= 1000 and _workflow_kill_ok(f)),
     ("crash_points", "Named crash points",
      lambda f: (f"{f['points']} points x {f['runs']} runs: {f['mixed']} mixed stores, "
                 f"{f['lost']} acknowledged-but-lost, {f['twice']} run twice"),
