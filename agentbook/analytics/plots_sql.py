@@ -99,18 +99,17 @@ def draw_throughput(rt: Runtime, agents: AgentSelection, ax: Axes | None, since:
 def draw_workflow_steps(rt: Runtime, by: str, agents: AgentSelection, method: Any,
                         ax: Axes | None, since: When, until: When, top: int) -> Figure:
     """:meth:`agentbook.analytics.plots.Plots.workflows` with ``by="step"`` or ``"kind"``."""
-    from .plots_workflows import TERMINAL, method_filter
+    from .plots_workflows import ENDED, method_filter
 
     if by not in _STEP_GROUPS:
         raise UsageError(f"by= takes 'run', {', '.join(map(repr, _STEP_GROUPS))}, not {by!r}")
     where, params = filters(rt, agents, since, until)
     method_filter(method, where, params)
     params["now"] = rt.clock.now()
-    terminal = ", ".join(f"'{s}'" for s in TERMINAL)
     # a step still waiting counts until now (or until its run ended, if it did)
     steps = ("(SELECT s.agent, s.name, w.method, s.step, s.kind, s.started AS ts,"
              " coalesce(epoch(s.ended), CASE WHEN w.status IN"
-             f" ({terminal}) THEN epoch(w.updated) ELSE $now END) - epoch(s.started) AS seconds"
+             f" ({ENDED}) THEN epoch(w.updated) ELSE $now END) - epoch(s.started) AS seconds"
              " FROM workflow_steps s JOIN workflows w"
              " ON w.agent = s.agent AND w.name = s.name AND w.id = s.run)")
     dist = _distribution(rt, "seconds", _STEP_GROUPS[by], where, params, top, source=steps)

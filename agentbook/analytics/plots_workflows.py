@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import UsageError
+from ..workflow.engine import TERMINAL
 from .plotkit import (
     AgentSelection,
     When,
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
 
     from ..core.runtime import Runtime
 
-__all__ = ["KINDS", "WorkflowRuns", "draw_workflow_runs", "method_filter", "workflow_runs"]
+__all__ = ["ENDED", "KINDS", "WorkflowRuns", "draw_workflow_runs", "method_filter",
+           "workflow_runs"]
 
 #: How each kind of step is drawn: ``kind: (colour, legend text)``.
 KINDS: dict[str, tuple[str, str]] = {
@@ -49,8 +51,8 @@ KINDS: dict[str, tuple[str, str]] = {
     "approval": ("tab:orange", "waiting for a person"),
 }
 _OTHER_KIND = ("tab:brown", "")
-#: A run in one of these statuses is over (its line ends when it was last updated).
-TERMINAL = ("completed", "failed", "cancelled")
+#: The statuses of a run that is over, as an SQL list (its line ends when it was last updated).
+ENDED = ", ".join(f"'{status}'" for status in sorted(TERMINAL))
 #: Up to this many agents, a row's label names the agent too.
 _FEW_AGENTS = 5
 #: What a run that has not ended is doing, by the kind of its waiting step.
@@ -97,13 +99,12 @@ def workflow_runs(rt: Runtime, agents: AgentSelection, method: Any, since: When,
     params["now"] = now
     db = views(rt)
     conditions = " AND ".join(where) or "true"
-    terminal = ", ".join(f"'{s}'" for s in TERMINAL)
     selected = f"(SELECT * FROM (SELECT *, created AS ts FROM workflows) WHERE {conditions})"
     # a run's end: when it ended, or now; a step's: when it ended, else its run's end
     runs_sql = (
         "SELECT w.agent, w.name, w.id AS run, w.method, w.status, epoch(w.created) AS created,"
         " epoch(w.updated) AS updated,"
-        f" CASE WHEN w.status IN ({terminal}) THEN epoch(w.updated) ELSE $now END AS run_end,"
+        f" CASE WHEN w.status IN ({ENDED}) THEN epoch(w.updated) ELSE $now END AS run_end,"
         " any_value(s.kind) FILTER (WHERE s.status IN ('waiting', 'retrying')) AS waiting,"
         " min(epoch(s.started)) FILTER (WHERE s.status IN ('waiting', 'retrying'))"
         " AS waiting_since"
@@ -117,7 +118,7 @@ def workflow_runs(rt: Runtime, agents: AgentSelection, method: Any, since: When,
     picked = db.execute(
         f"SELECT * FROM ({runs_sql}) ORDER BY"
         f" CASE WHEN waiting = 'approval' THEN waiting_since END NULLS LAST,"
-        f" status IN ({terminal}),"
+        f" status IN ({ENDED}),"
         f" created DESC, agent, name, run LIMIT {int(top)}", params).df()
     picked = picked.sort_values(["created", "agent", "name", "run"], kind="stable")
     steps = db.execute(
@@ -186,7 +187,7 @@ def _draw_runs(ax: Axes, data: WorkflowRuns, since: When, until: When) -> list[A
 
     runs, steps, now = data.runs, data.steps, data.now
     row = {(r.agent, r.name, r.run): i for i, r in enumerate(runs.itertuples(index=False))}
-    ended = runs["status"].isin(TERMINAL).to_numpy()
+    ended = runs["status"].isin(list(TERMINAL)).to_numpy()
     start = datenum_epoch(runs["created"].to_numpy(dtype=float))
     stop = datenum_epoch(np.where(ended, runs["updated"].to_numpy(dtype=float), now))
     y_runs = np.arange(len(runs), dtype=float)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import AgentbookError
 from ..store.workflows import read_runs, read_steps
+from ..workflow.engine import TERMINAL
 from .common import escape as _e
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ _HERE = "background:var(--jp-warn-color3,#fff3cd)"
 _MARKS = {"completed": ("&#10003;", "#2e7d32"), "waiting": ("&#8987;", "#e65100"),
           "retrying": ("&#8635;", "#e65100"), "failed": ("&#10007;", "#c62828")}
 _RUN_COLOURS = {"completed": "#2e7d32", "failed": "#c62828", "cancelled": "#666"}
-_ENDED = tuple(_RUN_COLOURS)  # (the statuses of a run that is over)
 
 
 class Journal(NamedTuple):
@@ -106,7 +106,7 @@ def journal_html(now: Journal, version: int) -> str:
     steps: dict[str, list[StepRow]] = {}
     for s in now.steps:
         steps.setdefault(s.run, []).append(s)
-    ranked = sorted(now.runs, key=lambda r: (r.id not in moved, r.status in _ENDED,
+    ranked = sorted(now.runs, key=lambda r: (r.id not in moved, r.status in TERMINAL,
                                              -r.created, r.id))
     shown = sorted(ranked[:MAX_RUNS], key=lambda r: (r.created, r.id))
     waiting = sum(1 for s in now.steps if s.kind == "approval" and s.status == "waiting")
