@@ -48,10 +48,10 @@ _OUTBOX = "_ab_outbox"
 class HandlerContext:
     """What one running handler has written or wants to send, until its commit."""
 
-    __slots__ = ("approvals", "destroy", "effects", "events", "extras", "occurrence", "outbox",
-                 "replay",
+    __slots__ = ("approvals", "destroy", "effects", "events", "extras", "kept", "occurrence",
+                 "outbox", "replay",
                  "sched_dirty", "schema_before", "segments", "session", "source",
-                 "state_after", "state_changed", "suspended")
+                 "state_after", "state_changed", "state_cut", "suspended")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -76,6 +76,11 @@ class HandlerContext:
         self.replay: Any = None
         #: The envelope's per-call extras (a stream queue, client tools).
         self.extras: dict[str, Any] = {}
+        #: Events and approvals already on record with an earlier version of this handler
+        #: (see :func:`cut_version`): ``(len(events), len(approvals))`` then.
+        self.kept = (0, 0)
+        #: Whether an earlier version of this handler changed the state.
+        self.state_cut = False
 
     def capture(self, store: AgentStore) -> None:
         """Start recording row changes (once per handler, at its first SQL write)."""
@@ -284,6 +289,8 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
                 ctx.state_after = inst.state
             else:
                 ctx.state_changed = False
+        if ctx.state_cut and not ctx.state_changed:  # (announced live once, after the commit)
+            ctx.state_changed, ctx.state_after = True, inst.state
         result_text = result_json(result)
         if env.extras is not None and _OUTBOX in env.extras:  # exactly once: remember it
             tag = env.extras[_OUTBOX]
@@ -327,6 +334,38 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         current_context.reset(ctx_token)
         current_chain.reset(token)
         inst.ctx = None
+
+
+def cut_version(inst: Instance, ctx: HandlerContext, method: str, args: str) -> None:
+    """End the running handler's version here; what it does next is the next version.
+
+    A workflow turn that runs several steps makes each one a version of its own this way
+    (their history rows, changesets and events), cheaper than a message per step. The
+    versions commit with the handler's batch, and a handler that fails takes them all
+    back with it (its savepoint holds them)."""
+    store = inst.store
+    assert store is not None
+    changes, schema = ctx.finish(store)
+    state_col = None
+    if ctx.state_changed:
+        text = jsonvalue.dumps(inst.state)
+        if text != inst.state_json:
+            if len(text) > inst.runtime.max_state_bytes:
+                from ..errors import LimitError
+
+                raise LimitError(
+                    f"the new state is {len(text)} bytes of JSON; the limit is "
+                    f"{inst.runtime.max_state_bytes} (ab.Runtime(max_state_bytes=...)); "
+                    "keep big data in the agent's SQL tables")
+            inst.state_json = state_col = text
+            ctx.state_cut = True
+        ctx.state_changed = False
+    _append_version(inst, store, ctx, inst.runtime.clock.now(), method, args, None, 0.0, "ok",
+                    changes=changes, schema=schema, state=state_col)
+    if inst.runtime.events.recording and (len(ctx.events), len(ctx.approvals)) != ctx.kept:
+        _keep_events(inst, store, ctx, None)
+    ctx.kept = (len(ctx.events), len(ctx.approvals))
+    ctx.effects = []
 
 
 def record_failure(inst: Instance, env: Envelope, error: BaseException, ts: float,
@@ -433,12 +472,15 @@ def _keep_events(inst: Instance, store: AgentStore, ctx: HandlerContext,
     rows: list[tuple] = []
     if env is not None and env.sched is not None:
         rows.append((version, ts, *_scheduled_event("execute", env, version)))
+    events, approvals = ctx.events, ctx.approvals
+    if ctx.kept != (0, 0):  # (an earlier version of the handler put these on record)
+        events, approvals = events[ctx.kept[0]:], approvals[ctx.kept[1]:]
     # (a call's rpc and state:update events are not written: its history row holds them, and
     # the events view derives them from it - see agentbook.analytics.views)
-    for type_, payload in ctx.events:
+    for type_, payload in events:
         if type_ != "broadcast" and type_ != "connection:send":  # for clients, not kept
             rows.append((version, ts, type_, _payload_json(payload)))
-    for kind, data in ctx.approvals:
+    for kind, data in approvals:
         if kind == "request":
             text = dumps({"id": data.id, "method": data.method, "summary": data.summary,
                           "expires": data.expires})

@@ -39,7 +39,16 @@ from ..store import AgentStore, health, lease
 from ..store import mcp as mcp_registrations
 from ..store import outbox as outboxes
 from ..workflow import engine as workflow_engine
-from .handler import HandlerContext, Outcome, current_chain, record_failure, run_message, run_start, translate
+from .handler import (
+    HandlerContext,
+    Outcome,
+    current_chain,
+    cut_version,
+    record_failure,
+    run_message,
+    run_start,
+    translate,
+)
 from .outputgate import OutputGate, acknowledge, tag_of
 
 if TYPE_CHECKING:
@@ -51,6 +60,8 @@ __all__ = ["Instance", "current_chain"]
 Key = tuple[str, str]
 _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 _TURN = workflow_engine.CONTINUE
+#: How long workflow turns may keep adding to one batch (the event loop waits meanwhile).
+_TURNS_SECONDS = 0.02
 
 
 class Instance:
@@ -85,6 +96,11 @@ class Instance:
         #: The workflow runs whose code is live between turns (``None`` until the agent's
         #: first batch looks at its runs: see agentbook.workflow.engine).
         self.workflows: workflow_engine.Runs | None = None
+
+    def cut_version(self, ctx: HandlerContext, method: str, args: str) -> None:
+        """End the running handler's version here; what it does next is the next version
+        (a workflow turn running several steps: see ``handler.cut_version``)."""
+        cut_version(self, ctx, method, args)
 
     def require_ctx(self, what: str) -> HandlerContext:
         """The running handler's context, or a helpful error."""
@@ -286,6 +302,7 @@ class Instance:
         started: HandlerContext | None = None
         scheduled = False
         awaited = False
+        began = time.perf_counter()
         sent: list | None = None
         dups: list = []
         try:
@@ -308,8 +325,10 @@ class Instance:
                     continue
                 if taken and suspends is not None and env.method in suspends:
                     break
-                if env.method == _TURN and awaited:
-                    break  # (a workflow's turn never holds back a reply someone awaits)
+                if env.method == _TURN and taken and (
+                        awaited or time.perf_counter() - began > _TURNS_SECONDS):
+                    break  # (workflow turns never hold back a reply someone awaits, nor
+                    #        the event loop for long: the drain yields between batches)
                 if env.extras is not None:
                     tag = tag_of(env)
                     if tag is not None and outboxes.seen(store, tag[0], tag[1]):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import inspect
 import secrets
+import time
 from collections.abc import Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -68,6 +69,11 @@ TERMINAL = frozenset({"completed", "failed", "cancelled"})
 _EPSILON = 1e-6
 #: A turn's label in history (the same for a queued turn and a schedule's).
 _LABEL = "workflow_resume"
+#: A turn runs steps one after another (each its own version) up to this many, or this
+#: long, or until a step awaited real I/O; then the next turn queues behind the agent's
+#: other messages.
+TURN_STEPS = 32
+TURN_SECONDS = 0.005
 
 
 # -- the live runs of an awake agent -------------------------------------------------------
@@ -142,10 +148,10 @@ class _Turn:
     returned, ``(False, error)`` when it raised.
     """
 
-    __slots__ = ("coro",)
+    __slots__ = ("coro", "driver")
 
-    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
-        self.coro = coro
+    def __init__(self, live: _Live) -> None:
+        self.coro, self.driver = live.coro, live.driver
 
     def __await__(self) -> Generator[Any, Any, tuple[bool | None, Any]]:
         coro = self.coro
@@ -160,6 +166,7 @@ class _Turn:
                 return False, exc
             if out is _PARK:
                 return None, None
+            self.driver.waited = True  # (the code awaits real I/O: the turn ends after this step)
             try:
                 value, error = (yield out), None
             except BaseException as exc:  # (a cancellation goes into the code, as for a task)
@@ -279,7 +286,7 @@ async def resume(inst: Instance, ctx: HandlerContext, run_id: str, queued: bool 
     driver = live.driver
     driver.bind(inst, ctx)
     try:
-        done, value = await _Turn(live.coro)
+        done, value = await _Turn(live)
     except BaseException:
         runs.live.pop(run_id, None)
         raise
@@ -340,10 +347,13 @@ class _Driver:
     """One run's side of its steps: the journal, the step it is at, and the turn it runs
     in (:meth:`bind` at every turn)."""
 
-    __slots__ = ("ctx", "inst", "journal", "ran", "replaying", "run", "running", "seq", "store")
+    __slots__ = ("args", "ctx", "inst", "journal", "ran", "replaying", "run", "running", "seq",
+                 "started", "steps", "store", "waited")
 
     def __init__(self, run: RunRow, journal: list[StepRow]) -> None:
         self.run = run
+        #: A turn's arguments in history.
+        self.args = jsonvalue.dumps([run.id])
         self.journal = {r.seq: r for r in journal}
         #: Steps at or above this came from the journal when the code started again (a
         #: replay): their wakes may have to be armed again.
@@ -356,10 +366,29 @@ class _Driver:
         self.inst: Any = None
         self.ctx: Any = None
         self.store: Any = None
+        #: This turn: when it began, the steps it ran, whether the code awaited real I/O.
+        self.started = 0.0
+        self.steps = 0
+        self.waited = False
 
     def bind(self, inst: Instance, ctx: HandlerContext) -> None:
         """The turn the code goes on in now."""
         self.inst, self.ctx, self.store = inst, ctx, inst.store
+        self.ran = False
+        self.started = time.perf_counter()
+        self.steps = 0
+        self.waited = False
+
+    async def _next_version(self) -> None:
+        """A step ran in this version already: the next one is a version of its own, in
+        this turn while the turn is short and quick (other messages wait behind it), else
+        in a turn queued behind them."""
+        if self.waited or self.steps >= TURN_STEPS or self.ctx.replay is not None \
+                or time.perf_counter() - self.started > TURN_SECONDS:
+            await self._turn()
+            return
+        self.inst.cut_version(self.ctx, _LABEL, self.args)
+        self.ctx.capture(self.store)
         self.ran = False
 
     @property
@@ -452,7 +481,7 @@ class _Driver:
         policy = Retry.coerce(retry)
         while True:
             if self.ran:
-                await self._turn()
+                await self._next_version()
             if rec is not None and rec.until is not None and self.now() + _EPSILON < rec.until:
                 if self._rearm(rec):  # (its retry's schedule is gone: a new one)
                     rec = self._record(rec._replace(
@@ -470,6 +499,7 @@ class _Driver:
         """Run the step's function once in this turn: ``(result,)``, or ``None`` when it
         failed and is retried later (:class:`WorkflowStepError` after the last attempt)."""
         self.ran = True
+        self.steps += 1
         now = self.now()
         attempts = (rec.attempts if rec is not None else 0) + 1
         started = rec.started if rec is not None else now
