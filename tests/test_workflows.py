@@ -396,8 +396,10 @@ async def test_the_workflows_and_workflow_steps_views(rt, clock):
     await clock.advance(3600)
     await run.send_event("customer confirmed", True)
     await run.result()
-    steps = rt.sql("SELECT step, kind, status, duration_s FROM workflow_steps WHERE run = ?"
-                   " ORDER BY seq", run.id)
+    steps = rt.sql("SELECT step, kind, status, duration_s, version FROM workflow_steps"
+                   " WHERE run = ? ORDER BY seq", run.id)
+    assert steps.version.tolist() == run.steps().version.tolist()
+    assert steps.version.is_monotonic_increasing
     assert steps.step.tolist() == ["look up", "cooling off", "pay", "customer confirmed"]
     assert set(steps.status) == {"completed"} and steps.duration_s[1] == 3600
     assert rt.sql("SELECT status, result FROM workflows").values.tolist() == [

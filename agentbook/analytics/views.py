@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS workflow_steps(
     agent VARCHAR, name VARCHAR, run VARCHAR, seq BIGINT, step VARCHAR, kind VARCHAR,
     status VARCHAR, attempts BIGINT, started TIMESTAMPTZ, ended TIMESTAMPTZ,
     until TIMESTAMPTZ, approval VARCHAR, result VARCHAR, error VARCHAR,
-    duration_s DOUBLE);
+    duration_s DOUBLE, version BIGINT);
 """
 
 #: The text columns of a history row travel packed in one JSON array per row (SQLite's
@@ -503,10 +503,11 @@ class Analytics:
                       " to_timestamp(updated), result, error, steps")
         self._replace("workflow_steps", step_rows,
                       ["agent", "name", "run", "seq", "step", "kind", "status", "attempts",
-                       "started", "ended", "until", "approval", "wake", "result", "error"],
+                       "started", "ended", "until", "approval", "wake", "result", "error",
+                       "version"],
                       "agent, name, run, seq, step, kind, status, attempts,"
                       " to_timestamp(started), to_timestamp(ended), to_timestamp(until),"
-                      " approval, result, error, ended - started")
+                      " approval, result, error, ended - started, version")
 
     def _catalog_views(self) -> None:
         rt = self.rt

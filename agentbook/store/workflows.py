@@ -89,7 +89,7 @@ class StepRow(NamedTuple):
     kind: str
     #: ``waiting``, ``retrying``, ``completed`` or ``failed``.
     status: str
-    #: Attempts that raised (``do``).
+    #: Attempts made so far (``do``: 1 for a step that succeeded at once).
     attempts: int
     started: float
     ended: float | None
