@@ -430,12 +430,15 @@ async def test_fork_at_the_approval_step_asks_again(frt, clock):
     """What if the manager had said no? The fork asks again; the original is untouched."""
     LOOKUPS.clear()
     desk, run = await _approved_and_done(frt, clock, "o-10")
+    await clock.advance(2 * 86400)  # past the original one-day deadline
     other = await run.fork(at_step=1, name="d-no")
     assert other.agent.name == "d-no" and other.id == run.id
     await frt.settle()
     assert other.status == "waiting"
     pending = frt.approvals.pending()
     assert list(pending.name) == ["d-no"] and list(pending.summary) == ["refund 250.0 for o-10"]
+    left = pending.expires[0].timestamp() - clock.now()
+    assert left == pytest.approx(86400), "asked again with the whole day to decide"
     await frt.approvals.reject(pending.id[0], "no refunds today", by="bob")
     assert await other.result() == "declined"
     assert LOOKUPS == ["o-10"], "the step before the fork point is not run again"

@@ -607,6 +607,11 @@ class _Driver:
                 rec = self._record(StepRow(self.run.id, seq, name, "event", "waiting", 0, now,
                                            None, until, None, wake, None, None), True)
                 self._waits(rec, "waiting")
+            elif self._rearm(rec):  # (a fork, a rewind: the wait starts again, as long)
+                assert rec.until is not None
+                until = now + (rec.until - rec.started)
+                rec = self._record(rec._replace(until=until, wake=_schedule(
+                    self.inst, self.ctx, self.run.id, until)), False)
             elif rec.until is not None and now + _EPSILON >= rec.until:
                 _drop_schedule(self.inst, self.ctx, rec.wake)
                 self._record(rec._replace(status="completed", ended=now, wake=None,
@@ -614,10 +619,6 @@ class _Driver:
                 self._status("running")
                 self._resumed(rec, timed_out=True)
                 return None
-            elif self._rearm(rec):
-                assert rec.until is not None
-                rec = self._record(rec._replace(
-                    wake=_schedule(self.inst, self.ctx, self.run.id, rec.until)), False)
             await _parked  # (run.send_event or the timeout's schedule wakes the run)
             rec = self._reread(seq)
 
@@ -634,9 +635,11 @@ class _Driver:
             self._waits(rec, "waiting")
         elif rec.status != "completed" and seq < self.replaying and rec.ref is not None:
             stored = approval_rows.get(self.store, rec.ref)
-            if stored is None or stored.status != "pending":  # (a fork, a rewind: ask again)
-                rec = self._record(rec._replace(ref=self._request(
-                    seq, title, self.now(), rec.until)), False)
+            if stored is None or stored.status != "pending":  # (a fork, a rewind: ask again,
+                now = self.now()                              # with as long to decide)
+                until = None if rec.until is None else now + (rec.until - rec.started)
+                rec = self._record(rec._replace(ref=self._request(seq, title, now, until),
+                                                until=until), False)
         while rec is not None and rec.status != "completed":
             await _parked  # (the decision wakes the run)
             rec = self._reread(seq)

@@ -131,9 +131,10 @@ class WorkflowRun:
 
         The steps before *at_step* keep their journaled results (they never run again);
         step *at_step* happens anew on the fork: a ``do`` runs again, a
-        ``wait_for_approval`` asks again (a new approval in ``rt.approvals``: decide it
-        differently), a ``wait_for_event`` waits for ``send_event`` on the fork, a sleep
-        ends when it was due. A step that has not completed yet is forked as it is now.
+        ``wait_for_approval`` asks again (a new approval in ``rt.approvals``, with its whole
+        timeout again: decide it differently), a ``wait_for_event`` waits again for
+        ``send_event`` on the fork (its timeout starting over), a sleep ends when it was
+        due. A step that has not completed yet is forked as it is now.
         The original run and its agent are not touched.
 
         Args:
