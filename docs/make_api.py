@@ -10,8 +10,10 @@ import os
 
 import agentbook as ab
 from agentbook.analytics.plots import Plots
+from agentbook.travel.versions import VersionView
 
-CLASSES = [ab.Agent, ab.AgentRef, ab.Runtime, ab.ChatAgent, ab.Approvals, ab.VirtualClock, Plots]
+CLASSES = [ab.Agent, ab.AgentRef, ab.Runtime, ab.ChatAgent, ab.Approvals, ab.VirtualClock, Plots,
+           ab.Step, ab.WorkflowRun, VersionView]
 
 
 def first_line(obj: object) -> str:
