@@ -151,6 +151,8 @@ def claim(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
     crash_point("mid-approval")
     _drop_expiry(inst, ctx, row.expiry_schedule)
     env.method = row.method
+    if row.method.startswith("_ab_"):  # (agentbook's own, e.g. a workflow's decision)
+        env.label = row.method[4:]
     env.args = tuple(jsonvalue.loads(row.args))
     env.kwargs = dict(jsonvalue.loads(row.kwargs))
     env.args_json = row.args
