@@ -29,7 +29,7 @@ HAVE_OPENAI = importlib.util.find_spec("openai") is not None
 HAVE_DBOS = importlib.util.find_spec("dbos") is not None
 NEEDS_LANGGRAPH = {"durable_vs_langgraph", "approval_vs_langgraph", "at_state_vs_langgraph",
                    "at_state_vs_langgraph_filter"}
-NEEDS_DBOS = {"workflow_steps"}
+NEEDS_DBOS = {"workflow_steps", "workflow_steps_same_durability"}
 #: Figures reported as a value alone (no floor, no ratio).
 VALUE_ONLY = {"schedules_pending_memory", "lateness_real_clock_p50", "lateness_real_clock_p99",
               "ray_host_memory", "workflow_recovery_s", "workflow_recovery_twice"}
@@ -60,6 +60,7 @@ SHAPES = {
     "catchup_rows_per_s": ("rows/s", "value >= 500000"),
     "p99_by_method_ms": ("ms", "value <= 200"),
     "workflow_steps": ("steps/s", "ratio >= 10"),
+    "workflow_steps_same_durability": ("steps/s", None),
     "workflow_step_overhead": ("us", "ratio <= 1.5"),
     "workflow_recovery_s": ("s", None),
     "workflow_recovery_twice": ("steps", "value <= 0"),
@@ -175,8 +176,9 @@ def test_a_peer_skips_with_a_clear_message(monkeypatch, tmp_path, peer, missing)
         if peer == "dbos":  # the workflow group reports the skip with that reason
             from agentbook.bench.workflows import bench_steps
 
-            (result,) = asyncio.run(bench_steps(Sizes.quick(), str(tmp_path)))
+            result, beside = asyncio.run(bench_steps(Sizes.quick(), str(tmp_path)))
             assert result.name == "workflow_steps" and result.skipped == missing
+            assert beside.name == "workflow_steps_same_durability" and beside.skipped == missing
             assert result.target == Target("ratio", ">=", 10) and result.value is None
     finally:  # (not monkeypatch: it would put the stand-in back at teardown)
         sys.modules.pop(f"_agentbook_bench_peer_{peer}", None)

@@ -81,23 +81,27 @@ class DBOSPeer:
 
     Args:
         path: The system database's SQLite file.
+        as_shipped: DBOS's own SQLite settings (a rollback journal, ``synchronous=FULL``:
+            what a DBOS user gets) instead of WAL and ``NORMAL``.
 
     Raises:
         RuntimeError: DBOS is not installed (the message says how to install it).
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, as_shipped: bool = False) -> None:
         if MISSING is not None:
             raise RuntimeError(MISSING)
         logging.getLogger("dbos").setLevel(logging.ERROR)
-        self.engine = _engine(path)
-        DBOS(config={
+        self.engine = None if as_shipped else _engine(path)
+        config: dict[str, Any] = {
             "name": "agentbook-bench",
             "system_database_url": f"sqlite:///{path}",
-            "system_database_engine": self.engine,
             "log_level": "ERROR",
             "serializer": DBOSPortableJSONSerializer(),
-        })
+        }
+        if self.engine is not None:  # (as shipped: DBOS's own SQLite engine and settings)
+            config["system_database_engine"] = self.engine
+        DBOS(config=config)
         try:
             DBOS.launch()
         except BaseException:
@@ -115,4 +119,5 @@ class DBOSPeer:
     def close(self) -> None:
         """Shut DBOS down (its threads stop) and dispose of the engine."""
         DBOS.destroy(destroy_registry=False)  # (the next DBOS() finds the workflow again)
-        self.engine.dispose()
+        if self.engine is not None:
+            self.engine.dispose()
