@@ -32,12 +32,14 @@ states. What is checked:
   process itself would be a retry without a kill (``retried_without_a_kill``, must be 0).
 * **workflows lost** (must be 0): every run a child acknowledged (its start call returned)
   is in the store, and every run in the store ends ``completed`` with the right result and the
-  steps its arguments ask for, in order.
+  steps its arguments ask for, in order; a step whose completion was announced before a
+  ``between`` kill is completed (the announcement came after a durable commit).
 * **half-written** (must be 0): each completed step's writes are in the agent exactly once,
   from the execution the journal names (one ``did`` row with its mark and value); there is
   no ``did`` row of a step that did not complete; each agent's state counts and sums exactly
   its completed steps; an execution on record outside belongs to a step that completed; the
-  journaled mark is on record outside; ``PRAGMA quick_check`` is ok on every store file.
+  journaled mark is on record outside; the execution an ``inside`` kill stopped (before it
+  returned) is not the one that committed; ``PRAGMA quick_check`` is ok on every store file.
 
 Figures: ``workflow_kill`` (``workflow_kill_soak`` for the 1000-cycle soak variant). Set
 ``AGENTBOOK_CRASH_SEED`` to replay a run with the same random choices.
@@ -84,6 +86,8 @@ class Tally:
 
     acked: dict[str, str] = field(default_factory=dict)  # run id -> agent
     done: set[str] = field(default_factory=set)  # runs a child saw complete
+    killed_inside: dict[str, list[str]] = field(default_factory=dict)  # step -> marks
+    killed_after: set[str] = field(default_factory=set)  # steps announced completed
     kills: collections.Counter = field(default_factory=collections.Counter)
     problems: collections.Counter = field(default_factory=collections.Counter)
     examples: list[str] = field(default_factory=list)
@@ -109,6 +113,11 @@ def read_output(text: str, tally: Tally) -> dict | None:
             tally.acked[run_id] = agent
         elif word == "done":
             tally.done.add(rest)
+        elif word == "inside":
+            step_id, mark = rest.split()
+            tally.killed_inside.setdefault(step_id, []).append(mark)
+        elif word == "between":
+            tally.killed_after.add(rest)
         elif word == "dump":
             dump = json.loads(rest)
         else:
@@ -229,6 +238,12 @@ def check(dump: dict, executions: dict[str, list[str]], folder: Path, tally: Tal
             if cycle_of(earlier) >= cycle_of(mark):
                 tally.problem("retried_without_a_kill", f"{step_id}: {earlier} did not commit, "
                                                         f"{mark} did")
+    for step_id, marks in tally.killed_inside.items():
+        if step_id in committed and committed[step_id][1] in marks:
+            tally.problem("half_written", f"{step_id}: execution {committed[step_id][1]} was "
+                                          "killed before it returned, yet it committed")
+    for step_id in tally.killed_after - committed.keys():
+        tally.problem("lost", f"{step_id}: announced completed before the kill, yet it is not")
     for step_id in executions.keys() - committed.keys():
         tally.problem("half_written", f"{step_id} ran ({executions[step_id]}) but never completed")
 
@@ -304,6 +319,8 @@ def assert_nothing_rerun_or_lost(tally: Tally, cycles: int) -> None:
     assert tally.cycles == cycles
     for mode, _ in MODES:
         assert tally.kills[mode] > 0, mode
+    assert sum(map(len, tally.killed_inside.values())) == tally.kills["inside"]
+    assert len(tally.killed_after) == tally.kills["between"]
     assert tally.steps > cycles and tally.workflows > 0
     assert not tally.problems, (dict(tally.problems), tally.examples)
 
@@ -314,7 +331,7 @@ def test_the_check_counts_reruns_losses_and_half_writes(tmp_path: Path) -> None:
     key = 5
     v0, v1 = value_of(key, 0), value_of(key, 1)
 
-    def problems(damage=None) -> dict[str, int]:
+    def problems(damage=None, said=None) -> dict[str, int]:
         steps = [{"seq": 0, "step": "s0", "kind": "do", "status": "completed",
                   "result": {"value": v0, "mark": "1.1"}},
                  {"seq": 1, "step": "nap", "kind": "sleep", "status": "completed",
@@ -330,6 +347,8 @@ def test_the_check_counts_reruns_losses_and_half_writes(tmp_path: Path) -> None:
         if damage is not None:
             damage(dump, log)
         tally = Tally(acked={"wf-a": "f0"})
+        if said is not None:
+            said(tally)
         check(dump, log, tmp_path, tally)
         return dict(tally.problems)
 
@@ -351,6 +370,12 @@ def test_the_check_counts_reruns_losses_and_half_writes(tmp_path: Path) -> None:
     def unrecorded_outside(dump: dict, log: dict) -> None:
         del log["wf-a:0"]
 
+    def killed_inside(tally: Tally) -> None:  # the kill stopped 2.1 before it returned
+        tally.killed_inside["wf-a:2"] = ["2.1"]
+
+    def announced(tally: Tally) -> None:  # a completion announced, then no such step
+        tally.killed_after.add("wf-a:7")
+
     assert problems() == {}
     assert problems(rerun) == {"rerun": 1}
     assert problems(retried_in_its_own_process) == {"retried_without_a_kill": 1}
@@ -359,6 +384,8 @@ def test_the_check_counts_reruns_losses_and_half_writes(tmp_path: Path) -> None:
     assert problems(written_twice) == {"half_written": 1}
     assert problems(written_by_another_execution) == {"half_written": 1}
     assert problems(unrecorded_outside) == {"half_written": 1}
+    assert problems(said=killed_inside) == {"half_written": 1}
+    assert problems(said=announced) == {"lost": 1}
 
 
 @pytest.mark.crash

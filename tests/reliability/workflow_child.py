@@ -33,8 +33,10 @@ MODE says where the parent kills; SIGNAL_FD gets one byte when the child is ther
   exits.
 
 Stdout lines (one ``write(2)`` each): ``start <agent> <run> <key> <n> <nap_at>`` after a
-run's start committed (the call returned), ``done <run>`` when a run completed, ``wrong
-<what>`` for anything unexpected. Only agentbook is imported, to start fast.
+run's start committed (the call returned), ``done <run>`` when a run completed (or a run
+of GOING is found completed: its process died before it said so), ``inside <step> <mark>``
+and ``between <step>`` where it waits to be killed, ``wrong <what>`` for anything
+unexpected. Only agentbook is imported, to start fast.
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ def say(line: str) -> None:
     os.write(1, (line + "\n").encode())
 
 
-def pause(why: bytes) -> None:
-    """Tell the parent where we are, and wait to be killed (blocking the whole process)."""
+def pause(why: bytes, where: str) -> None:
+    """Say where we are (a stdout line, then a byte to SIGNAL_FD), and wait to be killed
+    (blocking the whole process)."""
+    say(where)
     os.write(Child.signal_fd, why)
     time.sleep(60)
     say(f"wrong not killed after signalling {why.decode()}")
@@ -115,7 +119,7 @@ class Flow(ab.Agent):
         self.sql("INSERT INTO did VALUES (?, ?, ?)", step_id, mark, value)
         self.set_state({"steps": self.state["steps"] + 1, "total": self.state["total"] + value})
         if Child.mode == "inside" and n == Child.k:
-            pause(b"i")
+            pause(b"i", f"inside {step_id} {mark}")
         return {"value": value, "mark": mark}
 
     def work(self, key: int, i: int, step_id: str) -> dict:
@@ -150,7 +154,7 @@ async def run(folder: str, seed: int, known: list[list[str]]) -> None:
         if kind == "workflow:step" and payload.get("status") == "completed":
             Child.completions += 1
             if Child.mode == "between" and Child.completions == Child.k:
-                pause(b"b")
+                pause(b"b", f"between {payload['run']}:{payload['seq']}")
         elif kind == "workflow:complete":
             ended.add(payload["run"])
             say(f"done {payload['run']}")
@@ -165,10 +169,16 @@ async def run(folder: str, seed: int, known: list[list[str]]) -> None:
     going = set()
     for name, run_id in known:
         try:
-            if rt.get(Flow, name).workflow(run_id).status not in TERMINAL:
-                going.add(run_id)
+            status = rt.get(Flow, name).workflow(run_id).status
         except ab.UsageError:  # (the parent counts it as lost)
             say(f"wrong acknowledged run {run_id} of {name} is missing")
+            continue
+        if status not in TERMINAL:
+            going.add(run_id)
+        elif status == "completed":  # (its process died before it said so)
+            say(f"done {run_id}")
+        else:
+            say(f"wrong {run_id} ended {status}")
     while True:
         going -= ended
         while len(going) < IN_FLIGHT:
