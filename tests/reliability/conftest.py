@@ -34,7 +34,8 @@ FIGURE_KEY = "agentbook_figure"
 def _workflow_kill(f: dict) -> str:
     return (f"{f['cycles']} cycles ({f['killed_inside']} inside a step, {f['killed_between']} "
             f"between steps, {f['killed_random']} at random), {f['workflows']} workflows, "
-            f"{f['steps']} steps completed ({f['retried']} interrupted ones run again): "
+            f"{f['steps']} steps completed ({f['retried']} interrupted and "
+            f"{f['failed_on_purpose']} failed attempts run again): "
             f"{f['rerun']} completed steps re-run, {f['lost']} workflows lost, "
             f"{f['half_written']} half-written, {f['retried_without_a_kill']} retried without a kill")
 

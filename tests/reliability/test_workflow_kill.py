@@ -3,7 +3,8 @@ again, and no workflow is lost.
 
 A child process (``tests/reliability/workflow_child.py``) opens ``ab.Runtime(folder)`` on
 the real clock and keeps a few runs of ``Flow.job`` going over three agents (each run: 2-6
-``step.do`` steps, sometimes a short ``step.sleep``), starting new ones as runs end. Every
+``step.do`` steps, sometimes a short ``step.sleep``, sometimes a step that raises the first
+time each process runs it and is retried per ``ab.Retry``), starting new ones as runs end. Every
 execution of a step's function writes to the agent's SQL and state (committed with the step's
 journal record, or not at all) and appends ``<step id> <mark>`` to a log file outside the
 store before it returns; *mark* (``<cycle>.<n>``) names that one execution, and the function
@@ -26,10 +27,11 @@ states. What is checked:
   journaled mark names the execution whose commit completed it. Any execution of the same step
   logged *after* that one is counted: it started after the committing execution started, so it
   either ran after the step had completed (a completed step re-run) or alongside the committing
-  one (a step run twice at once). Executions logged *before* it are interrupted attempts, run
-  again after a kill - allowed (at least once outside, for the step running when the process
-  died) - but only if each came from an earlier, killed process; one from the committing
-  process itself would be a retry without a kill (``retried_without_a_kill``, must be 0).
+  one (a step run twice at once). Executions logged *before* it are attempts that raised on
+  purpose (their log line says so), or interrupted attempts, run again after a kill - allowed
+  (at least once outside, for the step running when the process died) - but only if each
+  came from an earlier, killed process; one from the committing process itself would be a
+  retry without a kill (``retried_without_a_kill``, must be 0).
 * **workflows lost** (must be 0): every run a child acknowledged (its start call returned)
   is in the store, and every run in the store ends ``completed`` with the right result and the
   steps its arguments ask for, in order; a step whose completion was announced before a
@@ -38,8 +40,9 @@ states. What is checked:
   from the execution the journal names (one ``did`` row with its mark and value); there is
   no ``did`` row of a step that did not complete; each agent's state counts and sums exactly
   its completed steps; an execution on record outside belongs to a step that completed; the
-  journaled mark is on record outside; the execution an ``inside`` kill stopped (before it
-  returned) is not the one that committed; ``PRAGMA quick_check`` is ok on every store file.
+  journaled mark is on record outside; neither an execution that raised nor the one an
+  ``inside`` kill stopped (before it returned) is the one that committed; ``PRAGMA
+  quick_check`` is ok on every store file.
 
 Figures: ``workflow_kill`` (``workflow_kill_soak`` for the 1000-cycle soak variant). Set
 ``AGENTBOOK_CRASH_SEED`` to replay a run with the same random choices.
@@ -95,6 +98,7 @@ class Tally:
     workflows: int = 0
     steps: int = 0
     retried: int = 0  # interrupted executions that ran again in a later process
+    failed_on_purpose: int = 0  # executions that raised (then retried per ab.Retry)
     executions: int = 0
 
     def problem(self, kind: str, text: str) -> None:
@@ -176,21 +180,26 @@ def run_child(folder: Path, work: Path, cycle: int, mode: str, k: int, seed: int
     return out_path.read_text()
 
 
-def read_log(path: Path) -> dict[str, list[str]]:
-    """Step id -> the marks of its executions, in the order they ran."""
+def read_log(path: Path) -> tuple[dict[str, list[str]], set[str]]:
+    """Step id -> the marks of its executions, in the order they ran; and the marks of the
+    executions that failed on purpose."""
     runs: dict[str, list[str]] = collections.defaultdict(list)
+    failing: set[str] = set()
     if path.exists():
         for line in path.read_text().splitlines():
-            step_id, mark = line.split()
+            step_id, mark, *fail = line.split()
             runs[step_id].append(mark)
-    return runs
+            if fail:
+                failing.add(mark)
+    return runs, failing
 
 
 def cycle_of(mark: str) -> int:
     return int(mark.split(".")[0])
 
 
-def check(dump: dict, executions: dict[str, list[str]], folder: Path, tally: Tally) -> None:
+def check(dump: dict, executions: dict[str, list[str]], failing: set[str], folder: Path,
+          tally: Tally) -> None:
     """The final check (see the module docstring)."""
     runs = {run["id"]: run for run in dump["runs"]}
     tally.workflows = len(runs)
@@ -199,7 +208,7 @@ def check(dump: dict, executions: dict[str, list[str]], folder: Path, tally: Tal
             tally.problem("lost", f"{agent}: acknowledged run {run_id} is not in the store")
     committed: dict[str, tuple[str, str, int]] = {}  # step id -> (agent, mark, value)
     for run_id, run in runs.items():
-        key, n, nap_at = run["args"]
+        key, n, nap_at, _fail_at = run["args"]
         if run["status"] != "completed" or run["result"] != sum(value_of(key, i)
                                                                 for i in range(n)):
             tally.problem("lost", f"{run_id} ended {run['status']} with {run['result']!r} "
@@ -229,12 +238,17 @@ def check(dump: dict, executions: dict[str, list[str]], folder: Path, tally: Tal
             tally.problem("half_written", f"{step_id}: committed execution {mark} is not on "
                                           f"record outside ({marks})")
             continue
+        if mark in failing:
+            tally.problem("half_written", f"{step_id}: {mark} raised, yet it committed")
         at = marks.index(mark)
         if len(marks) > at + 1:
             tally.problem("rerun", f"{step_id}: committed by {mark}, then ran as "
                                    f"{marks[at + 1:]}")
-        tally.retried += at
         for earlier in marks[:at]:
+            if earlier in failing:
+                tally.failed_on_purpose += 1
+                continue
+            tally.retried += 1
             if cycle_of(earlier) >= cycle_of(mark):
                 tally.problem("retried_without_a_kill", f"{step_id}: {earlier} did not commit, "
                                                         f"{mark} did")
@@ -291,7 +305,7 @@ def kill_cycles(tmp_path: Path, cycles: int) -> tuple[Tally, float]:
     dump = read_output(text, tally)
     if dump is None:
         pytest.fail(f"seed {seed}: the last child printed no dump:\n{text[-3000:]}")
-    check(dump, read_log(tmp_path / "executions.log"), folder, tally)
+    check(dump, *read_log(tmp_path / "executions.log"), folder, tally)
     seconds = time.monotonic() - started
     if tally.problems:
         print(f"seed {seed}: {dict(tally.problems)}\n" + "\n".join(tally.examples))
@@ -307,6 +321,7 @@ def report(tally: Tally, seconds: float, figure, name: str) -> None:
         "steps": tally.steps,
         "executions": tally.executions,
         "retried": tally.retried,
+        "failed_on_purpose": tally.failed_on_purpose,
         **{kind: tally.problems[kind] for kind in PROBLEMS},
         "seconds": round(seconds, 1),
     }
@@ -331,56 +346,67 @@ def test_the_check_counts_reruns_losses_and_half_writes(tmp_path: Path) -> None:
     key = 5
     v0, v1 = value_of(key, 0), value_of(key, 1)
 
-    def problems(damage=None, said=None) -> dict[str, int]:
+    def checked(damage=None, said=None) -> Tally:
         steps = [{"seq": 0, "step": "s0", "kind": "do", "status": "completed",
                   "result": {"value": v0, "mark": "1.1"}},
                  {"seq": 1, "step": "nap", "kind": "sleep", "status": "completed",
                   "result": None},
                  {"seq": 2, "step": "s1", "kind": "do", "status": "completed",
-                  "result": {"value": v1, "mark": "2.1"}}]
-        run = {"agent": "f0", "id": "wf-a", "args": [key, 2, 1], "status": "completed",
+                  "result": {"value": v1, "mark": "2.2"}}]
+        run = {"agent": "f0", "id": "wf-a", "args": [key, 2, 1, 1], "status": "completed",
                "result": v0 + v1, "error": None, "steps": steps}
         agent = {"state": {"steps": 2, "total": v0 + v1},
-                 "did": [["wf-a:0", "1.1", v0], ["wf-a:2", "2.1", v1]]}
+                 "did": [["wf-a:0", "1.1", v0], ["wf-a:2", "2.2", v1]]}
         dump = {"runs": [run], "agents": {"f0": agent}}
-        log = {"wf-a:0": ["1.1"], "wf-a:2": ["0.3", "2.1"]}  # s1 was interrupted in cycle 0
+        # s1 was interrupted in cycle 0, failed on purpose in cycle 2, then completed
+        log = {"wf-a:0": ["1.1"], "wf-a:2": ["0.3", "2.1", "2.2"]}
+        failing = {"2.1"}
         if damage is not None:
-            damage(dump, log)
+            damage(dump, log, failing)
         tally = Tally(acked={"wf-a": "f0"})
         if said is not None:
             said(tally)
-        check(dump, log, tmp_path, tally)
-        return dict(tally.problems)
+        check(dump, log, failing, tmp_path, tally)
+        return tally
 
-    def rerun(dump: dict, log: dict) -> None:
+    def problems(damage=None, said=None) -> dict[str, int]:
+        return dict(checked(damage, said).problems)
+
+    def rerun(dump: dict, log: dict, failing: set) -> None:
         log["wf-a:0"].append("3.1")  # ran again in cycle 3, after it committed in cycle 1
 
-    def retried_in_its_own_process(dump: dict, log: dict) -> None:
-        log["wf-a:2"][0] = "2.0"
+    def retried_in_its_own_process(dump: dict, log: dict, failing: set) -> None:
+        failing.clear()  # 2.1 did not commit, and no kill explains it
 
-    def not_completed(dump: dict, log: dict) -> None:
+    def a_failure_committed(dump: dict, log: dict, failing: set) -> None:
+        failing.add("2.2")
+
+    def not_completed(dump: dict, log: dict, failing: set) -> None:
         dump["runs"][0]["status"] = "running"
 
-    def written_twice(dump: dict, log: dict) -> None:
+    def written_twice(dump: dict, log: dict, failing: set) -> None:
         dump["agents"]["f0"]["did"].append(["wf-a:0", "1.1", v0])
 
-    def written_by_another_execution(dump: dict, log: dict) -> None:
-        dump["agents"]["f0"]["did"][1][1] = "0.3"
+    def written_by_another_execution(dump: dict, log: dict, failing: set) -> None:
+        dump["agents"]["f0"]["did"][1][1] = "2.1"
 
-    def unrecorded_outside(dump: dict, log: dict) -> None:
+    def unrecorded_outside(dump: dict, log: dict, failing: set) -> None:
         del log["wf-a:0"]
 
-    def killed_inside(tally: Tally) -> None:  # the kill stopped 2.1 before it returned
-        tally.killed_inside["wf-a:2"] = ["2.1"]
+    def killed_inside(tally: Tally) -> None:  # the kill stopped 2.2 before it returned
+        tally.killed_inside["wf-a:2"] = ["2.2"]
 
     def announced(tally: Tally) -> None:  # a completion announced, then no such step
         tally.killed_after.add("wf-a:7")
 
-    assert problems() == {}
+    clean = checked()
+    assert (dict(clean.problems), clean.steps, clean.retried, clean.failed_on_purpose) == (
+        {}, 2, 1, 1)
     assert problems(rerun) == {"rerun": 1}
     assert problems(retried_in_its_own_process) == {"retried_without_a_kill": 1}
+    assert problems(a_failure_committed) == {"half_written": 1}
     assert problems(not_completed) == {"lost": 1}
-    assert problems(lambda dump, log: dump["runs"].clear())["lost"] == 1
+    assert problems(lambda dump, log, failing: dump["runs"].clear())["lost"] == 1
     assert problems(written_twice) == {"half_written": 1}
     assert problems(written_by_another_execution) == {"half_written": 1}
     assert problems(unrecorded_outside) == {"half_written": 1}

@@ -15,6 +15,10 @@ of) and new ones it starts. Each ``do`` step's function
    (these commit with the step's journal record, or not at all);
 3. returns ``{"value": value, "mark": mark}``, which the journal keeps.
 
+Some runs have a step that fails on purpose the first time each process runs it (after its
+writes, which must be undone); its LOG line ends in `` fail``, and ``ab.Retry`` tries it
+again a few milliseconds later, from a durable wake.
+
 A ``write(2)`` that returned survives a SIGKILL of the writer (the data is in the kernel's
 page cache, which every later reader sees), so no ``fsync`` is needed for this test: what
 is killed is the process, not the machine.
@@ -32,7 +36,7 @@ MODE says where the parent kills; SIGNAL_FD gets one byte when the child is ther
   it ends, then everything the parent checks is printed as one JSON line and the child
   exits.
 
-Stdout lines (one ``write(2)`` each): ``start <agent> <run> <key> <n> <nap_at>`` after a
+Stdout lines (one ``write(2)`` each): ``start <agent> <run> <args...>`` after a
 run's start committed (the call returned), ``done <run>`` when a run completed (or a run
 of GOING is found completed: its process died before it said so), ``inside <step> <mark>``
 and ``between <step>`` where it waits to be killed, ``wrong <what>`` for anything
@@ -54,6 +58,13 @@ AGENTS = ("f0", "f1", "f2")
 IN_FLIGHT = 6  # runs going at once (all agents together)
 NAP = 0.003  # seconds of a run's step.sleep, on the real clock
 TERMINAL = {"completed", "failed", "cancelled"}
+#: A step that fails is tried again soon, and often enough that a step failing once in
+#: each of many killed processes still completes.
+RETRY = ab.Retry(max_attempts=100, base=0.002, max_delay=0.01, jitter=False)
+
+
+class PlannedFailure(Exception):
+    """Raised on purpose by a run's step *fail_at* (its writes must be undone)."""
 
 
 def value_of(key: int, i: int) -> int:
@@ -70,6 +81,7 @@ class Child:
     log_fd = -1
     signal_fd = -1
     executions = 0  # step functions this process ran
+    failed: set[str] = set()  # steps this process failed on purpose
     completions = 0  # workflow:step events of completed steps seen
 
 
@@ -98,38 +110,45 @@ class Flow(ab.Agent):
                  "step TEXT NOT NULL, mark TEXT NOT NULL, value INTEGER NOT NULL)")
 
     @ab.workflow
-    async def job(self, step: ab.Step, key: int, n: int, nap_at: int) -> int:
-        """*n* ``do`` steps, with a short ``step.sleep`` before step *nap_at* (-1: none)."""
+    async def job(self, step: ab.Step, key: int, n: int, nap_at: int, fail_at: int) -> int:
+        """*n* ``do`` steps, with a short ``step.sleep`` before step *nap_at*; step
+        *fail_at* raises the first time each process runs it (-1: none of either)."""
         total = 0
         for i in range(n):
             if i == nap_at:
                 await step.sleep("nap", NAP)
             fn = self.work if i % 2 == 0 else self.work_async
-            got = await step.do(f"s{i}", fn, key, i, step.id)
+            got = await step.do(f"s{i}", fn, key, i, i == fail_at, step.id, retry=RETRY)
             total += got["value"]
         return total
 
-    def _begin(self, step_id: str) -> int:
+    def _begin(self, step_id: str, fail: bool) -> tuple[int, bool]:
         Child.executions += 1
-        os.write(Child.log_fd, f"{step_id} {Child.cycle}.{Child.executions}\n".encode())
-        return Child.executions
+        failing = fail and step_id not in Child.failed
+        if failing:
+            Child.failed.add(step_id)
+        line = f"{step_id} {Child.cycle}.{Child.executions}{' fail' if failing else ''}\n"
+        os.write(Child.log_fd, line.encode())
+        return Child.executions, failing
 
-    def _write(self, step_id: str, n: int, value: int) -> dict:
+    def _write(self, step_id: str, n: int, value: int, failing: bool) -> dict:
         mark = f"{Child.cycle}.{n}"
         self.sql("INSERT INTO did VALUES (?, ?, ?)", step_id, mark, value)
         self.set_state({"steps": self.state["steps"] + 1, "total": self.state["total"] + value})
         if Child.mode == "inside" and n == Child.k:
             pause(b"i", f"inside {step_id} {mark}")
+        if failing:
+            raise PlannedFailure(f"{step_id} fails once in each process")
         return {"value": value, "mark": mark}
 
-    def work(self, key: int, i: int, step_id: str) -> dict:
-        n = self._begin(step_id)
-        return self._write(step_id, n, value_of(key, i))
+    def work(self, key: int, i: int, fail: bool, step_id: str) -> dict:
+        n, failing = self._begin(step_id, fail)
+        return self._write(step_id, n, value_of(key, i), failing)
 
-    async def work_async(self, key: int, i: int, step_id: str) -> dict:
-        n = self._begin(step_id)
+    async def work_async(self, key: int, i: int, fail: bool, step_id: str) -> dict:
+        n, failing = self._begin(step_id, fail)
         await asyncio.sleep(0)  # (really suspends: other agents' steps run meanwhile)
-        result = self._write(step_id, n, value_of(key, i))
+        result = self._write(step_id, n, value_of(key, i), failing)
         await asyncio.sleep(0)
         return result
 
@@ -185,9 +204,10 @@ async def run(folder: str, seed: int, known: list[list[str]]) -> None:
             ref = rng.choice(refs)
             key, n = rng.randrange(1_000_000), rng.randint(2, 6)
             nap_at = rng.choice([-1, -1, rng.randrange(n)])
-            started = await ref.job(key, n, nap_at)
+            fail_at = rng.choice([-1, -1, -1, rng.randrange(n)])
+            started = await ref.job(key, n, nap_at, fail_at)
             going.add(started.id)
-            say(f"start {ref.name} {started.id} {key} {n} {nap_at}")
+            say(f"start {ref.name} {started.id} {key} {n} {nap_at} {fail_at}")
         changed.clear()
         await changed.wait()
 
