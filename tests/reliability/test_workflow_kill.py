@@ -148,7 +148,10 @@ def run_child(folder: Path, work: Path, cycle: int, mode: str, k: int, seed: int
         os.close(w)
         w = -1
         if mode == "finish":
-            child.wait(timeout=120)
+            try:
+                child.wait(timeout=120)  # (it gives up waiting for runs after 60 s)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the last child hangs:\n{err_path.read_text()[-3000:]}")
         else:
             want = {"random": b"r", "inside": b"i", "between": b"b"}[mode]
             deadline = time.monotonic() + REACH_DEADLINE
