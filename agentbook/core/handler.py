@@ -274,21 +274,9 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
                 ctx.outbox.clear()  # a replay never messages the real world again
         duration = (time.perf_counter() - t0) * 1000
         changes, schema = ctx.finish(store)
-        state_col = None
-        if ctx.state_changed:
-            text = jsonvalue.dumps(inst.state)
-            if text != inst.state_json:
-                if len(text) > inst.runtime.max_state_bytes:
-                    from ..errors import LimitError
-
-                    raise LimitError(
-                        f"the new state is {len(text)} bytes of JSON; the limit is "
-                        f"{inst.runtime.max_state_bytes} (ab.Runtime(max_state_bytes=...)); "
-                        "keep big data in the agent's SQL tables")
-                inst.state_json = state_col = text
-                ctx.state_after = inst.state
-            else:
-                ctx.state_changed = False
+        state_col = _new_state(inst, ctx)
+        if state_col is not None:
+            ctx.state_after = inst.state
         if ctx.state_cut and not ctx.state_changed:  # (announced live once, after the commit)
             ctx.state_changed, ctx.state_after = True, inst.state
         result_text = result_json(result)
@@ -346,26 +334,36 @@ def cut_version(inst: Instance, ctx: HandlerContext, method: str, args: str) -> 
     store = inst.store
     assert store is not None
     changes, schema = ctx.finish(store)
-    state_col = None
-    if ctx.state_changed:
-        text = jsonvalue.dumps(inst.state)
-        if text != inst.state_json:
-            if len(text) > inst.runtime.max_state_bytes:
-                from ..errors import LimitError
-
-                raise LimitError(
-                    f"the new state is {len(text)} bytes of JSON; the limit is "
-                    f"{inst.runtime.max_state_bytes} (ab.Runtime(max_state_bytes=...)); "
-                    "keep big data in the agent's SQL tables")
-            inst.state_json = state_col = text
-            ctx.state_cut = True
-        ctx.state_changed = False
+    state_col = _new_state(inst, ctx)
+    if state_col is not None:
+        ctx.state_cut = True
+    ctx.state_changed = False
     _append_version(inst, store, ctx, inst.runtime.clock.now(), method, args, None, 0.0, "ok",
                     changes=changes, schema=schema, state=state_col)
     if inst.runtime.events.recording and (len(ctx.events), len(ctx.approvals)) != ctx.kept:
         _keep_events(inst, store, ctx, None)
     ctx.kept = (len(ctx.events), len(ctx.approvals))
     ctx.effects = []
+
+
+def _new_state(inst: Instance, ctx: HandlerContext) -> str | None:
+    """The state's new JSON text if the handler changed it (within the size limit; it
+    becomes ``inst.state_json``), else ``None`` (and ``ctx.state_changed`` is cleared)."""
+    if not ctx.state_changed:
+        return None
+    text = jsonvalue.dumps(inst.state)
+    if text == inst.state_json:
+        ctx.state_changed = False
+        return None
+    if len(text) > inst.runtime.max_state_bytes:
+        from ..errors import LimitError
+
+        raise LimitError(
+            f"the new state is {len(text)} bytes of JSON; the limit is "
+            f"{inst.runtime.max_state_bytes} (ab.Runtime(max_state_bytes=...)); "
+            "keep big data in the agent's SQL tables")
+    inst.state_json = text
+    return text
 
 
 def record_failure(inst: Instance, env: Envelope, error: BaseException, ts: float,
