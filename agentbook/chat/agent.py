@@ -30,6 +30,7 @@ from ..methods import callable
 from ..models.base import Model, Response
 from ..store import mcp as mcp_store
 from ..store import messages as stored
+from . import live, ui
 from .tools import Tool, as_tool, validate
 
 if TYPE_CHECKING:
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["ChatAgent", "ChatChunk"]
 
 _DONE = object()
+#: What :meth:`_Turn.execute` returns for a client tool call left to a WebSocket client.
+_DEFERRED = object()
 
 
 @dataclass
@@ -109,6 +112,7 @@ class ChatAgent(Agent):
     async def run_approved_tool(self, tool: str, arguments: dict, call_id: str) -> str:
         """Run a tool a person approved, then let the model follow up (approval target)."""
         turn = _Turn(self)
+        turn.open_sink(continuation=True)
         await turn.join_mcp()
         call = {"id": f"{call_id}-approved", "name": tool, "arguments": dict(arguments)}
         turn.store_message({"role": "assistant", "content": "", "tool_calls": [call]})
@@ -116,6 +120,52 @@ class ChatAgent(Agent):
         turn.store_message({"role": "tool", "content": json.dumps(result), "tool_call_id":
                             call["id"], "name": tool})
         return await turn.loop()
+
+    # -- over the wire (agentbook.serve.chat) ----------------------------------------------
+    async def _ab_tool_output(self, call_id: str, name: str, output: Any,
+                              error: str | None = None) -> bool:
+        """A client's result for a client tool call the turn left to it (stored once; a
+        second result, or one for a call the conversation doesn't hold, is ignored)."""
+        turn = _Turn(self)
+        rows = stored.messages(turn.store)
+        asked = any(call.get("id") == call_id for row in rows if row.tool_calls
+                    for call in json.loads(row.tool_calls))
+        if not asked or any(row.role == "tool" and row.tool_call_id == call_id for row in rows):
+            return False
+        result = {"error": error or "the client's tool failed"} if error is not None else output
+        result = jsonvalue.freeze(result, f"result of {name}")
+        turn.store_message({"role": "tool", "content": json.dumps(jsonvalue.thaw(result)),
+                            "tool_call_id": call_id, "name": name})
+        turn.ctx.capture(turn.store)
+        stored.record_tool_call(turn.store, stored.ToolCall(
+            call_id, name, "{}", jsonvalue.dumps(result), error, 0.0, 0, self.now()))
+        turn.emit("tool:result", id=call_id, name=name, cached=False, error=error)
+        turn.changed(call_id)
+        return True
+
+    async def _ab_continue(self) -> str:
+        """Let the model go on from the stored conversation (after a client tool's result),
+        on the last assistant message."""
+        turn = _Turn(self)
+        turn.open_sink(continuation=True)
+        return await turn.loop()
+
+    def _ab_clear_messages(self) -> None:
+        """Forget the conversation (a client's "clear history")."""
+        turn = _Turn(self)
+        turn.ctx.capture(turn.store)
+        stored.clear(turn.store)
+        turn.emit("chat:clear")
+
+    def _ab_set_messages(self, messages: list) -> None:
+        """Replace the conversation with a client's UIMessages (text, tool calls, results)."""
+        turn = _Turn(self)
+        turn.ctx.capture(turn.store)
+        stored.clear(turn.store)
+        for mid, role, content, calls, call_id, name in ui.rows_from_ui(list(messages)):
+            stored.add_message(turn.store, mid, role, content, calls, call_id, name, self.now())
+        turn.emit("chat:messages", count=len(messages))
+        turn.changed()
 
     def _ab_reject_approval(self, approval_id: str, by: str, reason: str | None) -> None:
         pending = self._ab_pending_tool(approval_id)
@@ -159,10 +209,42 @@ class _Turn:
         self.inst = agent._ab_instance
         self.ctx = self.inst.require_ctx("chat")
         self.store = _open_store(self.inst)
-        self.stream: asyncio.Queue | None = self.ctx.extras.get("stream")
-        self.client_tools: dict[str, Callable] = self.ctx.extras.get("client_tools") or {}
+        extras = self.ctx.extras
+        self.stream: asyncio.Queue | None = extras.get("stream")
+        self.client_tools: dict[str, Callable] = extras.get("client_tools") or {}
         self.tools = dict(type(agent)._ab_tools())
+        for spec in extras.get("declared_tools") or ():  # client tools a WebSocket client offers
+            if isinstance(spec, dict) and isinstance(spec.get("name"), str) \
+                    and spec["name"] not in self.tools:
+                params = spec.get("parameters")
+                self.tools[spec["name"]] = Tool(
+                    None, spec["name"], str(spec.get("description") or spec["name"]),
+                    params if isinstance(params, dict) else {"type": "object", "properties": {}},
+                    client=True)
+        #: Client tool calls end the turn and wait for the client's result (a WebSocket
+        #: client answers with cf_agent_tool_result; the serve path then continues).
+        self.defer = bool(extras.get("defer_client_tools"))
+        self.abort: asyncio.Event | None = extras.get("abort")
+        self.aborted = False
+        self.reply_id: str | None = None  # the first assistant row's id (the UI message's)
+        self.sink: live.Sink | None = None
         self.mcp_joined = False
+
+    def open_sink(self, continuation: bool) -> None:
+        """Show this turn to the runtime's watchers, if any (before its first piece)."""
+        if not continuation:
+            self.reply_id = self.ctx.extras.get("reply_id") or "m-" + secrets.token_hex(6)
+        self.sink = live.sink(self.inst.runtime, self.inst.key, self.ctx, continuation)
+        if self.sink is not None:
+            self.sink.begin(self.reply_id)
+
+    def transcript(self) -> list[dict[str, Any]]:
+        """The conversation as it will commit, as UIMessages."""
+        return ui.ui_messages(stored.messages(self.store))
+
+    def changed(self, call_id: str | None = None) -> None:
+        """The conversation changed without a turn: watchers hear after the commit."""
+        live.changed(self.inst.runtime, self.inst.key, self.ctx, self.transcript)
 
     def emit(self, kind: str, **data: Any) -> None:
         if self.inst.runtime.events.active:
@@ -171,11 +253,16 @@ class _Turn:
     def push(self, chunk: ChatChunk) -> None:
         if self.stream is not None:
             self.stream.put_nowait(chunk)
+        if self.sink is not None:
+            self.sink.piece(chunk.kind, chunk.text, chunk.data)
 
-    def store_message(self, msg: dict[str, Any]) -> None:
+    def store_message(self, msg: dict[str, Any], message_id: str | None = None) -> None:
+        if message_id is None and msg["role"] == "assistant" and self.reply_id is not None:
+            message_id, self.reply_id = self.reply_id, None  # the turn's first answer row
         self.ctx.capture(self.store)
         stored.add_message(
-            self.store, "m-" + secrets.token_hex(6), msg["role"], msg.get("content") or "",
+            self.store, message_id or "m-" + secrets.token_hex(6), msg["role"],
+            msg.get("content") or "",
             jsonvalue.dumps(msg["tool_calls"]) if msg.get("tool_calls") else None,
             msg.get("tool_call_id"), msg.get("name"), self.agent.now())
 
@@ -188,9 +275,11 @@ class _Turn:
         self.store_message({"role": "tool", "content": json.dumps(result),
                             "tool_call_id": call["id"], "name": call["name"]})
         self.emit("chat:tool_declined", id=call["id"], name=call["name"], **result)
+        self.changed()
 
     async def run(self, text: str) -> str:
-        self.store_message({"role": "user", "content": text})
+        self.open_sink(continuation=False)
+        self.store_message({"role": "user", "content": text}, self.ctx.extras.get("message_id"))
         self.emit("chat:message", role="user", content=text)
         return await self.loop()
 
@@ -206,43 +295,80 @@ class _Turn:
             self.tools[name] = mcp_tool
 
     async def loop(self) -> str:
+        try:
+            final, reason = await self._loop()
+        except BaseException as exc:
+            if self.sink is not None:
+                self.sink.failed(exc)
+            raise
+        if self.sink is not None:
+            self.sink.end(reason, self.transcript())
+        return final
+
+    async def _loop(self) -> tuple[str, str]:
         agent = self.agent
         await self.join_mcp()
         specs = [t.spec() for t in self.tools.values()]
-        final = ""
+        final, reason = "", "stop"
         for step in range(agent.max_steps):
             messages = self.context()
             model = agent.choose_model(step, messages)
+            if self.sink is not None:
+                self.sink.step()
             data = await agent.effect("model", self._ask(model), messages, specs)
             response = Response.from_json(data)
             self.store_message(response.message())
+            if response.finish_reason == "aborted":
+                final, reason = response.content, "aborted"
+                self.emit("chat:aborted", content=final)
+                break
             if not response.tool_calls:
                 final = response.content
                 break
+            deferred = False
             for call in response.tool_calls:
                 payload = call.to_json()
                 self.push(ChatChunk("", "tool_call", payload))
                 self.emit("chat:tool_call", **payload)
+                tool = self.tools.get(call.name)
+                if self.defer and tool is not None and tool.client:
+                    deferred = True  # the client answers with its result; the turn ends here
+                    continue
                 result = await self.execute(payload)
                 self.store_message({"role": "tool", "content": json.dumps(result),
                                     "tool_call_id": call.id, "name": call.name})
+            if deferred:
+                final, reason = response.content, "tool-calls"
+                break
         else:
             final = f"I stopped after {agent.max_steps} steps without a final answer."
             self.store_message({"role": "assistant", "content": final})
         self.emit("chat:message", role="assistant", content=final)
         self.fold()
-        return final
+        return final, reason
 
     def _ask(self, model: Model) -> Callable[..., Any]:
         async def ask(messages: list, specs: list) -> dict:
-            if self.stream is None:
+            if self.stream is None and self.sink is None:
                 return (await model.complete(messages, specs or None)).to_json()
             response = None
-            async for chunk in model.stream(messages, specs or None):
-                if chunk.text:
-                    self.push(ChatChunk(chunk.text))
-                if chunk.response is not None:
-                    response = chunk.response
+            said: list[str] = []
+
+            async def consume() -> None:
+                nonlocal response
+                async for chunk in model.stream(messages, specs or None):
+                    if chunk.text:
+                        said.append(chunk.text)
+                        self.push(ChatChunk(chunk.text))
+                    if chunk.response is not None:
+                        response = chunk.response
+
+            if self.abort is None:
+                await consume()
+            elif not await _unless(consume(), self.abort):  # the client stopped the turn
+                self.aborted = True
+                return Response("".join(said), model=model.name,
+                                finish_reason="aborted").to_json()
             if response is None:
                 from ..errors import ModelResponseError
 
@@ -267,7 +393,7 @@ class _Turn:
                 "run_approved_tool", {"tool": name, "arguments": args, "call_id": call["id"]},
                 summary=summary, side_effects=[tool.description])
             result = {"status": "awaiting approval", "approval": approval.id, "summary": summary}
-            self.push(ChatChunk("", "approval", result))
+            self.push(ChatChunk("", "approval", {**result, "id": call["id"], "name": name}))
             return result
         key = f"{name}:{jsonvalue.canonical(args)}"
         started = time.perf_counter()
@@ -348,6 +474,24 @@ class _Turn:
         summary = self.agent.summarize([_message(r) for r in old], stored.summary(self.store))
         self.ctx.capture(self.store)
         stored.fold(self.store, old[-1].seq, summary, self.agent.now())
+
+
+async def _unless(work: Any, stop: asyncio.Event) -> bool:
+    """Run *work* unless *stop* is set first (then *work* is cancelled); whether it ran
+    to its end."""
+    task = asyncio.ensure_future(work)
+    if stop.is_set():
+        task.cancel()
+    else:
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((task, stopper), return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if task.done():
+            task.result()
+            return True
+        task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return False
 
 
 def _open_store(inst: Instance) -> AgentStore:

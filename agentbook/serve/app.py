@@ -1,6 +1,7 @@
 """The Starlette application: routes, and HTTP requests to agents.
 
     GET  /                          which agent classes are served
+    GET  /agents/{class}/{name}/get-messages   a chat agent's conversation (UIMessages)
     POST /_agentbook/ticket         a one-time connect ticket (needs the token)
     ANY  /agents/{class}/{name}     HTTP: the agent's ``on_request``
     WS   /agents/{class}/{name}     WebSocket: see :mod:`agentbook.serve.session`
@@ -26,6 +27,7 @@ from ..core.agent import Agent
 from ..envelope import Envelope
 from ..errors import AgentbookError, UsageError
 from .auth import TICKET_PATH
+from .chat import is_chat
 from .limits import BODY_SECONDS
 from .protocol import encode, encode_value
 from .session import AgentSocket
@@ -51,9 +53,13 @@ def build_app(server: Server, *, mcp: bool = False) -> Starlette:
     async def agent(request: Request) -> Response:
         return await _agent_request(server, request)
 
+    async def get_messages(request: Request) -> Response:
+        return _get_messages(server, request)
+
     routes: list[Any] = [
         Route("/", index, methods=["GET"]),
         Route(TICKET_PATH, ticket, methods=["POST"]),
+        Route("/agents/{agent}/{name}/get-messages", get_messages, methods=["GET"]),
         Route("/agents/{agent}/{name}", agent, methods=_METHODS),
         WebSocketRoute("/agents/{agent}/{name}", AgentSocket(server)),
     ]
@@ -100,6 +106,20 @@ async def _agent_request(server: Server, request: Request) -> Response:
     except Exception as exc:
         return _json(500, {"error": str(exc), "errorType": type(exc).__name__})
     return _response(result)
+
+
+def _get_messages(server: Server, request: Request) -> Response:
+    """A chat agent's committed conversation as AI SDK UIMessages (``useAgentChat`` loads
+    it before it connects)."""
+    class_name = server.resolve(request.path_params["agent"])
+    if class_name is None or not is_chat(server.rt.class_for(class_name)):
+        return _json(404, {"error": f"no chat agent class is served as "
+                                    f"{request.path_params['agent']!r}"})
+    try:
+        ref = server.rt.get(class_name, request.path_params["name"])
+    except AgentbookError as exc:
+        return _json(400, {"error": str(exc)})
+    return _json(200, server.chat.transcript(ref))
 
 
 class _BufferedRequest(Request):

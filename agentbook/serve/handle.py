@@ -20,9 +20,11 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from ..chat import live
 from ..core.agent import Agent
 from ..errors import UsageError
 from .auth import TICKET_PATH, Auth, Guard, check_bind, redact_uvicorn_logs
+from .chat import ChatWire
 from .classes import is_own, served_classes
 from .limits import HEADER_SECONDS, KEEP_ALIVE_SECONDS, ConnectionGuard, default_max_connections
 from .protocol import STATE, Connection, encode, kebab
@@ -73,6 +75,8 @@ class Server:
         self._stopping: asyncio.Task | None = None
         #: The header deadline and connection cap (:mod:`agentbook.serve.limits`).
         self.connection_guard: Any = None
+        #: The chat frames of the chat agents served (:mod:`agentbook.serve.chat`).
+        self.chat = ChatWire(self)
 
     # -- the public handle ---------------------------------------------------------------
     @property
@@ -194,6 +198,7 @@ class Server:
         self._task = asyncio.get_running_loop().create_task(uvicorn_server.serve(sockets=[sock]))
         self._task.add_done_callback(_report_crash)
         self.rt.broadcast_hooks.append(self.on_broadcast)
+        live.watch(self.rt, self.chat)
 
     def on_broadcast(self, key: Key, message: Any, exclude: list) -> None:
         """The runtime's broadcast hook: ``self.broadcast(message, exclude)`` of agent *key*
@@ -222,6 +227,7 @@ class Server:
             hooks.remove(self.on_broadcast)
         if self.rt.server is self:
             self.rt.server = None
+        live.unwatch(self.rt, self.chat)
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None

@@ -25,6 +25,7 @@ from ..core.ref import AgentRef
 from ..envelope import Envelope
 from ..errors import RuntimeClosedError
 from ..methods import method_info
+from .chat import is_chat
 from .protocol import (
     ERROR,
     IDENTITY,
@@ -100,12 +101,13 @@ class AgentSocket:
 
 
 class _Session:
-    __slots__ = ("cls", "conn", "key", "ref", "rt", "server")
+    __slots__ = ("chat", "cls", "conn", "key", "ref", "rt", "server")
 
     def __init__(self, server: Server, conn: Connection, ref: AgentRef,
                  cls: type[Agent] | None) -> None:
         self.server, self.conn, self.ref, self.cls = server, conn, ref, cls
         self.rt, self.key = server.rt, ref._ab_key
+        self.chat = is_chat(cls)
 
     def _hook(self, name: str) -> bool:
         cls = self.rt.class_for(self.key[0]) or self.cls  # a redefined class counts
@@ -122,6 +124,8 @@ class _Session:
             conn.frame(encode({"type": IDENTITY, "name": self.key[1], "agent": kebab(self.key[0]),
                                "stateFollows": True}))
             conn.frame(encode({"type": STATE, "state": self.ref.state}))
+            if self.chat:
+                server.chat.connected(conn, self.ref)
             if rt.events.active:
                 rt.emit_event("connect", self.key, {"connectionId": conn.id})
             if self._hook("on_connect"):
@@ -150,6 +154,7 @@ class _Session:
         finally:
             conn.mark_gone()
             server.remove(conn)
+            server.chat.disconnected(conn)
             if rt.events.active:
                 rt.emit_event("disconnect", self.key, {"connectionId": conn.id, "code": code,
                                                   "reason": reason})
@@ -169,7 +174,8 @@ class _Session:
             frame = None
             problem = f"the message is not JSON: {exc}"
         else:
-            problem = "the message is not one of the agents protocol's (rpc, cf_agent_state)"
+            problem = ("the message is not one of the agents protocol's (rpc, cf_agent_state, "
+                       "the cf_agent_ chat frames)")
         if isinstance(frame, dict):
             kind = frame.get("type")
             if kind == RPC and isinstance(frame.get("id"), str) and isinstance(
@@ -178,6 +184,11 @@ class _Session:
                 return
             if kind == STATE and "state" in frame:
                 self.client_state(frame["state"], frame.get("id"))
+                return
+            if isinstance(kind, str) and kind.startswith("cf_agent_") and kind != STATE:
+                refused = self.server.chat.frame(self.conn, self.ref, self.chat, frame)
+                if refused is not None:
+                    self.error(refused, frame=kind)
                 return
             if kind == RPC:
                 problem = "an rpc message needs a string id, a string method and a list of args"

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
     from .agentstore import AgentStore
 
-__all__ = ["Message", "ToolCall", "add_message", "cache_result", "cached_result", "fold",
+__all__ = ["Message", "ToolCall", "add_message", "cache_result", "cached_result", "clear", "fold",
            "messages", "pending_tool_approval", "read_messages", "read_tool_calls", "record_tool_call",
            "summary"]
 
@@ -70,6 +70,11 @@ def add_message(store: AgentStore, id: str, role: str, content: str, tool_calls:
     store.internal(
         "INSERT INTO _ab_messages(id, role, content, tool_calls, tool_call_id, name, ts)"
         " VALUES (?,?,?,?,?,?,?)", (id, role, content, tool_calls, tool_call_id, name, ts))
+
+
+def clear(store: AgentStore) -> None:
+    """Delete the whole conversation, its summary included (a client's "clear history")."""
+    store.internal("DELETE FROM _ab_messages")
 
 
 def summary(store: AgentStore) -> str | None:

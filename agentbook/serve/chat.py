@@ -1,0 +1,522 @@
+"""The chat layer of the agents protocol, for every ``ab.ChatAgent``: Cloudflare's chat client
+(``useAgentChat``, ``WebSocketChatTransport``) talks to a notebook's chat agent unchanged.
+
+Frames (JSON text on the agent's socket; the words are Cloudflare's)::
+
+    client -> server   cf_agent_use_chat_request {id, init: {method, body: "<JSON string>"}}
+                       cf_agent_chat_request_cancel {id}      cf_agent_chat_clear
+                       cf_agent_chat_messages {messages}      (a client sets the list)
+                       cf_agent_tool_result {toolCallId, toolName, output, autoContinue}
+                       cf_agent_tool_approval {toolCallId, approved, autoContinue}
+                       cf_agent_stream_resume_request {probeId}   cf_agent_stream_resume_ack {id}
+    server -> client   cf_agent_use_chat_response {id, body: "<one UIMessageChunk>", done, seq}
+                       cf_agent_chat_messages {messages[, connect]}   cf_agent_chat_clear
+                       cf_agent_message_updated {message}
+                       cf_agent_stream_resuming {id[, probeId]}   cf_agent_stream_pending {id, probeId}
+                       cf_agent_stream_resume_none {reason, probeId}
+    HTTP               GET /agents/<class>/<name>/get-messages -> [UIMessage]
+
+A turn is the agent's own ``chat`` handler (one commit: the user's message, the answer,
+tool calls, approvals) with the request's extras: the ids the client chose, its client
+tools (a call to one ends the turn; the client's ``cf_agent_tool_result`` is stored by a
+handler of its own, then the model goes on as a *continuation*), and an event that
+``cf_agent_chat_request_cancel`` sets (the model call ends, what was said is stored, the
+turn is recorded as aborted). The runtime shows every chat turn to a :class:`ChatWire`
+(:mod:`agentbook.chat.live`), whoever started it - a request here, ``ref.stream_chat`` in a
+notebook, an approval decided in the inbox - so every connection of the agent sees it live.
+
+A turn's chunks go to every connection of the agent as they are made, except those offered
+a resume that have not acknowledged it; each stream keeps its chunks (the last few streams,
+in memory), so a client that dropped its socket gets them replayed after its ack, then the
+live rest. After the commit (never in the same tick as the last chunk, or the AI SDK client
+duplicates the message) the transcript goes out - to every connection but the requester's
+(its ``_pk``) for a new turn, to all for a continuation - then the ``done`` frame. A turn
+that failed, or whose process died, stored nothing: a reconnecting client gets the
+committed transcript and ``resume_none``.
+
+Approvals over the wire are the inbox's own (``rt.approvals.approve`` / ``reject``): the
+decision is made once, wherever it is clicked first; the approved call's continuation
+streams to every connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from ..chat.agent import ChatAgent
+from ..chat.ui import UIStream, text_of, ui_messages
+from ..envelope import Envelope
+from ..errors import AgentbookError
+from ..store.messages import Message
+from .gate import SEND
+from .protocol import encode
+
+if TYPE_CHECKING:
+    from ..core.handler import HandlerContext
+    from ..core.ref import AgentRef
+    from .handle import Server
+    from .protocol import Connection
+
+__all__ = ["ChatWire", "is_chat", "transcript_of"]
+
+log = logging.getLogger("agentbook.serve")
+
+RESPONSE = "cf_agent_use_chat_response"
+REQUEST = "cf_agent_use_chat_request"
+MESSAGES = "cf_agent_chat_messages"
+CLEAR = "cf_agent_chat_clear"
+CANCEL = "cf_agent_chat_request_cancel"
+UPDATED = "cf_agent_message_updated"
+TOOL_RESULT = "cf_agent_tool_result"
+TOOL_APPROVAL = "cf_agent_tool_approval"
+RESUME_REQUEST = "cf_agent_stream_resume_request"
+RESUME_ACK = "cf_agent_stream_resume_ack"
+RESUMING = "cf_agent_stream_resuming"
+RESUME_NONE = "cf_agent_stream_resume_none"
+PENDING = "cf_agent_stream_pending"
+
+#: Finished streams kept per agent for late resumes.
+KEEP_STREAMS = 8
+#: Seconds between a turn's commit and its transcript frame (a later tick than its last
+#: chunk: the AI SDK client must have taken that chunk in before the list replaces it).
+FINALIZE_GAP = 0.01
+
+Key = tuple[str, str]
+
+
+def is_chat(cls: type | None) -> bool:
+    """Whether agents of *cls* chat (speak the chat frames)."""
+    return isinstance(cls, type) and issubclass(cls, ChatAgent)
+
+
+def transcript_of(ref: AgentRef) -> list[dict[str, Any]]:
+    """The committed conversation of *ref* as UIMessages (read without waiting)."""
+    frame = ref.messages()
+    rows = []
+    for seq, rec in enumerate(frame.itertuples(index=False)):
+        calls = rec.tool_calls
+        rows.append(Message(seq, rec.id, rec.role, rec.content or "",
+                            json.dumps(calls) if isinstance(calls, list) else None,
+                            rec.tool_call_id if isinstance(rec.tool_call_id, str) else None,
+                            rec.name if isinstance(rec.name, str) else None, 0.0))
+    return ui_messages(rows)
+
+
+class _Stream:
+    """One turn's frames: its chunks (kept for replays) and how it ended."""
+
+    __slots__ = ("asked", "bodies", "continuation", "done", "id", "message_ids", "outcome",
+                 "requester", "ui")
+
+    def __init__(self, sid: str, continuation: bool, requester: str | None,
+                 message_ids: list[str] | None) -> None:
+        self.id, self.continuation, self.requester = sid, continuation, requester
+        self.message_ids = message_ids
+        self.bodies: list[str] = []
+        self.done = False
+        self.outcome: str | None = None
+        self.ui = UIStream()
+        #: The user's message that started it, as the client sent it (until it commits,
+        #: a reconnecting client still sees it, as Cloudflare's server stores it first).
+        self.asked: dict[str, Any] | None = None
+
+    def frame(self, body: str, seq: int, **more: Any) -> str:
+        frame: dict[str, Any] = {"type": RESPONSE, "id": self.id, "body": body, "done": False,
+                                 "seq": seq}
+        if self.continuation:
+            frame["continuation"] = True
+        frame.update(more)
+        return encode(frame)
+
+    def end_frame(self, **more: Any) -> str:
+        frame: dict[str, Any] = {"type": RESPONSE, "id": self.id, "body": "", "done": True}
+        if self.continuation:
+            frame["continuation"] = True
+        if self.message_ids:
+            frame["messageIds"] = self.message_ids
+        if self.outcome:
+            frame["outcome"] = self.outcome
+        frame.update(more)
+        return encode(frame)
+
+
+class _Room:
+    """One chat agent's streams and the connections waiting on them."""
+
+    __slots__ = ("aborts", "active", "awaiting", "parked", "pending", "streams")
+
+    def __init__(self) -> None:
+        self.active: _Stream | None = None
+        self.streams: OrderedDict[str, _Stream] = OrderedDict()
+        self.awaiting: set[Connection] = set()       # offered a resume, not acked yet
+        self.parked: dict[Connection, Any] = {}      # told "pending": probe ids
+        self.pending: str | None = None              # a continuation promised, not started
+        self.aborts: dict[str, asyncio.Event] = {}   # request id -> its cancel
+
+
+class _Sink:
+    """A turn as the wire sees it (:class:`agentbook.chat.live.Sink`)."""
+
+    __slots__ = ("ctx", "key", "stream", "wire")
+
+    def __init__(self, wire: ChatWire, key: Key, ctx: HandlerContext, stream: _Stream) -> None:
+        self.wire, self.key, self.ctx, self.stream = wire, key, ctx, stream
+
+    def begin(self, message_id: str | None) -> None:
+        self.wire.emit(self.key, self.stream, self.stream.ui.start(message_id))
+
+    def step(self) -> None:
+        self.wire.emit(self.key, self.stream, self.stream.ui.step())
+
+    def piece(self, kind: str, text: str, data: Any) -> None:
+        self.wire.emit(self.key, self.stream, self.stream.ui.piece(kind, text, data))
+
+    def end(self, reason: str, transcript: list[dict[str, Any]]) -> None:
+        stream = self.stream
+        if reason == "aborted":
+            stream.outcome = "aborted"
+            self.wire.emit(self.key, stream, stream.ui.abort())
+        else:
+            self.wire.emit(self.key, stream, stream.ui.finish(reason))
+        # after the commit, a tick later: the transcript, then done
+        self.ctx.events.append((SEND, lambda: self.wire.later(self.key, stream, transcript)))
+
+    def failed(self, error: BaseException) -> None:
+        self.wire.fail(self.key, self.stream, error)
+
+
+class ChatWire:
+    """The chat frames of one server, for every chat agent it serves."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.rooms: dict[Key, _Room] = {}
+
+    def room(self, key: Key) -> _Room:
+        room = self.rooms.get(key)
+        if room is None:
+            room = self.rooms[key] = _Room()
+        return room
+
+    # -- sending -----------------------------------------------------------------------
+    def send_all(self, key: Key, text: str, skip: str | None = None) -> None:
+        room = self.rooms.get(key)
+        waiting = room.awaiting if room is not None else ()
+        for conn in self.server.connections_of(key):
+            if conn.id != skip and conn not in waiting:
+                conn.frame(text)
+
+    def emit(self, key: Key, stream: _Stream, chunks: list[dict[str, Any]]) -> None:
+        for chunk in chunks:
+            body = encode(chunk)
+            seq = len(stream.bodies)
+            stream.bodies.append(body)
+            self.send_all(key, stream.frame(body, seq))
+
+    def later(self, key: Key, stream: _Stream, transcript: list[dict[str, Any]]) -> None:
+        """After the commit: the transcript and the done frame, a little later."""
+        asyncio.get_running_loop().call_later(FINALIZE_GAP, self.finish, key, stream, transcript)
+
+    def finish(self, key: Key, stream: _Stream, transcript: list[dict[str, Any]] | None) -> None:
+        if stream.done:
+            return
+        stream.done = True
+        if transcript is not None:
+            skip = None if stream.continuation else stream.requester
+            self.send_all(key, encode({"type": MESSAGES, "messages": transcript}), skip)
+        self.send_all(key, stream.end_frame())
+        self.close(key, stream)
+
+    def fail(self, key: Key, stream: _Stream, error: BaseException) -> None:
+        if stream.done:
+            return
+        stream.done = True
+        stream.outcome = "error"
+        text = str(error) or type(error).__name__
+        seq = len(stream.bodies)
+        body = encode({"type": "error", "errorText": text})
+        stream.bodies.append(body)
+        self.send_all(key, stream.frame(body, seq))
+        self.send_all(key, stream.end_frame())
+        self.close(key, stream)
+
+    def close(self, key: Key, stream: _Stream) -> None:
+        room = self.room(key)
+        room.aborts.pop(stream.id, None)
+        if room.active is stream:
+            room.active = None
+
+    # -- the runtime's watcher (agentbook.chat.live) -------------------------------------
+    def sink(self, key: Key, ctx: HandlerContext, continuation: bool) -> _Sink | None:
+        wire = ctx.extras.get("wire")
+        if wire is None and not self.server.connections_of(key):
+            return None
+        room = self.room(key)
+        if wire is not None:
+            sid, requester = wire["id"], wire.get("requester")
+            continuation = bool(wire.get("continuation", continuation))
+            message_ids = wire.get("message_ids")
+            asked = wire.get("asked")
+        else:
+            sid = room.pending if continuation and room.pending else "ab-" + secrets.token_hex(6)
+            requester, message_ids, asked = None, None, None
+        if room.pending == sid:
+            room.pending = None
+        stream = _Stream(sid, continuation, requester, message_ids)
+        stream.asked = asked
+        room.active = stream
+        room.streams[sid] = stream
+        while len(room.streams) > KEEP_STREAMS:
+            room.streams.popitem(last=False)
+        for conn in list(room.parked):  # probes told "pending" get the offer now
+            room.parked.pop(conn)
+            if not conn.closed:
+                room.awaiting.add(conn)
+                conn.frame(encode({"type": RESUMING, "id": sid}))
+        return _Sink(self, key, ctx, stream)
+
+    def changed(self, key: Key, ctx: HandlerContext, transcript: list[dict[str, Any]]) -> None:
+        """After the commit, the new transcript to every connection but the one whose
+        frame changed it (it has the change already)."""
+        if self.server.connections_of(key):
+            text = encode({"type": MESSAGES, "messages": transcript})
+            skip = ctx.source[3:] if ctx.source.startswith("ws:") else None
+            ctx.events.append((SEND, lambda: self.send_all(key, text, skip)))
+
+    # -- a connection ------------------------------------------------------------------
+    def transcript(self, ref: AgentRef) -> list[dict[str, Any]]:
+        """The committed conversation, and the user's message of a turn still running."""
+        messages = transcript_of(ref)
+        room = self.rooms.get(ref._ab_key)
+        active = None if room is None else room.active
+        if active is not None and active.asked is not None and not active.done and all(
+                m["id"] != active.asked.get("id") for m in messages):
+            messages.append(active.asked)
+        return messages
+
+    def connected(self, conn: Connection, ref: AgentRef) -> None:
+        """On connect: the transcript, and the offer of a stream that is running."""
+        conn.frame(encode({"type": MESSAGES, "messages": self.transcript(ref), "connect": True}))
+        room = self.rooms.get(ref._ab_key)
+        if room is not None and room.active is not None and not room.active.done:
+            room.awaiting.add(conn)
+            conn.frame(encode({"type": RESUMING, "id": room.active.id}))
+
+    def disconnected(self, conn: Connection) -> None:
+        room = self.rooms.get(conn.agent)
+        if room is not None:
+            room.awaiting.discard(conn)
+            room.parked.pop(conn, None)
+
+    def frame(self, conn: Connection, ref: AgentRef, chat: bool, frame: dict) -> str | None:
+        """Handle one chat frame; a problem to report, or ``None``."""
+        kind = frame["type"]
+        if kind == RESUME_REQUEST:
+            self.resume_request(conn, frame.get("probeId"))
+            return None
+        if not chat:
+            return f"{ref._ab_key[0]} is not a chat agent (an ab.ChatAgent): {kind} needs one"
+        if kind == REQUEST:
+            return self.request(conn, ref, frame)
+        if kind == CANCEL:
+            event = self.room(ref._ab_key).aborts.get(str(frame.get("id")))
+            if event is not None:
+                event.set()
+            return None
+        if kind == RESUME_ACK:
+            self.resume_ack(conn, frame.get("id"))
+            return None
+        if conn.readonly:
+            return "this connection is read-only: it may not change the conversation"
+        if kind == CLEAR:
+            self.submit(conn, ref, "_ab_clear_messages", ())
+            self.send_all(ref._ab_key, encode({"type": CLEAR}), skip=conn.id)
+            return None
+        if kind == MESSAGES:
+            messages = frame.get("messages")
+            if not isinstance(messages, list):
+                return "cf_agent_chat_messages needs a list of messages"
+            self.submit(conn, ref, "_ab_set_messages", (messages,))
+            return None
+        if kind == TOOL_RESULT:
+            return self.tool_result(conn, ref, frame)
+        if kind == TOOL_APPROVAL:
+            return self.tool_approval(conn, ref, frame)
+        return None  # (other cf_agent_* frames: nothing to do)
+
+    def submit(self, conn: Connection, ref: AgentRef, method: str, args: tuple,
+               extras: dict | None = None) -> Any:
+        env = Envelope.call(method, args, source=f"ws:{conn.id}", args_json=encode(
+            [a if not isinstance(a, (list, dict)) or len(encode(a)) < 4096 else "..."
+             for a in args]), label=method.removeprefix("_ab_"))
+        if extras:
+            env.extras = extras
+        fut = self.server.rt.submit(ref._ab_key, env)
+        fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() is None else
+                              log.warning("%s of %s failed: %s", method, ref._ab_key, f.exception()))
+        return fut
+
+    # -- turns -------------------------------------------------------------------------
+    def request(self, conn: Connection, ref: AgentRef, frame: dict) -> str | None:
+        rid, init = frame.get("id"), frame.get("init")
+        if not isinstance(rid, str) or not isinstance(init, dict):
+            return "cf_agent_use_chat_request needs an id and an init"
+        if init.get("method", "POST") != "POST" or not init.get("body"):
+            return None  # (as Cloudflare's server: ignored)
+        try:
+            body = json.loads(init["body"])
+            messages = body.get("messages") or []
+        except (TypeError, ValueError, AttributeError):
+            return self.refuse(conn, rid, "the request's body is not JSON with messages")
+        if conn.readonly:
+            return self.refuse(conn, rid, "this connection is read-only: it may not chat")
+        key = ref._ab_key
+        room = self.room(key)
+        abort = room.aborts[rid] = asyncio.Event()
+        trailing: list[str] = []
+        for msg in reversed(messages):
+            if not isinstance(msg, dict) or msg.get("role") != "user":
+                break
+            trailing.insert(0, str(msg.get("id")))
+        last = messages[-1] if messages and isinstance(messages[-1], dict) else None
+        extras: dict[str, Any] = {
+            "wire": {"id": rid, "requester": conn.id, "message_ids": trailing or None},
+            "abort": abort, "declared_tools": body.get("clientTools") or (),
+            "defer_client_tools": True}
+        rt = self.server.rt
+        if last is not None and last.get("role") == "user" and text_of(last).strip():
+            extras["message_id"] = str(last.get("id") or "") or None
+            extras["wire"]["asked"] = {"id": extras["message_id"], "role": "user",
+                                       "parts": [{"type": "text", "text": text_of(last)}]}
+            extras["reply_id"] = "assistant_" + secrets.token_hex(8)
+            try:
+                env = rt.prepare_call(key, "chat", (text_of(last),), {}, external=True,
+                                      future=True)
+            except AgentbookError as exc:
+                room.aborts.pop(rid, None)
+                return self.refuse(conn, rid, str(exc))
+            env.source = f"ws:{conn.id}"
+            env.extras = extras
+            fut = rt.submit(key, env)
+        else:  # no new words: the model goes on (after tool results the client added)
+            extras["wire"]["continuation"] = True
+            fut = self.submit(conn, ref, "_ab_continue", (), extras)
+        fut.add_done_callback(lambda f: self.turn_done(key, rid, f))
+        return None
+
+    def refuse(self, conn: Connection, rid: str, text: str) -> str | None:
+        """Answer request *rid* with an error (the client's turn fails with *text*)."""
+        conn.frame(encode({"type": RESPONSE, "id": rid, "body": text, "done": True,
+                           "error": True}))
+        return None
+
+    def turn_done(self, key: Key, sid: str, fut: Any) -> None:
+        """A turn's future: a failure the sink did not report, or a turn that never
+        streamed (nothing to continue), still ends the client's wait."""
+        room = self.room(key)
+        stream = room.streams.get(sid)
+        error = None if fut.cancelled() else fut.exception()
+        if stream is None:  # it never started
+            room.aborts.pop(sid, None)
+            if room.pending == sid:
+                room.pending = None
+                for conn in list(room.parked):
+                    probe = room.parked.pop(conn)
+                    conn.frame(encode({"type": RESUME_NONE, "reason": "idle", "probeId": probe}))
+            if error is not None:
+                self.send_all(key, encode({"type": RESPONSE, "id": sid, "body": str(error),
+                                           "done": True, "error": True}))
+            return
+        if error is not None:
+            self.fail(key, stream, error)
+
+    # -- client tools and approvals --------------------------------------------------------
+    def continuation(self, conn: Connection, ref: AgentRef, frame: dict) -> str:
+        """A continuation id the next probes are told is pending."""
+        sid = "cont-" + secrets.token_hex(6)
+        self.room(ref._ab_key).pending = sid
+        return sid
+
+    def tool_result(self, conn: Connection, ref: AgentRef, frame: dict) -> str | None:
+        cid, name = frame.get("toolCallId"), frame.get("toolName")
+        if not isinstance(cid, str) or not isinstance(name, str):
+            return "cf_agent_tool_result needs a toolCallId and a toolName"
+        error = None
+        if frame.get("state") == "output-error":
+            error = str(frame.get("errorText") or "the client's tool failed")
+        self.submit(conn, ref, "_ab_tool_output", (cid, name, frame.get("output"), error))
+        if frame.get("autoContinue") and error is None:
+            sid = self.continuation(conn, ref, frame)
+            extras = {"wire": {"id": sid, "requester": conn.id, "continuation": True},
+                      "abort": self.room(ref._ab_key).aborts.setdefault(sid, asyncio.Event()),
+                      "declared_tools": frame.get("clientTools") or (),
+                      "defer_client_tools": True}
+            fut = self.submit(conn, ref, "_ab_continue", (), extras)
+            fut.add_done_callback(lambda f: self.turn_done(ref._ab_key, sid, f))
+        return None
+
+    def tool_approval(self, conn: Connection, ref: AgentRef, frame: dict) -> str | None:
+        cid = frame.get("toolCallId")
+        approval = next((p["approval"]["id"] for m in transcript_of(ref)
+                         for p in m["parts"] if p.get("toolCallId") == cid
+                         and p.get("state") == "approval-requested"), None)
+        if approval is None:
+            self.resync(conn, ref)
+            return f"no approval is pending for tool call {cid!r}"
+        approvals = self.server.rt.approvals
+        key = ref._ab_key
+        sid = self.continuation(conn, ref, frame) if frame.get("approved") and frame.get(
+            "autoContinue") else None
+        try:
+            if frame.get("approved"):
+                fut = approvals.approve(approval, by=f"client:{conn.id}")
+            else:
+                fut = approvals.reject(approval, frame.get("reason"), by=f"client:{conn.id}")
+        except AgentbookError as exc:  # decided already (in the notebook's inbox, say)
+            if sid is not None:
+                self.room(key).pending = None
+            self.resync(conn, ref)
+            return str(exc)
+        if sid is not None:
+            fut.add_done_callback(lambda f: self.turn_done(key, sid, f))
+        return None
+
+    def resync(self, conn: Connection, ref: AgentRef) -> None:
+        conn.frame(encode({"type": MESSAGES, "messages": transcript_of(ref)}))
+
+    # -- resuming ------------------------------------------------------------------------
+    def resume_request(self, conn: Connection, probe: Any) -> None:
+        room = self.rooms.get(conn.agent)
+        extra = {} if probe is None else {"probeId": probe}
+        if room is not None and room.active is not None and not room.active.done:
+            room.awaiting.add(conn)
+            conn.frame(encode({"type": RESUMING, "id": room.active.id, **extra}))
+        elif room is not None and room.pending is not None:
+            room.parked[conn] = probe
+            conn.frame(encode({"type": PENDING, "id": room.pending, **extra}))
+        else:
+            conn.frame(encode({"type": RESUME_NONE, "reason": "idle", **extra}))
+
+    def resume_ack(self, conn: Connection, sid: Any) -> None:
+        room = self.rooms.get(conn.agent)
+        if room is None:
+            return
+        room.awaiting.discard(conn)
+        stream = room.streams.get(sid) if isinstance(sid, str) else None
+        if stream is None:
+            return
+        for seq, body in enumerate(list(stream.bodies)):
+            conn.frame(stream.frame(body, seq, replay=True))
+        if stream.done:
+            conn.frame(stream.end_frame(replay=True))
+        else:
+            frame: dict[str, Any] = {"type": RESPONSE, "id": stream.id, "body": "",
+                                     "done": False, "replay": True, "replayComplete": True}
+            if stream.continuation:
+                frame["continuation"] = True
+            conn.frame(encode(frame))
