@@ -25,6 +25,7 @@ from ..store.history import (
     bounds,
     check_version,
     check_version_type,
+    history_rows,
     meta_value,
     newest_state,
     newest_version,
@@ -38,6 +39,7 @@ from .handler import current_context
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..travel.bisect import BisectResult
     from ..travel.replay import ReplayResult
     from ..travel.versions import Diff, VersionView
     from .runtime import Runtime
@@ -358,12 +360,15 @@ class AgentRef:
                 return parent[0].at(version)
             raise
 
-    def diff(self, a: int, b: int | None = None, *, other: AgentRef | None = None) -> Diff:
+    def diff(self, a: int, b: int | None = None, *, other: AgentRef | None = None,
+             internals: bool = False) -> Diff:
         """What changed from version *a* to version *b* (default: the newest).
 
         With ``other=``, compares this agent at *a* with *other* at *b* (e.g. a fork made
         by :meth:`replay` against its original). Returns a :class:`~agentbook.travel.versions.Diff`:
-        ``.state`` is a JSON patch, ``.rows`` a DataFrame of row changes.
+        ``.state`` is a JSON patch, ``.rows`` a DataFrame of row changes; its repr shows
+        the state's changes and the rows added, removed and changed per table, leaving
+        agentbook's own bookkeeping tables out unless *internals*.
         """
         from ..travel.versions import Diff, changes_between, json_patch, rows_between
 
@@ -372,7 +377,7 @@ class AgentRef:
             right = other.at(other.version if b is None else b)
             rows = rows_between(left.connection(), right.connection())
             return Diff(f"{self.name}@{left.version}", f"{other.name}@{right.version}",
-                        json_patch(left.state, right.state), rows)
+                        json_patch(left.state, right.state), rows, internals)
         with self._reading() as conn:
             a = check_version(conn, a, repr(self))
             b = check_version(conn, -1 if b is None else b, repr(self))
@@ -380,7 +385,26 @@ class AgentRef:
             old, new = state_at(conn, a), state_at(conn, b)
             rows = changes_between(conn, lo, hi)
         return Diff(f"{self.name}@{a}", f"{self.name}@{b}",
-                    json_patch(jsonvalue.loads(old), jsonvalue.loads(new)), rows)
+                    json_patch(jsonvalue.loads(old), jsonvalue.loads(new)), rows, internals)
+
+    def bisect(self, predicate: Callable[[VersionView], Any], *, lo: int | None = None,
+               hi: int | None = None) -> Pending[BisectResult]:
+        """The first version where *predicate* holds: ``await ref.bisect(lambda v:
+        v.state["balance"] < 0)``. *predicate* (sync or async) gets ``ref.at(k)``, so it may
+        also query the tables as they were (``v.sql(...)``); *lo* and *hi* bound the search
+        (default: all the history reachable). A binary search: about ``log2(n)`` versions
+        are looked at, assuming the predicate stays true once it is (if it doesn't, the
+        answer is *a* version where it became true). Returns a
+        :class:`~agentbook.travel.bisect.BisectResult` (``.version``, ``.row``, ``.diff``
+        from the version before, ``.checked``)."""
+        from ..travel.bisect import bisect
+
+        def row(k: int) -> Any:
+            with self._reading() as conn:
+                found = history_rows(conn, k, k)
+            return found[0] if found else None
+
+        return Pending(f"bisect of {self!r}", lambda: bisect(self, predicate, lo, hi, row))
 
     def rewind(self, version: int) -> Awaitable[dict]:
         """Put the agent back as it was after *version*: state, its tables, key-value data

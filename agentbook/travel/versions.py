@@ -157,28 +157,147 @@ def _escape(key: str) -> str:
     return key.replace("~", "~0").replace("/", "~1")
 
 
-class Diff:
-    """What changed between two versions: ``state`` (a JSON patch) and ``rows`` (one row
-    per changed table row: table, op, old, new)."""
+#: Agentbook tables that hold the agent's own data, shown in a diff under these labels; the
+#: other ``_ab_`` tables (chat messages, tool calls, workflow journals, dead letters...) are
+#: the framework's bookkeeping and are shown only with ``internals=True``.
+_FRIENDLY = {"_ab_kv": "key-value", "_ab_schedules": "schedules"}
+#: How a row change reads in a diff (SQLite's session ops -> what happened to the row).
+_OPS = {"insert": "added", "delete": "removed", "update": "changed"}
+#: Rows shown per table in a repr (the DataFrames hold them all).
+_SHOWN = 5
 
-    def __init__(self, a: str, b: str, state: list[dict], rows: pd.DataFrame) -> None:
+
+class Diff:
+    """What changed between two versions (``ref.diff(a, b)``).
+
+    Attributes:
+        a: The older side, ``"name@version"``.
+        b: The newer side.
+        state: The state's changes, an RFC 6902 JSON patch (a list of ``{"op", "path",
+            "value"}``).
+        rows: Every row change, one per changed row: ``table``, ``op`` (``insert``,
+            ``delete``, ``update``), ``old``, ``new``; agentbook's own ``_ab_`` tables
+            included (key-value data, schedules, chat and workflow bookkeeping).
+        internals: Whether the repr and :meth:`changes` show the ``_ab_`` bookkeeping tables
+            too (``ref.diff(a, b, internals=True)`` or :meth:`with_internals`). Key-value data
+            and schedules are the agent's own data and always shown.
+    """
+
+    def __init__(self, a: str, b: str, state: list[dict], rows: pd.DataFrame,
+                 internals: bool = False) -> None:
         self.a, self.b, self.state, self.rows = a, b, state, rows
+        self.internals = internals
 
     @property
     def empty(self) -> bool:
         """Whether nothing changed."""
         return not self.state and self.rows.empty
 
+    def with_internals(self, internals: bool = True) -> Diff:
+        """The same diff, showing (or hiding) agentbook's ``_ab_`` bookkeeping tables."""
+        return Diff(self.a, self.b, self.state, self.rows, internals)
+
+    def changes(self) -> pd.DataFrame:
+        """The row changes this diff shows: :attr:`rows` without the ``_ab_`` bookkeeping
+        tables unless :attr:`internals` (key-value data and schedules always stay)."""
+        if self.internals or self.rows.empty:
+            return self.rows
+        keep = [_visible(t) for t in self.rows["table"]]
+        return self.rows[keep].reset_index(drop=True)
+
+    def tables(self) -> pd.DataFrame:
+        """Per table shown: how many rows were ``added``, ``removed`` and ``changed``."""
+        import pandas as pd
+
+        counts: dict[str, dict[str, int]] = {}
+        for table, op in zip(self.changes()["table"], self.changes()["op"], strict=True):
+            per = counts.setdefault(table, {"added": 0, "removed": 0, "changed": 0})
+            per[_OPS.get(op, "changed")] += 1
+        return pd.DataFrame.from_records(
+            [(t, c["added"], c["removed"], c["changed"]) for t, c in counts.items()],
+            columns=["table", "added", "removed", "changed"])
+
     def __repr__(self) -> str:
-        return (f"<Diff {self.a} -> {self.b}: {len(self.state)} state changes, "
-                f"{len(self.rows)} row changes>")
+        lines = [f"<Diff {self.a} -> {self.b}: {_count(len(self.state), 'state change')}, "
+                 f"{_count(len(self.changes()), 'row change')}>"]
+        for op in self.state[:20]:
+            lines.append("  state " + _op_text(op))
+        if len(self.state) > 20:
+            lines.append(f"  ... {len(self.state) - 20} more state changes (diff.state)")
+        rows = self.changes()
+        for table, added, removed, changed in self.tables().itertuples(index=False):
+            lines.append(f"  {_label(table)}: {added} added, {removed} removed, {changed} changed")
+            part = rows[rows["table"] == table]
+            for op, old, new in list(zip(part["op"], part["old"], part["new"], strict=True))[:_SHOWN]:
+                lines.append(f"    {_OPS.get(op, op)} {_row_text(op, old, new)}")
+            if len(part) > _SHOWN:
+                lines.append(f"    ... {len(part) - _SHOWN} more (diff.changes())")
+        hidden = len(self.rows) - len(rows)
+        if hidden:
+            lines.append(f"  ({hidden} changes to agentbook's own tables hidden: "
+                         "diff.with_internals() shows them)")
+        return "\n".join(lines)
 
     def _repr_html_(self) -> str:
         import html
 
-        patch = html.escape(json.dumps(jsonvalue.thaw(self.state), indent=1, ensure_ascii=False))
-        return (f"<div><b>{html.escape(self.a)} &rarr; {html.escape(self.b)}</b>"
-                f"<pre>{patch}</pre>{self.rows.to_html(index=False)}</div>")
+        esc = html.escape
+        out = [f"<div><b>{esc(self.a)} &rarr; {esc(self.b)}</b>"]
+        if self.empty:
+            out.append(" <i>nothing changed</i>")
+        if self.state:
+            out.append("<div>state</div><ul style='margin:0'>")
+            out += [f"<li><code>{esc(_op_text(op))}</code></li>" for op in self.state[:200]]
+            out.append("</ul>")
+        rows = self.changes()
+        for table, added, removed, changed in self.tables().itertuples(index=False):
+            out.append(f"<div>{esc(_label(table))}: {added} added, {removed} removed, "
+                       f"{changed} changed</div><ul style='margin:0'>")
+            part = rows[rows["table"] == table]
+            for op, old, new in list(zip(part["op"], part["old"], part["new"], strict=True))[:50]:
+                out.append(f"<li>{esc(_OPS.get(op, op))} <code>"
+                           f"{esc(_row_text(op, old, new))}</code></li>")
+            out.append("</ul>")
+        hidden = len(self.rows) - len(rows)
+        if hidden:
+            out.append(f"<div><i>{hidden} changes to agentbook's own tables hidden "
+                       "(diff.with_internals())</i></div>")
+        return "".join(out) + "</div>"
+
+
+def _visible(table: str) -> bool:
+    return not table.startswith("_ab_") or table in _FRIENDLY
+
+
+def _label(table: str) -> str:
+    return f"({_FRIENDLY[table]})" if table in _FRIENDLY else table
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _short_json(value: Any, limit: int = 120) -> str:
+    try:
+        text = json.dumps(jsonvalue.thaw(value), ensure_ascii=False, default=repr)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _op_text(op: dict) -> str:
+    if "value" in op:
+        return f"{op['op']} {op['path'] or '/'} = {_short_json(op['value'])}"
+    return f"{op['op']} {op['path'] or '/'}"
+
+
+def _row_text(op: str, old: Any, new: Any) -> str:
+    if op == "insert":
+        return _short_json(new)
+    if op == "delete":
+        return _short_json(old)
+    # an update: the old values of the columns that changed (others are None on one side)
+    return f"{_short_json(old)} -> {_short_json(new)}"
 
 
 def changes_between(conn: apsw.Connection, a: int, b: int) -> pd.DataFrame:

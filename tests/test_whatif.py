@@ -1,0 +1,101 @@
+"""What-if tools (issue 22): bisect, diffs that read well, forks with a patched state,
+portable agents (export / import) and sweeps of variants over a replay."""
+
+from __future__ import annotations
+
+import pytest
+
+import agentbook as ab
+from agentbook.travel import versions
+
+
+class Account(ab.Agent):
+    initial_state = {"balance": 100, "log": []}
+
+    async def on_start(self):
+        self.sql("CREATE TABLE IF NOT EXISTS moves(id INTEGER PRIMARY KEY, amount INT)")
+
+    @ab.callable
+    async def move(self, amount: int) -> int:
+        self.sql("INSERT INTO moves(amount) VALUES (?)", amount)
+        self.set_state({**self.state, "balance": self.state["balance"] + amount})
+        self.kv["last"] = str(amount)
+        return self.state["balance"]
+
+
+def count_views(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every VersionView made from now on (one per materialized version)."""
+    made: list[int] = []
+    real = versions.VersionView.__init__
+
+    def counting(self, ref, version, conn):
+        real(self, ref, version, conn)
+        made.append(self.version)
+
+    monkeypatch.setattr(versions.VersionView, "__init__", counting)
+    return made
+
+
+# -- bisect --------------------------------------------------------------------------------
+async def test_bisect_finds_the_first_bad_version_of_10_000_in_at_most_20_views(
+        rt, monkeypatch):
+    ref = rt.get(Account, "big")
+    await ref.move(0)  # v2 (v1 is on_start)
+    bad_step = 7_321
+    for i in range(3, 10_001):
+        await ref.call("move", -1 if i == bad_step else 0)
+    assert ref.version == 10_000
+    # balance 100 until bad_step, 99 from there: "below 100" first holds at bad_step
+    made = count_views(monkeypatch)
+    result = await ref.bisect(lambda v: v.state["balance"] < 100)
+    assert result.version == bad_step
+    assert len(made) <= 20 and len(result.checked) == len(made)
+    assert result.row.method == "move" and result.row.args == "[-1]"
+    assert result.diff.state == [{"op": "replace", "path": "/balance", "value": 99}]
+    assert "first at version 7321" in repr(result)
+
+
+async def test_bisect_takes_sql_predicates_async_predicates_and_bounds(rt):
+    ref = rt.get(Account, "sql")
+    for amount in (5, 5, 5, 5, 5, 5):
+        await ref.move(amount)  # v2..v7: one more row each
+
+    async def many_rows(v):
+        return v.sql("SELECT count(*) AS n FROM moves").n[0] >= 4
+
+    # (version 0 is before on_start made the table: start at 1)
+    assert (await ref.bisect(lambda v: v.sql("SELECT count(*) AS n FROM moves").n[0] >= 4,
+                             lo=1)).version == 5
+    assert (await ref.bisect(many_rows, lo=1)).version == 5
+    assert (await ref.bisect(many_rows, lo=6)).version == 6
+    nothing = await ref.bisect(lambda v: v.state["balance"] < 0)
+    assert not nothing.found and nothing.version is None and nothing.diff is None
+    assert "holds at no version" in repr(nothing)
+    with pytest.raises(ab.UsageError, match="swap"):
+        await ref.bisect(many_rows, lo=6, hi=3)
+    with pytest.raises(ab.VersionNotFoundError, match="covers 0..7"):
+        await ref.bisect(many_rows, hi=99)
+    with pytest.raises(ab.UsageError, match="neither true nor false"):
+        await ref.bisect(lambda v: v.sql("SELECT * FROM moves"), lo=1)
+    with pytest.raises(ab.UsageError, match="needs a predicate"):
+        await ref.bisect("balance < 0")  # type: ignore[arg-type]
+
+
+# -- diff ----------------------------------------------------------------------------------
+async def test_a_diff_reads_as_state_changes_and_rows_per_table_hiding_internals(rt):
+    ref = rt.get(Account, "d")
+    await ref.move(5)
+    await ref.move(-7)
+    diff = ref.diff(1, 3)
+    text = repr(diff)
+    assert "state replace /balance = 98" in text
+    assert "moves: 2 added, 0 removed, 0 changed" in text
+    assert "(key-value): 1 added" in text
+    assert "_ab_" not in text
+    assert set(diff.rows.table) == {"moves", "_ab_kv"}  # .rows is unchanged for old callers
+    assert list(diff.tables().table) == ["moves", "_ab_kv"] or \
+        set(diff.tables().table) == {"moves", "_ab_kv"}
+    html = diff._repr_html_()
+    assert "moves" in html and "/balance" in html
+    assert ref.diff(1, 3, internals=True).internals
+    assert repr(ref.diff(3, 3)).startswith("<Diff d@3 -> d@3: 0 state changes, 0 row changes>")
