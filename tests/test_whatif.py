@@ -3,6 +3,8 @@ portable agents (export / import) and sweeps of variants over a replay."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 import agentbook as ab
@@ -99,3 +101,44 @@ async def test_a_diff_reads_as_state_changes_and_rows_per_table_hiding_internals
     assert "moves" in html and "/balance" in html
     assert ref.diff(1, 3, internals=True).internals
     assert repr(ref.diff(3, 3)).startswith("<Diff d@3 -> d@3: 0 state changes, 0 row changes>")
+
+
+# -- fork with a patched state ---------------------------------------------------------------
+def test_merge_patch_follows_rfc_7386():
+    target = {"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]}
+    patch = {"a": "z", "c": {"f": None}, "l": [3], "n": {"x": None}}
+    assert versions.merge_patch(target, patch) == {"a": "z", "c": {"d": "e"}, "l": [3], "n": {}}
+    assert versions.merge_patch({"a": 1}, [1]) == [1]
+    assert target == {"a": "b", "c": {"d": "e", "f": "g"}, "l": [1, 2]}  # unchanged
+
+
+async def test_a_fork_with_a_patch_starts_from_the_patched_state_and_goes_on_from_there(rt):
+    ref = rt.get(Account, "p")
+    await ref.move(10)   # v2: 110
+    await ref.move(-50)  # v3: 60
+    await ref.move(-70)  # v4: -10
+    fork = await ref.fork("p-rich", at=2, patch={"balance": 1000, "log": None, "vip": True})
+    assert fork.version == 2
+    assert fork.state == {"balance": 1000, "vip": True}
+    assert fork.at(2).state == fork.state
+    assert fork.sql("SELECT amount FROM moves").amount.tolist() == [10]  # the tables at v2
+    row = fork.history(limit=1).iloc[0]
+    assert row.method == "fork" and row.kwargs == {"patch": {"balance": 1000, "log": None,
+                                                             "vip": True}}
+    assert ref.at(2).state == {"balance": 110, "log": []}  # the original is untouched
+    assert await fork.move(-50) == 950
+    assert fork.verify()["ok"]
+    # replay from a patched state: the same inputs, another start
+    result = await ref.replay(3, on="p-replayed", patch={"balance": 500})
+    assert result.fork.state["balance"] == 500 - 50 - 70
+    assert not result.identical
+
+
+async def test_a_patch_that_is_not_json_is_refused_before_anything_is_written(rt):
+    ref = rt.get(Account, "bad")
+    await ref.move(1)
+    with pytest.raises(ab.JSONValueError, match=r"patch\['when'\]"):
+        await ref.fork("bad-fork", patch={"when": object()})
+    assert not os.path.exists(rt.path_of(("Account", "bad-fork")))
+    fork = await ref.fork("bad-fork", patch={"ok": 1})  # the name is still free
+    assert fork.state["ok"] == 1

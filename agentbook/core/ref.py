@@ -416,19 +416,24 @@ class AgentRef:
         env = Envelope.call("_ab_rewind", (version,), source=rt.source, label="rewind")
         return rt.submit(self._ab_key, env)
 
-    def fork(self, name: str, at: int | None = None, *, schedules: bool = False
-             ) -> Pending[AgentRef]:
+    def fork(self, name: str, at: int | None = None, *, schedules: bool = False,
+             patch: Any = None) -> Pending[AgentRef]:
         """A new agent *name* (same class) holding this agent as it was at version *at*
         (default: now). Schedules are copied only if asked; pending approvals and dead
-        letters never. Runs when awaited: ``fork = await ref.fork("b")``."""
+        letters never. *patch*, a JSON merge patch (RFC 7386: keys merge, ``None`` removes
+        one), changes the fork's state: "what if the state had been X at version *at*";
+        the fork's first version holds the patched state. Runs when awaited:
+        ``fork = await ref.fork("b", at=3, patch={"balance": 0})``."""
         from ..travel.replay import fork
 
-        return Pending(f"fork({_short(name)}) of {self!r}", lambda: fork(self, name, at, schedules))
+        return Pending(f"fork({_short(name)}) of {self!r}",
+                       lambda: fork(self, name, at, schedules, patch))
 
     def replay(self, from_version: int, *, on: str | None = None,
                overrides: dict[str, Any] | None = None, live: bool | set[str] = False,
-               to_version: int | None = None) -> Pending[ReplayResult]:
-        """Re-run this agent's recorded inputs from *from_version* on a fork named *on*.
+               to_version: int | None = None, patch: Any = None) -> Pending[ReplayResult]:
+        """Re-run this agent's recorded inputs from *from_version* on a fork named *on*
+        (its state changed first by the JSON merge *patch*, if given).
 
         Journaled effects (``self.effect``) are served from the record unless *overrides*
         maps their key to a new function or value, or *live* names keys to call for real.
@@ -441,7 +446,8 @@ class AgentRef:
         async def run() -> ReplayResult:
             with self._reading() as conn:
                 recording = read_recording(conn, from_version, to_version, repr(self))
-            return await replay(self, recording, on=on, overrides=overrides, live=live)
+            return await replay(self, recording, on=on, overrides=overrides, live=live,
+                                patch=patch)
 
         return Pending(f"replay({_short(from_version)}) of {self!r}", run)
 

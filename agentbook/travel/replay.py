@@ -52,6 +52,7 @@ from ..store.history import (
     result_json,
     state_at,
 )
+from .versions import merge_patch
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -245,10 +246,15 @@ def _rebuild_error(value: Any) -> BaseException:
 
 
 # -- fork -------------------------------------------------------------------------------
-async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool = False) -> AgentRef:
-    """A new agent *name* holding *ref* as it was at version *at* (default: now)."""
+async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool = False,
+               patch: Any = None) -> AgentRef:
+    """A new agent *name* holding *ref* as it was at version *at* (default: now), its state
+    changed by the JSON merge *patch* (RFC 7386) if one is given: the fork's first version
+    then holds the patched state, and its history row the patch (``kwargs["patch"]``)."""
     rt = ref.runtime
     rt.check_open()
+    if patch is not None:
+        patch = jsonvalue.freeze(patch, "patch")  # (not JSON: an error naming the path, first)
     cls_name = ref.class_name
     target = rt.get(cls_name, name)
     if target._ab_key in rt.instances:
@@ -265,14 +271,14 @@ async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool 
                                  "another name") from None
             raise
     try:
-        return await _fork(ref, target, name, at, schedules)
+        return await _fork(ref, target, name, at, schedules, patch)
     finally:
         if held is not None:
             held.release()
 
 
 async def _fork(ref: AgentRef, target: AgentRef, name: str, at: int | None,
-                schedules: bool) -> AgentRef:
+                schedules: bool, patch: Any) -> AgentRef:
     """:func:`fork`, under the new agent's lease."""
     rt = ref.runtime
     cls_name = ref.class_name
@@ -290,6 +296,9 @@ async def _fork(ref: AgentRef, target: AgentRef, name: str, at: int | None,
         reader.close()
     if state_json is None:  # a store whose first message never committed
         raise UsageError(f"{ref!r} has no history yet to fork")
+    if patch is not None:
+        state_json = jsonvalue.dumps(jsonvalue.freeze(
+            merge_patch(jsonvalue.loads(state_json), patch), "the patched state"))
     mem = materialize(path, version, repr(ref))
     try:
         # schedules only if asked; dead letters never
@@ -300,7 +309,8 @@ async def _fork(ref: AgentRef, target: AgentRef, name: str, at: int | None,
         rt.catalog.add(cls_name, name, os.path.relpath(new_path, rt.catalog.root), rt.clock.now(),
                        f"{cls_name}/{ref.name}@{version}")
         try:
-            _write_fork(rt, mem, new_path, target._ab_key, ref._ab_key, version, state_json)
+            _write_fork(rt, mem, new_path, target._ab_key, ref._ab_key, version, state_json,
+                        patch)
         except BaseException:
             if not os.path.exists(new_path):  # (a listing without a store means nothing)
                 rt.catalog.remove(cls_name, name)
@@ -313,12 +323,14 @@ async def _fork(ref: AgentRef, target: AgentRef, name: str, at: int | None,
         rt.timers.index_before_commit(target._ab_key, now)
         rt.timers.set(target._ab_key, now)
     if rt.events.active:
-        rt.emit_event("timetravel:fork", ref._ab_key, {"fork": name, "at": version})
+        rt.emit_event("timetravel:fork", ref._ab_key, {"fork": name, "at": version,
+                                                       **({} if patch is None else {"patch": patch})})
     return target
 
 
 def _write_fork(rt: Any, mem: apsw.Connection, path: str, key: tuple[str, str],
-                parent: tuple[str, str], version: int, state_json: str) -> None:
+                parent: tuple[str, str], version: int, state_json: str,
+                patch: Any = None) -> None:
     """Write the fork's store under a temporary name (no ``.db``: never taken for an agent
     by ``Catalog.rebuild``), then publish it under *path* with one hard link, which
     fails rather than replace a store that appeared meanwhile."""
@@ -333,11 +345,12 @@ def _write_fork(rt: Any, mem: apsw.Connection, path: str, key: tuple[str, str],
         store.set_meta({"class": key[0], "name": key[1], "created": repr(now),
                         "initial_state": state_json, "parent": parent_ref,
                         "first_version": str(version)})
-        # The fork's first version *is* the parent's version: fork@k == parent@k, and the
-        # numbers of later versions line up with the parent's.
+        # The fork's first version *is* the parent's version: fork@k == parent@k (but for
+        # a patched state), and the numbers of later versions line up with the parent's.
         store.append_history(HistoryRow(
             version=version, ts=now, method="fork", args=jsonvalue.dumps([parent[1], version]),
-            kwargs=None, source=f"fork:{parent[0]}/{parent[1]}@{version}", duration_ms=0.0,
+            kwargs=None if patch is None else jsonvalue.dumps({"patch": patch}),
+            source=f"fork:{parent[0]}/{parent[1]}@{version}", duration_ms=0.0,
             outcome="ok", state=state_json, schema=store.user_schema(),
         ))
         store.write_state(version, state_json)
@@ -472,8 +485,10 @@ class ReplayResult:
 
 async def replay(ref: AgentRef, recording: Recording, *, on: str | None = None,
                  overrides: dict[str, Any] | None = None,
-                 live: bool | set[str] = False) -> ReplayResult:
-    """Re-run the *recording* of *ref* (see :func:`read_recording`) on a fork named *on*."""
+                 live: bool | set[str] = False, patch: Any = None) -> ReplayResult:
+    """Re-run the *recording* of *ref* (see :func:`read_recording`) on a fork named *on*,
+    made just before the recording's first version (its state changed by the JSON merge
+    *patch*, if given: "what if the state had been X")."""
     rt = ref.runtime
     from_version = recording.from_version
     name = on or f"{ref.name}-replay-{from_version}-{int(time.time() * 1000) % 100000}"
@@ -481,7 +496,7 @@ async def replay(ref: AgentRef, recording: Recording, *, on: str | None = None,
     if not isinstance(live_opt, bool) and any(k.startswith(AGENT_CALL) for k in live_opt):
         raise UsageError("a replay never calls other agents (it changes no agent but the fork); "
                          "answer their calls with overrides={'agent:Class/name.method': ...}")
-    target = await fork(ref, name, at=from_version - 1)
+    target = await fork(ref, name, at=from_version - 1, patch=patch)
     result = ReplayResult(ref, target, from_version)
     for row in recording.rows:
         if row.method in _INTERNAL or row.outcome != "ok" \

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ..core.ref import AgentRef
 
 __all__ = ["Diff", "VersionView", "bounds", "changes_between", "check_version",
-           "check_version_type", "json_patch", "rows_between", "schedules_frame"]
+           "check_version_type", "json_patch", "merge_patch", "rows_between", "schedules_frame"]
 
 
 class VersionView:
@@ -151,6 +151,21 @@ def json_patch(old: Any, new: Any, path: str = "") -> list[dict]:
     if type(old) is type(new) and old == new:
         return []
     return [{"op": "replace", "path": path, "value": new}]
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """*target* with the RFC 7386 JSON merge *patch* applied (neither is changed): an
+    object merges key by key, ``None`` (JSON ``null``) removes a key, anything else
+    replaces what was there whole (lists included)."""
+    if not isinstance(patch, dict):
+        return jsonvalue.thaw(patch)
+    out = dict(jsonvalue.thaw(target)) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
 
 
 def _escape(key: str) -> str:
