@@ -5,6 +5,7 @@
     client.state                      # kept in sync with every committed change
     await client.set_state({...})     # validated by the agent; raises if refused
     client.on_state(print)            # (state, source) on every change
+    async for chunk in client.stream_chat("hi"): ...   # chat agents (see .chatclient)
     await client.close()
 
 It does what Cloudflare's ``AgentClient`` does - identity, state sync, RPC with
@@ -19,12 +20,16 @@ import inspect
 import json
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from .. import errors, jsonvalue
 from ..errors import AgentbookError, RemoteError, StateRejectedError
+from .chatclient import ChatLink
+
+if TYPE_CHECKING:
+    from ..chat.agent import ChatChunk
 
 __all__ = ["AgentClient", "RemoteError", "connect"]
 
@@ -112,6 +117,7 @@ class AgentClient:
         self._state_cbs: list[Callable[[Any, str], Any]] = []
         self._message_cbs: list[Callable[[Any], Any]] = []
         self._tasks: set[asyncio.Task] = set()
+        self._chat = ChatLink(self._send)
         self._reader = loop.create_task(self._read())
 
     def __repr__(self) -> str:
@@ -166,6 +172,48 @@ class AgentClient:
         finally:
             self._updates.pop(uid, None)
 
+    # -- chat (agentbook.serve.chatclient) ---------------------------------------------------
+    def stream_chat(self, text: str, *, client_tools: list | dict | None = None,
+                    timeout: float | None = 60.0) -> AsyncIterator[ChatChunk]:
+        """For chat agents: ``async for chunk in client.stream_chat(text)`` yields the answer
+        as it streams (``ChatChunk``: text, tool calls and results, approvals).
+
+        Args:
+            text: The user's message.
+            client_tools: Functions the model may call that run here (a list, or
+                ``{name: fn}``); their schemas come from the type hints.
+            timeout: Seconds to wait for each chunk.
+
+        Raises:
+            RemoteError: the turn failed on the server.
+            ConnectionError: the connection closed during the turn.
+        """
+        return self._chat.stream(text, client_tools, timeout)
+
+    async def chat(self, text: str, *, client_tools: list | dict | None = None,
+                   timeout: float | None = 60.0) -> str:
+        """For chat agents: send *text*, return the whole answer's text."""
+        return "".join([str(c) async for c in self.stream_chat(
+            text, client_tools=client_tools, timeout=timeout)])
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """For chat agents: the conversation as AI SDK UIMessages (sent on connect, kept
+        in sync)."""
+        return self._chat.messages
+
+    async def decide_tool(self, tool_call_id: str, approved: bool = True) -> None:
+        """Approve (or reject) a gated tool call by its call id: the same approval as the
+        inbox's, decided once wherever it is clicked first; an approved call runs and the
+        model's follow-up reaches every connection."""
+        await self._send({"type": "cf_agent_tool_approval", "toolCallId": tool_call_id,
+                          "approved": bool(approved), "autoContinue": True})
+
+    async def clear_chat(self) -> None:
+        """Forget the agent's conversation (every connection is told)."""
+        self._chat.messages = []
+        await self._send({"type": "cf_agent_chat_clear"})
+
     async def send(self, message: Any) -> None:
         """Send a message of your own (a ``str`` as it is, else JSON) to ``on_message``."""
         await self._ws.send(message if isinstance(message, str) else json.dumps(message, allow_nan=False))
@@ -219,6 +267,7 @@ class AgentClient:
             code, reason = self._ws.close_code, self._ws.close_reason
             why = f"the connection closed ({code}{': ' + reason if reason else ''})"
             error = ConnectionRefusedError(why) if code and code >= 4000 else ConnectionError(why)
+            self._chat.closed()
             for fut in [*(f for f, _ in self._calls.values()), *self._updates.values(), self._ready]:
                 if not fut.done():
                     fut.set_exception(error)
@@ -254,6 +303,8 @@ class AgentClient:
                 fut.set_exception(StateRejectedError(frame.get("error") or "state update rejected"))
             else:
                 log.warning("the agent refused a state update: %s", frame.get("error"))
+        elif isinstance(kind, str) and kind.startswith("cf_agent_") and self._chat.dispatch(frame):
+            pass
         elif kind == "rpc" and frame.get("id") in self._calls:
             fut, on_chunk = self._calls[frame["id"]]
             if fut.done():

@@ -9,7 +9,9 @@ holds how many are applied, so opening an up-to-date store costs one read.
 
 from __future__ import annotations
 
-__all__ = ["INTERNAL_PREFIX", "MIGRATIONS", "UNTRACKED_TABLES"]
+import re
+
+__all__ = ["INTERNAL_PREFIX", "MIGRATIONS", "UNTRACKED_TABLES", "compact_sql"]
 
 INTERNAL_PREFIX = "_ab_"
 
@@ -293,3 +295,17 @@ MIGRATIONS: list[tuple[str, str]] = [
         """,
     ),
 ]
+
+
+#: A quoted string or name (kept as it is), or a run of whitespace and ``--`` comments.
+_SQL_TOKEN = re.compile(r"""('(?:[^']|'')*'|"(?:[^"]|"")*"|`[^`]*`|\[[^\]]*\])|(?:--[^\n]*|\s)+""")
+
+
+def compact_sql(sql: str) -> str:
+    """*sql* with each run of whitespace and ``--`` comments made one space.
+
+    SQLite keeps the text of every CREATE statement in ``sqlite_schema``; the migrations'
+    comments are for readers of this file, and in a new store they were a third of its
+    pages. Quoted strings and names are left as they are.
+    """
+    return _SQL_TOKEN.sub(lambda m: m.group(1) or " ", sql).strip()
