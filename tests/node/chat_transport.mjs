@@ -89,7 +89,26 @@ try {
         if (++deltas === dropAfter) first.client.reconnect();
     });
   }
-  await within(first.chat.sendMessage({ text }), 20000, "the reply");
+  const killAfter = Number(process.env.AB_KILL_AFTER || 0);
+  if (killAfter > 0) {
+    // The test SIGKILLs the server process after that many deltas and starts it again.
+    let deltas = 0;
+    let identities = 0;
+    first.client.addEventListener("message", (event) => {
+      const frame = JSON.parse(event.data);
+      if (frame.type === "cf_agent_identity") identities++;
+      if (frame.type === MessageType.CF_AGENT_USE_CHAT_RESPONSE && frame.body?.includes('"text-delta"') && ++deltas === killAfter)
+        console.error(JSON.stringify({ killMe: true }));
+    });
+    await within(first.chat.sendMessage({ text }), 20000, "the reply (cut by the kill)");
+    out.first.statusAfterKill = first.chat.status;
+    const seen = identities;
+    await within(new Promise((resolve) => { const poll = () => (identities > seen ? resolve() : setTimeout(poll, 20)); poll(); }), 30000, "a reconnect to the restarted server");
+    await within(first.chat.resumeStream(), 7000, "the resume probe after the restart");
+    out.first.afterRestart = brief(first.chat.messages);
+    first.chat.clearError?.();
+    await within(first.chat.sendMessage({ text: "hello again" }), 20000, "a reply after the restart");
+  } else await within(first.chat.sendMessage({ text }), 20000, "the reply");
   out.first.status = first.chat.status;
   if (dropAfter > 0) {
     await within(first.client.ready, 5000, "identity after the drop");
