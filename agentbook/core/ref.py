@@ -490,6 +490,18 @@ class AgentRef:
 
         return timeline_widget(self)
 
+    def diff_widget(self, a: int | None = None, b: int | None = None, *,
+                    other: AgentRef | None = None, internals: bool = False) -> Any:
+        """Two versions side by side: this agent at *a* and at *b* (default: the newest and
+        the one before), or with ``other=`` this agent at *a* against *other* at *b*; a fork
+        given no versions starts against its parent at the fork point. Shows the state as a
+        tree with the changes marked, the rows, key-value data, schedules and workflow runs
+        that differ (agentbook's own tables with *internals*), and buttons to move either
+        side."""
+        from ..widgets.diff import diff_widget
+
+        return diff_widget(self, a, b, other=other, internals=internals)
+
     def verify(self) -> dict[str, Any]:
         """Check the agent's store: SQLite's integrity check and the history's hash chain.
 
