@@ -26,6 +26,7 @@ from .core.ref import AgentRef
 from .core.runtime import Runtime, runtime
 from .errors import (
     AgentbookError,
+    AgentFileError,
     AgentNotFoundError,
     AgentStartError,
     ApprovalDecidedError,
@@ -96,6 +97,7 @@ def load_ipython_extension(ipython: object) -> None:
 
 __all__ = [
     "Agent",
+    "AgentFileError",
     "AgentNotFoundError",
     "AgentRef",
     "AgentStartError",

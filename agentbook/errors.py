@@ -54,7 +54,8 @@ Each message says what went wrong and what to do next, in one sentence.
      │    ├── StoreFullError           the disk (or the configured size cap) is full
      │    ├── StoreReadOnlyError       the store's folder or file can't be written
      │    ├── OwnedElsewhereError      another process runs the agent now (.owner: pid, host, since)
-     │    └── StoreMismatchError       the file holds another agent's store (a name differing in case)
+     │    ├── StoreMismatchError       the file holds another agent's store (a name differing in case)
+     │    └── AgentFileError           an exported agent file is foreign, damaged, or from a newer agentbook
      └── RuntimeClosedError            the runtime was closed; make a new one
 
 Exceptions raised *by a handler* are not wrapped: the caller gets the very exception
@@ -64,6 +65,7 @@ the handler raised, after everything that handler wrote was rolled back.
 from __future__ import annotations
 
 __all__ = [
+    "AgentFileError",
     "AgentNotFoundError",
     "AgentStartError",
     "AgentbookError",
@@ -346,6 +348,12 @@ class OwnedElsewhereError(StoreError):
 class StoreMismatchError(StoreError):
     """The file found for an agent holds another agent's store (e.g. a name that differs
     only in case, on a case-insensitive file system); nothing was merged or written."""
+
+
+class AgentFileError(StoreError):
+    """A file given to ``rt.import_agent`` is not an export agentbook can read whole (another
+    SQLite file, a damaged one, one from a newer agentbook), or ``ref.export`` was told to
+    write over an existing file; nothing was written."""
 
 
 class RuntimeClosedError(AgentbookError):

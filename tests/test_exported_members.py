@@ -8,7 +8,7 @@ import agentbook as ab
 def test_all_is_sorted_and_complete():
     assert ab.__all__ == sorted(ab.__all__)
     assert set(ab.__all__) == {
-        "Agent", "AgentNotFoundError", "AgentRef", "AgentStartError", "AgentbookError",
+        "Agent", "AgentFileError", "AgentNotFoundError", "AgentRef", "AgentStartError", "AgentbookError",
         "Approval", "ApprovalDecidedError", "ApprovalError", "ApprovalExpiredError",
         "ApprovalForbiddenError", "ApprovalNotFoundError", "ApprovalTamperedError", "Approvals",
         "Occurrence", "Retry", "Schedule", "ScheduleError", "TimeTravelError",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pandas as pd
 import pytest
 
 import agentbook as ab
@@ -142,3 +143,114 @@ async def test_a_patch_that_is_not_json_is_refused_before_anything_is_written(rt
     assert not os.path.exists(rt.path_of(("Account", "bad-fork")))
     fork = await ref.fork("bad-fork", patch={"ok": 1})  # the name is still free
     assert fork.state["ok"] == 1
+
+
+# -- portable agents -------------------------------------------------------------------------
+SECRET = "sk-export-canary-" + os.urandom(6).hex()  # given as an ab.Secret
+SECRET_RAW = "sk-export-raw-" + os.urandom(6).hex()  # a plain string put in self.secrets
+
+
+class Keeper(Account):
+    @ab.callable
+    async def keep(self, key: ab.Secret) -> None:
+        self.secrets["api"] = key
+        self.secrets["raw"] = SECRET_RAW
+        await self.schedule(3600, "later", {"why": "check"})
+
+    async def later(self, payload) -> None:
+        pass
+
+
+def same_history(a: ab.AgentRef, b: ab.AgentRef) -> None:
+    cols = ["version", "ts", "method", "args", "kwargs", "source", "outcome", "result", "state"]
+    left, right = a.history(limit=1000), b.history(limit=1000)
+    pd.testing.assert_frame_equal(left[cols], right[cols])
+
+
+async def test_export_then_import_keeps_history_at_and_diff_and_never_a_secret(
+        rt, tmp_path, clock):
+    ref = rt.get(Keeper, "alice")
+    await ref.move(5)
+    await ref.keep(ab.Secret(SECRET, "api"))
+    await ref.move(-7)
+    rt.hibernate()  # (the store's pages on disk, WAL checkpointed)
+    with open(rt.path_of(("Keeper", "alice")), "rb") as fh:
+        original = fh.read()
+    assert SECRET_RAW.encode() in original  # (where it is meant to live: _ab_secrets)
+    info = ref.export(tmp_path / "alice.abagent")
+    assert (info.class_name, info.name, info.head) == ("Keeper", "alice", 4)
+    data = (tmp_path / "alice.abagent").read_bytes()
+    assert data.startswith(b"SQLite format 3\x00")
+    assert SECRET.encode() not in data and SECRET_RAW.encode() not in data
+
+    other = ab.Runtime(tmp_path / "elsewhere", clock=clock)
+    try:
+        copy = await other.import_agent(tmp_path / "alice.abagent", name="alice-copy")
+        assert copy.class_name == "Keeper" and copy.version == ref.version
+        same_history(ref, copy)
+        assert copy.at(0).state == ref.at(0).state
+        for k in range(1, ref.version + 1):
+            assert copy.at(k).state == ref.at(k).state
+            assert copy.at(k).sql("SELECT * FROM moves").equals(ref.at(k).sql("SELECT * FROM moves"))
+        for a, b in [(0, 4), (1, 3), (2, 4)]:
+            assert repr(copy.diff(a, b)).replace("alice-copy", "alice") == repr(ref.diff(a, b))
+            assert copy.diff(a, b).rows.equals(ref.diff(a, b).rows)
+        assert copy.schedules().callback.tolist() == ["later"]
+        assert copy.verify() == {"ok": True, "quick_check": "ok", "first_bad_version": None}
+        assert await copy.move(1) == 99  # it runs there
+        assert copy.verify()["ok"]
+        for path in (tmp_path / "elsewhere").rglob("*"):
+            if path.is_file():
+                assert SECRET.encode() not in path.read_bytes(), path
+                assert SECRET_RAW.encode() not in path.read_bytes(), path
+        # a name clash is refused unless asked
+        with pytest.raises(ab.UsageError, match="replace=True"):
+            await other.import_agent(tmp_path / "alice.abagent", name="alice-copy")
+        again = await other.import_agent(tmp_path / "alice.abagent", name="alice-copy",
+                                         replace=True)
+        assert again.version == 4
+    finally:
+        await other.aclose()
+    # agentbook doctor --check-stores finds every store there sound, hash chains included
+    from agentbook.cli.doctor import check_stores, exit_status
+
+    report = check_stores(tmp_path / "elsewhere")
+    assert exit_status(report) == 0, report
+    assert {e["name"] for e in report if e["kind"] == "store"} == {"alice-copy"}
+    with pytest.raises(ab.AgentFileError, match="overwrite=True"):
+        ref.export(tmp_path / "alice.abagent")
+    assert ref.export(tmp_path / "alice.abagent", overwrite=True).head == 4
+
+
+async def test_importing_a_foreign_or_damaged_file_says_what_to_do_and_writes_nothing(
+        rt, tmp_path):
+    ref = rt.get(Account, "src")
+    for amount in range(40):
+        await ref.move(amount)
+    good = tmp_path / "good.abagent"
+    ref.export(good)
+    (tmp_path / "text.abagent").write_text("hello")
+    import apsw
+    plain = apsw.Connection(str(tmp_path / "plain.db"))
+    plain.execute("CREATE TABLE t(x)")
+    plain.close()
+    damaged = tmp_path / "damaged.abagent"
+    data = bytearray(good.read_bytes())
+    spots = [i for i in range(len(data)) if data.startswith(b'"balance":', i)]
+    assert len(spots) > 30  # (one per history row, mostly)
+    spot = spots[len(spots) // 2]
+    data[spot + 10:spot + 11] = b"7" if data[spot + 10:spot + 11] != b"7" else b"8"
+    damaged.write_bytes(bytes(data))
+    cases = [(tmp_path / "missing.abagent", "not a file"),
+             (tmp_path / "text.abagent", "not an agentbook export|can't be opened|damaged"),
+             (tmp_path / "plain.db", "not an agentbook export"),
+             (damaged, "hash chain|damaged")]
+    before = sorted(p.name for p in (tmp_path / "store").rglob("*"))
+    for path, message in cases:
+        with pytest.raises(ab.AgentFileError, match=message):
+            await rt.import_agent(path, name="imported")
+    assert sorted(p.name for p in (tmp_path / "store").rglob("*")) == before
+    assert rt.get(Account, "imported").history().empty
+    assert "imported" not in set(rt.sql("SELECT name FROM agents").name)
+    imported = await rt.import_agent(good, name="imported")  # the name is still free
+    assert imported.state == ref.state

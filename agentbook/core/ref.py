@@ -9,6 +9,7 @@ last commit on disk and never wait for a running handler.
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from datetime import datetime
@@ -39,6 +40,7 @@ from .handler import current_context
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ..store.export import ExportInfo
     from ..travel.bisect import BisectResult
     from ..travel.replay import ReplayResult
     from ..travel.versions import Diff, VersionView
@@ -405,6 +407,22 @@ class AgentRef:
             return found[0] if found else None
 
         return Pending(f"bisect of {self!r}", lambda: bisect(self, predicate, lo, hi, row))
+
+    def export(self, path: str | os.PathLike, *, overwrite: bool = False) -> ExportInfo:
+        """Write this agent, as of its last commit, to one SQLite file at *path*: its class
+        name, state, tables, key-value data, schedules and full history (with the hash
+        chain). Secrets, pending approvals, messages in flight and the event stream are
+        left out. ``rt.import_agent(path)`` brings it into another runtime, where history,
+        ``at`` and ``diff`` are the same. Returns what the file holds
+        (:class:`~agentbook.store.export.ExportInfo`).
+
+        Raises:
+            AgentFileError: *path* exists (pass ``overwrite=True``).
+        """
+        from ..travel.portable import export_agent
+        from ..version import __version__
+
+        return export_agent(self, path, overwrite, __version__)
 
     def rewind(self, version: int) -> Awaitable[dict]:
         """Put the agent back as it was after *version*: state, its tables, key-value data

@@ -252,6 +252,20 @@ class Runtime:
             name = f"{class_name.lower()}-{secrets.token_hex(4)}"
         return self.get(class_name, name)
 
+    def import_agent(self, path: str | os.PathLike, name: str | None = None, *,
+                     replace: bool = False) -> Any:
+        """Bring an agent exported with ``ref.export(path)`` into this runtime, as *name*
+        (default: its name where it came from), with its history, tables, key-value data
+        and schedules. The file is checked first (an ``AgentFileError`` says what is wrong
+        with it; nothing is written then). An agent of that class and name already here is
+        refused unless *replace* (which destroys it first). Runs when awaited:
+        ``ref = await rt.import_agent("alice.abagent", name="alice-from-class")``."""
+        from ..travel.portable import import_agent
+        from .ref import Pending
+
+        return Pending(f"import_agent({os.path.basename(os.fspath(path))!r})",
+                       lambda: import_agent(self, path, name, replace))
+
     def hibernate(self) -> int:
         """Hibernate every idle agent now; returns how many were put to sleep."""
         idle = [inst for inst in list(self.open_stores.values()) if not inst.busy]

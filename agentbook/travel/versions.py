@@ -311,7 +311,10 @@ def _row_text(op: str, old: Any, new: Any) -> str:
         return _short_json(new)
     if op == "delete":
         return _short_json(old)
-    # an update: the old values of the columns that changed (others are None on one side)
+    # an update: a changeset's new side holds only the columns that changed (the others
+    # read as None there), so they are shown with the old values filled in
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        new = [o if n is None else n for o, n in zip(old, new, strict=True)]
     return f"{_short_json(old)} -> {_short_json(new)}"
 
 
