@@ -23,7 +23,7 @@ import agentbook as ab
 from .agents import BenchCounter
 from .analytics import bench_analytics
 from .approval import bench_approvals
-from .chatbench import bench_chat
+from .chatbench import WIRE_NAMES, bench_chat, bench_chat_wire
 from .cron import bench_cron_day, bench_lateness
 from .floors import HandAgent, HandRoundRobin
 from .raybench import NAMES as RAY_NAMES
@@ -269,6 +269,7 @@ GROUPS: dict[str, tuple[Callable[[Sizes, str], Awaitable[list[Result]]], tuple[s
                                         "at_state_vs_langgraph", "at_state_vs_langgraph_filter")),
     "ray_msgs": (bench_ray, RAY_NAMES),
     "chat_turn": (bench_chat, ("chat_turn",)),
+    "chat_wire": (bench_chat_wire, WIRE_NAMES),
     "analytics": (bench_analytics, ("catchup_rows_per_s", "p99_by_method_ms")),
     "workflow_steps": (bench_steps, WF_NAMES["workflow_steps"]),
     "workflow_step_overhead": (bench_step_overhead, WF_NAMES["workflow_step_overhead"]),
