@@ -76,6 +76,7 @@ from .methods import callable, needs_approval
 from .schedule.policy import Occurrence, Retry, Schedule, ScheduleError
 from .secrets import Secret
 from .sync import run
+from .travel.sweep import sweep
 from .version import __version__ as __version__
 from .workflow import Step, WorkflowRun, workflow
 
@@ -165,6 +166,7 @@ __all__ = [
     "needs_approval",
     "run",
     "runtime",
+    "sweep",
     "tool",
     "workflow",
 ]

@@ -22,7 +22,7 @@ def test_all_is_sorted_and_complete():
         "StoreCorruptError", "StoreError", "StoreFullError", "StoreReadOnlyError",
         "OwnedElsewhereError", "StoreMismatchError",
         "SystemClock", "UnknownMethodError", "UsageError", "VirtualClock", "WouldBlockError",
-        "callable", "run", "runtime",
+        "callable", "run", "runtime", "sweep",
         "workflow", "Step", "WorkflowRun", "WorkflowError", "WorkflowNondeterminismError",
         "WorkflowStepError",
     }

@@ -254,3 +254,73 @@ async def test_importing_a_foreign_or_damaged_file_says_what_to_do_and_writes_no
     assert "imported" not in set(rt.sql("SELECT name FROM agents").name)
     imported = await rt.import_agent(good, name="imported")  # the name is still free
     assert imported.state == ref.state
+
+
+# -- sweeps ----------------------------------------------------------------------------------
+class Trader(ab.Agent):
+    """Asks a model at every tick and acts on the answer."""
+
+    initial_state = {"cash": 0, "said": ""}
+
+    @ab.callable
+    async def tick(self, price: int) -> str:
+        answer = await self.effect("model", ab.models.builtin().complete,
+                                   [{"role": "user", "content": f"buy or sell at {price}?"}])
+        text = answer["content"]
+        move = price if "buy" in text else -price if "sell" in text else 0
+        self.set_state({"cash": self.state["cash"] + move, "said": text[:30]})
+        return text
+
+
+def variants(steps: int) -> dict:
+    return {"buy": ab.models.scripted(["buy"] * steps),
+            "sell": {"overrides": {"model": ab.models.scripted(["sell"] * steps)}},
+            "hold": {"overrides": {"model": ab.models.scripted(["wait"] * steps)},
+                     "patch": {"cash": 1000}},
+            "recorded": None}
+
+
+async def test_a_sweep_of_model_variants_over_200_steps_is_deterministic(rt):
+    ref = rt.get(Trader, "t")
+    for i in range(200):
+        await ref.tick(i % 10)
+    assert ref.version == 200
+    runs = []
+    for run in range(2):
+        frame = await ab.sweep(ref, 1, variants(200), prefix=f"t-{run}",
+                               metrics={"cash": lambda f: f.state["cash"],
+                                        "rows": lambda f: len(f.history(limit=500))})
+        runs.append(frame)
+    cols = ["variant", "steps", "diverged", "first_diverged", "errors", "model_calls", "state",
+            "cash", "rows"]
+    pd.testing.assert_frame_equal(runs[0][cols], runs[1][cols])
+    by = runs[0].set_index("variant")
+    total = sum(i % 10 for i in range(200))
+    assert by.loc["buy", "cash"] == total and by.loc["sell", "cash"] == -total
+    assert by.loc["hold", "cash"] == 1000 and by.loc["hold", "state"]["said"] == "wait"
+    assert list(by.steps) == [200] * 4 and list(by.model_calls) == [200] * 4
+    assert by.loc["recorded", "diverged"] == 0 and by.loc["recorded", "state"] == ref.state
+    assert by.loc["buy", "fork"] == "t-0-buy"
+    assert rt.get(Trader, "t-0-hold").at(0).state == {"cash": 1000, "said": ""}
+    seen = rt.sql("SELECT variant, count(*) AS n, min(steps) AS steps FROM sweeps"
+                  " GROUP BY variant ORDER BY variant")
+    assert seen.variant.tolist() == ["buy", "hold", "recorded", "sell"]
+    assert seen.n.tolist() == [2] * 4
+    assert rt.sql("SELECT metrics->>'cash' AS c FROM sweeps WHERE variant = 'buy'"
+                  ).c.tolist() == [str(total)] * 2
+
+
+async def test_a_sweep_refuses_bad_variants_before_forking_anything(rt):
+    ref = rt.get(Trader, "bad")
+    await ref.tick(1)
+    with pytest.raises(ab.UsageError, match="needs variants"):
+        await ab.sweep(ref, 1, {})
+    with pytest.raises(ab.UsageError, match="overrides, patch and live"):
+        await ab.sweep(ref, 1, {"x": {"model": ab.models.builtin()}})
+    with pytest.raises(ab.UsageError, match="give a model"):
+        await ab.sweep(ref, 1, {"x": "gpt-5"})
+    with pytest.raises(ab.UsageError, match="not a function"):
+        await ab.sweep(ref, 1, {"x": None}, metrics={"cash": "state.cash"})
+    with pytest.raises(ab.VersionNotFoundError):
+        await ab.sweep(ref, 9, {"x": None})
+    assert set(rt.sql("SELECT name FROM agents").name) == {"bad"}

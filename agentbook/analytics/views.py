@@ -12,7 +12,9 @@ runtime on the same folder (a restart): everything in the views comes from the s
 
 Views: ``agents``, ``history``, ``events``, ``schedules``, ``approvals``, ``dead_letters``,
 ``messages`` and ``tool_calls`` (filled by chat agents), ``workflows`` and ``workflow_steps``
-(the runs of ``@ab.workflow`` methods and their journals); and, once asked for with
+(the runs of ``@ab.workflow`` methods and their journals), ``sweeps`` (the outcomes of
+``ab.sweep``, one row per variant; they are not in the stores, so they last as long as the
+runtime and a rebuild keeps them); and, once asked for with
 :meth:`Analytics.table`, one view per name of the agents' own tables. They are for
 reading: ``rt.sql`` refuses anything but queries.
 
@@ -91,6 +93,10 @@ CREATE TABLE IF NOT EXISTS workflow_steps(
     status VARCHAR, attempts BIGINT, started TIMESTAMPTZ, ended TIMESTAMPTZ,
     until TIMESTAMPTZ, approval VARCHAR, result VARCHAR, error VARCHAR,
     duration_s DOUBLE, version BIGINT);
+CREATE TABLE IF NOT EXISTS sweeps(
+    sweep VARCHAR, agent VARCHAR, name VARCHAR, from_version BIGINT, variant VARCHAR,
+    fork VARCHAR, steps BIGINT, diverged BIGINT, first_diverged BIGINT, errors BIGINT,
+    model_calls BIGINT, state VARCHAR, metrics VARCHAR);
 """
 
 #: The text columns of a history row travel packed in one JSON array per row (SQLite's
@@ -102,6 +108,8 @@ _PLAIN_COLS = list(files.HISTORY_PLAIN_COLUMNS)
 #: The views an agent's own table may not be named like (see Analytics.table).
 _BUILT_IN = ("history", "agents", "schedules", "approvals", "dead_letters", "events",
              "messages", "tool_calls", "workflows", "workflow_steps")
+#: Views filled from outside the stores (rebuild keeps them); reserved names too.
+_KEPT = ("sweeps",)
 #: Stands for "no state known" in a history batch, so filling forward never carries one
 #: agent's state into another's rows.
 _NO_STATE = "\x00"
@@ -526,9 +534,12 @@ class Analytics:
                       " to_timestamp(failed_at)")
 
     def _replace(self, table: str, rows: Sequence[tuple], cols: list[str], select: str) -> None:
+        self.db.execute(f"DELETE FROM {table}")
+        self._insert(table, rows, cols, select)
+
+    def _insert(self, table: str, rows: Sequence[tuple], cols: list[str], select: str) -> None:
         import pyarrow as pa
 
-        self.db.execute(f"DELETE FROM {table}")
         if not rows:
             return
         arrow = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(cols)})
@@ -550,6 +561,21 @@ class Analytics:
         self._primed = False
         return self.catch_up()
 
+    # -- sweeps -------------------------------------------------------------------------
+    def add_sweep(self, sweep: str, agent: str, name: str, from_version: int,
+                  frame: pd.DataFrame, metrics: list[str]) -> None:
+        """Add the outcome of one ``ab.sweep`` (its DataFrame) to the ``sweeps`` view: the
+        state and the metrics as JSON text."""
+        rows = [(sweep, agent, name, from_version, r["variant"], r["fork"], int(r["steps"]),
+                 int(r["diverged"]),
+                 None if r["first_diverged"] is None else int(r["first_diverged"]),
+                 int(r["errors"]), int(r["model_calls"]), json.dumps(r["state"]),
+                 json.dumps({m: r[m] for m in metrics}, default=str))
+                for r in frame.astype(object).where(frame.notna(), None).to_dict("records")]
+        cols = ["sweep", "agent", "name", "from_version", "variant", "fork", "steps",
+                "diverged", "first_diverged", "errors", "model_calls", "state", "metrics"]
+        self._insert("sweeps", rows, cols, ", ".join(cols))
+
     # -- the agents' own tables ---------------------------------------------------------
     def table(self, name: str, *, as_: str | None = None) -> pd.DataFrame:
         """Make the agents' own tables named *name* one view, and return it.
@@ -569,7 +595,7 @@ class Analytics:
         view = as_ or name
         if not isinstance(name, str) or not name or name.startswith(("_ab_", "sqlite_")):
             raise UsageError(f"{name!r} is not a name of an agent's own table")
-        if view in _BUILT_IN or not view.isidentifier():
+        if view in _BUILT_IN or view in _KEPT or not view.isidentifier():
             raise UsageError(
                 f"the view can't be called {view!r} (a built-in view, or not a plain name);"
                 f" pick another with rt.analytics.table({name!r}, as_='...')")
