@@ -32,18 +32,21 @@ NEEDS_LANGGRAPH = {"durable_vs_langgraph", "approval_vs_langgraph", "at_state_vs
 NEEDS_DBOS = {"workflow_steps", "workflow_steps_same_durability"}
 #: Figures reported as a value alone (no floor, no ratio).
 VALUE_ONLY = {"schedules_pending_memory", "lateness_real_clock_p50", "lateness_real_clock_p99",
-              "ray_host_memory", "workflow_recovery_s", "workflow_recovery_twice"}
+              "lateness_awake_p99", "ray_host_memory", "workflow_recovery_s", "workflow_recovery_twice"}
 #: Figures whose value may be 0 (a count that must stay 0).
 ZERO_OK = {"workflow_recovery_twice"}
 WORKFLOW_GROUPS = ("workflow_steps", "workflow_step_overhead", "workflow_recovery")
 RAY = {"ray_msgs_sequential", "ray_msgs_inflight", "ray_scaling", "ray_host_memory"}
-#: Unit and target of the figures added with scheduling, approvals, time travel, Ray, chat.
+#: Unit and target of the figures added with scheduling, approvals, time travel, Ray, chat,
+#: workflows and real time at scale (issue 20: lateness awake, a call during a storm).
 SHAPES = {
     "schedules_pending_memory": ("B/sched", None),
     "schedule_add_cost": ("us", "ratio <= 2"),
-    "cron_day_firings": ("firings/s", None),
+    "cron_day_firings": ("firings/s", "ratio >= 0.5"),
     "lateness_real_clock_p50": ("ms", None),
     "lateness_real_clock_p99": ("ms", None),
+    "lateness_awake_p99": ("ms", "value <= 10"),
+    "call_p99_during_storm_ms": ("ms", "value <= 5"),
     "approval_round_trip": ("ms", "value <= 1"),
     "approval_vs_langgraph": ("trips/s", "ratio >= 5"),
     "at_state_ms": ("ms", "ratio <= 2"),
@@ -143,6 +146,8 @@ def test_new_figures_have_their_units_and_targets(quick_run):
         assert (data[name]["unit"], data[name]["target"]) == (unit, target), name
     assert data["schedules_pending_memory"]["note"].startswith("1,000 pending")
     assert "50 agents" in data["cron_day_firings"]["note"]
+    assert "file runtime" in data["cron_day_firings"]["note"]
+    assert "200 firings" in data["call_p99_during_storm_ms"]["note"]
     assert "value at 300 versions, floor at 60" in data["at_state_ms"]["note"]
 
 

@@ -20,7 +20,8 @@ from typing import Any, cast
 
 import apsw
 
-__all__ = ["HandAgent", "HandApproval", "HandRoundRobin", "LazyRegistry", "create_hand_file"]
+__all__ = ["HandAgent", "HandApproval", "HandCron", "HandRoundRobin", "LazyRegistry",
+           "create_hand_file"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state(
@@ -225,6 +226,47 @@ class HandRoundRobin:
         for conn, _, _ in self.open.values():
             conn.close()
         self.open.clear()
+
+
+class HandCron(HandRoundRobin):
+    """The durable floor of a day of cron firings: every agent's job fires every five
+    minutes, each firing its own transaction in the agent's file (UPDATE state + INSERT
+    history, COMMIT), at most *max_open* files open (least recently used closed first).
+
+    With more agents due at one instant than *max_open*, the files are visited in the same
+    order every five minutes, so each firing opens its file, commits and (*max_open*
+    firings later) closes it: open, commit one versioned row, close, per firing.
+    """
+
+    def day(self, ticks: int, now: float) -> float:
+        """*ticks* instants five minutes apart after *now*, every agent firing at each;
+        returns the last instant."""
+        n_agents = len(self.paths)
+        args = _dumps([])
+        for _ in range(ticks):
+            now += 300.0
+            for i in range(n_agents):
+                entry = self._get(i)
+                conn = entry[0]
+                entry[2] = {"n": entry[2]["n"] + 1, "last": now}
+                text = _dumps(entry[2])
+                entry[1] += 1
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute(_UPDATE, (entry[1], text))
+                conn.execute(_INSERT, (entry[1], time.time(), "tick", args, text))
+                conn.execute("COMMIT")
+        return now
+
+    def fired(self) -> int:
+        """Firings committed so far, read back from every file (closes them all)."""
+        self.close()
+        total = 0
+        for path in self.paths:
+            conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+            (text,) = cast(tuple[str], conn.execute("SELECT state FROM state").fetchall()[0])
+            total += json.loads(text)["n"] - 1  # (create_hand_file's first message)
+            conn.close()
+        return total
 
 
 class LazyRegistry:

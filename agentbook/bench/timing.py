@@ -70,6 +70,12 @@ class Sizes:
     wf_recovery_runs: int
     wf_recovery_agents: int
     wf_recovery_rounds: int
+    #: storm: agents x one-shot schedules each due at one instant, rounds, and the calls
+    #: the floor (no storm) makes per round.
+    storm_agents: int = 1000
+    storm_per_agent: int = 10
+    storm_rounds: int = 5
+    storm_quiet_n: int = 2000
     warmup: bool = True
     progress: bool = True
 
@@ -86,7 +92,8 @@ class Sizes:
                    tt_versions=(100, 1000, 10_000), tt_distance=50, tt_ops=20,
                    tt_lg_checkpoints=10_000, ray=True, ray_seq_n=400, ray_flight_n=1500,
                    ray_mem_agents=10_000, chat_n=100, wf_runs=100, wf_steps=10,
-                   wf_recovery_runs=1000, wf_recovery_agents=10, wf_recovery_rounds=3)
+                   wf_recovery_runs=1000, wf_recovery_agents=10, wf_recovery_rounds=3,
+                   storm_agents=1000, storm_per_agent=10, storm_rounds=5, storm_quiet_n=2000)
 
     @classmethod
     def quick(cls) -> Sizes:
@@ -102,6 +109,7 @@ class Sizes:
                    tt_lg_checkpoints=300, ray=False, ray_seq_n=20, ray_flight_n=100,
                    ray_mem_agents=100, chat_n=5, wf_runs=5, wf_steps=10,
                    wf_recovery_runs=20, wf_recovery_agents=2, wf_recovery_rounds=1,
+                   storm_agents=40, storm_per_agent=5, storm_rounds=2, storm_quiet_n=50,
                    warmup=False, progress=False)
 
 
