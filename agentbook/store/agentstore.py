@@ -31,7 +31,7 @@ import apsw
 from ..errors import StoreCorruptError, StoreError, StoreReadOnlyError
 from . import events as event_log
 from . import health
-from .chain import chain_hash
+from .chain import link_rows
 from .schema import MIGRATIONS, UNTRACKED_TABLES, compact_sql
 from .secrets import Secrets
 from .sqlaccess import (
@@ -58,6 +58,11 @@ _INSERT_HISTORY = (
     "INSERT INTO _ab_history(version, ts, method, args, kwargs, source, duration_ms, outcome,"
     " error, result, state, changes, schema, due, occurrence, effects, chain)"
     " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+#: The rows of a group but its last: their group's link is on its last row.
+_INSERT_UNLINKED = (
+    "INSERT INTO _ab_history(version, ts, method, args, kwargs, source, duration_ms, outcome,"
+    " error, result, state, changes, schema, due, occurrence, effects)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
 
 
 def _template() -> bytes:
@@ -259,19 +264,31 @@ class AgentStore:
         self._sp = 2
 
     def _flush(self) -> None:
-        """Insert the history and event rows appended so far (one statement for each)."""
+        """Insert the history and event rows appended so far (one statement for each),
+        the history rows under one hash-chain link (:func:`~agentbook.store.chain.link_rows`:
+        one row's link is the chain's usual one; a burst's rows share one)."""
         self._check_batch()
         rows, self._pending = self._pending, []
         events, self._events = self._events, []
         try:
             if rows:
-                self.conn.executemany(_INSERT_HISTORY, rows)
+                prev = self._chain
+                if prev is None:
+                    found = cast(list[tuple[str | None]], self.conn.execute(
+                        "SELECT chain FROM _ab_history ORDER BY version DESC LIMIT 1").fetchall())
+                    prev = (found[0][0] or "") if found else ""
+                link = link_rows(prev, rows)
+                if len(rows) > 1:
+                    self.conn.executemany(_INSERT_UNLINKED, rows[:-1])
+                self.conn.execute(_INSERT_HISTORY, (*rows[-1], link))
+                self._chain = link
             if events:
                 self._events_floor = event_log.write(self.conn, events, self.events_retention,
                                                      self._events_floor)
         except BaseException:
             # some rows of acknowledged-to-be messages may be in, some not: nothing of
             # this batch may commit (the mailbox fails it all: see in_transaction)
+            self._chain = None
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             raise
@@ -346,16 +363,12 @@ class AgentStore:
 
     # -- history ------------------------------------------------------------------------
     def append_history(self, row: tuple) -> None:
-        """Insert one version row: (version, ts, method, args, kwargs, source, duration_ms,
-        outcome, error, result, state, changes, schema, due, occurrence, effects)."""
-        prev = self._chain
-        if prev is None:
-            rows = cast(list[tuple[str | None]], self.conn.execute(
-                "SELECT chain FROM _ab_history ORDER BY version DESC LIMIT 1").fetchall())
-            prev = (rows[0][0] or "") if rows else ""
-        chain = chain_hash(prev, row)
-        self._pending.append((*row, chain))
-        self._chain = chain
+        """Add one version row: (version, ts, method, args, kwargs, source, duration_ms,
+        outcome, error, result, state, changes, schema, due, occurrence, effects) - a
+        :class:`~agentbook.store.history.HistoryRow` or a plain tuple of the same values.
+        It is inserted (and linked into the hash chain) with the rows appended after it,
+        before the commit or before anything else writes (see :meth:`_flush`)."""
+        self._pending.append(row if type(row) is tuple else tuple(row))
 
     def append_events(self, rows: list[tuple]) -> None:
         """Add event rows ``(version, ts, type, payload)``

@@ -1,6 +1,18 @@
-"""The hash chain over an agent's history: each row's link hashes the previous link and
-the row, so a changed byte that SQLite's own checks can't see (a row's JSON, same length)
-is still found, and named by its version."""
+"""The hash chain over an agent's history: each link hashes the previous link and the
+rows it covers, so a changed byte that SQLite's own checks can't see (a row's JSON, same
+length) is still found, and named by its version.
+
+A link covers the rows one flush inserts (:meth:`AgentStore._flush`): a message alone in
+its batch is one row and one link, the same link the chain always had
+(:func:`chain_hash`); a burst's batch of *k* rows inserted together gets one link, on its
+last row, ``"<sha256>/<k>"`` (:func:`link_rows`), and its other rows have none (``NULL``).
+Each message still stands or falls on its own: the rows of a message that failed are
+never linked (links are made when the rows go in, never before).
+
+:func:`verify_chain` checks both kinds, so stores written before group links verify as
+they always did. A changed row inside a group is named by the group's first version (the
+first version that can no longer be trusted).
+"""
 
 from __future__ import annotations
 
@@ -10,29 +22,57 @@ import apsw
 
 from .history import HistoryRow, meta_value
 
-__all__ = ["chain_hash", "verify_chain"]
+__all__ = ["chain_hash", "link_rows", "verify_chain"]
 
 _SELECT = f"SELECT {', '.join(HistoryRow._fields)}, chain FROM _ab_history ORDER BY version"
+_sha256 = hashlib.sha256
 
 
 def chain_hash(prev: str, row: tuple) -> str:
     """The hash-chain link of one history row (a :class:`HistoryRow`, or the same values
     as a plain tuple: the link hashes the values, never the type's name)."""
-    return hashlib.sha256(
+    return _sha256(
         prev.encode() + repr(tuple(row)).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def link_rows(prev: str, rows: list[tuple]) -> str:
+    """The link of *rows* (plain tuples, oldest first) inserted together after the link
+    *prev*: one row's is :func:`chain_hash`; several rows' is the hash of *prev* and each
+    row's values in turn, with the number of rows it covers after a ``/``."""
+    if len(rows) == 1:
+        return chain_hash(prev, rows[0])
+    return _sha256((prev + "".join(map(repr, rows))).encode(
+        "utf-8", "surrogatepass")).hexdigest() + f"/{len(rows)}"
 
 
 def verify_chain(conn: apsw.Connection) -> int | None:
     """The first version whose row no longer matches its hash chain, or ``None`` if all
-    do (rows written before the chain existed are skipped)."""
+    do (rows written before the chain existed are skipped; after the first link, every
+    row must be covered by one). A row changed inside a group of rows sharing one link is
+    named by the group's first version."""
     pruned = meta_value(conn, "first_version") is not None
     prev: str | None = None if pruned else ""  # a pruned history starts at a trusted row
+    linked = False  # a link was seen: from then on every row is covered by a link
+    waiting: list[tuple] = []  # rows without a link of their own, since the last link
     for values in conn.execute(_SELECT):
-        row, stored = HistoryRow._make(values[:-1]), values[-1]
+        row, stored = values[:-1], values[-1]
         if stored is None:
-            prev = None
+            waiting.append(row)
             continue
-        if prev is not None and chain_hash(prev, row) != stored:
-            return row.version
-        prev = str(stored)
-    return None
+        link = str(stored)
+        _hash, sep, count = link.partition("/")
+        covered = int(count) if sep and count.isdigit() and count[0] != "0" else 1
+        if covered - 1 > len(waiting):  # rows of its group are missing
+            if prev is not None:
+                return waiting[0][0] if waiting else row[0]
+        elif covered - 1 < len(waiting):  # rows no link covers
+            if linked:
+                return waiting[0][0]
+            prev = None  # rows from before the chain existed: the first link is trusted
+        if prev is not None:
+            group = [*waiting[len(waiting) - covered + 1:], row] if covered > 1 else [row]
+            if link_rows(prev, group) != link:
+                return group[0][0]
+        prev, linked = link, True
+        waiting = []
+    return waiting[0][0] if waiting and linked else None

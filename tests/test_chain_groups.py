@@ -1,0 +1,126 @@
+"""The hash chain with one link per flushed group of history rows (issue 20): a burst's
+batch is one link on its last row (``"<sha256>/<k>"``), the rows before it have none; a
+message alone keeps the chain's per-row link. Everything verifies, old stores included,
+and a change anywhere in a group is found (named by the group's first version)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import apsw
+import pytest
+
+import agentbook as ab
+from agentbook.store.chain import chain_hash, link_rows, verify_chain
+from agentbook.store.history import HistoryRow
+
+
+class Burst(ab.Agent):
+    initial_state = {"n": 0}
+
+    @ab.callable
+    async def inc(self, by: int = 1) -> int:
+        if by < 0:
+            raise ValueError("no negative steps")
+        self.set_state({"n": self.state["n"] + by})
+        return self.state["n"]
+
+
+async def _burst(tmp_path: Path, sends: int = 20) -> tuple[ab.Runtime, ab.AgentRef, Path]:
+    rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock())
+    ref = rt.get(Burst, "b")
+    await ref.inc()  # version 1 (alone: a per-row link)
+    for i in range(sends):
+        ref.send("inc", -1 if i == 7 else 1)  # one of them fails on its own
+    await ref.inc()
+    return rt, ref, Path(rt.path_of(ref._ab_key))
+
+
+def _chains(path: Path) -> list[tuple[int, str | None]]:
+    conn = apsw.Connection(str(path))
+    try:
+        return [(v, c) for v, c in conn.execute(
+            "SELECT version, chain FROM _ab_history ORDER BY version")]
+    finally:
+        conn.close()
+
+
+def _verify(path: Path) -> int | None:
+    conn = apsw.Connection(str(path))
+    try:
+        return verify_chain(conn)
+    finally:
+        conn.close()
+
+
+async def test_a_burst_is_one_link_and_verifies(tmp_path: Path) -> None:
+    rt, ref, path = await _burst(tmp_path)
+    assert ref.state["n"] == 1 + 19 + 1, "the failed message stood alone; the others stand"
+    chains = _chains(path)
+    assert [v for v, _ in chains] == list(range(1, 22)), "no row of the failed message"
+    assert chains[0][1] is not None and "/" not in chains[0][1]
+    assert all(c is None for _, c in chains[1:-1])
+    assert chains[-1][1] is not None and chains[-1][1].endswith("/20")
+    assert ref.verify() == {"ok": True, "quick_check": "ok", "first_bad_version": None}
+    await ref.inc()  # alone again: a per-row link after the group's
+    assert "/" not in _chains(path)[-1][1]
+    assert ref.verify()["ok"]
+    await rt.aclose()
+
+
+@pytest.mark.parametrize(("damage", "sql", "want"), [
+    ("a row's state", "UPDATE _ab_history SET state = '{\"n\":99}' WHERE version = 9", 2),
+    ("a row taken out", "DELETE FROM _ab_history WHERE version = 12", 2),
+    ("the link's count", "UPDATE _ab_history SET chain = replace(chain, '/20', '/19')"
+                         " WHERE version = 21", 2),
+    ("the link's hash", "UPDATE _ab_history SET chain = CASE WHEN chain LIKE 'f%' THEN 'e'"
+                        " ELSE 'f' END || substr(chain, 2) WHERE version = 21", 2),
+])
+async def test_a_change_inside_a_group_is_found(tmp_path: Path, damage: str, sql: str,
+                                                want: int) -> None:
+    rt, _ref, path = await _burst(tmp_path)
+    await rt.aclose()
+    conn = apsw.Connection(str(path))
+    conn.execute(sql)
+    conn.close()
+    assert _verify(path) == want, f"{damage}: named by the group's first version"
+
+
+async def test_pruning_inside_a_group_still_verifies(tmp_path: Path) -> None:
+    rt, ref, _path = await _burst(tmp_path)
+    assert await ref.prune(before=10) == 9
+    assert ref.verify()["ok"]
+    await rt.aclose()
+
+
+def _old_store(tmp_path: Path, unchained: int) -> apsw.Connection:
+    """A history written the way stores always were: one link per row, after *unchained*
+    rows from before the chain existed."""
+    conn = apsw.Connection(str(tmp_path / "old.db"))
+    conn.execute("CREATE TABLE _ab_meta(key TEXT PRIMARY KEY, value TEXT)")
+    conn.execute(f"CREATE TABLE _ab_history({', '.join(HistoryRow._fields)}, chain TEXT)")
+    prev = ""
+    for v in range(1, 11):
+        row = HistoryRow(v, float(v), "inc", "[]", None, "cell", 0.5, "ok", result=str(v),
+                         state=f'{{"n":{v}}}')
+        link = None if v <= unchained else chain_hash(prev, row)
+        prev = link or ""
+        conn.execute(f"INSERT INTO _ab_history VALUES ({', '.join('?' * 17)})", (*row, link))
+    return conn
+
+
+def test_stores_written_before_group_links_verify(tmp_path: Path) -> None:
+    for unchained in (0, 3):
+        conn = _old_store(tmp_path, unchained)
+        assert verify_chain(conn) is None
+        conn.execute("UPDATE _ab_history SET args = '[1]' WHERE version = 6")
+        assert verify_chain(conn) == 6
+        conn.close()
+        (tmp_path / "old.db").unlink()
+
+
+def test_one_rows_link_is_the_chains_usual_one() -> None:
+    row = (1, 2.5, "inc", "[]", None, "cell", 0.1, "ok", None, "1", '{"n":1}', None, None,
+           None, None, None)
+    assert link_rows("abc", [row]) == chain_hash("abc", HistoryRow._make(row))
+    assert link_rows("abc", [row, row]).endswith("/2")
