@@ -55,6 +55,8 @@ SHAPES = {
     "fork_ms": ("ms", "ratio <= 2"),
     "at_state_vs_langgraph": ("lookups/s", "ratio >= 50"),
     "at_state_vs_langgraph_filter": ("lookups/s", None),
+    "bisect_ms": ("ms", "ratio <= 0.05"),
+    "sweep_step_ms": ("ms", "ratio <= 1.5"),
     "ray_msgs_sequential": ("msg/s", "ratio >= 0.8"),
     "ray_msgs_inflight": ("msg/s", "ratio >= 0.8"),
     "ray_scaling": ("msg/s", None),
@@ -321,6 +323,21 @@ def test_time_travel_agents_grow_to_the_asked_length(tmp_path):
             await rt.aclose()
 
     assert asyncio.run(go()) == (130, {"n": 79}, 79, 100)
+
+
+def test_time_travel_whatif_group_runs_in_quick_mode(tmp_path, bench_dir):
+    out = tmp_path / "whatif.json"
+    table = io.StringIO()
+    with contextlib.redirect_stdout(table):
+        code = main(["--quick", "--only", "whatif", "--json", str(out), "--dir", bench_dir])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert list(data) == ["bisect_ms", "sweep_step_ms"]
+    _check_entries(table.getvalue(), data)
+    for name in data:
+        assert (data[name]["unit"], data[name]["target"]) == SHAPES[name], name
+    assert "over 300 versions" in data["bisect_ms"]["note"]
+    assert os.listdir(bench_dir) == [], "the group leaves nothing behind"
 
 
 def test_table_and_targets():

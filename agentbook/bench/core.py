@@ -31,7 +31,7 @@ from .raybench import bench_ray
 from .report import Result, Target
 from .schedules import bench_schedules
 from .timing import Sizes, check, interleave, rate
-from .travel import bench_time_travel
+from .travel import bench_time_travel, bench_whatif
 from .workflows import NAMES as WF_NAMES
 from .workflows import bench_recovery, bench_step_overhead, bench_steps
 
@@ -269,6 +269,7 @@ GROUPS: dict[str, tuple[Callable[[Sizes, str], Awaitable[list[Result]]], tuple[s
     "approval_round_trip": (bench_approvals, ("approval_round_trip", "approval_vs_langgraph")),
     "time_travel": (bench_time_travel, ("at_state_ms", "at_sql_ms", "rewind_ms", "fork_ms",
                                         "at_state_vs_langgraph", "at_state_vs_langgraph_filter")),
+    "whatif": (bench_whatif, ("bisect_ms", "sweep_step_ms")),
     "ray_msgs": (bench_ray, RAY_NAMES),
     "chat_turn": (bench_chat, ("chat_turn",)),
     "chat_wire": (bench_chat_wire, WIRE_NAMES),

@@ -14,6 +14,17 @@ operation, and the ratio is cost at the longest history over cost at the shortes
   every rewind crosses the same 50 ordinary versions;
 * ``fork_ms``: ``await ref.fork(name, at=k)``.
 
+What-if tools (group ``whatif``, issue 22):
+
+* ``bisect_ms``: ``await ref.bisect(lambda v: v.state["n"] >= bad)`` over the longest
+  history (10 000 versions), ``bad`` drawn anew each round; the floor is a linear scan
+  (``ref.at(k).state`` from the first version until it holds) for the same ``bad``, in the
+  same round (target: ratio at most 0.05);
+* ``sweep_step_ms``: ``ab.sweep`` of 3 variants (two state patches and the recorded run)
+  over the first ``tt_versions[0]`` versions, per replayed step; the floor is one plain
+  ``ref.replay`` of the same versions, per step (target: ratio at most 1.5 - a variant's
+  step costs no more than a replayed one).
+
 ``at_state_vs_langgraph``: "the state at step k" at the longest history against
 LangGraph walking ``get_state_history`` to that step over a thread of as many
 checkpoints (``tt_lg_checkpoints``), k in the middle of the history (where a walk from the
@@ -25,6 +36,7 @@ k})``, which SqliteSaver runs as a scan in SQL (reported, no target).
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -35,7 +47,7 @@ import agentbook as ab
 from .report import Result, Target
 from .timing import Sizes, check, interleave_many
 
-__all__ = ["BenchLedger", "bench_time_travel", "grow"]
+__all__ = ["BenchLedger", "bench_time_travel", "bench_whatif", "grow"]
 
 _ROWS = 100
 _TARGET = Target("ratio", "<=", 2)
@@ -217,3 +229,78 @@ async def _versus_langgraph(sz: Sizes, folder: str, ref: ab.AgentRef) -> list[Re
                            "ref.at(k).state vs get_state_history(filter={'step': k}) "
                            f"(a SQL scan of the thread); {where}"),
     ]
+
+
+async def bench_whatif(sz: Sizes, folder: str) -> list[Result]:
+    """``bisect`` against a linear scan, and a sweep's step against a plain replay's."""
+    rt = ab.Runtime(os.path.join(folder, "whatif"), durability="normal")
+    try:
+        long = rt.get(BenchLedger, "long")
+        await grow(long, sz.tt_versions[-1])
+        short = rt.get(BenchLedger, "short")
+        await grow(short, sz.tt_versions[0])
+        return [await _bisects(sz, long), await _sweeps(sz, short)]
+    finally:
+        await rt.aclose()
+
+
+async def _bisects(sz: Sizes, ref: ab.AgentRef) -> Result:
+    pick = random.Random(22)
+    first, head = ref.history_range()
+    bad = [pick.randrange(first + 2, head) for _ in range(sz.rounds + 1)]
+    turn = {"bisect": 0, "scan": 0}
+
+    async def bisect_side() -> float:
+        target = bad[turn["bisect"]]
+        turn["bisect"] += 1
+        t0 = time.perf_counter()
+        found = await ref.bisect(lambda v: v.state["n"] >= target - 1)
+        took = (time.perf_counter() - t0) * 1000
+        check(found.version == target, f"bisect finds version {target}")
+        return took
+
+    def scan_side() -> float:
+        target = bad[turn["scan"]]
+        turn["scan"] += 1
+        t0 = time.perf_counter()
+        k = first
+        while not ref.at(k).state["n"] >= target - 1:
+            k += 1
+        took = (time.perf_counter() - t0) * 1000
+        check(k == target, f"the scan finds version {target}")
+        return took
+
+    rounds = await interleave_many([bisect_side, scan_side], sz.rounds, sz.warmup)
+    return Result.from_rounds(
+        "bisect_ms", "ms", [(r[0], r[1]) for r in rounds], Target("ratio", "<=", 0.05),
+        f"await ref.bisect(state predicate) over {head:,} versions, the first bad one drawn "
+        "each round; floor: a linear scan of ref.at(k).state to the same version")
+
+
+async def _sweeps(sz: Sizes, ref: ab.AgentRef) -> Result:
+    steps = ref.version - 1  # (version 1 is on_start: not replayed)
+    variants = {"patched-1": {"patch": {"n": 1_000}}, "patched-2": {"patch": {"n": 2_000}},
+                "recorded": None}
+    made = {"sweep": 0, "replay": 0}
+
+    async def sweep_side() -> float:
+        made["sweep"] += 1
+        t0 = time.perf_counter()
+        frame = await ab.sweep(ref, 2, variants, prefix=f"sweep-{made['sweep']}")
+        took = (time.perf_counter() - t0) * 1000
+        check(int(frame.steps.sum()) == 3 * steps, "every variant replayed every step")
+        return took / (3 * steps)
+
+    async def replay_side() -> float:
+        made["replay"] += 1
+        t0 = time.perf_counter()
+        result = await ref.replay(2, on=f"replay-{made['replay']}")
+        took = (time.perf_counter() - t0) * 1000
+        check(result.identical, "a plain replay reproduces the recorded states")
+        return took / steps
+
+    rounds = await interleave_many([sweep_side, replay_side], sz.rounds, sz.warmup)
+    return Result.from_rounds(
+        "sweep_step_ms", "ms", [(r[0], r[1]) for r in rounds], Target("ratio", "<=", 1.5),
+        f"ab.sweep of 3 variants (2 state patches, the recorded run) over {steps} versions, "
+        "per replayed step; floor: one plain ref.replay of the same versions, per step")
