@@ -236,3 +236,17 @@ async def test_clear_and_client_set_messages_reach_the_store_and_the_other_conne
         await client.clear_chat()
         await frames_until(other, lambda f: f["type"] == "cf_agent_chat_clear")
         await eventually(lambda: len(ref.messages()) == 0, what="the cleared store")
+
+
+async def test_the_chat_wire_benchmark_measures_both_sides_in_quick_mode(tmp_path):
+    from agentbook.bench.chatbench import WIRE_NAMES, bench_chat_wire
+    from agentbook.bench.report import Target
+    from agentbook.bench.timing import Sizes
+
+    results = await bench_chat_wire(Sizes.quick(), str(tmp_path))
+    assert [r.name for r in results] == list(WIRE_NAMES)
+    for r in results:
+        assert r.value > 0 and r.floor > 0 and r.rounds == Sizes.quick().rounds
+        assert r.target == (Target("ratio", "<=", 1.25) if "ttft" in r.name
+                            else Target("ratio", ">=", 0.8))
+    assert "100 connections" in results[2].note

@@ -13,10 +13,18 @@
 The server is the loopback OpenAI server of the test suite (``tests/providers/server.py``,
 loaded by path from a source checkout): a thread of this process on 127.0.0.1 answering
 each request with a queued ``chat.completion``. Nothing leaves the machine.
+
+``chat_wire_ttft`` / ``chat_wire_chunks`` (and ``..._100conn``)
+    The same turn on the builtin model streamed over the serve path (``ab.connect(...)
+    .stream_chat``: Cloudflare's chat frames on a loopback WebSocket) against
+    ``ref.stream_chat`` in the kernel: time to the first text chunk (ms; ratio <= 1.25,
+    i.e. at least 0.8x the kernel's speed) and text chunks per second (ratio >= 0.8), one
+    turn at a time and with 100 connections chatting at once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import statistics
 import time
@@ -29,7 +37,8 @@ import agentbook as ab
 from .report import Result, Target
 from .timing import Sizes, check, interleave
 
-__all__ = ["BenchChat", "bench_chat", "load_loopback"]
+__all__ = ["WIRE_NAMES", "BenchChat", "BenchWireChat", "bench_chat", "bench_chat_wire",
+           "load_loopback"]
 
 _ANSWER = "Hello! How can I help you today?"
 _BODY = {
@@ -120,3 +129,115 @@ async def bench_chat(sz: Sizes, folder: str) -> list[Result]:
         f"openai_compatible(loopback) ({mine_ms:.2f} vs {raw_ms:.2f} ms/turn); file runtime, durability "
         f"normal; floor: raw openai SDK chat.completions.create on the same server with "
         "the very messages agentbook's turns sent (recorded by the server)")]
+
+
+# -- chat over the wire (issue 21) ----------------------------------------------------------
+#: A user message whose builtin answer is long enough to time its chunks (it echoes it).
+_WIRE_TEXT = ("tell me everything about the weather in the mountains this week, the rain, "
+              "the wind, the snow on the high passes and whether the trains will run on time")
+WIRE_NAMES = ("chat_wire_ttft", "chat_wire_chunks", "chat_wire_ttft_100conn",
+              "chat_wire_chunks_100conn")
+
+
+#: The builtin model, no tools: the same turn in the kernel and over the wire. (Made with
+#: a module name outside agentbook: the serve path serves only classes of the user's own.)
+BenchWireChat = type("BenchWireChat", (ab.ChatAgent,), {"__module__": "agentbook_bench_wire"})
+
+
+async def _timed(chunks: Any) -> tuple[float, int, float, float]:
+    """``(time to the first text chunk, text chunks, first chunk's time, last's)``."""
+    t0 = time.perf_counter()
+    first = last = 0.0
+    count = 0
+    async for chunk in chunks:
+        if chunk.kind == "text" and chunk.text:
+            last = time.perf_counter()
+            if not count:
+                first = last
+            count += 1
+    return first - t0, count, first, last
+
+
+async def bench_chat_wire(sz: Sizes, folder: str) -> list[Result]:
+    """The same chat turn on the builtin model streamed over the serve path
+    (``ab.connect(...).stream_chat``: the agents chat frames on a loopback WebSocket) vs
+    in the kernel (``ref.stream_chat``): time to first token and chunks per second, one
+    turn at a time and with 100 connections chatting at once."""
+    ttft_target, rate_target = Target("ratio", "<=", 1.25), Target("ratio", ">=", 0.8)
+    try:
+        import uvicorn  # noqa: F401
+        import websockets  # noqa: F401
+    except ImportError:
+        return [Result.skip(name, "ms" if "ttft" in name else "chunks/s",
+                            "serving needs pip install 'agentbook[serve]'",
+                            ttft_target if "ttft" in name else rate_target)
+                for name in WIRE_NAMES]
+    from ..serve.client import connect
+    from ..serve.handle import serve
+
+    n, crowd = sz.chat_n, 100
+    rt = ab.Runtime(os.path.join(folder, "chat_wire"), durability="normal")
+    server = serve(rt, classes=[BenchWireChat])
+    clients: list[Any] = []
+    try:
+        ref = rt.get(BenchWireChat, "kernel")
+        one = await connect(server.url_for(BenchWireChat, "wire"), token=server.token)
+        clients.append(one)
+        crowd_clients = await asyncio.gather(*[connect(
+            server.url_for(BenchWireChat, f"wire-{i}"), token=server.token)
+            for i in range(crowd)])
+        clients += crowd_clients
+        refs = [rt.get(BenchWireChat, f"kernel-{i}") for i in range(crowd)]
+
+        async def turns(stream: Any) -> tuple[float, float]:
+            runs = [await _timed(stream(_WIRE_TEXT)) for _ in range(n)]
+            check(all(r[1] > 20 for r in runs), "each turn streamed its words")
+            return (statistics.median(r[0] for r in runs) * 1000,
+                    sum(r[1] for r in runs) / sum(r[3] - r[2] for r in runs))
+
+        async def together(streams: list[Any]) -> tuple[float, float]:
+            t0 = time.perf_counter()
+            runs = await asyncio.gather(*[_timed(s(_WIRE_TEXT)) for s in streams])
+            check(all(r[1] > 20 for r in runs), "each turn streamed its words")
+            return (statistics.median(r[0] for r in runs) * 1000,
+                    sum(r[1] for r in runs) / (max(r[3] for r in runs) - t0))
+
+        sides = [
+            (lambda: turns(one.stream_chat), lambda: turns(ref.stream_chat)),
+            (lambda: together([c.stream_chat for c in crowd_clients]),
+             lambda: together([r.stream_chat for r in refs])),
+        ]
+        figures: list[list[tuple[tuple[float, float], tuple[float, float]]]] = [[], []]
+        for k, (wire, kernel) in enumerate(sides):
+            if sz.warmup:
+                await wire()
+                await kernel()
+            for i in range(sz.rounds):
+                if i % 2 == 0:
+                    a = await wire()
+                    b = await kernel()
+                else:
+                    b = await kernel()
+                    a = await wire()
+                figures[k].append((a, b))
+    finally:
+        for client in clients:
+            await client.close()
+        await server.stop()
+        await rt.aclose()
+    out = []
+    for k, suffix, what in ((0, "", f"{n} turns/round one after another"),
+                            (1, "_100conn", f"{crowd} connections (one agent each) chatting at "
+                                            "once, against as many ref.stream_chat at once")):
+        rounds = figures[k]
+        note = (f"{what}; the builtin model's answer to one ~30-word message (~50 text "
+                "chunks); wire: ab.connect(...).stream_chat on rt.serve() over loopback "
+                "(the agents chat frames); floor: ref.stream_chat in the kernel")
+        out.append(Result.from_rounds(f"chat_wire_ttft{suffix}", "ms",
+                                      [(a[0], b[0]) for a, b in rounds], ttft_target,
+                                      note + "; time to first token, median (ratio <= 1.25 "
+                                      "is >= 0.8x the kernel's speed)"))
+        out.append(Result.from_rounds(f"chat_wire_chunks{suffix}", "chunks/s",
+                                      [(a[1], b[1]) for a, b in rounds], rate_target,
+                                      note + "; text chunks per second of streaming"))
+    return out
