@@ -10,10 +10,11 @@ import os
 
 import agentbook as ab
 from agentbook.analytics.plots import Plots
-from agentbook.travel.versions import VersionView
+from agentbook.travel.bisect import BisectResult
+from agentbook.travel.versions import Diff, VersionView
 
 CLASSES = [ab.Agent, ab.AgentRef, ab.Runtime, ab.ChatAgent, ab.Approvals, ab.VirtualClock, Plots,
-           ab.Step, ab.WorkflowRun, VersionView]
+           ab.Step, ab.WorkflowRun, VersionView, Diff, BisectResult]
 
 
 def first_line(obj: object) -> str:
