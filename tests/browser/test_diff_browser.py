@@ -82,3 +82,44 @@ def test_clicking_previous_on_one_side_changes_the_rendered_diff(lab, page):
     finally:
         kc.stop_channels()
     lab.api(f"/api/sessions/{session['id']}", method="DELETE")  # shuts the kernel down
+
+
+def test_clicking_next_on_one_side_changes_the_diff_in_voila(jupyter_env, tmp_path, page):
+    import subprocess
+    import sys
+
+    import psutil
+    from playwright.sync_api import expect
+
+    from .conftest import ARTIFACTS, free_port, stop_group, wait_for_port
+
+    write_notebook(tmp_path / NAME)
+    connections, log = tmp_path / "connections", tmp_path / "voila.log"
+    connections.mkdir()
+    port = free_port()
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voila", str(tmp_path / NAME), "--no-browser",
+             f"--port={port}", "--Voila.ip=127.0.0.1",
+             f"--Voila.connection_dir_root={connections}"],
+            cwd=tmp_path, env=jupyter_env, stdin=subprocess.DEVNULL, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for_port(port, proc, log)
+        page.goto(f"http://127.0.0.1:{port}/")  # Voila shows widgets once all cells ran
+        widget = page.locator(".agentbook-diff")
+        changes = widget.locator(".agentbook-diff-changes")
+        expect(changes).to_contain_text("plum", timeout=60_000)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        widget.screenshot(path=str(ARTIFACTS / "diff-widget.png"))
+        widget.locator(".agentbook-diff-left").get_by_role("button", name="next").click()
+        expect(widget.locator(".agentbook-diff-left")).to_contain_text("at version 4")
+        expect(changes).to_contain_text("no table rows")
+        expect(changes).not_to_contain_text("plum")
+    finally:
+        kernels = [p for p in psutil.process_iter(["cmdline"])
+                   if any(str(connections) in part for part in p.info["cmdline"] or [])]
+        stop_group(proc)
+        for kernel in kernels:  # the kernel runs in a session of its own
+            if kernel.is_running():
+                kernel.kill()
