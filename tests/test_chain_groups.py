@@ -1,7 +1,7 @@
 """The hash chain with one link per flushed group of history rows (issue 20): a burst's
 batch is one link on its last row (``"<sha256>/<k>"``), the rows before it have none; a
-message alone keeps the chain's per-row link. Everything verifies, old stores included,
-and a change anywhere in a group is found (named by the group's first version)."""
+message alone is a group of one. Everything verifies, stores with the older per-row links
+included, and a change anywhere in a group is found (named by the group's first version)."""
 
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ async def test_a_burst_is_one_link_and_verifies(tmp_path: Path) -> None:
     assert ref.state["n"] == 1 + 19 + 1, "the failed message stood alone; the others stand"
     chains = _chains(path)
     assert [v for v, _ in chains] == list(range(1, 22)), "no row of the failed message"
-    assert chains[0][1] is not None and "/" not in chains[0][1]
+    assert chains[0][1] is not None and chains[0][1].endswith("/1")
     assert all(c is None for _, c in chains[1:-1])
     assert chains[-1][1] is not None and chains[-1][1].endswith("/20")
     assert ref.verify() == {"ok": True, "quick_check": "ok", "first_bad_version": None}
-    await ref.inc()  # alone again: a per-row link after the group's
-    assert "/" not in _chains(path)[-1][1]
+    await ref.inc()  # alone again: a group of one
+    assert _chains(path)[-1][1].endswith("/1")
     assert ref.verify()["ok"]
     await rt.aclose()
 
@@ -119,8 +119,14 @@ def test_stores_written_before_group_links_verify(tmp_path: Path) -> None:
         (tmp_path / "old.db").unlink()
 
 
-def test_one_rows_link_is_the_chains_usual_one() -> None:
-    row = (1, 2.5, "inc", "[]", None, "cell", 0.1, "ok", None, "1", '{"n":1}', None, None,
-           None, None, None)
-    assert link_rows("abc", [row]) == chain_hash("abc", HistoryRow._make(row))
-    assert link_rows("abc", [row, row]).endswith("/2")
+def test_a_link_hashes_the_values_not_their_types() -> None:
+    class Name(str):
+        pass
+
+    row = (1, 2.5, "inc", "[]", None, "cell", 0.1, "ok", None, "1", '{"n":1}', b"\x00",
+           None, None, None, None)
+    link = link_rows("abc", [row, row])
+    assert link.endswith("/2") and len(link) == 64 + 2
+    assert link_rows("abc", [row, (1, 2.5, Name("inc"), *row[3:])]) == link
+    assert link_rows("abd", [row, row]) != link
+    assert link_rows("abc", [row, (*row[:1], 2.50001, *row[2:])]) != link

@@ -3,20 +3,25 @@ rows it covers, so a changed byte that SQLite's own checks can't see (a row's JS
 length) is still found, and named by its version.
 
 A link covers the rows one flush inserts (:meth:`AgentStore._flush`): a message alone in
-its batch is one row and one link, the same link the chain always had
-(:func:`chain_hash`); a burst's batch of *k* rows inserted together gets one link, on its
-last row, ``"<sha256>/<k>"`` (:func:`link_rows`), and its other rows have none (``NULL``).
-Each message still stands or falls on its own: the rows of a message that failed are
-never linked (links are made when the rows go in, never before).
+its batch is one row and one link; a burst's batch of *k* rows inserted together gets one
+link, on its last row, and its other rows have none (``NULL``). A link is
+``"<sha256>/<k>"`` (:func:`link_rows`): the hash of the previous link's text and the
+*k* rows' values in ``marshal``'s format version 2 (fixed: no references, no interning
+marks; floats as their 8 bytes, so no float is turned into text, which made the hashing
+the costliest step of a burst). Each message still stands or falls on its own: the rows
+of a message that failed are never linked (links are made when rows go in, never before).
 
-:func:`verify_chain` checks both kinds, so stores written before group links verify as
-they always did. A changed row inside a group is named by the group's first version (the
-first version that can no longer be trusted).
+Stores written before group links have one link per row, without a ``/``: the hash of the
+previous link and ``repr`` of the row (:func:`chain_hash`). :func:`verify_chain` checks both
+kinds. A row changed inside a group is named by the group's first version (the first
+version that can no longer be trusted).
 """
 
 from __future__ import annotations
 
 import hashlib
+import marshal
+from typing import Any
 
 import apsw
 
@@ -29,20 +34,34 @@ _sha256 = hashlib.sha256
 
 
 def chain_hash(prev: str, row: tuple) -> str:
-    """The hash-chain link of one history row (a :class:`HistoryRow`, or the same values
-    as a plain tuple: the link hashes the values, never the type's name)."""
+    """The link of one history row as stores before group links made it (a
+    :class:`HistoryRow`, or the same values as a plain tuple: the link hashes the values,
+    never the type's name)."""
     return _sha256(
         prev.encode() + repr(tuple(row)).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def link_rows(prev: str, rows: list[tuple]) -> str:
-    """The link of *rows* (plain tuples, oldest first) inserted together after the link
-    *prev*: one row's is :func:`chain_hash`; several rows' is the hash of *prev* and each
-    row's values in turn, with the number of rows it covers after a ``/``."""
-    if len(rows) == 1:
-        return chain_hash(prev, rows[0])
-    return _sha256((prev + "".join(map(repr, rows))).encode(
-        "utf-8", "surrogatepass")).hexdigest() + f"/{len(rows)}"
+    """The link of *rows* (plain tuples of a history row's values, oldest first) inserted
+    together after the link *prev*."""
+    try:
+        data = marshal.dumps(rows, 2)
+    except ValueError:  # a subclass of str, int...: its plain value is what SQLite keeps
+        data = marshal.dumps([tuple(map(_plain, row)) for row in rows], 2)
+    return f"{_sha256(prev.encode() + data).hexdigest()}/{len(rows)}"
+
+
+def _plain(value: Any) -> Any:
+    """*value* as the plain type SQLite gives back (a bool is an int there)."""
+    if isinstance(value, (bool, int)):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bytes):
+        return bytes(value)
+    return value
 
 
 def verify_chain(conn: apsw.Connection) -> int | None:
@@ -71,7 +90,7 @@ def verify_chain(conn: apsw.Connection) -> int | None:
             prev = None  # rows from before the chain existed: the first link is trusted
         if prev is not None:
             group = [*waiting[len(waiting) - covered + 1:], row] if covered > 1 else [row]
-            if link_rows(prev, group) != link:
+            if (link_rows(prev, group) if sep else chain_hash(prev, row)) != link:
                 return group[0][0]
         prev, linked = link, True
         waiting = []
