@@ -21,7 +21,7 @@ from ..approve import inbox as approvals
 from ..errors import AgentbookError, AgentStartError, IncompatibleStateError
 from ..schedule import firing
 from ..store import outbox
-from ..store.history import HistoryRow, result_json
+from ..store.history import result_json
 
 if TYPE_CHECKING:
     from ..envelope import Envelope
@@ -236,28 +236,35 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
 
 
 async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: bool) -> Outcome:
-    """Run one message inside its savepoint (or, *lone*, as the whole transaction)."""
+    """Run one message inside its savepoint (or, *lone*, as the whole transaction).
+
+    The common message - a call that is not scheduled, approved or replayed - takes the
+    short way: a lazy savepoint (opened only if it writes SQL), its handler's coroutine
+    driven by hand (no coroutine in between), its history row built as a plain tuple."""
     rt = inst.runtime
     store = inst.store
     assert store is not None and inst.agent is not None
     ctx = HandlerContext(env.source)
-    sched = env.sched
-    if sched is not None:
-        ctx.occurrence = firing.occurrence_of(env)
-    if env.replay is not None:
-        ctx.replay = env.replay
-        ctx.occurrence = env.replay.occurrence
+    sched, replay = env.sched, env.replay
+    plain = sched is None and env.approval is None and replay is None
+    if not plain:
+        if sched is not None:
+            ctx.occurrence = firing.occurrence_of(env)
+        if replay is not None:
+            ctx.replay = replay
+            ctx.occurrence = replay.occurrence
     if env.extras is not None:
         ctx.extras = env.extras
     before = (inst.version, inst.state, inst.state_json)
+    method = env.method
     if not lone:  # a user's method: the savepoint waits for its first write
-        store.savepoint(lazy=sched is None and env.approval is None and env.replay is None
-                        and not env.method.startswith("_ab_"))
+        store.savepoint(lazy=plain and not method.startswith("_ab_"))
     inst.ctx = ctx
-    token = current_chain.set((*env.chain, inst.key))
+    chain = env.chain
+    token = current_chain.set((*chain, inst.key) if chain else (inst.key,))
     ctx_token = current_context.set(ctx)
     kept = rt.events.enter_handler()
-    ts = rt.clock.now() if env.replay is None else env.replay.ts  # a replayed step keeps its time
+    ts = rt.clock.now() if replay is None else replay.ts  # a replayed step keeps its time
     t0 = time.perf_counter()
     outcome_label = "ok"
     try:
@@ -266,15 +273,27 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         else:
             if env.approval is not None:
                 approvals.claim(inst, ctx, env)
-            fn = getattr(inst.agent, env.method)
-            result = await _invoke(fn(*env.args, **env.kwargs), ctx, cls, env.method)
+                method = env.method  # (the approved action's own method)
+            result = getattr(inst.agent, method)(*env.args, **env.kwargs)
+            if type(result) is types.CoroutineType:  # (what _invoke does, inlined)
+                try:
+                    yielded = result.send(None)
+                except StopIteration as stop:
+                    result = stop.value
+                else:
+                    ctx.suspended = True
+                    cls.__dict__["_ab_suspends"].add(method)
+                    result = await _resume(result, yielded)
+            elif inspect.isawaitable(result):
+                ctx.suspended = True
+                result = await result
             if sched is not None:
                 firing.after_success(inst, ctx, env)
-            if ctx.replay is not None:
+            if replay is not None:
                 ctx.outbox.clear()  # a replay never messages the real world again
         duration = (time.perf_counter() - t0) * 1000
-        changes, schema = ctx.finish(store)
-        state_col = _new_state(inst, ctx)
+        changes, schema = ctx.finish(store) if ctx.schema_before is not None else (None, None)
+        state_col = _new_state(inst, ctx) if ctx.state_changed else None
         if state_col is not None:
             ctx.state_after = inst.state
         if ctx.state_cut and not ctx.state_changed:  # (announced live once, after the commit)
@@ -285,7 +304,7 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
             outbox.mark_seen(store, tag[0], tag[1], tag[2])
         if env.approval is not None:
             approvals.record_result(inst, env, result_text)
-        _append_version(inst, store, ctx, ts, env.label or env.method, env.args_json,
+        _append_version(inst, store, ctx, ts, env.label or method, env.args_json,
                         env.kwargs_json, duration, outcome_label, changes=changes,
                         schema=schema, state=state_col, result=result_text)
         if kept is not None and (ctx.events or ctx.approvals or sched is not None):
@@ -405,13 +424,12 @@ def _append_version(inst: Instance, store: AgentStore, ctx: HandlerContext, ts: 
     source, scheduled occurrence and effect journal come from *ctx*."""
     inst.version += 1
     occ = ctx.occurrence
-    store.append_history(HistoryRow(
-        version=inst.version, ts=ts, method=method, args=args, kwargs=kwargs,
-        source=ctx.source, duration_ms=duration_ms, outcome=outcome, error=error,
-        result=result, state=state, changes=changes, schema=schema,
-        due=None if occ is None else occ.due, occurrence=None if occ is None else occ.id,
-        effects=jsonvalue.dumps(ctx.effects) if ctx.effects else None,
-    ))
+    effects = ctx.effects
+    # (a plain tuple in HistoryRow's field order: what the store inserts and the chain hashes)
+    store.append_history((
+        inst.version, ts, method, args, kwargs, ctx.source, duration_ms, outcome, error,
+        result, state, changes, schema, None if occ is None else occ.due,
+        None if occ is None else occ.id, jsonvalue.dumps(effects) if effects else None))
 
 
 def _incompatible_state(exc: BaseException, cls: type, state: Any,
