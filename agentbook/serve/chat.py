@@ -80,6 +80,8 @@ RESUMING = "cf_agent_stream_resuming"
 RESUME_NONE = "cf_agent_stream_resume_none"
 PENDING = "cf_agent_stream_pending"
 
+#: Seconds a continuation waits for its requester's resume probe before it starts anyway.
+PROBE_WAIT = 0.25
 #: Finished streams kept per agent for late resumes.
 KEEP_STREAMS = 8
 #: Seconds between a turn's commit and its transcript frame (a later tick than its last
@@ -87,6 +89,13 @@ KEEP_STREAMS = 8
 FINALIZE_GAP = 0.01
 
 Key = tuple[str, str]
+
+
+def _failed(exc: BaseException) -> asyncio.Future:
+    fut = asyncio.get_running_loop().create_future()
+    fut.set_exception(exc)
+    fut.exception()  # (retrieved)
+    return fut
 
 
 def is_chat(cls: type | None) -> bool:
@@ -148,7 +157,7 @@ class _Stream:
 class _Room:
     """One chat agent's streams and the connections waiting on them."""
 
-    __slots__ = ("aborts", "active", "awaiting", "parked", "pending", "streams")
+    __slots__ = ("aborts", "active", "awaiting", "parked", "pending", "starts", "streams")
 
     def __init__(self) -> None:
         self.active: _Stream | None = None
@@ -157,6 +166,8 @@ class _Room:
         self.parked: dict[Connection, Any] = {}      # told "pending": probe ids
         self.pending: str | None = None              # a continuation promised, not started
         self.aborts: dict[str, asyncio.Event] = {}   # request id -> its cancel
+        #: Continuations waiting for their requester's probe: ``{conn id: start}``.
+        self.starts: dict[str, Any] = {}
 
 
 class _Sink:
@@ -442,6 +453,26 @@ class ChatWire:
         self.room(ref._ab_key).pending = sid
         return sid
 
+    def start_after_probe(self, conn: Connection, start: Any) -> None:
+        """Run *start* (which begins a continuation) once *conn* has probed for it, or
+        after :data:`PROBE_WAIT` s: Cloudflare's client asks to attach to a continuation
+        right after it sent a tool result or an approval; a continuation that streamed
+        before that would reach it as a stranger's stream (AIChatAgent, which coalesces
+        continuations, never starts one that early either)."""
+        room = self.room(conn.agent)
+        done = False
+
+        def once() -> None:
+            nonlocal done
+            if not done:
+                done = True
+                if room.starts.get(conn.id) is once:
+                    del room.starts[conn.id]
+                start()
+
+        room.starts[conn.id] = once
+        asyncio.get_running_loop().call_later(PROBE_WAIT, once)
+
     def tool_result(self, conn: Connection, ref: AgentRef, frame: dict) -> str | None:
         cid, name = frame.get("toolCallId"), frame.get("toolName")
         if not isinstance(cid, str) or not isinstance(name, str):
@@ -456,8 +487,12 @@ class ChatWire:
                       "abort": self.room(ref._ab_key).aborts.setdefault(sid, asyncio.Event()),
                       "declared_tools": frame.get("clientTools") or (),
                       "defer_client_tools": True}
-            fut = self.submit(conn, ref, "_ab_continue", (), extras)
-            fut.add_done_callback(lambda f: self.turn_done(ref._ab_key, sid, f))
+
+            def start() -> None:
+                fut = self.submit(conn, ref, "_ab_continue", (), extras)
+                fut.add_done_callback(lambda f: self.turn_done(ref._ab_key, sid, f))
+
+            self.start_after_probe(conn, start)
         return None
 
     def tool_approval(self, conn: Connection, ref: AgentRef, frame: dict) -> str | None:
@@ -472,18 +507,34 @@ class ChatWire:
         key = ref._ab_key
         sid = self.continuation(conn, ref, frame) if frame.get("approved") and frame.get(
             "autoContinue") else None
-        try:
-            if frame.get("approved"):
-                fut = approvals.approve(approval, by=f"client:{conn.id}")
-            else:
-                fut = approvals.reject(approval, frame.get("reason"), by=f"client:{conn.id}")
-        except AgentbookError as exc:  # decided already (in the notebook's inbox, say)
-            if sid is not None:
-                self.room(key).pending = None
+        by = f"client:{conn.id}"
+        if sid is None:
+            try:
+                if frame.get("approved"):
+                    approvals.approve(approval, by=by)
+                else:
+                    approvals.reject(approval, frame.get("reason"), by=by)
+            except AgentbookError as exc:  # decided already (in the notebook's inbox, say)
+                self.resync(conn, ref)
+                return str(exc)
+            return None
+        status = approvals.get(approval).status
+        if status != "pending":
+            self.room(key).pending = None
             self.resync(conn, ref)
-            return str(exc)
-        if sid is not None:
+            return f"approval {approval} was already {status}"
+
+        def start() -> None:
+            try:
+                fut = approvals.approve(approval, by=by)
+            except AgentbookError as exc:  # decided meanwhile, elsewhere
+                self.turn_done(key, sid, _failed(exc))
+                conn.frame(encode({"type": "error", "error": str(exc)}))
+                self.resync(conn, ref)
+                return
             fut.add_done_callback(lambda f: self.turn_done(key, sid, f))
+
+        self.start_after_probe(conn, start)
         return None
 
     def resync(self, conn: Connection, ref: AgentRef) -> None:
@@ -499,6 +550,9 @@ class ChatWire:
         elif room is not None and room.pending is not None:
             room.parked[conn] = probe
             conn.frame(encode({"type": PENDING, "id": room.pending, **extra}))
+            start = room.starts.get(conn.id)
+            if start is not None:
+                asyncio.get_running_loop().call_soon(start)
         else:
             conn.frame(encode({"type": RESUME_NONE, "reason": "idle", **extra}))
 

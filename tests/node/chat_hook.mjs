@@ -87,7 +87,8 @@ try {
       await waitFor(a.read, lastSays(/sunny/), "the server tool's reply");
     } else if (step === "client_tool") {
       s.chat.sendMessage({ text: "show my client info" });
-      await waitFor(a.read, lastSays(/get_client_info says/), "the client tool's continuation");
+      // (the continuation lands on the tool call's own message: one assistant message)
+      await waitFor(a.read, (x) => lastSays(/get_client_info says/)(x) && x.chat.messages.at(-1).parts.some((p) => p.toolCallId && p.state === "output-available"), "the client tool's continuation");
       out.toolCalls = a.sink.toolCalls.map((c) => c.toolName);
     } else if (step === "approve_here" || step === "approve_inbox") {
       const path = step === "approve_here" ? "/tmp/here" : "/tmp/inbox";
