@@ -256,6 +256,29 @@ async def test_importing_a_foreign_or_damaged_file_says_what_to_do_and_writes_no
     assert imported.state == ref.state
 
 
+async def test_a_replacing_import_that_fails_keeps_the_agent_it_would_replace(
+        rt, tmp_path, monkeypatch):
+    ref = rt.get(Account, "kept")
+    await ref.move(3)
+    path = tmp_path / "kept.abagent"
+    ref.export(path)
+    exported = ref.version
+    await ref.move(4)
+    before = (ref.version, ref.state)
+    from agentbook.travel import portable
+
+    def full_disk(*_args, **_kwargs):
+        raise ab.StoreFullError("the disk is full (a test)")
+
+    monkeypatch.setattr(portable, "install_export", full_disk)
+    with pytest.raises(ab.StoreFullError):
+        await rt.import_agent(path, name="kept", replace=True)
+    assert (ref.version, ref.state) == before, "the old agent is untouched"
+    assert not [p for p in (tmp_path / "store").rglob("*.tmp")], "no temporary file left"
+    monkeypatch.undo()
+    assert (await rt.import_agent(path, name="kept", replace=True)).version == exported
+
+
 # -- sweeps ----------------------------------------------------------------------------------
 class Trader(ab.Agent):
     """Asks a model at every tick and acts on the answer."""

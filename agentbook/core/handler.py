@@ -14,6 +14,7 @@ import contextvars
 import inspect
 import time
 import types
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from .mailbox import Instance
 
 __all__ = ["HandlerContext", "Outcome", "current_chain", "current_context", "record_failure",
-           "run_message", "run_start"]
+           "run_message", "run_start", "start_message"]
 
 #: Keys of the agents whose handlers are awaiting, up the current call chain.
 current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
@@ -236,11 +237,21 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
 
 
 async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: bool) -> Outcome:
-    """Run one message inside its savepoint (or, *lone*, as the whole transaction).
+    """Run one message inside its savepoint (or, *lone*, as the whole transaction)."""
+    outcome = start_message(inst, env, cls, lone)
+    return outcome if type(outcome) is Outcome else await outcome
 
-    The common message - a call that is not scheduled, approved or replayed - takes the
-    short way: a lazy savepoint (opened only if it writes SQL), its handler's coroutine
-    driven by hand (no coroutine in between), its history row built as a plain tuple."""
+
+def start_message(inst: Instance, env: Envelope, cls: type[Agent],
+                  lone: bool) -> Outcome | Coroutine[Any, Any, Outcome]:
+    """Run one message inside its savepoint (or, *lone*, as the whole transaction): its
+    :class:`Outcome` when the handler finished without suspending (most do: no coroutine
+    of agentbook's own is made for it), else a coroutine that goes on awaiting it and
+    returns the outcome.
+
+    The common message - a call that is not scheduled, approved or replayed - has a
+    lazy savepoint (opened only if it writes SQL) and its history row built as a plain
+    tuple."""
     rt = inst.runtime
     store = inst.store
     assert store is not None and inst.agent is not None
@@ -261,86 +272,128 @@ async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: boo
         store.savepoint(lazy=plain and not method.startswith("_ab_"))
     inst.ctx = ctx
     chain = env.chain
-    token = current_chain.set((*chain, inst.key) if chain else (inst.key,))
-    ctx_token = current_context.set(ctx)
-    kept = rt.events.enter_handler()
+    tokens: tuple | None = (current_chain.set((*chain, inst.key) if chain else (inst.key,)),
+                            current_context.set(ctx), rt.events.enter_handler())
     ts = rt.clock.now() if replay is None else replay.ts  # a replayed step keeps its time
     t0 = time.perf_counter()
-    outcome_label = "ok"
     try:
         if sched is not None and firing.skip_if_missed(inst, ctx, env):
-            result, outcome_label = None, "skipped"
-        else:
-            if env.approval is not None:
-                approvals.claim(inst, ctx, env)
-                method = env.method  # (the approved action's own method)
-            result = getattr(inst.agent, method)(*env.args, **env.kwargs)
-            if type(result) is types.CoroutineType:  # (what _invoke does, inlined)
-                try:
-                    yielded = result.send(None)
-                except StopIteration as stop:
-                    result = stop.value
-                else:
-                    ctx.suspended = True
-                    cls.__dict__["_ab_suspends"].add(method)
-                    result = await _resume(result, yielded)
-            elif inspect.isawaitable(result):
-                ctx.suspended = True
-                result = await result
-            if sched is not None:
-                firing.after_success(inst, ctx, env)
-            if replay is not None:
-                ctx.outbox.clear()  # a replay never messages the real world again
-        duration = (time.perf_counter() - t0) * 1000
-        changes, schema = ctx.finish(store) if ctx.schema_before is not None else (None, None)
-        state_col = _new_state(inst, ctx) if ctx.state_changed else None
-        if state_col is not None:
-            ctx.state_after = inst.state
-        if ctx.state_cut and not ctx.state_changed:  # (announced live once, after the commit)
-            ctx.state_changed, ctx.state_after = True, inst.state
-        result_text = result_json(result)
-        if env.extras is not None and _OUTBOX in env.extras:  # exactly once: remember it
-            tag = env.extras[_OUTBOX]
-            outbox.mark_seen(store, tag[0], tag[1], tag[2])
+            return _succeeded(inst, env, ctx, None, ts, t0, lone, "skipped")
         if env.approval is not None:
-            approvals.record_result(inst, env, result_text)
-        _append_version(inst, store, ctx, ts, env.label or method, env.args_json,
-                        env.kwargs_json, duration, outcome_label, changes=changes,
-                        schema=schema, state=state_col, result=result_text)
-        if kept is not None and (ctx.events or ctx.approvals or sched is not None):
-            _keep_events(inst, store, ctx, env)
-        if not lone:
-            store.release()
-        return Outcome(env, True, result, ctx, ts, duration, inst.version)
-    except BaseException as exc:
-        duration = (time.perf_counter() - t0) * 1000
-        ctx.drop()
-        try:
-            if lone:
-                store.rollback()
+            approvals.claim(inst, ctx, env)
+            method = env.method  # (the approved action's own method)
+        result = getattr(inst.agent, method)(*env.args, **env.kwargs)
+        if type(result) is types.CoroutineType:  # its first step, driven by hand
+            try:
+                yielded = result.send(None)
+            except StopIteration as stop:
+                result = stop.value
             else:
-                store.rollback_message()
-        except Exception:
-            pass
-        inst.version, inst.state, inst.state_json = before
-        if isinstance(exc, _FATAL):
-            raise
-        error = _incompatible_state(exc, cls, before[1], inst.key) or translate(exc, store)
-        for kind, data in ctx.approvals:
-            if kind == "request":
-                inst.runtime.approvals.forget(data[0])
-        recorded = None
-        claimed = any(kind == "approve" for kind, _ in ctx.approvals)
-        if (sched is not None or claimed) and store.conn.in_transaction:
-            # (a batch SQLite rolled back records nothing: the mailbox fails all of it, and
-            # the occurrence stays due)
-            recorded = record_failure(inst, env, error, ts, duration)
-        return Outcome(env, False, error, ctx, ts, duration, inst.version, recorded)
+                ctx.suspended = True
+                cls.__dict__["_ab_suspends"].add(method)
+                handed, tokens = tokens, None  # (the continuation resets them)
+                return _go_on(inst, env, cls, ctx, before, ts, t0, lone,
+                              _resume(result, yielded), handed)
+        elif inspect.isawaitable(result):
+            ctx.suspended = True
+            handed, tokens = tokens, None
+            return _go_on(inst, env, cls, ctx, before, ts, t0, lone, result, handed)
+        return _succeeded(inst, env, ctx, result, ts, t0, lone)
+    except BaseException as exc:
+        return _failed(inst, env, cls, ctx, before, exc, ts, t0, lone)
     finally:
-        rt.events.leave_handler(kept)
-        current_context.reset(ctx_token)
-        current_chain.reset(token)
-        inst.ctx = None
+        if tokens is not None:
+            _leave(inst, tokens)
+
+
+async def _go_on(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext,
+                 before: tuple, ts: float, t0: float, lone: bool, awaiting: Any,
+                 tokens: tuple) -> Outcome:
+    """The rest of a message whose handler suspended: await it, then its outcome."""
+    try:
+        try:
+            result = await awaiting
+        except BaseException as exc:
+            return _failed(inst, env, cls, ctx, before, exc, ts, t0, lone)
+        try:
+            return _succeeded(inst, env, ctx, result, ts, t0, lone)
+        except BaseException as exc:
+            return _failed(inst, env, cls, ctx, before, exc, ts, t0, lone)
+    finally:
+        _leave(inst, tokens)
+
+
+def _leave(inst: Instance, tokens: tuple) -> None:
+    inst.runtime.events.leave_handler(tokens[2])
+    current_context.reset(tokens[1])
+    current_chain.reset(tokens[0])
+    inst.ctx = None
+
+
+def _succeeded(inst: Instance, env: Envelope, ctx: HandlerContext, result: Any, ts: float,
+               t0: float, lone: bool, outcome_label: str = "ok") -> Outcome:
+    """The handler of *env* returned *result*: its version (history row, state, events)."""
+    store = inst.store
+    assert store is not None
+    sched = env.sched
+    if outcome_label == "ok":
+        if sched is not None:
+            firing.after_success(inst, ctx, env)
+        if ctx.replay is not None:
+            ctx.outbox.clear()  # a replay never messages the real world again
+    duration = (time.perf_counter() - t0) * 1000
+    changes, schema = ctx.finish(store) if ctx.schema_before is not None else (None, None)
+    state_col = _new_state(inst, ctx) if ctx.state_changed else None
+    if state_col is not None:
+        ctx.state_after = inst.state
+    if ctx.state_cut and not ctx.state_changed:  # (announced live once, after the commit)
+        ctx.state_changed, ctx.state_after = True, inst.state
+    result_text = result_json(result)
+    extras = env.extras
+    if extras is not None and _OUTBOX in extras:  # exactly once: remember it
+        tag = extras[_OUTBOX]
+        outbox.mark_seen(store, tag[0], tag[1], tag[2])
+    if env.approval is not None:
+        approvals.record_result(inst, env, result_text)
+    _append_version(inst, store, ctx, ts, env.label or env.method, env.args_json,
+                    env.kwargs_json, duration, outcome_label, changes=changes,
+                    schema=schema, state=state_col, result=result_text)
+    if (ctx.events or ctx.approvals or sched is not None) and inst.runtime.events.recording:
+        _keep_events(inst, store, ctx, env)
+    if not lone:
+        store.release()
+    return Outcome(env, True, result, ctx, ts, duration, inst.version)
+
+
+def _failed(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext,
+            before: tuple, exc: BaseException, ts: float, t0: float, lone: bool) -> Outcome:
+    """The handler of *env* (or the making of its version) raised *exc*: undo what it
+    did, alone; a scheduled run or a claimed approval records the failure as a version."""
+    store = inst.store
+    assert store is not None
+    duration = (time.perf_counter() - t0) * 1000
+    ctx.drop()
+    try:
+        if lone:
+            store.rollback()
+        else:
+            store.rollback_message()
+    except Exception:
+        pass
+    inst.version, inst.state, inst.state_json = before
+    if isinstance(exc, _FATAL):
+        raise exc
+    error = _incompatible_state(exc, cls, before[1], inst.key) or translate(exc, store)
+    for kind, data in ctx.approvals:
+        if kind == "request":
+            inst.runtime.approvals.forget(data[0])
+    recorded = None
+    claimed = any(kind == "approve" for kind, _ in ctx.approvals)
+    if (env.sched is not None or claimed) and store.conn.in_transaction:
+        # (a batch SQLite rolled back records nothing: the mailbox fails all of it, and
+        # the occurrence stays due)
+        recorded = record_failure(inst, env, error, ts, duration)
+    return Outcome(env, False, error, ctx, ts, duration, inst.version, recorded)
 
 
 def cut_version(inst: Instance, ctx: HandlerContext, method: str, args: str) -> None:

@@ -45,8 +45,8 @@ from .handler import (
     current_chain,
     cut_version,
     record_failure,
-    run_message,
     run_start,
+    start_message,
     translate,
 )
 from .outputgate import OutputGate, acknowledge, tag_of
@@ -342,7 +342,9 @@ class Instance:
                 lone = (not taken and not self.queue and started is None and not self.fresh
                         and env.sched is None and env.approval is None and env.replay is None)
                 taken.append(env)
-                outcome = await run_message(self, env, cls, lone)
+                outcome = start_message(self, env, cls, lone)  # (most finish at once)
+                if type(outcome) is not Outcome:
+                    outcome = await outcome
                 done.append(outcome)
                 if not store.conn.in_transaction and not (lone and not outcome.ok):
                     # SQLite rolled the whole batch back (a full disk, an I/O error), even if

@@ -67,27 +67,34 @@ async def import_agent(rt: Any, path: str | os.PathLike, name: str | None,
         raise UsageError("an imported agent needs a name: a non-empty string")
     target: AgentRef = rt.get(info.class_name, name)
     new_path = rt.path_of(target._ab_key)
-    if target._ab_key in rt.instances or os.path.exists(new_path):
-        if not replace:
-            raise UsageError(f"an agent {info.class_name}({name!r}) already exists; import "
-                             "under another name= or pass replace=True to put this one in its "
-                             "place")
-        await target.destroy()
-    held = None
-    if not rt.memory:
-        try:
-            held = lease.take(rt.catalog.lock_path(info.class_name, name),
-                              f"{info.class_name}({name!r})")
-        except OwnedElsewhereError:
-            if os.path.exists(new_path):
-                raise UsageError(f"an agent {info.class_name}({name!r}) already exists; import "
-                                 "under another name=") from None
-            raise
+    exists = target._ab_key in rt.instances or os.path.exists(new_path)
+    if exists and not replace:
+        raise UsageError(f"an agent {info.class_name}({name!r}) already exists; import "
+                         "under another name= or pass replace=True to put this one in its "
+                         "place")
+    # The new store is made whole first, under a temporary name: if that fails, nothing
+    # changed (an agent it would replace is still there).
+    tmp = _prepare(rt, shown, target, new_path)
     try:
-        _install(rt, shown, info, target, new_path)
+        if exists:
+            await target.destroy()
+        held = None
+        if not rt.memory:
+            try:
+                held = lease.take(rt.catalog.lock_path(info.class_name, name),
+                                  f"{info.class_name}({name!r})")
+            except OwnedElsewhereError:
+                if os.path.exists(new_path):
+                    raise UsageError(f"an agent {info.class_name}({name!r}) already exists; "
+                                     "import under another name=") from None
+                raise
+        try:
+            _publish(rt, tmp, info, target, new_path)
+        finally:
+            if held is not None:
+                held.release()
     finally:
-        if held is not None:
-            held.release()
+        _remove(tmp)
     reader = open_reader(new_path)
     try:
         unfinished = workflow_rows.any_unfinished(reader)
@@ -104,24 +111,33 @@ async def import_agent(rt: Any, path: str | os.PathLike, name: str | None,
     return target
 
 
-def _install(rt: Any, path: str, info: ExportInfo, target: AgentRef, new_path: str) -> None:
-    """Write the store under a temporary name, then publish it with one link."""
+def _prepare(rt: Any, path: str, target: AgentRef, new_path: str) -> str:
+    """The agent's store, written whole under a temporary name next to *new_path*."""
     class_name, name = target._ab_key
-    if os.path.exists(new_path):
-        raise UsageError(f"an agent {class_name}({name!r}) already exists; import under "
-                         "another name=")
-    now = rt.clock.now()
-    rt.catalog.add(class_name, name, os.path.relpath(new_path, rt.catalog.root), now,
-                   f"import:{info.class_name}/{info.name}@{info.head}")
     os.makedirs(os.path.dirname(new_path), exist_ok=True)
     tmp = f"{new_path}.import-{secrets.token_hex(6)}.tmp"
     try:
-        install_export(path, tmp, class_name, name, now)
+        install_export(path, tmp, class_name, name, rt.clock.now())
         store = AgentStore(tmp, rt.durability)  # (brings an older file's schema up to date)
         try:
             store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             store.close()
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _publish(rt: Any, tmp: str, info: ExportInfo, target: AgentRef, new_path: str) -> None:
+    """Publish the prepared store under its name with one link (never over another)."""
+    class_name, name = target._ab_key
+    if os.path.exists(new_path):
+        raise UsageError(f"an agent {class_name}({name!r}) already exists; import under "
+                         "another name=")
+    rt.catalog.add(class_name, name, os.path.relpath(new_path, rt.catalog.root), rt.clock.now(),
+                   f"import:{info.class_name}/{info.name}@{info.head}")
+    try:
         try:
             os.link(tmp, new_path)
         except FileExistsError:
@@ -136,9 +152,11 @@ def _install(rt: Any, path: str, info: ExportInfo, target: AgentRef, new_path: s
         if not os.path.exists(new_path):
             rt.catalog.remove(class_name, name)
         raise
-    finally:
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
-                os.remove(tmp + suffix)
-            except FileNotFoundError:
-                pass
+
+
+def _remove(tmp: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.remove(tmp + suffix)
+        except FileNotFoundError:
+            pass
