@@ -239,7 +239,7 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
 async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: bool) -> Outcome:
     """Run one message inside its savepoint (or, *lone*, as the whole transaction)."""
     outcome = start_message(inst, env, cls, lone)
-    return outcome if type(outcome) is Outcome else await outcome
+    return outcome if isinstance(outcome, Outcome) else await outcome
 
 
 def start_message(inst: Instance, env: Envelope, cls: type[Agent],
@@ -272,7 +272,8 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
         store.savepoint(lazy=plain and not method.startswith("_ab_"))
     inst.ctx = ctx
     chain = env.chain
-    tokens: tuple | None = (current_chain.set((*chain, inst.key) if chain else (inst.key,)),
+    handed = False  # (to the continuation of a handler that suspended: it resets them)
+    tokens = (current_chain.set((*chain, inst.key) if chain else (inst.key,)),
                             current_context.set(ctx), rt.events.enter_handler())
     ts = rt.clock.now() if replay is None else replay.ts  # a replayed step keeps its time
     t0 = time.perf_counter()
@@ -291,18 +292,18 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
             else:
                 ctx.suspended = True
                 cls.__dict__["_ab_suspends"].add(method)
-                handed, tokens = tokens, None  # (the continuation resets them)
+                handed = True
                 return _go_on(inst, env, cls, ctx, before, ts, t0, lone,
-                              _resume(result, yielded), handed)
+                              _resume(result, yielded), tokens)
         elif inspect.isawaitable(result):
             ctx.suspended = True
-            handed, tokens = tokens, None
-            return _go_on(inst, env, cls, ctx, before, ts, t0, lone, result, handed)
+            handed = True
+            return _go_on(inst, env, cls, ctx, before, ts, t0, lone, result, tokens)
         return _succeeded(inst, env, ctx, result, ts, t0, lone)
     except BaseException as exc:
         return _failed(inst, env, cls, ctx, before, exc, ts, t0, lone)
     finally:
-        if tokens is not None:
+        if not handed:
             _leave(inst, tokens)
 
 

@@ -343,7 +343,7 @@ class Instance:
                         and env.sched is None and env.approval is None and env.replay is None)
                 taken.append(env)
                 outcome = start_message(self, env, cls, lone)  # (most finish at once)
-                if type(outcome) is not Outcome:
+                if not isinstance(outcome, Outcome):
                     outcome = await outcome
                 done.append(outcome)
                 if not store.conn.in_transaction and not (lone and not outcome.ok):
