@@ -132,12 +132,20 @@ class Instance:
         if held is not None:
             raise health.refused(self.key, held)
         store = None
+        # Hibernated a moment ago and not closed yet (agentbook.store.closer): the same
+        # open store and lease, its checks passed already; else wait for its close.
+        reclaimed = rt.closer.reclaim(self.key) if self.ownership is None else None
+        if reclaimed is None and self.key in rt.closer:
+            rt.closer.wait(self.key)
         try:
-            if not rt.memory and self.ownership is None:  # (a private folder needs none)
-                self.ownership = lease.take(rt.catalog.lock_path(*self.key),
-                                            f"{self.key[0]}({self.key[1]!r})")
-            store = AgentStore(rt.path_of(self.key), rt.durability)
-            store.set_size_cap(rt.max_store_bytes)
+            if reclaimed is not None:
+                store, self.ownership = reclaimed
+            else:
+                if not rt.memory and self.ownership is None:  # (a private folder needs none)
+                    self.ownership = lease.take(rt.catalog.lock_path(*self.key),
+                                                f"{self.key[0]}({self.key[1]!r})")
+                store = AgentStore(rt.path_of(self.key), rt.durability)
+                store.set_size_cap(rt.max_store_bytes)
             store.query_seconds = rt.max_query_seconds
             store.events_retention = rt.events_retention
             loaded = store.load_state()
@@ -148,7 +156,8 @@ class Instance:
                 self.state_json = jsonvalue.dumps(initial)
             else:
                 self.fresh = False
-                self._check_identity(store)
+                if reclaimed is None:
+                    self._check_identity(store)
                 self.version, self.state_json = loaded
                 self.state = jsonvalue.loads(self.state_json)
             due = None if self.fresh else firing.next_due(store)
@@ -210,14 +219,19 @@ class Instance:
             self.ownership.release()
             self.ownership = None
 
-    def close(self) -> None:
-        """Hibernate: drop the agent object, close the store and let go of the lease."""
+    def close(self, later: bool = False) -> None:
+        """Hibernate: drop the agent object, close the store and let go of the lease.
+        *later*: the runtime's closer thread closes the store, then lets go of the lease
+        (see agentbook.store.closer), unless it is full."""
         if self.workflows is not None:  # (their code stops; a wake replays their journals)
             self.workflows.drop()
             self.workflows = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
+        store, self.store = self.store, None
+        if store is not None:
+            if later and self.runtime.closer.close_later(self.key, store, self.ownership):
+                self.ownership = None
+            else:
+                store.close()
         self._release()
         self.agent = None
         self.started = None

@@ -35,6 +35,7 @@ from ..errors import AgentbookError, LimitError, RuntimeClosedError, StoreCorrup
 from ..events import EventBus
 from ..schedule.timers import Timers
 from ..store import Catalog, class_name_problem, folded
+from ..store.closer import Closer
 from ..store.events import Retention
 from .agent import Agent, agent_classes, latest
 from .calls import prepare
@@ -54,6 +55,10 @@ Key = tuple[str, str]
 _DURABILITY = ("normal", "full")
 _MAX_NAME = 200
 _BAD_NAME = re.compile(r"[\x00-\x1f/\\]|[\ud800-\udfff]")
+#: How long one turn of the event loop may spend on the drains of ticks let in together
+#: (an awaited call from a cell waits about this long behind a storm of due schedules).
+_TURN_SECONDS = 0.001
+_MAX_PER_TURN = 256
 
 
 class Runtime:
@@ -101,8 +106,8 @@ class Runtime:
     #: the public API: hidden from ``dir()`` (tab completion) and from docs/api.md.
     _ab_internal = frozenset({
         "broadcast_from", "broadcast_hooks", "built_analytics", "check_open", "class_for",
-        "classes", "created", "dead_letter_op", "destroy_later", "dirty", "emit_event",
-        "emit_scheduled", "enqueue", "hibernate_one", "holds_lease", "instances", "lease",
+        "classes", "closer", "created", "dead_letter_op", "destroy_later", "dirty", "emit_event",
+        "emit_scheduled", "enqueue", "hibernate_one", "holds_lease", "idle", "instances", "lease",
         "mark_idle", "mark_opened", "mcp_clients", "open_stores", "owns", "path_of",
         "prepare_call", "report_error", "router", "scheduled_failure", "send_later", "server",
         "should_drop", "submit", "sweep", "sweep_handle", "tick", "unkicked",
@@ -185,7 +190,16 @@ class Runtime:
         #: Class names checked against the class folders on disk (case-insensitive).
         self._folders: dict[str, str] = {}
         self.open_stores: OrderedDict[Key, Instance] = OrderedDict()
+        #: The open stores whose agents are idle, least recently used first (the ones
+        #: hibernated when more than ``max_open`` are open); stale entries are skipped.
+        self.idle: OrderedDict[Key, Instance] = OrderedDict()
+        #: Closes the stores of hibernated agents off the event loop (a folder's stores
+        #: only: closing a ':memory:' one costs no fsync); at most max_open // 8 wait.
+        self.closer = Closer(0 if self.memory else max(1, max_open // 8))
         self.unkicked: set[Key] = set()
+        #: Agents due, waiting for their tick to be let in (see :meth:`tick`), in due order.
+        self._waking: OrderedDict[Key, None] = OrderedDict()
+        self._waker: asyncio.Task | None = None
         self.sweep_handle: asyncio.TimerHandle | None = None
         self.broadcast_hooks: list[Any] = []
         self._approvals: Approvals | None = None
@@ -271,6 +285,7 @@ class Runtime:
         idle = [inst for inst in list(self.open_stores.values()) if not inst.busy]
         for inst in idle:
             self.hibernate_one(inst)
+        self.closer.wait()  # (closed when this returns: another process may take them)
         if self.router is not None and self.router.index is None:
             return len(idle) + self.router.hibernate()
         return len(idle)
@@ -344,6 +359,9 @@ class Runtime:
             inst.close()
         self.instances.clear()
         self.open_stores.clear()
+        self.idle.clear()
+        self._waking.clear()
+        self.closer.stop()
         if self.sweep_handle is not None:
             self.sweep_handle.cancel()
         self.catalog.close()
@@ -434,6 +452,7 @@ class Runtime:
             inst = self.instances[key] = Instance(self, key, self.class_for(key[0]))
         inst.queue.append(env)
         if inst.task is None:
+            self.idle.pop(key, None)
             self._kick(inst)
 
     def _kick(self, inst: Instance) -> None:
@@ -669,6 +688,8 @@ class Runtime:
             if self.timers.run_due():
                 continue
             tasks = [i.task for i in self.instances.values() if i.task is not None]
+            if self._waker is not None:
+                tasks.append(self._waker)
             if not tasks:
                 if any(i.queue for i in self.instances.values()):
                     continue
@@ -679,13 +700,51 @@ class Runtime:
             await asyncio.wait(tasks, timeout=remaining)
 
     def tick(self, key: Key) -> None:
-        """The timer says *key* has something due: wake it with a tick message."""
-        if not self.owns(key):
+        """The timer says *key* has something due: wake it with a tick message.
+
+        Ticks are let in a few per turn of the event loop, in due order (:meth:`_wake`),
+        not all at once: a thousand agents due in one second would otherwise put a
+        thousand drains ahead of an awaited call from a cell in the loop's queue."""
+        if not self.owns(key) or key in self._waking:
             return
         inst = self.instances.get(key)
         if inst is not None and any(e.method == TICK for e in inst.queue):
             return
-        self.enqueue(key, Envelope.tick())
+        if self._waker is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # (no loop: queued, kicked with the next message)
+                self.enqueue(key, Envelope.tick())
+                return
+            self._waker = loop.create_task(self._wake())
+        self._waking[key] = None
+
+    async def _wake(self) -> None:
+        """Let the waiting ticks in, as many per turn of the event loop as fit in about
+        :data:`_TURN_SECONDS` (measured: the turn runs the drains let in by the last)."""
+        waking = self._waking
+        per_turn = 1
+        clock = time.perf_counter
+        try:
+            while waking and not self.closed:
+                for _ in range(per_turn):
+                    if not waking:
+                        break
+                    key = waking.popitem(last=False)[0]
+                    self.enqueue(key, Envelope.tick())
+                began = clock()
+                await asyncio.sleep(0)  # (the drains just let in run in this turn)
+                took = clock() - began
+                if took < _TURN_SECONDS / 2:
+                    per_turn = min(per_turn * 2, _MAX_PER_TURN)
+                elif took > _TURN_SECONDS:
+                    per_turn = max(1, per_turn // 2)
+        finally:
+            self._waker = None
+            if waking and not self.closed:  # (cancelled: the rest go in at once)
+                for key in list(waking):
+                    self.enqueue(key, Envelope.tick())
+                waking.clear()
 
     def scheduled_failure(self, key: Key, outcome: Any) -> None:
         """A scheduled run failed: keep its dead letter, announce the retry or the error."""
@@ -712,16 +771,9 @@ class Runtime:
     def mark_opened(self, inst: Instance) -> None:
         """*inst* opened its store: hibernate the least recently used if over ``max_open``."""
         self.open_stores[inst.key] = inst
-        excess = len(self.open_stores) - self.max_open
-        if excess > 0:  # the least recently used idle ones go (no copy of the open list)
-            victims = []
-            for other in self.open_stores.values():
-                if other is not inst and not other.busy:
-                    victims.append(other)
-                    if len(victims) == excess:
-                        break
-            for other in victims:
-                self.hibernate_one(other)
+        self.idle.pop(inst.key, None)
+        if len(self.open_stores) > self.max_open:
+            self._evict()
         if self.sweep_handle is None and not self.memory and self.hibernate_after > 0:
             try:
                 loop = asyncio.get_running_loop()
@@ -733,8 +785,22 @@ class Runtime:
         """*inst* has nothing to do now: it becomes the most recently used."""
         if inst.key in self.open_stores:
             self.open_stores.move_to_end(inst.key)
+            if not inst.busy:
+                self.idle[inst.key] = inst
+                self.idle.move_to_end(inst.key)
+                if len(self.open_stores) > self.max_open:  # (more opened while all were busy)
+                    self._evict()
         elif not inst.queue and inst.store is None:
             self.instances.pop(inst.key, None)
+
+    def _evict(self) -> None:
+        """Hibernate the least recently used idle agents while over ``max_open``."""
+        idle = self.idle
+        while len(self.open_stores) > self.max_open and idle:
+            key, other = idle.popitem(last=False)
+            if other.busy or self.open_stores.get(key) is not other or key in self._waking:
+                continue  # (busy again since, hibernated, or due: its tick is on its way)
+            self.hibernate_one(other)
 
     def sweep(self) -> None:
         """Hibernate the agents idle for ``hibernate_after`` seconds; run again later."""
@@ -753,8 +819,9 @@ class Runtime:
         """Hibernate one agent: close its store and MCP connections, forget it."""
         if self.mcp_clients is not None:
             self.mcp_clients.close_agent(inst.key)
-        inst.close()
+        inst.close(later=True)
         self.open_stores.pop(inst.key, None)
+        self.idle.pop(inst.key, None)
         if not inst.busy:
             self.instances.pop(inst.key, None)
         if self.events.active:

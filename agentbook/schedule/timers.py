@@ -167,6 +167,9 @@ class Timers:
             if current.get(key) == due:
                 del current[key]
                 due_keys.append(key)
+        if len(due_keys) > 1:  # the awake first: their firings open nothing, and a wake
+            awake = rt.open_stores  # (an open) would put one of them to sleep first
+            due_keys.sort(key=lambda k: k not in awake)
         for key in due_keys:
             if self._runs_elsewhere(key):
                 self.retry_later(key)
@@ -182,8 +185,8 @@ class Timers:
         if rt.memory or rt.router is not None:
             return False
         inst = rt.instances.get(key)
-        if inst is not None and inst.store is not None:
-            return False
+        if (inst is not None and inst.store is not None) or key in rt.closer:
+            return False  # (awake here, or hibernated a moment ago: its lease closes here)
         return not lease.is_free(rt.catalog.lock_path(*key))
 
     def retry_later(self, key: Key) -> None:
