@@ -250,3 +250,43 @@ async def test_the_chat_wire_benchmark_measures_both_sides_in_quick_mode(tmp_pat
         assert r.target == (Target("ratio", "<=", 1.25) if "ttft" in r.name
                             else Target("ratio", ">=", 0.8))
     assert "100 connections" in results[2].note
+
+
+async def test_a_page_is_served_without_the_token_and_nothing_else_is(rt, served, tmp_path):
+    from urllib.parse import parse_qs, urlsplit
+
+    url = served.add_page()  # agentbook's chat page
+    assert url == served.url + "/_agentbook/pages/chat.html"
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for you")
+    (tmp_path / "mine.js").write_text("console.log(1)")
+    served.add_page(tmp_path / "mine.js", name="app.js")
+    for bad in ({"path": tmp_path}, {"path": tmp_path / "none.html"},
+                {"path": secret, "name": "../secret.txt"}, {"path": secret, "name": ".hidden"},
+                {"path": secret, "name": "a/b"}):
+        with pytest.raises(ab.UsageError):
+            served.add_page(**bad)
+    with pytest.raises(ab.UsageError, match="no page 'secret.txt'"):
+        served.page_url("secret.txt")
+    async with httpx.AsyncClient(base_url=served.url, trust_env=False) as http:
+        page = await http.get("/_agentbook/pages/chat.html")
+        script = await http.get("/_agentbook/pages/app.js")
+        head = await http.head("/_agentbook/pages/chat.html")
+        refused = [(await http.request(method, path)).status_code for method, path in [
+            ("GET", "/_agentbook/pages/secret.txt"), ("GET", "/_agentbook/pages/"),
+            ("GET", "/_agentbook/pages/..%2Fsecret.txt"), ("GET", "/_agentbook/pages/../"),
+            ("POST", "/_agentbook/pages/chat.html"), ("GET", "/agents/wire-chat/x")]]
+        cross = await http.get("/_agentbook/pages/chat.html",
+                               headers={"origin": "http://evil.example"})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "cf_agent_use_chat_request" in page.text and served.token not in page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert script.text == "console.log(1)" and "javascript" in script.headers["content-type"]
+    assert head.status_code == 200
+    assert set(refused) <= {401, 404} and cross.status_code == 403
+    link = served.page_url("chat.html", agent="wire-chat", name="pg")
+    assert link.startswith(url + "#")
+    fragment = parse_qs(urlsplit(link).fragment)
+    assert fragment["agent"] == ["wire-chat"] and fragment["name"] == ["pg"]
+    assert served.auth.redeem(fragment["ticket"][0])  # a one-time ticket
+    assert not served.auth.redeem(fragment["ticket"][0])

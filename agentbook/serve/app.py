@@ -3,6 +3,7 @@
     GET  /                          which agent classes are served
     GET  /agents/{class}/{name}/get-messages   a chat agent's conversation (UIMessages)
     POST /_agentbook/ticket         a one-time connect ticket (needs the token)
+    GET  /_agentbook/pages/{name}   a page the user named (server.add_page; no token)
     ANY  /agents/{class}/{name}     HTTP: the agent's ``on_request``
     WS   /agents/{class}/{name}     WebSocket: see :mod:`agentbook.serve.session`
 
@@ -15,6 +16,7 @@ doesn't override it answers ``GET`` with its state, read without waiting.
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
@@ -26,7 +28,7 @@ from .. import jsonvalue
 from ..core.agent import Agent
 from ..envelope import Envelope
 from ..errors import AgentbookError, UsageError
-from .auth import TICKET_PATH
+from .auth import PAGES_PATH, TICKET_PATH
 from .chat import is_chat
 from .limits import BODY_SECONDS
 from .protocol import encode, encode_value
@@ -56,8 +58,24 @@ def build_app(server: Server, *, mcp: bool = False) -> Starlette:
     async def get_messages(request: Request) -> Response:
         return _get_messages(server, request)
 
+    async def page(request: Request) -> Response:
+        file = server.pages.get(request.path_params["page"])
+        if file is None:
+            return _json(404, {"error": "no such page"})
+        try:
+            data = await asyncio.to_thread(file.read_bytes)
+        except OSError as exc:
+            return _json(404, {"error": f"the page's file can't be read: {exc.strerror}"})
+        kind = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
+        if kind.startswith("text/") or kind.endswith(("javascript", "json")):
+            kind += "; charset=utf-8"
+        return Response(data, media_type=kind, headers={
+            "cache-control": "no-store", "x-content-type-options": "nosniff",
+            "referrer-policy": "no-referrer"})
+
     routes: list[Any] = [
         Route("/", index, methods=["GET"]),
+        Route(PAGES_PATH + "{page}", page, methods=["GET"]),
         Route(TICKET_PATH, ticket, methods=["POST"]),
         Route("/agents/{agent}/{name}/get-messages", get_messages, methods=["GET"]),
         Route("/agents/{agent}/{name}", agent, methods=_METHODS),

@@ -9,6 +9,10 @@ The rules are Jupyter Server's:
   (``POST /_agentbook/ticket``): random, single-use, valid for 30 seconds, sent as
   ``?ticket=`` in the WebSocket URL. A WebSocket may also offer the subprotocol
   ``bearer.<token>``. The token itself never goes in a URL: a ``?token=`` is refused.
+* The one exception: ``GET`` of a page the user named (``server.add_page``, at
+  ``/_agentbook/pages/<name>``) needs no token; a page holds no secret, and its script
+  connects with a ticket it reads from the link's ``#fragment`` (``server.page_url``),
+  which browsers never send to a server.
 * ``Host`` must name this machine's loopback (or the bound host, or ``allow_hosts``),
   which stops DNS rebinding; a browser's ``Origin`` must be this server itself or one of
   ``allow_origins``. Both are checked on HTTP and on WebSocket upgrades.
@@ -37,6 +41,8 @@ from ..errors import UsageError
 __all__ = ["Auth", "Guard", "check_bind", "is_loopback", "redact_uvicorn_logs"]
 
 TICKET_PATH = "/_agentbook/ticket"
+#: Where the pages a user serves live (``server.add_page``): GET without the token.
+PAGES_PATH = "/_agentbook/pages/"
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _URL_SECRETS = ("token", "access_token")
 _PREFLIGHT_HEADERS = [
@@ -123,13 +129,14 @@ class Auth:
             return ""
         return credential.strip()
 
-    def issue(self) -> str:
-        """A new single-use ticket, valid for :attr:`ticket_ttl` seconds."""
+    def issue(self, ttl: float | None = None) -> str:
+        """A new single-use ticket, valid for *ttl* (default :attr:`ticket_ttl`) seconds."""
         now = self.now()
         if len(self._tickets) > 1000:
             self._tickets = {k: t for k, t in self._tickets.items() if t > now}
         ticket = secrets.token_urlsafe(24)
-        self._tickets[hashlib.sha256(ticket.encode()).digest()] = now + self.ticket_ttl
+        self._tickets[hashlib.sha256(ticket.encode()).digest()] = now + (
+            self.ticket_ttl if ttl is None else float(ttl))
         return ticket
 
     def redeem(self, ticket: str) -> bool:
@@ -169,11 +176,14 @@ class Guard:
         port: The port the server listens on (same-origin pages use it).
         hosts: Host names accepted besides loopback (``"*"``: any).
         origins: Browser origins accepted besides the server's own (``"*"``: any).
+        pages: The pages served without the token (``GET`` and ``HEAD`` of
+            ``PAGES_PATH + name`` for a name in it; the server's ``add_page`` fills it).
     """
 
     def __init__(self, app: Any, auth: Auth, port: int, hosts: Iterable[str],
-                 origins: Iterable[str]) -> None:
+                 origins: Iterable[str], pages: Mapping[str, Any] | None = None) -> None:
         self.app = app
+        self.pages = pages if pages is not None else {}
         self.auth = auth
         self.port = port
         self.hosts = _LOOPBACK_NAMES | {h.strip("[]").lower() for h in hosts}
@@ -227,6 +237,12 @@ class Guard:
             if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
                 await respond(send, 204, None, cors + _PREFLIGHT_HEADERS)
                 return
+        path = scope.get("path", "")
+        if (scope["method"] in ("GET", "HEAD") and path.startswith(PAGES_PATH)
+                and path[len(PAGES_PATH):] in self.pages):
+            # a page the user named: no secret in it (its script gets a ticket from the link)
+            await self.app(scope, receive, _with_headers(send, cors) if cors else send)
+            return
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         if any(name in query for name in _URL_SECRETS):
             await respond(send, 401, {"error": "the token never goes in a URL; send it in the "

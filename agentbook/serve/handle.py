@@ -15,15 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import socket
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from ..chat import live
 from ..core.agent import Agent
 from ..errors import UsageError
-from .auth import TICKET_PATH, Auth, Guard, check_bind, redact_uvicorn_logs
+from .auth import PAGES_PATH, TICKET_PATH, Auth, Guard, check_bind, redact_uvicorn_logs
 from .chat import ChatWire
 from .classes import is_own, served_classes
 from .limits import HEADER_SECONDS, KEEP_ALIVE_SECONDS, ConnectionGuard, default_max_connections
@@ -37,6 +40,10 @@ __all__ = ["Server", "serve"]
 log = logging.getLogger("agentbook.serve")
 
 Key = tuple[str, str]
+#: A page's name: a file name, no folders, no leading dot.
+_PAGE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+#: The chat page that comes with agentbook (plain JavaScript speaking the agents chat frames).
+CHAT_PAGE = Path(__file__).with_name("pages") / "chat.html"
 #: The largest request head (request line and headers) a connection may send.
 _MAX_HEADER_BYTES = 64 << 10
 
@@ -77,6 +84,8 @@ class Server:
         self.connection_guard: Any = None
         #: The chat frames of the chat agents served (:mod:`agentbook.serve.chat`).
         self.chat = ChatWire(self)
+        #: The pages served (``add_page``): name -> the file, read on every request.
+        self.pages: dict[str, Path] = {}
 
     # -- the public handle ---------------------------------------------------------------
     @property
@@ -103,6 +112,42 @@ class Server:
     def ticket(self) -> str:
         """A one-time ticket for a client that cannot send headers (``?ticket=...``)."""
         return self.auth.issue()
+
+    def add_page(self, path: str | os.PathLike[str] = CHAT_PAGE, name: str | None = None) -> str:
+        """Serve the one file *path* at ``/_agentbook/pages/<name>`` (default: its file name);
+        returns its URL. Only files added here are served - no folders, no listing - and a
+        ``GET`` of one needs no token: a page must hold no secret. Its script connects with
+        a ticket from its link's fragment (:meth:`page_url`). The file is read on every
+        request, so an edit shows on reload. Without *path*: agentbook's chat page
+        (:data:`CHAT_PAGE`), a plain-JavaScript client of a chat agent.
+
+        Raises:
+            UsageError: *path* is not a file, or *name* is not a plain file name.
+        """
+        file = Path(path).resolve()
+        if not file.is_file():
+            raise UsageError(f"add_page needs a file; {str(path)!r} is not one")
+        name = file.name if name is None else name
+        if not isinstance(name, str) or not _PAGE_NAME.fullmatch(name):
+            raise UsageError(f"a page's name is a plain file name (letters, digits, . _ -), "
+                             f"not {name!r}")
+        self.pages[name] = file
+        return f"{self.url}{PAGES_PATH}{name}"
+
+    def page_url(self, page: str, /, ttl: float | None = None, **params: str) -> str:
+        """The link to open *page* (a name given to :meth:`add_page`) with: its URL, and
+        after ``#`` a fresh one-time ticket (valid *ttl* seconds, default the server's
+        ``ticket_ttl``) and *params*
+        (``agent=``, ``name=``... for the chat page). A fragment never reaches a server or
+        its logs; the page drops it from the address bar once read.
+
+        Raises:
+            UsageError: no page of that name was added.
+        """
+        if page not in self.pages:
+            raise UsageError(f"no page {page!r} is served; add it with server.add_page(path)")
+        fragment = urlencode({"ticket": self.auth.issue(ttl), **params})
+        return f"{self.url}{PAGES_PATH}{page}#{fragment}"
 
     def connections_of(self, key: Key) -> list[Connection]:
         """The open connections to agent *key* ``(class name, name)``."""
@@ -308,7 +353,7 @@ def serve(rt: Runtime, port: int = 0, *, host: str = "127.0.0.1", token: str | N
     except OSError as exc:
         raise UsageError(f"can't listen on {host}:{port}: {exc.strerror}; pick another port") from None
     server.port = sock.getsockname()[1]
-    guard = Guard(app, auth, server.port, [host, *allow_hosts], allow_origins)
+    guard = Guard(app, auth, server.port, [host, *allow_hosts], allow_origins, server.pages)
     connections = ConnectionGuard(max_connections, float(header_timeout))
     server.connection_guard = connections
     config = uvicorn.Config(
