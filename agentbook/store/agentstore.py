@@ -508,15 +508,24 @@ _NO_LINKS = frozenset(getattr(errno, n) for n in ("EPERM", "EXDEV", "EMLINK", "E
 _LEFTOVER_AGE = 60.0
 
 
+#: Folders whose leftovers this process removed already (one scan per folder: a scan
+#: per creation made creating n agents in one folder cost O(n^2)).
+_swept: set[str] = set()
+
+
 def _remove_leftovers(folder: str, base: str) -> None:
-    """Remove temporary files of *base*'s creation that a killed process left (a minute
-    old: one that is younger may still be being written)."""
-    prefix = f"~{base}~"
+    """Remove the temporary files of store creations that a killed process left in
+    *folder* (a minute old: one that is younger may still be being written); once per
+    folder and process (*base*, the store being created now, is not needed for that)."""
+    if folder in _swept:
+        return
+    _swept.add(folder)
     try:
         entries = [e for e in os.scandir(folder)
-                   if e.name.startswith(prefix) and e.name.endswith(".tmp")
-                   and "~" not in e.name[len(prefix):]]
+                   if e.name.startswith("~") and e.name.endswith(".tmp")
+                   and e.name.count("~") == 2]
     except OSError:
+        _swept.discard(folder)
         return
     cutoff = time.time() - _LEFTOVER_AGE
     for entry in entries:
