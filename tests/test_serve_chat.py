@@ -249,6 +249,7 @@ async def test_the_chat_wire_benchmark_measures_both_sides_in_quick_mode(tmp_pat
         assert r.value > 0 and r.floor > 0 and r.rounds == Sizes.quick().rounds
         assert r.target == (Target("ratio", "<=", 1.25) if "ttft" in r.name
                             else Target("ratio", ">=", 0.8))
+        assert r.unit == ("ms" if "ttft" in r.name else "chars/s")
     assert "100 connections" in results[2].note
 
 
@@ -290,3 +291,27 @@ async def test_a_page_is_served_without_the_token_and_nothing_else_is(rt, served
     assert fragment["agent"] == ["wire-chat"] and fragment["name"] == ["pg"]
     assert served.auth.redeem(fragment["ticket"][0])  # a one-time ticket
     assert not served.auth.redeem(fragment["ticket"][0])
+
+
+async def test_text_deltas_closer_than_the_window_go_as_one_frame(rt, served, monkeypatch):
+    from agentbook.serve import chat
+
+    ref = rt.get(WireChat, "co")
+    text = "tell me about the trains and the rain and the snow in the mountains this week"
+    turns = []
+    async with await raw(served, "/agents/wire-chat/co?_pk=watcher") as ws:
+        await frames_until(ws, lambda f: f["type"] == "cf_agent_chat_messages")
+        for window in (chat.COALESCE, 0.0):
+            monkeypatch.setattr(chat, "COALESCE", window)
+            said = "".join([str(c) async for c in ref.stream_chat(text)])
+            frames = await frames_until(ws, lambda f: f.get("done") is True)
+            sent = [f for f in frames if f.get("body")]
+            assert [f["seq"] for f in sent] == list(range(len(sent)))
+            turns.append((said, [c for c in bodies(frames, frames[0]["id"])
+                                 if c["type"] == "text-delta"]))
+    (said, merged), (said_too, alone) = turns
+    assert said == said_too and len(said.split()) > 20
+    assert "".join(d["delta"] for d in merged) == said == "".join(d["delta"] for d in alone)
+    assert merged[0]["delta"] == alone[0]["delta"]  # the first word leaves at once
+    assert len(merged) <= len(alone) // 4  # (the builtin model: a word per loop turn)
+    assert len(alone) == len(said.split())  # no window: a frame per word

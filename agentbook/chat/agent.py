@@ -302,7 +302,7 @@ class _Turn:
                 self.sink.failed(exc)
             raise
         if self.sink is not None:
-            self.sink.end(reason, self.transcript())
+            self.sink.end(reason, self.transcript)
         return final
 
     async def _loop(self) -> tuple[str, str]:

@@ -14,6 +14,7 @@ chat) calls :func:`changed`. What a sink sends after the commit is its own busin
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -35,9 +36,10 @@ class Sink(Protocol):
     def piece(self, kind: str, text: str, data: Any) -> None:
         """A :class:`~agentbook.chat.agent.ChatChunk`'s ``kind``, ``text`` and ``data``."""
 
-    def end(self, reason: str, transcript: list[dict[str, Any]]) -> None:
+    def end(self, reason: str, transcript: Callable[[], list[dict[str, Any]]]) -> None:
         """The turn's work is done (its commit follows); *reason* is ``"stop"``,
-        ``"tool-calls"`` or ``"aborted"``; *transcript* the UIMessages it commits."""
+        ``"tool-calls"`` or ``"aborted"``; *transcript* returns the UIMessages it commits
+        (called here or not at all: it reads the whole conversation)."""
 
     def failed(self, error: BaseException) -> None:
         """The turn raised: nothing of it will be stored."""

@@ -21,16 +21,27 @@ tool calls, approvals) with the request's extras: the ids the client chose, its 
 tools (a call to one ends the turn; the client's ``cf_agent_tool_result`` is stored by a
 handler of its own, then the model goes on as a *continuation*), and an event that
 ``cf_agent_chat_request_cancel`` sets (the model call ends, what was said is stored, the
-turn is recorded as aborted). The runtime shows every chat turn to a :class:`ChatWire`
-(:mod:`agentbook.chat.live`), whoever started it - a request here, ``ref.stream_chat`` in a
-notebook, an approval decided in the inbox - so every connection of the agent sees it live.
+turn is recorded as aborted). Only the trailing user messages of a request's list are
+read (the conversation is the agent's own), so a client may send just the new one. The
+runtime shows every chat turn to a :class:`ChatWire` (:mod:`agentbook.chat.live`), whoever
+started it - a request here, ``ref.stream_chat`` in a notebook, an approval decided in the
+inbox - so every connection of the agent sees it live.
 
 A turn's chunks go to every connection of the agent as they are made, except those offered
-a resume that have not acknowledged it; each stream keeps its chunks (the last few streams,
-in memory), so a client that dropped its socket gets them replayed after its ack, then the
-live rest. After the commit (never in the same tick as the last chunk, or the AI SDK client
+a resume that have not acknowledged it. Text deltas that come faster than one per
+:data:`COALESCE` seconds are merged: a part's first delta leaves at once (the time to first
+token is untouched), and those within the window after a text frame go as one longer
+``text-delta`` when the window ends, or before the next chunk of another kind (the AI SDK
+client appends a delta of any length; Cloudflare's server sends a frame per model chunk). A
+model whose tokens come further apart than the window (16 ms: slower than ~60 tokens a
+second) has every token leave alone, at once; the builtin offline model, a word per
+event-loop turn, would otherwise pay a JSON frame, a socket write and the client's parse
+per word. Each stream keeps its chunks as sent (the last few streams, in memory), so a
+client that dropped its socket gets them replayed after its ack, then the live rest.
+After the commit (never in the same tick as the last chunk, or the AI SDK client
 duplicates the message) the transcript goes out - to every connection but the requester's
-(its ``_pk``) for a new turn, to all for a continuation - then the ``done`` frame. A turn
+(its ``_pk``) for a new turn, to all for a continuation; read only when there is one to
+send it to - then the ``done`` frame. A turn
 that failed, or whose process died, stored nothing: a reconnecting client gets the
 committed transcript and ``resume_none``.
 
@@ -45,7 +56,9 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..chat.agent import ChatAgent
@@ -84,11 +97,14 @@ PENDING = "cf_agent_stream_pending"
 PROBE_WAIT = 0.25
 #: Finished streams kept per agent for late resumes.
 KEEP_STREAMS = 8
+#: Seconds after a text frame during which a stream's next text deltas are merged into one.
+COALESCE = 0.016
 #: Seconds between a turn's commit and its transcript frame (a later tick than its last
 #: chunk: the AI SDK client must have taken that chunk in before the list replaces it).
 FINALIZE_GAP = 0.01
 
 Key = tuple[str, str]
+_quote = json.encoder.encode_basestring_ascii  # (a str as ASCII JSON text, as encode writes)
 
 
 def _failed(exc: BaseException) -> asyncio.Future:
@@ -119,8 +135,8 @@ def transcript_of(ref: AgentRef) -> list[dict[str, Any]]:
 class _Stream:
     """One turn's frames: its chunks (kept for replays) and how it ended."""
 
-    __slots__ = ("asked", "bodies", "continuation", "done", "id", "message_ids", "outcome",
-                 "requester", "ui")
+    __slots__ = ("asked", "bodies", "continuation", "done", "head", "held", "held_id", "id",
+                 "message_ids", "outcome", "requester", "text_at", "timer", "ui")
 
     def __init__(self, sid: str, continuation: bool, requester: str | None,
                  message_ids: list[str] | None) -> None:
@@ -133,8 +149,19 @@ class _Stream:
         #: The user's message that started it, as the client sent it (until it commits,
         #: a reconnecting client still sees it, as Cloudflare's server stores it first).
         self.asked: dict[str, Any] | None = None
+        #: A response frame up to its body (the JSON text of the frame's start).
+        self.head = (f'{{"type":"{RESPONSE}","id":{_quote(sid)},'
+                     + ('"continuation":true,' if continuation else "") + '"done":false,')
+        #: Text deltas held back to go as one (text part id, pieces), its timer, and
+        #: when the last text frame left (``perf_counter``).
+        self.held: list[str] = []
+        self.held_id: str | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.text_at = -1.0
 
     def frame(self, body: str, seq: int, **more: Any) -> str:
+        if not more:
+            return f'{self.head}"seq":{seq},"body":{_quote(body)}}}'
         frame: dict[str, Any] = {"type": RESPONSE, "id": self.id, "body": body, "done": False,
                                  "seq": seq}
         if self.continuation:
@@ -187,15 +214,20 @@ class _Sink:
     def piece(self, kind: str, text: str, data: Any) -> None:
         self.wire.emit(self.key, self.stream, self.stream.ui.piece(kind, text, data))
 
-    def end(self, reason: str, transcript: list[dict[str, Any]]) -> None:
+    def end(self, reason: str, transcript: Callable[[], list[dict[str, Any]]]) -> None:
         stream = self.stream
         if reason == "aborted":
             stream.outcome = "aborted"
             self.wire.emit(self.key, stream, stream.ui.abort())
         else:
             self.wire.emit(self.key, stream, stream.ui.finish(reason))
+        # The transcript (read here, as it commits) only for connections to send it to:
+        # a new turn's requester has it (as in Cloudflare's server); it grows with the chat.
+        skip = None if stream.continuation else stream.requester
+        messages = transcript() if any(
+            c.id != skip for c in self.wire.server.connections_of(self.key)) else None
         # after the commit, a tick later: the transcript, then done
-        self.ctx.events.append((SEND, lambda: self.wire.later(self.key, stream, transcript)))
+        self.ctx.events.append((SEND, lambda: self.wire.later(self.key, stream, messages)))
 
     def failed(self, error: BaseException) -> None:
         self.wire.fail(self.key, self.stream, error)
@@ -224,18 +256,66 @@ class ChatWire:
 
     def emit(self, key: Key, stream: _Stream, chunks: list[dict[str, Any]]) -> None:
         for chunk in chunks:
-            body = encode(chunk)
-            seq = len(stream.bodies)
-            stream.bodies.append(body)
-            self.send_all(key, stream.frame(body, seq))
+            if chunk["type"] == "text-delta":
+                self.text(key, stream, chunk["id"], chunk["delta"])
+                continue
+            if stream.held:
+                self.flush(key, stream)
+            self.send(key, stream, encode(chunk))
 
-    def later(self, key: Key, stream: _Stream, transcript: list[dict[str, Any]]) -> None:
-        """After the commit: the transcript and the done frame, a little later."""
-        asyncio.get_running_loop().call_later(FINALIZE_GAP, self.finish, key, stream, transcript)
+    def send(self, key: Key, stream: _Stream, body: str) -> None:
+        """One chunk's JSON text, kept for replays and sent to the agent's connections."""
+        seq = len(stream.bodies)
+        stream.bodies.append(body)
+        self.send_all(key, stream.frame(body, seq))
+
+    def text(self, key: Key, stream: _Stream, part: str, delta: str) -> None:
+        """A text delta: sent at once if no text frame left in the last :data:`COALESCE`
+        seconds, else held back to go with the next ones (see the module's docstring)."""
+        if stream.held and stream.held_id != part:
+            self.flush(key, stream)
+        if stream.held:
+            stream.held.append(delta)
+            return
+        now = time.perf_counter()
+        wait = stream.text_at + COALESCE - now
+        if wait <= 0:
+            stream.text_at = now
+            self.send(key, stream, f'{{"type":"text-delta","id":{_quote(part)},'
+                                   f'"delta":{_quote(delta)}}}')
+            return
+        stream.held.append(delta)
+        stream.held_id = part
+        stream.timer = asyncio.get_running_loop().call_later(wait, self.flush, key, stream)
+
+    def flush(self, key: Key, stream: _Stream) -> None:
+        """Send the text deltas held back as one."""
+        if stream.timer is not None:
+            stream.timer.cancel()
+            stream.timer = None
+        if not stream.held:
+            return
+        delta = "".join(stream.held)
+        stream.held.clear()
+        stream.text_at = time.perf_counter()
+        self.send(key, stream, f'{{"type":"text-delta","id":{_quote(stream.held_id or "")},'
+                               f'"delta":{_quote(delta)}}}')
+
+    def later(self, key: Key, stream: _Stream,
+              transcript: list[dict[str, Any]] | None) -> None:
+        """After the commit: the transcript and the done frame, a little later (the next
+        tick when there is no transcript to send: only the list must not share the last
+        chunk's tick)."""
+        loop = asyncio.get_running_loop()
+        if transcript is None:
+            loop.call_soon(self.finish, key, stream, None)
+        else:
+            loop.call_later(FINALIZE_GAP, self.finish, key, stream, transcript)
 
     def finish(self, key: Key, stream: _Stream, transcript: list[dict[str, Any]] | None) -> None:
         if stream.done:
             return
+        self.flush(key, stream)
         stream.done = True
         if transcript is not None:
             skip = None if stream.continuation else stream.requester
@@ -246,13 +326,11 @@ class ChatWire:
     def fail(self, key: Key, stream: _Stream, error: BaseException) -> None:
         if stream.done:
             return
+        self.flush(key, stream)  # (what was said before it failed)
         stream.done = True
         stream.outcome = "error"
         text = str(error) or type(error).__name__
-        seq = len(stream.bodies)
-        body = encode({"type": "error", "errorText": text})
-        stream.bodies.append(body)
-        self.send_all(key, stream.frame(body, seq))
+        self.send(key, stream, encode({"type": "error", "errorText": text}))
         self.send_all(key, stream.end_frame())
         self.close(key, stream)
 

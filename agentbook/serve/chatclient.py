@@ -78,7 +78,9 @@ class ChatLink:
         schemas = [{"name": name, "description": t.description, "parameters": t.parameters}
                    for name, t in tools.items()]
         user = {"id": uuid.uuid4().hex, "role": "user", "parts": [{"type": "text", "text": text}]}
-        body: dict[str, Any] = {"messages": [*self.messages, user], "trigger": "submit-message"}
+        # (only the new message: the server keeps the conversation and reads a request's
+        # trailing user messages only, so the whole list would be JSON for nothing)
+        body: dict[str, Any] = {"messages": [user], "trigger": "submit-message"}
         if schemas:
             body["clientTools"] = schemas
         rid = uuid.uuid4().hex[:8]
@@ -121,7 +123,7 @@ class ChatLink:
             if not finished and ids:
                 try:
                     await self._send({"type": "cf_agent_chat_request_cancel", "id": ids[-1]})
-                except ConnectionError:
+                except Exception:  # (the connection is gone, websockets' own errors too)
                     pass
 
     async def _chunks(self, queue: asyncio.Queue, timeout: float | None, calls: list[dict],
@@ -130,7 +132,12 @@ class ChatLink:
         answer is kept in *reply*, a UIMessage)."""
         parts = reply["parts"]
         while True:
-            frame = await asyncio.wait_for(queue.get(), timeout)
+            if not queue.empty():  # (no timer for a frame that is here)
+                frame = queue.get_nowait()
+            elif timeout is None:
+                frame = await queue.get()
+            else:
+                frame = await asyncio.wait_for(queue.get(), timeout)
             if frame is _DONE:
                 raise ConnectionError("the connection to the agent closed during the turn")
             body = frame.get("body") or ""
