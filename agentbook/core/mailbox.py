@@ -228,7 +228,8 @@ class Instance:
             self.workflows = None
         store, self.store = self.store, None
         if store is not None:
-            if later and self.runtime.closer.close_later(self.key, store, self.ownership):
+            if later and store.broken is None \
+                    and self.runtime.closer.close_later(self.key, store, self.ownership):
                 self.ownership = None
             else:
                 store.close()
@@ -307,7 +308,7 @@ class Instance:
             err = translate(exc, self.store)
             self.fail_queue(err)
             if self.store is not None and rt.should_drop(err):
-                rt.hibernate_one(self)
+                rt.hibernate_one(self, later=False)
             return
         store = self.store
         assert store is not None
@@ -426,7 +427,7 @@ class Instance:
                 if current is None or again < current:
                     rt.timers.set(self.key, again)
             if self.store is not None and rt.should_drop(err):
-                rt.hibernate_one(self)
+                rt.hibernate_one(self, later=False)
             return
         # Durable from here on: the output gate opens.
         crash_point("after-commit-before-reply")

@@ -815,11 +815,13 @@ class Runtime:
             loop = asyncio.get_running_loop()
             self.sweep_handle = loop.call_later(self.hibernate_after, self.sweep)
 
-    def hibernate_one(self, inst: Instance) -> None:
-        """Hibernate one agent: close its store and MCP connections, forget it."""
+    def hibernate_one(self, inst: Instance, later: bool = True) -> None:
+        """Hibernate one agent: close its store and MCP connections, forget it. *later*:
+        the closer thread may close the store (not for a store dropped after an error:
+        the next wake opens it afresh)."""
         if self.mcp_clients is not None:
             self.mcp_clients.close_agent(inst.key)
-        inst.close(later=True)
+        inst.close(later=later)
         self.open_stores.pop(inst.key, None)
         self.idle.pop(inst.key, None)
         if not inst.busy:

@@ -133,7 +133,7 @@ def retire(inst: Instance, err: BaseException) -> BaseException:
     """The store of *inst* went bad while it ran (``store.broken``): close it so no more
     writes go in; a damaged one is quarantined. Returns the error to deliver."""
     rt = inst.runtime
-    rt.hibernate_one(inst)
+    rt.hibernate_one(inst, later=False)
     if isinstance(err, StoreCorruptError):
         try:
             return quarantine(rt, inst.key, err)
