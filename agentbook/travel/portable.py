@@ -22,6 +22,7 @@ from ..errors import AgentFileError, OwnedElsewhereError, UsageError
 from ..store import AgentStore, lease, open_reader
 from ..store import workflows as workflow_rows
 from ..store.export import ExportInfo, check_export, install_export, write_export
+from .replay import wake_for_workflows
 
 if TYPE_CHECKING:
     from ..core.ref import AgentRef
@@ -100,10 +101,8 @@ async def import_agent(rt: Any, path: str | os.PathLike, name: str | None,
         unfinished = workflow_rows.any_unfinished(reader)
     finally:
         reader.close()
-    if unfinished:  # its workflow runs go on here: wake it (it re-arms their waits)
-        now = rt.clock.now()
-        rt.timers.index_before_commit(target._ab_key, now)
-        rt.timers.set(target._ab_key, now)
+    if unfinished:
+        wake_for_workflows(rt, target._ab_key)
     if rt.events.active:
         rt.emit_event("timetravel:import", target._ab_key,
                       {"file": os.path.basename(shown), "from": f"{info.class_name}/{info.name}",

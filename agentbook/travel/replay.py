@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from ..core.ref import AgentRef
 
 __all__ = ["AGENT_CALL", "Recording", "ReplayResult", "ReplayStep", "StepOutcome", "agent_call_key",
-           "fork", "journal_call", "read_recording", "replay"]
+           "fork", "journal_call", "read_recording", "replay", "wake_for_workflows"]
 
 #: The prefix of the journal keys of calls to other agents: never called live in a replay.
 AGENT_CALL = "agent:"
@@ -318,14 +318,21 @@ async def _fork(ref: AgentRef, target: AgentRef, name: str, at: int | None,
         unfinished = workflow_rows.any_unfinished(mem)
     finally:
         mem.close()
-    if unfinished:  # its workflow runs go on there: wake it (it re-arms their waits)
-        now = rt.clock.now()
-        rt.timers.index_before_commit(target._ab_key, now)
-        rt.timers.set(target._ab_key, now)
+    if unfinished:
+        wake_for_workflows(rt, target._ab_key)
     if rt.events.active:
         rt.emit_event("timetravel:fork", ref._ab_key, {"fork": name, "at": version,
                                                        **({} if patch is None else {"patch": patch})})
     return target
+
+
+def wake_for_workflows(rt: Any, key: tuple[str, str]) -> None:
+    """A new copy of an agent (a fork, an import) holds workflow runs that have not ended:
+    wake it now, so they go on there (their waits are armed again: a copy has neither
+    their schedules nor their approvals)."""
+    now = rt.clock.now()
+    rt.timers.index_before_commit(key, now)
+    rt.timers.set(key, now)
 
 
 def _write_fork(rt: Any, mem: apsw.Connection, path: str, key: tuple[str, str],
