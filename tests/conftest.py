@@ -68,3 +68,12 @@ def kernel_name(tmp_path_factory):
         mp.setenv("JUPYTER_PATH", str(root))
         mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quiet the debugger's warning
         yield "python3"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Close the widgets tests left open while the interpreter still stands: ipywidgets'
+    ``Widget.__del__`` run during interpreter shutdown (its registry already gone) printed
+    an ``Exception ignored ... AttributeError`` traceback for each one after a green run."""
+    widgets = sys.modules.get("ipywidgets")
+    if widgets is not None:
+        widgets.Widget.close_all()
