@@ -44,7 +44,6 @@ __all__ = [
     "release_step",
     "rollback_step",
     "runs_frame",
-    "runs_with_status",
     "savepoint_step",
     "set_run",
     "step_waiting_on",
@@ -204,13 +203,6 @@ def any_unfinished(conn: apsw.Connection) -> bool:
     """Whether the store on *conn* has a run that has not ended."""
     return bool(_query(conn, "SELECT 1 FROM _ab_workflows WHERE status IN"
                              " ('running', 'sleeping', 'waiting') LIMIT 1"))
-
-
-def runs_with_status(store: AgentStore, *statuses: str) -> list[str]:
-    """Ids of the runs in one of *statuses*, oldest first."""
-    marks = ", ".join("?" * len(statuses))
-    return [r[0] for r in store.internal(
-        f"SELECT id FROM _ab_workflows WHERE status IN ({marks}) ORDER BY created", statuses)]
 
 
 def add_event(store: AgentStore, run_id: str, name: str, value: str, now: float) -> None:

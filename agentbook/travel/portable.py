@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import AgentFileError, OwnedElsewhereError, UsageError
 from ..store import AgentStore, lease, open_reader
-from ..store import workflows as workflow_rows
 from ..store.export import ExportInfo, check_export, install_export, write_export
 from .replay import wake_for_workflows
 
@@ -98,11 +97,9 @@ async def import_agent(rt: Any, path: str | os.PathLike, name: str | None,
         _remove(tmp)
     reader = open_reader(new_path)
     try:
-        unfinished = workflow_rows.any_unfinished(reader)
+        wake_for_workflows(rt, target._ab_key, reader)
     finally:
         reader.close()
-    if unfinished:
-        wake_for_workflows(rt, target._ab_key)
     if rt.events.active:
         rt.emit_event("timetravel:import", target._ab_key,
                       {"file": os.path.basename(shown), "from": f"{info.class_name}/{info.name}",

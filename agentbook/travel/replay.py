@@ -315,21 +315,21 @@ async def _fork(ref: AgentRef, target: AgentRef, name: str, at: int | None,
             if not os.path.exists(new_path):  # (a listing without a store means nothing)
                 rt.catalog.remove(cls_name, name)
             raise
-        unfinished = workflow_rows.any_unfinished(mem)
+        wake_for_workflows(rt, target._ab_key, mem)
     finally:
         mem.close()
-    if unfinished:
-        wake_for_workflows(rt, target._ab_key)
     if rt.events.active:
         rt.emit_event("timetravel:fork", ref._ab_key, {"fork": name, "at": version,
                                                        **({} if patch is None else {"patch": patch})})
     return target
 
 
-def wake_for_workflows(rt: Any, key: tuple[str, str]) -> None:
-    """A new copy of an agent (a fork, an import) holds workflow runs that have not ended:
-    wake it now, so they go on there (their waits are armed again: a copy has neither
-    their schedules nor their approvals)."""
+def wake_for_workflows(rt: Any, key: tuple[str, str], conn: apsw.Connection) -> None:
+    """If a new copy of an agent (a fork, an import; its tables on *conn*) holds workflow
+    runs that have not ended, wake it now, so they go on there (their waits are armed
+    again: a copy has neither their schedules nor their approvals)."""
+    if not workflow_rows.any_unfinished(conn):
+        return
     now = rt.clock.now()
     rt.timers.index_before_commit(key, now)
     rt.timers.set(key, now)
