@@ -304,6 +304,13 @@ class HostUnavailableError(AgentbookError):
     needed (its effects, if any, were committed exactly once)."""
 
 
+class LeaseLostError(HostUnavailableError):
+    """A Ray host no longer holds the lease of the agent's shard (it was paused or cut off
+    for longer than its lease, or the shard moved): nothing of the message was committed
+    there. The driver sends it again to the shard's new owner by itself; if this reaches
+    you, send it again (it did not run)."""
+
+
 class AgentNotFoundError(AgentbookError, KeyError):
     """No agent with that class and name exists in the store."""
 

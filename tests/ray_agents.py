@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import agentbook as ab
@@ -11,13 +12,26 @@ class RayTally(ab.Agent):
     initial_state = {"n": 0, "pid": 0}
 
     async def on_start(self):
-        self.sql("CREATE TABLE IF NOT EXISTS marks(id TEXT PRIMARY KEY)")
+        self.sql("CREATE TABLE IF NOT EXISTS marks(id TEXT PRIMARY KEY, pid INTEGER)")
 
     @ab.callable
     async def mark(self, mark_id: str) -> int:
-        self.sql("INSERT INTO marks VALUES (?)", mark_id)
+        self.sql("INSERT INTO marks VALUES (?, ?)", mark_id, os.getpid())
         self.set_state({"n": self.state["n"] + 1, "pid": os.getpid()})
         return self.state["n"]
+
+    @ab.callable
+    async def slow_mark(self, mark_id: str, seconds: float) -> int:
+        """A mark that waits before it writes (a host can be paused meanwhile)."""
+        await asyncio.sleep(seconds)
+        self.sql("INSERT INTO marks VALUES (?, ?)", mark_id, os.getpid())
+        self.set_state({"n": self.state["n"] + 1, "pid": os.getpid()})
+        return self.state["n"]
+
+    @ab.callable
+    async def marks(self) -> list:
+        """``[[id, pid of the host that wrote it], ...]`` in the order they were written."""
+        return [[r["id"], r["pid"]] for r in self.sql("SELECT id, pid FROM marks ORDER BY rowid")]
 
     @ab.callable
     async def pass_on(self, other: str, mark_id: str) -> None:

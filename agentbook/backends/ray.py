@@ -28,15 +28,19 @@ import asyncio
 import json as _json
 import logging
 import os
+import time
 import uuid
-import zlib
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..envelope import Envelope
-from ..errors import HostUnavailableError, StoreError, UsageError
+from ..errors import HostUnavailableError, LeaseLostError, UsageError
+from .catalog_leases import CatalogLeases
 from .ray_events import EventRelay, event_encoder
+from .replication import Replicator
+from .shard_leases import ShardLeases
+from .shards import Key, folder_id, node_folder, ray_module, shard_of
 
 if TYPE_CHECKING:
     from ..core.runtime import Runtime
@@ -46,21 +50,11 @@ __all__ = ["RayRouter", "shard_of"]
 #: Events a host keeps for the driver's next poll, at most.
 _MAX_EVENTS = 100_000
 
-Key = tuple[str, str]
 log = logging.getLogger("agentbook.ray")
-
-
-def shard_of(key: Key, shards: int) -> int:
-    """The virtual shard of an agent: stable across processes and runs."""
-    return zlib.crc32(f"{key[0]}\x00{key[1]}".encode("utf-8", "surrogatepass")) % shards
-
-
-def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise UsageError("the Ray backend needs Ray: pip install 'agentbook[ray]'") from None
-    return ray
+#: How many times the driver sends a message again that a host refused because the shard
+#: is not (or no longer) its own (nothing of it ran), each after a fresh shard map.
+_REROUTES = 8
+_ray = ray_module
 
 
 def _head(env: Envelope) -> list[Any]:
@@ -129,7 +123,8 @@ class RayRouter:
     """Routes envelopes to the host that owns each agent (on the driver, and on hosts)."""
 
     def __init__(self, rt: Runtime, hosts: int, shards: int, prefix: str,
-                 index: int | None = None, handles: list[Any] | None = None) -> None:
+                 index: int | None = None, handles: list[Any] | None = None,
+                 coordinator: Any = None) -> None:
         self.rt = rt
         self.hosts = hosts
         self.shards = shards
@@ -144,14 +139,34 @@ class RayRouter:
         self.sender = uuid.uuid4().hex
         self._seq: dict[int, int] = {}
         self.events: EventRelay | None = None  # the driver's: host events while listened to
+        #: Node-local stores: the coordinator actor, and its shard map (owner by shard).
+        self.coordinator = coordinator
+        self.owners: list[int] | None = None
+        self.stale = False  # the map needs a refresh before the next send
 
     def host_of(self, key: Key) -> int:
         """Which host owns *key*."""
-        return shard_of(key, self.shards) % self.hosts
+        shard = shard_of(key, self.shards)
+        if self.owners is not None:
+            return self.owners[shard]
+        return shard % self.hosts
 
     def owns(self, key: Key) -> bool:
         """Whether this process hosts *key*."""
-        return self.index is not None and self.host_of(key) == self.index
+        if self.index is None or (self.coordinator is not None and self.owners is None):
+            return False
+        return self.host_of(key) == self.index
+
+    def use_view(self, view: dict[str, Any]) -> None:
+        """Route by the coordinator's shard map *view*."""
+        self.owners = list(view["owners"])
+        self.hosts = max(self.hosts, max(self.owners) + 1)
+        self.stale = False
+
+    def refresh(self) -> None:
+        """Fetch the coordinator's shard map now (after a host refused or died)."""
+        if self.coordinator is not None:
+            self.use_view(_ray().get(self.coordinator.view.remote()))
 
     def handle(self, index: int) -> Any:
         if index not in self._handles:
@@ -180,10 +195,12 @@ class RayRouter:
         inbox = self._inbox_here()
         if self.events is not None and inbox is not None:
             self.events.poll()
-        self._send(key, env, head, inbox, False)
+        self._send(key, env, head, inbox, 0)
 
     def _send(self, key: Key, env: Envelope, head: list[Any], inbox: _Inbox | None,
-              resent: bool) -> None:
+              resent: int) -> None:
+        if self.stale:
+            self.refresh()
         index = self.host_of(key)
         host = self._handles.get(index) or self.handle(index)
         cls = self.rt.class_for(key[0])
@@ -211,7 +228,7 @@ class RayRouter:
         return seq
 
     def settle_answer(self, inbox: _Inbox, done: Any, env: Envelope, key: Key, index: int,
-                      head: list[Any], resent: bool) -> int:
+                      head: list[Any], resent: int) -> int:
         """Hand one answer to its caller (on the loop); 1 when the message is settled."""
         fut = env.future
         exc = done.exception()
@@ -224,12 +241,20 @@ class RayRouter:
             # The host restarted and lost the classes it was sent: send again, once.
             self._sent = {k: v for k, v in self._sent.items() if k[0] != index}
             if not resent:
-                self._send(key, env, head, inbox, True)
+                self._send(key, env, head, inbox, 1)
                 return 0
         # The handler's own exception comes back as it was.
         cause = getattr(exc, "cause", None)
         error = cause if isinstance(cause, BaseException) else exc
+        if isinstance(error, LeaseLostError) and self.coordinator is not None \
+                and resent < _REROUTES:
+            # Not run there (not that host's shard, or its lease ran out): to the owner.
+            self.stale = True
+            inbox.loop.call_later(min(0.02 * 2 ** resent, 1.0), self._send, key, env, head,
+                                  inbox, resent + 1)
+            return 0
         if type(exc).__name__ in ("ActorUnavailableError", "ActorDiedError", "RayActorError"):
+            self.stale = self.coordinator is not None  # (its shards may have moved)
             self._sent = {k: v for k, v in self._sent.items() if k[0] != index}
             error = HostUnavailableError(
                 f"the host running this agent restarted during {env.method}(); it may or "
@@ -256,32 +281,101 @@ class RayRouter:
                 ray.kill(self.handle(index), no_restart=True)
             except Exception:
                 pass
+        if self.coordinator is not None:
+            try:
+                ray.kill(self.coordinator, no_restart=True)
+            except Exception:
+                pass
 
     def hibernate(self) -> int:
         """Hibernate idle agents on every host."""
         ray = _ray()
-        return sum(ray.get([self.handle(i).hibernate.remote() for i in range(self.hosts)]))
+        dead = set(self.dead_hosts())
+        return sum(ray.get([self.handle(i).hibernate.remote() for i in range(self.hosts)
+                            if i not in dead]))
+
+    def dead_hosts(self) -> list[int]:
+        """Hosts the coordinator counts as lost (none without node-local stores)."""
+        if self.coordinator is None:
+            return []
+        view = _ray().get(self.coordinator.view.remote())
+        self.use_view(view)
+        return list(view["dead"])
 
 
-def start(rt: Runtime, address: str | None, hosts: int, shards: int) -> RayRouter:
-    """Start (or join) Ray and create the host actors for the driver runtime *rt*."""
+def start(rt: Runtime, address: str | None, hosts: int, shards: int, *,
+          host_dir: str | None = None, replicas: int = 0, replication: str | None = None,
+          lease_seconds: float = 10.0) -> RayRouter:
+    """Start (or join) Ray and create the host actors for the driver runtime *rt*.
+
+    With *host_dir*, *replicas* or an *address* (a real cluster), each host keeps its
+    stores on its own node and a coordinator actor keeps the shard map and the leases
+    (see :mod:`agentbook.backends.coordinator`); otherwise every host works on the one
+    shared folder (one machine)."""
     ray = _ray()
-    if rt.memory:
-        raise UsageError("the Ray backend needs a folder every host can reach, not ':memory:'")
     if hosts < 1 or shards < hosts:
         raise UsageError("hosts must be at least 1 and shards at least hosts")
+    if replicas not in (0, 1):
+        raise UsageError(f"replicas is 0 or 1, not {replicas!r}")
+    if replication is not None and not replicas:
+        raise UsageError(f"durability={replication!r} needs replicas=1 (a copy of each shard "
+                         "on another node)")
+    if not (isinstance(lease_seconds, (int, float)) and lease_seconds > 0):
+        raise UsageError(f"lease_seconds is a number of seconds > 0, not {lease_seconds!r}")
+    across = host_dir is not None or replicas > 0 or address is not None
+    if rt.memory and not across:
+        raise UsageError("the Ray backend needs a folder every host can reach, not ':memory:'")
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # local clusters: loopback only
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
-                 ignore_reinit_error=True, namespace="agentbook")
+                 logging_level=logging.WARNING, ignore_reinit_error=True,
+                 namespace="agentbook")
     prefix = f"agentbook-{uuid.uuid4().hex[:8]}"
     host_cls = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=1000)(AgentHost)
-    handles = [host_cls.options(name=f"{prefix}-{i}", namespace="agentbook",
-                                lifetime=None).remote(rt.root, i, hosts, shards, rt.durability,
-                                                      prefix)
+    if not across:
+        handles = [host_cls.options(name=f"{prefix}-{i}", namespace="agentbook",
+                                    lifetime=None).remote(rt.root, i, hosts, shards,
+                                                          rt.durability, prefix)
+                   for i in range(hosts)]
+        ray.get([h.ready.remote() for h in handles])
+        router = RayRouter(rt, hosts, shards, prefix, handles=handles)
+        router.events = EventRelay(router)
+        return router
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from .coordinator import Coordinator
+
+    if replicas and replication is None:
+        replication = "replicated"
+    here = ray.get_runtime_context().get_node_id()
+    coordinator = ray.remote(Coordinator).options(
+        name=f"{prefix}-coordinator", namespace="agentbook", lifetime="detached",
+        max_restarts=-1, max_concurrency=100, num_cpus=0,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
+    ).remote(host_dir, shards, replicas, float(lease_seconds))
+    options = {"host_dir": host_dir, "replication": replication,
+               "coordinator": f"{prefix}-coordinator"}
+    # Hosts go round the live nodes (a host whose node is lost is restarted elsewhere).
+    alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    alive.sort(key=lambda n: n != here)
+    handles = [host_cls.options(
+                   name=f"{prefix}-{i}", namespace="agentbook",
+                   scheduling_strategy=NodeAffinitySchedulingStrategy(
+                       node_id=alive[i % len(alive)], soft=True)).remote(
+                   rt.root, i, hosts, shards, rt.durability, prefix, options)
                for i in range(hosts)]
+    places = {i: [hello["node"], hello["disk"]] for i, hello in
+              enumerate(ray.get([h.hello.remote() for h in handles]))}
+    try:
+        ray.get(coordinator.plan.remote(places))
+    except Exception as exc:
+        cause = getattr(exc, "cause", None)
+        for actor in (*handles, coordinator):
+            ray.kill(actor, no_restart=True)
+        raise cause if isinstance(cause, UsageError) else exc from None
     ray.get([h.ready.remote() for h in handles])
-    router = RayRouter(rt, hosts, shards, prefix, handles=handles)
+    router = RayRouter(rt, hosts, shards, prefix, handles=handles, coordinator=coordinator)
+    router.refresh()
     router.events = EventRelay(router)
     return router
 
@@ -290,17 +384,36 @@ class AgentHost:
     """A Ray actor hosting the agents of its shards with an ordinary runtime."""
 
     def __init__(self, root: str, index: int, hosts: int, shards: int, durability: str,
-                 prefix: str) -> None:
+                 prefix: str, across: dict[str, Any] | None = None) -> None:
         from ..core.runtime import Runtime
 
         self.index = index
         self.host_id = f"{prefix}-{index}-{uuid.uuid4().hex[:6]}"
-        self.rt = Runtime(root, durability=durability)
-        router = RayRouter(self.rt, hosts, shards, prefix, index)
+        self.node = _ray().get_runtime_context().get_node_id()
+        #: Node-local stores: this host's shard leases, replicas, and their upkeep.
+        self.leases: ShardLeases | None = None
+        self.replicator: Replicator | None = None
+        self._renewing: asyncio.Task | None = None
+        self.disk = ""
+        if across is None:  # one machine: the shared folder, leases in its catalog
+            self.rt = Runtime(root, durability=durability)
+            router = RayRouter(self.rt, hosts, shards, prefix, index)
+            mine = [s for s in range(shards) if s % hosts == index]
+            self.rt.catalog.take_leases(mine, self.host_id)  # a restarted host takes them back
+            self.rt.lease = CatalogLeases(self.rt.catalog, self.host_id, shards)
+        else:  # this node's own folder; leases from the coordinator
+            folder = os.path.join(node_folder(across["host_dir"]), f"host-{index}")
+            self.rt = Runtime(folder, durability=durability)
+            self.disk = folder_id(folder)
+            coordinator = _ray().get_actor(across["coordinator"], namespace="agentbook")
+            router = RayRouter(self.rt, hosts, shards, prefix, index, coordinator=coordinator)
+            self.leases = ShardLeases(index, shards)
+            self.rt.lease = self.leases
+            if across["replication"] is not None:
+                self.replicator = Replicator(self.rt, self.leases, router.handle,
+                                             across["replication"] == "replicated")
+                self.replicator.refresh = self.renew
         self.rt.router = router
-        mine = [s for s in range(shards) if s % hosts == index]
-        self.rt.catalog.take_leases(mine, self.host_id)  # a restarted host takes them back
-        self.rt.lease = (self.host_id, shards)
         self.rt.timers.reload()
         self._expected: dict[str, int] = {}
         self._waiting: dict[tuple[str, int], asyncio.Future] = {}
@@ -316,8 +429,90 @@ class AgentHost:
 
     async def ready(self) -> int:
         """The host's process id, once it can take messages."""
+        if self.leases is not None:
+            await self.renew()
+            self._keep_renewing()
         self.rt.timers.arm_if_pending()
         return os.getpid()
+
+    async def hello(self) -> dict[str, Any]:
+        """Where this host runs: its process id, Ray node id, store folder and its id."""
+        return {"pid": os.getpid(), "node": self.node, "folder": self.rt.root,
+                "disk": self.disk}
+
+    # -- leases (node-local stores) -----------------------------------------------------
+    async def renew(self) -> None:
+        """Renew this host's leases with the coordinator; let go of shards it lost and take
+        up the ones it gained (promoted from their replicas)."""
+        leases, router = self.leases, self.rt.router
+        if leases is None:
+            return
+        sent = time.monotonic()
+        try:
+            view = await router.coordinator.renew.remote(self.index, self.node, self.disk)
+        except Exception:  # the coordinator is away: the deadline runs out by itself
+            log.warning("agentbook host %d could not renew its leases", self.index)
+            return
+        gained, lost, seed = leases.update(view, sent)
+        router.use_view(view)
+        if lost:
+            self._let_go(lost)
+        if gained:
+            self._take_up(gained)
+        if seed and self.replicator is not None:
+            self.replicator.seed(seed)  # a new replica: ship it every agent of those shards
+
+    def _keep_renewing(self) -> None:
+        if self.leases is not None and (self._renewing is None or self._renewing.done()):
+            self._renewing = asyncio.get_running_loop().create_task(self._renewals())
+
+    async def _renewals(self) -> None:
+        while True:
+            view = self.leases.view if self.leases is not None else None
+            await asyncio.sleep((view["lease"] if view else 1.0) / 4)
+            await self.renew()
+
+    def _let_go(self, shards: set[int]) -> None:
+        """Shards this host lost (its lease ran out, or they moved): close their agents and
+        set their files aside (another host has the newer truth)."""
+        leases, rt = self.leases, self.rt
+        assert leases is not None
+        for inst in [i for i in rt.open_stores.values() if leases.shard(i.key) in shards]:
+            if not inst.busy:
+                rt.hibernate_one(inst, later=False)
+        rt.closer.wait()
+        if self.replicator is not None:
+            self.replicator.forget(shards)
+
+    def _take_up(self, shards: set[int]) -> None:
+        """Shards this host now owns: wake what their agents have due here."""
+        from ..schedule.firing import next_due
+        from ..store import AgentStore
+
+        rt = self.rt
+        if self.replicator is not None:
+            keys = self.replicator.promoted(shards)
+        else:
+            keys = [(r[0], r[1]) for r in rt.catalog.rows()
+                    if shard_of((r[0], r[1]), rt.lease.shards) in shards]
+        for key in keys:
+            if key in rt.instances:
+                continue
+            store = AgentStore(rt.path_of(key), rt.durability)
+            try:
+                due = next_due(store)
+            finally:
+                store.close()
+            if due is not None:
+                rt.timers.set(key, due)
+
+    async def replicate(self, sender: int, epochs: dict[int, int], data: bytes) -> None:
+        """Versions host *sender* committed, for this host's replica copies (bytes: see
+        :mod:`agentbook.store.replica`); refused if *sender*'s epoch is stale."""
+        self._keep_renewing()
+        if self.replicator is None:
+            raise UsageError("this host keeps no replicas (ab.Runtime(replicas=1))")
+        self.replicator.apply(sender, epochs, data)
 
     async def register(self, cls: type) -> None:
         """A (possibly redefined) agent class arrived from the driver."""
@@ -332,6 +527,16 @@ class AgentHost:
         self.rt.timers.arm_if_pending()
         if self._expected.get(sender, 0) != seq or self._restarted:
             await self._turn(sender, seq)
+        leases = self.leases
+        if leases is not None:
+            if leases.view is None:  # (restarted: not renewed yet)
+                await self.renew()
+            self._keep_renewing()
+            if not leases.holds((class_name, name)):
+                self._next(sender, seq)
+                raise LeaseLostError(
+                    f"{class_name}({name!r}) is not on this host's shards now; it was not "
+                    "run here (the driver sends it to the shard's owner)")
         if self.rt.class_for(class_name) is None:
             self._next(sender, seq)  # let later messages through meanwhile
             raise _ClassMissing(class_name)
@@ -368,6 +573,8 @@ class AgentHost:
         pending = self.rt.submit(key, env)  # queued now, in order
         self._next(sender, seq)
         result = await pending
+        if self.replicator is not None and self.replicator.sync:
+            await self.replicator.wait(key)  # durability="replicated": on the replica too
         try:
             return jsonvalue.dumps(jsonvalue.freeze(result, "result"))
         except (TypeError, ValueError):
@@ -453,13 +660,5 @@ class AgentHost:
         return self.rt.holds_lease((class_name, name))
 
 
-
 class _ClassMissing(Exception):
     """A host was asked to run an agent whose class it has not been sent (yet)."""
-
-
-def check_lease(rt: Runtime, key: Key) -> None:
-    """Refuse to open an agent whose shard this host doesn't hold."""
-    if not rt.holds_lease(key):
-        raise StoreError(f"{key[0]}({key[1]!r}) belongs to a shard another host holds; "
-                         "the message was not run here")

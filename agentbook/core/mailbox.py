@@ -383,6 +383,8 @@ class Instance:
                     rt.timers.index_before_commit(self.key, sent[0][2][1])  # found on restart
                 if self.version != self.committed[0] or self.fresh:
                     store.write_state(self.version, self.state_json)
+                if rt.lease is not None:  # a Ray host whose lease ran out commits nothing
+                    rt.lease.fence(self.key)
                 crash_point("before-commit")
                 store.commit()
         except BaseException as exc:

@@ -94,6 +94,18 @@ class Runtime:
         address: The Ray cluster to join (``None``: start or reuse a local one).
         hosts: How many Ray actors host agents.
         shards: Virtual shards that agents hash onto (fixed for a store folder).
+        host_dir: Ray, across machines: each host keeps its shards' stores in this folder
+            on its own node (``{node}`` is the Ray node id), coordinated through Ray - no
+            shared filesystem. Default: today's single-machine mode (one shared folder),
+            unless *replicas* is set or *address* joins a cluster: then a folder under
+            each node's Ray temp dir.
+        replicas: Ray, across machines: ``1`` keeps a copy of every shard on a host of
+            another node, promoted when the node is lost. With it, *durability* is
+            ``"replicated"`` (the default: a call is acknowledged once its version is on
+            the replica too) or ``"async"`` (shipped right after; a lost node may take
+            the last moments' versions with it).
+        lease_seconds: Ray, across machines: how long a host's shard leases last without
+            renewal (a lost node's shards move to their replicas after 1.5 of these).
 
     Example:
         >>> rt = Runtime(":memory:")
@@ -138,9 +150,16 @@ class Runtime:
         address: str | None = None,
         hosts: int = 2,
         shards: int = 64,
+        host_dir: str | None = None,
+        replicas: int = 0,
+        lease_seconds: float = 10.0,
     ) -> None:
+        replication = None
+        if durability in ("replicated", "async") and backend == "ray":
+            replication, durability = durability, "normal"
         if durability not in _DURABILITY:
-            raise UsageError(f"durability must be 'normal' or 'full', not {durability!r}")
+            raise UsageError(f"durability must be 'normal' or 'full' (with backend='ray' and "
+                             f"replicas=1 also 'replicated' or 'async'), not {durability!r}")
         from ..store.fds import fit_max_open  # (raises the soft limit on open files, once)
 
         max_open = fit_max_open(max_open)
@@ -210,8 +229,9 @@ class Runtime:
         self.mcp_clients: Any = None
         #: Routes messages to other processes (the Ray backend), or ``None``.
         self.router: Any = None
-        #: ``(host id, shards)`` on a Ray host: it opens only agents of shards it leases.
-        self.lease: tuple[str, int] | None = None
+        #: On a Ray host, its shard leases (``holds(key)``; ``fence(key)`` before each
+        #: commit): it opens and commits only agents of shards it leases.
+        self.lease: Any = None
         if backend not in ("local", "ray"):
             raise UsageError(f"backend is 'local' or 'ray', not {backend!r}")
         #: Agents that committed since the DuckDB views last caught up.
@@ -220,7 +240,9 @@ class Runtime:
         if backend == "ray":
             from ..backends.ray import start
 
-            self.router = start(self, address, hosts, shards)
+            self.router = start(self, address, hosts, shards, host_dir=host_dir,
+                                replicas=replicas, replication=replication,
+                                lease_seconds=lease_seconds)
         self.timers.load()
         global _latest
         _latest = weakref.ref(self)
@@ -313,12 +335,7 @@ class Runtime:
 
     def holds_lease(self, key: Key) -> bool:
         """On a Ray host: whether this host holds the lease of *key*'s shard."""
-        if self.lease is None:
-            return True
-        from ..backends.ray import shard_of
-
-        host_id, shards = self.lease
-        return self.catalog.lease_holder(shard_of(key, shards)) == host_id
+        return self.lease is None or self.lease.holds(key)
 
     # -- life ---------------------------------------------------------------------------
     def close(self) -> None:

@@ -26,7 +26,7 @@ from .history import changesets_above, check_version, schema_at
 from .schema import UNTRACKED_TABLES
 from .sqlaccess import READ_BUSY_MS
 
-__all__ = ["copy_into", "frame_segments", "materialize", "segments", "undo", "undo_to"]
+__all__ = ["copy_into", "frame_segments", "materialize", "redo", "segments", "undo", "undo_to"]
 
 _URI_RO = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_URI
 #: A table rebuilt by a rewind (its definition changed) waits under this prefix, which
@@ -70,6 +70,17 @@ def undo(conn: apsw.Connection, changesets: list[bytes], target: str,
         for part in reversed(segments(changes)):
             apsw.Changeset.apply(apsw.Changeset.invert(part), conn, conflict=_resolve)
     _reconcile(conn, target, before_drop)
+
+
+def redo(conn: apsw.Connection, changes: bytes | None, schema: str | None) -> None:
+    """Apply one version's changes forward, with its schema (a replica following its
+    primary: :mod:`agentbook.store.replica`)."""
+    if schema is not None:
+        _create_missing(conn, schema, tables_only=True)
+    for part in segments(changes) if changes else ():
+        apsw.Changeset.apply(part, conn, conflict=_resolve)
+    if schema is not None:
+        _reconcile(conn, schema)
 
 
 def undo_to(conn: apsw.Connection, version: int,

@@ -1,0 +1,227 @@
+"""Replicas of a Ray host's shards on another node (``replicas=1``).
+
+After every commit (the mailbox's fence names the agent: :class:`ShardLeases`
+``.on_commit``), the primary host ships the agent's new versions - its history rows, each
+holding the version's changeset as time travel records it, its state and its schema
+changes (:mod:`agentbook.store.replica`) - as one bytes payload to the host keeping the
+shard's replica, which applies them to its copy of the store. Shipments are batched: while
+one is on its way, the next commits gather for the next (group commit), so a busy host
+ships once per round trip, not once per message.
+
+* ``durability="replicated"``: a forwarded call is answered only once its version is on
+  the replica (``Replicator.wait``): a lost node loses no acknowledged version.
+* ``durability="async"``: the answer does not wait; the versions follow within one round
+  trip (about a millisecond on a LAN; longer while the replica is slow or being
+  replaced). A node lost in that window takes them with it.
+
+Each shipment carries the primary's fencing epoch per shard; a replica refuses one with an
+older epoch than it knows (the shard was promoted since), and the primary learns so.
+What a changeset leaves out (pending approvals, the outbox, events) reaches a replica only
+by a shard move's snapshot, not per version: after a failover those of the last moments
+may be missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from ..errors import LeaseLostError
+from ..store import AgentStore, translate_error
+from ..store import replica as replica_store
+from .shards import Key
+
+if TYPE_CHECKING:
+    from ..core.runtime import Runtime
+    from .shard_leases import ShardLeases
+
+__all__ = ["Replicator"]
+
+log = logging.getLogger("agentbook.ray")
+
+#: Replica copies kept open on a host at once (the least recently used are closed).
+_OPEN_COPIES = 64
+
+
+class Replicator:
+    """Ships a host's committed versions to its shards' replicas, and keeps the copies of
+    the shards it is the replica of."""
+
+    def __init__(self, rt: Runtime, leases: ShardLeases, handle: Callable[[int], Any],
+                 wait: bool) -> None:
+        self.rt = rt
+        self.leases = leases
+        self.handle = handle
+        self.sync = wait
+        self.touched: set[Key] = set()
+        #: (replica host, key) -> the version it has of key.
+        self.shipped: dict[tuple[int, Key], int] = {}
+        self.waiters: list[tuple[Key, int, asyncio.Future]] = []
+        self.task: asyncio.Task | None = None
+        self.copies: OrderedDict[Key, AgentStore] = OrderedDict()
+        self.refresh: Callable[[], Any] | None = None  # renews the leases (a newer map)
+        leases.on_commit = self.committing
+
+    # -- the primary's side -------------------------------------------------------------
+    def committing(self, key: Key) -> None:
+        """A batch of *key* is about to commit: ship it once it has."""
+        if self.leases.replica_host(key) is None:
+            return
+        self.touched.add(key)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._pump())
+
+    def seed(self, shards: set[int]) -> None:
+        """*shards* have a new replica: ship it all of their agents, from the start."""
+        keys = [(row[0], row[1]) for row in self.rt.catalog.rows()
+                if self.leases.shard((row[0], row[1])) in shards]
+        self.shipped = {k: v for k, v in self.shipped.items()
+                        if self.leases.shard(k[1]) not in shards}
+        if keys:
+            self.touched.update(keys)
+            if self.task is None or self.task.done():
+                self.task = asyncio.get_running_loop().create_task(self._pump())
+
+    async def wait(self, key: Key) -> None:
+        """Until *key*'s committed versions are on its replica (or it has none)."""
+        target = self.leases.replica_host(key)
+        inst = self.rt.instances.get(key)
+        if target is None or inst is None:
+            return
+        version = inst.committed[0]
+        if self.shipped.get((target, key), 0) >= version:
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters.append((key, version, fut))
+        if self.task is None or self.task.done():
+            self.touched.add(key)
+            self.task = asyncio.get_running_loop().create_task(self._pump())
+        await fut
+
+    async def _pump(self) -> None:
+        await asyncio.sleep(0)  # (after the commit that named the agent)
+        while self.touched:
+            touched, self.touched = self.touched, set()
+            by_target: dict[int, list[Key]] = {}
+            for key in touched:
+                target = self.leases.replica_host(key)
+                if target is not None:
+                    by_target.setdefault(target, []).append(key)
+            sends = [self._ship(target, keys) for target, keys in by_target.items()]
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            for (_target, keys), result in zip(by_target.items(), results, strict=True):
+                if isinstance(result, BaseException):
+                    self.touched.update(keys)  # again, after a newer map (or a pause)
+            self._settle()
+            if self.touched:
+                if self.refresh is not None:
+                    try:
+                        await self.refresh()
+                    except Exception:
+                        pass
+                await asyncio.sleep(0.05)
+        self._settle()
+
+    async def _ship(self, target: int, keys: list[Key]) -> None:
+        shipments, epochs = [], {}
+        for key in keys:
+            inst = self.rt.instances.get(key)
+            after = self.shipped.get((target, key), 0)
+            if inst is None or inst.store is None:  # (hibernated since: read its file)
+                shipment = replica_store.versions_in_file(self.rt.path_of(key), key, after)
+                if shipment is None:
+                    continue
+                shipments.append(shipment)
+            else:
+                upto, _state, state_json = inst.committed
+                if upto <= after:
+                    continue
+                shipments.append(replica_store.versions_since(inst.store.conn, key, after,
+                                                              upto, state_json))
+            epochs[self.leases.shard(key)] = self.leases.epoch(key)
+        if not shipments:
+            return
+        data = replica_store.encode(shipments)
+        await self.handle(target).replicate.remote(self.leases.index, epochs, data)
+        for shipment in shipments:
+            self.shipped[(target, (shipment.class_name, shipment.name))] = shipment.version
+
+    def _settle(self) -> None:
+        still = []
+        for key, version, fut in self.waiters:
+            target = self.leases.replica_host(key)
+            if fut.done():
+                continue
+            if target is None or self.shipped.get((target, key), 0) >= version:
+                fut.set_result(None)
+            elif self.leases.shard(key) not in self.leases.owned:
+                fut.set_exception(LeaseLostError(
+                    f"{key[0]}({key[1]!r}): this host lost the shard before its last "
+                    "version reached the replica; it was not acknowledged - send it again"))
+            else:
+                still.append((key, version, fut))
+        self.waiters = still
+
+    # -- the replica's side -------------------------------------------------------------
+    def apply(self, sender: int, epochs: dict[int, int], data: bytes) -> None:
+        """Follow a primary (see :meth:`AgentHost.replicate`)."""
+        for shard, epoch in epochs.items():
+            if shard in self.leases.owned or epoch < self.leases.known_epoch(int(shard)):
+                raise LeaseLostError(
+                    f"host {sender} shipped versions of shard {shard} under epoch {epoch}, "
+                    "but the shard has a newer owner: they were refused")
+        for shipment in replica_store.decode(data):
+            key = (shipment.class_name, shipment.name)
+            store = self._copy(key, fresh=shipment.meta is not None)
+            try:
+                replica_store.apply(store.conn, shipment)
+            except apsw.Error as exc:
+                self._close(key)
+                raise translate_error(exc, store.path) from None
+
+    def _copy(self, key: Key, fresh: bool) -> AgentStore:
+        """The copy of *key* to apply to; *fresh*: the primary ships from the start (a new
+        replica, or a new primary), so an older copy here (stale) starts over."""
+        store = self.copies.get(key)
+        if store is not None and not fresh:
+            self.copies.move_to_end(key)
+            return store
+        path = self.rt.path_of(key)
+        if fresh:
+            self._close(key)
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.unlink(path + suffix)
+                except FileNotFoundError:
+                    pass
+        store = AgentStore(path, self.rt.durability)
+        self.rt.catalog.add(key[0], key[1], os.path.relpath(path, self.rt.root), self.rt.clock.now())
+        self.copies[key] = store
+        while len(self.copies) > _OPEN_COPIES:
+            _k, old = self.copies.popitem(last=False)
+            old.close()
+        return store
+
+    def _close(self, key: Key) -> None:
+        store = self.copies.pop(key, None)
+        if store is not None:
+            store.close()
+
+    def forget(self, shards: set[int]) -> None:
+        """This host lost *shards*: whatever it shipped of them no longer counts."""
+        self.shipped = {k: v for k, v in self.shipped.items()
+                        if self.leases.shard(k[1]) not in shards}
+
+    def promoted(self, shards: set[int]) -> list[Key]:
+        """This host now owns *shards*: close their copies (the runtime opens them as its
+        own stores); returns the agents of those shards it has copies of."""
+        for key in [k for k in self.copies if self.leases.shard(k) in shards]:
+            self._close(key)
+        return [(row[0], row[1]) for row in self.rt.catalog.rows()
+                if self.leases.shard((row[0], row[1])) in shards]

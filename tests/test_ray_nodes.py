@@ -1,0 +1,147 @@
+"""The Ray backend across machines (issue 23): node-local stores, a coordinator with
+fencing, replicas, a lost node. A real Ray cluster of three nodes on this machine
+(``ray.cluster_utils.Cluster``); each node has its own store folder."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+
+import pytest
+
+import agentbook as ab
+
+from .ray_agents import RayTally
+from .waiting import eventually
+
+pytestmark = pytest.mark.ray
+
+LEASE = 2.0  # seconds (short, so a failover happens within a test)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A head and two more nodes; each node's stores under ``nodes/agentbook-<node id>``."""
+    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed")
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "gcs_server_port": _free_port(), "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    ray.init(address=cluster.address, namespace="agentbook-h23a", log_to_driver=False,
+             logging_level="WARNING")
+    cluster.nodes_dir = tmp_path_factory.mktemp("nodes")
+    cluster.workers = workers
+    try:
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _runtime(cluster, tmp_path, **options):
+    """A runtime whose hosts keep their stores in ``<nodes>/<test>/agentbook-<node>``."""
+    cluster.host_dir = cluster.nodes_dir / tmp_path.name
+    return ab.Runtime(tmp_path / "driver", backend="ray", shards=12,
+                      host_dir=str(cluster.host_dir / "agentbook-{node}"), **options)
+
+
+def _hellos(rt) -> list[dict]:
+    import ray
+
+    router = rt.router
+    return ray.get([router.handle(i).hello.remote() for i in range(router.hosts)])
+
+
+def _open_files(pid: int) -> list[str]:
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:
+            pass
+    return found
+
+
+async def test_each_host_keeps_its_stores_in_its_own_node_folder(cluster, tmp_path):
+    rt = _runtime(cluster, tmp_path, hosts=3, replicas=1)
+    try:
+        refs = [rt.get(RayTally, f"n{i}") for i in range(12)]
+        assert [await r.mark("one") for r in refs] == [1] * 12
+        hellos = _hellos(rt)
+        nodes = {h["node"] for h in hellos}
+        assert len(nodes) == 3, "the hosts spread over the three nodes"
+        root = str(cluster.host_dir)
+        for hello in hellos:
+            own = os.path.join(root, f"agentbook-{hello['node']}")
+            assert hello["folder"].startswith(own + os.sep)
+            opened = [p for p in _open_files(hello["pid"]) if p.startswith(root)]
+            assert opened, "the host has its stores open"
+            strays = [p for p in opened if not p.startswith(own + os.sep)]
+            assert not strays, f"host on {hello['node']} opened files of another node: {strays}"
+            assert not [p for p in _open_files(hello["pid"]) if p.startswith(str(tmp_path))]
+        # every agent's store is on its owner's node, and a copy on its replica's (another)
+        owners = rt.router.owners
+        for r in refs:
+            holding = [h["node"] for h in hellos
+                       if os.path.exists(os.path.join(h["folder"], "agents", "RayTally",
+                                                      f"{r.name}.db"))]
+            assert len(holding) == 2 and len(set(holding)) == 2, (r.name, holding)
+        assert owners is not None and sorted(set(owners)) == [0, 1, 2]
+        assert not os.path.exists(tmp_path / "driver" / "agents"), "the driver keeps no stores"
+    finally:
+        rt.close()
+
+
+async def test_a_host_paused_past_its_lease_commits_nothing(cluster, tmp_path):
+    """SIGSTOP a host in the middle of a call, past its lease; its shard is promoted on its
+    replica; SIGCONT: the handler finishes, its commit is refused (fenced), and the driver
+    sends the call to the new owner, where it runs once."""
+    import ray
+
+    rt = _runtime(cluster, tmp_path, hosts=2, replicas=1, lease_seconds=LEASE)
+    try:
+        ref = rt.get(RayTally, "paused")
+        assert await ref.mark("before") == 1
+        router = rt.router
+        victim = router.host_of(ref._ab_key)
+        hello = _hellos(rt)[victim]
+        call = asyncio.ensure_future(ref.slow_mark("during", 0.5))
+        await asyncio.sleep(0.2)  # (the handler is awaiting its sleep)
+        os.kill(hello["pid"], signal.SIGSTOP)
+        try:
+            coordinator = router.coordinator
+            shard = _shard(ref, router)
+
+            async def view() -> dict:
+                return await coordinator.view.remote()
+
+            await eventually(view, until=lambda v: v["owners"][shard] != victim,
+                             timeout=30, interval=0.2,
+                             what="the paused host's shard was promoted on its replica")
+        finally:
+            os.kill(hello["pid"], signal.SIGCONT)
+        assert await asyncio.wait_for(call, 60) == 2, "run once, by the new owner"
+        marks = await ref.marks()
+        assert [m[0] for m in marks] == ["before", "during"]
+        assert marks[0][1] == hello["pid"] and marks[1][1] != hello["pid"]
+        assert ray.get(router.handle(victim).check.remote("RayTally", "paused")) is False
+    finally:
+        rt.close()
+
+
+def _shard(ref, router) -> int:
+    from agentbook.backends.shards import shard_of
+
+    return shard_of(ref._ab_key, router.shards)
