@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 
@@ -145,3 +146,59 @@ def _shard(ref, router) -> int:
     from agentbook.backends.shards import shard_of
 
     return shard_of(ref._ab_key, router.shards)
+
+
+async def test_losing_a_node_under_traffic_loses_no_acknowledged_version(cluster, tmp_path):
+    """replicas=1, durability='replicated': the driver marks 12 agents without pause; a
+    worker node is removed and its disk deleted; its shards come back on the survivors,
+    every acknowledged mark is there, and no agent was written by two hosts in turn."""
+    import ray
+
+    rt = _runtime(cluster, tmp_path, hosts=3, replicas=1, lease_seconds=LEASE)
+    try:
+        refs = [rt.get(RayTally, f"l{i}") for i in range(12)]
+        hellos = _hellos(rt)
+        workers = {node.node_id: node for node in cluster.workers}
+        victim = next(i for i, h in enumerate(hellos) if h["node"] in workers)
+        assert victim in rt.router.owners
+        acked: dict[str, list[str]] = {r.name: [] for r in refs}
+        failed = []
+        stop = asyncio.Event()
+
+        async def traffic(ref) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                mark = f"{ref.name}-{n}"
+                try:
+                    await asyncio.wait_for(ref.mark(mark), 60)
+                    acked[ref.name].append(mark)
+                except (ab.HostUnavailableError, asyncio.TimeoutError) as exc:
+                    failed.append((mark, type(exc).__name__))  # maybe ran, maybe not
+                    await asyncio.sleep(0.05)
+
+        tasks = [asyncio.ensure_future(traffic(r)) for r in refs]
+        await eventually(lambda: min(len(v) for v in acked.values()), until=lambda n: n >= 3,
+                         timeout=60, interval=0.1, what="traffic flows to every agent")
+        node = workers[hellos[victim]["node"]]
+        cluster.remove_node(node, allow_graceful=False)
+        cluster.workers.remove(node)
+        shutil.rmtree(cluster.host_dir / f"agentbook-{node.node_id}")  # its disk is lost
+        lost_at = {name: len(marks) for name, marks in acked.items()}
+        await eventually(lambda: {n for n, m in acked.items() if len(m) < lost_at[n] + 3},
+                         until=lambda behind: not behind, timeout=120, interval=0.2,
+                         what="every agent answers again after the node loss")
+        stop.set()
+        await asyncio.gather(*tasks)
+        view = ray.get(rt.router.coordinator.view.remote())
+        assert victim not in view["owners"], "the lost host's shards are on the survivors"
+        for ref in refs:
+            marks = await ref.marks()
+            ids = [m[0] for m in marks]
+            missing = set(acked[ref.name]) - set(ids)
+            assert not missing, f"{ref.name} lost acknowledged marks {sorted(missing)}"
+            writers = [m[1] for m in marks]
+            turns = [p for i, p in enumerate(writers) if i == 0 or p != writers[i - 1]]
+            assert len(turns) == len(set(turns)), f"{ref.name} went back to a host: {turns}"
+    finally:
+        rt.close()

@@ -506,13 +506,15 @@ class AgentHost:
             if due is not None:
                 rt.timers.set(key, due)
 
-    async def replicate(self, sender: int, epochs: dict[int, int], data: bytes) -> None:
+    async def replicate(self, sender: int, epochs: dict[int, int],
+                        data: bytes) -> list[list[str]]:
         """Versions host *sender* committed, for this host's replica copies (bytes: see
-        :mod:`agentbook.store.replica`); refused if *sender*'s epoch is stale."""
+        :mod:`agentbook.store.replica`); refused if *sender*'s epoch is stale. Returns
+        the agents it has no copy of (to be shipped from the start)."""
         self._keep_renewing()
         if self.replicator is None:
             raise UsageError("this host keeps no replicas (ab.Runtime(replicas=1))")
-        self.replicator.apply(sender, epochs, data)
+        return self.replicator.apply(sender, epochs, data)
 
     async def register(self, cls: type) -> None:
         """A (possibly redefined) agent class arrived from the driver."""

@@ -109,9 +109,10 @@ class Replicator:
         while self.touched:
             touched, self.touched = self.touched, set()
             by_target: dict[int, list[Key]] = {}
+            owned = self.leases.owned
             for key in touched:
                 target = self.leases.replica_host(key)
-                if target is not None:
+                if target is not None and self.leases.shard(key) in owned:
                     by_target.setdefault(target, []).append(key)
             sends = [self._ship(target, keys) for target, keys in by_target.items()]
             results = await asyncio.gather(*sends, return_exceptions=True)
@@ -148,9 +149,17 @@ class Replicator:
         if not shipments:
             return
         data = replica_store.encode(shipments)
-        await self.handle(target).replicate.remote(self.leases.index, epochs, data)
+        lease = self.leases.view["lease"] if self.leases.view is not None else 10.0
+        # (a replica being restarted holds the call: ask again after a newer map)
+        missing = await asyncio.wait_for(
+            self.handle(target).replicate.remote(self.leases.index, epochs, data), lease)
         for shipment in shipments:
-            self.shipped[(target, (shipment.class_name, shipment.name))] = shipment.version
+            key = (shipment.class_name, shipment.name)
+            if [key[0], key[1]] in missing:  # it has no copy to follow: from the start
+                self.shipped.pop((target, key), None)
+                self.touched.add(key)
+            else:
+                self.shipped[(target, key)] = shipment.version
 
     def _settle(self) -> None:
         still = []
@@ -169,21 +178,28 @@ class Replicator:
         self.waiters = still
 
     # -- the replica's side -------------------------------------------------------------
-    def apply(self, sender: int, epochs: dict[int, int], data: bytes) -> None:
-        """Follow a primary (see :meth:`AgentHost.replicate`)."""
+    def apply(self, sender: int, epochs: dict[int, int], data: bytes) -> list[list[str]]:
+        """Follow a primary (see :meth:`AgentHost.replicate`); returns the agents this host
+        has no copy of to follow (it lost them): the primary ships those from the start."""
         for shard, epoch in epochs.items():
             if shard in self.leases.owned or epoch < self.leases.known_epoch(int(shard)):
                 raise LeaseLostError(
                     f"host {sender} shipped versions of shard {shard} under epoch {epoch}, "
                     "but the shard has a newer owner: they were refused")
+        missing = []
         for shipment in replica_store.decode(data):
             key = (shipment.class_name, shipment.name)
-            store = self._copy(key, fresh=shipment.meta is not None)
+            fresh = shipment.meta is not None
+            if not fresh and key not in self.copies and not os.path.exists(self.rt.path_of(key)):
+                missing.append([key[0], key[1]])
+                continue
+            store = self._copy(key, fresh=fresh)
             try:
                 replica_store.apply(store.conn, shipment)
             except apsw.Error as exc:
                 self._close(key)
                 raise translate_error(exc, store.path) from None
+        return missing
 
     def _copy(self, key: Key, fresh: bool) -> AgentStore:
         """The copy of *key* to apply to; *fresh*: the primary ships from the start (a new
