@@ -29,6 +29,15 @@ class RayTally(ab.Agent):
         return self.state["n"]
 
     @ab.callable
+    async def mark_later(self, seconds: float, mark_id: str) -> None:
+        """Schedule a mark *seconds* from now (durable: it fires once, wherever the agent
+        lives then)."""
+        await self.schedule(seconds, "scheduled_mark", mark_id)
+
+    async def scheduled_mark(self, mark_id: str) -> None:
+        self.sql("INSERT INTO marks VALUES (?, ?)", mark_id, os.getpid())
+
+    @ab.callable
     async def marks(self) -> list:
         """``[[id, pid of the host that wrote it], ...]`` in the order they were written."""
         return [[r["id"], r["pid"]] for r in self.sql("SELECT id, pid FROM marks ORDER BY rowid")]

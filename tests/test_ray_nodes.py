@@ -37,9 +37,16 @@ def cluster(tmp_path_factory):
     if ray.is_initialized():
         ray.shutdown()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "gcs_server_port": _free_port(), "include_dashboard": False})
-    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    for attempt in range(3):  # (a node may time out starting on a machine this busy)
+        cluster = Cluster(initialize_head=False)
+        try:
+            cluster.add_node(num_cpus=1, gcs_server_port=_free_port(), include_dashboard=False)
+            workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+            break
+        except Exception:
+            cluster.shutdown()
+            if attempt == 2:
+                raise
     ray.init(address=cluster.address, namespace="agentbook-h23a", log_to_driver=False,
              logging_level="WARNING")
     cluster.nodes_dir = tmp_path_factory.mktemp("nodes")
@@ -200,5 +207,49 @@ async def test_losing_a_node_under_traffic_loses_no_acknowledged_version(cluster
             writers = [m[1] for m in marks]
             turns = [p for i, p in enumerate(writers) if i == 0 or p != writers[i - 1]]
             assert len(turns) == len(set(turns)), f"{ref.name} went back to a host: {turns}"
+    finally:
+        rt.close()
+
+
+async def test_adding_a_node_moves_shards_with_their_schedules(cluster, tmp_path):
+    """A node joins; rt.add_hosts() starts a host there and moves whole shards to it
+    (snapshots through the object store, a new epoch); the agents keep their data, and
+    a schedule pending in a moved shard fires once, on its new host."""
+    import ray
+
+    rt = _runtime(cluster, tmp_path, hosts=2, replicas=1, lease_seconds=LEASE)
+    try:
+        refs = [rt.get(RayTally, f"m{i}") for i in range(24)]
+        for r in refs:
+            await r.mark("before")
+        router = rt.router
+        later = refs[0]
+        new = cluster.add_node(num_cpus=1)
+        cluster.workers.append(new)
+        await later.mark_later(20.0, "scheduled")  # (pending while its shard moves)
+        moves = rt.add_hosts(1)
+        assert moves and all(m["to"] == 2 for m in moves), moves
+        if _shard(later, router) not in {m["shard"] for m in moves}:  # move it too
+            other = router.host_of(later._ab_key)
+            moves.append(ray.get(router.handle(other).hand_over.remote(_shard(later, router), 2))
+                         | {"shard": _shard(later, router)})
+            router.refresh()
+        view = ray.get(router.coordinator.view.remote())
+        counts = [view["owners"].count(h) for h in range(3)]
+        assert max(counts) - min(counts) <= 2, counts
+        assert _hellos(rt)[2]["node"] == new.node_id
+        moved = {m["shard"] for m in moves}
+        new_pid = _hellos(rt)[2]["pid"]
+        for r in refs:
+            assert await r.mark("after") == 2
+            marks = [m for m in await r.marks() if m[0] != "scheduled"]
+            assert [m[0] for m in marks] == ["before", "after"]
+            if _shard(r, router) in moved:
+                assert marks[1][1] == new_pid, "a moved agent runs on the new host"
+        await eventually(lambda: later.marks(), until=lambda m: len(m) == 3, timeout=60,
+                         interval=0.3, what="the scheduled mark fired after the move")
+        marks = await later.marks()
+        assert [m[0] for m in marks] == ["before", "after", "scheduled"], "fired once"
+        assert marks[2][1] == new_pid
     finally:
         rt.close()

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonvalue
 from ..envelope import Envelope
 from ..errors import HostUnavailableError, LeaseLostError, UsageError
+from ..store import replica as replica_store
 from .catalog_leases import CatalogLeases
 from .ray_events import EventRelay, event_encoder
 from .replication import Replicator
@@ -143,6 +144,8 @@ class RayRouter:
         self.coordinator = coordinator
         self.owners: list[int] | None = None
         self.stale = False  # the map needs a refresh before the next send
+        #: What a host added later is started with (node-local stores; see start()).
+        self.across: dict[str, Any] | None = None
 
     def host_of(self, key: Key) -> int:
         """Which host owns *key*."""
@@ -294,6 +297,66 @@ class RayRouter:
         return sum(ray.get([self.handle(i).hibernate.remote() for i in range(self.hosts)
                             if i not in dead]))
 
+    # -- hosts and shard moves (node-local stores; on the driver) -------------------------
+    def add_host(self) -> int:
+        """Start one more host, on the live node with the fewest hosts; it owns nothing
+        until :meth:`rebalance` moves shards to it. Returns its index."""
+        if self.coordinator is None or self.across is None:
+            raise UsageError("hosts are added only with node-local stores "
+                             "(ab.Runtime(..., backend='ray', host_dir=...))")
+        ray = _ray()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        dead = set(self.dead_hosts())
+        placed = ray.get([self.handle(i).hello.remote() for i in range(self.hosts)
+                          if i not in dead])
+        load = {n["NodeID"]: 0 for n in ray.nodes() if n.get("Alive")}
+        for hello in placed:
+            if hello["node"] in load:
+                load[hello["node"]] += 1
+        node = min(sorted(load), key=lambda n: load[n])
+        index = self.hosts
+        host_cls = ray.remote(max_restarts=-1, max_task_retries=0,
+                              max_concurrency=1000)(AgentHost)
+        handle = host_cls.options(
+            name=f"{self.prefix}-{index}", namespace="agentbook",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node, soft=True),
+        ).remote(self.rt.root, index, index + 1, self.shards, self.rt.durability, self.prefix,
+                 self.across)
+        hello = ray.get(handle.hello.remote())
+        ray.get(self.coordinator.join.remote(index, hello["node"], hello["disk"]))
+        ray.get(handle.ready.remote())
+        self._handles[index] = handle
+        self.hosts = index + 1
+        return index
+
+    def rebalance(self) -> list[dict[str, Any]]:
+        """Move whole shards from the busiest live hosts to the idlest until they differ
+        by one at most. Returns the moves (``shard``, ``from``, ``to``, ``agents``,
+        ``bytes``, ``seconds``)."""
+        if self.coordinator is None:
+            raise UsageError("shards move only with node-local stores (host_dir=...)")
+        ray = _ray()
+        moves = []
+        while True:
+            view = ray.get(self.coordinator.view.remote())
+            dead = set(view["dead"])
+            owned: dict[int, list[int]] = {h: [] for h in range(self.hosts) if h not in dead}
+            for shard, owner in enumerate(view["owners"]):
+                if owner in owned:
+                    owned[owner].append(shard)
+            busiest = max(owned, key=lambda h: len(owned[h]))
+            idlest = min(owned, key=lambda h: len(owned[h]))
+            if len(owned[busiest]) - len(owned[idlest]) <= 1:
+                break
+            shard = owned[busiest][-1]
+            began = time.perf_counter()
+            done = ray.get(self.handle(busiest).hand_over.remote(shard, idlest))
+            moves.append({"shard": shard, "from": busiest, "to": idlest, **done,
+                          "seconds": time.perf_counter() - began})
+        self.refresh()
+        return moves
+
     def dead_hosts(self) -> list[int]:
         """Hosts the coordinator counts as lost (none without node-local stores)."""
         if self.coordinator is None:
@@ -375,6 +438,7 @@ def start(rt: Runtime, address: str | None, hosts: int, shards: int, *,
         raise cause if isinstance(cause, UsageError) else exc from None
     ray.get([h.ready.remote() for h in handles])
     router = RayRouter(rt, hosts, shards, prefix, handles=handles, coordinator=coordinator)
+    router.across = options
     router.refresh()
     router.events = EventRelay(router)
     return router
@@ -491,10 +555,8 @@ class AgentHost:
 
         rt = self.rt
         if self.replicator is not None:
-            keys = self.replicator.promoted(shards)
-        else:
-            keys = [(r[0], r[1]) for r in rt.catalog.rows()
-                    if shard_of((r[0], r[1]), rt.lease.shards) in shards]
+            self.replicator.promoted(shards)
+        keys = self._keys_of(shards)
         for key in keys:
             if key in rt.instances:
                 continue
@@ -656,6 +718,80 @@ class AgentHost:
     async def hibernate(self) -> int:
         """Hibernate this host's idle agents."""
         return self.rt.hibernate()
+
+    # -- shard moves (node-local stores) ------------------------------------------------
+    async def hand_over(self, shard: int, to: int) -> dict[str, Any]:
+        """Move *shard* to host *to*: stop taking its messages (calls that were running
+        are refused at their commit, and the driver re-routes them), close its agents,
+        snapshot their stores (SQLite's backup API) and ship them as one bytes payload
+        through Ray's object store; then the coordinator moves the shard (a new epoch)
+        and *to* takes it up. Everything in a store moves with it: schedules, approvals,
+        workflows, the outbox. Returns ``{"agents", "bytes", "epoch"}``."""
+        leases, rt = self.leases, self.rt
+        if leases is None:
+            raise UsageError("shards move between hosts only with node-local stores "
+                             "(ab.Runtime(..., host_dir=...))")
+        if shard not in leases.owned:
+            raise LeaseLostError(f"shard {shard} is not on host {self.index} now")
+        leases.hand_over(shard)
+        try:
+            keys = self._keys_of({shard})
+            for _ in range(500):  # (their commits are refused now: they end soon)
+                if not any(leases.shard(i.key) == shard and i.busy
+                           for i in rt.open_stores.values()):
+                    break
+                await asyncio.sleep(0.01)
+            for inst in [i for i in rt.open_stores.values() if leases.shard(i.key) == shard]:
+                rt.hibernate_one(inst, later=False)
+            rt.closer.wait()
+            stores = [(k[0], k[1], replica_store.snapshot(rt.path_of(k))) for k in keys
+                      if os.path.exists(rt.path_of(k))]
+            blob = replica_store.pack(stores)
+            target = rt.router.handle(to)
+            await target.receive.remote(_ray().put(blob))
+            row = await rt.router.coordinator.move.remote(shard, to)
+            await target.take.remote(shard, row["epoch"])
+        finally:
+            leases.moving.discard(shard)
+        for key in keys:  # (a stale copy now: the new owner has it, and seeds its replica)
+            rt.catalog.remove(*key)
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                try:
+                    os.unlink(rt.path_of(key) + suffix)
+                except FileNotFoundError:
+                    pass
+        if self.replicator is not None:
+            self.replicator.forget({shard})
+        await self.renew()
+        return {"agents": len(stores), "bytes": len(blob), "epoch": row["epoch"]}
+
+    def _keys_of(self, shards: set[int]) -> list[Key]:
+        """The agents of *shards* this host has stores of."""
+        return [(r[0], r[1]) for r in self.rt.catalog.rows()
+                if shard_of((r[0], r[1]), self.rt.router.shards) in shards]
+
+    async def receive(self, blob: bytes) -> int:
+        """Stores of a shard moving here (see :meth:`hand_over`): written, not opened
+        yet. Returns how many."""
+        rt = self.rt
+        stores = replica_store.unpack(blob)
+        for class_name, name, data in stores:
+            key = (class_name, name)
+            if self.replicator is not None:
+                self.replicator.close_copy(key)
+            path = rt.path_of(key)
+            replica_store.restore(path, data)
+            rt.catalog.add(class_name, name, os.path.relpath(path, rt.root), rt.clock.now())
+        return len(stores)
+
+    async def take(self, shard: int, epoch: int) -> None:
+        """Own *shard* under *epoch* (its stores were received): wake what is due."""
+        assert self.leases is not None
+        self.leases.grant(shard, epoch)
+        self._take_up({shard})
+        await self.renew()
+        if self.replicator is not None:
+            self.replicator.seed({shard})
 
     async def check(self, class_name: str, name: str) -> bool:
         """Whether this host holds the lease of *key*'s shard (for tests)."""

@@ -234,10 +234,12 @@ class Replicator:
         self.shipped = {k: v for k, v in self.shipped.items()
                         if self.leases.shard(k[1]) not in shards}
 
-    def promoted(self, shards: set[int]) -> list[Key]:
+    def promoted(self, shards: set[int]) -> None:
         """This host now owns *shards*: close their copies (the runtime opens them as its
-        own stores); returns the agents of those shards it has copies of."""
+        own stores)."""
         for key in [k for k in self.copies if self.leases.shard(k) in shards]:
             self._close(key)
-        return [(row[0], row[1]) for row in self.rt.catalog.rows()
-                if self.leases.shard((row[0], row[1])) in shards]
+
+    def close_copy(self, key: Key) -> None:
+        """Close the copy of *key* if it is open (its file is about to be replaced)."""
+        self._close(key)

@@ -33,6 +33,9 @@ class ShardLeases:
         self.index = index
         self.shards = shards
         self.owned: dict[int, int] = {}  # shard -> epoch
+        #: Shards being handed over to another host: not owned here any more, whatever
+        #: a renewal says until the coordinator has moved them.
+        self.moving: set[int] = set()
         self.deadline = 0.0  # time.monotonic() after which nothing is committed
         self.view: dict[str, Any] | None = None
         #: Called with the key of every batch about to commit (the replicator's cue).
@@ -43,7 +46,7 @@ class ShardLeases:
         """Take a renewal's answer (asked at *sent_at*); returns the shards gained, lost,
         and owned with a new replica (to be seeded)."""
         owned = {s: e for s, (o, e) in enumerate(zip(view["owners"], view["epochs"], strict=True))
-                 if o == self.index}
+                 if o == self.index and s not in self.moving}
         gained = set(owned) - set(self.owned)
         lost = set(self.owned) - set(owned)
         lost |= {s for s in owned if s in self.owned and owned[s] != self.owned[s]}
@@ -54,6 +57,15 @@ class ShardLeases:
         self.view = view
         self.deadline = sent_at + view["lease"] * MARGIN
         return gained, lost, seed
+
+    def hand_over(self, shard: int) -> None:
+        """Stop owning *shard* now (it is moving to another host)."""
+        self.moving.add(shard)
+        self.owned.pop(shard, None)
+
+    def grant(self, shard: int, epoch: int) -> None:
+        """Own *shard* under *epoch* (moved here; the lease's deadline is the host's)."""
+        self.owned[shard] = epoch
 
     def expire(self) -> None:
         """The coordinator refused or can't be reached: commit nothing from now on."""

@@ -337,6 +337,17 @@ class Runtime:
         """On a Ray host: whether this host holds the lease of *key*'s shard."""
         return self.lease is None or self.lease.holds(key)
 
+    def add_hosts(self, count: int = 1) -> list[dict[str, Any]]:
+        """Ray with node-local stores (``host_dir=``): start *count* more hosts, each on the
+        live node with the fewest, and move whole shards to them (snapshots through Ray's
+        object store; their schedules, approvals, workflows and outbox go along). Returns
+        the moves: ``[{"shard", "from", "to", "agents", "bytes", "seconds"}, ...]``."""
+        if self.router is None or self.router.index is not None:
+            raise UsageError("add_hosts() is for ab.Runtime(..., backend='ray', host_dir=...)")
+        for _ in range(count):
+            self.router.add_host()
+        return self.router.rebalance()
+
     # -- life ---------------------------------------------------------------------------
     def close(self) -> None:
         """Close every store. Queued messages fail with :class:`RuntimeClosedError`."""

@@ -25,7 +25,7 @@ import apsw
 
 from .changesets import redo
 
-__all__ = ["Shipment", "apply", "decode", "encode", "head_version", "restore", "snapshot",
+__all__ = ["Shipment", "apply", "decode", "encode", "head_version", "pack", "restore", "snapshot", "unpack",
            "versions_in_file", "versions_since"]
 
 _HISTORY_COLUMNS = ("version, ts, method, args, kwargs, source, duration_ms, outcome, error,"
@@ -139,10 +139,30 @@ def snapshot(path: str) -> bytes:
     try:
         with mem.backup("main", src, "main") as backup:
             backup.step()
-        return mem.serialize("main") or b""
+        data = bytearray(mem.serialize("main") or b"")
+        if len(data) > 19:  # (a WAL database's header can't be opened from memory: the
+            data[18] = data[19] = 1  # copy says rollback journal; restore makes it WAL)
+        return bytes(data)
     finally:
         mem.close()
         src.close()
+
+
+def pack(stores: list[tuple[str, str, bytes]]) -> bytes:
+    """Several ``(class, name, snapshot)`` as one bytes payload (a shard's stores)."""
+    head = json.dumps([[c, n, len(data)] for c, n, data in stores]).encode()
+    return b"".join([len(head).to_bytes(8, "big"), head, *(data for _c, _n, data in stores)])
+
+
+def unpack(blob: bytes) -> list[tuple[str, str, bytes]]:
+    """The stores in a :func:`pack` payload."""
+    size = int.from_bytes(blob[:8], "big")
+    at = 8 + size
+    stores = []
+    for class_name, name, length in json.loads(blob[8:at]):
+        stores.append((class_name, name, bytes(blob[at:at + length])))
+        at += length
+    return stores
 
 
 def restore(path: str, data: bytes) -> None:
