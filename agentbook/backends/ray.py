@@ -393,24 +393,31 @@ def start(rt: Runtime, address: str | None, hosts: int, shards: int, *,
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING, ignore_reinit_error=True,
                  namespace="agentbook")
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     prefix = f"agentbook-{uuid.uuid4().hex[:8]}"
     host_cls = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=1000)(AgentHost)
+    # Hosts go round the live nodes (a host whose node is lost is restarted elsewhere).
+    here = ray.get_runtime_context().get_node_id()
+    alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+    alive.sort(key=lambda n: n != here)
+
+    def place(i: int) -> Any:
+        return NodeAffinitySchedulingStrategy(node_id=alive[i % len(alive)], soft=True)
+
     if not across:
         handles = [host_cls.options(name=f"{prefix}-{i}", namespace="agentbook",
-                                    lifetime=None).remote(rt.root, i, hosts, shards,
-                                                          rt.durability, prefix)
+                                    scheduling_strategy=place(i)).remote(
+                       rt.root, i, hosts, shards, rt.durability, prefix)
                    for i in range(hosts)]
         ray.get([h.ready.remote() for h in handles])
         router = RayRouter(rt, hosts, shards, prefix, handles=handles)
         router.events = EventRelay(router)
         return router
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     from .coordinator import Coordinator
 
     if replicas and replication is None:
         replication = "replicated"
-    here = ray.get_runtime_context().get_node_id()
     coordinator = ray.remote(Coordinator).options(
         name=f"{prefix}-coordinator", namespace="agentbook", lifetime="detached",
         max_restarts=-1, max_concurrency=100, num_cpus=0,
@@ -418,13 +425,8 @@ def start(rt: Runtime, address: str | None, hosts: int, shards: int, *,
     ).remote(host_dir, shards, replicas, float(lease_seconds))
     options = {"host_dir": host_dir, "replication": replication,
                "coordinator": f"{prefix}-coordinator"}
-    # Hosts go round the live nodes (a host whose node is lost is restarted elsewhere).
-    alive = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
-    alive.sort(key=lambda n: n != here)
-    handles = [host_cls.options(
-                   name=f"{prefix}-{i}", namespace="agentbook",
-                   scheduling_strategy=NodeAffinitySchedulingStrategy(
-                       node_id=alive[i % len(alive)], soft=True)).remote(
+    handles = [host_cls.options(name=f"{prefix}-{i}", namespace="agentbook",
+                                scheduling_strategy=place(i)).remote(
                    rt.root, i, hosts, shards, rt.durability, prefix, options)
                for i in range(hosts)]
     places = {i: [hello["node"], hello["disk"]] for i, hello in
