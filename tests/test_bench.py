@@ -32,11 +32,14 @@ NEEDS_LANGGRAPH = {"durable_vs_langgraph", "approval_vs_langgraph", "at_state_vs
 NEEDS_DBOS = {"workflow_steps", "workflow_steps_same_durability"}
 #: Figures reported as a value alone (no floor, no ratio).
 VALUE_ONLY = {"schedules_pending_memory", "lateness_real_clock_p50", "lateness_real_clock_p99",
-              "lateness_awake_p99", "ray_host_memory", "workflow_recovery_s", "workflow_recovery_twice"}
+              "lateness_awake_p99", "ray_host_memory", "workflow_recovery_s", "workflow_recovery_twice",
+              "ray_failover_s", "ray_move_s_per_1000"}
 #: Figures whose value may be 0 (a count that must stay 0).
 ZERO_OK = {"workflow_recovery_twice"}
 WORKFLOW_GROUPS = ("workflow_steps", "workflow_step_overhead", "workflow_recovery")
-RAY = {"ray_msgs_sequential", "ray_msgs_inflight", "ray_scaling", "ray_host_memory"}
+RAY = {"ray_msgs_sequential", "ray_msgs_inflight", "ray_scaling", "ray_host_memory",
+       "ray_nodes_msgs_1", "ray_nodes_msgs_2", "ray_nodes_msgs_3", "ray_replicated_cost",
+       "ray_async_cost", "ray_failover_s", "ray_move_s_per_1000"}
 #: Unit and target of the figures added with scheduling, approvals, time travel, Ray, chat,
 #: workflows and real time at scale (issue 20: lateness awake, a call during a storm).
 SHAPES = {
@@ -61,6 +64,13 @@ SHAPES = {
     "ray_msgs_inflight": ("msg/s", "ratio >= 0.8"),
     "ray_scaling": ("msg/s", None),
     "ray_host_memory": ("B/agent", None),
+    "ray_nodes_msgs_1": ("msg/s", "ratio >= 0.8"),
+    "ray_nodes_msgs_2": ("msg/s", "ratio >= 0.8"),
+    "ray_nodes_msgs_3": ("msg/s", "ratio >= 0.8"),
+    "ray_replicated_cost": ("msg/s", None),
+    "ray_async_cost": ("msg/s", None),
+    "ray_failover_s": ("s", None),
+    "ray_move_s_per_1000": ("s", None),
     "chat_turn": ("turns/s", "ratio >= 0.8"),
     "chat_wire_ttft": ("ms", "ratio <= 1.25"),
     "chat_wire_chars": ("chars/s", "ratio >= 0.8"),
@@ -239,6 +249,21 @@ def test_ray_group_skips_in_quick_mode_and_without_ray(monkeypatch, tmp_path):
     assert all("quick mode skips Ray" in r.skipped for r in quick)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     missing = asyncio.run(bench_ray(dataclasses.replace(Sizes.quick(), ray=True), str(tmp_path)))
+    assert all("Ray is not installed" in r.skipped for r in missing)
+    assert missing[0].target == Target("ratio", ">=", 0.8)
+
+
+def test_ray_nodes_group_skips_in_quick_mode_and_without_ray(monkeypatch, tmp_path):
+    import dataclasses
+
+    from agentbook.bench.raynodes import NAMES, bench_ray_nodes
+
+    quick = asyncio.run(bench_ray_nodes(Sizes.quick(), str(tmp_path)))
+    assert [r.name for r in quick] == list(NAMES)
+    assert all("quick mode skips Ray" in r.skipped for r in quick)
+    monkeypatch.setitem(sys.modules, "ray", None)
+    missing = asyncio.run(bench_ray_nodes(dataclasses.replace(Sizes.quick(), ray=True),
+                                          str(tmp_path)))
     assert all("Ray is not installed" in r.skipped for r in missing)
     assert missing[0].target == Target("ratio", ">=", 0.8)
 

@@ -28,6 +28,8 @@ from .cron import bench_cron_day, bench_lateness, bench_lateness_awake, bench_st
 from .floors import HandAgent, HandRoundRobin
 from .raybench import NAMES as RAY_NAMES
 from .raybench import bench_ray
+from .raynodes import NAMES as RAY_NODE_NAMES
+from .raynodes import bench_ray_nodes
 from .report import Result, Target
 from .schedules import bench_schedules
 from .timing import Sizes, check, interleave, rate
@@ -271,6 +273,7 @@ GROUPS: dict[str, tuple[Callable[[Sizes, str], Awaitable[list[Result]]], tuple[s
                                         "at_state_vs_langgraph", "at_state_vs_langgraph_filter")),
     "whatif": (bench_whatif, ("bisect_ms", "sweep_step_ms")),
     "ray_msgs": (bench_ray, RAY_NAMES),
+    "ray_nodes": (bench_ray_nodes, RAY_NODE_NAMES),
     "chat_turn": (bench_chat, ("chat_turn",)),
     "chat_wire": (bench_chat_wire, WIRE_NAMES),
     "analytics": (bench_analytics, ("catchup_rows_per_s", "p99_by_method_ms")),

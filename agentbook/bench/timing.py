@@ -76,6 +76,8 @@ class Sizes:
     storm_per_agent: int = 10
     storm_rounds: int = 5
     storm_quiet_n: int = 2000
+    #: Ray across nodes: agents whose shards move when a host is added.
+    ray_move_agents: int = 3000
     warmup: bool = True
     progress: bool = True
 
