@@ -234,6 +234,9 @@ class Runtime:
         self.lease: Any = None
         if backend not in ("local", "ray"):
             raise UsageError(f"backend is 'local' or 'ray', not {backend!r}")
+        if backend == "local" and (host_dir is not None or replicas):
+            raise UsageError("host_dir and replicas are for backend='ray' (agents across "
+                             "machines); a local runtime keeps its stores in its path")
         #: Agents that committed since the DuckDB views last caught up.
         self.dirty: set[Key] = set()
         self.timers = Timers(self)

@@ -74,13 +74,13 @@ def undo(conn: apsw.Connection, changesets: list[bytes], target: str,
 
 def redo(conn: apsw.Connection, changes: bytes | None, schema: str | None) -> None:
     """Apply one version's changes forward, with its schema (a replica following its
-    primary: :mod:`agentbook.store.replica`)."""
-    if schema is not None:
-        _create_missing(conn, schema, tables_only=True)
-    for part in segments(changes) if changes else ():
-        apsw.Changeset.apply(part, conn, conflict=_resolve)
+    primary: :mod:`agentbook.store.replica`). The schema goes first: changes recorded
+    before an ``ADD COLUMN`` apply to the wider table too, and rows of a table the version
+    dropped have nowhere to go."""
     if schema is not None:
         _reconcile(conn, schema)
+    for part in segments(changes) if changes else ():
+        apsw.Changeset.apply(part, conn, conflict=_resolve)
 
 
 def undo_to(conn: apsw.Connection, version: int,
