@@ -6,8 +6,7 @@ from __future__ import annotations
 import apsw
 
 import agentbook as ab
-from agentbook.store import AgentStore
-from agentbook.store import replica
+from agentbook.store import AgentStore, replica
 
 
 class Ledger(ab.Agent):
