@@ -578,7 +578,7 @@ class AgentHost:
         self._keep_renewing()
         if self.replicator is None:
             raise UsageError("this host keeps no replicas (ab.Runtime(replicas=1))")
-        return self.replicator.apply(sender, epochs, data)
+        return await self.replicator.apply(sender, epochs, data)
 
     async def register(self, cls: type) -> None:
         """A (possibly redefined) agent class arrived from the driver."""

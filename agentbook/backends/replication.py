@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from ..errors import LeaseLostError
+from ..errors import HostUnavailableError, LeaseLostError
 from ..store import AgentStore, translate_error
 from ..store import replica as replica_store
 from .shards import Key
@@ -99,12 +99,28 @@ class Replicator:
             return
         fut = asyncio.get_running_loop().create_future()
         self.waiters.append((key, version, fut))
+        self.touched.add(key)
         if self.task is None or self.task.done():
-            self.touched.add(key)
             self.task = asyncio.get_running_loop().create_task(self._pump())
-        await fut
+        lease = self.leases.view["lease"] if self.leases.view is not None else 10.0
+        try:
+            await asyncio.wait_for(fut, 3 * lease)
+        except asyncio.TimeoutError:
+            raise HostUnavailableError(
+                f"{key[0]}({key[1]!r}) committed version {version} on its host, but it did "
+                f"not reach the replica within {3 * lease:g} s, so it was not acknowledged; "
+                "it may or may not survive the loss of this node - check ref.version and "
+                "send it again if needed") from None
 
     async def _pump(self) -> None:
+        try:
+            await self._pumping()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # (never silently: the next commit or wait starts a new pump)
+            log.exception("shipping versions to a replica failed")
+
+    async def _pumping(self) -> None:
         await asyncio.sleep(0)  # (after the commit that named the agent)
         while self.touched:
             touched, self.touched = self.touched, set()
@@ -116,11 +132,13 @@ class Replicator:
                     by_target.setdefault(target, []).append(key)
             sends = [self._ship(target, keys) for target, keys in by_target.items()]
             results = await asyncio.gather(*sends, return_exceptions=True)
+            failed = False
             for (_target, keys), result in zip(by_target.items(), results, strict=True):
                 if isinstance(result, BaseException):
+                    failed = True
                     self.touched.update(keys)  # again, after a newer map (or a pause)
             self._settle()
-            if self.touched:
+            if failed:
                 if self.refresh is not None:
                     try:
                         await self.refresh()
@@ -178,7 +196,8 @@ class Replicator:
         self.waiters = still
 
     # -- the replica's side -------------------------------------------------------------
-    def apply(self, sender: int, epochs: dict[int, int], data: bytes) -> list[list[str]]:
+    async def apply(self, sender: int, epochs: dict[int, int],
+                    data: bytes) -> list[list[str]]:
         """Follow a primary (see :meth:`AgentHost.replicate`); returns the agents this host
         has no copy of to follow (it lost them): the primary ships those from the start."""
         for shard, epoch in epochs.items():
@@ -187,7 +206,9 @@ class Replicator:
                     f"host {sender} shipped versions of shard {shard} under epoch {epoch}, "
                     "but the shard has a newer owner: they were refused")
         missing = []
-        for shipment in replica_store.decode(data):
+        for n, shipment in enumerate(replica_store.decode(data)):
+            if n and n % 16 == 0:
+                await asyncio.sleep(0)  # (a seeding is long: let renewals and calls in)
             key = (shipment.class_name, shipment.name)
             fresh = shipment.meta is not None
             if not fresh and key not in self.copies and not os.path.exists(self.rt.path_of(key)):
