@@ -351,13 +351,13 @@ def _demo(args: argparse.Namespace) -> None:
 
         run_demo(args.path)
         return
-    from .capstone import run_capstone
+    from .demo import run_week
 
     if args.customers < 1 or args.days < 2:
         raise UsageError("the week needs at least 1 customer and 2 days")
     if args.path is not None and os.path.exists(args.path) and os.listdir(args.path):
         raise UsageError(f"{args.path} is not empty; give a new or empty folder")
-    run_capstone(args.customers, args.days, path=args.path, plots_dir=args.plots or None)
+    run_week(args.customers, args.days, path=args.path, plots_dir=args.plots or None)
 
 
 def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, null: str = "") -> None:
