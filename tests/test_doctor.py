@@ -204,3 +204,56 @@ def test_check_file_names_an_unreadable_file_by_its_path(tmp_path: Path) -> None
     path.write_bytes(b"garbage" * 1000)
     entry = check_file(path)
     assert (entry["class"], entry["name"], entry["ok"]) == ("Thing", "zed", False)
+
+
+# -- the command: agentbook doctor [--check-stores] [--path P] ----------------------------------
+def _doctor(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from agentbook.cli.main import main
+
+    code = main(["doctor", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_stores_without_a_store_is_one_error_and_never_says_ready(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for where, what in ((tmp_path / "nope", "does not exist"), (tmp_path, "holds no agentbook")):
+        code, out, err = _doctor(capsys, "--check-stores", "--path", str(where))
+        assert code == 2 and out == "", "nothing printed before the error, no 'ready'"
+        assert err.startswith("agentbook: error: ") and what in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == [], "nothing created"
+
+
+async def test_check_stores_ends_with_one_verdict_over_both_checks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = await _folder(tmp_path)
+    code, out, _ = _doctor(capsys, "--check-stores", "--path", str(root))
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == "agentbook is ready."
+    assert lines[-2] == "2 stores checked: 0 damaged, 0 quarantined"
+    assert out.count("agentbook is ready.") == 1
+    _flip_in_history(root / "agents" / "DocLedger" / "b.db", b'"b-note-1"')
+    code, out, _ = _doctor(capsys, "--check-stores", "--path", str(root))
+    assert code == 1 and "ready" not in out
+    assert out.splitlines()[-1].endswith("1 store damaged or quarantined (see above).")
+
+
+def test_a_store_folder_that_does_not_exist_is_not_called_writable_as_it_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agentbook.cli.envcheck import check_environment
+
+    def store_check(path: Path) -> dict:
+        return next(c for c in check_environment(str(path)) if c["what"] == "store folder writable")
+
+    missing = store_check(tmp_path / "new" / "store")
+    assert missing["ok"], "a runtime creates it"
+    assert missing["detail"] == (f"{tmp_path / 'new' / 'store'} (does not exist yet; "
+                                 f"ab.Runtime({str(tmp_path / 'new' / 'store')!r}) creates it "
+                                 f"in {tmp_path})")
+    (tmp_path / "file").write_text("not a folder")
+    for blocked in (tmp_path / "file", tmp_path / "file" / "store"):
+        check = store_check(blocked)
+        assert not check["ok"] and "make" in check["fix"], blocked
+    assert store_check(tmp_path)["detail"] == str(tmp_path)
+    code, out, _ = _doctor(capsys, "--path", str(tmp_path / "file" / "store"))
+    assert code == 1 and "FIX   store folder writable" in out and "ready" not in out

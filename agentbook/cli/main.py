@@ -323,19 +323,28 @@ def _bench(argv: list[str]) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .envcheck import check_environment, format_checks
+    from .envcheck import check_environment, format_checks, verdict_line
 
-    checks = check_environment(args.path)
-    print(format_checks(checks))
-    status = 1 if any(c["required"] and not c["ok"] for c in checks) else 0
-    if args.check_stores:
-        from .doctor import check_stores, exit_status, format_report
+    results = None
+    if args.check_stores:  # a folder that holds no store is an error before anything prints
+        from .doctor import check_stores
 
         if not os.path.isdir(args.path):
-            raise UsageError(f"no store folder at {args.path}; give --path the runtime's folder")
+            what = "is not a folder" if os.path.exists(args.path) else "does not exist"
+            raise UsageError(f"no store folder at {args.path}: it {what} (give --path the "
+                             f"folder an ab.Runtime wrote; the default is {DEFAULT_PATH})")
         results = check_stores(args.path)
+    checks = check_environment(args.path)
+    print(format_checks(checks, verdict=False))
+    status = 1 if any(c["required"] and not c["ok"] for c in checks) else 0
+    bad = 0
+    if results is not None:
+        from .doctor import exit_status, format_report
+
         print(format_report(results))
         status = max(status, exit_status(results))
+        bad = sum(1 for e in results if not e["ok"] or e["kind"] == "quarantined")
+    print(verdict_line(checks, bad))
     return status
 
 
