@@ -212,7 +212,7 @@ def test_workflow_groups_run_in_quick_mode(tmp_path, bench_dir):
     assert os.listdir(bench_dir) == [], "the groups leave nothing behind"
 
 
-@pytest.mark.skipif(not HAVE_DBOS, reason="DBOS is not installed")
+@pytest.mark.skipif(not HAVE_DBOS, reason="DBOS is not installed (pip install -e '.[test]')")
 def test_dbos_peer_runs_and_shuts_down_twice(tmp_path):
     import threading
 
@@ -243,7 +243,7 @@ def test_ray_group_skips_in_quick_mode_and_without_ray(monkeypatch, tmp_path):
     assert missing[0].target == Target("ratio", ">=", 0.8)
 
 
-@pytest.mark.skipif(not HAVE_OPENAI, reason="the openai SDK is not installed")
+@pytest.mark.skipif(not HAVE_OPENAI, reason="the openai SDK is not installed (pip install -e '.[test]')")
 def test_chat_skips_without_the_loopback_server(monkeypatch, tmp_path):
     from agentbook.bench import chatbench
 
@@ -294,7 +294,7 @@ def test_hand_written_approval_floor(tmp_path):
         hand.close()
 
 
-@pytest.mark.skipif(not HAVE_LANGGRAPH, reason="LangGraph is not installed")
+@pytest.mark.skipif(not HAVE_LANGGRAPH, reason="LangGraph is not installed (pip install -e '.[test]')")
 def test_langgraph_approval_and_history_peers(tmp_path):
     from agentbook.bench.peers import load_peer
 
