@@ -354,3 +354,19 @@ def test_table_and_targets():
     assert skipped.met is None
     table = format_table([good, small, skipped])
     assert "ratio >= 0.5" in table and "skipped - LangGraph is not installed" in table
+
+
+def test_quick_mode_judges_no_target():
+    """--quick's figures mean nothing: its table says n/a where the full one says yes/NO, and
+    its JSON has met null; it stays small (hibernated_memory took 8-16 s at 2000 agents)."""
+    from agentbook.bench.report import Result, Target, format_table, to_json
+
+    slow = Result.from_rounds("slow", "msg/s", [(1.0, 4.0)], Target("ratio", ">=", 0.5), "n")
+    plain = Result.from_rounds("plain", "msg/s", [(1.0, 4.0)], None, "n")
+    assert slow.met is False
+    full, quick = format_table([slow, plain]), format_table([slow, plain], quick=True)
+    assert full.splitlines()[2].endswith("NO") and full.splitlines()[3].endswith("-")
+    assert quick.splitlines()[2].endswith("n/a") and " NO" not in quick
+    assert to_json([slow], quick=True)["slow"]["met"] is None
+    assert to_json([slow])["slow"]["met"] is False
+    assert Sizes.quick().memory_agents <= 100 and Sizes.quick().memory_floor_agents <= 100
