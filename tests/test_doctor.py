@@ -257,3 +257,28 @@ def test_a_store_folder_that_does_not_exist_is_not_called_writable_as_it_is(
     assert store_check(tmp_path)["detail"] == str(tmp_path)
     code, out, _ = _doctor(capsys, "--path", str(tmp_path / "file" / "store"))
     assert code == 1 and "FIX   store folder writable" in out and "ready" not in out
+
+
+async def test_the_command_releases_a_quarantined_store_from_a_backup(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = await _folder(tmp_path)
+    path = root / "agents" / "DocLedger" / "a.db"
+    backup = tmp_path / "backup-a.db"
+    shutil.copyfile(path, backup)
+    path.write_bytes(b"this is no longer a database" * 200)
+    rt = ab.Runtime(root, clock=ab.VirtualClock())
+    with pytest.raises(ab.StoreCorruptError):
+        await rt.get(DocLedger, "a").note("x")
+    await rt.aclose()
+    code, out, err = _doctor(capsys, "--release", "DocLedger/a", "--path", str(root))
+    assert code == 2 and out == "" and "still fails its checks" in err and "--force" in err
+    code, out, err = _doctor(capsys, "--release", "DocLedger/a", "--restored", str(backup),
+                             "--path", str(root))
+    assert code == 0, err
+    assert out == ("released DocLedger/a: agents/DocLedger/a.db is in service again, version 4 "
+                   "(sound); it starts at its next message\n")
+    assert exit_status(check_stores(root)) == 0
+    code, _, err = _doctor(capsys, "--release", "DocLedger", "--path", str(root))
+    assert code == 2 and "CLASS/NAME" in err
+    code, _, err = _doctor(capsys, "--force", "--path", str(root))
+    assert code == 2 and "go with --release" in err
