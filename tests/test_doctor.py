@@ -120,16 +120,22 @@ async def test_a_store_left_by_a_killed_writer_is_checked_on_a_copy(tmp_path: Pa
     assert _files(killed) == before
 
 
-async def test_a_quarantined_store_is_listed_and_released_after_a_restore(tmp_path: Path) -> None:
+async def _quarantined(tmp_path: Path) -> tuple[Path, Path, ab.Runtime]:
+    """A folder whose agent ``a`` was damaged and quarantined at its next message (a copy
+    of its sound file kept as a backup), and the runtime that found it."""
     root = await _folder(tmp_path)
     path = root / "agents" / "DocLedger" / "a.db"
     backup = tmp_path / "backup-a.db"
     shutil.copyfile(path, backup)
     path.write_bytes(b"this is no longer a database" * 200)
-
     rt = ab.Runtime(root, clock=ab.VirtualClock())
     with pytest.raises(ab.StoreCorruptError, match="doctor"):
         await rt.get(DocLedger, "a").note("x")
+    return root, backup, rt
+
+
+async def test_a_quarantined_store_is_listed_and_released_after_a_restore(tmp_path: Path) -> None:
+    root, backup, rt = await _quarantined(tmp_path)
     assert await rt.get(DocLedger, "b").note("still fine") == 4
     held = [r for r in check_stores(root) if r["kind"] == "quarantined"]
     assert [(r["class"], r["name"], r["ok"], r["in_service"]) for r in held] == [
@@ -261,14 +267,7 @@ def test_a_store_folder_that_does_not_exist_is_not_called_writable_as_it_is(
 
 async def test_the_command_releases_a_quarantined_store_from_a_backup(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    root = await _folder(tmp_path)
-    path = root / "agents" / "DocLedger" / "a.db"
-    backup = tmp_path / "backup-a.db"
-    shutil.copyfile(path, backup)
-    path.write_bytes(b"this is no longer a database" * 200)
-    rt = ab.Runtime(root, clock=ab.VirtualClock())
-    with pytest.raises(ab.StoreCorruptError):
-        await rt.get(DocLedger, "a").note("x")
+    root, backup, rt = await _quarantined(tmp_path)
     await rt.aclose()
     code, out, err = _doctor(capsys, "--release", "DocLedger/a", "--path", str(root))
     assert code == 2 and out == "" and "still fails its checks" in err and "--force" in err
