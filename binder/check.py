@@ -71,7 +71,7 @@ def run_notebook(path: Path, kernel_name: str) -> str | None:
         try:
             client.execute()
         except CellExecutionError as exc:
-            return str(exc).strip().splitlines()[-1]
+            return re.sub(r"\x1b\[[0-9;]*m", "", str(exc).strip().splitlines()[-1])  # no colours
     errors = [out for cell in nb.cells for out in cell.get("outputs", [])
               if out.get("output_type") == "error"]
     return f"{errors[0].get('ename')}: {errors[0].get('evalue')}" if errors else None
@@ -95,7 +95,8 @@ def main(argv: list[str]) -> int:
         spec = Path(jupyter) / "kernels" / "python3"
         spec.mkdir(parents=True)
         (spec / "kernel.json").write_text(json.dumps({
-            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}",
+                     "--IPKernelApp.log_level=ERROR"],  # (not its TCP-on-loopback warning)
             "display_name": "Python 3 (ipykernel)", "language": "python"}))
         os.environ["JUPYTER_PATH"] = jupyter
         os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
