@@ -68,7 +68,18 @@ def _ranks_the_slow_shops_only(nb) -> None:
     assert names == ["shop-0042", "shop-0420", "shop-0777"], table
 
 
+def _shows_two_history_rows(nb) -> None:
+    # 01 section 6: limit=2 is two rows, the failure and the newest version before it
+    (cell,) = [c for c in nb.cells if c.cell_type == "code"
+               and c.source.startswith("alice.history(limit=2)")]
+    (frame,) = [out["data"]["text/html"] for out in cell.outputs if "data" in out]
+    body = frame.split("<tbody>", 1)[1]
+    assert body.count("<tr>") == 2, frame
+    assert "close_ticket" in body and "open_ticket" in body, frame
+
+
 CHECKS: dict[str, Callable] = {
+    "01_quickstart.ipynb": _shows_two_history_rows,
     "06_analytics.ipynb": _ranks_the_slow_shops_only,
     "07_chat_and_tools.ipynb": _replays_the_refund_turn,
 }
