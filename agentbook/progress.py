@@ -11,6 +11,7 @@ One place decides how progress shows, with ``tqdm``:
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any, TextIO
 
@@ -48,12 +49,20 @@ def bar(total: float | None, desc: str, *, unit: str = "it", leave: bool = False
         also a context manager.
     """
     if in_kernel():
-        from tqdm.auto import tqdm as notebook_tqdm
-
-        return notebook_tqdm(total=total, desc=desc, unit=unit, leave=leave, delay=delay,
-                             **options)
-    from tqdm import tqdm
-
+        return _bar_class(notebook=True)(total=total, desc=desc, unit=unit, leave=leave,
+                                         delay=delay, **options)
     out = sys.stderr if file is None else file
-    return tqdm(total=total, desc=desc, unit=unit, leave=leave, delay=delay, file=out,
-                disable=None, dynamic_ncols=True, **options)
+    return _bar_class(notebook=False)(total=total, desc=desc, unit=unit, leave=leave,
+                                      delay=delay, file=out, disable=None, dynamic_ncols=True,
+                                      **options)
+
+
+@functools.cache
+def _bar_class(notebook: bool) -> type:
+    """``tqdm.auto.tqdm`` (notebook) or ``tqdm.tqdm`` without tqdm's monitor thread (it
+    would start with the first bar, even a silent one, and wake every 10 s for good)."""
+    if notebook:
+        from tqdm.auto import tqdm as base
+    else:
+        from tqdm import tqdm as base
+    return type("Bar", (base,), {"monitor_interval": 0, "__module__": __name__})

@@ -75,3 +75,13 @@ async def test_catching_up_on_many_agents_draws_one_bar(rt, monkeypatch):
     assert int(rt.sql("SELECT count(*) AS n FROM agents")["n"][0]) == 201
     (drawn,) = made
     assert (drawn.total, drawn.desc, drawn.n, drawn.closed) == (201, "catching up", 201, True)
+
+
+def test_a_bar_starts_no_background_thread():
+    import threading
+
+    for out in (io.StringIO(), Terminal()):
+        bar = progress.bar(2, "x", file=out)
+        bar.update(2)
+        bar.close()
+    assert not [t for t in threading.enumerate() if type(t).__name__ == "TMonitor"]
