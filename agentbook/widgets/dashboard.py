@@ -139,12 +139,12 @@ class Dashboard(w.VBox):
                                        layout=w.Layout(width="40px"))
         self.agents_html, self.schedules_html, self.runs_html = w.HTML(), w.HTML(), w.HTML()
         self._agent_rows, self._schedule_rows, self._run_rows = w.VBox(), w.VBox(), w.VBox()
-        self.event_list = w.Select(options=[], rows=max(min(int(events), 12), 2),
+        self.event_list = w.Select(options=[], rows=2,
                                    layout=w.Layout(width="98%"))
         self.events_html = w.HTML()
         self.inbox = ApprovalInbox(rt, by=by, recent=3, tick=tick, every=every)
         self.inbox.remove_class("agentbook-approvals")  # (that class is the inbox cell's)
-        self.inbox.add_class("agentbook-dashboard-approvals")
+        self.inbox.add_class("agentbook-dashboard-inbox")
         self.detail_header = w.HTML()
         self.detail_close = w.Button(description="Close", icon="times",
                                      layout=w.Layout(width="90px", display="none"))
@@ -153,7 +153,7 @@ class Dashboard(w.VBox):
             _section("agents", self.agents_html, self._agent_rows),
             _section("events", self.events_html, self.event_list),
             _section("approvals", self.inbox),
-            _section("next hour", self.schedules_html, self._schedule_rows),
+            _section("schedules", self.schedules_html, self._schedule_rows),
             _section("workflows", self.runs_html, self._run_rows)]
         super().__init__([w.HBox([self.header, self.refresh_button]), *self._sections,
                           self.detail])
@@ -326,9 +326,8 @@ class Dashboard(w.VBox):
     def _show_agents(self, agents: list[AgentRow], total: int) -> None:
         more = total - len(agents)
         tail = f" &middot; {more} more in <code>rt.agents()</code>" if more > 0 else ""
-        _set(self.agents_html, f"<span style=\"{_MUTED}\">{_plural(total, 'agent')}{tail}"
-                               "</span>" if total else
-                               f"<span style=\"{_MUTED}\">none yet</span>")
+        _set(self.agents_html, _head("agents", f"{_plural(total, 'agent')}{tail}" if total
+                                         else "none yet"))
         cells = {(a.class_name, a.name): _agent_html(a) for a in agents}
         self._rows_into(self._agent_rows, "agents", cells, both=True)
 
@@ -339,20 +338,22 @@ class Dashboard(w.VBox):
         if list(self.event_list.options) != labels:
             with self.event_list.hold_trait_notifications():
                 self.event_list.options = labels  # (a plain option list: choosing opens one)
+                self.event_list.rows = max(2, min(len(labels), 8))
+            self.event_list.layout.display = "" if labels else "none"
         note = ("newest first; choose one to open its agent" if newest else
                 "none yet since the dashboard opened" if self.live else "none")
-        _set(self.events_html, f"<span style=\"{_MUTED}\">{note}</span>")
+        _set(self.events_html, _head("events", note))
 
     def _show_schedules(self, rows: list[ScheduleRow]) -> None:
         now = self.rt.clock.now()
         note = "due within the hour, soonest first" if rows else "nothing due within the hour"
-        _set(self.schedules_html, f"<span style=\"{_MUTED}\">{note}</span>")
+        _set(self.schedules_html, _head("next hour", note))
         cells = {(r.class_name, r.name, r.id): _schedule_html(r, now) for r in rows}
         self._rows_into(self._schedule_rows, "schedules", cells)
 
     def _show_runs(self, rows: list[RunRow]) -> None:
-        _set(self.runs_html, f"<span style=\"{_MUTED}\">"
-                             f"{'runs that have not ended' if rows else 'none in flight'}</span>")
+        _set(self.runs_html, _head("workflows", "runs that have not ended" if rows
+                                   else "none in flight"))
         cells = {(r.class_name, r.name, r.run): _run_html(r) for r in rows}
         self._rows_into(self._run_rows, "runs", cells, first="timeline")
 
@@ -372,7 +373,7 @@ class Dashboard(w.VBox):
             box.children = order
 
     def _make_row(self, agent: Key, both: bool, first: str) -> tuple[w.HBox, w.HTML]:
-        cell = w.HTML(layout=w.Layout(width="auto"))
+        cell = w.HTML(layout=w.Layout(flex="1 1 auto"))
         buttons = []
         for what in (("inspect", "timeline") if both else (first,)):
             button = w.Button(description=what, tooltip=f"Open the {what} of "
@@ -439,11 +440,15 @@ class Dashboard(w.VBox):
 
 
 # -- rendering helpers ------------------------------------------------------------------------
-def _section(title: str, *parts: w.Widget) -> w.VBox:
-    head = w.HTML(f"<b>{escape(title)}</b>")
-    box = w.VBox([head, *parts], layout=w.Layout(margin="6px 0 0 0"))
-    box.add_class(f"agentbook-dashboard-{title.replace(' ', '-')}")
+def _section(name: str, *parts: w.Widget) -> w.VBox:
+    box = w.VBox(list(parts), layout=w.Layout(margin="4px 0 0 0"))
+    box.add_class(f"agentbook-dashboard-{name}")
     return box
+
+
+def _head(title: str, note: str) -> str:
+    """A section's title and what it shows, on one line."""
+    return f"<b>{escape(title)}</b> <span style=\"{_MUTED}\">&middot; {note}</span>"
 
 
 def _set(widget: w.HTML, value: str) -> None:
@@ -461,14 +466,14 @@ def _agent_html(a: AgentRow) -> str:
     state = (f"<span style=\"color:{_AWAKE}\">&#9679; awake</span>" if a.awake
              else f"<span style=\"{_MUTED}\">&#9675; hibernated</span>")
     owner = escape(a.owner) if a.owner else f"<span style=\"{_MUTED}\">nobody runs it now</span>"
-    return (_cell(f"<code>{escape(a.class_name)}</code>", 130) + _cell(escape(a.name), 150)
-            + _cell(version, 60) + _cell(state, 100) + _cell(owner, 280, _MUTED))
+    return (_cell(f"<code>{escape(a.class_name)}</code>", 120) + _cell(escape(a.name), 140)
+            + _cell(version, 50) + _cell(state, 100) + _cell(owner, 230, _MUTED))
 
 
 def _event_label(e: dict) -> str:
     who = f"{e['agent']}({e['name']!r})" if e["agent"] is not None else "runtime"
     payload = readable(e["payload"])
-    text = ", ".join(f"{k}={_short(v)}" for k, v in payload.items()) if isinstance(
+    text = ", ".join(f"{k}={_short(v)}" for k, v in payload.items() if v is not None) if isinstance(
         payload, dict) else _short(payload)
     return f"{clock_time(e['timestamp'] / 1000)}  {e['type']}  {who}  {text}"[:160]
 
@@ -478,16 +483,16 @@ def _schedule_html(r: ScheduleRow, now: float) -> str:
     when = "due now" if left <= 0 else f"in {duration(left)}"
     what = (f"<span style=\"{_MUTED}\">{escape(r.callback[4:].replace('_', ' '))}</span>"
             if r.callback.startswith("_ab_") else f"<code>{escape(r.callback)}</code>")
-    return (_cell(clock_time(r.due), 120) + _cell(when, 90, _MUTED)
-            + _cell(f"<code>{escape(r.class_name)}</code>({escape(repr(r.name))})", 220)
-            + _cell(what, 200) + _cell(escape(r.type), 80, _MUTED))
+    return (_cell(clock_time(r.due), 120) + _cell(when, 80, _MUTED)
+            + _cell(f"<code>{escape(r.class_name)}</code>({escape(repr(r.name))})", 200)
+            + _cell(what, 170) + _cell(escape(r.type), 70, _MUTED))
 
 
 def _run_html(r: RunRow) -> str:
-    return (_cell(f"<code>{escape(r.class_name)}</code>({escape(repr(r.name))})", 220)
-            + _cell(f"<code>{escape(r.method)}</code>", 160) + _cell(escape(r.status), 80)
+    return (_cell(f"<code>{escape(r.class_name)}</code>({escape(repr(r.name))})", 200)
+            + _cell(f"<code>{escape(r.method)}</code>", 140) + _cell(escape(r.status), 80)
             + _cell(f"{_plural(r.steps, 'step')} done", 90, _MUTED)
-            + _cell(f"<code>{escape(r.run)}</code>", 200, _MUTED))
+            + _cell(f"<code>{escape(r.run)}</code>", 150, _MUTED))
 
 
 def _short(value: Any, limit: int = 40) -> str:
