@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import agentbook as ab
 
-from .conftest import ARTIFACTS, REPO, free_port, stop_group, wait_for_port
+from .conftest import ARTIFACTS, REPO
 from .lab import open_notebook, run_all
 from .test_approvals_browser import evaluate, wait_for
+from .voila import voila
 
 pytestmark = pytest.mark.browser
 
@@ -139,33 +138,11 @@ def test_approve_in_the_dashboard_in_jupyterlab(lab, page, tmp_path):
 
 
 def test_approve_in_the_dashboard_in_voila(jupyter_env, tmp_path, page):
-    import psutil
-
     notebook, store = tmp_path / NAME, tmp_path / "store"
     write_notebook(notebook, store)
-    connections, log = tmp_path / "connections", tmp_path / "voila.log"
-    connections.mkdir()
-    port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
-             "--Voila.ip=127.0.0.1", f"--Voila.connection_dir_root={connections}"],
-            cwd=tmp_path, env=jupyter_env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
-    kernels: list[psutil.Process] = []
-    try:
-        wait_for_port(port, proc, log)
-        page.goto(f"http://127.0.0.1:{port}/")  # Voila shows widgets once all cells ran
+    with voila(notebook, jupyter_env) as server:
+        page.goto(server.url)  # Voila shows widgets once all cells ran
         approval_id = approve_in_the_dashboard(page, "voila")
-        (connection_file,) = connections.glob("voila_*/kernel-*.json")
-        kernels = [p for p in psutil.process_iter(["cmdline"])
-                   if str(connection_file) in (p.info["cmdline"] or [])]
-        check_kernel(connection_file, approval_id, shutdown=True)
-        _, alive = psutil.wait_procs(kernels, timeout=15)
-        assert kernels and not alive, "Voila's kernel did not stop when asked to"
-    finally:
-        stop_group(proc)
-        for kernel in kernels:
-            if kernel.is_running():
-                kernel.kill()  # the kernel runs in a session of its own
+        check_kernel(server.connection_file(), approval_id, shutdown=True)
+        server.check_kernel_stopped()
     check_store(store, approval_id)
