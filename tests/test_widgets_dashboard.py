@@ -300,3 +300,25 @@ def _model_ids(board: Dashboard) -> set[str]:
                 found.add(getattr(widget, part).model_id)
         todo += list(getattr(widget, "children", ()))
     return found
+
+
+async def test_a_slow_redraw_spaces_the_next_ones_to_a_tenth_of_the_loop(monkeypatch):
+    import asyncio
+
+    from agentbook.widgets import common
+
+    now = [100.0]
+    monkeypatch.setattr(common.time, "monotonic", lambda: now[0])
+
+    def redraw() -> None:
+        redraws.drawn()
+        now[0] += 1.0  # this redraw took a second (a very large runtime)
+
+    redraws = common.Coalescer(redraw, every=0.5)
+    redraws.poke()
+    await eventually(lambda: not redraws.pending, interval=0, what="the first redraw")
+    redraws.poke()
+    loop = asyncio.get_running_loop()
+    delay = redraws._timer.when() - loop.time()
+    assert 8.9 <= delay <= 9.0, f"a 1 s redraw waits 9 s for the next, not 0.5 s ({delay:.2f})"
+    redraws.cancel()

@@ -18,6 +18,8 @@ __all__ = ["Coalescer", "clock_time", "close_all", "duration", "escape", "readab
 #: Payload keys whose numbers are times on the runtime's clock (epoch seconds).
 TIME_KEYS = frozenset({"due", "expires", "until", "retry_at", "created", "updated",
                        "decided_at", "since", "ts", "time"})
+#: The largest share of the event loop's time a widget's timed redraws may take.
+SHARE = 0.1
 _EPOCH_FLOOR = 1e8  # 1973: a smaller number under a time key is a count, not a time
 
 
@@ -85,17 +87,21 @@ class Coalescer:
     :meth:`drawn` when it redraws (also when asked directly), which cancels a waiting timer.
     Without a running loop (a blocking ``ab.run``), a poke redraws at once.
 
+    A widget whose redraw is slow (a large runtime) never takes more than
+    :data:`SHARE` of the loop's time this way: the interval grows to fit its last redraw.
+
     Args:
         redraw: What the timer calls (the widget's refresh).
         every: The shortest time between two redraws, in seconds.
     """
 
-    __slots__ = ("_last", "_redraw", "_timer", "every")
+    __slots__ = ("_cost", "_last", "_redraw", "_timer", "every")
 
     def __init__(self, redraw: Callable[[], Any], every: float) -> None:
         self._redraw, self.every = redraw, every
         self._timer: asyncio.TimerHandle | None = None
         self._last = 0.0
+        self._cost = 0.0  # seconds the last timed redraw took
 
     @property
     def pending(self) -> bool:
@@ -110,7 +116,8 @@ class Coalescer:
         if loop is None:
             self._redraw()
             return
-        delay = max(0.0, self._last + self.every - time.monotonic())
+        gap = max(self.every, self._cost / SHARE)  # (from the start of the last one)
+        delay = max(0.0, self._last + gap - time.monotonic())
         self._timer = loop.call_later(delay, self._due)
 
     def drawn(self) -> None:
@@ -126,4 +133,6 @@ class Coalescer:
 
     def _due(self) -> None:
         self._timer = None
+        started = time.monotonic()
         self._redraw()
+        self._cost = time.monotonic() - started

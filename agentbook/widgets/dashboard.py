@@ -37,10 +37,13 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import apsw
 import ipywidgets as w
 
 from ..errors import AgentbookError
-from ..store import lease
+from ..store import history, lease, open_reader
+from ..store import schedules as schedule_rows
+from ..store import workflows as workflow_rows
 from ..workflow.engine import TERMINAL
 from .approvals import ApprovalInbox
 from .common import Coalescer, clock_time, close_all, duration, escape, readable, running_loop
@@ -51,12 +54,14 @@ if TYPE_CHECKING:
     from ..core.ref import AgentRef
     from ..core.runtime import Runtime
 
-__all__ = ["AgentRow", "Dashboard", "RunRow", "ScheduleRow", "dashboard"]
+__all__ = ["AgentRow", "Dashboard", "RunRow", "ScheduleRow", "StoreRead", "dashboard",
+           "read_store"]
 
 #: How far ahead the schedule section looks, in seconds of the runtime's clock.
 HORIZON = 3600.0
-#: Workflow runs are looked for in every agent when there are at most this many; beyond,
-#: in the agents that are awake, have a timer or a pending approval, or sent workflow events.
+#: Workflow runs are looked for in every agent when the dashboard opens if there are at most
+#: this many; beyond, in this many of those awake, with a pending approval or a timer (and,
+#: while it is open, in each agent that sends a ``workflow:*`` event).
 SCAN_ALL = 200
 
 _MUTED = "color:var(--jp-ui-font-color2,#666)"
@@ -85,6 +90,17 @@ class ScheduleRow(NamedTuple):
     callback: str
     type: str
     id: str
+
+
+class StoreRead(NamedTuple):
+    """What one read of an agent's store gives the dashboard."""
+
+    #: The newest version (``None``: no store yet, or it can't be read now).
+    version: int | None
+    #: Its pending schedules, soonest first.
+    schedules: list[schedule_rows.ScheduleRow]
+    #: Its workflow runs.
+    runs: list[workflow_rows.RunRow]
 
 
 class RunRow(NamedTuple):
@@ -160,7 +176,7 @@ class Dashboard(w.VBox):
         self.add_class("agentbook-dashboard")
         self._rows: dict[str, dict[Any, tuple[w.HBox, w.HTML]]] = {
             "agents": {}, "schedules": {}, "runs": {}}
-        self._versions: dict[Key, int | None] = {}
+        self._reads: dict[Key, StoreRead] = {}
         self._flows: set[Key] = set()
         self._event_keys: list[Key] = []
         self._redraws = Coalescer(self._due, every)
@@ -216,7 +232,7 @@ class Dashboard(w.VBox):
             self.inbox.refresh()
             return
         if reread:
-            self._versions.clear()
+            self._reads.clear()
         agents, total, awake = self._read_agents()
         self._show_agents(agents, total)
         self._show_events()
@@ -256,17 +272,10 @@ class Dashboard(w.VBox):
         return rows, len(keys), len(woken)
 
     def _agent_row(self, key: Key, awake: bool) -> AgentRow:
-        rt = self.rt
         if awake:
-            inst = rt.instances[key]
-            return AgentRow(key[0], key[1], inst.committed[0], True,
+            return AgentRow(key[0], key[1], self.rt.instances[key].committed[0], True,
                             f"this kernel (pid {os.getpid()})")
-        if key not in self._versions:
-            try:
-                self._versions[key] = rt.get(*key).version
-            except AgentbookError:
-                self._versions[key] = None
-        return AgentRow(key[0], key[1], self._versions[key], False, self._owner(key))
+        return AgentRow(key[0], key[1], self._read(key).version, False, self._owner(key))
 
     def _owner(self, key: Key) -> str:
         rt = self.rt
@@ -283,44 +292,45 @@ class Dashboard(w.VBox):
 
     def _read_schedules(self) -> list[ScheduleRow]:
         rt = self.rt
-        now = rt.clock.now()
-        due = sorted((t, c, n) for c, n, t in rt.catalog.timers() if t <= now + HORIZON)
-        rows: list[ScheduleRow] = []
-        for _, class_name, name in due[: self.limit]:
-            try:
-                frame = rt.get(class_name, name).schedules()
-            except AgentbookError:
-                continue
-            for s in frame.itertuples(index=False):
-                at = s.time.timestamp()
-                if at <= now + HORIZON:
-                    rows.append(ScheduleRow(at, class_name, name, s.callback, s.type, s.id))
+        end = rt.clock.now() + HORIZON
+        due = sorted((t, c, n) for c, n, t in rt.catalog.timers() if t <= end)
+        rows = [ScheduleRow(s.due, class_name, name, s.callback, s.type, s.id)
+                for _, class_name, name in due[: self.limit]
+                for s in self._read((class_name, name)).schedules if s.due <= end]
         rows.sort()
         return rows[: self.limit]
 
     def _read_runs(self, scan: bool) -> list[RunRow]:
+        """The unfinished runs of the agents known to have some. Which those are is found
+        by a scan when the dashboard opens (and on **Refresh**): every agent when there are
+        at most :data:`SCAN_ALL`, else that many of those awake, with a pending approval or
+        a timer (soonest first); after that, an agent joins on its next ``workflow:*`` event
+        and leaves once its runs end."""
         rt = self.rt
         if scan:
             every = [(row[0], row[1]) for row in rt.catalog.rows()]
-            if len(every) <= SCAN_ALL:
-                self._flows.update(every)
-        look = set(self._flows)
-        look.update(k for k, inst in rt.instances.items() if inst.store is not None)
-        look.update((c, n) for c, n, _ in rt.catalog.timers())
-        look.update((a.agent, a.name) for a in rt.approvals.list("pending"))
+            if len(every) > SCAN_ALL:  # the likeliest, at most SCAN_ALL of them
+                every = [k for k, inst in rt.instances.items() if inst.store is not None]
+                every += [(a.agent, a.name) for a in rt.approvals.list("pending")]
+                every += [(c, n) for _, c, n in sorted((t, c, n) for c, n, t
+                                                      in rt.catalog.timers())]
+            self._flows.update(list(dict.fromkeys(every))[:SCAN_ALL])
         rows: list[RunRow] = []
-        for key in sorted(look):
-            try:
-                frame = rt.get(*key).workflows()
-            except AgentbookError:
-                continue
-            if frame.empty:
+        for key in sorted(self._flows):
+            found = [RunRow(key[0], key[1], r.id, r.method, r.status, r.steps)
+                     for r in self._read(key).runs if r.status not in TERMINAL]
+            if not found:
                 self._flows.discard(key)
-                continue
-            self._flows.add(key)
-            rows += [RunRow(key[0], key[1], r.id, r.method, r.status, int(r.steps))
-                     for r in frame.itertuples(index=False) if r.status not in TERMINAL]
+            rows += found
         return rows[: self.limit]
+
+    def _read(self, key: Key) -> StoreRead:
+        """What the dashboard shows of one agent's store, read once (one reader, no
+        DataFrame) and kept until the agent's next event or **Refresh**."""
+        kept = self._reads.get(key)
+        if kept is None:
+            kept = self._reads[key] = read_store(self.rt, key)
+        return kept
 
     # -- rendering ----------------------------------------------------------------------
     def _show_agents(self, agents: list[AgentRow], total: int) -> None:
@@ -410,7 +420,7 @@ class Dashboard(w.VBox):
     def _on_event(self, event: dict) -> None:
         self.events.append(event)
         key = (event["agent"], event["name"])
-        self._versions.pop(key, None)
+        self._reads.pop(key, None)
         if event["type"].startswith("workflow:"):
             self._flows.add(key)
         self._redraws.poke()
@@ -437,6 +447,33 @@ class Dashboard(w.VBox):
     def __repr__(self) -> str:
         state = "live" if self.live else "closed"
         return f"<agentbook dashboard of {self.rt!r}: {state}>"
+
+
+def read_store(rt: Runtime, key: Key) -> StoreRead:
+    """Read agent *key*'s version, pending schedules and workflow runs in one go: from the
+    awake agent's reader, else from its file. Never waits for a writer of another process
+    (its reads would block the event loop): a store that is busy, missing or damaged reads
+    as empty, and the next redraw tries again."""
+    inst = rt.instances.get(key)
+    awake = inst is not None and inst.store is not None and not inst.fresh
+    conn = None
+    try:
+        if awake:
+            assert inst is not None and inst.store is not None
+            conn = inst.store.reader()
+        else:
+            path = rt.path_of(key)
+            if not os.path.exists(path):
+                return StoreRead(None, [], [])
+            conn = open_reader(path)
+            conn.set_busy_timeout(0)
+        return StoreRead(history.newest_version(conn), schedule_rows.select(conn),
+                         workflow_rows.read_runs(conn))
+    except (AgentbookError, apsw.Error):
+        return StoreRead(None, [], [])
+    finally:
+        if conn is not None and not awake:
+            conn.close()
 
 
 # -- rendering helpers ------------------------------------------------------------------------
