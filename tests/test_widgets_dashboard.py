@@ -156,6 +156,11 @@ async def test_events_schedules_approvals_and_workflows_show_and_go(rt, clock, b
     assert any("workflow:wait" in line for line in labels)
     assert not re.search(r"\b1\d{9}(\.\d+)?\b", " ".join(labels)), "times, not epoch seconds"
     assert any("until=Jan 01 02:00:00" in line for line in labels)
+    board._schedule_rows.children[0].children[0].click()  # a schedule opens its agent
+    assert isinstance(board.opened, InspectorWidget) and board.opened.ref == desk
+    board._run_rows.children[0].children[0].click()  # a run opens the timeline
+    assert isinstance(board.opened, TimelineWidget) and board.opened.ref == desk
+    assert run.id in board.opened.workflows_html.value
 
     await clock.advance(600)
     await settled(board)
@@ -279,6 +284,14 @@ async def test_a_closed_runtime_is_said_and_stops_the_dashboard(clock):
     board.refresh()
     assert "the runtime was closed" in text(board.header.value) and not board.live
     board.close()
+
+
+@pytest.mark.parametrize("options", [{"every": -1}, {"every": "fast"}, {"events": 0},
+                                     {"agents": 2.5}, {"agents": True}])
+async def test_bad_options_are_refused_with_what_to_pass(rt, options):
+    with pytest.raises(ab.UsageError, match="not "):
+        rt.dashboard(**options)
+    assert not rt.events.live, "nothing was left listening"
 
 
 async def test_values_are_escaped(rt, board):

@@ -4,7 +4,7 @@ Five sections, each a view over reads that exist already, never a second source 
 
 - **agents**: class, name, version, awake or hibernated, and who runs it (this kernel,
   another process, named by the pid and host in its lease file, or a Ray host); from the
-  catalog, the awake agents and ``ref.version``;
+  catalog, the awake agents and each listed agent's store;
 - **events**: the newest events since the dashboard opened, newest first;
 - **approvals**: the approval inbox itself (:class:`~agentbook.widgets.approvals.ApprovalInbox`),
   so Approve and Reject decide the same durable, bound approvals as ``rt.approvals``;
@@ -23,9 +23,12 @@ and a part whose text did not change sends nothing to the browser. ``close()``
 unsubscribes: with nobody listening, events are free again. Plain ipywidgets, no custom
 JavaScript: JupyterLab, Voila and VS Code show it alike.
 
-Hibernated agents' versions are read once and kept until one of their events arrives
-(**Refresh** reads everything again, for changes made by another process); at most
-``agents`` rows are listed, awake ones first.
+What it reads of an agent's store (version, pending schedules, workflow runs) it reads in
+one go, without DataFrames (:func:`read_store`), and keeps until that agent's next event;
+**Refresh** reads everything again (for changes another process made). At most ``agents``
+rows are listed in each section, awake agents first, so a redraw costs about the same at 20
+agents and at 100 000. Should one still be slow, the next ones wait longer
+(:class:`~agentbook.widgets.common.Coalescer`): redraws take at most a tenth of the loop.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import apsw
 import ipywidgets as w
 
-from ..errors import AgentbookError
+from ..errors import AgentbookError, UsageError
 from ..store import history, lease, open_reader
 from ..store import schedules as schedule_rows
 from ..store import workflows as workflow_rows
@@ -125,7 +128,11 @@ def dashboard(rt: Runtime, *, every: float = 0.5, events: int = 12, agents: int 
         agents: How many agents to list (awake ones first).
         by: Who is recorded as deciding on an Approve or Reject click (default: the
             operating-system user).
+
+    Raises:
+        UsageError: an option is out of its range (the message says which, and the range).
     """
+    _check(every=every, events=events, agents=agents)  # (before any model is made)
     return Dashboard(rt, every=every, events=events, agents=agents, by=by)
 
 
@@ -146,8 +153,8 @@ class Dashboard(w.VBox):
 
     def __init__(self, rt: Runtime, *, every: float = 0.5, events: int = 12, agents: int = 20,
                  by: str | None = None, tick: float = 20.0) -> None:
-        self.rt, self.every, self.limit = rt, every, max(int(agents), 1)
-        self.events: deque[dict] = deque(maxlen=max(int(events), 1))
+        self.rt, self.every, self.limit = rt, every, agents
+        self.events: deque[dict] = deque(maxlen=events)
         self.renders = 0
         self.opened: w.Widget | None = None
         self.header = w.HTML()
@@ -474,6 +481,16 @@ def read_store(rt: Runtime, key: Key) -> StoreRead:
     finally:
         if conn is not None and not awake:
             conn.close()
+
+
+def _check(*, every: Any, events: Any, agents: Any) -> None:
+    if isinstance(every, bool) or not isinstance(every, (int, float)) or not 0 <= every <= 3600:
+        raise UsageError(f"every is the shortest time between two redraws, in seconds from 0 "
+                         f"to 3600 (default 0.5), not {every!r}")
+    for name, value in (("events", events), ("agents", agents)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1000:
+            raise UsageError(f"{name} is how many rows to show, a whole number from 1 to "
+                             f"1000, not {value!r}")
 
 
 # -- rendering helpers ------------------------------------------------------------------------
