@@ -162,7 +162,10 @@ async def test_events_schedules_approvals_and_workflows_show_and_go(rt, clock, b
     assert isinstance(board.opened, TimelineWidget) and board.opened.ref == desk
     assert run.id in board.opened.workflows_html.value
 
-    await clock.advance(600)
+    await clock.advance(300)  # nothing fires: the clock alone moves "in 10 min"
+    await settled(board)
+    assert "in 5 min" in rows(board._schedule_rows)[0]
+    await clock.advance(300)
     await settled(board)
     assert rows(board._schedule_rows) == []
     assert "nothing due within the hour" in text(board.schedules_html.value)

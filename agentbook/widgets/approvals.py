@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..approve.inbox import Approval
     from ..core.runtime import Runtime
 
-from .common import Coalescer, close_all, duration, escape, running_loop
+from .common import ClockHook, Coalescer, close_all, duration, escape, running_loop
 
 __all__ = ["ApprovalInbox", "approval_widget", "inbox_widget"]
 
@@ -93,7 +93,7 @@ class ApprovalInbox(w.VBox):
         self._busy: dict[str, str] = {}
         self._unsubscribe: Any = None
         self._ticker: asyncio.Task | None = None
-        self._hook = _ClockHook(self)
+        self._hook = ClockHook(self.refresh_times)
         if not rt.closed:
             self._unsubscribe = rt.events.subscribe(self._on_event, types=["approval:*"])
             if getattr(rt.clock, "virtual", False) and hasattr(rt.clock, "add_settler"):
@@ -309,18 +309,6 @@ class ApprovalInbox(w.VBox):
         if self._only is not None:
             return f"<approval {self._only}: {'pending' if self._rows else 'decided'}>"
         return f"<approval inbox: {len(self._rows)} pending>"
-
-
-class _ClockHook:
-    """Registered (weakly) with a VirtualClock: refreshes time left after each step."""
-
-    __slots__ = ("__weakref__", "inbox")
-
-    def __init__(self, inbox: ApprovalInbox) -> None:
-        self.inbox = inbox
-
-    async def settle(self) -> None:
-        self.inbox.refresh_times()
 
 
 def _call(method: str, args: Any, kwargs: Any) -> str:

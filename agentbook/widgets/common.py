@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import ipywidgets as w
 
-__all__ = ["Coalescer", "clock_time", "close_all", "duration", "escape", "readable", "running_loop"]
+__all__ = ["ClockHook", "Coalescer", "clock_time", "close_all", "duration", "escape", "readable",
+           "running_loop"]
 
 #: Payload keys whose numbers are times on the runtime's clock (epoch seconds).
 TIME_KEYS = frozenset({"due", "expires", "until", "retry_at", "created", "updated",
@@ -136,3 +137,21 @@ class Coalescer:
         started = time.monotonic()
         self._redraw()
         self._cost = time.monotonic() - started
+
+
+class ClockHook:
+    """What a widget registers with an ``ab.VirtualClock`` (``clock.add_settler``) to hear of
+    each step of ``clock.advance``: the clock holds it weakly, the widget strongly, so it
+    goes with the widget.
+
+    Args:
+        moved: Called (no arguments) after each step of the clock.
+    """
+
+    __slots__ = ("__weakref__", "moved")
+
+    def __init__(self, moved: Callable[[], Any]) -> None:
+        self.moved = moved
+
+    async def settle(self) -> None:
+        self.moved()

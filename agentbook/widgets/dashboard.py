@@ -49,7 +49,7 @@ from ..store import schedules as schedule_rows
 from ..store import workflows as workflow_rows
 from ..workflow.engine import TERMINAL
 from .approvals import ApprovalInbox
-from .common import Coalescer, clock_time, close_all, duration, escape, readable, running_loop
+from .common import ClockHook, Coalescer, clock_time, close_all, duration, escape, readable, running_loop
 from .inspector import inspector_widget
 from .timeline import timeline_widget
 
@@ -187,6 +187,7 @@ class Dashboard(w.VBox):
         self._flows: set[Key] = set()
         self._event_keys: list[Key] = []
         self._redraws = Coalescer(self._due, every)
+        self._hook = ClockHook(self._redraws.poke)
         self._ticker: asyncio.Task | None = None
         self._unsubscribe: Callable[[], None] | None = None
         self.refresh_button.on_click(lambda _b: self.refresh(reread=True))
@@ -194,7 +195,9 @@ class Dashboard(w.VBox):
         self.event_list.observe(self._picked, names="index")
         if not rt.closed:
             self._unsubscribe = rt.events.subscribe(self._on_event)
-            if tick > 0 and not getattr(rt.clock, "virtual", False) and running_loop():
+            if getattr(rt.clock, "virtual", False) and hasattr(rt.clock, "add_settler"):
+                rt.clock.add_settler(self._hook)  # "in 10 min" follows clock.advance
+            elif tick > 0 and running_loop():
                 self._ticker = asyncio.ensure_future(self._tick(tick))
         self.refresh(reread=True)
 
