@@ -530,9 +530,18 @@ def _agent_html(a: AgentRow) -> str:
 def _event_label(e: dict) -> str:
     who = f"{e['agent']}({e['name']!r})" if e["agent"] is not None else "runtime"
     payload = readable(e["payload"])
-    text = ", ".join(f"{k}={_short(v)}" for k, v in payload.items() if v is not None) if isinstance(
-        payload, dict) else _short(payload)
+    if isinstance(payload, dict):
+        text = ", ".join(f"{k}={_short(_own(v))}" for k, v in payload.items() if v is not None)
+    else:
+        text = _short(payload)
     return f"{clock_time(e['timestamp'] / 1000)}  {e['type']}  {who}  {text}"[:160]
+
+
+def _own(value: Any) -> Any:
+    """agentbook's own methods read as words: ``_ab_reject_approval`` -> ``(reject approval)``."""
+    if isinstance(value, str) and value.startswith("_ab_"):
+        return f"({value[4:].replace('_', ' ')})"
+    return value
 
 
 def _schedule_html(r: ScheduleRow, now: float) -> str:
