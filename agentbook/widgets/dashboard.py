@@ -396,11 +396,11 @@ class Dashboard(w.VBox):
         cell = w.HTML(layout=w.Layout(flex="1 1 auto"))
         buttons = []
         for what in (("inspect", "timeline") if both else (first,)):
-            button = w.Button(description=what, tooltip=f"Open the {what} of "
+            kind = "inspector" if what == "inspect" else "timeline"
+            button = w.Button(description=what, tooltip=f"Open the {kind} of "
                               f"{agent[0]}({agent[1]!r})", layout=w.Layout(width="76px",
                                                                            height="24px"))
-            button.on_click(lambda _b, a=agent, k=what: self._open(
-                a, "inspector" if k == "inspect" else "timeline"))
+            button.on_click(lambda _b, a=agent, k=kind: self._open(a, k))
             buttons.append(button)
         row = w.HBox([*buttons, cell], layout=w.Layout(align_items="center"))
         row.add_class("agentbook-dashboard-row")

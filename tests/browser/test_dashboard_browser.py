@@ -42,6 +42,15 @@ CELLS = [
     "keep = await desk.propose('d-1', 42.5)\n"
     "drop = await desk.propose('d-2', 900.0)",
     "board = rt.dashboard()\nboard",
+    "class Reminders(ab.Agent):\n"
+    "    @ab.callable\n"
+    "    async def remind(self, minutes: int, text: str) -> None:\n"
+    "        await self.schedule(minutes * 60, 'send', {{'text': text}})\n\n"
+    "    async def send(self, payload) -> None:\n"
+    "        self.set_state({{'last': payload['text']}})\n\n\n"
+    "team = rt.get(Reminders, 'team')\n"
+    "await team.remind(20, 'call the customer of d-2')\n"
+    "await team.remind(45, 'check the parcel of d-1')",
 ]
 
 
@@ -62,7 +71,8 @@ def approve_in_the_dashboard(page: object, shot: str) -> str:
     board = page.locator(".agentbook-dashboard")
     expect(board).to_have_count(1, timeout=120_000)
     board.scroll_into_view_if_needed()
-    expect(board).to_contain_text("1 agent, 1 awake")
+    expect(board).to_contain_text("2 agents, 2 awake")  # (a cell after the dashboard's)
+    expect(board.locator(".agentbook-dashboard-schedules")).to_contain_text("in 20 min")
     expect(board.locator(".agentbook-dashboard-agents")).to_contain_text("awake")
     row = board.locator(".agentbook-approval", has_text="order d-1")
     approve = row.get_by_role("button", name="Approve", exact=True)
@@ -124,7 +134,8 @@ def test_approve_in_the_dashboard_in_jupyterlab(lab, page, tmp_path):
     run_all(page)
     approval_id = approve_in_the_dashboard(page, "lab")
     board = page.locator(".agentbook-dashboard")
-    board.locator(".agentbook-dashboard-agents").get_by_role("button", name="inspect").click()
+    board.locator(".agentbook-dashboard-row", has_text="desk").get_by_role(
+        "button", name="inspect").click()
     expect(board.locator(".agentbook-inspector")).to_contain_text("Desk('desk')")
     expect(page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
            ).to_have_count(0)
