@@ -17,7 +17,7 @@ import time
 import pytest
 
 import agentbook as ab
-from agentbook.widgets.dashboard import Dashboard, dashboard
+from agentbook.widgets.dashboard import Dashboard, dashboard_widget
 from agentbook.widgets.inspector import InspectorWidget
 from agentbook.widgets.timeline import TimelineWidget
 
@@ -90,7 +90,7 @@ def comms(monkeypatch):
 
 @pytest.fixture
 async def board(rt):
-    widget = dashboard(rt, every=0, by="ada")
+    widget = dashboard_widget(rt, every=0, by="ada")
     yield widget
     widget.close()
 
@@ -128,7 +128,7 @@ async def test_a_second_process_holding_an_agent_is_named_by_its_pid(rt, tmp_pat
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "held"
-        board = dashboard(rt, every=0)
+        board = dashboard_widget(rt, every=0)
         try:
             (row,) = rows(board._agent_rows)
             assert f"pid {other.pid} on " in row and "hibernated" in row
@@ -242,7 +242,7 @@ def test_importing_agentbook_loads_no_widget_and_subscribes_nothing():
 async def test_a_storm_of_10000_firings_is_drawn_a_few_times_a_second(rt, clock, comms):
     desk = rt.get(Desk, "storm")
     await desk.every_second()
-    board = dashboard(rt, every=0.25)
+    board = dashboard_widget(rt, every=0.25)
     try:
         models = _model_ids(board)
         comms.clear()
@@ -266,7 +266,7 @@ async def test_a_storm_of_10000_firings_is_drawn_a_few_times_a_second(rt, clock,
 async def test_a_storm_within_one_interval_sends_no_update_until_it_is_due(rt, clock, comms):
     desk = rt.get(Desk, "storm")
     await desk.every_second()
-    board = dashboard(rt, every=3600)  # the first draw was at creation
+    board = dashboard_widget(rt, every=3600)  # the first draw was at creation
     try:
         comms.clear()
         await clock.advance(10_000)
@@ -286,6 +286,7 @@ async def test_a_closed_runtime_is_said_and_stops_the_dashboard(clock):
     await rt.aclose()
     board.refresh()
     assert "the runtime was closed" in text(board.header.value) and not board.live
+    assert board.inspect(("Desk", "d")) is None and "closed" in text(board.detail_header.value)
     board.close()
 
 
@@ -338,3 +339,26 @@ async def test_a_slow_redraw_spaces_the_next_ones_to_a_tenth_of_the_loop(monkeyp
     delay = redraws._timer.when() - loop.time()
     assert 8.9 <= delay <= 9.0, f"a 1 s redraw waits 9 s for the next, not 0.5 s ({delay:.2f})"
     redraws.cancel()
+
+
+async def test_a_store_that_cannot_be_read_now_is_read_again_next_time(rt, monkeypatch):
+    from agentbook.widgets import dashboard as module
+
+    await rt.get(Desk, "busy").open_ticket("x")
+    rt.hibernate()
+    real, calls = module.read_store, []
+
+    def flaky(runtime, key):
+        calls.append(key)
+        return None if len(calls) == 1 else real(runtime, key)  # busy the first time
+
+    monkeypatch.setattr(module, "read_store", flaky)
+    board = dashboard_widget(rt, every=0)
+    try:
+        assert rows(board._agent_rows) == ["Desk busy \u2013 ○ hibernated nobody runs it now"]
+        board.refresh()
+        assert rows(board._agent_rows) == ["Desk busy v1 ○ hibernated nobody runs it now"]
+        board.refresh()
+        assert len(calls) == 2, "a good read is kept until the agent's next event"
+    finally:
+        board.close()

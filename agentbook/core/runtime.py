@@ -633,9 +633,9 @@ class Runtime:
         (Approve / Reject), the next hour of schedules, workflows in flight; a row opens its
         agent's inspector or timeline. Redraws at most once per *every* seconds; ``close()``
         stops it. See :mod:`agentbook.widgets.dashboard`."""
-        from ..widgets.dashboard import dashboard
+        from ..widgets.dashboard import dashboard_widget
 
-        return dashboard(self, every=every, events=events, agents=agents, by=by)
+        return dashboard_widget(self, every=every, events=events, agents=agents, by=by)
 
     @property
     def plot(self) -> Any:

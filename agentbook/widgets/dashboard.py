@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from ..core.ref import AgentRef
     from ..core.runtime import Runtime
 
-__all__ = ["AgentRow", "Dashboard", "RunRow", "ScheduleRow", "StoreRead", "dashboard",
+__all__ = ["AgentRow", "Dashboard", "RunRow", "ScheduleRow", "StoreRead", "dashboard_widget",
            "read_store"]
 
 #: How far ahead the schedule section looks, in seconds of the runtime's clock.
@@ -106,6 +106,9 @@ class StoreRead(NamedTuple):
     runs: list[workflow_rows.RunRow]
 
 
+_NOTHING = StoreRead(None, [], [])
+
+
 class RunRow(NamedTuple):
     """One workflow run that has not ended."""
 
@@ -117,7 +120,7 @@ class RunRow(NamedTuple):
     steps: int
 
 
-def dashboard(rt: Runtime, *, every: float = 0.5, events: int = 12, agents: int = 20,
+def dashboard_widget(rt: Runtime, *, every: float = 0.5, events: int = 12, agents: int = 20,
               by: str | None = None) -> Dashboard:
     """A live dashboard of *rt* (what ``rt.dashboard()`` returns).
 
@@ -212,11 +215,12 @@ class Dashboard(w.VBox):
         return self._redraws.pending
 
     # -- what the controls do (callable from code and tests) ----------------------------
-    def inspect(self, agent: AgentRef | Key) -> w.Widget:
-        """Open *agent*'s inspector under the dashboard, as its row's **inspect** does."""
+    def inspect(self, agent: AgentRef | Key) -> w.Widget | None:
+        """Open *agent*'s inspector under the dashboard, as its row's **inspect** does
+        (``None``, and the reason in its place, when the runtime was closed)."""
         return self._open(agent, "inspector")
 
-    def timeline(self, agent: AgentRef | Key) -> w.Widget:
+    def timeline(self, agent: AgentRef | Key) -> w.Widget | None:
         """Open *agent*'s timeline under the dashboard, as its row's **timeline** does."""
         return self._open(agent, "timeline")
 
@@ -339,7 +343,10 @@ class Dashboard(w.VBox):
         DataFrame) and kept until the agent's next event or **Refresh**."""
         kept = self._reads.get(key)
         if kept is None:
-            kept = self._reads[key] = read_store(self.rt, key)
+            kept = read_store(self.rt, key)
+            if kept is None:  # (busy or damaged: shown as unknown, read again next time)
+                return _NOTHING
+            self._reads[key] = kept
         return kept
 
     # -- rendering ----------------------------------------------------------------------
@@ -406,10 +413,14 @@ class Dashboard(w.VBox):
         row.add_class("agentbook-dashboard-row")
         return row, cell
 
-    def _open(self, agent: AgentRef | Key, what: str) -> w.Widget:
+    def _open(self, agent: AgentRef | Key, what: str) -> w.Widget | None:
         key = agent if isinstance(agent, tuple) else (agent.class_name, agent.name)
-        ref = self.rt.get(*key)
         self.close_detail()
+        try:
+            ref = self.rt.get(*key)
+        except AgentbookError as exc:  # (the runtime was closed meanwhile)
+            self.detail_header.value = f"<span style=\"{_MUTED}\">{escape(exc)}</span>"
+            return None
         self.opened = inspector_widget(ref) if what == "inspector" else timeline_widget(ref)
         self.detail_header.value = (f"<b>{escape(what)}</b> of <code>{escape(key[0])}"
                                     f"({escape(repr(key[1]))})</code>")
@@ -459,11 +470,12 @@ class Dashboard(w.VBox):
         return f"<agentbook dashboard of {self.rt!r}: {state}>"
 
 
-def read_store(rt: Runtime, key: Key) -> StoreRead:
+def read_store(rt: Runtime, key: Key) -> StoreRead | None:
     """Read agent *key*'s version, pending schedules and workflow runs in one go: from the
-    awake agent's reader, else from its file. Never waits for a writer of another process
-    (its reads would block the event loop): a store that is busy, missing or damaged reads
-    as empty, and the next redraw tries again."""
+    awake agent's reader, else from its file (an agent without a store yet reads as version
+    ``None`` with nothing pending). Never waits for a writer of another process (its reads
+    would block the event loop): a store that is busy or damaged gives ``None``, and the
+    next redraw tries again."""
     inst = rt.instances.get(key)
     awake = inst is not None and inst.store is not None and not inst.fresh
     conn = None
@@ -474,13 +486,13 @@ def read_store(rt: Runtime, key: Key) -> StoreRead:
         else:
             path = rt.path_of(key)
             if not os.path.exists(path):
-                return StoreRead(None, [], [])
+                return _NOTHING
             conn = open_reader(path)
             conn.set_busy_timeout(0)
         return StoreRead(history.newest_version(conn), schedule_rows.select(conn),
                          workflow_rows.read_runs(conn))
     except (AgentbookError, apsw.Error):
-        return StoreRead(None, [], [])
+        return None
     finally:
         if conn is not None and not awake:
             conn.close()
