@@ -252,8 +252,6 @@ NOTEBOOK_ONLY = re.compile(r"Shift\+Enter|click it to expand|run this cell", re.
 
 @pytest.mark.parametrize("path", _pending({
     "03_scheduling.ipynb": "its owner: the solution's 'click it to expand' says nothing for Voila",
-    "04_human_in_the_loop.ipynb": "its owner: 'Shift+Enter' and 'click it to expand' say nothing "
-                                  "for Voila",
 }), ids=IDS)
 def test_jupyter_only_instructions_also_say_what_voila_shows(path):
     """Voila shows the markdown and the outputs, never the code: a cell that says to press
