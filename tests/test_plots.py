@@ -99,7 +99,7 @@ def _points(ax, gid: str) -> list[tuple[float, str]]:
     """``(x, row label)`` of every marker of one kind, sorted."""
     labels = [t.get_text() for t in ax.get_yticklabels()]
     offsets = _by_gid(ax, gid).get_offsets()
-    return sorted((round(float(x), 8), labels[int(y)]) for x, y in offsets)
+    return sorted((round(float(x), 8), labels[round(y)]) for x, y in offsets)
 
 
 def _expected(runs: pd.DataFrame, column: str) -> list[tuple[float, str]]:
@@ -187,14 +187,19 @@ async def test_scheduled_runs_frame_has_the_columns_and_rows_of_the_history(mem_
 
 
 async def test_many_agents_share_one_row_per_class_and_method(mem_rt, clock):
+    import numpy as np
+
     for i in range(plots._FEW_AGENTS + 1):
         await mem_rt.get(Reminders, f"r{i}").plan()
     await clock.advance(hours=7)
     ax = mem_rt.plot.schedule().axes[0]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["Reminders.poll", "Reminders.ring"]
-    rows = [t.get_text() for t in ax.get_yticklabels()]
-    ok = [rows[int(y)] for _, y in _by_gid(ax, "ok").get_offsets()]
-    assert ok.count("Reminders.ring") == ok.count("Reminders.poll") == plots._FEW_AGENTS + 1
+    # six agents' runs at one instant crowd their row: a bar of six per row, not six markers
+    assert not len(_by_gid(ax, "ok").get_offsets())
+    strips = [p for p in ax.patches if p.get_gid() == "runs per bucket"]
+    assert [round(float(np.ravel(p.get_data()[2])[0])) for p in strips] == [0, 1]
+    assert [t.get_text() for t in ax.texts if t.get_gid() == "peak"] == [
+        str(plots._FEW_AGENTS + 1)] * 2
 
 
 async def test_agents_selects_by_reference_class_name_or_path(mem_rt, clock):
@@ -271,10 +276,10 @@ async def test_the_plot_survives_a_restart_of_a_file_runtime(tmp_path):
     await clock.advance(0)
     ax = after.plot.schedule().axes[0]
     rows = [t.get_text() for t in ax.get_yticklabels()]
-    late = [rows[int(y)] for (x0, y), (x1, _) in _by_gid(ax, "lateness").get_segments() if x1 > x0]
+    late = [rows[round(y)] for (x0, y), (x1, _) in _by_gid(ax, "lateness").get_segments() if x1 > x0]
     # each ran (or, for lunch, was skipped) once, late, when the runtime came back
     assert sorted(late) == ["Reminders/alice.digest", "Reminders/alice.lunch", "Reminders/alice.poll"]
-    assert [rows[int(y)] for _, y in _by_gid(ax, "skipped").get_offsets()] == ["Reminders/alice.lunch"]
+    assert [rows[round(y)] for _, y in _by_gid(ax, "skipped").get_offsets()] == ["Reminders/alice.lunch"]
     await after.aclose()
 
 
@@ -310,7 +315,7 @@ def _rows(ax) -> list[str]:
 def _marks(ax, gid: str) -> dict[str, float]:
     """Row label -> x of the percentile marker *gid* on that row."""
     rows = _rows(ax)
-    return {rows[int(y)]: float(x) for x, y in _by_gid(ax, gid).get_offsets()}
+    return {rows[round(y)]: float(x) for x, y in _by_gid(ax, gid).get_offsets()}
 
 
 def _ridges(ax, gid: str = "hist") -> list:
@@ -396,18 +401,20 @@ async def test_throughput_counts_versions_per_class_in_each_bin(mem_rt, clock):
     lines = {p.get_label(): p for p in ax.patches if p.get_gid() == "rate"}
     assert list(lines) == ["Reminders", "Uploads"], "busiest class first"
     width = 7200.0  # 3.5 days: the narrowest width with at most 60 bins
-    assert ax.get_title(loc="left") == (f"Versions per second · {len(versions)} versions · peak "
-                                        f"{_peak(versions, width):.3g}/s · bins of 2 h")
+    # bins of hours read in versions per hour
+    assert ax.get_title(loc="left") == (f"Versions per hour · {len(versions)} versions · peak "
+                                        f"{_peak(versions, width) * 3600:.3g}/h · bins of 2 h")
+    assert ax.get_ylabel() == "versions per hour"
     for cls, line in lines.items():
         rates, edges, _ = line.get_data()
         assert np.allclose(np.diff(edges), width / DAY)
         starts = np.round(edges[:-1] * DAY).astype(int)
         ts = np.array([t.timestamp() for t in versions[versions.agent == cls].ts])
-        want = {int(b * width): n / width for b, n in
+        want = {int(b * width): n / width * 3600 for b, n in
                 zip(*np.unique(np.floor(ts / width), return_counts=True), strict=True)}
         assert dict(zip(starts.tolist(), rates.tolist(), strict=True)) == pytest.approx(
             {s: want.get(s, 0.0) for s in starts.tolist()})
-        assert rates.sum() * width == pytest.approx((versions.agent == cls).sum())
+        assert rates.sum() * width / 3600 == pytest.approx((versions.agent == cls).sum())
     total = next(p for p in ax.patches if p.get_gid() == "total")
     assert np.allclose(total.get_data()[0], sum(p.get_data()[0] for p in lines.values()))
 
@@ -431,7 +438,8 @@ async def test_throughput_bins_by_every_and_filters(mem_rt, clock):
     assert line.get_label() == "Uploads" and not [p for p in ax.patches if p.get_gid() == "total"]
     assert np.allclose(np.diff(edges), 60 / DAY)
     uploads = mem_rt.get(Uploads, "jobs").history(limit=1000, failures=False)
-    assert rates.sum() * 60 == pytest.approx(len(uploads))
+    assert rates.sum() == pytest.approx(len(uploads)), "per minute, in bins of a minute"
+    assert ax.get_title(loc="left").startswith("Versions per minute · ")
     assert "bins of 1 min" in ax.get_title(loc="left")
     with pytest.raises(ab.UsageError, match="every="):
         mem_rt.plot.throughput(every=0)
