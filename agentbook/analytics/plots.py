@@ -31,10 +31,12 @@ from .plotkit import (
     AgentSelection,
     When,
     canvas,
-    datenum,
+    datenum_epoch,
     duration,
     figure_class,
     filters,
+    nice_width,
+    per_unit,
     say,
     time_axis,
     views,
@@ -64,6 +66,8 @@ _BUCKETS = 150
 _CROWDED = 3
 #: Retried attempts sit this far above a row's centre line, dead letters this far below.
 _LANE = 0.27
+#: What the count beside a crowd of failures says.
+_CROWD_WORDS = {"retry": "retried", "dead": "dead"}
 #: The bars of a crowded row reach this far either side of its centre line.
 _STRIP = 0.2
 
@@ -97,9 +101,18 @@ class Plots:
         One row per ``Class.method`` (or per ``Class/name.method`` when at most five agents
         ran scheduled work). A grey tick marks when a run was due, a marker when it ran, and
         a grey line joins them, so late runs stand out. Markers: ok (blue dot), failed and
-        retried (orange x), failed for good (red X, a dead letter), skipped because its tick
-        was missed (hollow circle). The title gives the count and the median and 99th
-        percentile lateness of the runs that ran (skipped ones excluded).
+        retried (orange x, just above the row's line), failed for good (red X, a dead
+        letter, just below it), skipped because its tick was missed (hollow circle). Where
+        several failures of one kind fall in one bucket of time (the axis is cut into at
+        most 150), their count is written beside them, so they show at any zoom.
+
+        A row with more than three ok runs in one bucket (hundreds of runs over a week, or
+        many agents of one class) draws them as bars instead of markers piled into a solid
+        line: runs per bucket (the bucket's width is in the legend, the busiest bucket's
+        count above its bar). There, only runs late by half a bucket or more keep their
+        marker and line. The title gives the count and the median, 99th percentile and
+        worst lateness of the runs that ran (skipped ones excluded), or says that every run
+        started when it was due. The time axis fits the runs, from seconds to months.
 
         Args:
             agents: Which agents: ``None`` for all; an ``AgentRef``, an agent class, a class
@@ -139,7 +152,9 @@ class Plots:
         One row per group, slowest (by p99) on top: a histogram of durations on a log
         scale, with markers at the median (white dot), p95 (orange square) and p99 (red
         diamond); the numbers are written beside each row. Failed runs count (they took
-        time too); skipped scheduled ticks don't (nothing ran).
+        time too); skipped scheduled ticks and forks don't (no handler ran). Durations under
+        a microsecond have no honest place on a log scale: they are counted in a grey bar
+        labelled ``< 1 µs``, left of a break in the axis, with their share of the row.
 
         Args:
             by: Group by ``"method"`` (``Class.method``, the default), ``"agent"``
@@ -328,8 +343,6 @@ def _draw_schedule(ax: Axes, runs: pd.DataFrame, labels: pd.Series, since: When,
     import numpy as np
     from matplotlib.collections import LineCollection
 
-    from .plotkit import datenum_epoch, nice_width
-
     rows = sorted(labels.unique())
     row = labels.map({label: i for i, label in enumerate(rows)}).to_numpy(dtype=int)
     due_s = runs["due"].astype("int64").to_numpy() / 1e9
@@ -393,8 +406,6 @@ def _draw_strips(ax: Axes, ts_s: Any, row: Any, crowded: list[int], width: float
     (its count written above it)."""
     import numpy as np
 
-    from .plotkit import datenum_epoch, per_unit
-
     unit, name = per_unit(width)
     per = name if unit == width else f"{duration(width)}"
     for i in crowded:
@@ -420,27 +431,28 @@ def _count_crowds(ax: Axes, ts_s: Any, row: Any, y: Any, bucket: Any, width: flo
     """Beside each bucket holding several failures of one kind on one row, how many."""
     import numpy as np
 
-    from .plotkit import datenum_epoch
-
-    keys, first, counts = np.unique(np.column_stack([row, bucket]), axis=0, return_index=True,
+    _, first, counts = np.unique(np.column_stack([row, bucket]), axis=0, return_index=True,
                                     return_counts=True)
     for at, n in zip(first, counts, strict=True):
         if n > 1:
-            ax.annotate(f"×{n}", (float(datenum_epoch(ts_s[at])), float(y[at])),
+            ax.annotate(f"{n} {_CROWD_WORDS[outcome]}", (float(datenum_epoch(ts_s[at])), float(y[at])),
                         xytext=(6, 0), textcoords="offset points", va="center",
                         fontsize="x-small", color=colour, gid=f"{outcome} count")
 
 
 def _schedule_title(runs: pd.DataFrame) -> str:
-    """How many runs, and how late the ones that ran were (or that all ran when due)."""
+    """How many runs, and how late the ones that ran were: p50, p99 and the worst (or that
+    every one started when it was due)."""
     ran = runs.loc[runs["outcome"] != "skipped", "lateness_s"]
     if ran.empty:
         lateness = "nothing ran"
     elif ran.max() == 0:
         lateness = "every run started when it was due"
     else:
-        p50, p99 = ran.quantile(0.5), ran.quantile(0.99)
+        p50, p99, worst = ran.quantile(0.5), ran.quantile(0.99), ran.max()
         lateness = f"lateness p50 {duration(p50)}, p99 {duration(p99)}"
+        if duration(worst) != duration(p99):  # a few late runs hide under the percentiles
+            lateness += f", max {duration(worst)}"
     count = f"{len(runs):,} scheduled run{'s' if len(runs) != 1 else ''}"
     return f"{count} · {lateness}"
 

@@ -23,8 +23,18 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import UsageError
-from .plotkit import (AgentSelection, When, canvas, duration, filters, nice_width, per_unit, say,
-                      time_axis, views)
+from .plotkit import (
+    AgentSelection,
+    When,
+    canvas,
+    duration,
+    filters,
+    nice_width,
+    per_unit,
+    say,
+    time_axis,
+    views,
+)
 
 if TYPE_CHECKING:
     import numpy as np
