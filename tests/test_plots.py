@@ -560,6 +560,17 @@ async def test_hundreds_of_on_time_runs_are_drawn_as_runs_per_bucket(mem_rt, clo
     assert ax.get_title(loc="left") == "396 scheduled runs · every run started when it was due"
 
 
+async def test_replayed_steps_are_not_scheduled_runs_of_their_own(mem_rt, clock):
+    await _busy_week(mem_rt, clock)
+    before = plots._scheduled_runs(mem_rt, None, None, None)
+    alice = mem_rt.get(Reminders, "alice")
+    replay = await alice.replay(2, on="alice-again")
+    assert any(step[3] == "ok" for step in replay.steps)
+    assert "alice-again" in set(_history_of_all(mem_rt).name)
+    after = plots._scheduled_runs(mem_rt, None, None, None)
+    assert len(after) == len(before) and "alice-again" not in set(after.name)
+
+
 async def test_a_late_run_in_a_crowded_row_keeps_its_marker_and_line(mem_rt, clock):
     await mem_rt.get(Ticker, "t").start(60)
     await clock.advance(hours=6)

@@ -301,7 +301,8 @@ def _scheduled_runs(rt: Runtime, agents: AgentSelection, since: When, until: Whe
     """Every scheduled or queued run of the selected agents, oldest first.
 
     A run is a history row whose ``due`` is set: one per attempt (``ok``, ``retry``,
-    ``dead``) or skipped tick (``skipped``). Read from the DuckDB ``history`` view: one
+    ``dead``) or skipped tick (``skipped``); replayed steps (on a fork, by ``replay`` or
+    ``sweep``) are left out. Read from the DuckDB ``history`` view: one
     query, however many agents (paging each agent's ``ref.history()`` took seconds for
     a thousand of them).
 
@@ -311,7 +312,9 @@ def _scheduled_runs(rt: Runtime, agents: AgentSelection, since: When, until: Whe
     """
 
     where, params = filters(rt, agents, since, until)
-    conditions = " AND ".join(["due IS NOT NULL", "version IS NOT NULL", *where])
+    # a replayed step re-enacts a run on a fork (at the time it first ran): not a run of its own
+    conditions = " AND ".join(["due IS NOT NULL", "version IS NOT NULL",
+                               "coalesce(source, '') NOT LIKE 'replay:%'", *where])
     runs = views(rt).execute(
         f"SELECT agent, name, method, due, ts, outcome FROM history WHERE {conditions}"
         " ORDER BY ts, due, agent, name, version", params).df()

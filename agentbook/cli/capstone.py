@@ -8,7 +8,8 @@ the desk and replay the rest of the week with a more generous refund policy - "w
 analysed with DuckDB and plotted.
 
 ``agentbook demo`` runs it in a terminal; ``notebooks/10_capstone.ipynb`` runs it step by
-step.
+step, with the two agent classes written out in its cells (``tests/test_capstone.py`` keeps
+them the same as :func:`build_agents`'s).
 """
 
 from __future__ import annotations
@@ -19,15 +20,21 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["build_agents", "run_capstone", "simulate"]
+__all__ = ["DAY", "build_agents", "chance", "refund_policy", "run_capstone", "simulate"]
 
 DAY = 86400.0
 
 
-def _rand(*parts: Any) -> float:
-    """A deterministic number in [0, 1) from its arguments."""
+def chance(*parts: Any) -> float:
+    """A number in [0, 1) that looks random but is the same for the same arguments, so the
+    simulated week is the same on every run: ``chance("c0042", 3) < 0.35``."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def refund_policy(amount: float, limit: float) -> str:
+    """The desk's rule: refund up to the limit itself, ask a person above it."""
+    return "refund" if amount <= limit else "ask"
 
 
 def build_agents() -> tuple[type, type]:
@@ -43,14 +50,14 @@ def build_agents() -> tuple[type, type]:
         async def plan_week(self, days: int) -> int:
             count = 0
             for day in range(days):
-                if _rand(self.name, day) < 0.35:  # about one issue every three days
-                    at = day * DAY + (8 + 10 * _rand(self.name, day, "h")) * 3600
+                if chance(self.name, day) < 0.35:  # about one issue every three days
+                    at = day * DAY + (8 + 10 * chance(self.name, day, "h")) * 3600
                     await self.schedule(at, "raise_issue", {"day": day})
                     count += 1
             return count
 
         async def raise_issue(self, payload: dict) -> None:
-            amount = round(5 + 195 * _rand(self.name, payload["day"], "amount"), 2)
+            amount = round(5 + 195 * chance(self.name, payload["day"], "amount"), 2)
             self.set_state({**self.state, "issues": self.state["issues"] + 1})
             self.ref(Desk, "desk").send("open_ticket", self.name, amount)
 
@@ -68,7 +75,7 @@ def build_agents() -> tuple[type, type]:
                      " followed_up INTEGER NOT NULL DEFAULT 0)")
 
         async def open_ticket(self, customer: str, amount: float) -> int:
-            policy = await self.effect("policy", _policy, amount, self.state["limit"])
+            policy = await self.effect("policy", refund_policy, amount, self.state["limit"])
             row = self.sql("INSERT INTO tickets(customer, amount, opened, status)"
                            " VALUES (?, ?, ?, 'open') RETURNING id",
                            customer, amount, self.now())[0]
@@ -104,14 +111,18 @@ def build_agents() -> tuple[type, type]:
     return Customer, Desk
 
 
-def _policy(amount: float, limit: float) -> str:
-    return "refund" if amount <= limit else "ask"
+async def simulate(rt: Any, customers: int = 1000, days: int = 7, progress: Any = None,
+                   agents: tuple[type, type] | None = None) -> dict[str, Any]:
+    """Run the week on *rt* (whose clock must be an ``ab.VirtualClock``).
 
-
-async def simulate(rt: Any, customers: int = 1000, days: int = 7,
-                   progress: Any = None) -> dict[str, Any]:
-    """Run the week on *rt* (whose clock must be an ``ab.VirtualClock``)."""
-    customer_cls, desk_cls = build_agents()
+    Args:
+        rt: The runtime.
+        customers: How many customers.
+        days: How many days.
+        progress: Called as ``progress(fraction, what)`` as the week goes.
+        agents: The ``(Customer, Desk)`` classes; by default :func:`build_agents`'s.
+    """
+    customer_cls, desk_cls = agents or build_agents()
     clock = rt.clock
     desk = rt.get(desk_cls, "desk")
     await desk.set_limit(50.0)
@@ -178,24 +189,24 @@ def run_capstone(customers: int = 1000, days: int = 7, path: str | None = None,
     import agentbook as ab
 
     out = out or sys.stdout
-    bar = _Bar(out)
+    bar, step = _progress(out)
 
     async def main() -> dict[str, Any]:
         clock = ab.VirtualClock()
         rt = ab.Runtime(path or ":memory:", clock=clock, max_open=2048)
         t0 = time.perf_counter()
         try:
-            figures = await simulate(rt, customers, days, bar)
+            figures = await simulate(rt, customers, days, step)
             figures["wall_clock_week_s"] = round(time.perf_counter() - t0, 2)
-            bar(0.92, "what if refunds were generous from mid-week?")
+            step(0.92, "what if refunds were generous from mid-week?")
             replay = await what_if(rt, figures["fork_version"])
             figures["what_if"] = {"refunded": replay.fork.state["refunded"],
                                   "steps_replayed": sum(1 for s in replay.steps if s[3] == "ok")}
-            bar(0.96, "analysing the week with DuckDB")
+            step(0.96, "analysing the week with DuckDB")
             answers = {q: rt.sql(sql) for q, sql in QUESTIONS.items()}
             figures["versions"] = int(rt.sql("SELECT count(*) AS n FROM history").n[0])
             figures["plots"] = _plots(rt, plots_dir) if plots_dir else []
-            bar(1.0, "done")
+            step(1.0, "done")
             bar.close()
             _report(out, figures, answers)
             return figures
@@ -234,24 +245,16 @@ def _report(out: Any, figures: dict[str, Any], answers: dict[str, Any]) -> None:
         print(f"plot written: {path}", file=out)
 
 
-class _Bar:
-    """A one-line progress bar for terminals."""
+def _progress(out: Any) -> tuple[Any, Any]:
+    """A ``tqdm.auto`` bar (a widget in a notebook, one line redrawn on a terminal, nothing
+    when *out* is piped) and a ``step(fraction, what)`` that moves it."""
+    from tqdm.auto import tqdm
 
-    def __init__(self, out: Any) -> None:
-        self.out = out
-        self.tty = hasattr(out, "isatty") and out.isatty()
-        self.last = ""
+    bar = tqdm(total=100, file=out, disable=None, leave=False, unit="%",
+               bar_format="{l_bar}{bar:30}| {elapsed}")
 
-    def __call__(self, fraction: float, label: str) -> None:
-        filled = int(30 * fraction)
-        line = f"[{'#' * filled}{'.' * (30 - filled)}] {int(fraction * 100):3d}%  {label}"
-        if self.tty:
-            self.out.write("\r" + line.ljust(len(self.last)))
-            self.out.flush()
-        elif label != self.last.split("  ", 1)[-1]:
-            self.out.write(line + "\n")
-        self.last = line
+    def step(fraction: float, what: str) -> None:
+        bar.set_description_str(what, refresh=False)
+        bar.update(round(100 * fraction) - bar.n)
 
-    def close(self) -> None:
-        if self.tty:
-            self.out.write("\n")
+    return bar, step
