@@ -66,8 +66,6 @@ _BUCKETS = 150
 _CROWDED = 3
 #: Retried attempts sit this far above a row's centre line, dead letters this far below.
 _LANE = 0.27
-#: What the count beside a crowd of failures says.
-_CROWD_WORDS = {"retry": "retried", "dead": "dead"}
 #: The bars of a crowded row reach this far either side of its centre line.
 _STRIP = 0.2
 
@@ -108,11 +106,14 @@ class Plots:
 
         A row with more than three ok runs in one bucket (hundreds of runs over a week, or
         many agents of one class) draws them as bars instead of markers piled into a solid
-        line: runs per bucket (the bucket's width is in the legend, the busiest bucket's
-        count above its bar). There, only runs late by half a bucket or more keep their
-        marker and line. The title gives the count and the median, 99th percentile and
-        worst lateness of the runs that ran (skipped ones excluded), or says that every run
-        started when it was due. The time axis fits the runs, from seconds to months.
+        line: runs per bucket, on one scale for every such row (the legend gives the
+        bucket's width and the count of the tallest bar). There, only runs late by half a
+        bucket or more keep their marker and line.
+
+        The title gives the count and the median, 99th percentile and worst lateness of the
+        runs that ran (skipped ones excluded), or says that every run started when it was
+        due. The time axis fits the runs, from seconds to months. Steps replayed on a fork
+        are not runs of their own and are left out.
 
         Args:
             agents: Which agents: ``None`` for all; an ``AgentRef``, an agent class, a class
@@ -339,7 +340,8 @@ def _draw_schedule(ax: Axes, runs: pd.DataFrame, labels: pd.Series, since: When,
     hidden under another marker. Where failures of one kind crowd into one bucket of time
     (the axis is cut into at most :data:`_BUCKETS`), their count is written beside them.
     A row whose ok runs crowd (more than :data:`_CROWDED` in one bucket) draws them as a
-    strip of bars, runs per bucket, instead of markers stacked into a solid line; there
+    strip of bars, runs per bucket (one scale for every such row), instead of markers stacked
+    into a solid line; there
     only runs that were visibly late (by half a bucket or more) keep their marker, due tick
     and lateness line.
     """
@@ -405,40 +407,40 @@ def _crowded_rows(row: Any, bucket: Any, ok: Any) -> list[int]:
 
 
 def _draw_strips(ax: Axes, ts_s: Any, row: Any, crowded: list[int], width: float) -> None:
-    """Runs per bucket as bars on each crowded row, the tallest bar the row's busiest bucket
-    (its count written above it)."""
+    """Runs per bucket as bars on each crowded row, on one scale for all of them: the tallest
+    bar is the busiest bucket of any row, its count in the legend."""
     import numpy as np
 
     unit, name = per_unit(width)
     per = name if unit == width else f"{duration(width)}"
+    strips = []
     for i in crowded:
         times = ts_s[row == i]
-        if not times.size:
-            continue
-        first, last = np.floor(times.min() / width), np.floor(times.max() / width)
-        edges = np.arange(first, last + 2) * width
-        counts, _ = np.histogram(times, bins=edges)
+        if times.size:
+            first, last = np.floor(times.min() / width), np.floor(times.max() / width)
+            edges = np.arange(first, last + 2) * width
+            strips.append((i, edges, np.histogram(times, bins=edges)[0]))
+    tallest = max((int(counts.max()) for _, _, counts in strips), default=1)
+    for n, (i, edges, counts) in enumerate(strips):
         base = i + _STRIP
-        share = np.where(counts > 0, np.maximum(counts / counts.max(), 0.08), 0.0)  # 1 shows
+        share = np.where(counts > 0, np.maximum(counts / tallest, 0.08), 0.0)  # 1 run shows
         ax.stairs(base - share * 2 * _STRIP, datenum_epoch(edges), baseline=base,
                   fill=True, color="tab:blue", alpha=0.55, linewidth=0, zorder=2,
-                  gid="runs per bucket", label=f"ok runs per {per} (bars)" if i == crowded[0]
-                  else None)
-        top = int(np.argmax(counts))
-        ax.text(float(datenum_epoch(edges[top] + width / 2)), base - 2 * _STRIP, f"{counts[top]:,}",
-                ha="center", va="bottom", fontsize="x-small", color="tab:blue", gid="peak")
+                  gid="runs per bucket",
+                  label=f"ok runs per {per} (bars; the tallest: {tallest:,})" if n == 0 else None)
 
 
 def _count_crowds(ax: Axes, ts_s: Any, row: Any, y: Any, bucket: Any, width: float, colour: str,
                   outcome: str) -> None:
-    """Beside each bucket holding several failures of one kind on one row, how many."""
+    """Beside each bucket holding several failures of one kind on one row, how many (in the
+    failures' colour)."""
     import numpy as np
 
     _, first, counts = np.unique(np.column_stack([row, bucket]), axis=0, return_index=True,
                                     return_counts=True)
     for at, n in zip(first, counts, strict=True):
         if n > 1:
-            ax.annotate(f"{n} {_CROWD_WORDS[outcome]}", (float(datenum_epoch(ts_s[at])), float(y[at])),
+            ax.annotate(f"{n}", (float(datenum_epoch(ts_s[at])), float(y[at])),
                         xytext=(6, 0), textcoords="offset points", va="center",
                         fontsize="x-small", color=colour, gid=f"{outcome} count")
 
