@@ -216,9 +216,7 @@ def _widgets_closed_after_shown(cells: list[dict]) -> list[str]:
     return wrong
 
 
-@pytest.mark.parametrize("path", _pending({
-    "10_capstone.ipynb": "the capstone (its owner) still closes the runtime of its diff widget last",
-}), ids=IDS)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_no_cell_closes_a_widget_or_its_runtime_after_showing_it(path):
     wrong = _widgets_closed_after_shown(_cells(path))
     assert not wrong, (f"{path.name}: after Run All its widgets would be dead: {wrong}; say "
@@ -251,7 +249,6 @@ NOTEBOOK_ONLY = re.compile(r"Shift\+Enter|click it to expand|run this cell", re.
 
 
 @pytest.mark.parametrize("path", _pending({
-    "03_scheduling.ipynb": "its owner: the solution's 'click it to expand' says nothing for Voila",
     "04_human_in_the_loop.ipynb": "its owner: 'Shift+Enter' and 'click it to expand' say nothing "
                                   "for Voila",
 }), ids=IDS)
