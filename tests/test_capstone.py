@@ -1,10 +1,9 @@
 """The capstone (``agentbook.cli.capstone``, notebook 10): the notebook's agents are the
-module's, and its progress stays off a pipe."""
+module's (``agentbook demo`` runs the module's week; its output is tested in test_cli)."""
 
 from __future__ import annotations
 
 import inspect
-import io
 import json
 import textwrap
 from pathlib import Path
@@ -35,12 +34,3 @@ def test_the_notebook_writes_out_the_same_agents_the_demo_runs():
         "change both")
     policy = inspect.getsource(capstone.refund_policy).strip()
     assert policy in cells, "the notebook defines the desk's refund_policy as the module does"
-
-
-def test_the_week_shows_no_progress_when_piped(tmp_path):
-    out = io.StringIO()
-    figures = capstone.run_capstone(customers=20, days=2, path=str(tmp_path / "store"),
-                                    plots_dir=None, out=out)
-    text = out.getvalue()
-    assert figures["customers"] == 20 and "What if refunds were generous" in text
-    assert "%|" not in text and "\r" not in text and "simulated" in text.splitlines()[1]

@@ -7,7 +7,8 @@ the desk and replay the rest of the week with a more generous refund policy - "w
 - and compare. Everything runs offline on the virtual clock, in seconds, and the week is
 analysed with DuckDB and plotted.
 
-``agentbook demo`` runs it in a terminal; ``notebooks/10_capstone.ipynb`` runs it step by
+``agentbook demo`` runs it in a terminal (:func:`agentbook.cli.demo.run_week`, with its
+progress bar and report); ``notebooks/10_capstone.ipynb`` runs it step by
 step, with the two agent classes written out in its cells (``tests/test_capstone.py`` keeps
 them the same as :func:`build_agents`'s).
 """
@@ -15,12 +16,9 @@ them the same as :func:`build_agents`'s).
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
-import time
 from typing import Any
 
-__all__ = ["DAY", "build_agents", "chance", "refund_policy", "run_capstone", "simulate"]
+__all__ = ["DAY", "QUESTIONS", "build_agents", "chance", "refund_policy", "simulate", "what_if"]
 
 DAY = 86400.0
 
@@ -111,18 +109,11 @@ def build_agents() -> tuple[type, type]:
     return Customer, Desk
 
 
-async def simulate(rt: Any, customers: int = 1000, days: int = 7, progress: Any = None,
-                   agents: tuple[type, type] | None = None) -> dict[str, Any]:
-    """Run the week on *rt* (whose clock must be an ``ab.VirtualClock``).
-
-    Args:
-        rt: The runtime.
-        customers: How many customers.
-        days: How many days.
-        progress: Called as ``progress(fraction, what)`` as the week goes.
-        agents: The ``(Customer, Desk)`` classes; by default :func:`build_agents`'s.
-    """
-    customer_cls, desk_cls = agents or build_agents()
+async def simulate(rt: Any, customers: int = 1000, days: int = 7,
+                   progress: Any = None) -> dict[str, Any]:
+    """Run the week on *rt* (whose clock must be an ``ab.VirtualClock``); *progress*, if
+    given, is called as ``progress(fraction, what)`` as the week goes."""
+    customer_cls, desk_cls = build_agents()
     clock = rt.clock
     desk = rt.get(desk_cls, "desk")
     await desk.set_limit(50.0)
@@ -176,85 +167,3 @@ QUESTIONS = {
                '$.amount') AS DOUBLE)), 2) AS amount
         FROM approvals GROUP BY ALL ORDER BY n DESC""",
 }
-
-
-def run_capstone(customers: int = 1000, days: int = 7, path: str | None = None,
-                 plots_dir: str | None = ".", out: Any = None) -> dict[str, Any]:
-    """Run the whole capstone headless: simulate, replay a what-if, analyse, plot.
-
-    Returns the key figures; prints them (and a progress bar) to *out* (stdout).
-    """
-    import asyncio
-
-    import agentbook as ab
-
-    out = out or sys.stdout
-    bar, step = _progress(out)
-
-    async def main() -> dict[str, Any]:
-        clock = ab.VirtualClock()
-        rt = ab.Runtime(path or ":memory:", clock=clock, max_open=2048)
-        t0 = time.perf_counter()
-        try:
-            figures = await simulate(rt, customers, days, step)
-            figures["wall_clock_week_s"] = round(time.perf_counter() - t0, 2)
-            step(0.92, "what if refunds were generous from mid-week?")
-            replay = await what_if(rt, figures["fork_version"])
-            figures["what_if"] = {"refunded": replay.fork.state["refunded"],
-                                  "steps_replayed": sum(1 for s in replay.steps if s[3] == "ok")}
-            step(0.96, "analysing the week with DuckDB")
-            answers = {q: rt.sql(sql) for q, sql in QUESTIONS.items()}
-            figures["versions"] = int(rt.sql("SELECT count(*) AS n FROM history").n[0])
-            figures["plots"] = _plots(rt, plots_dir) if plots_dir else []
-            step(1.0, "done")
-            bar.close()
-            _report(out, figures, answers)
-            return figures
-        finally:
-            await rt.aclose()
-
-    return asyncio.run(main())
-
-
-def _plots(rt: Any, folder: str) -> list[str]:
-    os.makedirs(folder, exist_ok=True)
-    written = []
-    for name in ("schedule", "latency", "throughput"):
-        plot = getattr(rt.plot, name, None)
-        if plot is None:
-            continue
-        fig = plot()
-        target = os.path.join(folder, f"agentbook-{name}.png")
-        fig.savefig(target, dpi=110)
-        written.append(target)
-    return written
-
-
-def _report(out: Any, figures: dict[str, Any], answers: dict[str, Any]) -> None:
-    desk = figures["desk"]
-    print(f"\nA week of {figures['customers']} customers, simulated in "
-          f"{figures['wall_clock_week_s']} s ({figures['versions']} versions recorded).", file=out)
-    print(f"Desk: {desk['closed']} refunds issued, {desk['refunded']:.2f} refunded, "
-          f"{desk['open']} tickets still open.", file=out)
-    print(f"What if refunds were generous from mid-week: {figures['what_if']['refunded']:.2f} "
-          f"refunded ({figures['what_if']['steps_replayed']} steps replayed on a fork).", file=out)
-    for question, frame in answers.items():
-        print(f"\n{question}:", file=out)
-        print(frame.to_string(index=False), file=out)
-    for path in figures["plots"]:
-        print(f"plot written: {path}", file=out)
-
-
-def _progress(out: Any) -> tuple[Any, Any]:
-    """A ``tqdm.auto`` bar (a widget in a notebook, one line redrawn on a terminal, nothing
-    when *out* is piped) and a ``step(fraction, what)`` that moves it."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=100, file=out, disable=None, leave=False, unit="%",
-               bar_format="{l_bar}{bar:30}| {elapsed}")
-
-    def step(fraction: float, what: str) -> None:
-        bar.set_description_str(what, refresh=False)
-        bar.update(round(100 * fraction) - bar.n)
-
-    return bar, step
