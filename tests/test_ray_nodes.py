@@ -253,3 +253,30 @@ async def test_adding_a_node_moves_shards_with_their_schedules(cluster, tmp_path
         assert marks[2][1] == new_pid
     finally:
         rt.close()
+
+
+async def test_a_restarted_host_never_waits_for_a_turn_that_has_passed():
+    """A host Ray restarted takes a sender's numbering up from the first call that arrives;
+    calls numbered before it that arrive later run at once instead of waiting forever (a
+    host placed on a node that had just died stalled a sender this way)."""
+    from agentbook.backends.ray import AgentHost
+
+    host = AgentHost.__new__(AgentHost)  # (the ordering alone: no runtime, no Ray)
+    host._expected, host._waiting, host._restarted = {}, {}, True
+    order = []
+
+    async def call(seq: int) -> None:
+        await host._turn("driver", seq)
+        order.append(seq)
+        host._next("driver", seq)
+
+    await call(6)  # the first to arrive after the restart
+    later = asyncio.ensure_future(call(8))
+    await asyncio.sleep(0)
+    assert not later.done(), "8 waits for 7"
+    for seq in (0, 1, 2):  # sent before 6, arrived after it: their turn has passed
+        await asyncio.wait_for(call(seq), 1)
+    await call(7)
+    await asyncio.wait_for(later, 1)
+    assert order == [6, 0, 1, 2, 7, 8]
+    assert host._expected["driver"] == 9 and not host._waiting

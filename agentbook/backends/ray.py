@@ -650,16 +650,20 @@ class AgentHost:
         """Wait until the calls *sender* numbered before *seq* were taken in."""
         if self._restarted and sender not in self._expected:
             self._expected[sender] = seq
-        if self._expected.get(sender, 0) != seq:
+        expected = self._expected.get(sender, 0)
+        if seq < expected:  # (a restarted host took the numbering up from a later call:
+            return          #  this one's turn has passed, and no order is left to keep)
+        if expected != seq:
             fut = asyncio.get_running_loop().create_future()
             self._waiting[(sender, seq)] = fut
             await fut
 
     def _next(self, sender: str, seq: int) -> None:
-        self._expected[sender] = seq + 1
+        following = max(self._expected.get(sender, 0), seq + 1)
+        self._expected[sender] = following
         if not self._waiting:
             return
-        fut = self._waiting.pop((sender, seq + 1), None)
+        fut = self._waiting.pop((sender, following), None)
         if fut is not None and not fut.done():
             fut.set_result(None)
 

@@ -76,14 +76,21 @@ async def bench_ray_nodes(sz: Sizes, folder: str) -> list[Result]:
                      "cluster of three nodes")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     logging.getLogger("ray").setLevel(logging.WARNING)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     t0 = time.perf_counter()
-    cluster = Cluster(initialize_head=False)
+    for attempt in range(3):  # (a node may time out starting on a busy machine: again)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cluster = Cluster(initialize_head=False)
+        try:
+            cluster.add_node(num_cpus=1, gcs_server_port=port, include_dashboard=False)
+            workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+            break
+        except Exception:
+            cluster.shutdown()
+            if attempt == 2:
+                raise
     try:
-        cluster.add_node(num_cpus=1, gcs_server_port=port, include_dashboard=False)
-        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
         ray.init(address=cluster.address, logging_level=logging.WARNING, log_to_driver=False,
                  namespace="agentbook-bench")
         init = f"3 nodes started in {time.perf_counter() - t0:.0f} s"
