@@ -61,8 +61,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..chat import turns
 from ..chat.agent import ChatAgent
-from ..chat.ui import UIStream, text_of, ui_messages
+from ..chat.ui import INTERRUPTED, UIStream, text_of, ui_messages
 from ..envelope import Envelope
 from ..errors import AgentbookError
 from ..store.messages import Message
@@ -130,6 +131,11 @@ def transcript_of(ref: AgentRef) -> list[dict[str, Any]]:
                             rec.tool_call_id if isinstance(rec.tool_call_id, str) else None,
                             rec.name if isinstance(rec.name, str) else None, 0.0))
     return ui_messages(rows)
+
+
+def _interrupted(message_id: str) -> dict[str, Any]:
+    """The UIMessage of a turn a restart cut short (as its stored row will read)."""
+    return ui_messages([Message(0, message_id, "assistant", "", None, None, INTERRUPTED, 0.0)])[0]
 
 
 class _Stream:
@@ -239,6 +245,20 @@ class ChatWire:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.rooms: dict[Key, _Room] = {}
+        #: The runtime's turn marks (agentbook.chat.turns): turns a restart cut short.
+        self.turns = turns.log_of(server.rt)
+        self.recover()
+
+    def recover(self) -> None:
+        """Store the turns an earlier life of the runtime left unfinished as interrupted
+        (one message to each such chat agent), so clients see them from their first frame."""
+        rt = self.server.rt
+        for key in turns.unrecovered(rt):
+            if is_chat(rt.class_for(key[0])):
+                fut = turns.store_interrupted(rt, key)
+                fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() is None
+                                      else log.warning("storing the interrupted turns failed: "
+                                                       "%s", f.exception()))
 
     def room(self, key: Key) -> _Room:
         room = self.rooms.get(key)
@@ -381,6 +401,13 @@ class ChatWire:
     def transcript(self, ref: AgentRef) -> list[dict[str, Any]]:
         """The committed conversation, and the user's message of a turn still running."""
         messages = transcript_of(ref)
+        for mark in self.turns.left.get(ref._ab_key, ()):  # (being stored: shown as it will be)
+            ids = {m["id"] for m in messages}
+            if mark.asked_id and mark.asked is not None and mark.asked_id not in ids:
+                messages.append({"id": mark.asked_id, "role": "user", "parts": [
+                    {"type": "text", "text": mark.asked, "state": "done"}]})
+            if mark.reply not in ids:
+                messages.append(_interrupted(mark.reply))
         room = self.rooms.get(ref._ab_key)
         active = None if room is None else room.active
         if active is not None and active.asked is not None and not active.done and all(
@@ -631,10 +658,24 @@ class ChatWire:
             start = room.starts.get(conn.id)
             if start is not None:
                 asyncio.get_running_loop().call_soon(start)
+        elif (cut := self.cut_short(conn.agent)) is not None:
+            # Cloudflare's terminal record: offered as a stream; its ack gets the error
+            conn.frame(encode({"type": RESUMING, "id": cut.id, **extra}))
         else:
             conn.frame(encode({"type": RESUME_NONE, "reason": "idle", **extra}))
 
+    def cut_short(self, key: Key) -> turns.TurnMark | None:
+        """The last turn of agent *key* a restart cut short, until its next turn."""
+        left = self.turns.left.get(key)
+        return left[-1] if left else self.turns.reported.get(key)
+
     def resume_ack(self, conn: Connection, sid: Any) -> None:
+        cut = self.cut_short(conn.agent)
+        if cut is not None and sid == cut.id:
+            conn.frame(encode({"type": RESPONSE, "id": cut.id, "done": True,
+                               "body": turns.INTERRUPTED_TEXT, "error": True,
+                               **({"messageIds": [cut.asked_id]} if cut.asked_id else {})}))
+            return
         room = self.rooms.get(conn.agent)
         if room is None:
             return

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from ..approve.inbox import default_person
+from ..chat import turns
+from ..chat.ui import INTERRUPTED
 from ..errors import ApprovalNotFoundError
 from .common import close_all, escape, running_loop
 
@@ -103,6 +105,9 @@ class ChatWidget(w.VBox):
                 self._on_event, types=["rpc", "approval:*", "destroy"], agent=ref)
         self._live = [_run(self._drafts, 0)]  # there before the first chunk: one update to show it
         self.refresh()
+        if not ref.runtime.closed and running_loop() is not None \
+                and ref._ab_key in turns.unrecovered(ref.runtime):
+            turns.store_interrupted(ref.runtime, ref._ab_key)  # (shown when it commits)
 
     # -- what the controls do (callable from code and tests) --------------------------
     def send(self, text: str) -> asyncio.Task | None:
@@ -353,6 +358,9 @@ def _entries(row: Any) -> list[str]:
         if isinstance(value, dict) and value.get("status") == "awaiting approval":
             return [_Approval(value.get("approval"))]
         return [_result_line(row.name, value)]
+    if row.name == INTERRUPTED and not row.content:
+        return [f"<div class=\"agentbook-chat-interrupted\" style=\"{_LINE}\">&#9888; interrupted: the "
+                "agent's process stopped before it answered (nothing of the answer was kept)</div>"]
     calls = [_call_line(c.get("name"), c.get("arguments"), str(c.get("id", "")).endswith("-approved"))
              for c in row.tool_calls or []]
     return ([_bubble("assistant", row.content)] if row.content else []) + calls
