@@ -78,6 +78,7 @@ async def test_a_turn_an_earlier_life_left_running_is_stored_as_interrupted(tmp_
     rt = ab.Runtime(tmp_path / "store")
     ref = rt.get(TurnDesk, "b")
     assert await ref.chat("hello")
+    await eventually(lambda: not marks(rt), what="the turn's own mark gone")
     ChatTurns(rt.catalog).begin(TurnMark("TurnDesk", "b", "t-1", "gone", 2, "m-asked",
                                          "please stall", "m-reply", "running", 0.0), False)
     await rt.aclose()
@@ -110,6 +111,7 @@ async def test_a_mark_that_outlived_its_turns_commit_is_dropped(tmp_path):
     rt = ab.Runtime(tmp_path / "store")
     ref = rt.get(TurnDesk, "c")
     assert await ref.chat("hello")
+    await eventually(lambda: not marks(rt), what="the turn's own mark gone")
     ChatTurns(rt.catalog).begin(TurnMark("TurnDesk", "c", "t-1", "gone", 0, "m-1", "hello",
                                          "m-2", "running", 0.0), False)
     await rt.aclose()

@@ -3,7 +3,8 @@
 A turn commits once, at its end; a process killed before that leaves nothing of it in the
 agent's store - and, by itself, no trace that it ever ran. So every turn puts a mark on
 record in the catalog (:mod:`agentbook.store.chatturns`) as it starts, in a commit of its
-own, and removes it after the turn's commit (at once if the turn failed: a failure stores
+own (in the event loop's next turn: off the time to first token), and removes it after the
+turn's commit (at once if the turn failed: a failure stores
 nothing and its caller hears of it). A mark left by an earlier life of the runtime is an
 interrupted turn. The next handler of that agent that touches the conversation - a new
 turn, or :meth:`~agentbook.chat.agent.ChatAgent._ab_recover_turns`, which the serve path
@@ -24,6 +25,7 @@ process died in between) is recognized by the conversation having grown past the
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 import weakref
@@ -149,20 +151,25 @@ def settle(log: TurnLog, key: Key, marks: list[TurnMark], found: list[TurnMark],
 
 def begin(log: TurnLog, key: Key, store: AgentStore, turn_id: str, asked_id: str | None,
           asked: str | None, reply: str) -> TurnMark:
-    """A turn starts: its mark goes on record (committed at once)."""
+    """A turn starts: its mark goes on record, committed in the next turn of the event
+    loop - before anything else that loop turn runs, but after the turn's first frames
+    (the commit is off the time to first token; a process killed in between, within
+    microseconds of the start, leaves no mark and so no report)."""
     table = log.open()
     supersede = log.reported.pop(key, None) is not None
     mark = TurnMark(key[0], key[1], turn_id, log.owner, stored.last_seq(store), asked_id, asked,
                     reply, "running", time.time())
-    table.begin(mark, supersede)
+    asyncio.get_running_loop().call_soon(table.begin, mark, supersede)
     return mark
 
 
 def end(log: TurnLog, key: Key, ctx: HandlerContext, mark: TurnMark, failed: bool) -> None:
     """The turn's work is done: its mark goes after the commit (at once if it *failed*:
-    nothing of it will commit)."""
+    nothing of it will commit), in a later turn of the event loop than its
+    :func:`begin`'s write (so always after it) and than the turn's last frames."""
     table = log.open()
+    loop = asyncio.get_running_loop()
     if failed:
-        table.end(*key, mark.id)
+        loop.call_soon(table.end, *key, mark.id)
     else:
-        ctx.events.append((AFTER_COMMIT, lambda: table.end(*key, mark.id)))
+        ctx.events.append((AFTER_COMMIT, lambda: loop.call_soon(table.end, *key, mark.id)))

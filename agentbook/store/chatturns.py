@@ -71,6 +71,8 @@ class ChatTurns:
     def _run(self, sql: str, args: tuple) -> list[tuple]:
         try:
             return self.conn.execute(sql, args).fetchall()
+        except apsw.ConnectionClosedError:  # (the runtime closed: its next life sorts it out)
+            return []
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
 
