@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..core.ref import AgentRef
     from ..store import AgentStore
 
-__all__ = ["ChatAgent", "ChatChunk"]
+__all__ = ["Abort", "ChatAgent", "ChatChunk"]
 
 _DONE = object()
 #: What :meth:`_Turn.execute` returns for a client tool call left to a WebSocket client.
@@ -56,6 +56,24 @@ class ChatChunk:
 
     def __str__(self) -> str:
         return self.text
+
+
+class Abort(asyncio.Event):
+    """What stops a turn's model call (a turn's ``abort`` extra; the serve path makes one
+    per request, set by ``cf_agent_chat_request_cancel``): once set, the call ends where it
+    waits, what was said is stored and the turn is recorded as aborted. (Any
+    ``asyncio.Event`` works too, at the cost of a task racing the model call.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Called once when it is set (the running turn's way to stop its model call).
+        self.on_set: Callable[[], None] | None = None
+
+    def set(self) -> None:
+        super().set()
+        stop, self.on_set = self.on_set, None
+        if stop is not None:
+            stop()
 
 
 class ChatAgent(Agent):
@@ -400,7 +418,8 @@ class _Turn:
 
             if self.abort is None:
                 await consume()
-            elif not await _unless(consume(), self.abort):  # the client stopped the turn
+            elif not await (_stoppable(consume(), self.abort) if isinstance(self.abort, Abort)
+                            else _unless(consume(), self.abort)):  # the client stopped it
                 self.aborted = True
                 return Response("".join(said), model=model.name,
                                 finish_reason="aborted").to_json()
@@ -511,6 +530,36 @@ class _Turn:
         summary = self.agent.summarize([_message(r) for r in old], stored.summary(self.store))
         self.ctx.capture(self.store)
         stored.fold(self.store, old[-1].seq, summary, self.agent.now())
+
+
+async def _stoppable(work: Any, abort: Abort) -> bool:
+    """Run *work* in this task unless *abort* is set first (then the task is cancelled
+    where *work* waits, and that cancellation ends here); whether it ran to its end.
+    No task of its own: nothing is scheduled before the model's first word."""
+    if abort.is_set():
+        work.close()
+        return False
+    task = asyncio.current_task()
+    assert task is not None
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    abort.on_set = stop
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+    finally:
+        abort.on_set = None
+        uncancel = getattr(task, "uncancel", None)  # (Python 3.11+ counts cancellations)
+        if stopped and uncancel is not None and task.cancelling():
+            uncancel()
+    return not stopped
 
 
 async def _unless(work: Any, stop: asyncio.Event) -> bool:

@@ -62,7 +62,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..chat import turns
-from ..chat.agent import ChatAgent
+from ..chat.agent import Abort, ChatAgent
 from ..chat.ui import INTERRUPTED, UIStream, text_of, ui_messages
 from ..envelope import Envelope
 from ..errors import AgentbookError
@@ -198,7 +198,7 @@ class _Room:
         self.awaiting: set[Connection] = set()       # offered a resume, not acked yet
         self.parked: dict[Connection, Any] = {}      # told "pending": probe ids
         self.pending: str | None = None              # a continuation promised, not started
-        self.aborts: dict[str, asyncio.Event] = {}   # request id -> its cancel
+        self.aborts: dict[str, Abort] = {}   # request id -> its cancel
         #: Continuations waiting for their requester's probe: ``{conn id: start}``.
         self.starts: dict[str, Any] = {}
 
@@ -493,7 +493,7 @@ class ChatWire:
             return self.refuse(conn, rid, "this connection is read-only: it may not chat")
         key = ref._ab_key
         room = self.room(key)
-        abort = room.aborts[rid] = asyncio.Event()
+        abort = room.aborts[rid] = Abort()
         trailing: list[str] = []
         for msg in reversed(messages):
             if not isinstance(msg, dict) or msg.get("role") != "user":
@@ -589,7 +589,7 @@ class ChatWire:
         if frame.get("autoContinue") and error is None:
             sid = self.continuation(conn, ref, frame)
             extras = {"wire": {"id": sid, "requester": conn.id, "continuation": True},
-                      "abort": self.room(ref._ab_key).aborts.setdefault(sid, asyncio.Event()),
+                      "abort": self.room(ref._ab_key).aborts.setdefault(sid, Abort()),
                       "declared_tools": frame.get("clientTools") or (),
                       "defer_client_tools": True}
 
