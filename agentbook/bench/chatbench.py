@@ -234,16 +234,20 @@ async def bench_chat_wire(sz: Sizes, folder: str) -> list[Result]:
         sides: dict[str, Any] = {
             "wire": lambda: turns(one.stream_chat), "kernel": lambda: turns(ref.stream_chat),
             "bare": lambda: turns(bare.stream_chat),
-            "xwire": lambda: elsewhere(url, server.token), "xbare": lambda: elsewhere(floor_url, "-"),
+            # (an agent of its own: a turn streams to every connection of its agent)
+            "xwire": lambda: elsewhere(server.url_for(BenchWireChat, "wire-x"), server.token),
+            "xbare": lambda: elsewhere(floor_url, "-"),
             "crowd": lambda: together([c.stream_chat for c in crowd_clients]),
             "crowd_kernel": lambda: together([r.stream_chat for r in refs])}
         got: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
-        order = list(sides)
-        for i in range(sz.rounds + (1 if sz.warmup else 0)):
-            for name in order[i % len(order):] + order[:i % len(order)]:  # (rotated each round)
-                figure = await sides[name]()
-                if i or not sz.warmup:
-                    got[name].append(figure)
+        # The crowd's rounds come after the single turns' (a hundred turns' commits and
+        # transcripts still going out would land in the next single turn's figures).
+        for order in (["wire", "kernel", "bare", "xwire", "xbare"], ["crowd", "crowd_kernel"]):
+            for i in range(sz.rounds + (1 if sz.warmup else 0)):
+                for name in order[i % len(order):] + order[:i % len(order)]:  # (rotated)
+                    figure = await sides[name]()
+                    if i or not sz.warmup:
+                        got[name].append(figure)
     finally:
         for client in clients:
             await client.close()
