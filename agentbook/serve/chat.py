@@ -94,8 +94,12 @@ RESUMING = "cf_agent_stream_resuming"
 RESUME_NONE = "cf_agent_stream_resume_none"
 PENDING = "cf_agent_stream_pending"
 
-#: Seconds a continuation waits for its requester's resume probe before it starts anyway.
+#: Seconds a continuation waits for its requester's resume probe before it starts anyway:
+#: a client that has never probed (agentbook's Python client) ...
 PROBE_WAIT = 0.25
+#: ... and one that has (Cloudflare's clients probe on connect and after every tool result
+#: or approval; on a busy machine their probe can take longer than PROBE_WAIT).
+PROBER_WAIT = 5.0
 #: Finished streams kept per agent for late resumes.
 KEEP_STREAMS = 8
 #: Seconds after a text frame during which a stream's next text deltas are merged into one.
@@ -245,6 +249,8 @@ class ChatWire:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.rooms: dict[Key, _Room] = {}
+        #: Ids of the open connections that have sent a resume probe (they will again).
+        self.probers: set[str] = set()
         #: The runtime's turn marks (agentbook.chat.turns): turns a restart cut short.
         self.turns = turns.log_of(server.rt)
         self.recover()
@@ -424,6 +430,7 @@ class ChatWire:
             conn.frame(encode({"type": RESUMING, "id": room.active.id}))
 
     def disconnected(self, conn: Connection) -> None:
+        self.probers.discard(conn.id)
         room = self.rooms.get(conn.agent)
         if room is not None:
             room.awaiting.discard(conn)
@@ -560,7 +567,8 @@ class ChatWire:
 
     def start_after_probe(self, conn: Connection, start: Any) -> None:
         """Run *start* (which begins a continuation) once *conn* has probed for it, or
-        after :data:`PROBE_WAIT` s: Cloudflare's client asks to attach to a continuation
+        after :data:`PROBE_WAIT` s (:data:`PROBER_WAIT` for a connection that has probed
+        before): Cloudflare's client asks to attach to a continuation
         right after it sent a tool result or an approval; a continuation that streamed
         before that would reach it as a stranger's stream (AIChatAgent, which coalesces
         continuations, never starts one that early either)."""
@@ -576,7 +584,8 @@ class ChatWire:
                 start()
 
         room.starts[conn.id] = once
-        asyncio.get_running_loop().call_later(PROBE_WAIT, once)
+        wait = PROBER_WAIT if conn.id in self.probers else PROBE_WAIT
+        asyncio.get_running_loop().call_later(wait, once)
 
     def tool_result(self, conn: Connection, ref: AgentRef, frame: dict) -> str | None:
         cid, name = frame.get("toolCallId"), frame.get("toolName")
@@ -647,6 +656,7 @@ class ChatWire:
 
     # -- resuming ------------------------------------------------------------------------
     def resume_request(self, conn: Connection, probe: Any) -> None:
+        self.probers.add(conn.id)
         room = self.rooms.get(conn.agent)
         extra = {} if probe is None else {"probeId": probe}
         if room is not None and room.active is not None and not room.active.done:
