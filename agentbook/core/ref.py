@@ -3,7 +3,9 @@
 A reference is two strings and a runtime; holding one costs nothing and starts nothing.
 Messages go through the agent's mailbox (``await ref.method(...)``, ``ref.call``,
 ``ref.send``); reads (``state``, ``version``, ``sql``, ``history``) go straight to the
-last commit on disk and never wait for a running handler.
+last commit on disk and never wait for a running handler. Where the stores are not in
+this process's reach (a Ray runtime with ``host_dir=``), ``rt.reads`` asks the agent's host
+instead.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ class AgentRef:
         """For chat agents: the stored conversation."""
         import pandas as pd
 
+        if self._ab_rt.reads is not None:  # (a Ray runtime: the owner answers)
+            return self._ab_rt.reads.frame(self, "messages")
         with self._reading(missing_ok=True) as conn:
             rows = [] if conn is None else read_messages(conn)
         frame = pd.DataFrame.from_records(
@@ -194,6 +198,8 @@ class AgentRef:
         inst = self._ab_rt.instances.get(self._ab_key)
         if inst is not None and inst.store is not None:
             return inst.committed[1]
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.value(self, "state")
         with self._reading(missing_ok=True) as conn:
             if conn is None:
                 cls = self._ab_rt.class_for(self._ab_key[0])
@@ -210,6 +216,8 @@ class AgentRef:
         inst = self._ab_rt.instances.get(self._ab_key)
         if inst is not None and inst.store is not None:
             return inst.committed[0]
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.value(self, "version")
         with self._reading(missing_ok=True) as conn:
             return 0 if conn is None else newest_version(conn)
 
@@ -227,6 +235,9 @@ class AgentRef:
         """
         import pandas as pd
 
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.frame(self, "sql", query, *params, timeout=timeout,
+                                           max_bytes=max_bytes)
         params = sql_params(params)  # type: ignore[assignment]
         with self._reading() as conn:
             names, rows = query_reader(conn, query, params,
@@ -264,6 +275,9 @@ class AgentRef:
         import pandas as pd
 
         since_f, until_f = _epoch(since), _epoch(until)
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.frame(self, "history", limit, before=before, method=method,
+                                           since=since_f, until=until_f, failures=failures)
         with self._reading(missing_ok=True) as conn:
             rows = [] if conn is None else read_history(
                 conn, limit=limit, before=before, method=method, since=since_f, until=until_f
@@ -307,6 +321,8 @@ class AgentRef:
         from ..schedule.policy import select
         from ..travel.versions import schedules_frame
 
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.frame(self, "schedules")
         with self._reading(missing_ok=True) as conn:
             items = [] if conn is None else select(conn)
         return schedules_frame(items)
@@ -334,6 +350,8 @@ class AgentRef:
         from ..store.workflows import read_runs
         from ..workflow.run import runs_frame
 
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.frame(self, "workflows")
         with self._reading(missing_ok=True) as conn:
             found = [] if conn is None else read_runs(conn)
         return runs_frame(found)
@@ -354,6 +372,8 @@ class AgentRef:
         from ..travel.versions import VersionView
 
         try:
+            if self._ab_rt.reads is not None:
+                return self._ab_rt.reads.at(self, version)
             with self._reading() as conn:
                 return VersionView(self, version, conn)
         except VersionNotFoundError:
@@ -380,6 +400,8 @@ class AgentRef:
             rows = rows_between(left.connection(), right.connection())
             return Diff(f"{self.name}@{left.version}", f"{other.name}@{right.version}",
                         json_patch(left.state, right.state), rows, internals)
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.diff(self, a, b, internals)
         with self._reading() as conn:
             a = check_version(conn, a, repr(self))
             b = check_version(conn, -1 if b is None else b, repr(self))
@@ -400,6 +422,9 @@ class AgentRef:
         :class:`~agentbook.travel.bisect.BisectResult` (``.version``, ``.row``, ``.diff``
         from the version before, ``.checked``)."""
         from ..travel.bisect import bisect
+
+        if self._ab_rt.reads is not None:
+            self._ab_rt.reads.refuse("ref.bisect")
 
         def row(k: int) -> Any:
             with self._reading() as conn:
@@ -422,6 +447,8 @@ class AgentRef:
         from ..travel.portable import export_agent
         from ..version import __version__
 
+        if self._ab_rt.reads is not None:
+            self._ab_rt.reads.refuse("ref.export")
         return export_agent(self, path, overwrite, __version__)
 
     def rewind(self, version: int) -> Awaitable[dict]:
@@ -444,6 +471,8 @@ class AgentRef:
         ``fork = await ref.fork("b", at=3, patch={"balance": 0})``."""
         from ..travel.replay import fork
 
+        if self._ab_rt.reads is not None:
+            self._ab_rt.reads.refuse("ref.fork")
         return Pending(f"fork({_short(name)}) of {self!r}",
                        lambda: fork(self, name, at, schedules, patch))
 
@@ -460,6 +489,9 @@ class AgentRef:
         (``.fork``, ``.frame()``, ``.identical``, ``.diff()``).
         """
         from ..travel.replay import read_recording, replay
+
+        if self._ab_rt.reads is not None:
+            self._ab_rt.reads.refuse("ref.replay")
 
         async def run() -> ReplayResult:
             with self._reading() as conn:
@@ -531,6 +563,8 @@ class AgentRef:
         """
         from ..store.chain import verify_chain
 
+        if self._ab_rt.reads is not None:  # checked where the store is
+            return dict(self._ab_rt.reads.value(self, "verify"))
         bad = None
         with self._reading() as conn:
             check = health.quick_check(conn)
@@ -544,10 +578,16 @@ class AgentRef:
 
     def history_range(self) -> tuple[int, int]:
         """``(first, newest)``: the versions time travel can reach."""
+        if self._ab_rt.reads is not None:
+            first, newest = self._ab_rt.reads.value(self, "history_range")
+            return first, newest
         with self._reading(missing_ok=True) as conn:
             return (0, 0) if conn is None else bounds(conn)
 
     def _parent(self) -> tuple[AgentRef, int] | None:
+        if self._ab_rt.reads is not None:
+            found = self._ab_rt.reads.parent(self)
+            return None if found is None else (self._ab_rt.get(found[0], found[1]), found[2])
         with self._reading(missing_ok=True) as conn:
             if conn is None:
                 return None
@@ -561,6 +601,8 @@ class AgentRef:
         """Recent handlers of this agent that raised (nothing of them was kept)."""
         import pandas as pd
 
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.frame(self, "failures", limit)
         rows = self._ab_rt.catalog.failures(*self._ab_key, limit)
         frame = pd.DataFrame.from_records(
             [(ts, m, json_or_none(a), json_or_none(k), s, d, e, v) for ts, m, a, k, s, d, e, v in rows],
@@ -636,6 +678,8 @@ class _Reading:
     def __enter__(self) -> Any:
         rt = self.ref._ab_rt
         rt.check_open()
+        if rt.reads is not None:  # no store file here: the reads above ask the owner
+            rt.reads.refuse("this read")
         key = self.ref._ab_key
         inst = rt.instances.get(key)
         if inst is not None and inst.store is not None and not inst.fresh:
