@@ -32,7 +32,8 @@ def ray_cluster():
         yield ray
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="agentbook")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             namespace="agentbook")  # (a Ray of its own, not one running on the machine)
     yield ray
     ray.shutdown()
 

@@ -32,9 +32,15 @@ def ray_cluster(tmp_path_factory):
         yield ray
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    # (address="local": a Ray of this test's own, never another one running on the machine)
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             namespace="agentbook", _temp_dir="/tmp/ray-reads")
+    for attempt in range(3):
+        try:  # (address="local": a Ray of this test's own, never one running on the machine)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     namespace="agentbook", _temp_dir="/tmp/ray-reads")
+            break
+        except Exception:  # a loaded machine: Ray's raylet waits 15 s for its agent, no more
+            ray.shutdown()  # (ray-project/ray#65983): start again
+            if attempt == 2:
+                raise
     yield ray
     ray.shutdown()
 
@@ -157,6 +163,7 @@ READS = {
     "rt.agents()": lambda rt, m: rt.agents(),
     "rt.agents(cls)": lambda rt, m: rt.agents(RayLedger),
     "rt.workflows()": lambda rt, m: rt.workflows(),
+    "rt.dead_letters()": lambda rt, m: rt.dead_letters(),
     "approvals pending": lambda rt, m: rt.approvals.pending(),
     "approvals history": lambda rt, m: rt.approvals.history(),
     "approvals list": lambda rt, m: rt.approvals.list(None),
@@ -179,6 +186,8 @@ READS = {
 ERRORS = {
     "sql that writes": (lambda rt, m: m["a"].sql("DELETE FROM items"), ab.ReadOnlyError),
     "bad sql": (lambda rt, m: m["a"].sql("SELECT nope FROM items"), ab.SQLError),
+    "sql over its size limit": (lambda rt, m: m["a"].sql("SELECT * FROM items", max_bytes=3),
+                                ab.SQLError),
     "a version that never was": (lambda rt, m: m["a"].at(99), ab.VersionNotFoundError),
     "sql of an agent never written": (lambda rt, m: rt.get(RayLedger, "nobody").sql(
         "SELECT 1"), ab.AgentNotFoundError),
@@ -198,7 +207,7 @@ def test_every_read_through_the_owner_answers_as_a_local_runtime(pair, read):
             else:
                 assert left == right
     elif isinstance(local, pd.DataFrame):
-        assert len(local) or read in ("sql with no rows", "messages", "schedules"), \
+        assert len(local) or read in ("sql with no rows", "messages", "rt.dead_letters()"), \
             "the comparison compares something"
         pd.testing.assert_frame_equal(local, remote)
     else:

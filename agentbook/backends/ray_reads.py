@@ -33,7 +33,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from .. import jsonvalue
 from ..errors import StoreError, UsageError
@@ -54,7 +54,7 @@ __all__ = ["HostReads", "OwnerReads", "decode_frame", "encode_frame"]
 Key = tuple[str, str]
 
 #: Reads of one agent a host answers with a DataFrame: the ``AgentRef`` method run.
-_FRAMES = ("sql", "history", "schedules", "workflows", "messages", "failures")
+_FRAMES = ("schedules", "workflows", "messages", "failures")
 #: Reads of one agent a host answers with a JSON value.
 _VALUES = ("version", "history_range", "verify")
 #: Versions a host keeps materialized for ``ref.at(k)`` (their SQLite images are reused).
@@ -168,18 +168,31 @@ def _unpack(data: bytes) -> tuple[Any, list[bytes]]:
 
 
 # -- the hosts' side --------------------------------------------------------------------
+class _HostState:
+    """What a host keeps for the driver's reads."""
+
+    def __init__(self) -> None:
+        #: ``ref.at(k)`` views lately asked for: (agent, version, newest version) -> view.
+        self.views: OrderedDict[tuple[Key, int, int], VersionView] = OrderedDict()
+        #: The host's own DuckDB projection, made at the driver's first ``rt.sql``.
+        self.projection: Analytics | None = None
+        #: Which projection the batches below belong to (a new one after a restart).
+        self.incarnation = uuid.uuid4().hex
+        #: The batches of changes the driver has not confirmed yet: (number, changes).
+        self.batches: list[tuple[int, list[tuple[str, str, Any]]]] = []
+        self.batch = 0
+
+
 class HostReads:
     """What a Ray host answers to the driver's reads (``AgentHost`` inherits it)."""
 
     rt: Runtime
+    _ab_reads: _HostState | None = None
 
-    def _reads_state(self) -> dict[str, Any]:
-        state = self.__dict__.get("_ab_reads")
-        if state is None:
-            state = self.__dict__["_ab_reads"] = {"views": OrderedDict(), "projection": None,
-                                                  "incarnation": uuid.uuid4().hex,
-                                                  "batches": [], "batch": 0}
-        return state
+    def _reads_state(self) -> _HostState:
+        if self._ab_reads is None:
+            self._ab_reads = _HostState()
+        return self._ab_reads
 
     async def read(self, kind: str, class_name: str, name: str, args_json: str) -> str | bytes:
         """One read of agent ``(class_name, name)``: JSON text, or a frame's Arrow bytes."""
@@ -190,10 +203,26 @@ class HostReads:
                              "read it again")
         ref = rt.get(class_name, name)
         args, kwargs = loads(args_json)
+        if kind == "sql_rows":  # (the driver makes the DataFrame, as a local read does)
+            from ..core.ref import sql_rows
+
+            query, params, timeout, max_bytes = args
+            return dumps(sql_rows(ref, query, tuple(params), timeout, max_bytes))
+        if kind == "history_records":
+            from ..core.ref import history_records
+
+            return dumps(history_records(ref, *args))
         if kind in _FRAMES:
             return encode_frame(getattr(ref, kind)(*args, **kwargs))
-        if kind == "state":  # (JSON text as stored: the driver reads it as a local read does)
-            return jsonvalue.dumps(ref.state)
+        if kind == "state":  # JSON text as stored ("": none yet, the class's initial state)
+            inst = rt.instances.get(key)
+            if inst is not None and inst.store is not None:
+                return jsonvalue.dumps(inst.committed[1])
+            from ..store.history import newest_state
+
+            with self._conn(key) as conn:
+                text = None if conn is None else newest_state(conn)
+            return text or ""
         if kind in _VALUES:
             value = getattr(ref, kind)
             return dumps(value(*args, **kwargs) if callable(value) else value)
@@ -221,23 +250,22 @@ class HostReads:
 
     async def read_all(self, kind: str, args_json: str) -> str | bytes:
         """A runtime-wide read of this host's agents (``agents``, ``workflows``: frames;
-        ``approvals``, ``approval``: JSON rows of the approval index)."""
+        ``approvals``, ``approval``, ``dead_letters``: JSON rows of the catalog)."""
+        import pandas as pd
+
         rt = self.rt
         args = loads(args_json)
-        if kind == "agents":
-            frame = rt.agents(*args)
-            mine = [rt.owns((c, n)) for c, n in zip(frame["class"], frame["name"], strict=True)]
-            return encode_frame(frame[mine].reset_index(drop=True))
-        if kind == "workflows":
-            frame = rt.workflows()
-            if len(frame):
-                mine = [rt.owns((c, n))
-                        for c, n in zip(frame["agent"], frame["name"], strict=True)]
-                frame = frame[mine].reset_index(drop=True)
-            return encode_frame(frame)
+        if kind in ("agents", "workflows"):
+            frame = rt.agents(*args) if kind == "agents" else rt.workflows()
+            agent = frame["class" if kind == "agents" else "agent"]
+            mine = [rt.owns((c, n)) for c, n in zip(agent, frame["name"], strict=True)]
+            return encode_frame(frame.loc[pd.Series(mine, index=frame.index, dtype=bool)]
+                                .reset_index(drop=True))
         if kind == "approvals":
             rows = [list(r) for r in rt.catalog.approvals(args[0]) if rt.owns((r[1], r[2]))]
             return dumps(rows)
+        if kind == "dead_letters":
+            return dumps([list(r) for r in rt.catalog.dead_letters() if rt.owns((r[1], r[2]))])
         if kind == "approval":
             row = rt.catalog.approval(args[0])
             return dumps(None if row is None or not rt.owns((row[1], row[2])) else list(row))
@@ -249,40 +277,36 @@ class HostReads:
         from ..analytics.views import Analytics
 
         state = self._reads_state()
-        if rebuild and state["projection"] is not None:
-            state.update(projection=None, incarnation=uuid.uuid4().hex, batches=[], batch=0)
-        if state["projection"] is None:
-            projection = Analytics(self.rt)
-            projection.journal, projection.owned = [], self.rt.owns
-            state["projection"] = projection
-        if incarnation == state["incarnation"]:  # what the driver applied, it won't ask again
-            state["batches"] = [b for b in state["batches"] if b[0] > cursor]
-        projection = state["projection"]
+        if rebuild and state.projection is not None:  # a new projection: taken whole
+            self._ab_reads = state = _HostState()
+        if state.projection is None:
+            state.projection = Analytics(self.rt)
+            state.projection.journal, state.projection.owned = [], self.rt.owns
+        if incarnation == state.incarnation:  # what the driver applied, it won't ask again
+            state.batches = [b for b in state.batches if b[0] > cursor]
+        projection = state.projection
         projection.catch_up()
         if projection.journal:
-            state["batch"] += 1
-            state["batches"].append((state["batch"], projection.journal))
+            state.batch += 1
+            state.batches.append((state.batch, projection.journal))
             projection.journal = []
         header: list[Any] = []
         parts: list[bytes] = []
-        for _number, ops in state["batches"]:
-            for op in ops:
-                what, table, data = op
-                if data is None:
-                    header.append([what, table, None])
-                elif isinstance(data, list):
+        for _number, changes in state.batches:
+            for what, table, data in changes:
+                if data is None or isinstance(data, list):  # (nothing, or agents' keys)
                     header.append([what, table, data])
-                else:
+                else:  # rows: an Arrow table, sent as IPC bytes
                     header.append([what, table, len(parts)])
                     parts.append(_arrow_bytes(data))
-        return _pack({"incarnation": state["incarnation"], "cursor": state["batch"],
+        return _pack({"incarnation": state.incarnation, "cursor": state.batch,
                       "ops": header}, parts)
 
     def _view(self, ref: AgentRef, version: int) -> VersionView:
         """``ref.at(version)`` on this host, kept for a while (its tables are copied once)."""
         from ..travel.versions import VersionView
 
-        views: OrderedDict = self._reads_state()["views"]
+        views = self._reads_state().views
         head = ref.version
         found = views.get((ref._ab_key, version, head))
         if found is not None:
@@ -373,11 +397,28 @@ class OwnerReads:
     def value(self, ref: AgentRef, kind: str, *args: Any) -> Any:
         """A JSON read of *ref* (``state``, ``version``, ``history_range``, ``verify``)."""
         text = self._ask(ref._ab_key, kind, args)
-        return jsonvalue.loads(text) if kind == "state" else loads(text)
+        if kind != "state":
+            return loads(text)
+        if text:
+            return jsonvalue.loads(text)
+        cls = ref.runtime.class_for(ref.class_name)  # (the driver knows the class)
+        return cls.initial_state if cls is not None else None
 
     def frame(self, ref: AgentRef, kind: str, *args: Any, **kwargs: Any) -> pd.DataFrame:
         """A DataFrame read of *ref*: the ``AgentRef`` method *kind* run by its owner."""
         return decode_frame(self._ask(ref._ab_key, kind, args, kwargs))[0]
+
+    def sql_rows(self, ref: AgentRef, query: str, params: tuple, timeout: float | None,
+                 max_bytes: int | None) -> tuple[list[str], list[tuple]]:
+        """``ref.sql``'s column names and rows, from its owner (JSON, blobs tagged)."""
+        names, rows = loads(self._ask(ref._ab_key, "sql_rows",
+                                      (query, list(params), timeout, max_bytes)))
+        return names, rows
+
+    def history_records(self, ref: AgentRef, *args: Any) -> list[tuple]:
+        """``ref.history``'s rows (:func:`agentbook.core.ref.history_records`), from its
+        owner."""
+        return cast(list, loads(self._ask(ref._ab_key, "history_records", args)))
 
     def at(self, ref: AgentRef, version: int) -> VersionView:
         """``ref.at(version)``: the state now, the tables (a SQLite image) on first query."""
@@ -451,6 +492,12 @@ class OwnerReads:
         rows = [IndexedApproval(*r) for text in self._everywhere("approvals", status)
                 for r in loads(text)]
         rows.sort(key=lambda r: r.created)
+        return rows
+
+    def dead_letters(self) -> list[tuple]:
+        """``rt.dead_letters()``'s rows from every host, oldest first."""
+        rows = [tuple(r) for text in self._everywhere("dead_letters") for r in loads(text)]
+        rows.sort(key=lambda r: (r[8], r[0]))  # (failed_at, id: the catalog's order)
         return rows
 
     def approval(self, approval_id: str) -> IndexedApproval | None:

@@ -235,13 +235,11 @@ class AgentRef:
         """
         import pandas as pd
 
-        if self._ab_rt.reads is not None:
-            return self._ab_rt.reads.frame(self, "sql", query, *params, timeout=timeout,
-                                           max_bytes=max_bytes)
-        params = sql_params(params)  # type: ignore[assignment]
-        with self._reading() as conn:
-            names, rows = query_reader(conn, query, params,
-                                       limits=outside_limits(timeout, max_bytes))
+        reads = self._ab_rt.reads
+        if reads is not None:  # (a Ray runtime: the owner runs the query)
+            names, rows = reads.sql_rows(self, query, params, timeout, max_bytes)
+        else:
+            names, rows = sql_rows(self, query, params, timeout, max_bytes)
         return pd.DataFrame.from_records(rows, columns=names)
 
     def history(
@@ -272,49 +270,14 @@ class AgentRef:
             ``error``, ``result``, ``state`` (the state after that version), and for
             scheduled runs ``due`` (when it was planned) and ``occurrence``.
         """
-        import pandas as pd
-
         since_f, until_f = _epoch(since), _epoch(until)
-        if self._ab_rt.reads is not None:
-            return self._ab_rt.reads.frame(self, "history", limit, before=before, method=method,
-                                           since=since_f, until=until_f, failures=failures)
-        with self._reading(missing_ok=True) as conn:
-            rows = [] if conn is None else read_history(
-                conn, limit=limit, before=before, method=method, since=since_f, until=until_f
-            )
-        records: list[tuple] = [
-            (r.version, r.ts, r.method, json_or_none(r.args), json_or_none(r.kwargs), r.source,
-             r.duration_ms, r.outcome, r.error, json_or_none(r.result), json_or_none(r.state),
-             r.due, r.occurrence)
-            for r in rows
-        ]
-        if failures:
-            # A failure after version `at` sits between `at` and `at + 1`. The page holds the
-            # newest `limit` rows of versions and failures together (so exactly `limit` when
-            # there are that many): failures newer than its oldest version, and below
-            # `before`; a failure at the page's edge may show again atop the next page.
-            low = rows[-1].version if len(rows) == limit else -1
-            order = {id(r): r[0] for r in records}
-            for ts, m, a, k, src, d, e, at in self._ab_rt.catalog.failures(*self._ab_key, limit):
-                if at is not None and (low <= at and (before is None or at < before)
-                        and (method is None or m == method)
-                        and (since_f is None or ts >= since_f)
-                        and (until_f is None or ts < until_f)):
-                    row = (None, ts, m, json_or_none(a), json_or_none(k), src, d, "error", e,
-                           None, None, None, None)
-                    order[id(row)] = at + 0.5  # it happened after version `at`, before the next
-                    records.append(row)
-            records.sort(key=lambda r: order[id(r)], reverse=True)
-            del records[limit:]
-        frame = pd.DataFrame.from_records(records, columns=COLUMNS)
-        result = COLUMNS.index("result")  # (as objects: a result may be any JSON value)
-        frame["result"] = pd.Series([r[result] for r in records], dtype=object, index=frame.index)
-        frame.insert(0, "name", self._ab_key[1])
-        frame.insert(0, "agent", self._ab_key[0])
-        frame["version"] = frame["version"].astype("Int64")
-        frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
-        frame["due"] = pd.to_datetime(frame["due"].astype("float64"), unit="s", utc=True)
-        return frame
+        reads = self._ab_rt.reads
+        if reads is not None:  # (a Ray runtime: the owner reads the rows)
+            records = reads.history_records(self, limit, before, method, since_f, until_f,
+                                            failures)
+        else:
+            records = history_records(self, limit, before, method, since_f, until_f, failures)
+        return history_frame(self._ab_key, records)
 
     def schedules(self) -> pd.DataFrame:
         """The agent's pending schedules and queued work, soonest first."""
@@ -766,6 +729,66 @@ def _epoch(value: float | datetime | None) -> float | None:
     if isinstance(value, datetime):
         return value.timestamp()
     return float(value)
+
+
+def sql_rows(ref: AgentRef, query: str, params: tuple, timeout: float | None,
+             max_bytes: int | None) -> tuple[list[str], list[tuple]]:
+    """``ref.sql(query, *params)``'s column names and rows (what a Ray host sends)."""
+    with _Reading(ref, missing_ok=False) as conn:
+        return query_reader(conn, query, sql_params(params),  # type: ignore[arg-type]
+                            limits=outside_limits(timeout, max_bytes))
+
+
+def history_records(ref: AgentRef, limit: int, before: int | None, method: str | None,
+                    since: float | None, until: float | None, failures: bool) -> list[tuple]:
+    """The rows of ``ref.history(...)`` (failed handlers among them), newest first, in the
+    order of :data:`~agentbook.store.history.COLUMNS`, JSON columns still text: what a Ray
+    host sends the driver, which makes the DataFrame (:func:`history_frame`)."""
+    with _Reading(ref, missing_ok=True) as conn:
+        rows = [] if conn is None else read_history(
+            conn, limit=limit, before=before, method=method, since=since, until=until
+        )
+    records: list[tuple] = [
+        (r.version, r.ts, r.method, r.args, r.kwargs, r.source, r.duration_ms, r.outcome,
+         r.error, r.result, r.state, r.due, r.occurrence)
+        for r in rows
+    ]
+    if failures:
+        # A failure after version `at` sits between `at` and `at + 1`. The page holds the
+        # newest `limit` rows of versions and failures together (so exactly `limit` when
+        # there are that many): failures newer than its oldest version, and below
+        # `before`; a failure at the page's edge may show again atop the next page.
+        low = rows[-1].version if len(rows) == limit else -1
+        order = {id(r): r[0] for r in records}
+        for ts, m, a, k, src, d, e, at in ref._ab_rt.catalog.failures(*ref._ab_key, limit):
+            if at is not None and (low <= at and (before is None or at < before)
+                    and (method is None or m == method)
+                    and (since is None or ts >= since)
+                    and (until is None or ts < until)):
+                row = (None, ts, m, a, k, src, d, "error", e, None, None, None, None)
+                order[id(row)] = at + 0.5  # it happened after version `at`, before the next
+                records.append(row)
+        records.sort(key=lambda r: order[id(r)], reverse=True)
+        del records[limit:]
+    return records
+
+
+def history_frame(key: tuple[str, str], records: list[tuple]) -> pd.DataFrame:
+    """``ref.history()``'s DataFrame from :func:`history_records`' rows."""
+    import pandas as pd
+
+    records = [(v, ts, m, json_or_none(a), json_or_none(k), src, d, o, e, json_or_none(res),
+                json_or_none(st), due, occ)
+               for v, ts, m, a, k, src, d, o, e, res, st, due, occ in records]
+    frame = pd.DataFrame.from_records(records, columns=COLUMNS)
+    result = COLUMNS.index("result")  # (as objects: a result may be any JSON value)
+    frame["result"] = pd.Series([r[result] for r in records], dtype=object, index=frame.index)
+    frame.insert(0, "name", key[1])
+    frame.insert(0, "agent", key[0])
+    frame["version"] = frame["version"].astype("Int64")
+    frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
+    frame["due"] = pd.to_datetime(frame["due"].astype("float64"), unit="s", utc=True)
+    return frame
 
 
 def json_or_none(text: Any) -> Any:

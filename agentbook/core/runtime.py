@@ -652,7 +652,7 @@ class Runtime:
         import pandas as pd
 
         frame = pd.DataFrame.from_records(
-            self.catalog.dead_letters(),
+            self.catalog.dead_letters() if self.reads is None else self.reads.dead_letters(),
             columns=["id", "agent", "name", "callback", "payload", "type", "attempts", "error",
                      "failed_at"],
         )

@@ -1,6 +1,7 @@
 """The conformance suite runs every semantic invariant of SPEC §2 against each kind of
-runtime: durable files (normal and full durability) and ephemeral (":memory:").
-A new backend (Ray) adds itself to ``KINDS``."""
+runtime: durable files (normal and full durability) and ephemeral (":memory:"), Ray hosts
+over the folder, and Ray hosts keeping their stores on their own nodes (the driver reads
+through them). A new backend adds itself to ``KINDS``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 import agentbook as ab
 
-KINDS = ["file", "file-full", "memory", "ray"]
+KINDS = ["file", "file-full", "memory", "ray", "ray-owners"]
 
 
 def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Runtime:
@@ -20,6 +21,9 @@ def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Run
         return ab.Runtime(":memory:", clock=clock, **options)
     if kind == "ray":
         return ab.Runtime(folder, backend="ray", hosts=2, shards=8, **options)
+    if kind == "ray-owners":  # stores in the hosts' node folders: reads through the owners
+        return ab.Runtime(folder, backend="ray", hosts=2, shards=8,
+                          host_dir=f"{folder}-nodes/agentbook-{{node}}", **options)
     raise ValueError(kind)
 
 
@@ -30,14 +34,15 @@ def ray_cluster():
     import os
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="agentbook")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             namespace="agentbook")  # (a Ray of its own, not one running on the machine)
     yield ray
     ray.shutdown()
 
 
 @pytest.fixture(params=KINDS)
 def kind(request) -> str:
-    if request.param == "ray":
+    if request.param.startswith("ray"):
         if request.node.get_closest_marker("local_only"):
             pytest.skip(request.node.get_closest_marker("local_only").args[0])
         request.getfixturevalue("ray_cluster")
