@@ -16,6 +16,7 @@ import agentbook as ab
 from agentbook.backends.ray_reads import decode_frame, encode_frame
 
 from .ray_agents import RayLedger
+from .ray_start import start_ray
 
 pytestmark = pytest.mark.ray
 
@@ -31,16 +32,7 @@ def ray_cluster(tmp_path_factory):
     if ray.is_initialized():
         yield ray
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    for attempt in range(3):
-        try:  # (address="local": a Ray of this test's own, never one running on the machine)
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     namespace="agentbook", _temp_dir="/tmp/ray-reads")
-            break
-        except Exception:  # a loaded machine: Ray's raylet waits 15 s for its agent, no more
-            ray.shutdown()  # (ray-project/ray#65983): start again
-            if attempt == 2:
-                raise
+    start_ray(ray, "/tmp/ray-reads")
     yield ray
     ray.shutdown()
 

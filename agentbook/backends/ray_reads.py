@@ -6,15 +6,17 @@
   runtime gives), ``read_all`` the runtime-wide lists (agents, workflow runs, the approval
   inbox), ``feed`` the changes of the host's own DuckDB projection since the driver's cursor.
 * :class:`OwnerReads` is the driver's side, installed as ``rt.reads``: ``AgentRef``'s reads,
-  the approval inbox, ``rt.agents()``/``rt.workflows()`` and the DuckDB views consult it
-  instead of the files when it is there (a local runtime has ``rt.reads = None`` and reads
-  its files as always).
+  the approval inbox, ``rt.agents()``/``rt.workflows()``/``rt.dead_letters()`` and the
+  DuckDB views consult it
+  instead of the files when it is there (a local runtime has ``rt.reads = None`` and
+  reads its files as always).
 
-What travels: JSON text for values, DataFrames and projection rows as Arrow IPC bytes,
-``ref.at(k)``'s tables as a SQLite image (``serialize``) the driver opens in memory. Never a
-pickled object. JSON columns of a DataFrame (lists, dicts, mixed values) travel as JSON
-text and come back as the same Python values; column names and pandas dtypes ride in the
-Arrow schema's metadata.
+What travels: JSON text for values and for the rows of ``sql`` and ``history`` (the driver
+makes their DataFrames with the functions a local read uses; blobs tagged), other DataFrames
+and projection rows as Arrow IPC bytes, ``ref.at(k)``'s tables as a SQLite image
+(``serialize``) the driver opens in memory. Never a pickled object. JSON columns of a
+DataFrame (lists, dicts, mixed values) travel as JSON text and come back as the same Python
+values; column names and pandas dtypes ride in the Arrow schema's metadata.
 
 The views (``rt.sql``): each host keeps a projection of the agents it owns, caught up
 incrementally as a local runtime's is, and records what each catch-up changed (rows

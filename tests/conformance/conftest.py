@@ -9,6 +9,8 @@ import pytest
 
 import agentbook as ab
 
+from ..ray_start import start_ray
+
 KINDS = ["file", "file-full", "memory", "ray", "ray-owners"]
 
 
@@ -31,11 +33,7 @@ def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Run
 def ray_cluster():
     """One local Ray for the whole session (starting it costs seconds)."""
     ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed")
-    import os
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             namespace="agentbook")  # (a Ray of its own, not one running on the machine)
+    start_ray(ray)
     yield ray
     ray.shutdown()
 

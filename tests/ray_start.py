@@ -1,0 +1,23 @@
+"""Start a Ray of the tests' own (loopback only), on a loaded machine too."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def start_ray(ray: Any, temp_dir: str | None = None) -> None:
+    """``ray.init`` a new local Ray (``address="local"``: never one already running on the
+    machine), tried up to three times: on a loaded machine Ray's raylet gives its agent
+    15 s to start and then dies (ray-project/ray#65983)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    options: dict[str, Any] = {"_temp_dir": temp_dir} if temp_dir else {}
+    for attempt in range(3):
+        try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     namespace="agentbook", **options)
+            return
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
