@@ -38,12 +38,6 @@ def _cells(path: Path) -> list[dict]:
     return json.loads(path.read_text(encoding="utf-8"))["cells"]
 
 
-def _pending(marks: dict[str, str]) -> list:
-    """The notebooks, those in *marks* expected to fail (their owners have it to do)."""
-    return [pytest.param(p, marks=pytest.mark.xfail(reason=marks[p.name], strict=False))
-            if p.name in marks else p for p in NOTEBOOKS]
-
-
 # -- running ---------------------------------------------------------------------------
 def _stdout(nb, starts: str) -> str:
     """What the code cell whose source starts with *starts* printed."""
@@ -216,9 +210,7 @@ def _widgets_closed_after_shown(cells: list[dict]) -> list[str]:
     return wrong
 
 
-@pytest.mark.parametrize("path", _pending({
-    "10_capstone.ipynb": "the capstone (its owner) still closes the runtime of its diff widget last",
-}), ids=IDS)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_no_cell_closes_a_widget_or_its_runtime_after_showing_it(path):
     wrong = _widgets_closed_after_shown(_cells(path))
     assert not wrong, (f"{path.name}: after Run All its widgets would be dead: {wrong}; say "
@@ -250,11 +242,7 @@ def test_the_widget_check_sees_what_kills_a_widget():
 NOTEBOOK_ONLY = re.compile(r"Shift\+Enter|click it to expand|run this cell", re.I)
 
 
-@pytest.mark.parametrize("path", _pending({
-    "03_scheduling.ipynb": "its owner: the solution's 'click it to expand' says nothing for Voila",
-    "04_human_in_the_loop.ipynb": "its owner: 'Shift+Enter' and 'click it to expand' say nothing "
-                                  "for Voila",
-}), ids=IDS)
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
 def test_jupyter_only_instructions_also_say_what_voila_shows(path):
     """Voila shows the markdown and the outputs, never the code: a cell that says to press
     Shift+Enter, to click a collapsed cell or to run a cell also says what a Voila reader sees."""

@@ -28,7 +28,8 @@ _VOLATILE = {"ts", "due", "created", "updated", "expires", "time_left_s", "decid
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed")
+    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
+                                             "(pip install 'agentbook[ray]')")
     if ray.is_initialized():
         yield ray
         return
