@@ -61,8 +61,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..chat.agent import ChatAgent
-from ..chat.ui import UIStream, text_of, ui_messages
+from ..chat import turns
+from ..chat.agent import Abort, ChatAgent
+from ..chat.ui import INTERRUPTED, UIStream, text_of, ui_messages
 from ..envelope import Envelope
 from ..errors import AgentbookError
 from ..store.messages import Message
@@ -132,6 +133,11 @@ def transcript_of(ref: AgentRef) -> list[dict[str, Any]]:
     return ui_messages(rows)
 
 
+def _interrupted(message_id: str) -> dict[str, Any]:
+    """The UIMessage of a turn a restart cut short (as its stored row will read)."""
+    return ui_messages([Message(0, message_id, "assistant", "", None, None, INTERRUPTED, 0.0)])[0]
+
+
 class _Stream:
     """One turn's frames: its chunks (kept for replays) and how it ended."""
 
@@ -192,7 +198,7 @@ class _Room:
         self.awaiting: set[Connection] = set()       # offered a resume, not acked yet
         self.parked: dict[Connection, Any] = {}      # told "pending": probe ids
         self.pending: str | None = None              # a continuation promised, not started
-        self.aborts: dict[str, asyncio.Event] = {}   # request id -> its cancel
+        self.aborts: dict[str, Abort] = {}   # request id -> its cancel
         #: Continuations waiting for their requester's probe: ``{conn id: start}``.
         self.starts: dict[str, Any] = {}
 
@@ -239,6 +245,20 @@ class ChatWire:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.rooms: dict[Key, _Room] = {}
+        #: The runtime's turn marks (agentbook.chat.turns): turns a restart cut short.
+        self.turns = turns.log_of(server.rt)
+        self.recover()
+
+    def recover(self) -> None:
+        """Store the turns an earlier life of the runtime left unfinished as interrupted
+        (one message to each such chat agent), so clients see them from their first frame."""
+        rt = self.server.rt
+        for key in turns.unrecovered(rt):
+            if is_chat(rt.class_for(key[0])):
+                fut = turns.store_interrupted(rt, key)
+                fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() is None
+                                      else log.warning("storing the interrupted turns failed: "
+                                                       "%s", f.exception()))
 
     def room(self, key: Key) -> _Room:
         room = self.rooms.get(key)
@@ -381,6 +401,13 @@ class ChatWire:
     def transcript(self, ref: AgentRef) -> list[dict[str, Any]]:
         """The committed conversation, and the user's message of a turn still running."""
         messages = transcript_of(ref)
+        for mark in self.turns.left.get(ref._ab_key, ()):  # (being stored: shown as it will be)
+            ids = {m["id"] for m in messages}
+            if mark.asked_id and mark.asked is not None and mark.asked_id not in ids:
+                messages.append({"id": mark.asked_id, "role": "user", "parts": [
+                    {"type": "text", "text": mark.asked, "state": "done"}]})
+            if mark.reply not in ids:
+                messages.append(_interrupted(mark.reply))
         room = self.rooms.get(ref._ab_key)
         active = None if room is None else room.active
         if active is not None and active.asked is not None and not active.done and all(
@@ -466,7 +493,7 @@ class ChatWire:
             return self.refuse(conn, rid, "this connection is read-only: it may not chat")
         key = ref._ab_key
         room = self.room(key)
-        abort = room.aborts[rid] = asyncio.Event()
+        abort = room.aborts[rid] = Abort()
         trailing: list[str] = []
         for msg in reversed(messages):
             if not isinstance(msg, dict) or msg.get("role") != "user":
@@ -562,7 +589,7 @@ class ChatWire:
         if frame.get("autoContinue") and error is None:
             sid = self.continuation(conn, ref, frame)
             extras = {"wire": {"id": sid, "requester": conn.id, "continuation": True},
-                      "abort": self.room(ref._ab_key).aborts.setdefault(sid, asyncio.Event()),
+                      "abort": self.room(ref._ab_key).aborts.setdefault(sid, Abort()),
                       "declared_tools": frame.get("clientTools") or (),
                       "defer_client_tools": True}
 
@@ -631,10 +658,24 @@ class ChatWire:
             start = room.starts.get(conn.id)
             if start is not None:
                 asyncio.get_running_loop().call_soon(start)
+        elif (cut := self.cut_short(conn.agent)) is not None:
+            # Cloudflare's terminal record: offered as a stream; its ack gets the error
+            conn.frame(encode({"type": RESUMING, "id": cut.id, **extra}))
         else:
             conn.frame(encode({"type": RESUME_NONE, "reason": "idle", **extra}))
 
+    def cut_short(self, key: Key) -> turns.TurnMark | None:
+        """The last turn of agent *key* a restart cut short, until its next turn."""
+        left = self.turns.left.get(key)
+        return left[-1] if left else self.turns.reported.get(key)
+
     def resume_ack(self, conn: Connection, sid: Any) -> None:
+        cut = self.cut_short(conn.agent)
+        if cut is not None and sid == cut.id:
+            conn.frame(encode({"type": RESPONSE, "id": cut.id, "done": True,
+                               "body": turns.INTERRUPTED_TEXT, "error": True,
+                               **({"messageIds": [cut.asked_id]} if cut.asked_id else {})}))
+            return
         room = self.rooms.get(conn.agent)
         if room is None:
             return
