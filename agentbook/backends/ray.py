@@ -13,10 +13,12 @@ The driver (the notebook) keeps the same API: messages are forwarded to the owni
 (one Ray call each; the envelope and its arguments travel as JSON text), and the answers
 are settled on the driver's event loop in batches, without a task per message. Reads
 (``state``, ``sql``, ``history``, ``at``, the DuckDB views, the approval inbox) go
-straight to the stores. Agents on different hosts message each other through the same
-forwarding. While someone subscribes to the driver's ``rt.events``, the hosts' events are
-relayed to it (a long poll per host, JSON batches); with nobody listening the hosts'
-buses stay inactive. Not forwarded: streaming chat and client tools (use ``ref.chat``).
+straight to the stores, or, with ``host_dir=`` (stores on the hosts' nodes), to the host
+owning the agent (:mod:`agentbook.backends.ray_reads`). Agents on different hosts message
+each other through the same forwarding. While someone subscribes to the driver's
+``rt.events``, the hosts' events are relayed to it (a long poll per host, JSON batches);
+with nobody listening the hosts' buses stay inactive. Not forwarded: streaming chat and
+client tools (use ``ref.chat``).
 
 Ray ships agent classes to the hosts (defined in a notebook, they travel by value); the
 agents' data never travels pickled.
@@ -39,6 +41,7 @@ from ..errors import HostUnavailableError, LeaseLostError, UsageError
 from ..store import replica as replica_store
 from .catalog_leases import CatalogLeases
 from .ray_events import EventRelay, event_encoder
+from .ray_reads import HostReads, OwnerReads
 from .replication import Replicator
 from .shard_leases import ShardLeases
 from .shards import Key, folder_id, node_folder, ray_module, shard_of
@@ -443,10 +446,11 @@ def start(rt: Runtime, address: str | None, hosts: int, shards: int, *,
     router.across = options
     router.refresh()
     router.events = EventRelay(router)
+    rt.reads = OwnerReads(router)  # the stores are on the hosts' nodes: read through them
     return router
 
 
-class AgentHost:
+class AgentHost(HostReads):
     """A Ray actor hosting the agents of its shards with an ordinary runtime."""
 
     def __init__(self, root: str, index: int, hosts: int, shards: int, durability: str,

@@ -96,9 +96,9 @@ class Runtime:
         shards: Virtual shards that agents hash onto (fixed for a store folder).
         host_dir: Ray, across machines: each host keeps its shards' stores in this folder
             on its own node (``{node}`` is the Ray node id), coordinated through Ray - no
-            shared filesystem. Default: today's single-machine mode (one shared folder),
-            unless *replicas* is set or *address* joins a cluster: then a folder under
-            each node's Ray temp dir.
+            shared filesystem; the driver reads through the hosts and opens no store file.
+            Default: today's single-machine mode (one shared folder), unless *replicas* is
+            set or *address* joins a cluster: then a folder under each node's Ray temp dir.
         replicas: Ray, across machines: ``1`` keeps a copy of every shard on a host of
             another node, promoted when the node is lost. With it, *durability* is
             ``"replicated"`` (the default: a call is acknowledged once its version is on
@@ -121,7 +121,7 @@ class Runtime:
         "classes", "closer", "created", "dead_letter_op", "destroy_later", "dirty", "emit_event",
         "emit_scheduled", "enqueue", "hibernate_one", "holds_lease", "idle", "instances", "lease",
         "mark_idle", "mark_opened", "mcp_clients", "open_stores", "owns", "path_of",
-        "prepare_call", "report_error", "router", "scheduled_failure", "send_later", "server",
+        "prepare_call", "reads", "report_error", "router", "scheduled_failure", "send_later", "server",
         "should_drop", "submit", "sweep", "sweep_handle", "tick", "unkicked",
     })
 
@@ -229,6 +229,9 @@ class Runtime:
         self.mcp_clients: Any = None
         #: Routes messages to other processes (the Ray backend), or ``None``.
         self.router: Any = None
+        #: Answers reads of agents whose stores are elsewhere (the hosts of a Ray runtime
+        #: with ``host_dir``: see agentbook.backends.ray_reads), or ``None``: the files.
+        self.reads: Any = None
         #: On a Ray host, its shard leases (``holds(key)``; ``fence(key)`` before each
         #: commit): it opens and commits only agents of shards it leases.
         self.lease: Any = None
@@ -302,6 +305,8 @@ class Runtime:
         from ..travel.portable import import_agent
         from .ref import Pending
 
+        if self.reads is not None:
+            self.reads.refuse("rt.import_agent")
         return Pending(f"import_agent({os.path.basename(os.fspath(path))!r})",
                        lambda: import_agent(self, path, name, replace))
 
@@ -552,6 +557,8 @@ class Runtime:
 
         from ..store import history, open_reader
 
+        if self.reads is not None:
+            return self.reads.agents(None if cls is None else _class_name(cls))
         rows = []
         for class_name, name, file, created, parent in self.catalog.rows(
             None if cls is None else _class_name(cls)
@@ -578,6 +585,8 @@ class Runtime:
         ``ref.workflows()`` (``id``, ``method``, ``status``, ``steps``...)."""
         import pandas as pd
 
+        if self.reads is not None:
+            return self.reads.workflows()
         frames = []
         for class_name, name, *_ in self.catalog.rows(None):
             frame = self.get(class_name, name).workflows()
@@ -680,7 +689,7 @@ class Runtime:
         import pandas as pd
 
         frame = pd.DataFrame.from_records(
-            self.catalog.dead_letters(),
+            self.catalog.dead_letters() if self.reads is None else self.reads.dead_letters(),
             columns=["id", "agent", "name", "callback", "payload", "type", "attempts", "error",
                      "failed_at"],
         )
