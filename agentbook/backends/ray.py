@@ -643,8 +643,8 @@ class AgentHost(HostReads):
         pending = self.rt.submit(key, env)  # queued now, in order
         self._next(sender, seq)
         result = await pending
-        if self.replicator is not None and self.replicator.sync:
-            await self.replicator.wait(key)  # durability="replicated": on the replica too
+        if self.replicator is not None and (self.replicator.sync or op == "destroy"):
+            await self.replicator.wait(key)  # on the replica too (a destroy: gone there too)
         try:
             return jsonvalue.dumps(jsonvalue.freeze(result, "result"))
         except (TypeError, ValueError):

@@ -47,6 +47,8 @@ log = logging.getLogger("agentbook.ray")
 
 #: Replica copies kept open on a host at once (the least recently used are closed).
 _OPEN_COPIES = 64
+#: The "version" shipped for an agent its primary destroyed (its copy goes too).
+GONE = 1 << 62
 
 
 class Replicator:
@@ -92,9 +94,15 @@ class Replicator:
         """Until *key*'s committed versions are on its replica (or it has none)."""
         target = self.leases.replica_host(key)
         inst = self.rt.instances.get(key)
-        if target is None or inst is None:
+        if target is None:
             return
-        version = inst.committed[0]
+        if inst is None:  # destroyed (its copy goes too), or hibernated since its commit
+            self.touched.add(key)
+            if self.task is None or self.task.done():
+                self.task = asyncio.get_running_loop().create_task(self._pump())
+            if os.path.exists(self.rt.path_of(key)):
+                return
+        version = GONE if inst is None else inst.committed[0]
         if self.shipped.get((target, key), 0) >= version:
             return
         fut = asyncio.get_running_loop().create_future()
@@ -153,6 +161,9 @@ class Replicator:
             inst = self.rt.instances.get(key)
             after = self.shipped.get((target, key), 0)
             if inst is None or inst.store is None:  # (hibernated since: read its file)
+                if not os.path.exists(self.rt.path_of(key)):  # destroyed: so is its copy
+                    shipments.append(replica_store.Shipment(key[0], key[1], None, [], GONE, ""))
+                    continue
                 shipment = replica_store.versions_in_file(self.rt.path_of(key), key, after)
                 if shipment is None:
                     continue
@@ -173,7 +184,9 @@ class Replicator:
             self.handle(target).replicate.remote(self.leases.index, epochs, data), lease)
         for shipment in shipments:
             key = (shipment.class_name, shipment.name)
-            if [key[0], key[1]] in missing:  # it has no copy to follow: from the start
+            if shipment.version == GONE:  # (destroyed: no version of it is owed any more)
+                self.shipped[(target, key)] = GONE
+            elif [key[0], key[1]] in missing:  # it has no copy to follow: from the start
                 self.shipped.pop((target, key), None)
                 self.touched.add(key)
             else:
@@ -210,6 +223,15 @@ class Replicator:
             if n and n % 16 == 0:
                 await asyncio.sleep(0)  # (a seeding is long: let renewals and calls in)
             key = (shipment.class_name, shipment.name)
+            if shipment.version == GONE:  # its primary destroyed it
+                self._close(key)
+                for suffix in ("", "-wal", "-shm"):
+                    try:
+                        os.unlink(self.rt.path_of(key) + suffix)
+                    except FileNotFoundError:
+                        pass
+                self.rt.catalog.remove(*key)
+                continue
             fresh = shipment.meta is not None
             if not fresh and key not in self.copies and not os.path.exists(self.rt.path_of(key)):
                 missing.append([key[0], key[1]])
