@@ -317,7 +317,8 @@ class RayRouter:
         for hello in placed:
             if hello["node"] in load:
                 load[hello["node"]] += 1
-        node = min(sorted(load), key=lambda n: load[n])
+        # the least loaded, the newest of those (a node just lost may still be listed)
+        node = min(reversed(list(load)), key=lambda n: load[n])
         index = self.hosts
         host_cls = ray.remote(max_restarts=-1, max_task_retries=0,
                               max_concurrency=1000)(AgentHost)
