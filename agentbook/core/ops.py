@@ -45,7 +45,7 @@ async def destroy_op(inst: Instance) -> None:
         rt.timers.index_exact([(inst.key, None)])
     finally:
         if held is not None:
-            held.release()
+            held.release(remove=True)
     inst.version, inst.state, inst.state_json = 0, None, ""
     inst.committed = (0, None, "")
     if rt.events.active:

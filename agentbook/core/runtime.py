@@ -75,7 +75,7 @@ class Runtime:
             view); ``None`` keeps them all, ``0`` keeps none (live delivery only).
         events_max_age: Seconds an event stays on record (``None``: no limit).
         max_open: How many agent stores may be open at once (file handles stay bounded).
-            ``None`` sizes it from the limit on open files (at most 256; see
+            ``None`` sizes it from the limit on open files (at most 1 024; see
             :mod:`agentbook.store.fds`); one that can't fit is lowered, with a warning logged.
         hibernate_after: Seconds of idleness after which an agent hibernates.
         max_batch: How many queued messages may share one commit.
