@@ -219,17 +219,19 @@ class Instance:
             self.ownership.release()
             self.ownership = None
 
-    def close(self, later: bool = False) -> None:
+    def close(self, later: bool = False, checkpoint: bool = True) -> None:
         """Hibernate: drop the agent object, close the store and let go of the lease.
         *later*: the runtime's closer thread closes the store, then lets go of the lease
-        (see agentbook.store.closer), unless it is full."""
+        (see agentbook.store.closer), unless it is full; *checkpoint* ``False``: it
+        checkpoints the WAL later (an agent put to sleep to make room)."""
         if self.workflows is not None:  # (their code stops; a wake replays their journals)
             self.workflows.drop()
             self.workflows = None
         store, self.store = self.store, None
         if store is not None:
             if later and store.broken is None \
-                    and self.runtime.closer.close_later(self.key, store, self.ownership):
+                    and self.runtime.closer.close_later(self.key, store, self.ownership,
+                                                        checkpoint):
                 self.ownership = None
             else:
                 store.close()

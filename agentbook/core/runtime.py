@@ -285,7 +285,8 @@ class Runtime:
         idle = [inst for inst in list(self.open_stores.values()) if not inst.busy]
         for inst in idle:
             self.hibernate_one(inst)
-        self.closer.wait()  # (closed when this returns: another process may take them)
+        self.closer.wait()  # (closed and checkpointed when this returns: another process
+        #                    may take them, and no -wal stays behind)
         if self.router is not None and self.router.index is None:
             return len(idle) + self.router.hibernate()
         return len(idle)
@@ -800,7 +801,7 @@ class Runtime:
             key, other = idle.popitem(last=False)
             if other.busy or self.open_stores.get(key) is not other or key in self._waking:
                 continue  # (busy again since, hibernated, or due: its tick is on its way)
-            self.hibernate_one(other)
+            self.hibernate_one(other, checkpoint=False)  # (made room: checkpointed later)
 
     def sweep(self) -> None:
         """Hibernate the agents idle for ``hibernate_after`` seconds; run again later."""
@@ -815,13 +816,14 @@ class Runtime:
             loop = asyncio.get_running_loop()
             self.sweep_handle = loop.call_later(self.hibernate_after, self.sweep)
 
-    def hibernate_one(self, inst: Instance, later: bool = True) -> None:
+    def hibernate_one(self, inst: Instance, later: bool = True, checkpoint: bool = True) -> None:
         """Hibernate one agent: close its store and MCP connections, forget it. *later*:
         the closer thread may close the store (not for a store dropped after an error:
-        the next wake opens it afresh)."""
+        the next wake opens it afresh); *checkpoint* ``False``: its WAL is checkpointed
+        later (see agentbook.store.closer)."""
         if self.mcp_clients is not None:
             self.mcp_clients.close_agent(inst.key)
-        inst.close(later=later)
+        inst.close(later=later, checkpoint=checkpoint)
         self.open_stores.pop(inst.key, None)
         self.idle.pop(inst.key, None)
         if not inst.busy:
