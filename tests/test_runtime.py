@@ -73,7 +73,8 @@ async def test_agents_put_to_sleep_to_make_room_are_checkpointed_later(tmp_path,
     assert os.path.getsize(wal) > 0  # (its commits are in the WAL, not yet in the file)
     await rt.get(Lru, "a").inc()  # the wake takes it back: no checkpoint owed for it
     assert rt.get(Lru, "a").state["n"] == 2
-    assert rt.closer.deferred == 1  # (b went to sleep to make room for a)
+    rt.closer.wait(("Lru", "b"))  # (b went to sleep to make room for a)
+    assert rt.closer.deferred == 1
     rt.hibernate()  # every agent asleep, every WAL checkpointed
     assert rt.closer.deferred == 0
     assert not [f for f in os.listdir(os.path.dirname(wal)) if f.endswith(("-wal", "-shm"))]
@@ -103,5 +104,46 @@ async def test_the_closer_checkpoints_deferred_stores_when_idle(tmp_path, monkey
             await asyncio.sleep(0.02)
         assert not os.path.exists(wal) and rt.closer.deferred == 0
         assert rt.get(Lru, "a").state["n"] == 1
+    finally:
+        await rt.aclose()
+
+
+class Sleeper(ab.Agent):
+    initial_state = {"n": 0}
+
+    @ab.callable
+    async def later(self, seconds: float) -> None:
+        await self.schedule(seconds, "ring")
+
+    @ab.callable
+    async def poke(self) -> None:
+        """Wake up; nothing scheduled."""
+
+    async def ring(self) -> None:
+        self.set_state({"n": self.state["n"] + 1})
+
+
+async def test_idle_agents_with_a_schedule_due_before_the_next_sweep_stay_awake(tmp_path):
+    """Issue 20: the idle sweep keeps an agent whose schedule comes due before the next
+    sweep (its firing would otherwise open its store again at the due instant); the
+    others hibernate as before."""
+    import time
+
+    rt = ab.Runtime(tmp_path / "s", hibernate_after=30)
+    try:
+        soon, late, none = (rt.get(Sleeper, n) for n in ("soon", "late", "none"))
+        await soon.later(0.3)   # due before the next sweep: stays awake
+        await late.later(3600)  # due after it: hibernates
+        await none.poke()       # nothing due: hibernates
+        for inst in rt.open_stores.values():
+            inst.last_used = time.monotonic() - 60  # (idle for longer than hibernate_after)
+        rt.sweep()
+        awake = {key[1] for key in rt.open_stores}
+        assert awake == {"soon"}
+        for _ in range(200):
+            if soon.state["n"] == 1:
+                break
+            await asyncio.sleep(0.02)
+        assert soon.state["n"] == 1
     finally:
         await rt.aclose()

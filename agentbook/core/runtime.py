@@ -804,14 +804,23 @@ class Runtime:
             self.hibernate_one(other, checkpoint=False)  # (made room: checkpointed later)
 
     def sweep(self) -> None:
-        """Hibernate the agents idle for ``hibernate_after`` seconds; run again later."""
+        """Hibernate the agents idle for ``hibernate_after`` seconds; run again later.
+
+        An idle agent with a schedule due before the next sweep stays awake (issue 20):
+        putting it to sleep now would only make its firing open its store again, at the
+        due instant, when every agent due with it opens too. ``max_open`` still bounds
+        how many are awake."""
         self.sweep_handle = None
         if self.closed:
             return
         cutoff = time.monotonic() - self.hibernate_after
+        soon = self.clock.now() + self.hibernate_after
+        next_due = self.timers.next_due
         for inst in list(self.open_stores.values()):
             if inst.last_used < cutoff and not inst.busy:
-                self.hibernate_one(inst)
+                due = next_due(inst.key)
+                if due is None or due > soon:
+                    self.hibernate_one(inst)
         if self.open_stores:
             loop = asyncio.get_running_loop()
             self.sweep_handle = loop.call_later(self.hibernate_after, self.sweep)
