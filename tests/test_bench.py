@@ -212,7 +212,7 @@ def test_workflow_groups_run_in_quick_mode(tmp_path, bench_dir):
     assert os.listdir(bench_dir) == [], "the groups leave nothing behind"
 
 
-@pytest.mark.skipif(not HAVE_DBOS, reason="DBOS is not installed")
+@pytest.mark.skipif(not HAVE_DBOS, reason="DBOS is not installed (pip install -e '.[test]')")
 def test_dbos_peer_runs_and_shuts_down_twice(tmp_path):
     import threading
 
@@ -243,7 +243,7 @@ def test_ray_group_skips_in_quick_mode_and_without_ray(monkeypatch, tmp_path):
     assert missing[0].target == Target("ratio", ">=", 0.8)
 
 
-@pytest.mark.skipif(not HAVE_OPENAI, reason="the openai SDK is not installed")
+@pytest.mark.skipif(not HAVE_OPENAI, reason="the openai SDK is not installed (pip install -e '.[test]')")
 def test_chat_skips_without_the_loopback_server(monkeypatch, tmp_path):
     from agentbook.bench import chatbench
 
@@ -294,7 +294,7 @@ def test_hand_written_approval_floor(tmp_path):
         hand.close()
 
 
-@pytest.mark.skipif(not HAVE_LANGGRAPH, reason="LangGraph is not installed")
+@pytest.mark.skipif(not HAVE_LANGGRAPH, reason="LangGraph is not installed (pip install -e '.[test]')")
 def test_langgraph_approval_and_history_peers(tmp_path):
     from agentbook.bench.peers import load_peer
 
@@ -354,3 +354,19 @@ def test_table_and_targets():
     assert skipped.met is None
     table = format_table([good, small, skipped])
     assert "ratio >= 0.5" in table and "skipped - LangGraph is not installed" in table
+
+
+def test_quick_mode_judges_no_target():
+    """--quick's figures mean nothing: its table says n/a where the full one says yes/NO, and
+    its JSON has met null; it stays small (hibernated_memory took 8-16 s at 2000 agents)."""
+    from agentbook.bench.report import Result, Target, format_table, to_json
+
+    slow = Result.from_rounds("slow", "msg/s", [(1.0, 4.0)], Target("ratio", ">=", 0.5), "n")
+    plain = Result.from_rounds("plain", "msg/s", [(1.0, 4.0)], None, "n")
+    assert slow.met is False
+    full, quick = format_table([slow, plain]), format_table([slow, plain], quick=True)
+    assert full.splitlines()[2].endswith("NO") and full.splitlines()[3].endswith("-")
+    assert quick.splitlines()[2].endswith("n/a") and " NO" not in quick
+    assert to_json([slow], quick=True)["slow"]["met"] is None
+    assert to_json([slow])["slow"]["met"] is False
+    assert Sizes.quick().memory_agents <= 100 and Sizes.quick().memory_floor_agents <= 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
@@ -167,7 +168,8 @@ def test_demo_quick_runs_offline_on_a_temporary_store(capsys, monkeypatch, tmp_p
     assert code == 0 and err == ""
     assert "raised ValueError: no open ticket #7 (nothing kept)" in out
     assert "{'open': 1, 'closed': 1}" in out
-    assert "3 agents, 8 versions, 1 failed call rolled back" in out.splitlines()[-1]
+    assert "3 agents, 8 versions, 1 failed call rolled back" in out
+    assert "The store was temporary and is gone. Next:" in out and "--path DIR" in out
     assert os.listdir(tmp_path) == []
 
 
@@ -179,15 +181,54 @@ def test_demo_keeps_its_store_with_path_for_the_read_commands(tmp_path, capsys):
     assert_one_line_error(*run(capsys, "demo", "--quick", "--path", path), "empty folder")
 
 
-def test_demo_simulates_a_week_and_writes_its_plots(capsys, tmp_path):
+def test_demo_simulates_the_days_asked_and_says_what_it_counted(capsys, tmp_path):
     plots = tmp_path / "plots"
-    code, out, _ = run(capsys, "demo", "--customers", "40", "--days", "3", "--plots", str(plots))
+    code, out, err = run(capsys, "demo", "--customers", "40", "--days", "3", "--plots", str(plots))
     assert code == 0
-    assert "A week of 40 customers" in out and "What if refunds were generous" in out
-    assert "tickets per day" in out and "approvals" in out
+    assert err == "", "piped: no progress lines (a bar is drawn only on a terminal)"
+    assert out.startswith("agentbook demo: 40 customers and a support desk, 3 simulated days")
+    assert "week" not in out.split("DuckDB")[0].lower(), "3 days are not a week"
+    assert "3 simulated days of 40 customers took" in out
+    assert "versions recorded: one per message an agent handled and committed" in out
+    assert "The fork below added" in out and "replayed on the fork 'desk-generous'" in out
+    assert "tickets per day:" in out and "Thu 2026-01-01" in out and "00:00:00" not in out
+    assert "approvals:" in out
     assert sorted(os.listdir(plots)) == ["agentbook-latency.png", "agentbook-schedule.png",
                                          "agentbook-throughput.png"]
+    assert "The store was temporary and is gone" in out
+    assert "agentbook demo --path DIR" in out and "notebooks/" in out and "agentbook bench" in out
     assert_one_line_error(*run(capsys, "demo", "--days", "1"), "at least")
+
+
+def test_demo_kept_store_holds_the_counts_it_printed(capsys, tmp_path):
+    from agentbook.cli.demo import FORK, run_week
+
+    path = str(tmp_path / "week")
+    figures = run_week(customers=15, days=2, path=path, plots_dir=None)
+    out = capsys.readouterr().out
+    assert "2 simulated days of 15 customers" in out and f"The store is kept in {path}" in out
+    assert f"agentbook ls --path {path}" in out
+    with ab.Runtime(path, events=False) as rt:
+        frame = rt.sql(f"SELECT name = '{FORK}' AS fork, count(*) AS n FROM history GROUP BY ALL")
+    counts = {bool(f): int(n) for f, n in zip(frame["fork"], frame["n"], strict=True)}
+    assert counts == {False: figures["versions"], True: figures["fork_versions"]}
+    assert f"{figures['versions']} versions recorded" in out
+    assert f"added {figures['fork_versions']} more" in out
+
+
+def test_demo_draws_its_progress_in_place_on_a_terminal(capsys, monkeypatch):
+    from agentbook.cli.demo import run_week
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    run_week(customers=10, days=2, plots_dir=None)
+    drawn = terminal.getvalue()
+    assert "%|" in drawn and "\r" in drawn
+    assert "\n" not in drawn, "one line, redrawn: never a new line per step"
 
 
 def test_bench_says_so_when_the_suite_is_missing(capsys, monkeypatch):

@@ -120,16 +120,22 @@ async def test_a_store_left_by_a_killed_writer_is_checked_on_a_copy(tmp_path: Pa
     assert _files(killed) == before
 
 
-async def test_a_quarantined_store_is_listed_and_released_after_a_restore(tmp_path: Path) -> None:
+async def _quarantined(tmp_path: Path) -> tuple[Path, Path, ab.Runtime]:
+    """A folder whose agent ``a`` was damaged and quarantined at its next message (a copy
+    of its sound file kept as a backup), and the runtime that found it."""
     root = await _folder(tmp_path)
     path = root / "agents" / "DocLedger" / "a.db"
     backup = tmp_path / "backup-a.db"
     shutil.copyfile(path, backup)
     path.write_bytes(b"this is no longer a database" * 200)
-
     rt = ab.Runtime(root, clock=ab.VirtualClock())
     with pytest.raises(ab.StoreCorruptError, match="doctor"):
         await rt.get(DocLedger, "a").note("x")
+    return root, backup, rt
+
+
+async def test_a_quarantined_store_is_listed_and_released_after_a_restore(tmp_path: Path) -> None:
+    root, backup, rt = await _quarantined(tmp_path)
     assert await rt.get(DocLedger, "b").note("still fine") == 4
     held = [r for r in check_stores(root) if r["kind"] == "quarantined"]
     assert [(r["class"], r["name"], r["ok"], r["in_service"]) for r in held] == [
@@ -204,3 +210,74 @@ def test_check_file_names_an_unreadable_file_by_its_path(tmp_path: Path) -> None
     path.write_bytes(b"garbage" * 1000)
     entry = check_file(path)
     assert (entry["class"], entry["name"], entry["ok"]) == ("Thing", "zed", False)
+
+
+# -- the command: agentbook doctor [--check-stores] [--path P] ----------------------------------
+def _doctor(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from agentbook.cli.main import main
+
+    code = main(["doctor", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_check_stores_without_a_store_is_one_error_and_never_says_ready(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for where, what in ((tmp_path / "nope", "does not exist"), (tmp_path, "holds no agentbook")):
+        code, out, err = _doctor(capsys, "--check-stores", "--path", str(where))
+        assert code == 2 and out == "", "nothing printed before the error, no 'ready'"
+        assert err.startswith("agentbook: error: ") and what in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == [], "nothing created"
+
+
+async def test_check_stores_ends_with_one_verdict_over_both_checks(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = await _folder(tmp_path)
+    code, out, _ = _doctor(capsys, "--check-stores", "--path", str(root))
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == "agentbook is ready."
+    assert lines[-2] == "2 stores checked: 0 damaged, 0 quarantined"
+    assert out.count("agentbook is ready.") == 1
+    _flip_in_history(root / "agents" / "DocLedger" / "b.db", b'"b-note-1"')
+    code, out, _ = _doctor(capsys, "--check-stores", "--path", str(root))
+    assert code == 1 and "ready" not in out
+    assert out.splitlines()[-1].endswith("1 store damaged or quarantined (see above).")
+
+
+def test_a_store_folder_that_does_not_exist_is_not_called_writable_as_it_is(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agentbook.cli.envcheck import check_environment
+
+    def store_check(path: Path) -> dict:
+        return next(c for c in check_environment(str(path)) if c["what"] == "store folder writable")
+
+    missing = store_check(tmp_path / "new" / "store")
+    assert missing["ok"], "a runtime creates it"
+    assert missing["detail"] == (f"{tmp_path / 'new' / 'store'} (does not exist yet; "
+                                 f"ab.Runtime({str(tmp_path / 'new' / 'store')!r}) creates it "
+                                 f"in {tmp_path})")
+    (tmp_path / "file").write_text("not a folder")
+    for blocked in (tmp_path / "file", tmp_path / "file" / "store"):
+        check = store_check(blocked)
+        assert not check["ok"] and "make" in check["fix"], blocked
+    assert store_check(tmp_path)["detail"] == str(tmp_path)
+    code, out, _ = _doctor(capsys, "--path", str(tmp_path / "file" / "store"))
+    assert code == 1 and "FIX   store folder writable" in out and "ready" not in out
+
+
+async def test_the_command_releases_a_quarantined_store_from_a_backup(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root, backup, rt = await _quarantined(tmp_path)
+    await rt.aclose()
+    code, out, err = _doctor(capsys, "--release", "DocLedger/a", "--path", str(root))
+    assert code == 2 and out == "" and "still fails its checks" in err and "--force" in err
+    code, out, err = _doctor(capsys, "--release", "DocLedger/a", "--restored", str(backup),
+                             "--path", str(root))
+    assert code == 0, err
+    assert out == ("released DocLedger/a: agents/DocLedger/a.db is in service again, version 4 "
+                   "(sound); it starts at its next message\n")
+    assert exit_status(check_stores(root)) == 0
+    code, _, err = _doctor(capsys, "--release", "DocLedger", "--path", str(root))
+    assert code == 2 and "CLASS/NAME" in err
+    code, _, err = _doctor(capsys, "--force", "--path", str(root))
+    assert code == 2 and "go with --release" in err

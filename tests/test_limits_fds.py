@@ -16,7 +16,7 @@ import pytest
 
 from agentbook.store import fds
 
-resource = pytest.importorskip("resource")
+resource = pytest.importorskip("resource", reason="file-descriptor limits are Unix only")
 
 
 def _low(limit: int):

@@ -9,6 +9,7 @@ schema is not a schema. Nothing here sleeps to wait: events and futures, with ti
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -312,6 +313,20 @@ async def test_round_trips_through_agentbook_keep_up_with_the_bare_client():
     figures = await measure(calls=100, rounds=5, server="time")
     print(figures)
     assert figures["ratio"] >= 0.4, figures
+
+
+async def test_the_round_trip_measure_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    from tests.mcp.roundtrips import measure
+
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))  # this process
+    monkeypatch.setenv("TMPDIR", str(private))  # and the server it starts
+    figures = await measure(calls=3, rounds=1, server="raw")
+    assert figures["agentbook_per_s"] > 0
+    assert os.listdir(private) == []
 
 
 def test_without_the_sdk_mcp_is_a_typed_error_naming_the_pip_command(monkeypatch):

@@ -21,7 +21,7 @@ from tests.mcp.peers import serve_asgi
 from tests.mcp.served import McpNotes
 
 mcp = pytest.importorskip("mcp", reason="the mcp extra is not installed: pip install 'agentbook[mcp]'")
-httpx2 = pytest.importorskip("httpx2")
+httpx2 = pytest.importorskip("httpx2", reason="httpx2 comes with the mcp extra: pip install 'agentbook[mcp]'")
 
 ROOT = Path(__file__).parent.parent
 

@@ -25,7 +25,8 @@ async def ray_rt(tmp_path, ray_cluster):
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed")
+    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
+                                                 "(pip install 'agentbook[ray]')")
     import os
 
     if ray.is_initialized():

@@ -26,7 +26,8 @@ served = serve_agents.served  # the fixture (pytest finds it by this name)
 NODE_DIR = Path(__file__).parent / "node"
 
 pytestmark = [
-    pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed"),
+    pytest.mark.skipif(shutil.which("node") is None, reason=(
+        "Node.js is not installed (apt-get install -y nodejs npm, then npm ci --prefix tests/node)")),
     pytest.mark.skipif(not (NODE_DIR / "node_modules" / "@ai-sdk" / "react").is_dir(),
                        reason="Cloudflare's chat client is not installed: npm ci --prefix tests/node"),
 ]

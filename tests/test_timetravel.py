@@ -266,6 +266,21 @@ async def test_prune_shrinks_the_range_and_says_so(rt):
     assert len(ref.history(limit=100, failures=False)) == 4
 
 
+async def test_keep_last_counts_only_the_versions_time_travel_still_reaches(rt):
+    ref = rt.get(TTLedger, "prune-more")
+    for i in range(6):
+        await ref.add(i)
+    assert await ref.prune(keep_last=3) == 4
+    assert ref.history_range() == (5, 7)
+    # more than the agent still has: nothing to drop (it asked for version 1, long gone)
+    assert await ref.prune(keep_last=5) == 0
+    assert ref.history_range() == (5, 7)
+    copy = await ref.fork("prune-more-copy")  # a fork's own history starts at the fork
+    assert copy.history_range() == (7, 7)
+    assert await copy.prune(keep_last=2) == 0
+    assert copy.state == ref.state
+
+
 # -- the property: at(k) is what the agent was after step k --------------------------
 @settings(max_examples=25, deadline=None, stateful_step_count=12,
           suppress_health_check=[HealthCheck.function_scoped_fixture])

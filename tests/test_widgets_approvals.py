@@ -66,9 +66,32 @@ async def test_rows_show_agent_summary_side_effects_arguments_and_time_left(rt, 
     assert "Refund 20.0 for order o1" in info and "Refunds/desk" in info
     assert "charges the card back" in info
     assert "issue_refund(order_id=&quot;o1&quot;, amount=20.0)" in info
-    assert "1 h 00 min left" in inbox._rows[first][1].value
+    assert "1 h left" in inbox._rows[first][1].value
     assert "no expiry" in inbox._rows[second][1].value
     assert "<script>" not in inbox._rows[second][0].children[0].value  # escaped
+
+
+async def test_the_header_names_the_decider_only_when_one_was_given(rt):
+    """A container's login is ``root``: "you decide as root" is no one's name."""
+    await rt.get(Refunds, "desk").propose("o1", 20.0)
+    anonymous, named = inbox_widget(rt), inbox_widget(rt, by="ada")
+    try:
+        assert "decide as" not in anonymous._header.value
+        assert "you decide as ada" in named._header.value
+    finally:
+        anonymous.close()
+        named.close()
+
+
+async def test_time_left_reads_the_same_way_at_every_size(rt, clock, inbox):
+    desk = rt.get(Refunds, "desk")
+    ids = [await desk.propose(f"o{i}", 1.0, expires_in=s)
+           for i, s in enumerate([90, 600, 3600 + 52 * 60, 24 * 3600, 50 * 3600])]
+    labels = [inbox._rows[i][1].value for i in ids]
+    assert [label.split(">")[1].split("<")[0] for label in labels] == [
+        "90 s left", "10 min left", "1 h 52 min left", "1 d left", "2 d 2 h left"]
+    await clock.advance(hours=2)
+    assert "22 h left" in inbox._rows[ids[3]][1].value, "not '22 h 00 min' next to '1 d 0 h'"
 
 
 async def test_clicking_approve_runs_the_action_once_and_moves_the_row_to_recent(rt, inbox):

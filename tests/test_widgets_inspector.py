@@ -150,6 +150,14 @@ async def test_schedules_and_pending_approvals_show_and_go(rt, clock, desk, insp
     assert "schedule:execute" in text(inspector.events_html.value)
 
 
+async def test_times_in_events_read_as_clock_times_not_epoch_seconds(rt, desk, inspector):
+    await desk.later(60)
+    await settled(inspector)
+    events = text(inspector.events_html.value)
+    assert '"due": "Jan 01 00:01' in events
+    assert not re.search(r"\b1[0-9]{9}(\.[0-9]+)?\b", events), "no epoch seconds"
+
+
 async def test_failures_show_as_events_and_leave_the_state_alone(desk, inspector):
     with pytest.raises(ValueError):
         await desk.fail()

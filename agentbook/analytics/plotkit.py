@@ -21,13 +21,21 @@ if TYPE_CHECKING:
     from ..core.runtime import Runtime
 
 __all__ = ["AgentSelection", "When", "agent_keys", "canvas", "datenum", "datenum_epoch", "duration",
-           "epoch", "figure_class", "filters", "say", "time_axis", "views"]
+           "epoch", "figure_class", "filters", "nice_width", "per_unit", "say", "time_axis",
+           "views"]
 
 
 AgentSelection = Any  # an AgentRef, an Agent class, "Class", "Class/name", or an iterable of them
 
 
 When = float | datetime | None
+
+#: Bucket widths (seconds) :func:`nice_width` picks from.
+_WIDTHS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120,
+           300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 2 * 86400, 7 * 86400,
+           30 * 86400)
+#: Units a rate or a count per bucket is given in: ``(seconds, name)``.
+_UNITS = ((86400.0, "day"), (3600.0, "hour"), (60.0, "minute"), (1.0, "second"))
 
 
 def agent_keys(rt: Runtime, agents: AgentSelection) -> list[tuple[str, str]]:
@@ -62,11 +70,27 @@ def agent_keys(rt: Runtime, agents: AgentSelection) -> list[tuple[str, str]]:
     return keys
 
 
+def nice_width(lo: float, hi: float, most: int, smallest: float = 1.0) -> float:
+    """The narrowest "nice" bucket width (seconds, at least *smallest*) that cuts the epoch
+    seconds [lo, hi] into at most *most* buckets aligned on multiples of the width."""
+    return next((w for w in _WIDTHS if w >= smallest and hi // w - lo // w < most),
+                float(_WIDTHS[-1]))
+
+
+def per_unit(width: float) -> tuple[float, str]:
+    """The unit a count per *width* seconds reads best in: ``(seconds, "hour")`` for
+    buckets of an hour or more (less than a day), and so on down to seconds."""
+    return next(((s, n) for s, n in _UNITS if width >= s), _UNITS[-1])
+
+
 def time_axis(ax: Axes, lo: float, hi: float, since: When, until: When) -> None:
-    """UTC dates on the x axis, padded around [lo, hi] and clipped to since/until."""
+    """UTC dates on the x axis, padded around [lo, hi] and clipped to since/until.
+
+    The padding is a small share of the span (a second either side of a single instant), so
+    a three-second run fills the axis instead of sitting in a minute of margin."""
     import matplotlib.dates as mdates
 
-    pad = max((hi - lo) * 0.04, 60 / 86400)  # at least a minute either side
+    pad = (hi - lo) * 0.04 if hi > lo else 1 / 86400
     left = datenum_one(since) if since is not None else lo - pad
     right = datenum_one(until) if until is not None else hi + pad
     ax.set_xlim(left, right)

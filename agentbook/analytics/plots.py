@@ -31,10 +31,12 @@ from .plotkit import (
     AgentSelection,
     When,
     canvas,
-    datenum,
+    datenum_epoch,
     duration,
     figure_class,
     filters,
+    nice_width,
+    per_unit,
     say,
     time_axis,
     views,
@@ -58,6 +60,14 @@ _OUTCOME_STYLE: dict[str, tuple[str, str, bool, float, str]] = {
 }
 _OTHER_STYLE = ("d", "0.5", False, 30, "")
 _GREY = "0.6"
+#: ``schedule()`` cuts its time axis into at most this many buckets (of a nice width).
+_BUCKETS = 150
+#: A row with more ok runs than this in one bucket draws them as bars (runs per bucket).
+_CROWDED = 3
+#: Retried attempts sit this far above a row's centre line, dead letters this far below.
+_LANE = 0.27
+#: The bars of a crowded row reach this far either side of its centre line.
+_STRIP = 0.2
 
 
 class Plots:
@@ -89,9 +99,21 @@ class Plots:
         One row per ``Class.method`` (or per ``Class/name.method`` when at most five agents
         ran scheduled work). A grey tick marks when a run was due, a marker when it ran, and
         a grey line joins them, so late runs stand out. Markers: ok (blue dot), failed and
-        retried (orange x), failed for good (red X, a dead letter), skipped because its tick
-        was missed (hollow circle). The title gives the count and the median and 99th
-        percentile lateness of the runs that ran (skipped ones excluded).
+        retried (orange x, just above the row's line), failed for good (red X, a dead
+        letter, just below it), skipped because its tick was missed (hollow circle). Where
+        several failures of one kind fall in one bucket of time (the axis is cut into at
+        most 150), their count is written beside them, so they show at any zoom.
+
+        A row with more than three ok runs in one bucket (hundreds of runs over a week, or
+        many agents of one class) draws them as bars instead of markers piled into a solid
+        line: runs per bucket, on one scale for every such row (the legend gives the
+        bucket's width and the count of the tallest bar). There, only runs late by half a
+        bucket or more keep their marker and line.
+
+        The title gives the count and the median, 99th percentile and worst lateness of the
+        runs that ran (skipped ones excluded), or says that every run started when it was
+        due. The time axis fits the runs, from seconds to months. Steps replayed on a fork
+        are not runs of their own and are left out.
 
         Args:
             agents: Which agents: ``None`` for all; an ``AgentRef``, an agent class, a class
@@ -131,7 +153,9 @@ class Plots:
         One row per group, slowest (by p99) on top: a histogram of durations on a log
         scale, with markers at the median (white dot), p95 (orange square) and p99 (red
         diamond); the numbers are written beside each row. Failed runs count (they took
-        time too); skipped scheduled ticks don't (nothing ran).
+        time too); skipped scheduled ticks and forks don't (no handler ran). Durations under
+        a microsecond have no honest place on a log scale: they are counted in a grey bar
+        labelled ``< 1 µs``, left of a break in the axis, with their share of the row.
 
         Args:
             by: Group by ``"method"`` (``Class.method``, the default), ``"agent"``
@@ -162,11 +186,14 @@ class Plots:
         until: When = None,
         every: float | timedelta | None = None,
     ) -> Figure:
-        """Versions committed per second over time, one line per agent class.
+        """Versions committed per unit of time, one line per agent class.
 
         Time is cut into equal bins (a "nice" width giving at most 60 of them, or
-        ``every``); each line is a class's versions in a bin divided by the bin's width.
-        Up to eight classes are drawn, the busiest first; the others are summed as "other".
+        ``every``); each line is a class's versions in a bin divided by the bin's width, in
+        the unit the width reads best in: per second for bins under a minute, per minute
+        under an hour, per hour under a day, per day beyond (a simulated week, in bins of
+        three hours, reads "versions per hour"). Up to eight classes are drawn, the busiest
+        first; the others are summed as "other".
 
         Args:
             agents: Which agents, as in :meth:`schedule`.
@@ -275,7 +302,8 @@ def _scheduled_runs(rt: Runtime, agents: AgentSelection, since: When, until: Whe
     """Every scheduled or queued run of the selected agents, oldest first.
 
     A run is a history row whose ``due`` is set: one per attempt (``ok``, ``retry``,
-    ``dead``) or skipped tick (``skipped``). Read from the DuckDB ``history`` view: one
+    ``dead``) or skipped tick (``skipped``); replayed steps (on a fork, by ``replay`` or
+    ``sweep``) are left out. Read from the DuckDB ``history`` view: one
     query, however many agents (paging each agent's ``ref.history()`` took seconds for
     a thousand of them).
 
@@ -285,7 +313,9 @@ def _scheduled_runs(rt: Runtime, agents: AgentSelection, since: When, until: Whe
     """
 
     where, params = filters(rt, agents, since, until)
-    conditions = " AND ".join(["due IS NOT NULL", "version IS NOT NULL", *where])
+    # a replayed step re-enacts a run on a fork (at the time it first ran): not a run of its own
+    conditions = " AND ".join(["due IS NOT NULL", "version IS NOT NULL",
+                               "coalesce(source, '') NOT LIKE 'replay:%'", *where])
     runs = views(rt).execute(
         f"SELECT agent, name, method, due, ts, outcome FROM history WHERE {conditions}"
         " ORDER BY ts, due, agent, name, version", params).df()
@@ -303,21 +333,44 @@ def _row_labels(runs: pd.DataFrame) -> pd.Series:
 
 def _draw_schedule(ax: Axes, runs: pd.DataFrame, labels: pd.Series, since: When,
                    until: When) -> None:
-    """Draw :func:`_scheduled_runs` rows (not empty) on *ax*, one y row per label."""
+    """Draw :func:`_scheduled_runs` rows (not empty) on *ax*, one y row per label.
+
+    Each row has three lanes: runs that went through (ok, or skipped) on its centre line,
+    retried attempts just above it and dead letters just below, so a failure is never
+    hidden under another marker. Where failures of one kind crowd into one bucket of time
+    (the axis is cut into at most :data:`_BUCKETS`), their count is written beside them.
+    A row whose ok runs crowd (more than :data:`_CROWDED` in one bucket) draws them as a
+    strip of bars, runs per bucket (one scale for every such row), instead of markers stacked
+    into a solid line; there
+    only runs that were visibly late (by half a bucket or more) keep their marker, due tick
+    and lateness line.
+    """
     import numpy as np
     from matplotlib.collections import LineCollection
 
     rows = sorted(labels.unique())
-    y = labels.map({label: i for i, label in enumerate(rows)}).to_numpy(dtype=float)
-    due, ts = datenum(runs["due"]), datenum(runs["ts"])
-
-    segments = np.stack([np.column_stack([due, y]), np.column_stack([ts, y])], axis=1)
-    lines = LineCollection(list(segments), colors=_GREY, linewidths=1.4, zorder=1, label="due → ran",
-                           gid="lateness")
-    ax.add_collection(lines, autolim=False)
-    ax.scatter(due, y, marker="|", s=110, color=_GREY, linewidths=1.4, zorder=2,
-               label="due", gid="planned")
+    row = labels.map({label: i for i, label in enumerate(rows)}).to_numpy(dtype=int)
+    due_s = runs["due"].astype("int64").to_numpy() / 1e9
+    ts_s = runs["ts"].astype("int64").to_numpy() / 1e9
+    lo, hi = float(min(due_s.min(), ts_s.min())), float(max(due_s.max(), ts_s.max()))
+    width = nice_width(lo, hi, _BUCKETS, smallest=0.001)
+    bucket = np.floor(ts_s / width).astype(np.int64)
     outcomes = runs["outcome"].to_numpy()
+    crowded = _crowded_rows(row, bucket, outcomes == "ok")
+    y = row + np.select([outcomes == "retry", outcomes == "dead"], [-_LANE, _LANE], 0.0)
+    late = runs["lateness_s"].to_numpy() >= width / 2
+    binned = (outcomes == "ok") & np.isin(row, crowded) & ~late  # drawn as bars, not markers
+    due, ts = datenum_epoch(due_s), datenum_epoch(ts_s)
+
+    segments = np.stack([np.column_stack([due, y]), np.column_stack([ts, y])], axis=1)[~binned]
+    lines = LineCollection(list(segments), colors=_GREY, linewidths=1.4, zorder=1, gid="lateness",
+                           label="due → ran" if len(segments) else None)
+    ax.add_collection(lines, autolim=False)
+    ax.scatter(due[~binned], y[~binned], marker="|", s=110, color=_GREY, linewidths=1.4, zorder=2,
+               label="due" if len(segments) else None, gid="planned")
+    if crowded:
+        _draw_strips(ax, ts_s[binned], row[binned], crowded, width)
+    markers = ~binned
     for outcome in [*_OUTCOME_STYLE, *sorted(set(outcomes) - set(_OUTCOME_STYLE))]:
         hit = outcomes == outcome
         if not hit.any():
@@ -325,27 +378,88 @@ def _draw_schedule(ax: Axes, runs: pd.DataFrame, labels: pd.Series, since: When,
         marker, colour, hollow, size, text = _OUTCOME_STYLE.get(outcome, _OTHER_STYLE)
         paint: dict[str, Any] = ({"facecolors": "none", "edgecolors": colour} if hollow
                                  else {"color": colour})
-        ax.scatter(ts[hit], y[hit], marker=marker, s=size, zorder=3, gid=outcome, linewidths=1.3,
-                   label=f"{text or outcome} ({int(hit.sum())})", **paint)
+        drawn = hit & markers
+        ax.scatter(ts[drawn], y[drawn], marker=marker, s=size, zorder=3, gid=outcome,
+                   linewidths=1.3, label=f"{text or outcome} ({int(hit.sum())})", **paint)
+        if outcome in ("retry", "dead"):
+            _count_crowds(ax, ts_s[hit], row[hit], y[hit], bucket[hit], width, colour, outcome)
 
     ax.set_yticks(range(len(rows)), rows)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
-    time_axis(ax, min(due.min(), ts.min()), max(due.max(), ts.max()), since, until)
+    time_axis(ax, float(min(due.min(), ts.min())), float(max(due.max(), ts.max())), since, until)
     ax.grid(axis="x", color="0.92", linewidth=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0,
               fontsize="small")
+    ax.set_title(_schedule_title(runs), loc="left", fontsize="medium")
 
+
+def _crowded_rows(row: Any, bucket: Any, ok: Any) -> list[int]:
+    """The rows with more than :data:`_CROWDED` ok runs in one bucket of time."""
+    import numpy as np
+
+    if not ok.any():
+        return []
+    pairs, counts = np.unique(np.column_stack([row[ok], bucket[ok]]), axis=0, return_counts=True)
+    return sorted({int(r) for r in pairs[counts > _CROWDED, 0]})
+
+
+def _draw_strips(ax: Axes, ts_s: Any, row: Any, crowded: list[int], width: float) -> None:
+    """Runs per bucket as bars on each crowded row, on one scale for all of them: the tallest
+    bar is the busiest bucket of any row, its count in the legend."""
+    import numpy as np
+
+    unit, name = per_unit(width)
+    per = name if unit == width else f"{duration(width)}"
+    strips = []
+    for i in crowded:
+        times = ts_s[row == i]
+        if times.size:
+            first, last = np.floor(times.min() / width), np.floor(times.max() / width)
+            edges = np.arange(first, last + 2) * width
+            strips.append((i, edges, np.histogram(times, bins=edges)[0]))
+    tallest = max((int(counts.max()) for _, _, counts in strips), default=1)
+    for n, (i, edges, counts) in enumerate(strips):
+        base = i + _STRIP
+        share = np.where(counts > 0, np.maximum(counts / tallest, 0.08), 0.0)  # 1 run shows
+        ax.stairs(base - share * 2 * _STRIP, datenum_epoch(edges), baseline=base,
+                  fill=True, color="tab:blue", alpha=0.55, linewidth=0, zorder=2,
+                  gid="runs per bucket",
+                  label=f"ok runs per {per} (bars; the tallest: {tallest:,})" if n == 0 else None)
+
+
+def _count_crowds(ax: Axes, ts_s: Any, row: Any, y: Any, bucket: Any, width: float, colour: str,
+                  outcome: str) -> None:
+    """Beside each bucket holding several failures of one kind on one row, how many (in the
+    failures' colour)."""
+    import numpy as np
+
+    _, first, counts = np.unique(np.column_stack([row, bucket]), axis=0, return_index=True,
+                                    return_counts=True)
+    for at, n in zip(first, counts, strict=True):
+        if n > 1:
+            ax.annotate(f"{n}", (float(datenum_epoch(ts_s[at])), float(y[at])),
+                        xytext=(6, 0), textcoords="offset points", va="center",
+                        fontsize="x-small", color=colour, gid=f"{outcome} count")
+
+
+def _schedule_title(runs: pd.DataFrame) -> str:
+    """How many runs, and how late the ones that ran were: p50, p99 and the worst (or that
+    every one started when it was due)."""
     ran = runs.loc[runs["outcome"] != "skipped", "lateness_s"]
     if ran.empty:
         lateness = "nothing ran"
+    elif ran.max() == 0:
+        lateness = "every run started when it was due"
     else:
-        p50, p99 = ran.quantile(0.5), ran.quantile(0.99)
+        p50, p99, worst = ran.quantile(0.5), ran.quantile(0.99), ran.max()
         lateness = f"lateness p50 {duration(p50)}, p99 {duration(p99)}"
-    count = f"{len(runs)} scheduled run{'s' if len(runs) != 1 else ''}"
-    ax.set_title(f"{count} · {lateness}", loc="left", fontsize="medium")
+        if duration(worst) != duration(p99):  # a few late runs hide under the percentiles
+            lateness += f", max {duration(worst)}"
+    count = f"{len(runs):,} scheduled run{'s' if len(runs) != 1 else ''}"
+    return f"{count} · {lateness}"
 
 
 def __getattr__(name: str) -> Any:

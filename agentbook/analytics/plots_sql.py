@@ -10,9 +10,11 @@ Distributions are drawn on a log scale, one row per group with the worst p99 on 
 histogram "ridge" of the values, markers at p50 / p95 / p99 and the numbers beside the
 row. A value of zero has no place on a log scale; zeros (a queued item that started at the
 very instant it was queued, as on a virtual clock) get a grey bar of their own, left of
-the other values, labelled ``0`` and with their share of the row written on it. The bar
-and the histogram are each scaled to the row's height: compare their shapes, and read the
-counts from the numbers.
+the other values past a break in the axis, labelled ``0`` and with their share of the row
+written on it. Handler durations are floored the same way: a run under a microsecond was
+not measured, only bounded, so it joins a bar labelled ``< 1 µs`` instead of stretching the
+axis over decades nothing was measured in. The bar and the histogram are each scaled to the
+row's height: compare their shapes, and read the counts from the numbers.
 """
 
 from __future__ import annotations
@@ -21,7 +23,18 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import UsageError
-from .plotkit import AgentSelection, When, canvas, duration, filters, say, time_axis, views
+from .plotkit import (
+    AgentSelection,
+    When,
+    canvas,
+    duration,
+    filters,
+    nice_width,
+    per_unit,
+    say,
+    time_axis,
+    views,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -46,10 +59,11 @@ _STEP_GROUPS = {"step": "agent || '.' || method || ' · ' || step",
 #: Percentile markers: ``gid: (marker, face colour, edge colour, size)``.
 _MARKS = {"p50": ("o", "white", "black", 34), "p95": ("s", "tab:orange", "tab:orange", 26),
           "p99": ("D", "tab:red", "tab:red", 26)}
-#: Bin widths (seconds) ``throughput()`` picks from: the narrowest giving at most _MAX_BARS.
-_WIDTHS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200,
-           86400, 2 * 86400, 7 * 86400, 30 * 86400)
+#: ``throughput()`` picks the narrowest nice bin width (of a second at least) giving at most
+#: this many bins.
 _MAX_BARS = 60
+#: How a rate's unit is written after a slash.
+_SHORT_UNITS = {"second": "s", "minute": "min", "hour": "h", "day": "d"}
 #: ``throughput()`` draws at most this many lines; further classes are summed as "other".
 _MAX_LINES = 8
 #: Queued runs with their attempt number (a retry keeps the occurrence id of the first).
@@ -58,6 +72,8 @@ _QUEUED = ("(SELECT *, row_number() OVER (PARTITION BY agent, name, occurrence O
            " AND version IS NOT NULL)")
 #: The zero bar sits this far left of the first bin, as a fraction of the axis' decades.
 _ZERO_GAP = 0.1
+#: Handler durations under this (seconds) are drawn as "under it", not on the log scale.
+_LATENCY_FLOOR = 1e-6
 
 
 # -- the figures --------------------------------------------------------------------------------
@@ -65,8 +81,10 @@ def draw_latency(rt: Runtime, by: str, agents: AgentSelection, ax: Axes | None, 
                  until: When, top: int) -> Figure:
     """:meth:`agentbook.plots.Plots.latency`."""
     where, params = filters(rt, agents, since, until)
-    where += ["duration_ms IS NOT NULL", "outcome <> 'skipped'"]  # a skipped tick ran nothing
-    dist = _distribution(rt, "duration_ms / 1000.0", _group_sql(by), where, params, top)
+    # a skipped tick ran nothing, and a fork's version copies its parent's: no handler ran
+    where += ["duration_ms IS NOT NULL", "outcome <> 'skipped'", "source NOT LIKE 'fork:%'"]
+    dist = _distribution(rt, "duration_ms / 1000.0", _group_sql(by), where, params, top,
+                         floor=_LATENCY_FLOOR)
     return _draw(ax, dist, f"Handler duration by {by}", "duration of one run (log scale)",
                  "handler runs", by, top, since, until)
 
@@ -90,7 +108,7 @@ def draw_throughput(rt: Runtime, agents: AgentSelection, ax: Axes | None, since:
     rates, width = _throughput(rt, where, params, None if every is None else _seconds(every))
     fig, ax = canvas(ax, rows=6)
     if rates.empty:
-        say(ax, _nothing("versions", since, until), "Versions per second")
+        say(ax, _nothing("versions", since, until), "Versions committed")
         return fig
     _draw_throughput(ax, rates, width, since, until)
     return fig
@@ -142,6 +160,7 @@ class _Distribution(NamedTuple):
     edges: np.ndarray  #: the bins' edges, log-spaced
     rows: int  #: values counted in every group, drawn or not
     groups: int  #: groups in all
+    floor: float  #: values under it (and zeros) are counted in ``zeros``, not binned
 
 
 def _group_sql(by: str) -> str:
@@ -151,12 +170,13 @@ def _group_sql(by: str) -> str:
 
 
 def _distribution(rt: Runtime, value: str, group: str, where: list[str], params: dict[str, Any],
-                  top: int, source: str = "history") -> _Distribution:
+                  top: int, source: str = "history", floor: float = 0.0) -> _Distribution:
     """Percentiles and a log-spaced histogram of *value* (seconds) per *group*, in DuckDB.
 
     Keeps the *top* groups with the highest p99. Percentiles are DuckDB's ``quantile_cont``
     (linear interpolation, as ``numpy.quantile``) of the values, zeros included; the bins
-    cover the positive values, from the decade below the smallest to the largest.
+    cover the positive values from *floor* up, from the decade below the smallest to the
+    largest. Zeros and values under *floor* are counted apart.
     """
     import numpy as np
 
@@ -165,22 +185,24 @@ def _distribution(rt: Runtime, value: str, group: str, where: list[str], params:
     db = views(rt)
     conditions = " AND ".join([f"{value} IS NOT NULL", *where])
     rows = f"SELECT {group} AS label, {value} AS v FROM {source} WHERE {conditions}"
+    measured = f"v > 0 AND v >= {float(floor)!r}"
     stats = db.execute(
         "SELECT label, count(*) AS n, quantile_cont(v, 0.5) AS p50, quantile_cont(v, 0.95) AS p95,"
-        " quantile_cont(v, 0.99) AS p99, min(v) FILTER (WHERE v > 0) AS lo, max(v) AS hi,"
-        " count(*) FILTER (WHERE v <= 0) AS zeros, count(*) OVER () AS groups,"
+        f" quantile_cont(v, 0.99) AS p99, min(v) FILTER (WHERE {measured}) AS lo, max(v) AS hi,"
+        f" count(*) FILTER (WHERE NOT ({measured})) AS zeros, count(*) OVER () AS groups,"
         f" sum(count(*)) OVER () AS total FROM ({rows}) GROUP BY label"
         f" ORDER BY p99 DESC, label LIMIT {int(top)}", params).df()
     if stats.empty:
         return _Distribution(stats, np.zeros((0, _BINS)), np.zeros(0),
-                             np.geomspace(1e-3, 1e-2, _BINS + 1), 0, 0)
+                             np.geomspace(1e-3, 1e-2, _BINS + 1), 0, 0, floor)
     lo, hi = stats["lo"].min(), stats["hi"].max()
-    left = 1e-3 if lo != lo else 10.0 ** np.floor(np.log10(lo))  # lo is NaN: only zeros
+    # lo is NaN: only zeros (or values under the floor)
+    left = max(1e-3, floor) if lo != lo else 10.0 ** np.floor(np.log10(lo))
     right = max(float(hi), left * 10) * (1 + 1e-9)
     edges = np.geomspace(left, right, _BINS + 1)
     binned = db.execute(
         f"SELECT label, least(CAST(floor((log10(v) - $l0) / $step) AS BIGINT), {_BINS - 1})"
-        f" AS bin, count(*) AS n FROM ({rows}) WHERE v > 0"
+        f" AS bin, count(*) AS n FROM ({rows}) WHERE {measured}"
         " AND label IN (SELECT unnest($labels::VARCHAR[])) GROUP BY ALL",
         {**params, "l0": float(np.log10(left)),
          "step": float((np.log10(right) - np.log10(left)) / _BINS),
@@ -191,7 +213,7 @@ def _distribution(rt: Runtime, value: str, group: str, where: list[str], params:
         hist[index[str(label)], max(int(b), 0)] += n
     return _Distribution(stats[["label", "n", "p50", "p95", "p99"]].astype({"label": str}), hist,
                          stats["zeros"].to_numpy(dtype=float), edges,
-                         int(stats["total"].iloc[0]), int(stats["groups"].iloc[0]))
+                         int(stats["total"].iloc[0]), int(stats["groups"].iloc[0]), floor)
 
 
 def _throughput(rt: Runtime, where: list[str], params: dict[str, Any],
@@ -213,7 +235,7 @@ def _throughput(rt: Runtime, where: list[str], params: dict[str, Any],
     if lo is None:
         return pd.DataFrame(), width or 1.0
     if width is None:
-        width = next((w for w in _WIDTHS if hi // w - lo // w < _MAX_BARS), _WIDTHS[-1])
+        width = nice_width(lo, hi, _MAX_BARS)
     counts = db.execute(
         "SELECT agent, CAST(floor(epoch(ts) / $width) AS BIGINT) AS bin, count(*) AS n"
         f" FROM history WHERE {cond} GROUP BY ALL", {**params, "width": float(width)}).df()
@@ -261,14 +283,15 @@ def _draw_distribution(ax: Axes, dist: _Distribution, xlabel: str) -> None:
                         fontsize="x-small", color="0.3", gid="zero share")
     for gid, (marker, face, edge, size) in _MARKS.items():
         values = stats[gid].to_numpy(dtype=float)
-        ax.scatter(np.where(values > 0, values, zero), np.arange(n, dtype=float), marker=marker,
+        measured = (values > 0) & (values >= dist.floor)
+        ax.scatter(np.where(measured, values, zero), np.arange(n, dtype=float), marker=marker,
                    s=size, facecolors=face, edgecolors=edge, linewidths=1.2, zorder=3, gid=gid,
                    label=gid, clip_on=False)
     beside = blended_transform_factory(ax.transAxes, ax.transData)
     for i, row in enumerate(stats.itertuples(index=False)):
-        ax.text(1.01, i, f"p50 {_short_duration(row.p50)} · p95 {_short_duration(row.p95)} · "
-                f"p99 {_short_duration(row.p99)}  ({row.n:,})", transform=beside, va="center",
-                fontsize="small", gid="numbers")
+        p50, p95, p99 = (_floored(v, dist.floor) for v in (row.p50, row.p95, row.p99))
+        ax.text(1.01, i, f"p50 {p50} · p95 {p95} · p99 {p99}  ({row.n:,})", transform=beside,
+                va="center", fontsize="small", gid="numbers")
 
     ax.set_xscale("log")
     pad = 10 ** (0.03 * max(np.log10(right / left), 1.0))  # room for the last marker
@@ -277,10 +300,12 @@ def _draw_distribution(ax: Axes, dist: _Distribution, xlabel: str) -> None:
                                         int(np.floor(np.log10(right))) + 1)]
     labels = [_decade(d) for d in decades]
     ax.set_xticks([zero, *decades] if has_zeros else decades,
-                  ["0", *labels] if has_zeros else labels)
+                  [_floored(0.0, dist.floor) if dist.floor else "0", *labels] if has_zeros
+                  else labels)
     ax.xaxis.set_minor_formatter(mticker.NullFormatter())
-    if has_zeros:
+    if has_zeros:  # the zero bar is not on the log scale: break the axis between the two
         ax.axvline(left, color="0.75", linewidth=0.8, linestyle=":", zorder=0)
+        _axis_break(ax, zero * gap ** 0.6)
     ax.set_yticks(range(n), stats["label"].tolist())
     ax.set_ylim(n - 0.5, -0.5)
     ax.set_xlabel(xlabel)
@@ -294,23 +319,28 @@ def _draw_distribution(ax: Axes, dist: _Distribution, xlabel: str) -> None:
 
 def _draw_throughput(ax: Axes, rates: pd.DataFrame, width: float, since: When,
                      until: When) -> None:
-    """One step line per class (versions per second in each bin) and, for several, the sum."""
+    """One step line per class (versions per unit of time in each bin) and, for several, the sum.
+
+    The unit follows the bin width (see :func:`~agentbook.analytics.plotkit.per_unit`): a
+    simulated week in bins of two hours reads in versions per hour, not 0.09 per second."""
     import numpy as np
 
     from .plotkit import datenum_epoch
 
+    unit, name = per_unit(width)
+    short = _SHORT_UNITS[name]
     starts = rates.index.to_numpy(dtype=float)
     edges = datenum_epoch(np.append(starts, starts[-1] + width))
     for i, cls in enumerate(rates.columns):
-        ax.stairs(rates[cls].to_numpy(), edges, label=cls, gid="rate", linewidth=1.6,
+        ax.stairs(rates[cls].to_numpy() * unit, edges, label=cls, gid="rate", linewidth=1.6,
                   color="0.45" if cls == "other" else f"C{i}", baseline=None)
     total = rates.sum(axis=1).to_numpy()
     if rates.shape[1] > 1:
-        ax.stairs(total, edges, label="all", gid="total", linewidth=1, linestyle="--",
+        ax.stairs(total * unit, edges, label="all", gid="total", linewidth=1, linestyle="--",
                   color="0.2", baseline=None)
-    ax.set_ylim(0, max(float(total.max()), 1e-9) * 1.08)
+    ax.set_ylim(0, max(float(total.max()) * unit, 1e-9) * 1.08)
     time_axis(ax, edges[0], edges[-1], since, until)
-    ax.set_ylabel("versions per second")
+    ax.set_ylabel(f"versions per {name}")
     ax.grid(color="0.92", linewidth=0.8)
     ax.set_axisbelow(True)
     for side in ("top", "right"):
@@ -318,12 +348,31 @@ def _draw_throughput(ax: Axes, rates: pd.DataFrame, width: float, since: When,
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, borderaxespad=0,
               fontsize="small")
     versions = round(float(total.sum()) * width)
-    ax.set_title(f"Versions per second · {_count(versions, 'version')} · peak "
-                 f"{total.max():.3g}/s · bins of {duration(width)}", loc="left",
+    ax.set_title(f"Versions per {name} · {_count(versions, 'version')} · peak "
+                 f"{total.max() * unit:.3g}/{short} · bins of {duration(width)}", loc="left",
                  fontsize="medium")
 
 
+def _axis_break(ax: Axes, x: float) -> None:
+    """Two slanted strokes across the x axis at *x* (data): the axis is broken there."""
+    from matplotlib.path import Path
+    from matplotlib.transforms import blended_transform_factory
+
+    strokes = Path([(-1.6, -1.0), (-0.4, 1.0), (0.4, -1.0), (1.6, 1.0)],
+                   [Path.MOVETO, Path.LINETO, Path.MOVETO, Path.LINETO])
+    ax.plot([x], [0.0], transform=blended_transform_factory(ax.transData, ax.transAxes),
+            marker=strokes, markersize=9, markeredgewidth=1.1, color="0.25", linestyle="none",
+            clip_on=False, zorder=4, gid="axis break")
+
+
 # -- words -------------------------------------------------------------------------------------
+def _floored(seconds: float, floor: float) -> str:
+    """A value as :func:`_short_duration` writes it, or ``< 1 µs`` under a non-zero *floor*."""
+    if floor > 0 and seconds < floor:
+        return f"< {_short_duration(floor)}"
+    return _short_duration(seconds)
+
+
 def _short_duration(seconds: float) -> str:
     """Like :func:`agentbook.plots.duration`, with µs and three digits below a second."""
     size = abs(seconds)

@@ -42,6 +42,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import LimitError, ReadOnlyError, SQLError, StoreError, UsageError
+from ..progress import bar
 from ..store import events as event_log
 from ..store import fds, files, messages
 from ..store.history import state_at
@@ -187,7 +188,9 @@ class Analytics:
         self._changed.clear()
         read: list[tuple[Key, int]] = []  # (agent, rows read), in the order of the rows
         added = 0
-        progress = _Progress(len(todo)) if len(todo) > 200 else None
+        # many agents: a bar (a widget in a notebook, a line on a terminal) after half a second
+        progress = (bar(len(todo), "catching up", unit="agents", delay=0.5)
+                    if len(todo) > 200 else None)
         chat: dict[str, list] = {"messages": [], "tool_calls": []}
         paused = gc.isenabled() and len(todo) > 1
         if paused:  # millions of row tuples: no cyclic GC passes over them while reading
@@ -278,10 +281,19 @@ class Analytics:
             self.db.unregister("ab_events")
 
     def _collect(self, todo: list[Key], columns: dict[str, list], read: list[tuple[Key, int]],
-                 chat: dict[str, list], progress: _Progress | None) -> None:
+                 chat: dict[str, list], progress: Any) -> None:
         """Read the new history rows of *todo* into *columns* (one list per column)."""
+        try:
+            self._collect_rows(todo, columns, read, chat, progress)
+        finally:
+            if progress is not None:
+                progress.close()
+
+    def _collect_rows(self, todo: list[Key], columns: dict[str, list],
+                      read: list[tuple[Key, int]], chat: dict[str, list],
+                      progress: Any) -> None:
         states = columns["state"]
-        for i, key in enumerate(todo):
+        for key in todo:
             rows = self._read_new(key, chat)
             if rows:
                 self._marks[key] = rows[-1][0]
@@ -295,9 +307,7 @@ class Analytics:
                     seed = self._seeds.pop(key, None)
                     states[first] = _NO_STATE if seed is None else seed
             if progress is not None:
-                progress.update(i + 1)
-        if progress is not None:
-            progress.close()
+                progress.update(1)
 
     def _read_new(self, key: Key, chat: dict[str, list]) -> list[tuple]:
         from ..store import open_reader
@@ -850,40 +860,3 @@ def _unless_out_of_files(exc: Exception) -> None:
 def _short(exc: Exception) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-class _Progress:
-    """A progress bar: a widget in a notebook, a line on stderr in a terminal."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.start = time.monotonic()
-        self.bar: Any = None
-        self.last = 0.0
-        if "ipykernel" in sys.modules:
-            try:
-                import ipywidgets
-                from IPython.display import display
-
-                self.bar = ipywidgets.IntProgress(max=total, description="catching up")
-                display(self.bar)
-            except Exception:
-                self.bar = None
-
-    def update(self, done: int) -> None:
-        if self.bar is not None:
-            self.bar.value = done
-            return
-        if not sys.stderr.isatty():
-            return
-        now = time.monotonic()
-        if now - self.last > 0.5 or done == self.total:
-            self.last = now
-            sys.stderr.write(f"\ragentbook: catching up {done}/{self.total} agents")
-            sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elif time.monotonic() - self.start > 0.5 and sys.stderr.isatty():
-            sys.stderr.write("\n")

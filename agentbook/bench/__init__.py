@@ -4,8 +4,10 @@
 
 Every figure is agentbook against a floor (the same work by hand with the same
 libraries) or a peer (LangGraph), measured in one run, interleaved, median of the rounds
-(see BENCH.md). The table goes to stdout, progress to stderr. ``--quick`` uses tiny
-sizes: it checks that every benchmark still runs, its numbers mean nothing.
+(see BENCH.md). The table goes to stdout, progress to stderr (a bar drawn in place on a
+terminal, one line per benchmark otherwise). ``--quick`` uses tiny sizes: it checks that
+every benchmark still runs; its numbers mean nothing, so its table judges no target
+(``met`` says ``n/a``).
 
 Importing this package is cheap; the benchmarks load agentbook, psutil and LangGraph
 only when they run.
@@ -31,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Benchmark agentbook's core runtime against hand-written floors and peers.",
     )
     parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes, a few seconds: checks that every benchmark runs")
+                        help="tiny sizes (about half a minute): checks that every benchmark "
+                             "runs; the figures mean nothing and no target is judged")
     parser.add_argument("--json", metavar="PATH",
                         help="also write {name: {value, unit, floor, ratio, target, ...}} here")
     parser.add_argument("--only", metavar="NAME,...",
@@ -63,16 +66,41 @@ def run(quick: bool = False, only: list[str] | None = None, directory: str | Non
         sizes = dataclasses.replace(sizes, progress=False)
     folder = tempfile.mkdtemp(prefix="agentbook-bench-", dir=directory)
     t0 = time.perf_counter()
+    progress = None
+    if verbose:
+        from ..progress import bar
+
+        # a terminal: one bar drawn in place, a line per finished benchmark above it;
+        # piped (CI logs): the lines only
+        progress = bar(len(groups), "benchmarks", unit="groups", leave=False,
+                       bar_format="{desc:<28} {n_fmt}/{total_fmt} |{bar}| {elapsed}")
 
     def log(message: str) -> None:
-        if verbose:
-            print(f"[{time.perf_counter() - t0:6.1f}s] {message}", file=sys.stderr, flush=True)
+        if not verbose:
+            return
+        line = f"[{time.perf_counter() - t0:6.1f}s] {message}"
+        if progress is None or progress.disable:
+            print(line, file=sys.stderr, flush=True)
+        elif not message.endswith(" ..."):  # the bar names the benchmark running
+            progress.write(line, file=sys.stderr)
+
+    async def suite() -> list[Any]:
+        results: list[Any] = []
+        for group in groups:
+            if progress is not None:
+                progress.set_description_str(group)
+            results += await run_suite(sizes, folder, [group], log)
+            if progress is not None:
+                progress.update(1)
+        return results
 
     try:
         from .timing import run_coroutine
 
-        return run_coroutine(run_suite(sizes, folder, groups, log))
+        return run_coroutine(suite())
     finally:
+        if progress is not None:
+            progress.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -93,16 +121,17 @@ def main(argv: list[str] | None = None) -> int:
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     if args.dir:
         os.makedirs(args.dir, exist_ok=True)
-    mode = "quick (tiny sizes; figures mean nothing)" if args.quick else "full"
+    mode = ("quick (tiny sizes: checks that each benchmark runs; the figures mean nothing and "
+            "no target is judged)" if args.quick else "full")
     print(f"agentbook bench: {mode}, python {sys.version.split()[0]}", file=sys.stderr)
     try:
         results = run(quick=args.quick, only=only, directory=args.dir, verbose=True)
     except ValueError as exc:
         print(f"agentbook bench: {exc}", file=sys.stderr)
         return 2
-    print(format_table(results))
+    print(format_table(results, quick=args.quick))
     if args.json:
-        write_json(results, args.json)
+        write_json(results, args.json, quick=args.quick)
         print(f"wrote {args.json}", file=sys.stderr)
     failed = [r for r in results if r.skipped and r.skipped.startswith("error:")]
     return 1 if failed else 0

@@ -291,11 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", metavar="DIR", help="where the temporary stores go")
     args = parser.parse_args(argv)
     results = _run(args.quick, args.dir, verbose=True)
-    print(format_table(results))
+    print(format_table(results, quick=args.quick))
     for r in results:
         print(f"  {r.name}: {r.note}")
     if args.json:
-        write_json(results, args.json)
+        write_json(results, args.json, quick=args.quick)
     return 0
 
 

@@ -66,10 +66,15 @@ def _disk(folder: str) -> int:
     return total
 
 
-def _progress(show: bool, done: int, n: int, t0: float) -> None:
-    if show and (done == n or done % max(n // 10, 1) < _CHUNK):
-        rate = done / max(time.perf_counter() - t0, 1e-9)
-        print(f"    {done:>7}/{n} agents  ({rate:.0f}/s)", file=sys.stderr, flush=True)
+def _progress(show: bool, side: str, n: int) -> Any:
+    """A bar for creating *n* agents (on a terminal; nothing when piped), or ``None``.
+
+    It runs in the child, one line below the suite's own bar."""
+    if not show:
+        return None
+    from ..progress import bar
+
+    return bar(n, f"  {side}", unit="agents", position=1)
 
 
 async def _agentbook_side(n: int, folder: str, show: bool) -> dict[str, Any]:
@@ -81,6 +86,7 @@ async def _agentbook_side(n: int, folder: str, show: bool) -> dict[str, Any]:
     rt = ab.Runtime(path, durability="normal")
     await rt.get(BenchCounter, "warm").inc()
     rt.hibernate()
+    progress = _progress(show, "agentbook agents", n)  # (tqdm loaded before the baseline)
     disk0 = _disk(path)
     before = _settled()
     t0 = time.perf_counter()
@@ -88,8 +94,11 @@ async def _agentbook_side(n: int, folder: str, show: bool) -> dict[str, Any]:
         stop = min(n, start + _CHUNK)
         await asyncio.gather(*(rt.get(BenchCounter, f"agent-{i}").inc()
                                for i in range(start, stop)))
-        _progress(show, stop, n, t0)
+        if progress is not None:
+            progress.update(stop - start)
     elapsed = time.perf_counter() - t0
+    if progress is not None:
+        progress.close()
     hibernated = rt.hibernate()
     after = _settled()
     out = {"rate": n / elapsed, "disk": (_disk(path) - disk0) / n, "hibernated": hibernated}
@@ -104,15 +113,18 @@ def _floor_side(n: int, folder: str, show: bool) -> dict[str, Any]:
     path = os.path.join(folder, "agents")
     os.makedirs(path, exist_ok=True)
     registry = LazyRegistry()
+    progress = _progress(show, "floor agents", n)
     before = _settled()
     t0 = time.perf_counter()
     for i in range(n):
         name = f"agent-{i}"
         create_hand_file(os.path.join(path, name + ".db"))
         registry.add("BenchCounter", name, {"n": 1})
-        if (i + 1) % _CHUNK == 0 or i + 1 == n:
-            _progress(show, i + 1, n, t0)
+        if progress is not None and ((i + 1) % _CHUNK == 0 or i + 1 == n):
+            progress.update((i + 1) - progress.n)
     elapsed = time.perf_counter() - t0
+    if progress is not None:
+        progress.close()
     after = _settled()
     out = {"rate": n / elapsed, "disk": _disk(path) / n, "agents": len(registry.agents)}
     out.update({k: (after[k] - before[k]) / n for k in before})
@@ -138,11 +150,7 @@ def measure(n: int, floor_n: int, folder: str,
     """``(agentbook, floor)`` figures per agent for *n* agentbook agents and *floor_n*
     floor agents (the floor's figures per agent do not depend on the count; creating
     files is disk-bound, so a smaller floor saves minutes). Children run one by one."""
-    if show:
-        print(f"  hibernated_memory: agentbook, {n} agents", file=sys.stderr, flush=True)
     mine = run_child("agentbook", n, os.path.join(folder, "agentbook"), show)
-    if show:
-        print(f"  hibernated_memory: floor, {floor_n} agents", file=sys.stderr, flush=True)
     floor = run_child("floor", floor_n, os.path.join(folder, "floor"), show)
     return mine, floor
 

@@ -115,13 +115,18 @@ def format_number(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def format_table(results: Sequence[Result]) -> str:
-    """A plain-text table: name, value, unit, floor, ratio, target, met."""
+def format_table(results: Sequence[Result], quick: bool = False) -> str:
+    """A plain-text table: name, value, unit, floor, ratio, target, met.
+
+    With *quick* (tiny sizes, figures that mean nothing) ``met`` says ``n/a``: no target
+    is judged on them."""
     header = ("name", "value", "unit", "floor", "ratio", "target", "met")
     rows = [header]
     notes = []
     for r in results:
         met = {True: "yes", False: "NO", None: "-"}[r.met]
+        if quick and r.target is not None:
+            met = "n/a"
         if r.skipped:
             met = "skip"
             notes.append(f"  {r.name}: skipped - {r.skipped}")
@@ -140,19 +145,20 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join(lines + notes)
 
 
-def to_json(results: Sequence[Result]) -> dict[str, dict[str, Any]]:
-    """``{name: {"value", "unit", "floor", "ratio", "target", "met", ...}}``."""
+def to_json(results: Sequence[Result], quick: bool = False) -> dict[str, dict[str, Any]]:
+    """``{name: {"value", "unit", "floor", "ratio", "target", "met", ...}}``; with *quick*
+    ``met`` is ``None`` (no target is judged on tiny sizes)."""
     out: dict[str, dict[str, Any]] = {}
     for r in results:
         data = asdict(r)
         name = data.pop("name")
         data["target"] = str(r.target) if r.target else None
-        data["met"] = r.met
+        data["met"] = None if quick else r.met
         out[name] = data
     return out
 
 
-def write_json(results: Sequence[Result], path: str) -> None:
+def write_json(results: Sequence[Result], path: str, quick: bool = False) -> None:
     """Write :func:`to_json` of *results* to *path* (strict JSON: no NaN)."""
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
@@ -164,5 +170,5 @@ def write_json(results: Sequence[Result], path: str) -> None:
         return v
 
     with open(path, "w", encoding="utf-8") as fh:
-        json.dump(clean(to_json(results)), fh, indent=2)
+        json.dump(clean(to_json(results, quick)), fh, indent=2)
         fh.write("\n")

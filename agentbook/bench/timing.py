@@ -97,10 +97,12 @@ class Sizes:
 
     @classmethod
     def quick(cls) -> Sizes:
-        """Tiny sizes that only check every benchmark still runs (a few seconds)."""
+        """Tiny sizes that only check every benchmark still runs (about half a minute on
+        two shared cores, most of it starting processes and peers); the figures mean
+        nothing, so no target is judged."""
         return cls(rounds=2, durable_n=100, langgraph_rounds=2, langgraph_n=10,
                    burst_n=300, rr_agents=30, rr_open=8, rr_n=60, rr_rounds=2,
-                   memory_agents=2000, memory_floor_agents=2000, events_rounds=2,
+                   memory_agents=50, memory_floor_agents=50, events_rounds=2,
                    events_n=100, import_rounds=2,
                    sched_agents=100, sched_per_agent=10, sched_small_agents=10,
                    sched_adds=20, cron_agents=50, cron_hours=2, cron_rounds=2,

@@ -7,27 +7,32 @@ the desk and replay the rest of the week with a more generous refund policy - "w
 - and compare. Everything runs offline on the virtual clock, in seconds, and the week is
 analysed with DuckDB and plotted.
 
-``agentbook demo`` runs it in a terminal; ``notebooks/10_capstone.ipynb`` runs it step by
-step.
+``agentbook demo`` runs it in a terminal (:func:`agentbook.cli.demo.run_week`, with its
+progress bar and report); ``notebooks/10_capstone.ipynb`` runs it step by
+step, with the two agent classes written out in its cells (``tests/test_capstone.py`` keeps
+them the same as :func:`build_agents`'s).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import sys
-import time
 from typing import Any
 
-__all__ = ["build_agents", "run_capstone", "simulate"]
+__all__ = ["DAY", "QUESTIONS", "build_agents", "chance", "refund_policy", "simulate", "what_if"]
 
 DAY = 86400.0
 
 
-def _rand(*parts: Any) -> float:
-    """A deterministic number in [0, 1) from its arguments."""
+def chance(*parts: Any) -> float:
+    """A number in [0, 1) that looks random but is the same for the same arguments, so the
+    simulated week is the same on every run: ``chance("c0042", 3) < 0.35``."""
     digest = hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def refund_policy(amount: float, limit: float) -> str:
+    """The desk's rule: refund up to the limit itself, ask a person above it."""
+    return "refund" if amount <= limit else "ask"
 
 
 def build_agents() -> tuple[type, type]:
@@ -43,14 +48,14 @@ def build_agents() -> tuple[type, type]:
         async def plan_week(self, days: int) -> int:
             count = 0
             for day in range(days):
-                if _rand(self.name, day) < 0.35:  # about one issue every three days
-                    at = day * DAY + (8 + 10 * _rand(self.name, day, "h")) * 3600
+                if chance(self.name, day) < 0.35:  # about one issue every three days
+                    at = day * DAY + (8 + 10 * chance(self.name, day, "h")) * 3600
                     await self.schedule(at, "raise_issue", {"day": day})
                     count += 1
             return count
 
         async def raise_issue(self, payload: dict) -> None:
-            amount = round(5 + 195 * _rand(self.name, payload["day"], "amount"), 2)
+            amount = round(5 + 195 * chance(self.name, payload["day"], "amount"), 2)
             self.set_state({**self.state, "issues": self.state["issues"] + 1})
             self.ref(Desk, "desk").send("open_ticket", self.name, amount)
 
@@ -68,7 +73,7 @@ def build_agents() -> tuple[type, type]:
                      " followed_up INTEGER NOT NULL DEFAULT 0)")
 
         async def open_ticket(self, customer: str, amount: float) -> int:
-            policy = await self.effect("policy", _policy, amount, self.state["limit"])
+            policy = await self.effect("policy", refund_policy, amount, self.state["limit"])
             row = self.sql("INSERT INTO tickets(customer, amount, opened, status)"
                            " VALUES (?, ?, ?, 'open') RETURNING id",
                            customer, amount, self.now())[0]
@@ -104,13 +109,10 @@ def build_agents() -> tuple[type, type]:
     return Customer, Desk
 
 
-def _policy(amount: float, limit: float) -> str:
-    return "refund" if amount <= limit else "ask"
-
-
 async def simulate(rt: Any, customers: int = 1000, days: int = 7,
                    progress: Any = None) -> dict[str, Any]:
-    """Run the week on *rt* (whose clock must be an ``ab.VirtualClock``)."""
+    """Run the week on *rt* (whose clock must be an ``ab.VirtualClock``); *progress*, if
+    given, is called as ``progress(fraction, what)`` as the week goes."""
     customer_cls, desk_cls = build_agents()
     clock = rt.clock
     desk = rt.get(desk_cls, "desk")
@@ -165,93 +167,3 @@ QUESTIONS = {
                '$.amount') AS DOUBLE)), 2) AS amount
         FROM approvals GROUP BY ALL ORDER BY n DESC""",
 }
-
-
-def run_capstone(customers: int = 1000, days: int = 7, path: str | None = None,
-                 plots_dir: str | None = ".", out: Any = None) -> dict[str, Any]:
-    """Run the whole capstone headless: simulate, replay a what-if, analyse, plot.
-
-    Returns the key figures; prints them (and a progress bar) to *out* (stdout).
-    """
-    import asyncio
-
-    import agentbook as ab
-
-    out = out or sys.stdout
-    bar = _Bar(out)
-
-    async def main() -> dict[str, Any]:
-        clock = ab.VirtualClock()
-        rt = ab.Runtime(path or ":memory:", clock=clock, max_open=2048)
-        t0 = time.perf_counter()
-        try:
-            figures = await simulate(rt, customers, days, bar)
-            figures["wall_clock_week_s"] = round(time.perf_counter() - t0, 2)
-            bar(0.92, "what if refunds were generous from mid-week?")
-            replay = await what_if(rt, figures["fork_version"])
-            figures["what_if"] = {"refunded": replay.fork.state["refunded"],
-                                  "steps_replayed": sum(1 for s in replay.steps if s[3] == "ok")}
-            bar(0.96, "analysing the week with DuckDB")
-            answers = {q: rt.sql(sql) for q, sql in QUESTIONS.items()}
-            figures["versions"] = int(rt.sql("SELECT count(*) AS n FROM history").n[0])
-            figures["plots"] = _plots(rt, plots_dir) if plots_dir else []
-            bar(1.0, "done")
-            bar.close()
-            _report(out, figures, answers)
-            return figures
-        finally:
-            await rt.aclose()
-
-    return asyncio.run(main())
-
-
-def _plots(rt: Any, folder: str) -> list[str]:
-    os.makedirs(folder, exist_ok=True)
-    written = []
-    for name in ("schedule", "latency", "throughput"):
-        plot = getattr(rt.plot, name, None)
-        if plot is None:
-            continue
-        fig = plot()
-        target = os.path.join(folder, f"agentbook-{name}.png")
-        fig.savefig(target, dpi=110)
-        written.append(target)
-    return written
-
-
-def _report(out: Any, figures: dict[str, Any], answers: dict[str, Any]) -> None:
-    desk = figures["desk"]
-    print(f"\nA week of {figures['customers']} customers, simulated in "
-          f"{figures['wall_clock_week_s']} s ({figures['versions']} versions recorded).", file=out)
-    print(f"Desk: {desk['closed']} refunds issued, {desk['refunded']:.2f} refunded, "
-          f"{desk['open']} tickets still open.", file=out)
-    print(f"What if refunds were generous from mid-week: {figures['what_if']['refunded']:.2f} "
-          f"refunded ({figures['what_if']['steps_replayed']} steps replayed on a fork).", file=out)
-    for question, frame in answers.items():
-        print(f"\n{question}:", file=out)
-        print(frame.to_string(index=False), file=out)
-    for path in figures["plots"]:
-        print(f"plot written: {path}", file=out)
-
-
-class _Bar:
-    """A one-line progress bar for terminals."""
-
-    def __init__(self, out: Any) -> None:
-        self.out = out
-        self.tty = hasattr(out, "isatty") and out.isatty()
-        self.last = ""
-
-    def __call__(self, fraction: float, label: str) -> None:
-        filled = int(30 * fraction)
-        line = f"[{'#' * filled}{'.' * (30 - filled)}] {int(fraction * 100):3d}%  {label}"
-        if self.tty:
-            self.out.write("\r" + line.ljust(len(self.last)))
-            self.out.flush()
-        elif label != self.last.split("  ", 1)[-1]:
-            self.out.write(line + "\n")
-        self.last = line
-
-    def close(self) -> None:
-        if self.tty:
-            self.out.write("\n")

@@ -13,7 +13,7 @@ import tempfile
 from importlib import metadata
 from typing import Any
 
-__all__ = ["check_environment", "format_checks"]
+__all__ = ["check_environment", "format_checks", "verdict_line"]
 
 # (distribution, the extra that brings it, what it is for)
 _OPTIONAL = [
@@ -74,7 +74,7 @@ def check_environment(path: str = ".agentbook") -> list[dict[str, Any]]:
         has_session = hasattr(apsw, "Session")
     add(bool(apsw_version) and has_session, "apsw with SQLite sessions",
         apsw_version or "not installed", "pip install -U apsw (time travel needs its sessions)")
-    add(_writable(path), "store folder writable", os.path.abspath(path),
+    add(_writable(path), "store folder writable", _store_folder(path),
         f"make {path} writable, or pass another folder to ab.Runtime(path)")
     for dist, extra, purpose in _OPTIONAL:
         version = _version(dist)
@@ -87,13 +87,38 @@ def check_environment(path: str = ".agentbook") -> list[dict[str, Any]]:
     return out
 
 
-def _writable(path: str) -> bool:
+def _store_folder(path: str) -> str:
+    """The store folder, and whether it exists yet (a runtime creates it on first use)."""
     folder = os.path.abspath(path)
+    if os.path.isdir(folder):
+        return folder
+    if os.path.exists(folder):
+        return f"{folder} (not a folder)"
+    parent = _existing_parent(folder)
+    return (f"{folder} (does not exist yet; ab.Runtime({path!r}) creates it"
+            + (f" in {parent})" if parent else ")"))
+
+
+def _existing_parent(folder: str) -> str | None:
+    """The nearest folder above *folder* that exists."""
     while not os.path.exists(folder):
         parent = os.path.dirname(folder)
         if parent == folder:
-            return False
+            return None
         folder = parent
+    return folder if os.path.isdir(folder) else None
+
+
+def _writable(path: str) -> bool:
+    """Whether a runtime could write its store at *path*: the folder, when it exists,
+    or else the nearest folder above it that does (where it would be created)."""
+    folder = os.path.abspath(path)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        return False
+    found = _existing_parent(folder)
+    if found is None:
+        return False
+    folder = found
     try:
         with tempfile.NamedTemporaryFile(dir=folder):
             return True
@@ -107,18 +132,31 @@ def _which(program: str) -> str | None:
     return shutil.which(program)
 
 
-def format_checks(checks: list[dict[str, Any]]) -> str:
-    """The checks as lines a person reads: ok / FIX / note, and what to do."""
+def format_checks(checks: list[dict[str, Any]], verdict: bool = True) -> str:
+    """The checks as lines a person reads: ok / FIX / note, and what to do; with *verdict*,
+    a last line that says whether agentbook is ready."""
     lines = []
     for check in checks:
         mark = "ok  " if check["ok"] else ("FIX " if check["required"] else "note")
         lines.append(f"{mark}  {check['what']}: {check['detail']}")
         if check["fix"]:
             lines.append(f"      -> {check['fix']}")
-    failed = sum(1 for c in checks if c["required"] and not c["ok"])
-    lines.append("agentbook is ready." if not failed else
-                 f"{failed} thing{'s' if failed != 1 else ''} to fix (see FIX above).")
+    if verdict:
+        lines.append(verdict_line(checks))
     return "\n".join(lines)
+
+
+def verdict_line(checks: list[dict[str, Any]], stores_bad: int = 0) -> str:
+    """"agentbook is ready." or what is left to fix: failed required *checks*, and
+    *stores_bad* stores that are damaged or quarantined."""
+    failed = sum(1 for c in checks if c["required"] and not c["ok"])
+    parts = []
+    if failed:
+        parts.append(f"{failed} thing{'s' if failed != 1 else ''} to fix (see FIX above)")
+    if stores_bad:
+        parts.append(f"{stores_bad} store{'s' if stores_bad != 1 else ''} damaged or "
+                     "quarantined (see above)")
+    return "agentbook is ready." if not parts else "; ".join(parts) + "."
 
 
 def importable(module: str) -> bool:

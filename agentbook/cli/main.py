@@ -10,6 +10,7 @@ benchmarks.
     agentbook demo [--customers N] [--days D]        a simulated week of a support desk, offline
     agentbook bench [...]                            the benchmark suite (agentbook.bench)
     agentbook doctor [--check-stores] [--path P]     check the environment and the stores
+    agentbook doctor --release CLASS/NAME [--restored FILE] [--force]
     agentbook mcp MODULE:ATTR --agent CLASS/NAME     serve one agent as an MCP server (stdio)
 
 Read commands open a store that exists and never create one; they work without the
@@ -141,6 +142,13 @@ def _parser() -> argparse.ArgumentParser:
                                    "store) and say what to fix")
     p.add_argument("--check-stores", action="store_true",
                    help="also check every store in --path: integrity and history hash chains")
+    p.add_argument("--release", metavar="CLASS/NAME",
+                   help="put a quarantined agent's store back into service, once it passes the "
+                        "checks (the file in quarantine/, or --restored FILE)")
+    p.add_argument("--restored", metavar="FILE",
+                   help="with --release: a copy restored from a backup to put in service instead")
+    p.add_argument("--force", action="store_true",
+                   help="with --release: even if the file still fails its checks")
     path_option(p)
     p = command("mcp", _mcp, "serve one agent's @ab.callable methods as MCP tools over stdio")
     p.add_argument("app", metavar="MODULE:ATTR",
@@ -323,20 +331,47 @@ def _bench(argv: list[str]) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from .envcheck import check_environment, format_checks
+    from .envcheck import check_environment, format_checks, verdict_line
 
-    checks = check_environment(args.path)
-    print(format_checks(checks))
-    status = 1 if any(c["required"] and not c["ok"] for c in checks) else 0
-    if args.check_stores:
-        from .doctor import check_stores, exit_status, format_report
+    if args.release:
+        return _release(args)
+    if args.restored or args.force:
+        raise UsageError("--restored and --force go with --release CLASS/NAME")
+    results = None
+    if args.check_stores:  # a folder that holds no store is an error before anything prints
+        from .doctor import check_stores
 
         if not os.path.isdir(args.path):
-            raise UsageError(f"no store folder at {args.path}; give --path the runtime's folder")
+            what = "is not a folder" if os.path.exists(args.path) else "does not exist"
+            raise UsageError(f"no store folder at {args.path}: it {what} (give --path the "
+                             f"folder an ab.Runtime wrote; the default is {DEFAULT_PATH})")
         results = check_stores(args.path)
+    checks = check_environment(args.path)
+    print(format_checks(checks, verdict=False))
+    status = 1 if any(c["required"] and not c["ok"] for c in checks) else 0
+    bad = 0
+    if results is not None:
+        from .doctor import exit_status, format_report
+
         print(format_report(results))
         status = max(status, exit_status(results))
+        bad = sum(1 for e in results if not e["ok"] or e["kind"] == "quarantined")
+    print(verdict_line(checks, bad))
     return status
+
+
+def _release(args: argparse.Namespace) -> int:
+    from .doctor import release
+
+    class_name, sep, name = args.release.partition("/")
+    if not sep or not class_name or not name:
+        raise UsageError(f"name the agent as CLASS/NAME, such as Support/alice "
+                         f"(got {args.release!r})")
+    entry = release(args.path, class_name, name, args.restored, force=args.force)
+    state = "sound" if entry["ok"] else f"still damaged: {entry['error']}"
+    print(f"released {class_name}/{name}: {entry['file']} is in service again, version "
+          f"{entry['version']} ({state}); it starts at its next message")
+    return 0
 
 
 def _mcp(args: argparse.Namespace) -> int:
@@ -351,13 +386,13 @@ def _demo(args: argparse.Namespace) -> None:
 
         run_demo(args.path)
         return
-    from .capstone import run_capstone
+    from .demo import run_week
 
     if args.customers < 1 or args.days < 2:
         raise UsageError("the week needs at least 1 customer and 2 days")
     if args.path is not None and os.path.exists(args.path) and os.listdir(args.path):
         raise UsageError(f"{args.path} is not empty; give a new or empty folder")
-    run_capstone(args.customers, args.days, path=args.path, plots_dir=args.plots or None)
+    run_week(args.customers, args.days, path=args.path, plots_dir=args.plots or None)
 
 
 def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, null: str = "") -> None:

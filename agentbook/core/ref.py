@@ -483,7 +483,9 @@ class AgentRef:
             raise UsageError("keep_last must be at least 1")
 
         async def run() -> int:
-            first = max(0, self.version - keep_last + 1) if keep_last is not None else before
+            # keep_last counts reachable versions: a fork's, or a pruned agent's, start above 0
+            first = (max(self.history_range()[0], self.version - keep_last + 1)
+                     if keep_last is not None else before)
             assert first is not None  # (one of them was given)
             rt = self._ab_rt
             rt.check_open()

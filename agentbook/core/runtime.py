@@ -628,6 +628,16 @@ class Runtime:
         """Not needed any more (kept so old notebooks run): every agent's event stream is on
         record and always in the ``events`` view (see ``events_keep``). Does nothing."""
 
+    def dashboard(self, *, every: float = 0.5, events: int = 12, agents: int = 20,
+                  by: str | None = None) -> Any:
+        """A live widget over the whole runtime: agents, the event stream, pending approvals
+        (Approve / Reject), the next hour of schedules, workflows in flight; a row opens its
+        agent's inspector or timeline. Redraws at most once per *every* seconds; ``close()``
+        stops it. See :mod:`agentbook.widgets.dashboard`."""
+        from ..widgets.dashboard import dashboard_widget
+
+        return dashboard_widget(self, every=every, events=events, agents=agents, by=by)
+
     @property
     def plot(self) -> Any:
         """Matplotlib figures of what the agents did: ``rt.plot.schedule()``, ..."""

@@ -10,6 +10,10 @@ raised) shows as an error line in the widget.
 Time left is on the runtime's clock. On an ``ab.VirtualClock`` the labels follow every
 ``clock.advance``; on the real clock a low-frequency task refreshes the inbox until the
 widget is closed.
+
+By default each ``approval:*`` event re-reads the inbox at once. With ``every=`` (the
+dashboard's inbox) a burst of them is read once per interval: the first event sets a timer,
+the ones after it only wait for it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ if TYPE_CHECKING:
     from ..approve.inbox import Approval
     from ..core.runtime import Runtime
 
-from .common import close_all, escape, running_loop
+from .common import ClockHook, Coalescer, close_all, duration, escape, running_loop
 
 __all__ = ["ApprovalInbox", "approval_widget", "inbox_widget"]
 
@@ -40,7 +44,7 @@ _MARK = {"approved": ("&#10003;", "#2e7d32"), "rejected": ("&#10007;", "#c62828"
 
 
 def inbox_widget(rt: Runtime, *, by: str | None = None, recent: int = 5,
-                 tick: float = 20.0) -> ApprovalInbox:
+                 tick: float = 20.0, every: float = 0.0) -> ApprovalInbox:
     """The live approval inbox of *rt* (what displaying ``rt.approvals`` shows).
 
     Args:
@@ -48,8 +52,10 @@ def inbox_widget(rt: Runtime, *, by: str | None = None, recent: int = 5,
         by: Who is recorded as deciding on a click (default: the operating-system user).
         recent: How many recent decisions to show under the pending ones.
         tick: Seconds between refreshes on a real clock (``0``: only on events).
+        every: At most one re-read per this many seconds while events arrive (``0``: one
+            per event).
     """
-    return ApprovalInbox(rt, by=by, recent=recent, tick=tick)
+    return ApprovalInbox(rt, by=by, recent=recent, tick=tick, every=every)
 
 
 def approval_widget(rt: Runtime, approval_id: str, *, by: str | None = None) -> ApprovalInbox:
@@ -63,18 +69,23 @@ class ApprovalInbox(w.VBox):
     Attributes:
         buttons: ``{approval id: (approve_button, reject_button)}`` of the rows shown.
         reasons: ``{approval id: Text}``: the optional reason sent with Reject.
-        by: The name recorded as the decider for decisions made in this widget.
+        by: The name recorded as the decider for decisions made in this widget (the
+            header names it only when it was given: the login of a container is ``root``).
         last_error: Why the last decision failed (``""`` when it didn't).
+        renders: How many times the inbox was re-read (for tests and curiosity).
     """
 
     def __init__(self, rt: Runtime, *, only: str | None = None, by: str | None = None,
-                 recent: int = 5, tick: float = 20.0) -> None:
+                 recent: int = 5, tick: float = 20.0, every: float = 0.0) -> None:
         self._header, self._error, self._recent = w.HTML(), w.HTML(), w.HTML()
         self._rows_box = w.VBox()
         super().__init__([self._header, self._error, self._rows_box, self._recent])
         self.add_class("agentbook-approvals")
         self._rt, self._only, self._limit = rt, only, recent
         self.by = by or default_person()
+        self._named = by is not None
+        self.renders = 0
+        self._redraws = Coalescer(self._due, every)
         self.buttons: dict[str, tuple[w.Button, w.Button]] = {}
         self.reasons: dict[str, w.Text] = {}
         self.last_error = ""
@@ -82,7 +93,7 @@ class ApprovalInbox(w.VBox):
         self._busy: dict[str, str] = {}
         self._unsubscribe: Any = None
         self._ticker: asyncio.Task | None = None
-        self._hook = _ClockHook(self)
+        self._hook = ClockHook(self.refresh_times)
         if not rt.closed:
             self._unsubscribe = rt.events.subscribe(self._on_event, types=["approval:*"])
             if getattr(rt.clock, "virtual", False) and hasattr(rt.clock, "add_settler"):
@@ -141,6 +152,8 @@ class ApprovalInbox(w.VBox):
     # -- rendering ------------------------------------------------------------------------
     def refresh(self) -> None:
         """Re-read the inbox; re-render rows, time left, header and recent decisions."""
+        self._redraws.drawn()
+        self.renders += 1
         rt = self._rt
         if rt.closed:
             self._stop()
@@ -197,8 +210,12 @@ class ApprovalInbox(w.VBox):
     def refresh_times(self) -> None:
         """Re-render time left and the header only (no re-read of the inbox); nothing once
         the widget stopped listening or the runtime closed. Called after each step of a
-        virtual clock."""
-        if self._unsubscribe is not None and not self._rt.closed:
+        virtual clock (with ``every``, at most once per interval, with the next re-read)."""
+        if self._unsubscribe is None or self._rt.closed:
+            return
+        if self._redraws.every > 0:
+            self._redraws.poke()
+        else:
             self._refresh_times()
 
     def _refresh_times(self) -> None:
@@ -219,8 +236,9 @@ class ApprovalInbox(w.VBox):
             state = "pending" if count else "decided"
             return f"<b>Approval</b> <code>{escape(self._only)}</code> &middot; {state}{clock}"
         noun = "approval" if count == 1 else "approvals"
+        who = f" &middot; you decide as {escape(self.by)}" if self._named else ""
         return (f"<b>Approvals</b> &middot; {count} pending {noun} <span style=\"{_MUTED}\">"
-                f"&middot; you decide as {escape(self.by)}{clock}</span>")
+                f"{who}{clock}</span>")
 
     def _recent_html(self) -> str:
         if self._limit <= 0:
@@ -248,7 +266,15 @@ class ApprovalInbox(w.VBox):
 
     # -- staying live -----------------------------------------------------------------
     def _on_event(self, event: dict) -> None:
-        if self._only is None or (event.get("payload") or {}).get("id") == self._only:
+        if self._only is not None and (event.get("payload") or {}).get("id") != self._only:
+            return
+        if self._redraws.every > 0:
+            self._redraws.poke()
+        else:
+            self.refresh()
+
+    def _due(self) -> None:
+        if self._unsubscribe is not None:
             self.refresh()
 
     async def _tick(self, seconds: float) -> None:
@@ -263,6 +289,7 @@ class ApprovalInbox(w.VBox):
         if self._ticker is not None:
             self._ticker.cancel()
             self._ticker = None
+        self._redraws.cancel()
 
     def close(self) -> None:
         """Stop listening to the runtime; close the widget and all its parts."""
@@ -284,18 +311,6 @@ class ApprovalInbox(w.VBox):
         return f"<approval inbox: {len(self._rows)} pending>"
 
 
-class _ClockHook:
-    """Registered (weakly) with a VirtualClock: refreshes time left after each step."""
-
-    __slots__ = ("__weakref__", "inbox")
-
-    def __init__(self, inbox: ApprovalInbox) -> None:
-        self.inbox = inbox
-
-    async def settle(self) -> None:
-        self.inbox.refresh_times()
-
-
 def _call(method: str, args: Any, kwargs: Any) -> str:
     parts = [_short(v) for v in args] + [f"{k}={_short(v)}" for k, v in dict(kwargs).items()]
     return f"{method}({', '.join(parts)})"
@@ -312,16 +327,8 @@ def _time_left(expires: float | None, now: float) -> str:
     left = expires - now
     if left <= 0:
         return "<span style=\"color:#8d6e00\">expired</span>"
-    minutes, seconds = divmod(int(left), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        text = f"{days} d {hours} h"
-    elif hours:
-        text = f"{hours} h {minutes:02d} min"
-    else:
-        text = f"{minutes} min" if minutes >= 2 else f"{minutes * 60 + seconds} s"
-    return f"<span style=\"color:{'#c62828' if left < 300 else 'inherit'}\">{text} left</span>"
+    return (f"<span style=\"color:{'#c62828' if left < 300 else 'inherit'}\">{duration(left)} "
+            "left</span>")
 
 
 def _status(a: Approval, now: float) -> str:

@@ -13,16 +13,15 @@ timer, after the handler's commit, and only the parts that changed are sent to t
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
-import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
+
+from .common import Coalescer, clock_time, duration, readable
 
 if TYPE_CHECKING:
     from ..core.ref import AgentRef
@@ -89,8 +88,7 @@ class InspectorWidget(w.VBox):
         self._parts = [self.header, self.refresh_button, self.state_html, self.events_html,
                        self.schedules_html, self.approvals_html, side, body, self.children[0]]
         self._state_seen: tuple[int, str] | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._last = 0.0
+        self._redraws = Coalescer(self._due, every)
         self._unsubscribe: Callable[[], None] | None = None
         self.refresh_button.on_click(lambda _b: self.refresh())
         if not ref.runtime.closed:
@@ -105,15 +103,12 @@ class InspectorWidget(w.VBox):
     @property
     def pending(self) -> bool:
         """Whether a refresh is waiting for its timer."""
-        return self._timer is not None
+        return self._redraws.pending
 
     # -- what it does ---------------------------------------------------------------------
     def refresh(self) -> None:
         """Re-read the agent and re-render now, as the refresh button does."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._last = time.monotonic()
+        self._redraws.drawn()
         self.renders += 1
         ref = self.ref
         if ref.runtime.closed:
@@ -149,18 +144,9 @@ class InspectorWidget(w.VBox):
     # -- events ---------------------------------------------------------------------------
     def _on_event(self, event: dict) -> None:
         self.events.append(event)
-        if self._timer is not None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # emitted outside a loop (a blocking ab.run): render now
-            self.refresh()
-            return
-        delay = max(0.0, self._last + self.every - time.monotonic())
-        self._timer = loop.call_later(delay, self._due)
+        self._redraws.poke()  # (emitted outside a loop, a blocking ab.run: at once)
 
     def _due(self) -> None:
-        self._timer = None
         if self.live:
             self.refresh()
 
@@ -168,17 +154,15 @@ class InspectorWidget(w.VBox):
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._redraws.cancel()
 
     def _events_html(self) -> str:
         title = f"<b>events</b> <span style=\"{_MUTED}\">(newest first)</span>"
         if not self.events:
             note = "none yet since this inspector opened" if self.live else "none"
             return f"<div style=\"{_BOX}\">{title}<br><span style=\"{_MUTED}\">{note}</span></div>"
-        rows = [(_clock(e["timestamp"] / 1000), f"<code>{_e(e['type'])}</code>",
-                 _e(_short(e["payload"], 90))) for e in reversed(self.events)]
+        rows = [(clock_time(e["timestamp"] / 1000), f"<code>{_e(e['type'])}</code>",
+                 _e(_short(readable(e["payload"]), 90))) for e in reversed(self.events)]
         return f"<div style=\"{_BOX}\">{title}{_table(rows)}</div>"
 
     def __repr__(self) -> str:
@@ -229,7 +213,7 @@ def _schedules_html(frame: Any) -> str:
         what = f"<code>{_e(s.callback)}</code>"
         if s.callback.startswith("_ab_"):  # agentbook's own, such as an approval's expiry
             what = f"<span style=\"{_MUTED}\">{_e(s.callback[4:].replace('_', ' '))}</span>"
-        rows.append((_clock(s.time.timestamp()), what, _e(s.type), _e(every), _e(retry)))
+        rows.append((clock_time(s.time.timestamp()), what, _e(s.type), _e(every), _e(retry)))
     return f"<div style=\"{_BOX}\">{title} <span style=\"{_MUTED}\">(next due first)</span>" \
            f"{_table(rows)}</div>"
 
@@ -239,7 +223,7 @@ def _approvals_html(approvals: list) -> str:
     if not approvals:
         return f"<div style=\"{_BOX}\">{title}<br><span style=\"{_MUTED}\">none</span></div>"
     rows = [(f"<code>{_e(a.id)}</code>", _e(a.summary), f"<code>{_e(a.method)}</code>",
-             _e("no expiry" if a.time_left is None else f"{_left(a.time_left)} left"))
+             _e("no expiry" if a.time_left is None else f"{duration(a.time_left)} left"))
             for a in approvals]
     return (f"<div style=\"{_BOX}\">{title} <span style=\"{_MUTED}\">(decide in rt.approvals)"
             f"</span>{_table(rows)}</div>")
@@ -250,24 +234,6 @@ def _table(rows: Sequence[tuple[str, ...]]) -> str:
     body = "".join("<tr>" + "".join(f"<td style=\"{_WHEN if i == 0 else _CELL}\">{c}</td>"
                                     for i, c in enumerate(row)) + "</tr>" for row in rows)
     return f"<table style=\"{_TABLE}\">{body}</table>"
-
-
-def _clock(seconds: float) -> str:
-    """A runtime-clock time as ``Jan 01 09:30:00`` (UTC)."""
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%b %d %H:%M:%S")
-
-
-def _left(seconds: float) -> str:
-    """Time left as ``45 s``, ``59 min``, ``1 h 00 min``, ``2 d 03 h``."""
-    seconds = max(int(seconds), 0)
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes, hours = seconds // 60, seconds // 3600
-    if seconds < 3600:
-        return f"{minutes} min"
-    if seconds < 86400:
-        return f"{hours} h {minutes % 60:02d} min"
-    return f"{hours // 24} d {hours % 24:02d} h"
 
 
 def _plural(n: int, noun: str) -> str:

@@ -40,3 +40,22 @@ def run_all(page) -> None:
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     first = page.locator(".jp-NotebookPanel .jp-CodeCell .jp-InputPrompt").first
     expect(first).not_to_have_text("[ ]:", timeout=60_000)
+
+
+def run_to_the_end(page, lab, notebook, last_words: str) -> None:
+    """Copy *notebook* into the Lab, open it, Run All, and wait until *last_words* (printed
+    by its last cells) show and the kernel is idle: no cell wrote to stderr or failed."""
+    import shutil
+
+    from playwright.sync_api import expect
+
+    shutil.copy(notebook, lab.root / notebook.name)
+    open_notebook(page, lab, notebook.name)
+    run_all(page)
+    outputs = page.locator(".jp-OutputArea-output")
+    expect(outputs.get_by_text(last_words)).to_be_visible(timeout=150_000)
+    expect(outputs.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']")
+           ).to_have_count(0)
+    page.get_by_text("Python 3 (ipykernel) | Idle").wait_for(timeout=150_000)
+    errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+    expect(errors).to_have_count(0)

@@ -11,8 +11,6 @@ import ast
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,8 +19,9 @@ import pytest
 import agentbook as ab
 
 from ..waiting import wait_until
-from .conftest import ARTIFACTS, NOTEBOOK, REPO, free_port, stop_group, wait_for_port
+from .conftest import ARTIFACTS, NOTEBOOK, REPO
 from .lab import open_notebook, run_all
+from .voila import voila
 
 pytestmark = pytest.mark.browser
 
@@ -144,34 +143,11 @@ def test_approve_and_reject_by_clicking_in_jupyterlab(lab, page):
 
 
 def test_approve_and_reject_by_clicking_in_voila(jupyter_env, tmp_path, page):
-    import psutil
-
-    notebook = tmp_path / NOTEBOOK.name
+    notebook, store = tmp_path / NOTEBOOK.name, tmp_path / "store"
     shutil.copy(NOTEBOOK, notebook)
-    store, connections, log = tmp_path / "store", tmp_path / "connections", tmp_path / "voila.log"
-    connections.mkdir()
-    port = free_port()
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "voila", str(notebook), "--no-browser", f"--port={port}",
-             "--Voila.ip=127.0.0.1", f"--Voila.connection_dir_root={connections}"],
-            cwd=tmp_path, env={**jupyter_env, "AGENTBOOK_DEMO_STORE": str(store)},
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    kernels: list[psutil.Process] = []
-    try:
-        wait_for_port(port, proc, log)
-        page.goto(f"http://127.0.0.1:{port}/")  # Voila shows widgets once all cells ran
+    with voila(notebook, {**jupyter_env, "AGENTBOOK_DEMO_STORE": str(store)}) as server:
+        page.goto(server.url)  # Voila shows widgets once all cells ran
         approved_id, rejected_id = decide_by_clicking(page)
-        (connection_file,) = connections.glob("voila_*/kernel-*.json")
-        kernels = [p for p in psutil.process_iter(["cmdline"])
-                   if str(connection_file) in (p.info["cmdline"] or [])]
-        check_kernel(connection_file, approved_id, rejected_id, shutdown=True)
-        _, alive = psutil.wait_procs(kernels, timeout=15)
-        assert kernels and not alive, "Voila's kernel did not stop when asked to"
-    finally:
-        stop_group(proc)
-        for kernel in kernels:
-            if kernel.is_running():
-                kernel.kill()  # the kernel runs in a session of its own
+        check_kernel(server.connection_file(), approved_id, rejected_id, shutdown=True)
+        server.check_kernel_stopped()
     check_store(store, approved_id, rejected_id)

@@ -26,7 +26,8 @@ def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Run
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One local Ray for the whole session (starting it costs seconds)."""
-    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed")
+    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
+                                                 "(pip install 'agentbook[ray]')")
     import os
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

@@ -38,7 +38,8 @@ def everything_bin() -> str:
     """Path of server-everything's entry point, or skip the test saying how to install it."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed (needed for @modelcontextprotocol/server-everything)")
+        pytest.skip("node is not installed (needed for @modelcontextprotocol/server-everything): "
+                    f"apt-get install -y nodejs npm, then {_INSTALL}")
     for root in (HERE, HERE.parent / "node"):
         entry = root / "node_modules" / ".bin" / "mcp-server-everything"
         if entry.exists():

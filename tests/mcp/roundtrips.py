@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -38,7 +39,9 @@ class McpBench(ab.Agent):
 
 
 async def measure(calls: int = 200, rounds: int = 5, server: str = "time") -> dict[str, Any]:
-    """Median round trips/s of each side over *rounds* interleaved batches of *calls*."""
+    """Median round trips/s of each side over *rounds* interleaved batches of *calls*.
+
+    The runtime's store lives in a temporary folder, removed when the measure ends."""
     from mcp import Client, StdioServerParameters
 
     command, tool, args = SERVERS[server]
@@ -67,6 +70,7 @@ async def measure(calls: int = 200, rounds: int = 5, server: str = "time") -> di
         await rt.aclose()
         if rt.mcp_clients is not None:
             await rt.mcp_clients.wait_closed()
+        shutil.rmtree(folder, ignore_errors=True)
     bare, ours = statistics.median(bare_rates), statistics.median(ours_rates)
     return {"server": server, "calls": calls, "rounds": rounds, "bare_per_s": round(bare, 1),
             "agentbook_per_s": round(ours, 1), "ratio": round(ours / bare, 3)}

@@ -5,11 +5,14 @@ Figures: a test records what it measured with the ``figure`` fixture,
 
     figure("load", agents=50, messages=10_000, lost=0, out_of_order=0)
 
-which is pytest's ``record_property("agentbook_figure", {...})``. Any test anywhere in the
+which appends ``("agentbook_figure", {...})`` to the test's ``request.node.user_properties``
+(what pytest's ``record_property`` does, without its warning under ``--junitxml``'s default
+xunit2 family - an error here, with ``filterwarnings = error``). Any test anywhere in the
 suite can record a figure the same way without importing anything from here: each test of
 ``tests/test_serve_auth.py`` records one case of the serve path's auth matrix,
 
-    record_property("agentbook_figure", {"name": f"serve_auth_matrix:{name}", "cases": 1})
+    request.node.user_properties.append(
+        ("agentbook_figure", {"name": f"serve_auth_matrix:{name}", "cases": 1}))
 
 and a case whose test did not pass counts as a bypass (``failed`` in :func:`_merge`).
 
@@ -110,11 +113,11 @@ _REPORT: list[tuple[str, str, Callable[[dict], str], Callable[[dict], bool]]] = 
 
 
 @pytest.fixture
-def figure(record_property: Callable[[str, Any], None]) -> Callable[..., None]:
+def figure(request: pytest.FixtureRequest) -> Callable[..., None]:
     """Record a figure for the summary at the end of the run (see the module docstring)."""
 
     def record(name: str, **values: Any) -> None:
-        record_property(FIGURE_KEY, {"name": name, **values})
+        request.node.user_properties.append((FIGURE_KEY, {"name": name, **values}))
 
     return record
 

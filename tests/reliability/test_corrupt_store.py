@@ -264,8 +264,9 @@ def _readonly_ways() -> list:
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         ways.append("chmod")
     return ways or [pytest.param("none", marks=pytest.mark.skip(reason=(
-        "root without mount rights: chmod does not stop root; the typed translation is "
-        "checked by test_sqlites_errors_become_typed_errors_in_the_mailbox")))]
+        "root without mount rights: chmod does not stop root (run as a non-root user, or as "
+        "root with CAP_SYS_ADMIN); the typed translation is checked by "
+        "test_sqlites_errors_become_typed_errors_in_the_mailbox")))]
 
 
 class _ReadOnly:
