@@ -41,3 +41,60 @@ class RayTally(ab.Agent):
     @ab.callable
     async def steal(self, other: str) -> int:
         return await self.ref(RayTally, other).payout(99)
+
+
+class RayLedger(ab.Agent):
+    """Every kind of thing a read can show: rows, blobs, a schedule, a failure, an
+    approval, a workflow run (for the reads-through-owners tests)."""
+
+    initial_state = {"total": 0, "items": []}
+
+    async def on_start(self):
+        self.sql("CREATE TABLE IF NOT EXISTS items(id TEXT PRIMARY KEY, qty INTEGER,"
+                 " blob BLOB, note)")
+
+    @ab.callable
+    async def add(self, item: str, qty: int) -> int:
+        self.sql("INSERT INTO items VALUES (?, ?, ?, ?)", item, qty, item.encode() * 2,
+                 qty if qty % 2 else f"note {item}")
+        self.set_state({"total": self.state["total"] + qty,
+                        "items": [*self.state["items"], {"id": item, "qty": qty}]})
+        return self.state["total"]
+
+    @ab.callable
+    async def remove(self, item: str) -> None:
+        self.sql("DELETE FROM items WHERE id = ?", item)
+
+    @ab.callable
+    async def fail(self, why: str) -> None:
+        self.sql("INSERT INTO items VALUES ('never', 0, NULL, NULL)")
+        raise ValueError(why)
+
+    @ab.callable
+    async def plan(self, qty: int) -> str:
+        found = await self.schedule(3600, "planned", qty)
+        return found.id
+
+    async def planned(self, qty: int) -> None:
+        await self.add("planned", qty)
+
+    @ab.callable
+    async def propose(self, qty: int) -> str:
+        approval = await self.request_approval("restock", {"qty": qty},
+                                               summary=f"restock {qty}")
+        return approval.id
+
+    async def restock(self, qty: int) -> int:
+        """Runs only when a person approves it."""
+        self.set_state({**self.state, "total": self.state["total"] + qty})
+        return self.state["total"]
+
+    @ab.workflow
+    async def count(self, step: ab.Step, n: int) -> int:
+        for i in range(n):
+            await step.do(f"tick {i}", self.tick)
+        return self.state["total"]
+
+    def tick(self) -> int:
+        self.set_state({**self.state, "total": self.state["total"] + 1})
+        return self.state["total"]

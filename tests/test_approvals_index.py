@@ -32,7 +32,7 @@ class Hold:
 HOLDS: dict[str, Hold] = {}  # orders whose ask() waits after writing its request
 
 
-class Till(ab.Agent):
+class CashTill(ab.Agent):
     initial_state = {"paid": []}
 
     @ab.callable
@@ -48,13 +48,13 @@ class Till(ab.Agent):
 
     @ab.callable
     async def pay_self(self, order: str) -> None:
-        self.ref(Till, self.name).send("pay", order)
+        self.ref(CashTill, self.name).send("pay", order)
 
 
 class Thief(ab.Agent):
     @ab.callable
     async def steal(self, till: str) -> str:
-        return await self.ref(Till, till).call("pay", "stolen")
+        return await self.ref(CashTill, till).call("pay", "stolen")
 
 
 def _index(folder) -> apsw.Connection:
@@ -64,7 +64,7 @@ def _index(folder) -> apsw.Connection:
 async def test_a_phantom_and_a_stale_row_are_put_right_by_the_next_runtime(tmp_path, clock):
     folder = tmp_path / "store"
     rt = ab.Runtime(folder, clock=clock)
-    till = rt.get(Till, "t")
+    till = rt.get(CashTill, "t")
     decided = await till.ask("o1")
     waiting = await till.ask("o2")
     assert await rt.approvals.approve(decided, by="ops") == "paid o1"
@@ -94,12 +94,12 @@ async def test_a_phantom_and_a_stale_row_are_put_right_by_the_next_runtime(tmp_p
 async def test_a_request_on_its_way_to_its_commit_is_left_alone(tmp_path, clock):
     folder = tmp_path / "store"
     rt = ab.Runtime(folder, clock=clock)
-    await rt.get(Till, "t").ask("o0")
+    await rt.get(CashTill, "t").ask("o0")
     await rt.aclose()
     rt = ab.Runtime(folder, clock=clock)  # its first look at the index comes mid-request
     hold = HOLDS["o1"] = Hold()
     try:
-        asking = asyncio.ensure_future(rt.get(Till, "t").ask("o1"))
+        asking = asyncio.ensure_future(rt.get(CashTill, "t").ask("o1"))
         await eventually(hold.reached.is_set, what="ask('o1') wrote its request")
         assert len(rt.approvals.list()) == 2  # the store is being written: not a phantom
         hold.released.set()
@@ -115,7 +115,7 @@ async def test_a_request_on_its_way_to_its_commit_is_left_alone(tmp_path, clock)
 async def test_a_lost_catalog_gets_its_approvals_back_from_the_stores(tmp_path, clock):
     folder = tmp_path / "store"
     rt = ab.Runtime(folder, clock=clock)
-    till = rt.get(Till, "t")
+    till = rt.get(CashTill, "t")
     first, second = await till.ask("o1"), await till.ask("o2")
     await rt.approvals.reject(first, "no", by="ops")
     await rt.aclose()
@@ -135,23 +135,23 @@ async def test_another_agent_cannot_call_a_guarded_method_even_after_a_restart(t
     folder = tmp_path / "store"
     rt = ab.Runtime(folder, clock=clock)
     assert await rt.get(Thief, "m").steal("t") == "paid stolen"  # nothing guards it yet
-    await rt.get(Till, "t").ask("o1")
+    await rt.get(CashTill, "t").ask("o1")
     with pytest.raises(ab.NotCallableError, match="request_approval"):
         await rt.get(Thief, "m").steal("t")
-    await rt.get(Till, "t").pay_self("own")  # the agent itself may
+    await rt.get(CashTill, "t").pay_self("own")  # the agent itself may
     await rt.settle()  # (the pay it sent itself has run)
     await rt.aclose()
     rt = ab.Runtime(folder, clock=clock)  # (guards are per runtime: only the catalog remembers)
     try:
         with pytest.raises(ab.NotCallableError):
             await rt.get(Thief, "m").steal("t")
-        assert rt.get(Till, "t").state == {"paid": ["stolen", "own"]}
+        assert rt.get(CashTill, "t").state == {"paid": ["stolen", "own"]}
     finally:
         await rt.aclose()
 
 
 async def test_a_replay_asks_nobody_and_runs_no_approved_action(rt):
-    till = rt.get(Till, "r")
+    till = rt.get(CashTill, "r")
     approval_id = await till.ask("o1")
     await rt.approvals.approve(approval_id, by="ops")
     result = await till.replay(1)
@@ -170,7 +170,7 @@ async def test_a_replay_asks_nobody_and_runs_no_approved_action(rt):
 @pytest.mark.parametrize("bad", [2**64, -2**63 - 1, 7, True, None, 1.5, b"ap-", "ap-\ud800",
                                  "ap-\x00"])
 async def test_an_id_that_is_no_approval_id_is_not_found(rt, bad):
-    await rt.get(Till, "b").ask("o1")
+    await rt.get(CashTill, "b").ask("o1")
     with pytest.raises(ab.ApprovalNotFoundError):
         rt.approvals.get(bad)
     with pytest.raises(ab.ApprovalNotFoundError):

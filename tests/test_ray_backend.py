@@ -11,6 +11,7 @@ import agentbook as ab
 from agentbook.backends.ray import shard_of
 
 from .ray_agents import RayTally
+from .ray_start import start_ray
 from .waiting import eventually
 
 pytestmark = pytest.mark.ray
@@ -26,14 +27,11 @@ async def ray_rt(tmp_path, ray_cluster):
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
-                                                 "(pip install 'agentbook[ray]')")
-    import os
-
+                                             "(pip install 'agentbook[ray]')")
     if ray.is_initialized():
         yield ray
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="agentbook")
+    start_ray(ray)
     yield ray
     ray.shutdown()
 

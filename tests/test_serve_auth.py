@@ -265,3 +265,33 @@ async def test_bad_credentials_never_reach_the_agent(rt, served):
             pass
         assert (await closed_with(ws))[0] == 4001
     assert rt.get(ServeCounter, "a").version == 0 and refused == []
+
+
+async def test_a_session_pass_reconnects_to_its_own_agent_only_and_expires_unused(served):
+    """What agentbook's chat page trades its one-time ticket for: a reusable pass for one
+    agent's socket (subprotocol ``pass.<secret>``), never for another agent or HTTP."""
+    wall = [1000.0]
+    served.auth.now = lambda: wall[0]
+    async with await raw(served, f"{PATH}?ticket={served.ticket()}", headers={}) as ws:
+        await recv(ws, 2)
+        await ws.send(json.dumps({"type": "ab_pass_request"}))
+        (granted,) = await recv(ws)
+    assert granted["type"] == "ab_pass" and granted["expiresIn"] == served.auth.pass_ttl
+    secret = granted["pass"]
+    for _ in range(2):  # reusable
+        async with await raw(served, PATH, headers={},
+                             subprotocols=["agents", f"pass.{secret}"]) as ws:
+            assert ws.subprotocol == "agents"  # (the pass is never echoed back)
+            assert (await recv(ws))[0]["type"] == "cf_agent_identity"
+    other = PATH.rsplit("/", 1)[0] + "/b"
+    async with await raw(served, other, headers={}, subprotocols=["agents", f"pass.{secret}"]) as ws:
+        assert (await closed_with(ws))[0] == 4001  # another agent
+    async with httpx.AsyncClient(base_url=served.url) as http:
+        got = await http.get(f"{PATH}/get-messages", headers={"Authorization": f"Bearer {secret}"})
+        assert got.status_code == 401  # not a token
+    wall[0] += served.auth.pass_ttl - 1
+    async with await raw(served, PATH, headers={}, subprotocols=["agents", f"pass.{secret}"]) as ws:
+        assert (await recv(ws))[0]["type"] == "cf_agent_identity"  # used: valid again that long
+    wall[0] += served.auth.pass_ttl
+    async with await raw(served, PATH, headers={}, subprotocols=["agents", f"pass.{secret}"]) as ws:
+        assert (await closed_with(ws))[0] == 4001  # unused too long

@@ -1,8 +1,11 @@
 """A served chat agent whose process is SIGKILLed mid-turn, with Cloudflare's own client
-(``WebSocketChatTransport`` + the AI SDK's ``Chat``) connected: the client sees the stream cut,
-reconnects to the restarted server, its resume probe is answered (``resume_none``: nothing
-of the turn survives in memory), the transcript it gets on connect is what committed - the
-turns before, never half of the killed one - and the next turn works. Checked in the store.
+(``WebSocketChatTransport`` + the AI SDK's ``Chat``) connected: the client sees the stream cut
+and reconnects to the restarted server. The turn's mark (committed when it started) tells
+the new life the turn was interrupted: the transcript the client gets on connect holds the
+turns before, the killed turn's message and an empty assistant message marked interrupted
+(never half of the answer); its resume probe is answered with the interruption (the error of
+a resumed stream, as Cloudflare's terminal record); and the next turn works. Checked in the
+store: ``ref.messages()`` shows the interrupted turn, the model never sees it.
 
 Needs ``npm ci --prefix tests/node``; skipped with that hint otherwise.
 """
@@ -17,6 +20,8 @@ import sys
 from pathlib import Path
 
 import agentbook as ab
+from agentbook.chat.turns import INTERRUPTED_TEXT
+from agentbook.store.chatturns import ChatTurns
 
 from .test_serve_chat_npm import NODE_DIR, pytestmark, run_node  # noqa: F401 (the skips)
 from .waiting import eventually
@@ -87,18 +92,37 @@ async def test_a_kernel_killed_mid_turn_leaves_the_turn_unstored_and_the_client_
         assert kills == [1]
         first = got["first"]
         assert {"onError": "WebSocket closed mid-stream"} in first["events"]
-        assert [(m["role"], m["text"]) for m in first["afterRestart"]] == [
-            ("user", "hello"),
-            ("assistant", "Hello! I'm the builtin offline model. How can I help?")]
+        hello = "Hello! I'm the builtin offline model. How can I help?"
+        after = first["afterRestart"]
+        assert [(m["role"], m["text"], m.get("interrupted", False)) for m in after] == [
+            ("user", "hello", False), ("assistant", hello, False),
+            ("user", "a slow reply that dies", False), ("assistant", "", True)]
+        assert after[3]["parts"] == []  # (nothing of what it had said)
+        assert first["statusAfterRestart"] == "error"
+        assert first["errorAfterRestart"] == INTERRUPTED_TEXT
         assert first["status"] == "ready"
         assert [(m["role"], m["text"]) for m in first["messages"]][-2:] == [
-            ("user", "hello again"),
-            ("assistant", "Hello! I'm the builtin offline model. How can I help?")]
+            ("user", "hello again"), ("assistant", hello)]
         async with await ab.connect(url, token=token) as client:
             await eventually(lambda: client.messages, what="the transcript on connect")
-            stored = [(m["role"], m["parts"][-1]["text"]) for m in client.messages]
-        assert stored == [("user", "hello"), ("assistant", stored[1][1]),
-                          ("user", "hello again"), ("assistant", stored[3][1])]
-        assert not any("dies" in text for _, text in stored)
+            shown = [(m["role"], "".join(p.get("text", "") for p in m["parts"]),
+                      bool(m.get("metadata", {}).get("interrupted"))) for m in client.messages]
+        assert shown == [("user", "hello", False), ("assistant", hello, False),
+                         ("user", "a slow reply that dies", False), ("assistant", "", True),
+                         ("user", "hello again", False), ("assistant", hello, False)]
     finally:
         await child.stop()
+    # the store, read by a runtime of its own: the interrupted turn is two rows, no more
+    rt = ab.Runtime(tmp_path / "store")
+    try:
+        frame = rt.get("WireChat", "k1").messages()
+        rows = [(r.role, r.content, r.name if isinstance(r.name, str) else None)
+                for r in frame.itertuples()]
+        assert rows == [("user", "hello", None), ("assistant", hello, None),
+                        ("user", "a slow reply that dies", None),
+                        ("assistant", "", "interrupted"),
+                        ("user", "hello again", None), ("assistant", hello, None)]
+        assert frame.id[2] == after[2]["id"] and frame.id[3] == after[3]["id"]
+        assert not ChatTurns(rt.catalog).marks()  # superseded by the next turn
+    finally:
+        rt.close()

@@ -117,6 +117,43 @@ async def test_the_answer_grows_chunk_by_chunk_while_it_streams(rt):
     box.close()
 
 
+async def test_a_turn_typed_elsewhere_streams_into_the_box_word_by_word(rt):
+    # a turn over the wire (a browser page, Cloudflare's client, here ab.connect) is drawn
+    # as it streams, the way one sent from the box is - not only when it commits
+    server = rt.serve()
+    box = chat_widget(rt.get(PacedBoxDesk, "wire"))
+    draft = box.conversation.children[-1]
+    seen: list[str] = []
+    draft.observe(lambda change: seen.append(change["new"]), names="value")
+    try:
+        async with await ab.connect(server.url_for(PacedBoxDesk, "wire"),
+                                    token=server.token) as client:
+            said = "".join([str(c) async for c in client.stream_chat("hello from a page")])
+        await eventually(lambda: texts(box) == ["hello from a page", said],
+                         what="the stored turn in the box")
+    finally:
+        box.close()
+        await server.stop()
+    drafts = [text_of(m) for v in seen for m in re.findall(r"chat-assistant.*?>(.*?)</div>", v)]
+    assert len(drafts) >= 5  # one redraw per chunk, before the commit
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in itertools.pairwise(drafts))
+    assert drafts[-1] == said == stored_answer(box)
+    assert all("hello from a page" in text_of(v) for v in seen if v)  # the user's words first
+    assert draft.value == ""  # the stored messages replaced the draft
+
+
+async def test_a_turn_from_another_cell_streams_into_an_open_box(rt):
+    box = chat_widget(rt.get(PacedBoxDesk, "cell"))
+    draft = box.conversation.children[-1]
+    seen: list[str] = []
+    draft.observe(lambda change: seen.append(change["new"]), names="value")
+    said = "".join([str(c) async for c in box.ref.stream_chat("hello from a cell")])
+    await eventually(lambda: texts(box) == ["hello from a cell", said], what="the stored turn")
+    box.close()
+    assert len([v for v in seen if said[:20] in text_of(v)]) >= 1
+    assert len(seen) >= 5
+
+
 async def test_tool_calls_and_results_show_inline_escaped(box):
     answer = await box.send("Where is my order o-1001?")
     shown = texts(box)

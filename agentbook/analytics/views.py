@@ -38,7 +38,7 @@ import gc
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from ..errors import LimitError, ReadOnlyError, SQLError, StoreError, UsageError
@@ -158,15 +158,25 @@ class Analytics:
         self._small: dict[Key, tuple[Any, Any, list[tuple]]] = {}
         #: Per agent: its workflow runs and steps (rows of the two workflow views).
         self._flows: dict[Key, tuple[list[tuple], list[tuple]]] = {}
+        #: On a Ray host feeding the driver's views: what each catch-up changed, in order
+        #: (``(what, table, rows or keys)``; see agentbook.backends.ray_reads), and which
+        #: agents are this host's (the others in its folder are another host's).
+        self.journal: list[tuple[str, str, Any]] | None = None
+        self.owned: Callable[[Key], bool] | None = None
 
     # -- catching up --------------------------------------------------------------------
     def catch_up(self) -> int:
         """Bring every view up to date; returns how many history rows were added."""
 
         rt = self.rt
+        if rt.reads is not None:  # the stores are on Ray hosts: they send what changed
+            return cast(int, rt.reads.catch_up(self))
         catalog = rt.catalog.rows()
+        if self.owned is not None:
+            catalog = [row for row in catalog if self.owned((row[0], row[1]))]
         known = {(c, n) for c, n, *_ in catalog}
-        if not self._primed or rt.router is not None:  # commits elsewhere: look at all
+        if not self._primed or (rt.router is not None and self.owned is None):
+            # commits elsewhere: look at all
             todo = [(c, n) for c, n, *_ in catalog]
             self._primed = True
             seen = {key: self._signature(key) for key in todo}
@@ -245,6 +255,8 @@ class Analytics:
                                 " (SELECT (agent, name) FROM ab_gone)")
         finally:
             self.db.unregister("ab_gone")
+        if self.journal is not None:
+            self.journal.append(("forget", "", [list(k) for k in keys]))
         if not keep_marks:
             for key in keys:
                 for marks in (self._marks, self._chains, self._event_marks, self._event_first):
@@ -265,6 +277,8 @@ class Analytics:
                                 " AND e.name = p.name AND e.seq < p.first")
             finally:
                 self.db.unregister("ab_pruned")
+            if self.journal is not None:
+                self.journal.append(("prune", "events", arrow))
         if not self._new_events:
             return
         rows, self._new_events = self._new_events, []
@@ -275,8 +289,8 @@ class Analytics:
                           for i, (c, t) in enumerate(zip(cols, types, strict=True))})
         self.db.register("ab_events", arrow)
         try:
-            self.db.execute("INSERT INTO events SELECT type, agent, name, payload,"
-                            " to_timestamp(ts), version, seq FROM ab_events")
+            self._added("INSERT INTO events SELECT type, agent, name, payload,"
+                        " to_timestamp(ts), version, seq FROM ab_events", "events")
         finally:
             self.db.unregister("ab_events")
 
@@ -377,6 +391,9 @@ class Analytics:
         for key in touched:
             for table in ("messages", "tool_calls"):
                 self.db.execute(f"DELETE FROM {table} WHERE agent = ? AND name = ?", list(key))
+        if self.journal is not None and touched:
+            for table in ("messages", "tool_calls"):
+                self.journal.append(("delete", table, [list(k) for k in touched]))
         specs = {
             "messages": (["agent", "name", "seq", "id", "role", "content", "tool_calls",
                           "tool_call_id", "tool_name", "ts"],
@@ -394,22 +411,23 @@ class Analytics:
             arrow = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(cols)})
             self.db.register("ab_chat", arrow)
             try:
-                self.db.execute(f"INSERT INTO {table} SELECT {select} FROM ab_chat")
+                self._added(f"INSERT INTO {table} SELECT {select} FROM ab_chat", table)
             finally:
                 self.db.unregister("ab_chat")
 
     def _append_history(self, batch: Any) -> None:
         self.db.register("ab_batch", batch)
         try:  # t[1] .. t[8]: the text columns, in the order of _TEXT_COLS
-            self.db.execute(
+            self._added(
                 "INSERT INTO history SELECT agent, name, version, to_timestamp(ts), t[1], t[2],"
                 " t[3], t[4], duration_ms, t[5], t[6], t[7], state,"
                 " CASE WHEN due IS NULL THEN NULL ELSE to_timestamp(due) END, t[8],"
                 " CASE WHEN due IS NULL THEN NULL ELSE ts - due END"
-                f" FROM (SELECT *, json_extract_string(packed, [{_UNPACK}]) AS t FROM ab_batch)")
+                f" FROM (SELECT *, json_extract_string(packed, [{_UNPACK}]) AS t FROM ab_batch)",
+                "history")
             # A committed call's rpc and state:update events are its history row, seen as
             # events (the live events' shapes): derived here instead of written twice.
-            self.db.execute(
+            self._added(
                 "INSERT INTO events SELECT kind, agent, name, CASE kind WHEN 'rpc' THEN"
                 " json_object('method', t[1], 'version', version, 'source', t[4])::VARCHAR"
                 " ELSE json_object('state', json(state), 'source', t[4], 'version', version)"
@@ -417,9 +435,17 @@ class Analytics:
                 f" json_extract_string(packed, [{_UNPACK}]) AS t FROM ab_batch),"
                 " (VALUES ('rpc'), ('state:update')) kinds(kind)"
                 " WHERE t[5] = 'ok' AND t[1] <> 'on_start' AND (kind = 'rpc' AND due IS NULL"
-                " OR kind = 'state:update' AND changed)")
+                " OR kind = 'state:update' AND changed)", "events")
         finally:
             self.db.unregister("ab_batch")
+
+    def _added(self, insert: str, table: str) -> None:
+        """Run *insert* (rows into *table*); a journal keeps the rows it added."""
+        if self.journal is None:
+            self.db.execute(insert)
+        else:
+            self.journal.append(("append", table,
+                                 self.db.sql(f"{insert} RETURNING *").to_arrow_table()))
 
     def _failures(self) -> None:
         import pyarrow as pa
@@ -430,21 +456,26 @@ class Analytics:
         if not rows:
             return
         self._failure_mark = cast(int, rows[-1][0])
+        if self.owned is not None:
+            rows = [r for r in rows if self.owned((str(r[1]), str(r[2])))]
+            if not rows:
+                return
         cols = ["id", "agent", "name", "ts", "method", "args", "kwargs", "source", "duration_ms",
                 "error"]
         table = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(cols)})
         self.db.register("ab_failures", table)
         try:
-            self.db.execute(
+            self._added(
                 "INSERT INTO history SELECT agent, name, NULL, to_timestamp(ts), method, args,"
                 " kwargs, source, duration_ms, 'error', error, NULL, NULL, NULL, NULL, NULL"
-                " FROM ab_failures")
+                " FROM ab_failures", "history")
             # a failed call is on record as its rpc:error event too (the live event's shape)
-            self.db.execute(
+            self._added(
                 "INSERT INTO events SELECT 'rpc:error', agent, name, json_object('method', method,"
                 " 'error', CASE WHEN contains(error, ': ') THEN error[length(split_part(error,"
                 " ': ', 1)) + 3:] ELSE error END, 'type', split_part(error, ': ', 1),"
-                " 'source', source)::VARCHAR, to_timestamp(ts), NULL, NULL FROM ab_failures")
+                " 'source', source)::VARCHAR, to_timestamp(ts), NULL, NULL FROM ab_failures",
+                "events")
         finally:
             self.db.unregister("ab_failures")
 
@@ -530,6 +561,10 @@ class Analytics:
     def _catalog_views(self) -> None:
         rt = self.rt
         approvals = rt.catalog.approvals(None)
+        letters = rt.catalog.dead_letters()
+        if self.owned is not None:
+            approvals = [r for r in approvals if self.owned((r[1], r[2]))]
+            letters = [r for r in letters if self.owned((r[1], r[2]))]
         self._replace("approvals", approvals,
                       ["id", "agent", "name", "method", "args", "kwargs", "summary",
                        "side_effects", "created", "expires", "status", "decided_by",
@@ -537,7 +572,7 @@ class Analytics:
                       "id, agent, name, method, args, kwargs, summary, side_effects,"
                       " to_timestamp(created), to_timestamp(expires), status, decided_by,"
                       " to_timestamp(decided_at), reason")
-        self._replace("dead_letters", rt.catalog.dead_letters(),
+        self._replace("dead_letters", letters,
                       ["id", "agent", "name", "callback", "payload", "type", "attempts", "error",
                        "failed_at"],
                       "id, agent, name, callback, payload, type, attempts, error,"
@@ -545,6 +580,8 @@ class Analytics:
 
     def _replace(self, table: str, rows: Sequence[tuple], cols: list[str], select: str) -> None:
         self.db.execute(f"DELETE FROM {table}")
+        if self.journal is not None:
+            self.journal.append(("replace", table, None))
         self._insert(table, rows, cols, select)
 
     def _insert(self, table: str, rows: Sequence[tuple], cols: list[str], select: str) -> None:
@@ -555,12 +592,14 @@ class Analytics:
         arrow = pa.table({c: pa.array([r[i] for r in rows]) for i, c in enumerate(cols)})
         self.db.register("ab_rows", arrow)
         try:
-            self.db.execute(f"INSERT INTO {table} SELECT {select} FROM ab_rows")
+            self._added(f"INSERT INTO {table} SELECT {select} FROM ab_rows", table)
         finally:
             self.db.unregister("ab_rows")
 
     def rebuild(self) -> int:
         """Drop the projection and build it again from the stores."""
+        if self.rt.reads is not None:
+            return cast(int, self.rt.reads.rebuild(self))
         for table in (*_BUILT_IN, *(f'"{view}"' for view in self._tables)):
             self.db.execute(f"DELETE FROM {table}")
         for marks in (self._marks, self._chains, self._event_marks, self._event_first,
@@ -603,6 +642,10 @@ class Analytics:
             UsageError: the view name is one of the built-in views, or not a plain name.
         """
         view = as_ or name
+        if self.rt.reads is not None:
+            raise UsageError("rt.analytics.table() is not available on a Ray runtime with "
+                             "host_dir= yet (the agents' tables are on the hosts' nodes): "
+                             "query each agent with ref.sql(...)")
         if not isinstance(name, str) or not name or name.startswith(("_ab_", "sqlite_")):
             raise UsageError(f"{name!r} is not a name of an agent's own table")
         if view in _BUILT_IN or view in _KEPT or not view.isidentifier():

@@ -161,7 +161,9 @@ class Approvals:
 
     def get(self, approval_id: str) -> Approval:
         """One approval by id."""
-        row = self._rt.catalog.approval(approval_id)
+        reads = self._rt.reads  # (a Ray runtime with node-local stores: the hosts know)
+        row = (self._rt.catalog.approval(approval_id) if reads is None
+               else reads.approval(approval_id))
         if row is None:
             raise ApprovalNotFoundError(f"no approval has id {approval_id!r}; see "
                                         "rt.approvals.pending()")
@@ -172,7 +174,9 @@ class Approvals:
         """Approvals with *status* (``None`` for all), in the order they were requested
         (``newest_first`` reverses it); pending ones that ran out of time are left out of
         ``"pending"``. ``limit`` keeps the first *limit*."""
-        out = [Approval(self._rt, row) for row in self._rt.catalog.approvals(status)]
+        reads = self._rt.reads
+        rows = self._rt.catalog.approvals(status) if reads is None else reads.approvals(status)
+        out = [Approval(self._rt, row) for row in rows]
         if status == "pending":
             out = [a for a in out if a.pending]
         if newest_first:

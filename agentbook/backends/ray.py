@@ -13,10 +13,12 @@ The driver (the notebook) keeps the same API: messages are forwarded to the owni
 (one Ray call each; the envelope and its arguments travel as JSON text), and the answers
 are settled on the driver's event loop in batches, without a task per message. Reads
 (``state``, ``sql``, ``history``, ``at``, the DuckDB views, the approval inbox) go
-straight to the stores. Agents on different hosts message each other through the same
-forwarding. While someone subscribes to the driver's ``rt.events``, the hosts' events are
-relayed to it (a long poll per host, JSON batches); with nobody listening the hosts'
-buses stay inactive. Not forwarded: streaming chat and client tools (use ``ref.chat``).
+straight to the stores, or, with ``host_dir=`` (stores on the hosts' nodes), to the host
+owning the agent (:mod:`agentbook.backends.ray_reads`). Agents on different hosts message
+each other through the same forwarding. While someone subscribes to the driver's
+``rt.events``, the hosts' events are relayed to it (a long poll per host, JSON batches);
+with nobody listening the hosts' buses stay inactive. Not forwarded: streaming chat and
+client tools (use ``ref.chat``).
 
 Ray ships agent classes to the hosts (defined in a notebook, they travel by value); the
 agents' data never travels pickled.
@@ -37,6 +39,7 @@ from .. import jsonvalue
 from ..envelope import Envelope
 from ..errors import HostUnavailableError, StoreError, UsageError
 from .ray_events import EventRelay, event_encoder
+from .ray_reads import HostReads, OwnerReads
 
 if TYPE_CHECKING:
     from ..core.runtime import Runtime
@@ -263,7 +266,8 @@ class RayRouter:
         return sum(ray.get([self.handle(i).hibernate.remote() for i in range(self.hosts)]))
 
 
-def start(rt: Runtime, address: str | None, hosts: int, shards: int) -> RayRouter:
+def start(rt: Runtime, address: str | None, hosts: int, shards: int,
+          host_dir: str | None = None) -> RayRouter:
     """Start (or join) Ray and create the host actors for the driver runtime *rt*."""
     ray = _ray()
     if rt.memory:
@@ -278,21 +282,25 @@ def start(rt: Runtime, address: str | None, hosts: int, shards: int) -> RayRoute
     host_cls = ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=1000)(AgentHost)
     handles = [host_cls.options(name=f"{prefix}-{i}", namespace="agentbook",
                                 lifetime=None).remote(rt.root, i, hosts, shards, rt.durability,
-                                                      prefix)
+                                                      prefix, host_dir)
                for i in range(hosts)]
     ray.get([h.ready.remote() for h in handles])
     router = RayRouter(rt, hosts, shards, prefix, handles=handles)
     router.events = EventRelay(router)
+    if host_dir is not None:  # the stores are on the hosts' nodes: read through them
+        rt.reads = OwnerReads(router)
     return router
 
 
-class AgentHost:
+class AgentHost(HostReads):
     """A Ray actor hosting the agents of its shards with an ordinary runtime."""
 
     def __init__(self, root: str, index: int, hosts: int, shards: int, durability: str,
-                 prefix: str) -> None:
+                 prefix: str, host_dir: str | None = None) -> None:
         from ..core.runtime import Runtime
 
+        if host_dir is not None:  # this node's own folder
+            root = host_dir.format(node=_ray().get_runtime_context().get_node_id())
         self.index = index
         self.host_id = f"{prefix}-{index}-{uuid.uuid4().hex[:6]}"
         self.rt = Runtime(root, durability=durability)

@@ -41,8 +41,10 @@ each request with a queued ``chat.completion``. Nothing leaves the machine.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from types import ModuleType
@@ -52,6 +54,7 @@ import agentbook as ab
 
 from .report import Result, Target
 from .timing import Sizes, check, interleave
+from .wirefloor import WireFloor, record, timed
 
 __all__ = ["WIRE_NAMES", "BenchChat", "BenchWireChat", "bench_chat", "bench_chat_wire",
            "load_loopback"]
@@ -152,27 +155,14 @@ async def bench_chat(sz: Sizes, folder: str) -> list[Result]:
 _WIRE_TEXT = ("tell me everything about the weather in the mountains this week, the rain, "
               "the wind, the snow on the high passes and whether the trains will run on time")
 WIRE_NAMES = ("chat_wire_ttft", "chat_wire_chars", "chat_wire_ttft_100conn",
-              "chat_wire_chars_100conn")
+              "chat_wire_chars_100conn", "chat_wire_ttft_bare", "chat_wire_chars_bare",
+              "chat_wire_ttft_xproc", "chat_wire_chars_xproc", "chat_wire_ttft_xproc_bare",
+              "chat_wire_chars_xproc_bare")
 
 
 #: The builtin model, no tools: the same turn in the kernel and over the wire. (Made with
 #: a module name outside agentbook: the serve path serves only classes of the user's own.)
 BenchWireChat = type("BenchWireChat", (ab.ChatAgent,), {"__module__": "agentbook_bench_wire"})
-
-
-async def _timed(chunks: Any) -> tuple[float, int, float, float, int]:
-    """``(time to the first text chunk, characters of text, first chunk's time, last's,
-    characters after the first chunk)``."""
-    t0 = time.perf_counter()
-    first = last = 0.0
-    count = head = 0
-    async for chunk in chunks:
-        if chunk.kind == "text" and chunk.text:
-            last = time.perf_counter()
-            if not count:
-                first, head = last, len(chunk.text)
-            count += len(chunk.text)
-    return first - t0, count, first, last, count - head
 
 
 async def bench_chat_wire(sz: Sizes, folder: str) -> list[Result]:
@@ -197,66 +187,106 @@ async def bench_chat_wire(sz: Sizes, folder: str) -> list[Result]:
     rt = ab.Runtime(os.path.join(folder, "chat_wire"), durability="normal")
     server = serve(rt, classes=[BenchWireChat])
     clients: list[Any] = []
+    floor: WireFloor | None = None
+    worker: Any = None
     try:
         ref = rt.get(BenchWireChat, "kernel")
-        one = await connect(server.url_for(BenchWireChat, "wire"), token=server.token)
-        clients.append(one)
+        url = server.url_for(BenchWireChat, "wire")
+        floor = WireFloor(*await record(server.url_for(BenchWireChat, "recorded"), server.token,
+                                        _WIRE_TEXT))
+        floor_url = await floor.start()
+        one = await connect(url, token=server.token)
+        bare = await connect(floor_url, token="-")
+        clients += [one, bare]
         crowd_clients = await asyncio.gather(*[connect(
             server.url_for(BenchWireChat, f"wire-{i}"), token=server.token)
             for i in range(crowd)])
         clients += crowd_clients
         refs = [rt.get(BenchWireChat, f"kernel-{i}") for i in range(crowd)]
+        worker = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentbook.bench.wirefloor", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                [str(Path(ab.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])})
 
-        async def turns(stream: Any) -> tuple[float, float]:
-            runs = [await _timed(stream(_WIRE_TEXT)) for _ in range(n)]
+        def figures(runs: list[Any]) -> tuple[float, float]:
             check(all(r[1] > 200 and r[3] > r[2] for r in runs), "each turn streamed its words")
             return (statistics.median(r[0] for r in runs) * 1000,
                     sum(r[4] for r in runs) / sum(r[3] - r[2] for r in runs))
 
+        async def turns(stream: Any) -> tuple[float, float]:
+            return figures([await timed(stream(_WIRE_TEXT)) for _ in range(n)])
+
+        async def elsewhere(where: str, token: str) -> tuple[float, float]:
+            """*n* turns timed by a client in a process of its own."""
+            worker.stdin.write((json.dumps({"url": where, "token": token, "n": n,
+                                            "text": _WIRE_TEXT}) + "\n").encode())
+            line = await asyncio.wait_for(worker.stdout.readline(), 120)
+            check(bool(line), "the client process answered")
+            return figures(json.loads(line)["runs"])
+
         async def together(streams: list[Any]) -> tuple[float, float]:
             t0 = time.perf_counter()
-            runs = await asyncio.gather(*[_timed(s(_WIRE_TEXT)) for s in streams])
+            runs = await asyncio.gather(*[timed(s(_WIRE_TEXT)) for s in streams])
             check(all(r[1] > 200 for r in runs), "each turn streamed its words")
             return (statistics.median(r[0] for r in runs) * 1000,
                     sum(r[1] for r in runs) / (max(r[3] for r in runs) - t0))
 
-        sides = [
-            (lambda: turns(one.stream_chat), lambda: turns(ref.stream_chat)),
-            (lambda: together([c.stream_chat for c in crowd_clients]),
-             lambda: together([r.stream_chat for r in refs])),
-        ]
-        figures: list[list[tuple[tuple[float, float], tuple[float, float]]]] = [[], []]
-        for k, (wire, kernel) in enumerate(sides):
-            if sz.warmup:
-                await wire()
-                await kernel()
-            for i in range(sz.rounds):
-                if i % 2 == 0:
-                    a = await wire()
-                    b = await kernel()
-                else:
-                    b = await kernel()
-                    a = await wire()
-                figures[k].append((a, b))
+        sides: dict[str, Any] = {
+            "wire": lambda: turns(one.stream_chat), "kernel": lambda: turns(ref.stream_chat),
+            "bare": lambda: turns(bare.stream_chat),
+            # (an agent of its own: a turn streams to every connection of its agent)
+            "xwire": lambda: elsewhere(server.url_for(BenchWireChat, "wire-x"), server.token),
+            "xbare": lambda: elsewhere(floor_url, "-"),
+            "crowd": lambda: together([c.stream_chat for c in crowd_clients]),
+            "crowd_kernel": lambda: together([r.stream_chat for r in refs])}
+        got: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
+        # The crowd's rounds come after the single turns' (a hundred turns' commits and
+        # transcripts still going out would land in the next single turn's figures).
+        for order in (["wire", "kernel", "bare", "xwire", "xbare"], ["crowd", "crowd_kernel"]):
+            for i in range(sz.rounds + (1 if sz.warmup else 0)):
+                for name in order[i % len(order):] + order[:i % len(order)]:  # (rotated)
+                    figure = await sides[name]()
+                    if i or not sz.warmup:
+                        got[name].append(figure)
     finally:
         for client in clients:
             await client.close()
+        if worker is not None:
+            worker.stdin.close()
+            await worker.wait()
+        if floor is not None:
+            await floor.stop()
         await server.stop()
         await rt.aclose()
     out = []
-    for k, suffix, what in ((0, "", f"{n} turns/round one after another"),
-                            (1, "_100conn", f"{crowd} connections (one agent each) chatting at "
-                                            "once, against as many ref.stream_chat at once")):
-        rounds = figures[k]
-        note = (f"{what}; the builtin model's answer to one ~30-word message (~50 text "
-                "chunks, ~230 characters); wire: ab.connect(...).stream_chat on rt.serve() "
-                "over loopback (the agents chat frames); floor: ref.stream_chat in the kernel")
+    text = ("the builtin model's answer to one ~30-word message (~50 text chunks, ~230 "
+            "characters); wire: ab.connect(...).stream_chat on rt.serve() over loopback (the "
+            "agents chat frames)")
+    bare_floor = ("floor: a bare WebSocket server on the same stack (uvicorn, websockets-sansio, "
+                  "the serve path's socket) replaying the frames a real turn sent, one per loop "
+                  "turn, to the same client (agentbook.bench.wirefloor)")
+    for suffix, mine, base, target, what in (
+            ("", "wire", "kernel", True, f"{n} turns/round one after another, client and server "
+                                         "on one event loop; floor: ref.stream_chat in the kernel"),
+            ("_100conn", "crowd", "crowd_kernel", True,
+             f"{crowd} connections (one agent each) chatting at once, against as many "
+             "ref.stream_chat at once"),
+            ("_bare", "wire", "bare", False, f"{n} turns/round, client and server on one event "
+                                             f"loop; {bare_floor}"),
+            ("_xproc", "xwire", "kernel", True, f"{n} turns/round, the client in a process of "
+                                               "its own; floor: ref.stream_chat in the kernel"),
+            ("_xproc_bare", "xwire", "xbare", False,
+             f"{n} turns/round, the client in a process of its own; {bare_floor}")):
+        rounds = list(zip(got[mine], got[base], strict=True))
+        note = f"{what}; {text}"
         out.append(Result.from_rounds(f"chat_wire_ttft{suffix}", "ms",
-                                      [(a[0], b[0]) for a, b in rounds], ttft_target,
+                                      [(a[0], b[0]) for a, b in rounds],
+                                      ttft_target if target else None,
                                       note + "; time to first token, median (ratio <= 1.25 "
-                                      "is >= 0.8x the kernel's speed)"))
+                                      "is >= 0.8x the floor's speed)"))
         out.append(Result.from_rounds(f"chat_wire_chars{suffix}", "chars/s",
-                                      [(a[1], b[1]) for a, b in rounds], rate_target,
+                                      [(a[1], b[1]) for a, b in rounds],
+                                      rate_target if target else None,
                                       note + "; characters of the answer per second (the "
                                       f"wire merges deltas closer than {coalesce * 1000:g} ms "
                                       "into one frame)"))

@@ -30,7 +30,7 @@ from ..methods import callable
 from ..models.base import Model, Response
 from ..store import mcp as mcp_store
 from ..store import messages as stored
-from . import live, ui
+from . import live, turns, ui
 from .tools import Tool, as_tool, validate
 
 if TYPE_CHECKING:
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from ..core.ref import AgentRef
     from ..store import AgentStore
 
-__all__ = ["ChatAgent", "ChatChunk"]
+__all__ = ["Abort", "ChatAgent", "ChatChunk"]
 
 _DONE = object()
 #: What :meth:`_Turn.execute` returns for a client tool call left to a WebSocket client.
@@ -56,6 +56,24 @@ class ChatChunk:
 
     def __str__(self) -> str:
         return self.text
+
+
+class Abort(asyncio.Event):
+    """What stops a turn's model call (a turn's ``abort`` extra; the serve path makes one
+    per request, set by ``cf_agent_chat_request_cancel``): once set, the call ends where it
+    waits, what was said is stored and the turn is recorded as aborted. (Any
+    ``asyncio.Event`` works too, at the cost of a task racing the model call.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        #: Called once when it is set (the running turn's way to stop its model call).
+        self.on_set: Callable[[], None] | None = None
+
+    def set(self) -> None:
+        super().set()
+        stop, self.on_set = self.on_set, None
+        if stop is not None:
+            stop()
 
 
 class ChatAgent(Agent):
@@ -112,7 +130,7 @@ class ChatAgent(Agent):
     async def run_approved_tool(self, tool: str, arguments: dict, call_id: str) -> str:
         """Run a tool a person approved, then let the model follow up (approval target)."""
         turn = _Turn(self)
-        turn.open_sink(continuation=True)
+        turn.begin(continuation=True)
         await turn.join_mcp()
         call = {"id": f"{call_id}-approved", "name": tool, "arguments": dict(arguments)}
         turn.store_message({"role": "assistant", "content": "", "tool_calls": [call]})
@@ -147,8 +165,18 @@ class ChatAgent(Agent):
         """Let the model go on from the stored conversation (after a client tool's result),
         on the last assistant message."""
         turn = _Turn(self)
-        turn.open_sink(continuation=True)
+        turn.begin(continuation=True)
         return await turn.loop()
+
+    def _ab_recover_turns(self) -> int:
+        """Store the turns an earlier life of the runtime left unfinished as interrupted
+        (:mod:`agentbook.chat.turns`); how many. Sent by the serve path and the chat widget
+        when they find such turns, so the conversation shows them before the next turn."""
+        turn = _Turn(self)
+        if turn.recovered:
+            turn.emit("chat:interrupted", turns=[m.id for m in turn.recovered])
+            turn.changed()
+        return len(turn.recovered)
 
     def _ab_clear_messages(self) -> None:
         """Forget the conversation (a client's "clear history")."""
@@ -229,11 +257,30 @@ class _Turn:
         self.reply_id: str | None = None  # the first assistant row's id (the UI message's)
         self.sink: live.Sink | None = None
         self.mcp_joined = False
+        #: This turn's mark (:mod:`agentbook.chat.turns`), once it began.
+        self.mark: turns.TurnMark | None = None
+        self.log = turns.log_of(self.inst.runtime)
+        #: Turns an earlier life left unfinished, stored as interrupted in this handler.
+        self.recovered: list[turns.TurnMark] = []
+        if self.log.left or self.log.table is None:
+            seen, self.recovered = turns.recover(self.log, self.inst.key, self.ctx, self.store,
+                                                 agent.now())
+            if seen:
+                found = self.recovered
+                self.ctx.events.append((turns.AFTER_COMMIT, lambda: turns.settle(
+                    self.log, self.inst.key, seen, found, self.mark is not None)))
+
+    def begin(self, continuation: bool, asked_id: str | None = None,
+              asked: str | None = None) -> None:
+        """The turn starts: its mark on record (committed at once), then its watchers."""
+        wire = self.ctx.extras.get("wire")
+        turn_id = wire["id"] if wire is not None else "turn-" + secrets.token_hex(6)
+        self.mark = turns.begin(self.log, self.inst.key, self.store, turn_id, asked_id, asked,
+                                self.reply_id or "m-" + secrets.token_hex(6))
+        self.open_sink(continuation)
 
     def open_sink(self, continuation: bool) -> None:
         """Show this turn to the runtime's watchers, if any (before its first piece)."""
-        if not continuation:
-            self.reply_id = self.ctx.extras.get("reply_id") or "m-" + secrets.token_hex(6)
         self.sink = live.sink(self.inst.runtime, self.inst.key, self.ctx, continuation)
         if self.sink is not None:
             self.sink.begin(self.reply_id)
@@ -278,8 +325,10 @@ class _Turn:
         self.changed()
 
     async def run(self, text: str) -> str:
-        self.open_sink(continuation=False)
-        self.store_message({"role": "user", "content": text}, self.ctx.extras.get("message_id"))
+        self.reply_id = self.ctx.extras.get("reply_id") or "m-" + secrets.token_hex(6)
+        asked_id = self.ctx.extras.get("message_id") or "m-" + secrets.token_hex(6)
+        self.begin(False, asked_id, text)
+        self.store_message({"role": "user", "content": text}, asked_id)
         self.emit("chat:message", role="user", content=text)
         return await self.loop()
 
@@ -298,9 +347,13 @@ class _Turn:
         try:
             final, reason = await self._loop()
         except BaseException as exc:
+            if self.mark is not None and isinstance(exc, Exception):  # (a failure stores
+                turns.end(self.log, self.inst.key, self.ctx, self.mark, failed=True)  # nothing)
             if self.sink is not None:
                 self.sink.failed(exc)
             raise
+        if self.mark is not None:
+            turns.end(self.log, self.inst.key, self.ctx, self.mark, failed=False)
         if self.sink is not None:
             self.sink.end(reason, self.transcript)
         return final
@@ -365,7 +418,8 @@ class _Turn:
 
             if self.abort is None:
                 await consume()
-            elif not await _unless(consume(), self.abort):  # the client stopped the turn
+            elif not await (_stoppable(consume(), self.abort) if isinstance(self.abort, Abort)
+                            else _unless(consume(), self.abort)):  # the client stopped it
                 self.aborted = True
                 return Response("".join(said), model=model.name,
                                 finish_reason="aborted").to_json()
@@ -446,6 +500,8 @@ class _Turn:
         for row in stored.messages(self.store):
             if row.role == "summary":
                 system = f"{system}\n\nEarlier in this conversation:\n{row.content}"
+            elif row.role == "assistant" and row.name == turns.INTERRUPTED:
+                continue  # (a turn cut short by a restart: it said nothing that was kept)
             else:
                 msg = _message(row)
                 msg.pop("id")
@@ -474,6 +530,36 @@ class _Turn:
         summary = self.agent.summarize([_message(r) for r in old], stored.summary(self.store))
         self.ctx.capture(self.store)
         stored.fold(self.store, old[-1].seq, summary, self.agent.now())
+
+
+async def _stoppable(work: Any, abort: Abort) -> bool:
+    """Run *work* in this task unless *abort* is set first (then the task is cancelled
+    where *work* waits, and that cancellation ends here); whether it ran to its end.
+    No task of its own: nothing is scheduled before the model's first word."""
+    if abort.is_set():
+        work.close()
+        return False
+    task = asyncio.current_task()
+    assert task is not None
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    abort.on_set = stop
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not stopped:
+            raise
+    finally:
+        abort.on_set = None
+        uncancel = getattr(task, "uncancel", None)  # (Python 3.11+ counts cancellations)
+        if stopped and uncancel is not None and task.cancelling():
+            uncancel()
+    return not stopped
 
 
 async def _unless(work: Any, stop: asyncio.Event) -> bool:

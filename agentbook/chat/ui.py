@@ -13,7 +13,9 @@ assistant's rows and its tool rows. This module translates both ways, and nothin
   while pending; ``output-available`` or ``output-denied`` once a person decided - the
   decision's own rows, ``<call>-approved`` / ``-rejected`` / ``-expired``, fold into the
   original call's part). A client tool call still waiting for its result is
-  ``input-available``.
+  ``input-available``. A turn a restart cut short (:mod:`agentbook.chat.turns`) is an
+  assistant message with ``metadata: {"finishReason": "error", "interrupted": true}``
+  and no parts of its own.
 - :class:`UIStream`: one turn's :class:`~agentbook.chat.agent.ChatChunk` pieces -> chunks.
 - :func:`rows_from_ui`: UIMessages a client sets -> rows (text, tool calls, results).
 """
@@ -25,6 +27,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..store.messages import Message
+
+#: The ``name`` of the assistant row of a turn a restart cut short (agentbook.chat.turns).
+INTERRUPTED = "interrupted"
 
 __all__ = ["DECIDED", "UIStream", "original_call", "rows_from_ui", "text_of", "ui_messages"]
 
@@ -74,7 +79,9 @@ def ui_messages(rows: list[Message]) -> list[dict[str, Any]]:
             tools = {}
             out.append(current)
         parts = current["parts"]
-        if row.role == "assistant":
+        if row.role == "assistant" and row.name == INTERRUPTED and not row.content:
+            current["metadata"] = {"finishReason": "error", "interrupted": True}
+        elif row.role == "assistant":
             calls = _load(row.tool_calls) or []
             if any(original_call(c.get("id", ""))[1] is None for c in calls) or row.content:
                 parts.append({"type": "step-start"})

@@ -3,7 +3,9 @@
 A reference is two strings and a runtime; holding one costs nothing and starts nothing.
 Messages go through the agent's mailbox (``await ref.method(...)``, ``ref.call``,
 ``ref.send``); reads (``state``, ``version``, ``sql``, ``history``) go straight to the
-last commit on disk and never wait for a running handler.
+last commit on disk and never wait for a running handler. Where the stores are not in
+this process's reach (a Ray runtime with ``host_dir=``), ``rt.reads`` asks the agent's host
+instead.
 """
 
 from __future__ import annotations
@@ -157,6 +159,8 @@ class AgentRef:
         """For chat agents: the stored conversation."""
         import pandas as pd
 
+        if self._ab_rt.reads is not None:  # (a Ray runtime: the owner answers)
+            return self._ab_rt.reads.frame(self, "messages")
         with self._reading(missing_ok=True) as conn:
             rows = [] if conn is None else read_messages(conn)
         frame = pd.DataFrame.from_records(
@@ -194,6 +198,8 @@ class AgentRef:
         inst = self._ab_rt.instances.get(self._ab_key)
         if inst is not None and inst.store is not None:
             return inst.committed[1]
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.value(self, "state")
         with self._reading(missing_ok=True) as conn:
             if conn is None:
                 cls = self._ab_rt.class_for(self._ab_key[0])
@@ -210,6 +216,8 @@ class AgentRef:
         inst = self._ab_rt.instances.get(self._ab_key)
         if inst is not None and inst.store is not None:
             return inst.committed[0]
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.value(self, "version")
         with self._reading(missing_ok=True) as conn:
             return 0 if conn is None else newest_version(conn)
 
@@ -227,10 +235,11 @@ class AgentRef:
         """
         import pandas as pd
 
-        params = sql_params(params)  # type: ignore[assignment]
-        with self._reading() as conn:
-            names, rows = query_reader(conn, query, params,
-                                       limits=outside_limits(timeout, max_bytes))
+        reads = self._ab_rt.reads
+        if reads is not None:  # (a Ray runtime: the owner runs the query)
+            names, rows = reads.sql_rows(self, query, params, timeout, max_bytes)
+        else:
+            names, rows = sql_rows(self, query, params, timeout, max_bytes)
         return pd.DataFrame.from_records(rows, columns=names)
 
     def history(
@@ -261,52 +270,22 @@ class AgentRef:
             ``error``, ``result``, ``state`` (the state after that version), and for
             scheduled runs ``due`` (when it was planned) and ``occurrence``.
         """
-        import pandas as pd
-
         since_f, until_f = _epoch(since), _epoch(until)
-        with self._reading(missing_ok=True) as conn:
-            rows = [] if conn is None else read_history(
-                conn, limit=limit, before=before, method=method, since=since_f, until=until_f
-            )
-        records: list[tuple] = [
-            (r.version, r.ts, r.method, json_or_none(r.args), json_or_none(r.kwargs), r.source,
-             r.duration_ms, r.outcome, r.error, json_or_none(r.result), json_or_none(r.state),
-             r.due, r.occurrence)
-            for r in rows
-        ]
-        if failures:
-            # A failure after version `at` sits between `at` and `at + 1`. The page holds the
-            # newest `limit` rows of versions and failures together (so exactly `limit` when
-            # there are that many): failures newer than its oldest version, and below
-            # `before`; a failure at the page's edge may show again atop the next page.
-            low = rows[-1].version if len(rows) == limit else -1
-            order = {id(r): r[0] for r in records}
-            for ts, m, a, k, src, d, e, at in self._ab_rt.catalog.failures(*self._ab_key, limit):
-                if at is not None and (low <= at and (before is None or at < before)
-                        and (method is None or m == method)
-                        and (since_f is None or ts >= since_f)
-                        and (until_f is None or ts < until_f)):
-                    row = (None, ts, m, json_or_none(a), json_or_none(k), src, d, "error", e,
-                           None, None, None, None)
-                    order[id(row)] = at + 0.5  # it happened after version `at`, before the next
-                    records.append(row)
-            records.sort(key=lambda r: order[id(r)], reverse=True)
-            del records[limit:]
-        frame = pd.DataFrame.from_records(records, columns=COLUMNS)
-        result = COLUMNS.index("result")  # (as objects: a result may be any JSON value)
-        frame["result"] = pd.Series([r[result] for r in records], dtype=object, index=frame.index)
-        frame.insert(0, "name", self._ab_key[1])
-        frame.insert(0, "agent", self._ab_key[0])
-        frame["version"] = frame["version"].astype("Int64")
-        frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
-        frame["due"] = pd.to_datetime(frame["due"].astype("float64"), unit="s", utc=True)
-        return frame
+        reads = self._ab_rt.reads
+        if reads is not None:  # (a Ray runtime: the owner reads the rows)
+            records = reads.history_records(self, limit, before, method, since_f, until_f,
+                                            failures)
+        else:
+            records = history_records(self, limit, before, method, since_f, until_f, failures)
+        return history_frame(self._ab_key, records)
 
     def schedules(self) -> pd.DataFrame:
         """The agent's pending schedules and queued work, soonest first."""
         from ..schedule.policy import select
         from ..travel.versions import schedules_frame
 
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.frame(self, "schedules")
         with self._reading(missing_ok=True) as conn:
             items = [] if conn is None else select(conn)
         return schedules_frame(items)
@@ -334,6 +313,8 @@ class AgentRef:
         from ..store.workflows import read_runs
         from ..workflow.run import runs_frame
 
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.frame(self, "workflows")
         with self._reading(missing_ok=True) as conn:
             found = [] if conn is None else read_runs(conn)
         return runs_frame(found)
@@ -354,6 +335,8 @@ class AgentRef:
         from ..travel.versions import VersionView
 
         try:
+            if self._ab_rt.reads is not None:
+                return self._ab_rt.reads.at(self, version)
             with self._reading() as conn:
                 return VersionView(self, version, conn)
         except VersionNotFoundError:
@@ -380,6 +363,8 @@ class AgentRef:
             rows = rows_between(left.connection(), right.connection())
             return Diff(f"{self.name}@{left.version}", f"{other.name}@{right.version}",
                         json_patch(left.state, right.state), rows, internals)
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.diff(self, a, b, internals)
         with self._reading() as conn:
             a = check_version(conn, a, repr(self))
             b = check_version(conn, -1 if b is None else b, repr(self))
@@ -400,6 +385,9 @@ class AgentRef:
         :class:`~agentbook.travel.bisect.BisectResult` (``.version``, ``.row``, ``.diff``
         from the version before, ``.checked``)."""
         from ..travel.bisect import bisect
+
+        if self._ab_rt.reads is not None:
+            self._ab_rt.reads.refuse("ref.bisect")
 
         def row(k: int) -> Any:
             with self._reading() as conn:
@@ -422,6 +410,8 @@ class AgentRef:
         from ..travel.portable import export_agent
         from ..version import __version__
 
+        if self._ab_rt.reads is not None:
+            self._ab_rt.reads.refuse("ref.export")
         return export_agent(self, path, overwrite, __version__)
 
     def rewind(self, version: int) -> Awaitable[dict]:
@@ -444,6 +434,8 @@ class AgentRef:
         ``fork = await ref.fork("b", at=3, patch={"balance": 0})``."""
         from ..travel.replay import fork
 
+        if self._ab_rt.reads is not None:
+            self._ab_rt.reads.refuse("ref.fork")
         return Pending(f"fork({_short(name)}) of {self!r}",
                        lambda: fork(self, name, at, schedules, patch))
 
@@ -460,6 +452,9 @@ class AgentRef:
         (``.fork``, ``.frame()``, ``.identical``, ``.diff()``).
         """
         from ..travel.replay import read_recording, replay
+
+        if self._ab_rt.reads is not None:
+            self._ab_rt.reads.refuse("ref.replay")
 
         async def run() -> ReplayResult:
             with self._reading() as conn:
@@ -533,6 +528,8 @@ class AgentRef:
         """
         from ..store.chain import verify_chain
 
+        if self._ab_rt.reads is not None:  # checked where the store is
+            return dict(self._ab_rt.reads.value(self, "verify"))
         bad = None
         with self._reading() as conn:
             check = health.quick_check(conn)
@@ -546,10 +543,16 @@ class AgentRef:
 
     def history_range(self) -> tuple[int, int]:
         """``(first, newest)``: the versions time travel can reach."""
+        if self._ab_rt.reads is not None:
+            first, newest = self._ab_rt.reads.value(self, "history_range")
+            return first, newest
         with self._reading(missing_ok=True) as conn:
             return (0, 0) if conn is None else bounds(conn)
 
     def _parent(self) -> tuple[AgentRef, int] | None:
+        if self._ab_rt.reads is not None:
+            found = self._ab_rt.reads.parent(self)
+            return None if found is None else (self._ab_rt.get(found[0], found[1]), found[2])
         with self._reading(missing_ok=True) as conn:
             if conn is None:
                 return None
@@ -563,6 +566,8 @@ class AgentRef:
         """Recent handlers of this agent that raised (nothing of them was kept)."""
         import pandas as pd
 
+        if self._ab_rt.reads is not None:
+            return self._ab_rt.reads.frame(self, "failures", limit)
         rows = self._ab_rt.catalog.failures(*self._ab_key, limit)
         frame = pd.DataFrame.from_records(
             [(ts, m, json_or_none(a), json_or_none(k), s, d, e, v) for ts, m, a, k, s, d, e, v in rows],
@@ -638,6 +643,8 @@ class _Reading:
     def __enter__(self) -> Any:
         rt = self.ref._ab_rt
         rt.check_open()
+        if rt.reads is not None:  # no store file here: the reads above ask the owner
+            rt.reads.refuse("this read")
         key = self.ref._ab_key
         inst = rt.instances.get(key)
         if inst is not None and inst.store is not None and not inst.fresh:
@@ -724,6 +731,66 @@ def _epoch(value: float | datetime | None) -> float | None:
     if isinstance(value, datetime):
         return value.timestamp()
     return float(value)
+
+
+def sql_rows(ref: AgentRef, query: str, params: tuple, timeout: float | None,
+             max_bytes: int | None) -> tuple[list[str], list[tuple]]:
+    """``ref.sql(query, *params)``'s column names and rows (what a Ray host sends)."""
+    with _Reading(ref, missing_ok=False) as conn:
+        return query_reader(conn, query, sql_params(params),  # type: ignore[arg-type]
+                            limits=outside_limits(timeout, max_bytes))
+
+
+def history_records(ref: AgentRef, limit: int, before: int | None, method: str | None,
+                    since: float | None, until: float | None, failures: bool) -> list[tuple]:
+    """The rows of ``ref.history(...)`` (failed handlers among them), newest first, in the
+    order of :data:`~agentbook.store.history.COLUMNS`, JSON columns still text: what a Ray
+    host sends the driver, which makes the DataFrame (:func:`history_frame`)."""
+    with _Reading(ref, missing_ok=True) as conn:
+        rows = [] if conn is None else read_history(
+            conn, limit=limit, before=before, method=method, since=since, until=until
+        )
+    records: list[tuple] = [
+        (r.version, r.ts, r.method, r.args, r.kwargs, r.source, r.duration_ms, r.outcome,
+         r.error, r.result, r.state, r.due, r.occurrence)
+        for r in rows
+    ]
+    if failures:
+        # A failure after version `at` sits between `at` and `at + 1`. The page holds the
+        # newest `limit` rows of versions and failures together (so exactly `limit` when
+        # there are that many): failures newer than its oldest version, and below
+        # `before`; a failure at the page's edge may show again atop the next page.
+        low = rows[-1].version if len(rows) == limit else -1
+        order = {id(r): r[0] for r in records}
+        for ts, m, a, k, src, d, e, at in ref._ab_rt.catalog.failures(*ref._ab_key, limit):
+            if at is not None and (low <= at and (before is None or at < before)
+                    and (method is None or m == method)
+                    and (since is None or ts >= since)
+                    and (until is None or ts < until)):
+                row = (None, ts, m, a, k, src, d, "error", e, None, None, None, None)
+                order[id(row)] = at + 0.5  # it happened after version `at`, before the next
+                records.append(row)
+        records.sort(key=lambda r: order[id(r)], reverse=True)
+        del records[limit:]
+    return records
+
+
+def history_frame(key: tuple[str, str], records: list[tuple]) -> pd.DataFrame:
+    """``ref.history()``'s DataFrame from :func:`history_records`' rows."""
+    import pandas as pd
+
+    records = [(v, ts, m, json_or_none(a), json_or_none(k), src, d, o, e, json_or_none(res),
+                json_or_none(st), due, occ)
+               for v, ts, m, a, k, src, d, o, e, res, st, due, occ in records]
+    frame = pd.DataFrame.from_records(records, columns=COLUMNS)
+    result = COLUMNS.index("result")  # (as objects: a result may be any JSON value)
+    frame["result"] = pd.Series([r[result] for r in records], dtype=object, index=frame.index)
+    frame.insert(0, "name", key[1])
+    frame.insert(0, "agent", key[0])
+    frame["version"] = frame["version"].astype("Int64")
+    frame["ts"] = pd.to_datetime(frame["ts"].astype("float64"), unit="s", utc=True)
+    frame["due"] = pd.to_datetime(frame["due"].astype("float64"), unit="s", utc=True)
+    return frame
 
 
 def json_or_none(text: Any) -> Any:

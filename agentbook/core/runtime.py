@@ -94,6 +94,9 @@ class Runtime:
         address: The Ray cluster to join (``None``: start or reuse a local one).
         hosts: How many Ray actors host agents.
         shards: Virtual shards that agents hash onto (fixed for a store folder).
+        host_dir: Where each Ray host keeps its stores, on its own node (``{node}`` is
+            replaced by the Ray node id); the driver then reads through the hosts and
+            opens no store file. ``None``: the hosts share *path*.
 
     Example:
         >>> rt = Runtime(":memory:")
@@ -109,7 +112,7 @@ class Runtime:
         "classes", "closer", "created", "dead_letter_op", "destroy_later", "dirty", "emit_event",
         "emit_scheduled", "enqueue", "hibernate_one", "holds_lease", "idle", "instances", "lease",
         "mark_idle", "mark_opened", "mcp_clients", "open_stores", "owns", "path_of",
-        "prepare_call", "report_error", "router", "scheduled_failure", "send_later", "server",
+        "prepare_call", "reads", "report_error", "router", "scheduled_failure", "send_later", "server",
         "should_drop", "submit", "sweep", "sweep_handle", "tick", "unkicked",
     })
 
@@ -138,6 +141,7 @@ class Runtime:
         address: str | None = None,
         hosts: int = 2,
         shards: int = 64,
+        host_dir: str | None = None,
     ) -> None:
         if durability not in _DURABILITY:
             raise UsageError(f"durability must be 'normal' or 'full', not {durability!r}")
@@ -210,6 +214,9 @@ class Runtime:
         self.mcp_clients: Any = None
         #: Routes messages to other processes (the Ray backend), or ``None``.
         self.router: Any = None
+        #: Answers reads of agents whose stores are elsewhere (the hosts of a Ray runtime
+        #: with ``host_dir``: see agentbook.backends.ray_reads), or ``None``: the files.
+        self.reads: Any = None
         #: ``(host id, shards)`` on a Ray host: it opens only agents of shards it leases.
         self.lease: tuple[str, int] | None = None
         if backend not in ("local", "ray"):
@@ -220,7 +227,7 @@ class Runtime:
         if backend == "ray":
             from ..backends.ray import start
 
-            self.router = start(self, address, hosts, shards)
+            self.router = start(self, address, hosts, shards, host_dir)
         self.timers.load()
         global _latest
         _latest = weakref.ref(self)
@@ -277,6 +284,8 @@ class Runtime:
         from ..travel.portable import import_agent
         from .ref import Pending
 
+        if self.reads is not None:
+            self.reads.refuse("rt.import_agent")
         return Pending(f"import_agent({os.path.basename(os.fspath(path))!r})",
                        lambda: import_agent(self, path, name, replace))
 
@@ -522,6 +531,8 @@ class Runtime:
 
         from ..store import history, open_reader
 
+        if self.reads is not None:
+            return self.reads.agents(None if cls is None else _class_name(cls))
         rows = []
         for class_name, name, file, created, parent in self.catalog.rows(
             None if cls is None else _class_name(cls)
@@ -548,6 +559,8 @@ class Runtime:
         ``ref.workflows()`` (``id``, ``method``, ``status``, ``steps``...)."""
         import pandas as pd
 
+        if self.reads is not None:
+            return self.reads.workflows()
         frames = []
         for class_name, name, *_ in self.catalog.rows(None):
             frame = self.get(class_name, name).workflows()
@@ -650,7 +663,7 @@ class Runtime:
         import pandas as pd
 
         frame = pd.DataFrame.from_records(
-            self.catalog.dead_letters(),
+            self.catalog.dead_letters() if self.reads is None else self.reads.dead_letters(),
             columns=["id", "agent", "name", "callback", "payload", "type", "attempts", "error",
                      "failed_at"],
         )

@@ -45,6 +45,10 @@ TICKET_PATH = "/_agentbook/ticket"
 PAGES_PATH = "/_agentbook/pages/"
 _LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 _URL_SECRETS = ("token", "access_token")
+#: The WebSocket subprotocol that carries a session pass: ``pass.<secret>``.
+PASS_PREFIX = "pass."
+#: Seconds a session pass stays valid after its last use.
+PASS_TTL = 3600.0
 _PREFLIGHT_HEADERS = [
     (b"access-control-allow-methods", b"GET, POST, PUT, PATCH, DELETE, OPTIONS"),
     (b"access-control-allow-headers", b"Authorization, Content-Type"),
@@ -109,6 +113,9 @@ class Auth:
         self.now: Callable[[], float] = time.monotonic
         self.ticket_ttl = float(ticket_ttl)
         self._tickets: dict[bytes, float] = {}
+        #: Seconds a session pass stays valid after its last use (:meth:`issue_pass`).
+        self.pass_ttl = PASS_TTL
+        self._passes: dict[bytes, tuple[str, float]] = {}
 
     def __repr__(self) -> str:
         return f"<Auth token=*** tickets={len(self._tickets)}>"
@@ -145,6 +152,27 @@ class Auth:
         expires = self._tickets.pop(digest, None)
         return expires is not None and self.now() < expires
 
+    def issue_pass(self, path: str) -> str:
+        """A session pass for WebSocket connections to *path* (one agent's) only: what a
+        page that connected with a one-time ticket reconnects with after a dropped socket.
+        Reusable, valid :attr:`pass_ttl` seconds after its last use, never for HTTP or
+        another agent, and kept in memory only (a restarted server knows none)."""
+        now = self.now()
+        if len(self._passes) > 1000:
+            self._passes = {k: v for k, v in self._passes.items() if v[1] > now}
+        secret = secrets.token_urlsafe(24)
+        self._passes[hashlib.sha256(secret.encode()).digest()] = (path, now + self.pass_ttl)
+        return secret
+
+    def _pass_ok(self, secret: str, path: str) -> bool:
+        digest = hashlib.sha256(secret.encode("utf-8", "replace")).digest()
+        held = self._passes.get(digest)
+        now = self.now()
+        if held is None or held[1] <= now or not hmac.compare_digest(held[0], path):
+            return False
+        self._passes[digest] = (held[0], now + self.pass_ttl)
+        return True
+
     def websocket_refusal(self, scope: dict) -> str | None:
         """Why a WebSocket upgrade may not go on, or ``None`` if its credentials are good."""
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
@@ -157,6 +185,9 @@ class Auth:
         for proto in scope.get("subprotocols", ()):
             if proto.startswith("bearer."):
                 return None if self.check(proto[7:]) else "wrong token"
+            if proto.startswith(PASS_PREFIX):
+                return None if self._pass_ok(proto[len(PASS_PREFIX):], scope.get("path", "")) \
+                    else "the session pass is unknown, expired or for another agent; open a new link"
         tickets = query.get("ticket")
         if tickets:
             if self.redeem(tickets[0]):

@@ -61,8 +61,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..chat.agent import ChatAgent
-from ..chat.ui import UIStream, text_of, ui_messages
+from ..chat import turns
+from ..chat.agent import Abort, ChatAgent
+from ..chat.ui import INTERRUPTED, UIStream, text_of, ui_messages
 from ..envelope import Envelope
 from ..errors import AgentbookError
 from ..store.messages import Message
@@ -93,8 +94,12 @@ RESUMING = "cf_agent_stream_resuming"
 RESUME_NONE = "cf_agent_stream_resume_none"
 PENDING = "cf_agent_stream_pending"
 
-#: Seconds a continuation waits for its requester's resume probe before it starts anyway.
+#: Seconds a continuation waits for its requester's resume probe before it starts anyway:
+#: a client that has never probed (agentbook's Python client) ...
 PROBE_WAIT = 0.25
+#: ... and one that has (Cloudflare's clients probe on connect and after every tool result
+#: or approval; on a busy machine their probe can take longer than PROBE_WAIT).
+PROBER_WAIT = 5.0
 #: Finished streams kept per agent for late resumes.
 KEEP_STREAMS = 8
 #: Seconds after a text frame during which a stream's next text deltas are merged into one.
@@ -130,6 +135,11 @@ def transcript_of(ref: AgentRef) -> list[dict[str, Any]]:
                             rec.tool_call_id if isinstance(rec.tool_call_id, str) else None,
                             rec.name if isinstance(rec.name, str) else None, 0.0))
     return ui_messages(rows)
+
+
+def _interrupted(message_id: str) -> dict[str, Any]:
+    """The UIMessage of a turn a restart cut short (as its stored row will read)."""
+    return ui_messages([Message(0, message_id, "assistant", "", None, None, INTERRUPTED, 0.0)])[0]
 
 
 class _Stream:
@@ -192,7 +202,7 @@ class _Room:
         self.awaiting: set[Connection] = set()       # offered a resume, not acked yet
         self.parked: dict[Connection, Any] = {}      # told "pending": probe ids
         self.pending: str | None = None              # a continuation promised, not started
-        self.aborts: dict[str, asyncio.Event] = {}   # request id -> its cancel
+        self.aborts: dict[str, Abort] = {}   # request id -> its cancel
         #: Continuations waiting for their requester's probe: ``{conn id: start}``.
         self.starts: dict[str, Any] = {}
 
@@ -239,6 +249,22 @@ class ChatWire:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.rooms: dict[Key, _Room] = {}
+        #: Ids of the open connections that have sent a resume probe (they will again).
+        self.probers: set[str] = set()
+        #: The runtime's turn marks (agentbook.chat.turns): turns a restart cut short.
+        self.turns = turns.log_of(server.rt)
+        self.recover()
+
+    def recover(self) -> None:
+        """Store the turns an earlier life of the runtime left unfinished as interrupted
+        (one message to each such chat agent), so clients see them from their first frame."""
+        rt = self.server.rt
+        for key in turns.unrecovered(rt):
+            if is_chat(rt.class_for(key[0])):
+                fut = turns.store_interrupted(rt, key)
+                fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() is None
+                                      else log.warning("storing the interrupted turns failed: "
+                                                       "%s", f.exception()))
 
     def room(self, key: Key) -> _Room:
         room = self.rooms.get(key)
@@ -381,6 +407,13 @@ class ChatWire:
     def transcript(self, ref: AgentRef) -> list[dict[str, Any]]:
         """The committed conversation, and the user's message of a turn still running."""
         messages = transcript_of(ref)
+        for mark in self.turns.left.get(ref._ab_key, ()):  # (being stored: shown as it will be)
+            ids = {m["id"] for m in messages}
+            if mark.asked_id and mark.asked is not None and mark.asked_id not in ids:
+                messages.append({"id": mark.asked_id, "role": "user", "parts": [
+                    {"type": "text", "text": mark.asked, "state": "done"}]})
+            if mark.reply not in ids:
+                messages.append(_interrupted(mark.reply))
         room = self.rooms.get(ref._ab_key)
         active = None if room is None else room.active
         if active is not None and active.asked is not None and not active.done and all(
@@ -397,6 +430,7 @@ class ChatWire:
             conn.frame(encode({"type": RESUMING, "id": room.active.id}))
 
     def disconnected(self, conn: Connection) -> None:
+        self.probers.discard(conn.id)
         room = self.rooms.get(conn.agent)
         if room is not None:
             room.awaiting.discard(conn)
@@ -466,7 +500,7 @@ class ChatWire:
             return self.refuse(conn, rid, "this connection is read-only: it may not chat")
         key = ref._ab_key
         room = self.room(key)
-        abort = room.aborts[rid] = asyncio.Event()
+        abort = room.aborts[rid] = Abort()
         trailing: list[str] = []
         for msg in reversed(messages):
             if not isinstance(msg, dict) or msg.get("role") != "user":
@@ -533,7 +567,8 @@ class ChatWire:
 
     def start_after_probe(self, conn: Connection, start: Any) -> None:
         """Run *start* (which begins a continuation) once *conn* has probed for it, or
-        after :data:`PROBE_WAIT` s: Cloudflare's client asks to attach to a continuation
+        after :data:`PROBE_WAIT` s (:data:`PROBER_WAIT` for a connection that has probed
+        before): Cloudflare's client asks to attach to a continuation
         right after it sent a tool result or an approval; a continuation that streamed
         before that would reach it as a stranger's stream (AIChatAgent, which coalesces
         continuations, never starts one that early either)."""
@@ -549,7 +584,8 @@ class ChatWire:
                 start()
 
         room.starts[conn.id] = once
-        asyncio.get_running_loop().call_later(PROBE_WAIT, once)
+        wait = PROBER_WAIT if conn.id in self.probers else PROBE_WAIT
+        asyncio.get_running_loop().call_later(wait, once)
 
     def tool_result(self, conn: Connection, ref: AgentRef, frame: dict) -> str | None:
         cid, name = frame.get("toolCallId"), frame.get("toolName")
@@ -562,7 +598,7 @@ class ChatWire:
         if frame.get("autoContinue") and error is None:
             sid = self.continuation(conn, ref, frame)
             extras = {"wire": {"id": sid, "requester": conn.id, "continuation": True},
-                      "abort": self.room(ref._ab_key).aborts.setdefault(sid, asyncio.Event()),
+                      "abort": self.room(ref._ab_key).aborts.setdefault(sid, Abort()),
                       "declared_tools": frame.get("clientTools") or (),
                       "defer_client_tools": True}
 
@@ -620,6 +656,7 @@ class ChatWire:
 
     # -- resuming ------------------------------------------------------------------------
     def resume_request(self, conn: Connection, probe: Any) -> None:
+        self.probers.add(conn.id)
         room = self.rooms.get(conn.agent)
         extra = {} if probe is None else {"probeId": probe}
         if room is not None and room.active is not None and not room.active.done:
@@ -631,10 +668,24 @@ class ChatWire:
             start = room.starts.get(conn.id)
             if start is not None:
                 asyncio.get_running_loop().call_soon(start)
+        elif (cut := self.cut_short(conn.agent)) is not None:
+            # Cloudflare's terminal record: offered as a stream; its ack gets the error
+            conn.frame(encode({"type": RESUMING, "id": cut.id, **extra}))
         else:
             conn.frame(encode({"type": RESUME_NONE, "reason": "idle", **extra}))
 
+    def cut_short(self, key: Key) -> turns.TurnMark | None:
+        """The last turn of agent *key* a restart cut short, until its next turn."""
+        left = self.turns.left.get(key)
+        return left[-1] if left else self.turns.reported.get(key)
+
     def resume_ack(self, conn: Connection, sid: Any) -> None:
+        cut = self.cut_short(conn.agent)
+        if cut is not None and sid == cut.id:
+            conn.frame(encode({"type": RESPONSE, "id": cut.id, "done": True,
+                               "body": turns.INTERRUPTED_TEXT, "error": True,
+                               **({"messageIds": [cut.asked_id]} if cut.asked_id else {})}))
+            return
         room = self.rooms.get(conn.agent)
         if room is None:
             return

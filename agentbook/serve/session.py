@@ -9,6 +9,12 @@ and after the state frames of that commit. A client's ``cf_agent_state`` runs
 ``set_state`` as a handler with source ``client:<connection id>``, so
 ``validate_state_change`` sees who asked. Anything else goes to ``on_message``, or earns
 an error frame. Nothing a client sends can break the connection, the agent or the server.
+
+A client may ask (``{"type": "ab_pass_request"}``) for a *session pass*: a reusable secret
+for reconnecting to this agent only (``Auth.issue_pass``), sent back as
+``{"type": "ab_pass", "pass", "expiresIn"}`` and presented as the subprotocol
+``pass.<secret>``. agentbook's chat page, which came with a one-time ticket, reconnects
+with it after a dropped socket.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from ..core.ref import AgentRef
 from ..envelope import Envelope
 from ..errors import RuntimeClosedError
 from ..methods import method_info
+from .auth import PASS_PREFIX
 from .chat import is_chat
 from .protocol import (
     ERROR,
@@ -49,6 +56,9 @@ __all__ = ["AgentSocket"]
 log = logging.getLogger("agentbook.serve")
 
 _CONN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: A page asks for a session pass (agentbook's own frame; the answer is :data:`PASS`).
+PASS_REQUEST = "ab_pass_request"
+PASS = "ab_pass"
 
 
 def _reason(text: str) -> str:
@@ -70,7 +80,7 @@ class AgentSocket:
             return
         offered = scope.get("subprotocols") or []
         chosen = "agents" if "agents" in offered else next(
-            (p for p in offered if not p.startswith("bearer.")), None)
+            (p for p in offered if not p.startswith(("bearer.", PASS_PREFIX))), None)
         await send({"type": "websocket.accept", "subprotocol": chosen})
         refusal = server.auth.websocket_refusal(scope)
         params = scope["path_params"]
@@ -184,6 +194,10 @@ class _Session:
                 return
             if kind == STATE and "state" in frame:
                 self.client_state(frame["state"], frame.get("id"))
+                return
+            if kind == PASS_REQUEST:  # (a page that came with a one-time ticket)
+                self.conn.frame(encode({"type": PASS, "pass": self.server.auth.issue_pass(
+                    self.conn.uri), "expiresIn": self.server.auth.pass_ttl}))
                 return
             if isinstance(kind, str) and kind.startswith("cf_agent_") and kind != STATE:
                 refused = self.server.chat.frame(self.conn, self.ref, self.chat, frame)

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from .agentstore import AgentStore
 
 __all__ = ["Message", "ToolCall", "add_message", "cache_result", "cached_result", "clear", "fold",
-           "messages", "pending_tool_approval", "read_messages", "read_tool_calls", "record_tool_call",
-           "summary"]
+           "has_message", "last_seq", "messages", "pending_tool_approval", "read_messages",
+           "read_tool_calls", "record_tool_call", "summary"]
 
 _MESSAGE_COLS = "seq, id, role, content, tool_calls, tool_call_id, name, ts"
 _TOOL_CALL_COLS = "id, tool, args, result, error, duration_ms, cached, ts"
@@ -70,6 +70,17 @@ def add_message(store: AgentStore, id: str, role: str, content: str, tool_calls:
     store.internal(
         "INSERT INTO _ab_messages(id, role, content, tool_calls, tool_call_id, name, ts)"
         " VALUES (?,?,?,?,?,?,?)", (id, role, content, tool_calls, tool_call_id, name, ts))
+
+
+def last_seq(store: AgentStore) -> int:
+    """The highest ``seq`` of the conversation (0 when it is empty or only a summary)."""
+    rows = store.internal("SELECT max(seq) FROM _ab_messages")
+    return (rows[0][0] or 0) if rows else 0
+
+
+def has_message(store: AgentStore, message_id: str) -> bool:
+    """Whether a message of id *message_id* is stored."""
+    return bool(store.internal("SELECT 1 FROM _ab_messages WHERE id = ? LIMIT 1", (message_id,)))
 
 
 def clear(store: AgentStore) -> None:

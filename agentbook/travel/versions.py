@@ -25,6 +25,7 @@ of a version, and diffs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -54,11 +55,22 @@ class VersionView:
         version: The version (negative counts from the newest).
         conn: A read-only connection to the agent's last commit (the ref's), used only
             while the view is made.
+        made: Instead of *conn*, for a view made elsewhere (by the Ray host owning the
+            agent, *version* checked there): its state's JSON text, and what makes the
+            in-memory copy of its tables.
     """
 
-    def __init__(self, ref: AgentRef, version: int, conn: apsw.Connection) -> None:
+    def __init__(self, ref: AgentRef, version: int, conn: apsw.Connection | None,
+                 made: tuple[str, Callable[[], apsw.Connection]] | None = None) -> None:
         self.ref = ref
         self._mem: apsw.Connection | None = None
+        self._load: Callable[[], apsw.Connection] | None = None
+        if conn is None and made is not None:  # made elsewhere (the Ray host owning it)
+            self.version = version
+            self._state_json: str | None = made[0]
+            self._load = made[1]
+            return
+        assert conn is not None
         self.version = check_version(conn, version, repr(ref))
         self._state_json = state_at(conn, self.version)
 
@@ -71,6 +83,9 @@ class VersionView:
         """The in-memory copy of the agent's tables at this version, made on first use
         (what :meth:`sql` and :meth:`schedules` read; :meth:`close` frees it)."""
         if self._mem is None:
+            if self._load is not None:
+                self._mem = self._load()
+                return self._mem
             rt = self.ref.runtime
             self._mem = materialize(rt.path_of(self.ref._ab_key), self.version, repr(self.ref))
         return self._mem

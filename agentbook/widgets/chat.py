@@ -3,7 +3,10 @@
 A view over the agent, never a second source of truth: the conversation is re-read from
 ``ref.messages()`` whenever the agent commits, whoever made it talk. **Send** (or Enter)
 consumes ``ref.stream_chat(text)`` in a background task on the running event loop and draws
-each chunk as it arrives; when the turn ends, the stored messages replace the draft.
+each chunk as it arrives; when the turn ends, the stored messages replace the draft. A turn
+of the agent it did not start - typed in a browser page served by ``rt.serve()``, sent from
+another cell, an approval's follow-up - streams in the same way, word by word (the widget
+watches the agent's turns through :mod:`agentbook.chat.live`).
 **Approve** / **Reject** call ``rt.approvals.approve(id, by=...)`` / ``.reject(...)`` as code
 would. Nothing waits in a cell; a failure is one short line under the text field.
 :meth:`~ChatWidget.send`, :meth:`~ChatWidget.approve` and :meth:`~ChatWidget.reject` do what
@@ -23,11 +26,14 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from ..approve.inbox import default_person
+from ..chat import live, turns
+from ..chat.agent import ChatChunk
+from ..chat.ui import INTERRUPTED
 from ..errors import ApprovalNotFoundError
 from .common import close_all, escape, running_loop
 
 if TYPE_CHECKING:
-    from ..chat.agent import ChatChunk
+    from ..core.handler import HandlerContext
     from ..core.ref import AgentRef
 
 __all__ = ["ChatWidget", "chat_widget"]
@@ -99,10 +105,23 @@ class ChatWidget(w.VBox):
         self.header.value = (f"<b>{escape(ref.class_name)}({escape(repr(ref.name))})</b> "
                              f"<span style=\"{_MUTED}\">&middot; {escape(_model_name(ref))}</span>")
         if not ref.runtime.closed:
-            self._unsubscribe = ref.runtime.events.subscribe(
+            unsubscribe = ref.runtime.events.subscribe(
                 self._on_event, types=["rpc", "approval:*", "destroy"], agent=ref)
+            watcher = _Elsewhere(  # (its own turns it draws from their stream)
+                lambda key: key == ref._ab_key and not self._closed and not self._streaming,
+                self._elsewhere, self._on_chunk, self._end_draft)
+            live.watch(ref.runtime, watcher)
+
+            def stop() -> None:
+                unsubscribe()
+                live.unwatch(ref.runtime, watcher)
+
+            self._unsubscribe = stop
         self._live = [_run(self._drafts, 0)]  # there before the first chunk: one update to show it
         self.refresh()
+        if not ref.runtime.closed and running_loop() is not None \
+                and ref._ab_key in turns.unrecovered(ref.runtime):
+            turns.store_interrupted(ref.runtime, ref._ab_key)  # (shown when it commits)
 
     # -- what the controls do (callable from code and tests) --------------------------
     def send(self, text: str) -> asyncio.Task | None:
@@ -199,12 +218,26 @@ class ChatWidget(w.VBox):
             self._show_error(f"{type(exc).__name__}: {exc}")
             return None
         finally:
-            if not self.last_error:
-                self.status.value = ""  # no longer "answering…" (done, or cancelled)
-            self._streaming, self._live, self._parts, self._draft = False, self._live[:1], [], None
-            self.refresh()  # the stored messages replace the draft; approval rows stay
-            for run in self._drafts:
-                _draw(run, [])
+            self._streaming = False
+            self._end_draft()
+
+    def _end_draft(self) -> None:
+        """A turn ended: the stored messages replace its draft; approval rows stay."""
+        if not self.last_error:
+            self.status.value = ""  # no longer "answering…" (done, or cancelled)
+        self._live, self._parts, self._draft = self._live[:1], [], None
+        self.refresh()
+        for run in self._drafts:
+            _draw(run, [])
+
+    # -- a turn it did not start (a browser page's, another cell's) ---------------------------
+    def _elsewhere(self, asked: str | None) -> None:
+        """A turn of the agent started elsewhere: it streams in as one sent here does."""
+        self.status.value = (f"<span style=\"{_MUTED}\">{escape(self.ref.name)} is answering "
+                             "(a message from elsewhere)&hellip;</span>")
+        self._parts = [_bubble("user", asked)] if asked else []
+        self._draft = None
+        self._flush(force=True)
 
     def _on_chunk(self, chunk: ChatChunk) -> None:
         data = chunk.data or {}
@@ -353,9 +386,56 @@ def _entries(row: Any) -> list[str]:
         if isinstance(value, dict) and value.get("status") == "awaiting approval":
             return [_Approval(value.get("approval"))]
         return [_result_line(row.name, value)]
+    if row.name == INTERRUPTED and not row.content:
+        return [f"<div class=\"agentbook-chat-interrupted\" style=\"{_LINE}\">&#9888; interrupted: the "
+                "agent's process stopped before it answered (nothing of the answer was kept)</div>"]
     calls = [_call_line(c.get("name"), c.get("arguments"), str(c.get("id", "")).endswith("-approved"))
              for c in row.tool_calls or []]
     return ([_bubble("assistant", row.content)] if row.content else []) + calls
+
+
+class _Elsewhere:
+    """A chat widget's watcher (:mod:`agentbook.chat.live`) and the sink of each turn of its
+    agent that it did not start: a turn typed in a browser page, sent from another cell or
+    continued after an approval streams into the widget word by word, drawn as its own.
+    It is given what it needs of the widget: *wanted* (whether to draw a turn of agent
+    *key* starting now), *begin* (the user's words, if known), *chunk* and *done*."""
+
+    __slots__ = ("begin_draft", "chunk", "ctx", "done", "wanted")
+
+    def __init__(self, wanted: Callable[[tuple[str, str]], bool],
+                 begin: Callable[[str | None], None], chunk: Callable[[ChatChunk], None],
+                 done: Callable[[], None]) -> None:
+        self.wanted, self.begin_draft, self.chunk, self.done = wanted, begin, chunk, done
+        self.ctx: HandlerContext | None = None
+
+    def sink(self, key: tuple[str, str], ctx: HandlerContext, continuation: bool) -> Any:
+        if not self.wanted(key):
+            return None
+        self.ctx = ctx
+        return self
+
+    def changed(self, key: tuple[str, str], ctx: HandlerContext, transcript: Any) -> None:
+        """(a change without a turn: the widget redraws on the commit's event)"""
+
+    def begin(self, message_id: str | None) -> None:
+        asked = (self.ctx.extras.get("wire") or {}).get("asked") if self.ctx else None
+        self.begin_draft(asked["parts"][0]["text"] if asked else None)
+
+    def step(self) -> None:
+        pass
+
+    def piece(self, kind: str, text: str, data: Any) -> None:
+        self.chunk(ChatChunk(text, kind, data))
+
+    def end(self, reason: str, transcript: Any) -> None:
+        if self.ctx is not None:  # the stored turn replaces the draft after the commit
+            self.ctx.events.append((turns.AFTER_COMMIT, self.done))
+        self.ctx = None
+
+    def failed(self, error: BaseException) -> None:
+        self.ctx = None
+        asyncio.get_running_loop().call_soon(self.done)
 
 
 class _Approval(str):

@@ -49,8 +49,12 @@ class WorkflowRun:
         self._read = read
 
     def _row(self) -> RunRow:
-        with self._read(missing_ok=True) as conn:
-            row = None if conn is None else read_run(conn, self.id)
+        reads = self.agent.runtime.reads  # (a Ray runtime with node-local stores)
+        if reads is not None:
+            row = reads.workflow_run(self.agent, self.id)
+        else:
+            with self._read(missing_ok=True) as conn:
+                row = None if conn is None else read_run(conn, self.id)
         if row is None:
             raise UsageError(f"{self.agent!r} has no workflow run {self.id!r}; see "
                              "ref.workflows()")
@@ -75,6 +79,8 @@ class WorkflowRun:
     def steps(self) -> pd.DataFrame:
         """The run's journal: one row per step (``step``, ``kind``, ``status``,
         ``attempts``, ``started``, ``ended``, ``until``, ``result``, ``error``...)."""
+        if self.agent.runtime.reads is not None:
+            return self.agent.runtime.reads.workflow_steps(self.agent, self.id)
         with self._read(missing_ok=True) as conn:
             found = [] if conn is None else read_steps(conn, self.id)
         return steps_frame(found)

@@ -27,6 +27,26 @@ class PageChat(ab.ChatAgent):
     """The builtin offline model, no tools."""
 
 
+DELETED: list[str] = []
+
+
+@ab.tool(needs_approval=True)
+def delete_file(path: str) -> dict:
+    """Delete a file from the disk.
+
+    Args:
+        path: The file's path.
+    """
+    DELETED.append(path)
+    return {"deleted": path}
+
+
+class PageGated(ab.ChatAgent):
+    """The builtin offline model and a gated tool."""
+
+    tools = [delete_file]
+
+
 class Kernel:
     """A runtime serving on a loop in a thread of its own."""
 
@@ -109,7 +129,61 @@ def test_the_chat_page_and_the_notebook_see_each_other_s_turns(kernel, page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "chat-page.png"))
 
+    # a dropped socket: the page reconnects by itself with its session pass, and goes on
+    def drop() -> int:
+        conns = kernel.server.connections_of(desk._ab_key)
+        for conn in conns:
+            conn.close(1012, "going away")
+        return len(conns)
+
+    assert kernel.call(drop) == 1
+    expect(page.locator("#status")).to_have_text("connected")
+    wait_until(lambda: len(kernel.call(lambda: kernel.server.connections_of(desk._ab_key))) == 1,
+               what="the page connected again")
+    page.locator("#text").fill("hello after the drop")
+    page.locator("#text").press("Enter")
+    expect(page.locator(".msg.user").last).to_have_text("hello after the drop")
+    wait_until(lambda: len(stored()) == 6, what="the turn after the reconnect committed")
+    # a reload (the ticket long gone from the address bar) reconnects with the pass too
+    page.reload()
+    expect(page.locator("#status")).to_have_text("connected")
+    expect(page.locator(".msg")).to_have_count(6)
+
     # the ticket was single use: the same link again is refused (4001), shown on the page
     page.goto("about:blank")
     page.goto(link)
     expect(page.locator("#status")).to_contain_text("disconnected (4001")
+
+
+def test_the_chat_page_decides_approvals_as_the_inbox_does(kernel, page):
+    from playwright.sync_api import expect
+
+    desk = kernel.call(lambda: kernel.rt.get(PageGated, "gated"))
+    kernel.call(lambda: kernel.server.add_page())
+    page.goto(kernel.call(lambda: kernel.server.page_url("chat.html", agent="page-gated",
+                                                         name="gated")))
+    expect(page.locator("#status")).to_have_text("connected")
+    page.locator("#text").fill("please delete file '/tmp/a'")
+    page.locator("#text").press("Enter")
+    expect(page.locator("button.approve")).to_have_count(1)  # streamed: the call waits
+    pending = kernel.call(lambda: kernel.rt.approvals.list("pending"))
+    assert len(pending) == 1 and pending[0].agent == "PageGated"
+    page.locator("button.approve").click()
+    wait_until(lambda: DELETED == ["/tmp/a"], what="the approved call ran")
+    expect(page.locator(".msg.assistant").last).to_contain_text("delete_file")
+    expect(page.locator("button.approve")).to_have_count(0)
+    approval = kernel.call(lambda: kernel.rt.approvals.get(pending[0].id))
+    assert approval.status == "approved" and approval.decided_by.startswith("client:")
+
+    # a second call, rejected in the page: the tool never runs, the transcript says so
+    page.locator("#text").fill("please delete file '/tmp/b'")
+    page.locator("#text").press("Enter")
+    expect(page.locator("button.reject")).to_have_count(1)
+    page.locator("button.reject").click()
+    wait_until(lambda: kernel.call(lambda: [a.status for a in kernel.rt.approvals.list(None)])
+               .count("rejected") == 1, what="the rejection")
+    expect(page.locator(".tool").last).to_contain_text("output-denied")
+    assert DELETED == ["/tmp/a"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-page-approvals.png"))
+    del desk

@@ -1,6 +1,7 @@
 """The conformance suite runs every semantic invariant of SPEC §2 against each kind of
-runtime: durable files (normal and full durability) and ephemeral (":memory:").
-A new backend (Ray) adds itself to ``KINDS``."""
+runtime: durable files (normal and full durability) and ephemeral (":memory:"), Ray hosts
+over the folder, and Ray hosts keeping their stores on their own nodes (the driver reads
+through them). A new backend adds itself to ``KINDS``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import pytest
 
 import agentbook as ab
 
-KINDS = ["file", "file-full", "memory", "ray"]
+from ..ray_start import start_ray
+
+KINDS = ["file", "file-full", "memory", "ray", "ray-owners"]
 
 
 def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Runtime:
@@ -20,6 +23,9 @@ def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Run
         return ab.Runtime(":memory:", clock=clock, **options)
     if kind == "ray":
         return ab.Runtime(folder, backend="ray", hosts=2, shards=8, **options)
+    if kind == "ray-owners":  # stores in the hosts' node folders: reads through the owners
+        return ab.Runtime(folder, backend="ray", hosts=2, shards=8,
+                          host_dir=f"{folder}-nodes/agentbook-{{node}}", **options)
     raise ValueError(kind)
 
 
@@ -27,18 +33,15 @@ def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Run
 def ray_cluster():
     """One local Ray for the whole session (starting it costs seconds)."""
     ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
-                                                 "(pip install 'agentbook[ray]')")
-    import os
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="agentbook")
+                                             "(pip install 'agentbook[ray]')")
+    start_ray(ray)
     yield ray
     ray.shutdown()
 
 
 @pytest.fixture(params=KINDS)
 def kind(request) -> str:
-    if request.param == "ray":
+    if request.param.startswith("ray"):
         if request.node.get_closest_marker("local_only"):
             pytest.skip(request.node.get_closest_marker("local_only").args[0])
         request.getfixturevalue("ray_cluster")

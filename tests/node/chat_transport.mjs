@@ -64,7 +64,7 @@ function open(label) {
 }
 
 const textOf = (m) => (m?.parts ?? []).filter((p) => p.type === "text").map((p) => p.text).join("");
-const brief = (messages) => messages.map((m) => ({ id: m.id, role: m.role, text: textOf(m), parts: m.parts.map((p) => p.type) }));
+const brief = (messages) => messages.map((m) => ({ id: m.id, role: m.role, text: textOf(m), parts: m.parts.map((p) => p.type), ...(m.metadata?.interrupted ? { interrupted: true } : {}) }));
 function within(promise, ms, what) {
   let timer;
   return Promise.race([promise, new Promise((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), ms); })]).finally(() => clearTimeout(timer));
@@ -106,6 +106,8 @@ try {
     await within(new Promise((resolve) => { const poll = () => (identities > seen ? resolve() : setTimeout(poll, 20)); poll(); }), 30000, "a reconnect to the restarted server");
     await within(first.chat.resumeStream(), 7000, "the resume probe after the restart");
     out.first.afterRestart = brief(first.chat.messages);
+    out.first.errorAfterRestart = first.chat.error?.message ?? null;
+    out.first.statusAfterRestart = first.chat.status;
     first.chat.clearError?.();
     await within(first.chat.sendMessage({ text: "hello again" }), 20000, "a reply after the restart");
   } else await within(first.chat.sendMessage({ text }), 20000, "the reply");
