@@ -18,6 +18,7 @@ suspend start a batch of their own, so a quick call never waits behind a slow on
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -168,7 +169,8 @@ class Instance:
         except BaseException as exc:
             if store is not None:
                 store.close()
-            self._release()
+            # A store that could not be made (a full disk): its lock file goes too.
+            self._release(remove=store is None and not os.path.exists(rt.path_of(self.key)))
             err = translate(exc, store)
             if isinstance(err, StoreCorruptError):
                 raise health.quarantine(rt, self.key, err) from None
@@ -218,9 +220,9 @@ class Instance:
                 "on macOS and Windows when an older agentbook made it); nothing was written: "
                 "rename or move that file (agentbook doctor shows where each agent is)")
 
-    def _release(self) -> None:
+    def _release(self, remove: bool = False) -> None:
         if self.ownership is not None:
-            self.ownership.release()
+            self.ownership.release(remove)
             self.ownership = None
 
     def close(self, later: bool = False, checkpoint: bool = True) -> None:
