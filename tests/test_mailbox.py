@@ -197,3 +197,56 @@ async def test_a_scheduled_run_that_fills_the_store_retries_then_is_dead_lettere
         assert ref.verify()["ok"]
     finally:
         await rt.aclose()
+
+
+#: What ran, in order (Storm's rings and Probe's calls).
+_ORDER: list[str] = []
+
+
+class Storm(ab.Agent):
+    initial_state = {"n": 0}
+
+    @ab.callable
+    async def arm(self, count: int) -> None:
+        for _ in range(count):
+            await self.schedule(0, "ring", idempotent=False)
+
+    async def ring(self) -> None:
+        _ORDER.append("ring")
+        self.set_state({"n": self.state["n"] + 1})
+
+
+class Probe(ab.Agent):
+    initial_state = {"n": 0}
+
+    @ab.callable
+    async def inc(self) -> int:
+        _ORDER.append("probe")
+        self.set_state({"n": self.state["n"] + 1})
+        return self.state["n"]
+
+
+@pytest.mark.parametrize("budget", [0.0, 60.0])
+async def test_an_awaited_call_goes_in_between_the_batches_of_a_storm(tmp_path, monkeypatch,
+                                                                       budget):
+    """Issue 20: one agent's due firings fill a batch for about a millisecond
+    (_FIRINGS_SECONDS; 0 here: one firing a batch), then its drain yields, so an unrelated
+    awaited call waits for one batch, not for every firing; each firing runs once."""
+    from agentbook.core import mailbox
+
+    monkeypatch.setattr(mailbox, "_FIRINGS_SECONDS", budget)
+    _ORDER.clear()
+    async with ab.Runtime(tmp_path / "s") as rt:
+        storm, probe = rt.get(Storm, "s"), rt.get(Probe, "p")
+        await probe.inc()
+        await storm.arm(60)  # (due now: the timer lets the tick in on the next loop turn)
+        while "ring" not in _ORDER:
+            await asyncio.sleep(0)
+        await probe.inc()
+        ahead = _ORDER.index("probe", 1) - 1  # (firings that ran before the second call)
+        await rt.settle()
+        assert storm.state["n"] == 60 and _ORDER.count("ring") == 60
+    if budget == 0.0:
+        assert ahead <= 2, _ORDER
+    else:  # (the whole tick in one batch: the call waits for all of it)
+        assert ahead == 60, _ORDER

@@ -211,6 +211,32 @@ async def test_schedules_run_only_in_the_owning_process(tmp_path, child):
     await rt.aclose()
 
 
+async def test_a_hibernation_empties_the_lock_file_and_a_destroy_removes_it(tmp_path):
+    """Issue 20: the lock file stays between wakes (no create and unlink per wake), empty
+    and unlocked while the agent sleeps; it names its holder while awake; another runtime
+    takes it after a hibernation; deleting the agent removes it."""
+    from agentbook.store import lease
+
+    rt = ab.Runtime(tmp_path / "s")
+    ref = rt.get(OwnCounter, "a")
+    assert await ref.add("x") == 1
+    lock = rt.catalog.lock_path("OwnCounter", "a")
+    assert lease.owner_of(lock)["pid"] == os.getpid() and not lease.is_free(lock)
+    inode = os.stat(lock).st_ino
+    rt.hibernate()
+    assert os.path.exists(lock) and os.path.getsize(lock) == 0 and lease.is_free(lock)
+    assert lease.owner_of(lock) == {}
+    other = ab.Runtime(tmp_path / "s", owner_wait=0.0)
+    assert await other.get(OwnCounter, "a").add("y") == 2  # (the same file, taken again)
+    assert os.stat(lock).st_ino == inode and not lease.is_free(lock)
+    other.hibernate()
+    await other.aclose()
+    assert await ref.add("z") == 3
+    await ref.destroy()
+    assert not os.path.exists(lock)
+    await rt.aclose()
+
+
 # -- creation ---------------------------------------------------------------------------
 async def test_creation_never_overwrites_a_store_another_process_made(tmp_path, monkeypatch):
     from agentbook.store import health

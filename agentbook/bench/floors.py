@@ -20,8 +20,8 @@ from typing import Any, cast
 
 import apsw
 
-__all__ = ["HandAgent", "HandApproval", "HandCron", "HandRoundRobin", "LazyRegistry",
-           "create_hand_file"]
+__all__ = ["HandAgent", "HandAlarms", "HandApproval", "HandCron", "HandRoundRobin",
+           "LazyRegistry", "create_hand_file"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state(
@@ -267,6 +267,67 @@ class HandCron(HandRoundRobin):
             total += json.loads(text)["n"] - 1  # (create_hand_file's first message)
             conn.close()
         return total
+
+
+class HandAlarms:
+    """The floor of many schedules due at one instant on awake agents (issue 20): one
+    open file per agent with a ``schedules`` table; at the due instant each agent in
+    turn starts its callback (the lateness is taken there, as agentbook's
+    ``occurrence`` callbacks take it) and commits the firing in one transaction: SELECT
+    the due rows, DELETE the row, UPDATE state, INSERT history, COMMIT.
+
+    It shows what serial durable firings cost on this machine: the k-th agent's callback
+    starts after k-1 commits, whatever runs them.
+    """
+
+    def __init__(self, folder: str, count: int) -> None:
+        os.makedirs(folder, exist_ok=True)
+        self.conns: list[apsw.Connection] = []
+        self.states: list[list[Any]] = []
+        for i in range(count):
+            path = os.path.join(folder, f"alarm-{i}.db")
+            create_hand_file(path)
+            conn = _open(path)
+            conn.execute("CREATE TABLE IF NOT EXISTS schedules(id TEXT PRIMARY KEY,"
+                         " callback TEXT NOT NULL, due REAL NOT NULL)")
+            conn.execute("CREATE INDEX IF NOT EXISTS schedules_due ON schedules(due)")
+            self.conns.append(conn)
+            self.states.append([1, {"rings": 0}])
+
+    def arm(self, at: float) -> None:
+        """Every agent schedules one ``ring`` at epoch second *at* (a commit each)."""
+        for i, conn in enumerate(self.conns):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO schedules(id, callback, due) VALUES (?, 'ring', ?)",
+                         (f"s-{i}-{at!r}", at))
+            conn.execute("COMMIT")
+
+    def ring(self, at: float) -> list[float]:
+        """Wait for *at*, then fire every agent's due row; each firing's lateness (ms)."""
+        time.sleep(max(0.0, at - time.time()))
+        late = []
+        args = _dumps([])
+        for conn, entry in zip(self.conns, self.states, strict=True):
+            conn.execute("BEGIN IMMEDIATE")
+            rows = cast(list[tuple[str, str, float]], conn.execute(
+                "SELECT id, callback, due FROM schedules WHERE due <= ? ORDER BY due",
+                (time.time(),)).fetchall())
+            for sid, _callback, due in rows:
+                late.append((time.time() - due) * 1000)
+                entry[1] = {"rings": entry[1]["rings"] + 1}
+                text = _dumps(entry[1])
+                entry[0] += 1
+                conn.execute("DELETE FROM schedules WHERE id = ?", (sid,))
+                conn.execute(_UPDATE, (entry[0], text))
+                conn.execute(_INSERT, (entry[0], time.time(), "ring", args, text))
+            conn.execute("COMMIT")
+        return sorted(late)
+
+    def close(self) -> None:
+        """Close every file."""
+        for conn in self.conns:
+            conn.close()
+        self.conns.clear()
 
 
 class LazyRegistry:

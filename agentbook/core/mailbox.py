@@ -18,6 +18,7 @@ suspend start a batch of their own, so a quick call never waits behind a slow on
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,10 @@ _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 _TURN = workflow_engine.CONTINUE
 #: How long workflow turns may keep adding to one batch (the event loop waits meanwhile).
 _TURNS_SECONDS = 0.02
+#: How long due schedules of one agent may keep adding to one batch: a storm of firings
+#: then lets an unrelated awaited call in between batches (issue 20), at the cost of a
+#: commit per ~ms of firings instead of one per tick.
+_FIRINGS_SECONDS = 0.001
 
 
 class Instance:
@@ -164,7 +169,8 @@ class Instance:
         except BaseException as exc:
             if store is not None:
                 store.close()
-            self._release()
+            # A store that could not be made (a full disk): its lock file goes too.
+            self._release(remove=store is None and not os.path.exists(rt.path_of(self.key)))
             err = translate(exc, store)
             if isinstance(err, StoreCorruptError):
                 raise health.quarantine(rt, self.key, err) from None
@@ -214,22 +220,24 @@ class Instance:
                 "on macOS and Windows when an older agentbook made it); nothing was written: "
                 "rename or move that file (agentbook doctor shows where each agent is)")
 
-    def _release(self) -> None:
+    def _release(self, remove: bool = False) -> None:
         if self.ownership is not None:
-            self.ownership.release()
+            self.ownership.release(remove)
             self.ownership = None
 
-    def close(self, later: bool = False) -> None:
+    def close(self, later: bool = False, checkpoint: bool = True) -> None:
         """Hibernate: drop the agent object, close the store and let go of the lease.
         *later*: the runtime's closer thread closes the store, then lets go of the lease
-        (see agentbook.store.closer), unless it is full."""
+        (see agentbook.store.closer), unless it is full; *checkpoint* ``False``: it
+        checkpoints the WAL later (an agent put to sleep to make room)."""
         if self.workflows is not None:  # (their code stops; a wake replays their journals)
             self.workflows.drop()
             self.workflows = None
         store, self.store = self.store, None
         if store is not None:
             if later and store.broken is None \
-                    and self.runtime.closer.close_later(self.key, store, self.ownership):
+                    and self.runtime.closer.close_later(self.key, store, self.ownership,
+                                                        checkpoint):
                 self.ownership = None
             else:
                 store.close()
@@ -344,6 +352,9 @@ class Instance:
                         awaited or time.perf_counter() - began > _TURNS_SECONDS):
                     break  # (workflow turns never hold back a reply someone awaits, nor
                     #        the event loop for long: the drain yields between batches)
+                if env.sched is not None and taken and \
+                        time.perf_counter() - began > _FIRINGS_SECONDS:
+                    break  # (the rest are queued already: the next batch runs them)
                 if env.extras is not None:
                     tag = tag_of(env)
                     if tag is not None and outboxes.seen(store, tag[0], tag[1]):

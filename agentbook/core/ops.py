@@ -33,6 +33,7 @@ async def destroy_op(inst: Instance) -> None:
         if held is None and not rt.memory:  # (not awake here: its store is not open)
             held = await _take_waiting(inst)
         inst.close()
+        rt.closer.forget(inst.key)
         rt.open_stores.pop(inst.key, None)
         path = rt.path_of(inst.key)
         for suffix in ("", "-wal", "-shm"):
@@ -45,7 +46,7 @@ async def destroy_op(inst: Instance) -> None:
         rt.timers.index_exact([(inst.key, None)])
     finally:
         if held is not None:
-            held.release()
+            held.release(remove=True)
     inst.version, inst.state, inst.state_json = 0, None, ""
     inst.committed = (0, None, "")
     if rt.events.active:

@@ -75,7 +75,7 @@ class Runtime:
             view); ``None`` keeps them all, ``0`` keeps none (live delivery only).
         events_max_age: Seconds an event stays on record (``None``: no limit).
         max_open: How many agent stores may be open at once (file handles stay bounded).
-            ``None`` sizes it from the limit on open files (at most 256; see
+            ``None`` sizes it from the limit on open files (at most 1 024; see
             :mod:`agentbook.store.fds`); one that can't fit is lowered, with a warning logged.
         hibernate_after: Seconds of idleness after which an agent hibernates.
         max_batch: How many queued messages may share one commit.
@@ -315,7 +315,8 @@ class Runtime:
         idle = [inst for inst in list(self.open_stores.values()) if not inst.busy]
         for inst in idle:
             self.hibernate_one(inst)
-        self.closer.wait()  # (closed when this returns: another process may take them)
+        self.closer.wait()  # (closed and checkpointed when this returns: another process
+        #                    may take them, and no -wal stays behind)
         if self.router is not None and self.router.index is None:
             return len(idle) + self.router.hibernate()
         return len(idle)
@@ -850,28 +851,38 @@ class Runtime:
             key, other = idle.popitem(last=False)
             if other.busy or self.open_stores.get(key) is not other or key in self._waking:
                 continue  # (busy again since, hibernated, or due: its tick is on its way)
-            self.hibernate_one(other)
+            self.hibernate_one(other, checkpoint=False)  # (made room: checkpointed later)
 
     def sweep(self) -> None:
-        """Hibernate the agents idle for ``hibernate_after`` seconds; run again later."""
+        """Hibernate the agents idle for ``hibernate_after`` seconds; run again later.
+
+        An idle agent with a schedule due before the next sweep stays awake (issue 20):
+        putting it to sleep now would only make its firing open its store again, at the
+        due instant, when every agent due with it opens too. ``max_open`` still bounds
+        how many are awake."""
         self.sweep_handle = None
         if self.closed:
             return
         cutoff = time.monotonic() - self.hibernate_after
+        soon = self.clock.now() + self.hibernate_after
+        next_due = self.timers.next_due
         for inst in list(self.open_stores.values()):
             if inst.last_used < cutoff and not inst.busy:
-                self.hibernate_one(inst)
+                due = next_due(inst.key)
+                if due is None or due > soon:
+                    self.hibernate_one(inst)
         if self.open_stores:
             loop = asyncio.get_running_loop()
             self.sweep_handle = loop.call_later(self.hibernate_after, self.sweep)
 
-    def hibernate_one(self, inst: Instance, later: bool = True) -> None:
+    def hibernate_one(self, inst: Instance, later: bool = True, checkpoint: bool = True) -> None:
         """Hibernate one agent: close its store and MCP connections, forget it. *later*:
         the closer thread may close the store (not for a store dropped after an error:
-        the next wake opens it afresh)."""
+        the next wake opens it afresh); *checkpoint* ``False``: its WAL is checkpointed
+        later (see agentbook.store.closer)."""
         if self.mcp_clients is not None:
             self.mcp_clients.close_agent(inst.key)
-        inst.close(later=later)
+        inst.close(later=later, checkpoint=checkpoint)
         self.open_stores.pop(inst.key, None)
         self.idle.pop(inst.key, None)
         if not inst.busy:

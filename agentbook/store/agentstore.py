@@ -426,11 +426,15 @@ class AgentStore:
         return self._reader
 
     # -- life ---------------------------------------------------------------------------
-    def close(self) -> None:
-        """Close both connections (a running transaction is rolled back)."""
+    def close(self, checkpoint: bool = True) -> None:
+        """Close both connections (a running transaction is rolled back). *checkpoint*
+        ``False``: leave the WAL as it is (the next open, or a later checkpoint, takes it
+        in) instead of checkpointing it into the database."""
         for conn in (self._reader, getattr(self, "conn", None)):
             if conn is not None:
                 try:
+                    if not checkpoint:
+                        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
                     conn.close(True)
                 except apsw.Error:
                     pass

@@ -30,7 +30,12 @@ log = logging.getLogger("agentbook")
 #: Descriptors one open store may hold: writer (.db, -wal, -shm), reader (.db, -wal), lease.
 PER_STORE = 6
 #: ``max_open`` when there are descriptors enough (the runtime's default before sizing).
-DEFAULT_MAX_OPEN = 256
+#: Issue 20: 1 024, so that a thousand agents due at one instant are all awake already
+#: (opening ~750 stores at the due instant costs ~1.5 s on a shared disk). An awake agent
+#: costs ~55 KB of memory and 4-6 descriptors; ``hibernate_after`` still puts idle ones
+#: to sleep, and :func:`raise_soft_limit` makes room for them where the hard limit allows
+#: (Linux's usual soft limit of 1 024 is raised, macOS's 256 too, to 10 240 at most).
+DEFAULT_MAX_OPEN = 1024
 #: The smallest ``max_open`` chosen by sizing (a runtime needs a few stores open at once).
 _MIN_OPEN = 4
 #: How far the soft limit is raised at most (past this, code that still uses ``select()``
@@ -72,6 +77,8 @@ def raise_soft_limit() -> int | None:
             resource.RLIMIT_NOFILE)[1]))
     except (OSError, ValueError):
         return soft
+    log.info("agentbook: raised this process's soft limit on open files (ulimit -n) from %d "
+             "to %d (its hard limit allows it), to keep more agent stores open", soft, target)
     return target
 
 
