@@ -3,64 +3,26 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import psutil
 
-
-def start_ray(ray: Any, temp_dir: str | None = None) -> None:
-    """``ray.init`` a new local Ray (``address="local"``: never one already running on the
-    machine), tried up to three times: on a loaded machine Ray's raylet gives its agent
-    15 s to start and then dies (ray-project/ray#65983). The processes a failed try
-    started are stopped before the next."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    options: dict[str, Any] = {"_temp_dir": temp_dir} if temp_dir else {}
-    me = psutil.Process()
-    for attempt in range(3):
-        before = {p.pid for p in me.children(recursive=True)}
-        try:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                     namespace="agentbook", **options)
-            return
-        except Exception:
-            ray.shutdown()
-            started = [p for p in me.children(recursive=True) if p.pid not in before]
-            for process in started:
-                try:
-                    process.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(started, timeout=10)
-            if attempt == 2:
-                raise
+T = TypeVar("T")
 
 
-def start_cluster(ray: Any, nodes: int = 2, cpus: int = 2) -> Any:
-    """A Ray cluster of *nodes* nodes on this machine (``ray.cluster_utils.Cluster``, a
-    free port for its head), connected to; tried up to three times like :func:`start_ray`.
-    Returns the cluster: ``ray.shutdown()`` then ``cluster.shutdown()`` when done."""
-    import socket
-
-    from ray.cluster_utils import Cluster
-
+def _three_tries(start: Callable[[], T], undo: Callable[[], None]) -> T:
+    """*start*, tried up to three times: on a loaded machine Ray's raylet gives its agent
+    15 s to start and then dies (ray-project/ray#65983). After a failed try, *undo*, and
+    the processes it started are stopped before the next."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     me = psutil.Process()
     for attempt in range(3):
         before = {p.pid for p in me.children(recursive=True)}
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cluster = Cluster(initialize_head=False)
         try:
-            cluster.add_node(num_cpus=cpus, gcs_server_port=port, include_dashboard=False)
-            for _ in range(nodes - 1):
-                cluster.add_node(num_cpus=cpus)
-            ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING",
-                     namespace="agentbook")
-            return cluster
+            return start()
         except Exception:
-            ray.shutdown()
-            cluster.shutdown()
+            undo()
             started = [p for p in me.children(recursive=True) if p.pid not in before]
             for process in started:
                 try:
@@ -71,3 +33,42 @@ def start_cluster(ray: Any, nodes: int = 2, cpus: int = 2) -> Any:
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
+
+
+def start_ray(ray: Any, temp_dir: str | None = None) -> None:
+    """``ray.init`` a new local Ray (``address="local"``: never one already running on the
+    machine), tried up to three times (see :func:`_three_tries`)."""
+    options: dict[str, Any] = {"_temp_dir": temp_dir} if temp_dir else {}
+    _three_tries(lambda: ray.init(address="local", num_cpus=2, include_dashboard=False,
+                                  log_to_driver=False, namespace="agentbook", **options),
+                 ray.shutdown)
+
+
+def start_cluster(ray: Any, nodes: int = 2, cpus: int = 2) -> Any:
+    """A Ray cluster of *nodes* nodes on this machine (``ray.cluster_utils.Cluster``, a
+    free port for its head), connected to; tried up to three times like :func:`start_ray`.
+    Returns the cluster: ``ray.shutdown()`` then ``cluster.shutdown()`` when done."""
+    import socket
+
+    from ray.cluster_utils import Cluster
+
+    made: list[Any] = []
+
+    def start() -> Any:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cluster = Cluster(initialize_head=False)
+        made.append(cluster)
+        cluster.add_node(num_cpus=cpus, gcs_server_port=port, include_dashboard=False)
+        for _ in range(nodes - 1):
+            cluster.add_node(num_cpus=cpus)
+        ray.init(address=cluster.address, log_to_driver=False, logging_level="WARNING",
+                 namespace="agentbook")
+        return cluster
+
+    def undo() -> None:
+        ray.shutdown()
+        made.pop().shutdown()
+
+    return _three_tries(start, undo)

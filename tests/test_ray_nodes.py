@@ -8,13 +8,13 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 
 import pytest
 
 import agentbook as ab
 
 from .ray_agents import RayTally
+from .ray_start import start_cluster
 from .waiting import eventually
 
 pytestmark = pytest.mark.ray
@@ -22,33 +22,14 @@ pytestmark = pytest.mark.ray
 LEASE = 2.0  # seconds (short, so a failover happens within a test)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A head and two more nodes; each node's stores under ``nodes/agentbook-<node id>``."""
     ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed")
-    from ray.cluster_utils import Cluster
-
     if ray.is_initialized():
         ray.shutdown()
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    for attempt in range(3):  # (a node may time out starting on a machine this busy)
-        cluster = Cluster(initialize_head=False)
-        try:
-            cluster.add_node(num_cpus=1, gcs_server_port=_free_port(), include_dashboard=False)
-            workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
-            break
-        except Exception:
-            cluster.shutdown()
-            if attempt == 2:
-                raise
-    ray.init(address=cluster.address, namespace="agentbook-h23a", log_to_driver=False,
-             logging_level="WARNING")
+    cluster = start_cluster(ray, nodes=3, cpus=1)
+    workers = list(cluster.worker_nodes)
     cluster.nodes_dir = tmp_path_factory.mktemp("nodes")
     cluster.workers = workers
     try:
