@@ -20,7 +20,7 @@ def test_all_is_sorted_and_complete():
         "NotCallableError", "NotInHandlerError", "ReadOnlyError", "ReentrancyError", "Runtime",
         "RuntimeClosedError", "SQLError", "StateError", "StateRejectedError",
         "StoreCorruptError", "StoreError", "StoreFullError", "StoreReadOnlyError",
-        "OwnedElsewhereError", "StoreMismatchError",
+        "OwnedElsewhereError", "StoreMismatchError", "LeaseLostError",
         "SystemClock", "UnknownMethodError", "UsageError", "VirtualClock", "WouldBlockError",
         "callable", "run", "runtime", "sweep",
         "workflow", "Step", "WorkflowRun", "WorkflowError", "WorkflowNondeterminismError",

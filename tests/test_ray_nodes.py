@@ -25,7 +25,8 @@ LEASE = 2.0  # seconds (short, so a failover happens within a test)
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """A head and two more nodes; each node's stores under ``nodes/agentbook-<node id>``."""
-    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed")
+    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
+                                             "(pip install 'agentbook[ray]')")
     if ray.is_initialized():
         ray.shutdown()
     cluster = start_cluster(ray, nodes=3, cpus=1)

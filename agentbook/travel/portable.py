@@ -91,8 +91,8 @@ async def import_agent(rt: Any, path: str | os.PathLike, name: str | None,
         try:
             _publish(rt, tmp, info, target, new_path)
         finally:
-            if held is not None:
-                held.release()
+            if held is not None:  # (an import that made no store leaves no lock file)
+                held.release(remove=not os.path.exists(new_path))
     finally:
         _remove(tmp)
     reader = open_reader(new_path)

@@ -273,8 +273,8 @@ async def fork(ref: AgentRef, name: str, at: int | None = None, schedules: bool 
     try:
         return await _fork(ref, target, name, at, schedules, patch)
     finally:
-        if held is not None:
-            held.release()
+        if held is not None:  # (a fork that made no store leaves no lock file either)
+            held.release(remove=not os.path.exists(rt.path_of(target._ab_key)))
 
 
 async def _fork(ref: AgentRef, target: AgentRef, name: str, at: int | None,

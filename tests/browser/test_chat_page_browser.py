@@ -172,6 +172,9 @@ def test_the_chat_page_decides_approvals_as_the_inbox_does(kernel, page):
     wait_until(lambda: DELETED == ["/tmp/a"], what="the approved call ran")
     expect(page.locator(".msg.assistant").last).to_contain_text("delete_file")
     expect(page.locator("button.approve")).to_have_count(0)
+    # (the tool ran inside the approved call; its decision commits when the call ends)
+    wait_until(lambda: kernel.call(lambda: kernel.rt.approvals.get(pending[0].id)).status
+               == "approved", what="the approval's decision committed")
     approval = kernel.call(lambda: kernel.rt.approvals.get(pending[0].id))
     assert approval.status == "approved" and approval.decided_by.startswith("client:")
 
