@@ -10,6 +10,8 @@ import pytest
 
 import agentbook as ab
 
+from .waiting import eventually
+
 
 @pytest.mark.parametrize(("option", "value"), [
     ("max_open", 0), ("max_batch", -1), ("max_payload_bytes", 1.5), ("max_state_bytes", True),
@@ -98,11 +100,9 @@ async def test_the_closer_checkpoints_deferred_stores_when_idle(tmp_path, monkey
         await rt.get(Lru, "a").inc()
         await rt.get(Lru, "b").inc()  # a goes to sleep, its checkpoint deferred
         wal = rt.path_of(("Lru", "a")) + "-wal"
-        for _ in range(1000):  # (up to 20 s on a loaded machine; ~0.1 s usually)
-            if not os.path.exists(wal) and rt.closer.deferred == 0:
-                break
-            await asyncio.sleep(0.02)
-        assert not os.path.exists(wal) and rt.closer.deferred == 0
+        # (the closer is a thread with an idle timer of its own: real time, ~0.1 s)
+        await eventually(lambda: not os.path.exists(wal) and rt.closer.deferred == 0,
+                         timeout=20, what="the deferred checkpoint")
         assert rt.get(Lru, "a").state["n"] == 1
     finally:
         await rt.aclose()
@@ -123,13 +123,14 @@ class Sleeper(ab.Agent):
         self.set_state({"n": self.state["n"] + 1})
 
 
-async def test_idle_agents_with_a_schedule_due_before_the_next_sweep_stay_awake(tmp_path):
+async def test_idle_agents_with_a_schedule_due_before_the_next_sweep_stay_awake(tmp_path,
+                                                                                 clock):
     """Issue 20: the idle sweep keeps an agent whose schedule comes due before the next
     sweep (its firing would otherwise open its store again at the due instant); the
     others hibernate as before."""
     import time
 
-    rt = ab.Runtime(tmp_path / "s", hibernate_after=30)
+    rt = ab.Runtime(tmp_path / "s", hibernate_after=30, clock=clock)
     try:
         soon, late, none = (rt.get(Sleeper, n) for n in ("soon", "late", "none"))
         await soon.later(0.3)   # due before the next sweep: stays awake
@@ -140,10 +141,7 @@ async def test_idle_agents_with_a_schedule_due_before_the_next_sweep_stay_awake(
         rt.sweep()
         awake = {key[1] for key in rt.open_stores}
         assert awake == {"soon"}
-        for _ in range(200):
-            if soon.state["n"] == 1:
-                break
-            await asyncio.sleep(0.02)
+        await clock.advance(1)
         assert soon.state["n"] == 1
     finally:
         await rt.aclose()
