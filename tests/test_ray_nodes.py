@@ -237,6 +237,134 @@ async def test_adding_a_node_moves_shards_with_their_schedules(cluster, tmp_path
         rt.close()
 
 
+async def test_removing_hosts_refuses_bad_input_and_keeps_every_agent(cluster, tmp_path):
+    """rt.remove_hosts(n) / rt.drain_node(id): typed errors for a bad count, the last host
+    and an unknown node; then the newest host is drained and stopped - its agents answer
+    from the others with their data, pending approvals and failures - and the driver wrote
+    no file all along (its catalog is in memory; the stores are on the hosts' nodes)."""
+    import ray
+
+    rt = _runtime(cluster, tmp_path, hosts=3, replicas=1, lease_seconds=LEASE)
+    try:
+        for bad in (0, -1, True, "1", 1.0):
+            with pytest.raises(ab.UsageError, match="count"):
+                rt.remove_hosts(bad)
+        with pytest.raises(ab.UsageError, match="no host to own"):
+            rt.remove_hosts(3)
+        with pytest.raises(ab.UsageError, match="no live Ray node"):
+            rt.drain_node("0" * 56)
+        with pytest.raises(ab.UsageError, match="node_id"):
+            rt.drain_node(None)  # type: ignore[arg-type]
+        refs = [rt.get(RayTally, f"r{i}") for i in range(12)]
+        for r in refs:
+            assert await r.mark("before") == 1
+        router = rt.router
+        leaving = [r for r in refs if router.host_of(r._ab_key) == 2]
+        assert leaving, "some agents live on the host that leaves"
+        asked = await leaving[0].propose(5)
+        pid = _hellos(rt)[2]["pid"]
+        folder = _hellos(rt)[2]["folder"]
+        moves = rt.remove_hosts(1)
+        assert moves and {m["from"] for m in moves} == {2}, moves
+        view = ray.get(router.coordinator.view.remote())
+        assert 2 not in view["owners"] and 2 not in view["replicas"] and view["gone"] == [2]
+        assert router.live_hosts() == [0, 1]
+        assert list(rt.approvals.pending()["id"]) == [asked], "the approval moved along"
+        for r in refs:
+            assert await r.mark("after") == 2
+            assert [m[0] for m in await r.marks()] == ["before", "after"]
+        assert await rt.approvals.approve(asked) == 7
+        assert len(rt.agents()) == 12
+        import psutil
+
+        await eventually(lambda: psutil.pid_exists(pid), until=lambda alive: not alive,
+                         timeout=30, interval=0.2, what="the removed host's process exited")
+        assert not os.path.exists(folder), "the removed host's folder is gone"
+        with pytest.raises(ab.UsageError, match="no host to own"):
+            rt.remove_hosts(2)
+    finally:
+        rt.close()
+    assert not os.path.exists(tmp_path / "driver"), "the driver wrote no file"
+
+
+async def test_draining_a_node_under_traffic_moves_its_shards_then_it_leaves(cluster, tmp_path):
+    """rt.drain_node(id) while the driver marks 12 agents without pause: the node's host
+    hands its shards (with a pending schedule and approval) to the survivors and exits;
+    then cluster.remove_node. No acknowledged mark is lost, no agent went back to a host
+    it left, the schedule fires once and the approval is still there to decide."""
+    import ray
+
+    rt = _runtime(cluster, tmp_path, hosts=3, replicas=1, lease_seconds=LEASE)
+    try:
+        router = rt.router
+        hellos = _hellos(rt)
+        workers = {node.node_id: node for node in cluster.workers}
+        victim = next(i for i, h in enumerate(hellos) if h["node"] in workers)
+        names = [f"d{i}" for i in range(60)]
+        on_victim = [n for n in names[12:] if router.host_of(("RayTally", n)) == victim]
+        refs = [rt.get(RayTally, n) for n in names[:12]]
+        later = rt.get(RayTally, on_victim[0])
+        asker = rt.get(RayTally, on_victim[1])
+        await later.mark_later(6.0, "scheduled")
+        asked = await asker.propose(5)
+        acked: dict[str, list[str]] = {r.name: [] for r in refs}
+        failed = []
+        stop = asyncio.Event()
+
+        async def traffic(ref) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                mark = f"{ref.name}-{n}"
+                try:
+                    await asyncio.wait_for(ref.mark(mark), 60)
+                    acked[ref.name].append(mark)
+                except (ab.HostUnavailableError, asyncio.TimeoutError) as exc:
+                    failed.append((mark, type(exc).__name__))  # maybe ran, maybe not
+                    await asyncio.sleep(0.05)
+
+        tasks = [asyncio.ensure_future(traffic(r)) for r in refs]
+        await eventually(lambda: min(len(v) for v in acked.values()), until=lambda n: n >= 3,
+                         timeout=60, interval=0.1, what="traffic flows to every agent")
+        node_id = hellos[victim]["node"]
+        pid = hellos[victim]["pid"]
+        before = {name: len(marks) for name, marks in acked.items()}
+        moves = await asyncio.to_thread(rt.drain_node, node_id)  # (the loop keeps sending)
+        assert moves and {m["from"] for m in moves} == {victim}, moves
+        assert sum(m["agents"] for m in moves) >= 2
+        view = ray.get(router.coordinator.view.remote())
+        assert victim not in view["owners"] and victim not in view["replicas"]
+        assert min(len(acked[n]) - before[n] for n in acked) >= 1, "traffic went on meanwhile"
+        import psutil
+
+        await eventually(lambda: psutil.pid_exists(pid), until=lambda alive: not alive,
+                         timeout=30, interval=0.2, what="the drained host's process exited")
+        node = workers[node_id]
+        cluster.remove_node(node)
+        cluster.workers.remove(node)
+        left_at = {name: len(marks) for name, marks in acked.items()}
+        await eventually(lambda: {n for n, m in acked.items() if len(m) < left_at[n] + 3},
+                         until=lambda behind: not behind, timeout=60, interval=0.2,
+                         what="every agent answers after the node left")
+        stop.set()
+        await asyncio.gather(*tasks)
+        assert not [f for f in failed if f[1] == "LeaseLostError"], failed
+        for ref in refs:
+            marks = await ref.marks()
+            missing = set(acked[ref.name]) - {m[0] for m in marks}
+            assert not missing, f"{ref.name} lost acknowledged marks {sorted(missing)}"
+            writers = [m[1] for m in marks]
+            turns = [p for i, p in enumerate(writers) if i == 0 or p != writers[i - 1]]
+            assert len(turns) == len(set(turns)), f"{ref.name} went back to a host: {turns}"
+        await eventually(lambda: later.marks(), until=lambda m: "scheduled" in [x[0] for x in m],
+                         timeout=60, interval=0.3, what="the scheduled mark fired after the move")
+        assert [m[0] for m in await later.marks()].count("scheduled") == 1, "fired once"
+        assert asked in list(rt.approvals.pending()["id"])
+        assert await rt.approvals.approve(asked) == 5
+    finally:
+        rt.close()
+
+
 async def test_a_restarted_host_never_waits_for_a_turn_that_has_passed():
     """A host Ray restarted takes a sender's numbering up from the first call that arrives;
     calls numbered before it that arrive later run at once instead of waiting forever (a
@@ -262,3 +390,14 @@ async def test_a_restarted_host_never_waits_for_a_turn_that_has_passed():
     await asyncio.wait_for(later, 1)
     assert order == [6, 0, 1, 2, 7, 8]
     assert host._expected["driver"] == 9 and not host._waiting
+
+
+def test_removing_hosts_is_for_node_local_ray_runtimes(tmp_path):
+    rt = ab.Runtime(tmp_path / "local")
+    try:
+        with pytest.raises(ab.UsageError, match="host_dir"):
+            rt.remove_hosts(1)
+        with pytest.raises(ab.UsageError, match="host_dir"):
+            rt.drain_node("ab" * 28)
+    finally:
+        rt.close()

@@ -54,6 +54,10 @@ class Coordinator:
         self.renewed: dict[int, float] = {}
         self.started = time.monotonic()
         self.dead: set[int] = set()
+        #: Hosts being drained (they take no new shard or replica), and hosts removed
+        #: for good (drained and stopped: ``rt.remove_hosts``, ``rt.drain_node``).
+        self.draining: set[int] = set()
+        self.removed: set[int] = set()
         self.version = 0
         self._monitor: asyncio.Task | None = None
 
@@ -93,7 +97,8 @@ class Coordinator:
         for row in rows:
             if row.replica is not None:
                 load[row.replica] = load.get(row.replica, 0) + 1
-        fits = [h for h, n in self.nodes.items() if n != node and h not in self.dead]
+        fits = [h for h, n in self.nodes.items() if n != node and h not in self.dead
+                and h not in self.draining and h not in self.removed]
         if not fits:
             return None
         return min(fits, key=lambda h: (load.get(h, 0), (h - owner) % (max(self.nodes) + 1)))
@@ -123,6 +128,8 @@ class Coordinator:
         and the map."""
         now = time.monotonic()
         self._expire(now)
+        if host in self.removed:  # (a renewal that was on its way as the host stopped)
+            return self.view()
         if host in self.dead or self.nodes.get(host) != node or self.disks.get(host) != disk:
             self.dead.discard(host)
             self._place(host, node, disk)
@@ -145,7 +152,8 @@ class Coordinator:
         rows = [self.rows[s] for s in range(self.shards)]
         return {"version": self.version, "owners": [r.owner for r in rows],
                 "epochs": [r.epoch for r in rows], "replicas": [r.replica for r in rows],
-                "dead": sorted(self.dead), "lease": self.lease}
+                "dead": sorted(self.dead | self.removed), "gone": sorted(self.removed),
+                "draining": sorted(self.draining), "lease": self.lease}
 
     def _expire(self, now: float) -> None:
         limit = self.lease * GRACE
@@ -195,6 +203,39 @@ class Coordinator:
             self._fill_replicas()
         new = self.rows[shard]
         return {"owner": new.owner, "epoch": new.epoch, "replica": new.replica}
+
+    # -- draining and removing hosts -----------------------------------------------------
+    async def drain(self, host: int) -> dict[str, Any]:
+        """Host *host* is about to go: it takes no new shard or replica, and the replicas
+        it keeps get another host (their owners seed them as they renew). Its own shards
+        are moved by the driver (:meth:`move`). Returns the map."""
+        if host in self.removed or host not in self.nodes:
+            raise UsageError(f"there is no host {host} to drain")
+        self.draining.add(host)
+        changed = []
+        for row in self.rows.values():
+            if row.replica == host:
+                self.rows[row.shard] = row._replace(replica=None)
+                changed.append(self.rows[row.shard])
+        self._save(changed)
+        self._fill_replicas()
+        return self.view()
+
+    async def remove(self, host: int) -> dict[str, Any]:
+        """Host *host* was drained: forget it (it owns and keeps nothing now). Returns the
+        map."""
+        left = [r.shard for r in self.rows.values() if host in (r.owner, r.replica)]
+        if left:
+            raise UsageError(f"host {host} still owns or keeps shards {left}; drain it first")
+        self.draining.discard(host)
+        self.removed.add(host)
+        self.dead.discard(host)
+        self.renewed.pop(host, None)
+        self.nodes.pop(host, None)
+        if self.disks.pop(host, None) is not None:
+            self.store.forget_host(host)
+        self.version += 1
+        return self.view()
 
     async def join(self, host: int, node: str, disk: str) -> int:
         """A host was added (no shards yet: :meth:`move` gives it some)."""

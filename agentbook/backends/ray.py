@@ -27,9 +27,11 @@ agents' data never travels pickled.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json as _json
 import logging
 import os
+import shutil
 import time
 import uuid
 from collections import deque
@@ -38,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonvalue
 from ..envelope import Envelope
 from ..errors import HostUnavailableError, LeaseLostError, UsageError
-from ..store import replica as replica_store
+from ..store import shard_image
 from .catalog_leases import CatalogLeases
 from .ray_events import EventRelay, event_encoder
 from .ray_reads import HostReads, OwnerReads
@@ -141,7 +143,7 @@ class RayRouter:
         # Ray may start an async actor's calls out of order: number them per host, and the
         # host queues them in that order, so each agent sees its messages in order.
         self.sender = uuid.uuid4().hex
-        self._seq: dict[int, int] = {}
+        self._seq: dict[int, itertools.count] = {}  # (next() is atomic: any thread)
         self.events: EventRelay | None = None  # the driver's: host events while listened to
         #: Node-local stores: the coordinator actor, and its shard map (owner by shard).
         self.coordinator = coordinator
@@ -149,6 +151,8 @@ class RayRouter:
         self.stale = False  # the map needs a refresh before the next send
         #: What a host added later is started with (node-local stores; see start()).
         self.across: dict[str, Any] | None = None
+        #: Hosts removed for good (drained and stopped): never asked anything again.
+        self.gone: set[int] = set()
 
     def host_of(self, key: Key) -> int:
         """Which host owns *key*."""
@@ -229,9 +233,10 @@ class RayRouter:
     def next_seq(self, index: int) -> int:
         """The number of the next call this process sends host *index* (messages and
         ``listen`` alike): the host takes them in in this order."""
-        seq = self._seq.get(index, 0)
-        self._seq[index] = seq + 1
-        return seq
+        counter = self._seq.get(index)
+        if counter is None:
+            counter = self._seq.setdefault(index, itertools.count())
+        return next(counter)
 
     def settle_answer(self, inbox: _Inbox, done: Any, env: Envelope, key: Key, index: int,
                       head: list[Any], resent: int) -> int:
@@ -282,7 +287,7 @@ class RayRouter:
         ray = _ray()
         if self.events is not None:
             self.events.close()
-        for index in range(self.hosts):
+        for index in self.live_hosts():
             try:
                 ray.kill(self.handle(index), no_restart=True)
             except Exception:
@@ -297,7 +302,7 @@ class RayRouter:
         """Hibernate idle agents on every host."""
         ray = _ray()
         dead = set(self.dead_hosts())
-        return sum(ray.get([self.handle(i).hibernate.remote() for i in range(self.hosts)
+        return sum(ray.get([self.handle(i).hibernate.remote() for i in self.live_hosts()
                             if i not in dead]))
 
     # -- hosts and shard moves (node-local stores; on the driver) -------------------------
@@ -311,7 +316,7 @@ class RayRouter:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         dead = set(self.dead_hosts())
-        placed = ray.get([self.handle(i).hello.remote() for i in range(self.hosts)
+        placed = ray.get([self.handle(i).hello.remote() for i in self.live_hosts()
                           if i not in dead])
         load = {n["NodeID"]: 0 for n in ray.nodes() if n.get("Alive")}
         for hello in placed:
@@ -345,7 +350,7 @@ class RayRouter:
         while True:
             view = ray.get(self.coordinator.view.remote())
             dead = set(view["dead"])
-            owned: dict[int, list[int]] = {h: [] for h in range(self.hosts) if h not in dead}
+            owned: dict[int, list[int]] = {h: [] for h in self.live_hosts() if h not in dead}
             for shard, owner in enumerate(view["owners"]):
                 if owner in owned:
                     owned[owner].append(shard)
@@ -358,6 +363,40 @@ class RayRouter:
             done = ray.get(self.handle(busiest).hand_over.remote(shard, idlest))
             moves.append({"shard": shard, "from": busiest, "to": idlest, **done,
                           "seconds": time.perf_counter() - began})
+        self.refresh()
+        return moves
+
+    def live_hosts(self) -> list[int]:
+        """The indexes of the hosts not removed (lost ones included: Ray restarts them)."""
+        return [i for i in range(self.hosts) if i not in self.gone]
+
+    def forget_host(self, index: int) -> None:
+        """Host *index* was removed for good (see :mod:`.host_removal`)."""
+        self.gone.add(index)
+        self._handles.pop(index, None)
+        self._sent = {k: v for k, v in self._sent.items() if k[0] != index}
+        relay = self.events
+        if relay is not None and relay.tasks:  # (the next message polls the hosts left)
+            relay.tasks[0].get_loop().call_soon_threadsafe(relay.close)
+
+    def hosts_on(self, node: str) -> list[int]:
+        """The live hosts on Ray node *node* (a typed error for an unknown node)."""
+        from .host_removal import hosts_on
+
+        return hosts_on(self, node)
+
+    def remove_hosts(self, leaving: list[int]) -> list[dict[str, Any]]:
+        """Drain the hosts *leaving* (their shards and replicas to the others, while
+        traffic goes on) and stop them. Returns the moves."""
+        from .host_removal import check_leaving, drain_host
+
+        if self.coordinator is None or self.across is None:
+            raise UsageError("hosts are removed only with node-local stores "
+                             "(ab.Runtime(..., backend='ray', host_dir=...))")
+        check_leaving(self, leaving)
+        moves = []
+        for index in leaving:
+            moves += drain_host(self, index, set(leaving))
         self.refresh()
         return moves
 
@@ -734,10 +773,12 @@ class AgentHost(HostReads):
     async def hand_over(self, shard: int, to: int) -> dict[str, Any]:
         """Move *shard* to host *to*: stop taking its messages (calls that were running
         are refused at their commit, and the driver re-routes them), close its agents,
-        snapshot their stores (SQLite's backup API) and ship them as one bytes payload
-        through Ray's object store; then the coordinator moves the shard (a new epoch)
-        and *to* takes it up. Everything in a store moves with it: schedules, approvals,
-        workflows, the outbox. Returns ``{"agents", "bytes", "epoch"}``."""
+        read their store files and catalog entries into one bytes payload
+        (:mod:`agentbook.store.shard_image`) and ship it through Ray's object store to *to*
+        and to the shard's replica host; then the coordinator moves the shard (a new
+        epoch) and *to* takes it up. Everything in a store moves with it: schedules,
+        approvals, workflows, the outbox; and the agents' catalog rows: timers, the
+        approval index, failures, dead letters. Returns ``{"agents", "bytes", "epoch"}``."""
         leases, rt = self.leases, self.rt
         if leases is None:
             raise UsageError("shards move between hosts only with node-local stores "
@@ -755,17 +796,31 @@ class AgentHost(HostReads):
             for inst in [i for i in rt.open_stores.values() if leases.shard(i.key) == shard]:
                 rt.hibernate_one(inst, later=False)
             rt.closer.wait()
-            stores = [(k[0], k[1], replica_store.snapshot(rt.path_of(k))) for k in keys
-                      if os.path.exists(rt.path_of(k))]
-            blob = replica_store.pack(stores)
+            stores = [shard_image.AgentImage(k[0], k[1], shard_image.image(rt.path_of(k)))
+                      for k in keys if os.path.exists(rt.path_of(k))]
+            entries = rt.catalog.entries_of(keys)
+            due = {k: rt.timers.next_due(k) for k in keys}  # (the index may lag memory)
+            timers = entries["timers"]
+            indexed = {(r[0], r[1]) for r in timers["rows"]}
+            timers["rows"] += [[k[0], k[1], d] for k, d in due.items()
+                               if d is not None and k not in indexed]
+            blob = shard_image.pack(shard_image.ShardImage(stores, entries))
+            shipped = _ray().put(blob)
             target = rt.router.handle(to)
-            await target.receive.remote(_ray().put(blob))
+            versions = await target.receive.remote(shipped)
             row = await rt.router.coordinator.move.remote(shard, to)
-            await target.take.remote(shard, row["epoch"])
+            if row["replica"] is not None:  # (the same files: nothing to seed from scratch)
+                await rt.router.handle(row["replica"]).receive_copies.remote(
+                    shipped, shard, row["epoch"])
+            await target.take.remote(shard, row["epoch"], row["replica"], versions)
+            if self.replicator is not None:  # (the calls whose versions were on their way)
+                self.replicator.moved({shard})
         finally:
             leases.moving.discard(shard)
-        for key in keys:  # (a stale copy now: the new owner has it, and seeds its replica)
-            rt.catalog.remove(*key)
+        # (a stale copy now: the new owner has it)
+        rt.catalog.forget_entries(keys)
+        for key in keys:
+            rt.timers.set(key, None)
             for suffix in ("", "-wal", "-shm", ".lock"):
                 try:
                     os.unlink(rt.path_of(key) + suffix)
@@ -781,28 +836,92 @@ class AgentHost(HostReads):
         return [(r[0], r[1]) for r in self.rt.catalog.rows()
                 if shard_of((r[0], r[1]), self.rt.router.shards) in shards]
 
-    async def receive(self, blob: bytes) -> int:
-        """Stores of a shard moving here (see :meth:`hand_over`): written, not opened
-        yet. Returns how many."""
+    async def receive(self, blob: bytes) -> list[list[Any]]:
+        """A shard moving here (see :meth:`hand_over`): its store files written (not
+        opened) and its catalog rows taken up, before it is granted (:meth:`take`).
+        Returns each agent's newest version: ``[[class, name, version], ...]``."""
         rt = self.rt
-        stores = replica_store.unpack(blob)
-        for class_name, name, data in stores:
-            key = (class_name, name)
+        shard = shard_image.unpack(blob)
+        versions = []
+        for store in shard.stores:
+            key = (store.class_name, store.name)
+            if self.leases is not None:
+                self.leases.incoming.add(self.leases.shard(key))
             if self.replicator is not None:
                 self.replicator.close_copy(key)
-            path = rt.path_of(key)
-            replica_store.restore(path, data)
-            rt.catalog.add(class_name, name, os.path.relpath(path, rt.root), rt.clock.now())
-        return len(stores)
+            shard_image.install(rt.path_of(key), store.data)
+            versions.append([key[0], key[1], shard_image.head_version(store.data)])
+        rt.catalog.take_entries(shard.entries)
+        return versions
 
-    async def take(self, shard: int, epoch: int) -> None:
-        """Own *shard* under *epoch* (its stores were received): wake what is due."""
+    async def receive_copies(self, blob: bytes, shard: int, epoch: int) -> int:
+        """The files of a shard that moved, for this host's replica copies of it (the
+        same files the new owner got: it ships only what it commits from then on)."""
+        if self.replicator is None or self.leases is None:
+            raise UsageError("this host keeps no replicas (ab.Runtime(replicas=1))")
+        if shard in self.leases.owned or epoch < self.leases.known_epoch(shard):
+            raise LeaseLostError(f"shard {shard} (epoch {epoch}) has a newer owner")
+        rt = self.rt
+        images = shard_image.unpack(blob)
+        for store in images.stores:
+            key = (store.class_name, store.name)
+            self.replicator.close_copy(key)
+            shard_image.install(rt.path_of(key), store.data)
+        rt.catalog.take_entries({"agents": images.entries["agents"]})
+        return len(images.stores)
+
+    async def take(self, shard: int, epoch: int, replica: int | None = None,
+                   versions: list[list[Any]] | None = None) -> None:
+        """Own *shard* under *epoch* (its files and catalog rows were received): arm the
+        timers its agents have pending (from the catalog rows that came along: no store
+        is opened), and ship *replica* only what is newer than *versions* (it got the
+        same files)."""
         assert self.leases is not None
+        rt = self.rt
         self.leases.grant(shard, epoch)
-        self._take_up({shard})
+        self.leases.incoming.discard(shard)
+        if self.replicator is not None:
+            self.replicator.promoted({shard})
+        for class_name, name, due in rt.catalog.timers():
+            key = (class_name, name)
+            if self.leases.shard(key) == shard and key not in rt.instances:
+                rt.timers.set(key, due)
         await self.renew()
         if self.replicator is not None:
-            self.replicator.seed({shard})
+            if replica is not None and versions is not None:
+                self.replicator.adopt(replica, {(c, n): v for c, n, v in versions})
+            else:
+                self.replicator.seed({shard})
+
+    # -- leaving (rt.remove_hosts, rt.drain_node) ---------------------------------------
+    async def replicas_caught_up(self) -> bool:
+        """Renew now (replicas given to other hosts are seeded), and wait until what was
+        to ship then is on the replicas; ``False`` if that took longer than a lease."""
+        await self.renew()
+        if self.replicator is None:
+            return True
+        lease = self.leases.view["lease"] if self.leases and self.leases.view else 10.0
+        done = await self.replicator.caught_up(3 * lease)
+        if not done:
+            log.warning("agentbook host %d: replicas still catching up", self.index)
+        return done
+
+    async def retire(self, sender: str, seq: int) -> None:
+        """This host was drained (it owns and keeps nothing): once the calls the driver
+        sent before this one were taken in (each refused: not its shard), close, delete
+        this host's folder and exit (Ray does not restart it)."""
+        await self._turn(sender, seq)
+        self._next(sender, seq)
+        if self.leases is not None and self.leases.owned:
+            raise UsageError(f"host {self.index} still owns shards "
+                             f"{sorted(self.leases.owned)}; drain it first")
+        if self._renewing is not None:
+            self._renewing.cancel()
+        folder = self.rt.root
+        self.rt.close()
+        if self.leases is not None:  # (node-local: the folder is this host's alone)
+            shutil.rmtree(folder, ignore_errors=True)
+        _ray().actor.exit_actor()
 
     async def check(self, class_name: str, name: str) -> bool:
         """Whether this host holds the lease of *key*'s shard (for tests)."""

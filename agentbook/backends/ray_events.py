@@ -53,17 +53,17 @@ class EventRelay:
             return  # started by the next message forwarded from a running loop
         self.spell += 1
         router = self.router
-        for index in range(router.hosts):  # numbered like messages: in before the next one
+        for index in router.live_hosts():  # numbered like messages: in before the next one
             router.handle(index).listen.remote(router.sender, router.next_seq(index), self.spell)
         self.tasks = [asyncio.ensure_future(self._pump(i, self.spell))
-                      for i in range(router.hosts)]
+                      for i in router.live_hosts()]
 
     def close(self, mute: bool = False) -> None:
         tasks, self.tasks = self.tasks, []
         for task in tasks:
             task.cancel()
         if mute:
-            for index in range(self.router.hosts):
+            for index in self.router.live_hosts():
                 try:
                     self.router.handle(index).mute.remote(self.spell)
                 except Exception:  # a host that is gone holds no subscription

@@ -393,7 +393,7 @@ class OwnerReads:
         router = self.router
         text = dumps(list(args))
         return self._get([router.handle(i).read_all.remote(kind, text)
-                          for i in range(router.hosts)])
+                          for i in router.live_hosts()])
 
     # -- one agent --------------------------------------------------------------------------
     def value(self, ref: AgentRef, kind: str, *args: Any) -> Any:
@@ -522,12 +522,16 @@ class OwnerReads:
         router = self.router
         if not self._views_made:
             self._make_views(db)
-        asked = []
-        for i in range(router.hosts):
+        for i in router.gone & set(self._cursors):  # removed: its agents are elsewhere now
+            for table in _FED:
+                db.execute(f"DELETE FROM host{i}.{table}")
+            del self._cursors[i]
+        asked, live = [], router.live_hosts()
+        for i in live:
             incarnation, cursor = self._cursors.get(i, ("", 0))
             asked.append(router.handle(i).feed.remote(incarnation, cursor, rebuild))
         added = 0
-        for i, data in enumerate(self._get(asked)):
+        for i, data in zip(live, self._get(asked), strict=True):
             header, parts = _unpack(data)
             schema = f"host{i}"
             if self._cursors.get(i, ("",))[0] != header["incarnation"]:

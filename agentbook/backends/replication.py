@@ -68,6 +68,7 @@ class Replicator:
         self.task: asyncio.Task | None = None
         self.copies: OrderedDict[Key, AgentStore] = OrderedDict()
         self.refresh: Callable[[], Any] | None = None  # renews the leases (a newer map)
+        self.rounds = 0  # shipping rounds done (see caught_up)
         leases.on_commit = self.committing
 
     # -- the primary's side -------------------------------------------------------------
@@ -89,6 +90,26 @@ class Replicator:
             self.touched.update(keys)
             if self.task is None or self.task.done():
                 self.task = asyncio.get_running_loop().create_task(self._pump())
+
+    def adopt(self, target: int, versions: dict[Key, int]) -> None:
+        """*target* got the same files of these agents as this host (a shard moved here):
+        ship it only what is newer than *versions*, nothing from the start."""
+        for key, version in versions.items():
+            self.shipped[(target, key)] = version
+            self.touched.discard(key)
+
+    async def caught_up(self, timeout: float) -> bool:
+        """Until what was to ship when called has been shipped (a new replica seeded, say),
+        while commits go on; ``False`` if that took longer than *timeout* seconds."""
+        start = self.rounds
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.task is not None and not self.task.done():
+            if self.rounds >= start + 2:
+                break  # (the round under way, then the one with everything touched then)
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
 
     async def wait(self, key: Key) -> None:
         """Until *key*'s committed versions are on its replica (or it has none)."""
@@ -146,6 +167,7 @@ class Replicator:
                     failed = True
                     self.touched.update(keys)  # again, after a newer map (or a pause)
             self._settle()
+            self.rounds += 1
             if failed:
                 if self.refresh is not None:
                     try:
@@ -200,7 +222,8 @@ class Replicator:
                 continue
             if target is None or self.shipped.get((target, key), 0) >= version:
                 fut.set_result(None)
-            elif self.leases.shard(key) not in self.leases.owned:
+            elif self.leases.shard(key) not in self.leases.owned \
+                    and self.leases.shard(key) not in self.leases.moving:
                 fut.set_exception(LeaseLostError(
                     f"{key[0]}({key[1]!r}): this host lost the shard before its last "
                     "version reached the replica; it was not acknowledged - send it again"))
@@ -276,6 +299,14 @@ class Replicator:
         """This host lost *shards*: whatever it shipped of them no longer counts."""
         self.shipped = {k: v for k, v in self.shipped.items()
                         if self.leases.shard(k[1]) not in shards}
+
+    def moved(self, shards: set[int]) -> None:
+        """*shards* moved to another host, their files to their replica too: the versions
+        waiting to reach the replica are there (answer their calls)."""
+        for key, _version, fut in self.waiters:
+            if self.leases.shard(key) in shards and not fut.done():
+                fut.set_result(None)
+        self._settle()
 
     def promoted(self, shards: set[int]) -> None:
         """This host now owns *shards*: close their copies (the runtime opens them as its

@@ -36,6 +36,9 @@ class ShardLeases:
         #: Shards being handed over to another host: not owned here any more, whatever
         #: a renewal says until the coordinator has moved them.
         self.moving: set[int] = set()
+        #: Shards moving here: not owned until their files are in (``AgentHost.take``),
+        #: whatever a renewal says meanwhile.
+        self.incoming: set[int] = set()
         self.deadline = 0.0  # time.monotonic() after which nothing is committed
         self.view: dict[str, Any] | None = None
         #: Called with the key of every batch about to commit (the replicator's cue).
@@ -46,7 +49,7 @@ class ShardLeases:
         """Take a renewal's answer (asked at *sent_at*); returns the shards gained, lost,
         and owned with a new replica (to be seeded)."""
         owned = {s: e for s, (o, e) in enumerate(zip(view["owners"], view["epochs"], strict=True))
-                 if o == self.index and s not in self.moving}
+                 if o == self.index and s not in self.moving and s not in self.incoming}
         gained = set(owned) - set(self.owned)
         lost = set(self.owned) - set(owned)
         lost |= {s for s in owned if s in self.owned and owned[s] != self.owned[s]}

@@ -197,7 +197,13 @@ class Runtime:
         self.max_store_bytes = max_store_bytes
         self.max_query_seconds = max_query_seconds
         self.owner_wait = owner_wait
-        self.catalog = Catalog(self.root, "off" if self.memory else durability)
+        #: A Ray driver whose agents' stores are on the hosts' nodes (``host_dir``,
+        #: ``replicas`` or a cluster's ``address``): it keeps its catalog in memory and
+        #: writes no file (the coordinator and the hosts hold everything).
+        self.node_local = backend == "ray" and (host_dir is not None or bool(replicas)
+                                                or address is not None)
+        self.catalog = Catalog(self.root, "off" if self.memory else durability,
+                               on_disk=not self.node_local)
         self.closed = False
         self.source = "cell" if "ipykernel" in sys.modules else "script"
         self.instances: dict[Key, Instance] = {}
@@ -356,6 +362,38 @@ class Runtime:
         for _ in range(count):
             self.router.add_host()
         return self.router.rebalance()
+
+    def remove_hosts(self, count: int = 1) -> list[dict[str, Any]]:
+        """Ray with node-local stores: drain the *count* newest hosts and stop them (the
+        other side of :meth:`add_hosts`). Each one's shards move, whole, to the hosts that
+        stay while messages go on (their schedules, approvals, workflows and outbox go
+        along and fire once), the replicas it keeps are made again on other hosts, then
+        it exits. Returns the moves, like :meth:`add_hosts`."""
+        router = self._host_router("remove_hosts")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise UsageError(f"count is how many hosts to remove (an int >= 1), not {count!r}")
+        live = [i for i in router.live_hosts() if i not in router.dead_hosts()]
+        if count >= len(live):
+            raise UsageError(
+                f"remove_hosts({count}) would leave no host to own the shards (this runtime "
+                f"has {len(live)} live); keep at least one, or close the runtime")
+        return router.remove_hosts(live[-count:])
+
+    def drain_node(self, node_id: str) -> list[dict[str, Any]]:
+        """Ray with node-local stores: before a machine leaves the cluster (``ray stop``
+        there, or ``cluster.remove_node``), move everything its hosts own or keep to the
+        hosts on other nodes and stop them, while messages go on. *node_id* is the Ray
+        node id (hex: ``ray.nodes()``, ``ray status``). Returns the moves."""
+        router = self._host_router("drain_node")
+        return router.remove_hosts(router.hosts_on(node_id))
+
+    def _host_router(self, what: str) -> Any:
+        self.check_open()
+        if self.router is None or self.router.index is not None \
+                or getattr(self.router, "coordinator", None) is None:
+            raise UsageError(f"{what}() is for ab.Runtime(..., backend='ray', host_dir=...) "
+                             "(hosts that keep their stores on their own nodes)")
+        return self.router
 
     # -- life ---------------------------------------------------------------------------
     def close(self) -> None:

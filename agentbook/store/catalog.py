@@ -19,6 +19,7 @@ from typing import Any, cast
 
 import apsw
 
+from . import shard_image
 from .agentstore import _SYNC
 from .approval_index import ApprovalIndex
 from .approvals import IndexedApproval
@@ -197,11 +198,14 @@ def _holds(path: str, class_name: str, name: str) -> bool:
 class Catalog:
     """Index of the agents in one runtime folder."""
 
-    def __init__(self, root: str, durability: str = "normal") -> None:
+    def __init__(self, root: str, durability: str = "normal", *, on_disk: bool = True) -> None:
         self.root = root
-        self.path = os.path.join(root, "catalog.db")
+        #: ``on_disk=False``: the catalog lives in memory and nothing is written under
+        #: *root* (a Ray driver whose agents' stores are on the hosts' nodes).
+        self.path = os.path.join(root, "catalog.db") if on_disk else ":memory:"
         try:
-            os.makedirs(root, exist_ok=True)
+            if on_disk:
+                os.makedirs(root, exist_ok=True)
             self.conn = apsw.Connection(self.path)
             self.conn.set_busy_timeout(10_000)  # several processes may share a catalog
             self.conn.execute("PRAGMA journal_mode=WAL")
@@ -222,7 +226,7 @@ class Catalog:
             #: The approval index: guarded methods, and its checks against the stores (a
             #: new approvals table next to existing agent files re-reads every store).
             self.approval_index = ApprovalIndex(
-                self, rescan=fresh and os.path.isdir(os.path.join(root, "agents")))
+                self, rescan=fresh and on_disk and os.path.isdir(os.path.join(root, "agents")))
         except apsw.Error as exc:
             raise translate_error(exc, self.path) from None
         except OSError as exc:  # the folder can't be made: read-only, full, ...
@@ -256,6 +260,25 @@ class Catalog:
     def remove(self, class_name: str, name: str) -> None:
         """Forget an agent."""
         self.conn.execute("DELETE FROM agents WHERE class = ? AND name = ?", (class_name, name))
+
+    def entries_of(self, keys: list[tuple[str, str]]) -> dict[str, Any]:
+        """Every catalog row of the agents *keys* (their row, timers, approvals, failures,
+        dead letters), to move with them to another runtime (see :mod:`.shard_image`)."""
+        return shard_image.entries_of(self.conn, keys)
+
+    def take_entries(self, entries: dict[str, Any]) -> None:
+        """Take up another catalog's rows of agents that moved here (one transaction);
+        the methods their approvals guard are guarded here too."""
+        shard_image.take_entries(self.conn, entries, self.path)
+        part = entries.get("approvals")
+        if part and part["rows"]:
+            at = part["columns"].index("class"), part["columns"].index("method")
+            for row in part["rows"]:
+                self.approval_index.guard(row[at[0]], row[at[1]])
+
+    def forget_entries(self, keys: list[tuple[str, str]]) -> None:
+        """Delete every catalog row of the agents *keys* (they moved away)."""
+        shard_image.forget_entries(self.conn, keys, self.path)
 
     def rows(self, class_name: str | None = None) -> list[tuple]:
         """``(class, name, file, created, parent)`` for every known agent."""

@@ -80,5 +80,10 @@ class ShardMap:
             self.conn.execute("INSERT OR REPLACE INTO hosts(host, disk) VALUES (?, ?)",
                               (host, disk))
 
+    def forget_host(self, host: int) -> None:
+        """Host *host* was removed for good: its folder is no longer expected."""
+        with self.conn:
+            self.conn.execute("DELETE FROM hosts WHERE host = ?", (host,))
+
     def close(self) -> None:
         self.conn.close()

@@ -1,0 +1,176 @@
+"""A shard's agents as one bytes payload: their store files and their catalog entries (the
+Ray backend's shard moves; see ``AgentHost.hand_over``).
+
+A moving shard's agents are closed first (hibernated, their WAL checkpointed away), so
+each store is one file: :func:`image` reads it as it is (no SQLite open; a store that
+still has a WAL is copied with SQLite's backup API instead), and :func:`install` writes
+it on the other side (a temporary file, synced, renamed into place: no SQLite open
+either). The agents' catalog entries travel along - their row, timer index, approval
+index, failures and dead letters (:func:`entries_of`) - and are taken up in one
+transaction (:func:`take_entries`), so the approval inbox, ``ref.failures()`` and the
+pending timers are where the agents are. Never pickled: a JSON head, then the files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, NamedTuple, cast
+
+import apsw
+
+from .sqlaccess import translate_error
+
+__all__ = ["AgentImage", "ShardImage", "entries_of", "forget_entries", "head_version",
+           "image", "install", "pack", "take_entries", "unpack"]
+
+Key = tuple[str, str]
+
+#: The catalog tables that hold rows of one agent (by its ``class`` and ``name``).
+_TABLES = ("agents", "timers", "approvals", "failures", "dead_letters")
+_WAL_HEADER = (18, 19)  # the file format bytes: 2 and 2 in a WAL database
+
+
+class AgentImage(NamedTuple):
+    """One agent's store file, as bytes."""
+
+    class_name: str
+    name: str
+    data: bytes
+
+
+class ShardImage(NamedTuple):
+    """A shard's agents: their store files, and their catalog rows by table (each row a
+    list of values in the table's column order, under ``columns``)."""
+
+    stores: list[AgentImage]
+    entries: dict[str, Any]
+
+
+def image(path: str) -> bytes:
+    """The store file at *path* (closed here), as bytes: the file itself when its WAL is
+    empty or gone, else a consistent copy made with SQLite's backup API."""
+    try:
+        wal = os.path.getsize(path + "-wal")
+    except FileNotFoundError:
+        wal = 0
+    if not wal:
+        with open(path, "rb") as fh:
+            return fh.read()
+    src = apsw.Connection(f"file:{path}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY
+                          | apsw.SQLITE_OPEN_URI)
+    mem = apsw.Connection(":memory:")
+    try:
+        with mem.backup("main", src, "main") as backup:
+            backup.step()
+        data = bytearray(mem.serialize("main") or b"")
+    finally:
+        mem.close()
+        src.close()
+    for at in _WAL_HEADER:  # (an in-memory copy says rollback journal; on disk: WAL again)
+        if len(data) > at:
+            data[at] = 2
+    return bytes(data)
+
+
+def install(path: str, data: bytes) -> None:
+    """Write *data* (an :func:`image`) as the store file at *path*, replacing whatever is
+    there (its old WAL too): a temporary file, synced, renamed into place."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for suffix in ("-wal", "-shm"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass
+    tmp = path + ".moving"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def head_version(data: bytes) -> int:
+    """The newest version in an :func:`image`'s history, read in memory (0 for none)."""
+    mem = apsw.Connection(":memory:")
+    try:
+        copy = bytearray(data)
+        for at in _WAL_HEADER:  # (a WAL database can't be opened from memory as it is)
+            if len(copy) > at:
+                copy[at] = 1
+        mem.deserialize("main", bytes(copy))
+        found = mem.execute("SELECT max(version) FROM _ab_history").fetchall()
+        return int(found[0][0] or 0)
+    finally:
+        mem.close()
+
+
+def _columns(conn: apsw.Connection, table: str) -> list[str]:
+    return [str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def entries_of(conn: apsw.Connection, keys: list[Key]) -> dict[str, Any]:
+    """The catalog rows of the agents *keys* (a catalog's connection), by table:
+    ``{table: {"columns": [...], "rows": [[...], ...]}}``; one read transaction."""
+    wanted = set(keys)
+    found: dict[str, Any] = {}
+    with conn:
+        for table in _TABLES:
+            columns = _columns(conn, table)
+            at = columns.index("class"), columns.index("name")
+            rows = [list(r) for r in conn.execute(f"SELECT * FROM {table}")
+                    if (r[at[0]], r[at[1]]) in wanted]
+            found[table] = {"columns": columns, "rows": rows}
+    return found
+
+
+def take_entries(conn: apsw.Connection, entries: dict[str, Any], path: str) -> None:
+    """Write catalog rows from :func:`entries_of` (another host's) into this catalog, in
+    one transaction; a row that is here already is replaced."""
+    try:
+        with conn:
+            for table in _TABLES:
+                part = entries.get(table)
+                if not part or not part["rows"]:
+                    continue
+                here = set(_columns(conn, table))
+                if table == "failures":  # (numbered per catalog: numbered again here)
+                    here.discard("id")
+                columns = [c for c in part["columns"] if c in here]
+                picks = [part["columns"].index(c) for c in columns]
+                marks = ",".join("?" * len(columns))
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO {table}({','.join(columns)}) VALUES ({marks})",
+                    [[row[i] for i in picks] for row in part["rows"]])
+    except apsw.Error as exc:
+        raise translate_error(exc, path) from None
+
+
+def forget_entries(conn: apsw.Connection, keys: list[Key], path: str) -> None:
+    """Delete every catalog row of the agents *keys* (they moved away), in one
+    transaction."""
+    try:
+        with conn:
+            for table in _TABLES:
+                conn.executemany(f"DELETE FROM {table} WHERE class = ? AND name = ?", keys)
+    except apsw.Error as exc:
+        raise translate_error(exc, path) from None
+
+
+def pack(shard: ShardImage) -> bytes:
+    """*shard* as one bytes payload: a JSON head (names, sizes, catalog rows), the files."""
+    head = json.dumps({"stores": [[s.class_name, s.name, len(s.data)] for s in shard.stores],
+                       "entries": shard.entries}, separators=(",", ":")).encode()
+    return b"".join([len(head).to_bytes(8, "big"), head, *(s.data for s in shard.stores)])
+
+
+def unpack(blob: bytes) -> ShardImage:
+    """The :class:`ShardImage` in a :func:`pack` payload."""
+    size = int.from_bytes(blob[:8], "big")
+    at = 8 + size
+    head = cast("dict[str, Any]", json.loads(blob[8:at]))
+    stores = []
+    for class_name, name, length in head["stores"]:
+        stores.append(AgentImage(class_name, name, bytes(blob[at:at + length])))
+        at += length
+    return ShardImage(stores, head["entries"])
