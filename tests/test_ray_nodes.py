@@ -131,6 +131,54 @@ async def test_a_host_paused_past_its_lease_commits_nothing(cluster, tmp_path):
         rt.close()
 
 
+async def _start_traffic(refs) -> tuple[dict[str, list[str]], list[tuple[str, str]],
+                                         asyncio.Event, list[asyncio.Future]]:
+    """The driver marks *refs* without pause (until the event is set), once it flows to
+    every agent: ``(acked, failed, stop, tasks)``."""
+    acked: dict[str, list[str]] = {r.name: [] for r in refs}
+    failed: list[tuple[str, str]] = []
+    stop = asyncio.Event()
+    tasks = [asyncio.ensure_future(_traffic(r, acked, failed, stop)) for r in refs]
+    await eventually(lambda: min(len(v) for v in acked.values()), until=lambda n: n >= 3,
+                     timeout=60, interval=0.1, what="traffic flows to every agent")
+    return acked, failed, stop, tasks
+
+
+async def _answering_again(acked: dict[str, list[str]], timeout: float) -> None:
+    """Until every agent has acknowledged three more marks (after a node went)."""
+    since = {name: len(marks) for name, marks in acked.items()}
+    await eventually(lambda: {n for n, m in acked.items() if len(m) < since[n] + 3},
+                     until=lambda behind: not behind, timeout=timeout, interval=0.2,
+                     what="every agent answers again after the node went")
+
+
+async def _check_marks(refs, acked: dict[str, list[str]]) -> None:
+    """Every acknowledged mark is there, and no agent went back to a host it left."""
+    for ref in refs:
+        marks = await ref.marks()
+        missing = set(acked[ref.name]) - {m[0] for m in marks}
+        assert not missing, f"{ref.name} lost acknowledged marks {sorted(missing)}"
+        writers = [m[1] for m in marks]
+        turns = [p for i, p in enumerate(writers) if i == 0 or p != writers[i - 1]]
+        assert len(turns) == len(set(turns)), f"{ref.name} went back to a host: {turns}"
+
+
+async def _traffic(ref, acked: dict[str, list[str]], failed: list[tuple[str, str]],
+                   stop: asyncio.Event) -> None:
+    """Mark *ref* without pause until *stop*: the acknowledged marks in *acked*, the calls
+    that raised (they may or may not have run) in *failed*."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        mark = f"{ref.name}-{n}"
+        try:
+            await asyncio.wait_for(ref.mark(mark), 60)
+            acked[ref.name].append(mark)
+        except (ab.HostUnavailableError, asyncio.TimeoutError) as exc:
+            failed.append((mark, type(exc).__name__))
+            await asyncio.sleep(0.05)  # (not a wait for the test: a pause between tries)
+
+
 def _shard(ref, router) -> int:
     from agentbook.backends.shards import shard_of
 
@@ -150,45 +198,17 @@ async def test_losing_a_node_under_traffic_loses_no_acknowledged_version(cluster
         workers = {node.node_id: node for node in cluster.workers}
         victim = next(i for i, h in enumerate(hellos) if h["node"] in workers)
         assert victim in rt.router.owners
-        acked: dict[str, list[str]] = {r.name: [] for r in refs}
-        failed = []
-        stop = asyncio.Event()
-
-        async def traffic(ref) -> None:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                mark = f"{ref.name}-{n}"
-                try:
-                    await asyncio.wait_for(ref.mark(mark), 60)
-                    acked[ref.name].append(mark)
-                except (ab.HostUnavailableError, asyncio.TimeoutError) as exc:
-                    failed.append((mark, type(exc).__name__))  # maybe ran, maybe not
-                    await asyncio.sleep(0.05)
-
-        tasks = [asyncio.ensure_future(traffic(r)) for r in refs]
-        await eventually(lambda: min(len(v) for v in acked.values()), until=lambda n: n >= 3,
-                         timeout=60, interval=0.1, what="traffic flows to every agent")
+        acked, _failed, stop, tasks = await _start_traffic(refs)
         node = workers[hellos[victim]["node"]]
         cluster.remove_node(node, allow_graceful=False)
         cluster.workers.remove(node)
         shutil.rmtree(cluster.host_dir / f"agentbook-{node.node_id}")  # its disk is lost
-        lost_at = {name: len(marks) for name, marks in acked.items()}
-        await eventually(lambda: {n for n, m in acked.items() if len(m) < lost_at[n] + 3},
-                         until=lambda behind: not behind, timeout=120, interval=0.2,
-                         what="every agent answers again after the node loss")
+        await _answering_again(acked, timeout=120)
         stop.set()
         await asyncio.gather(*tasks)
         view = ray.get(rt.router.coordinator.view.remote())
         assert victim not in view["owners"], "the lost host's shards are on the survivors"
-        for ref in refs:
-            marks = await ref.marks()
-            ids = [m[0] for m in marks]
-            missing = set(acked[ref.name]) - set(ids)
-            assert not missing, f"{ref.name} lost acknowledged marks {sorted(missing)}"
-            writers = [m[1] for m in marks]
-            turns = [p for i, p in enumerate(writers) if i == 0 or p != writers[i - 1]]
-            assert len(turns) == len(set(turns)), f"{ref.name} went back to a host: {turns}"
+        await _check_marks(refs, acked)
     finally:
         rt.close()
 
@@ -307,25 +327,7 @@ async def test_draining_a_node_under_traffic_moves_its_shards_then_it_leaves(clu
         asker = rt.get(RayTally, on_victim[1])
         await later.mark_later(6.0, "scheduled")
         asked = await asker.propose(5)
-        acked: dict[str, list[str]] = {r.name: [] for r in refs}
-        failed = []
-        stop = asyncio.Event()
-
-        async def traffic(ref) -> None:
-            n = 0
-            while not stop.is_set():
-                n += 1
-                mark = f"{ref.name}-{n}"
-                try:
-                    await asyncio.wait_for(ref.mark(mark), 60)
-                    acked[ref.name].append(mark)
-                except (ab.HostUnavailableError, asyncio.TimeoutError) as exc:
-                    failed.append((mark, type(exc).__name__))  # maybe ran, maybe not
-                    await asyncio.sleep(0.05)
-
-        tasks = [asyncio.ensure_future(traffic(r)) for r in refs]
-        await eventually(lambda: min(len(v) for v in acked.values()), until=lambda n: n >= 3,
-                         timeout=60, interval=0.1, what="traffic flows to every agent")
+        acked, failed, stop, tasks = await _start_traffic(refs)
         node_id = hellos[victim]["node"]
         pid = hellos[victim]["pid"]
         before = {name: len(marks) for name, marks in acked.items()}
@@ -342,20 +344,11 @@ async def test_draining_a_node_under_traffic_moves_its_shards_then_it_leaves(clu
         node = workers[node_id]
         cluster.remove_node(node)
         cluster.workers.remove(node)
-        left_at = {name: len(marks) for name, marks in acked.items()}
-        await eventually(lambda: {n for n, m in acked.items() if len(m) < left_at[n] + 3},
-                         until=lambda behind: not behind, timeout=60, interval=0.2,
-                         what="every agent answers after the node left")
+        await _answering_again(acked, timeout=60)
         stop.set()
         await asyncio.gather(*tasks)
         assert not [f for f in failed if f[1] == "LeaseLostError"], failed
-        for ref in refs:
-            marks = await ref.marks()
-            missing = set(acked[ref.name]) - {m[0] for m in marks}
-            assert not missing, f"{ref.name} lost acknowledged marks {sorted(missing)}"
-            writers = [m[1] for m in marks]
-            turns = [p for i, p in enumerate(writers) if i == 0 or p != writers[i - 1]]
-            assert len(turns) == len(set(turns)), f"{ref.name} went back to a host: {turns}"
+        await _check_marks(refs, acked)
         await eventually(lambda: later.marks(), until=lambda m: "scheduled" in [x[0] for x in m],
                          timeout=60, interval=0.3, what="the scheduled mark fired after the move")
         assert [m[0] for m in await later.marks()].count("scheduled") == 1, "fired once"

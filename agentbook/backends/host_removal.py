@@ -40,14 +40,16 @@ def hosts_on(router: RayRouter, node: str) -> list[int]:
     if node not in alive:
         raise UsageError(f"no live Ray node has the id {node!r}; the live ones: "
                          f"{', '.join(sorted(alive))} (ray.nodes(), or `ray status`)")
-    live = router.live_hosts()
+    dead = set(router.dead_hosts())
+    live = [i for i in router.live_hosts() if i not in dead]
     places = ray.get([router.handle(i).hello.remote() for i in live])
     return [i for i, hello in zip(live, places, strict=True) if hello["node"] == node]
 
 
 def check_leaving(router: RayRouter, leaving: list[int]) -> None:
     """Refuse to remove every host (someone has to own the shards)."""
-    left = [i for i in router.live_hosts() if i not in leaving]
+    dead = set(router.dead_hosts())
+    left = [i for i in router.live_hosts() if i not in leaving and i not in dead]
     if not left:
         raise UsageError(
             f"removing {'host' if len(leaving) == 1 else 'hosts'} "
@@ -62,7 +64,7 @@ def drain_host(router: RayRouter, index: int, leaving: set[int]) -> list[dict[st
     ray = ray_module()
     coordinator = router.coordinator
     view = ray.get(coordinator.drain.remote(index))
-    stay = [i for i in router.live_hosts() if i not in leaving]
+    stay = [i for i in router.live_hosts() if i not in leaving and i not in view["dead"]]
     # the leaving host's replicas: re-seeded on other hosts before it goes
     ray.get([router.handle(i).replicas_caught_up.remote() for i in stay])
     moves = []

@@ -26,8 +26,9 @@ node (``host_dir=.../agentbook-{node}``) with a coordinator actor on the head.
 ``ray_move_s_per_1000``
     Seconds to move 1 000 agents between hosts: ``ray_move_agents`` agents with one
     version each on 2 hosts, a node added, ``rt.add_hosts(1)`` moves whole shards to it
-    (stop, close, snapshot, ship through the object store, re-open): total seconds of the
-    moves per 1 000 agents moved.
+    (stop, close, read the store files and the agents' catalog rows, ship them through the
+    object store to the new owner and the shard's replica, write them; no store is opened):
+    total seconds of the moves per 1 000 agents moved.
 
 ``--quick`` skips the group (starting three Ray nodes takes 30-90 s here).
 """
@@ -275,5 +276,5 @@ async def _move(sz: Sizes, folder: str, cluster: Any) -> Result:
     return Result("ray_move_s_per_1000", seconds / moved * 1000, "s", None, None, None, 1,
                   f"{count:,} agents on 2 hosts, replicas=1; a node added, rt.add_hosts(1): "
                   f"{len(moves)} shards, {moved:,} agents, {size / 2**20:.1f} MiB of snapshots "
-                  f"moved in {seconds:.2f} s (stop, close, backup, ship via the object store, "
-                  "restore, re-open; the new owner then seeds its replica)")
+                  f"moved in {seconds:.2f} s (stop, close, read the files and catalog rows, ship "
+                  "via the object store to the new owner and the replica, write; no store reopened)")

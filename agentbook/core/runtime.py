@@ -372,7 +372,8 @@ class Runtime:
         router = self._host_router("remove_hosts")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise UsageError(f"count is how many hosts to remove (an int >= 1), not {count!r}")
-        live = [i for i in router.live_hosts() if i not in router.dead_hosts()]
+        dead = set(router.dead_hosts())
+        live = [i for i in router.live_hosts() if i not in dead]
         if count >= len(live):
             raise UsageError(
                 f"remove_hosts({count}) would leave no host to own the shards (this runtime "

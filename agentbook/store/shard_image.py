@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, cast
 
 import apsw
 
+from .replica import snapshot
 from .sqlaccess import translate_error
 
 __all__ = ["AgentImage", "ShardImage", "entries_of", "forget_entries", "head_version",
@@ -57,16 +58,7 @@ def image(path: str) -> bytes:
     if not wal:
         with open(path, "rb") as fh:
             return fh.read()
-    src = apsw.Connection(f"file:{path}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY
-                          | apsw.SQLITE_OPEN_URI)
-    mem = apsw.Connection(":memory:")
-    try:
-        with mem.backup("main", src, "main") as backup:
-            backup.step()
-        data = bytearray(mem.serialize("main") or b"")
-    finally:
-        mem.close()
-        src.close()
+    data = bytearray(snapshot(path))
     for at in _WAL_HEADER:  # (an in-memory copy says rollback journal; on disk: WAL again)
         if len(data) > at:
             data[at] = 2
