@@ -819,9 +819,12 @@ class AgentHost(HostReads):
             leases.moving.discard(shard)
         # (a stale copy now: the new owner has it)
         rt.catalog.forget_entries(keys)
+        keep = row["replica"] == self.index  # (this host keeps the shard's replica now)
+        if keep:
+            rt.catalog.take_entries({"agents": entries["agents"]})
         for key in keys:
             rt.timers.set(key, None)
-            for suffix in ("", "-wal", "-shm", ".lock"):
+            for suffix in ("", "-wal", "-shm", ".lock")[2 if keep else 0:]:
                 try:
                     os.unlink(rt.path_of(key) + suffix)
                 except FileNotFoundError:

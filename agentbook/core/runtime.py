@@ -384,7 +384,9 @@ class Runtime:
         """Ray with node-local stores: before a machine leaves the cluster (``ray stop``
         there, or ``cluster.remove_node``), move everything its hosts own or keep to the
         hosts on other nodes and stop them, while messages go on. *node_id* is the Ray
-        node id (hex: ``ray.nodes()``, ``ray status``). Returns the moves."""
+        node id (hex: ``ray.nodes()``, ``ray status``). Returns the moves. It blocks until
+        done: ``await asyncio.to_thread(rt.drain_node, node_id)`` keeps the notebook's own
+        calls flowing meanwhile."""
         router = self._host_router("drain_node")
         return router.remove_hosts(router.hosts_on(node_id))
 
