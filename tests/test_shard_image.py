@@ -1,0 +1,115 @@
+"""store/shard_image.py: a shard's agents move as their store files and catalog rows (the
+Ray backend's shard moves), and arrive whole - state, tables, a pending schedule, a pending
+approval in the inbox, recorded failures - without a store being opened to pack them. No Ray."""
+
+from __future__ import annotations
+
+import apsw
+import pytest
+
+import agentbook as ab
+from agentbook.store import shard_image
+
+
+class Till(ab.Agent):
+    initial_state = {"n": 0}
+
+    async def on_start(self):
+        self.sql("CREATE TABLE IF NOT EXISTS sales(id INTEGER PRIMARY KEY, amount INTEGER)")
+
+    @ab.callable
+    async def sell(self, amount: int) -> int:
+        self.sql("INSERT INTO sales(amount) VALUES (?)", amount)
+        self.set_state({"n": self.state["n"] + amount})
+        return self.state["n"]
+
+    @ab.callable
+    async def later(self, seconds: float) -> None:
+        await self.schedule(seconds, "sell", 100)
+
+    @ab.callable
+    async def propose(self, amount: int) -> str:
+        return (await self.request_approval("refund", {"amount": amount},
+                                            summary=f"refund {amount}")).id
+
+    async def refund(self, amount: int) -> int:
+        self.set_state({"n": self.state["n"] - amount})
+        return self.state["n"]
+
+    @ab.callable
+    async def fail(self) -> None:
+        raise ValueError("no")
+
+
+async def test_a_shard_moves_as_files_and_catalog_rows(tmp_path, clock):
+    old = ab.Runtime(tmp_path / "old", clock=clock)
+    ref = old.get(Till, "t")
+    await ref.sell(5)
+    await ref.later(60)
+    asked = await ref.propose(2)
+    with pytest.raises(ValueError):
+        await ref.fail()
+    key = ("Till", "t")
+    old.hibernate()
+    old.closer.wait()
+    opened: list[str] = []
+    real = apsw.Connection
+
+    class Watched(real):  # type: ignore[misc, valid-type]
+        def __init__(self, filename, *args, **kwargs):
+            opened.append(filename)
+            super().__init__(filename, *args, **kwargs)
+
+    apsw.Connection = Watched  # type: ignore[misc]
+    try:
+        data = shard_image.image(old.path_of(key))
+        blob = shard_image.pack(shard_image.ShardImage(
+            [shard_image.AgentImage("Till", "t", data)], old.catalog.entries_of([key])))
+    finally:
+        apsw.Connection = real  # type: ignore[misc]
+    assert opened == [], "a closed store is read as a file, not opened"
+    old.catalog.forget_entries([key])
+    assert old.catalog.rows() == [] and old.catalog.timers() == []
+    assert old.approvals.pending().empty, "the old runtime's inbox lets the approval go"
+    old.close()
+
+    moved = shard_image.unpack(blob)
+    assert [(s.class_name, s.name) for s in moved.stores] == [("Till", "t")]
+    assert shard_image.head_version(moved.stores[0].data) == 4  # (on_start, sell, later, propose)
+    new = ab.Runtime(tmp_path / "new", clock=clock)
+    shard_image.install(new.path_of(key), moved.stores[0].data)
+    new.catalog.take_entries(moved.entries)
+    new.close()  # (a runtime that starts over the moved files and rows)
+    new = ab.Runtime(tmp_path / "new", clock=clock)
+    try:
+        ref = new.get(Till, "t")
+        assert ref.state == {"n": 5}
+        assert list(new.approvals.pending()["id"]) == [asked]
+        assert len(ref.failures()) == 1
+        await clock.advance(61)
+        await new.settle()
+        assert ref.state == {"n": 105}, "the schedule fired, once, where the agent is now"
+        assert await new.approvals.approve(asked) == 103
+        assert list(ref.sql("SELECT amount FROM sales ORDER BY id").amount) == [5, 100]
+    finally:
+        new.close()
+
+
+def test_a_store_with_a_wal_is_copied_consistently(tmp_path):
+    path = str(tmp_path / "s.db")
+    conn = apsw.Connection(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("CREATE TABLE t(x); INSERT INTO t VALUES (1), (2)")
+    try:  # (still open: the rows are in the WAL only)
+        data = shard_image.image(path)
+    finally:
+        conn.close()
+    target = str(tmp_path / "moved" / "s.db")
+    shard_image.install(target, data)
+    copy = apsw.Connection(target)
+    try:
+        assert copy.execute("SELECT sum(x) FROM t").fetchall() == [(3,)]
+        assert copy.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
+    finally:
+        copy.close()
