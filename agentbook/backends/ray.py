@@ -852,7 +852,7 @@ class AgentHost(HostReads):
                 self.leases.incoming.add(self.leases.shard(key))
             if self.replicator is not None:
                 self.replicator.close_copy(key)
-            shard_image.install(rt.path_of(key), store.data)
+            shard_image.install(rt.path_of(key), store.data, rt.durability == "full")
             versions.append([key[0], key[1], shard_image.head_version(store.data)])
         rt.catalog.take_entries(shard.entries)
         return versions
@@ -869,7 +869,7 @@ class AgentHost(HostReads):
         for store in images.stores:
             key = (store.class_name, store.name)
             self.replicator.close_copy(key)
-            shard_image.install(rt.path_of(key), store.data)
+            shard_image.install(rt.path_of(key), store.data, rt.durability == "full")
         rt.catalog.take_entries({"agents": images.entries["agents"]})
         return len(images.stores)
 

@@ -4,11 +4,12 @@ Ray backend's shard moves; see ``AgentHost.hand_over``).
 A moving shard's agents are closed first (hibernated, their WAL checkpointed away), so
 each store is one file: :func:`image` reads it as it is (no SQLite open; a store that
 still has a WAL is copied with SQLite's backup API instead), and :func:`install` writes
-it on the other side (a temporary file, synced, renamed into place: no SQLite open
-either). The agents' catalog entries travel along - their row, timer index, approval
-index, failures and dead letters (:func:`entries_of`) - and are taken up in one
-transaction (:func:`take_entries`), so the approval inbox, ``ref.failures()`` and the
-pending timers are where the agents are. Never pickled: a JSON head, then the files.
+it on the other side (a temporary file renamed into place, synced with
+``durability="full"``: no SQLite open either). The agents' catalog entries travel along -
+their row, timer index, approval index, failures and dead letters (:func:`entries_of`) -
+and are taken up in one transaction (:func:`take_entries`), so the approval inbox,
+``ref.failures()`` and the pending timers are where the agents are. Never pickled: a JSON
+head, then the files.
 """
 
 from __future__ import annotations
@@ -65,9 +66,11 @@ def image(path: str) -> bytes:
     return bytes(data)
 
 
-def install(path: str, data: bytes) -> None:
+def install(path: str, data: bytes, sync: bool = False) -> None:
     """Write *data* (an :func:`image`) as the store file at *path*, replacing whatever is
-    there (its old WAL too): a temporary file, synced, renamed into place."""
+    there (its old WAL too): a temporary file renamed into place; *sync* (a store with
+    ``durability="full"``, which survives a power loss): flushed to the disk first. Like a
+    ``"normal"`` store's commits, an unsynced file survives a killed process."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     for suffix in ("-wal", "-shm"):
         try:
@@ -77,8 +80,9 @@ def install(path: str, data: bytes) -> None:
     tmp = path + ".moving"
     with open(tmp, "wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
