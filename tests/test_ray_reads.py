@@ -8,13 +8,13 @@ import asyncio
 import os
 import re
 
-import apsw
 import pandas as pd
 import pytest
 
 import agentbook as ab
 from agentbook.backends.ray_reads import decode_frame, encode_frame
 
+from .opened_files import sqlite_opens
 from .ray_agents import RayLedger
 from .ray_start import start_ray
 
@@ -219,17 +219,8 @@ def test_a_read_that_fails_fails_alike_through_the_owner(pair, read):
     assert messages[0] == messages[1] or read == "a version that never was"
 
 
-def test_the_driver_opens_no_store_file(pair, monkeypatch):
+def test_the_driver_opens_no_store_file(pair):
     rt, made = pair["ray"]
-    opened: list[str] = []
-    real = apsw.Connection
-
-    class Watched(real):  # type: ignore[misc, valid-type]
-        def __init__(self, filename, *args, **kwargs):
-            opened.append(filename)
-            super().__init__(filename, *args, **kwargs)
-
-    monkeypatch.setattr(apsw, "Connection", Watched)
     nodes = str(pair["folder"] / "nodes")
     fds_seen: set[str] = set()
 
@@ -240,10 +231,11 @@ def test_the_driver_opens_no_store_file(pair, monkeypatch):
             except OSError:
                 pass
 
-    for name, read in READS.items():
-        read(rt, made)
-        look()
-        assert opened in ([], [":memory:"]) or set(opened) == {":memory:"}, (name, opened)
+    with sqlite_opens() as opened:
+        for name, read in READS.items():
+            read(rt, made)
+            look()
+            assert opened in ([], [":memory:"]) or set(opened) == {":memory:"}, (name, opened)
     assert not [p for p in fds_seen if p.startswith(nodes)], "the driver opened a host's file"
     stores = [os.path.join(d, f) for d, _, fs in os.walk(rt.root) for f in fs]
     assert stores == [], "the driver writes no file (its catalog is in memory)"

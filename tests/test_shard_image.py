@@ -10,6 +10,8 @@ import pytest
 import agentbook as ab
 from agentbook.store import shard_image
 
+from .opened_files import sqlite_opens
+
 
 class Till(ab.Agent):
     initial_state = {"n": 0}
@@ -52,21 +54,10 @@ async def test_a_shard_moves_as_files_and_catalog_rows(tmp_path, clock):
     key = ("Till", "t")
     old.hibernate()
     old.closer.wait()
-    opened: list[str] = []
-    real = apsw.Connection
-
-    class Watched(real):  # type: ignore[misc, valid-type]
-        def __init__(self, filename, *args, **kwargs):
-            opened.append(filename)
-            super().__init__(filename, *args, **kwargs)
-
-    apsw.Connection = Watched  # type: ignore[misc]
-    try:
+    with sqlite_opens() as opened:
         data = shard_image.image(old.path_of(key))
         blob = shard_image.pack(shard_image.ShardImage(
             [shard_image.AgentImage("Till", "t", data)], old.catalog.entries_of([key])))
-    finally:
-        apsw.Connection = real  # type: ignore[misc]
     assert opened == [], "a closed store is read as a file, not opened"
     old.catalog.forget_entries([key])
     assert old.catalog.rows() == [] and old.catalog.timers() == []
