@@ -252,6 +252,62 @@ async def test_an_awaited_call_goes_in_between_the_batches_of_a_storm(tmp_path, 
         assert ahead == 60, _ORDER
 
 
+def _rung(agents: list[ab.AgentRef]) -> int:
+    return sum(a.state["n"] for a in agents)
+
+
+async def test_a_storm_of_many_agents_takes_turns_with_an_awaited_call(tmp_path, monkeypatch):
+    """Issue 20: when many agents are due at once, their further batches of firings wait
+    for their turn (Runtime.pace) instead of each running one batch per turn of the event
+    loop, so an unrelated awaited call waits for about one batch, not for one batch of
+    every storming agent. One firing a batch and one batch let in a turn here."""
+    from agentbook.core import mailbox, runtime
+
+    monkeypatch.setattr(mailbox, "_FIRINGS_SECONDS", 0.0)
+    monkeypatch.setattr(runtime, "_MAX_PER_TURN", 1)
+    _ORDER.clear()
+    async with ab.Runtime(tmp_path / "s") as rt:
+        storms = [rt.get(Storm, f"s{i}") for i in range(20)]
+        probe = rt.get(Probe, "p")
+        await probe.inc()
+        await asyncio.gather(*(s.arm(40) for s in storms))
+        # (every agent's tick let in, each fired once: all 20 have more firings queued)
+        while not all(rt.instances[s._ab_key].queue and s.state["n"] for s in storms) and \
+                _ORDER.count("ring") < 800:
+            await asyncio.sleep(0)
+        before = _ORDER.count("ring")
+        assert before < 800, "the storm ended before the call: nothing was measured"
+        await probe.inc()
+        ahead = _ORDER.index("probe", 1) - _ORDER.index("ring")  # (rings before the call ran)
+        during = ahead - before
+        await rt.settle()
+        assert _rung(storms) == 800 and _ORDER.count("ring") == 800
+    assert during <= 3, f"{during} firings ran while the call waited (20 agents storming)"
+
+
+async def test_a_storm_ticks_each_agent_once(tmp_path, monkeypatch):
+    """Issue 20: an agent whose due firings are still queued (the rest of its storm) is not
+    ticked again after each batch: the batch that runs the last of them sets its timer."""
+    from agentbook.core import mailbox
+    from agentbook.schedule import firing
+
+    monkeypatch.setattr(mailbox, "_FIRINGS_SECONDS", 0.0)  # (one firing a batch)
+    expansions: list[int] = []
+    expand = firing.expand_due
+
+    def counting(inst: object) -> int:
+        expansions.append(expand(inst))  # type: ignore[arg-type]
+        return expansions[-1]
+
+    monkeypatch.setattr(firing, "expand_due", counting)
+    async with ab.Runtime(tmp_path / "s") as rt:
+        storm = rt.get(Storm, "s")
+        await storm.arm(30)
+        await rt.settle()
+        assert storm.state["n"] == 30
+    assert expansions == [30], expansions
+
+
 class Alarm(ab.Agent):
     initial_state = {"n": 0}
 

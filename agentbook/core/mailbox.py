@@ -256,7 +256,11 @@ class Instance:
                     else:
                         await self._batch()
                         if self.queue:  # (let the event loop run between batches: a
-                            await asyncio.sleep(0)  # workflow's turns never starve it)
+                            nxt = self.queue[0]  # workflow's turns never starve it)
+                            if nxt.sched is not None or nxt.method == TICK:
+                                await self.runtime.pace()  # (a storm's firings take turns)
+                            else:
+                                await asyncio.sleep(0)
                 except Exception as exc:  # never leave a caller waiting on a dead mailbox
                     import logging
 
