@@ -120,7 +120,7 @@ class Runtime:
         "broadcast_from", "broadcast_hooks", "built_analytics", "check_open", "class_for",
         "classes", "closer", "created", "dead_letter_op", "destroy_later", "dirty", "emit_event",
         "emit_scheduled", "enqueue", "hibernate_one", "holds_lease", "idle", "instances", "lease",
-        "mark_idle", "mark_opened", "mcp_clients", "open_stores", "owns", "path_of",
+        "mark_idle", "mark_opened", "mcp_clients", "open_stores", "owns", "pace", "path_of",
         "prepare_call", "reads", "report_error", "router", "scheduled_failure", "send_later", "server",
         "should_drop", "submit", "sweep", "sweep_handle", "tick", "unkicked",
     })
