@@ -153,6 +153,8 @@ class Instance:
                 store.set_size_cap(rt.max_store_bytes)
             store.query_seconds = rt.max_query_seconds
             store.events_retention = rt.events_retention
+            if rt.lease is not None:  # (a Ray host's replica follows its untracked rows)
+                rt.lease.opened(self.key, store)
             loaded = store.load_state()
             if loaded is None:
                 self.fresh = True
