@@ -101,20 +101,20 @@ class Replicator:
             raise translate_error(exc, store.path) from None
 
     def committing(self, key: Key) -> None:
-        """A batch of *key* is about to commit: ship it once it has."""
-        self._drain(key)  # (inside the batch: a rollback brings the notes back)
-        if self.leases.replica_host(key) is None:
-            return
-        self.touched.add(key)
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._pump())
+        """A batch of *key* is about to commit: ship it once it has (inside the batch, the
+        notes are drained too: a rollback brings them back)."""
+        self.written(key)
 
     def written(self, key: Key) -> None:
-        """*key*'s store changed outside a batch (committed): ship that too."""
+        """*key*'s store changed: ship that (once committed)."""
         self._drain(key)
         if self.leases.replica_host(key) is None:
             return
-        self.touched.add(key)
+        self._kick([key])
+
+    def _kick(self, keys: list[Key]) -> None:
+        """Ship *keys* with the next round (started now if none is running)."""
+        self.touched.update(keys)
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._pump())
 
@@ -135,9 +135,7 @@ class Replicator:
         self.events_shipped = {k: v for k, v in self.events_shipped.items()
                                if self.leases.shard(k[1]) not in shards}
         if keys:
-            self.touched.update(keys)
-            if self.task is None or self.task.done():
-                self.task = asyncio.get_running_loop().create_task(self._pump())
+            self._kick(keys)
 
     async def wait(self, key: Key) -> None:
         """Until *key*'s committed versions are on its replica (or it has none)."""
@@ -146,9 +144,7 @@ class Replicator:
         if target is None:
             return
         if inst is None:  # destroyed (its copy goes too), or hibernated since its commit
-            self.touched.add(key)
-            if self.task is None or self.task.done():
-                self.task = asyncio.get_running_loop().create_task(self._pump())
+            self._kick([key])
             if os.path.exists(self.rt.path_of(key)):
                 return
         version = GONE if inst is None else inst.committed[0]
@@ -156,9 +152,7 @@ class Replicator:
             return
         fut = asyncio.get_running_loop().create_future()
         self.waiters.append((key, version, fut))
-        self.touched.add(key)
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._pump())
+        self._kick([key])
         lease = self.leases.view["lease"] if self.leases.view is not None else 10.0
         try:
             await asyncio.wait_for(fut, 3 * lease)

@@ -104,8 +104,10 @@ def track_side(conn: apsw.Connection) -> None:
     temporary table of the connection (triggers too are temporary: the file is not
     touched). A note is written in the transaction of its change, so a rolled-back
     change leaves none. Doing it again changes nothing."""
+    if conn.execute("SELECT 1 FROM temp.sqlite_schema WHERE name = '_ab_shiplog'").fetchall():
+        return  # (a store reopened from the closer: its connection has them)
     conn.execute("PRAGMA temp_store = MEMORY")
-    conn.execute("CREATE TEMP TABLE IF NOT EXISTS _ab_shiplog(tbl TEXT NOT NULL, k1, k2)")
+    conn.execute("CREATE TEMP TABLE _ab_shiplog(tbl TEXT NOT NULL, k1, k2)")
     for table in _TRIGGERED:
         pk = SIDE_TABLES[table]
         for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
@@ -120,8 +122,11 @@ def track_side(conn: apsw.Connection) -> None:
 def take_side_keys(conn: apsw.Connection) -> set[SideKey]:
     """The rows noted since the last call (:func:`track_side`), and forget the notes.
     Inside a transaction the forgetting is part of it: a rollback brings them back."""
-    found = cast("list[tuple[str, Any, Any]]", conn.execute(
-        "SELECT DISTINCT tbl, k1, k2 FROM temp._ab_shiplog").fetchall())
+    try:
+        found = cast("list[tuple[str, Any, Any]]", conn.execute(
+            "SELECT DISTINCT tbl, k1, k2 FROM temp._ab_shiplog").fetchall())
+    except apsw.SQLError:  # (not followed: no notes)
+        return set()
     if found:
         conn.execute("DELETE FROM temp._ab_shiplog")
     return {SideKey(*row) for row in found}
