@@ -139,10 +139,14 @@ def side_rows(conn: apsw.Connection, keys: set[SideKey] | None, events_after: in
     every row of every untracked table (a replica's first shipment)."""
     upserts: list[list[Any]] = []
     deletes: list[list[Any]] = []
+    floor, last = cast("list[tuple[int | None, int | None]]", conn.execute(
+        "SELECT min(seq), max(seq) FROM _ab_events").fetchall())[0]
     for table, pk in SIDE_TABLES.items():
         wanted = [] if keys is None else [k for k in keys if k.table == table]
         if keys is not None and not wanted and table != "_ab_events":
             continue
+        if table == "_ab_events" and (last is None or last <= events_after):
+            continue  # (no new events: the usual case, one query)
         columns = _columns(conn, table)
         select = f"SELECT {', '.join(columns)} FROM {table}"
         if table == "_ab_events":
@@ -168,8 +172,6 @@ def side_rows(conn: apsw.Connection, keys: set[SideKey] | None, events_after: in
             upserts.append([table, columns, found])
         if gone:
             deletes.append([table, gone])
-    floor = cast("list[tuple[int | None]]",
-                 conn.execute("SELECT min(seq) FROM _ab_events").fetchall())[0][0]
     upto = upserts[-1][2][-1][0] if upserts and upserts[-1][0] == "_ab_events" else events_after
     for entry in upserts:  # (blobs as base64, as in history rows)
         entry[2] = [[_cell(v) for v in row] for row in entry[2]]
