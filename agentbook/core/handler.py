@@ -44,6 +44,8 @@ current_context: contextvars.ContextVar[HandlerContext | None] = contextvars.Con
 _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 #: The outbox tag in ``Envelope.extras`` (``agentbook.core.outputgate.OUTBOX``).
 _OUTBOX = "_ab_outbox"
+#: The extras of a message that has none (read-only: shared by every such handler).
+_NO_EXTRAS = jsonvalue.FrozenDict()
 
 
 class HandlerContext:
@@ -76,7 +78,7 @@ class HandlerContext:
         #: While replaying: the journal to serve, and the options (see travel.replay).
         self.replay: Any = None
         #: The envelope's per-call extras (a stream queue, client tools).
-        self.extras: dict[str, Any] = {}
+        self.extras: dict[str, Any] = _NO_EXTRAS
         #: Events and approvals already on record with an earlier version of this handler
         #: (see :func:`cut_version`): ``(len(events), len(approvals))`` then.
         self.kept = (0, 0)
@@ -273,16 +275,17 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     inst.ctx = ctx
     chain = env.chain
     handed = False  # (to the continuation of a handler that suspended: it resets them)
-    tokens = (current_chain.set((*chain, inst.key) if chain else (inst.key,)),
+    tokens = (current_chain.set((*chain, inst.key) if chain else inst.alone),
                             current_context.set(ctx), rt.events.enter_handler())
     ts = rt.clock.now() if replay is None else replay.ts  # a replayed step keeps its time
     t0 = time.perf_counter()
     try:
-        if sched is not None and firing.skip_if_missed(inst, ctx, env):
-            return _succeeded(inst, env, ctx, None, ts, t0, lone, "skipped")
-        if env.approval is not None:
-            approvals.claim(inst, ctx, env)
-            method = env.method  # (the approved action's own method)
+        if not plain:
+            if sched is not None and firing.skip_if_missed(inst, ctx, env):
+                return _succeeded(inst, env, ctx, None, ts, t0, lone, "skipped")
+            if env.approval is not None:
+                approvals.claim(inst, ctx, env)
+                method = env.method  # (the approved action's own method)
         result = getattr(inst.agent, method)(*env.args, **env.kwargs)
         if type(result) is types.CoroutineType:  # its first step, driven by hand
             try:
@@ -303,8 +306,12 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     except BaseException as exc:
         return _failed(inst, env, cls, ctx, before, exc, ts, t0, lone)
     finally:
-        if not handed:
-            _leave(inst, tokens)
+        if not handed:  # (_leave, inlined: this runs once per message of a burst)
+            if tokens[2] is not None:
+                rt.events.leave_handler(tokens[2])
+            current_context.reset(tokens[1])
+            current_chain.reset(tokens[0])
+            inst.ctx = None
 
 
 async def _go_on(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext,

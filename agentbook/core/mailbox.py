@@ -72,13 +72,15 @@ _FIRINGS_SECONDS = 0.001
 class Instance:
     """An awake agent: its object, its open store, its mailbox."""
 
-    __slots__ = ("agent", "cls", "committed", "ctx", "fresh", "gate", "key", "last_used",
+    __slots__ = ("agent", "alone", "cls", "committed", "ctx", "fresh", "gate", "key", "last_used",
                  "ownership", "queue", "runtime", "started", "state", "state_json", "store",
                  "task", "version", "workflows")
 
     def __init__(self, runtime: Runtime, key: Key, cls: type[Agent] | None) -> None:
         self.runtime = runtime
         self.key = key
+        #: The call chain of a handler no other agent awaits: ``(key,)``, made once.
+        self.alone = (key,)
         self.cls = cls
         self.agent: Agent | None = None
         self.store: AgentStore | None = None

@@ -439,7 +439,8 @@ class Runtime:
     def prepare_call(self, key: Key, method: str, args: tuple, kwargs: dict, *,
                      external: bool, future: bool) -> Envelope:
         """Check a call completely before anything is queued, and build its envelope."""
-        self.check_open()
+        if self.closed:
+            self.check_open()
         env = prepare(self.source, key, self.class_for(key[0]), method, args, kwargs,
                       external=external, future=future, approvals=self.catalog.approval_index)
         size = len(env.args_json) + len(env.kwargs_json or "")
