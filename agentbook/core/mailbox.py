@@ -155,6 +155,8 @@ class Instance:
                 store.set_size_cap(rt.max_store_bytes)
             store.query_seconds = rt.max_query_seconds
             store.events_retention = rt.events_retention
+            if rt.lease is not None:  # (a Ray host's replica follows its untracked rows)
+                rt.lease.opened(self.key, store)
             loaded = store.load_state()
             if loaded is None:
                 self.fresh = True
@@ -320,6 +322,11 @@ class Instance:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             err = translate(exc, self.store)
+            if (self.cls is None and rt.class_for(self.key[0]) is None
+                    and any(env.method == TICK for env in self.queue)):
+                # due, but its class is not here yet (a Ray host that took the agent over
+                # before the driver sent it the class): look again after a pause
+                rt.timers.retry_later(self.key)
             self.fail_queue(err)
             if self.store is not None and rt.should_drop(err):
                 rt.hibernate_one(self, later=False)
