@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import sys
 
@@ -49,6 +50,17 @@ async def mem_rt(clock):
     await runtime.aclose()
 
 
+def _kernelspec(root, python: str) -> None:
+    """Write a kernelspec named ``python3`` under *root* that runs *python*."""
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel)",
+        "language": "python",
+    }))
+
+
 @pytest.fixture(scope="module")
 def kernel_name(tmp_path_factory):
     """A kernelspec named ``python3`` that runs this interpreter, first on Jupyter's path.
@@ -57,17 +69,38 @@ def kernel_name(tmp_path_factory):
     with the environment the tests run in.
     """
     root = tmp_path_factory.mktemp("jupyter")
-    spec = root / "kernels" / "python3"
-    spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "Python 3 (ipykernel)",
-        "language": "python",
-    }))
+    _kernelspec(root, sys.executable)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("JUPYTER_PATH", str(root))
         mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # quiet the debugger's warning
         yield "python3"
+
+
+#: CI points this at the Python of Binder's environment (a venv built from
+#: binder/requirements.txt alone): the notebooks then run once, there, under every check of
+#: tests/test_notebooks.py (see .ci/run).
+NOTEBOOK_PYTHON = "AGENTBOOK_NOTEBOOK_PYTHON"
+
+
+@pytest.fixture(scope="module")
+def notebook_kernel(tmp_path_factory):
+    """The kernel the notebooks run in: ``python3`` running ``$AGENTBOOK_NOTEBOOK_PYTHON``
+    when it is set (CI: Binder's environment), else this interpreter."""
+    python = os.environ.get(NOTEBOOK_PYTHON) or sys.executable
+    if not os.access(python, os.X_OK):
+        pytest.fail(f"{NOTEBOOK_PYTHON}={python} is not an executable Python: point it at a "
+                    "venv's bin/python, or unset it to run the notebooks in this one",
+                    pytrace=False)
+    root = tmp_path_factory.mktemp("jupyter")
+    _kernelspec(root, python)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(root))
+        mp.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
+        yield "python3"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"notebooks run in: {os.environ.get(NOTEBOOK_PYTHON) or sys.executable}"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -2,10 +2,12 @@
 a teacher promises a room about it.
 
 One kernel per notebook, all in this process (importing nbformat costs ~1 s, so once).
-The kernel runs with this very interpreter, in a temporary folder and with a temporary
-folder of its own as ``TMPDIR``, so a notebook that uses the default store leaves its
-``.agentbook`` there, not in the repository, and one that leaves scratch folders behind
-is caught.
+The kernel runs with this very interpreter - or, when ``AGENTBOOK_NOTEBOOK_PYTHON`` names
+another, with that one: CI names the Python of Binder's environment (built from
+binder/requirements.txt alone), so each notebook runs once in CI and Binder's environment
+gets every check below. It runs in a temporary folder, with a temporary folder of its own
+as ``TMPDIR``, so a notebook that uses the default store leaves its ``.agentbook`` there,
+not in the repository, and one that leaves scratch folders behind is caught.
 
 The static checks read the notebooks' JSON only: each ends with an exercise whose solution
 is collapsed, no cell after a live widget closes it or the runtime it follows (Run All must
@@ -86,7 +88,7 @@ WRITES_STDERR: dict[str, str] = {}
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
-def test_notebook_runs_top_to_bottom(path, kernel_name, tmp_path):
+def test_notebook_runs_top_to_bottom(path, notebook_kernel, tmp_path):
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -94,7 +96,7 @@ def test_notebook_runs_top_to_bottom(path, kernel_name, tmp_path):
     # a short path: Ray puts its sockets under TMPDIR, and a socket's path has 107 bytes at most
     temp = Path(tempfile.mkdtemp(prefix="nb-"))
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, kernel_name=kernel_name, timeout=120,
+    client = NotebookClient(nb, kernel_name=notebook_kernel, timeout=180,
                             resources={"metadata": {"path": str(tmp_path)}})
     try:
         try:
