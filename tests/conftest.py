@@ -50,6 +50,45 @@ async def mem_rt(clock):
     await runtime.aclose()
 
 
+RAY_INSTALL = "the Ray backend is tested when ray is installed (pip install 'agentbook[ray]')"
+
+
+@pytest.fixture(scope="session")
+def _ray_shared():
+    """The session's shared Ray cluster (tests/ray_start.py), shut down at the end."""
+    from .ray_start import SHARED
+
+    ray = pytest.importorskip("ray", reason=RAY_INSTALL)
+    yield SHARED
+    SHARED.shutdown(ray)
+
+
+#: Run right after the conformance suite, on its Ray cluster, test_ray_nodes last: it
+#: needs a cluster of its own and stops the shared one first, so no idle Ray cluster
+#: competes for the machine's two cores with the rest of the session (notebooks included).
+RAY_MODULES = ("test_ray_backend.py", "test_ray_reads.py", "test_ray_nodes.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    moved = [item for name in RAY_MODULES for item in items
+             if item.path.name == name and item.path.parent.name == "tests"]
+    conformance = [k for k, item in enumerate(items) if "conformance" in item.path.parts]
+    if not moved or not conformance:
+        return
+    ids = {id(item) for item in moved}
+    before = [item for item in items[:conformance[-1] + 1] if id(item) not in ids]
+    after = [item for item in items[conformance[-1] + 1:] if id(item) not in ids]
+    items[:] = before + moved + after
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(_ray_shared):
+    """``ray``, its driver connected to the session's shared cluster of two nodes."""
+    import ray
+
+    return _ray_shared.connect(ray)
+
+
 def _kernelspec(root, python: str) -> None:
     """Write a kernelspec named ``python3`` under *root* that runs *python*."""
     spec = root / "kernels" / "python3"

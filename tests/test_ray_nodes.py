@@ -14,7 +14,7 @@ import pytest
 import agentbook as ab
 
 from .ray_agents import RayTally
-from .ray_start import start_cluster
+from .ray_start import SHARED, start_cluster
 from .waiting import eventually
 
 pytestmark = pytest.mark.ray
@@ -27,6 +27,7 @@ def cluster(tmp_path_factory):
     """A head and two more nodes; each node's stores under ``nodes/agentbook-<node id>``."""
     ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
                                              "(pip install 'agentbook[ray]')")
+    SHARED.shutdown(ray)  # (the other Ray tests' cluster: they ran before, see conftest)
     if ray.is_initialized():
         ray.shutdown()
     cluster = start_cluster(ray, nodes=3, cpus=1)
