@@ -11,6 +11,16 @@ import psutil
 T = TypeVar("T")
 
 
+def kill(processes: list[psutil.Process]) -> None:
+    """SIGKILL *processes* (those already gone too) and wait for them to be gone."""
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=10)
+
+
 def _three_tries(start: Callable[[], T], undo: Callable[[], None]) -> T:
     """*start*, tried up to three times: on a loaded machine Ray's raylet gives its agent
     15 s to start and then dies (ray-project/ray#65983). After a failed try, *undo*, and
@@ -23,13 +33,7 @@ def _three_tries(start: Callable[[], T], undo: Callable[[], None]) -> T:
             return start()
         except Exception:
             undo()
-            started = [p for p in me.children(recursive=True) if p.pid not in before]
-            for process in started:
-                try:
-                    process.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(started, timeout=10)
+            kill([p for p in me.children(recursive=True) if p.pid not in before])
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")

@@ -99,14 +99,10 @@ def _stop_processes_under(folder: Path) -> None:
     session under the kernel's ``TMPDIR``)."""
     import psutil
 
-    left = [p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid()
-            and any(str(folder) in part for part in p.info["cmdline"] or ())]
-    for process in left:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(left, timeout=10)
+    from .ray_start import kill
+
+    kill([p for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid()
+          and any(str(folder) in part for part in p.info["cmdline"] or ())])
 
 
 @pytest.mark.notebook
