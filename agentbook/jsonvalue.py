@@ -249,6 +249,13 @@ except ImportError:  # pragma: no cover - a Python without json's C speedups
     _c_make_encoder = None
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
                             default=redact_secret)
+#: json's own C encoder, made once: what JSONEncoder.encode does, minus its per-call
+#: Python set-up (a third of the time of a small state's text) and the making of the
+#: encoder (a burst dumps a state per message). No circular-reference marks (they are per
+#: call): a value containing itself ends in RecursionError instead, turned into the same
+#: JSONValueError.
+_c_encode = None if _c_make_encoder is None else _c_make_encoder(
+    None, redact_secret, _c_string, None, ":", ",", False, False, False)
 _canonical_encoder = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":"), sort_keys=True, default=redact_secret
 )
@@ -261,14 +268,13 @@ def dumps(value: Any) -> str:
         JSONValueError: the value was not checked and is not JSON (NaN, a huge int...).
     """
     try:
-        if _c_make_encoder is None:
+        if _c_encode is None:
             return _encoder.encode(value)
-        # json's own C encoder, made directly: what JSONEncoder.encode does, minus its
-        # per-call Python set-up (a third of the time of a small state's text)
-        return "".join(_c_make_encoder({}, redact_secret, _c_string, None, ":", ",", False, False,
-                                       False)(value, 0))
+        return "".join(_c_encode(value, 0))
     except ValueError as exc:
         raise _unencodable(value, exc) from None
+    except RecursionError:  # (a value that contains itself: the shared encoder keeps no marks)
+        raise _unencodable(value, ValueError("Circular reference detected")) from None
 
 
 def canonical(value: Any) -> str:

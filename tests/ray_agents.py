@@ -66,6 +66,23 @@ class RayTally(ab.Agent):
         return self.state["n"]
 
     @ab.callable
+    async def give(self, other: str, mark_id: str, stall_pid: int, amount: int) -> str:
+        """Record an event, send *other* a mark (it stalls on the host *stall_pid*, so the
+        message stays in this agent's outbox there), and ask a person to pay out."""
+        self.emit("giving", to=other, mark=mark_id)
+        self.ref(RayTally, other).send("take", mark_id, stall_pid)
+        approval = await self.request_approval("payout", {"amount": amount},
+                                               summary=f"pay out {amount}")
+        return approval.id
+
+    @ab.callable
+    async def take(self, mark_id: str, stall_pid: int) -> None:
+        """A mark, except on the host *stall_pid*: there it never finishes (nor commits)."""
+        if os.getpid() == stall_pid:
+            await asyncio.Event().wait()
+        self.sql("INSERT INTO marks VALUES (?, ?)", mark_id, os.getpid())
+
+    @ab.callable
     async def steal(self, other: str) -> int:
         return await self.ref(RayTally, other).payout(99)
 

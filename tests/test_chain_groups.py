@@ -130,3 +130,40 @@ def test_a_link_hashes_the_values_not_their_types() -> None:
     assert link_rows("abc", [row, (1, 2.5, Name("inc"), *row[3:])]) == link
     assert link_rows("abd", [row, row]) != link
     assert link_rows("abc", [row, (*row[:1], 2.50001, *row[2:])]) != link
+
+
+class HalfDone(ab.Agent):
+    """Each message changes the state first; a negative step then raises."""
+
+    initial_state = {"n": 0, "log": []}
+
+    @ab.callable
+    async def step(self, by: int) -> int:
+        self.set_state({"n": self.state["n"] + by, "log": [*self.state["log"], by]})
+        if by < 0:
+            raise ValueError(f"no negative steps ({by})")
+        return self.state["n"]
+
+
+async def test_a_failing_message_in_a_burst_of_sends_stands_alone(tmp_path: Path) -> None:
+    """The burst's fast path (no savepoint for a handler that writes no SQL, one link per
+    batch) still undoes a failed message alone: its state change is gone, its error is on
+    record, every other message of the batch committed, and the chain verifies."""
+    rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock())
+    ref = rt.get(HalfDone, "h")
+    await ref.step(1)
+    steps = [2, 3, -5, 4, -6, 5]
+    for by in steps:
+        ref.send("step", by)
+    assert await ref.step(10) == 1 + 2 + 3 + 4 + 5 + 10
+    assert ref.state == {"n": 25, "log": [1, 2, 3, 4, 5, 10]}, "the failed changes are undone"
+    assert ref.version == 6, "one version per message that worked"
+    history = ref.history(limit=20)
+    failed = history[history.outcome == "error"]
+    assert sorted(failed.error.str.contains("no negative steps").tolist()) == [True, True]
+    assert sorted(a[0] for a in failed.args) == [-6, -5]
+    chains = _chains(Path(rt.path_of(ref._ab_key)))
+    assert [v for v, _ in chains] == list(range(1, 7)), "no row of a failed message"
+    assert chains[-1][1] is not None and chains[-1][1].endswith("/5"), "the batch: one link"
+    assert ref.verify()["ok"]
+    await rt.aclose()

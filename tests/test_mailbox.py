@@ -250,3 +250,138 @@ async def test_an_awaited_call_goes_in_between_the_batches_of_a_storm(tmp_path, 
         assert ahead <= 2, _ORDER
     else:  # (the whole tick in one batch: the call waits for all of it)
         assert ahead == 60, _ORDER
+
+
+def _rung(agents: list[ab.AgentRef]) -> int:
+    return sum(a.state["n"] for a in agents)
+
+
+async def test_a_storm_of_many_agents_takes_turns_with_an_awaited_call(tmp_path, monkeypatch):
+    """Issue 20: when many agents are due at once, their further batches of firings wait
+    for their turn (Runtime.pace) instead of each running one batch per turn of the event
+    loop, so an unrelated awaited call waits for about one batch, not for one batch of
+    every storming agent. One firing a batch and one batch let in a turn here."""
+    from agentbook.core import mailbox, runtime
+
+    monkeypatch.setattr(mailbox, "_FIRINGS_SECONDS", 0.0)
+    monkeypatch.setattr(runtime, "_MAX_PER_TURN", 1)
+    _ORDER.clear()
+    async with ab.Runtime(tmp_path / "s") as rt:
+        storms = [rt.get(Storm, f"s{i}") for i in range(20)]
+        probe = rt.get(Probe, "p")
+        await probe.inc()
+        await asyncio.gather(*(s.arm(40) for s in storms))
+        # (every agent's tick let in, each fired once: all 20 have more firings queued)
+        while not all(rt.instances[s._ab_key].queue and s.state["n"] for s in storms) and \
+                _ORDER.count("ring") < 800:
+            await asyncio.sleep(0)
+        before = _ORDER.count("ring")
+        assert before < 800, "the storm ended before the call: nothing was measured"
+        await probe.inc()
+        ahead = _ORDER.index("probe", 1) - _ORDER.index("ring")  # (rings before the call ran)
+        during = ahead - before
+        await rt.settle()
+        assert _rung(storms) == 800 and _ORDER.count("ring") == 800
+    assert during <= 3, f"{during} firings ran while the call waited (20 agents storming)"
+
+
+async def test_a_storm_ticks_each_agent_once(tmp_path, monkeypatch):
+    """Issue 20: an agent whose due firings are still queued (the rest of its storm) is not
+    ticked again after each batch: the batch that runs the last of them sets its timer."""
+    from agentbook.core import mailbox
+    from agentbook.schedule import firing
+
+    monkeypatch.setattr(mailbox, "_FIRINGS_SECONDS", 0.0)  # (one firing a batch)
+    expansions: list[int] = []
+    expand = firing.expand_due
+
+    def counting(inst: object) -> int:
+        expansions.append(expand(inst))  # type: ignore[arg-type]
+        return expansions[-1]
+
+    monkeypatch.setattr(firing, "expand_due", counting)
+    async with ab.Runtime(tmp_path / "s") as rt:
+        storm = rt.get(Storm, "s")
+        await storm.arm(30)
+        await rt.settle()
+        assert storm.state["n"] == 30
+    assert expansions == [30], expansions
+
+
+class Alarm(ab.Agent):
+    initial_state = {"n": 0}
+
+    @ab.callable
+    async def arm(self) -> None:
+        await self.schedule(10, "ring")
+
+    @ab.callable
+    async def ping(self) -> int:
+        return int(self.state["n"])
+
+    async def ring(self) -> None:
+        self.set_state({"n": self.state["n"] + 1})
+
+
+async def test_a_firing_of_an_awake_agent_runs_eight_statements(tmp_path, clock):
+    """Issue 20: an awake agent's firing is one transaction of eight statements: BEGIN,
+    the due rows, the schedule row's delete, the history row, the event on record, the
+    next due time, the state, COMMIT - no savepoint for a lone firing, no schema look-ups
+    for agentbook's own rows. (The hand-written floor runs six.)"""
+    statements: list[str] = []
+
+    def trace(_cursor: object, sql: str, _bindings: object) -> bool:
+        statements.append(" ".join(sql.split()[:2]))
+        return True
+
+    async with ab.Runtime(tmp_path / "s", clock=clock) as rt:
+        alarm = rt.get(Alarm, "a")
+        await alarm.arm()
+        await alarm.ping()  # (awake, as in lateness_awake: its wake's one-time look-ups done)
+        rt.instances[alarm._ab_key].store.conn.exec_trace = trace
+        await clock.advance(10)
+        await rt.settle()
+        rt.instances[alarm._ab_key].store.conn.exec_trace = None
+        assert alarm.state["n"] == 1
+        assert alarm.history(limit=1).method.tolist() == ["ring"]
+        assert alarm.schedules().empty
+    assert len(statements) == 8, statements
+    assert not any(s.startswith(("SAVEPOINT", "RELEASE", "PRAGMA")) for s in statements)
+
+
+class Flaky(ab.Agent):
+    initial_state = {"n": 0}
+
+    async def on_start(self) -> None:
+        self.sql("CREATE TABLE IF NOT EXISTS rows(tag TEXT)")
+
+    @ab.callable
+    async def arm(self) -> None:
+        await self.schedule(10, "ring", retry=ab.Retry(max_attempts=2, base=1.0, jitter=0))
+
+    async def ring(self) -> None:
+        self.set_state({"n": self.state["n"] + 1})
+        self.sql("INSERT INTO rows(tag) VALUES ('ring')")
+        raise ValueError("the ring failed after writing")
+
+
+async def test_a_lone_firing_that_fails_keeps_none_of_its_writes_and_records_the_retry(
+        tmp_path, clock):
+    """A firing alone in its batch runs without a savepoint (issue 20): when it fails, the
+    whole transaction is rolled back and the failure recorded in a new one - its state
+    change and rows gone, the retry (then the dead letter) on record, each exactly once."""
+    async with ab.Runtime(tmp_path / "s", clock=clock) as rt:
+        flaky = rt.get(Flaky, "f")
+        await flaky.arm()
+        await clock.advance(10)
+        await rt.settle()
+        assert flaky.state["n"] == 0
+        assert flaky.sql("SELECT count(*) AS n FROM rows").n.tolist() == [0]
+        assert flaky.history(limit=1).outcome.tolist() == ["retry"]
+        assert flaky.schedules().attempt.tolist() == [1]
+        await clock.advance(5)
+        await rt.settle()
+        assert flaky.history(limit=2).outcome.tolist() == ["dead", "retry"]
+        assert flaky.schedules().empty and len(rt.dead_letters()) == 1
+        assert flaky.sql("SELECT count(*) AS n FROM rows").n.tolist() == [0]
+        assert flaky.verify()["ok"]

@@ -266,3 +266,78 @@ async def test_a_restarted_host_never_waits_for_a_turn_that_has_passed():
     await asyncio.wait_for(later, 1)
     assert order == [6, 0, 1, 2, 7, 8]
     assert host._expected["driver"] == 9 and not host._waiting
+
+
+async def test_a_lost_node_keeps_pending_approvals_the_outbox_and_events(cluster, tmp_path):
+    """What a changeset leaves out travels to the replica too: an agent on a worker node
+    records an event, sends a mark to an agent of its shard (which stalls there, so the
+    message stays in the sender's outbox) and asks for an approval; the node is removed
+    and its disk deleted. On the survivors the approval is pending in rt.approvals and is
+    approved once, the mark arrives exactly once, and the event is on record."""
+    import ray
+
+    rt = _runtime(cluster, tmp_path, hosts=3, replicas=1, lease_seconds=LEASE)
+    try:
+        router = rt.router
+        hellos = _hellos(rt)
+        workers = {node.node_id: node for node in cluster.workers}
+        victim = next(i for i, h in enumerate(hellos) if h["node"] in workers)
+        giver = next(ref for ref in (rt.get(RayTally, f"g{i}") for i in range(200))
+                     if router.host_of(ref._ab_key) == victim)
+        taker = next(ref for ref in (rt.get(RayTally, f"t{i}") for i in range(500))
+                     if _shard(ref, router) == _shard(giver, router))
+        assert await giver.mark("before") == 1
+        assert await taker.mark("before") == 1
+        approval_id = await giver.give(taker.name, "sent", hellos[victim]["pid"], 7)
+        assert [a.id for a in rt.approvals.list()] == [approval_id]
+
+        node = workers[hellos[victim]["node"]]
+        cluster.remove_node(node, allow_graceful=False)
+        cluster.workers.remove(node)
+        shutil.rmtree(cluster.host_dir / f"agentbook-{node.node_id}")  # its disk is lost
+        shard = _shard(giver, router)
+        await eventually(lambda: ray.get(router.coordinator.view.remote())["owners"][shard],
+                         until=lambda owner: owner != victim, timeout=60, interval=0.2,
+                         what="the lost host's shard was promoted on its replica")
+        router.refresh()
+
+        async def marks_of_taker() -> list:
+            try:
+                return await asyncio.wait_for(taker.marks(), 30)
+            except (ab.HostUnavailableError, asyncio.TimeoutError):
+                return []
+
+        await eventually(marks_of_taker, until=lambda m: len(m) == 2, timeout=60,
+                         interval=0.3, what="the mark in the outbox arrived after promotion")
+        assert [m[0] for m in await taker.marks()] == ["before", "sent"], "exactly once"
+
+        def pending() -> list:
+            try:
+                return [a.id for a in rt.approvals.list()]
+            except ab.HostUnavailableError:  # (the lost host, restarting elsewhere)
+                return []
+
+        await eventually(pending, until=lambda ids: ids == [approval_id], timeout=60,
+                         interval=0.3, what="the approval is still pending, on the new owner")
+        assert await rt.approvals.approve(approval_id) == 1 + 7
+        with pytest.raises(ab.ApprovalDecidedError):
+            rt.approvals.approve(approval_id)
+        assert rt.approvals.get(approval_id).status == "approved"
+        assert await giver.marks() == [["before", hellos[victim]["pid"]]]
+        assert [m[0] for m in await taker.marks()] == ["before", "sent"], "still once"
+
+        def events() -> list:
+            try:
+                frame = rt.sql("SELECT type FROM events WHERE agent = 'RayTally' AND name = ?"
+                               " ORDER BY seq", giver.name)
+            except ab.HostUnavailableError:
+                return []
+            return list(frame["type"])
+
+        await eventually(events, until=lambda types: "giving" in types, timeout=30,
+                         interval=0.3, what="the giver's event is on record after promotion")
+        types = events()
+        assert types.count("giving") == 1
+        assert any(t.startswith("approval:request") for t in types), types
+    finally:
+        rt.close()

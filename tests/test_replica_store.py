@@ -3,7 +3,10 @@ version's changeset, state and schema), and a whole store moves as a snapshot. N
 
 from __future__ import annotations
 
+import asyncio
+
 import apsw
+import pytest
 
 import agentbook as ab
 from agentbook.store import AgentStore, replica
@@ -98,3 +101,151 @@ async def test_a_snapshot_restores_the_whole_store(tmp_path):
     assert await moved.add("three") == 3
     assert list(moved.sql("SELECT note FROM rows ORDER BY id").note) == ["one", "two", "three"]
     other.close()
+
+
+# -- what a changeset leaves out: approvals, the outbox, the inbox's memory, events ------
+_HOLD: dict[str, asyncio.Event] = {}
+
+
+class Payer(ab.Agent):
+    initial_state = {"paid": 0}
+
+    @ab.callable
+    async def ping(self) -> None:
+        """(Wakes the agent: its store is open.)"""
+
+    @ab.callable
+    async def propose(self, amount: int) -> str:
+        self.emit("proposed", amount=amount)
+        self.ref(Payee, "p").send("hold", amount)
+        approval = await self.request_approval("payout", {"amount": amount},
+                                               summary=f"pay out {amount}")
+        return approval.id
+
+    async def payout(self, amount: int) -> int:
+        self.set_state({"paid": self.state["paid"] + amount})
+        return self.state["paid"]
+
+
+class Payee(ab.Agent):
+    initial_state = {"got": []}
+
+    @ab.callable
+    async def ping(self) -> None:
+        """(Wakes the agent: its store is open.)"""
+
+    @ab.callable
+    async def hold(self, amount: int) -> None:
+        await _HOLD["gate"].wait()  # (the sender's outbox row stays until this commits)
+        self.set_state({"got": [*self.state["got"], amount]})
+
+
+_SIDE = ("_ab_approvals", "_ab_outbox", "_ab_inbox_seen", "_ab_events", "_ab_state")
+
+
+class _Follower:
+    """A replica's copy of one agent, fed the way a Ray host feeds it (without Ray)."""
+
+    def __init__(self, rt, key, path) -> None:
+        self.rt, self.key = rt, key
+        self.copy = AgentStore(str(path))
+        self.version = self.events = 0
+        self.stamp = self.applied = 0
+        self.store = rt.instances[key].store
+        replica.track_side(self.store.conn)
+
+    def read(self) -> bytes:
+        """The next shipment, as bytes (what changed since the last)."""
+        conn = self.store.conn
+        keys = replica.take_side_keys(conn)
+        keys = None if self.version == 0 else keys  # (the first shipment: every row)
+        self.stamp += 1
+        side = replica.side_rows(conn, keys, self.events, self.stamp)
+        version, _state, state_json = self.rt.instances[self.key].committed
+        shipment = replica.versions_since(conn, self.key, self.version, version, state_json)
+        self.version, self.events = version, side.events_upto
+        return replica.encode([shipment._replace(side=side)])
+
+    def apply(self, data: bytes) -> None:
+        for shipment in replica.decode(data):
+            replica.apply(self.copy.conn, shipment, self.applied)
+            self.applied = max(self.applied, shipment.side.stamp)
+
+    def tables(self, conn=None) -> dict:
+        conn = conn or self.copy.conn
+        return {t: sorted(map(repr, conn.execute(f"SELECT * FROM {t}"))) for t in _SIDE}
+
+
+async def test_a_replica_carries_approvals_outbox_inbox_and_events(tmp_path):
+    _HOLD["gate"] = asyncio.Event()
+    rt = ab.Runtime(tmp_path / "primary")
+    payer, payee = rt.get(Payer, "a"), rt.get(Payee, "p")
+    await payer.ping()  # (opened: its untracked rows are followed from here)
+    await payee.ping()
+    a = _Follower(rt, payer._ab_key, tmp_path / "a.db")
+    p = _Follower(rt, payee._ab_key, tmp_path / "p.db")
+    a.apply(a.read())
+    approval_id = await payer.propose(5)
+    first = a.read()
+    a.apply(first)
+    a.apply(first)  # a retry changes nothing
+    copy = a.tables()
+    assert copy == a.tables(a.store.conn), "the copy has what the primary has"
+    assert len(copy["_ab_outbox"]) == 1, "the send waits in the outbox (not delivered yet)"
+    assert "'pending'" in copy["_ab_approvals"][0]
+    assert any("'proposed'" in e for e in copy["_ab_events"])
+    assert any("'approval:request" in e for e in copy["_ab_events"]), copy["_ab_events"]
+
+    _HOLD["gate"].set()  # the receiver commits; its acknowledgement deletes the row
+    await rt.settle()
+    assert payee.state == {"got": [5]}
+    p.apply(p.read())
+    assert len(p.tables()["_ab_inbox_seen"]) == 1, "the receiver's copy remembers it ran it"
+    assert await rt.approvals.approve(approval_id) == 5
+    second = a.read()
+    a.apply(second)
+    copy = a.tables()
+    assert copy == a.tables(a.store.conn)
+    assert copy["_ab_outbox"] == [], "the delivered row's removal reached the copy"
+    assert "'approved'" in copy["_ab_approvals"][0]
+
+    a.apply(first)  # the first shipment again, late (after the decision): nothing goes back
+    assert a.tables() == copy
+    assert not replica.take_side_keys(a.store.conn), "every change was shipped"
+    a.copy.close()
+    p.copy.close()
+    rt.close()
+
+
+async def test_untracked_rows_ship_only_what_changed(tmp_path):
+    """Shipments carry the rows that changed, not the tables: after 30 approvals, one
+    more request ships one approval row (and its events)."""
+    _HOLD["gate"] = asyncio.Event()
+    _HOLD["gate"].set()
+    rt = ab.Runtime(tmp_path / "primary")
+    payer = rt.get(Payer, "a")
+    await payer.ping()
+    a = _Follower(rt, payer._ab_key, tmp_path / "a.db")
+    for n in range(30):
+        await payer.propose(n)
+    await rt.settle()
+    a.apply(a.read())
+    assert len(a.tables()["_ab_approvals"]) == 30
+    await payer.propose(99)
+    await rt.settle()
+    [shipment] = replica.decode(a.read())
+    tables = {table: len(rows) for table, _columns, rows in shipment.side.upserts}
+    assert tables["_ab_approvals"] == 1
+    assert tables["_ab_events"] <= 3
+    a.copy.close()
+    rt.close()
+
+
+def test_a_shipment_naming_another_table_is_refused(tmp_path):
+    copy = AgentStore(str(tmp_path / "c.db"))
+    side = replica.Side(1, [["_ab_history", ["version"], [[1]]]], [], None, 0)
+    bad = replica.Shipment("C", "c", None, [], 0, "{}", side)
+    with pytest.raises(ab.StoreError, match="untracked tables"):
+        replica.apply(copy.conn, bad)
+    assert copy.conn.execute("SELECT count(*) FROM _ab_history").fetchall() == [(0,)]
+    copy.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .shards import Key, shard_of
 
@@ -27,3 +27,9 @@ class CatalogLeases:
     def fence(self, key: Key) -> None:
         """Nothing to check before a commit: a shard's holder changes only by a restart
         of its host, which takes it back."""
+
+    def opened(self, key: Key, store: Any) -> None:
+        """No replicas on one machine: nothing to follow."""
+
+    def written(self, key: Key) -> None:
+        """No replicas on one machine: nothing to ship."""

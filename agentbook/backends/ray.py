@@ -569,7 +569,8 @@ class AgentHost(HostReads):
                 continue
             store = AgentStore(rt.path_of(key), rt.durability)
             try:
-                due = next_due(store)
+                due = next_due(store)  # (schedules, the outbox, workflow runs)
+                rt.catalog.approval_index.take_in(key, store.conn)  # pending: in the inbox
             finally:
                 store.close()
             if due is not None:

@@ -16,9 +16,20 @@ ships once per round trip, not once per message.
 
 Each shipment carries the primary's fencing epoch per shard; a replica refuses one with an
 older epoch than it knows (the shard was promoted since), and the primary learns so.
-What a changeset leaves out (pending approvals, the outbox, events) reaches a replica only
-by a shard move's snapshot, not per version: after a failover those of the last moments
-may be missing.
+
+What a changeset leaves out travels in the same shipments, under the same rules: the
+agent's approvals (a pending one, and its decision), its outbox, the inbox's memory of
+delivered messages (exactly-once delivery after a failover), its secrets and its recorded
+events. Only what changed since the last shipment goes: the host notes the key of every
+such row its stores change (temporary triggers on each store it opens as the owner,
+:func:`agentbook.store.replica.track_side`), drains the notes right before each commit
+(and after a write outside a batch: an acknowledged outbox row deleted), and ships those
+rows as committed - or their deletion - with the new events past a cursor. A replica
+applies them with the versions, in one transaction; a late retry of an older shipment
+leaves them alone (each shipment's stamp only grows). On promotion the new owner indexes
+the approvals it took over, so a pending one is in ``rt.approvals`` and is decided once;
+an outbox row still there is delivered by the agent's next wake (the receiver's inbox
+memory skips one it committed already).
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -68,16 +80,51 @@ class Replicator:
         self.task: asyncio.Task | None = None
         self.copies: OrderedDict[Key, AgentStore] = OrderedDict()
         self.refresh: Callable[[], Any] | None = None  # renews the leases (a newer map)
+        #: Untracked rows changed since their agent's last shipment (drained notes).
+        self.side_keys: dict[Key, set[replica_store.SideKey]] = {}
+        #: (replica host, key) -> the last event seq it has of key.
+        self.events_shipped: dict[tuple[int, Key], int] = {}
+        self.stamp = time.time_ns()  # (grows with every shipment: see replica.Side)
+        #: The stamp of the newest untracked rows applied to each copy kept here.
+        self.side_applied: dict[Key, int] = {}
         leases.on_commit = self.committing
+        leases.on_open = self.opened
+        leases.on_write = self.written
 
     # -- the primary's side -------------------------------------------------------------
+    def opened(self, key: Key, store: AgentStore) -> None:
+        """*key*'s store was opened to be owned here: note what changes in its untracked
+        tables from now on."""
+        try:
+            replica_store.track_side(store.conn)
+        except apsw.Error as exc:
+            raise translate_error(exc, store.path) from None
+
     def committing(self, key: Key) -> None:
-        """A batch of *key* is about to commit: ship it once it has."""
+        """A batch of *key* is about to commit: ship it once it has (inside the batch, the
+        notes are drained too: a rollback brings them back)."""
+        self.written(key)
+
+    def written(self, key: Key) -> None:
+        """*key*'s store changed: ship that (once committed)."""
+        self._drain(key)
         if self.leases.replica_host(key) is None:
             return
-        self.touched.add(key)
+        self._kick([key])
+
+    def _kick(self, keys: list[Key]) -> None:
+        """Ship *keys* with the next round (started now if none is running)."""
+        self.touched.update(keys)
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._pump())
+
+    def _drain(self, key: Key) -> None:
+        inst = self.rt.instances.get(key)
+        if inst is None or inst.store is None:
+            return
+        keys = replica_store.take_side_keys(inst.store.conn)
+        if keys and self.leases.replica_host(key) is not None:  # (no replica: a new one
+            self.side_keys.setdefault(key, set()).update(keys)  # is seeded with all rows)
 
     def seed(self, shards: set[int]) -> None:
         """*shards* have a new replica: ship it all of their agents, from the start."""
@@ -85,10 +132,10 @@ class Replicator:
                 if self.leases.shard((row[0], row[1])) in shards]
         self.shipped = {k: v for k, v in self.shipped.items()
                         if self.leases.shard(k[1]) not in shards}
+        self.events_shipped = {k: v for k, v in self.events_shipped.items()
+                               if self.leases.shard(k[1]) not in shards}
         if keys:
-            self.touched.update(keys)
-            if self.task is None or self.task.done():
-                self.task = asyncio.get_running_loop().create_task(self._pump())
+            self._kick(keys)
 
     async def wait(self, key: Key) -> None:
         """Until *key*'s committed versions are on its replica (or it has none)."""
@@ -97,9 +144,7 @@ class Replicator:
         if target is None:
             return
         if inst is None:  # destroyed (its copy goes too), or hibernated since its commit
-            self.touched.add(key)
-            if self.task is None or self.task.done():
-                self.task = asyncio.get_running_loop().create_task(self._pump())
+            self._kick([key])
             if os.path.exists(self.rt.path_of(key)):
                 return
         version = GONE if inst is None else inst.committed[0]
@@ -107,9 +152,7 @@ class Replicator:
             return
         fut = asyncio.get_running_loop().create_future()
         self.waiters.append((key, version, fut))
-        self.touched.add(key)
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._pump())
+        self._kick([key])
         lease = self.leases.view["lease"] if self.leases.view is not None else 10.0
         try:
             await asyncio.wait_for(fut, 3 * lease)
@@ -157,40 +200,66 @@ class Replicator:
 
     async def _ship(self, target: int, keys: list[Key]) -> None:
         shipments, epochs = [], {}
+        taken: dict[Key, set[replica_store.SideKey]] = {}
         for key in keys:
             inst = self.rt.instances.get(key)
             after = self.shipped.get((target, key), 0)
+            pending = taken[key] = self.side_keys.pop(key, set())
+            self.stamp += 1
+            stamp, events_after = self.stamp, self.events_shipped.get((target, key), 0)
+
+            def side(conn: apsw.Connection, pending: set = pending, after: int = after,
+                     stamp: int = stamp, events_after: int = events_after
+                     ) -> replica_store.Side:
+                if after == 0:  # the replica's first shipment: every row
+                    return replica_store.side_rows(conn, None, 0, stamp)
+                return replica_store.side_rows(conn, pending, events_after, stamp)
+
             if inst is None or inst.store is None:  # (hibernated since: read its file)
                 if not os.path.exists(self.rt.path_of(key)):  # destroyed: so is its copy
                     shipments.append(replica_store.Shipment(key[0], key[1], None, [], GONE, ""))
                     continue
-                shipment = replica_store.versions_in_file(self.rt.path_of(key), key, after)
+                shipment = replica_store.versions_in_file(self.rt.path_of(key), key, after, side)
                 if shipment is None:
                     continue
                 shipments.append(shipment)
             else:
+                store = inst.store
+                busy = store.conn.in_transaction  # (a batch is running: read the last commit)
+                if not busy:
+                    pending |= replica_store.take_side_keys(store.conn)
+                rows = side(store.reader() if busy else store.conn)
                 upto, _state, state_json = inst.committed
-                if upto <= after:
+                if upto <= after and rows.empty():
                     continue
-                shipments.append(replica_store.versions_since(inst.store.conn, key, after,
-                                                              upto, state_json))
+                shipments.append(replica_store.versions_since(
+                    store.conn, key, after, upto, state_json)._replace(side=rows))
             epochs[self.leases.shard(key)] = self.leases.epoch(key)
         if not shipments:
             return
         data = replica_store.encode(shipments)
         lease = self.leases.view["lease"] if self.leases.view is not None else 10.0
         # (a replica being restarted holds the call: ask again after a newer map)
-        missing = await asyncio.wait_for(
-            self.handle(target).replicate.remote(self.leases.index, epochs, data), lease)
+        try:
+            missing = await asyncio.wait_for(
+                self.handle(target).replicate.remote(self.leases.index, epochs, data), lease)
+        except BaseException:
+            for key, pending in taken.items():  # (shipped again with the next try)
+                if pending:
+                    self.side_keys.setdefault(key, set()).update(pending)
+            raise
         for shipment in shipments:
             key = (shipment.class_name, shipment.name)
             if shipment.version == GONE:  # (destroyed: no version of it is owed any more)
                 self.shipped[(target, key)] = GONE
             elif [key[0], key[1]] in missing:  # it has no copy to follow: from the start
                 self.shipped.pop((target, key), None)
+                self.events_shipped.pop((target, key), None)
                 self.touched.add(key)
             else:
                 self.shipped[(target, key)] = shipment.version
+                if shipment.side is not None:
+                    self.events_shipped[(target, key)] = shipment.side.events_upto
 
     def _settle(self) -> None:
         still = []
@@ -237,11 +306,14 @@ class Replicator:
                 missing.append([key[0], key[1]])
                 continue
             store = self._copy(key, fresh=fresh)
+            applied = self.side_applied.get(key, 0)
             try:
-                replica_store.apply(store.conn, shipment)
+                replica_store.apply(store.conn, shipment, applied)
             except apsw.Error as exc:
                 self._close(key)
                 raise translate_error(exc, store.path) from None
+            if shipment.side is not None:
+                self.side_applied[key] = max(applied, shipment.side.stamp)
         return missing
 
     def _copy(self, key: Key, fresh: bool) -> AgentStore:
@@ -253,6 +325,7 @@ class Replicator:
             return store
         path = self.rt.path_of(key)
         if fresh:
+            self.side_applied.pop(key, None)  # (a new primary stamps from its own start)
             self._close(key)
             for suffix in ("", "-wal", "-shm"):
                 try:
@@ -276,6 +349,10 @@ class Replicator:
         """This host lost *shards*: whatever it shipped of them no longer counts."""
         self.shipped = {k: v for k, v in self.shipped.items()
                         if self.leases.shard(k[1]) not in shards}
+        self.events_shipped = {k: v for k, v in self.events_shipped.items()
+                               if self.leases.shard(k[1]) not in shards}
+        self.side_keys = {k: v for k, v in self.side_keys.items()
+                          if self.leases.shard(k) not in shards}
 
     def promoted(self, shards: set[int]) -> None:
         """This host now owns *shards*: close their copies (the runtime opens them as its

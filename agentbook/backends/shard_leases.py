@@ -40,6 +40,11 @@ class ShardLeases:
         self.view: dict[str, Any] | None = None
         #: Called with the key of every batch about to commit (the replicator's cue).
         self.on_commit: Callable[[Key], None] | None = None
+        #: Called with every store this host opens as its agent's owner, and with the key
+        #: of a store written outside a batch (an acknowledged outbox row deleted): the
+        #: replicator follows what changesets leave out.
+        self.on_open: Callable[[Key, Any], None] | None = None
+        self.on_write: Callable[[Key], None] | None = None
 
     def update(self, view: dict[str, Any],
                sent_at: float) -> tuple[set[int], set[int], set[int]]:
@@ -89,6 +94,16 @@ class ShardLeases:
                 "shard's new owner; if you see this, send it again")
         if self.on_commit is not None:
             self.on_commit(key)
+
+    def opened(self, key: Key, store: Any) -> None:
+        """The mailbox opened *key*'s store (to own it: its writes are this host's)."""
+        if self.on_open is not None:
+            self.on_open(key, store)
+
+    def written(self, key: Key) -> None:
+        """*key*'s store was written outside a batch (committed already)."""
+        if self.on_write is not None:
+            self.on_write(key)
 
     def replica_host(self, key: Key) -> int | None:
         """The host keeping *key*'s replica (``None``: none)."""

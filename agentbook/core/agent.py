@@ -234,7 +234,9 @@ class Agent:
             StateRejectedError: ``validate_state_change`` refused it; nothing changes.
         """
         inst = self._ab_instance
-        ctx = inst.require_ctx("set_state")
+        ctx = inst.ctx
+        if ctx is None:
+            ctx = inst.require_ctx("set_state")  # (raises the helpful error)
         frozen = jsonvalue.freeze(new_state, "state")
         source = ctx.source
         try:

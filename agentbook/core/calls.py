@@ -22,6 +22,7 @@ __all__ = ["callable_methods", "prepare"]
 
 Key = tuple[str, str]
 _NO_ARGS = jsonvalue.FrozenList()
+_NO_KWARGS = jsonvalue.FrozenDict()
 
 
 def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: tuple,
@@ -74,14 +75,16 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
         args_json = jsonvalue.dumps(frozen)
     else:
         frozen, args_json = _NO_ARGS, "[]"
-    kwargs = jsonvalue.freeze(kwargs, "kwargs") if kwargs else {}
+    kwargs = jsonvalue.freeze(kwargs, "kwargs") if kwargs else _NO_KWARGS
     if future and key in chain:
         raise ReentrancyError(
             f"{key[0]}({key[1]!r}) is already waiting in this call chain, so awaiting "
             f"{method}() would wait forever; use ref.send(...) or call the method directly"
         )
     origin = f"agent:{chain[-1][0]}/{chain[-1][1]}" if chain else source
-    return Envelope.call(method, frozen, kwargs, source=origin, args_json=args_json, chain=chain)
+    # (the constructor itself, not Envelope.call: both JSON forms are known here)
+    return Envelope(method, frozen, kwargs, args_json,
+                    jsonvalue.dumps(kwargs) if kwargs else None, origin, chain=chain)
 
 
 def callable_methods(cls: type[Agent]) -> list[str]:

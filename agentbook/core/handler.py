@@ -44,19 +44,25 @@ current_context: contextvars.ContextVar[HandlerContext | None] = contextvars.Con
 _FATAL = (asyncio.CancelledError, KeyboardInterrupt, SystemExit)
 #: The outbox tag in ``Envelope.extras`` (``agentbook.core.outputgate.OUTBOX``).
 _OUTBOX = "_ab_outbox"
+#: The extras of a message that has none (read-only: shared by every such handler).
+_NO_EXTRAS = jsonvalue.FrozenDict()
 
 
 class HandlerContext:
     """What one running handler has written or wants to send, until its commit."""
 
-    __slots__ = ("approvals", "destroy", "effects", "events", "extras", "kept", "occurrence",
-                 "outbox", "replay",
+    __slots__ = ("approvals", "capturing", "destroy", "effects", "events", "extras", "kept",
+                 "occurrence", "outbox", "replay",
                  "sched_dirty", "schema_before", "segments", "session", "source",
                  "state_after", "state_changed", "state_cut", "suspended")
 
     def __init__(self, source: str) -> None:
         self.source = source
         self.session: Any = None
+        #: Whether row changes are being recorded (since the handler's first SQL write).
+        self.capturing = False
+        #: SQLite's schema cookie before the handler's first write that may change the
+        #: schema (``None``: none did - agentbook's own row writes never do).
         self.schema_before: int | None = None
         #: Changesets already taken (a schema change such as DROP TABLE ends a session).
         self.segments: list[bytes] = []
@@ -76,19 +82,25 @@ class HandlerContext:
         #: While replaying: the journal to serve, and the options (see travel.replay).
         self.replay: Any = None
         #: The envelope's per-call extras (a stream queue, client tools).
-        self.extras: dict[str, Any] = {}
+        self.extras: dict[str, Any] = _NO_EXTRAS
         #: Events and approvals already on record with an earlier version of this handler
         #: (see :func:`cut_version`): ``(len(events), len(approvals))`` then.
         self.kept = (0, 0)
         #: Whether an earlier version of this handler changed the state.
         self.state_cut = False
 
-    def capture(self, store: AgentStore) -> None:
-        """Start recording row changes (once per handler, at its first SQL write)."""
+    def capture(self, store: AgentStore, schema: bool = True) -> None:
+        """Start recording row changes (once per handler, at its first SQL write).
+
+        *schema*: the write may change the schema (the agent's own SQL, a rewind), so the
+        schema cookie is read first, to tell at the end whether the schema changed. Writes
+        of agentbook's own rows (a schedule row a firing advances) pass ``False``: that
+        saves two statements per firing (issue 20)."""
+        if schema and self.schema_before is None:
+            self.schema_before = store.schema_version()
         if self.session is None:
-            if self.schema_before is None:
-                self.schema_before = store.schema_version()
             self.session = store.start_capture()
+            self.capturing = True
 
     def cut(self, store: AgentStore) -> None:
         """Take the changes so far before a statement that drops or alters a table (a
@@ -101,7 +113,7 @@ class HandlerContext:
 
     def finish(self, store: AgentStore) -> tuple[bytes | None, str | None]:
         """The changeset and (if the schema changed) the new schema; ends capture."""
-        if self.schema_before is None:
+        if not self.capturing:
             return None, None
         self.cut(store)
         changes = None
@@ -120,8 +132,9 @@ class HandlerContext:
 
                 changes = frame_segments(self.segments)
         self.segments = []
-        schema = store.user_schema() if store.schema_version() != self.schema_before else None
-        self.schema_before = None
+        before, self.schema_before, self.capturing = self.schema_before, None, False
+        schema = (store.user_schema() if before is not None and store.schema_version() != before
+                  else None)
         return changes, schema
 
     def drop(self) -> None:
@@ -273,16 +286,17 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     inst.ctx = ctx
     chain = env.chain
     handed = False  # (to the continuation of a handler that suspended: it resets them)
-    tokens = (current_chain.set((*chain, inst.key) if chain else (inst.key,)),
+    tokens = (current_chain.set((*chain, inst.key) if chain else inst.alone),
                             current_context.set(ctx), rt.events.enter_handler())
     ts = rt.clock.now() if replay is None else replay.ts  # a replayed step keeps its time
     t0 = time.perf_counter()
     try:
-        if sched is not None and firing.skip_if_missed(inst, ctx, env):
-            return _succeeded(inst, env, ctx, None, ts, t0, lone, "skipped")
-        if env.approval is not None:
-            approvals.claim(inst, ctx, env)
-            method = env.method  # (the approved action's own method)
+        if not plain:
+            if sched is not None and firing.skip_if_missed(inst, ctx, env):
+                return _succeeded(inst, env, ctx, None, ts, t0, lone, "skipped")
+            if env.approval is not None:
+                approvals.claim(inst, ctx, env)
+                method = env.method  # (the approved action's own method)
         result = getattr(inst.agent, method)(*env.args, **env.kwargs)
         if type(result) is types.CoroutineType:  # its first step, driven by hand
             try:
@@ -303,8 +317,12 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     except BaseException as exc:
         return _failed(inst, env, cls, ctx, before, exc, ts, t0, lone)
     finally:
-        if not handed:
-            _leave(inst, tokens)
+        if not handed:  # (_leave, inlined: this runs once per message of a burst)
+            if tokens[2] is not None:
+                rt.events.leave_handler(tokens[2])
+            current_context.reset(tokens[1])
+            current_chain.reset(tokens[0])
+            inst.ctx = None
 
 
 async def _go_on(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext,
@@ -343,7 +361,7 @@ def _succeeded(inst: Instance, env: Envelope, ctx: HandlerContext, result: Any, 
         if ctx.replay is not None:
             ctx.outbox.clear()  # a replay never messages the real world again
     duration = (time.perf_counter() - t0) * 1000
-    changes, schema = ctx.finish(store) if ctx.schema_before is not None else (None, None)
+    changes, schema = ctx.finish(store) if ctx.capturing else (None, None)
     state_col = _new_state(inst, ctx) if ctx.state_changed else None
     if state_col is not None:
         ctx.state_after = inst.state
@@ -374,6 +392,7 @@ def _failed(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext
     assert store is not None
     duration = (time.perf_counter() - t0) * 1000
     ctx.drop()
+    alive = store.conn.in_transaction  # (False: SQLite rolled the batch back itself)
     try:
         if lone:
             store.rollback()
@@ -381,6 +400,8 @@ def _failed(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext
             store.rollback_message()
     except Exception:
         pass
+    if lone and alive and env.sched is not None:
+        store.begin()  # a lone firing's failure is recorded in a transaction of its own
     inst.version, inst.state, inst.state_json = before
     if isinstance(exc, _FATAL):
         raise exc

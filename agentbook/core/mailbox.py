@@ -72,13 +72,15 @@ _FIRINGS_SECONDS = 0.001
 class Instance:
     """An awake agent: its object, its open store, its mailbox."""
 
-    __slots__ = ("agent", "cls", "committed", "ctx", "fresh", "gate", "key", "last_used",
+    __slots__ = ("agent", "alone", "cls", "committed", "ctx", "fresh", "gate", "key", "last_used",
                  "ownership", "queue", "runtime", "started", "state", "state_json", "store",
                  "task", "version", "workflows")
 
     def __init__(self, runtime: Runtime, key: Key, cls: type[Agent] | None) -> None:
         self.runtime = runtime
         self.key = key
+        #: The call chain of a handler no other agent awaits: ``(key,)``, made once.
+        self.alone = (key,)
         self.cls = cls
         self.agent: Agent | None = None
         self.store: AgentStore | None = None
@@ -153,6 +155,8 @@ class Instance:
                 store.set_size_cap(rt.max_store_bytes)
             store.query_seconds = rt.max_query_seconds
             store.events_retention = rt.events_retention
+            if rt.lease is not None:  # (a Ray host's replica follows its untracked rows)
+                rt.lease.opened(self.key, store)
             loaded = store.load_state()
             if loaded is None:
                 self.fresh = True
@@ -256,7 +260,11 @@ class Instance:
                     else:
                         await self._batch()
                         if self.queue:  # (let the event loop run between batches: a
-                            await asyncio.sleep(0)  # workflow's turns never starve it)
+                            nxt = self.queue[0]  # workflow's turns never starve it)
+                            if nxt.sched is not None or nxt.method == TICK:
+                                await self.runtime.pace()  # (a storm's firings take turns)
+                            else:
+                                await asyncio.sleep(0)
                 except Exception as exc:  # never leave a caller waiting on a dead mailbox
                     import logging
 
@@ -314,6 +322,11 @@ class Instance:
             if isinstance(exc, asyncio.CancelledError):
                 raise
             err = translate(exc, self.store)
+            if (self.cls is None and rt.class_for(self.key[0]) is None
+                    and any(env.method == TICK for env in self.queue)):
+                # due, but its class is not here yet (a Ray host that took the agent over
+                # before the driver sent it the class): look again after a pause
+                rt.timers.retry_later(self.key)
             self.fail_queue(err)
             if self.store is not None and rt.should_drop(err):
                 rt.hibernate_one(self, later=False)
@@ -364,18 +377,21 @@ class Instance:
                 self.queue.popleft()
                 awaited = awaited or env.future is not None
                 # A lone message needs no savepoint: if it fails, the whole (otherwise
-                # empty) transaction is rolled back instead. Saves two statements.
+                # empty) transaction is rolled back instead (a firing's failure is then
+                # recorded in a new one). Saves two statements.
                 lone = (not taken and not self.queue and started is None and not self.fresh
-                        and env.sched is None and env.approval is None and env.replay is None)
+                        and env.approval is None and env.replay is None)
                 taken.append(env)
                 outcome = start_message(self, env, cls, lone)  # (most finish at once)
                 if not isinstance(outcome, Outcome):
                     outcome = await outcome
                 done.append(outcome)
-                if not store.conn.in_transaction and not (lone and not outcome.ok):
+                if not store.conn.in_transaction and not (lone and not outcome.ok
+                                                          and env.sched is None):
                     # SQLite rolled the whole batch back (a full disk, an I/O error), even if
                     # the handler caught the error: nothing of it is committed, so none of it
-                    # may be acknowledged.
+                    # may be acknowledged. (A lone firing that failed is in a transaction
+                    # again unless SQLite rolled back: its lost attempt is counted below.)
                     raise outcome.value if not outcome.ok else store.lost_error()
                 scheduled = scheduled or outcome.ctx.sched_dirty or env.sched is not None
                 if (lone and not outcome.ok) or outcome.ctx.suspended:

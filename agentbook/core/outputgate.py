@@ -93,6 +93,8 @@ class OutputGate:
         fut = env.future
         if fut is not None and not fut.done():
             fut.set_result(outcome.value)
+        elif not (ctx.approvals or ctx.events or ctx.destroy or rt.events.active):
+            return  # (a sent message that only changed state: nothing leaves, nothing to tell)
         for kind, data in ctx.approvals:
             rt.approvals.after_commit(self.key, kind, data)
         if rt.events.active:
@@ -201,7 +203,7 @@ class OutputGate:
         table = _senders.get(rt)
         state = table.get(mailbox.key) if table is not None else None
         if state is not None and state.acked:
-            _delete(store, state)
+            _delete(rt, mailbox.key, store, state)
         rows = outbox.pending(store)
         if not rows:
             return
@@ -224,7 +226,7 @@ class OutputGate:
         store = self.mailbox.store
         if state is not None and state.acked and store is not None \
                 and not store.conn.in_transaction:
-            _delete(store, state)
+            _delete(self.mailbox.runtime, self.mailbox.key, store, state)
 
 
 def tag_of(env: Envelope) -> Any:
@@ -248,12 +250,15 @@ def acknowledge(rt: Runtime, acks: list[tuple[Key, int]]) -> None:
         inst = rt.instances.get(key)
         store = inst.store if inst is not None else None
         if store is not None and not store.conn.in_transaction:
-            _delete(store, state)
+            _delete(rt, key, store, state)
 
 
-def _delete(store: AgentStore, state: _Sender) -> None:
+def _delete(rt: Runtime, key: Key, store: AgentStore, state: _Sender) -> None:
     seqs, state.acked = state.acked, []
     try:
         outbox.delete(store, seqs)
     except Exception:  # (a full disk: the rows stay, are delivered again and skipped)
         state.acked = seqs + state.acked
+        return
+    if rt.lease is not None:  # (a Ray host ships the deletion to the replica)
+        rt.lease.written(key)

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
@@ -120,7 +120,7 @@ class Runtime:
         "broadcast_from", "broadcast_hooks", "built_analytics", "check_open", "class_for",
         "classes", "closer", "created", "dead_letter_op", "destroy_later", "dirty", "emit_event",
         "emit_scheduled", "enqueue", "hibernate_one", "holds_lease", "idle", "instances", "lease",
-        "mark_idle", "mark_opened", "mcp_clients", "open_stores", "owns", "path_of",
+        "mark_idle", "mark_opened", "mcp_clients", "open_stores", "owns", "pace", "path_of",
         "prepare_call", "reads", "report_error", "router", "scheduled_failure", "send_later", "server",
         "should_drop", "submit", "sweep", "sweep_handle", "tick", "unkicked",
     })
@@ -218,6 +218,8 @@ class Runtime:
         self.unkicked: set[Key] = set()
         #: Agents due, waiting for their tick to be let in (see :meth:`tick`), in due order.
         self._waking: OrderedDict[Key, None] = OrderedDict()
+        #: Drains waiting for their turn to run one more batch of due work (:meth:`pace`).
+        self._paced: deque[asyncio.Future[None]] = deque()
         self._waker: asyncio.Task | None = None
         self.sweep_handle: asyncio.TimerHandle | None = None
         self.broadcast_hooks: list[Any] = []
@@ -398,6 +400,7 @@ class Runtime:
         self.open_stores.clear()
         self.idle.clear()
         self._waking.clear()
+        self._release_paced()
         self.closer.stop()
         if self.sweep_handle is not None:
             self.sweep_handle.cancel()
@@ -439,7 +442,8 @@ class Runtime:
     def prepare_call(self, key: Key, method: str, args: tuple, kwargs: dict, *,
                      external: bool, future: bool) -> Envelope:
         """Check a call completely before anything is queued, and build its envelope."""
-        self.check_open()
+        if self.closed:
+            self.check_open()
         env = prepare(self.source, key, self.class_for(key[0]), method, args, kwargs,
                       external=external, future=future, approvals=self.catalog.approval_index)
         size = len(env.args_json) + len(env.kwargs_json or "")
@@ -759,8 +763,10 @@ class Runtime:
         if not self.owns(key) or key in self._waking:
             return
         inst = self.instances.get(key)
-        if inst is not None and any(e.method == TICK for e in inst.queue):
-            return
+        if inst is not None and any(e.method == TICK or e.sched is not None for e in inst.queue):
+            return  # (a tick, or firings still queued: the batch that runs them sets the
+            #        timer again when it commits - a storm's agents are not ticked again
+            #        after each batch, each tick a wasted turn of the waker; issue 20)
         if self._waker is None:
             try:
                 loop = asyncio.get_running_loop()
@@ -770,19 +776,47 @@ class Runtime:
             self._waker = loop.create_task(self._wake())
         self._waking[key] = None
 
+    async def pace(self) -> None:
+        """Wait for the turn of one more batch of due work: a mailbox whose next batch
+        runs scheduled work (the rest of a storm of firings) waits here instead of going
+        on at once, so the batches of every agent due together take turns with the ticks
+        still waiting and with everything else in the event loop - an awaited call from a
+        cell waits for about one batch, not for one batch of each storming agent (issue
+        20). :meth:`_wake` lets them in, in order, as many per turn as fit."""
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()
+        self._paced.append(turn)
+        if self._waker is None:
+            self._waker = loop.create_task(self._wake())
+        await turn
+
+    def _release_paced(self) -> None:
+        """Let every waiting batch go on (the runtime closes, or the waker stopped)."""
+        paced = self._paced
+        while paced:
+            turn = paced.popleft()
+            if not turn.done():
+                turn.set_result(None)
+
     async def _wake(self) -> None:
-        """Let the waiting ticks in, as many per turn of the event loop as fit in about
-        :data:`_TURN_SECONDS` (measured: the turn runs the drains let in by the last)."""
-        waking = self._waking
+        """Let the waiting ticks in, then the batches waiting in :meth:`pace`, as many per
+        turn of the event loop as fit in about :data:`_TURN_SECONDS` (measured: the turn
+        runs the drains let in by the last)."""
+        waking, paced = self._waking, self._paced
         per_turn = 1
         clock = time.perf_counter
         try:
-            while waking and not self.closed:
+            while (waking or paced) and not self.closed:
                 for _ in range(per_turn):
-                    if not waking:
+                    if waking:
+                        key = waking.popitem(last=False)[0]
+                        self.enqueue(key, Envelope.tick())
+                    elif paced:
+                        turn = paced.popleft()
+                        if not turn.done():  # (its drain may have been cancelled)
+                            turn.set_result(None)
+                    else:
                         break
-                    key = waking.popitem(last=False)[0]
-                    self.enqueue(key, Envelope.tick())
                 began = clock()
                 await asyncio.sleep(0)  # (the drains just let in run in this turn)
                 took = clock() - began
@@ -796,6 +830,7 @@ class Runtime:
                 for key in list(waking):
                     self.enqueue(key, Envelope.tick())
                 waking.clear()
+            self._release_paced()
 
     def scheduled_failure(self, key: Key, outcome: Any) -> None:
         """A scheduled run failed: keep its dead letter, announce the retry or the error."""

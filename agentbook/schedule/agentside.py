@@ -111,7 +111,7 @@ def place(inst: Instance, ctx: HandlerContext, type_: str, due: float, callback:
     if key is not None:
         same = rows.find_key(store, key, skip=spent)
         if same is not None and same.ident != ident:  # the same name, another schedule: replace
-            ctx.capture(store)
+            ctx.capture(store, schema=False)
             ctx.sched_dirty = True
             rows.delete(store, same.id)
             ctx.events.append(("schedule:cancel", {"id": same.id, "callback": same.callback,
@@ -127,7 +127,7 @@ def place(inst: Instance, ctx: HandlerContext, type_: str, due: float, callback:
     retry_json = retry.to_json()
     named = same.key if key is None else key
     if (same.missed, Retry.from_json(same.retry), same.key) != (missed, retry, named):
-        ctx.capture(store)
+        ctx.capture(store, schema=False)
         rows.set_options(store, same.id, missed=missed, retry=retry_json, key=named)
     if inst.runtime.events.active:
         ctx.events.append(("schedule:duplicate", {"id": same.id, "callback": callback,
@@ -168,7 +168,7 @@ def cancel(inst: Instance, ctx: HandlerContext, id: str) -> None:
     found = select(store.conn, id=id)
     if not found:
         raise ScheduleError(f"no pending schedule has id {id!r}; see self.get_schedules()")
-    ctx.capture(store)
+    ctx.capture(store, schema=False)
     ctx.sched_dirty = True
     rows.delete(store, id)
     kind = "queue" if found[0].type == "queue" else "schedule"
@@ -185,7 +185,7 @@ def retry_dead_letter(inst: Instance, ctx: HandlerContext, letter_id: str) -> No
     letter = rows.dead_letter(store, letter_id)
     if letter is None:
         raise ScheduleError(f"no dead letter has id {letter_id!r}")
-    ctx.capture(store)
+    ctx.capture(store, schema=False)
     rows.delete_dead_letter(store, letter_id)
     now = inst.runtime.clock.now()
     add(inst, ctx, "queue", now, letter.callback, jsonvalue.loads(letter.payload), now,
@@ -195,7 +195,7 @@ def retry_dead_letter(inst: Instance, ctx: HandlerContext, letter_id: str) -> No
 def drop_dead_letter(inst: Instance, ctx: HandlerContext, letter_id: str) -> None:
     """Forget a dead letter for good (an unknown id changes nothing)."""
     store = _store(inst)
-    ctx.capture(store)
+    ctx.capture(store, schema=False)
     rows.delete_dead_letter(store, letter_id)
 
 
@@ -204,7 +204,7 @@ def add(inst: Instance, ctx: HandlerContext, type_: str, due: float, callback: s
     """Write one checked schedule row in the running handler and announce it (the event
     payload is built only when someone listens)."""
     store = _store(inst)
-    ctx.capture(store)
+    ctx.capture(store, schema=False)
     ctx.sched_dirty = True
     sched = insert(store, type_, due, callback, payload, now, **options)
     if inst.runtime.events.active:

@@ -138,7 +138,7 @@ def after_success(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
     """Advance or delete the schedule row of an occurrence that just succeeded."""
     store = inst.store
     assert store is not None
-    ctx.capture(store)
+    ctx.capture(store, schema=False)
     ctx.sched_dirty = True
     advance(inst, env.sched, inst.runtime.clock.now())
     crash_point("mid-schedule-fire")
@@ -173,7 +173,7 @@ def skip_if_missed(inst: Instance, ctx: HandlerContext, env: Envelope) -> bool:
         return False
     store = inst.store
     assert store is not None
-    ctx.capture(store)
+    ctx.capture(store, schema=False)
     ctx.sched_dirty = True
     advance(inst, row, now)
     return True
@@ -187,7 +187,7 @@ def after_failure(inst: Instance, ctx: HandlerContext, env: Envelope, error: str
     """
     store = inst.store
     assert store is not None
-    ctx.capture(store)
+    ctx.capture(store, schema=False)
     ctx.sched_dirty = True
     row: ScheduleRow = env.sched
     now = inst.runtime.clock.now()

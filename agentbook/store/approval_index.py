@@ -182,6 +182,21 @@ class ApprovalIndex:
                     self.guard(row.agent, row.method)
         return added
 
+    def take_in(self, key: Key, conn: apsw.Connection) -> int:
+        """Index the approvals of a store that came here from elsewhere (a replica
+        promoted to owner): each as the store has it, pending or decided. Returns how
+        many it holds."""
+        found = rows.index_rows(conn, *key)
+        if found:
+            with self.catalog.conn:
+                self.catalog.conn.executemany(
+                    "INSERT OR REPLACE INTO approvals(id, class, name, method, args, kwargs,"
+                    " summary, side_effects, created, expires, status, decided_by, decided_at,"
+                    " reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", found)
+            for row in found:
+                self.guard(row.agent, row.method)
+        return len(found)
+
     def _open(self, key: Key) -> apsw.Connection | None:
         path = self.catalog.store_path(*key)
         if not os.path.exists(path):
