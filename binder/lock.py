@@ -10,8 +10,8 @@ version installed here, plus the front ends (``FRONT_ENDS``: JupyterLab, Voila, 
 MCP server of notebook 09). So Monday's workshop gets the very versions Friday's tests ran
 with, never a release nobody tried. Run it in the environment the tests just passed in (CI's
 ``.venv``, or yours after ``pip install -e ".[test]" && pytest``); ``.ci/run`` then builds a
-fresh virtual environment from the file alone and runs every notebook in it
-(``binder/check.py``).
+fresh virtual environment from the file alone, checks it is the lock (``binder/check.py``)
+and runs every notebook in it (the notebook tests, in a kernel of that environment).
 
 The closure is read from the installed packages' metadata, markers evaluated for this
 Python and platform - Binder's is Linux with ``binder/runtime.txt``'s Python, so lock on

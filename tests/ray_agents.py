@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from pathlib import Path
 
 import agentbook as ab
 
@@ -21,8 +22,11 @@ class RayTally(ab.Agent):
         return self.state["n"]
 
     @ab.callable
-    async def slow_mark(self, mark_id: str, seconds: float) -> int:
-        """A mark that waits before it writes (a host can be paused meanwhile)."""
+    async def slow_mark(self, mark_id: str, seconds: float, started: str = "") -> int:
+        """A mark that waits before it writes (a host can be paused meanwhile); it creates
+        the file *started* (when given) as it begins to wait, for the test to know."""
+        if started:
+            Path(started).touch()
         await asyncio.sleep(seconds)
         self.sql("INSERT INTO marks VALUES (?, ?)", mark_id, os.getpid())
         self.set_state({"n": self.state["n"] + 1, "pid": os.getpid()})

@@ -11,6 +11,16 @@ import psutil
 T = TypeVar("T")
 
 
+def kill(processes: list[psutil.Process]) -> None:
+    """SIGKILL *processes* (those already gone too) and wait for them to be gone."""
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(processes, timeout=10)
+
+
 def _three_tries(start: Callable[[], T], undo: Callable[[], None]) -> T:
     """*start*, tried up to three times: on a loaded machine Ray's raylet gives its agent
     15 s to start and then dies (ray-project/ray#65983). After a failed try, *undo*, and
@@ -23,13 +33,7 @@ def _three_tries(start: Callable[[], T], undo: Callable[[], None]) -> T:
             return start()
         except Exception:
             undo()
-            started = [p for p in me.children(recursive=True) if p.pid not in before]
-            for process in started:
-                try:
-                    process.kill()
-                except psutil.NoSuchProcess:
-                    pass
-            psutil.wait_procs(started, timeout=10)
+            kill([p for p in me.children(recursive=True) if p.pid not in before])
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")
@@ -72,3 +76,35 @@ def start_cluster(ray: Any, nodes: int = 2, cpus: int = 2) -> Any:
         made.pop().shutdown()
 
     return _three_tries(start, undo)
+
+
+class SharedCluster:
+    """The tests' one Ray cluster of two nodes (2 CPUs each), started on first use and
+    kept for the session (starting one costs seconds, several on a loaded machine): the
+    conformance suite, test_ray_backend and test_ray_reads all run on it. A test that needs
+    a cluster of its own (test_ray_nodes removes and adds nodes) disconnects the driver
+    from it; :meth:`connect` connects it back."""
+
+    def __init__(self) -> None:
+        self.cluster: Any = None
+
+    def connect(self, ray: Any) -> Any:
+        """Start the cluster, or connect the driver to it again; returns *ray*."""
+        if ray.is_initialized() and (self.cluster is None or ray.get_runtime_context()
+                                     .gcs_address != self.cluster.address):
+            ray.shutdown()  # (connected to another Ray)
+        if self.cluster is None:
+            self.cluster = start_cluster(ray)
+        elif not ray.is_initialized():
+            ray.init(address=self.cluster.address, log_to_driver=False,
+                     logging_level="WARNING", namespace="agentbook")
+        return ray
+
+    def shutdown(self, ray: Any) -> None:
+        if self.cluster is not None:
+            ray.shutdown()
+            self.cluster.shutdown()
+            self.cluster = None
+
+
+SHARED = SharedCluster()

@@ -11,7 +11,6 @@ import agentbook as ab
 from agentbook.backends.ray import shard_of
 
 from .ray_agents import RayTally
-from .ray_start import start_ray
 from .waiting import eventually
 
 pytestmark = pytest.mark.ray
@@ -22,18 +21,6 @@ async def ray_rt(tmp_path, ray_cluster):
     rt = ab.Runtime(tmp_path / "store", backend="ray", hosts=2, shards=8)
     yield rt
     rt.close()
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
-                                             "(pip install 'agentbook[ray]')")
-    if ray.is_initialized():
-        yield ray
-        return
-    start_ray(ray)
-    yield ray
-    ray.shutdown()
 
 
 def test_routing_is_stable_and_spreads_agents():

@@ -14,7 +14,7 @@ import pytest
 import agentbook as ab
 
 from .ray_agents import RayTally
-from .ray_start import start_cluster
+from .ray_start import SHARED, start_cluster
 from .waiting import eventually
 
 pytestmark = pytest.mark.ray
@@ -27,6 +27,7 @@ def cluster(tmp_path_factory):
     """A head and two more nodes; each node's stores under ``nodes/agentbook-<node id>``."""
     ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
                                              "(pip install 'agentbook[ray]')")
+    SHARED.shutdown(ray)  # (the other Ray tests' cluster: they ran before, see conftest)
     if ray.is_initialized():
         ray.shutdown()
     cluster = start_cluster(ray, nodes=3, cpus=1)
@@ -107,8 +108,11 @@ async def test_a_host_paused_past_its_lease_commits_nothing(cluster, tmp_path):
         router = rt.router
         victim = router.host_of(ref._ab_key)
         hello = _hellos(rt)[victim]
-        call = asyncio.ensure_future(ref.slow_mark("during", 0.5))
-        await asyncio.sleep(0.2)  # (the handler is awaiting its sleep)
+        started = tmp_path / "started"
+        call = asyncio.ensure_future(ref.slow_mark("during", 2.0, str(started)))
+        # pause it once the handler is in its sleep (a fixed wait could pause the host
+        # before the call arrived, or, on a loaded machine, after the handler wrote)
+        await eventually(started.exists, timeout=60, what="the handler began its sleep")
         os.kill(hello["pid"], signal.SIGSTOP)
         try:
             coordinator = router.coordinator

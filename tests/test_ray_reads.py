@@ -16,7 +16,6 @@ from agentbook.backends.ray_reads import decode_frame, encode_frame
 
 from .opened_files import sqlite_opens
 from .ray_agents import RayLedger
-from .ray_start import start_ray
 
 pytestmark = pytest.mark.ray
 
@@ -24,18 +23,6 @@ pytestmark = pytest.mark.ray
 _VOLATILE = {"ts", "due", "created", "updated", "expires", "time_left_s", "decided_at",
              "decided_by", "started", "ended", "until", "duration_ms", "timestamp", "id",
              "approval", "lateness_s", "duration_s", "failed_at", "run", "occurrence"}
-
-
-@pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
-                                             "(pip install 'agentbook[ray]')")
-    if ray.is_initialized():
-        yield ray
-        return
-    start_ray(ray, "/tmp/ray-reads")
-    yield ray
-    ray.shutdown()
 
 
 def _host_dir(folder) -> str:

@@ -25,6 +25,10 @@ from typing import Any
 __all__ = ["IN_KERNEL", "eventually", "wait_until"]
 
 _SPINS = 10  # loop turns polled with sleep(0) before backing off to `interval`
+#: The default deadline, in real seconds. Generous: it costs nothing when the condition
+#: holds (the wait ends at once), and CI's two cores are shared with Ray clusters, kernels
+#: and browsers, where a real process can take several seconds to answer.
+DEADLINE = 30.0
 
 
 def _describe(check: Callable[..., Any], what: str | Callable[[], str] | None) -> str:
@@ -44,7 +48,7 @@ def _failure(check, what, timeout: float, value: Any, until) -> AssertionError:
 
 
 async def eventually(check: Callable[[], Any], *, until: Callable[[Any], bool] = bool,
-                     timeout: float = 10.0, interval: float = 0.01,
+                     timeout: float = DEADLINE, interval: float = 0.01,
                      what: str | Callable[[], str] | None = None) -> Any:
     """Poll ``check()`` (a plain or an async callable) until ``until(value)`` is true,
     and return that value.
@@ -71,7 +75,7 @@ async def eventually(check: Callable[[], Any], *, until: Callable[[Any], bool] =
 
 
 def wait_until(check: Callable[[], Any], *, until: Callable[[Any], bool] = bool,
-               timeout: float = 10.0, interval: float = 0.1,
+               timeout: float = DEADLINE, interval: float = 0.1,
                what: str | Callable[[], str] | None = None) -> Any:
     """:func:`eventually` for code without an event loop (Playwright's sync API, server
     fixtures): poll every *interval* real seconds until ``until(check())`` is true."""

@@ -1,17 +1,15 @@
 """The conformance suite runs every semantic invariant of SPEC §2 against each kind of
 runtime: durable files (normal and full durability) and ephemeral (":memory:"), Ray hosts
 over the folder, and Ray hosts keeping their stores on their own nodes (the driver reads
-through them; each shard has a replica on the other node). Ray runs on a cluster of two
-nodes on this machine (``ray.cluster_utils.Cluster``), one host on each. A new backend adds
-itself to ``KINDS``."""
+through them; each shard has a replica on the other node). Ray runs on the session's
+cluster of two nodes on this machine (``ray_cluster`` in tests/conftest.py), one host on
+each. A new backend adds itself to ``KINDS``."""
 
 from __future__ import annotations
 
 import pytest
 
 import agentbook as ab
-
-from ..ray_start import start_cluster
 
 KINDS = ["file", "file-full", "memory", "ray", "ray-owners"]
 
@@ -29,19 +27,6 @@ def make_runtime(kind: str, folder, clock: ab.VirtualClock, **options) -> ab.Run
         return ab.Runtime(folder, backend="ray", hosts=2, shards=8, replicas=1,
                           host_dir=f"{folder}-nodes/agentbook-{{node}}", **options)
     raise ValueError(kind)
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """One Ray cluster of two nodes for the whole session (starting it costs seconds)."""
-    ray = pytest.importorskip("ray", reason="the Ray backend is tested when ray is installed "
-                                             "(pip install 'agentbook[ray]')")
-    cluster = start_cluster(ray)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
 
 @pytest.fixture(params=KINDS)
