@@ -55,6 +55,14 @@ def _hellos(rt) -> list[dict]:
     return ray.get([router.handle(i).hello.remote() for i in range(router.hosts)])
 
 
+def _on_a_worker(rt, cluster) -> tuple[list[dict], dict, int]:
+    """The hosts' hellos, the worker nodes by id, and a host on a worker node (the victim
+    of a lost or drained node: never the head, where the coordinator lives)."""
+    hellos = _hellos(rt)
+    workers = {node.node_id: node for node in cluster.workers}
+    return hellos, workers, next(i for i, h in enumerate(hellos) if h["node"] in workers)
+
+
 def _open_files(pid: int) -> list[str]:
     found = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -198,9 +206,7 @@ async def test_losing_a_node_under_traffic_loses_no_acknowledged_version(cluster
     rt = _runtime(cluster, tmp_path, hosts=3, replicas=1, lease_seconds=LEASE)
     try:
         refs = [rt.get(RayTally, f"l{i}") for i in range(12)]
-        hellos = _hellos(rt)
-        workers = {node.node_id: node for node in cluster.workers}
-        victim = next(i for i, h in enumerate(hellos) if h["node"] in workers)
+        hellos, workers, victim = _on_a_worker(rt, cluster)
         assert victim in rt.router.owners
         acked, _failed, stop, tasks = await _start_traffic(refs)
         node = workers[hellos[victim]["node"]]
@@ -281,9 +287,7 @@ async def test_a_lost_node_keeps_pending_approvals_the_outbox_and_events(cluster
     rt = _runtime(cluster, tmp_path, hosts=3, replicas=1, lease_seconds=LEASE)
     try:
         router = rt.router
-        hellos = _hellos(rt)
-        workers = {node.node_id: node for node in cluster.workers}
-        victim = next(i for i, h in enumerate(hellos) if h["node"] in workers)
+        hellos, workers, victim = _on_a_worker(rt, cluster)
         giver = next(ref for ref in (rt.get(RayTally, f"g{i}") for i in range(200))
                      if router.host_of(ref._ab_key) == victim)
         taker = next(ref for ref in (rt.get(RayTally, f"t{i}") for i in range(500))
@@ -405,9 +409,7 @@ async def test_draining_a_node_under_traffic_moves_its_shards_then_it_leaves(clu
     rt = _runtime(cluster, tmp_path, hosts=3, replicas=1, lease_seconds=LEASE)
     try:
         router = rt.router
-        hellos = _hellos(rt)
-        workers = {node.node_id: node for node in cluster.workers}
-        victim = next(i for i, h in enumerate(hellos) if h["node"] in workers)
+        hellos, workers, victim = _on_a_worker(rt, cluster)
         names = [f"d{i}" for i in range(60)]
         on_victim = [n for n in names[12:] if router.host_of(("RayTally", n)) == victim]
         refs = [rt.get(RayTally, n) for n in names[:12]]
