@@ -16,7 +16,7 @@ from typing import Any, TypeVar, overload
 from .errors import BadArgumentsError
 
 __all__ = ["FRAMEWORK_NAMES", "callable", "check_arguments", "method_info", "needs_approval",
-           "reserve"]
+           "positional_arity", "reserve"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,14 +84,7 @@ def check_arguments(cls: type, fn: Any, method: str, args: tuple, kwargs: dict) 
     function: ``inspect.signature`` is slow, and most methods take plain arguments, which
     a count decides.
     """
-    info = _arity.get(fn)
-    if info is None:
-        sig = inspect.signature(fn)
-        params = list(sig.parameters.values())[1:]
-        simple = all(p.kind == p.POSITIONAL_OR_KEYWORD for p in params)
-        required = sum(1 for p in params if p.default is p.empty)
-        info = _arity[fn] = (sig, simple, required, len(params))
-    sig, simple, required, total = info
+    sig, simple, required, total = _signature(fn)
     if simple and not kwargs and required <= len(args) <= total:
         return
     try:
@@ -100,6 +93,25 @@ def check_arguments(cls: type, fn: Any, method: str, args: tuple, kwargs: dict) 
         raise BadArgumentsError(
             f"{cls.__name__}.{method}{_plain_signature(sig)}: {exc}"
         ) from None
+
+
+def positional_arity(fn: Any) -> tuple[int, int] | None:
+    """``(required, total)`` positional arguments of a method whose parameters (after
+    ``self``) are all plain: a call with no keyword arguments and a count in that range
+    binds (:func:`check_arguments` decides the same). ``None`` for any other signature."""
+    _sig, simple, required, total = _signature(fn)
+    return (required, total) if simple else None
+
+
+def _signature(fn: Any) -> tuple:
+    info = _arity.get(fn)
+    if info is None:
+        sig = inspect.signature(fn)
+        params = list(sig.parameters.values())[1:]
+        simple = all(p.kind == p.POSITIONAL_OR_KEYWORD for p in params)
+        required = sum(1 for p in params if p.default is p.empty)
+        info = _arity[fn] = (sig, simple, required, len(params))
+    return info
 
 
 def _plain_signature(sig: inspect.Signature) -> str:

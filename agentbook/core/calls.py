@@ -6,12 +6,12 @@ call raises a typed error in the cell that made it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..envelope import Envelope
 from ..errors import NotCallableError, ReentrancyError, UnknownMethodError, UsageError
-from ..methods import FRAMEWORK_NAMES, check_arguments, method_info
+from ..methods import FRAMEWORK_NAMES, check_arguments, method_info, positional_arity
 from .agent import Agent
 from .handler import current_chain
 
@@ -23,6 +23,12 @@ __all__ = ["callable_methods", "prepare"]
 Key = tuple[str, str]
 _NO_ARGS = jsonvalue.FrozenList()
 _NO_KWARGS = jsonvalue.FrozenDict()
+#: ``(class, method name) -> (function, required, total)`` of the ``@ab.callable`` methods
+#: that passed :func:`_check_method`: what those checks look at (the name, the function
+#: and its marks) is the same on every call, so a burst of sends checks it once; with a
+#: plain signature's positional counts (``-1, -1`` for any other: ``check_arguments``
+#: decides). A method replaced on its class is another function, checked again.
+_CALLABLE: dict[tuple[type, str], tuple[Any, int, int]] = {}
 
 
 def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: tuple,
@@ -43,33 +49,25 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
             f"no agent class named {key[0]!r} is defined in this process; run the cell "
             "that defines it first"
         )
-    fn, is_callable = method_info(cls, method)
-    if fn is None:
-        if not hasattr(cls, method):
-            raise UnknownMethodError(
-                f"{cls.__name__} has no method {method!r}; its callable methods are: "
-                f"{', '.join(callable_methods(cls)) or '(none)'}"
-            )
-        raise NotCallableError(f"{cls.__name__}.{method} is not a method")
-    if method.startswith("_") or method in FRAMEWORK_NAMES:
-        raise NotCallableError(
-            f"{cls.__name__}.{method} is private or part of the framework and can't be "
-            "called as a message; add a public @ab.callable method that uses it"
-        )
+    fn = getattr(cls, method, None)
+    seen = _CALLABLE.get((cls, method))
+    if seen is not None and seen[0] is fn:
+        is_callable = True
+    else:
+        seen = None
+        is_callable = _check_method(cls, method)
     chain = current_chain.get()
-    if getattr(fn, "_ab_needs_approval", False) or (
-            chain and chain[-1] != key and approvals is not None
-            and approvals.is_guarded(key[0], method)):
+    if chain and chain[-1] != key and approvals is not None \
+            and approvals.is_guarded(key[0], method):
         # (another agent may not call a method that approvals guard: only an approval runs it)
-        raise NotCallableError(
-            f"{cls.__name__}.{method} runs only when a person approves it; have "
-            f"{cls.__name__} ask with self.request_approval({method!r}, ...)")
+        raise _approval_only(cls, method)
     if external and not chain and not is_callable:
         raise NotCallableError(
             f"{cls.__name__}.{method} is not marked @ab.callable, so it can't be called "
             "from outside the agent; decorate it with @ab.callable"
         )
-    check_arguments(cls, fn, method, args, kwargs)
+    if seen is None or kwargs or not seen[1] <= len(args) <= seen[2]:
+        check_arguments(cls, fn, method, args, kwargs)
     if args:
         frozen = jsonvalue.freeze(args, "args")
         args_json = jsonvalue.dumps(frozen)
@@ -85,6 +83,38 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
     # (the constructor itself, not Envelope.call: both JSON forms are known here)
     return Envelope(method, frozen, kwargs, args_json,
                     jsonvalue.dumps(kwargs) if kwargs else None, origin, chain=chain)
+
+
+def _check_method(cls: type[Agent], method: str) -> bool:
+    """The checks of a call that depend only on the method: it exists, is a function, is
+    public and not the framework's, and is not run by approvals alone (else the typed
+    error). Returns whether it is ``@ab.callable``; a callable one is remembered in
+    :data:`_CALLABLE`, so the next call of the same function skips these checks."""
+    fn, is_callable = method_info(cls, method)
+    if fn is None:
+        if not hasattr(cls, method):
+            raise UnknownMethodError(
+                f"{cls.__name__} has no method {method!r}; its callable methods are: "
+                f"{', '.join(callable_methods(cls)) or '(none)'}"
+            )
+        raise NotCallableError(f"{cls.__name__}.{method} is not a method")
+    if method.startswith("_") or method in FRAMEWORK_NAMES:
+        raise NotCallableError(
+            f"{cls.__name__}.{method} is private or part of the framework and can't be "
+            "called as a message; add a public @ab.callable method that uses it"
+        )
+    if getattr(fn, "_ab_needs_approval", False):
+        raise _approval_only(cls, method)
+    if is_callable:
+        arity = positional_arity(fn)
+        _CALLABLE[cls, method] = (fn, *(arity or (-1, -1)))
+    return is_callable
+
+
+def _approval_only(cls: type[Agent], method: str) -> NotCallableError:
+    return NotCallableError(
+        f"{cls.__name__}.{method} runs only when a person approves it; have "
+        f"{cls.__name__} ask with self.request_approval({method!r}, ...)")
 
 
 def callable_methods(cls: type[Agent]) -> list[str]:
