@@ -106,33 +106,25 @@ def freeze(value: Any, path: str = "value") -> Any:
         JSONValueError: naming the path of the first value that is not JSON (or of an
             ``ab.Secret`` in a value that is stored).
     """
-    if type(value) is dict:  # (the common state: a flat dict of plain values)
-        flat = _flat(value)
-        if flat is not None:
-            return flat
+    if type(value) is dict:  # (the common state: a flat dict of plain values, checked
+        for k, item in value.items():  # here without a call per item)
+            if type(k) is not str or not k.isascii():
+                break
+            t = type(item)
+            if t is str:
+                if not item.isascii():
+                    break
+            elif t is int:
+                if item.bit_length() > _SHORT_INT_BITS:
+                    break
+            elif t is float:
+                if not math.isfinite(item):
+                    break
+            elif t is not bool and item is not None:
+                break
+        else:  # dict of ASCII keys to ASCII strings, short ints, finite floats, booleans
+            return FrozenDict(value)  # and None: the checks of _freeze, all passed
     return _freeze(value, path, 0, set())
-
-
-def _flat(v: dict) -> FrozenDict | None:
-    """*v* frozen if it is a dict of ASCII keys to ASCII strings, short ints, finite
-    floats, booleans and ``None`` (the checks of :func:`_freeze`, without a call per
-    item); ``None`` for anything else, which :func:`_freeze` then looks at."""
-    for k, item in v.items():
-        if type(k) is not str or not k.isascii():
-            return None
-        t = type(item)
-        if t is str:
-            if not item.isascii():
-                return None
-        elif t is int:
-            if item.bit_length() > _SHORT_INT_BITS:
-                return None
-        elif t is float:
-            if not math.isfinite(item):
-                return None
-        elif t is not bool and item is not None:
-            return None
-    return FrozenDict(v)
 
 
 def _freeze(v: Any, path: str, depth: int, seen: set[int]) -> Any:

@@ -239,15 +239,18 @@ class Agent:
             ctx = inst.require_ctx("set_state")  # (raises the helpful error)
         frozen = jsonvalue.freeze(new_state, "state")
         source = ctx.source
-        try:
-            self.validate_state_change(frozen, source)
-        except Exception as exc:
-            raise StateRejectedError(
-                f"{type(self).__name__}.validate_state_change refused the new state: {exc}"
-            ) from exc
+        cls = type(self)  # (hooks left as Agent has them do nothing: not called)
+        if cls.validate_state_change is not _VALIDATE:
+            try:
+                self.validate_state_change(frozen, source)
+            except Exception as exc:
+                raise StateRejectedError(
+                    f"{cls.__name__}.validate_state_change refused the new state: {exc}"
+                ) from exc
         inst.state = frozen
         ctx.state_changed = True
-        self.on_state_changed(frozen, source)
+        if cls.on_state_changed is not _CHANGED:
+            self.on_state_changed(frozen, source)
 
     def validate_state_change(self, state: Any, source: str) -> None:
         """Hook: raise to refuse a new state. *source* says who set it."""
@@ -637,3 +640,6 @@ class Agent:
 
 
 methods.reserve(name for name in dir(Agent) if not name.startswith("__"))
+#: The hooks as Agent has them (they do nothing): ``set_state`` skips calling them.
+_VALIDATE = Agent.validate_state_change
+_CHANGED = Agent.on_state_changed
