@@ -43,15 +43,17 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["Event", "EventBus"]
+__all__ = ["IN_HANDLER", "Event", "EventBus"]
 
 log = logging.getLogger("agentbook.events")
 
 Event = dict[str, Any]
 
-#: True while a handler whose events are kept on record runs in this task.
-_in_handler: contextvars.ContextVar[bool] = contextvars.ContextVar("ab_events_kept",
-                                                                   default=False)
+#: True while a handler whose events are kept on record runs in this task (set through
+#: :meth:`EventBus.enter_handler`, or directly where a burst runs a handler per message:
+#: ``IN_HANDLER.set(True) if bus.recording else None``, reset the same way).
+IN_HANDLER: contextvars.ContextVar[bool] = contextvars.ContextVar("ab_events_kept",
+                                                                  default=False)
 
 
 class _Subscription:
@@ -102,18 +104,18 @@ class EventBus:
     def active(self) -> bool:
         """Whether event records are wanted here: someone subscribes, or a handler whose
         events are kept on record is running. Producers check this first."""
-        return self.live or (self.recording and _in_handler.get())
+        return self.live or (self.recording and IN_HANDLER.get())
 
     def enter_handler(self) -> contextvars.Token[bool] | None:
         """A handler starts in this task: its events are collected while it runs (when
         kept on record). Pass what it returns to :meth:`leave_handler`."""
-        return _in_handler.set(True) if self.recording else None
+        return IN_HANDLER.set(True) if self.recording else None
 
     @staticmethod
     def leave_handler(token: contextvars.Token[bool] | None) -> None:
         """The handler :meth:`enter_handler` announced is over."""
         if token is not None:
-            _in_handler.reset(token)
+            IN_HANDLER.reset(token)
 
     def watch(self, callback: Callable[[], None]) -> None:
         """Call *callback* (no arguments) after each subscribe and unsubscribe, when

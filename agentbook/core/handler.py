@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .. import jsonvalue
 from ..approve import inbox as approvals
 from ..errors import AgentbookError, AgentStartError, IncompatibleStateError
+from ..events import IN_HANDLER
 from ..schedule import firing
 from ..store import outbox
 from ..store.history import result_json
@@ -287,7 +288,7 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     chain = env.chain
     handed = False  # (to the continuation of a handler that suspended: it resets them)
     tokens = (current_chain.set((*chain, inst.key) if chain else inst.alone),
-                            current_context.set(ctx), rt.events.enter_handler())
+              current_context.set(ctx), IN_HANDLER.set(True) if rt.events.recording else None)
     ts = rt.clock.now() if replay is None else replay.ts  # a replayed step keeps its time
     t0 = time.perf_counter()
     try:
@@ -297,7 +298,9 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
             if env.approval is not None:
                 approvals.claim(inst, ctx, env)
                 method = env.method  # (the approved action's own method)
-        result = getattr(inst.agent, method)(*env.args, **env.kwargs)
+        args, kwargs = env.args, env.kwargs
+        result = (getattr(inst.agent, method)(*args, **kwargs) if args or kwargs
+                  else getattr(inst.agent, method)())  # (no copies of empty args to make)
         if type(result) is types.CoroutineType:  # its first step, driven by hand
             try:
                 yielded = result.send(None)
@@ -319,7 +322,7 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     finally:
         if not handed:  # (_leave, inlined: this runs once per message of a burst)
             if tokens[2] is not None:
-                rt.events.leave_handler(tokens[2])
+                IN_HANDLER.reset(tokens[2])
             current_context.reset(tokens[1])
             current_chain.reset(tokens[0])
             inst.ctx = None

@@ -93,11 +93,11 @@ class OutputGate:
         fut = env.future
         if fut is not None and not fut.done():
             fut.set_result(outcome.value)
-        elif not (ctx.approvals or ctx.events or ctx.destroy or rt.events.active):
+        elif not (ctx.approvals or ctx.events or ctx.destroy or rt.events.live):
             return  # (a sent message that only changed state: nothing leaves, nothing to tell)
         for kind, data in ctx.approvals:
             rt.approvals.after_commit(self.key, kind, data)
-        if rt.events.active:
+        if rt.events.live:  # (after the commit nothing more goes on record: only live)
             if env.sched is not None:
                 rt.emit_scheduled("execute", self.key, env, outcome.version)
             else:
