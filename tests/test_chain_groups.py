@@ -5,6 +5,7 @@ included, and a change anywhere in a group is found (named by the group's first 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import apsw
@@ -166,4 +167,115 @@ async def test_a_failing_message_in_a_burst_of_sends_stands_alone(tmp_path: Path
     assert [v for v, _ in chains] == list(range(1, 7)), "no row of a failed message"
     assert chains[-1][1] is not None and chains[-1][1].endswith("/5"), "the batch: one link"
     assert ref.verify()["ok"]
+    await rt.aclose()
+
+
+class Sink(ab.Agent):
+    initial_state = {"got": []}
+
+    @ab.callable
+    async def take(self, i: int) -> None:
+        self.set_state({"got": [*self.state["got"], i]})
+
+
+class Mixed(ab.Agent):
+    """Handlers of one burst that use what a handler context keeps for after the commit
+    (a send, an event, an effect) beside handlers that use none of it."""
+
+    initial_state = {"n": 0}
+
+    @ab.callable
+    async def step(self, i: int) -> int:
+        if i % 4 == 0:
+            self.ref(Sink, "sink").send("take", i)
+        elif i % 4 == 1:
+            self.emit("step:odd", i=i)
+        elif i % 4 == 2:
+            await self.effect("roll", lambda: i * 10)
+        self.set_state({"n": self.state["n"] + 1})
+        return self.state["n"]
+
+    @ab.callable
+    async def poke(self) -> None:
+        self.set_state({"n": self.state["n"] + 1000})
+        self.state["n"] = 0  # the state is read-only: this raises after set_state
+
+
+async def test_a_burst_mixing_sends_events_and_effects_keeps_each(tmp_path: Path) -> None:
+    """A handler context makes its lists of sends, events and effects on first use: in a
+    burst where some handlers use them and the others don't, every send arrives once,
+    every event and effect is on record with its own version, and the chain verifies."""
+    rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock())
+    ref = rt.get(Mixed, "m")
+    await ref.step(3)
+    for i in range(40):
+        ref.send("step", i)
+    assert await ref.step(3) == 42
+    await rt.settle()
+    assert sorted(rt.get(Sink, "sink").state["got"]) == list(range(0, 40, 4))
+    history = ref.history(limit=100).set_index("version")
+    events = rt.sql("SELECT type, payload, version FROM events WHERE name = 'm'"
+                    " AND type = 'step:odd'")
+    assert sorted(events.version.tolist()) == [2 + i for i in range(1, 40, 4)], \
+        "each event with the version of the message that emitted it"
+    conn = apsw.Connection(str(rt.path_of(ref._ab_key)))
+    try:
+        effects = list(conn.execute(
+            "SELECT version, effects FROM _ab_history WHERE effects IS NOT NULL"))
+    finally:
+        conn.close()
+    assert [v for v, _ in effects] == [2 + i for i in range(2, 40, 4)]
+    assert [json.loads(e) for _, e in effects[:2]] == [[["roll", 20]], [["roll", 60]]]
+    assert (history.outcome == "ok").all()
+    assert ref.verify()["ok"]
+    await rt.aclose()
+
+
+async def test_a_handler_that_changes_the_read_only_state_in_place_is_undone(
+        tmp_path: Path) -> None:
+    """set_state, then an in-place change of the (read-only) state: the change raises, and
+    the message is undone alone - its set_state too - in the middle of a burst."""
+    rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock())
+    ref = rt.get(Mixed, "p")
+    await ref.step(3)
+    ref.send("step", 3)
+    ref.send("poke")
+    ref.send("step", 3)
+    assert await ref.step(3) == 4
+    assert ref.state == {"n": 4}, "poke's set_state is undone with it"
+    history = ref.history(limit=10)
+    failed = history[history.outcome == "error"]
+    assert failed.method.tolist() == ["poke"] and failed.error.str.contains("read-only").all()
+    assert ref.verify()["ok"]
+    await rt.aclose()
+
+
+class Swapped(ab.Agent):
+    @ab.callable
+    async def ping(self, n: int) -> int:
+        return n
+
+
+async def test_a_method_replaced_after_a_burst_is_checked_again(tmp_path: Path) -> None:
+    """Sends check a method's name and marks once per function: the same method replaced
+    on its class (not callable any more, or another signature) is checked again."""
+    rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock())
+    ref = rt.get(Swapped, "s")
+    for _ in range(3):
+        ref.send("ping", 1)
+    assert await ref.ping(2) == 2
+    with pytest.raises(ab.BadArgumentsError):
+        ref.send("ping", 1, 2)
+    with pytest.raises(ab.BadArgumentsError):
+        ref.send("ping", m=1)
+
+    async def ping(self: Swapped, n: int, m: int) -> int:  # not @ab.callable
+        return n + m
+
+    Swapped.ping = ping  # type: ignore[method-assign]
+    try:
+        with pytest.raises(ab.NotCallableError):
+            ref.send("ping", 1, 2)
+    finally:
+        del Swapped.ping
     await rt.aclose()

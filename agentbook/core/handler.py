@@ -49,24 +49,45 @@ _OUTBOX = "_ab_outbox"
 _NO_EXTRAS = jsonvalue.FrozenDict()
 
 
+#: The lists of a :class:`HandlerContext` made on first use.
+_LISTS = frozenset({"approvals", "effects", "events", "outbox", "segments"})
+
+
 class HandlerContext:
-    """What one running handler has written or wants to send, until its commit."""
+    """What one running handler has written or wants to send, until its commit.
+
+    Its five lists (``outbox``, ``events``, ``approvals``, ``effects``, ``segments``) are
+    made when first looked at (:meth:`__getattr__`), and :attr:`lists` tells whether any
+    was: most handlers of a burst use none, and five lists per message kept until the
+    commit were a good part of what the garbage collector looked at (issue 20). Code on
+    the per-message path checks ``ctx.lists`` before reading them; anywhere else they read
+    and write as plain attributes."""
 
     __slots__ = ("approvals", "capturing", "destroy", "effects", "events", "extras", "kept",
-                 "occurrence", "outbox", "replay",
+                 "lists", "occurrence", "outbox", "replay",
                  "sched_dirty", "schema_before", "segments", "session", "source",
                  "state_after", "state_changed", "state_cut", "suspended")
 
+    #: Changesets already taken (a schema change such as DROP TABLE ends a session).
+    segments: list[bytes]
+    #: Messages to other agents, sent after the commit.
+    outbox: list[tuple[Any, Envelope]]
+    events: list[tuple[str, Any]]
+    #: Approval requests and decisions, announced after the commit.
+    approvals: list[tuple[str, Any]]
+    #: The effect journal of this handler: ``[[key, result], ...]``.
+    effects: list[list]
+
     def __init__(self, source: str) -> None:
         self.source = source
+        #: Whether any of the five lists was made (else all are empty).
+        self.lists = False
         self.session: Any = None
         #: Whether row changes are being recorded (since the handler's first SQL write).
         self.capturing = False
         #: SQLite's schema cookie before the handler's first write that may change the
         #: schema (``None``: none did - agentbook's own row writes never do).
         self.schema_before: int | None = None
-        #: Changesets already taken (a schema change such as DROP TABLE ends a session).
-        self.segments: list[bytes] = []
         self.state_changed = False
         #: The state this handler left (set when it changed the state).
         self.state_after: Any = None
@@ -74,12 +95,6 @@ class HandlerContext:
         self.destroy = False
         self.sched_dirty = False
         self.occurrence: Occurrence | None = None
-        self.outbox: list[tuple[Any, Envelope]] = []
-        self.events: list[tuple[str, Any]] = []
-        #: Approval requests and decisions, announced after the commit.
-        self.approvals: list[tuple[str, Any]] = []
-        #: The effect journal of this handler: ``[[key, result], ...]``.
-        self.effects: list[list] = []
         #: While replaying: the journal to serve, and the options (see travel.replay).
         self.replay: Any = None
         #: The envelope's per-call extras (a stream queue, client tools).
@@ -89,6 +104,15 @@ class HandlerContext:
         self.kept = (0, 0)
         #: Whether an earlier version of this handler changed the state.
         self.state_cut = False
+
+    def __getattr__(self, name: str) -> list:
+        """One of the five lists, looked at for the first time: made empty now."""
+        if name not in _LISTS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        made: list = []
+        setattr(self, name, made)
+        self.lists = True
+        return made
 
     def capture(self, store: AgentStore, schema: bool = True) -> None:
         """Start recording row changes (once per handler, at its first SQL write).
@@ -380,7 +404,8 @@ def _succeeded(inst: Instance, env: Envelope, ctx: HandlerContext, result: Any, 
     _append_version(inst, store, ctx, ts, env.label or env.method, env.args_json,
                     env.kwargs_json, duration, outcome_label, changes=changes,
                     schema=schema, state=state_col, result=result_text)
-    if (ctx.events or ctx.approvals or sched is not None) and inst.runtime.events.recording:
+    if ((ctx.lists and (ctx.events or ctx.approvals)) or sched is not None) \
+            and inst.runtime.events.recording:
         _keep_events(inst, store, ctx, env)
     if not lone:
         store.release()
@@ -502,7 +527,7 @@ def _append_version(inst: Instance, store: AgentStore, ctx: HandlerContext, ts: 
     source, scheduled occurrence and effect journal come from *ctx*."""
     inst.version += 1
     occ = ctx.occurrence
-    effects = ctx.effects
+    effects = ctx.effects if ctx.lists else None
     # (a plain tuple in HistoryRow's field order: what the store inserts and the chain hashes)
     store.append_history((
         inst.version, ts, method, args, kwargs, ctx.source, duration_ms, outcome, error,

@@ -495,7 +495,7 @@ class Instance:
 
     def _stamp(self, started: HandlerContext | None, done: list[Outcome]) -> list | None:
         """The messages the batch's committing handlers sent, numbered (or ``None``)."""
-        ctxs = [o.ctx for o in done if o.ok and o.ctx.outbox]
+        ctxs = [o.ctx for o in done if o.ok and o.ctx.lists and o.ctx.outbox]
         if started is not None and started.outbox:
             ctxs.insert(0, started)
         return self.gate.stamp(ctxs) if ctxs else None

@@ -93,7 +93,7 @@ class OutputGate:
         fut = env.future
         if fut is not None and not fut.done():
             fut.set_result(outcome.value)
-        elif not (ctx.approvals or ctx.events or ctx.destroy or rt.events.live):
+        elif not ((ctx.lists and (ctx.approvals or ctx.events)) or ctx.destroy or rt.events.live):
             return  # (a sent message that only changed state: nothing leaves, nothing to tell)
         for kind, data in ctx.approvals:
             rt.approvals.after_commit(self.key, kind, data)
