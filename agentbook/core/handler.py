@@ -466,6 +466,7 @@ def cut_version(inst: Instance, ctx: HandlerContext, method: str, args: str) -> 
         _keep_events(inst, store, ctx, None)
     ctx.kept = (len(ctx.events), len(ctx.approvals))
     ctx.effects = []
+    ctx.lists = True  # (set, not made on first use: the per-message path must read it)
 
 
 def _new_state(inst: Instance, ctx: HandlerContext) -> str | None:
