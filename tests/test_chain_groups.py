@@ -279,3 +279,31 @@ async def test_a_method_replaced_after_a_burst_is_checked_again(tmp_path: Path) 
     finally:
         del Swapped.ping
     await rt.aclose()
+
+
+async def test_a_burst_with_a_subscriber_gets_every_message_s_live_events(
+        tmp_path: Path) -> None:
+    """A burst's messages that leave nothing after the commit are not kept until it,
+    unless someone listens live: then each message's rpc and state:update events arrive,
+    in version order, with the state after that version. Without a subscriber they are
+    still on record (the events view)."""
+    rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock())
+    ref = rt.get(Burst, "live")
+    await ref.inc()
+    for _ in range(30):  # nobody listens: on record only
+        ref.send("inc")
+    assert await ref.inc() == 32
+    got: list[dict] = []
+    rt.events.subscribe(got.append, types=["rpc", "state:update"])
+    for _ in range(30):
+        ref.send("inc")
+    assert await ref.inc() == 63
+    rpc = [e["payload"]["version"] for e in got if e["type"] == "rpc"]
+    states = [e["payload"]["state"]["n"] for e in got if e["type"] == "state:update"]
+    assert rpc == list(range(33, 64)), "one live rpc event per message, none before subscribing"
+    assert states == list(range(33, 64)), "each with the state after its own version"
+    kept = rt.sql("SELECT version FROM events WHERE name = 'live' AND type = 'state:update'"
+                  " ORDER BY version")
+    assert kept.version.tolist() == list(range(1, 64))
+    assert ref.verify()["ok"]
+    await rt.aclose()

@@ -385,7 +385,8 @@ class Instance:
                 outcome = start_message(self, env, cls, lone)  # (most finish at once)
                 if not isinstance(outcome, Outcome):
                     outcome = await outcome
-                done.append(outcome)
+                if not self.gate.quiet(outcome):  # (else nothing of it is needed after the commit)
+                    done.append(outcome)
                 if not store.conn.in_transaction and not (lone and not outcome.ok
                                                           and env.sched is None):
                     # SQLite rolled the whole batch back (a full disk, an I/O error), even if
