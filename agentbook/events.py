@@ -137,6 +137,10 @@ class EventBus:
     ) -> Callable[[], None]:
         """Call *callback* with every matching event; returns a function that unsubscribes.
 
+        Live events are those of the handlers that run from now on (a handler running at
+        this moment may have decided already that nobody listens); everything before is in
+        the ``events`` view.
+
         Args:
             callback: A function or ``async`` function taking the event record. Its
                 exceptions are logged, never raised into the agent.
