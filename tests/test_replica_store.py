@@ -249,3 +249,66 @@ def test_a_shipment_naming_another_table_is_refused(tmp_path):
         replica.apply(copy.conn, bad)
     assert copy.conn.execute("SELECT count(*) FROM _ab_history").fetchall() == [(0,)]
     copy.close()
+
+
+def _approvals(path) -> list[str]:
+    conn = apsw.Connection(f"file:{path}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY
+                           | apsw.SQLITE_OPEN_URI)
+    try:
+        return [r[0] for r in conn.execute("SELECT status FROM _ab_approvals")]
+    finally:
+        conn.close()
+
+
+async def test_a_moved_shards_replica_follows_the_new_owner_whenever_its_process_started(
+        tmp_path):
+    """A shard moves (epoch 1 -> 2) and its replica stays: the copy takes the moved file,
+    then the new owner's untracked rows - even though the new owner's process started
+    before the old one's, so its own count of shipments is lower - and leaves out a late
+    retry of the old owner's."""
+    from agentbook.backends.replication import Replicator
+    from agentbook.backends.shard_leases import ShardLeases
+    from agentbook.backends.shards import shard_of
+    from agentbook.store import shard_image
+
+    _HOLD["gate"] = asyncio.Event()
+    _HOLD["gate"].set()
+    rt = ab.Runtime(tmp_path / "primary")
+    payer = rt.get(Payer, "a")
+    await payer.ping()
+    key = payer._ab_key
+    shard = shard_of(key, 8)
+
+    def primary(index: int, epoch: int) -> Replicator:  # (its stamps; it ships nothing)
+        leases = ShardLeases(index, 8)
+        leases.grant(shard, epoch)
+        return Replicator(rt, leases, lambda _i: None, wait=False)
+
+    new_owner = primary(2, epoch=2)  # (started first: its count is the lower one)
+    old_owner = primary(0, epoch=1)
+    assert new_owner.stamp < old_owner.stamp
+    kept = ab.Runtime(tmp_path / "replica")
+    copy = Replicator(kept, ShardLeases(1, 8), lambda _i: None, wait=False)
+    feed = _Follower(rt, key, tmp_path / "unused.db")
+    feed.copy.close()
+
+    def shipment(owner: Replicator) -> bytes:
+        feed.stamp = owner.next_stamp(key) - 1  # (_Follower.read counts one up)
+        return feed.read()
+
+    assert await copy.apply(0, {}, shipment(old_owner)) == []  # seeded: every row
+    asked = await payer.propose(5)
+    await rt.settle()
+    late = shipment(old_owner)  # the pending approval
+    assert await copy.apply(0, {}, late) == []
+    assert _approvals(kept.path_of(key)) == ["pending"]
+
+    copy.install_copy(key, shard_image.image(rt.path_of(key)), epoch=2)  # the move
+    assert await rt.approvals.approve(asked) == 5
+    assert await copy.apply(2, {}, shipment(new_owner)) == []
+    assert _approvals(kept.path_of(key)) == ["approved"], "the new owner's decision is kept"
+    assert await copy.apply(0, {}, late) == []  # the old owner's retry, arriving late
+    assert _approvals(kept.path_of(key)) == ["approved"], "nothing of it went back"
+    copy.close_copy(key)
+    kept.close()
+    rt.close()

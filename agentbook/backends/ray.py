@@ -868,9 +868,7 @@ class AgentHost(HostReads):
         rt = self.rt
         images = shard_image.unpack(blob)
         for store in images.stores:
-            key = (store.class_name, store.name)
-            self.replicator.close_copy(key)
-            shard_image.install(rt.path_of(key), store.data, rt.durability == "full")
+            self.replicator.install_copy((store.class_name, store.name), store.data, epoch)
         rt.catalog.take_entries({"agents": images.entries["agents"]})
         return len(images.stores)
 

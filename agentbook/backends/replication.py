@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from ..errors import HostUnavailableError, LeaseLostError
-from ..store import AgentStore, translate_error
+from ..store import AgentStore, shard_image, translate_error
 from ..store import replica as replica_store
 from .shards import Key
 
@@ -85,7 +85,7 @@ class Replicator:
         self.side_keys: dict[Key, set[replica_store.SideKey]] = {}
         #: (replica host, key) -> the last event seq it has of key.
         self.events_shipped: dict[tuple[int, Key], int] = {}
-        self.stamp = time.time_ns()  # (grows with every shipment: see replica.Side)
+        self.stamp = time.time_ns()  # (grows with every shipment: see next_stamp)
         #: The stamp of the newest untracked rows applied to each copy kept here.
         self.side_applied: dict[Key, int] = {}
         leases.on_commit = self.committing
@@ -118,6 +118,13 @@ class Replicator:
         self.touched.update(keys)
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._pump())
+
+    def next_stamp(self, key: Key) -> int:
+        """The stamp of *key*'s next shipment of untracked rows: under the shard's epoch
+        here, so it is newer than whatever the shard's earlier owners shipped
+        (:func:`agentbook.store.replica.side_stamp`)."""
+        self.stamp += 1
+        return replica_store.side_stamp(self.leases.epoch(key), self.stamp)
 
     def _drain(self, key: Key) -> None:
         inst = self.rt.instances.get(key)
@@ -227,8 +234,7 @@ class Replicator:
             inst = self.rt.instances.get(key)
             after = self.shipped.get((target, key), 0)
             pending = taken[key] = self.side_keys.pop(key, set())
-            self.stamp += 1
-            stamp, events_after = self.stamp, self.events_shipped.get((target, key), 0)
+            stamp, events_after = self.next_stamp(key), self.events_shipped.get((target, key), 0)
 
             def side(conn: apsw.Connection, pending: set = pending, after: int = after,
                      stamp: int = stamp, events_after: int = events_after
@@ -394,3 +400,12 @@ class Replicator:
     def close_copy(self, key: Key) -> None:
         """Close the copy of *key* if it is open (its file is about to be replaced)."""
         self._close(key)
+
+    def install_copy(self, key: Key, data: bytes, epoch: int) -> None:
+        """Make *data* (a shard image's file of *key*) the copy of *key* kept here: the
+        shard moved to a new owner under *epoch* with this host as its replica. The copy
+        takes untracked rows from that owner on (its stamps are under *epoch*), and none
+        from an earlier one (a late retry of the host the shard left)."""
+        self._close(key)
+        shard_image.install(self.rt.path_of(key), data, self.rt.durability == "full")
+        self.side_applied[key] = replica_store.side_stamp(epoch, 0)
