@@ -264,8 +264,8 @@ async def test_a_moved_shards_replica_follows_the_new_owner_whenever_its_process
         tmp_path):
     """A shard moves (epoch 1 -> 2) and its replica stays: the copy takes the moved file,
     then the new owner's untracked rows - even though the new owner's process started
-    before the old one's, so its own count of shipments is lower - and leaves out a late
-    retry of the old owner's."""
+    before the old one's, so its own count of shipments is lower - and refuses a late
+    retry of the old owner's (which, a seeding, would start the copy over)."""
     from agentbook.backends.replication import Replicator
     from agentbook.backends.shard_leases import ShardLeases
     from agentbook.backends.shards import shard_of
@@ -296,7 +296,8 @@ async def test_a_moved_shards_replica_follows_the_new_owner_whenever_its_process
         feed.stamp = owner.next_stamp(key) - 1  # (_Follower.read counts one up)
         return feed.read()
 
-    assert await copy.apply(0, {}, shipment(old_owner)) == []  # seeded: every row
+    seed = shipment(old_owner)  # every row, from the start
+    assert await copy.apply(0, {}, seed) == []
     asked = await payer.propose(5)
     await rt.settle()
     late = shipment(old_owner)  # the pending approval
@@ -309,6 +310,10 @@ async def test_a_moved_shards_replica_follows_the_new_owner_whenever_its_process
     assert _approvals(kept.path_of(key)) == ["approved"], "the new owner's decision is kept"
     assert await copy.apply(0, {}, late) == []  # the old owner's retry, arriving late
     assert _approvals(kept.path_of(key)) == ["approved"], "nothing of it went back"
+    for again in (late, seed):  # under the old epoch, as hosts send them: refused
+        with pytest.raises(ab.LeaseLostError, match="newer owner"):
+            await copy.apply(0, {shard: 1}, again)
+    assert _approvals(kept.path_of(key)) == ["approved"], "the moved copy was kept"
     copy.close_copy(key)
     kept.close()
     rt.close()

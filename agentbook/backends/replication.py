@@ -404,8 +404,10 @@ class Replicator:
     def install_copy(self, key: Key, data: bytes, epoch: int) -> None:
         """Make *data* (a shard image's file of *key*) the copy of *key* kept here: the
         shard moved to a new owner under *epoch* with this host as its replica. The copy
-        takes untracked rows from that owner on (its stamps are under *epoch*), and none
-        from an earlier one (a late retry of the host the shard left)."""
+        takes untracked rows from that owner on (its stamps are under *epoch*), and no
+        shipment from an earlier one (a late retry of the host the shard left: refused,
+        as under an older epoch)."""
+        self.leases.note_epoch(self.leases.shard(key), epoch)
         self._close(key)
         shard_image.install(self.rt.path_of(key), data, self.rt.durability == "full")
         self.side_applied[key] = replica_store.side_stamp(epoch, 0)
