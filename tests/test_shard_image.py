@@ -4,6 +4,9 @@ approval in the inbox, recorded failures - without a store being opened to pack 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import apsw
 import pytest
 
@@ -104,3 +107,40 @@ def test_a_store_with_a_wal_is_copied_consistently(tmp_path):
         assert copy.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
     finally:
         copy.close()
+
+
+async def test_a_shards_catalog_rows_are_only_its_agents_rows(tmp_path):
+    """entries_of reads the moving agents' rows (by class and name), in each table, and
+    leaves the other agents' rows - of the same class too - where they are."""
+    rt = ab.Runtime(tmp_path / "s")
+    try:
+        moving, staying = rt.get(Till, "m"), rt.get(Till, "s")
+        for ref in (moving, staying, moving):
+            with pytest.raises(ValueError):
+                await ref.fail()
+        await moving.propose(1)
+        await staying.propose(2)
+        entries = rt.catalog.entries_of([("Till", "m"), ("Till", "m")])
+        names = {table: [row[part["columns"].index("name")] for row in part["rows"]]
+                 for table, part in entries.items()}
+        assert names == {"agents": ["m"], "timers": [], "approvals": ["m"],
+                         "failures": ["m", "m"], "dead_letters": []}
+        at = entries["failures"]["columns"].index("id")
+        ids = [row[at] for row in entries["failures"]["rows"]]
+        assert ids == sorted(ids), "failures keep the order they were recorded in"
+        rt.catalog.forget_entries([("Till", "m")])
+        assert [r[1] for r in rt.catalog.rows()] == ["s"]
+        assert len(staying.failures()) == 1
+    finally:
+        rt.close()
+
+
+def test_importing_agentbook_does_not_import_the_shard_move_code():
+    """Shard images and replica shipments are for the Ray backend's moves: a plain
+    ``import agentbook`` (a notebook's first cell) does not pay for them."""
+    code = ("import sys, agentbook; print(sorted(m for m in sys.modules if m in "
+            "('agentbook.store.shard_image', 'agentbook.store.replica', "
+            "'agentbook.store.changesets')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
