@@ -144,3 +144,24 @@ def test_importing_agentbook_does_not_import_the_shard_move_code():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_store_installed_with_durability_full_is_synced_and_so_is_its_rename(
+        tmp_path, monkeypatch, sync):
+    """durability='full': the file's bytes, then its folder (the rename into place) reach
+    the disk; otherwise neither is synced."""
+    import os
+    import stat
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    shard_image.install(str(tmp_path / "agents" / "a.db"), b"bytes", sync)
+    assert (tmp_path / "agents" / "a.db").read_bytes() == b"bytes"
+    assert synced == (["file", "folder"] if sync else [])

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, cast
 
 import apsw
 
+from .durable import sync_path
 from .replica import snapshot
 
 __all__ = ["AgentImage", "ShardImage", "head_version", "image", "install", "pack", "unpack"]
@@ -61,8 +62,9 @@ def image(path: str) -> bytes:
 def install(path: str, data: bytes, sync: bool = False) -> None:
     """Write *data* (an :func:`image`) as the store file at *path*, replacing whatever is
     there (its old WAL too): a temporary file renamed into place; *sync* (a store with
-    ``durability="full"``, which survives a power loss): flushed to the disk first. Like a
-    ``"normal"`` store's commits, an unsynced file survives a killed process."""
+    ``durability="full"``, which survives a power loss): the file flushed to the disk
+    before the rename, and its folder after (:mod:`.durable`). Like a ``"normal"``
+    store's commits, an unsynced file survives a killed process."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     for suffix in ("-wal", "-shm"):
         try:
@@ -76,6 +78,8 @@ def install(path: str, data: bytes, sync: bool = False) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, path)
+    if sync:
+        sync_path(os.path.dirname(path))
 
 
 def head_version(data: bytes) -> int:
