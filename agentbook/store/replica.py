@@ -149,6 +149,7 @@ def side_rows(conn: apsw.Connection, keys: set[SideKey] | None, events_after: in
     every row of every untracked table (a replica's first shipment)."""
     upserts: list[list[Any]] = []
     deletes: list[list[Any]] = []
+    upto = events_after
     floor, last = cast("list[tuple[int | None, int | None]]", conn.execute(
         "SELECT min(seq), max(seq) FROM _ab_events").fetchall())[0]
     for table, pk in SIDE_TABLES.items():
@@ -164,6 +165,7 @@ def side_rows(conn: apsw.Connection, keys: set[SideKey] | None, events_after: in
             events = [list(r) for r in rows]
             if events:
                 upserts.append([table, columns, events])
+                upto = cast("int", events[-1][columns.index("seq")])
             continue
         if keys is None:
             rows = conn.execute(select).fetchall()
@@ -182,7 +184,6 @@ def side_rows(conn: apsw.Connection, keys: set[SideKey] | None, events_after: in
             upserts.append([table, columns, found])
         if gone:
             deletes.append([table, gone])
-    upto = upserts[-1][2][-1][0] if upserts and upserts[-1][0] == "_ab_events" else events_after
     for entry in upserts:  # (blobs as base64, as in history rows)
         entry[2] = [[_cell(v) for v in row] for row in entry[2]]
     return Side(stamp, upserts, deletes, floor, upto)
