@@ -165,3 +165,23 @@ def test_a_store_installed_with_durability_full_is_synced_and_so_is_its_rename(
     shard_image.install(str(tmp_path / "agents" / "a.db"), b"bytes", sync)
     assert (tmp_path / "agents" / "a.db").read_bytes() == b"bytes"
     assert synced == (["file", "folder"] if sync else [])
+
+
+async def test_a_moving_agents_timer_held_in_memory_travels_with_it(tmp_path, clock):
+    """add_timers puts the due time the runtime holds into the moving rows when the
+    catalog's timer index has none for the agent yet, and keeps a row that is there."""
+    from agentbook.store.catalog_entries import add_timers
+
+    rt = ab.Runtime(tmp_path / "s", clock=clock)
+    try:
+        await rt.get(Till, "t").later(60)
+        await rt.get(Till, "u").sell(1)
+        entries = rt.catalog.entries_of([("Till", "t"), ("Till", "u")])
+        [indexed] = entries["timers"]["rows"]
+        add_timers(entries, {("Till", "t"): 1.0, ("Till", "u"): 5.0, ("Till", "v"): None})
+        columns = entries["timers"]["columns"]
+        rows = [dict(zip(columns, row, strict=True)) for row in entries["timers"]["rows"]]
+        assert rows[0] == dict(zip(columns, indexed, strict=True)), "the index's row is kept"
+        assert rows[1:] == [{"class": "Till", "name": "u", "due": 5.0}]
+    finally:
+        rt.close()

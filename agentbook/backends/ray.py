@@ -41,6 +41,7 @@ from .. import jsonvalue
 from ..envelope import Envelope
 from ..errors import HostUnavailableError, LeaseLostError, UsageError
 from ..store import shard_image
+from ..store.catalog_entries import add_timers
 from .catalog_leases import CatalogLeases
 from .ray_events import EventRelay, event_encoder
 from .ray_reads import HostReads, OwnerReads
@@ -802,11 +803,7 @@ class AgentHost(HostReads):
             stores = [shard_image.AgentImage(k[0], k[1], shard_image.image(rt.path_of(k)))
                       for k in keys if os.path.exists(rt.path_of(k))]
             entries = rt.catalog.entries_of(keys)
-            due = {k: rt.timers.next_due(k) for k in keys}  # (the index may lag memory)
-            timers = entries["timers"]
-            indexed = {(r[0], r[1]) for r in timers["rows"]}
-            timers["rows"] += [[k[0], k[1], d] for k, d in due.items()
-                               if d is not None and k not in indexed]
+            add_timers(entries, {k: rt.timers.next_due(k) for k in keys})
             blob = shard_image.pack(shard_image.ShardImage(stores, entries))
             shipped = _ray().put(blob)
             target = rt.router.handle(to)

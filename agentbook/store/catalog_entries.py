@@ -18,7 +18,7 @@ import apsw
 
 from .sqlaccess import translate_error
 
-__all__ = ["TABLES", "entries_of", "forget_entries", "take_entries"]
+__all__ = ["TABLES", "add_timers", "entries_of", "forget_entries", "take_entries"]
 
 Key = tuple[str, str]
 
@@ -53,6 +53,22 @@ def entries_of(conn: apsw.Connection, keys: list[Key]) -> dict[str, Any]:
                 rows.sort(key=operator.itemgetter(columns.index("id")))
             found[table] = {"columns": columns, "rows": rows}
     return found
+
+
+def add_timers(entries: dict[str, Any], due: dict[Key, float | None]) -> None:
+    """Add to *entries* (from :func:`entries_of`) a timer row for each agent of *due*
+    with a due time and no timer row there yet (the catalog's timer index may lag what
+    the runtime holds in memory)."""
+    part = entries["timers"]
+    columns = part["columns"]
+    at_class, at_name, at_due = (columns.index(c) for c in ("class", "name", "due"))
+    have = {(row[at_class], row[at_name]) for row in part["rows"]}
+    for (class_name, name), when in due.items():
+        if when is None or (class_name, name) in have:
+            continue
+        row: list[Any] = [None] * len(columns)
+        row[at_class], row[at_name], row[at_due] = class_name, name, when
+        part["rows"].append(row)
 
 
 def take_entries(conn: apsw.Connection, entries: dict[str, Any], path: str) -> None:
