@@ -22,7 +22,7 @@ import apsw
 from . import catalog_entries
 from .agentstore import _SYNC
 from .approval_index import ApprovalIndex
-from .approvals import IndexedApproval
+from .approvals import INDEX_COLUMNS, IndexedApproval
 from .sqlaccess import translate_error
 
 __all__ = ["Catalog", "agent_file", "class_name_problem", "folded", "legacy_agent_file"]
@@ -336,8 +336,7 @@ class Catalog:
             raise translate_error(exc, self.path) from None
 
     # -- the approval index (rows are IndexedApproval, in its column order) -------------
-    _APPROVAL_COLS = ("id, class, name, method, args, kwargs, summary, side_effects, created,"
-                      " expires, status, decided_by, decided_at, reason")
+    _APPROVAL_COLS = INDEX_COLUMNS
 
     def store_path(self, class_name: str, name: str) -> str:
         """Where the store of agent (*class_name*, *name*) is (it may not exist yet): its
