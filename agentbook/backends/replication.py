@@ -26,7 +26,8 @@ such row its stores change (temporary triggers on each store it opens as the own
 (and after a write outside a batch: an acknowledged outbox row deleted), and ships those
 rows as committed - or their deletion - with the new events past a cursor. A replica
 applies them with the versions, in one transaction; a late retry of an older shipment
-leaves them alone (each shipment's stamp only grows). On promotion the new owner indexes
+leaves them alone (each shipment's stamp only grows: the shard's epoch first, so also
+from one owner to the next). On promotion the new owner indexes
 the approvals it took over, so a pending one is in ``rt.approvals`` and is decided once;
 an outbox row still there is delivered by the agent's next wake (the receiver's inbox
 memory skips one it committed already).
