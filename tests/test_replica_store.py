@@ -317,3 +317,51 @@ async def test_a_moved_shards_replica_follows_the_new_owner_whenever_its_process
     copy.close_copy(key)
     kept.close()
     rt.close()
+
+
+class _HeldReplica:
+    """A replica host's handle (without Ray) whose replicate calls wait for *gate*."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate, self.calls = gate, 0
+        self.replicate = self
+
+    async def remote(self, _sender, _epochs, _data) -> list:
+        self.calls += 1
+        await self.gate.wait()
+        return []
+
+
+async def test_caught_up_waits_for_the_shipping_rounds_and_gives_up_at_its_deadline(tmp_path):
+    """A drain waits (Replicator.caught_up) until what was to ship has reached the
+    replica: it returns when the round's shipment is answered, and False at once when
+    its deadline has passed with the shipment still on its way."""
+    from agentbook.backends.replication import Replicator
+    from agentbook.backends.shard_leases import ShardLeases
+    from agentbook.backends.shards import shard_of
+
+    rt = ab.Runtime(tmp_path / "primary")
+    payer = rt.get(Payer, "a")
+    await payer.ping()
+    key = payer._ab_key
+    leases = ShardLeases(0, 8)
+    leases.grant(shard_of(key, 8), 1)
+    leases.view = {"owners": [0] * 8, "epochs": [1] * 8, "replicas": [1] * 8, "lease": 30.0}
+    gate = asyncio.Event()
+    replica = _HeldReplica(gate)
+    shipper = Replicator(rt, leases, lambda _i: replica, wait=False)
+    shipper.seed({shard_of(key, 8)})
+    for _ in range(1_000):  # (turns of the event loop until the first shipment is sent)
+        if replica.calls:
+            break
+        await asyncio.sleep(0)
+    assert replica.calls == 1, "seeding the replica sent the agent's shipment"
+    assert await shipper.caught_up(0) is False, "past its deadline: it says so at once"
+    waiting = asyncio.ensure_future(shipper.caught_up(60))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not waiting.done(), "the shipment is still on its way"
+    gate.set()
+    assert await asyncio.wait_for(waiting, 30) is True
+    assert shipper.shipped[(1, key)] == payer.version
+    rt.close()

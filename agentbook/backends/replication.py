@@ -82,6 +82,8 @@ class Replicator:
         self.copies: OrderedDict[Key, AgentStore] = OrderedDict()
         self.refresh: Callable[[], Any] | None = None  # renews the leases (a newer map)
         self.rounds = 0  # shipping rounds done (see caught_up)
+        #: Set (and replaced) after each round and when the pump stops: caught_up's cue.
+        self._progress = asyncio.Event()
         #: Untracked rows changed since their agent's last shipment (drained notes).
         self.side_keys: dict[Key, set[replica_store.SideKey]] = {}
         #: (replica host, key) -> the last event seq it has of key.
@@ -157,14 +159,20 @@ class Replicator:
         """Until what was to ship when called has been shipped (a new replica seeded, say),
         while commits go on; ``False`` if that took longer than *timeout* seconds."""
         start = self.rounds
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.task is not None and not self.task.done():
-            if self.rounds >= start + 2:
-                break  # (the round under way, then the one with everything touched then)
-            if asyncio.get_running_loop().time() > deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # (the round under way, then the one with everything touched then)
+        while self.task is not None and not self.task.done() and self.rounds < start + 2:
+            try:
+                await asyncio.wait_for(self._progress.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
                 return False
-            await asyncio.sleep(0.01)
         return True
+
+    def _moved_on(self) -> None:
+        """A round ended, or the pump stopped: wake :meth:`caught_up`."""
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
 
     async def wait(self, key: Key) -> None:
         """Until *key*'s committed versions are on its replica (or it has none)."""
@@ -199,6 +207,8 @@ class Replicator:
             raise
         except Exception:  # (never silently: the next commit or wait starts a new pump)
             log.exception("shipping versions to a replica failed")
+        finally:
+            self._moved_on()
 
     async def _pumping(self) -> None:
         await asyncio.sleep(0)  # (after the commit that named the agent)
@@ -219,6 +229,7 @@ class Replicator:
                     self.touched.update(keys)  # again, after a newer map (or a pause)
             self._settle()
             self.rounds += 1
+            self._moved_on()
             if failed:
                 if self.refresh is not None:
                     try:
