@@ -163,6 +163,8 @@ class Agent:
 
     _ab_instance: Instance
     _ab_suspends: set[str]
+    #: The checks of a call already passed, by method name (see agentbook.core.calls).
+    _ab_calls: dict[str, tuple[Any, int, int]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -174,6 +176,7 @@ class Agent:
         except JSONValueError as exc:
             raise JSONValueError(str(exc), exc.path) from None
         cls._ab_suspends = set()  # methods seen to await real I/O (see mailbox)
+        cls._ab_calls = {}  # (kept on the class: a redefined class is let go with its own)
         # how many agent classes were defined so far: a runtime's cache of the newest
         # definitions (Runtime.class_for) is good until this moves
         Agent._ab_defined += 1

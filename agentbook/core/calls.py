@@ -6,7 +6,7 @@ call raises a typed error in the cell that made it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import jsonvalue
 from ..envelope import Envelope
@@ -23,12 +23,6 @@ __all__ = ["callable_methods", "prepare"]
 Key = tuple[str, str]
 _NO_ARGS = jsonvalue.FrozenList()
 _NO_KWARGS = jsonvalue.FrozenDict()
-#: ``(class, method name) -> (function, required, total)`` of the ``@ab.callable`` methods
-#: that passed :func:`_check_method`: what those checks look at (the name, the function
-#: and its marks) is the same on every call, so a burst of sends checks it once; with a
-#: plain signature's positional counts (``-1, -1`` for any other: ``check_arguments``
-#: decides). A method replaced on its class is another function, checked again.
-_CALLABLE: dict[tuple[type, str], tuple[Any, int, int]] = {}
 
 
 def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: tuple,
@@ -50,7 +44,7 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
             "that defines it first"
         )
     fn = getattr(cls, method, None)
-    seen = _CALLABLE.get((cls, method))
+    seen = cls._ab_calls.get(method)
     if seen is not None and seen[0] is fn:
         is_callable = True
     else:
@@ -88,8 +82,13 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
 def _check_method(cls: type[Agent], method: str) -> bool:
     """The checks of a call that depend only on the method: it exists, is a function, is
     public and not the framework's, and is not run by approvals alone (else the typed
-    error). Returns whether it is ``@ab.callable``; a callable one is remembered in
-    :data:`_CALLABLE`, so the next call of the same function skips these checks."""
+    error). Returns whether it is ``@ab.callable``.
+
+    A callable one is remembered in the class's ``_ab_calls`` as ``method -> (function,
+    required, total)``: what these checks look at (the name, the function and its marks)
+    is the same on every call, so a burst of sends checks it once; with a plain signature's
+    positional counts (``-1, -1`` for any other: ``check_arguments`` decides). A method
+    replaced on its class is another function, checked again."""
     fn, is_callable = method_info(cls, method)
     if fn is None:
         if not hasattr(cls, method):
@@ -107,7 +106,7 @@ def _check_method(cls: type[Agent], method: str) -> bool:
         raise _approval_only(cls, method)
     if is_callable:
         arity = positional_arity(fn)
-        _CALLABLE[cls, method] = (fn, *(arity or (-1, -1)))
+        cls._ab_calls[method] = (fn, *(arity or (-1, -1)))
     return is_callable
 
 
