@@ -5,8 +5,8 @@ mode. Its state, its own tables (named as the agent likes), its key-value data, 
 schedules and its history live in that one file, so everything a handler writes commits
 in one SQLite transaction, atomically, with no cross-file protocol. A hibernated agent
 is one closed file and costs no memory; 100 000 agents are 100 000 small files (512-byte
-pages, and the chat, MCP and workflow tables made only when first written, keep a new
-store at 13 KB: see :mod:`agentbook.store.groups`). New stores are written from a
+pages, and the chat, MCP and workflow tables and the schedule look-up indexes made only
+when first written, keep a new store at 12 KB: see :mod:`agentbook.store.groups`). New stores are written from a
 pre-built template (one file write instead of a dozen DDL statements), which keeps
 creation cheap.
 
@@ -34,7 +34,7 @@ from . import events as event_log
 from . import groups as lazy_groups
 from . import health
 from .chain import link_rows
-from .schema import LAZY_TABLES, MIGRATIONS, UNTRACKED_TABLES, compact_sql, migrate
+from .schema import LAZY_INDEXES, LAZY_TABLES, MIGRATIONS, UNTRACKED_TABLES, compact_sql, migrate
 from .secrets import Secrets
 from .sqlaccess import (
     _BAD_INPUT,
@@ -76,22 +76,22 @@ def _template() -> bytes:
     (:func:`~agentbook.store.schema.compact_sql`), because ``sqlite_schema`` keeps it and
     the migrations' comments made it 13 of the store's 39 KB pages; the
     :data:`~agentbook.store.schema.LAZY_GROUPS` are left out (made on first use: 40 pages
-    -> 26). 39 KB -> 13 KB; the page size costs nothing measurable on durable messages or
-    bursts (ratio ~1.0).
+    -> 23). 39 KB -> 11.5 KB; the page size costs nothing measurable on durable messages
+    or bursts (ratio ~1.0).
     """
     global _template_cache
     if _template_cache is None:
         full = apsw.Connection(":memory:")
         _migrate(full)
-        objects = cast(list[tuple[str, str]], full.execute(
-            "SELECT tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid"
+        objects = cast(list[tuple[str, str, str]], full.execute(
+            "SELECT name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid"
         ).fetchall())
         applied = full.execute("SELECT name, applied FROM _ab_migrations").fetchall()
         conn = apsw.Connection(":memory:")
         conn.execute("PRAGMA page_size=512")
         with conn:
-            for table, sql in objects:
-                if table not in LAZY_TABLES:
+            for name, table, sql in objects:
+                if table not in LAZY_TABLES and name not in LAZY_INDEXES:
                     conn.execute(compact_sql(sql))
             conn.executemany("INSERT INTO _ab_migrations(name, applied) VALUES (?, ?)", applied)
             conn.execute(f"PRAGMA user_version={_pragma_int(full, 'user_version')}")
@@ -223,7 +223,7 @@ class AgentStore:
     # -- tables made on first use (agentbook.store.groups) ------------------------------
     def has_group(self, group: str) -> bool:
         """Whether the store has the lazy group *group* (``"chat"``, ``"mcp"``,
-        ``"workflows"``): without it, its tables read as empty. A set look-up once the
+        ``"schedule_keys"``, ``"workflows"``): without it, its tables read as empty. A set look-up once the
         store's groups are known (one read of ``sqlite_schema`` on the first call)."""
         groups = self._groups
         if groups is None:

@@ -2,7 +2,7 @@
 
 Most agents never chat, register an MCP server or run a workflow, yet every empty table or
 index takes a page of its store, and its CREATE text a share of ``sqlite_schema``'s pages.
-A new store leaves out the :data:`~agentbook.store.schema.LAZY_GROUPS` (26 pages of 512 B
+A new store leaves out the :data:`~agentbook.store.schema.LAZY_GROUPS` (23 pages of 512 B
 instead of 40: issue 20). How it works:
 
 * **Writes:** the first write of a group creates the whole group (tables and indexes, in
@@ -28,15 +28,17 @@ from typing import cast
 
 import apsw
 
-from .schema import LAZY_GROUPS, LAZY_TABLES, compact_sql, migrate
+from .schema import LAZY_GROUPS, LAZY_INDEXES, LAZY_TABLES, compact_sql, migrate
 
 __all__ = ["create", "ensure_for", "needed_by", "present", "read", "statements"]
 
 _statements: dict[str, list[str]] | None = None
-#: Each lazy table's name as a changeset spells it (NUL-terminated), by group.
-_MARKS = {group: [t.encode() + b"\x00" for t in tables] for group, tables in LAZY_GROUPS.items()}
-_PRESENT = ("SELECT name FROM {db}.sqlite_schema WHERE type = 'table' AND name IN ("
-            + ", ".join(f"'{t}'" for t in sorted(LAZY_TABLES)) + ")")
+#: Each lazy table's name as a changeset spells it (NUL-terminated), by group (a changeset
+#: names tables only: an index group is never needed by one).
+_MARKS = {group: [t.encode() + b"\x00" for t in names if t not in LAZY_INDEXES]
+          for group, names in LAZY_GROUPS.items()}
+_PRESENT = ("SELECT name FROM {db}.sqlite_schema WHERE name IN ("
+            + ", ".join(f"'{t}'" for t in sorted(LAZY_TABLES | LAZY_INDEXES)) + ")")
 
 
 def statements(group: str) -> list[str]:
@@ -47,14 +49,14 @@ def statements(group: str) -> list[str]:
         full = apsw.Connection(":memory:")
         migrate(full)
         found: dict[str, list[str]] = {name: [] for name in LAZY_GROUPS}
-        by_table = {t: g for g, tables in LAZY_GROUPS.items() for t in tables}
-        for type_, table, sql in cast("list[tuple[str, str, str]]", full.execute(
-                "SELECT type, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL"
+        by_name = {t: g for g, names in LAZY_GROUPS.items() for t in names}
+        for type_, name, table, sql in cast("list[tuple[str, str, str, str]]", full.execute(
+                "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL"
                 " ORDER BY rowid").fetchall()):
-            if table in by_table:
+            owner = by_name.get(table) or by_name.get(name)
+            if owner is not None:
                 kind = "CREATE TABLE " if type_ == "table" else "CREATE INDEX "
-                found[by_table[table]].append(compact_sql(sql).replace(
-                    kind, kind + "IF NOT EXISTS ", 1))
+                found[owner].append(compact_sql(sql).replace(kind, kind + "IF NOT EXISTS ", 1))
         full.close()
         _statements = found
     return _statements[group]
@@ -63,17 +65,19 @@ def statements(group: str) -> list[str]:
 def present(conn: apsw.Connection, db: str = "main") -> set[str]:
     """The lazy groups *conn*'s store has (one read of ``sqlite_schema``)."""
     have = {r[0] for r in conn.execute(_PRESENT.format(db=db)).fetchall()}
-    return {group for group, tables in LAZY_GROUPS.items() if have.issuperset(tables)}
+    return {group for group, names in LAZY_GROUPS.items() if have.issuperset(names)}
 
 
 def create(conn: apsw.Connection, group: str) -> None:
     """Create *group* and its bookkeeping row, inside the caller's transaction (or in a
-    transaction of its own): all of it or nothing."""
+    transaction of its own): all of it or nothing. (An in-memory copy of an agent's
+    tables for time travel has no ``_ab_migrations``: it gets the tables only.)"""
     with conn:  # (a savepoint inside a running transaction)
         for sql in statements(group):
             conn.execute(sql)
-        conn.execute("INSERT OR REPLACE INTO _ab_migrations(name, applied) VALUES (?, ?)",
-                     (f"group_{group}", time.time()))
+        if conn.execute("SELECT 1 FROM sqlite_schema WHERE name = '_ab_migrations'").fetchall():
+            conn.execute("INSERT OR REPLACE INTO _ab_migrations(name, applied) VALUES (?, ?)",
+                         (f"group_{group}", time.time()))
 
 
 def needed_by(changes: Iterable[bytes]) -> set[str]:

@@ -162,6 +162,7 @@ def insert(store: AgentStore, id: str, callback: str, payload: str, type: str, d
            retry: str, created: float, ident: str | None = None, key: str | None = None) -> None:
     """Add a schedule row (*payload* and *retry* are JSON text; *ident* its identity digest,
     *key* the name given with ``key=``)."""
+    store.ensure_group("schedule_keys")  # (the look-ups of find_same and find_key)
     store.internal(
         "INSERT INTO _ab_schedules(id, callback, payload, type, due, cron, interval, tz, missed,"
         " retry, created, ident, key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",

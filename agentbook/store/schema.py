@@ -15,8 +15,8 @@ from typing import cast
 
 import apsw
 
-__all__ = ["INTERNAL_PREFIX", "LAZY_GROUPS", "LAZY_TABLES", "MIGRATIONS", "UNTRACKED_TABLES",
-           "compact_sql", "migrate"]
+__all__ = ["INTERNAL_PREFIX", "LAZY_GROUPS", "LAZY_INDEXES", "LAZY_TABLES", "MIGRATIONS",
+           "UNTRACKED_TABLES", "compact_sql", "migrate"]
 
 INTERNAL_PREFIX = "_ab_"
 
@@ -310,20 +310,25 @@ MIGRATIONS: list[tuple[str, str]] = [
     ),
 ]
 
-#: Internal tables a new store does not have until a write needs them (issue 20: every
-#: empty table or index takes a page, and its CREATE text a share of ``sqlite_schema``'s
-#: pages; most agents never chat, register an MCP server or run a workflow). A group is
-#: created whole, with its indexes, in the transaction of its first write
-#: (:mod:`agentbook.store.groups`); readers take a missing group as empty. Its tables
-#: have the shape the migrations above give them. A later migration that changes one of
-#: them must leave a store without the group alone (its tables are made in their newest
-#: shape when they are first needed).
+#: Internal tables (and indexes) a new store does not have until a write needs them
+#: (issue 20: every empty table or index takes a page, and its CREATE text a share of
+#: ``sqlite_schema``'s pages; most agents never chat, register an MCP server, run a
+#: workflow or make a schedule). A group is created whole, a table group with its
+#: indexes, in the transaction of its first write (:mod:`agentbook.store.groups`);
+#: readers take a missing table group as empty, and a missing index only makes a look-up
+#: scan (``schedule_keys``: the look-ups of a schedule made again, by identity or key,
+#: which the first schedule made creates). Each object has the shape the migrations
+#: above give it. A later migration that changes one of them must leave a store without
+#: the group alone (its objects are made in their newest shape when first needed).
 LAZY_GROUPS: dict[str, tuple[str, ...]] = {
     "chat": ("_ab_messages", "_ab_tool_calls", "_ab_tool_cache"),
     "mcp": ("_ab_mcp_servers",),
+    "schedule_keys": ("_ab_schedules_ident", "_ab_schedules_key"),
     "workflows": ("_ab_workflows", "_ab_workflow_steps", "_ab_workflow_events"),
 }
-LAZY_TABLES = frozenset(t for tables in LAZY_GROUPS.values() for t in tables)
+#: The lazy groups' indexes on tables every store has.
+LAZY_INDEXES = frozenset(LAZY_GROUPS["schedule_keys"])
+LAZY_TABLES = frozenset(t for names in LAZY_GROUPS.values() for t in names) - LAZY_INDEXES
 
 
 def _user_version(conn: apsw.Connection) -> int:

@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
     from .agentstore import AgentStore
 
-_GROUP = "workflows"
-
 __all__ = [
     "RUN_COLUMNS",
     "STEP_COLUMNS",
@@ -58,6 +56,8 @@ __all__ = [
     "to_recover",
     "update_step",
 ]
+
+_GROUP = "workflows"
 
 
 class RunRow(NamedTuple):
