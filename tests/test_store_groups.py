@@ -180,7 +180,7 @@ async def test_stores_made_with_every_table_keep_working(tmp_path, monkeypatch):
     await rt.aclose()
     monkeypatch.setattr(agentstore, "_template_cache", None)
     path = rt.path_of(talk._ab_key)
-    assert LAZY_TABLES <= _tables(path)
+    assert _tables(path) >= LAZY_TABLES
     again = ab.Runtime(tmp_path / "rt")  # the new code opens them (and migrates to 0014)
     talk, counter = again.get(Talker, "t"), again.get(Counter, "c")
     assert talk.messages().role.tolist() == ["user", "assistant"]
@@ -254,7 +254,7 @@ async def test_the_first_schedule_makes_its_look_up_indexes(tmp_path):
     ref = rt.get(Reminder, "r")
     assert await ref.call("remind", "a") == await ref.call("remind", "a")  # found by key
     path = rt.path_of(ref._ab_key)
-    assert LAZY_INDEXES <= _objects(path)
+    assert _objects(path) >= LAZY_INDEXES
     plan = apsw.Connection(path).execute(
         "EXPLAIN QUERY PLAN SELECT id FROM _ab_schedules WHERE key = 'a'").fetchall()
     assert "_ab_schedules_key" in str(plan)

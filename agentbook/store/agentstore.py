@@ -6,9 +6,9 @@ schedules and its history live in that one file, so everything a handler writes 
 in one SQLite transaction, atomically, with no cross-file protocol. A hibernated agent
 is one closed file and costs no memory; 100 000 agents are 100 000 small files (512-byte
 pages, and the chat, MCP and workflow tables and the schedule look-up indexes made only
-when first written, keep a new store at 12 KB: see :mod:`agentbook.store.groups`). New stores are written from a
-pre-built template (one file write instead of a dozen DDL statements), which keeps
-creation cheap.
+when first written, keep a new store at 12 KB: see :mod:`agentbook.store.groups`). New
+stores are written from a pre-built template (one file write instead of a dozen DDL
+statements), which keeps creation cheap.
 
 Writes happen on one connection (the agent's mailbox is the only writer). Reads from
 outside (``ref.sql``, ``ref.history``) use a second, read-only connection that sees the
