@@ -255,9 +255,10 @@ async def test_the_first_schedule_makes_its_look_up_indexes(tmp_path):
     assert await ref.call("remind", "a") == await ref.call("remind", "a")  # found by key
     path = rt.path_of(ref._ab_key)
     assert _objects(path) >= LAZY_INDEXES
-    plan = apsw.Connection(path).execute(
-        "EXPLAIN QUERY PLAN SELECT id FROM _ab_schedules WHERE key = 'a'").fetchall()
-    assert "_ab_schedules_key" in str(plan)
+    conn = apsw.Connection(path)
+    plan = conn.execute("EXPLAIN QUERY PLAN SELECT id FROM _ab_schedules WHERE key = 'a'")
+    assert "_ab_schedules_key" in str(plan.fetchall())
+    conn.close()
     await clock.advance(61)
     await rt.settle()
     assert ref.state == {"fired": 1}

@@ -223,8 +223,9 @@ class AgentStore:
     # -- tables made on first use (agentbook.store.groups) ------------------------------
     def has_group(self, group: str) -> bool:
         """Whether the store has the lazy group *group* (``"chat"``, ``"mcp"``,
-        ``"schedule_keys"``, ``"workflows"``): without it, its tables read as empty. A set look-up once the
-        store's groups are known (one read of ``sqlite_schema`` on the first call)."""
+        ``"schedule_keys"``, ``"workflows"``): without it, its tables read as empty. A set
+        look-up once the store's groups are known (one read of ``sqlite_schema`` on the
+        first call)."""
         groups = self._groups
         if groups is None:
             groups = self._groups = lazy_groups.present(self.conn)
