@@ -23,7 +23,7 @@ changed columns defined; an UPDATE that changed nothing is left out.
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from functools import cache
 from typing import Any, cast
 
@@ -31,7 +31,7 @@ import apsw
 
 from .schema import MIGRATIONS
 
-__all__ = ["Table", "delete", "table", "update"]
+__all__ = ["Table", "delete", "table", "update", "update_at"]
 
 _DELETE = b"\x09\x00"
 _UPDATE = b"\x17\x00"
@@ -45,13 +45,15 @@ class Table:
     """What a changeset needs to know of one internal table: its columns in table order,
     which of them make the primary key, and the table's header bytes."""
 
-    __slots__ = ("columns", "header", "name", "pk")
+    __slots__ = ("columns", "header", "key_at", "name", "pk")
 
     def __init__(self, name: str, columns: Sequence[str], pk: Sequence[int]) -> None:
         self.name = name
         self.columns = tuple(columns)
         #: Each column's primary-key ordinal (0: not in the key), as the session writes it.
         self.pk = tuple(pk)
+        #: The positions of the primary key's columns.
+        self.key_at = tuple(i for i, k in enumerate(self.pk) if k)
         self.header = (b"T" + varint(len(self.columns)) + bytes(self.pk)
                        + name.encode() + b"\x00")
 
@@ -123,17 +125,27 @@ def delete(tab: Table, old: Sequence[Any]) -> bytes:
 def update(tab: Table, old: Sequence[Any], new: Sequence[Any]) -> bytes | None:
     """The changeset of updating a row from *old* to *new* (both whole rows in table
     order, values as SQLite returns them); ``None`` when no column changed."""
-    before: list[bytes] = []
-    after: list[bytes] = []
+    if len(old) != len(tab.columns):
+        raise ValueError(f"{tab.name} has {len(tab.columns)} columns, not {len(old)}")
+    return update_at(tab, new, range(len(tab.columns)), old)
+
+
+def update_at(tab: Table, row: Sequence[Any], at: Iterable[int],
+              old: Sequence[Any]) -> bytes | None:
+    """:func:`update` when only some columns may have changed: *row* is the whole row
+    after the update, *at* the positions of the columns the statement set and *old* their
+    values before (the other columns kept theirs)."""
+    before = [_UNDEFINED] * len(tab.columns)
+    after = list(before)
+    for i in tab.key_at:
+        before[i] = value(row[i])
     changed = False
-    for key, was, now in zip(tab.pk, old, new, strict=True):
-        if _same(was, now):
-            before.append(value(was) if key else _UNDEFINED)
-            after.append(_UNDEFINED)
-        else:
+    for i, was in zip(at, old, strict=True):
+        now = row[i]
+        if not _same(was, now):
             changed = True
-            before.append(value(was))
-            after.append(value(now))
+            before[i] = value(was)
+            after[i] = value(now)
     if not changed:
         return None
     return tab.header + _UPDATE + b"".join(before) + b"".join(after)

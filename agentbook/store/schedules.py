@@ -229,11 +229,17 @@ def advance_recorded(store: AgentStore, row: ScheduleRow, due: float,
         (*new, row.id, *old))
     if not found:
         return False, None
-    after = found[0]
-    before = list(after)
-    for name, was in zip(_ADVANCED, old, strict=True):
-        before[tab.columns.index(name)] = was
-    return True, rowchange.update(tab, before, after)
+    return True, rowchange.update_at(tab, found[0], _advanced_at(tab), old)
+
+
+def _advanced_at(tab: rowchange.Table) -> tuple[int, ...]:
+    at = _AT.get(tab.columns)
+    if at is None:
+        at = _AT[tab.columns] = tuple(tab.columns.index(name) for name in _ADVANCED)
+    return at
+
+
+_AT: dict[tuple[str, ...], tuple[int, ...]] = {}
 
 
 def retry_later(store: AgentStore, id: str, due: float, attempt: int, error: str,
