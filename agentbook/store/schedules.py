@@ -13,6 +13,7 @@ as the tuple SQLite returns; ``Envelope.sched`` carries one through a scheduled 
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING, NamedTuple
 
 from . import rowchange
@@ -198,8 +199,27 @@ def advance(store: AgentStore, id: str, due: float, occurrence: int) -> None:
 _ADVANCED = ("due", "attempt", "occurrence", "last_error", "occurrence_due")
 
 
-def _table() -> rowchange.Table:
-    return rowchange.table("_ab_schedules")
+class _Recorded(NamedTuple):
+    """The table's layout and the statements of :func:`delete_recorded` and
+    :func:`advance_recorded`, made once per process."""
+
+    table: rowchange.Table
+    delete: str
+    advance: str
+    #: The positions of :data:`_ADVANCED`'s columns in the table.
+    advanced_at: tuple[int, ...]
+
+
+@cache
+def _recorded() -> _Recorded:
+    tab = rowchange.table("_ab_schedules")
+    returning = " RETURNING " + ", ".join(tab.columns)
+    return _Recorded(
+        tab, "DELETE FROM _ab_schedules WHERE id = ?" + returning,
+        "UPDATE _ab_schedules SET due = ?, attempt = ?, occurrence = ?, last_error = ?,"
+        " occurrence_due = ? WHERE id = ? AND due = ? AND attempt = ? AND occurrence = ?"
+        " AND last_error IS ? AND occurrence_due IS ?" + returning,
+        tuple(tab.columns.index(name) for name in _ADVANCED))
 
 
 def delete_recorded(store: AgentStore, id: str) -> bytes | None:
@@ -207,10 +227,9 @@ def delete_recorded(store: AgentStore, id: str) -> bytes | None:
     recorded for it (``None``: there was no row), so a firing that wrote nothing else
     needs no session (issue 20; see :mod:`agentbook.store.rowchange`). Same statement
     count: the old row comes back with ``RETURNING``."""
-    tab = _table()
-    found = store.internal(f"DELETE FROM _ab_schedules WHERE id = ? RETURNING "
-                           f"{', '.join(tab.columns)}", (id,))
-    return rowchange.delete(tab, found[0]) if found else None
+    made = _recorded()
+    found = store.internal(made.delete, (id,))
+    return rowchange.delete(made.table, found[0]) if found else None
 
 
 def advance_recorded(store: AgentStore, row: ScheduleRow, due: float,
@@ -219,27 +238,13 @@ def advance_recorded(store: AgentStore, row: ScheduleRow, due: float,
     :func:`delete_recorded`): ``(True, changes)``. The row is updated only if it is still
     as *row* says (its old values go into the changeset); ``(False, None)`` and nothing
     written when it is not (changed or gone since: the caller records with a session)."""
-    tab = _table()
-    new = (float(due), 0, int(occurrence), None, None)
+    made = _recorded()
     old = (row.due, row.attempt, row.occurrence, row.last_error, row.occurrence_due)
-    found = store.internal(
-        "UPDATE _ab_schedules SET due = ?, attempt = ?, occurrence = ?, last_error = ?,"
-        " occurrence_due = ? WHERE id = ? AND due = ? AND attempt = ? AND occurrence = ?"
-        " AND last_error IS ? AND occurrence_due IS ? RETURNING " + ", ".join(tab.columns),
-        (*new, row.id, *old))
+    found = store.internal(made.advance,
+                           (float(due), 0, int(occurrence), None, None, row.id, *old))
     if not found:
         return False, None
-    return True, rowchange.update_at(tab, found[0], _advanced_at(tab), old)
-
-
-def _advanced_at(tab: rowchange.Table) -> tuple[int, ...]:
-    at = _AT.get(tab.columns)
-    if at is None:
-        at = _AT[tab.columns] = tuple(tab.columns.index(name) for name in _ADVANCED)
-    return at
-
-
-_AT: dict[tuple[str, ...], tuple[int, ...]] = {}
+    return True, rowchange.update_at(made.table, found[0], made.advanced_at, old)
 
 
 def retry_later(store: AgentStore, id: str, due: float, attempt: int, error: str,
