@@ -273,8 +273,11 @@ def dumps(value: Any) -> str:
         return "".join(_c_encode(value, 0))
     except ValueError as exc:
         raise _unencodable(value, exc) from None
-    except RecursionError:  # (a value that contains itself: the shared encoder keeps no marks)
-        raise _unencodable(value, ValueError("Circular reference detected")) from None
+    except RecursionError:  # (the shared encoder keeps no marks: a cycle ends here too)
+        raise JSONValueError(
+            f"{_safe_repr(value)} is not a JSON value: it contains itself or is nested "
+            f"too deeply; keep values acyclic and under {_MAX_DEPTH} levels (check them "
+            "with agentbook.jsonvalue.freeze first)", "value") from None
 
 
 def canonical(value: Any) -> str:

@@ -10,7 +10,11 @@ import apsw
 
 @contextmanager
 def sqlite_opens() -> Iterator[list[str]]:
-    """The file names of the apsw connections made inside the block, in order."""
+    """The file names of the apsw connections made inside the block, in order.
+
+    It replaces ``apsw.Connection`` on the module, so it sees code that calls
+    ``apsw.Connection(...)`` (all of agentbook does); a ``from apsw import Connection``
+    taken before the block would escape it."""
     opened: list[str] = []
     real = apsw.Connection
 

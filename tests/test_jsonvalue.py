@@ -59,6 +59,22 @@ def test_deep_nesting_is_refused_with_a_hint():
         freeze(value)
 
 
+def test_dumping_an_unchecked_cycle_or_deep_value_says_what_it_is():
+    """dumps takes checked values; one that was not checked and contains itself, or is
+    nested past the recursion limit, is a JSONValueError that names both, not advice
+    about floats and ints."""
+    cycle: list = []
+    cycle.append(cycle)
+    deep: list = []
+    for _ in range(5_000):
+        deep = [deep]
+    for value in (cycle, deep):
+        with pytest.raises(JSONValueError, match="contains itself or is nested too deeply") \
+                as caught:
+            dumps(value)
+        assert "floats" not in str(caught.value)
+
+
 def test_frozen_values_refuse_mutation_and_say_to_use_set_state():
     frozen = freeze({"a": [1, 2], "b": {"c": 1}})
     with pytest.raises(ReadOnlyError, match="set_state"):

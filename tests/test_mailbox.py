@@ -252,6 +252,10 @@ async def test_an_awaited_call_goes_in_between_the_batches_of_a_storm(tmp_path, 
         assert ahead == 60, _ORDER
 
 
+#: Turns of the event loop a storm may take to get going (about 20 here).
+_STORM_TURNS = 10_000
+
+
 def _rung(agents: list[ab.AgentRef]) -> int:
     return sum(a.state["n"] for a in agents)
 
@@ -271,10 +275,16 @@ async def test_a_storm_of_many_agents_takes_turns_with_an_awaited_call(tmp_path,
         probe = rt.get(Probe, "p")
         await probe.inc()
         await asyncio.gather(*(s.arm(40) for s in storms))
-        # (every agent's tick let in, each fired once: all 20 have more firings queued)
-        while not all(rt.instances[s._ab_key].queue and s.state["n"] for s in storms) and \
-                _ORDER.count("ring") < 800:
+        # (every agent's tick let in, each fired once: all 20 have more firings queued;
+        # turns of the event loop counted, so a storm that stalls fails, not hangs)
+        for _ in range(_STORM_TURNS):
+            if all(rt.instances[s._ab_key].queue and s.state["n"] for s in storms) or \
+                    _ORDER.count("ring") >= 800:
+                break
             await asyncio.sleep(0)
+        else:
+            pytest.fail(f"after {_STORM_TURNS} turns of the event loop the storm had rung "
+                        f"{_ORDER.count('ring')} of 800 times, and not every agent had fired")
         before = _ORDER.count("ring")
         assert before < 800, "the storm ended before the call: nothing was measured"
         await probe.inc()

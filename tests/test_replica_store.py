@@ -249,3 +249,119 @@ def test_a_shipment_naming_another_table_is_refused(tmp_path):
         replica.apply(copy.conn, bad)
     assert copy.conn.execute("SELECT count(*) FROM _ab_history").fetchall() == [(0,)]
     copy.close()
+
+
+def _approvals(path) -> list[str]:
+    conn = apsw.Connection(f"file:{path}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY
+                           | apsw.SQLITE_OPEN_URI)
+    try:
+        return [r[0] for r in conn.execute("SELECT status FROM _ab_approvals")]
+    finally:
+        conn.close()
+
+
+async def test_a_moved_shards_replica_follows_the_new_owner_whenever_its_process_started(
+        tmp_path):
+    """A shard moves (epoch 1 -> 2) and its replica stays: the copy takes the moved file,
+    then the new owner's untracked rows - even though the new owner's process started
+    before the old one's, so its own count of shipments is lower - and refuses a late
+    retry of the old owner's (which, a seeding, would start the copy over)."""
+    from agentbook.backends.replication import Replicator
+    from agentbook.backends.shard_leases import ShardLeases
+    from agentbook.backends.shards import shard_of
+    from agentbook.store import shard_image
+
+    _HOLD["gate"] = asyncio.Event()
+    _HOLD["gate"].set()
+    rt = ab.Runtime(tmp_path / "primary")
+    payer = rt.get(Payer, "a")
+    await payer.ping()
+    key = payer._ab_key
+    shard = shard_of(key, 8)
+
+    def primary(index: int, epoch: int) -> Replicator:  # (its stamps; it ships nothing)
+        leases = ShardLeases(index, 8)
+        leases.grant(shard, epoch)
+        return Replicator(rt, leases, lambda _i: None, wait=False)
+
+    new_owner = primary(2, epoch=2)  # (started first: its count is the lower one)
+    old_owner = primary(0, epoch=1)
+    assert new_owner.stamp < old_owner.stamp
+    kept = ab.Runtime(tmp_path / "replica")
+    copy = Replicator(kept, ShardLeases(1, 8), lambda _i: None, wait=False)
+    feed = _Follower(rt, key, tmp_path / "unused.db")
+    feed.copy.close()
+
+    def shipment(owner: Replicator) -> bytes:
+        feed.stamp = owner.next_stamp(key) - 1  # (_Follower.read counts one up)
+        return feed.read()
+
+    seed = shipment(old_owner)  # every row, from the start
+    assert await copy.apply(0, {}, seed) == []
+    asked = await payer.propose(5)
+    await rt.settle()
+    late = shipment(old_owner)  # the pending approval
+    assert await copy.apply(0, {}, late) == []
+    assert _approvals(kept.path_of(key)) == ["pending"]
+
+    copy.install_copy(key, shard_image.image(rt.path_of(key)), epoch=2)  # the move
+    assert await rt.approvals.approve(asked) == 5
+    assert await copy.apply(2, {}, shipment(new_owner)) == []
+    assert _approvals(kept.path_of(key)) == ["approved"], "the new owner's decision is kept"
+    assert await copy.apply(0, {}, late) == []  # the old owner's retry, arriving late
+    assert _approvals(kept.path_of(key)) == ["approved"], "nothing of it went back"
+    for again in (late, seed):  # under the old epoch, as hosts send them: refused
+        with pytest.raises(ab.LeaseLostError, match="newer owner"):
+            await copy.apply(0, {shard: 1}, again)
+    assert _approvals(kept.path_of(key)) == ["approved"], "the moved copy was kept"
+    copy.close_copy(key)
+    kept.close()
+    rt.close()
+
+
+class _HeldReplica:
+    """A replica host's handle (without Ray) whose replicate calls wait for *gate*."""
+
+    def __init__(self, gate: asyncio.Event) -> None:
+        self.gate, self.calls = gate, 0
+        self.replicate = self
+
+    async def remote(self, _sender, _epochs, _data) -> list:
+        self.calls += 1
+        await self.gate.wait()
+        return []
+
+
+async def test_caught_up_waits_for_the_shipping_rounds_and_gives_up_at_its_deadline(tmp_path):
+    """A drain waits (Replicator.caught_up) until what was to ship has reached the
+    replica: it returns when the round's shipment is answered, and False at once when
+    its deadline has passed with the shipment still on its way."""
+    from agentbook.backends.replication import Replicator
+    from agentbook.backends.shard_leases import ShardLeases
+    from agentbook.backends.shards import shard_of
+
+    rt = ab.Runtime(tmp_path / "primary")
+    payer = rt.get(Payer, "a")
+    await payer.ping()
+    key = payer._ab_key
+    leases = ShardLeases(0, 8)
+    leases.grant(shard_of(key, 8), 1)
+    leases.view = {"owners": [0] * 8, "epochs": [1] * 8, "replicas": [1] * 8, "lease": 30.0}
+    gate = asyncio.Event()
+    replica = _HeldReplica(gate)
+    shipper = Replicator(rt, leases, lambda _i: replica, wait=False)
+    shipper.seed({shard_of(key, 8)})
+    for _ in range(1_000):  # (turns of the event loop until the first shipment is sent)
+        if replica.calls:
+            break
+        await asyncio.sleep(0)
+    assert replica.calls == 1, "seeding the replica sent the agent's shipment"
+    assert await shipper.caught_up(0) is False, "past its deadline: it says so at once"
+    waiting = asyncio.ensure_future(shipper.caught_up(60))
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert not waiting.done(), "the shipment is still on its way"
+    gate.set()
+    assert await asyncio.wait_for(waiting, 30) is True
+    assert shipper.shipped[(1, key)] == payer.version
+    rt.close()

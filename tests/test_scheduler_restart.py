@@ -3,6 +3,7 @@ once, nothing runs twice."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -70,3 +71,54 @@ async def test_a_second_restart_does_not_fire_again(tmp_path):
     await clock.advance(0)
     assert rt2.get(Nightly, "n").state["runs"] == first
     rt2.close()
+
+
+def _define_reminder() -> type[ab.Agent]:
+    """A fresh definition of ``LateReminder`` (the cell that defines it, run again)."""
+
+    class LateReminder(ab.Agent):
+        initial_state = {"rang": 0}
+
+        @ab.callable
+        async def plan(self) -> None:
+            await self.schedule(60, "ring")
+
+        async def ring(self) -> None:
+            self.set_state({"rang": self.state["rang"] + 1})
+
+    return LateReminder
+
+
+async def test_a_schedule_due_before_its_class_is_defined_fires_once_the_cell_has_run(tmp_path):
+    """A kernel restarts with a schedule due, and the cell that defines its agent's class has
+    not run yet: the due wake-up is looked at again later, not dropped, and the schedule
+    fires once after the class is defined."""
+    import gc
+
+    from agentbook.core.agent import agent_classes
+
+    store = str(tmp_path / "store")
+    clock = ab.VirtualClock(T0)
+    rt = ab.Runtime(store, clock=clock)
+    await rt.get(_define_reminder(), "r").plan()
+    await rt.aclose()
+    del rt, clock  # (the runtime remembers the classes it was given)
+    for _ in range(20):  # the loop's last callbacks of the closed runtime let go of it
+        await asyncio.sleep(0)
+        gc.collect()
+        if "LateReminder" not in agent_classes():
+            break
+    assert "LateReminder" not in agent_classes(), "the test needs the class undefined"
+
+    clock = ab.VirtualClock(T0 + 120)  # the new kernel: the schedule is overdue
+    rt = ab.Runtime(store, clock=clock)
+    await clock.advance(0)  # due now, but no class of that name in this process
+    await clock.advance(1)
+    cls = _define_reminder()  # the cell runs
+    await clock.advance(30)  # past the pause before the next look
+    ref = rt.get(cls, "r")
+    assert ref.state == {"rang": 1}
+    assert len(ref.schedules()) == 0
+    await clock.advance(3600)
+    assert ref.state == {"rang": 1}, "fired once, not again"
+    await rt.aclose()

@@ -4,6 +4,9 @@ approval in the inbox, recorded failures - without a store being opened to pack 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import apsw
 import pytest
 
@@ -104,3 +107,81 @@ def test_a_store_with_a_wal_is_copied_consistently(tmp_path):
         assert copy.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
     finally:
         copy.close()
+
+
+async def test_a_shards_catalog_rows_are_only_its_agents_rows(tmp_path):
+    """entries_of reads the moving agents' rows (by class and name), in each table, and
+    leaves the other agents' rows - of the same class too - where they are."""
+    rt = ab.Runtime(tmp_path / "s")
+    try:
+        moving, staying = rt.get(Till, "m"), rt.get(Till, "s")
+        for ref in (moving, staying, moving):
+            with pytest.raises(ValueError):
+                await ref.fail()
+        await moving.propose(1)
+        await staying.propose(2)
+        entries = rt.catalog.entries_of([("Till", "m"), ("Till", "m")])
+        names = {table: [row[part["columns"].index("name")] for row in part["rows"]]
+                 for table, part in entries.items()}
+        assert names == {"agents": ["m"], "timers": [], "approvals": ["m"],
+                         "failures": ["m", "m"], "dead_letters": []}
+        at = entries["failures"]["columns"].index("id")
+        ids = [row[at] for row in entries["failures"]["rows"]]
+        assert ids == sorted(ids), "failures keep the order they were recorded in"
+        rt.catalog.forget_entries([("Till", "m")])
+        assert [r[1] for r in rt.catalog.rows()] == ["s"]
+        assert len(staying.failures()) == 1
+    finally:
+        rt.close()
+
+
+def test_importing_agentbook_does_not_import_the_shard_move_code():
+    """Shard images and replica shipments are for the Ray backend's moves: a plain
+    ``import agentbook`` (a notebook's first cell) does not pay for them."""
+    code = ("import sys, agentbook; print(sorted(m for m in sys.modules if m in "
+            "('agentbook.store.shard_image', 'agentbook.store.replica', "
+            "'agentbook.store.changesets')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_store_installed_with_durability_full_is_synced_and_so_is_its_rename(
+        tmp_path, monkeypatch, sync):
+    """durability='full': the file's bytes, then its folder (the rename into place) reach
+    the disk; otherwise neither is synced."""
+    import os
+    import stat
+
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    shard_image.install(str(tmp_path / "agents" / "a.db"), b"bytes", sync)
+    assert (tmp_path / "agents" / "a.db").read_bytes() == b"bytes"
+    assert synced == (["file", "folder"] if sync else [])
+
+
+async def test_a_moving_agents_timer_held_in_memory_travels_with_it(tmp_path, clock):
+    """add_timers puts the due time the runtime holds into the moving rows when the
+    catalog's timer index has none for the agent yet, and keeps a row that is there."""
+    from agentbook.store.catalog_entries import add_timers
+
+    rt = ab.Runtime(tmp_path / "s", clock=clock)
+    try:
+        await rt.get(Till, "t").later(60)
+        await rt.get(Till, "u").sell(1)
+        entries = rt.catalog.entries_of([("Till", "t"), ("Till", "u")])
+        [indexed] = entries["timers"]["rows"]
+        add_timers(entries, {("Till", "t"): 1.0, ("Till", "u"): 5.0, ("Till", "v"): None})
+        columns = entries["timers"]["columns"]
+        rows = [dict(zip(columns, row, strict=True)) for row in entries["timers"]["rows"]]
+        assert rows[0] == dict(zip(columns, indexed, strict=True)), "the index's row is kept"
+        assert rows[1:] == [{"class": "Till", "name": "u", "due": 5.0}]
+    finally:
+        rt.close()

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from .shards import ray_module
+from .shards import actor_gone, ray_module
 
 if TYPE_CHECKING:
     from .ray import RayRouter
@@ -40,16 +40,14 @@ def hosts_on(router: RayRouter, node: str) -> list[int]:
     if node not in alive:
         raise UsageError(f"no live Ray node has the id {node!r}; the live ones: "
                          f"{', '.join(sorted(alive))} (ray.nodes(), or `ray status`)")
-    dead = set(router.dead_hosts())
-    live = [i for i in router.live_hosts() if i not in dead]
+    live = router.serving_hosts()
     places = ray.get([router.handle(i).hello.remote() for i in live])
     return [i for i, hello in zip(live, places, strict=True) if hello["node"] == node]
 
 
 def check_leaving(router: RayRouter, leaving: list[int]) -> None:
     """Refuse to remove every host (someone has to own the shards)."""
-    dead = set(router.dead_hosts())
-    left = [i for i in router.live_hosts() if i not in leaving and i not in dead]
+    left = [i for i in router.serving_hosts() if i not in leaving]
     if not left:
         raise UsageError(
             f"removing {'host' if len(leaving) == 1 else 'hosts'} "
@@ -84,8 +82,7 @@ def drain_host(router: RayRouter, index: int, leaving: set[int]) -> list[dict[st
     try:
         ray.get(handle.retire.remote(router.sender, router.next_seq(index)))
     except Exception as exc:  # (it exits as it answers: Ray may report that instead)
-        if type(exc).__name__ not in ("ActorDiedError", "RayActorError",
-                                      "ActorUnavailableError"):
+        if not actor_gone(exc):
             raise
     try:
         ray.kill(handle, no_restart=True)

@@ -41,12 +41,13 @@ from .. import jsonvalue
 from ..envelope import Envelope
 from ..errors import HostUnavailableError, LeaseLostError, UsageError
 from ..store import shard_image
+from ..store.catalog_entries import add_timers
 from .catalog_leases import CatalogLeases
 from .ray_events import EventRelay, event_encoder
 from .ray_reads import HostReads, OwnerReads
 from .replication import Replicator
 from .shard_leases import ShardLeases
-from .shards import Key, folder_id, node_folder, ray_module, shard_of
+from .shards import Key, actor_gone, folder_id, node_folder, ray_module, shard_of
 
 if TYPE_CHECKING:
     from ..core.runtime import Runtime
@@ -264,7 +265,7 @@ class RayRouter:
             inbox.loop.call_later(min(0.02 * 2 ** resent, 1.0), self._send, key, env, head,
                                   inbox, resent + 1)
             return 0
-        if type(exc).__name__ in ("ActorUnavailableError", "ActorDiedError", "RayActorError"):
+        if actor_gone(exc):
             self.stale = self.coordinator is not None  # (its shards may have moved)
             self._sent = {k: v for k, v in self._sent.items() if k[0] != index}
             error = HostUnavailableError(
@@ -301,9 +302,7 @@ class RayRouter:
     def hibernate(self) -> int:
         """Hibernate idle agents on every host."""
         ray = _ray()
-        dead = set(self.dead_hosts())
-        return sum(ray.get([self.handle(i).hibernate.remote() for i in self.live_hosts()
-                            if i not in dead]))
+        return sum(ray.get([self.handle(i).hibernate.remote() for i in self.serving_hosts()]))
 
     # -- hosts and shard moves (node-local stores; on the driver) -------------------------
     def add_host(self) -> int:
@@ -315,9 +314,7 @@ class RayRouter:
         ray = _ray()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        dead = set(self.dead_hosts())
-        placed = ray.get([self.handle(i).hello.remote() for i in self.live_hosts()
-                          if i not in dead])
+        placed = ray.get([self.handle(i).hello.remote() for i in self.serving_hosts()])
         load = {n["NodeID"]: 0 for n in ray.nodes() if n.get("Alive")}
         for hello in placed:
             if hello["node"] in load:
@@ -369,6 +366,12 @@ class RayRouter:
     def live_hosts(self) -> list[int]:
         """The indexes of the hosts not removed (lost ones included: Ray restarts them)."""
         return [i for i in range(self.hosts) if i not in self.gone]
+
+    def serving_hosts(self) -> list[int]:
+        """The hosts not removed that the coordinator does not count as lost: the ones
+        to ask now."""
+        dead = set(self.dead_hosts())
+        return [i for i in self.live_hosts() if i not in dead]
 
     def forget_host(self, index: int) -> None:
         """Host *index* was removed for good (see :mod:`.host_removal`)."""
@@ -800,11 +803,7 @@ class AgentHost(HostReads):
             stores = [shard_image.AgentImage(k[0], k[1], shard_image.image(rt.path_of(k)))
                       for k in keys if os.path.exists(rt.path_of(k))]
             entries = rt.catalog.entries_of(keys)
-            due = {k: rt.timers.next_due(k) for k in keys}  # (the index may lag memory)
-            timers = entries["timers"]
-            indexed = {(r[0], r[1]) for r in timers["rows"]}
-            timers["rows"] += [[k[0], k[1], d] for k, d in due.items()
-                               if d is not None and k not in indexed]
+            add_timers(entries, {k: rt.timers.next_due(k) for k in keys})
             blob = shard_image.pack(shard_image.ShardImage(stores, entries))
             shipped = _ray().put(blob)
             target = rt.router.handle(to)
@@ -868,9 +867,7 @@ class AgentHost(HostReads):
         rt = self.rt
         images = shard_image.unpack(blob)
         for store in images.stores:
-            key = (store.class_name, store.name)
-            self.replicator.close_copy(key)
-            shard_image.install(rt.path_of(key), store.data, rt.durability == "full")
+            self.replicator.install_copy((store.class_name, store.name), store.data, epoch)
         rt.catalog.take_entries({"agents": images.entries["agents"]})
         return len(images.stores)
 

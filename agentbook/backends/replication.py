@@ -26,7 +26,8 @@ such row its stores change (temporary triggers on each store it opens as the own
 (and after a write outside a batch: an acknowledged outbox row deleted), and ships those
 rows as committed - or their deletion - with the new events past a cursor. A replica
 applies them with the versions, in one transaction; a late retry of an older shipment
-leaves them alone (each shipment's stamp only grows). On promotion the new owner indexes
+leaves them alone (each shipment's stamp only grows: the shard's epoch first, so also
+from one owner to the next). On promotion the new owner indexes
 the approvals it took over, so a pending one is in ``rt.approvals`` and is decided once;
 an outbox row still there is delivered by the agent's next wake (the receiver's inbox
 memory skips one it committed already).
@@ -45,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from ..errors import HostUnavailableError, LeaseLostError
-from ..store import AgentStore, translate_error
+from ..store import AgentStore, shard_image, translate_error
 from ..store import replica as replica_store
 from .shards import Key
 
@@ -81,11 +82,13 @@ class Replicator:
         self.copies: OrderedDict[Key, AgentStore] = OrderedDict()
         self.refresh: Callable[[], Any] | None = None  # renews the leases (a newer map)
         self.rounds = 0  # shipping rounds done (see caught_up)
+        #: Set (and replaced) after each round and when the pump stops: caught_up's cue.
+        self._progress = asyncio.Event()
         #: Untracked rows changed since their agent's last shipment (drained notes).
         self.side_keys: dict[Key, set[replica_store.SideKey]] = {}
         #: (replica host, key) -> the last event seq it has of key.
         self.events_shipped: dict[tuple[int, Key], int] = {}
-        self.stamp = time.time_ns()  # (grows with every shipment: see replica.Side)
+        self.stamp = time.time_ns()  # (grows with every shipment: see next_stamp)
         #: The stamp of the newest untracked rows applied to each copy kept here.
         self.side_applied: dict[Key, int] = {}
         leases.on_commit = self.committing
@@ -119,6 +122,13 @@ class Replicator:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self._pump())
 
+    def next_stamp(self, key: Key) -> int:
+        """The stamp of *key*'s next shipment of untracked rows: under the shard's epoch
+        here, so it is newer than whatever the shard's earlier owners shipped
+        (:func:`agentbook.store.replica.side_stamp`)."""
+        self.stamp += 1
+        return replica_store.side_stamp(self.leases.epoch(key), self.stamp)
+
     def _drain(self, key: Key) -> None:
         inst = self.rt.instances.get(key)
         if inst is None or inst.store is None:
@@ -149,14 +159,20 @@ class Replicator:
         """Until what was to ship when called has been shipped (a new replica seeded, say),
         while commits go on; ``False`` if that took longer than *timeout* seconds."""
         start = self.rounds
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.task is not None and not self.task.done():
-            if self.rounds >= start + 2:
-                break  # (the round under way, then the one with everything touched then)
-            if asyncio.get_running_loop().time() > deadline:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # (the round under way, then the one with everything touched then)
+        while self.task is not None and not self.task.done() and self.rounds < start + 2:
+            try:
+                await asyncio.wait_for(self._progress.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
                 return False
-            await asyncio.sleep(0.01)
         return True
+
+    def _moved_on(self) -> None:
+        """A round ended, or the pump stopped: wake :meth:`caught_up`."""
+        progress, self._progress = self._progress, asyncio.Event()
+        progress.set()
 
     async def wait(self, key: Key) -> None:
         """Until *key*'s committed versions are on its replica (or it has none)."""
@@ -191,6 +207,8 @@ class Replicator:
             raise
         except Exception:  # (never silently: the next commit or wait starts a new pump)
             log.exception("shipping versions to a replica failed")
+        finally:
+            self._moved_on()
 
     async def _pumping(self) -> None:
         await asyncio.sleep(0)  # (after the commit that named the agent)
@@ -211,6 +229,7 @@ class Replicator:
                     self.touched.update(keys)  # again, after a newer map (or a pause)
             self._settle()
             self.rounds += 1
+            self._moved_on()
             if failed:
                 if self.refresh is not None:
                     try:
@@ -227,8 +246,7 @@ class Replicator:
             inst = self.rt.instances.get(key)
             after = self.shipped.get((target, key), 0)
             pending = taken[key] = self.side_keys.pop(key, set())
-            self.stamp += 1
-            stamp, events_after = self.stamp, self.events_shipped.get((target, key), 0)
+            stamp, events_after = self.next_stamp(key), self.events_shipped.get((target, key), 0)
 
             def side(conn: apsw.Connection, pending: set = pending, after: int = after,
                      stamp: int = stamp, events_after: int = events_after
@@ -394,3 +412,14 @@ class Replicator:
     def close_copy(self, key: Key) -> None:
         """Close the copy of *key* if it is open (its file is about to be replaced)."""
         self._close(key)
+
+    def install_copy(self, key: Key, data: bytes, epoch: int) -> None:
+        """Make *data* (a shard image's file of *key*) the copy of *key* kept here: the
+        shard moved to a new owner under *epoch* with this host as its replica. The copy
+        takes untracked rows from that owner on (its stamps are under *epoch*), and no
+        shipment from an earlier one (a late retry of the host the shard left: refused,
+        as under an older epoch)."""
+        self.leases.note_epoch(self.leases.shard(key), epoch)
+        self._close(key)
+        shard_image.install(self.rt.path_of(key), data, self.rt.durability == "full")
+        self.side_applied[key] = replica_store.side_stamp(epoch, 0)

@@ -41,6 +41,9 @@ class ShardLeases:
         self.incoming: set[int] = set()
         self.deadline = 0.0  # time.monotonic() after which nothing is committed
         self.view: dict[str, Any] | None = None
+        #: Epochs heard of before the coordinator's next answer says so (a shard that
+        #: moved, its files handed to this host as its replica: :meth:`note_epoch`).
+        self.noted: dict[int, int] = {}
         #: Called with the key of every batch about to commit (the replicator's cue).
         self.on_commit: Callable[[Key], None] | None = None
         #: Called with every store this host opens as its agent's owner, and with the key
@@ -119,5 +122,13 @@ class ShardLeases:
         return self.owned.get(shard_of(key, self.shards), 0)
 
     def known_epoch(self, shard: int) -> int:
-        """The epoch of *shard* as this host last heard from the coordinator."""
-        return 0 if self.view is None else self.view["epochs"][shard]
+        """The newest epoch of *shard* this host has heard of: from the coordinator's
+        last answer, or noted since (:meth:`note_epoch`)."""
+        told = 0 if self.view is None else self.view["epochs"][shard]
+        return max(told, self.noted.get(shard, 0))
+
+    def note_epoch(self, shard: int, epoch: int) -> None:
+        """*shard* has an owner under *epoch* now (before a renewal says so): what is
+        shipped under an older one is refused from now on."""
+        if epoch > self.noted.get(shard, 0):
+            self.noted[shard] = epoch

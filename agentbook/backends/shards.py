@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["Key", "folder_id", "node_folder", "ray_module", "shard_of"]
+__all__ = ["Key", "actor_gone", "folder_id", "node_folder", "ray_module", "shard_of"]
 
 Key = tuple[str, str]
 
@@ -26,6 +26,16 @@ def ray_module() -> Any:
     except ImportError:
         raise UsageError("the Ray backend needs Ray: pip install 'agentbook[ray]'") from None
     return ray
+
+
+#: Ray's errors for a call whose actor died or is restarting (by name: Ray's exception
+#: classes moved between versions, and this module does not import Ray).
+_ACTOR_GONE = frozenset({"ActorDiedError", "ActorUnavailableError", "RayActorError"})
+
+
+def actor_gone(exc: BaseException) -> bool:
+    """Whether *exc* is Ray saying the actor called has died or is restarting."""
+    return type(exc).__name__ in _ACTOR_GONE
 
 
 def node_folder(host_dir: str | None) -> str:

@@ -324,8 +324,9 @@ class Instance:
             err = translate(exc, self.store)
             if (self.cls is None and rt.class_for(self.key[0]) is None
                     and any(env.method == TICK for env in self.queue)):
-                # due, but its class is not here yet (a Ray host that took the agent over
-                # before the driver sent it the class): look again after a pause
+                # due, but its class is not defined in this process yet (a kernel whose
+                # cell defining it has not run, a Ray host that took the agent over before
+                # the driver sent it the class): look again after a pause
                 rt.timers.retry_later(self.key)
             self.fail_queue(err)
             if self.store is not None and rt.should_drop(err):

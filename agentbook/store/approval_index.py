@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["ApprovalIndex"]
 
 Key = tuple[str, str]
+#: One placeholder per column of :data:`~agentbook.store.approvals.INDEX_COLUMNS`.
+_MARKS = f"({','.join('?' * len(rows.IndexedApproval._fields))})"
 
 
 class ApprovalIndex:
@@ -175,9 +177,7 @@ class ApprovalIndex:
             with catalog.conn:
                 for row in found:
                     catalog.conn.execute(
-                        "INSERT OR IGNORE INTO approvals(id, class, name, method, args, kwargs,"
-                        " summary, side_effects, created, expires, status, decided_by, decided_at,"
-                        " reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                        f"INSERT OR IGNORE INTO approvals({rows.INDEX_COLUMNS}) VALUES {_MARKS}", row)
                     added += catalog.conn.changes()
                     self.guard(row.agent, row.method)
         return added
@@ -190,9 +190,7 @@ class ApprovalIndex:
         if found:
             with self.catalog.conn:
                 self.catalog.conn.executemany(
-                    "INSERT OR REPLACE INTO approvals(id, class, name, method, args, kwargs,"
-                    " summary, side_effects, created, expires, status, decided_by, decided_at,"
-                    " reason) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", found)
+                    f"INSERT OR REPLACE INTO approvals({rows.INDEX_COLUMNS}) VALUES {_MARKS}", found)
             for row in found:
                 self.guard(row.agent, row.method)
         return len(found)

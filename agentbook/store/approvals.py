@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from .agentstore import AgentStore
 
-__all__ = ["Decision", "IndexedApproval", "StoredApproval", "cancel_pending_since", "decide",
+__all__ = ["INDEX_COLUMNS", "Decision", "IndexedApproval", "StoredApproval", "cancel_pending_since", "decide",
            "decision", "expiry_schedule", "get", "index_rows", "insert", "mark_approved",
            "mark_failed", "pending_kwargs", "set_result"]
 
@@ -48,6 +48,11 @@ class StoredApproval(NamedTuple):
     decided_by: str | None
     #: The schedule that expires it (``None``: it never expires, or a replay recorded it).
     expiry_schedule: str | None
+
+
+#: The columns of the catalog's ``approvals`` index, in :class:`IndexedApproval`'s order.
+INDEX_COLUMNS = ("id, class, name, method, args, kwargs, summary, side_effects, created,"
+                 " expires, status, decided_by, decided_at, reason")
 
 
 class IndexedApproval(NamedTuple):

@@ -19,10 +19,10 @@ from typing import Any, cast
 
 import apsw
 
-from . import shard_image
+from . import catalog_entries
 from .agentstore import _SYNC
 from .approval_index import ApprovalIndex
-from .approvals import IndexedApproval
+from .approvals import INDEX_COLUMNS, IndexedApproval
 from .sqlaccess import translate_error
 
 __all__ = ["Catalog", "agent_file", "class_name_problem", "folded", "legacy_agent_file"]
@@ -263,13 +263,13 @@ class Catalog:
 
     def entries_of(self, keys: list[tuple[str, str]]) -> dict[str, Any]:
         """Every catalog row of the agents *keys* (their row, timers, approvals, failures,
-        dead letters), to move with them to another runtime (see :mod:`.shard_image`)."""
-        return shard_image.entries_of(self.conn, keys)
+        dead letters), to move with them to another runtime (see :mod:`.catalog_entries`)."""
+        return catalog_entries.entries_of(self.conn, keys)
 
     def take_entries(self, entries: dict[str, Any]) -> None:
         """Take up another catalog's rows of agents that moved here (one transaction);
         the methods their approvals guard are guarded here too."""
-        shard_image.take_entries(self.conn, entries, self.path)
+        catalog_entries.take_entries(self.conn, entries, self.path)
         part = entries.get("approvals")
         if part and part["rows"]:
             at = part["columns"].index("class"), part["columns"].index("method")
@@ -278,7 +278,7 @@ class Catalog:
 
     def forget_entries(self, keys: list[tuple[str, str]]) -> None:
         """Delete every catalog row of the agents *keys* (they moved away)."""
-        shard_image.forget_entries(self.conn, keys, self.path)
+        catalog_entries.forget_entries(self.conn, keys, self.path)
 
     def rows(self, class_name: str | None = None) -> list[tuple]:
         """``(class, name, file, created, parent)`` for every known agent."""
@@ -336,8 +336,7 @@ class Catalog:
             raise translate_error(exc, self.path) from None
 
     # -- the approval index (rows are IndexedApproval, in its column order) -------------
-    _APPROVAL_COLS = ("id, class, name, method, args, kwargs, summary, side_effects, created,"
-                      " expires, status, decided_by, decided_at, reason")
+    _APPROVAL_COLS = INDEX_COLUMNS
 
     def store_path(self, class_name: str, name: str) -> str:
         """Where the store of agent (*class_name*, *name*) is (it may not exist yet): its

@@ -40,8 +40,8 @@ from ..errors import StoreError
 from .changesets import redo
 
 __all__ = ["SIDE_TABLES", "Shipment", "Side", "SideKey", "apply", "decode", "encode",
-           "head_version", "pack", "restore", "side_rows", "snapshot", "take_side_keys",
-           "track_side", "unpack", "versions_in_file", "versions_since"]
+           "head_version", "pack", "restore", "side_rows", "side_stamp", "snapshot",
+           "take_side_keys", "track_side", "unpack", "versions_in_file", "versions_since"]
 
 _HISTORY_COLUMNS = ("version, ts, method, args, kwargs, source, duration_ms, outcome, error,"
                     " result, state, changes, schema, due, occurrence, effects, chain")
@@ -71,7 +71,8 @@ class SideKey(NamedTuple):
 class Side(NamedTuple):
     """The untracked rows that changed since an agent's last shipment."""
 
-    #: Grows with every shipment of a primary: a replica applies only a newer one.
+    #: Grows with every shipment of a primary, and from one primary of a shard to the
+    #: next (:func:`side_stamp`): a replica applies only a newer one.
     stamp: int
     #: ``[table, columns, rows]``: rows as the primary has them (insert or replace).
     upserts: list[list[Any]]
@@ -97,6 +98,15 @@ class Shipment(NamedTuple):
     version: int
     state: str
     side: Side | None = None
+
+
+def side_stamp(epoch: int, serial: int) -> int:
+    """The stamp of a :class:`Side` shipped under the shard's fencing *epoch* as the
+    primary's *serial*-th (a count that only grows in the primary's process; below
+    2**64). The epoch comes first: every host that owns the shard after another (a move,
+    a promotion) has a newer epoch, so its stamps are newer than any of the host before,
+    whenever either process started."""
+    return epoch << 64 | serial
 
 
 def track_side(conn: apsw.Connection) -> None:
@@ -139,6 +149,7 @@ def side_rows(conn: apsw.Connection, keys: set[SideKey] | None, events_after: in
     every row of every untracked table (a replica's first shipment)."""
     upserts: list[list[Any]] = []
     deletes: list[list[Any]] = []
+    upto = events_after
     floor, last = cast("list[tuple[int | None, int | None]]", conn.execute(
         "SELECT min(seq), max(seq) FROM _ab_events").fetchall())[0]
     for table, pk in SIDE_TABLES.items():
@@ -154,6 +165,7 @@ def side_rows(conn: apsw.Connection, keys: set[SideKey] | None, events_after: in
             events = [list(r) for r in rows]
             if events:
                 upserts.append([table, columns, events])
+                upto = cast("int", events[-1][columns.index("seq")])
             continue
         if keys is None:
             rows = conn.execute(select).fetchall()
@@ -172,7 +184,6 @@ def side_rows(conn: apsw.Connection, keys: set[SideKey] | None, events_after: in
             upserts.append([table, columns, found])
         if gone:
             deletes.append([table, gone])
-    upto = upserts[-1][2][-1][0] if upserts and upserts[-1][0] == "_ab_events" else events_after
     for entry in upserts:  # (blobs as base64, as in history rows)
         entry[2] = [[_cell(v) for v in row] for row in entry[2]]
     return Side(stamp, upserts, deletes, floor, upto)

@@ -5,11 +5,9 @@ A moving shard's agents are closed first (hibernated, their WAL checkpointed awa
 each store is one file: :func:`image` reads it as it is (no SQLite open; a store that
 still has a WAL is copied with SQLite's backup API instead), and :func:`install` writes
 it on the other side (a temporary file renamed into place, synced with
-``durability="full"``: no SQLite open either). The agents' catalog entries travel along -
-their row, timer index, approval index, failures and dead letters (:func:`entries_of`) -
-and are taken up in one transaction (:func:`take_entries`), so the approval inbox,
-``ref.failures()`` and the pending timers are where the agents are. Never pickled: a JSON
-head, then the files.
+``durability="full"``: no SQLite open either). The agents' catalog entries travel along
+(:mod:`.catalog_entries`: ``Catalog.entries_of`` on one side, ``Catalog.take_entries`` on
+the other). Never pickled: a JSON head, then the files.
 """
 
 from __future__ import annotations
@@ -20,16 +18,11 @@ from typing import Any, NamedTuple, cast
 
 import apsw
 
+from .durable import sync_path
 from .replica import snapshot
-from .sqlaccess import translate_error
 
-__all__ = ["AgentImage", "ShardImage", "entries_of", "forget_entries", "head_version",
-           "image", "install", "pack", "take_entries", "unpack"]
+__all__ = ["AgentImage", "ShardImage", "head_version", "image", "install", "pack", "unpack"]
 
-Key = tuple[str, str]
-
-#: The catalog tables that hold rows of one agent (by its ``class`` and ``name``).
-_TABLES = ("agents", "timers", "approvals", "failures", "dead_letters")
 _WAL_HEADER = (18, 19)  # the file format bytes: 2 and 2 in a WAL database
 
 
@@ -69,8 +62,9 @@ def image(path: str) -> bytes:
 def install(path: str, data: bytes, sync: bool = False) -> None:
     """Write *data* (an :func:`image`) as the store file at *path*, replacing whatever is
     there (its old WAL too): a temporary file renamed into place; *sync* (a store with
-    ``durability="full"``, which survives a power loss): flushed to the disk first. Like a
-    ``"normal"`` store's commits, an unsynced file survives a killed process."""
+    ``durability="full"``, which survives a power loss): the file flushed to the disk
+    before the rename, and its folder after (:mod:`.durable`). Like a ``"normal"``
+    store's commits, an unsynced file survives a killed process."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     for suffix in ("-wal", "-shm"):
         try:
@@ -84,6 +78,8 @@ def install(path: str, data: bytes, sync: bool = False) -> None:
             fh.flush()
             os.fsync(fh.fileno())
     os.replace(tmp, path)
+    if sync:
+        sync_path(os.path.dirname(path))
 
 
 def head_version(data: bytes) -> int:
@@ -99,58 +95,6 @@ def head_version(data: bytes) -> int:
         return int(found[0][0] or 0)
     finally:
         mem.close()
-
-
-def _columns(conn: apsw.Connection, table: str) -> list[str]:
-    return [str(row[1]) for row in conn.execute(f"PRAGMA table_info({table})")]
-
-
-def entries_of(conn: apsw.Connection, keys: list[Key]) -> dict[str, Any]:
-    """The catalog rows of the agents *keys* (a catalog's connection), by table:
-    ``{table: {"columns": [...], "rows": [[...], ...]}}``; one read transaction."""
-    wanted = set(keys)
-    found: dict[str, Any] = {}
-    with conn:
-        for table in _TABLES:
-            columns = _columns(conn, table)
-            at = columns.index("class"), columns.index("name")
-            rows = [list(r) for r in conn.execute(f"SELECT * FROM {table}")
-                    if (r[at[0]], r[at[1]]) in wanted]
-            found[table] = {"columns": columns, "rows": rows}
-    return found
-
-
-def take_entries(conn: apsw.Connection, entries: dict[str, Any], path: str) -> None:
-    """Write catalog rows from :func:`entries_of` (another host's) into this catalog, in
-    one transaction; a row that is here already is replaced."""
-    try:
-        with conn:
-            for table in _TABLES:
-                part = entries.get(table)
-                if not part or not part["rows"]:
-                    continue
-                here = set(_columns(conn, table))
-                if table == "failures":  # (numbered per catalog: numbered again here)
-                    here.discard("id")
-                columns = [c for c in part["columns"] if c in here]
-                picks = [part["columns"].index(c) for c in columns]
-                marks = ",".join("?" * len(columns))
-                conn.executemany(
-                    f"INSERT OR REPLACE INTO {table}({','.join(columns)}) VALUES ({marks})",
-                    [[row[i] for i in picks] for row in part["rows"]])
-    except apsw.Error as exc:
-        raise translate_error(exc, path) from None
-
-
-def forget_entries(conn: apsw.Connection, keys: list[Key], path: str) -> None:
-    """Delete every catalog row of the agents *keys* (they moved away), in one
-    transaction."""
-    try:
-        with conn:
-            for table in _TABLES:
-                conn.executemany(f"DELETE FROM {table} WHERE class = ? AND name = ?", keys)
-    except apsw.Error as exc:
-        raise translate_error(exc, path) from None
 
 
 def pack(shard: ShardImage) -> bytes:

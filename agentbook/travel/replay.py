@@ -44,6 +44,7 @@ from ..store import AgentStore, lease, open_reader
 from ..store import schedules as stored_schedules
 from ..store import workflows as workflow_rows
 from ..store.changesets import copy_into, materialize
+from ..store.durable import sync_path
 from ..store.history import (
     HistoryRow,
     check_version,
@@ -365,7 +366,7 @@ def _write_fork(rt: Any, mem: apsw.Connection, path: str, key: tuple[str, str],
         store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the one file
         store.close()
         if rt.durability == "full":
-            _fsync(tmp)
+            sync_path(tmp)
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -377,7 +378,7 @@ def _write_fork(rt: Any, mem: apsw.Connection, path: str, key: tuple[str, str],
                                  "another name") from None
             os.replace(tmp, path)
         if rt.durability == "full":
-            _fsync(os.path.dirname(path))
+            sync_path(os.path.dirname(path))
     except BaseException:
         try:
             store.rollback()
@@ -409,14 +410,6 @@ def _clear_leftovers(path: str) -> None:
                     os.remove(os.path.join(folder, entry))
             except OSError:
                 pass
-
-
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # -- replay -----------------------------------------------------------------------------
