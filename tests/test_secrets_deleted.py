@@ -15,7 +15,7 @@ NEW = "sk-NEW-value-0000000000000000"
 VALUES = [OLD, GONE, NEW]
 
 
-class Keeper(ab.Agent):
+class SecretKeeper(ab.Agent):
     initial_state = {"n": 0}
 
     @ab.callable
@@ -49,7 +49,7 @@ def _file_bytes(path: str) -> bytes:
 
 async def test_rotated_and_deleted_secrets_leave_no_bytes_in_the_file(tmp_path, clock):
     rt = ab.Runtime(tmp_path / "s", clock=clock)
-    keeper = rt.get(Keeper, "k")
+    keeper = rt.get(SecretKeeper, "k")
     await keeper.put("api", 0)
     await keeper.put("other", 1)
     await keeper.put("api", 2)        # rotated

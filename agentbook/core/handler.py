@@ -127,6 +127,14 @@ class HandlerContext:
             self.session = store.start_capture()
             self.capturing = True
 
+    def add_changes(self, changes: bytes | None) -> None:
+        """Record row changes made without a session (a firing's schedule row, its
+        changeset written by hand: see ``schedule.firing``), in a handler that captured
+        nothing before."""
+        self.capturing = True
+        if changes:
+            self.segments.append(changes)
+
     def cut(self, store: AgentStore) -> None:
         """Take the changes so far before a statement that drops or alters a table (a
         session can't outlive a schema change of a table it watches)."""

@@ -136,12 +136,28 @@ def occurrence_of(env: Envelope) -> Occurrence:
 
 def after_success(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
     """Advance or delete the schedule row of an occurrence that just succeeded."""
+    ctx.sched_dirty = True
+    _advance_captured(inst, ctx, env.sched, inst.runtime.clock.now())
+    crash_point("mid-schedule-fire")
+
+
+def _advance_captured(inst: Instance, ctx: HandlerContext, row: ScheduleRow, now: float) -> None:
+    """:func:`advance`, its row change recorded in *ctx*'s version. A handler that captured
+    nothing else gets the changeset written by hand, with no session (issue 20: ~80 us a
+    firing; see agentbook.store.rowchange); else its session records the change."""
     store = inst.store
     assert store is not None
+    if not ctx.capturing:
+        nxt = next_after_run(row.type, row.due, now, row.cron, row.interval, row.tz, row.missed)
+        if nxt is None:
+            ctx.add_changes(rows.delete_recorded(store, row.id))
+            return
+        done, changes = rows.advance_recorded(store, row, nxt, row.occurrence + 1)
+        if done:
+            ctx.add_changes(changes)
+            return
     ctx.capture(store, schema=False)
-    ctx.sched_dirty = True
-    advance(inst, env.sched, inst.runtime.clock.now())
-    crash_point("mid-schedule-fire")
+    advance(inst, row, now)
 
 
 def advance(inst: Instance, row: ScheduleRow | tuple, now: float) -> None:
@@ -171,11 +187,8 @@ def skip_if_missed(inst: Instance, ctx: HandlerContext, env: Envelope) -> bool:
     now = inst.runtime.clock.now()
     if not was_missed(row.type, row.due, now, row.cron, row.interval, row.tz):
         return False
-    store = inst.store
-    assert store is not None
-    ctx.capture(store, schema=False)
     ctx.sched_dirty = True
-    advance(inst, row, now)
+    _advance_captured(inst, ctx, row, now)
     return True
 
 

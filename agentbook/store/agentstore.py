@@ -4,9 +4,10 @@ Layout and why: each agent owns one SQLite file (``agents/<Class>/<name>.db``) i
 mode. Its state, its own tables (named as the agent likes), its key-value data, its
 schedules and its history live in that one file, so everything a handler writes commits
 in one SQLite transaction, atomically, with no cross-file protocol. A hibernated agent
-is one closed file and costs no memory; 100 000 agents are 100 000 small files (1 KB
-pages keep an empty store at 24 KB; measured, they cost no speed for agent-sized data).
-New stores are written from a pre-built template (one file write instead of a dozen DDL
+is one closed file and costs no memory; 100 000 agents are 100 000 small files (512-byte
+pages, and the chat, MCP and workflow tables and the schedule look-up indexes made only
+when first written, keep a new store at 12 KB: see :mod:`agentbook.store.groups`). New
+stores are written from a pre-built template (one file write instead of a dozen DDL
 statements), which keeps creation cheap.
 
 Writes happen on one connection (the agent's mailbox is the only writer). Reads from
@@ -30,9 +31,10 @@ import apsw
 
 from ..errors import StoreCorruptError, StoreError, StoreReadOnlyError
 from . import events as event_log
+from . import groups as lazy_groups
 from . import health
 from .chain import link_rows
-from .schema import MIGRATIONS, UNTRACKED_TABLES, compact_sql
+from .schema import LAZY_INDEXES, LAZY_TABLES, MIGRATIONS, UNTRACKED_TABLES, compact_sql, migrate
 from .secrets import Secrets
 from .sqlaccess import (
     _BAD_INPUT,
@@ -70,23 +72,27 @@ def _template() -> bytes:
 
     Its schema is that of a store migrated one step at a time, written small (measured
     with dbstat, issue 20): 512-byte pages, because every internal table and index takes
-    a page even when empty (26 of them), and each CREATE statement's text compacted
+    a page even when empty, and each CREATE statement's text compacted
     (:func:`~agentbook.store.schema.compact_sql`), because ``sqlite_schema`` keeps it and
-    the migrations' comments made it 13 of the store's 39 KB pages. 39 KB -> 20 KB; the
-    page size costs nothing measurable on durable messages or bursts (ratio ~1.0).
+    the migrations' comments made it 13 of the store's 39 KB pages; the
+    :data:`~agentbook.store.schema.LAZY_GROUPS` are left out (made on first use: 40 pages
+    -> 23). 39 KB -> 11.5 KB; the page size costs nothing measurable on durable messages
+    or bursts (ratio ~1.0).
     """
     global _template_cache
     if _template_cache is None:
         full = apsw.Connection(":memory:")
         _migrate(full)
-        objects = cast(list[tuple[str]], full.execute(
-            "SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid").fetchall())
+        objects = cast(list[tuple[str, str, str]], full.execute(
+            "SELECT name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid"
+        ).fetchall())
         applied = full.execute("SELECT name, applied FROM _ab_migrations").fetchall()
         conn = apsw.Connection(":memory:")
         conn.execute("PRAGMA page_size=512")
         with conn:
-            for (sql,) in objects:
-                conn.execute(compact_sql(sql))
+            for name, table, sql in objects:
+                if table not in LAZY_TABLES and name not in LAZY_INDEXES:
+                    conn.execute(compact_sql(sql))
             conn.executemany("INSERT INTO _ab_migrations(name, applied) VALUES (?, ?)", applied)
             conn.execute(f"PRAGMA user_version={_pragma_int(full, 'user_version')}")
         full.close()
@@ -102,17 +108,7 @@ def _pragma_int(conn: apsw.Connection, name: str) -> int:
     return cast(int, conn.execute(f"PRAGMA {name}").fetchall()[0][0])
 
 
-def _migrate(conn: apsw.Connection) -> None:
-    have = _pragma_int(conn, "user_version")
-    for index, (name, sql) in enumerate(MIGRATIONS):
-        if index < have:
-            continue
-        with conn:
-            conn.execute(sql)
-            conn.execute(
-                "INSERT INTO _ab_migrations(name, applied) VALUES (?, ?)", (name, time.time())
-            )
-            conn.execute(f"PRAGMA user_version={index + 1}")
+_migrate = migrate  # (the name the template's tests use)
 
 
 def _track_table(name: str) -> bool:
@@ -128,9 +124,9 @@ class AgentStore:
             an OS crash, fsync on every commit) or ``"off"`` (ephemeral stores).
     """
 
-    __slots__ = ("_batch", "_chain", "_events", "_events_floor", "_pending", "_reader", "_sp",
-                 "broken", "conn", "durability", "events_retention", "lost", "path",
-                 "query_seconds")
+    __slots__ = ("_batch", "_chain", "_events", "_events_floor", "_grew", "_groups", "_pending",
+                 "_reader", "_sp", "broken", "conn", "durability", "events_retention", "lost",
+                 "path", "query_seconds")
 
     def __init__(self, path: str, durability: str = "normal") -> None:
         self.path = path
@@ -156,6 +152,11 @@ class AgentStore:
         self._batch = False
         #: The time budget of one read-only query (``None``: no budget).
         self.query_seconds: float | None = None  # (the runtime sets its max_query_seconds)
+        #: The lazy groups the store has (:mod:`agentbook.store.groups`); ``None``: not
+        #: looked at yet (the first need reads ``sqlite_schema`` once).
+        self._groups: set[str] | None = None
+        #: Whether a group was created since the last commit (a rollback may take it back).
+        self._grew = False
         fresh = health.check_file(path)  # (a file too short to be a database is damage)
         try:
             if fresh:  # (another process may have made it since: then it is not fresh)
@@ -218,6 +219,40 @@ class AgentStore:
             "INSERT OR REPLACE INTO _ab_state(id, version, state) VALUES (1, ?, ?)",
             (version, state_json),
         )
+
+    # -- tables made on first use (agentbook.store.groups) ------------------------------
+    def has_group(self, group: str) -> bool:
+        """Whether the store has the lazy group *group* (``"chat"``, ``"mcp"``,
+        ``"schedule_keys"``, ``"workflows"``): without it, its tables read as empty. A set
+        look-up once the store's groups are known (one read of ``sqlite_schema`` on the
+        first call)."""
+        groups = self._groups
+        if groups is None:
+            groups = self._groups = lazy_groups.present(self.conn)
+        return group in groups
+
+    def ensure_group(self, group: str) -> None:
+        """Make sure the store has *group*'s tables before a write to them: created whole
+        in the running transaction (inside the message's savepoint, so a message that
+        fails takes them back), with their bookkeeping row."""
+        if self.has_group(group):
+            return
+        self._check_batch()
+        if self._pending or self._events:
+            self._flush()
+        if self._sp == 1:
+            self._open_savepoint()
+        lazy_groups.create(self.conn, group)
+        assert self._groups is not None
+        self._groups.add(group)
+        self._grew = True
+
+    def recheck_groups(self) -> None:
+        """After a rollback (of a transaction or to a savepoint): a group created since the
+        last commit may be gone again, so the next need looks at the schema again."""
+        if self._grew:
+            self._groups = None
+            self._grew = False
 
     @property
     def secrets(self) -> Secrets:
@@ -312,6 +347,7 @@ class AgentStore:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK TO ab_msg")
                 self.conn.execute("RELEASE ab_msg")
+            self.recheck_groups()
 
     def commit(self) -> None:
         """Make the batch durable."""
@@ -319,6 +355,7 @@ class AgentStore:
             self._flush()
         self.conn.execute("COMMIT")
         self._batch = False
+        self._grew = False
 
     def rollback(self) -> None:
         """Undo the whole batch (SQLite may already have rolled back after an I/O error)."""
@@ -329,6 +366,7 @@ class AgentStore:
         self._batch = False
         if self.conn.in_transaction:
             self.conn.execute("ROLLBACK")
+        self.recheck_groups()
 
     def schema_version(self) -> int:
         """SQLite's schema cookie: changes whenever any table or index is created or dropped."""

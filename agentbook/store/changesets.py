@@ -11,6 +11,10 @@ changed, never the length of the history.
 * :func:`materialize` builds an in-memory copy of the agent's tables at a version (``at``,
   ``diff``, ``fork``), reading the store file only;
 * :func:`copy_into` writes such a copy into a new store (a fork).
+
+A changeset may hold rows of internal tables a store makes on first use
+(:mod:`agentbook.store.groups`); each of these creates the groups it needs first, since
+SQLite skips, without a word, the rows of a table the target does not have.
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from typing import Any, cast
 
 import apsw
 
+from . import groups
 from .agentstore import user_schema
 from .history import changesets_above, check_version, schema_at
-from .schema import UNTRACKED_TABLES
+from .schema import LAZY_GROUPS, UNTRACKED_TABLES
 from .sqlaccess import READ_BUSY_MS
 
 __all__ = ["copy_into", "frame_segments", "materialize", "redo", "segments", "undo", "undo_to"]
@@ -66,6 +71,7 @@ def undo(conn: apsw.Connection, changesets: list[bytes], target: str,
          before_drop: Callable[[], None] | None = None) -> None:
     """Apply inverted *changesets* (newest first) and reconcile the schema to *target*."""
     _create_missing(conn, target, tables_only=True)
+    groups.ensure_for(conn, [part for changes in changesets for part in segments(changes)])
     for changes in changesets:
         for part in reversed(segments(changes)):
             apsw.Changeset.apply(apsw.Changeset.invert(part), conn, conflict=_resolve)
@@ -79,7 +85,9 @@ def redo(conn: apsw.Connection, changes: bytes | None, schema: str | None) -> No
     dropped have nowhere to go."""
     if schema is not None:
         _reconcile(conn, schema)
-    for part in segments(changes) if changes else ():
+    parts = segments(changes) if changes else []
+    groups.ensure_for(conn, parts)
+    for part in parts:
         apsw.Changeset.apply(part, conn, conflict=_resolve)
 
 
@@ -178,10 +186,17 @@ def materialize(path: str, version: int, who: str) -> apsw.Connection:
 def copy_into(mem: apsw.Connection, conn: apsw.Connection) -> None:
     """Write every table of *mem* (a :func:`materialize` copy) into the fresh store of
     *conn*, inside its transaction: the agent's own tables, indexes, views and triggers
-    are created; agentbook's own tables exist already and get their rows."""
+    are created; agentbook's own tables exist already (or, for a group made on first use
+    that has rows, are made) and get their rows."""
     objects = cast("list[tuple[str, str, str]]", mem.execute(
         "SELECT type, name, sql FROM sqlite_schema WHERE sql IS NOT NULL"
         " AND name NOT LIKE 'sqlite_%' ORDER BY rowid").fetchall())
+    names = {name for type_, name, _sql in objects if type_ == "table"}
+    wanted = {group for group, tables in LAZY_GROUPS.items()
+              if any(t in names and mem.execute(f'SELECT 1 FROM "{t}" LIMIT 1').fetchall()
+                     for t in tables)}
+    for group in sorted(wanted - groups.present(conn)):
+        groups.create(conn, group)
     for type_, name, sql in objects:
         if type_ == "table" and not name.startswith("_ab_"):
             conn.execute(sql)

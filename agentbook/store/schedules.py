@@ -13,16 +13,20 @@ as the tuple SQLite returns; ``Envelope.sched`` carries one through a scheduled 
 
 from __future__ import annotations
 
+from functools import cache
 from typing import TYPE_CHECKING, NamedTuple
+
+from . import rowchange
 
 if TYPE_CHECKING:
     import apsw
 
     from .agentstore import AgentStore
 
-__all__ = ["ROW_SQL", "DeadLetterRow", "SameRow", "ScheduleRow", "add_dead_letter", "advance", "clear",
-           "dead_letter", "delete", "delete_dead_letter", "due_rows", "exists", "find_key",
-           "find_same", "insert", "next_due", "retry_later", "rows", "select", "set_options"]
+__all__ = ["ROW_SQL", "DeadLetterRow", "SameRow", "ScheduleRow", "add_dead_letter", "advance",
+           "advance_recorded", "clear", "dead_letter", "delete", "delete_dead_letter",
+           "delete_recorded", "due_rows", "exists", "find_key", "find_same", "insert", "next_due",
+           "retry_later", "rows", "select", "set_options"]
 
 
 class ScheduleRow(NamedTuple):
@@ -162,6 +166,7 @@ def insert(store: AgentStore, id: str, callback: str, payload: str, type: str, d
            retry: str, created: float, ident: str | None = None, key: str | None = None) -> None:
     """Add a schedule row (*payload* and *retry* are JSON text; *ident* its identity digest,
     *key* the name given with ``key=``)."""
+    store.ensure_group("schedule_keys")  # (the look-ups of find_same and find_key)
     store.internal(
         "INSERT INTO _ab_schedules(id, callback, payload, type, due, cron, interval, tz, missed,"
         " retry, created, ident, key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -189,6 +194,58 @@ def advance(store: AgentStore, id: str, due: float, occurrence: int) -> None:
         " occurrence_due = NULL WHERE id = ?",
         (due, occurrence, id),
     )
+
+
+#: What an advance sets (:func:`advance`, :func:`advance_recorded`), in this order.
+_ADVANCED = ("due", "attempt", "occurrence", "last_error", "occurrence_due")
+
+
+class _Recorded(NamedTuple):
+    """The table's layout and the statements of :func:`delete_recorded` and
+    :func:`advance_recorded`, made once per process."""
+
+    table: rowchange.Table
+    delete: str
+    advance: str
+    #: The positions of :data:`_ADVANCED`'s columns in the table.
+    advanced_at: tuple[int, ...]
+
+
+@cache
+def _recorded() -> _Recorded:
+    tab = rowchange.table("_ab_schedules")
+    returning = " RETURNING " + ", ".join(tab.columns)
+    return _Recorded(
+        tab, "DELETE FROM _ab_schedules WHERE id = ?" + returning,
+        "UPDATE _ab_schedules SET due = ?, attempt = ?, occurrence = ?, last_error = ?,"
+        " occurrence_due = ? WHERE id = ? AND due = ? AND attempt = ? AND occurrence = ?"
+        " AND last_error IS ? AND occurrence_due IS ?" + returning,
+        tuple(tab.columns.index(name) for name in _ADVANCED))
+
+
+def delete_recorded(store: AgentStore, id: str) -> bytes | None:
+    """:func:`delete`, returning the changeset SQLite's session extension would have
+    recorded for it (``None``: there was no row), so a firing that wrote nothing else
+    needs no session (issue 20; see :mod:`agentbook.store.rowchange`). Same statement
+    count: the old row comes back with ``RETURNING``."""
+    made = _recorded()
+    found = store.internal(made.delete, (id,))
+    return rowchange.delete(made.table, found[0]) if found else None
+
+
+def advance_recorded(store: AgentStore, row: ScheduleRow, due: float,
+                     occurrence: int) -> tuple[bool, bytes | None]:
+    """:func:`advance` of the schedule *row* as read before, with its changeset (see
+    :func:`delete_recorded`): ``(True, changes)``. The row is updated only if it is still
+    as *row* says (its old values go into the changeset); ``(False, None)`` and nothing
+    written when it is not (changed or gone since: the caller records with a session)."""
+    made = _recorded()
+    old = (row.due, row.attempt, row.occurrence, row.last_error, row.occurrence_due)
+    found = store.internal(made.advance,
+                           (float(due), 0, int(occurrence), None, None, row.id, *old))
+    if not found:
+        return False, None
+    return True, rowchange.update_at(made.table, found[0], made.advanced_at, old)
 
 
 def retry_later(store: AgentStore, id: str, due: float, attempt: int, error: str,

@@ -10,8 +10,13 @@ holds how many are applied, so opening an up-to-date store costs one read.
 from __future__ import annotations
 
 import re
+import time
+from typing import cast
 
-__all__ = ["INTERNAL_PREFIX", "MIGRATIONS", "UNTRACKED_TABLES", "compact_sql"]
+import apsw
+
+__all__ = ["INTERNAL_PREFIX", "LAZY_GROUPS", "LAZY_INDEXES", "LAZY_TABLES", "MIGRATIONS",
+           "UNTRACKED_TABLES", "compact_sql", "migrate"]
 
 INTERNAL_PREFIX = "_ab_"
 
@@ -294,7 +299,55 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE _ab_workflow_steps ADD COLUMN version INTEGER;
         """,
     ),
+    (
+        "0014_tables_on_first_use",
+        """
+        -- From this version on, a new store has the LAZY_GROUPS' tables only once a write
+        -- needs them (agentbook.store.groups); a store that has them keeps them. Nothing
+        -- changes in a store migrated to it: the version tells an older agentbook that
+        -- it can't read this store (an import refuses a newer store by this number).
+        """,
+    ),
 ]
+
+#: Internal tables (and indexes) a new store does not have until a write needs them
+#: (issue 20: every empty table or index takes a page, and its CREATE text a share of
+#: ``sqlite_schema``'s pages; most agents never chat, register an MCP server, run a
+#: workflow or make a schedule). A group is created whole, a table group with its
+#: indexes, in the transaction of its first write (:mod:`agentbook.store.groups`);
+#: readers take a missing table group as empty, and a missing index only makes a look-up
+#: scan (``schedule_keys``: the look-ups of a schedule made again, by identity or key,
+#: which the first schedule made creates). Each object has the shape the migrations
+#: above give it. A later migration that changes one of them must leave a store without
+#: the group alone (its objects are made in their newest shape when first needed).
+LAZY_GROUPS: dict[str, tuple[str, ...]] = {
+    "chat": ("_ab_messages", "_ab_tool_calls", "_ab_tool_cache"),
+    "mcp": ("_ab_mcp_servers",),
+    "schedule_keys": ("_ab_schedules_ident", "_ab_schedules_key"),
+    "workflows": ("_ab_workflows", "_ab_workflow_steps", "_ab_workflow_events"),
+}
+#: The lazy groups' indexes on tables every store has.
+LAZY_INDEXES = frozenset(LAZY_GROUPS["schedule_keys"])
+LAZY_TABLES = frozenset(t for names in LAZY_GROUPS.values() for t in names) - LAZY_INDEXES
+
+
+def _user_version(conn: apsw.Connection) -> int:
+    return cast(int, conn.execute("PRAGMA user_version").fetchall()[0][0])
+
+
+def migrate(conn: apsw.Connection) -> None:
+    """Apply the migrations *conn*'s store has not had yet, in order, each with its
+    bookkeeping row in one transaction (``PRAGMA user_version`` counts them)."""
+    have = _user_version(conn)
+    for index, (name, sql) in enumerate(MIGRATIONS):
+        if index < have:
+            continue
+        with conn:
+            conn.execute(sql)
+            conn.execute(
+                "INSERT INTO _ab_migrations(name, applied) VALUES (?, ?)", (name, time.time())
+            )
+            conn.execute(f"PRAGMA user_version={index + 1}")
 
 
 #: A quoted string or name (kept as it is), or a run of whitespace and ``--`` comments.

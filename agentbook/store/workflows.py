@@ -8,7 +8,9 @@ it: a step's journal record commits with the state and rows its function wrote, 
 version. Reads from outside the mailbox (``ref.workflows()``, ``run.steps()``, the DuckDB
 views) take a plain connection: a reader that sees the last commit.
 
-The tables are tracked like the agent's own (a version's changeset includes them).
+The tables are tracked like the agent's own (a version's changeset includes them). They
+are the lazy group ``workflows`` (:mod:`agentbook.store.groups`): a store has them from
+its first run, and reads them as empty before.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import apsw
 
 from .. import jsonvalue
+from .groups import read
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,6 +56,8 @@ __all__ = [
     "to_recover",
     "update_step",
 ]
+
+_GROUP = "workflows"
 
 
 class RunRow(NamedTuple):
@@ -119,18 +124,23 @@ _STEP = f"SELECT {', '.join(STEP_COLUMNS)} FROM _ab_workflow_steps"
 def insert_run(store: AgentStore, id: str, method: str, args: str, kwargs: str,
                now: float) -> None:
     """Write a new run (status ``running``)."""
+    store.ensure_group(_GROUP)
     store.internal("INSERT INTO _ab_workflows(id, method, args, kwargs, status, created, updated,"
                    " steps) VALUES (?,?,?,?,'running',?,?,0)", (id, method, args, kwargs, now, now))
 
 
 def get_run(store: AgentStore, run_id: str) -> RunRow | None:
     """The run *run_id*, or ``None``."""
+    if not store.has_group(_GROUP):
+        return None
     rows = store.internal(_RUN + " WHERE w.id = ?", (run_id,))
     return RunRow._make(rows[0]) if rows else None
 
 
 def get_status(store: AgentStore, run_id: str) -> tuple[str, str] | None:
     """``(method, status)`` of the run *run_id*, or ``None`` (cheaper than :func:`get_run`)."""
+    if not store.has_group(_GROUP):
+        return None
     rows = store.internal("SELECT method, status FROM _ab_workflows WHERE id = ?", (run_id,))
     return (str(rows[0][0]), str(rows[0][1])) if rows else None
 
@@ -139,6 +149,8 @@ def set_run(store: AgentStore, run_id: str, status: str, now: float, *,
             result: str | None = None, error: str | None = None) -> None:
     """Change a run's status (and keep its result or error; the count of its completed
     steps is brought up to date)."""
+    if not store.has_group(_GROUP):
+        return  # (no run to change)
     store.internal("UPDATE _ab_workflows SET status = ?, updated = ?, result = coalesce(?, result),"
                    " error = coalesce(?, error),"
                    " steps = (SELECT count(*) FROM _ab_workflow_steps"
@@ -148,24 +160,30 @@ def set_run(store: AgentStore, run_id: str, status: str, now: float, *,
 
 def steps(store: AgentStore, run_id: str) -> list[StepRow]:
     """The journal of a run, in order."""
+    if not store.has_group(_GROUP):
+        return []
     return [StepRow._make(r) for r in store.internal(_STEP + " WHERE run = ? ORDER BY seq",
                                                       (run_id,))]
 
 
 def get_step(store: AgentStore, run_id: str, seq: int) -> StepRow | None:
     """Step *seq* of the run, as written so far in this transaction."""
+    if not store.has_group(_GROUP):
+        return None
     rows = store.internal(_STEP + " WHERE run = ? AND seq = ?", (run_id, seq))
     return StepRow._make(rows[0]) if rows else None
 
 
 def insert_step(store: AgentStore, row: StepRow) -> None:
     """Journal a step (its first record)."""
+    store.ensure_group(_GROUP)
     store.internal(f"INSERT INTO _ab_workflow_steps({', '.join(STEP_COLUMNS)}) VALUES "
                    f"({', '.join('?' * len(STEP_COLUMNS))})", tuple(row))
 
 
 def update_step(store: AgentStore, row: StepRow) -> None:
     """Rewrite a step's record (same run and seq)."""
+    store.ensure_group(_GROUP)
     store.internal("UPDATE _ab_workflow_steps SET name = ?, kind = ?, status = ?, attempts = ?,"
                    " started = ?, ended = ?, until = ?, ref = ?, wake = ?, result = ?, error = ?,"
                    " version = ? WHERE run = ? AND seq = ?", (*row[2:], row.run, row.seq))
@@ -173,6 +191,8 @@ def update_step(store: AgentStore, row: StepRow) -> None:
 
 def step_waiting_on(store: AgentStore, approval_id: str) -> StepRow | None:
     """The waiting step whose approval is *approval_id*, if any."""
+    if not store.has_group(_GROUP):
+        return None
     rows = store.internal(_STEP + " WHERE ref = ? AND status = 'waiting'", (approval_id,))
     return StepRow._make(rows[0]) if rows else None
 
@@ -180,6 +200,8 @@ def step_waiting_on(store: AgentStore, approval_id: str) -> StepRow | None:
 def first_running(store: AgentStore) -> float | None:
     """When the longest-running run that can go on now last moved (``None``: no run is
     ``running``). A restart must wake such an agent: the durable timer index keeps it."""
+    if not store.has_group(_GROUP):
+        return None
     rows = store.internal("SELECT min(updated) FROM _ab_workflows WHERE status = 'running'")
     return None if not rows or rows[0][0] is None else float(rows[0][0])
 
@@ -189,6 +211,8 @@ def to_recover(store: AgentStore) -> list[str]:
     nothing goes on with them after a restart), and those waiting on a wake that is gone
     (a fork copies neither schedules nor approvals; a rewind can bring back a wait whose
     approval was decided since)."""
+    if not store.has_group(_GROUP):
+        return []
     return [r[0] for r in store.internal(
         "SELECT w.id FROM _ab_workflows w WHERE w.status = 'running' OR (w.status IN"
         " ('sleeping', 'waiting') AND EXISTS (SELECT 1 FROM _ab_workflow_steps s"
@@ -207,12 +231,15 @@ def any_unfinished(conn: apsw.Connection) -> bool:
 
 def add_event(store: AgentStore, run_id: str, name: str, value: str, now: float) -> None:
     """Keep an event sent to a run until a ``wait_for_event`` of that name takes it."""
+    store.ensure_group(_GROUP)
     store.internal("INSERT INTO _ab_workflow_events(run, name, value, ts) VALUES (?,?,?,?)",
                    (run_id, name, value, now))
 
 
 def take_event(store: AgentStore, run_id: str, name: str) -> str | None:
     """The oldest event *name* sent to the run (JSON text), removed; ``None`` if none."""
+    if not store.has_group(_GROUP):
+        return None
     rows = store.internal("SELECT seq, value FROM _ab_workflow_events WHERE run = ? AND name = ?"
                           " ORDER BY seq LIMIT 1", (run_id, name))
     if not rows:
@@ -223,6 +250,8 @@ def take_event(store: AgentStore, run_id: str, name: str) -> str | None:
 
 def delete_run_events(store: AgentStore, run_id: str) -> None:
     """Forget the events nobody waited for (a run that ended)."""
+    if not store.has_group(_GROUP):
+        return
     store.internal("DELETE FROM _ab_workflow_events WHERE run = ?", (run_id,))
 
 
@@ -243,16 +272,12 @@ def rollback_step(store: AgentStore) -> None:
     if store.conn.in_transaction:
         store.internal("ROLLBACK TO ab_step")
         store.internal("RELEASE ab_step")
+    store.recheck_groups()  # (a chat in the step may have made its tables)
 
 
 # -- from outside (a reader connection that sees the last commit) -------------------------
 def _query(conn: apsw.Connection, query: str, params: tuple = ()) -> list[tuple]:
-    try:
-        return conn.execute(query, params).fetchall()
-    except apsw.SQLError as exc:
-        if "no such table" in str(exc):  # a store no handler has opened since the upgrade
-            return []
-        raise
+    return read(conn, query, params)  # (no workflow tables: no run yet)
 
 
 def read_run(conn: apsw.Connection, run_id: str) -> RunRow | None:
