@@ -352,12 +352,8 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     except BaseException as exc:
         return _failed(inst, env, cls, ctx, before, exc, ts, t0, lone)
     finally:
-        if not handed:  # (_leave, inlined: this runs once per message of a burst)
-            if tokens[2] is not None:
-                IN_HANDLER.reset(tokens[2])
-            current_context.reset(tokens[1])
-            current_chain.reset(tokens[0])
-            inst.ctx = None
+        if not handed:  # (else _go_on leaves once the handler is done)
+            _leave(inst, tokens)
 
 
 async def _go_on(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext,
@@ -378,7 +374,10 @@ async def _go_on(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerCo
 
 
 def _leave(inst: Instance, tokens: tuple) -> None:
-    inst.runtime.events.leave_handler(tokens[2])
+    """The handler is over: undo what entering it set (the events flag, the context and
+    the call chain), in reverse order."""
+    if tokens[2] is not None:  # (events.leave_handler, inlined as entering it is)
+        IN_HANDLER.reset(tokens[2])
     current_context.reset(tokens[1])
     current_chain.reset(tokens[0])
     inst.ctx = None
