@@ -8,8 +8,8 @@ from __future__ import annotations
 import apsw
 
 from agentbook.store import groups
-from agentbook.store.agentstore import _migrate, _template
-from agentbook.store.schema import LAZY_GROUPS, LAZY_INDEXES, LAZY_TABLES, MIGRATIONS, compact_sql
+from agentbook.store.agentstore import _template
+from agentbook.store.schema import LAZY_GROUPS, LAZY_INDEXES, LAZY_TABLES, MIGRATIONS, compact_sql, migrate
 
 
 def _shape(conn: apsw.Connection) -> dict:
@@ -32,7 +32,7 @@ def test_the_template_is_a_migrated_store_written_small(tmp_path):
     path.write_bytes(_template())
     fresh = apsw.Connection(str(path))
     migrated = apsw.Connection(":memory:")
-    _migrate(migrated)
+    migrate(migrated)
     lazy = {n: v for n, v in _shape(migrated).items()
             if n in LAZY_TABLES | LAZY_INDEXES or (v[0] == "index" and v[1] in LAZY_TABLES)}
     assert lazy and {n: v for n, v in _shape(migrated).items() if n not in lazy} == _shape(fresh)

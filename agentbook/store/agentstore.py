@@ -82,7 +82,7 @@ def _template() -> bytes:
     global _template_cache
     if _template_cache is None:
         full = apsw.Connection(":memory:")
-        _migrate(full)
+        migrate(full)
         objects = cast(list[tuple[str, str, str]], full.execute(
             "SELECT name, tbl_name, sql FROM sqlite_schema WHERE sql IS NOT NULL ORDER BY rowid"
         ).fetchall())
@@ -106,9 +106,6 @@ def _template() -> bytes:
 def _pragma_int(conn: apsw.Connection, name: str) -> int:
     """The value of an integer pragma (``user_version``, ``page_size``, ...)."""
     return cast(int, conn.execute(f"PRAGMA {name}").fetchall()[0][0])
-
-
-_migrate = migrate  # (the name the template's tests use)
 
 
 def _track_table(name: str) -> bool:
@@ -168,7 +165,7 @@ class AgentStore:
             self.conn.set_busy_timeout(5_000)
             self.conn.execute(f"PRAGMA synchronous={_SYNC[durability]}")
             if not fresh and _pragma_int(self.conn, "user_version") < len(MIGRATIONS):
-                _migrate(self.conn)
+                migrate(self.conn)
         except apsw.Error as exc:
             self.close()
             raise translate_error(exc, path) from None

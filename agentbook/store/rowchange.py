@@ -29,7 +29,7 @@ from typing import Any, cast
 
 import apsw
 
-from .schema import MIGRATIONS
+from .schema import migrate
 
 __all__ = ["Table", "delete", "table", "update", "update_at"]
 
@@ -64,8 +64,7 @@ def table(name: str) -> Table:
     migrations run once per process on an in-memory database: no statement on a store)."""
     conn = apsw.Connection(":memory:")
     try:
-        for _migration, sql in MIGRATIONS:
-            conn.execute(sql)
+        migrate(conn)
         info = conn.execute("SELECT name, pk FROM pragma_table_info(?) ORDER BY cid",
                             (name,)).fetchall()
     finally:
