@@ -175,9 +175,6 @@ def advance(inst: Instance, row: ScheduleRow | tuple, now: float) -> None:
         rows.advance(store, row.id, nxt, row.occurrence + 1)
 
 
-#: The old name, for callers not yet moved to :func:`advance`.
-_advance = advance
-
 
 def skip_if_missed(inst: Instance, ctx: HandlerContext, env: Envelope) -> bool:
     """For ``missed="skip"`` schedules whose tick was missed: advance without running."""
