@@ -374,13 +374,8 @@ class Runtime:
         router = self._host_router("remove_hosts")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise UsageError(f"count is how many hosts to remove (an int >= 1), not {count!r}")
-        dead = set(router.dead_hosts())
-        live = [i for i in router.live_hosts() if i not in dead]
-        if count >= len(live):
-            raise UsageError(
-                f"remove_hosts({count}) would leave no host to own the shards (this runtime "
-                f"has {len(live)} live); keep at least one, or close the runtime")
-        return router.remove_hosts(live[-count:])
+        # (removing every host is refused there: someone has to own the shards)
+        return router.remove_hosts(router.serving_hosts()[-count:])
 
     def drain_node(self, node_id: str) -> list[dict[str, Any]]:
         """Ray with node-local stores: before a machine leaves the cluster (``ray stop``
