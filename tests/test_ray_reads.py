@@ -258,6 +258,19 @@ async def test_views_follow_new_commits_and_a_restarted_host(tmp_path, ray_clust
         ray_cluster.kill(rt.router.handle(victim), no_restart=False)
         from .waiting import eventually
 
+        async def counted() -> int | None:
+            # (a read that meets the restart says so with a typed error that asks to read
+            # again; a restarted host that has not learned its shards yet says so too)
+            try:
+                return int(rt.sql(count).n[0])
+            except ab.HostUnavailableError:
+                return None
+
+        # the first read after the kill, before any message woke the restarted host
+        n = await eventually(counted, until=lambda n: n is not None, timeout=30,
+                             interval=0.2, what="the views read the restarted host")
+        assert n == 18, "the restarted host read its agents before any message came"
+
         async def answered() -> bool:
             try:
                 return bool(await refs[0].add("three", 3))
@@ -267,15 +280,6 @@ async def test_views_follow_new_commits_and_a_restarted_host(tmp_path, ray_clust
                 return True
 
         await eventually(answered, timeout=30, interval=0.2, what="the host came back")
-
-        async def counted() -> int | None:
-            # (the add above may have run on the old host just before it went: then the
-            # views meet the restart, and say so with a typed error that asks to read again)
-            try:
-                return int(rt.sql(count).n[0])
-            except ab.HostUnavailableError:
-                return None
-
         n = await eventually(counted, until=lambda n: n is not None, timeout=30,
                              interval=0.2, what="the views read the restarted host")
         assert n == 19, "the restarted host's projection replaced its old one"

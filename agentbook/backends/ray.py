@@ -162,9 +162,14 @@ class RayRouter:
             return self.owners[shard]
         return shard % self.hosts
 
+    def knows_owners(self) -> bool:
+        """Whether this process knows which host owns each shard (a restarted host with a
+        coordinator learns it at its first lease renewal)."""
+        return self.coordinator is None or self.owners is not None
+
     def owns(self, key: Key) -> bool:
         """Whether this process hosts *key*."""
-        if self.index is None or (self.coordinator is not None and self.owners is None):
+        if self.index is None or not self.knows_owners():
             return False
         return self.host_of(key) == self.index
 
@@ -548,6 +553,15 @@ class AgentHost(HostReads):
         self.rt.timers.arm_if_pending()
         return os.getpid()
 
+    async def settle(self) -> None:
+        """Before a message or a read: a restarted host learns its shards first (until then
+        it owns nothing, and would run nothing and read as empty)."""
+        leases = self.leases
+        if leases is not None:
+            if leases.view is None:  # (restarted: not renewed yet)
+                await self.renew()
+            self._keep_renewing()
+
     async def hello(self) -> dict[str, Any]:
         """Where this host runs: its process id, Ray node id, store folder and its id."""
         return {"pid": os.getpid(), "node": self.node, "folder": self.rt.root,
@@ -641,16 +655,13 @@ class AgentHost(HostReads):
         self.rt.timers.arm_if_pending()
         if self._expected.get(sender, 0) != seq or self._restarted:
             await self._turn(sender, seq)
+        await self.settle()
         leases = self.leases
-        if leases is not None:
-            if leases.view is None:  # (restarted: not renewed yet)
-                await self.renew()
-            self._keep_renewing()
-            if not leases.holds((class_name, name)):
-                self._next(sender, seq)
-                raise LeaseLostError(
-                    f"{class_name}({name!r}) is not on this host's shards now; it was not "
-                    "run here (the driver sends it to the shard's owner)")
+        if leases is not None and not leases.holds((class_name, name)):
+            self._next(sender, seq)
+            raise LeaseLostError(
+                f"{class_name}({name!r}) is not on this host's shards now; it was not "
+                "run here (the driver sends it to the shard's owner)")
         if self.rt.class_for(class_name) is None:
             self._next(sender, seq)  # let later messages through meanwhile
             raise _ClassMissing(class_name)

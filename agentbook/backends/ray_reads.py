@@ -191,6 +191,9 @@ class HostReads:
     rt: Runtime
     _ab_reads: _HostState | None = None
 
+    async def settle(self) -> None:
+        """What a host does before answering (``AgentHost`` learns its shards)."""
+
     def _reads_state(self) -> _HostState:
         if self._ab_reads is None:
             self._ab_reads = _HostState()
@@ -198,6 +201,7 @@ class HostReads:
 
     async def read(self, kind: str, class_name: str, name: str, args_json: str) -> str | bytes:
         """One read of agent ``(class_name, name)``: JSON text, or a frame's Arrow bytes."""
+        await self.settle()
         key = (class_name, name)
         rt = self.rt
         if not rt.owns(key):
@@ -253,6 +257,7 @@ class HostReads:
     async def read_all(self, kind: str, args_json: str) -> str | bytes:
         """A runtime-wide read of this host's agents (``agents``, ``workflows``: frames;
         ``approvals``, ``approval``, ``dead_letters``: JSON rows of the catalog)."""
+        await self.settle()
         import pandas as pd
 
         rt = self.rt
@@ -276,6 +281,12 @@ class HostReads:
     async def feed(self, incarnation: str, cursor: int, rebuild: bool = False) -> bytes:
         """The changes of this host's DuckDB projection since the driver's *cursor* (the
         number of the last batch of changes it applied, from *incarnation*)."""
+        await self.settle()
+        if not self.rt.router.knows_owners():
+            from ..errors import HostUnavailableError
+
+            raise HostUnavailableError("this host has restarted and has not learned its "
+                                       "shards yet; read again in a moment")
         from ..analytics.views import Analytics
 
         state = self._reads_state()
