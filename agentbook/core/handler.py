@@ -427,16 +427,13 @@ def _failed(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext
     assert store is not None
     duration = (time.perf_counter() - t0) * 1000
     ctx.drop()
-    alive = store.conn.in_transaction  # (False: SQLite rolled the batch back itself)
-    try:
-        if lone:
-            store.rollback()
-        else:
+    if lone:
+        inst.undo_lone(env)  # (a firing's failure is then recorded in a new transaction)
+    else:
+        try:
             store.rollback_message()
-    except Exception:
-        pass
-    if lone and alive and env.sched is not None:
-        store.begin()  # a lone firing's failure is recorded in a transaction of its own
+        except Exception:
+            pass
     inst.version, inst.state, inst.state_json = before
     if isinstance(exc, _FATAL):
         raise exc

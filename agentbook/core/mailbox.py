@@ -379,7 +379,7 @@ class Instance:
                 awaited = awaited or env.future is not None
                 # A lone message needs no savepoint: if it fails, the whole (otherwise
                 # empty) transaction is rolled back instead (a firing's failure is then
-                # recorded in a new one). Saves two statements.
+                # recorded in a new one: undo_lone). Saves two statements.
                 lone = (not taken and not self.queue and started is None and not self.fresh
                         and env.approval is None and env.replay is None)
                 taken.append(env)
@@ -388,12 +388,8 @@ class Instance:
                     outcome = await outcome
                 if not self.gate.quiet(outcome):  # (else nothing of it is needed after the commit)
                     done.append(outcome)
-                if not store.conn.in_transaction and not (lone and not outcome.ok
-                                                          and env.sched is None):
-                    # SQLite rolled the whole batch back (a full disk, an I/O error), even if
-                    # the handler caught the error: nothing of it is committed, so none of it
-                    # may be acknowledged. (A lone firing that failed is in a transaction
-                    # again unless SQLite rolled back: its lost attempt is counted below.)
+                if not store.conn.in_transaction and self.lost(outcome, lone):
+                    # (none of the batch is committed, so none of it may be acknowledged)
                     raise outcome.value if not outcome.ok else store.lost_error()
                 scheduled = scheduled or outcome.ctx.sched_dirty or env.sched is not None
                 if (lone and not outcome.ok) or outcome.ctx.suspended:
@@ -494,6 +490,38 @@ class Instance:
         self.gate.flush_acks()
         if self.workflows is not None and not self.workflows.checked:
             workflow_engine.recover(self)  # (a rewind let the live runs go)
+
+    # -- a lone message: the whole transaction, with no savepoint (see _batch) ----------
+    @staticmethod
+    def records_anew(env: Envelope) -> bool:
+        """Whether a lone message that failed has its failure recorded in a transaction
+        of its own (:meth:`undo_lone`): a firing's (its retry or dead letter) is."""
+        return env.sched is not None
+
+    def undo_lone(self, env: Envelope) -> None:
+        """A lone message failed: roll its whole transaction back, and begin the new one
+        a firing's failure is recorded in (:meth:`records_anew`) - unless SQLite had
+        rolled the batch back itself (a full disk, an I/O error): then nothing is
+        recorded, :meth:`lost` says so, and the occurrence's attempt is counted as lost."""
+        store = self.store
+        assert store is not None
+        alive = store.conn.in_transaction
+        try:
+            store.rollback()
+        except Exception:
+            pass
+        if alive and self.records_anew(env):
+            store.begin()
+
+    def lost(self, outcome: Outcome, lone: bool) -> bool:
+        """Whether SQLite rolled the batch back while *outcome*'s message ran (a full disk,
+        an I/O error), even if the handler caught the error: nothing of the batch is
+        committed. A lone message that failed ends its transaction itself
+        (:meth:`undo_lone`): only one whose failure is recorded anew must still have one."""
+        store = self.store
+        assert store is not None
+        return not store.conn.in_transaction and not (
+            lone and not outcome.ok and not self.records_anew(outcome.env))
 
     def _stamp(self, started: HandlerContext | None, done: list[Outcome]) -> list | None:
         """The messages the batch's committing handlers sent, numbered (or ``None``)."""
