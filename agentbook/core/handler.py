@@ -63,8 +63,8 @@ class HandlerContext:
     the per-message path checks ``ctx.lists`` before reading them; anywhere else they read
     and write as plain attributes."""
 
-    __slots__ = ("approvals", "capturing", "destroy", "effects", "events", "extras", "kept",
-                 "lists", "occurrence", "outbox", "replay",
+    __slots__ = ("approvals", "capturing", "destroy", "due_after", "effects", "events", "extras",
+                 "kept", "lists", "occurrence", "outbox", "replay",
                  "sched_dirty", "schema_before", "segments", "session", "source",
                  "state_after", "state_changed", "state_cut", "suspended")
 
@@ -94,6 +94,10 @@ class HandlerContext:
         self.suspended = False
         self.destroy = False
         self.sched_dirty = False
+        #: ``(due,)``: the agent's earliest pending due time right after this handler's
+        #: last schedule write, read by that write itself (a firing's row, written by
+        #: hand: see ``schedule.firing``); ``None``: not known, the mailbox looks it up.
+        self.due_after: tuple[float | None] | None = None
         self.occurrence: Occurrence | None = None
         #: While replaying: the journal to serve, and the options (see travel.replay).
         self.replay: Any = None

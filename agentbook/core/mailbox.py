@@ -338,6 +338,8 @@ class Instance:
         taken: list[Envelope] = []
         started: HandlerContext | None = None
         scheduled = False
+        #: ``(due,)``: the next due time as the last firing's statement read it (no look-up).
+        known: tuple[float | None] | None = None
         awaited = False
         began = time.perf_counter()
         sent: list | None = None
@@ -391,12 +393,17 @@ class Instance:
                 if not store.conn.in_transaction and self.lost(outcome, lone):
                     # (none of the batch is committed, so none of it may be acknowledged)
                     raise outcome.value if not outcome.ok else store.lost_error()
-                scheduled = scheduled or outcome.ctx.sched_dirty or env.sched is not None
+                if outcome.ctx.sched_dirty or env.sched is not None:
+                    scheduled = True
+                    # (the next due time as the firing's own statement read it holds until
+                    # another message touches schedules: each that does says so)
+                    known = outcome.ctx.due_after if outcome.ok else None
                 if (lone and not outcome.ok) or outcome.ctx.suspended:
                     break
             if store.broken is not None:  # it went read-only or was found damaged
                 raise store.broken
-            due = firing.schedule_due(store) if scheduled else None
+            due = None if not scheduled else (
+                known[0] if known is not None else firing.schedule_due(store))
             if self.fresh and store.conn.in_transaction:
                 rt.created(self)  # before the commit: the catalog is a superset of the stores
             if store.conn.in_transaction:
