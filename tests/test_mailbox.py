@@ -381,6 +381,65 @@ async def test_a_firing_of_an_awake_agent_runs_seven_statements(tmp_path, clock,
     assert sum(s.startswith("SELECT") for s in statements) == 1, statements  # (the due rows)
 
 
+class Started(ab.Agent):
+    """An agent whose on_start writes a version at each wake (a lone message after it
+    would roll that back with itself: it keeps its savepoint)."""
+
+    initial_state = {"n": 0, "starts": 0}
+
+    async def on_start(self) -> None:
+        self.set_state({**self.state, "starts": self.state["starts"] + 1})
+
+    @ab.callable
+    async def arm(self) -> None:
+        await self.schedule(10, "ring", retry=ab.Retry(max_attempts=2, base=1.0, jitter=0))
+
+    async def ring(self) -> None:
+        self.set_state({**self.state, "n": self.state["n"] + 1})
+        raise ValueError("the ring failed")
+
+
+@pytest.mark.parametrize("cls", [Alarm, Started])
+async def test_the_first_firing_after_a_wake_runs_lone_unless_on_start_ran(tmp_path, clock, cls):
+    """Issue 20: an agent woken by its firing (the cron day: every firing wakes its agent)
+    runs it with no savepoint when its class has no on_start of its own; a class whose
+    on_start ran in the batch keeps the savepoint, so a firing that fails takes back its
+    own writes only: on_start's version stays, the retry is recorded once."""
+    import apsw
+
+    statements: list[str] = []
+    tracing = [False]
+
+    def hook(conn: apsw.Connection) -> None:
+        conn.exec_trace = lambda _c, sql, _b: (  # type: ignore[assignment]
+            tracing[0] and statements.append(" ".join(sql.split()[:2]))) or True
+
+    apsw.connection_hooks.append(hook)
+    try:
+        async with ab.Runtime(tmp_path / "s", clock=clock) as rt:
+            agent = rt.get(cls, "a")
+            await agent.arm()
+            rt.hibernate()
+            assert agent._ab_key not in rt.open_stores
+            tracing[0] = True
+            await clock.advance(10)
+            await rt.settle()
+            tracing[0] = False
+            if cls is Alarm:
+                assert agent.state["n"] == 1
+                assert agent.history(limit=1).outcome.tolist() == ["ok"]
+            else:
+                assert agent.state == {"n": 0, "starts": 2}  # (the wake's on_start kept)
+                assert agent.history(limit=2).method.tolist() == ["ring", "on_start"]
+                assert agent.history(limit=1).outcome.tolist() == ["retry"]
+                assert agent.schedules().attempt.tolist() == [1]
+            assert agent.verify()["ok"]
+    finally:
+        apsw.connection_hooks.remove(hook)
+    savepoints = [s for s in statements if s.startswith(("SAVEPOINT", "RELEASE"))]
+    assert (savepoints == []) if cls is Alarm else savepoints, statements
+
+
 class Rescheduler(ab.Agent):
     initial_state = {"n": 0}
 

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from .mailbox import Instance
 
 __all__ = ["HandlerContext", "Outcome", "current_chain", "current_context", "record_failure",
-           "run_message", "run_start", "start_message"]
+           "run_message", "run_start", "runs_start", "start_message"]
 
 #: Keys of the agents whose handlers are awaiting, up the current call chain.
 current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
@@ -230,10 +230,17 @@ async def _invoke(result: Any, ctx: HandlerContext, cls: type, method: str) -> A
     return result
 
 
-async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
-    """Make the agent object and run ``on_start``; its writes (if any) become a version."""
+def runs_start(cls: type[Agent]) -> bool:
+    """Whether making an agent of *cls* runs an ``on_start`` of its own (which may write a
+    version in the batch's transaction): :func:`run_start` runs none for a class that keeps
+    ``Agent.on_start``, so the first message after a wake may still run lone."""
     from .agent import Agent
 
+    return cls.on_start is not Agent.on_start
+
+
+async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
+    """Make the agent object and run ``on_start``; its writes (if any) become a version."""
     rt = inst.runtime
     agent = cls.__new__(cls)
     agent._ab_instance = inst
@@ -243,7 +250,7 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
     store = inst.store
     assert store is not None
     ctx = HandlerContext("start")
-    if cls.on_start is Agent.on_start:  # nothing to run, nothing to record
+    if not runs_start(cls):  # nothing to run, nothing to record
         inst.started = cls
         return ctx
     ctx.capture(store)

@@ -47,6 +47,7 @@ from .handler import (
     cut_version,
     record_failure,
     run_start,
+    runs_start,
     start_message,
     translate,
 )
@@ -381,8 +382,10 @@ class Instance:
                 awaited = awaited or env.future is not None
                 # A lone message needs no savepoint: if it fails, the whole (otherwise
                 # empty) transaction is rolled back instead (a firing's failure is then
-                # recorded in a new one: undo_lone). Saves two statements.
-                lone = (not taken and not self.queue and started is None and not self.fresh
+                # recorded in a new one: undo_lone). Saves two statements. (Also the first
+                # after a wake, unless an on_start of the class's own ran in the batch.)
+                lone = (not taken and not self.queue and not self.fresh
+                        and (started is None or not runs_start(cls))
                         and env.approval is None and env.replay is None)
                 taken.append(env)
                 outcome = start_message(self, env, cls, lone)  # (most finish at once)
