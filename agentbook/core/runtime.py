@@ -40,6 +40,7 @@ from ..store.events import Retention
 from .agent import Agent, agent_classes, latest
 from .calls import prepare
 from .mailbox import Instance
+from .nolease import NO_LEASE
 from .ops import destroy_op
 
 if TYPE_CHECKING:
@@ -240,9 +241,10 @@ class Runtime:
         #: Answers reads of agents whose stores are elsewhere (the hosts of a Ray runtime
         #: with ``host_dir``: see agentbook.backends.ray_reads), or ``None``: the files.
         self.reads: Any = None
-        #: On a Ray host, its shard leases (``holds(key)``; ``fence(key)`` before each
-        #: commit): it opens and commits only agents of shards it leases.
-        self.lease: Any = None
+        #: Which agents this process may open and commit (``holds(key)``; ``fence(key)``
+        #: before each commit; ``opened``/``written`` for a replica to follow): on a Ray
+        #: host, its shard leases; else :data:`NO_LEASE` (every agent, nothing to do).
+        self.lease: Any = NO_LEASE
         if backend not in ("local", "ray"):
             raise UsageError(f"backend is 'local' or 'ray', not {backend!r}")
         if backend == "local" and (host_dir is not None or replicas):
@@ -351,8 +353,9 @@ class Runtime:
         return self.router is None or self.router.owns(key)
 
     def holds_lease(self, key: Key) -> bool:
-        """On a Ray host: whether this host holds the lease of *key*'s shard."""
-        return self.lease is None or self.lease.holds(key)
+        """On a Ray host: whether this host holds the lease of *key*'s shard (always,
+        elsewhere)."""
+        return self.lease.holds(key)
 
     def add_hosts(self, count: int = 1) -> list[dict[str, Any]]:
         """Ray with node-local stores (``host_dir=``): start *count* more hosts, each on the
