@@ -476,6 +476,13 @@ async def test_a_restarted_host_never_waits_for_a_turn_that_has_passed():
 
 
 def test_removing_hosts_is_for_node_local_ray_runtimes(tmp_path):
+    from agentbook.backends.ray import RayRouter
+
+    # (the router says which arguments keep the stores on the hosts' nodes)
+    assert not RayRouter.node_local(None, 0, None)
+    assert RayRouter.node_local(str(tmp_path), 0, None)
+    assert RayRouter.node_local(None, 1, None)
+    assert RayRouter.node_local(None, 0, "ray://head:10001")
     rt = ab.Runtime(tmp_path / "local")
     try:
         with pytest.raises(ab.UsageError, match="host_dir"):

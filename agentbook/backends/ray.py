@@ -155,6 +155,20 @@ class RayRouter:
         #: Hosts removed for good (drained and stopped): never asked anything again.
         self.gone: set[int] = set()
 
+    @staticmethod
+    def node_local(host_dir: str | None, replicas: int, address: str | None) -> bool:
+        """Whether a Ray runtime started with these arguments keeps each agent's store on
+        its host's node (``host_dir``, ``replicas`` or a cluster's ``address``), with a
+        coordinator for the shard map and the leases; else every host works on the one
+        shared folder (one machine)."""
+        return host_dir is not None or bool(replicas) or address is not None
+
+    @property
+    def keeps_stores_on_nodes(self) -> bool:
+        """Whether this runtime's hosts keep the agents' stores on their own nodes (see
+        :meth:`node_local`): hosts can be added, removed and drained."""
+        return self.coordinator is not None
+
     def host_of(self, key: Key) -> int:
         """Which host owns *key*."""
         shard = shard_of(key, self.shards)
@@ -436,7 +450,7 @@ def start(rt: Runtime, address: str | None, hosts: int, shards: int, *,
                          "on another node)")
     if not (isinstance(lease_seconds, (int, float)) and lease_seconds > 0):
         raise UsageError(f"lease_seconds is a number of seconds > 0, not {lease_seconds!r}")
-    across = host_dir is not None or replicas > 0 or address is not None
+    across = RayRouter.node_local(host_dir, replicas, address)
     if rt.memory and not across:
         raise UsageError("the Ray backend needs a folder every host can reach, not ':memory:'")
     if not ray.is_initialized():

@@ -198,13 +198,15 @@ class Runtime:
         self.max_store_bytes = max_store_bytes
         self.max_query_seconds = max_query_seconds
         self.owner_wait = owner_wait
-        #: A Ray driver whose agents' stores are on the hosts' nodes (``host_dir``,
-        #: ``replicas`` or a cluster's ``address``): it keeps its catalog in memory and
-        #: writes no file (the coordinator and the hosts hold everything).
-        self.node_local = backend == "ray" and (host_dir is not None or bool(replicas)
-                                                or address is not None)
+        # A Ray driver whose agents' stores are on the hosts' nodes keeps its catalog in
+        # memory and writes no file (the coordinator and the hosts hold everything).
+        node_local = False
+        if backend == "ray":
+            from ..backends.ray import RayRouter
+
+            node_local = RayRouter.node_local(host_dir, replicas, address)
         self.catalog = Catalog(self.root, "off" if self.memory else durability,
-                               on_disk=not self.node_local)
+                               on_disk=not node_local)
         self.closed = False
         self.source = "cell" if "ipykernel" in sys.modules else "script"
         self.instances: dict[Key, Instance] = {}
@@ -393,7 +395,7 @@ class Runtime:
     def _host_router(self, what: str) -> Any:
         self.check_open()
         if self.router is None or self.router.index is not None \
-                or getattr(self.router, "coordinator", None) is None:
+                or not self.router.keeps_stores_on_nodes:
             raise UsageError(f"{what}() is for ab.Runtime(..., backend='ray', host_dir=...) "
                              "(hosts that keep their stores on their own nodes)")
         return self.router
