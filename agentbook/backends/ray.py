@@ -846,7 +846,7 @@ class AgentHost(HostReads):
         rt.catalog.forget_entries(keys)
         keep = row["replica"] == self.index  # (this host keeps the shard's replica now)
         if keep:
-            rt.catalog.take_entries({"agents": entries["agents"]})
+            rt.catalog.take_entries(entries.agents_only())
         for key in keys:
             rt.timers.set(key, None)
             for suffix in ("", "-wal", "-shm", ".lock")[2 if keep else 0:]:
@@ -893,7 +893,7 @@ class AgentHost(HostReads):
         images = shard_image.unpack(blob)
         for store in images.stores:
             self.replicator.install_copy((store.class_name, store.name), store.data, epoch)
-        rt.catalog.take_entries({"agents": images.entries["agents"]})
+        rt.catalog.take_entries(images.entries.agents_only())
         return len(images.stores)
 
     async def take(self, shard: int, epoch: int, replica: int | None = None,
