@@ -31,7 +31,6 @@ import itertools
 import json as _json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections import deque
@@ -932,10 +931,13 @@ class AgentHost(HostReads):
             log.warning("agentbook host %d: replicas still catching up", self.index)
         return done
 
-    async def retire(self, sender: str, seq: int) -> None:
+    async def retire(self, sender: str, seq: int) -> str:
         """This host was drained (it owns and keeps nothing): once the calls the driver
-        sent before this one were taken in (each refused: not its shard), close, delete
-        this host's folder and exit (Ray does not restart it)."""
+        sent before this one were taken in (each refused: not its shard), close and delete
+        this host's folder; the driver stops it then (Ray does not restart it). Returns
+        what could not be deleted (``""``: nothing; see :func:`.host_removal.delete_folder`)."""
+        from .host_removal import delete_folder
+
         await self._turn(sender, seq)
         self._next(sender, seq)
         if self.leases is not None and self.leases.owned:
@@ -945,9 +947,10 @@ class AgentHost(HostReads):
             self._renewing.cancel()
         folder = self.rt.root
         self.rt.close()
-        if self.leases is not None:  # (node-local: the folder is this host's alone)
-            shutil.rmtree(folder, ignore_errors=True)
-        _ray().actor.exit_actor()
+        if self.leases is None:  # (a shared folder: the other hosts' too)
+            return ""
+        left = delete_folder(folder)  # (node-local: the folder is this host's alone)
+        return f"on Ray node {self.node}: {left}" if left else ""
 
     async def check(self, class_name: str, name: str) -> bool:
         """Whether this host holds the lease of *key*'s shard (for tests)."""
