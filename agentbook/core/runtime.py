@@ -375,7 +375,8 @@ class Runtime:
         other side of :meth:`add_hosts`). Each one's shards move, whole, to the hosts that
         stay while messages go on (their schedules, approvals, workflows and outbox go
         along and fire once), the replicas it keeps are made again on other hosts, then
-        it exits. Returns the moves, like :meth:`add_hosts`."""
+        it deletes its folder and stops (what it could not delete is logged as a warning).
+        Returns the moves, like :meth:`add_hosts`."""
         router = self._host_router("remove_hosts")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise UsageError(f"count is how many hosts to remove (an int >= 1), not {count!r}")
