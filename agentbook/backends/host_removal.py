@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -43,11 +44,14 @@ def delete_folder(folder: str) -> str:
     why (``""``: nothing is left)."""
     failed: list[str] = []
 
-    def note(_func: Any, path: str, info: Any) -> None:
+    def note(path: str, exc: BaseException) -> None:
         if not failed:  # (the first reason; the folders above it fail after it)
-            failed.append(f"{path} ({type(info[1]).__name__}: {info[1]})")
+            failed.append(f"{path} ({type(exc).__name__}: {exc})")
 
-    shutil.rmtree(folder, onerror=note)
+    if sys.version_info >= (3, 12):  # (onerror is deprecated there)
+        shutil.rmtree(folder, onexc=lambda _func, path, exc: note(path, exc))
+    else:
+        shutil.rmtree(folder, onerror=lambda _func, path, info: note(path, info[1]))
     if not os.path.exists(folder):
         return ""
     return f"{folder} is left: {failed[0] if failed else 'it came back'}"
