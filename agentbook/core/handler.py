@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import sys
 import time
 import types
 from collections.abc import Coroutine
@@ -19,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..approve import inbox as approvals
+from ..envelope import Envelope
 from ..errors import AgentbookError, AgentStartError, IncompatibleStateError
 from ..events import IN_HANDLER
 from ..schedule import firing
 from ..store import outbox
 from ..store.history import result_json
-
-from ..envelope import Envelope
 
 if TYPE_CHECKING:
     from ..schedule.policy import Occurrence
@@ -192,6 +192,15 @@ class Outcome:
         self.recorded = recorded
 
 
+def _held_once() -> int:
+    """What ``sys.getrefcount`` says of an object only one local variable holds (taken
+    once: see :func:`start_message`'s reuse of a quiet message's context)."""
+    alone = HandlerContext("")
+    return sys.getrefcount(alone)
+
+
+_HELD_ONCE = _held_once()
+
 #: The outcome of a message that worked and leaves nothing after the commit
 #: (:meth:`~agentbook.core.outputgate.OutputGate.quiet`), not awaited mid-way and not
 #: scheduling: one shared object instead of one per message (issue 20). Read-only.
@@ -332,7 +341,12 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     rt = inst.runtime
     store = inst.store
     assert store is not None and inst.agent is not None
-    ctx = HandlerContext(env.source)
+    ctx = inst.spare
+    if ctx is None:
+        ctx = HandlerContext(env.source)
+    else:  # (a quiet message's, nothing else holds it: as new but for these)
+        inst.spare = None
+        ctx.source = env.source
     sched, replay = env.sched, env.replay
     plain = sched is None and env.approval is None and replay is None
     if not plain:
@@ -350,6 +364,7 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     inst.ctx = ctx
     chain = env.chain
     handed = False  # (to the continuation of a handler that suspended: it resets them)
+    quiet = False
     tokens = (current_chain.set((*chain, inst.key)) if chain else None,  # (else the batch's)
               current_context.set(ctx))
     ts = rt.clock.now() if replay is None else replay.ts  # a replayed step keeps its time
@@ -379,12 +394,21 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
             ctx.suspended = True
             handed = True
             return _go_on(inst, env, cls, ctx, before, ts, t0, lone, result, tokens)
-        return _succeeded(inst, env, ctx, result, ts, t0, lone)
+        outcome = _succeeded(inst, env, ctx, result, ts, t0, lone)
+        quiet = outcome is QUIET
+        return outcome
     except BaseException as exc:
         return _failed(inst, env, cls, ctx, before, exc, ts, t0, lone)
     finally:
         if not handed:  # (else _go_on leaves once the handler is done)
             _leave(inst, tokens)
+            if quiet and sys.getrefcount(ctx) == _HELD_ONCE:
+                # Nothing but this function holds the context (no task or callback the
+                # handler made copied it with its context variables), and a quiet
+                # message left its lists unmade and its flags as they were made, but
+                # for these two: the next message of the agent runs in it (issue 20).
+                ctx.state_changed, ctx.state_after = False, None
+                inst.spare = ctx
 
 
 async def _go_on(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext,

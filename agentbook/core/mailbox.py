@@ -76,8 +76,8 @@ class Instance:
     """An awake agent: its object, its open store, its mailbox."""
 
     __slots__ = ("agent", "alone", "cls", "committed", "ctx", "fresh", "gate", "key", "last_used",
-                 "ownership", "queue", "runtime", "started", "state", "state_json", "store",
-                 "task", "version", "workflows")
+                 "ownership", "queue", "runtime", "spare", "started", "state", "state_json",
+                 "store", "task", "version", "workflows")
 
     def __init__(self, runtime: Runtime, key: Key, cls: type[Agent] | None) -> None:
         self.runtime = runtime
@@ -93,6 +93,9 @@ class Instance:
         self.queue: deque[Envelope] = deque()
         self.task: asyncio.Task | None = None
         self.ctx: HandlerContext | None = None
+        #: A handler context no one holds, for the next message (see
+        #: ``handler.start_message``: a quiet message's, set as new again).
+        self.spare: HandlerContext | None = None
         self.started: type | None = None
         self.fresh = False
         self.version = 0
