@@ -63,6 +63,24 @@ def _fresh() -> None:
     KEPT.clear()
 
 
+@pytest.fixture
+def made(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Returns a function that starts counting the handler contexts made (their sources)
+    from then on."""
+    sources: list[str] = []
+    make = handler.HandlerContext.__init__
+
+    def counting(self: handler.HandlerContext, source: str) -> None:
+        sources.append(source)
+        make(self, source)
+
+    def start() -> list[str]:
+        monkeypatch.setattr(handler.HandlerContext, "__init__", counting)
+        return sources
+
+    return start
+
+
 async def test_each_message_of_a_batch_sees_its_own_chain_and_context(tmp_path: Path) -> None:
     """In one burst: sends from the cell, one that fails, one that suspends, and a call
     from another agent's handler. Each handler sees its own chain (the other agent's
@@ -90,53 +108,38 @@ async def test_each_message_of_a_batch_sees_its_own_chain_and_context(tmp_path: 
     await rt.aclose()
 
 
-async def test_a_quiet_burst_runs_in_one_handler_context(tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_quiet_burst_runs_in_one_handler_context(tmp_path: Path, made: Any) -> None:
     """Messages that leave nothing after the commit hand their context on: a burst of 50
     sends makes one handler context, not 50 (each made context also cost the garbage
     collector), and every message is still its own version."""
-    made = []
-    make = handler.HandlerContext.__init__
-
-    def counting(self: handler.HandlerContext, source: str) -> None:
-        made.append(source)
-        make(self, source)
-
     rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock())
     ref = rt.get(Seer, "q")
     await ref.look("first")
-    monkeypatch.setattr(handler.HandlerContext, "__init__", counting)
+    contexts = made()
     for i in range(50):
         ref.send("look", f"m{i}")
     assert await ref.look("last") == 52
-    assert made == [rt.source], "one context for the burst (the awaited last one reuses it too)"
+    assert contexts == [rt.source], "one context for the burst (the awaited last one reuses it too)"
     assert ref.version == 52 and ref.verify()["ok"]
     await rt.aclose()
 
 
-async def test_a_context_something_still_holds_is_not_handed_on(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_context_something_still_holds_is_not_handed_on(tmp_path: Path,
+                                                                made: Any) -> None:
     """A handler that leaves a task running gives that task a copy of its context
     variables, its handler context among them: that context is not handed to the next
     message, so what the task sees later is still the context of the handler that made
     it, untouched by the messages after it."""
-    made = []
-    make = handler.HandlerContext.__init__
-
-    def counting(self: handler.HandlerContext, source: str) -> None:
-        made.append(source)
-        make(self, source)
-
     rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock())
     ref = rt.get(Seer, "t")
     await ref.look("first")
-    monkeypatch.setattr(handler.HandlerContext, "__init__", counting)
+    contexts = made()
     ref.send("look", "before")
     ref.send("leave_a_task")
     for i in range(5):
         ref.send("look", f"after-{i}")
     assert await ref.look("last") == 9
-    assert len(made) == 2, "one context before the task's handler, a new one after it"
+    assert len(contexts) == 2, "one context before the task's handler, a new one after it"
     [(task, release)] = KEPT
     release.set()
     kept = await task
