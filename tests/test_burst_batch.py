@@ -51,6 +51,19 @@ class Seer(ab.Agent):
         self.set_state({"n": self.state["n"] + 1})
 
 
+    @ab.callable
+    async def bump(self) -> int:
+        self.set_state({"n": self.state["n"] + 1})
+        return self.state["n"]
+
+
+class Relay(ab.Agent):
+    @ab.callable
+    async def fan(self, times: int) -> None:
+        for _ in range(times):  # (a handler's sends: each gets its own outbox tag)
+            self.ref(Seer, "s").send("bump")
+
+
 class Caller(ab.Agent):
     @ab.callable
     async def ask(self, label: str) -> int:
@@ -146,4 +159,29 @@ async def test_a_context_something_still_holds_is_not_handed_on(tmp_path: Path,
     assert kept is not None and kept.source == rt.source
     assert kept.state_changed, "left as its handler left it, not set up for another message"
     assert ref.version == 9 and ref.verify()["ok"]
+    await rt.aclose()
+
+
+async def test_sends_without_arguments_share_one_envelope_and_each_runs(tmp_path: Path) -> None:
+    """A burst of sends without arguments from a cell queues one envelope, not one per send
+    (they are all the same, and nothing changes them), and each still runs once as its
+    own version. An awaited call gets its own (its future), and so does each send from a
+    handler (its outbox tag): a handler's three sends arrive three times."""
+    rt = ab.Runtime(tmp_path / "store", clock=ab.VirtualClock())
+    seer = rt.get(Seer, "s")
+    assert await seer.bump() == 1
+    for _ in range(5):
+        seer.send("bump")
+    queued = list(rt.instances[seer._ab_key].queue)
+    assert len(queued) == 5 and all(env is queued[0] for env in queued)
+    assert queued[0].future is None and queued[0].extras is None
+    assert await seer.bump() == 7
+    await rt.get(Relay, "r").fan(3)
+    seer.send("bump")
+    await rt.settle()
+    assert seer.state == {"n": 11}, "the relay's three sends and the cell's one, each once"
+    sources = seer.history(limit=20).source.tolist()
+    assert sources.count("agent:Relay/r") == 3 and sources.count(rt.source) == 8, \
+        "each envelope says who sent it"
+    assert seer.version == 11 and seer.verify()["ok"]
     await rt.aclose()
