@@ -80,7 +80,8 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
         # outbox tag), so one serves them all; a burst of sends makes none (issue 20).
         plain = seen[3].get(source)
         if plain is None:
-            plain = seen[3][source] = Envelope(method, frozen, kwargs, args_json, None, source)
+            plain = seen[3][source] = Envelope.checked(method, frozen, kwargs, args_json, None,
+                                                       source, ())
         return plain
     origin = f"agent:{chain[-1][0]}/{chain[-1][1]}" if chain else source
     return Envelope.checked(method, frozen, kwargs, args_json,
