@@ -194,9 +194,14 @@ class Outcome:
 
 def _held_once() -> int:
     """What ``sys.getrefcount`` says of an object only one local variable holds (taken
-    once: see :func:`start_message`'s reuse of a quiet message's context)."""
+    once: see :func:`start_message`'s reuse of a quiet message's context), or 0 where the
+    count does not tell one holder from two (another Python: then no context is reused)."""
     alone = HandlerContext("")
-    return sys.getrefcount(alone)
+    once = sys.getrefcount(alone)
+    other = [alone]
+    twice = sys.getrefcount(alone)
+    del other
+    return once if sys.implementation.name == "cpython" and twice == once + 1 else 0
 
 
 _HELD_ONCE = _held_once()
