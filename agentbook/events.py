@@ -49,9 +49,10 @@ log = logging.getLogger("agentbook.events")
 
 Event = dict[str, Any]
 
-#: True while a handler whose events are kept on record runs in this task (set through
-#: :meth:`EventBus.enter_handler`, or directly where a burst runs a handler per message:
-#: ``IN_HANDLER.set(True) if bus.recording else None``, reset the same way).
+#: True while a handler whose events are kept on record runs in this task, and between the
+#: handlers of one mailbox batch: set through :meth:`EventBus.enter_handler`, or directly,
+#: once for a batch's handlers (``agentbook.core.handler.enter_batch``:
+#: ``IN_HANDLER.set(True) if bus.recording else None``), reset the same way.
 IN_HANDLER: contextvars.ContextVar[bool] = contextvars.ContextVar("ab_events_kept",
                                                                   default=False)
 

@@ -163,8 +163,9 @@ class Agent:
 
     _ab_instance: Instance
     _ab_suspends: set[str]
-    #: The checks of a call already passed, by method name (see agentbook.core.calls).
-    _ab_calls: dict[str, tuple[Any, int, int]]
+    #: The checks of a call already passed, by method name, and the shared envelopes of its
+    #: sends without arguments, by source (see agentbook.core.calls).
+    _ab_calls: dict[str, tuple[Any, int, int, dict[str, Any]]]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

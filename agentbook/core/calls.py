@@ -73,6 +73,16 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
             f"{key[0]}({key[1]!r}) is already waiting in this call chain, so awaiting "
             f"{method}() would wait forever; use ref.send(...) or call the method directly"
         )
+    if not chain and seen is not None and not (args or kwargs or future):
+        # A send without arguments from outside any handler: every such envelope of this
+        # method and source is the same, and nothing changes one that nobody awaits and no
+        # handler sent (only awaited calls get a future, and only a handler's sends an
+        # outbox tag), so one serves them all; a burst of sends makes none (issue 20).
+        plain = seen[3].get(source)
+        if plain is None:
+            plain = seen[3][source] = Envelope.checked(method, frozen, kwargs, args_json, None,
+                                                       source, ())
+        return plain
     origin = f"agent:{chain[-1][0]}/{chain[-1][1]}" if chain else source
     return Envelope.checked(method, frozen, kwargs, args_json,
                             jsonvalue.dumps(kwargs) if kwargs else None, origin, chain)
@@ -84,10 +94,11 @@ def _check_method(cls: type[Agent], method: str) -> bool:
     error). Returns whether it is ``@ab.callable``.
 
     A callable one is remembered in the class's ``_ab_calls`` as ``method -> (function,
-    required, total)``: what these checks look at (the name, the function and its marks)
-    is the same on every call, so a burst of sends checks it once; with a plain signature's
-    positional counts (``-1, -1`` for any other: ``check_arguments`` decides). A method
-    replaced on its class is another function, checked again."""
+    required, total, envelopes)``: what these checks look at (the name, the function and
+    its marks) is the same on every call, so a burst of sends checks it once; with a plain
+    signature's positional counts (``-1, -1`` for any other: ``check_arguments`` decides),
+    and the shared envelopes of its sends without arguments, by source (see
+    :func:`prepare`). A method replaced on its class is another function, checked again."""
     fn, is_callable = method_info(cls, method)
     if fn is None:
         if not hasattr(cls, method):
@@ -105,7 +116,7 @@ def _check_method(cls: type[Agent], method: str) -> bool:
         raise _approval_only(cls, method)
     if is_callable:
         arity = positional_arity(fn)
-        cls._ab_calls[method] = (fn, *(arity or (-1, -1)))
+        cls._ab_calls[method] = (fn, *(arity or (-1, -1)), {})
     return is_callable
 
 

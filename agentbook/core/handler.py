@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import sys
 import time
 import types
 from collections.abc import Coroutine
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
 from ..approve import inbox as approvals
+from ..envelope import Envelope
 from ..errors import AgentbookError, AgentStartError, IncompatibleStateError
 from ..events import IN_HANDLER
 from ..schedule import firing
@@ -26,14 +28,14 @@ from ..store import outbox
 from ..store.history import result_json
 
 if TYPE_CHECKING:
-    from ..envelope import Envelope
     from ..schedule.policy import Occurrence
     from ..store import AgentStore
     from .agent import Agent
     from .mailbox import Instance
 
-__all__ = ["HandlerContext", "Outcome", "current_chain", "current_context", "record_failure",
-           "run_message", "run_start", "runs_start", "start_message"]
+__all__ = ["QUIET", "HandlerContext", "Outcome", "current_chain", "current_context",
+           "enter_batch", "leave_batch", "record_failure", "run_message", "run_start",
+           "runs_start", "start_message"]
 
 #: Keys of the agents whose handlers are awaiting, up the current call chain.
 current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
@@ -194,6 +196,27 @@ class Outcome:
         self.recorded = recorded
 
 
+def _held_once() -> int:
+    """What ``sys.getrefcount`` says of an object only one local variable holds (taken
+    once: see :func:`start_message`'s reuse of a quiet message's context), or 0 where the
+    count does not tell one holder from two (another Python: then no context is reused)."""
+    alone = HandlerContext("")
+    once = sys.getrefcount(alone)
+    other = [alone]
+    twice = sys.getrefcount(alone)
+    del other
+    return once if sys.implementation.name == "cpython" and twice == once + 1 else 0
+
+
+_HELD_ONCE = _held_once()
+
+#: The outcome of a message that worked and leaves nothing after the commit
+#: (:meth:`~agentbook.core.outputgate.OutputGate.quiet`), not awaited mid-way and not
+#: scheduling: one shared object instead of one per message (issue 20). Read-only.
+QUIET = Outcome(Envelope("", (), _NO_EXTRAS, "[]", None, "quiet"), True, None,
+                HandlerContext("quiet"), 0.0, 0.0, 0)
+
+
 @types.coroutine
 def _resume(coro: Any, yielded: Any) -> Any:
     """Go on awaiting *coro* after its first step was driven by hand."""
@@ -293,18 +316,40 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
     return ctx
 
 
+def enter_batch(inst: Instance) -> tuple:
+    """Set what the handlers of one batch share, once for the batch: the call chain of a
+    message nobody awaits (``inst.alone``) and the events-on-record flag. Pass what it
+    returns to :func:`leave_batch` when the batch's handlers are over.
+
+    :func:`start_message` runs inside it: a message from another agent's handler sets its
+    own chain over it, and only the handler context is set per message. Two context
+    variables set and reset per message were about a tenth of a burst message's Python
+    (issue 20)."""
+    return (current_chain.set(inst.alone),
+            IN_HANDLER.set(True) if inst.runtime.events.recording else None)
+
+
+def leave_batch(tokens: tuple) -> None:
+    """The batch's handlers are over: undo :func:`enter_batch`."""
+    if tokens[1] is not None:
+        IN_HANDLER.reset(tokens[1])
+    current_chain.reset(tokens[0])
+
+
 async def run_message(inst: Instance, env: Envelope, cls: type[Agent], lone: bool) -> Outcome:
-    """Run one message inside its savepoint (or, *lone*, as the whole transaction)."""
+    """Run one message inside its savepoint (or, *lone*, as the whole transaction), inside
+    :func:`enter_batch`."""
     outcome = start_message(inst, env, cls, lone)
     return outcome if isinstance(outcome, Outcome) else await outcome
 
 
 def start_message(inst: Instance, env: Envelope, cls: type[Agent],
                   lone: bool) -> Outcome | Coroutine[Any, Any, Outcome]:
-    """Run one message inside its savepoint (or, *lone*, as the whole transaction): its
-    :class:`Outcome` when the handler finished without suspending (most do: no coroutine
-    of agentbook's own is made for it), else a coroutine that goes on awaiting it and
-    returns the outcome.
+    """Run one message inside its savepoint (or, *lone*, as the whole transaction), inside
+    :func:`enter_batch`: its :class:`Outcome` when the handler finished without suspending
+    (most do: no coroutine of agentbook's own is made for it), else a coroutine that goes
+    on awaiting it and returns the outcome. A message that worked and leaves nothing after
+    the commit gives :data:`QUIET`.
 
     The common message - a call that is not scheduled, approved or replayed - has a
     lazy savepoint (opened only if it writes SQL) and its history row built as a plain
@@ -312,7 +357,12 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     rt = inst.runtime
     store = inst.store
     assert store is not None and inst.agent is not None
-    ctx = HandlerContext(env.source)
+    ctx = inst.spare
+    if ctx is None:
+        ctx = HandlerContext(env.source)
+    else:  # (a quiet message's, nothing else holds it: as new but for these)
+        inst.spare = None
+        ctx.source = env.source
     sched, replay = env.sched, env.replay
     plain = sched is None and env.approval is None and replay is None
     if not plain:
@@ -330,8 +380,9 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
     inst.ctx = ctx
     chain = env.chain
     handed = False  # (to the continuation of a handler that suspended: it resets them)
-    tokens = (current_chain.set((*chain, inst.key) if chain else inst.alone),
-              current_context.set(ctx), IN_HANDLER.set(True) if rt.events.recording else None)
+    quiet = False
+    tokens = (current_chain.set((*chain, inst.key)) if chain else None,  # (else the batch's)
+              current_context.set(ctx))
     ts = rt.clock.now() if replay is None else replay.ts  # a replayed step keeps its time
     t0 = time.perf_counter()
     try:
@@ -359,12 +410,21 @@ def start_message(inst: Instance, env: Envelope, cls: type[Agent],
             ctx.suspended = True
             handed = True
             return _go_on(inst, env, cls, ctx, before, ts, t0, lone, result, tokens)
-        return _succeeded(inst, env, ctx, result, ts, t0, lone)
+        outcome = _succeeded(inst, env, ctx, result, ts, t0, lone)
+        quiet = outcome is QUIET
+        return outcome
     except BaseException as exc:
         return _failed(inst, env, cls, ctx, before, exc, ts, t0, lone)
     finally:
         if not handed:  # (else _go_on leaves once the handler is done)
             _leave(inst, tokens)
+            if quiet and sys.getrefcount(ctx) == _HELD_ONCE:
+                # Nothing but this function holds the context (no task or callback the
+                # handler made copied it with its context variables), and a quiet
+                # message left its lists unmade and its flags as they were made, but
+                # for these two: the next message of the agent runs in it (issue 20).
+                ctx.state_changed, ctx.state_after = False, None
+                inst.spare = ctx
 
 
 async def _go_on(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext,
@@ -385,12 +445,11 @@ async def _go_on(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerCo
 
 
 def _leave(inst: Instance, tokens: tuple) -> None:
-    """The handler is over: undo what entering it set (the events flag, the context and
-    the call chain), in reverse order."""
-    if tokens[2] is not None:  # (events.leave_handler, inlined as entering it is)
-        IN_HANDLER.reset(tokens[2])
+    """The handler is over: undo what entering it set (the context, and the call chain of
+    a message from another agent's handler), in reverse order."""
     current_context.reset(tokens[1])
-    current_chain.reset(tokens[0])
+    if tokens[0] is not None:
+        current_chain.reset(tokens[0])
     inst.ctx = None
 
 
@@ -427,6 +486,8 @@ def _succeeded(inst: Instance, env: Envelope, ctx: HandlerContext, result: Any, 
         _keep_events(inst, store, ctx, env)
     if not lone:
         store.release()
+    if not ctx.suspended and not ctx.sched_dirty and inst.gate.quiet(env, ctx):
+        return QUIET  # (nothing of it is needed after the commit)
     return Outcome(env, True, result, ctx, ts, duration, inst.version)
 
 

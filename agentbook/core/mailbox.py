@@ -41,10 +41,13 @@ from ..store import mcp as mcp_registrations
 from ..store import outbox as outboxes
 from ..workflow import engine as workflow_engine
 from .handler import (
+    QUIET,
     HandlerContext,
     Outcome,
     current_chain,
     cut_version,
+    enter_batch,
+    leave_batch,
     record_failure,
     run_start,
     runs_start,
@@ -74,8 +77,8 @@ class Instance:
     """An awake agent: its object, its open store, its mailbox."""
 
     __slots__ = ("agent", "alone", "cls", "committed", "ctx", "fresh", "gate", "key", "last_used",
-                 "ownership", "queue", "runtime", "started", "state", "state_json", "store",
-                 "task", "version", "workflows")
+                 "ownership", "queue", "runtime", "spare", "started", "state", "state_json",
+                 "store", "task", "version", "workflows")
 
     def __init__(self, runtime: Runtime, key: Key, cls: type[Agent] | None) -> None:
         self.runtime = runtime
@@ -91,6 +94,9 @@ class Instance:
         self.queue: deque[Envelope] = deque()
         self.task: asyncio.Task | None = None
         self.ctx: HandlerContext | None = None
+        #: A handler context no one holds, for the next message (see
+        #: ``handler.start_message``: a quiet message's, set as new again).
+        self.spare: HandlerContext | None = None
         self.started: type | None = None
         self.fresh = False
         self.version = 0
@@ -344,6 +350,7 @@ class Instance:
         began = time.perf_counter()
         sent: list | None = None
         dups: list = []
+        scope = None
         try:
             store.begin()
             if self.fresh:
@@ -353,6 +360,7 @@ class Instance:
             if cls is not self.started:
                 started = await run_start(self, cls)
             suspends = cls.__dict__.get("_ab_suspends")
+            scope = enter_batch(self)  # (what the batch's handlers share, until the loop ends)
             while self.queue and len(taken) < rt.max_batch:
                 env = self.queue[0]
                 if env.op is not None:
@@ -390,7 +398,7 @@ class Instance:
                 outcome = start_message(self, env, cls, lone)  # (most finish at once)
                 if not isinstance(outcome, Outcome):
                     outcome = await outcome
-                if not self.gate.quiet(outcome):  # (else nothing of it is needed after the commit)
+                if outcome is not QUIET:  # (else nothing of it is needed after the commit)
                     done.append(outcome)
                 if not store.conn.in_transaction and self.lost(outcome, lone):
                     # (none of the batch is committed, so none of it may be acknowledged)
@@ -402,6 +410,8 @@ class Instance:
                     known = outcome.ctx.due_after if outcome.ok else None
                 if (lone and not outcome.ok) or outcome.ctx.suspended:
                     break
+            leave_batch(scope)
+            scope = None
             if store.broken is not None:  # it went read-only or was found damaged
                 raise store.broken
             due = None if not scheduled else (
@@ -422,6 +432,8 @@ class Instance:
                 store.commit()
         except BaseException as exc:
             # Start failure, commit failure or cancellation: the whole batch is undone.
+            if scope is not None:  # (a handler raised what ends the batch)
+                leave_batch(scope)
             try:
                 store.rollback()
             except Exception:

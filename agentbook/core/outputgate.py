@@ -86,15 +86,15 @@ class OutputGate:
             rt.emit_event("agent:start", self.key, {"version": self.mailbox.version})
         self.flush(ctx)
 
-    def quiet(self, outcome: Outcome) -> bool:
-        """Whether *outcome* leaves nothing after the commit: a plain message that worked,
-        that nobody awaits, that sent, announced and asked for nothing, while nobody listens
-        live (a subscriber gets the live events of the messages that run after it subscribed,
-        as ``Agent.emit`` decides when it is called). The mailbox keeps only the others until
-        the commit: a burst's outcomes and handler contexts are then gone at once, instead
-        of being kept for the garbage collector to look at (issue 20)."""
-        env, ctx = outcome.env, outcome.ctx
-        return (outcome.ok and env.future is None and env.extras is None and env.sched is None
+    def quiet(self, env: Envelope, ctx: HandlerContext) -> bool:
+        """Whether the message *env*, whose handler worked, leaves nothing after the
+        commit: a plain message that nobody awaits, that sent, announced and asked for
+        nothing, while nobody listens live (a subscriber gets the live events of the
+        messages that run after it subscribed, as ``Agent.emit`` decides when it is
+        called). The mailbox keeps only the others until the commit: a burst's outcomes
+        and handler contexts are then gone at once, instead of being kept for the garbage
+        collector to look at (issue 20)."""
+        return (env.future is None and env.extras is None and env.sched is None
                 and env.approval is None and env.replay is None and not ctx.lists
                 and not ctx.destroy and not self.mailbox.runtime.events.live)
 
