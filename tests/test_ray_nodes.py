@@ -392,6 +392,54 @@ async def test_a_lost_node_keeps_pending_approvals_the_outbox_and_events(cluster
         rt.close()
 
 
+def _pin(path) -> bool:
+    """Make the file *path* impossible to delete (its folder read-only; as root, which
+    ignores that, the file immutable); whether it worked."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        os.chmod(os.path.dirname(path), 0o555)
+        return True
+    return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
+def _unpin(path) -> None:
+    import subprocess
+
+    os.chmod(os.path.dirname(path), 0o755)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(path)], capture_output=True)
+
+
+async def test_a_removed_host_that_cannot_delete_its_folder_says_so(cluster, tmp_path, caplog):
+    """A host that leaves deletes its folder; what it could not delete is logged on the
+    driver as a warning naming the host, its node and the file, and the moves still go."""
+    rt = _runtime(cluster, tmp_path, hosts=2)
+    pinned = None
+    try:
+        refs = [rt.get(RayTally, f"p{i}") for i in range(4)]
+        for r in refs:
+            await r.mark("before")
+        hello = _hellos(rt)[1]
+        os.makedirs(os.path.join(hello["folder"], "kept"))
+        pinned = os.path.join(hello["folder"], "kept", "file")
+        open(pinned, "w").close()
+        if not _pin(pinned):
+            pytest.skip("this file system can't make a file undeletable for root (chattr)")
+        with caplog.at_level("WARNING", logger="agentbook.ray"):
+            moves = rt.remove_hosts(1)
+        assert {m["from"] for m in moves} <= {1}
+        [warned] = [r.getMessage() for r in caplog.records if "left files behind" in r.message]
+        assert "host 1 " in warned and hello["node"] in warned and pinned in warned, warned
+        assert "delete them by hand" in warned
+        for r in refs:
+            assert await r.mark("after") == 2
+    finally:
+        if pinned is not None:
+            _unpin(pinned)
+        rt.close()
+
+
 async def test_removing_hosts_refuses_bad_input_and_keeps_every_agent(cluster, tmp_path):
     """rt.remove_hosts(n) / rt.drain_node(id): typed errors for a bad count, the last host
     and an unknown node; then the newest host is drained and stopped - its agents answer
@@ -519,6 +567,13 @@ async def test_a_restarted_host_never_waits_for_a_turn_that_has_passed():
 
 
 def test_removing_hosts_is_for_node_local_ray_runtimes(tmp_path):
+    from agentbook.backends.ray import RayRouter
+
+    # (the router says which arguments keep the stores on the hosts' nodes)
+    assert not RayRouter.node_local(None, 0, None)
+    assert RayRouter.node_local(str(tmp_path), 0, None)
+    assert RayRouter.node_local(None, 1, None)
+    assert RayRouter.node_local(None, 0, "ray://head:10001")
     rt = ab.Runtime(tmp_path / "local")
     try:
         with pytest.raises(ab.UsageError, match="host_dir"):
@@ -527,3 +582,28 @@ def test_removing_hosts_is_for_node_local_ray_runtimes(tmp_path):
             rt.drain_node("ab" * 28)
     finally:
         rt.close()
+
+
+def test_a_leaving_hosts_folder_deletion_says_what_it_left(tmp_path, monkeypatch):
+    """host_removal.delete_folder deletes a folder whole (``""``), or says which file it
+    could not delete and why (the folder stays)."""
+    from agentbook.backends.host_removal import delete_folder
+
+    for name in ("gone", "kept"):
+        os.makedirs(tmp_path / name / "agents")
+        (tmp_path / name / "agents" / "a.db").write_bytes(b"x")
+        (tmp_path / name / "catalog.db").write_bytes(b"x")
+    assert delete_folder(str(tmp_path / "gone")) == ""
+    assert not os.path.exists(tmp_path / "gone")
+    unlink = os.unlink
+
+    def refuse(path, *args, **kwargs):
+        if os.fspath(path).endswith("a.db"):
+            raise PermissionError(1, "Operation not permitted")
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "unlink", refuse)
+    left = delete_folder(str(tmp_path / "kept"))
+    assert left.startswith(f"{tmp_path / 'kept'} is left: ") and "a.db" in left, left
+    assert "PermissionError" in left
+    assert os.path.exists(tmp_path / "kept" / "agents" / "a.db")

@@ -251,6 +251,34 @@ def test_a_shipment_naming_another_table_is_refused(tmp_path):
     copy.close()
 
 
+def test_a_store_of_an_older_schema_is_read_and_checked_by_its_own_columns(tmp_path):
+    """The untracked tables' columns are each open store's own: a store of an older
+    schema (a column its migrations add later is missing) ships the columns it has, and a
+    shipment naming a column it lacks is refused with the typed error, even after an
+    up-to-date store of the same process was read."""
+    new = AgentStore(str(tmp_path / "new.db"))
+    replica.side_rows(new.conn, None, 0, 1)  # (an up-to-date store's columns read first)
+    old = AgentStore(str(tmp_path / "old.db"))
+    old.conn.execute("ALTER TABLE _ab_approvals DROP COLUMN requested_at_version")
+    approval = ("INSERT INTO _ab_approvals(id, method, args, kwargs, nonce, digest, summary,"
+                " side_effects, created, status{}) VALUES (?, 'm', '[]', '{{}}', 'n', 'd', 's',"
+                " '[]', 0, 'pending'{})")
+    old.conn.execute(approval.format("", ""), ("ap",))
+    [(table, columns, rows)] = replica.side_rows(old.conn, None, 0, 1).upserts
+    assert table == "_ab_approvals" and "requested_at_version" not in columns
+    assert rows[0][columns.index("id")] == "ap"
+
+    new.conn.execute(approval.format(", requested_at_version", ", 1"), ("n",))
+    full = replica.side_rows(new.conn, None, 0, 2)
+    shipment = replica.Shipment("C", "c", None, [], 0, "{}", full)
+    with pytest.raises(ab.StoreError, match="names columns this store does not have"):
+        replica.apply(old.conn, shipment)
+    assert old.conn.execute("SELECT id FROM _ab_approvals").fetchall() == [("ap",)]
+    replica.apply(new.conn, shipment)  # (the up-to-date store takes it)
+    old.close()
+    new.close()
+
+
 def _approvals(path) -> list[str]:
     conn = apsw.Connection(f"file:{path}?mode=ro", flags=apsw.SQLITE_OPEN_READONLY
                            | apsw.SQLITE_OPEN_URI)

@@ -121,12 +121,10 @@ async def test_a_shards_catalog_rows_are_only_its_agents_rows(tmp_path):
         await moving.propose(1)
         await staying.propose(2)
         entries = rt.catalog.entries_of([("Till", "m"), ("Till", "m")])
-        names = {table: [row[part["columns"].index("name")] for row in part["rows"]]
-                 for table, part in entries.items()}
+        names = {table: part.column("name") for table, part in zip(entries._fields, entries, strict=True)}
         assert names == {"agents": ["m"], "timers": [], "approvals": ["m"],
                          "failures": ["m", "m"], "dead_letters": []}
-        at = entries["failures"]["columns"].index("id")
-        ids = [row[at] for row in entries["failures"]["rows"]]
+        ids = entries.failures.column("id")
         assert ids == sorted(ids), "failures keep the order they were recorded in"
         rt.catalog.forget_entries([("Till", "m")])
         assert [r[1] for r in rt.catalog.rows()] == ["s"]
@@ -177,11 +175,57 @@ async def test_a_moving_agents_timer_held_in_memory_travels_with_it(tmp_path, cl
         await rt.get(Till, "t").later(60)
         await rt.get(Till, "u").sell(1)
         entries = rt.catalog.entries_of([("Till", "t"), ("Till", "u")])
-        [indexed] = entries["timers"]["rows"]
+        [indexed] = entries.timers.rows
         add_timers(entries, {("Till", "t"): 1.0, ("Till", "u"): 5.0, ("Till", "v"): None})
-        columns = entries["timers"]["columns"]
-        rows = [dict(zip(columns, row, strict=True)) for row in entries["timers"]["rows"]]
+        columns = entries.timers.columns
+        rows = [dict(zip(columns, row, strict=True)) for row in entries.timers.rows]
         assert rows[0] == dict(zip(columns, indexed, strict=True)), "the index's row is kept"
         assert rows[1:] == [{"class": "Till", "name": "u", "due": 5.0}]
+    finally:
+        rt.close()
+
+
+#: A shard image as the code before CatalogEntries packed it (a dict of tables written
+#: as JSON by hand): one agent's row and an approval, no store files.
+_OLD_IMAGE_HEAD = (
+    b'{"stores":[],"entries":{"agents":{"columns":["class","name","file","created","parent"],'
+    b'"rows":[["Till","o","Till/o.db",1.5,null]]},"timers":{"columns":["class","name","due"],'
+    b'"rows":[["Till","o",9.0]]},"approvals":{"columns":["id","class","name","method"],'
+    b'"rows":[["ap-1","Till","o","refund"]]},"failures":{"columns":[],"rows":[]},'
+    b'"dead_letters":{"columns":[],"rows":[]}}}')
+
+
+def test_a_shard_image_packed_before_catalog_entries_were_typed_still_loads():
+    """The typed entries pack to the very JSON the untyped dict did: an image made by a
+    host of the older code unpacks (its rows read by column name) and packs back to the
+    same bytes."""
+    blob = len(_OLD_IMAGE_HEAD).to_bytes(8, "big") + _OLD_IMAGE_HEAD
+    shard = shard_image.unpack(blob)
+    assert shard.entries.agents.column("name") == ["o"]
+    assert shard.entries.timers.column("due") == [9.0]
+    assert shard.entries.approvals.column("method") == ["refund"]
+    assert shard.entries.failures.rows == [] and shard.entries.dead_letters.rows == []
+    assert shard_image.pack(shard) == blob
+    only = shard.entries.agents_only()
+    assert only.agents == shard.entries.agents and only.approvals.rows == []
+
+
+async def test_moved_catalog_rows_are_taken_up_by_column_name(tmp_path):
+    """take_entries writes the columns this catalog knows, by name, whatever their order
+    in the image, and guards the approvals' methods."""
+    from agentbook.store.catalog_entries import CatalogEntries
+
+    rt = ab.Runtime(tmp_path / "s")
+    try:
+        ref = rt.get(Till, "m")
+        asked = await ref.propose(3)
+        entries = rt.catalog.entries_of([("Till", "m")]).to_json()
+        rt.catalog.forget_entries([("Till", "m")])
+        for part in entries.values():  # (the columns in another order, and one unknown)
+            part["columns"] = [*reversed(part["columns"]), "added_later"]
+            part["rows"] = [[*reversed(row), "x"] for row in part["rows"]]
+        rt.catalog.take_entries(CatalogEntries.from_json(entries))
+        assert [r[1] for r in rt.catalog.rows()] == ["m"]
+        assert list(rt.approvals.pending()["id"]) == [asked]
     finally:
         rt.close()

@@ -13,12 +13,18 @@ Draining a host, on the driver, while traffic goes on:
    refused before they commit and re-routed by the driver; schedules, approvals,
    workflows and the outbox move with their agent and fire once, on the new owner.
 3. The coordinator forgets the host; every other host renews (so none routes to it any
-   more); the host, taking the driver's calls in order, closes its runtime, deletes its
-   folder (nothing in it is anyone's truth now) and exits; Ray does not restart it.
+   more); the host, taking the driver's calls in order, closes its runtime and deletes its
+   folder (nothing in it is anyone's truth now); the driver stops it, and Ray does not
+   restart it. A folder it could not delete (all of it) is logged as a warning on the
+   driver, naming the host, its node, the folder and why: delete it by hand.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import shutil
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +34,27 @@ from .shards import actor_gone, ray_module
 if TYPE_CHECKING:
     from .ray import RayRouter
 
-__all__ = ["check_leaving", "drain_host", "hosts_on"]
+__all__ = ["check_leaving", "delete_folder", "drain_host", "hosts_on"]
+
+log = logging.getLogger("agentbook.ray")
+
+
+def delete_folder(folder: str) -> str:
+    """Delete *folder* and everything in it, as far as it goes; returns what was left and
+    why (``""``: nothing is left)."""
+    failed: list[str] = []
+
+    def note(path: str, exc: BaseException) -> None:
+        if not failed:  # (the first reason; the folders above it fail after it)
+            failed.append(f"{path} ({type(exc).__name__}: {exc})")
+
+    if sys.version_info >= (3, 12):  # (onerror is deprecated there)
+        shutil.rmtree(folder, onexc=lambda _func, path, exc: note(path, exc))
+    else:
+        shutil.rmtree(folder, onerror=lambda _func, path, info: note(path, info[1]))
+    if not os.path.exists(folder):
+        return ""
+    return f"{folder} is left: {failed[0] if failed else 'it came back'}"
 
 
 def hosts_on(router: RayRouter, node: str) -> list[int]:
@@ -80,13 +106,17 @@ def drain_host(router: RayRouter, index: int, leaving: set[int]) -> list[dict[st
     router.refresh()
     handle = router.handle(index)
     try:
-        ray.get(handle.retire.remote(router.sender, router.next_seq(index)))
-    except Exception as exc:  # (it exits as it answers: Ray may report that instead)
+        left = ray.get(handle.retire.remote(router.sender, router.next_seq(index)))
+    except Exception as exc:  # (it was lost meanwhile: nothing of it to stop)
         if not actor_gone(exc):
             raise
+        left = ""
+    if left:
+        log.warning("host %d left files behind %s; delete them by hand (nothing in them "
+                    "is needed: its agents moved)", index, left)
     try:
         ray.kill(handle, no_restart=True)
-    except Exception:
+    except Exception:  # (gone already)
         pass
     router.forget_host(index)
     return moves

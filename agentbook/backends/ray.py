@@ -31,7 +31,6 @@ import itertools
 import json as _json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections import deque
@@ -154,6 +153,20 @@ class RayRouter:
         self.across: dict[str, Any] | None = None
         #: Hosts removed for good (drained and stopped): never asked anything again.
         self.gone: set[int] = set()
+
+    @staticmethod
+    def node_local(host_dir: str | None, replicas: int, address: str | None) -> bool:
+        """Whether a Ray runtime started with these arguments keeps each agent's store on
+        its host's node (``host_dir``, ``replicas`` or a cluster's ``address``), with a
+        coordinator for the shard map and the leases; else every host works on the one
+        shared folder (one machine)."""
+        return host_dir is not None or bool(replicas) or address is not None
+
+    @property
+    def keeps_stores_on_nodes(self) -> bool:
+        """Whether this runtime's hosts keep the agents' stores on their own nodes (see
+        :meth:`node_local`): hosts can be added, removed and drained."""
+        return self.coordinator is not None
 
     def host_of(self, key: Key) -> int:
         """Which host owns *key*."""
@@ -436,7 +449,7 @@ def start(rt: Runtime, address: str | None, hosts: int, shards: int, *,
                          "on another node)")
     if not (isinstance(lease_seconds, (int, float)) and lease_seconds > 0):
         raise UsageError(f"lease_seconds is a number of seconds > 0, not {lease_seconds!r}")
-    across = host_dir is not None or replicas > 0 or address is not None
+    across = RayRouter.node_local(host_dir, replicas, address)
     if rt.memory and not across:
         raise UsageError("the Ray backend needs a folder every host can reach, not ':memory:'")
     if not ray.is_initialized():
@@ -835,7 +848,7 @@ class AgentHost(HostReads):
         rt.catalog.forget_entries(keys)
         keep = row["replica"] == self.index  # (this host keeps the shard's replica now)
         if keep:
-            rt.catalog.take_entries({"agents": entries["agents"]})
+            rt.catalog.take_entries(entries.agents_only())
         for key in keys:
             rt.timers.set(key, None)
             for suffix in ("", "-wal", "-shm", ".lock")[2 if keep else 0:]:
@@ -882,7 +895,7 @@ class AgentHost(HostReads):
         images = shard_image.unpack(blob)
         for store in images.stores:
             self.replicator.install_copy((store.class_name, store.name), store.data, epoch)
-        rt.catalog.take_entries({"agents": images.entries["agents"]})
+        rt.catalog.take_entries(images.entries.agents_only())
         return len(images.stores)
 
     async def take(self, shard: int, epoch: int, replica: int | None = None,
@@ -921,10 +934,13 @@ class AgentHost(HostReads):
             log.warning("agentbook host %d: replicas still catching up", self.index)
         return done
 
-    async def retire(self, sender: str, seq: int) -> None:
+    async def retire(self, sender: str, seq: int) -> str:
         """This host was drained (it owns and keeps nothing): once the calls the driver
-        sent before this one were taken in (each refused: not its shard), close, delete
-        this host's folder and exit (Ray does not restart it)."""
+        sent before this one were taken in (each refused: not its shard), close and delete
+        this host's folder; the driver stops it then (Ray does not restart it). Returns
+        what could not be deleted (``""``: nothing; see :func:`.host_removal.delete_folder`)."""
+        from .host_removal import delete_folder
+
         await self._turn(sender, seq)
         self._next(sender, seq)
         if self.leases is not None and self.leases.owned:
@@ -934,9 +950,10 @@ class AgentHost(HostReads):
             self._renewing.cancel()
         folder = self.rt.root
         self.rt.close()
-        if self.leases is not None:  # (node-local: the folder is this host's alone)
-            shutil.rmtree(folder, ignore_errors=True)
-        _ray().actor.exit_actor()
+        if self.leases is None:  # (a shared folder: the other hosts' too)
+            return ""
+        left = delete_folder(folder)  # (node-local: the folder is this host's alone)
+        return f"on Ray node {self.node}: {left}" if left else ""
 
     async def check(self, class_name: str, name: str) -> bool:
         """Whether this host holds the lease of *key*'s shard (for tests)."""

@@ -74,9 +74,8 @@ def prepare(source: str, key: Key, cls: type[Agent] | None, method: str, args: t
             f"{method}() would wait forever; use ref.send(...) or call the method directly"
         )
     origin = f"agent:{chain[-1][0]}/{chain[-1][1]}" if chain else source
-    # (the constructor itself, not Envelope.call: both JSON forms are known here)
-    return Envelope(method, frozen, kwargs, args_json,
-                    jsonvalue.dumps(kwargs) if kwargs else None, origin, chain=chain)
+    return Envelope.checked(method, frozen, kwargs, args_json,
+                            jsonvalue.dumps(kwargs) if kwargs else None, origin, chain)
 
 
 def _check_method(cls: type[Agent], method: str) -> bool:

@@ -130,7 +130,7 @@ class Instance:
         if self.store is not None:
             return
         rt = self.runtime
-        if rt.lease is not None and not rt.holds_lease(self.key):
+        if not rt.lease.holds(self.key):
             from ..errors import StoreError
 
             raise StoreError(f"{self.key[0]}({self.key[1]!r}) belongs to a shard another host"
@@ -155,8 +155,7 @@ class Instance:
                 store.set_size_cap(rt.max_store_bytes)
             store.query_seconds = rt.max_query_seconds
             store.events_retention = rt.events_retention
-            if rt.lease is not None:  # (a Ray host's replica follows its untracked rows)
-                rt.lease.opened(self.key, store)
+            rt.lease.opened(self.key, store)  # (a Ray host's replica follows its untracked rows)
             loaded = store.load_state()
             if loaded is None:
                 self.fresh = True
@@ -412,8 +411,7 @@ class Instance:
                     rt.timers.index_before_commit(self.key, sent[0][2][1])  # found on restart
                 if self.version != self.committed[0] or self.fresh:
                     store.write_state(self.version, self.state_json)
-                if rt.lease is not None:  # a Ray host whose lease ran out commits nothing
-                    rt.lease.fence(self.key)
+                rt.lease.fence(self.key)  # a Ray host whose lease ran out commits nothing
                 crash_point("before-commit")
                 store.commit()
         except BaseException as exc:

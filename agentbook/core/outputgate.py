@@ -272,5 +272,4 @@ def _delete(rt: Runtime, key: Key, store: AgentStore, state: _Sender) -> None:
     except Exception:  # (a full disk: the rows stay, are delivered again and skipped)
         state.acked = seqs + state.acked
         return
-    if rt.lease is not None:  # (a Ray host ships the deletion to the replica)
-        rt.lease.written(key)
+    rt.lease.written(key)  # (a Ray host ships the deletion to the replica)

@@ -40,6 +40,7 @@ from ..store.events import Retention
 from .agent import Agent, agent_classes, latest
 from .calls import prepare
 from .mailbox import Instance
+from .nolease import NO_LEASE
 from .ops import destroy_op
 
 if TYPE_CHECKING:
@@ -197,13 +198,15 @@ class Runtime:
         self.max_store_bytes = max_store_bytes
         self.max_query_seconds = max_query_seconds
         self.owner_wait = owner_wait
-        #: A Ray driver whose agents' stores are on the hosts' nodes (``host_dir``,
-        #: ``replicas`` or a cluster's ``address``): it keeps its catalog in memory and
-        #: writes no file (the coordinator and the hosts hold everything).
-        self.node_local = backend == "ray" and (host_dir is not None or bool(replicas)
-                                                or address is not None)
+        # A Ray driver whose agents' stores are on the hosts' nodes keeps its catalog in
+        # memory and writes no file (the coordinator and the hosts hold everything).
+        node_local = False
+        if backend == "ray":
+            from ..backends.ray import RayRouter
+
+            node_local = RayRouter.node_local(host_dir, replicas, address)
         self.catalog = Catalog(self.root, "off" if self.memory else durability,
-                               on_disk=not self.node_local)
+                               on_disk=not node_local)
         self.closed = False
         self.source = "cell" if "ipykernel" in sys.modules else "script"
         self.instances: dict[Key, Instance] = {}
@@ -240,9 +243,10 @@ class Runtime:
         #: Answers reads of agents whose stores are elsewhere (the hosts of a Ray runtime
         #: with ``host_dir``: see agentbook.backends.ray_reads), or ``None``: the files.
         self.reads: Any = None
-        #: On a Ray host, its shard leases (``holds(key)``; ``fence(key)`` before each
-        #: commit): it opens and commits only agents of shards it leases.
-        self.lease: Any = None
+        #: Which agents this process may open and commit (``holds(key)``; ``fence(key)``
+        #: before each commit; ``opened``/``written`` for a replica to follow): on a Ray
+        #: host, its shard leases; else :data:`NO_LEASE` (every agent, nothing to do).
+        self.lease: Any = NO_LEASE
         if backend not in ("local", "ray"):
             raise UsageError(f"backend is 'local' or 'ray', not {backend!r}")
         if backend == "local" and (host_dir is not None or replicas):
@@ -351,8 +355,9 @@ class Runtime:
         return self.router is None or self.router.owns(key)
 
     def holds_lease(self, key: Key) -> bool:
-        """On a Ray host: whether this host holds the lease of *key*'s shard."""
-        return self.lease is None or self.lease.holds(key)
+        """On a Ray host: whether this host holds the lease of *key*'s shard (always,
+        elsewhere)."""
+        return self.lease.holds(key)
 
     def add_hosts(self, count: int = 1) -> list[dict[str, Any]]:
         """Ray with node-local stores (``host_dir=``): start *count* more hosts, each on the
@@ -370,7 +375,8 @@ class Runtime:
         other side of :meth:`add_hosts`). Each one's shards move, whole, to the hosts that
         stay while messages go on (their schedules, approvals, workflows and outbox go
         along and fire once), the replicas it keeps are made again on other hosts, then
-        it exits. Returns the moves, like :meth:`add_hosts`."""
+        it deletes its folder and stops (what it could not delete is logged as a warning).
+        Returns the moves, like :meth:`add_hosts`."""
         router = self._host_router("remove_hosts")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise UsageError(f"count is how many hosts to remove (an int >= 1), not {count!r}")
@@ -390,7 +396,7 @@ class Runtime:
     def _host_router(self, what: str) -> Any:
         self.check_open()
         if self.router is None or self.router.index is not None \
-                or getattr(self.router, "coordinator", None) is None:
+                or not self.router.keeps_stores_on_nodes:
             raise UsageError(f"{what}() is for ab.Runtime(..., backend='ray', host_dir=...) "
                              "(hosts that keep their stores on their own nodes)")
         return self.router

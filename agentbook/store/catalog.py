@@ -261,20 +261,20 @@ class Catalog:
         """Forget an agent."""
         self.conn.execute("DELETE FROM agents WHERE class = ? AND name = ?", (class_name, name))
 
-    def entries_of(self, keys: list[tuple[str, str]]) -> dict[str, Any]:
+    def entries_of(self, keys: list[tuple[str, str]]) -> catalog_entries.CatalogEntries:
         """Every catalog row of the agents *keys* (their row, timers, approvals, failures,
         dead letters), to move with them to another runtime (see :mod:`.catalog_entries`)."""
         return catalog_entries.entries_of(self.conn, keys)
 
-    def take_entries(self, entries: dict[str, Any]) -> None:
+    def take_entries(self, entries: catalog_entries.CatalogEntries) -> None:
         """Take up another catalog's rows of agents that moved here (one transaction);
         the methods their approvals guard are guarded here too."""
         catalog_entries.take_entries(self.conn, entries, self.path)
-        part = entries.get("approvals")
-        if part and part["rows"]:
-            at = part["columns"].index("class"), part["columns"].index("method")
-            for row in part["rows"]:
-                self.approval_index.guard(row[at[0]], row[at[1]])
+        part = entries.approvals
+        if part.rows:
+            for class_name, method in zip(part.column("class"), part.column("method"),
+                                          strict=True):
+                self.approval_index.guard(class_name, method)
 
     def forget_entries(self, keys: list[tuple[str, str]]) -> None:
         """Delete every catalog row of the agents *keys* (they moved away)."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple, cast
 
@@ -189,16 +190,22 @@ def side_rows(conn: apsw.Connection, keys: set[SideKey] | None, events_after: in
     return Side(stamp, upserts, deletes, floor, upto)
 
 
-#: The columns of each untracked table (the migrations make them the same in every
-#: up-to-date store).
-_COLUMNS: dict[str, list[str]] = {}
+#: The columns of each untracked table, by open store (its connection): a store's
+#: migrations run when it is opened, so they hold while it stays open; a store of an
+#: older schema (a copy not migrated yet) has its own.
+_COLUMNS: weakref.WeakKeyDictionary[apsw.Connection, dict[str, list[str]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def _columns(conn: apsw.Connection, table: str) -> list[str]:
-    found = _COLUMNS.get(table)
+    known = _COLUMNS.get(conn)
+    if known is None:
+        known = _COLUMNS[conn] = {}
+    found = known.get(table)
     if found is None:
-        found = _COLUMNS[table] = [str(r[1]) for r in
-                                   conn.execute(f"PRAGMA main.table_info({table})")]
+        found = [str(r[1]) for r in conn.execute(f"PRAGMA main.table_info({table})")]
+        if found:  # (a table it has not got yet is asked again)
+            known[table] = found
     return found
 
 

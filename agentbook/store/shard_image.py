@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, cast
 
 import apsw
 
+from .catalog_entries import CatalogEntries
 from .durable import sync_path
 from .replica import snapshot
 
@@ -35,11 +36,10 @@ class AgentImage(NamedTuple):
 
 
 class ShardImage(NamedTuple):
-    """A shard's agents: their store files, and their catalog rows by table (each row a
-    list of values in the table's column order, under ``columns``)."""
+    """A shard's agents: their store files, and their catalog rows."""
 
     stores: list[AgentImage]
-    entries: dict[str, Any]
+    entries: CatalogEntries
 
 
 def image(path: str) -> bytes:
@@ -100,7 +100,7 @@ def head_version(data: bytes) -> int:
 def pack(shard: ShardImage) -> bytes:
     """*shard* as one bytes payload: a JSON head (names, sizes, catalog rows), the files."""
     head = json.dumps({"stores": [[s.class_name, s.name, len(s.data)] for s in shard.stores],
-                       "entries": shard.entries}, separators=(",", ":")).encode()
+                       "entries": shard.entries.to_json()}, separators=(",", ":")).encode()
     return b"".join([len(head).to_bytes(8, "big"), head, *(s.data for s in shard.stores)])
 
 
@@ -113,4 +113,4 @@ def unpack(blob: bytes) -> ShardImage:
     for class_name, name, length in head["stores"]:
         stores.append(AgentImage(class_name, name, bytes(blob[at:at + length])))
         at += length
-    return ShardImage(stores, head["entries"])
+    return ShardImage(stores, CatalogEntries.from_json(head["entries"]))
