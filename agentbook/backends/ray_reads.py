@@ -198,6 +198,16 @@ class HostReads:
         """What a host does before answering (``AgentHost`` learns its shards; *again*:
         asks the shard map anew)."""
 
+    async def _ready(self) -> None:
+        """Settle, then refuse to answer while this host does not know whose the shards
+        are (restarted, its first lease renewal not through yet): it would read as empty."""
+        await self.settle()
+        if not self.rt.router.knows_owners():
+            from ..errors import HostUnavailableError
+
+            raise HostUnavailableError("this host has restarted and has not learned its "
+                                       "shards yet; read again in a moment")
+
     def _reads_state(self) -> _HostState:
         if self._ab_reads is None:
             self._ab_reads = _HostState()
@@ -205,7 +215,7 @@ class HostReads:
 
     async def read(self, kind: str, class_name: str, name: str, args_json: str) -> str | bytes:
         """One read of agent ``(class_name, name)``: JSON text, or a frame's Arrow bytes."""
-        await self.settle()
+        await self._ready()
         key = (class_name, name)
         rt = self.rt
         if not rt.owns(key):
@@ -264,7 +274,7 @@ class HostReads:
     async def read_all(self, kind: str, args_json: str) -> str | bytes:
         """A runtime-wide read of this host's agents (``agents``, ``workflows``: frames;
         ``approvals``, ``approval``, ``dead_letters``: JSON rows of the catalog)."""
-        await self.settle()
+        await self._ready()
         import pandas as pd
 
         rt = self.rt
@@ -288,12 +298,7 @@ class HostReads:
     async def feed(self, incarnation: str, cursor: int, rebuild: bool = False) -> bytes:
         """The changes of this host's DuckDB projection since the driver's *cursor* (the
         number of the last batch of changes it applied, from *incarnation*)."""
-        await self.settle()
-        if not self.rt.router.knows_owners():
-            from ..errors import HostUnavailableError
-
-            raise HostUnavailableError("this host has restarted and has not learned its "
-                                       "shards yet; read again in a moment")
+        await self._ready()
         from ..analytics.views import Analytics
 
         state = self._reads_state()
