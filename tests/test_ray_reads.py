@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 import agentbook as ab
-from agentbook.backends.ray_reads import decode_frame, encode_frame
+from agentbook.backends.ray_reads import HostReads, decode_frame, encode_frame
 
 from .opened_files import sqlite_opens
 from .ray_agents import RayLedger
@@ -301,3 +301,19 @@ def test_a_frame_travels_with_its_values_and_dtypes():
     back, extra = decode_frame(encode_frame(frame, {"why": "test"}))
     pd.testing.assert_frame_equal(frame, back)
     assert extra == {"why": "test"}
+
+
+async def test_a_host_that_does_not_know_its_shards_says_read_again():
+    """A restarted host whose first lease renewal has not gone through owns nothing yet: it
+    refuses every read with the typed 'read again' error instead of reading as empty. (No
+    Ray here: a host object whose router knows no owners.)"""
+    from types import SimpleNamespace
+
+    class Unsettled(HostReads):
+        rt = SimpleNamespace(router=SimpleNamespace(knows_owners=lambda: False))
+
+    host = Unsettled()
+    for read in (host.read("state", "RayLedger", "a", "[[], {}]"),
+                 host.read_all("agents", "[null]"), host.feed("", 0)):
+        with pytest.raises(ab.HostUnavailableError, match="read again"):
+            await read

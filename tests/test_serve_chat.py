@@ -193,6 +193,31 @@ async def test_a_second_connection_is_offered_the_running_stream_and_gets_replay
     assert not any(f["type"] == "cf_agent_chat_messages" for f in mine)
 
 
+async def test_a_connection_that_acks_after_the_stream_ended_gets_its_transcript_too(
+        rt, served):
+    """Offered a running stream, a connection gets none of its frames until it acks; if it
+    acks after the end, the replay is followed by the transcript the others got at the end
+    (without it, Cloudflare's client kept a continuation that ended before its ack as a
+    message of its own), then done."""
+    async with await raw(served, "/agents/wire-chat/p10?_pk=one") as one:
+        await frames_until(one, lambda f: f["type"] == "cf_agent_chat_messages")
+        await one.send(request("r1", "a slow reply, acked late"))
+        await frames_until(one, lambda f: '"text-delta"' in f.get("body", ""))
+        async with await raw(served, "/agents/wire-chat/p10?_pk=two") as two:
+            await frames_until(two, lambda f: f["type"] == "cf_agent_stream_resuming")
+            await frames_until(one, lambda f: f.get("done") is True)  # it ended meanwhile
+            await two.send(json.dumps({"type": "cf_agent_stream_resume_ack", "id": "r1"}))
+            got = await frames_until(two, lambda f: f.get("done") is True)
+    replay = [f for f in got if f.get("type") == "cf_agent_use_chat_response"]
+    assert all(f.get("replay") for f in replay) and len(replay) > 2
+    (listed,) = [f for f in got if f["type"] == "cf_agent_chat_messages"]
+    assert got.index(listed) == len(got) - 2, "after the replayed chunks, before done"
+    first = listed["messages"][0]
+    assert (first["role"], first["id"]) == ("user", "u1")
+    stored = rt.get(WireChat, "p10").messages()
+    assert [m["id"] for m in listed["messages"]] == list(stored["id"])
+
+
 async def test_a_finished_stream_is_replayed_whole_and_probes_are_always_answered(rt, served):
     async with await raw(served, "/agents/wire-chat/p8?_pk=me") as ws:
         await frames_until(ws, lambda f: f["type"] == "cf_agent_chat_messages")

@@ -566,12 +566,15 @@ class AgentHost(HostReads):
         self.rt.timers.arm_if_pending()
         return os.getpid()
 
-    async def settle(self) -> None:
+    async def settle(self, again: bool = False) -> None:
         """Before a message or a read: a restarted host learns its shards first (until then
-        it owns nothing, and would run nothing and read as empty)."""
+        it owns nothing, and would run nothing and read as empty), and so does a host
+        whose lease ran out (paused or cut off: its shards may be another's now, and it
+        would answer from its old copy). *again*: ask the shard map anew (a read of an
+        agent this host does not own: its shard may have come here since)."""
         leases = self.leases
         if leases is not None:
-            if leases.view is None:  # (restarted: not renewed yet)
+            if again or leases.view is None or time.monotonic() >= leases.deadline:
                 await self.renew()
             self._keep_renewing()
 

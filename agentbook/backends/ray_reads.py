@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from .. import jsonvalue
-from ..errors import StoreError, UsageError
+from ..errors import LeaseLostError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -61,6 +61,9 @@ _FRAMES = ("schedules", "workflows", "messages", "failures")
 _VALUES = ("version", "history_range", "verify")
 #: Versions a host keeps materialized for ``ref.at(k)`` (their SQLite images are reused).
 _VIEWS_KEPT = 8
+#: How often a read refused by the host the driver took for the agent's owner is asked
+#: again, each time of the owner by the coordinator's shard map as it is then.
+_REASKS = 2
 #: Schema metadata keys of an encoded frame.
 _NAMES, _JSON, _EXTRA = b"agentbook.names", b"agentbook.json", b"agentbook.extra"
 #: The built-in views the hosts feed (``sweeps`` stays the driver's own).
@@ -191,8 +194,19 @@ class HostReads:
     rt: Runtime
     _ab_reads: _HostState | None = None
 
-    async def settle(self) -> None:
-        """What a host does before answering (``AgentHost`` learns its shards)."""
+    async def settle(self, again: bool = False) -> None:
+        """What a host does before answering (``AgentHost`` learns its shards; *again*:
+        asks the shard map anew)."""
+
+    async def _ready(self) -> None:
+        """Settle, then refuse to answer while this host does not know whose the shards
+        are (restarted, its first lease renewal not through yet): it would read as empty."""
+        await self.settle()
+        if not self.rt.router.knows_owners():
+            from ..errors import HostUnavailableError
+
+            raise HostUnavailableError("this host has restarted and has not learned its "
+                                       "shards yet; read again in a moment")
 
     def _reads_state(self) -> _HostState:
         if self._ab_reads is None:
@@ -201,12 +215,15 @@ class HostReads:
 
     async def read(self, kind: str, class_name: str, name: str, args_json: str) -> str | bytes:
         """One read of agent ``(class_name, name)``: JSON text, or a frame's Arrow bytes."""
-        await self.settle()
+        await self._ready()
         key = (class_name, name)
         rt = self.rt
         if not rt.owns(key):
-            raise StoreError(f"{class_name}({name!r}) is not hosted here any more; "
-                             "read it again")
+            await self.settle(again=True)  # (its shard may have come here since)
+            if not rt.owns(key):
+                raise LeaseLostError(f"{class_name}({name!r}) is not hosted on this Ray host "
+                                     "now (its shard moved or was promoted elsewhere); read "
+                                     "it again")
         ref = rt.get(class_name, name)
         args, kwargs = loads(args_json)
         if kind == "sql_rows":  # (the driver makes the DataFrame, as a local read does)
@@ -257,7 +274,7 @@ class HostReads:
     async def read_all(self, kind: str, args_json: str) -> str | bytes:
         """A runtime-wide read of this host's agents (``agents``, ``workflows``: frames;
         ``approvals``, ``approval``, ``dead_letters``: JSON rows of the catalog)."""
-        await self.settle()
+        await self._ready()
         import pandas as pd
 
         rt = self.rt
@@ -281,12 +298,7 @@ class HostReads:
     async def feed(self, incarnation: str, cursor: int, rebuild: bool = False) -> bytes:
         """The changes of this host's DuckDB projection since the driver's *cursor* (the
         number of the last batch of changes it applied, from *incarnation*)."""
-        await self.settle()
-        if not self.rt.router.knows_owners():
-            from ..errors import HostUnavailableError
-
-            raise HostUnavailableError("this host has restarted and has not learned its "
-                                       "shards yet; read again in a moment")
+        await self._ready()
         from ..analytics.views import Analytics
 
         state = self._reads_state()
@@ -396,9 +408,19 @@ class OwnerReads:
                                        "again in a moment") from None
 
     def _ask(self, key: Key, kind: str, args: tuple, kwargs: dict | None = None) -> Any:
-        host = self.router.handle(self.router.host_of(key))
-        return self._get(host.read.remote(kind, key[0], key[1], dumps([list(args),
-                                                                         kwargs or {}])))
+        text = dumps([list(args), kwargs or {}])
+        router = self.router
+        for attempt in range(_REASKS + 1):
+            host = router.handle(router.host_of(key))
+            try:
+                return self._get(host.read.remote(kind, key[0], key[1], text))
+            except LeaseLostError:
+                # Not that host's agent now (a failover or a move this process has not
+                # heard of: no message went there since): the owner, by the map as it is.
+                if attempt == _REASKS or router.coordinator is None:
+                    raise
+                router.refresh()
+        raise AssertionError("unreachable")
 
     def _everywhere(self, kind: str, *args: Any) -> list[Any]:
         router = self.router

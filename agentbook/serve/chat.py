@@ -37,7 +37,8 @@ model whose tokens come further apart than the window (16 ms: slower than ~60 to
 second) has every token leave alone, at once; the builtin offline model, a word per
 event-loop turn, would otherwise pay a JSON frame, a socket write and the client's parse
 per word. Each stream keeps its chunks as sent (the last few streams, in memory), so a
-client that dropped its socket gets them replayed after its ack, then the live rest.
+client that dropped its socket gets them replayed after its ack, then the live rest (or,
+for a stream that ended before the ack, the transcript the others got at its end, then done).
 After the commit (never in the same tick as the last chunk, or the AI SDK client
 duplicates the message) the transcript goes out - to every connection but the requester's
 (its ``_pk``) for a new turn, to all for a continuation; read only when there is one to
@@ -146,7 +147,7 @@ class _Stream:
     """One turn's frames: its chunks (kept for replays) and how it ended."""
 
     __slots__ = ("asked", "bodies", "continuation", "done", "head", "held", "held_id", "id",
-                 "message_ids", "outcome", "requester", "text_at", "timer", "ui")
+                 "message_ids", "outcome", "requester", "text_at", "timer", "transcript", "ui")
 
     def __init__(self, sid: str, continuation: bool, requester: str | None,
                  message_ids: list[str] | None) -> None:
@@ -155,6 +156,8 @@ class _Stream:
         self.bodies: list[str] = []
         self.done = False
         self.outcome: str | None = None
+        #: The transcript sent when it ended (for a connection that acks its resume later).
+        self.transcript: list[dict[str, Any]] | None = None
         self.ui = UIStream()
         #: The user's message that started it, as the client sent it (until it commits,
         #: a reconnecting client still sees it, as Cloudflare's server stores it first).
@@ -343,6 +346,7 @@ class ChatWire:
             return
         self.flush(key, stream)
         stream.done = True
+        stream.transcript = transcript
         if transcript is not None:
             skip = None if stream.continuation else stream.requester
             self.send_all(key, encode({"type": MESSAGES, "messages": transcript}), skip)
@@ -695,7 +699,20 @@ class ChatWire:
             return
         for seq, body in enumerate(list(stream.bodies)):
             conn.frame(stream.frame(body, seq, replay=True))
-        if stream.done:
+        skip = None if stream.continuation else stream.requester
+        if stream.done and stream.transcript is not None and conn.id != skip:
+            # It ended before this connection acked (a continuation of a fast model, a
+            # client slow to ack): the transcript the others got at its end, then done - a
+            # tick after the chunks, as at the end of a live stream.
+            text = encode({"type": MESSAGES, "messages": stream.transcript})
+
+            def end() -> None:
+                if not conn.closed:
+                    conn.frame(text)
+                    conn.frame(stream.end_frame(replay=True))
+
+            asyncio.get_running_loop().call_later(FINALIZE_GAP, end)
+        elif stream.done:
             conn.frame(stream.end_frame(replay=True))
         else:
             frame: dict[str, Any] = {"type": RESPONSE, "id": stream.id, "body": "",
