@@ -324,6 +324,11 @@ class Alarm(ab.Agent):
     @ab.callable
     async def arm(self) -> None:
         await self.schedule(10, "ring")
+        await self.schedule(25, "ring", idempotent=False)  # (still pending after the first)
+
+    @ab.callable
+    async def arm_every(self) -> None:
+        await self.schedule_every(10, "ring")
 
     @ab.callable
     async def ping(self) -> int:
@@ -333,30 +338,154 @@ class Alarm(ab.Agent):
         self.set_state({"n": self.state["n"] + 1})
 
 
-async def test_a_firing_of_an_awake_agent_runs_eight_statements(tmp_path, clock):
-    """Issue 20: an awake agent's firing is one transaction of eight statements: BEGIN,
-    the due rows, the schedule row's delete, the history row, the event on record, the
-    next due time, the state, COMMIT - no savepoint for a lone firing, no schema look-ups
-    for agentbook's own rows. (The hand-written floor runs six.)"""
+def _tracing(rt: ab.Runtime, ref: object) -> list[str]:
+    """Record the first two words of each statement the agent of *ref* runs from now on."""
     statements: list[str] = []
 
     def trace(_cursor: object, sql: str, _bindings: object) -> bool:
         statements.append(" ".join(sql.split()[:2]))
         return True
 
+    rt.instances[ref._ab_key].store.conn.exec_trace = trace  # type: ignore[attr-defined]
+    return statements
+
+
+@pytest.mark.parametrize("kind", ["one-shot", "interval"])
+async def test_a_firing_of_an_awake_agent_runs_seven_statements(tmp_path, clock, kind):
+    """Issue 20: an awake agent's firing is one transaction of seven statements: BEGIN,
+    the due rows, the schedule row's delete (a one-shot) or advance (a recurring one),
+    which also reads the agent's next due time, the history row, the event on record,
+    the state, COMMIT - no savepoint for a lone firing, no schema look-ups for
+    agentbook's own rows, no next-due look-up of its own. (The hand-written floor runs
+    six.) The next due time that one statement read is the one the timer keeps: the
+    agent's other schedule still fires, when it is due."""
     async with ab.Runtime(tmp_path / "s", clock=clock) as rt:
         alarm = rt.get(Alarm, "a")
-        await alarm.arm()
+        armed = clock.now()
+        await (alarm.arm() if kind == "one-shot" else alarm.arm_every())
         await alarm.ping()  # (awake, as in lateness_awake: its wake's one-time look-ups done)
-        rt.instances[alarm._ab_key].store.conn.exec_trace = trace
+        statements = _tracing(rt, alarm)
         await clock.advance(10)
         await rt.settle()
         rt.instances[alarm._ab_key].store.conn.exec_trace = None
         assert alarm.state["n"] == 1
         assert alarm.history(limit=1).method.tolist() == ["ring"]
-        assert alarm.schedules().empty
-    assert len(statements) == 8, statements
+        assert len(alarm.schedules()) == 1
+        assert rt.timers.next_due(alarm._ab_key) == pytest.approx(
+            armed + (25 if kind == "one-shot" else 20))
+        await clock.advance(15)
+        await rt.settle()
+        assert alarm.state["n"] == 2  # (fired by the timer the firing's statement set)
+    assert len(statements) == 7, statements
     assert not any(s.startswith(("SAVEPOINT", "RELEASE", "PRAGMA")) for s in statements)
+    assert sum(s.startswith("SELECT") for s in statements) == 1, statements  # (the due rows)
+
+
+class Started(ab.Agent):
+    """An agent whose on_start writes a version at each wake (a lone message after it
+    would roll that back with itself: it keeps its savepoint)."""
+
+    initial_state = {"n": 0, "starts": 0}
+
+    async def on_start(self) -> None:
+        self.set_state({**self.state, "starts": self.state["starts"] + 1})
+
+    @ab.callable
+    async def arm(self) -> None:
+        await self.schedule(10, "ring", retry=ab.Retry(max_attempts=2, base=1.0, jitter=0))
+
+    async def ring(self) -> None:
+        self.set_state({**self.state, "n": self.state["n"] + 1})
+        raise ValueError("the ring failed")
+
+
+@pytest.mark.parametrize("cls", [Alarm, Started])
+async def test_the_first_firing_after_a_wake_runs_lone_unless_on_start_ran(tmp_path, clock, cls):
+    """Issue 20: an agent woken by its firing (the cron day: every firing wakes its agent)
+    runs it with no savepoint when its class has no on_start of its own; a class whose
+    on_start ran in the batch keeps the savepoint, so a firing that fails takes back its
+    own writes only: on_start's version stays, the retry is recorded once."""
+    import apsw
+
+    statements: list[str] = []
+    tracing = [False]
+
+    def hook(conn: apsw.Connection) -> None:
+        conn.exec_trace = lambda _c, sql, _b: (  # type: ignore[assignment]
+            tracing[0] and statements.append(" ".join(sql.split()[:2]))) or True
+
+    apsw.connection_hooks.append(hook)
+    try:
+        async with ab.Runtime(tmp_path / "s", clock=clock) as rt:
+            agent = rt.get(cls, "a")
+            await agent.arm()
+            rt.hibernate()
+            assert agent._ab_key not in rt.open_stores
+            tracing[0] = True
+            await clock.advance(10)
+            await rt.settle()
+            tracing[0] = False
+            if cls is Alarm:
+                assert agent.state["n"] == 1
+                assert agent.history(limit=1).outcome.tolist() == ["ok"]
+            else:
+                assert agent.state == {"n": 0, "starts": 2}  # (the wake's on_start kept)
+                assert agent.history(limit=2).method.tolist() == ["ring", "on_start"]
+                assert agent.history(limit=1).outcome.tolist() == ["retry"]
+                assert agent.schedules().attempt.tolist() == [1]
+            assert agent.verify()["ok"]
+    finally:
+        apsw.connection_hooks.remove(hook)
+    savepoints = [s for s in statements if s.startswith(("SAVEPOINT", "RELEASE"))]
+    assert (savepoints == []) if cls is Alarm else savepoints, statements
+
+
+class Rescheduler(ab.Agent):
+    initial_state = {"n": 0}
+
+    @ab.callable
+    async def arm(self) -> None:
+        await self.schedule(10, "ring")  # (its row written by hand, its next due read)
+        await self.schedule(100, "ring", idempotent=False)
+
+    @ab.callable
+    async def soon(self) -> None:
+        await self.schedule(5, "ring", idempotent=False)
+
+    async def ring(self) -> None:
+        self.set_state({"n": self.state["n"] + 1})
+
+
+async def test_a_later_message_of_the_batch_that_schedules_makes_the_mailbox_look_again(
+        tmp_path, clock, monkeypatch):
+    """The next due time a firing's own statement read (issue 20) holds only until another
+    message of the batch touches the schedules: here a call queued right behind the tick
+    runs in the firing's batch and schedules something sooner, and the timer is set for
+    that (not for what the firing read, 90 s later)."""
+    from agentbook.envelope import TICK
+
+    async with ab.Runtime(tmp_path / "s", clock=clock) as rt:
+        agent = rt.get(Rescheduler, "r")
+        await agent.arm()
+        enqueue = rt.enqueue
+        sent: list[str] = []
+
+        def and_a_call(key: tuple[str, str], env: object) -> None:
+            enqueue(key, env)  # type: ignore[arg-type]
+            if getattr(env, "method", None) == TICK and not sent:
+                sent.append(TICK)
+                agent.send("soon")  # (queued behind the tick, before the drain runs)
+
+        monkeypatch.setattr(rt, "enqueue", and_a_call)
+        await clock.advance(10)
+        await rt.settle()
+        assert sent == [TICK]
+        assert agent.history(limit=2).method.tolist() == ["soon", "ring"]
+        assert agent.state["n"] == 1
+        assert rt.timers.next_due(agent._ab_key) == pytest.approx(clock.now() + 5)
+        await clock.advance(5)
+        await rt.settle()
+        assert agent.state["n"] == 2
 
 
 class Flaky(ab.Agent):

@@ -56,10 +56,13 @@ def test_a_deleted_schedule_row_has_the_session_s_changeset(tmp_path, id):
     try:
         expected = _by_session(store, lambda: rows.delete(store, id))
         store.begin()
-        mine = rows.delete_recorded(store, id)
+        made = rows.delete_recorded(store, id)
         assert rows.exists(store, id) is False
+        left = rows.next_due(store)
         store.rollback()
-        assert expected is not None and mine == expected
+        assert made is not None and expected is not None and made.changes == expected
+        # the same statement read the next due time (the firing's look-up saved, issue 20)
+        assert made.next_due == left == min(r["due"] for r in _ROWS if r["id"] != id)
         assert rows.delete_recorded(store, "nothing") is None  # (no row, no change)
     finally:
         store.close()
@@ -73,10 +76,12 @@ def test_an_advanced_schedule_row_has_the_session_s_changeset(tmp_path, id, due)
         row = _row(store, id)
         expected = _by_session(store, lambda: rows.advance(store, id, due, row.occurrence + 1))
         store.begin()
-        done, mine = rows.advance_recorded(store, row, due, row.occurrence + 1)
+        made = rows.advance_recorded(store, row, due, row.occurrence + 1)
         after = _row(store, id)
+        left = rows.next_due(store)
         store.rollback()
-        assert done and expected is not None and mine == expected
+        assert made is not None and expected is not None and made.changes == expected
+        assert made.next_due == left == min([due] + [r["due"] for r in _ROWS if r["id"] != id])
         assert (after.due, after.attempt, after.occurrence) == (due, 0, row.occurrence + 1)
     finally:
         store.close()
@@ -90,7 +95,7 @@ def test_a_row_changed_since_it_was_read_is_left_to_the_session(tmp_path):
         row = _row(store, "cron")
         store.conn.execute("UPDATE _ab_schedules SET attempt = 1 WHERE id = 'cron'")
         store.begin()
-        assert rows.advance_recorded(store, row, 900.0, row.occurrence + 1) == (False, None)
+        assert rows.advance_recorded(store, row, 900.0, row.occurrence + 1) is None
         assert _row(store, "cron").due == row.due
         store.rollback()
     finally:

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = ["QUIET", "HandlerContext", "Outcome", "current_chain", "current_context",
            "enter_batch", "leave_batch", "record_failure", "run_message", "run_start",
-           "start_message"]
+           "runs_start", "start_message"]
 
 #: Keys of the agents whose handlers are awaiting, up the current call chain.
 current_chain: contextvars.ContextVar[tuple] = contextvars.ContextVar("ab_chain", default=())
@@ -65,8 +65,8 @@ class HandlerContext:
     the per-message path checks ``ctx.lists`` before reading them; anywhere else they read
     and write as plain attributes."""
 
-    __slots__ = ("approvals", "capturing", "destroy", "effects", "events", "extras", "kept",
-                 "lists", "occurrence", "outbox", "replay",
+    __slots__ = ("approvals", "capturing", "destroy", "due_after", "effects", "events", "extras",
+                 "kept", "lists", "occurrence", "outbox", "replay",
                  "sched_dirty", "schema_before", "segments", "session", "source",
                  "state_after", "state_changed", "state_cut", "suspended")
 
@@ -96,6 +96,10 @@ class HandlerContext:
         self.suspended = False
         self.destroy = False
         self.sched_dirty = False
+        #: ``(due,)``: the agent's earliest pending due time right after this handler's
+        #: last schedule write, read by that write itself (a firing's row, written by
+        #: hand: see ``schedule.firing``); ``None``: not known, the mailbox looks it up.
+        self.due_after: tuple[float | None] | None = None
         self.occurrence: Occurrence | None = None
         #: While replaying: the journal to serve, and the options (see travel.replay).
         self.replay: Any = None
@@ -249,10 +253,17 @@ async def _invoke(result: Any, ctx: HandlerContext, cls: type, method: str) -> A
     return result
 
 
-async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
-    """Make the agent object and run ``on_start``; its writes (if any) become a version."""
+def runs_start(cls: type[Agent]) -> bool:
+    """Whether making an agent of *cls* runs an ``on_start`` of its own (which may write a
+    version in the batch's transaction): :func:`run_start` runs none for a class that keeps
+    ``Agent.on_start``, so the first message after a wake may still run lone."""
     from .agent import Agent
 
+    return cls.on_start is not Agent.on_start
+
+
+async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
+    """Make the agent object and run ``on_start``; its writes (if any) become a version."""
     rt = inst.runtime
     agent = cls.__new__(cls)
     agent._ab_instance = inst
@@ -262,7 +273,7 @@ async def run_start(inst: Instance, cls: type[Agent]) -> HandlerContext:
     store = inst.store
     assert store is not None
     ctx = HandlerContext("start")
-    if cls.on_start is Agent.on_start:  # nothing to run, nothing to record
+    if not runs_start(cls):  # nothing to run, nothing to record
         inst.started = cls
         return ctx
     ctx.capture(store)
@@ -488,16 +499,13 @@ def _failed(inst: Instance, env: Envelope, cls: type[Agent], ctx: HandlerContext
     assert store is not None
     duration = (time.perf_counter() - t0) * 1000
     ctx.drop()
-    alive = store.conn.in_transaction  # (False: SQLite rolled the batch back itself)
-    try:
-        if lone:
-            store.rollback()
-        else:
+    if lone:
+        inst.undo_lone(env)  # (a firing's failure is then recorded in a new transaction)
+    else:
+        try:
             store.rollback_message()
-    except Exception:
-        pass
-    if lone and alive and env.sched is not None:
-        store.begin()  # a lone firing's failure is recorded in a transaction of its own
+        except Exception:
+            pass
     inst.version, inst.state, inst.state_json = before
     if isinstance(exc, _FATAL):
         raise exc

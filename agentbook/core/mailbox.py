@@ -50,6 +50,7 @@ from .handler import (
     leave_batch,
     record_failure,
     run_start,
+    runs_start,
     start_message,
     translate,
 )
@@ -343,6 +344,8 @@ class Instance:
         taken: list[Envelope] = []
         started: HandlerContext | None = None
         scheduled = False
+        #: ``(due,)``: the next due time as the last firing's statement read it (no look-up).
+        known: tuple[float | None] | None = None
         awaited = False
         began = time.perf_counter()
         sent: list | None = None
@@ -386,8 +389,10 @@ class Instance:
                 awaited = awaited or env.future is not None
                 # A lone message needs no savepoint: if it fails, the whole (otherwise
                 # empty) transaction is rolled back instead (a firing's failure is then
-                # recorded in a new one). Saves two statements.
-                lone = (not taken and not self.queue and started is None and not self.fresh
+                # recorded in a new one: undo_lone). Saves two statements. (Also the first
+                # after a wake, unless an on_start of the class's own ran in the batch.)
+                lone = (not taken and not self.queue and not self.fresh
+                        and (started is None or not runs_start(cls))
                         and env.approval is None and env.replay is None)
                 taken.append(env)
                 outcome = start_message(self, env, cls, lone)  # (most finish at once)
@@ -395,21 +400,22 @@ class Instance:
                     outcome = await outcome
                 if outcome is not QUIET:  # (else nothing of it is needed after the commit)
                     done.append(outcome)
-                if not store.conn.in_transaction and not (lone and not outcome.ok
-                                                          and env.sched is None):
-                    # SQLite rolled the whole batch back (a full disk, an I/O error), even if
-                    # the handler caught the error: nothing of it is committed, so none of it
-                    # may be acknowledged. (A lone firing that failed is in a transaction
-                    # again unless SQLite rolled back: its lost attempt is counted below.)
+                if not store.conn.in_transaction and self.lost(outcome, lone):
+                    # (none of the batch is committed, so none of it may be acknowledged)
                     raise outcome.value if not outcome.ok else store.lost_error()
-                scheduled = scheduled or outcome.ctx.sched_dirty or env.sched is not None
+                if outcome.ctx.sched_dirty or env.sched is not None:
+                    scheduled = True
+                    # (the next due time as the firing's own statement read it holds until
+                    # another message touches schedules: each that does says so)
+                    known = outcome.ctx.due_after if outcome.ok else None
                 if (lone and not outcome.ok) or outcome.ctx.suspended:
                     break
             leave_batch(scope)
             scope = None
             if store.broken is not None:  # it went read-only or was found damaged
                 raise store.broken
-            due = firing.schedule_due(store) if scheduled else None
+            due = None if not scheduled else (
+                known[0] if known is not None else firing.schedule_due(store))
             if self.fresh and store.conn.in_transaction:
                 rt.created(self)  # before the commit: the catalog is a superset of the stores
             if store.conn.in_transaction:
@@ -504,6 +510,38 @@ class Instance:
         self.gate.flush_acks()
         if self.workflows is not None and not self.workflows.checked:
             workflow_engine.recover(self)  # (a rewind let the live runs go)
+
+    # -- a lone message: the whole transaction, with no savepoint (see _batch) ----------
+    @staticmethod
+    def records_anew(env: Envelope) -> bool:
+        """Whether a lone message that failed has its failure recorded in a transaction
+        of its own (:meth:`undo_lone`): a firing's (its retry or dead letter) is."""
+        return env.sched is not None
+
+    def undo_lone(self, env: Envelope) -> None:
+        """A lone message failed: roll its whole transaction back, and begin the new one
+        a firing's failure is recorded in (:meth:`records_anew`) - unless SQLite had
+        rolled the batch back itself (a full disk, an I/O error): then nothing is
+        recorded, :meth:`lost` says so, and the occurrence's attempt is counted as lost."""
+        store = self.store
+        assert store is not None
+        alive = store.conn.in_transaction
+        try:
+            store.rollback()
+        except Exception:
+            pass
+        if alive and self.records_anew(env):
+            store.begin()
+
+    def lost(self, outcome: Outcome, lone: bool) -> bool:
+        """Whether SQLite rolled the batch back while *outcome*'s message ran (a full disk,
+        an I/O error), even if the handler caught the error: nothing of the batch is
+        committed. A lone message that failed ends its transaction itself
+        (:meth:`undo_lone`): only one whose failure is recorded anew must still have one."""
+        store = self.store
+        assert store is not None
+        return not store.conn.in_transaction and not (
+            lone and not outcome.ok and not self.records_anew(outcome.env))
 
     def _stamp(self, started: HandlerContext | None, done: list[Outcome]) -> list | None:
         """The messages the batch's committing handlers sent, numbered (or ``None``)."""

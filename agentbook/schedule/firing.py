@@ -144,17 +144,17 @@ def after_success(inst: Instance, ctx: HandlerContext, env: Envelope) -> None:
 def _advance_captured(inst: Instance, ctx: HandlerContext, row: ScheduleRow, now: float) -> None:
     """:func:`advance`, its row change recorded in *ctx*'s version. A handler that captured
     nothing else gets the changeset written by hand, with no session (issue 20: ~80 us a
-    firing; see agentbook.store.rowchange); else its session records the change."""
+    firing; see agentbook.store.rowchange), and the agent's next due time read by the same
+    statement (``ctx.due_after``); else its session records the change."""
     store = inst.store
     assert store is not None
     if not ctx.capturing:
         nxt = next_after_run(row.type, row.due, now, row.cron, row.interval, row.tz, row.missed)
-        if nxt is None:
-            ctx.add_changes(rows.delete_recorded(store, row.id))
-            return
-        done, changes = rows.advance_recorded(store, row, nxt, row.occurrence + 1)
-        if done:
-            ctx.add_changes(changes)
+        made = (rows.delete_recorded(store, row.id) if nxt is None
+                else rows.advance_recorded(store, row, nxt, row.occurrence + 1))
+        if made is not None:
+            ctx.add_changes(made.changes)
+            ctx.due_after = (made.next_due,)  # (the mailbox's next-due look-up, done)
             return
     ctx.capture(store, schema=False)
     advance(inst, row, now)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from .agentstore import AgentStore
 
-__all__ = ["ROW_SQL", "DeadLetterRow", "SameRow", "ScheduleRow", "add_dead_letter", "advance",
+__all__ = ["ROW_SQL", "DeadLetterRow", "Recorded", "SameRow", "ScheduleRow", "add_dead_letter", "advance",
            "advance_recorded", "clear", "dead_letter", "delete", "delete_dead_letter",
            "delete_recorded", "due_rows", "exists", "find_key", "find_same", "insert", "next_due",
            "retry_later", "rows", "select", "set_options"]
@@ -200,6 +200,16 @@ def advance(store: AgentStore, id: str, due: float, occurrence: int) -> None:
 _ADVANCED = ("due", "attempt", "occurrence", "last_error", "occurrence_due")
 
 
+class Recorded(NamedTuple):
+    """A schedule row written by :func:`delete_recorded` or :func:`advance_recorded`."""
+
+    #: The changeset SQLite's session extension would have recorded for the write.
+    changes: bytes | None
+    #: The agent's earliest pending due time after the write (``None``: nothing pending),
+    #: read by the same statement, so a firing needs no :func:`next_due` look-up after it.
+    next_due: float | None
+
+
 class _Recorded(NamedTuple):
     """The table's layout and the statements of :func:`delete_recorded` and
     :func:`advance_recorded`, made once per process."""
@@ -214,7 +224,9 @@ class _Recorded(NamedTuple):
 @cache
 def _recorded() -> _Recorded:
     tab = rowchange.table("_ab_schedules")
-    returning = " RETURNING " + ", ".join(tab.columns)
+    # (the row as changed, then the earliest due time left: a subquery in RETURNING sees
+    # the table after the row's change - tests/test_rowchange.py holds SQLite to that)
+    returning = " RETURNING " + ", ".join(tab.columns) + ", (SELECT min(due) FROM _ab_schedules)"
     return _Recorded(
         tab, "DELETE FROM _ab_schedules WHERE id = ?" + returning,
         "UPDATE _ab_schedules SET due = ?, attempt = ?, occurrence = ?, last_error = ?,"
@@ -223,29 +235,34 @@ def _recorded() -> _Recorded:
         tuple(tab.columns.index(name) for name in _ADVANCED))
 
 
-def delete_recorded(store: AgentStore, id: str) -> bytes | None:
-    """:func:`delete`, returning the changeset SQLite's session extension would have
-    recorded for it (``None``: there was no row), so a firing that wrote nothing else
-    needs no session (issue 20; see :mod:`agentbook.store.rowchange`). Same statement
-    count: the old row comes back with ``RETURNING``."""
+def delete_recorded(store: AgentStore, id: str) -> Recorded | None:
+    """:func:`delete`, with the changeset SQLite's session extension would have recorded
+    for it, so a firing that wrote nothing else needs no session (issue 20; see
+    :mod:`agentbook.store.rowchange`), and the next due time (``None``: there was no row,
+    nothing was written). One statement: the old row and the next due time come back
+    with ``RETURNING``."""
     made = _recorded()
     found = store.internal(made.delete, (id,))
-    return rowchange.delete(made.table, found[0]) if found else None
+    if not found:
+        return None
+    *old, after = found[0]
+    return Recorded(rowchange.delete(made.table, old), after)
 
 
 def advance_recorded(store: AgentStore, row: ScheduleRow, due: float,
-                     occurrence: int) -> tuple[bool, bytes | None]:
-    """:func:`advance` of the schedule *row* as read before, with its changeset (see
-    :func:`delete_recorded`): ``(True, changes)``. The row is updated only if it is still
-    as *row* says (its old values go into the changeset); ``(False, None)`` and nothing
-    written when it is not (changed or gone since: the caller records with a session)."""
+                     occurrence: int) -> Recorded | None:
+    """:func:`advance` of the schedule *row* as read before, with its changeset and the
+    next due time (see :func:`delete_recorded`). The row is updated only if it is still
+    as *row* says (its old values go into the changeset); ``None`` and nothing written
+    when it is not (changed or gone since: the caller records with a session)."""
     made = _recorded()
     old = (row.due, row.attempt, row.occurrence, row.last_error, row.occurrence_due)
     found = store.internal(made.advance,
                            (float(due), 0, int(occurrence), None, None, row.id, *old))
     if not found:
-        return False, None
-    return True, rowchange.update_at(made.table, found[0], made.advanced_at, old)
+        return None
+    *new, after = found[0]
+    return Recorded(rowchange.update_at(made.table, new, made.advanced_at, old), after)
 
 
 def retry_later(store: AgentStore, id: str, due: float, attempt: int, error: str,
