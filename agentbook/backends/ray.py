@@ -46,7 +46,7 @@ from .ray_events import EventRelay, event_encoder
 from .ray_reads import HostReads, OwnerReads
 from .replication import Replicator
 from .shard_leases import ShardLeases
-from .shards import Key, actor_gone, folder_id, node_folder, ray_module, shard_of
+from .shards import Key, actor_gone, ask_restarting, folder_id, node_folder, ray_module, shard_of
 
 if TYPE_CHECKING:
     from ..core.runtime import Runtime
@@ -332,7 +332,9 @@ class RayRouter:
         ray = _ray()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        placed = ray.get([self.handle(i).hello.remote() for i in self.serving_hosts()])
+        # (a host of a lost node may be restarting on another: its place is known once up)
+        placed = [ask_restarting(ray, self.handle(i).hello.remote, f"host {i}")
+                  for i in self.serving_hosts()]
         load = {n["NodeID"]: 0 for n in ray.nodes() if n.get("Alive")}
         for hello in placed:
             if hello["node"] in load:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import UsageError
 
-__all__ = ["Key", "actor_gone", "folder_id", "node_folder", "ray_module", "shard_of"]
+__all__ = ["Key", "actor_gone", "ask_restarting", "folder_id", "node_folder", "ray_module",
+           "shard_of"]
 
 Key = tuple[str, str]
 
@@ -36,6 +39,27 @@ _ACTOR_GONE = frozenset({"ActorDiedError", "ActorUnavailableError", "RayActorErr
 def actor_gone(exc: BaseException) -> bool:
     """Whether *exc* is Ray saying the actor called has died or is restarting."""
     return type(exc).__name__ in _ACTOR_GONE
+
+
+def ask_restarting(ray: Any, call: Callable[[], Any], what: str, timeout: float = 60.0,
+                   pause: float = 0.2) -> Any:
+    """``ray.get(call())``, asked again while Ray says the actor is restarting (a host of a
+    lost node, being started on another: its calls fail with ``ActorUnavailableError``
+    until it is up) - for *timeout* seconds, then the typed error that says to try again."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get(call())
+        except Exception as exc:
+            if not actor_gone(exc):
+                raise
+            if time.monotonic() >= deadline:
+                from ..errors import HostUnavailableError
+
+                raise HostUnavailableError(f"{what} is restarting (its node was lost) and did "
+                                           f"not answer within {timeout:g} s; try again in "
+                                           "a moment") from None
+        time.sleep(pause)
 
 
 def node_folder(host_dir: str | None) -> str:
