@@ -317,3 +317,55 @@ async def test_a_host_that_does_not_know_its_shards_says_read_again():
                  host.read_all("agents", "[null]"), host.feed("", 0)):
         with pytest.raises(ab.HostUnavailableError, match="read again"):
             await read
+
+
+def test_reads_skip_a_restarting_host_whose_shards_were_promoted(monkeypatch):
+    """After a node loss Ray restarts its host on another node; until it is up, a call to
+    it fails (HostUnavailableError). A runtime-wide read skips it once the shard map says
+    it owns nothing (its shards were promoted to their replicas), and a read of one agent
+    asks the agent's new owner; a restarting host that still owns shards says 'read
+    again'. (No Ray: a stand-in router and answers, since the restart's timing can't be
+    chosen on a real cluster.)"""
+    from types import SimpleNamespace
+
+    from agentbook.backends.ray_reads import OwnerReads
+
+    class Router:
+        coordinator = object()
+
+        def __init__(self) -> None:
+            self.owners, self.refreshed = [1, 0], 0
+
+        def live_hosts(self):
+            return [0, 1]
+
+        def host_of(self, key):
+            return self.owners[0 if key[1] == "a" else 1]
+
+        def refresh(self):
+            self.refreshed += 1
+            self.owners = self.promoted
+
+        def handle(self, i):
+            def remote(*a):
+                return ("answer", i, a)
+
+            return SimpleNamespace(read_all=SimpleNamespace(remote=remote),
+                                   read=SimpleNamespace(remote=remote))
+
+    def get(self, ref):
+        if ref[1] == 1:  # host 1 is restarting
+            raise ab.HostUnavailableError("the host owning this agent is restarting")
+        return ref
+
+    monkeypatch.setattr(OwnerReads, "_get", get)
+    router = Router()
+    router.promoted = [0, 0]  # host 1's shards went to host 0
+    reads = OwnerReads(router)
+    assert [a[1] for a in reads._everywhere("approvals", None)] == [0]
+    assert reads._ask(("T", "a"), "state", ())[1] == 0, "asked the new owner"
+    router.owners, router.promoted = [1, 0], [1, 0]  # host 1 still owns shard 0
+    with pytest.raises(ab.HostUnavailableError):
+        reads._everywhere("approvals", None)
+    with pytest.raises(ab.HostUnavailableError):
+        reads._ask(("T", "a"), "state", ())

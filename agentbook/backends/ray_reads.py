@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 from .. import jsonvalue
-from ..errors import LeaseLostError, UsageError
+from ..errors import HostUnavailableError, LeaseLostError, UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -203,8 +203,6 @@ class HostReads:
         are (restarted, its first lease renewal not through yet): it would read as empty."""
         await self.settle()
         if not self.rt.router.knows_owners():
-            from ..errors import HostUnavailableError
-
             raise HostUnavailableError("this host has restarted and has not learned its "
                                        "shards yet; read again in a moment")
 
@@ -402,8 +400,6 @@ class OwnerReads:
                 raise cause from None
             raise
         except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError):
-            from ..errors import HostUnavailableError
-
             raise HostUnavailableError("the host owning this agent is restarting; read "
                                        "again in a moment") from None
 
@@ -411,22 +407,43 @@ class OwnerReads:
         text = dumps([list(args), kwargs or {}])
         router = self.router
         for attempt in range(_REASKS + 1):
-            host = router.handle(router.host_of(key))
+            index = router.host_of(key)
             try:
-                return self._get(host.read.remote(kind, key[0], key[1], text))
-            except LeaseLostError:
+                return self._get(router.handle(index).read.remote(kind, key[0], key[1], text))
+            except HostUnavailableError as exc:
                 # Not that host's agent now (a failover or a move this process has not
-                # heard of: no message went there since): the owner, by the map as it is.
+                # heard of: no message went there since), or that host is restarting after
+                # its node was lost and the agent was promoted elsewhere: the owner, by the
+                # map as it is (a restarting owner: read again in a moment).
                 if attempt == _REASKS or router.coordinator is None:
                     raise
                 router.refresh()
+                if not isinstance(exc, LeaseLostError) and router.host_of(key) == index:
+                    raise
         raise AssertionError("unreachable")
 
     def _everywhere(self, kind: str, *args: Any) -> list[Any]:
         router = self.router
         text = dumps(list(args))
-        return self._get([router.handle(i).read_all.remote(kind, text)
-                          for i in router.live_hosts()])
+        hosts = router.live_hosts()
+        asked = [router.handle(i).read_all.remote(kind, text) for i in hosts]
+        answers, owners = [], None
+        for i, ref in zip(hosts, asked, strict=True):
+            try:
+                answers.append(self._get(ref))
+            except HostUnavailableError:
+                # A host restarting after its node was lost: if its shards were promoted
+                # to their replicas, its agents answer from there (it owns none now).
+                if router.coordinator is None:
+                    raise
+                if owners is None:
+                    router.refresh()
+                    owners = set(router.owners or ())
+                if i in owners:
+                    raise
+        if not answers:
+            raise HostUnavailableError("every host is restarting; read again in a moment")
+        return answers
 
     # -- one agent --------------------------------------------------------------------------
     def value(self, ref: AgentRef, kind: str, *args: Any) -> Any:
