@@ -534,14 +534,12 @@ class Instance:
             store.begin()
 
     def lost(self, outcome: Outcome, lone: bool) -> bool:
-        """Whether SQLite rolled the batch back while *outcome*'s message ran (a full disk,
-        an I/O error), even if the handler caught the error: nothing of the batch is
-        committed. A lone message that failed ends its transaction itself
-        (:meth:`undo_lone`): only one whose failure is recorded anew must still have one."""
-        store = self.store
-        assert store is not None
-        return not store.conn.in_transaction and not (
-            lone and not outcome.ok and not self.records_anew(outcome.env))
+        """The store is out of its transaction after *outcome*'s message: whether that is
+        SQLite having rolled the batch back (a full disk, an I/O error), even if the
+        handler caught the error, so nothing of the batch is committed. A lone message
+        that failed ends its transaction itself (:meth:`undo_lone`): only one whose
+        failure is recorded anew must still have one."""
+        return not (lone and not outcome.ok and not self.records_anew(outcome.env))
 
     def _stamp(self, started: HandlerContext | None, done: list[Outcome]) -> list | None:
         """The messages the batch's committing handlers sent, numbered (or ``None``)."""
