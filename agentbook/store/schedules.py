@@ -23,8 +23,8 @@ if TYPE_CHECKING:
 
     from .agentstore import AgentStore
 
-__all__ = ["ROW_SQL", "DeadLetterRow", "Recorded", "SameRow", "ScheduleRow", "add_dead_letter", "advance",
-           "advance_recorded", "clear", "dead_letter", "delete", "delete_dead_letter",
+__all__ = ["ROW_SQL", "DeadLetterRow", "Recorded", "SameRow", "ScheduleRow", "add_dead_letter",
+           "advance", "advance_recorded", "clear", "dead_letter", "delete", "delete_dead_letter",
            "delete_recorded", "due_rows", "exists", "find_key", "find_same", "insert", "next_due",
            "retry_later", "rows", "select", "set_options"]
 
@@ -98,9 +98,13 @@ def due_rows(store: AgentStore, now: float) -> list[ScheduleRow]:
             for r in store.internal(ROW_SQL + " WHERE due <= ? ORDER BY due, seq", (now,))]
 
 
+#: The earliest pending due time (an index look-up; NULL when nothing is pending).
+_NEXT_DUE = "SELECT min(due) FROM _ab_schedules"
+
+
 def next_due(store: AgentStore) -> float | None:
     """The earliest pending due time (an index look-up), ``None`` when nothing is pending."""
-    return store.internal("SELECT min(due) FROM _ab_schedules")[0][0]
+    return store.internal(_NEXT_DUE)[0][0]
 
 
 def exists(store: AgentStore, id: str) -> bool:
@@ -226,7 +230,7 @@ def _recorded() -> _Recorded:
     tab = rowchange.table("_ab_schedules")
     # (the row as changed, then the earliest due time left: a subquery in RETURNING sees
     # the table after the row's change - tests/test_rowchange.py holds SQLite to that)
-    returning = " RETURNING " + ", ".join(tab.columns) + ", (SELECT min(due) FROM _ab_schedules)"
+    returning = " RETURNING " + ", ".join(tab.columns) + f", ({_NEXT_DUE})"
     return _Recorded(
         tab, "DELETE FROM _ab_schedules WHERE id = ?" + returning,
         "UPDATE _ab_schedules SET due = ?, attempt = ?, occurrence = ?, last_error = ?,"
