@@ -9,7 +9,7 @@ import zlib
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import HostUnavailableError, UsageError
 
 __all__ = ["Key", "actor_gone", "ask_restarting", "folder_id", "node_folder", "ray_module",
            "shard_of"]
@@ -54,8 +54,6 @@ def ask_restarting(ray: Any, call: Callable[[], Any], what: str, timeout: float 
             if not actor_gone(exc):
                 raise
             if time.monotonic() >= deadline:
-                from ..errors import HostUnavailableError
-
                 raise HostUnavailableError(f"{what} is restarting (its node was lost) and did "
                                            f"not answer within {timeout:g} s; try again in "
                                            "a moment") from None

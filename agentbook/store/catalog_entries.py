@@ -37,7 +37,7 @@ class TableRows(NamedTuple):
 
     def column(self, name: str) -> list[Any]:
         """The value of column *name* in each row."""
-        at = self.columns.index(name)
+        at = self.at(name)
         return [row[at] for row in self.rows]
 
     def to_json(self) -> dict[str, Any]:
