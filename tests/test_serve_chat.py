@@ -5,7 +5,9 @@ approvals, the tools that ran. (Cloudflare's own client is in test_serve_chat_np
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -216,6 +218,64 @@ async def test_a_connection_that_acks_after_the_stream_ended_gets_its_transcript
     assert (first["role"], first["id"]) == ("user", "u1")
     stored = rt.get(WireChat, "p10").messages()
     assert [m["id"] for m in listed["messages"]] == list(stored["id"])
+
+
+async def test_a_connection_that_acks_between_the_last_chunk_and_the_end_gets_its_end_later(
+        rt, served, monkeypatch):
+    """A stream's end (the transcript, then done) leaves FINALIZE_GAP after its last chunk.
+    A connection whose resume ack lands in that gap is replayed while the stream still runs;
+    its end must come FINALIZE_GAP after its own replay (Cloudflare's client kept a client
+    tool's continuation as a message of its own when it came 1 ms after), once, in order.
+    The gap is held open here, and the end runs right after the replay."""
+    from agentbook.serve import chat
+    from agentbook.serve.protocol import Connection
+
+    wire, held = served.chat, []
+    monkeypatch.setattr(wire, "later", lambda key, stream, transcript: held.append(
+        lambda: wire.finish(key, stream, transcript)))
+    loop, sent, write = asyncio.get_running_loop(), [], Connection.frame
+
+    def frame(conn, text: str) -> None:  # what the server writes to "two", and when
+        if conn.id == "two":
+            sent.append((loop.time(), json.loads(text)))
+        write(conn, text)
+
+    monkeypatch.setattr(Connection, "frame", frame)
+    ack = json.dumps({"type": "cf_agent_stream_resume_ack", "id": "r1"})
+    async with await raw(served, "/agents/wire-chat/p11?_pk=one") as one:
+        await frames_until(one, lambda f: f["type"] == "cf_agent_chat_messages")
+        await one.send(request("r1", "a slow reply, acked in the gap"))
+        mine = await frames_until(one, lambda f: '"text-delta"' in f.get("body", ""))
+        async with await raw(served, "/agents/wire-chat/p11?_pk=two") as two:
+            await frames_until(two, lambda f: f["type"] == "cf_agent_stream_resuming")
+            mine += await frames_until(one, lambda f: bool(f.get("body")) and json.loads(
+                f["body"])["type"] == "finish")  # the last chunk
+            await eventually(lambda: held, what="the turn committed, its end held")
+            await two.send(ack)
+            got = await frames_until(two, lambda f: f.get("replayComplete") is True)
+            (end,) = held
+            end()  # the end comes in the gap: right after the replay
+            got += await frames_until(two, lambda f: f.get("done") is True)
+            await two.send(json.dumps({"type": "cf_agent_stream_resume_request",
+                                       "probeId": "after"}))
+            got += await frames_until(two, lambda f: f.get("probeId") == "after")
+        mine += await frames_until(one, lambda f: f.get("done") is True)
+    kinds = [f["type"] if f["type"] != "cf_agent_use_chat_response" else
+             "done" if f["done"] else "complete" if f.get("replayComplete") else "chunk"
+             for f in got]
+    n = kinds.count("chunk")
+    assert n > 2 and kinds == ["chunk"] * n + [
+        "complete", "cf_agent_chat_messages", "done", "cf_agent_stream_resume_none"]
+    assert bodies(got, "r1") == bodies(mine, "r1")
+    stored = rt.get(WireChat, "p11").messages()
+    assert [m["id"] for m in got[n + 1]["messages"]] == list(stored["id"])
+    # ... at least FINALIZE_GAP after the replay, as the server wrote them
+    (replayed,) = [t for t, f in sent if f.get("replayComplete")]
+    (listed,) = [t for t, f in sent if f["type"] == "cf_agent_chat_messages" and "connect" not in f]
+    slack = time.get_clock_info("monotonic").resolution
+    assert listed - replayed >= chat.FINALIZE_GAP - slack, f"{(listed - replayed) * 1000:.2f} ms"
+    # the requester got its done at once (no transcript: it has the turn)
+    assert not any(f["type"] == "cf_agent_chat_messages" for f in mine)
 
 
 async def test_a_finished_stream_is_replayed_whole_and_probes_are_always_answered(rt, served):

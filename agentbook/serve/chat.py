@@ -39,10 +39,13 @@ event-loop turn, would otherwise pay a JSON frame, a socket write and the client
 per word. Each stream keeps its chunks as sent (the last few streams, in memory), so a
 client that dropped its socket gets them replayed after its ack, then the live rest (or,
 for a stream that ended before the ack, the transcript the others got at its end, then done).
-After the commit (never in the same tick as the last chunk, or the AI SDK client
-duplicates the message) the transcript goes out - to every connection but the requester's
-(its ``_pk``) for a new turn, to all for a continuation; read only when there is one to
-send it to - then the ``done`` frame. A turn
+After the commit the transcript goes out - to every connection but the requester's (its
+``_pk``) for a new turn, to all for a continuation; read only when there is one to send it
+to - then the ``done`` frame: to each connection at least :data:`FINALIZE_GAP` after the
+last frame of the stream it got, never in the same tick (or the AI SDK client keeps a
+continuation as a message of its own, or duplicates one). So a connection whose resume ack
+lands between a stream's last chunk and its end gets its end that long after its replay,
+not with the others'; every connection gets one end per replay, in order. A turn
 that failed, or whose process died, stored nothing: a reconnecting client gets the
 committed transcript and ``resume_none``.
 
@@ -147,7 +150,8 @@ class _Stream:
     """One turn's frames: its chunks (kept for replays) and how it ended."""
 
     __slots__ = ("asked", "bodies", "continuation", "done", "head", "held", "held_id", "id",
-                 "message_ids", "outcome", "requester", "text_at", "timer", "transcript", "ui")
+                 "message_ids", "outcome", "owed", "replayed", "requester", "text_at", "timer",
+                 "transcript", "ui")
 
     def __init__(self, sid: str, continuation: bool, requester: str | None,
                  message_ids: list[str] | None) -> None:
@@ -158,6 +162,11 @@ class _Stream:
         self.outcome: str | None = None
         #: The transcript sent when it ended (for a connection that acks its resume later).
         self.transcript: list[dict[str, Any]] | None = None
+        #: Connections that acked while it ran: when their replay ended (``loop.time()``).
+        self.replayed: dict[Connection, float] = {}
+        #: Ends not sent yet (transcript, then done; each at least FINALIZE_GAP after the
+        #: connection's last frame of this stream): their timers, and whether replayed.
+        self.owed: dict[Connection, tuple[asyncio.TimerHandle, bool]] = {}
         self.ui = UIStream()
         #: The user's message that started it, as the client sent it (until it commits,
         #: a reconnecting client still sees it, as Cloudflare's server stores it first).
@@ -342,22 +351,68 @@ class ChatWire:
             loop.call_later(FINALIZE_GAP, self.finish, key, stream, transcript)
 
     def finish(self, key: Key, stream: _Stream, transcript: list[dict[str, Any]] | None) -> None:
+        """The end of *stream* to each connection that follows it: the transcript (if it
+        gets one), then done - at least :data:`FINALIZE_GAP` after the last frame of the
+        stream it got. Those that got the chunks live had the last one that long ago
+        (:meth:`later`); one whose resume ack came in the gap had its replay just now,
+        and gets its end that long after the replay; one still offered the stream gets
+        it after its ack (:meth:`resume_ack`)."""
         if stream.done:
             return
         self.flush(key, stream)
         stream.done = True
         stream.transcript = transcript
-        if transcript is not None:
-            skip = None if stream.continuation else stream.requester
-            self.send_all(key, encode({"type": MESSAGES, "messages": transcript}), skip)
-        self.send_all(key, stream.end_frame())
+        replayed, stream.replayed = stream.replayed, {}
+        skip = None if stream.continuation else stream.requester
+        listed = None if transcript is None else encode({"type": MESSAGES,
+                                                         "messages": transcript})
+        end = stream.end_frame()
+        room = self.rooms.get(key)
+        waiting = room.awaiting if room is not None else ()
+        now = asyncio.get_running_loop().time()
+        for conn in self.server.connections_of(key):
+            if conn in waiting:
+                continue
+            if listed is not None and conn.id != skip:
+                due = replayed.get(conn, now - FINALIZE_GAP) + FINALIZE_GAP
+                if due > now:  # it acked in the gap
+                    self.owe(conn, stream, due - now, replay=False)
+                    continue
+                conn.frame(listed)
+            conn.frame(end)
         self.close(key, stream)
+
+    def owe(self, conn: Connection, stream: _Stream, delay: float, replay: bool) -> None:
+        """Send *conn* the end of the ended *stream* (its transcript, then done) in *delay*
+        seconds (the one end it is owed of it: a later ack's replay replaces it)."""
+        handle = asyncio.get_running_loop().call_later(delay, self.pay, conn, stream)
+        stream.owed[conn] = (handle, replay)
+
+    def pay(self, conn: Connection, stream: _Stream) -> None:
+        """Send *conn* the end it is owed of *stream* now (nothing if it is owed none)."""
+        owed = stream.owed.pop(conn, None)
+        if owed is None:
+            return
+        handle, replay = owed
+        handle.cancel()
+        if not conn.closed and stream.transcript is not None:
+            conn.frame(encode({"type": MESSAGES, "messages": stream.transcript}))
+            conn.frame(stream.end_frame(**({"replay": True} if replay else {})))
+
+    def forget(self, conn: Connection, stream: _Stream) -> None:
+        """Forget what *conn* is owed of *stream* and when it was replayed."""
+        owed = stream.owed.pop(conn, None)
+        if owed is not None:
+            handle, _ = owed
+            handle.cancel()
+        stream.replayed.pop(conn, None)
 
     def fail(self, key: Key, stream: _Stream, error: BaseException) -> None:
         if stream.done:
             return
         self.flush(key, stream)  # (what was said before it failed)
         stream.done = True
+        stream.replayed.clear()
         stream.outcome = "error"
         text = str(error) or type(error).__name__
         self.send(key, stream, encode({"type": "error", "errorText": text}))
@@ -386,6 +441,9 @@ class ChatWire:
             requester, message_ids, asked = None, None, None
         if room.pending == sid:
             room.pending = None
+        for older in room.streams.values():  # their ends before this one's first chunk
+            for conn in list(older.owed):
+                self.pay(conn, older)
         stream = _Stream(sid, continuation, requester, message_ids)
         stream.asked = asked
         room.active = stream
@@ -439,6 +497,8 @@ class ChatWire:
         if room is not None:
             room.awaiting.discard(conn)
             room.parked.pop(conn, None)
+            for stream in room.streams.values():
+                self.forget(conn, stream)
 
     def frame(self, conn: Connection, ref: AgentRef, chat: bool, frame: dict) -> str | None:
         """Handle one chat frame; a problem to report, or ``None``."""
@@ -697,26 +757,21 @@ class ChatWire:
         stream = room.streams.get(sid) if isinstance(sid, str) else None
         if stream is None:
             return
+        self.forget(conn, stream)  # (an ack again: this replay gets the one end)
         for seq, body in enumerate(list(stream.bodies)):
             conn.frame(stream.frame(body, seq, replay=True))
         skip = None if stream.continuation else stream.requester
         if stream.done and stream.transcript is not None and conn.id != skip:
             # It ended before this connection acked (a continuation of a fast model, a
-            # client slow to ack): the transcript the others got at its end, then done - a
-            # tick after the chunks, as at the end of a live stream.
-            text = encode({"type": MESSAGES, "messages": stream.transcript})
-
-            def end() -> None:
-                if not conn.closed:
-                    conn.frame(text)
-                    conn.frame(stream.end_frame(replay=True))
-
-            asyncio.get_running_loop().call_later(FINALIZE_GAP, end)
+            # client slow to ack): the transcript the others got at its end, then done -
+            # FINALIZE_GAP after the replay, as at the end of a live stream.
+            self.owe(conn, stream, FINALIZE_GAP, replay=True)
         elif stream.done:
             conn.frame(stream.end_frame(replay=True))
-        else:
+        else:  # the live rest follows; its end, FINALIZE_GAP after this (finish)
             frame: dict[str, Any] = {"type": RESPONSE, "id": stream.id, "body": "",
                                      "done": False, "replay": True, "replayComplete": True}
             if stream.continuation:
                 frame["continuation"] = True
             conn.frame(encode(frame))
+            stream.replayed[conn] = asyncio.get_running_loop().time()
