@@ -231,8 +231,8 @@ async def test_a_connection_that_acks_between_the_last_chunk_and_the_end_gets_it
     from agentbook.serve.protocol import Connection
 
     wire, held = served.chat, []
-    monkeypatch.setattr(wire, "later", lambda key, stream, transcript: held.append(
-        lambda: wire.finish(key, stream, transcript)))
+    monkeypatch.setattr(wire, "later", lambda key, stream: held.append(
+        lambda: wire.finish(key, stream)))
     loop, sent, write = asyncio.get_running_loop(), [], Connection.frame
 
     def frame(conn, text: str) -> None:  # what the server writes to "two", and when
@@ -276,6 +276,53 @@ async def test_a_connection_that_acks_between_the_last_chunk_and_the_end_gets_it
     assert listed - replayed >= chat.FINALIZE_GAP - slack, f"{(listed - replayed) * 1000:.2f} ms"
     # the requester got its done at once (no transcript: it has the turn)
     assert not any(f["type"] == "cf_agent_chat_messages" for f in mine)
+
+
+async def test_a_probe_after_a_tool_result_is_told_its_continuation_even_while_the_call_ends(
+        rt, served, monkeypatch):
+    """Cloudflare's client runs a client tool as its call arrives, sends the result, then
+    probes to attach to the continuation; the turn that called the tool may still be
+    ending then (its last chunk sent, its end not). The probe must be told the continuation
+    is pending, then offered it, not offered the ending turn (then the continuation reached
+    the client as a stranger's stream: a message of its own, ~1 run in 10 of the hook test
+    under load). The end is held open here until the probe is answered."""
+    wire, held, hold = served.chat, [], [True]
+    later = wire.later
+    monkeypatch.setattr(wire, "later", lambda key, stream: held.append(
+        lambda: wire.finish(key, stream)) if hold[0] else later(key, stream))
+    tools = [{"name": "get_client_info", "description": "Get information about the client.",
+              "parameters": {"type": "object", "properties": {}}}]
+    body = {"messages": [{"id": "u1", "role": "user", "parts": [
+        {"type": "text", "text": "show my client info"}]}], "clientTools": tools}
+    async with await raw(served, "/agents/wire-chat/p12?_pk=me") as ws:
+        await frames_until(ws, lambda f: f["type"] == "cf_agent_chat_messages")
+        await ws.send(json.dumps({"type": "cf_agent_use_chat_request", "id": "r1",
+                                  "init": {"method": "POST", "body": json.dumps(body)}}))
+        first = await frames_until(ws, lambda f: bool(f.get("body")) and json.loads(
+            f["body"])["type"] == "finish")
+        (call,) = [c for c in bodies(first, "r1") if c["type"] == "tool-input-available"]
+        await eventually(lambda: held, what="the call's turn committed, its end held")
+        await ws.send(json.dumps({"type": "cf_agent_tool_result", "toolCallId": call["toolCallId"],
+                                  "toolName": "get_client_info", "output": {"runtime": "raw"},
+                                  "autoContinue": True, "clientTools": tools}))
+        await ws.send(json.dumps({"type": "cf_agent_stream_resume_request", "probeId": "p"}))
+        (answer,) = [f for f in await frames_until(ws, lambda f: f.get("probeId") == "p")
+                     if f.get("probeId") == "p"]
+        assert answer["type"] == "cf_agent_stream_pending", answer
+        hold[0] = False
+        (end,) = held
+        end()
+        got = await frames_until(ws, lambda f: f["type"] == "cf_agent_stream_resuming")
+        assert got[-1]["id"] == answer["id"] != "r1"
+        assert [f["type"] for f in got[:-1]] == ["cf_agent_use_chat_response"]  # r1's done
+        assert got[0]["id"] == "r1" and got[0]["done"] is True
+        await ws.send(json.dumps({"type": "cf_agent_stream_resume_ack", "id": answer["id"]}))
+        got = await frames_until(ws, lambda f: f.get("done") is True)
+    said = "".join(c.get("delta", "") for c in bodies(got, answer["id"]))
+    assert said == "Here is what get_client_info says: runtime: raw."
+    listed = [f for f in got if f["type"] == "cf_agent_chat_messages"][-1]["messages"]
+    assert [m["role"] for m in listed] == ["user", "assistant"]  # the continuation: one
+    assert listed[-1]["parts"][-1]["text"] == said                # message with the call
 
 
 async def test_a_finished_stream_is_replayed_whole_and_probes_are_always_answered(rt, served):

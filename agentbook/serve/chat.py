@@ -45,7 +45,9 @@ to - then the ``done`` frame: to each connection at least :data:`FINALIZE_GAP` a
 last frame of the stream it got, never in the same tick (or the AI SDK client keeps a
 continuation as a message of its own, or duplicates one). So a connection whose resume ack
 lands between a stream's last chunk and its end gets its end that long after its replay,
-not with the others'; every connection gets one end per replay, in order. A turn
+not with the others'; every connection gets one end per replay, in order, before the next
+stream's first frame. A client's probe right after its tool result or approval is told its
+continuation is pending even while the turn that asked still ends. A turn
 that failed, or whose process died, stored nothing: a reconnecting client gets the
 committed transcript and ``resume_none``.
 
@@ -149,9 +151,9 @@ def _interrupted(message_id: str) -> dict[str, Any]:
 class _Stream:
     """One turn's frames: its chunks (kept for replays) and how it ended."""
 
-    __slots__ = ("asked", "bodies", "continuation", "done", "head", "held", "held_id", "id",
-                 "message_ids", "outcome", "owed", "replayed", "requester", "text_at", "timer",
-                 "transcript", "ui")
+    __slots__ = ("asked", "bodies", "committed", "continuation", "done", "head", "held",
+                 "held_id", "id", "message_ids", "outcome", "owed", "replayed", "requester",
+                 "text_at", "timer", "transcript", "ui")
 
     def __init__(self, sid: str, continuation: bool, requester: str | None,
                  message_ids: list[str] | None) -> None:
@@ -159,8 +161,10 @@ class _Stream:
         self.message_ids = message_ids
         self.bodies: list[str] = []
         self.done = False
+        #: Its turn committed (its end is due); ``done`` once the end is sent.
+        self.committed = False
         self.outcome: str | None = None
-        #: The transcript sent when it ended (for a connection that acks its resume later).
+        #: The transcript sent when it ends (for a connection that acks its resume later).
         self.transcript: list[dict[str, Any]] | None = None
         #: Connections that acked while it ran: when their replay ended (``loop.time()``).
         self.replayed: dict[Connection, float] = {}
@@ -249,7 +253,7 @@ class _Sink:
         messages = transcript() if any(
             c.id != skip for c in self.wire.server.connections_of(self.key)) else None
         # after the commit, a tick later: the transcript, then done
-        self.ctx.events.append((SEND, lambda: self.wire.later(self.key, stream, messages)))
+        self.ctx.events.append((SEND, lambda: self.wire.committed(self.key, stream, messages)))
 
     def failed(self, error: BaseException) -> None:
         self.wire.fail(self.key, self.stream, error)
@@ -339,18 +343,24 @@ class ChatWire:
         self.send(key, stream, f'{{"type":"text-delta","id":{_quote(stream.held_id or "")},'
                                f'"delta":{_quote(delta)}}}')
 
-    def later(self, key: Key, stream: _Stream,
-              transcript: list[dict[str, Any]] | None) -> None:
-        """After the commit: the transcript and the done frame, a little later (the next
-        tick when there is no transcript to send: only the list must not share the last
-        chunk's tick)."""
-        loop = asyncio.get_running_loop()
-        if transcript is None:
-            loop.call_soon(self.finish, key, stream, None)
-        else:
-            loop.call_later(FINALIZE_GAP, self.finish, key, stream, transcript)
+    def committed(self, key: Key, stream: _Stream,
+                  transcript: list[dict[str, Any]] | None) -> None:
+        """*stream*'s turn committed (with *transcript* to send, or ``None``): its end is
+        due (:meth:`later`)."""
+        stream.committed, stream.transcript = True, transcript
+        self.later(key, stream)
 
-    def finish(self, key: Key, stream: _Stream, transcript: list[dict[str, Any]] | None) -> None:
+    def later(self, key: Key, stream: _Stream) -> None:
+        """The end of a committed stream (the transcript and the done frame), a little later
+        (the next tick when there is no transcript to send: only the list must not share
+        the last chunk's tick)."""
+        loop = asyncio.get_running_loop()
+        if stream.transcript is None:
+            loop.call_soon(self.finish, key, stream)
+        else:
+            loop.call_later(FINALIZE_GAP, self.finish, key, stream)
+
+    def finish(self, key: Key, stream: _Stream) -> None:
         """The end of *stream* to each connection that follows it: the transcript (if it
         gets one), then done - at least :data:`FINALIZE_GAP` after the last frame of the
         stream it got. Those that got the chunks live had the last one that long ago
@@ -361,8 +371,7 @@ class ChatWire:
             return
         self.flush(key, stream)
         stream.done = True
-        stream.transcript = transcript
-        replayed, stream.replayed = stream.replayed, {}
+        transcript, replayed, stream.replayed = stream.transcript, stream.replayed, {}
         skip = None if stream.continuation else stream.requester
         listed = None if transcript is None else encode({"type": MESSAGES,
                                                          "messages": transcript})
@@ -441,7 +450,11 @@ class ChatWire:
             requester, message_ids, asked = None, None, None
         if room.pending == sid:
             room.pending = None
-        for older in room.streams.values():  # their ends before this one's first chunk
+        # the ends of the streams before, to every connection, before this one's first frame
+        older = room.active
+        if older is not None and older.committed and not older.done:  # (its end due)
+            self.finish(key, older)
+        for older in room.streams.values():
             for conn in list(older.owed):
                 self.pay(conn, older)
         stream = _Stream(sid, continuation, requester, message_ids)
@@ -723,20 +736,30 @@ class ChatWire:
         self.probers.add(conn.id)
         room = self.rooms.get(conn.agent)
         extra = {} if probe is None else {"probeId": probe}
-        if room is not None and room.active is not None and not room.active.done:
+        if room is not None and room.pending is not None and conn.id in room.starts:
+            # its own continuation waits for this probe (it sent a tool result or an
+            # approval): pending, even while the turn that asked is still ending
+            self.park(room, conn, probe, extra)
+        elif room is not None and room.active is not None and not room.active.done:
             room.awaiting.add(conn)
             conn.frame(encode({"type": RESUMING, "id": room.active.id, **extra}))
         elif room is not None and room.pending is not None:
-            room.parked[conn] = probe
-            conn.frame(encode({"type": PENDING, "id": room.pending, **extra}))
-            start = room.starts.get(conn.id)
-            if start is not None:
-                asyncio.get_running_loop().call_soon(start)
+            self.park(room, conn, probe, extra)
         elif (cut := self.cut_short(conn.agent)) is not None:
             # Cloudflare's terminal record: offered as a stream; its ack gets the error
             conn.frame(encode({"type": RESUMING, "id": cut.id, **extra}))
         else:
             conn.frame(encode({"type": RESUME_NONE, "reason": "idle", **extra}))
+
+    def park(self, room: _Room, conn: Connection, probe: Any, extra: dict[str, Any]) -> None:
+        """Tell *conn* the room's continuation is pending (it is offered the stream when it
+        starts), and start it if it waited for this connection's probe."""
+        assert room.pending is not None
+        room.parked[conn] = probe
+        conn.frame(encode({"type": PENDING, "id": room.pending, **extra}))
+        start = room.starts.get(conn.id)
+        if start is not None:
+            asyncio.get_running_loop().call_soon(start)
 
     def cut_short(self, key: Key) -> turns.TurnMark | None:
         """The last turn of agent *key* a restart cut short, until its next turn."""
