@@ -278,14 +278,16 @@ async def test_a_connection_that_acks_between_the_last_chunk_and_the_end_gets_it
     assert not any(f["type"] == "cf_agent_chat_messages" for f in mine)
 
 
-async def test_a_probe_after_a_tool_result_is_told_its_continuation_even_while_the_call_ends(
+async def test_a_probe_after_a_tool_result_is_offered_its_continuation_which_starts_on_the_ack(
         rt, served, monkeypatch):
     """Cloudflare's client runs a client tool as its call arrives, sends the result, then
     probes to attach to the continuation; the turn that called the tool may still be
-    ending then (its last chunk sent, its end not). The probe must be told the continuation
-    is pending, then offered it, not offered the ending turn (then the continuation reached
-    the client as a stranger's stream: a message of its own, ~1 run in 10 of the hook test
-    under load). The end is held open here until the probe is answered."""
+    ending then (its last chunk sent, its end not). The probe is offered the continuation
+    at once (before, it was offered the ending turn, and the continuation reached the
+    client as a stranger's stream: a message of its own), and the continuation starts on
+    the ack, so every chunk of it arrives live (a replay of a continuation that ended
+    before the ack could be caught up by its end in one client tick under load). The
+    calling turn's end is held open here until the probe is answered."""
     wire, held, hold = served.chat, [], [True]
     later = wire.later
     monkeypatch.setattr(wire, "later", lambda key, stream: held.append(
@@ -306,21 +308,21 @@ async def test_a_probe_after_a_tool_result_is_told_its_continuation_even_while_t
                                   "toolName": "get_client_info", "output": {"runtime": "raw"},
                                   "autoContinue": True, "clientTools": tools}))
         await ws.send(json.dumps({"type": "cf_agent_stream_resume_request", "probeId": "p"}))
-        (answer,) = [f for f in await frames_until(ws, lambda f: f.get("probeId") == "p")
-                     if f.get("probeId") == "p"]
-        assert answer["type"] == "cf_agent_stream_pending", answer
+        pending, offer = await recv(ws, 2)
+        assert pending["type"] == "cf_agent_stream_pending" and pending["probeId"] == "p"
+        assert offer == {"type": "cf_agent_stream_resuming", "id": pending["id"]}
+        assert pending["id"] != "r1"
         hold[0] = False
         (end,) = held
         end()
-        got = await frames_until(ws, lambda f: f["type"] == "cf_agent_stream_resuming")
-        assert got[-1]["id"] == answer["id"] != "r1"
-        assert [f["type"] for f in got[:-1]] == ["cf_agent_use_chat_response"]  # r1's done
-        assert got[0]["id"] == "r1" and got[0]["done"] is True
-        await ws.send(json.dumps({"type": "cf_agent_stream_resume_ack", "id": answer["id"]}))
+        (done,) = await recv(ws)
+        assert (done["id"], done["done"]) == ("r1", True)
+        await ws.send(json.dumps({"type": "cf_agent_stream_resume_ack", "id": pending["id"]}))
         got = await frames_until(ws, lambda f: f.get("done") is True)
-    said = "".join(c.get("delta", "") for c in bodies(got, answer["id"]))
+    assert not any(f.get("replay") for f in got)  # it started on the ack: all of it live
+    said = "".join(c.get("delta", "") for c in bodies(got, pending["id"]))
     assert said == "Here is what get_client_info says: runtime: raw."
-    listed = [f for f in got if f["type"] == "cf_agent_chat_messages"][-1]["messages"]
+    (listed,) = [f["messages"] for f in got if f["type"] == "cf_agent_chat_messages"]
     assert [m["role"] for m in listed] == ["user", "assistant"]  # the continuation: one
     assert listed[-1]["parts"][-1]["text"] == said                # message with the call
 

@@ -46,8 +46,9 @@ last frame of the stream it got, never in the same tick (or the AI SDK client ke
 continuation as a message of its own, or duplicates one). So a connection whose resume ack
 lands between a stream's last chunk and its end gets its end that long after its replay,
 not with the others'; every connection gets one end per replay, in order, before the next
-stream's first frame. A client's probe right after its tool result or approval is told its
-continuation is pending even while the turn that asked still ends. A turn
+stream's first frame. A client's probe right after its tool result or approval is offered
+its continuation at once, even while the turn that asked still ends, and the continuation
+starts on its ack: it gets every chunk live. A turn
 that failed, or whose process died, stored nothing: a reconnecting client gets the
 committed transcript and ``resume_none``.
 
@@ -643,11 +644,12 @@ class ChatWire:
         return sid
 
     def start_after_probe(self, conn: Connection, start: Any) -> None:
-        """Run *start* (which begins a continuation) once *conn* has probed for it, or
-        after :data:`PROBE_WAIT` s (:data:`PROBER_WAIT` for a connection that has probed
-        before): Cloudflare's client asks to attach to a continuation
-        right after it sent a tool result or an approval; a continuation that streamed
-        before that would reach it as a stranger's stream (AIChatAgent, which coalesces
+        """Run *start* (which begins a continuation) once *conn* has acked the offer its
+        probe got (:meth:`resume_request`), or after :data:`PROBE_WAIT` s
+        (:data:`PROBER_WAIT` for a connection that has probed before): Cloudflare's
+        client asks to attach to a continuation right after it sent a tool result or an
+        approval; a continuation that streamed before that would reach it as a stranger's
+        stream, or as a replay its end could catch up with (AIChatAgent, which coalesces
         continuations, never starts one that early either)."""
         room = self.room(conn.agent)
         done = False
@@ -737,29 +739,23 @@ class ChatWire:
         room = self.rooms.get(conn.agent)
         extra = {} if probe is None else {"probeId": probe}
         if room is not None and room.pending is not None and conn.id in room.starts:
-            # its own continuation waits for this probe (it sent a tool result or an
-            # approval): pending, even while the turn that asked is still ending
-            self.park(room, conn, probe, extra)
+            # Its own continuation waits for this probe (it sent a tool result or an
+            # approval; the turn that asked may still be ending): offered now, and started
+            # by its ack, so it gets every chunk live - not a replay of a stream that may
+            # have ended before its ack, which its end then could reach in the same tick.
+            conn.frame(encode({"type": PENDING, "id": room.pending, **extra}))
+            conn.frame(encode({"type": RESUMING, "id": room.pending}))
         elif room is not None and room.active is not None and not room.active.done:
             room.awaiting.add(conn)
             conn.frame(encode({"type": RESUMING, "id": room.active.id, **extra}))
         elif room is not None and room.pending is not None:
-            self.park(room, conn, probe, extra)
+            room.parked[conn] = probe
+            conn.frame(encode({"type": PENDING, "id": room.pending, **extra}))
         elif (cut := self.cut_short(conn.agent)) is not None:
             # Cloudflare's terminal record: offered as a stream; its ack gets the error
             conn.frame(encode({"type": RESUMING, "id": cut.id, **extra}))
         else:
             conn.frame(encode({"type": RESUME_NONE, "reason": "idle", **extra}))
-
-    def park(self, room: _Room, conn: Connection, probe: Any, extra: dict[str, Any]) -> None:
-        """Tell *conn* the room's continuation is pending (it is offered the stream when it
-        starts), and start it if it waited for this connection's probe."""
-        assert room.pending is not None
-        room.parked[conn] = probe
-        conn.frame(encode({"type": PENDING, "id": room.pending, **extra}))
-        start = room.starts.get(conn.id)
-        if start is not None:
-            asyncio.get_running_loop().call_soon(start)
 
     def cut_short(self, key: Key) -> turns.TurnMark | None:
         """The last turn of agent *key* a restart cut short, until its next turn."""
@@ -779,6 +775,9 @@ class ChatWire:
         room.awaiting.discard(conn)
         stream = room.streams.get(sid) if isinstance(sid, str) else None
         if stream is None:
+            start = room.starts.get(conn.id)
+            if start is not None and sid == room.pending:  # its continuation, offered early
+                start()
             return
         self.forget(conn, stream)  # (an ack again: this replay gets the one end)
         for seq, body in enumerate(list(stream.bodies)):
