@@ -50,6 +50,7 @@ SHAPES = {
     "lateness_real_clock_p99": ("ms", None),
     "lateness_awake_p99": ("ms", "value <= 10"),
     "firing_us": ("us", None),
+    "firing_us_cron": ("us", None),
     "call_p99_during_storm_ms": ("ms", "value <= 5"),
     "approval_round_trip": ("ms", "value <= 1"),
     "approval_vs_langgraph": ("trips/s", "ratio >= 5"),

@@ -267,7 +267,7 @@ GROUPS: dict[str, tuple[Callable[[Sizes, str], Awaitable[list[Result]]], tuple[s
     "lateness_real_clock": (bench_lateness, ("lateness_real_clock_p50",
                                              "lateness_real_clock_p99")),
     "lateness_awake": (bench_lateness_awake, ("lateness_awake_p99",)),
-    "firing_split": (bench_firing_split, ("firing_us",)),
+    "firing_split": (bench_firing_split, ("firing_us", "firing_us_cron")),
     "call_during_storm": (bench_storm, ("call_p99_during_storm_ms",)),
     "approval_round_trip": (bench_approvals, ("approval_round_trip", "approval_vs_langgraph")),
     "time_travel": (bench_time_travel, ("at_state_ms", "at_sql_ms", "rewind_ms", "fork_ms",

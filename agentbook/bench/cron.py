@@ -294,19 +294,67 @@ async def bench_firing_split(sz: Sizes, folder: str) -> list[Result]:
             return wall * 1e6 / n
 
         statements = [0]
-        pairs = await interleave(mine, floor, sz.late_rounds, warmup=False)
+        pairs = await interleave(mine, floor, min(3, sz.late_rounds), warmup=False)
     finally:
         replay.unwatch()
         await rt.aclose()
         replay.close()
     per = statements[0] / n
+    cron = await _cron_split(sz, folder)
     return [Result.from_rounds(
         "firing_us", "us", pairs, None,
         f"one firing's whole cost: {n:,} awake agents, one schedule each due at one instant, "
         f"the time from the first callback's start to the last's over the firings between "
         f"(median of {len(pairs)} rounds); floor: the same firings' SQL ({per:.1f} "
         "statements a firing, recorded with their bindings from agentbook's connections) "
-        "replayed by hand on copies of the files")]
+        "replayed by hand on copies of the files"), cron]
+
+
+async def _cron_split(sz: Sizes, folder: str) -> Result:
+    """An hour of ``*/5`` cron jobs on awake agents (VirtualClock) per firing, against the
+    same firings' SQL replayed by hand."""
+    agents = sz.cron_agents
+    replay = ReplayedSql(os.path.join(folder, "split-cron-sql"))
+    replay.watch()
+    clock = ab.VirtualClock()
+    rt = ab.Runtime(os.path.join(folder, "split-cron"), clock=clock, durability="normal",
+                    max_open=agents + 16)
+    try:
+        refs = [rt.get(BenchCron, f"cron-{i}") for i in range(agents)]
+        for start in range(0, agents, 100):
+            await asyncio.gather(*(r.start() for r in refs[start:start + 100]))
+        replay.unwatch()
+        await clock.advance(minutes=5)  # (every agent fired once: warm)
+        check(replay.copy(os.sep + BenchCron.__name__ + os.sep) == agents,
+              "every agent's file was copied")
+        replay.recording(True)
+        try:
+            await clock.advance(hours=1)
+        finally:
+            replay.recording(False)
+        firings = agents * 12
+
+        async def mine() -> float:
+            t0 = time.perf_counter()
+            await clock.advance(hours=1)
+            return (time.perf_counter() - t0) * 1e6 / firings
+
+        def floor() -> float:
+            statements[0], wall, _cpu = replay.replay()
+            return wall * 1e6 / firings
+
+        statements = [0]
+        pairs = await interleave(mine, floor, min(3, sz.late_rounds), warmup=False)
+    finally:
+        replay.unwatch()
+        await rt.aclose()
+        replay.close()
+    return Result.from_rounds(
+        "firing_us_cron", "us", pairs, None,
+        f"an hour of '{_EVERY_5}' jobs on {agents:,} awake agents (max_open={agents + 16}) on "
+        f"a VirtualClock, per firing (median of {len(pairs)} rounds); floor: the same "
+        f"firings' SQL ({statements[0] / firings:.1f} statements a firing, recorded from "
+        "agentbook's connections) replayed by hand on copies of the files")
 
 
 async def bench_storm(sz: Sizes, folder: str) -> list[Result]:
