@@ -49,6 +49,8 @@ SHAPES = {
     "lateness_real_clock_p50": ("ms", None),
     "lateness_real_clock_p99": ("ms", None),
     "lateness_awake_p99": ("ms", "value <= 10"),
+    "firing_us": ("us", None),
+    "firing_us_cron": ("us", None),
     "call_p99_during_storm_ms": ("ms", "value <= 5"),
     "approval_round_trip": ("ms", "value <= 1"),
     "approval_vs_langgraph": ("trips/s", "ratio >= 5"),
@@ -317,6 +319,51 @@ def test_hand_written_approval_floor(tmp_path):
         assert hand.conn.execute("SELECT count(*) FROM history").fetchall() == [(6,)]
     finally:
         hand.close()
+
+
+def test_replayed_sql_writes_what_agentbook_wrote(tmp_path):
+    """The SQL floor of a firing replays agentbook's own statements faithfully: the copies
+    end up with the rows the stores got (history with its hash chain, state, events), and
+    only the agents' files are copied."""
+    import apsw
+
+    import agentbook as ab
+    from agentbook.bench.cron import BenchAlarm
+    from agentbook.bench.floors import ReplayedSql
+
+    replay = ReplayedSql(str(tmp_path / "sql"))
+    replay.watch()
+    clock = ab.VirtualClock()
+
+    async def go() -> list[str]:
+        rt = ab.Runtime(str(tmp_path / "rt"), clock=clock, durability="normal")
+        try:
+            refs = [rt.get(BenchAlarm, f"a-{i}") for i in range(3)]
+            for ref in refs:
+                await ref.ping()
+                await ref.arm(clock.now() + 10)
+            copied = replay.copy(os.sep + "BenchAlarm" + os.sep)
+            assert copied == 3
+            replay.recording(True)
+            await clock.advance(seconds=10)
+            replay.recording(False)
+            return [rt.path_of(("BenchAlarm", f"a-{i}")) for i in range(3)]
+        finally:
+            await rt.aclose()
+
+    paths = asyncio.run(go())
+    kinds = sorted({sql.split()[0] for _, sql, _ in replay.log})
+    assert kinds == ["BEGIN", "COMMIT", "DELETE", "INSERT", "SELECT"]
+    statements, wall, cpu = replay.replay()
+    assert statements == len(replay.log) and wall > 0 and cpu >= 0
+    query = ("SELECT (SELECT group_concat(version || method || outcome || chain, ';') FROM "
+             "_ab_history), (SELECT state FROM _ab_state), (SELECT count(*) FROM _ab_events), "
+             "(SELECT count(*) FROM _ab_schedules)")
+    for path in paths:
+        copy = replay.copies[path][:-3] + "-replay.db"
+        rows = [apsw.Connection(p).execute(query).fetchall() for p in (path, copy)]
+        assert rows[0] == rows[1] and rows[0][0][1] == '{"rings":1}'
+    replay.close()
 
 
 @pytest.mark.skipif(not HAVE_LANGGRAPH, reason="LangGraph is not installed (pip install -e '.[test]')")

@@ -24,7 +24,7 @@ from .agents import BenchCounter
 from .analytics import bench_analytics
 from .approval import bench_approvals
 from .chatbench import WIRE_NAMES, bench_chat, bench_chat_wire
-from .cron import bench_cron_day, bench_lateness, bench_lateness_awake, bench_storm
+from .cron import bench_cron_day, bench_firing_split, bench_lateness, bench_lateness_awake, bench_storm
 from .floors import HandAgent, HandRoundRobin
 from .raybench import NAMES as RAY_NAMES
 from .raybench import bench_ray
@@ -267,6 +267,7 @@ GROUPS: dict[str, tuple[Callable[[Sizes, str], Awaitable[list[Result]]], tuple[s
     "lateness_real_clock": (bench_lateness, ("lateness_real_clock_p50",
                                              "lateness_real_clock_p99")),
     "lateness_awake": (bench_lateness_awake, ("lateness_awake_p99",)),
+    "firing_split": (bench_firing_split, ("firing_us", "firing_us_cron")),
     "call_during_storm": (bench_storm, ("call_p99_during_storm_ms",)),
     "approval_round_trip": (bench_approvals, ("approval_round_trip", "approval_vs_langgraph")),
     "time_travel": (bench_time_travel, ("at_state_ms", "at_sql_ms", "rewind_ms", "fork_ms",

@@ -27,6 +27,16 @@
     runs the callback and commits, so the k-th callback starts after k-1 commits; its p99
     is what serial durable firings cost on the machine.
 
+``firing_us``
+    What one firing costs, and how much of it is SQLite (issue 20's profile): 1 000 awake
+    agents as for ``lateness_awake``, one schedule each due at one instant; the figure is
+    the time between the first and the last callback's start over the firings between
+    them, in microseconds (firings run one after another, so this is one firing's whole
+    cost). Floor: the same firings' SQL - the statements agentbook's connections ran in an
+    extra round, recorded with their bindings, replayed by hand on copies of the files
+    taken before that round (:class:`~agentbook.bench.floors.ReplayedSql`). The ratio is
+    how many times the SQL alone agentbook's firing takes. Reported, no target.
+
 ``call_p99_during_storm_ms``
     Fairness (issue 20): 1 000 agents (default settings: file runtime, ``max_open=256``)
     each arm 10 one-shot schedules due at the same instant - a storm of 10 000 firings -
@@ -49,12 +59,12 @@ from typing import Any
 import agentbook as ab
 
 from .agents import BenchCounter
-from .floors import HandAlarms, HandCron
+from .floors import HandAlarms, HandCron, ReplayedSql
 from .report import Result, Target
 from .timing import Sizes, check, interleave
 
-__all__ = ["BenchAlarm", "BenchCron", "bench_cron_day", "bench_lateness", "bench_lateness_awake",
-           "bench_storm", "tick_body"]
+__all__ = ["BenchAlarm", "BenchCron", "bench_cron_day", "bench_firing_split", "bench_lateness",
+           "bench_lateness_awake", "bench_storm", "tick_body"]
 
 _EVERY_5 = "*/5 * * * *"
 #: Lateness of each ring of the current round, in seconds (filled by BenchAlarm.ring).
@@ -244,6 +254,107 @@ async def bench_lateness_awake(sz: Sizes, folder: str) -> list[Result]:
         f"median of {len(pairs)} rounds' p99 (p50 {statistics.median(p50s):.1f} ms); floor: "
         "the same firings by hand, one open file per agent, each SELECT due + DELETE + "
         "UPDATE state + INSERT history + COMMIT in turn (the k-th starts after k-1 commits)")]
+
+
+async def bench_firing_split(sz: Sizes, folder: str) -> list[Result]:
+    """One firing's whole cost on awake agents vs its own SQL replayed by hand."""
+    n = sz.late_n
+    replay = ReplayedSql(os.path.join(folder, "split-sql"))
+    replay.watch()
+    rt = ab.Runtime(os.path.join(folder, "split"), durability="normal", max_open=n + 16)
+    try:
+        refs = [rt.get(BenchAlarm, f"alarm-{i}") for i in range(n)]
+        for start in range(0, n, 100):  # wake them all before arming
+            await asyncio.gather(*(r.ping() for r in refs[start:start + 100]))
+        replay.unwatch()
+        # a round whose statements are recorded: the files copied once armed (the event
+        # loop blocked meanwhile: nothing fires), then every statement until the last commit
+        _LATE.clear()
+        at = time.time() + 0.5 + 0.004 * n
+        for start in range(0, n, 100):
+            await asyncio.gather(*(r.arm(at) for r in refs[start:start + 100]))
+        check(replay.copy(os.sep + BenchAlarm.__name__ + os.sep) == n,
+              "every agent's file was copied")
+        replay.recording(True)
+        try:
+            deadline = time.time() + 300
+            while len(_LATE) < n and time.time() < deadline:
+                await asyncio.sleep(0.01)
+            check(len(_LATE) == n, f"every alarm rang ({len(_LATE)} of {n})")
+            await asyncio.sleep(0.1)  # (the last callback's commit)
+        finally:
+            replay.recording(False)
+
+        async def mine() -> float:
+            (late,) = await _arm_rounds(refs, 1, "arm", 1)
+            return (late[-1] - late[0]) * 1000 / (n - 1)
+
+        def floor() -> float:
+            statements[0], wall, _cpu = replay.replay()
+            return wall * 1e6 / n
+
+        statements = [0]
+        pairs = await interleave(mine, floor, min(3, sz.late_rounds), warmup=False)
+    finally:
+        replay.unwatch()
+        await rt.aclose()
+        replay.close()
+    per = statements[0] / n
+    cron = await _cron_split(sz, folder)
+    return [Result.from_rounds(
+        "firing_us", "us", pairs, None,
+        f"one firing's whole cost: {n:,} awake agents, one schedule each due at one instant, "
+        f"the time from the first callback's start to the last's over the firings between "
+        f"(median of {len(pairs)} rounds); floor: the same firings' SQL ({per:.1f} "
+        "statements a firing, recorded with their bindings from agentbook's connections) "
+        "replayed by hand on copies of the files"), cron]
+
+
+async def _cron_split(sz: Sizes, folder: str) -> Result:
+    """An hour of ``*/5`` cron jobs on awake agents (VirtualClock) per firing, against the
+    same firings' SQL replayed by hand."""
+    agents = sz.cron_agents
+    replay = ReplayedSql(os.path.join(folder, "split-cron-sql"))
+    replay.watch()
+    clock = ab.VirtualClock()
+    rt = ab.Runtime(os.path.join(folder, "split-cron"), clock=clock, durability="normal",
+                    max_open=agents + 16)
+    try:
+        refs = [rt.get(BenchCron, f"cron-{i}") for i in range(agents)]
+        for start in range(0, agents, 100):
+            await asyncio.gather(*(r.start() for r in refs[start:start + 100]))
+        replay.unwatch()
+        await clock.advance(minutes=5)  # (every agent fired once: warm)
+        check(replay.copy(os.sep + BenchCron.__name__ + os.sep) == agents,
+              "every agent's file was copied")
+        replay.recording(True)
+        try:
+            await clock.advance(hours=1)
+        finally:
+            replay.recording(False)
+        firings = agents * 12
+
+        async def mine() -> float:
+            t0 = time.perf_counter()
+            await clock.advance(hours=1)
+            return (time.perf_counter() - t0) * 1e6 / firings
+
+        def floor() -> float:
+            statements[0], wall, _cpu = replay.replay()
+            return wall * 1e6 / firings
+
+        statements = [0]
+        pairs = await interleave(mine, floor, min(3, sz.late_rounds), warmup=False)
+    finally:
+        replay.unwatch()
+        await rt.aclose()
+        replay.close()
+    return Result.from_rounds(
+        "firing_us_cron", "us", pairs, None,
+        f"an hour of '{_EVERY_5}' jobs on {agents:,} awake agents (max_open={agents + 16}) on "
+        f"a VirtualClock, per firing (median of {len(pairs)} rounds); floor: the same "
+        f"firings' SQL ({statements[0] / firings:.1f} statements a firing, recorded from "
+        "agentbook's connections) replayed by hand on copies of the files")
 
 
 async def bench_storm(sz: Sizes, folder: str) -> list[Result]:

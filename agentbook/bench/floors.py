@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections import OrderedDict, deque
 from typing import Any, cast
@@ -21,7 +22,7 @@ from typing import Any, cast
 import apsw
 
 __all__ = ["HandAgent", "HandAlarms", "HandApproval", "HandCron", "HandRoundRobin",
-           "LazyRegistry", "create_hand_file"]
+           "LazyRegistry", "ReplayedSql", "create_hand_file"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS state(
@@ -328,6 +329,109 @@ class HandAlarms:
         for conn in self.conns:
             conn.close()
         self.conns.clear()
+
+
+def _open_now(conn: apsw.Connection) -> bool:
+    try:
+        conn.filename  # noqa: B018 (raises once closed)
+    except apsw.ConnectionClosedError:
+        return False
+    return True
+
+
+class ReplayedSql:
+    """SQLite's own share of agentbook's work: the statements agentbook's connections ran
+    (text and bindings, in order), replayed by hand on copies of their files taken before
+    they ran, with nothing around them. agentbook's time over this floor is what its runtime
+    adds to the SQL it needs (issue 20's profile of a firing).
+
+    Record with :meth:`watch` (every connection opened from then on is known) and
+    :meth:`copy` + :meth:`recording`; then :meth:`replay`.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        os.makedirs(folder, exist_ok=True)
+        self.conns: list[apsw.Connection] = []
+        self.copies: dict[str, str] = {}
+        self.log: list[tuple[str, str, Any]] = []
+
+    def watch(self) -> None:
+        """Know every SQLite connection opened from now on (``apsw.connection_hooks``)."""
+        apsw.connection_hooks.append(self.conns.append)
+
+    def unwatch(self) -> None:
+        """Stop knowing new connections."""
+        if self.conns.append in apsw.connection_hooks:
+            apsw.connection_hooks.remove(self.conns.append)
+
+    def _live(self) -> list[apsw.Connection]:
+        """The connections still open (a copy: the copies' own connections join it)."""
+        self.conns[:] = [conn for conn in self.conns if _open_now(conn)]
+        return list(self.conns)
+
+    def copy(self, part: str) -> int:
+        """Copy every open file whose path contains *part* (SQLite's backup: a consistent
+        copy); returns how many."""
+        for conn in self._live():
+            name = conn.filename
+            if part not in name or name in self.copies:
+                continue
+            target = os.path.join(self.folder, f"copy-{len(self.copies)}.db")
+            dest = apsw.Connection(target)
+            dest.execute("PRAGMA synchronous=OFF")  # (a copy to replay, not to keep)
+            with dest.backup("main", conn, "main") as backup:
+                backup.step()
+            dest.close()
+            self.copies[name] = target
+        return len(self.copies)
+
+    def recording(self, on: bool) -> None:
+        """Record (or stop recording) the statements the copied files' connections run."""
+        def trace(cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+            self.log.append((cursor.connection.filename, sql, bindings))
+            return True
+        for conn in self._live():
+            if conn.filename in self.copies:
+                conn.exec_trace = trace if on else None
+
+    def replay(self) -> tuple[int, float, float]:
+        """Replay the recorded statements on fresh copies of the copies, each connection
+        warmed first (the same statements once, rolled back: statement and page caches as
+        agentbook's had them; and a write that changes nothing, so the WAL is under way).
+        Stops knowing new connections. Returns ``(statements, wall seconds, CPU seconds)``."""
+        self.unwatch()
+        mine: dict[str, apsw.Connection] = {}
+        for name, source in self.copies.items():
+            target = source[:-3] + "-replay.db"
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(target + suffix):
+                    os.remove(target + suffix)
+            shutil.copyfile(source, target)
+            conn = mine[name] = _open(target)
+            for n, sql, bindings in self.log:
+                if n == name:
+                    conn.execute("ROLLBACK" if sql == "COMMIT" else sql, bindings).fetchall()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            # a write that changes nothing, so the WAL is under way as agentbook's were (a
+            # new WAL's first commit writes and syncs its header)
+            (version,) = cast(tuple[int], conn.execute("PRAGMA user_version").fetchall()[0])
+            conn.execute(f"PRAGMA user_version = {version:d}")
+        log = [(mine[name].execute, sql, bindings) for name, sql, bindings in self.log]
+        t0, c0 = time.perf_counter(), time.process_time()
+        for execute, sql, bindings in log:
+            execute(sql, bindings).fetchall()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        for conn in mine.values():
+            conn.close()
+        return len(log), wall, cpu
+
+    def close(self) -> None:
+        """Forget the connections and the log (the copies stay in the folder)."""
+        self.unwatch()
+        self.conns.clear()
+        self.log.clear()
 
 
 class LazyRegistry:
