@@ -81,7 +81,7 @@ try {
     const s = a.read();
     if (step === "plain") {
       s.chat.sendMessage({ text: "hello from the hook" });
-      await waitFor(a.read, lastSays(/Hello!/), "the plain reply");
+      await waitFor(a.read, lastSays(/How can I help\?$/), "the whole plain reply"); // (not its first word)
     } else if (step === "server_tool") {
       s.chat.sendMessage({ text: "what is the weather in Paris" });
       await waitFor(a.read, lastSays(/sunny/), "the server tool's reply");
