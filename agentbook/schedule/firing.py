@@ -106,11 +106,14 @@ def expand_due(inst: Instance) -> int:
     for row in rows.due_rows(store, now):
         callback = row.callback
         payload = jsonvalue.loads(row.payload)
-        args: tuple = (payload,) if _takes_payload(cls, callback, payload) else ()
+        if _takes_payload(cls, callback, payload):
+            args: tuple = (payload,)
+            args_json = jsonvalue.dumps([payload])
+        else:
+            args, args_json = (), "[]"
         source = f"{'queue' if row.type == 'queue' else 'schedule'}:{row.id}"
         label = callback[4:] if callback.startswith("_ab_") else None
-        env = Envelope.scheduled(callback, args, jsonvalue.dumps(list(args)), row, source=source,
-                                 label=label)
+        env = Envelope.scheduled(callback, args, args_json, row, source=source, label=label)
         envs.append(env)
     inst.queue.extendleft(reversed(envs))
     return len(envs)
