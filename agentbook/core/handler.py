@@ -68,7 +68,7 @@ class HandlerContext:
     __slots__ = ("approvals", "capturing", "destroy", "due_after", "effects", "events", "extras",
                  "kept", "lists", "occurrence", "outbox", "replay",
                  "sched_dirty", "schema_before", "segments", "session", "source",
-                 "state_after", "state_changed", "state_cut", "suspended")
+                 "state_after", "state_changed", "state_cut", "suspended", "written")
 
     #: Changesets already taken (a schema change such as DROP TABLE ends a session).
     segments: list[bytes]
@@ -85,6 +85,8 @@ class HandlerContext:
         #: Whether any of the five lists was made (else all are empty).
         self.lists = False
         self.session: Any = None
+        #: A changeset written by hand (:meth:`add_changes`), ahead of ``segments``.
+        self.written: bytes | None = None
         #: Whether row changes are being recorded (since the handler's first SQL write).
         self.capturing = False
         #: SQLite's schema cookie before the handler's first write that may change the
@@ -136,10 +138,14 @@ class HandlerContext:
     def add_changes(self, changes: bytes | None) -> None:
         """Record row changes made without a session (a firing's schedule row, its
         changeset written by hand: see ``schedule.firing``), in a handler that captured
-        nothing before."""
+        nothing before. (Kept apart from ``segments``: a firing then makes none of the
+        five lists.)"""
         self.capturing = True
         if changes:
-            self.segments.append(changes)
+            if self.written is None and self.session is None and not self.lists:
+                self.written = changes
+            else:
+                self.segments.append(changes)
 
     def cut(self, store: AgentStore) -> None:
         """Take the changes so far before a statement that drops or alters a table (a
@@ -155,22 +161,29 @@ class HandlerContext:
         if not self.capturing:
             return None, None
         self.cut(store)
+        written, self.written = self.written, None
+        if self.lists:
+            parts = self.segments
+            if written is not None:
+                parts.insert(0, written)
+            self.segments = []
+        else:
+            parts = [] if written is None else [written]
         changes = None
-        if len(self.segments) == 1:
-            changes = self.segments[0]
-        elif self.segments:
+        if len(parts) == 1:
+            changes = parts[0]
+        elif parts:
             import apsw
 
             try:
                 builder = apsw.ChangesetBuilder()
-                for part in self.segments:
+                for part in parts:
                     builder.add(part)
                 changes = builder.output() or None
             except apsw.Error:  # a table changed shape in between: keep the pieces apart
                 from ..store.changesets import frame_segments
 
-                changes = frame_segments(self.segments)
-        self.segments = []
+                changes = frame_segments(parts)
         before, self.schema_before, self.capturing = self.schema_before, None, False
         schema = (store.user_schema() if before is not None and store.schema_version() != before
                   else None)
@@ -178,6 +191,7 @@ class HandlerContext:
 
     def drop(self) -> None:
         """Forget the capture of a handler that failed."""
+        self.written = None
         if self.session is not None:
             self.session.close()
             self.session = None
@@ -668,7 +682,7 @@ def _keep_events(inst: Instance, store: AgentStore, ctx: HandlerContext,
     rows: list[tuple] = []
     if env is not None and env.sched is not None:
         rows.append((version, ts, *_scheduled_event("execute", env, version)))
-    events, approvals = ctx.events, ctx.approvals
+    events, approvals = (ctx.events, ctx.approvals) if ctx.lists else ((), ())
     if ctx.kept != (0, 0):  # (an earlier version of the handler put these on record)
         events, approvals = events[ctx.kept[0]:], approvals[ctx.kept[1]:]
     # (a call's rpc and state:update events are not written: its history row holds them, and
