@@ -15,7 +15,7 @@ import inspect
 import sys
 import time
 import types
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import jsonvalue
@@ -682,7 +682,8 @@ def _keep_events(inst: Instance, store: AgentStore, ctx: HandlerContext,
     rows: list[tuple] = []
     if env is not None and env.sched is not None:
         rows.append((version, ts, *_scheduled_event("execute", env, version)))
-    events, approvals = (ctx.events, ctx.approvals) if ctx.lists else ((), ())
+    events: Sequence[tuple[str, Any]] = ctx.events if ctx.lists else ()
+    approvals: Sequence[tuple[str, Any]] = ctx.approvals if ctx.lists else ()
     if ctx.kept != (0, 0):  # (an earlier version of the handler put these on record)
         events, approvals = events[ctx.kept[0]:], approvals[ctx.kept[1]:]
     # (a call's rpc and state:update events are not written: its history row holds them, and
