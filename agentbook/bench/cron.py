@@ -289,17 +289,10 @@ async def bench_firing_split(sz: Sizes, folder: str) -> list[Result]:
             (late,) = await _arm_rounds(refs, 1, "arm", 1)
             return (late[-1] - late[0]) * 1000 / (n - 1)
 
-        def floor() -> float:
-            statements[0], wall, _cpu = replay.replay()
-            return wall * 1e6 / n
-
-        statements = [0]
-        pairs = await interleave(mine, floor, min(3, sz.late_rounds), warmup=False)
+        pairs, per = await _against_replay(mine, replay, n, min(3, sz.late_rounds))
     finally:
-        replay.unwatch()
         await rt.aclose()
         replay.close()
-    per = statements[0] / n
     cron = await _cron_split(sz, folder)
     return [Result.from_rounds(
         "firing_us", "us", pairs, None,
@@ -308,6 +301,20 @@ async def bench_firing_split(sz: Sizes, folder: str) -> list[Result]:
         f"(median of {len(pairs)} rounds); floor: the same firings' SQL ({per:.1f} "
         "statements a firing, recorded with their bindings from agentbook's connections) "
         "replayed by hand on copies of the files"), cron]
+
+
+async def _against_replay(mine: Any, replay: ReplayedSql, firings: int,
+                          rounds: int) -> tuple[list[tuple[float, float]], float]:
+    """Interleaved rounds of *mine* (us a firing) and of the recorded SQL replayed by hand
+    (us a firing); also how many statements a firing ran."""
+    statements = [0]
+
+    def floor() -> float:
+        statements[0], wall, _cpu = replay.replay()
+        return wall * 1e6 / firings
+
+    pairs = await interleave(mine, floor, rounds, warmup=False)
+    return pairs, statements[0] / firings
 
 
 async def _cron_split(sz: Sizes, folder: str) -> Result:
@@ -339,21 +346,15 @@ async def _cron_split(sz: Sizes, folder: str) -> Result:
             await clock.advance(hours=1)
             return (time.perf_counter() - t0) * 1e6 / firings
 
-        def floor() -> float:
-            statements[0], wall, _cpu = replay.replay()
-            return wall * 1e6 / firings
-
-        statements = [0]
-        pairs = await interleave(mine, floor, min(3, sz.late_rounds), warmup=False)
+        pairs, per = await _against_replay(mine, replay, firings, min(3, sz.late_rounds))
     finally:
-        replay.unwatch()
         await rt.aclose()
         replay.close()
     return Result.from_rounds(
         "firing_us_cron", "us", pairs, None,
         f"an hour of '{_EVERY_5}' jobs on {agents:,} awake agents (max_open={agents + 16}) on "
         f"a VirtualClock, per firing (median of {len(pairs)} rounds); floor: the same "
-        f"firings' SQL ({statements[0] / firings:.1f} statements a firing, recorded from "
+        f"firings' SQL ({per:.1f} statements a firing, recorded from "
         "agentbook's connections) replayed by hand on copies of the files")
 
 
