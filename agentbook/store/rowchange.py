@@ -31,11 +31,12 @@ import apsw
 
 from .schema import migrate
 
-__all__ = ["Table", "delete", "records", "table", "update", "update_at", "value"]
+__all__ = ["Table", "delete", "records", "table", "update", "update_at"]
 
 _DELETE = b"\x09\x00"
 _UPDATE = b"\x17\x00"
-_UNDEFINED = b"\x00"
+#: A column a record leaves undefined (an update's columns it did not change).
+_UNDEFINED = object()
 _NULL = b"\x05"
 _INT = struct.Struct(">q").pack
 _REAL = struct.Struct(">d").pack
@@ -97,19 +98,18 @@ def varint(n: int) -> bytes:
     return bytes(reversed(out))
 
 
-def value(v: Any) -> bytes:
-    """One value of a record (a value as SQLite returns it: int, float, str, bytes, None)."""
-    return records((v,))
-
-
 def records(values: Iterable[Any]) -> bytes:
-    """The records of *values*, one after another: :func:`value` of each, in one loop (a
-    firing's changeset encodes a whole row of 18 values: issue 20)."""
+    """The record of *values* (as SQLite returns them: int, float, str, bytes, None; or
+    ``_UNDEFINED``), one value after another, in one loop (a firing's changeset encodes a
+    whole row of 18 values: issue 20)."""
     out: list[bytes] = []
     add = out.append
     for v in values:
         if v is None:
             add(_NULL)
+            continue
+        if v is _UNDEFINED:
+            add(b"\x00")
             continue
         kind = type(v)
         if kind is int:
@@ -147,17 +147,17 @@ def update_at(tab: Table, row: Sequence[Any], at: Iterable[int],
     """:func:`update` when only some columns may have changed: *row* is the whole row
     after the update, *at* the positions of the columns the statement set and *old* their
     values before (the other columns kept theirs)."""
-    before = [_UNDEFINED] * len(tab.columns)
+    before: list[Any] = [_UNDEFINED] * len(tab.columns)
     after = list(before)
     for i in tab.key_at:
-        before[i] = value(row[i])
+        before[i] = row[i]
     changed = False
     for i, was in zip(at, old, strict=True):
         now = row[i]
         if not _same(was, now):
             changed = True
-            before[i] = value(was)
-            after[i] = value(now)
+            before[i] = was
+            after[i] = now
     if not changed:
         return None
-    return tab.header + _UPDATE + b"".join(before) + b"".join(after)
+    return tab.header + _UPDATE + records(before) + records(after)
