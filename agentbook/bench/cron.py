@@ -281,7 +281,7 @@ async def bench_firing_split(sz: Sizes, folder: str) -> list[Result]:
             while len(_LATE) < n and time.time() < deadline:
                 await asyncio.sleep(0.01)
             check(len(_LATE) == n, f"every alarm rang ({len(_LATE)} of {n})")
-            await asyncio.sleep(0.1)  # (the last callback's commit)
+            await rt.settle()  # (until the last callback's batch committed)
         finally:
             replay.recording(False)
 
